@@ -1,0 +1,3 @@
+from fleetfit.agent.cli import app
+
+app()

@@ -1,0 +1,176 @@
+"""llama.cpp through llama-cpp-python's C bindings: profile, quantize, system info.
+
+This is the only module that imports `llama_cpp`; it runs inside the isolated worker process, never in
+the agent itself. Timing follows llama-bench: random tokens fed by the harness (no sampling in the timed
+loop), a warm-up, then for each repetition a prefill of n_prompt tokens in n_batch chunks and, from an
+empty cache, n_gen single-token decodes, each ended by llama_synchronize before the clock is read.
+"""
+
+import ctypes
+import random
+import resource
+import statistics
+import time
+
+import llama_cpp
+import numpy  # a dependency of llama-cpp-python
+from llama_cpp import llama_cpp as C
+
+BACKEND_NAME = "llama.cpp"
+DEFAULT_N_BATCH = 2048  # llama-bench's defaults
+DEFAULT_N_UBATCH = 512
+
+
+class BackendError(Exception):
+    """llama.cpp refused the model or the parameters."""
+
+
+def _quiet_logs() -> None:
+    # llama.cpp logs to stderr by default; keep the callback referenced for the life of the process.
+    global _log_callback
+    _log_callback = C.llama_log_callback(lambda level, text, user_data: None)
+    C.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+_log_callback = None
+
+
+def version() -> str:
+    return llama_cpp.__version__
+
+
+def system_info() -> str:
+    C.llama_backend_init()
+    return C.llama_print_system_info().decode(errors="replace").strip()
+
+
+def max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def quantize(src: str, dst: str, ftype: int, threads: int) -> None:
+    _quiet_logs()
+    C.llama_backend_init()
+    params = C.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads
+    params.allow_requantize = True  # the shipped file is already quantized (Q4_1)
+    if C.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params)) != 0:
+        raise BackendError(f"llama_model_quantize failed for {src} -> {dst}")
+
+
+def _stat(samples: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(samples),
+        "stdev": statistics.stdev(samples) if len(samples) > 1 else 0.0,
+        "samples": samples,
+    }
+
+
+def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, threads: int,
+            n_batch: int = DEFAULT_N_BATCH, n_ubatch: int = DEFAULT_N_UBATCH, seed: int = 1234) -> dict:
+    """Load the model without mmap (so that the weights count in RSS) and time prefill and decode."""
+    _quiet_logs()
+    C.llama_backend_init()
+    baseline_rss = current_rss_bytes()
+
+    model_params = C.llama_model_default_params()
+    model_params.load_mode = C.LLAMA_LOAD_MODE_NONE  # read into memory: mmap'd pages would escape RSS
+    t0 = time.perf_counter()
+    model = C.llama_model_load_from_file(model_path.encode(), model_params)
+    if not model:
+        raise BackendError(f"llama.cpp could not load {model_path}")
+    ctx_params = C.llama_context_default_params()
+    ctx_params.n_ctx = n_prompt + n_gen
+    ctx_params.n_batch = n_batch
+    ctx_params.n_ubatch = n_ubatch
+    ctx_params.n_threads = threads
+    ctx_params.n_threads_batch = threads
+    ctx_params.no_perf = True
+    ctx = C.llama_init_from_model(model, ctx_params)
+    if not ctx:
+        C.llama_model_free(model)
+        raise BackendError(f"llama.cpp could not create a context (n_ctx={n_prompt + n_gen}) for {model_path}")
+    load_time_s = time.perf_counter() - t0
+
+    vocab = C.llama_model_get_vocab(model)
+    n_vocab = C.llama_vocab_n_tokens(vocab)
+    bos = C.llama_vocab_bos(vocab) if C.llama_vocab_get_add_bos(vocab) else None
+    memory = C.llama_get_memory(ctx)
+    rng = random.Random(seed)
+    token_buffer = (C.llama_token * max(n_batch, 1))()
+
+    def decode(tokens: list[int]) -> None:
+        for i, tok in enumerate(tokens):
+            token_buffer[i] = tok
+        if C.llama_decode(ctx, C.llama_batch_get_one(token_buffer, len(tokens))) != 0:
+            raise BackendError("llama_decode failed")
+
+    def prompt_tokens(n: int) -> list[int]:
+        tokens = [rng.randrange(n_vocab) for _ in range(n)]
+        if bos is not None and tokens:
+            tokens[0] = bos
+        return tokens
+
+    def run_prefill(n: int) -> tuple[float, float]:
+        """Seconds to process n prompt tokens, and seconds until the first token is chosen (TTFT)."""
+        tokens = prompt_tokens(n)
+        start = time.perf_counter()
+        for i in range(0, n, n_batch):
+            decode(tokens[i:i + n_batch])
+        C.llama_synchronize(ctx)
+        prefill_s = time.perf_counter() - start
+        logits = C.llama_get_logits_ith(ctx, -1)
+        numpy.ctypeslib.as_array(logits, shape=(n_vocab,)).argmax()  # greedy choice of the first token
+        return prefill_s, time.perf_counter() - start
+
+    def run_decode(n: int) -> float:
+        token = bos if bos is not None else rng.randrange(n_vocab)
+        start = time.perf_counter()
+        for _ in range(n):
+            decode([token])
+            C.llama_synchronize(ctx)
+            token = rng.randrange(n_vocab)
+        return time.perf_counter() - start
+
+    try:
+        # Warm-up as llama-bench does: one full prefill and one generated token.
+        run_prefill(n_prompt)
+        C.llama_memory_clear(memory, False)
+        run_decode(1)
+        prefill_tps, ttft_ms, decode_tps = [], [], []
+        for _ in range(repetitions):
+            C.llama_memory_clear(memory, False)
+            prefill_s, ttft_s = run_prefill(n_prompt)
+            prefill_tps.append(n_prompt / prefill_s)
+            ttft_ms.append(ttft_s * 1000.0)
+            C.llama_memory_clear(memory, False)
+            decode_tps.append(n_gen / run_decode(n_gen))
+        n_params = C.llama_model_n_params(model)
+        desc = ctypes.create_string_buffer(256)
+        C.llama_model_desc(model, desc, len(desc))
+    finally:
+        C.llama_free(ctx)
+        C.llama_model_free(model)
+    return {
+        "load_time_s": load_time_s,
+        "prefill_tokens_per_s": _stat(prefill_tps),
+        "ttft_ms": _stat(ttft_ms),
+        "decode_tokens_per_s": _stat(decode_tps),
+        "peak_rss_bytes": max_rss_bytes(),
+        "baseline_rss_bytes": baseline_rss,
+        "memory_method": "ru_maxrss of the worker process; weights read without mmap (load_mode=none)",
+        "model_n_params": int(n_params),
+        "model_desc": desc.value.decode(errors="replace"),
+        "n_batch": n_batch,
+        "n_ubatch": n_ubatch,
+        "n_ctx": n_prompt + n_gen,
+        "threads": threads,
+        "backend_version": version(),
+        "backend_build": C.llama_print_system_info().decode(errors="replace").strip(),
+    }

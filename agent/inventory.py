@@ -1,0 +1,85 @@
+"""What this device is: OS, CPU, memory, NVIDIA GPUs and the inference backends that import here."""
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import pathlib
+import platform
+import socket
+
+import psutil
+
+from fleetfit.agent import nvml
+from fleetfit.v1 import fleetfit_pb2 as pb
+
+# Probed by import name (what Python loads), versioned by distribution name (what pip installs).
+BACKENDS = {
+    "llama.cpp": ("llama_cpp", "llama-cpp-python"),
+    "torch": ("torch", "torch"),
+    "onnxruntime": ("onnxruntime", "onnxruntime"),
+}
+
+
+def agent_version() -> str:
+    try:
+        return importlib.metadata.version("fleetfit")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def probe_backends() -> list[pb.BackendInfo]:
+    infos = []
+    for name, (module, distribution) in BACKENDS.items():
+        if importlib.util.find_spec(module) is None:
+            infos.append(pb.BackendInfo(name=name, available=False, reason=f"module {module!r} is not installed"))
+            continue
+        try:
+            version = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        infos.append(pb.BackendInfo(name=name, available=True, version=version))
+    return infos
+
+
+def cpu_model(proc_root: pathlib.Path = pathlib.Path("/proc")) -> str:
+    """The CPU's marketing name from /proc/cpuinfo (x86 'model name', ARM 'Model' or 'Hardware')."""
+    try:
+        text = (proc_root / "cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    for key in ("model name", "Model", "Hardware", "cpu model"):
+        for line in text.splitlines():
+            if line.split(":")[0].strip() == key:
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def default_device_id() -> str:
+    """Stable per machine: hostname plus a digest of /etc/machine-id when there is one."""
+    host = socket.gethostname()
+    try:
+        machine_id = pathlib.Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        return host
+    return f"{host}-{hashlib.sha256(machine_id.encode()).hexdigest()[:8]}"
+
+
+def collect(device_id: str, llama_system_info: str = "") -> pb.DeviceInventory:
+    memory = psutil.virtual_memory()
+    gpus, gpu_note = nvml.list_gpus()
+    return pb.DeviceInventory(
+        device_id=device_id,
+        hostname=socket.gethostname(),
+        os=f"{platform.system()} {platform.release()}",
+        arch=platform.machine(),
+        cpu_model=cpu_model(),
+        cpu_cores_physical=psutil.cpu_count(logical=False) or 0,
+        cpu_cores_logical=psutil.cpu_count(logical=True) or 0,
+        ram_total_bytes=memory.total,
+        ram_available_bytes=memory.available,
+        gpus=gpus,
+        gpu_probe_note=gpu_note,
+        backends=probe_backends(),
+        llama_system_info=llama_system_info,
+        agent_version=agent_version(),
+    )

@@ -1,0 +1,95 @@
+"""`fleetfit quickstart`: the main job on one machine, on embedded defaults.
+
+A coordinator on a free loopback port (SQLite), a local agent process connected to it, the real
+SmolLM2-135M at Q4_1 pulled and F16/Q8_0/Q4_0 derived by that agent, all four profiled with llama.cpp,
+then the limit table and a fit answer.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+from fleetfit.coordinator import render
+from fleetfit.coordinator.server import BackgroundCoordinator
+from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+from fleetfit.v1.transport import connect
+
+QUICKSTART_MODEL = "smollm2-135m"
+QUICKSTART_QUANTS = ("Q4_1", "F16", "Q8_0", "Q4_0")
+CALL_TIMEOUT_S = 15.0
+
+
+class QuickstartError(Exception):
+    """The quickstart could not complete; the message is one line for users."""
+
+
+def _wait_for_device(fleet, agent: subprocess.Popen, since: float, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if agent.poll() is not None:
+            raise QuickstartError(f"the local agent exited with status {agent.returncode} before registering")
+        for device in fleet.ListDevices(pb.ListDevicesRequest(), timeout=CALL_TIMEOUT_S).devices:
+            if device.last_seen_unix_s >= since:
+                return device.inventory.device_id
+        time.sleep(0.2)
+    raise QuickstartError(f"the local agent did not register within {timeout_s:.0f} s")
+
+
+def _wait_for_jobs(fleet, agent: subprocess.Popen, job_ids: list[str], echo) -> list[pb.JobStatus]:
+    reported = set()
+    while True:
+        jobs = fleet.GetJobs(pb.GetJobsRequest(job_ids=job_ids), timeout=CALL_TIMEOUT_S).jobs
+        for job in jobs:
+            if job.state in ("done", "failed") and job.job_id not in reported:
+                reported.add(job.job_id)
+                echo(f"  [{len(reported)}/{len(job_ids)}] job {job.job_id[:8]} {job.state}"
+                     + (f": {job.error}" if job.error else ""))
+        if len(reported) == len(job_ids):
+            return list(jobs)
+        if agent.poll() is not None:
+            raise QuickstartError(f"the local agent exited with status {agent.returncode} with jobs unfinished")
+        time.sleep(0.5)
+
+
+def run(db_path: pathlib.Path, echo, n_prompt: int, n_gen: int, repetitions: int,
+        cache_dir: pathlib.Path | None = None) -> list[pb.FitAnswer]:
+    coordinator = BackgroundCoordinator(db_path)
+    port = coordinator.start()
+    address = f"127.0.0.1:{port}"
+    echo(f"coordinator listening on {address}, results stored in {db_path}")
+    env = dict(os.environ)
+    if cache_dir is not None:
+        env["FLEETFIT_CACHE_DIR"] = str(cache_dir)
+    since = time.time()
+    agent = subprocess.Popen([sys.executable, "-m", "fleetfit.agent", "run", "--coordinator", address], env=env)
+    try:
+        with connect(address) as channel:
+            fleet = pb_grpc.FleetServiceStub(channel)
+            device_id = _wait_for_device(fleet, agent, since, timeout_s=120)
+            echo(f"agent registered as {device_id}; profiling {QUICKSTART_MODEL} at {', '.join(QUICKSTART_QUANTS)} "
+                 f"(the agent pulls the model and derives the other precisions on first use)")
+            job_ids = []
+            for quant in QUICKSTART_QUANTS:
+                request = pb.ProfileRequest(model=pb.ModelRef(name=QUICKSTART_MODEL), backend="llama.cpp",
+                                            quant=quant, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions)
+                job_ids += fleet.SubmitProfile(pb.SubmitProfileRequest(device_ids=[device_id], request=request),
+                                               timeout=CALL_TIMEOUT_S).job_ids
+            _wait_for_jobs(fleet, agent, job_ids, echo)
+            rows = [r for r in fleet.GetLimitTable(pb.GetLimitTableRequest(), timeout=CALL_TIMEOUT_S).rows
+                    if r.device_id == device_id and r.model_name == QUICKSTART_MODEL]
+            echo("\nLimit table (measured on this device):\n")
+            echo(render.render(*render.limit_table(rows), "md", rows))
+            answers = fleet.Fit(pb.FitRequest(model_name=QUICKSTART_MODEL, quant="Q4_0"), timeout=CALL_TIMEOUT_S).answers
+            echo(f"\nfleetfit fit {QUICKSTART_MODEL} --quant Q4_0:\n")
+            echo(render.render(*render.fit_table(answers), "md", answers))
+            return list(answers)
+    finally:
+        agent.terminate()
+        try:
+            agent.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+        coordinator.stop()

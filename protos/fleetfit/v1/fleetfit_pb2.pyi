@@ -1,0 +1,389 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FailureKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAILURE_KIND_UNSPECIFIED: _ClassVar[FailureKind]
+    FAILURE_KIND_OOM: _ClassVar[FailureKind]
+    FAILURE_KIND_SIGNAL: _ClassVar[FailureKind]
+    FAILURE_KIND_TIMEOUT: _ClassVar[FailureKind]
+    FAILURE_KIND_ERROR: _ClassVar[FailureKind]
+FAILURE_KIND_UNSPECIFIED: FailureKind
+FAILURE_KIND_OOM: FailureKind
+FAILURE_KIND_SIGNAL: FailureKind
+FAILURE_KIND_TIMEOUT: FailureKind
+FAILURE_KIND_ERROR: FailureKind
+
+class GpuInfo(_message.Message):
+    __slots__ = ("index", "name", "uuid", "memory_total_bytes", "driver_version")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    uuid: str
+    memory_total_bytes: int
+    driver_version: str
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., driver_version: _Optional[str] = ...) -> None: ...
+
+class BackendInfo(_message.Message):
+    __slots__ = ("name", "available", "version", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    available: bool
+    version: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DeviceInventory(_message.Message):
+    __slots__ = ("device_id", "hostname", "os", "arch", "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "ram_total_bytes", "ram_available_bytes", "gpus", "backends", "llama_system_info", "gpu_probe_note", "agent_version")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    OS_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    CPU_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CPU_CORES_PHYSICAL_FIELD_NUMBER: _ClassVar[int]
+    CPU_CORES_LOGICAL_FIELD_NUMBER: _ClassVar[int]
+    RAM_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RAM_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    LLAMA_SYSTEM_INFO_FIELD_NUMBER: _ClassVar[int]
+    GPU_PROBE_NOTE_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    hostname: str
+    os: str
+    arch: str
+    cpu_model: str
+    cpu_cores_physical: int
+    cpu_cores_logical: int
+    ram_total_bytes: int
+    ram_available_bytes: int
+    gpus: _containers.RepeatedCompositeFieldContainer[GpuInfo]
+    backends: _containers.RepeatedCompositeFieldContainer[BackendInfo]
+    llama_system_info: str
+    gpu_probe_note: str
+    agent_version: str
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores_physical: _Optional[int] = ..., cpu_cores_logical: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_available_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., llama_system_info: _Optional[str] = ..., gpu_probe_note: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+
+class ModelRef(_message.Message):
+    __slots__ = ("name", "path")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class ProfileRequest(_message.Message):
+    __slots__ = ("model", "backend", "quant", "n_prompt", "n_gen", "repetitions", "threads", "timeout_s")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    QUANT_FIELD_NUMBER: _ClassVar[int]
+    N_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    N_GEN_FIELD_NUMBER: _ClassVar[int]
+    REPETITIONS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    backend: str
+    quant: str
+    n_prompt: int
+    n_gen: int
+    repetitions: int
+    threads: int
+    timeout_s: float
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., backend: _Optional[str] = ..., quant: _Optional[str] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., threads: _Optional[int] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class Stat(_message.Message):
+    __slots__ = ("mean", "stdev", "samples")
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STDEV_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    mean: float
+    stdev: float
+    samples: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, mean: _Optional[float] = ..., stdev: _Optional[float] = ..., samples: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Provenance(_message.Message):
+    __slots__ = ("kind", "method", "scope")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    method: str
+    scope: str
+    def __init__(self, kind: _Optional[str] = ..., method: _Optional[str] = ..., scope: _Optional[str] = ...) -> None: ...
+
+class ProfileResult(_message.Message):
+    __slots__ = ("result_id", "device_id", "request", "failure", "error", "model_name", "model_file", "model_sha256", "model_file_bytes", "model_n_params", "model_arch", "quant", "backend_version", "backend_build", "threads", "n_batch", "n_ubatch", "n_ctx", "n_prompt", "n_gen", "repetitions", "warmup", "load_time_s", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "provenance", "started_unix_s", "wall_s")
+    RESULT_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FILE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FILE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_N_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ARCH_FIELD_NUMBER: _ClassVar[int]
+    QUANT_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_BUILD_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    N_BATCH_FIELD_NUMBER: _ClassVar[int]
+    N_UBATCH_FIELD_NUMBER: _ClassVar[int]
+    N_CTX_FIELD_NUMBER: _ClassVar[int]
+    N_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    N_GEN_FIELD_NUMBER: _ClassVar[int]
+    REPETITIONS_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FIELD_NUMBER: _ClassVar[int]
+    LOAD_TIME_S_FIELD_NUMBER: _ClassVar[int]
+    TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    PEAK_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_METHOD_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    WALL_S_FIELD_NUMBER: _ClassVar[int]
+    result_id: str
+    device_id: str
+    request: ProfileRequest
+    failure: FailureKind
+    error: str
+    model_name: str
+    model_file: str
+    model_sha256: str
+    model_file_bytes: int
+    model_n_params: int
+    model_arch: str
+    quant: str
+    backend_version: str
+    backend_build: str
+    threads: int
+    n_batch: int
+    n_ubatch: int
+    n_ctx: int
+    n_prompt: int
+    n_gen: int
+    repetitions: int
+    warmup: bool
+    load_time_s: float
+    ttft_ms: Stat
+    prefill_tokens_per_s: Stat
+    decode_tokens_per_s: Stat
+    peak_rss_bytes: int
+    baseline_rss_bytes: int
+    memory_method: str
+    provenance: Provenance
+    started_unix_s: float
+    wall_s: float
+    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ..., model_name: _Optional[str] = ..., model_file: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_file_bytes: _Optional[int] = ..., model_n_params: _Optional[int] = ..., model_arch: _Optional[str] = ..., quant: _Optional[str] = ..., backend_version: _Optional[str] = ..., backend_build: _Optional[str] = ..., threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., n_ubatch: _Optional[int] = ..., n_ctx: _Optional[int] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., warmup: _Optional[bool] = ..., load_time_s: _Optional[float] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., peak_rss_bytes: _Optional[int] = ..., baseline_rss_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., started_unix_s: _Optional[float] = ..., wall_s: _Optional[float] = ...) -> None: ...
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("inventory",)
+    INVENTORY_FIELD_NUMBER: _ClassVar[int]
+    inventory: DeviceInventory
+    def __init__(self, inventory: _Optional[_Union[DeviceInventory, _Mapping]] = ...) -> None: ...
+
+class RegisterResponse(_message.Message):
+    __slots__ = ("device_id",)
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+
+class PollJobRequest(_message.Message):
+    __slots__ = ("device_id", "wait_s")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    wait_s: float
+    def __init__(self, device_id: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("job_id", "request")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    request: ProfileRequest
+    def __init__(self, job_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ...) -> None: ...
+
+class PollJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class ReportResultRequest(_message.Message):
+    __slots__ = ("job_id", "result")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    result: ProfileResult
+    def __init__(self, job_id: _Optional[str] = ..., result: _Optional[_Union[ProfileResult, _Mapping]] = ...) -> None: ...
+
+class ReportResultResponse(_message.Message):
+    __slots__ = ("duplicate",)
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    duplicate: bool
+    def __init__(self, duplicate: _Optional[bool] = ...) -> None: ...
+
+class Device(_message.Message):
+    __slots__ = ("inventory", "first_seen_unix_s", "last_seen_unix_s", "results")
+    INVENTORY_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    inventory: DeviceInventory
+    first_seen_unix_s: float
+    last_seen_unix_s: float
+    results: int
+    def __init__(self, inventory: _Optional[_Union[DeviceInventory, _Mapping]] = ..., first_seen_unix_s: _Optional[float] = ..., last_seen_unix_s: _Optional[float] = ..., results: _Optional[int] = ...) -> None: ...
+
+class ListDevicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDevicesResponse(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[Device]
+    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
+
+class SubmitProfileRequest(_message.Message):
+    __slots__ = ("device_ids", "request")
+    DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    device_ids: _containers.RepeatedScalarFieldContainer[str]
+    request: ProfileRequest
+    def __init__(self, device_ids: _Optional[_Iterable[str]] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ...) -> None: ...
+
+class SubmitProfileResponse(_message.Message):
+    __slots__ = ("job_ids",)
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetJobsRequest(_message.Message):
+    __slots__ = ("job_ids",)
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("job_id", "device_id", "state", "result_id", "error")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    device_id: str
+    state: str
+    result_id: str
+    error: str
+    def __init__(self, job_id: _Optional[str] = ..., device_id: _Optional[str] = ..., state: _Optional[str] = ..., result_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class GetJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobStatus]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ...) -> None: ...
+
+class LimitRow(_message.Message):
+    __slots__ = ("device_id", "hostname", "model_name", "quant", "backend", "model_n_params", "model_file_bytes", "peak_rss_bytes", "prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "n_prompt", "n_gen", "threads", "result_id", "provenance", "failure", "error")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    QUANT_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_N_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FILE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    N_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    N_GEN_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_ID_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    hostname: str
+    model_name: str
+    quant: str
+    backend: str
+    model_n_params: int
+    model_file_bytes: int
+    peak_rss_bytes: int
+    prefill_tokens_per_s: Stat
+    decode_tokens_per_s: Stat
+    ttft_ms: Stat
+    n_prompt: int
+    n_gen: int
+    threads: int
+    result_id: str
+    provenance: Provenance
+    failure: FailureKind
+    error: str
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., backend: _Optional[str] = ..., model_n_params: _Optional[int] = ..., model_file_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., threads: _Optional[int] = ..., result_id: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class GetLimitTableRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetLimitTableResponse(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[LimitRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[LimitRow, _Mapping]]] = ...) -> None: ...
+
+class FitRequest(_message.Message):
+    __slots__ = ("model_name", "quant", "min_decode_tokens_per_s", "backend")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    QUANT_FIELD_NUMBER: _ClassVar[int]
+    MIN_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    quant: str
+    min_decode_tokens_per_s: float
+    backend: str
+    def __init__(self, model_name: _Optional[str] = ..., quant: _Optional[str] = ..., min_decode_tokens_per_s: _Optional[float] = ..., backend: _Optional[str] = ...) -> None: ...
+
+class FitAnswer(_message.Message):
+    __slots__ = ("device_id", "hostname", "verdict", "reason", "evidence", "ram_total_bytes")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    RAM_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    hostname: str
+    verdict: str
+    reason: str
+    evidence: LimitRow
+    ram_total_bytes: int
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ...) -> None: ...
+
+class FitResponse(_message.Message):
+    __slots__ = ("answers",)
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedCompositeFieldContainer[FitAnswer]
+    def __init__(self, answers: _Optional[_Iterable[_Union[FitAnswer, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install fleetfit with all its extras (and the test tools) into the active Python environment.
+#
+# llama-cpp-python is a source distribution: pip compiles the llama.cpp it vendors (about 5 minutes on
+# 2 cores). On x86_64 we compile for a portable CPU level (AVX2/FMA/F16C, no AVX-512, no AMX) rather than
+# -march=native: virtual machines often advertise AMX without enabling it, and llama.cpp's AMX kernels
+# then die with SIGILL on every quantized model. The wheel is kept in a wheelhouse keyed by those flags,
+# because pip's own wheel cache ignores CMAKE_ARGS and would hand back a build made with other flags.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LLAMA_CPP_PYTHON=0.3.36
+if [ "$(uname -m)" = "x86_64" ]; then
+  LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+else
+  LLAMA_CMAKE_ARGS="${CMAKE_ARGS:-}"
+fi
+key=$(printf '%s %s' "$LLAMA_CPP_PYTHON" "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)
+wheelhouse="${FLEETFIT_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/fleetfit/wheelhouse}/$key"
+
+if ! ls "$wheelhouse"/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl >/dev/null 2>&1; then
+  echo "building llama-cpp-python $LLAMA_CPP_PYTHON ($LLAMA_CMAKE_ARGS); this takes a few minutes once"
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+    python -m pip wheel --no-cache-dir --no-deps "llama-cpp-python==$LLAMA_CPP_PYTHON" -w "$wheelhouse"
+fi
+python -m pip install --find-links "$wheelhouse" -e ".[all,dev]"

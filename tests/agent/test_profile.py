@@ -1,0 +1,66 @@
+"""Real llama.cpp through the isolated worker, on the real SmolLM2 ladder, with short runs."""
+
+import pytest
+
+from fleetfit.agent import profiling
+from fleetfit.models.errors import ModelError
+from fleetfit.v1 import fleetfit_pb2 as pb
+
+
+def short_request(model: str, **overrides) -> pb.ProfileRequest:
+    params = dict(n_prompt=32, n_gen=8, repetitions=2, threads=2) | overrides
+    return profiling.make_request(model, **params)
+
+
+def test_profile_measures_every_figure(ladder, cache_dir):
+    result = profiling.profile(short_request(str(ladder["Q4_0"])), "dev-1", cache_dir)
+    assert result.failure == pb.FAILURE_KIND_UNSPECIFIED, result.error
+    assert result.quant == "Q4_0" and result.model_arch == "llama"
+    for stat in (result.prefill_tokens_per_s, result.decode_tokens_per_s, result.ttft_ms):
+        assert len(stat.samples) == 2 and all(s > 0 for s in stat.samples)
+        assert min(stat.samples) <= stat.mean <= max(stat.samples)
+    # TTFT covers the prefill of the whole prompt, so it is at least the prefill time.
+    assert result.ttft_ms.mean >= 1000 * 32 / max(result.prefill_tokens_per_s.samples) * 0.99
+    # Weights are read without mmap, so they show in the worker's peak RSS above its baseline.
+    assert result.peak_rss_bytes - result.baseline_rss_bytes > 0.9 * result.model_file_bytes
+    assert "load_mode=none" in result.memory_method
+    assert result.load_time_s > 0 and result.n_ctx == 40 and result.threads == 2
+    assert result.provenance.kind == "measured"
+    assert "AVX" in result.backend_build or "NEON" in result.backend_build
+
+
+def test_peak_memory_follows_precision(ladder, cache_dir):
+    peaks = {q: profiling.profile(short_request(str(ladder[q]), repetitions=1), "dev-1", cache_dir).peak_rss_bytes
+             for q in ("F16", "Q4_0")}
+    assert peaks["F16"] > peaks["Q4_0"] + 100 * 2**20  # F16 weights are ~170 MiB larger
+
+
+def test_profile_by_name_resolves_the_cached_ladder(cache_dir, ladder):
+    result = profiling.profile(short_request("smollm2-135m", quant="Q8_0", repetitions=1), "dev-1", cache_dir)
+    assert result.model_name == "smollm2-135m" and result.quant == "Q8_0"
+    assert result.model_file == str(ladder["Q8_0"])
+
+
+def test_timeout_is_a_classified_failure(ladder, cache_dir):
+    request = short_request(str(ladder["F16"]), n_prompt=512, n_gen=128, repetitions=50, timeout_s=3)
+    result = profiling.profile(request, "dev-1", cache_dir)
+    assert result.failure == pb.FAILURE_KIND_TIMEOUT
+    assert "killed" in result.error
+    assert not result.HasField("peak_rss_bytes")  # not measured is absent, never 0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"n_gen": 0}, "n-gen must be at least 1"),
+    ({"n_prompt": -5}, "n-prompt must be at least 1"),
+    ({"repetitions": 0}, "repetitions must be at least 1"),
+    ({"backend": "tensorflow"}, "unknown backend"),
+    ({"quant": "Q9_9"}, "unknown quant type"),
+])
+def test_bad_requests_are_refused(ladder, cache_dir, overrides, message):
+    with pytest.raises(profiling.ProfileInputError if "quant" not in overrides else ModelError, match=message):
+        profiling.profile(short_request(str(ladder["Q4_0"]), **overrides), "dev-1", cache_dir)
+
+
+def test_quant_must_match_a_given_file(ladder, cache_dir):
+    with pytest.raises(ModelError, match="is Q4_0, not F16"):
+        profiling.profile(short_request(str(ladder["Q4_0"]), quant="F16"), "dev-1", cache_dir)

@@ -1,0 +1,101 @@
+"""The coordinator's gRPC services on a real server bound to a loopback port."""
+
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+from tests.conftest import BIN
+
+
+@pytest.fixture()
+def stubs(coordinator):
+    channel = grpc.insecure_channel(f"127.0.0.1:{coordinator.port}")
+    yield pb_grpc.AgentServiceStub(channel), pb_grpc.FleetServiceStub(channel)
+    channel.close()
+
+
+def register(agent, device_id="dev-1"):
+    agent.Register(pb.RegisterRequest(inventory=pb.DeviceInventory(device_id=device_id, hostname=device_id,
+                                                                   ram_total_bytes=8 << 30)), timeout=5)
+
+
+def small_request(quant="Q4_0"):
+    return pb.ProfileRequest(model=pb.ModelRef(name="smollm2-135m"), backend="llama.cpp", quant=quant,
+                             n_prompt=16, n_gen=4, repetitions=1)
+
+
+def test_jobs_flow_from_operator_to_agent_and_back(stubs):
+    agent, fleet = stubs
+    register(agent)
+    job_ids = fleet.SubmitProfile(pb.SubmitProfileRequest(request=small_request()), timeout=5).job_ids
+    assert len(job_ids) == 1
+    job = agent.PollJob(pb.PollJobRequest(device_id="dev-1", wait_s=2), timeout=5).job
+    assert job.job_id == job_ids[0] and job.request.quant == "Q4_0"
+    assert not agent.PollJob(pb.PollJobRequest(device_id="dev-1", wait_s=0.3), timeout=5).HasField("job")
+    result = pb.ProfileResult(result_id="r1", device_id="dev-1", model_name="smollm2-135m", quant="Q4_0",
+                              request=job.request, decode_tokens_per_s=pb.Stat(mean=99.0, samples=[99.0]))
+    result.peak_rss_bytes = 200 << 20
+    assert not agent.ReportResult(pb.ReportResultRequest(job_id=job.job_id, result=result), timeout=5).duplicate
+    assert agent.ReportResult(pb.ReportResultRequest(job_id=job.job_id, result=result), timeout=5).duplicate
+    assert fleet.GetJobs(pb.GetJobsRequest(job_ids=job_ids), timeout=5).jobs[0].state == "done"
+    rows = fleet.GetLimitTable(pb.GetLimitTableRequest(), timeout=5).rows
+    assert [(r.device_id, r.quant, r.decode_tokens_per_s.mean) for r in rows] == [("dev-1", "Q4_0", 99.0)]
+    answers = fleet.Fit(pb.FitRequest(model_name="smollm2-135m", quant="q4_0"), timeout=5).answers
+    assert [(a.device_id, a.verdict) for a in answers] == [("dev-1", "fits")]
+
+
+def test_refusals(stubs):
+    agent, fleet = stubs
+    register(agent, "dev-1")
+    register(agent, "dev-2")
+    job_id = fleet.SubmitProfile(pb.SubmitProfileRequest(device_ids=["dev-1"], request=small_request()),
+                                 timeout=5).job_ids[0]
+    cases = [
+        (lambda: agent.PollJob(pb.PollJobRequest(device_id="ghost"), timeout=5), grpc.StatusCode.NOT_FOUND),
+        (lambda: agent.ReportResult(pb.ReportResultRequest(job_id=job_id, result=pb.ProfileResult(
+            result_id="x", device_id="dev-2")), timeout=5), grpc.StatusCode.PERMISSION_DENIED),
+        (lambda: agent.Register(pb.RegisterRequest(), timeout=5), grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: fleet.SubmitProfile(pb.SubmitProfileRequest(request=pb.ProfileRequest(
+            model=pb.ModelRef(name="smollm2-135m"), n_prompt=8, n_gen=0, repetitions=1)), timeout=5),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: fleet.SubmitProfile(pb.SubmitProfileRequest(device_ids=["ghost"], request=small_request()),
+                                     timeout=5), grpc.StatusCode.NOT_FOUND),
+        (lambda: fleet.Fit(pb.FitRequest(model_name="smollm2-135n", quant="Q4_0"), timeout=5),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: fleet.Fit(pb.FitRequest(model_name="smollm2-135m", quant="Q4_Z"), timeout=5),
+         grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    for call, code in cases:
+        with pytest.raises(grpc.RpcError) as exc:
+            call()
+        assert exc.value.code() == code, exc.value.details()
+    with pytest.raises(grpc.RpcError) as exc:
+        fleet.Fit(pb.FitRequest(model_name="smollm2-135n", quant="Q4_0"), timeout=5)
+    assert "did you mean smollm2-135m" in exc.value.details()
+
+
+def test_serve_reports_health_and_stops_gracefully_on_sigterm(tmp_path):
+    proc = subprocess.Popen([str(BIN / "fleetfit"), "serve", "--db", str(tmp_path / "f.sqlite3"),
+                             "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", line).group(1))
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "fleetfit.v1.AgentService", "fleetfit.v1.FleetService"):
+                status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+                assert status == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and "coordinator stopped" in out
+    finally:
+        proc.kill()
+    assert (tmp_path / "f.sqlite3").exists()

@@ -1,0 +1,88 @@
+"""The spine with real parts: agent process → gRPC → coordinator (SQLite) → limit table → fit answer."""
+
+import signal
+import subprocess
+import time
+
+import grpc
+import pytest
+
+from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+from tests.conftest import BIN, assert_one_line_error, run_cli
+
+
+def wait_jobs(fleet, job_ids, timeout_s=240):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        jobs = fleet.GetJobs(pb.GetJobsRequest(job_ids=job_ids), timeout=5).jobs
+        if all(j.state in ("done", "failed") for j in jobs):
+            return {j.job_id: j for j in jobs}
+        time.sleep(0.3)
+    raise AssertionError("jobs did not finish")
+
+
+@pytest.fixture()
+def agent_process(coordinator, cache_dir):
+    proc = subprocess.Popen([str(BIN / "fleetfit-agent"), "run", "--coordinator", f"127.0.0.1:{coordinator.port}",
+                             "--device-id", "e2e-device", "--cache-dir", str(cache_dir)],
+                            stderr=subprocess.PIPE, text=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_agent_runs_jobs_and_the_coordinator_answers(coordinator, agent_process):
+    address = f"127.0.0.1:{coordinator.port}"
+    with grpc.insecure_channel(address) as channel:
+        fleet = pb_grpc.FleetServiceStub(channel)
+        deadline = time.monotonic() + 60
+        while not fleet.ListDevices(pb.ListDevicesRequest(), timeout=5).devices:
+            assert time.monotonic() < deadline and agent_process.poll() is None
+            time.sleep(0.2)
+        bad = pb.ProfileRequest(model=pb.ModelRef(path="/nonexistent/model.gguf"), backend="llama.cpp",
+                                n_prompt=16, n_gen=4, repetitions=1)
+        good = pb.ProfileRequest(model=pb.ModelRef(name="smollm2-135m"), backend="llama.cpp", quant="Q4_0",
+                                 n_prompt=16, n_gen=4, repetitions=2)
+        job_ids = [fleet.SubmitProfile(pb.SubmitProfileRequest(request=r), timeout=5).job_ids[0] for r in (bad, good)]
+        jobs = wait_jobs(fleet, job_ids)
+    assert jobs[job_ids[0]].state == "failed" and "model file not found" in jobs[job_ids[0]].error
+    assert jobs[job_ids[1]].state == "done"  # the daemon stayed up after the bad job
+    assert agent_process.poll() is None
+
+    limits = run_cli("fleetfit", "limits", "--coordinator", address, "--format", "csv")
+    assert limits.returncode == 0, limits.stderr
+    lines = limits.stdout.splitlines()
+    assert lines[0].startswith("device,model,quant,backend")
+    assert any(",smollm2-135m,Q4_0,llama.cpp," in line and "measured" in line for line in lines[1:])
+
+    fit = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "Q4_0", "--coordinator", address)
+    assert fit.returncode == 0 and "fits" in fit.stdout and "measured: peak" in fit.stdout
+    unknown = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "F16", "--coordinator", address)
+    assert "unknown" in unknown.stdout and "never measured" in unknown.stdout
+    devices = run_cli("fleetfit", "devices", "--coordinator", address)
+    assert "e2e-device" in devices.stdout
+
+    assert_one_line_error(run_cli("fleetfit", "fit", "smollm3", "--quant", "Q4_0", "--coordinator", address),
+                          "unknown model 'smollm3'")
+    assert_one_line_error(run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "Q4_0", "--min-tps", "-1",
+                                  "--coordinator", address), "--min-tps must be positive")
+
+    agent_process.send_signal(signal.SIGTERM)
+    assert agent_process.wait(timeout=30) == 0
+
+
+def test_cli_against_a_coordinator_that_does_not_answer():
+    assert_one_line_error(run_cli("fleetfit", "limits", "--coordinator", "127.0.0.1:1"),
+                          "coordinator at 127.0.0.1:1 does not answer")
+
+
+def test_quickstart(tmp_path, cache_dir):
+    proc = run_cli("fleetfit", "quickstart", "--db", str(tmp_path / "qs.sqlite3"), "--n-prompt", "16", "--n-gen",
+                   "4", "--repetitions", "2", env={"FLEETFIT_CACHE_DIR": str(cache_dir)}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = proc.stdout.split("Limit table")[1]
+    for quant in ("Q4_1", "F16", "Q8_0", "Q4_0"):
+        assert f"| smollm2-135m | {quant} | llama.cpp |" in table
+    assert table.count("measured (pp16/tg4") == 4
+    assert "| fits |" in proc.stdout.split("fleetfit fit")[1]

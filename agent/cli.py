@@ -30,14 +30,18 @@ def user_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from fleetfit.v1.transport import CoordinatorUnreachable
+        import grpc
+
         from fleetfit.agent.profiling import ProfileInputError
         from fleetfit.models.errors import ModelError
+        from fleetfit.v1.transport import CoordinatorUnreachable
 
         try:
             return command(*args, **kwargs)
         except (ModelError, ProfileInputError, CoordinatorUnreachable) as exc:
             _fail(str(exc))
+        except grpc.RpcError as exc:
+            _fail(f"the coordinator refused: {exc.code().name}: {exc.details()}")
 
     return wrapper
 

@@ -34,8 +34,12 @@ def run_job(job: pb.Job, device_id: str, cache_dir: pathlib.Path) -> pb.ProfileR
     try:
         return profiling.profile(job.request, device_id, cache_dir)
     except (ModelError, profiling.ProfileInputError) as exc:
-        return pb.ProfileResult(result_id=str(uuid.uuid4()), device_id=device_id, request=job.request,
-                                failure=pb.FAILURE_KIND_ERROR, error=str(exc), started_unix_s=time.time())
+        error = str(exc)
+    except Exception as exc:  # a bug must not take the daemon down: report it and keep serving
+        log.exception("job %s failed inside the agent", job.job_id)
+        error = f"agent error: {type(exc).__name__}: {exc}"
+    return pb.ProfileResult(result_id=str(uuid.uuid4()), device_id=device_id, request=job.request,
+                            failure=pb.FAILURE_KIND_ERROR, error=error, started_unix_s=time.time())
 
 
 def _call_with_retry(call, request, stop: threading.Event, attempts: int = 8):
@@ -56,8 +60,8 @@ def serve_jobs(address: str, device_id: str, cache_dir: pathlib.Path, stop: thre
     """Run until `stop` is set; returns the number of jobs run. The current job finishes before stopping."""
     channel = connect(address, connect_timeout_s)
     stub = pb_grpc.AgentServiceStub(channel)
-    device = inventory.collect(device_id, llama_system_info())
-    _call_with_retry(stub.Register, pb.RegisterRequest(inventory=device), stop)
+    register = pb.RegisterRequest(inventory=inventory.collect(device_id, llama_system_info()))
+    _call_with_retry(stub.Register, register, stop)
     log.info("registered %s with %s", device_id, address)
     jobs_run = 0
     with channel:
@@ -66,6 +70,10 @@ def serve_jobs(address: str, device_id: str, cache_dir: pathlib.Path, stop: thre
                 reply = stub.PollJob(pb.PollJobRequest(device_id=device_id, wait_s=poll_wait_s),
                                      timeout=poll_wait_s + CALL_TIMEOUT_S)
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:  # the coordinator lost us (a new database)
+                    log.warning("coordinator does not know this device; registering again")
+                    _call_with_retry(stub.Register, register, stop)
+                    continue
                 if exc.code() not in TRANSIENT:
                     raise
                 log.warning("coordinator unavailable (%s); retrying", exc.code().name)

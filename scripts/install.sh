@@ -23,4 +23,6 @@ if ! ls "$wheelhouse"/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl >/dev/null 2>&1
   CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
     python -m pip wheel --no-cache-dir --no-deps "llama-cpp-python==$LLAMA_CPP_PYTHON" -w "$wheelhouse"
 fi
+# Forced, because an llama-cpp-python 0.3.36 built with other flags may already be installed.
+python -m pip install --no-deps --force-reinstall "$wheelhouse"/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl
 python -m pip install --find-links "$wheelhouse" -e ".[all,dev]"

@@ -10,6 +10,7 @@ import ctypes
 import random
 import resource
 import statistics
+import sys
 import time
 
 import llama_cpp
@@ -45,7 +46,17 @@ def system_info() -> str:
 
 
 def max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent
+    across fork and exec, so a worker spawned by a large agent would report the agent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB elsewhere
 
 
 def current_rss_bytes() -> int:
@@ -164,7 +175,7 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
         "decode_tokens_per_s": _stat(decode_tps),
         "peak_rss_bytes": max_rss_bytes(),
         "baseline_rss_bytes": baseline_rss,
-        "memory_method": "ru_maxrss of the worker process; weights read without mmap (load_mode=none)",
+        "memory_method": "peak RSS (VmHWM) of the worker process; weights read without mmap (load_mode=none)",
         "model_n_params": int(n_params),
         "model_desc": desc.value.decode(errors="replace"),
         "n_batch": n_batch,

@@ -10,13 +10,23 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+NOT_INSTALLED = "NVML not installed (pip install 'fleetfit[nvml]')"
+
+
+def load_nvml():
+    """The pynvml module, or None when nvidia-ml-py is not installed. The one place pynvml is imported."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    return pynvml
+
+
 def list_gpus(nvml=None) -> tuple[list[pb.GpuInfo], str]:
     """The GPUs NVML sees, and a note saying why the list is empty when it is."""
+    nvml = nvml or load_nvml()
     if nvml is None:
-        try:
-            import pynvml as nvml
-        except ImportError:
-            return [], "NVML not installed (pip install 'fleetfit[nvml]')"
+        return [], NOT_INSTALLED
     try:
         nvml.nvmlInit()
     except nvml.NVMLError as exc:

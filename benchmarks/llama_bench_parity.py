@@ -9,9 +9,12 @@ hits both equally. Exit status is 0 whether or not the parity targets are met; o
 import argparse, hashlib, json, os, platform, re, shutil, statistics, subprocess, sys, tarfile, tempfile
 from pathlib import Path
 
-LLAMA_CPP_PYTHON = "0.3.36"
-# Must match scripts/install.sh: VMs may advertise AMX without enabling it, so never build native.
-X86_FLAGS = "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+# The release and CPU flags scripts/install.sh builds llama-cpp-python with (VMs may advertise AMX
+# without enabling it, so never a native build), read from the one file that declares them.
+BUILD_ENV = dict(re.findall(r'^(\w+)="([^"]*)"', (Path(__file__).resolve().parents[1] / "scripts" /
+                                                 "llama-cpp-build.env").read_text(), re.M))
+LLAMA_CPP_PYTHON = BUILD_ENV["LLAMA_CPP_PYTHON"]
+X86_FLAGS = BUILD_ENV["LLAMA_CMAKE_ARGS_X86_64"]
 EXTRA_FLAGS = ("-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
                "-DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release")
 PP_TOL, TG_TOL, RSS_TOL = 0.05, 0.05, 0.10
@@ -26,6 +29,16 @@ def run(cmd, **kw):
         return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
     except FileNotFoundError as e:
         raise BenchError(f"cannot run {cmd[0]}: {e.strerror}")
+
+
+def parse_json(text, what):
+    """First JSON value that starts a line (tools may print log lines around it), or a BenchError."""
+    for m in re.finditer(r"^[\[{]", text, re.M):
+        try:
+            return json.JSONDecoder().raw_decode(text, m.start())[0]
+        except json.JSONDecodeError:
+            continue
+    raise BenchError(f"{what} printed no parsable JSON: {text.strip()[:120]!r}")
 
 
 def cpu_flags():
@@ -57,6 +70,8 @@ def build_llama_bench(sdist_dir):
                 raise BenchError(f"llama-bench build failed (exit {rc}); see {log}")
     if not binary.exists():
         raise BenchError(f"build finished but {binary} is missing; see {log}")
+    if not sdist_dir:
+        shutil.rmtree(root / "src", ignore_errors=True)  # 200+ MB of sources, not needed once built
     return binary
 
 
@@ -110,7 +125,7 @@ def find_ggufs(args):
         found[quant.upper()] = Path(path)
     if args.models_dir:
         for q in args.quants:
-            hits = sorted(Path(args.models_dir).rglob(f"*{q}.gguf"))
+            hits = sorted(Path(args.models_dir).rglob(f"*-{q}.gguf"))
             if hits and q not in found:
                 found[q] = hits[0]
     missing = [q for q in args.quants if q not in found]
@@ -119,7 +134,7 @@ def find_ggufs(args):
             r = run(agent_cmd() + ["models", "list", "--json"])
             if r.returncode != 0:
                 raise BenchError(f"fleetfit-agent models list failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
-            return {m["quant"].upper(): Path(m["path"]) for m in json.loads(r.stdout) if m["name"] == args.model}
+            return {m["quant"].upper(): Path(m["path"]) for m in parse_json(r.stdout, "models list") if m["name"] == args.model}
         have = listed()
         if any(q not in have for q in missing):  # produce them with the agent, as a user would
             for sub in (["models", "pull", args.model], ["models", "quantize", args.model, "--to", ",".join(missing)]):
@@ -141,7 +156,7 @@ def llama_bench(binary, gguf, args):
     if r.returncode != 0:
         raise BenchError(f"llama-bench failed on {gguf} (exit {r.returncode}): {(r.stderr.strip().splitlines() or ['?'])[-1]}")
     out = {}
-    for e in json.loads(r.stdout):
+    for e in parse_json(r.stdout, "llama-bench"):
         test = "pp" if e["n_prompt"] > 0 and e["n_gen"] == 0 else "tg"
         out[test] = e.get("samples_ts") or [e["avg_ts"]]
     return out
@@ -154,8 +169,8 @@ def fleetfit(gguf, args):
     if r.returncode != 0:
         raise BenchError(f"fleetfit-agent profile failed on {gguf} (exit {r.returncode}): "
                          f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
-    d = json.loads(r.stdout[r.stdout.index("{"):]) if "{" in r.stdout else {}
-    if "decode_tokens_per_s" not in d:
+    d = parse_json(r.stdout, "fleetfit-agent profile")
+    if not isinstance(d, dict) or "decode_tokens_per_s" not in d:
         raise BenchError("fleetfit-agent profile printed no decode_tokens_per_s")
     samples = lambda k: [float(x) for x in d[k].get("samples") or [d[k]["mean"]]]
     return {"pp": samples("prefill_tokens_per_s"), "tg": samples("decode_tokens_per_s"),

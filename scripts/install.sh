@@ -9,9 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-LLAMA_CPP_PYTHON=0.3.36
+. scripts/llama-cpp-build.env
 if [ "$(uname -m)" = "x86_64" ]; then
-  LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+  LLAMA_CMAKE_ARGS="$LLAMA_CMAKE_ARGS_X86_64"
 else
   LLAMA_CMAKE_ARGS="${CMAKE_ARGS:-}"
 fi

@@ -7,15 +7,27 @@ empty cache, n_gen single-token decodes, each ended by llama_synchronize before 
 """
 
 import ctypes
+import importlib.metadata
+import importlib.util
 import random
 import resource
 import statistics
 import sys
 import time
+import types
 
-import llama_cpp
-import numpy  # a dependency of llama-cpp-python
-from llama_cpp import llama_cpp as C
+
+def _load_bindings():
+    """llama-cpp-python's ctypes bindings alone, without the package's __init__: that pulls in numpy,
+    jinja2 and the high-level API, about 37 MiB of RSS that would count in every footprint measured here."""
+    if "llama_cpp" not in sys.modules:
+        package = types.ModuleType("llama_cpp")
+        package.__path__ = list(importlib.util.find_spec("llama_cpp").submodule_search_locations)
+        sys.modules["llama_cpp"] = package
+    return importlib.import_module("llama_cpp.llama_cpp")
+
+
+C = _load_bindings()
 
 BACKEND_NAME = "llama.cpp"
 DEFAULT_N_BATCH = 2048  # llama-bench's defaults
@@ -37,7 +49,7 @@ _log_callback = None
 
 
 def version() -> str:
-    return llama_cpp.__version__
+    return importlib.metadata.version("llama-cpp-python")
 
 
 def system_info() -> str:
@@ -113,6 +125,7 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
     n_vocab = C.llama_vocab_n_tokens(vocab)
     bos = C.llama_vocab_bos(vocab) if C.llama_vocab_get_add_bos(vocab) else None
     memory = C.llama_get_memory(ctx)
+    greedy = C.llama_sampler_init_greedy()
     rng = random.Random(seed)
     token_buffer = (C.llama_token * max(n_batch, 1))()
 
@@ -136,8 +149,7 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
             decode(tokens[i:i + n_batch])
         C.llama_synchronize(ctx)
         prefill_s = time.perf_counter() - start
-        logits = C.llama_get_logits_ith(ctx, -1)
-        numpy.ctypeslib.as_array(logits, shape=(n_vocab,)).argmax()  # greedy choice of the first token
+        C.llama_sampler_sample(greedy, ctx, -1)  # the first token, chosen greedily by llama.cpp
         return prefill_s, time.perf_counter() - start
 
     def run_decode(n: int) -> float:
@@ -166,6 +178,7 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
         desc = ctypes.create_string_buffer(256)
         C.llama_model_desc(model, desc, len(desc))
     finally:
+        C.llama_sampler_free(greedy)
         C.llama_free(ctx)
         C.llama_model_free(model)
     return {

@@ -1,0 +1,125 @@
+import errno
+
+import numpy as np
+import pytest
+from gguf import GGUFReader
+from gguf.quants import dequantize
+
+from fleetfit.agent.isolation import run_worker
+from fleetfit.models import synth
+from fleetfit.models.catalogue import Architecture, architecture, n_params
+from fleetfit.models.errors import ModelError
+from fleetfit.models.gguf_file import inspect_gguf
+from fleetfit.models.quant_sizes import FILE_TYPES
+
+# A test-only shape: 256-wide rows so every K-quant block fits, 512 tokens for the placeholder vocabulary.
+TINY = Architecture(name="tiny-test", family="llama", n_layers=2, hidden=256, n_heads=4, n_kv_heads=2, ffn=512,
+                    vocab=512, context_length=256, tied_embeddings=False, rope_theta=10000.0, norm_eps=1e-5,
+                    source="test")
+# Qwen2's attention biases and tied embeddings, with 320-wide rows that send Q4_K_M through llama.cpp's fallbacks.
+TINY_QWEN2 = Architecture(name="tiny-qwen2", family="qwen2", n_layers=2, hidden=320, n_heads=5, n_kv_heads=1, ffn=640,
+                          vocab=512, context_length=256, tied_embeddings=True, rope_theta=1e6, norm_eps=1e-6,
+                          source="test")
+PLENTY = 1 << 50  # disk and RAM figures that never refuse
+
+
+def write(arch, quant, path, **kw):
+    return synth.write_synthetic(arch, quant, path, free_disk_bytes=PLENTY, available_ram_bytes=PLENTY, **kw)
+
+
+@pytest.mark.parametrize("quant", list(FILE_TYPES))
+def test_every_quant_gives_a_parsable_file_of_the_predicted_size(tmp_path, quant):
+    path = write(TINY, quant, tmp_path / "tiny.gguf")
+    info = inspect_gguf(path)
+    assert (info.architecture, info.quant, info.n_params) == ("llama", quant, n_params(TINY))
+    assert info.file_bytes == synth.predict_file_bytes(TINY, quant)
+
+
+@pytest.mark.parametrize("quant", list(FILE_TYPES))
+def test_weights_are_finite_and_small(tmp_path, quant):
+    path = write(TINY, quant, tmp_path / "tiny.gguf")
+    for tensor in GGUFReader(path).tensors:
+        values = dequantize(tensor.data, tensor.tensor_type)
+        assert np.isfinite(values).all(), tensor.name
+        if tensor.name.endswith("norm.weight"):
+            assert (values == 1).all()
+        else:
+            assert 0 < np.abs(values).max() < 0.5, tensor.name
+
+
+def test_the_seed_decides_the_weights(tmp_path):
+    first, again, other = (write(TINY, "Q4_0", tmp_path / f"{i}.gguf", seed=seed) for i, seed in enumerate((1, 1, 2)))
+    assert first.read_bytes() == again.read_bytes() != other.read_bytes()
+
+
+@pytest.mark.parametrize("arch, quant", [
+    (architecture("distilgpt2"), "F16"),  # llama.cpp's gpt2 architecture
+    (architecture("smollm2-135m"), "Q4_0"),
+    (TINY_QWEN2, "Q4_K_M"),
+], ids=lambda value: getattr(value, "name", value))
+def test_llama_cpp_loads_and_runs_it(tmp_path, arch, quant):
+    path = write(arch, quant, tmp_path / "model.gguf")
+    result = run_worker({"op": "profile", "model_path": str(path), "n_prompt": 16, "n_gen": 4, "repetitions": 1,
+                         "threads": 2}, 120)
+    assert result["model_n_params"] == n_params(arch)
+    assert result["decode_tokens_per_s"]["mean"] > 0
+
+
+def _fail_on_third_tensor(monkeypatch, exc):
+    real_write_tensor, calls = synth._write_tensor, []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise exc
+        real_write_tensor(*args)
+
+    monkeypatch.setattr(synth, "_write_tensor", failing)
+
+
+def test_an_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
+    _fail_on_third_tensor(monkeypatch, KeyboardInterrupt())
+    target = tmp_path / "tiny.gguf"
+    with pytest.raises(KeyboardInterrupt):
+        write(TINY, "Q8_0", target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_gives_a_one_line_error_and_no_file(tmp_path, monkeypatch):
+    _fail_on_third_tensor(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+    target = tmp_path / "tiny.gguf"
+    with pytest.raises(ModelError, match=r"could not write .*tiny.gguf: No space left on device"):
+        write(TINY, "Q8_0", target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_when_the_disk_is_one_byte_short(tmp_path):
+    needed = synth.predict_file_bytes(TINY, "Q4_0")
+    with pytest.raises(ModelError, match=r"tiny-test Q4_0 needs 0.00 GB of disk, only 0.00 GB is free \(use --force"):
+        synth.write_synthetic(TINY, "Q4_0", tmp_path / "a.gguf", free_disk_bytes=needed - 1, available_ram_bytes=PLENTY)
+    assert list(tmp_path.iterdir()) == []
+    synth.write_synthetic(TINY, "Q4_0", tmp_path / "a.gguf", free_disk_bytes=needed, available_ram_bytes=PLENTY)
+
+
+def test_refuses_when_ram_is_short_unless_forced(tmp_path):
+    plan = synth.plan_file(TINY, "Q4_0")
+    assert plan.load_memory_bytes() > plan.weight_bytes
+    with pytest.raises(ModelError, match="RAM to load"):
+        synth.write_synthetic(TINY, "Q4_0", tmp_path / "a.gguf", free_disk_bytes=PLENTY,
+                              available_ram_bytes=plan.load_memory_bytes() - 1)
+    synth.write_synthetic(TINY, "Q4_0", tmp_path / "a.gguf", force=True, free_disk_bytes=0, available_ram_bytes=0)
+    assert inspect_gguf(tmp_path / "a.gguf").quant == "Q4_0"
+
+
+def test_a_7b_is_refused_on_a_small_machine_before_anything_is_written(tmp_path):
+    with pytest.raises(ModelError, match=r"llama-2-7b F16 needs 13.\d\d GB of disk, only 8.00 GB is free"):
+        synth.write_synthetic("llama-2-7b", "F16", tmp_path / "x.gguf", free_disk_bytes=8 * 10**9,
+                              available_ram_bytes=24 * 10**9)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_names_are_refused(tmp_path):
+    with pytest.raises(ModelError, match="did you mean llama-2-7b"):
+        write("llama-2-7", "Q4_0", tmp_path / "x.gguf")
+    with pytest.raises(ModelError, match="not supported for synthetic models"):
+        write(TINY, "IQ2_XXS", tmp_path / "x.gguf")

@@ -109,14 +109,26 @@ def devices(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table") -
 
 @app.command()
 @user_errors
-def limits(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table") -> None:
-    """The measured limit table: device × model × quant × backend → peak memory, prefill, decode, TTFT."""
-    from fleetfit.coordinator import render
+def limits(
+    name: Annotated[str, typer.Argument(help="Which table; `fleetfit limits list` names them.")] = "measured",
+    coordinator: Coordinator = DEFAULT_ADDRESS,
+    fmt: Format = "table",
+    option: Annotated[Optional[list[str]], typer.Option(help="Table option KEY=VALUE (repeatable).")] = None,
+) -> None:
+    """Tables from the fleet's measurements (default: device × model × quant × backend → memory and speed)."""
+    from fleetfit.coordinator.tables import render_table
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     _check_format(fmt)
-    rows = _fleet(coordinator).GetLimitTable(pb.GetLimitTableRequest(), timeout=15).rows
-    typer.echo(render.render(*render.limit_table(list(rows)), fmt, list(rows)))
+    fleet = _fleet(coordinator)
+    if name == "list":
+        for t in fleet.ListTables(pb.ListTablesRequest(), timeout=15).tables:
+            typer.echo(f"{t.name:<14} {t.title}")
+        return
+    options = dict(o.split("=", 1) for o in option or [] if "=" in o)
+    if len(options) != len(option or []):
+        _fail("--option takes KEY=VALUE")
+    typer.echo(render_table(fleet.GetTable(pb.TableRequest(name=name, options=options), timeout=30), fmt))
 
 
 @app.command()

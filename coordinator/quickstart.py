@@ -12,6 +12,7 @@ import sys
 import time
 
 from fleetfit.coordinator import render
+from fleetfit.coordinator.tables import render_table
 from fleetfit.coordinator.server import BackgroundCoordinator
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
@@ -78,10 +79,9 @@ def run(db_path: pathlib.Path, echo, n_prompt: int, n_gen: int, repetitions: int
                 job_ids += fleet.SubmitProfile(pb.SubmitProfileRequest(device_ids=[device_id], request=request),
                                                timeout=CALL_TIMEOUT_S).job_ids
             _wait_for_jobs(fleet, agent, job_ids, echo)
-            rows = [r for r in fleet.GetLimitTable(pb.GetLimitTableRequest(), timeout=CALL_TIMEOUT_S).rows
-                    if r.device_id == device_id and r.model_name == QUICKSTART_MODEL]
-            echo("\nLimit table (measured on this device):\n")
-            echo(render.render(*render.limit_table(rows), "md", rows))
+            table = fleet.GetTable(pb.TableRequest(name="measured"), timeout=CALL_TIMEOUT_S)
+            echo("\nLimit table (measured):\n")
+            echo(render_table(table, "md"))
             answers = fleet.Fit(pb.FitRequest(model_name=QUICKSTART_MODEL, quant="Q4_0"), timeout=CALL_TIMEOUT_S).answers
             echo(f"\nfleetfit fit {QUICKSTART_MODEL} --quant Q4_0:\n")
             echo(render.render(*render.fit_table(answers), "md", answers))

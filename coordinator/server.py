@@ -9,6 +9,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fleetfit.coordinator import fit as fit_answers
+from fleetfit.coordinator import tables
 from fleetfit.coordinator.limits import limit_rows
 from fleetfit.coordinator.store import ConflictingResult, Store, UnknownDevice
 from fleetfit.models.errors import ModelError
@@ -119,6 +120,16 @@ class FleetService(pb_grpc.FleetServiceServicer):
         min_tps = request.min_decode_tokens_per_s if request.HasField("min_decode_tokens_per_s") else None
         answers = fit_answers.fit(request.model_name, quant, request.backend or "llama.cpp", devices, rows, min_tps)
         return pb.FitResponse(answers=answers)
+
+    async def ListTables(self, request, context):
+        return pb.ListTablesResponse(tables=[pb.Table(name=t.name, title=t.title) for t in tables.TABLES.values()])
+
+    async def GetTable(self, request, context):
+        fleet = tables.Fleet(results=self.store.results(), devices=self.store.devices())
+        try:
+            return tables.build(request.name, fleet, dict(request.options))
+        except tables.TableError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
 
 class ListenError(Exception):

@@ -99,3 +99,19 @@ def test_serve_reports_health_and_stops_gracefully_on_sigterm(tmp_path):
     finally:
         proc.kill()
     assert (tmp_path / "f.sqlite3").exists()
+
+
+def test_tables_by_name(stubs):
+    agent, fleet = stubs
+    register(agent)
+    result = pb.ProfileResult(result_id="r1", device_id="dev-1", model_name="smollm2-135m", quant="F16",
+                              request=small_request("F16"), decode_tokens_per_s=pb.Stat(mean=47.0, samples=[47.0]))
+    agent.ReportResult(pb.ReportResultRequest(result=result), timeout=5)
+    names = [t.name for t in fleet.ListTables(pb.ListTablesRequest(), timeout=5).tables]
+    assert "measured" in names
+    table = fleet.GetTable(pb.TableRequest(name="measured"), timeout=5)
+    assert table.columns[:3] == ["device", "model", "quant"]
+    assert [c.string_value for c in table.rows[0].cells[:3]] == ["dev-1", "smollm2-135m", "F16"]
+    with pytest.raises(grpc.RpcError) as exc:
+        fleet.GetTable(pb.TableRequest(name="nonsense"), timeout=5)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown table 'nonsense'" in exc.value.details()

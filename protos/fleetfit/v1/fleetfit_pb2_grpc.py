@@ -217,6 +217,16 @@ class FleetServiceStub:
                 request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.FitRequest.SerializeToString,
                 response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.FitResponse.FromString,
                 _registered_method=True)
+        self.ListTables = channel.unary_unary(
+                '/fleetfit.v1.FleetService/ListTables',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ListTablesRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ListTablesResponse.FromString,
+                _registered_method=True)
+        self.GetTable = channel.unary_unary(
+                '/fleetfit.v1.FleetService/GetTable',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.TableRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.Table.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -252,6 +262,18 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTables(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTable(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -279,6 +301,16 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.Fit,
                     request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.FitRequest.FromString,
                     response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.FitResponse.SerializeToString,
+            ),
+            'ListTables': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTables,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ListTablesRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ListTablesResponse.SerializeToString,
+            ),
+            'GetTable': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTable,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.TableRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.Table.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -416,6 +448,60 @@ class FleetService:
             '/fleetfit.v1.FleetService/Fit',
             fleetfit_dot_v1_dot_fleetfit__pb2.FitRequest.SerializeToString,
             fleetfit_dot_v1_dot_fleetfit__pb2.FitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTables(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetfit.v1.FleetService/ListTables',
+            fleetfit_dot_v1_dot_fleetfit__pb2.ListTablesRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.ListTablesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetfit.v1.FleetService/GetTable',
+            fleetfit_dot_v1_dot_fleetfit__pb2.TableRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.Table.FromString,
             options,
             channel_credentials,
             insecure,

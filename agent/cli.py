@@ -1,5 +1,6 @@
 """fleetfit-agent: the command line on each device. Commands parse options and call library code."""
 
+import dataclasses
 import functools
 import json
 import logging
@@ -13,8 +14,13 @@ import typer
 
 app = typer.Typer(help="Profile quantized LLM inference on this device and report to a fleetfit coordinator.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-models_app = typer.Typer(help="Fetch, derive and list model files in the agent's cache.", no_args_is_help=True)
+models_app = typer.Typer(help="Fetch, derive, synthesize and list model files in the agent's cache.",
+                         no_args_is_help=True)
 app.add_typer(models_app, name="models")
+limits_app = typer.Typer(help="Find this device's limits: the largest model per precision.", no_args_is_help=True)
+app.add_typer(limits_app, name="limits")
+service_app = typer.Typer(help="Run the agent as a system service.", no_args_is_help=True)
+app.add_typer(service_app, name="service")
 
 CacheDir = Annotated[Optional[pathlib.Path], typer.Option(envvar="FLEETFIT_CACHE_DIR", help="Model cache directory.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -61,14 +67,16 @@ def _to_json(message) -> str:
 @app.command()
 @user_errors
 def info(as_json: Json = False,
-         device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None) -> None:
-    """OS, CPU, memory, GPUs (through NVML), backends that import here, llama.cpp's system info."""
-    from fleetfit.agent import inventory
+         device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
+         cache_dir: CacheDir = None) -> None:
+    """OS, CPU, memory, GPUs (through NVML), backends that import here, llama.cpp's system info, cached probes."""
+    from fleetfit.agent import device_probe, inventory
     from fleetfit.agent.daemon import llama_system_info
 
     llama_available = any(b.available for b in inventory.probe_backends() if b.name == "llama.cpp")
     device = inventory.collect(device_id or inventory.default_device_id(),
-                               llama_system_info() if llama_available else "")
+                               llama_system_info() if llama_available else "",
+                               device_probe.load_cached(_cache(cache_dir)))
     if as_json:
         typer.echo(_to_json(device))
         return
@@ -88,6 +96,33 @@ def info(as_json: Json = False,
         typer.echo(f"backend     {backend.name}: {state}")
     if device.llama_system_info:
         typer.echo(f"llama.cpp   {device.llama_system_info}")
+    _echo_probes(device.probes if device.HasField("probes") else None)
+
+
+def _echo_probes(probes) -> None:
+    if probes is None:
+        typer.echo("probes      not run yet (fleetfit-agent probe)")
+        return
+    for b in probes.bandwidth:
+        figure = f"{b.gb_per_s:.1f} GB/s ({b.provenance.kind}: {b.provenance.method})" if b.HasField("gb_per_s") else b.note
+        typer.echo(f"bandwidth   {b.target}: {figure}")
+    for m in probes.matmul:
+        typer.echo(f"matmul      {m.target} {m.precision}: {m.gflop_per_s:.1f} GFLOP/s "
+                   f"({m.provenance.kind}: {m.provenance.method}, n={m.n})")
+
+
+@app.command()
+@user_errors
+def probe(refresh: Annotated[bool, typer.Option("--refresh", help="Measure again even if cached.")] = False,
+          cache_dir: CacheDir = None, as_json: Json = False) -> None:
+    """Measure this device's memory bandwidth (triad; GPU copy) and matmul peak once, and cache them."""
+    from fleetfit.agent import device_probe
+
+    probes = device_probe.probes(_cache(cache_dir), refresh=refresh)
+    if as_json:
+        typer.echo(_to_json(probes))
+        return
+    _echo_probes(probes)
 
 
 @models_app.command("pull")
@@ -125,6 +160,28 @@ def models_quantize(
         typer.echo(path)
 
 
+@models_app.command("synth")
+@user_errors
+def models_synth(
+    arch: Annotated[str, typer.Argument(help="A catalogued architecture, e.g. llama-2-7b.")],
+    quant: Annotated[str, typer.Option(help="GGUF type: F16, Q8_0, Q4_0, Q4_K_M, ...")],
+    out: Annotated[Optional[pathlib.Path], typer.Option(help="Output file; default: in the cache.")] = None,
+    force: Annotated[bool, typer.Option(help="Write even when free disk or RAM looks short.")] = False,
+    seed: int = 0,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Write an architecture-faithful GGUF with random weights (valid quantized blocks) that llama.cpp runs."""
+    from fleetfit.models import synth
+    from fleetfit.models.quants import parse_quant
+
+    quant = parse_quant(quant)
+    path = out or _cache(cache_dir) / "synthetic" / f"{arch}-{quant}.gguf"
+    plan = synth.plan_file(arch, quant)
+    typer.echo(f"writing {plan.file_bytes / 1e9:.2f} GB; loading it needs about "
+               f"{plan.load_memory_bytes() / 1e9:.2f} GB of RAM", err=True)
+    typer.echo(synth.write_synthetic(arch, quant, path, seed=seed, force=force))
+
+
 @models_app.command("list")
 def models_list(cache_dir: CacheDir = None, as_json: Json = False) -> None:
     """Model files in the cache."""
@@ -140,6 +197,37 @@ def models_list(cache_dir: CacheDir = None, as_json: Json = False) -> None:
         typer.echo(f"{name:<16} {quant:<8} {size / 2**20:9.1f} MiB  {path}")
 
 
+@limits_app.command("probe")
+@user_errors
+def limits_probe(
+    quants: Annotated[str, typer.Option(help="Comma-separated precisions.")] = "F16,Q8_0,Q4_0",
+    sizes: Annotated[str, typer.Option(help="Comma-separated catalogued architectures.")] =
+        "distilgpt2,tinyllama-1.1b,llama-2-7b,llama-2-13b",
+    n_prompt: int = 64,
+    n_gen: int = 16,
+    repetitions: int = 2,
+    threads: Annotated[int, typer.Option(help="0 = physical cores.")] = 0,
+    cache_dir: CacheDir = None,
+    device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
+    as_json: Json = False,
+) -> None:
+    """Synthesize, profile (under a memory cap) and delete each size; record what fits, per precision."""
+    from fleetfit.agent import inventory, probe, profiling, report
+
+    for name, value in (("n-prompt", n_prompt), ("n-gen", n_gen), ("repetitions", repetitions)):
+        if value < 1:
+            _fail(f"--{name} must be at least 1, got {value}")
+    settings = probe.ProbeSettings(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, threads=threads)
+    show = (lambda r: None) if as_json else (lambda r: typer.echo(report.markdown([r]).split("\n\n")[0]))
+    results = probe.probe([s for s in sizes.split(",") if s], [q for q in quants.split(",") if q],
+                          device_id or inventory.default_device_id(), _cache(cache_dir), settings, show)
+    if as_json:
+        typer.echo(json.dumps([json.loads(_to_json(r)) for r in results], indent=2))
+        return
+    for quant, largest in probe.capacity(results).items():
+        typer.echo(f"largest that fits at {quant}: {largest}")
+
+
 @app.command()
 @user_errors
 def profile(
@@ -151,6 +239,8 @@ def profile(
     n_gen: Annotated[int, typer.Option(help="Tokens for the decode test.")] = 128,
     repetitions: int = 5,
     timeout: Annotated[float, typer.Option(help="Seconds before the worker is killed; 0 = default.")] = 0.0,
+    idle_baseline: Annotated[Optional[float], typer.Option(
+        envvar="FLEETFIT_IDLE_BASELINE_S", help="Seconds of idle power measured before the run (default 2).")] = None,
     cache_dir: CacheDir = None,
     device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
     as_json: Json = False,
@@ -158,30 +248,124 @@ def profile(
     """Measure load time, TTFT, prefill and decode tokens/s and peak memory, each run in a child process."""
     from fleetfit.agent import inventory, profiling, report
 
-    request = profiling.make_request(model, quant, backend, n_prompt, n_gen, repetitions, threads, timeout)
+    request = profiling.make_request(model, quant, backend, n_prompt, n_gen, repetitions, threads, timeout,
+                                     idle_baseline)
     result = profiling.profile(request, device_id or inventory.default_device_id(), _cache(cache_dir))
     typer.echo(_to_json(result) if as_json else report.markdown([result]))
     if result.failure:
         raise typer.Exit(1)
 
 
+IdentityPath = Annotated[Optional[pathlib.Path], typer.Option(
+    "--identity", envvar="FLEETFIT_IDENTITY", help="Credentials file (default ~/.config/fleetfit/agent-identity.json).")]
+Insecure = Annotated[bool, typer.Option("--insecure", envvar="FLEETFIT_INSECURE",
+                                        help="Plaintext, no TLS: for a coordinator on loopback during development.")]
+
+
+def _join(coordinator: str, token: str, device_id: Optional[str], insecure: bool, mtls: bool,
+          identity_path: pathlib.Path, timeout_s: float = 10.0):
+    from fleetfit.agent import identity, inventory
+
+    try:
+        found = identity.join(coordinator, token, device_id or inventory.default_device_id(), insecure, mtls,
+                              timeout_s)
+    except identity.JoinError as exc:
+        _fail(str(exc))
+    identity.save(found, identity_path)
+    return found
+
+
+@app.command()
+@user_errors
+def join(
+    coordinator: Annotated[str, typer.Option(envvar="FLEETFIT_COORDINATOR", help="HOST:PORT of the coordinator.")],
+    token: Annotated[str, typer.Option(envvar="FLEETFIT_JOIN_TOKEN", help="From `fleetfit token create`.")],
+    device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
+    insecure: Insecure = False,
+    mtls: Annotated[bool, typer.Option("--mtls", help="Also get a client certificate (mutual TLS).")] = False,
+    identity_path: IdentityPath = None,
+) -> None:
+    """Enroll this device once: spend a join token for credentials kept on this device (mode 0600)."""
+    from fleetfit.agent import identity
+
+    path = identity_path or identity.default_path()
+    found = _join(coordinator, token, device_id, insecure, mtls, path)
+    how = "plaintext" if found.ca_pem is None else ("mutual TLS" if found.client_cert_pem else "TLS, CA pinned")
+    typer.echo(f"joined {coordinator} as {found.device_id} ({how}); credentials in {path}")
+
+
 @app.command()
 @user_errors
 def run(
-    coordinator: Annotated[str, typer.Option(envvar="FLEETFIT_COORDINATOR", help="HOST:PORT of the coordinator.")],
+    coordinator: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_COORDINATOR",
+                                                       help="HOST:PORT (default: the one joined).")] = None,
     cache_dir: CacheDir = None,
     device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
     connect_timeout: float = 10.0,
+    token: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_JOIN_TOKEN",
+                                                 help="Join first with this token if not enrolled yet.")] = None,
+    insecure: Insecure = False,
+    identity_path: IdentityPath = None,
+    outbox_path: Annotated[Optional[pathlib.Path], typer.Option(
+        "--outbox", envvar="FLEETFIT_OUTBOX", help="Durable outbox (default: beside the credentials).")] = None,
+    allow_dir: Annotated[Optional[list[pathlib.Path]], typer.Option(
+        "--allow-dir", help="A directory whose model files jobs may name (repeatable).")] = None,
 ) -> None:
-    """Register this device and run the profiles the coordinator asks for, until SIGTERM or Ctrl-C."""
-    from fleetfit.agent import inventory
+    """Run the profiles the coordinator asks for, until SIGTERM or Ctrl-C (enrolled by `join` or --token)."""
+    from fleetfit.agent import identity
     from fleetfit.agent.daemon import serve_jobs
+    from fleetfit.agent.outbox import Outbox
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fleetfit-agent %(message)s", stream=sys.stderr)
+    path = identity_path or identity.default_path()
+    try:
+        found = identity.load(path)
+    except identity.JoinError as exc:
+        _fail(str(exc))
+    if found is None or (device_id and found.device_id != device_id):
+        if not token:
+            _fail(f"this device is not enrolled ({path} missing): run fleetfit-agent join --coordinator ADDR --token T")
+        if not (coordinator or (found and found.coordinator)):
+            _fail("--coordinator is required to join")
+        found = _join(coordinator or found.coordinator, token, device_id, insecure, False, path, connect_timeout)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())  # finish the current job, then leave
-    serve_jobs(coordinator, device_id or inventory.default_device_id(), _cache(cache_dir), stop, connect_timeout)
+        signal.signal(signum, lambda *_: stop.set())  # give back a job just leased, or finish the current one
+    outbox = Outbox(outbox_path or path.with_name(path.stem + "-outbox.sqlite3"))
+    if coordinator:
+        found = dataclasses.replace(found, coordinator=coordinator)
+    try:
+        serve_jobs(found, _cache(cache_dir), stop, outbox, connect_timeout, allowed_dirs=list(allow_dir or []))
+    finally:
+        outbox.close()
+
+
+@service_app.command("install")
+def service_install(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the unit instead of writing it.")] = False,
+    unit_dir: Annotated[pathlib.Path, typer.Option(help="Where systemd units live.")] = pathlib.Path(
+        "/etc/systemd/system"),
+    user: Annotated[Optional[str], typer.Option(help="Run the agent as this user.")] = None,
+    identity_path: IdentityPath = None,
+    cache_dir: CacheDir = None,
+    allow_dir: Annotated[Optional[list[pathlib.Path]], typer.Option("--allow-dir")] = None,
+) -> None:
+    """Write (or print) a systemd unit that runs `fleetfit-agent run` as a service."""
+    from fleetfit.agent import identity, service
+
+    path = identity_path or identity.default_path()
+    text = service.unit_text(service.agent_executable(), path, cache_dir, list(allow_dir or []), user)
+    if dry_run:
+        typer.echo(text, nl=False)
+        return
+    if not path.exists():
+        _fail(f"join first ({path} missing): fleetfit-agent join --coordinator ADDR --token T")
+    target = unit_dir / service.UNIT_NAME
+    try:
+        target.write_text(text)
+    except OSError as exc:
+        _fail(f"cannot write {target}: {exc.strerror} (run as root, or --unit-dir)")
+    typer.echo(f"wrote {target}; start it with: systemctl daemon-reload && systemctl enable --now {service.UNIT_NAME}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
-"""`fleetfit-agent run`: register with a coordinator, then run the profiles it asks for and report them."""
+"""`fleetfit-agent run`: register with a coordinator, then run the profiles it asks for and report them.
+
+Each job is leased: a heartbeat thread renews the lease while the profile runs, and the report carries
+the lease's fencing token. Each result goes to the durable outbox before it is sent, so neither a
+coordinator restart nor an agent crash loses it. Jobs are declarative: a job naming a file is run only
+when the file lies in a directory the device's owner allowed (--allow-dir).
+"""
 
 import logging
 import pathlib
-import random
 import threading
 import time
 import uuid
@@ -10,16 +15,16 @@ import uuid
 import grpc
 
 from fleetfit.agent import inventory, profiling
+from fleetfit.agent.identity import Identity
+from fleetfit.agent.outbox import TRANSIENT, Outbox, backoff_s, flush
 from fleetfit.agent.isolation import WorkerFailure, run_worker
 from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
-from fleetfit.v1.transport import connect
 
 log = logging.getLogger("fleetfit.agent")
 
 CALL_TIMEOUT_S = 15.0
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 def llama_system_info() -> str:
@@ -29,9 +34,23 @@ def llama_system_info() -> str:
         return f"unavailable ({exc})"
 
 
-def run_job(job: pb.Job, device_id: str, cache_dir: pathlib.Path) -> pb.ProfileResult:
+def path_refusal(request: pb.ProfileRequest, allowed_dirs: list[pathlib.Path]) -> str | None:
+    """Why a job may not read the file it names, or None (a catalogue name, or a file in an allowed directory)."""
+    if not request.model.path:
+        return None
+    path = pathlib.Path(request.model.path).resolve()
+    if any(path.is_relative_to(d.resolve()) for d in allowed_dirs):
+        return None
+    return (f"{request.model.path} is outside the directories this device allows "
+            f"(fleetfit-agent run --allow-dir DIR); jobs name catalogue models")
+
+
+def run_job(job: pb.Job, device_id: str, cache_dir: pathlib.Path,
+            allowed_dirs: list[pathlib.Path] = ()) -> pb.ProfileResult:
     """Always a result: bad input inside a job is reported as a failed result, and the daemon stays up."""
     try:
+        if refusal := path_refusal(job.request, list(allowed_dirs)):
+            raise profiling.ProfileInputError(refusal)
         return profiling.profile(job.request, device_id, cache_dir)
     except (ModelError, profiling.ProfileInputError) as exc:
         error = str(exc)
@@ -50,22 +69,48 @@ def _call_with_retry(call, request, stop: threading.Event, attempts: int = 8):
         except grpc.RpcError as exc:
             if exc.code() not in TRANSIENT or attempt == attempts - 1 or stop.is_set():
                 raise
-            delay = min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
+            delay = backoff_s(attempt)
             log.warning("coordinator call failed (%s); retrying in %.1f s", exc.code().name, delay)
             stop.wait(delay)
 
 
-def serve_jobs(address: str, device_id: str, cache_dir: pathlib.Path, stop: threading.Event,
-               connect_timeout_s: float = 10.0, poll_wait_s: float = 5.0) -> int:
-    """Run until `stop` is set; returns the number of jobs run. The current job finishes before stopping."""
-    channel = connect(address, connect_timeout_s)
+class LeaseKeeper(threading.Thread):
+    """Renews a job's lease every third of its length until stopped; notes when the lease was lost."""
+
+    def __init__(self, stub, device_id: str, job: pb.Job):
+        super().__init__(daemon=True)
+        self.stub, self.job = stub, job
+        self.request = pb.HeartbeatRequest(device_id=device_id, job_id=job.job_id, fence=job.fence)
+        self.done, self.lost = threading.Event(), False
+
+    def run(self) -> None:
+        while not self.done.wait(max(self.job.lease_s / 3, 0.05)):
+            try:
+                self.stub.Heartbeat(self.request, timeout=min(CALL_TIMEOUT_S, max(self.job.lease_s / 3, 1.0)))
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    log.warning("lease on job %s lost: %s", self.job.job_id, exc.details())
+                    self.lost = True
+                    return
+                log.warning("heartbeat failed (%s); retrying", exc.code().name)
+
+
+def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Event, outbox: Outbox,
+               connect_timeout_s: float = 10.0, poll_wait_s: float = 5.0,
+               allowed_dirs: list[pathlib.Path] = ()) -> int:
+    """Run until `stop` is set; returns the number of jobs run. On stop, a job just leased is given back
+    and a running one finishes and is reported."""
+    device_id = identity.device_id
+    channel = identity.connect(connect_timeout_s)
     stub = pb_grpc.AgentServiceStub(channel)
     register = pb.RegisterRequest(inventory=inventory.collect(device_id, llama_system_info()))
     _call_with_retry(stub.Register, register, stop)
-    log.info("registered %s with %s", device_id, address)
+    log.info("registered %s with %s", device_id, identity.coordinator)
     jobs_run = 0
     with channel:
         while not stop.is_set():
+            if len(outbox) and not flush(outbox, stub.ReportResult, stop, max_attempts=3):
+                continue  # the coordinator is away: keep the results, try again
             try:
                 reply = stub.PollJob(pb.PollJobRequest(device_id=device_id, wait_s=poll_wait_s),
                                      timeout=poll_wait_s + CALL_TIMEOUT_S)
@@ -81,9 +126,20 @@ def serve_jobs(address: str, device_id: str, cache_dir: pathlib.Path, stop: thre
                 continue
             if not reply.HasField("job"):
                 continue
-            log.info("job %s: %s %s", reply.job.job_id, reply.job.request.model.name or reply.job.request.model.path,
-                     reply.job.request.quant)
-            result = run_job(reply.job, device_id, cache_dir)
-            _call_with_retry(stub.ReportResult, pb.ReportResultRequest(job_id=reply.job.job_id, result=result), stop)
+            job = reply.job
+            if stop.is_set():
+                _call_with_retry(stub.ReleaseJob, pb.ReleaseJobRequest(device_id=device_id, job_id=job.job_id,
+                                                                       fence=job.fence), threading.Event(), 3)
+                break
+            log.info("job %s: %s %s", job.job_id, job.request.model.name or job.request.model.path, job.request.quant)
+            keeper = LeaseKeeper(stub, device_id, job)
+            keeper.start()
+            try:
+                result = run_job(job, device_id, cache_dir, allowed_dirs)
+            finally:
+                keeper.done.set()
+                keeper.join()
+            outbox.put(pb.ReportResultRequest(job_id=job.job_id, result=result, fence=job.fence))
+            flush(outbox, stub.ReportResult, stop if not stop.is_set() else threading.Event(), max_attempts=8)
             jobs_run += 1
     return jobs_run

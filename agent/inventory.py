@@ -64,7 +64,8 @@ def default_device_id() -> str:
     return f"{host}-{hashlib.sha256(machine_id.encode()).hexdigest()[:8]}"
 
 
-def collect(device_id: str, llama_system_info: str = "") -> pb.DeviceInventory:
+def collect(device_id: str, llama_system_info: str = "", probes: pb.DeviceProbes | None = None) -> pb.DeviceInventory:
+    """This device now; `probes` are the cached bandwidth and matmul probes (device_probe.load_cached), if any."""
     memory = psutil.virtual_memory()
     gpus, gpu_note = nvml.list_gpus()
     return pb.DeviceInventory(
@@ -82,4 +83,5 @@ def collect(device_id: str, llama_system_info: str = "") -> pb.DeviceInventory:
         backends=probe_backends(),
         llama_system_info=llama_system_info,
         agent_version=agent_version(),
+        probes=probes,
     )

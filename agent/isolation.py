@@ -14,7 +14,7 @@ import tempfile
 
 from fleetfit.agent.worker import HANDLED_ERROR_EXIT
 
-OOM_MARKERS = ("bad_alloc", "failed to allocate", "out of memory", "cannot allocate memory")
+OOM_MARKERS = ("bad_alloc", "failed to allocate", "out of memory", "cannot allocate memory", "unable to allocate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +31,16 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def run_worker(request: dict, timeout_s: float) -> dict:
-    """The worker's result dict, or WorkerFailure."""
+def _oom_line(text: str) -> str | None:
+    """The last line of llama.cpp's log that says an allocation failed, if any."""
+    lines = [line.strip() for line in text.splitlines() if any(m in line.lower() for m in OOM_MARKERS)]
+    return lines[-1] if lines else None
+
+
+def run_worker(request: dict, timeout_s: float, memory_limit_bytes: int | None = None) -> dict:
+    """The worker's result dict, or WorkerFailure. With a memory limit the worker's address space is capped."""
+    if memory_limit_bytes:
+        request = {**request, "memory_limit_bytes": memory_limit_bytes}
     with tempfile.TemporaryDirectory(prefix="fleetfit-worker-") as tmp:
         result_path = os.path.join(tmp, "result.json")
         stderr_path = os.path.join(tmp, "stderr.txt")
@@ -56,12 +64,16 @@ def run_worker(request: dict, timeout_s: float) -> dict:
         if proc.returncode == HANDLED_ERROR_EXIT and os.path.exists(result_path):
             with open(result_path) as f:
                 outcome = json.load(f)
+            oom = _oom_line(err_text)
+            if oom:  # the backend's error is the consequence; the allocation that failed is the cause
+                raise WorkerFailure("oom", f"{outcome['error']}: {oom}")
             raise WorkerFailure(outcome["failure"], outcome["error"])
         detail = _last_line(err_text)
         if proc.returncode < 0:
             signame = signal.Signals(-proc.returncode).name
-            if any(marker in err_text.lower() for marker in OOM_MARKERS):
-                raise WorkerFailure("oom", f"{signame}: {detail}")
+            oom = _oom_line(err_text)
+            if oom:
+                raise WorkerFailure("oom", f"{signame}: {oom}")
             if -proc.returncode == signal.SIGKILL:
                 raise WorkerFailure("oom", "killed by SIGKILL, not by fleetfit (most likely the kernel's OOM killer)")
             raise WorkerFailure("signal", f"{signame}" + (f": {detail}" if detail else ""))

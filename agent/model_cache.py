@@ -24,6 +24,7 @@ def default_cache_dir() -> pathlib.Path:
 class ResolvedModel:
     name: str  # catalogue name, or the file's stem
     path: pathlib.Path
+    origin: str  # "file" (a path given by the user), "real" (fetched), "derived" (requantized from a real one)
 
 
 def is_path(ref: str) -> bool:
@@ -55,7 +56,7 @@ def resolve(ref: str, quant: str | None, cache_dir: pathlib.Path, threads: int) 
         if quant is not None and parse_quant(quant) != info.quant:
             raise ModelError(f"{path.name} is {info.quant}, not {parse_quant(quant)}; "
                              f"derive it first with `fleetfit-agent models quantize {path} --to {parse_quant(quant)}`")
-        return ResolvedModel(name=path.stem, path=path)
+        return ResolvedModel(name=path.stem, path=path, origin="file")
     model = real_models.real_model(ref)
     quant = parse_quant(quant) if quant else model.quant
     target = real_models.model_file(cache_dir, model.name, quant)
@@ -63,7 +64,7 @@ def resolve(ref: str, quant: str | None, cache_dir: pathlib.Path, threads: int) 
         base = real_models.pull(model.name, cache_dir)
         if quant != model.quant:
             derive(base, quant, target, threads)
-    return ResolvedModel(name=model.name, path=target)
+    return ResolvedModel(name=model.name, path=target, origin="real" if quant == model.quant else "derived")
 
 
 def cached_models(cache_dir: pathlib.Path) -> list[tuple[str, str, pathlib.Path, int]]:

@@ -7,7 +7,7 @@ import uuid
 
 import psutil
 
-from fleetfit.agent import model_cache
+from fleetfit.agent import device_probe, energy, model_cache
 from fleetfit.agent.isolation import WorkerFailure, run_worker
 from fleetfit.models.errors import ModelError
 from fleetfit.models.gguf_file import inspect_gguf, sha256_of
@@ -39,10 +39,14 @@ def default_threads() -> int:
 
 
 def make_request(model: str, quant: str | None = None, backend: str = "llama.cpp", n_prompt: int = 512,
-                 n_gen: int = 128, repetitions: int = 5, threads: int = 0, timeout_s: float = 0.0) -> pb.ProfileRequest:
+                 n_gen: int = 128, repetitions: int = 5, threads: int = 0, timeout_s: float = 0.0,
+                 idle_baseline_s: float | None = None) -> pb.ProfileRequest:
     ref = pb.ModelRef(path=model) if model_cache.is_path(model) else pb.ModelRef(name=model)
-    return pb.ProfileRequest(model=ref, backend=backend, quant=quant or "", n_prompt=n_prompt, n_gen=n_gen,
-                             repetitions=repetitions, threads=threads, timeout_s=timeout_s)
+    request = pb.ProfileRequest(model=ref, backend=backend, quant=quant or "", n_prompt=n_prompt, n_gen=n_gen,
+                                repetitions=repetitions, threads=threads, timeout_s=timeout_s)
+    if idle_baseline_s is not None:
+        request.idle_baseline_s = idle_baseline_s
+    return request
 
 
 def validate(request: pb.ProfileRequest) -> None:
@@ -53,6 +57,8 @@ def validate(request: pb.ProfileRequest) -> None:
             raise ProfileInputError(f"{field.replace('_', '-')} must be at least 1, got {getattr(request, field)}")
     if request.threads < 0:
         raise ProfileInputError(f"threads must be positive (or 0 for the default), got {request.threads}")
+    if request.HasField("idle_baseline_s") and request.idle_baseline_s < 0:
+        raise ProfileInputError(f"idle baseline must be positive (or 0 for none), got {request.idle_baseline_s}")
     if request.timeout_s < 0:
         raise ProfileInputError(f"timeout must be positive (or 0 for the default), got {request.timeout_s}")
     if request.quant:
@@ -68,7 +74,8 @@ def resolve_model(request: pb.ProfileRequest, cache_dir: pathlib.Path) -> model_
     return model_cache.resolve(request.model.path or request.model.name, request.quant or None, cache_dir, threads)
 
 
-def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path) -> pb.ProfileResult:
+def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
+            memory_limit_bytes: int | None = None) -> pb.ProfileResult:
     """Run the request. Bad input raises ProfileInputError or ModelError; a backend failure is a result."""
     model = resolve_model(request, cache_dir)
     info = inspect_gguf(model.path)
@@ -79,16 +86,25 @@ def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path)
         model_file_bytes=info.file_bytes, model_n_params=info.n_params, model_arch=info.architecture,
         quant=info.quant, threads=threads, n_prompt=request.n_prompt, n_gen=request.n_gen,
         repetitions=request.repetitions, warmup=True, provenance=MEASURED, started_unix_s=time.time(),
+        model_origin=model.origin, memory_limit_bytes=memory_limit_bytes,
     )
+    probes = device_probe.probes(cache_dir)  # measured once per device, then cached
     start = time.monotonic()
+    idle_s = energy.idle_baseline_s(request)
+    sampler, declined = energy.start_sampler(idle_s)
     try:
         figures = run_worker({"op": "profile", "model_path": str(model.path), "n_prompt": request.n_prompt,
                               "n_gen": request.n_gen, "repetitions": request.repetitions, "threads": threads},
-                             request.timeout_s or DEFAULT_TIMEOUT_S)
+                             request.timeout_s or DEFAULT_TIMEOUT_S, memory_limit_bytes)
     except WorkerFailure as exc:
+        sampler.close()
         result.failure = FAILURE_KINDS[exc.failure]
         result.error = exc.message
     else:
+        tokens = {"prefill": request.n_prompt * request.repetitions, "decode": request.n_gen * request.repetitions}
+        result.power.CopyFrom(energy.finish_sampler(sampler, declined, idle_s, figures["phase_windows_ns"], tokens))
+        result.roofline.CopyFrom(energy.roofline_message(model.path, request.n_gen,
+                                                         figures["decode_tokens_per_s"]["mean"], probes))
         for stat in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms"):
             getattr(result, stat).CopyFrom(pb.Stat(**figures[stat]))
         for field in ("load_time_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "n_batch",

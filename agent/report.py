@@ -30,4 +30,53 @@ def markdown(results: list[pb.ProfileResult]) -> str:
         lines.append("")
         lines.append(f"{r.repetitions} repetitions after 1 warm-up; {r.provenance.kind}: {r.provenance.method}. "
                      f"Memory: {r.memory_method or 'not measured'}.")
+    measured = [r for r in results if r.HasField("power") or r.HasField("roofline")]
+    if measured:
+        lines += ["", energy_markdown(measured), "", roofline_markdown(measured)]
+    return "\n".join(lines)
+
+
+def _num(message, field: str, digits: int = 2) -> str:
+    return f"{getattr(message, field):.{digits}f}" if message.HasField(field) else "n/a"
+
+
+def energy_markdown(results: list[pb.ProfileResult]) -> str:
+    """Energy per phase and source; an estimate says so in every row."""
+    lines = [
+        "| model | quant | phase | source | provenance | energy mJ | net mJ | avg W | peak W | idle W | J/token | "
+        "tokens/J | coverage | samples (skipped) |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        for p in r.power.phases:
+            provenance = p.provenance.upper() if p.provenance == "estimated" else p.provenance
+            lines.append(
+                f"| {r.model_name} | {r.quant} | {p.phase} | {p.source} | {provenance} ({p.method}, {p.rate_hz:g} Hz) | "
+                f"{_num(p, 'energy_mj', 1)} | {_num(p, 'net_energy_mj', 1)} | {_num(p, 'average_power_w')} | "
+                f"{_num(p, 'peak_power_w')} | {_num(p, 'idle_power_w')} | {_num(p, 'joules_per_token', 4)} | "
+                f"{_num(p, 'tokens_per_joule')} | {100 * p.coverage:.0f}% | {p.samples} ({p.samples_skipped}) |")
+    power = results[0].power
+    lines.append("")
+    lines.append(f"Idle baseline {power.idle_baseline_s:g} s before the run, net = gross minus idle power over the "
+                 f"phase; warm-up excluded. Sources that declined: {'; '.join(power.declined) or 'none'}.")
+    if any(r.power.provenance == "estimated" for r in results):
+        lines.append("ESTIMATED: no power sensor is readable here; watts are CPU utilization x a per-CPU-class "
+                     "power model, not a measurement.")
+    return "\n".join(lines)
+
+
+def roofline_markdown(results: list[pb.ProfileResult]) -> str:
+    lines = [
+        "| model | quant | MB/token | decode t/s | achieved GB/s | device GB/s | % of bandwidth | FLOP/byte | bottleneck |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in results:
+        rl = r.roofline
+        lines.append(
+            f"| {r.model_name} | {r.quant} | {rl.bytes_per_token / 1e6:.1f} | {r.decode_tokens_per_s.mean:.2f} | "
+            f"{_num(rl, 'achieved_gb_per_s')} | {_num(rl, 'device_bandwidth_gb_per_s')} | "
+            f"{_num(rl, 'percent_of_bandwidth', 1)} | {_num(rl, 'arithmetic_intensity_flop_per_byte')} | "
+            f"{rl.bottleneck or 'n/a'} |")
+    lines.append("")
+    lines.append(f"Roofline: {results[0].roofline.method}." + (f" {results[0].roofline.note}." if results[0].roofline.note else ""))
     return "\n".join(lines)

@@ -7,6 +7,7 @@ status and classifies it (see isolation.py). Handled errors are written as {"err
 """
 
 import json
+import resource
 import sys
 
 HANDLED_ERROR_EXIT = 3
@@ -31,6 +32,11 @@ def _run(request: dict) -> dict:
 def main() -> int:
     result_path = sys.argv[1]
     request = json.load(sys.stdin)
+    if request.get("memory_limit_bytes"):
+        # A cap on the address space: an allocation past it fails inside llama.cpp instead of pushing
+        # the device into swap or the kernel's OOM killer.
+        limit = int(request["memory_limit_bytes"])
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
         outcome = {"ok": _run(request)}
         code = 0

@@ -20,6 +20,16 @@ def default_db_path() -> pathlib.Path:
     return pathlib.Path(xdg) / "fleetfit" / "fleetfit.sqlite3"
 
 
+def default_state_dir() -> pathlib.Path:
+    """Where `serve` keeps its CA (tls/) and the operator token; operator commands read them from here."""
+    return pathlib.Path(os.environ.get("FLEETFIT_STATE_DIR") or default_db_path().parent)
+
+
+StateDir = Annotated[Optional[pathlib.Path], typer.Option(envvar="FLEETFIT_STATE_DIR",
+                                                          help="CA and operator token (default: beside the SQLite file).")]
+Db = Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DB", help="SQLite file, or postgresql://... URL.")]
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -32,13 +42,14 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         import grpc
 
+        from fleetfit.coordinator.db import DatabaseError
         from fleetfit.coordinator.quickstart import QuickstartError
         from fleetfit.coordinator.server import ListenError
         from fleetfit.v1.transport import CoordinatorUnreachable
 
         try:
             return command(*args, **kwargs)
-        except (CoordinatorUnreachable, QuickstartError, ListenError) as exc:
+        except (CoordinatorUnreachable, QuickstartError, ListenError, DatabaseError) as exc:
             _fail(str(exc))
         except grpc.RpcError as exc:
             _fail(f"{exc.code().name}: {exc.details()}")
@@ -47,10 +58,41 @@ def user_errors(command):
 
 
 def _fleet(address: str):
+    """A FleetService stub with the operator's credentials: the token from $FLEETFIT_TOKEN or the state
+    directory, TLS against $FLEETFIT_CA or the state directory's CA; plaintext only with FLEETFIT_INSECURE=1."""
     from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
     from fleetfit.v1.transport import connect
 
-    return pb_grpc.FleetServiceStub(connect(address, timeout_s=5.0))
+    state = default_state_dir()
+    token = os.environ.get("FLEETFIT_TOKEN")
+    if not token and (state / "operator.token").exists():
+        token = (state / "operator.token").read_text().strip()
+    ca_pem = None
+    if os.environ.get("FLEETFIT_INSECURE", "").lower() not in ("1", "true", "yes"):
+        ca_path = pathlib.Path(os.environ.get("FLEETFIT_CA") or state / "tls" / "ca.pem")
+        if not ca_path.exists():
+            _fail(f"no CA certificate at {ca_path}: set FLEETFIT_CA (or FLEETFIT_INSECURE=1 for a plaintext coordinator)")
+        ca_pem = ca_path.read_bytes()
+    return pb_grpc.FleetServiceStub(connect(address, timeout_s=5.0, ca_pem=ca_pem, token=token))
+
+
+def _parse_labels(text: str) -> dict[str, str]:
+    labels = {}
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            _fail(f"bad label {item!r} (expected key=value)")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def _parse_duration_s(text: str) -> float:
+    import re
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if not m:
+        _fail(f"bad duration {text!r} (e.g. 30m, 24h, 7d)")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 def _check_format(fmt: str) -> None:
@@ -63,23 +105,41 @@ def _check_format(fmt: str) -> None:
 @app.command()
 @user_errors
 def serve(
-    db: Annotated[Optional[pathlib.Path], typer.Option(envvar="FLEETFIT_DB", help="SQLite file.")] = None,
+    db: Db = None,
     listen: Annotated[str, typer.Option(envvar="FLEETFIT_LISTEN")] = DEFAULT_ADDRESS,
+    state_dir: StateDir = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Plaintext, no TLS: loopback development only.")] = False,
+    mtls: Annotated[bool, typer.Option("--mtls", help="Require client certificates (fleetfit-agent join --mtls).")] = False,
+    lease: Annotated[float, typer.Option(help="Job lease in seconds (agents renew it with heartbeats).")] = 60.0,
 ) -> None:
-    """Run the coordinator (gRPC, with the standard health service) until SIGTERM or Ctrl-C."""
+    """Run the coordinator (gRPC over TLS, with the standard health service) until SIGTERM or Ctrl-C.
+
+    On first start it creates a CA and server certificate, and an operator token, in the state directory.
+    """
     import asyncio
     import logging
     import signal
 
-    from fleetfit.coordinator.server import start_server, stop_server
+    from fleetfit.coordinator import pki
+    from fleetfit.coordinator.server import operator_token, start_server, stop_server
     from fleetfit.coordinator.store import Store
 
+    if insecure and mtls:
+        _fail("--mtls needs TLS: drop --insecure")
+    if lease <= 0:
+        _fail(f"--lease must be positive, got {lease:g}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fleetfit %(message)s")
+    state = state_dir or default_state_dir()
 
     async def main() -> None:
         store = Store(db or default_db_path())
-        server, health_servicer, port = await start_server(store, listen)
-        typer.echo(f"fleetfit coordinator listening on {listen.rsplit(':', 1)[0]}:{port}, database {store.path}")
+        operator_token(store, state)
+        authority = None if insecure else pki.load_or_create(state / "tls")
+        server, health_servicer, port = await start_server(store, listen, authority, mtls, lease)
+        how = "plaintext (--insecure)" if authority is None else f"TLS, CA sha256 {authority.fingerprint[:16]}..."
+        typer.echo(f"fleetfit coordinator listening on {listen.rsplit(':', 1)[0]}:{port}, database {store.path}, {how}",
+                   )
+        typer.echo(f"operator token and CA in {state}; enroll devices with: fleetfit token create")
         stopping = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
@@ -89,6 +149,121 @@ def serve(
         typer.echo("fleetfit coordinator stopped")
 
     asyncio.run(main())
+
+
+token_app = typer.Typer(help="Join tokens that enroll devices.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+@user_errors
+def token_create(
+    expires: Annotated[str, typer.Option(help="Lifetime: 30m, 24h, 7d.")] = "24h",
+    labels: Annotated[str, typer.Option(help="Labels for the device that joins: k=v,k=v.")] = "",
+    db: Db = None,
+    state_dir: StateDir = None,
+) -> None:
+    """A one-time join token: fleetfit-agent join --coordinator ADDR --token TOKEN."""
+    from fleetfit.coordinator import pki
+    from fleetfit.coordinator.server import join_token_text
+    from fleetfit.coordinator.store import Store
+
+    lifetime_s, parsed = _parse_duration_s(expires), _parse_labels(labels)
+    state = state_dir or default_state_dir()
+    authority = pki.load_or_create(state / "tls") if (state / "tls" / "ca.pem").exists() else None
+    store = Store(db or default_db_path())
+    try:
+        typer.echo(join_token_text(store, authority, parsed, lifetime_s))
+    finally:
+        store.close()
+
+
+def _bar(status, width: int = 30) -> str:
+    total = status.done + status.running + status.failed + status.queued
+    if not total:
+        return "[" + " " * width + "] no jobs"
+    cells = [("#", status.done), ("x", status.failed), (">", status.running)]
+    bar = "".join(ch * round(width * n / total) for ch, n in cells)[:width]
+    return (f"[{bar:.<{width}}] {status.done + status.failed}/{total}  done {status.done}  running {status.running}"
+            f"  failed {status.failed}  queued {status.queued}")
+
+
+@app.command()
+@user_errors
+def profile(
+    select: Annotated[str, typer.Option(help="Devices: e.g. 'arch=aarch64,ram>=8GB,label=lab' (empty: all).")] = "",
+    models: Annotated[str, typer.Option(help="Catalogue models, comma-separated.")] = "smollm2-135m",
+    quants: Annotated[str, typer.Option(help="Quant types, comma-separated.")] = "Q4_0",
+    backends: Annotated[str, typer.Option(help="Backends, comma-separated.")] = "llama.cpp",
+    n_prompt: int = 512,
+    n_gen: int = 128,
+    repetitions: int = 5,
+    max_attempts: Annotated[int, typer.Option(help="Leases a job may take before it is failed.")] = 3,
+    coordinator: Coordinator = DEFAULT_ADDRESS,
+) -> None:
+    """Start a campaign: every matching device profiles each model x quant x backend it can run."""
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    def split(text: str) -> list[str]:
+        return [t.strip() for t in text.split(",") if t.strip()]
+
+    if max_attempts < 1:
+        _fail(f"--max-attempts must be at least 1, got {max_attempts}")
+    spec = pb.CampaignSpec(models=split(models), quants=split(quants), backends=split(backends),
+                           template=pb.ProfileRequest(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions))
+    reply = _fleet(coordinator).CreateCampaign(
+        pb.CreateCampaignRequest(selector=select, spec=spec, max_attempts=max_attempts), timeout=15)
+    typer.echo(f"campaign {reply.campaign_id}: {len(reply.job_ids)} jobs on {len(reply.device_ids)} device(s)")
+    for line in reply.skipped:
+        typer.echo(f"  skipped {line}")
+    typer.echo(f"follow it with: fleetfit campaign status {reply.campaign_id} --watch")
+
+
+@app.command("campaigns")
+@user_errors
+def campaigns_list(coordinator: Coordinator = DEFAULT_ADDRESS) -> None:
+    """Every campaign with its progress."""
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    found = _fleet(coordinator).ListCampaigns(pb.ListCampaignsRequest(), timeout=15).campaigns
+    if not found:
+        typer.echo("no campaigns (start one with: fleetfit profile --select ...)")
+    for c in found:
+        typer.echo(f"{c.campaign_id}  {c.selector or '(all devices)':<28} {_bar(c)}")
+
+
+campaign_app = typer.Typer(help="One campaign.", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
+
+
+@campaign_app.command("status")
+@user_errors
+def campaign_status(
+    campaign_id: str,
+    watch: Annotated[bool, typer.Option("--watch", help="Redraw every 2 s until no job is queued or running.")] = False,
+    coordinator: Coordinator = DEFAULT_ADDRESS,
+) -> None:
+    """Progress of one campaign: done / running / failed / queued, per device, with failure reasons."""
+    import time
+
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    fleet = _fleet(coordinator)
+    while True:
+        c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=15)
+        lines = [f"campaign {c.campaign_id}  {c.selector or '(all devices)'}  "
+                 f"{', '.join(c.spec.models)} x {', '.join(c.spec.quants)} x {', '.join(c.spec.backends)}",
+                 f"  {'all':<24} {_bar(c)}"]
+        for d in c.devices:
+            lines.append(f"  {d.device_id:<24} {_bar(d)}")
+            lines += [f"    failed: {e}" for e in d.errors]
+        finished = not (c.running or c.queued)
+        if watch and not finished:
+            typer.echo("\x1b[2J\x1b[H" + "\n".join(lines))
+            time.sleep(2)
+            continue
+        typer.echo("\n".join(lines))
+        return
 
 
 @app.command()

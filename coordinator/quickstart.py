@@ -9,6 +9,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import time
 
 from fleetfit.coordinator import render
@@ -65,9 +66,13 @@ def run(db_path: pathlib.Path, echo, n_prompt: int, n_gen: int, repetitions: int
     if cache_dir is not None:
         env["FLEETFIT_CACHE_DIR"] = str(cache_dir)
     since = time.time()
-    agent = subprocess.Popen([sys.executable, "-m", "fleetfit.agent", "run", "--coordinator", address], env=env)
+    # Plaintext on loopback; the local agent still enrolls with a join token and authenticates every call.
+    agent_dir = tempfile.TemporaryDirectory(prefix="fleetfit-quickstart-")
+    env["FLEETFIT_JOIN_TOKEN"] = coordinator.join_token(expires_s=600)
+    agent = subprocess.Popen([sys.executable, "-m", "fleetfit.agent", "run", "--coordinator", address, "--insecure",
+                              "--identity", str(pathlib.Path(agent_dir.name) / "identity.json")], env=env)
     try:
-        with connect(address) as channel:
+        with connect(address, token=coordinator.operator_token) as channel:
             fleet = pb_grpc.FleetServiceStub(channel)
             device_id = _wait_for_device(fleet, agent, since, timeout_s=120)
             echo(f"agent registered as {device_id}; profiling {QUICKSTART_MODEL} at {', '.join(QUICKSTART_QUANTS)} "
@@ -93,3 +98,4 @@ def run(db_path: pathlib.Path, echo, n_prompt: int, n_gen: int, repetitions: int
         except subprocess.TimeoutExpired:
             agent.kill()
         coordinator.stop()
+        agent_dir.cleanup()

@@ -2,16 +2,18 @@
 
 import asyncio
 import logging
+import os
 import pathlib
 import threading
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from fleetfit.coordinator import auth, campaigns, pki, tables
 from fleetfit.coordinator import fit as fit_answers
-from fleetfit.coordinator import tables
 from fleetfit.coordinator.limits import limit_rows
-from fleetfit.coordinator.store import ConflictingResult, Store, UnknownDevice
+from fleetfit.coordinator.store import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, BadToken, ConflictingResult,
+                                        StaleLease, Store, UnknownDevice)
 from fleetfit.models.errors import ModelError
 from fleetfit.models.quants import parse_quant
 from fleetfit.models.real_models import REAL_MODELS
@@ -44,8 +46,43 @@ def check_profile_request(request: pb.ProfileRequest) -> str | None:
 
 
 class AgentService(pb_grpc.AgentServiceServicer):
-    def __init__(self, store: Store):
-        self.store = store
+    """Callers are authenticated (auth.guard) and act only as themselves before a method runs."""
+
+    def __init__(self, store: Store, authority: pki.Authority | None = None, lease_s: float = DEFAULT_LEASE_S):
+        self.store, self.authority, self.lease_s = store, authority, lease_s
+
+    async def Join(self, request, context):
+        if not request.device_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_id is empty")
+        if request.want_client_certificate and self.authority is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this coordinator runs without TLS")
+        try:
+            secret = self.store.redeem_join_token(request.token, request.device_id)
+        except BadToken as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        reply = pb.JoinResponse(device_id=request.device_id, secret=secret)
+        if request.want_client_certificate:
+            reply.client_certificate_pem, reply.client_key_pem = self.authority.issue_client(request.device_id)
+        return reply
+
+    async def Heartbeat(self, request, context):
+        try:
+            if request.job_id:
+                self.store.renew_lease(request.device_id, request.job_id, request.fence, self.lease_s)
+            else:
+                self.store.touch_device(request.device_id)
+        except UnknownDevice:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"device {request.device_id!r} has not registered")
+        except StaleLease as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return pb.HeartbeatResponse(lease_s=self.lease_s)
+
+    async def ReleaseJob(self, request, context):
+        try:
+            self.store.release_job(request.device_id, request.job_id, request.fence)
+        except StaleLease as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return pb.ReleaseJobResponse()
 
     async def Register(self, request, context):
         if not request.inventory.device_id:
@@ -60,7 +97,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"device {request.device_id!r} has not registered")
         deadline = asyncio.get_running_loop().time() + min(max(request.wait_s, 0.0), MAX_POLL_WAIT_S)
         while True:
-            job = self.store.claim_job(request.device_id)
+            job = self.store.claim_job(request.device_id, self.lease_s)
             if job is not None:
                 return pb.PollJobResponse(job=job)
             if asyncio.get_running_loop().time() >= deadline:
@@ -79,9 +116,11 @@ class AgentService(pb_grpc.AgentServiceServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"job {request.job_id} does not belong to device {result.device_id}")
         try:
-            duplicate = self.store.add_result(result, request.job_id)
+            duplicate = self.store.add_result(result, request.job_id, request.fence)
         except ConflictingResult as exc:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except StaleLease as exc:  # the job was leased again after this agent's lease expired
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return pb.ReportResultResponse(duplicate=duplicate)
 
 
@@ -116,7 +155,7 @@ class FleetService(pb_grpc.FleetServiceServicer):
         except (ModelError, fit_answers.UnknownModel) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         devices = self.store.devices()
-        rows = limit_rows(self.store.results(), devices)
+        rows = limit_rows(self.store.results(request.model_name), devices)
         min_tps = request.min_decode_tokens_per_s if request.HasField("min_decode_tokens_per_s") else None
         answers = fit_answers.fit(request.model_name, quant, request.backend or "llama.cpp", devices, rows, min_tps)
         return pb.FitResponse(answers=answers)
@@ -131,38 +170,109 @@ class FleetService(pb_grpc.FleetServiceServicer):
         except tables.TableError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
+    async def CreateCampaign(self, request, context):
+        try:
+            terms = campaigns.parse_selector(request.selector)
+            campaigns.check_spec(request.spec)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        jobs, matched, skipped = campaigns.expand(request.spec, terms, self.store.devices(),
+                                                  self.store.device_labels())
+        if not matched:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no device matches {request.selector!r}")
+        campaign_id = self.store.create_campaign(request.selector, request.spec, jobs,
+                                                 request.max_attempts or DEFAULT_MAX_ATTEMPTS)
+        job_ids = [j.job_id for j in self.store.campaign_jobs(campaign_id)]
+        return pb.CreateCampaignResponse(campaign_id=campaign_id, job_ids=job_ids, device_ids=matched,
+                                         skipped=skipped)
+
+    async def ListCampaigns(self, request, context):
+        return pb.ListCampaignsResponse(campaigns=[campaigns.progress(*c, self.store.campaign_jobs(c[0]))
+                                                   for c in self.store.campaigns()])
+
+    async def GetCampaign(self, request, context):
+        found = self.store.campaign(request.campaign_id)
+        if found is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no campaign {request.campaign_id!r}")
+        return campaigns.progress(*found, self.store.campaign_jobs(request.campaign_id))
+
 
 class ListenError(Exception):
     """The server could not bind its address."""
 
 
-async def start_server(store: Store, listen: str) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+async def _expire_leases(store: Store, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            if n := store.expire_leases():
+                log.info("%d expired lease(s): jobs re-queued or failed", n)
+        except Exception:  # a database hiccup must not stop the sweeps
+            log.exception("expiring leases failed")
+
+
+async def start_server(store: Store, listen: str, authority: pki.Authority | None = None,
+                       require_client_cert: bool = False, lease_s: float = DEFAULT_LEASE_S,
+                       ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """Serve on `listen`: TLS with `authority`'s server certificate (mutual with `require_client_cert`),
+    plaintext without one. Every RPC is authenticated (auth.POLICY); reflection is not served."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    pb_grpc.add_AgentServiceServicer_to_server(AgentService(store), server)
-    pb_grpc.add_FleetServiceServicer_to_server(FleetService(store), server)
+    services = pb.DESCRIPTOR.services_by_name
+    pb_grpc.add_AgentServiceServicer_to_server(
+        auth.guard(AgentService(store, authority, lease_s), services["AgentService"], store), server)
+    pb_grpc.add_FleetServiceServicer_to_server(auth.guard(FleetService(store), services["FleetService"], store), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
-        port = server.add_insecure_port(listen)
+        if authority is None:
+            port = server.add_insecure_port(listen)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(authority.server_key_pem, authority.server_chain_pem)], root_certificates=authority.ca_pem,
+                require_client_auth=require_client_cert)
+            port = server.add_secure_port(listen, credentials)
     except RuntimeError as exc:
         raise ListenError(f"cannot listen on {listen}: {exc}") from None
     await server.start()
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    server.fleetfit_sweeper = asyncio.get_running_loop().create_task(_expire_leases(store, max(lease_s / 4, 0.05)))
     return server, health_servicer, port
 
 
 async def stop_server(server: grpc.aio.Server, health_servicer, grace_s: float = 5.0) -> None:
     """Graceful: report NOT_SERVING, refuse new calls, let running ones finish within the grace period."""
+    server.fleetfit_sweeper.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
 
 
-class BackgroundCoordinator:
-    """A coordinator on its own event-loop thread (quickstart, tests): start() returns the bound port."""
+def operator_token(store: Store, state_dir: pathlib.Path) -> str:
+    """The operator token kept (mode 0600) in `state_dir/operator.token`, made on first start."""
+    path = state_dir / "operator.token"
+    if path.exists():
+        token = path.read_text().strip()
+        if store.is_operator_token(token.removeprefix("operator.")):
+            return token
+    token = "operator." + store.add_operator_token()
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
 
-    def __init__(self, db_path: pathlib.Path | str, listen: str = "127.0.0.1:0"):
-        self.db_path, self.listen = db_path, listen
+
+class BackgroundCoordinator:
+    """A coordinator on its own event-loop thread (quickstart, tests): start() returns the bound port.
+
+    Plaintext unless `tls`; `operator_token` authenticates operator calls, `join_token()` enrolls agents.
+    """
+
+    def __init__(self, db_path: pathlib.Path | str, listen: str = "127.0.0.1:0", state_dir: pathlib.Path | None = None,
+                 tls: bool = False, require_client_cert: bool = False, lease_s: float = DEFAULT_LEASE_S):
+        self.db_path, self.listen, self.lease_s = db_path, listen, lease_s
+        self.state_dir = state_dir or pathlib.Path(str(db_path) + ".d")
+        self.tls, self.require_client_cert = tls, require_client_cert
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
@@ -170,12 +280,28 @@ class BackgroundCoordinator:
     def start(self) -> int:
         self.thread.start()
         self.store = Store(self.db_path)
+        self.operator_token = operator_token(self.store, self.state_dir)
+        self.authority = pki.load_or_create(self.state_dir / "tls") if self.tls else None
         self.server, self.health, self.port = asyncio.run_coroutine_threadsafe(
-            start_server(self.store, self.listen), self.loop).result()
+            start_server(self.store, self.listen, self.authority, self.require_client_cert, self.lease_s),
+            self.loop).result()
         return self.port
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def join_token(self, labels: dict[str, str] | None = None, expires_s: float = 3600) -> str:
+        return join_token_text(self.store, self.authority, labels or {}, expires_s)
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(stop_server(self.server, self.health, 1.0), self.loop).result()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.store.close()
+
+
+def join_token_text(store: Store, authority: pki.Authority | None, labels: dict[str, str], expires_s: float) -> str:
+    """A join token as the operator hands it out: the secret, then (with TLS) the CA's fingerprint to pin."""
+    secret = store.create_join_token(labels, expires_s)
+    return f"{secret}.{authority.fingerprint}" if authority else secret

@@ -1,48 +1,28 @@
-"""The coordinator's store: devices, profile results and jobs, in SQLite (embedded default).
+"""The coordinator's store: devices, results, jobs with leases, campaigns and credentials — on SQLite or PostgreSQL.
 
 Messages are stored as serialized protobuf beside the columns that queries need. Every write is one
 transaction, so a crash never leaves half a result. Results are keyed by their agent-minted id and
 ingested idempotently: the same id with the same payload is a duplicate, with another payload an error.
+
+Jobs are leased: a claim sets an expiry and bumps the job's fencing token; the agent renews the lease
+with heartbeats and reports with the token it was given, so a report from an agent whose lease was
+lost (and the job leased again) is refused. An expired lease puts the job back in the queue, or fails
+it once it has used its attempts. On PostgreSQL claims use `FOR UPDATE SKIP LOCKED`, so several
+coordinator replicas can serve one fleet.
 """
 
+import hashlib
+import json
 import pathlib
-import sqlite3
+import secrets
 import time
 import uuid
 
+from fleetfit.coordinator.db import Database
 from fleetfit.v1 import fleetfit_pb2 as pb
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS devices (
-    device_id TEXT PRIMARY KEY,
-    inventory BLOB NOT NULL,
-    first_seen REAL NOT NULL,
-    last_seen REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS results (
-    result_id TEXT PRIMARY KEY,
-    device_id TEXT NOT NULL,
-    job_id TEXT,
-    model_name TEXT NOT NULL,
-    quant TEXT NOT NULL,
-    backend TEXT NOT NULL,
-    failure INTEGER NOT NULL,
-    received REAL NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS results_by_model ON results (model_name, quant, backend, device_id);
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id TEXT PRIMARY KEY,
-    device_id TEXT NOT NULL,
-    request BLOB NOT NULL,
-    state TEXT NOT NULL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    result_id TEXT,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_device ON jobs (device_id, state, created);
-"""
+DEFAULT_LEASE_S = 60.0
+DEFAULT_MAX_ATTEMPTS = 3
 
 
 class ConflictingResult(Exception):
@@ -53,15 +33,23 @@ class UnknownDevice(Exception):
     """A device that has not registered."""
 
 
+class StaleLease(Exception):
+    """A report or heartbeat for a job whose lease this agent no longer holds."""
+
+
+class BadToken(Exception):
+    """A join token that is unknown, expired or already used."""
+
+
+def token_hash(secret: str) -> str:
+    """Secrets are long random strings, so one SHA-256 is enough to keep them out of the database."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 class Store:
-    def __init__(self, path: pathlib.Path | str):
-        self.path = str(path)
-        if self.path != ":memory:":
-            pathlib.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.executescript(SCHEMA)
+    def __init__(self, url: pathlib.Path | str):
+        self.db = Database(url)
+        self.path = self.db.url
 
     def close(self) -> None:
         self.db.close()
@@ -70,90 +58,226 @@ class Store:
 
     def upsert_device(self, inventory: pb.DeviceInventory) -> None:
         now = time.time()
-        with self.db:
-            self.db.execute(
+        with self.db.transaction() as execute:
+            execute(
                 "INSERT INTO devices (device_id, inventory, first_seen, last_seen) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (device_id) DO UPDATE SET inventory = excluded.inventory, last_seen = excluded.last_seen",
                 (inventory.device_id, inventory.SerializeToString(), now, now),
             )
 
     def touch_device(self, device_id: str) -> None:
-        with self.db:
-            cur = self.db.execute("UPDATE devices SET last_seen = ? WHERE device_id = ?", (time.time(), device_id))
-        if cur.rowcount == 0:
-            raise UnknownDevice(device_id)
+        with self.db.transaction() as execute:
+            cur = execute("UPDATE devices SET last_seen = ? WHERE device_id = ?", (time.time(), device_id))
+            if cur.rowcount == 0:
+                raise UnknownDevice(device_id)
 
     def devices(self) -> list[pb.Device]:
-        rows = self.db.execute(
+        rows = self.db.query(
             "SELECT d.inventory, d.first_seen, d.last_seen, "
             "(SELECT COUNT(*) FROM results r WHERE r.device_id = d.device_id) "
             "FROM devices d ORDER BY d.device_id"
-        ).fetchall()
+        )
         return [pb.Device(inventory=pb.DeviceInventory.FromString(inv), first_seen_unix_s=first,
                           last_seen_unix_s=last, results=count) for inv, first, last, count in rows]
 
+    def device_labels(self) -> dict[str, dict[str, str]]:
+        """Labels each enrolled device was given by its join token."""
+        return {d: json.loads(labels) for d, labels in self.db.query("SELECT device_id, labels FROM agents")}
+
+    def lost_devices(self, silent_s: float, now: float | None = None) -> list[str]:
+        """Devices not heard from (register, poll, heartbeat, report) for more than `silent_s`."""
+        cutoff = (now or time.time()) - silent_s
+        return [d for (d,) in self.db.query("SELECT device_id FROM devices WHERE last_seen < ?", (cutoff,))]
+
     # -- results
 
-    def add_result(self, result: pb.ProfileResult, job_id: str = "") -> bool:
-        """Store a result; True when it was already stored (an acknowledged duplicate)."""
+    def add_result(self, result: pb.ProfileResult, job_id: str = "", fence: int = 0) -> bool:
+        """Store a result; True when it was already stored (an acknowledged duplicate).
+
+        With a job, `fence` must be the token of the job's current lease held by the result's device.
+        """
         payload = result.SerializeToString(deterministic=True)
-        with self.db:
-            row = self.db.execute("SELECT payload FROM results WHERE result_id = ?", (result.result_id,)).fetchone()
+        now = time.time()
+        with self.db.transaction() as execute:
+            row = execute("SELECT payload FROM results WHERE result_id = ?", (result.result_id,)).fetchone()
             if row is not None:
                 if bytes(row[0]) != payload:
                     raise ConflictingResult(f"result {result.result_id} is already stored with another payload")
                 return True
-            self.db.execute(
+            if job_id:
+                cur = execute(
+                    "UPDATE jobs SET state = ?, result_id = ?, error = ?, updated = ?, lease_expires = NULL "
+                    "WHERE job_id = ? AND device_id = ? AND state = 'running' AND fence = ?",
+                    ("failed" if result.failure else "done", result.result_id, result.error or None, now, job_id,
+                     result.device_id, fence))
+                if cur.rowcount == 0:
+                    raise StaleLease(f"job {job_id} is not leased to {result.device_id} under fencing token {fence}")
+            execute(
                 "INSERT INTO results (result_id, device_id, job_id, model_name, quant, backend, failure, received, "
                 "payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (result.result_id, result.device_id, job_id or None, result.model_name,
-                 result.quant or result.request.quant, result.request.backend, int(result.failure), time.time(),
-                 payload),
+                 result.quant or result.request.quant, result.request.backend, int(result.failure), now, payload),
             )
-            if job_id:
-                state = "failed" if result.failure else "done"
-                self.db.execute("UPDATE jobs SET state = ?, result_id = ?, error = ?, updated = ? WHERE job_id = ?",
-                                (state, result.result_id, result.error or None, time.time(), job_id))
         return False
 
-    def results(self) -> list[pb.ProfileResult]:
-        rows = self.db.execute("SELECT payload FROM results ORDER BY received").fetchall()
-        return [pb.ProfileResult.FromString(payload) for (payload,) in rows]
+    def results(self, model_name: str | None = None) -> list[pb.ProfileResult]:
+        """All results oldest first, or those of one model (uses the index)."""
+        if model_name is None:
+            rows = self.db.query("SELECT payload FROM results ORDER BY received")
+        else:
+            rows = self.db.query("SELECT payload FROM results WHERE model_name = ? ORDER BY received", (model_name,))
+        return [pb.ProfileResult.FromString(bytes(payload)) for (payload,) in rows]
+
+    def result_count(self) -> int:
+        return self.db.query("SELECT COUNT(*) FROM results")[0][0]
 
     def model_names(self) -> set[str]:
-        return {name for (name,) in self.db.execute("SELECT DISTINCT model_name FROM results")}
+        return {name for (name,) in self.db.query("SELECT DISTINCT model_name FROM results")}
 
-    # -- jobs
+    # -- jobs and leases
 
-    def enqueue(self, device_id: str, request: pb.ProfileRequest) -> str:
-        job_id = str(uuid.uuid4())
+    def enqueue(self, device_id: str, request: pb.ProfileRequest, campaign_id: str | None = None,
+                max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> str:
+        return self.enqueue_many([(device_id, request)], campaign_id, max_attempts)[0]
+
+    def enqueue_many(self, jobs: list[tuple[str, pb.ProfileRequest]], campaign_id: str | None = None,
+                     max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[str]:
+        ids = [str(uuid.uuid4()) for _ in jobs]
         now = time.time()
-        with self.db:
-            self.db.execute(
-                "INSERT INTO jobs (job_id, device_id, request, state, created, updated) VALUES (?, ?, ?, 'queued', ?, ?)",
-                (job_id, device_id, request.SerializeToString(), now, now),
-            )
-        return job_id
+        with self.db.transaction() as execute:
+            for n, (job_id, (device_id, request)) in enumerate(zip(ids, jobs)):
+                execute(
+                    "INSERT INTO jobs (job_id, device_id, campaign_id, request, state, created, updated, max_attempts) "
+                    "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                    (job_id, device_id, campaign_id, request.SerializeToString(), now + n * 1e-6, now, max_attempts),
+                )
+        return ids
 
-    def claim_job(self, device_id: str) -> pb.Job | None:
-        """Hand the device its oldest queued job, marking it running."""
-        with self.db:
-            row = self.db.execute(
-                "UPDATE jobs SET state = 'running', updated = ? WHERE job_id = ("
-                "SELECT job_id FROM jobs WHERE device_id = ? AND state = 'queued' ORDER BY created LIMIT 1) "
-                "RETURNING job_id, request",
-                (time.time(), device_id),
+    def expire_leases(self, now: float | None = None) -> int:
+        """Re-queue the jobs whose lease expired, or fail those that used all their attempts."""
+        now = now or time.time()
+        with self.db.transaction() as execute:
+            cur = execute(
+                "UPDATE jobs SET updated = ?, lease_expires = NULL, "
+                "state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END, "
+                "error = CASE WHEN attempts >= max_attempts "
+                "THEN 'lease expired on each of ' || attempts || ' attempts (agent lost or stuck)' "
+                "ELSE 'lease expired on attempt ' || attempts END "
+                "WHERE state = 'running' AND lease_expires < ?", (now, now))
+            return cur.rowcount
+
+    def claim_job(self, device_id: str, lease_s: float = DEFAULT_LEASE_S) -> pb.Job | None:
+        """Lease the device its oldest queued job: state running, a new fencing token, one more attempt."""
+        now = time.time()
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.postgres else ""
+        with self.db.transaction() as execute:
+            row = execute(
+                "UPDATE jobs SET state = 'running', updated = ?, lease_expires = ?, fence = fence + 1, "
+                "attempts = attempts + 1 WHERE job_id = ("
+                "SELECT job_id FROM jobs WHERE device_id = ? AND state = 'queued' ORDER BY created LIMIT 1"
+                f"{skip_locked}) RETURNING job_id, request, fence",
+                (now, now + lease_s, device_id),
             ).fetchone()
-        return None if row is None else pb.Job(job_id=row[0], request=pb.ProfileRequest.FromString(row[1]))
+        if row is None:
+            return None
+        return pb.Job(job_id=row[0], request=pb.ProfileRequest.FromString(bytes(row[1])), fence=row[2],
+                      lease_s=lease_s)
+
+    def renew_lease(self, device_id: str, job_id: str, fence: int, lease_s: float = DEFAULT_LEASE_S) -> None:
+        now = time.time()
+        with self.db.transaction() as execute:
+            execute("UPDATE devices SET last_seen = ? WHERE device_id = ?", (now, device_id))
+            cur = execute("UPDATE jobs SET lease_expires = ?, updated = ? WHERE job_id = ? AND device_id = ? "
+                          "AND state = 'running' AND fence = ?", (now + lease_s, now, job_id, device_id, fence))
+            if cur.rowcount == 0:
+                raise StaleLease(f"job {job_id} is not leased to {device_id} under fencing token {fence}")
+
+    def release_job(self, device_id: str, job_id: str, fence: int) -> None:
+        """The agent gives the job back unrun (it is stopping): queued again, the attempt not counted."""
+        with self.db.transaction() as execute:
+            cur = execute("UPDATE jobs SET state = 'queued', lease_expires = NULL, attempts = attempts - 1, "
+                          "updated = ? WHERE job_id = ? AND device_id = ? AND state = 'running' AND fence = ?",
+                          (time.time(), job_id, device_id, fence))
+            if cur.rowcount == 0:
+                raise StaleLease(f"job {job_id} is not leased to {device_id} under fencing token {fence}")
 
     def job_device(self, job_id: str) -> str | None:
-        row = self.db.execute("SELECT device_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return None if row is None else row[0]
+        rows = self.db.query("SELECT device_id FROM jobs WHERE job_id = ?", (job_id,))
+        return rows[0][0] if rows else None
 
     def jobs(self, job_ids: list[str]) -> list[pb.JobStatus]:
+        if not job_ids:
+            return []
         marks = ",".join("?" * len(job_ids))
-        rows = self.db.execute(
-            f"SELECT job_id, device_id, state, result_id, error FROM jobs WHERE job_id IN ({marks}) ORDER BY created",
-            job_ids,
-        ).fetchall()
-        return [pb.JobStatus(job_id=j, device_id=d, state=s, result_id=r or "", error=e or "") for j, d, s, r, e in rows]
+        return self._job_statuses(f"WHERE job_id IN ({marks})", job_ids)
+
+    def campaign_jobs(self, campaign_id: str) -> list[pb.JobStatus]:
+        return self._job_statuses("WHERE campaign_id = ?", [campaign_id])
+
+    def _job_statuses(self, where: str, params: list) -> list[pb.JobStatus]:
+        rows = self.db.query(f"SELECT job_id, device_id, state, result_id, error, attempts FROM jobs {where} "
+                             "ORDER BY created", params)
+        return [pb.JobStatus(job_id=j, device_id=d, state=s, result_id=r or "", error=e or "", attempts=a)
+                for j, d, s, r, e, a in rows]
+
+    # -- campaigns
+
+    def create_campaign(self, selector: str, spec: pb.CampaignSpec, jobs: list[tuple[str, pb.ProfileRequest]],
+                        max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> str:
+        campaign_id = uuid.uuid4().hex[:12]
+        with self.db.transaction() as execute:
+            execute("INSERT INTO campaigns (campaign_id, selector, created, spec) VALUES (?, ?, ?, ?)",
+                    (campaign_id, selector, time.time(), spec.SerializeToString()))
+        self.enqueue_many(jobs, campaign_id, max_attempts)
+        return campaign_id
+
+    def campaigns(self) -> list[tuple[str, str, float, pb.CampaignSpec]]:
+        rows = self.db.query("SELECT campaign_id, selector, created, spec FROM campaigns ORDER BY created")
+        return [(c, s, t, pb.CampaignSpec.FromString(bytes(spec))) for c, s, t, spec in rows]
+
+    def campaign(self, campaign_id: str) -> tuple[str, str, float, pb.CampaignSpec] | None:
+        found = [c for c in self.campaigns() if c[0] == campaign_id]
+        return found[0] if found else None
+
+    # -- enrollment
+
+    def create_join_token(self, labels: dict[str, str], expires_s: float) -> str:
+        secret = secrets.token_urlsafe(24)
+        now = time.time()
+        with self.db.transaction() as execute:
+            execute("INSERT INTO join_tokens (token_hash, labels, created, expires) VALUES (?, ?, ?, ?)",
+                    (token_hash(secret), json.dumps(labels, sort_keys=True), now, now + expires_s))
+        return secret
+
+    def redeem_join_token(self, secret: str, device_id: str) -> str:
+        """Spend a join token for `device_id` and return the agent's new secret (once per token)."""
+        now = time.time()
+        agent_secret = secrets.token_urlsafe(32)
+        with self.db.transaction() as execute:
+            row = execute("SELECT labels, expires, used_by FROM join_tokens WHERE token_hash = ?",
+                          (token_hash(secret),)).fetchone()
+            if row is None:
+                raise BadToken("unknown join token")
+            if row[2] is not None:
+                raise BadToken("join token was already used")
+            if row[1] < now:
+                raise BadToken("join token has expired")
+            execute("UPDATE join_tokens SET used_by = ?, used_at = ? WHERE token_hash = ?",
+                    (device_id, now, token_hash(secret)))
+            execute("INSERT INTO agents (device_id, secret_hash, labels, created) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (device_id) DO UPDATE SET secret_hash = excluded.secret_hash, labels = excluded.labels",
+                    (device_id, token_hash(agent_secret), row[0], now))
+        return agent_secret
+
+    def agent_secret_hash(self, device_id: str) -> str | None:
+        rows = self.db.query("SELECT secret_hash FROM agents WHERE device_id = ?", (device_id,))
+        return rows[0][0] if rows else None
+
+    def add_operator_token(self) -> str:
+        secret = secrets.token_urlsafe(32)
+        with self.db.transaction() as execute:
+            execute("INSERT INTO operator_tokens (token_hash, created) VALUES (?, ?)", (token_hash(secret), time.time()))
+        return secret
+
+    def is_operator_token(self, secret: str) -> bool:
+        return bool(self.db.query("SELECT 1 FROM operator_tokens WHERE token_hash = ?", (token_hash(secret),)))

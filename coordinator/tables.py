@@ -100,3 +100,190 @@ def render_table(message: pb.Table, fmt: str) -> str:
 def measured(fleet: Fleet, options: dict[str, str]) -> TableData:
     header, body = render.limit_table(limit_rows(fleet.results, fleet.devices))
     return TableData(header, body, ["every row is measured on the device it names (pp/tg as llama-bench)"])
+
+
+# -- the seed's model-size tables (issue 3): rows are model sizes, columns precisions, per device
+
+PRECISION_ORDER = ("F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0")
+
+
+def _ladder(fleet: Fleet, options: dict[str, str]):
+    """Latest llama.cpp row per (device, model, quant), the precisions present, and the (device, model) keys
+    ordered by parameter count."""
+    rows = [r for r in limit_rows(fleet.results, fleet.devices) if r.backend == "llama.cpp"]
+    if options.get("device"):
+        rows = [r for r in rows if options["device"] in (r.device_id, r.hostname)]
+    cells = {(r.device_id, r.model_name, r.quant): r for r in rows}
+    quants = sorted({r.quant for r in rows}, key=lambda q: (PRECISION_ORDER + (q,)).index(q))
+    params = {(r.device_id, r.model_name): r.model_n_params for r in rows}
+    names = {r.device_id: r.hostname or r.device_id for r in rows}
+    keys = sorted(params, key=lambda k: (k[0], params[k]))
+    return cells, quants, keys, params, names
+
+
+def _params_text(n: int) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+def _figure_or_verdict(row: pb.LimitRow | None, figure):
+    if row is None:
+        return None
+    if row.failure == pb.FAILURE_KIND_OOM:
+        return "does not fit"
+    if row.failure:
+        return f"failed ({render.FAILURES.get(row.failure, 'error')})"
+    return figure(row)
+
+
+@table("memory", "Memory requirements by model size: measured peak memory (GB)")
+def memory(fleet: Fleet, options: dict[str, str]) -> TableData:
+    cells, quants, keys, params, names = _ladder(fleet, options)
+    peak = lambda r: round(r.peak_rss_bytes / 1e9, 3) if r.HasField("peak_rss_bytes") else None
+    rows = [[names[d], m, _params_text(params[(d, m)]), *(_figure_or_verdict(cells.get((d, m, q)), peak) for q in quants)]
+            for d, m in keys]
+    return TableData(["device", "model", "parameters", *(f"{q} GB" for q in quants)], rows,
+                     ["peak RSS of the worker process, weights read without mmap; 'does not fit': out of memory "
+                      "or not attempted because the predicted need exceeded the memory cap"])
+
+
+@table("speed", "Inference speed by model size: measured decode tokens/s")
+def speed(fleet: Fleet, options: dict[str, str]) -> TableData:
+    cells, quants, keys, params, names = _ladder(fleet, options)
+    decode = lambda r: round(r.decode_tokens_per_s.mean, 3)
+    rows, smallest = [], {}
+    for d, m in keys:
+        figures = [_figure_or_verdict(cells.get((d, m, q)), decode) for q in quants]
+        numbers = [f for f in figures if isinstance(f, float)]
+        factor = None
+        if numbers:  # speed against the smallest size on this device, in the first precision both have
+            base_q = next(q for q, f in zip(quants, figures) if isinstance(f, float))
+            base = smallest.setdefault((d, base_q), numbers[0])
+            factor = round(numbers[0] / base, 3)
+        rows.append([names[d], m, _params_text(params[(d, m)]), *figures, factor])
+    return TableData(["device", "model", "parameters", *(f"{q} tok/s" for q in quants), "speed factor"], rows,
+                     ["decode as llama-bench tg: single-token decodes from an empty cache, random tokens",
+                      "speed factor: against the smallest size measured on the same device, first precision shown"])
+
+
+@table("capacity", "Hardware capacity: the largest model that fits, per device and precision")
+def capacity(fleet: Fleet, options: dict[str, str]) -> TableData:
+    cells, quants, keys, params, names = _ladder(fleet, options)
+    rows = []
+    for device in dict.fromkeys(d for d, _ in keys):
+        for q in quants:
+            measured = [(params[(d, m)], cells[(d, m, q)]) for d, m in keys if d == device and (d, m, q) in cells]
+            fitting = [(n, r) for n, r in measured if not r.failure]
+            failing = [(n, r) for n, r in measured if r.failure == pb.FAILURE_KIND_OOM]
+            largest = max(fitting, key=lambda x: x[0], default=(0, None))[1]
+            first_out = min(failing, key=lambda x: x[0], default=(0, None))[1]
+            rows.append([
+                names[device], q,
+                largest.model_name if largest else None,
+                _params_text(largest.model_n_params) if largest else None,
+                round(largest.peak_rss_bytes / 1e9, 3) if largest else None,
+                round(largest.decode_tokens_per_s.mean, 3) if largest else None,
+                first_out.model_name if first_out else None,
+                first_out.error if first_out else None,
+            ])
+    return TableData(["device", "precision", "largest that fits", "parameters", "peak GB", "decode tok/s",
+                      "smallest that does not fit", "why"], rows,
+                     ["from measured runs (synthetic ladders from `fleetfit-agent limits probe` and real models)"])
+
+
+# -- power, energy and roofline (issue 5): from each result's PowerTelemetry and Roofline
+
+HOURS_PER_MONTH = 730.0  # 8760 / 12
+
+
+def _latest_measured(fleet: Fleet) -> list[tuple[str, pb.ProfileResult]]:
+    """(device name, latest successful result) per device, model, quant and backend, sorted."""
+    names = {d.inventory.device_id: d.inventory.hostname or d.inventory.device_id for d in fleet.devices}
+    latest = {}
+    for r in fleet.results:  # oldest first
+        if not r.failure:
+            latest[(r.device_id, r.model_name, r.quant, r.request.backend)] = r
+    return [(names.get(key[0], key[0]), r) for key, r in sorted(latest.items())]
+
+
+def _decode_energy(r: pb.ProfileResult) -> pb.PhaseEnergy | None:
+    """The decode phase of the result's headline source (the widest scope; rails are never summed)."""
+    return next((p for p in r.power.phases if p.phase == "decode" and p.source == r.power.headline_source), None)
+
+
+def _opt(message, field: str, digits: int = 4):
+    return round(getattr(message, field), digits) if message is not None and message.HasField(field) else None
+
+
+def _models_supported(rows: list[tuple[str, pb.ProfileResult]]) -> dict[str, str]:
+    """Per device: the range of parameter counts that ran there."""
+    sizes: dict[str, list[int]] = {}
+    for name, r in rows:
+        if r.HasField("model_n_params"):
+            sizes.setdefault(name, []).append(r.model_n_params)
+    return {name: f"{_params_text(min(n))}–{_params_text(max(n))}" for name, n in sizes.items()}
+
+
+def _how(p: pb.PhaseEnergy | None) -> str | None:
+    return f"{p.provenance.upper() if p.provenance == 'estimated' else p.provenance} ({p.method}, {p.scope})" if p else None
+
+
+POWER_NOTES = [
+    "decode phase of each result's headline power source; net = minus the idle baseline measured before the run",
+    "ESTIMATED rows: no readable sensor; CPU utilization x a per-CPU-class power model, not a measurement",
+]
+
+
+@table("power", "Power consumption scaling: decode watts and tokens per joule")
+def power(fleet: Fleet, options: dict[str, str]) -> TableData:
+    rows = _latest_measured(fleet)
+    supported = _models_supported(rows)
+    body = []
+    for name, r in rows:
+        p = _decode_energy(r)
+        body.append([name, r.model_name, r.quant, _opt(p, "average_power_w", 3), _opt(p, "peak_power_w", 3),
+                     _opt(p, "idle_power_w", 3), _opt(p, "tokens_per_joule", 3), _opt(p, "joules_per_token", 5),
+                     _opt(p, "net_joules_per_token", 5), supported.get(name), _how(p)])
+    return TableData(["device", "model", "quant", "decode W", "peak W", "idle W", "tokens/J", "J/token",
+                      "net J/token", "models supported", "provenance (method, scope)"], body, POWER_NOTES)
+
+
+@table("energy-cost", "Energy cost analysis: monthly energy and cost at the measured decode power")
+def energy_cost(fleet: Fleet, options: dict[str, str]) -> TableData:
+    price = float_option(options, "price_per_kwh", 0.15)
+    duty = float_option(options, "duty_cycle", 1.0)
+    if duty > 1:
+        raise TableError(f"option duty_cycle must be at most 1, got {duty:g}")
+    rows = _latest_measured(fleet)
+    supported = _models_supported(rows)
+    body = []
+    for name, r in rows:
+        p = _decode_energy(r)
+        watts = p.average_power_w if p is not None and p.HasField("average_power_w") else None
+        kwh = watts * HOURS_PER_MONTH * duty / 1000 if watts is not None else None
+        per_million = (p.joules_per_token * 1e6 / 3.6e6 * price
+                       if p is not None and p.HasField("joules_per_token") else None)
+        body.append([name, r.model_name, r.quant, round(watts / 1000, 5) if watts is not None else None,
+                     round(kwh, 3) if kwh is not None else None, round(kwh * price, 2) if kwh is not None else None,
+                     round(per_million, 4) if per_million is not None else None, supported.get(name), _how(p)])
+    return TableData(["device", "model", "quant", "power kW", "kWh/month", "cost/month", "cost per 1M tokens",
+                      "models supported", "provenance (method, scope)"], body,
+                     [f"price {price:g} per kWh (option price_per_kwh), duty cycle {duty:g} (option duty_cycle), "
+                      f"{HOURS_PER_MONTH:g} h per month at the decode phase's average power", *POWER_NOTES])
+
+
+@table("bandwidth", "Memory bandwidth scaling: decode against the device's measured bandwidth")
+def bandwidth(fleet: Fleet, options: dict[str, str]) -> TableData:
+    body = []
+    for name, r in _latest_measured(fleet):
+        rl = r.roofline if r.HasField("roofline") else None
+        body.append([name, r.model_name, r.quant,
+                     _params_text(r.model_n_params) if r.HasField("model_n_params") else None,
+                     round(rl.bytes_per_token / 1e6, 2) if rl is not None and rl.HasField("bytes_per_token") else None,
+                     round(r.decode_tokens_per_s.mean, 3), _opt(rl, "achieved_gb_per_s", 3),
+                     _opt(rl, "device_bandwidth_gb_per_s", 3), _opt(rl, "percent_of_bandwidth", 1),
+                     _opt(rl, "arithmetic_intensity_flop_per_byte", 3), (rl.bottleneck or None) if rl else None])
+    return TableData(["device", "model", "quant", "parameters", "MB/token", "decode tok/s", "achieved GB/s",
+                      "device GB/s", "% of bandwidth", "FLOP/byte", "bottleneck"], body,
+                     ["bytes/token: weight tensor bytes from the GGUF + F16 KV cache (GQA-aware) at the mean decode "
+                      "context; achieved = bytes/token x decode tok/s; device GB/s: the agent's triad probe",
+                      "bottleneck: memory when FLOP/byte is below the device's ridge (float32 matmul peak / bandwidth)"])

@@ -31,12 +31,93 @@ def ladder(cache_dir) -> dict[str, pathlib.Path]:
     return {q: real_models.model_file(cache_dir, "smollm2-135m", q) for q in ("Q4_1", "F16", "Q8_0", "Q4_0")}
 
 
+POSTGRES_URL = os.environ.get("FLEETFIT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_problem() -> str | None:
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install '.[postgres]')"
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        return f"no PostgreSQL at {POSTGRES_URL} ({str(exc).strip().splitlines()[0]})"
+    return None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A fresh, empty database: a SQLite file, or a PostgreSQL schema of its own (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "fleet.sqlite3")
+        return
+    problem = _postgres_problem()
+    if problem:
+        pytest.skip(problem)
+    import uuid
+
+    import psycopg
+
+    schema = f"fleetfit_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 @pytest.fixture()
 def coordinator(tmp_path):
     server = BackgroundCoordinator(tmp_path / "fleet.sqlite3")
     server.start()
     yield server
     server.stop()
+
+
+class Agents:
+    """Agent stubs that act as the device each request names, enrolling each device (a join token spent
+    over the real Join RPC) on first use: `agents.PollJob(pb.PollJobRequest(device_id="dev-1"))`."""
+
+    def __init__(self, coordinator):
+        self.coordinator, self.channels, self.stubs = coordinator, [], {}
+
+    def stub(self, device_id: str):
+        from fleetfit.agent import identity
+        from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+
+        if device_id not in self.stubs:
+            found = identity.join(self.coordinator.address, self.coordinator.join_token(), device_id,
+                                  insecure=not self.coordinator.tls)
+            self.channels.append(found.connect(5))
+            self.stubs[device_id] = pb_grpc.AgentServiceStub(self.channels[-1])
+        return self.stubs[device_id]
+
+    def __getattr__(self, rpc: str):
+        from fleetfit.coordinator.auth import POLICY, _field
+
+        field = POLICY[f"fleetfit.v1.AgentService.{rpc}"][1]
+
+        def call(request, **kwargs):
+            device_id = _field(request, field) or next(iter(self.stubs), "dev-0")
+            return getattr(self.stub(device_id), rpc)(request, **kwargs)
+
+        return call
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()
+
+
+def fleet_stub(coordinator):
+    """An operator's FleetService stub (the coordinator's operator token)."""
+    from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+    from fleetfit.v1.transport import connect
+
+    ca = coordinator.authority.ca_pem if coordinator.tls else None
+    return pb_grpc.FleetServiceStub(connect(coordinator.address, 5, ca_pem=ca, token=coordinator.operator_token))
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -9,6 +9,7 @@ import pytest
 
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+from fleetfit.v1.transport import connect
 from tests.conftest import BIN, assert_one_line_error, run_cli
 
 
@@ -23,18 +24,22 @@ def wait_jobs(fleet, job_ids, timeout_s=240):
 
 
 @pytest.fixture()
-def agent_process(coordinator, cache_dir):
+def agent_process(coordinator, cache_dir, tmp_path):
     proc = subprocess.Popen([str(BIN / "fleetfit-agent"), "run", "--coordinator", f"127.0.0.1:{coordinator.port}",
-                             "--device-id", "e2e-device", "--cache-dir", str(cache_dir)],
+                             "--device-id", "e2e-device", "--cache-dir", str(cache_dir), "--insecure",
+                             "--token", coordinator.join_token(), "--identity", str(tmp_path / "agent.json"),
+                             "--allow-dir", "/nonexistent"],
                             stderr=subprocess.PIPE, text=True)
     yield proc
     proc.kill()
     proc.wait()
 
 
-def test_agent_runs_jobs_and_the_coordinator_answers(coordinator, agent_process):
+def test_agent_runs_jobs_and_the_coordinator_answers(coordinator, agent_process, monkeypatch):
     address = f"127.0.0.1:{coordinator.port}"
-    with grpc.insecure_channel(address) as channel:
+    monkeypatch.setenv("FLEETFIT_TOKEN", coordinator.operator_token)  # the operator commands below
+    monkeypatch.setenv("FLEETFIT_INSECURE", "1")  # the test coordinator is plaintext on loopback
+    with connect(address, 5, token=coordinator.operator_token) as channel:
         fleet = pb_grpc.FleetServiceStub(channel)
         deadline = time.monotonic() + 60
         while not fleet.ListDevices(pb.ListDevicesRequest(), timeout=5).devices:
@@ -73,7 +78,7 @@ def test_agent_runs_jobs_and_the_coordinator_answers(coordinator, agent_process)
 
 
 def test_cli_against_a_coordinator_that_does_not_answer():
-    assert_one_line_error(run_cli("fleetfit", "limits", "--coordinator", "127.0.0.1:1"),
+    assert_one_line_error(run_cli("fleetfit", "limits", "--coordinator", "127.0.0.1:1", env={"FLEETFIT_INSECURE": "1"}),
                           "coordinator at 127.0.0.1:1 does not answer")
 
 

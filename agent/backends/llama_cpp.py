@@ -38,16 +38,6 @@ class BackendError(Exception):
     """llama.cpp refused the model or the parameters."""
 
 
-def _quiet_logs() -> None:
-    # llama.cpp logs to stderr by default; keep the callback referenced for the life of the process.
-    global _log_callback
-    _log_callback = C.llama_log_callback(lambda level, text, user_data: None)
-    C.llama_log_set(_log_callback, ctypes.c_void_p(0))
-
-
-_log_callback = None
-
-
 def version() -> str:
     return importlib.metadata.version("llama-cpp-python")
 
@@ -77,7 +67,6 @@ def current_rss_bytes() -> int:
 
 
 def quantize(src: str, dst: str, ftype: int, threads: int) -> None:
-    _quiet_logs()
     C.llama_backend_init()
     params = C.llama_model_quantize_default_params()
     params.ftype = ftype
@@ -98,12 +87,14 @@ def _stat(samples: list[float]) -> dict:
 def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, threads: int,
             n_batch: int = DEFAULT_N_BATCH, n_ubatch: int = DEFAULT_N_UBATCH, seed: int = 1234) -> dict:
     """Load the model without mmap (so that the weights count in RSS) and time prefill and decode."""
-    _quiet_logs()
     C.llama_backend_init()
     baseline_rss = current_rss_bytes()
 
     model_params = C.llama_model_default_params()
     model_params.load_mode = C.LLAMA_LOAD_MODE_NONE  # read into memory: mmap'd pages would escape RSS
+    # Phase windows on CLOCK_MONOTONIC, which is system-wide: the agent's power sampler maps them to its samples.
+    windows: list[tuple[str, int, int]] = []
+    load_start_ns = time.monotonic_ns()
     t0 = time.perf_counter()
     model = C.llama_model_load_from_file(model_path.encode(), model_params)
     if not model:
@@ -120,6 +111,7 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
         C.llama_model_free(model)
         raise BackendError(f"llama.cpp could not create a context (n_ctx={n_prompt + n_gen}) for {model_path}")
     load_time_s = time.perf_counter() - t0
+    windows.append(("load", load_start_ns, time.monotonic_ns()))
 
     vocab = C.llama_model_get_vocab(model)
     n_vocab = C.llama_vocab_n_tokens(vocab)
@@ -141,31 +133,34 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
             tokens[0] = bos
         return tokens
 
-    def run_prefill(n: int) -> tuple[float, float]:
+    def run_prefill(n: int, phase: str = "prefill") -> tuple[float, float]:
         """Seconds to process n prompt tokens, and seconds until the first token is chosen (TTFT)."""
         tokens = prompt_tokens(n)
-        start = time.perf_counter()
+        start_ns, start = time.monotonic_ns(), time.perf_counter()
         for i in range(0, n, n_batch):
             decode(tokens[i:i + n_batch])
         C.llama_synchronize(ctx)
         prefill_s = time.perf_counter() - start
+        windows.append((phase, start_ns, time.monotonic_ns()))
         C.llama_sampler_sample(greedy, ctx, -1)  # the first token, chosen greedily by llama.cpp
         return prefill_s, time.perf_counter() - start
 
-    def run_decode(n: int) -> float:
+    def run_decode(n: int, phase: str = "decode") -> float:
         token = bos if bos is not None else rng.randrange(n_vocab)
-        start = time.perf_counter()
+        start_ns, start = time.monotonic_ns(), time.perf_counter()
         for _ in range(n):
             decode([token])
             C.llama_synchronize(ctx)
             token = rng.randrange(n_vocab)
-        return time.perf_counter() - start
+        elapsed_s = time.perf_counter() - start
+        windows.append((phase, start_ns, time.monotonic_ns()))
+        return elapsed_s
 
     try:
         # Warm-up as llama-bench does: one full prefill and one generated token.
-        run_prefill(n_prompt)
+        run_prefill(n_prompt, "warmup")
         C.llama_memory_clear(memory, False)
-        run_decode(1)
+        run_decode(1, "warmup")
         prefill_tps, ttft_ms, decode_tps = [], [], []
         for _ in range(repetitions):
             C.llama_memory_clear(memory, False)
@@ -197,4 +192,5 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
         "threads": threads,
         "backend_version": version(),
         "backend_build": C.llama_print_system_info().decode(errors="replace").strip(),
+        "phase_windows_ns": windows,  # [phase, start, end] on CLOCK_MONOTONIC; "warmup" is not a measured phase
     }

@@ -236,6 +236,16 @@ class PowerSampler:
         with self.lock:
             self.phases.append((phase, self.clock(), None))
 
+    def add_phase(self, phase: str, start_ns: int, end_ns: int) -> None:
+        """Record a window timed elsewhere on the same clock (e.g. by a worker process, on CLOCK_MONOTONIC).
+
+        A phase may have several windows (one per repetition): its figures are summed over them.
+        """
+        if end_ns < start_ns:
+            raise ValueError(f"phase {phase!r} ends before it starts ({start_ns} > {end_ns})")
+        with self.lock:
+            self.phases.append((phase, start_ns, end_ns))
+
     def measure_idle(self, seconds: float) -> None:
         """Record the idle baseline: the sampler must be running and the device left alone."""
         if self.thread is None:

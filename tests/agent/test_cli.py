@@ -73,9 +73,9 @@ def test_profile_bad_input(bad_files, cache_dir, args, fragment):
     assert_one_line_error(proc, fragment)
 
 
-def test_run_against_a_coordinator_that_does_not_answer(cache_dir):
+def test_run_against_a_coordinator_that_does_not_answer(cache_dir, tmp_path):
     proc = run_cli("fleetfit-agent", "run", "--coordinator", "127.0.0.1:1", "--connect-timeout", "1",
-                   "--cache-dir", str(cache_dir))
+                   "--cache-dir", str(cache_dir), "--token", "t", "--insecure", "--identity", str(tmp_path / "a.json"))
     assert_one_line_error(proc, "coordinator at 127.0.0.1:1 does not answer")
 
 

@@ -47,6 +47,7 @@ def test_timeout_is_a_classified_failure(ladder, cache_dir):
     assert result.failure == pb.FAILURE_KIND_TIMEOUT
     assert "killed" in result.error
     assert not result.HasField("peak_rss_bytes")  # not measured is absent, never 0
+    assert not result.HasField("power") and not result.HasField("roofline")
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -12,14 +12,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
-from tests.conftest import BIN
+from fleetfit.v1.transport import connect
+from tests.conftest import BIN, Agents, fleet_stub
 
 
 @pytest.fixture()
 def stubs(coordinator):
-    channel = grpc.insecure_channel(f"127.0.0.1:{coordinator.port}")
-    yield pb_grpc.AgentServiceStub(channel), pb_grpc.FleetServiceStub(channel)
-    channel.close()
+    agents = Agents(coordinator)  # each call made as the device it names, enrolled with a join token
+    yield agents, fleet_stub(coordinator)
+    agents.close()
 
 
 def register(agent, device_id="dev-1"):
@@ -43,8 +44,9 @@ def test_jobs_flow_from_operator_to_agent_and_back(stubs):
     result = pb.ProfileResult(result_id="r1", device_id="dev-1", model_name="smollm2-135m", quant="Q4_0",
                               request=job.request, decode_tokens_per_s=pb.Stat(mean=99.0, samples=[99.0]))
     result.peak_rss_bytes = 200 << 20
-    assert not agent.ReportResult(pb.ReportResultRequest(job_id=job.job_id, result=result), timeout=5).duplicate
-    assert agent.ReportResult(pb.ReportResultRequest(job_id=job.job_id, result=result), timeout=5).duplicate
+    report = pb.ReportResultRequest(job_id=job.job_id, result=result, fence=job.fence)
+    assert not agent.ReportResult(report, timeout=5).duplicate
+    assert agent.ReportResult(report, timeout=5).duplicate
     assert fleet.GetJobs(pb.GetJobsRequest(job_ids=job_ids), timeout=5).jobs[0].state == "done"
     rows = fleet.GetLimitTable(pb.GetLimitTableRequest(), timeout=5).rows
     assert [(r.device_id, r.quant, r.decode_tokens_per_s.mean) for r in rows] == [("dev-1", "Q4_0", 99.0)]
@@ -83,12 +85,15 @@ def test_refusals(stubs):
 
 
 def test_serve_reports_health_and_stops_gracefully_on_sigterm(tmp_path):
-    proc = subprocess.Popen([str(BIN / "fleetfit"), "serve", "--db", str(tmp_path / "f.sqlite3"),
-                             "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([str(BIN / "fleetfit"), "serve", "--db", str(tmp_path / "f.sqlite3"), "--state-dir",
+                             str(tmp_path / "state"), "--listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", line).group(1))
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        assert "TLS" in line  # TLS by default, with the CA made on first start
+        ca = (tmp_path / "state" / "tls" / "ca.pem").read_bytes()
+        with connect(f"127.0.0.1:{port}", 5, ca_pem=ca) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for service in ("", "fleetfit.v1.AgentService", "fleetfit.v1.FleetService"):
                 status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status

@@ -48,7 +48,7 @@ class BackendInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DeviceInventory(_message.Message):
-    __slots__ = ("device_id", "hostname", "os", "arch", "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "ram_total_bytes", "ram_available_bytes", "gpus", "backends", "llama_system_info", "gpu_probe_note", "agent_version")
+    __slots__ = ("device_id", "hostname", "os", "arch", "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "ram_total_bytes", "ram_available_bytes", "gpus", "backends", "llama_system_info", "gpu_probe_note", "agent_version", "probes")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class DeviceInventory(_message.Message):
     LLAMA_SYSTEM_INFO_FIELD_NUMBER: _ClassVar[int]
     GPU_PROBE_NOTE_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROBES_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
     os: str
@@ -77,7 +78,54 @@ class DeviceInventory(_message.Message):
     llama_system_info: str
     gpu_probe_note: str
     agent_version: str
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores_physical: _Optional[int] = ..., cpu_cores_logical: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_available_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., llama_system_info: _Optional[str] = ..., gpu_probe_note: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    probes: DeviceProbes
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores_physical: _Optional[int] = ..., cpu_cores_logical: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_available_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., llama_system_info: _Optional[str] = ..., gpu_probe_note: _Optional[str] = ..., agent_version: _Optional[str] = ..., probes: _Optional[_Union[DeviceProbes, _Mapping]] = ...) -> None: ...
+
+class BandwidthProbe(_message.Message):
+    __slots__ = ("target", "gb_per_s", "samples_gb_per_s", "bytes_per_array", "threads", "provenance", "note")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    GB_PER_S_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_GB_PER_S_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_ARRAY_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    gb_per_s: float
+    samples_gb_per_s: _containers.RepeatedScalarFieldContainer[float]
+    bytes_per_array: int
+    threads: int
+    provenance: Provenance
+    note: str
+    def __init__(self, target: _Optional[str] = ..., gb_per_s: _Optional[float] = ..., samples_gb_per_s: _Optional[_Iterable[float]] = ..., bytes_per_array: _Optional[int] = ..., threads: _Optional[int] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., note: _Optional[str] = ...) -> None: ...
+
+class MatmulProbe(_message.Message):
+    __slots__ = ("target", "precision", "gflop_per_s", "n", "provenance", "note")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    GFLOP_PER_S_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    precision: str
+    gflop_per_s: float
+    n: int
+    provenance: Provenance
+    note: str
+    def __init__(self, target: _Optional[str] = ..., precision: _Optional[str] = ..., gflop_per_s: _Optional[float] = ..., n: _Optional[int] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., note: _Optional[str] = ...) -> None: ...
+
+class DeviceProbes(_message.Message):
+    __slots__ = ("bandwidth", "matmul", "probed_unix_s", "cache_key")
+    BANDWIDTH_FIELD_NUMBER: _ClassVar[int]
+    MATMUL_FIELD_NUMBER: _ClassVar[int]
+    PROBED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    CACHE_KEY_FIELD_NUMBER: _ClassVar[int]
+    bandwidth: _containers.RepeatedCompositeFieldContainer[BandwidthProbe]
+    matmul: _containers.RepeatedCompositeFieldContainer[MatmulProbe]
+    probed_unix_s: float
+    cache_key: str
+    def __init__(self, bandwidth: _Optional[_Iterable[_Union[BandwidthProbe, _Mapping]]] = ..., matmul: _Optional[_Iterable[_Union[MatmulProbe, _Mapping]]] = ..., probed_unix_s: _Optional[float] = ..., cache_key: _Optional[str] = ...) -> None: ...
 
 class ModelRef(_message.Message):
     __slots__ = ("name", "path")
@@ -88,7 +136,7 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class ProfileRequest(_message.Message):
-    __slots__ = ("model", "backend", "quant", "n_prompt", "n_gen", "repetitions", "threads", "timeout_s")
+    __slots__ = ("model", "backend", "quant", "n_prompt", "n_gen", "repetitions", "threads", "timeout_s", "idle_baseline_s")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     QUANT_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +145,7 @@ class ProfileRequest(_message.Message):
     REPETITIONS_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    IDLE_BASELINE_S_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     backend: str
     quant: str
@@ -105,7 +154,8 @@ class ProfileRequest(_message.Message):
     repetitions: int
     threads: int
     timeout_s: float
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., backend: _Optional[str] = ..., quant: _Optional[str] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., threads: _Optional[int] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    idle_baseline_s: float
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., backend: _Optional[str] = ..., quant: _Optional[str] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., threads: _Optional[int] = ..., timeout_s: _Optional[float] = ..., idle_baseline_s: _Optional[float] = ...) -> None: ...
 
 class Stat(_message.Message):
     __slots__ = ("mean", "stdev", "samples")
@@ -128,7 +178,7 @@ class Provenance(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., method: _Optional[str] = ..., scope: _Optional[str] = ...) -> None: ...
 
 class ProfileResult(_message.Message):
-    __slots__ = ("result_id", "device_id", "request", "failure", "error", "model_name", "model_file", "model_sha256", "model_file_bytes", "model_n_params", "model_arch", "quant", "backend_version", "backend_build", "threads", "n_batch", "n_ubatch", "n_ctx", "n_prompt", "n_gen", "repetitions", "warmup", "load_time_s", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "provenance", "started_unix_s", "wall_s")
+    __slots__ = ("result_id", "device_id", "request", "failure", "error", "model_name", "model_file", "model_sha256", "model_file_bytes", "model_n_params", "model_arch", "quant", "backend_version", "backend_build", "threads", "n_batch", "n_ubatch", "n_ctx", "n_prompt", "n_gen", "repetitions", "warmup", "load_time_s", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "provenance", "started_unix_s", "wall_s", "power", "roofline", "model_origin", "memory_limit_bytes")
     RESULT_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +211,10 @@ class ProfileResult(_message.Message):
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     STARTED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     WALL_S_FIELD_NUMBER: _ClassVar[int]
+    POWER_FIELD_NUMBER: _ClassVar[int]
+    ROOFLINE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     result_id: str
     device_id: str
     request: ProfileRequest
@@ -193,7 +247,111 @@ class ProfileResult(_message.Message):
     provenance: Provenance
     started_unix_s: float
     wall_s: float
-    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ..., model_name: _Optional[str] = ..., model_file: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_file_bytes: _Optional[int] = ..., model_n_params: _Optional[int] = ..., model_arch: _Optional[str] = ..., quant: _Optional[str] = ..., backend_version: _Optional[str] = ..., backend_build: _Optional[str] = ..., threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., n_ubatch: _Optional[int] = ..., n_ctx: _Optional[int] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., warmup: _Optional[bool] = ..., load_time_s: _Optional[float] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., peak_rss_bytes: _Optional[int] = ..., baseline_rss_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., started_unix_s: _Optional[float] = ..., wall_s: _Optional[float] = ...) -> None: ...
+    power: PowerTelemetry
+    roofline: Roofline
+    model_origin: str
+    memory_limit_bytes: int
+    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ..., model_name: _Optional[str] = ..., model_file: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_file_bytes: _Optional[int] = ..., model_n_params: _Optional[int] = ..., model_arch: _Optional[str] = ..., quant: _Optional[str] = ..., backend_version: _Optional[str] = ..., backend_build: _Optional[str] = ..., threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., n_ubatch: _Optional[int] = ..., n_ctx: _Optional[int] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., warmup: _Optional[bool] = ..., load_time_s: _Optional[float] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., peak_rss_bytes: _Optional[int] = ..., baseline_rss_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., started_unix_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., power: _Optional[_Union[PowerTelemetry, _Mapping]] = ..., roofline: _Optional[_Union[Roofline, _Mapping]] = ..., model_origin: _Optional[str] = ..., memory_limit_bytes: _Optional[int] = ...) -> None: ...
+
+class PhaseEnergy(_message.Message):
+    __slots__ = ("phase", "source", "scope", "method", "provenance", "rate_hz", "duration_s", "energy_mj", "net_energy_mj", "idle_power_w", "average_power_w", "peak_power_w", "tokens", "joules_per_token", "net_joules_per_token", "tokens_per_joule", "samples", "samples_skipped", "coverage", "note")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_MJ_FIELD_NUMBER: _ClassVar[int]
+    NET_ENERGY_MJ_FIELD_NUMBER: _ClassVar[int]
+    IDLE_POWER_W_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_POWER_W_FIELD_NUMBER: _ClassVar[int]
+    PEAK_POWER_W_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    JOULES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NET_JOULES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_JOULE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    source: str
+    scope: str
+    method: str
+    provenance: str
+    rate_hz: float
+    duration_s: float
+    energy_mj: float
+    net_energy_mj: float
+    idle_power_w: float
+    average_power_w: float
+    peak_power_w: float
+    tokens: int
+    joules_per_token: float
+    net_joules_per_token: float
+    tokens_per_joule: float
+    samples: int
+    samples_skipped: int
+    coverage: float
+    note: str
+    def __init__(self, phase: _Optional[str] = ..., source: _Optional[str] = ..., scope: _Optional[str] = ..., method: _Optional[str] = ..., provenance: _Optional[str] = ..., rate_hz: _Optional[float] = ..., duration_s: _Optional[float] = ..., energy_mj: _Optional[float] = ..., net_energy_mj: _Optional[float] = ..., idle_power_w: _Optional[float] = ..., average_power_w: _Optional[float] = ..., peak_power_w: _Optional[float] = ..., tokens: _Optional[int] = ..., joules_per_token: _Optional[float] = ..., net_joules_per_token: _Optional[float] = ..., tokens_per_joule: _Optional[float] = ..., samples: _Optional[int] = ..., samples_skipped: _Optional[int] = ..., coverage: _Optional[float] = ..., note: _Optional[str] = ...) -> None: ...
+
+class PowerTelemetry(_message.Message):
+    __slots__ = ("phases", "headline_source", "provenance", "idle_baseline_s", "rate_hz", "declined", "warmup_excluded")
+    PHASES_FIELD_NUMBER: _ClassVar[int]
+    HEADLINE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    IDLE_BASELINE_S_FIELD_NUMBER: _ClassVar[int]
+    RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    DECLINED_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    phases: _containers.RepeatedCompositeFieldContainer[PhaseEnergy]
+    headline_source: str
+    provenance: str
+    idle_baseline_s: float
+    rate_hz: float
+    declined: _containers.RepeatedScalarFieldContainer[str]
+    warmup_excluded: bool
+    def __init__(self, phases: _Optional[_Iterable[_Union[PhaseEnergy, _Mapping]]] = ..., headline_source: _Optional[str] = ..., provenance: _Optional[str] = ..., idle_baseline_s: _Optional[float] = ..., rate_hz: _Optional[float] = ..., declined: _Optional[_Iterable[str]] = ..., warmup_excluded: _Optional[bool] = ...) -> None: ...
+
+class Roofline(_message.Message):
+    __slots__ = ("weight_bytes_per_token", "kv_cache_bytes_per_token", "bytes_per_token", "flops_per_token", "arithmetic_intensity_flop_per_byte", "achieved_gb_per_s", "device_bandwidth_gb_per_s", "percent_of_bandwidth", "device_peak_gflop_per_s", "ridge_flop_per_byte", "bottleneck", "mean_context_tokens", "n_layers", "n_kv_heads", "head_dim", "method", "note")
+    WEIGHT_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FLOPS_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ARITHMETIC_INTENSITY_FLOP_PER_BYTE_FIELD_NUMBER: _ClassVar[int]
+    ACHIEVED_GB_PER_S_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_BANDWIDTH_GB_PER_S_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_OF_BANDWIDTH_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_PEAK_GFLOP_PER_S_FIELD_NUMBER: _ClassVar[int]
+    RIDGE_FLOP_PER_BYTE_FIELD_NUMBER: _ClassVar[int]
+    BOTTLENECK_FIELD_NUMBER: _ClassVar[int]
+    MEAN_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    N_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    N_KV_HEADS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    weight_bytes_per_token: float
+    kv_cache_bytes_per_token: float
+    bytes_per_token: float
+    flops_per_token: float
+    arithmetic_intensity_flop_per_byte: float
+    achieved_gb_per_s: float
+    device_bandwidth_gb_per_s: float
+    percent_of_bandwidth: float
+    device_peak_gflop_per_s: float
+    ridge_flop_per_byte: float
+    bottleneck: str
+    mean_context_tokens: float
+    n_layers: int
+    n_kv_heads: int
+    head_dim: int
+    method: str
+    note: str
+    def __init__(self, weight_bytes_per_token: _Optional[float] = ..., kv_cache_bytes_per_token: _Optional[float] = ..., bytes_per_token: _Optional[float] = ..., flops_per_token: _Optional[float] = ..., arithmetic_intensity_flop_per_byte: _Optional[float] = ..., achieved_gb_per_s: _Optional[float] = ..., device_bandwidth_gb_per_s: _Optional[float] = ..., percent_of_bandwidth: _Optional[float] = ..., device_peak_gflop_per_s: _Optional[float] = ..., ridge_flop_per_byte: _Optional[float] = ..., bottleneck: _Optional[str] = ..., mean_context_tokens: _Optional[float] = ..., n_layers: _Optional[int] = ..., n_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., method: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("inventory",)
@@ -216,12 +374,16 @@ class PollJobRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "request")
+    __slots__ = ("job_id", "request", "fence", "lease_s")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_S_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     request: ProfileRequest
-    def __init__(self, job_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ...) -> None: ...
+    fence: int
+    lease_s: float
+    def __init__(self, job_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ..., fence: _Optional[int] = ..., lease_s: _Optional[float] = ...) -> None: ...
 
 class PollJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -230,18 +392,72 @@ class PollJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class ReportResultRequest(_message.Message):
-    __slots__ = ("job_id", "result")
+    __slots__ = ("job_id", "result", "fence")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     result: ProfileResult
-    def __init__(self, job_id: _Optional[str] = ..., result: _Optional[_Union[ProfileResult, _Mapping]] = ...) -> None: ...
+    fence: int
+    def __init__(self, job_id: _Optional[str] = ..., result: _Optional[_Union[ProfileResult, _Mapping]] = ..., fence: _Optional[int] = ...) -> None: ...
 
 class ReportResultResponse(_message.Message):
     __slots__ = ("duplicate",)
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     duplicate: bool
     def __init__(self, duplicate: _Optional[bool] = ...) -> None: ...
+
+class JoinRequest(_message.Message):
+    __slots__ = ("token", "device_id", "want_client_certificate")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    WANT_CLIENT_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    device_id: str
+    want_client_certificate: bool
+    def __init__(self, token: _Optional[str] = ..., device_id: _Optional[str] = ..., want_client_certificate: _Optional[bool] = ...) -> None: ...
+
+class JoinResponse(_message.Message):
+    __slots__ = ("device_id", "secret", "client_certificate_pem", "client_key_pem")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    secret: str
+    client_certificate_pem: bytes
+    client_key_pem: bytes
+    def __init__(self, device_id: _Optional[str] = ..., secret: _Optional[str] = ..., client_certificate_pem: _Optional[bytes] = ..., client_key_pem: _Optional[bytes] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("device_id", "job_id", "fence")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    job_id: str
+    fence: int
+    def __init__(self, device_id: _Optional[str] = ..., job_id: _Optional[str] = ..., fence: _Optional[int] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("lease_s",)
+    LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    lease_s: float
+    def __init__(self, lease_s: _Optional[float] = ...) -> None: ...
+
+class ReleaseJobRequest(_message.Message):
+    __slots__ = ("device_id", "job_id", "fence")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    job_id: str
+    fence: int
+    def __init__(self, device_id: _Optional[str] = ..., job_id: _Optional[str] = ..., fence: _Optional[int] = ...) -> None: ...
+
+class ReleaseJobResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class Device(_message.Message):
     __slots__ = ("inventory", "first_seen_unix_s", "last_seen_unix_s", "results")
@@ -286,18 +502,20 @@ class GetJobsRequest(_message.Message):
     def __init__(self, job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "device_id", "state", "result_id", "error")
+    __slots__ = ("job_id", "device_id", "state", "result_id", "error", "attempts")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RESULT_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     device_id: str
     state: str
     result_id: str
     error: str
-    def __init__(self, job_id: _Optional[str] = ..., device_id: _Optional[str] = ..., state: _Optional[str] = ..., result_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    attempts: int
+    def __init__(self, job_id: _Optional[str] = ..., device_id: _Optional[str] = ..., state: _Optional[str] = ..., result_id: _Optional[str] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class GetJobsResponse(_message.Message):
     __slots__ = ("jobs",)
@@ -433,3 +651,91 @@ class ListTablesResponse(_message.Message):
     TABLES_FIELD_NUMBER: _ClassVar[int]
     tables: _containers.RepeatedCompositeFieldContainer[Table]
     def __init__(self, tables: _Optional[_Iterable[_Union[Table, _Mapping]]] = ...) -> None: ...
+
+class CampaignSpec(_message.Message):
+    __slots__ = ("models", "quants", "backends", "template")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    QUANTS_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedScalarFieldContainer[str]
+    quants: _containers.RepeatedScalarFieldContainer[str]
+    backends: _containers.RepeatedScalarFieldContainer[str]
+    template: ProfileRequest
+    def __init__(self, models: _Optional[_Iterable[str]] = ..., quants: _Optional[_Iterable[str]] = ..., backends: _Optional[_Iterable[str]] = ..., template: _Optional[_Union[ProfileRequest, _Mapping]] = ...) -> None: ...
+
+class CreateCampaignRequest(_message.Message):
+    __slots__ = ("selector", "spec", "max_attempts")
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    selector: str
+    spec: CampaignSpec
+    max_attempts: int
+    def __init__(self, selector: _Optional[str] = ..., spec: _Optional[_Union[CampaignSpec, _Mapping]] = ..., max_attempts: _Optional[int] = ...) -> None: ...
+
+class CreateCampaignResponse(_message.Message):
+    __slots__ = ("campaign_id", "job_ids", "device_ids", "skipped")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    device_ids: _containers.RepeatedScalarFieldContainer[str]
+    skipped: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, campaign_id: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ..., device_ids: _Optional[_Iterable[str]] = ..., skipped: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeviceProgress(_message.Message):
+    __slots__ = ("device_id", "done", "running", "failed", "queued", "errors")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    done: int
+    running: int
+    failed: int
+    queued: int
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_id: _Optional[str] = ..., done: _Optional[int] = ..., running: _Optional[int] = ..., failed: _Optional[int] = ..., queued: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CampaignStatus(_message.Message):
+    __slots__ = ("campaign_id", "selector", "created_unix_s", "spec", "done", "running", "failed", "queued", "devices")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    selector: str
+    created_unix_s: float
+    spec: CampaignSpec
+    done: int
+    running: int
+    failed: int
+    queued: int
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceProgress]
+    def __init__(self, campaign_id: _Optional[str] = ..., selector: _Optional[str] = ..., created_unix_s: _Optional[float] = ..., spec: _Optional[_Union[CampaignSpec, _Mapping]] = ..., done: _Optional[int] = ..., running: _Optional[int] = ..., failed: _Optional[int] = ..., queued: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[DeviceProgress, _Mapping]]] = ...) -> None: ...
+
+class ListCampaignsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListCampaignsResponse(_message.Message):
+    __slots__ = ("campaigns",)
+    CAMPAIGNS_FIELD_NUMBER: _ClassVar[int]
+    campaigns: _containers.RepeatedCompositeFieldContainer[CampaignStatus]
+    def __init__(self, campaigns: _Optional[_Iterable[_Union[CampaignStatus, _Mapping]]] = ...) -> None: ...
+
+class GetCampaignRequest(_message.Message):
+    __slots__ = ("campaign_id",)
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    def __init__(self, campaign_id: _Optional[str] = ...) -> None: ...

@@ -49,6 +49,21 @@ class AgentServiceStub:
                 request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReportResultRequest.SerializeToString,
                 response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReportResultResponse.FromString,
                 _registered_method=True)
+        self.Join = channel.unary_unary(
+                '/fleetfit.v1.AgentService/Join',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.JoinRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.JoinResponse.FromString,
+                _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/fleetfit.v1.AgentService/Heartbeat',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
+        self.ReleaseJob = channel.unary_unary(
+                '/fleetfit.v1.AgentService/ReleaseJob',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReleaseJobRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReleaseJobResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -72,6 +87,24 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Join(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Heartbeat(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +122,21 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ReportResult,
                     request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReportResultRequest.FromString,
                     response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReportResultResponse.SerializeToString,
+            ),
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.JoinRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.JoinResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.HeartbeatRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'ReleaseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseJob,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReleaseJobRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReleaseJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +230,87 @@ class AgentService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetfit.v1.AgentService/Join',
+            fleetfit_dot_v1_dot_fleetfit__pb2.JoinRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetfit.v1.AgentService/Heartbeat',
+            fleetfit_dot_v1_dot_fleetfit__pb2.HeartbeatRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetfit.v1.AgentService/ReleaseJob',
+            fleetfit_dot_v1_dot_fleetfit__pb2.ReleaseJobRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.ReleaseJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class FleetServiceStub:
     """Missing associated documentation comment in .proto file."""
@@ -226,6 +355,21 @@ class FleetServiceStub:
                 '/fleetfit.v1.FleetService/GetTable',
                 request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.TableRequest.SerializeToString,
                 response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.Table.FromString,
+                _registered_method=True)
+        self.CreateCampaign = channel.unary_unary(
+                '/fleetfit.v1.FleetService/CreateCampaign',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.CreateCampaignRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.CreateCampaignResponse.FromString,
+                _registered_method=True)
+        self.ListCampaigns = channel.unary_unary(
+                '/fleetfit.v1.FleetService/ListCampaigns',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ListCampaignsRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ListCampaignsResponse.FromString,
+                _registered_method=True)
+        self.GetCampaign = channel.unary_unary(
+                '/fleetfit.v1.FleetService/GetCampaign',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.CampaignStatus.FromString,
                 _registered_method=True)
 
 
@@ -274,6 +418,24 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCampaigns(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -311,6 +473,21 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.GetTable,
                     request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.TableRequest.FromString,
                     response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.Table.SerializeToString,
+            ),
+            'CreateCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCampaign,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.CreateCampaignRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.CreateCampaignResponse.SerializeToString,
+            ),
+            'ListCampaigns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCampaigns,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ListCampaignsRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ListCampaignsResponse.SerializeToString,
+            ),
+            'GetCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCampaign,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.CampaignStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -502,6 +679,87 @@ class FleetService:
             '/fleetfit.v1.FleetService/GetTable',
             fleetfit_dot_v1_dot_fleetfit__pb2.TableRequest.SerializeToString,
             fleetfit_dot_v1_dot_fleetfit__pb2.Table.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetfit.v1.FleetService/CreateCampaign',
+            fleetfit_dot_v1_dot_fleetfit__pb2.CreateCampaignRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.CreateCampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCampaigns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetfit.v1.FleetService/ListCampaigns',
+            fleetfit_dot_v1_dot_fleetfit__pb2.ListCampaignsRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.ListCampaignsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetfit.v1.FleetService/GetCampaign',
+            fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.CampaignStatus.FromString,
             options,
             channel_credentials,
             insecure,

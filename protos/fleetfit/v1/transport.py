@@ -22,16 +22,46 @@ SERVER_OPTIONS = [
 ]
 
 
+# The name in the coordinator's server certificate. Agents pin the fleet's own CA, so they ask for this
+# name whatever address they dial (an IP, a NAT'd host name) instead of needing it in the certificate.
+SERVER_NAME = "fleetfit-coordinator"
+
+
 class CoordinatorUnreachable(Exception):
     """The coordinator address does not answer."""
 
 
-def connect(address: str, timeout_s: float = 10.0) -> grpc.Channel:
-    """A ready channel to `address`, or CoordinatorUnreachable after `timeout_s`."""
-    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+class _Bearer(grpc.UnaryUnaryClientInterceptor):
+    """Adds "authorization: Bearer <token>" to every call (TLS or loopback plaintext alike)."""
+
+    def __init__(self, token: str):
+        self.metadata = (("authorization", f"Bearer {token}"),)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        metadata = tuple(details.metadata or ()) + self.metadata
+        return continuation(details._replace(metadata=metadata), request)
+
+
+def connect(address: str, timeout_s: float = 10.0, *, ca_pem: bytes | None = None, token: str | None = None,
+            client_cert: tuple[bytes, bytes] | None = None) -> grpc.Channel:
+    """A ready channel to `address`, or CoordinatorUnreachable after `timeout_s`.
+
+    With `ca_pem`, TLS checked against that CA (and, with `client_cert` = (cert, key), mutual TLS);
+    without, plaintext (loopback development). With `token`, every call carries it.
+    """
+    if ca_pem is None:
+        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    else:
+        key, cert = (client_cert[1], client_cert[0]) if client_cert else (None, None)
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key, certificate_chain=cert)
+        channel = grpc.secure_channel(address, credentials,
+                                      options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", SERVER_NAME)])
     try:
         grpc.channel_ready_future(channel).result(timeout=timeout_s)
     except grpc.FutureTimeoutError:
         channel.close()
-        raise CoordinatorUnreachable(f"coordinator at {address} does not answer (waited {timeout_s:g} s)") from None
+        how = "over TLS " if ca_pem is not None else ""
+        raise CoordinatorUnreachable(f"coordinator at {address} does not answer {how}(waited {timeout_s:g} s)") from None
+    if token:
+        return grpc.intercept_channel(channel, _Bearer(token))  # closing it closes `channel`
     return channel

@@ -160,6 +160,23 @@ def test_windows_of_a_repeated_phase_are_added_up():
     assert prefill.duration_s == pytest.approx(1.0)
 
 
+def test_windows_timed_by_another_process_select_their_part_of_the_samples():
+    clock = Clock()
+    source = ScriptedSource(clock)
+    start = clock.ns
+    sampler = run_script(clock, source, [(0, 1000.0), (1, 3000.0), (1, 3000.0), (1, 1000.0)])
+    second = 1_000_000_000
+    sampler.add_phase("decode", start + second // 2, start + 2 * second)   # 2 → 3 W, then 3 W
+    sampler.add_phase("decode", start + 2 * second + second // 2, start + 3 * second)  # 2 → 1 W
+    sampler.add_phase("warmup", start, start + second // 2)
+    rows = {row.phase: row for row in sampler.summaries()}
+    assert list(rows) == ["decode", "warmup"]
+    assert rows["decode"].duration_s == pytest.approx(2.0)
+    assert rows["decode"].energy_mj == pytest.approx(0.5 * 2500 + 3000 + 0.5 * 1500)
+    with pytest.raises(ValueError, match="ends before it starts"):
+        sampler.add_phase("decode", start + second, start)
+
+
 def test_a_slow_source_is_read_every_nth_tick_and_reports_its_own_rate():
     clock = Clock()
     source = ScriptedSource(clock, max_rate_hz=10.0)

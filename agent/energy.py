@@ -1,0 +1,96 @@
+"""Energy and roofline figures for one profile result, from the agent's side of the worker.
+
+The sampler runs here, in the agent, never in the worker: the measured process stays clean. The
+worker reports its phase windows on CLOCK_MONOTONIC (system-wide on Linux), which the sampler maps
+onto its own samples; the idle baseline is taken just before the worker starts.
+"""
+
+import os
+import pathlib
+
+from fleetfit.agent import device_probe
+from fleetfit.agent.telemetry import PhaseSummary, PowerSampler, discover_power_sources, joules_per_token
+from fleetfit.models import roofline as rl
+from fleetfit.v1 import fleetfit_pb2 as pb
+
+DEFAULT_IDLE_BASELINE_S = 2.0
+MEASURED_PHASES = ("load", "prefill", "decode")  # the worker's "warmup" windows are left out
+
+
+def idle_baseline_s(request: pb.ProfileRequest) -> float:
+    """The request's, else FLEETFIT_IDLE_BASELINE_S, else 2 s."""
+    if request.HasField("idle_baseline_s"):
+        return request.idle_baseline_s
+    return float(os.environ.get("FLEETFIT_IDLE_BASELINE_S", DEFAULT_IDLE_BASELINE_S))
+
+
+def start_sampler(idle_s: float) -> tuple[PowerSampler, list[str]]:
+    """A running sampler over every readable source, its idle baseline already measured."""
+    found = discover_power_sources()
+    sampler = PowerSampler(found.sources).start()
+    if idle_s > 0:
+        sampler.measure_idle(idle_s)
+    return sampler, [f"{d.method}: {d.reason}" for d in found.declined]
+
+
+def phase_message(row: PhaseSummary, tokens: int) -> pb.PhaseEnergy:
+    figures = {
+        "energy_mj": row.energy_mj, "net_energy_mj": row.net_energy_mj, "idle_power_w": row.idle_power_w,
+        "average_power_w": row.average_power_w, "peak_power_w": row.peak_power_w,
+        "joules_per_token": joules_per_token(row.energy_mj, tokens),
+        "net_joules_per_token": joules_per_token(row.net_energy_mj, tokens),
+    }
+    per_token = figures["joules_per_token"]
+    figures["tokens_per_joule"] = 1 / per_token if per_token else None
+    return pb.PhaseEnergy(
+        phase=row.phase, source=row.source, scope=row.scope, method=row.method, provenance=row.provenance,
+        rate_hz=row.rate_hz, duration_s=row.duration_s, tokens=tokens, samples=row.samples,
+        samples_skipped=row.samples_skipped, coverage=row.coverage, note=row.note,
+        **{k: v for k, v in figures.items() if v is not None},  # absent, never 0
+    )
+
+
+def finish_sampler(sampler: PowerSampler, declined: list[str], idle_s: float, windows: list,
+                   tokens: dict[str, int]) -> pb.PowerTelemetry:
+    """Stop the sampler, map the worker's windows onto it, and summarise load, prefill and decode."""
+    sampler.close()
+    for phase, start_ns, end_ns in windows:
+        if phase in MEASURED_PHASES:
+            sampler.add_phase(phase, int(start_ns), int(end_ns))
+    phases = [phase_message(row, tokens.get(row.phase, 0)) for row in sampler.summaries()]
+    decode = [p for p in phases if p.phase == "decode" and p.HasField("energy_mj")]
+    # The widest scope is the one that drew the most; sub-rails and domains are never added together.
+    headline = max(decode, key=lambda p: p.energy_mj, default=phases[0] if phases else None)
+    return pb.PowerTelemetry(
+        phases=phases, headline_source=headline.source if headline else "",
+        provenance=headline.provenance if headline else "", idle_baseline_s=idle_s, rate_hz=sampler.rate_hz,
+        declined=declined, warmup_excluded=True,
+    )
+
+
+def roofline_message(model_path: pathlib.Path, n_gen: int, decode_tokens_per_s: float | None,
+                     probes: pb.DeviceProbes | None) -> pb.Roofline:
+    shape = rl.model_shape(model_path)
+    context = rl.mean_decode_context(n_gen)
+    bandwidth, peak = device_probe.cpu_bandwidth_and_peak(probes)
+    point = rl.roofline(shape, context, decode_tokens_per_s, bandwidth.gb_per_s if bandwidth else None,
+                        peak.gflop_per_s if peak else None)
+    notes = []
+    if bandwidth is None:
+        notes.append("no measured CPU bandwidth (run fleetfit-agent probe)")
+    if decode_tokens_per_s is None:
+        notes.append("no decode measured")
+    figures = {
+        "achieved_gb_per_s": point.achieved_gb_per_s, "percent_of_bandwidth": point.percent_of_bandwidth,
+        "device_bandwidth_gb_per_s": bandwidth.gb_per_s if bandwidth else None,
+        "device_peak_gflop_per_s": peak.gflop_per_s if peak else None, "ridge_flop_per_byte": point.ridge_flop_per_byte,
+    }
+    return pb.Roofline(
+        weight_bytes_per_token=point.weight_bytes_per_token, kv_cache_bytes_per_token=point.kv_cache_bytes_per_token,
+        bytes_per_token=point.bytes_per_token, flops_per_token=point.flops_per_token,
+        arithmetic_intensity_flop_per_byte=point.arithmetic_intensity, bottleneck=point.bottleneck or "",
+        mean_context_tokens=context, n_layers=shape.n_layers, n_kv_heads=shape.n_kv_heads, head_dim=shape.head_dim,
+        method=rl.METHOD + (f"; bandwidth: {bandwidth.provenance.method}" if bandwidth else "")
+               + (f"; compute roof: CPU float32 {peak.provenance.method}" if peak else ""),
+        note="; ".join(notes), **{k: v for k, v in figures.items() if v is not None},
+    )

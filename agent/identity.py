@@ -1,0 +1,119 @@
+"""The agent's identity: joining a fleet once with a join token, and the credentials kept afterwards.
+
+A join token from `fleetfit token create` reads `SECRET.FINGERPRINT`: the one-time secret and the SHA-256
+of the fleet CA's certificate. At join the agent reads the certificate chain the coordinator presents,
+keeps the CA whose fingerprint matches (else refuses: a man in the middle cannot pass) and from then on
+trusts only that CA. The credentials are written with mode 0600.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import socket
+import ssl
+
+import grpc
+
+from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+from fleetfit.v1.transport import CoordinatorUnreachable, connect
+
+CALL_TIMEOUT_S = 15.0
+
+
+class JoinError(Exception):
+    """Joining failed; the message is one line for users."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    coordinator: str
+    device_id: str
+    secret: str
+    ca_pem: str | None = None            # None: plaintext (--insecure, loopback development)
+    client_cert_pem: str | None = None   # mutual TLS
+    client_key_pem: str | None = None
+
+    @property
+    def token(self) -> str:
+        return f"agent.{self.device_id}.{self.secret}"
+
+    def connect(self, timeout_s: float = 10.0, address: str | None = None) -> grpc.Channel:
+        cert = (self.client_cert_pem.encode(), self.client_key_pem.encode()) if self.client_cert_pem else None
+        return connect(address or self.coordinator, timeout_s, token=self.token,
+                       ca_pem=self.ca_pem.encode() if self.ca_pem else None, client_cert=cert)
+
+
+def default_path() -> pathlib.Path:
+    if path := os.environ.get("FLEETFIT_IDENTITY"):
+        return pathlib.Path(path)
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return pathlib.Path(config) / "fleetfit" / "agent-identity.json"
+
+
+def save(identity: Identity, path: pathlib.Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(dataclasses.asdict(identity), f, indent=2)
+    os.replace(tmp, path)
+
+
+def load(path: pathlib.Path) -> Identity | None:
+    if not path.exists():
+        return None
+    try:
+        return Identity(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise JoinError(f"{path} is not an agent identity ({exc}); join again") from None
+
+
+def fetch_pinned_ca(address: str, fingerprint: str, timeout_s: float = 10.0) -> bytes:
+    """The CA certificate (PEM) in the chain the coordinator presents whose SHA-256 is `fingerprint`."""
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # checked by fingerprint below
+    context.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as raw:
+            with context.wrap_socket(raw) as tls:
+                if hasattr(tls, "get_unverified_chain"):  # Python 3.13+
+                    chain = tls.get_unverified_chain()
+                else:
+                    chain = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in tls._sslobj.get_unverified_chain()]
+    except (OSError, ValueError) as exc:
+        raise JoinError(f"cannot open TLS to {address}: {exc}") from None
+    for der in chain:
+        if hashlib.sha256(der).hexdigest() == fingerprint:
+            return ssl.DER_cert_to_PEM_cert(der).encode()
+    raise JoinError(f"the coordinator at {address} does not present the CA this token pins "
+                    f"(sha256 {fingerprint[:16]}...): wrong address, or someone in between")
+
+
+def join(address: str, token: str, device_id: str, insecure: bool = False, mutual_tls: bool = False,
+         timeout_s: float = 10.0) -> Identity:
+    """Spend `token` at the coordinator for this device's credentials."""
+    secret, _, fingerprint = token.partition(".")
+    if insecure:
+        ca_pem = None
+    elif not fingerprint:
+        raise JoinError("this join token pins no CA (the coordinator runs --insecure?): join with --insecure")
+    else:
+        ca_pem = fetch_pinned_ca(address, fingerprint, timeout_s)
+    try:
+        channel = connect(address, timeout_s, ca_pem=ca_pem)
+    except CoordinatorUnreachable as exc:
+        hint = " (a coordinator with --mtls enrolls agents out of band)" if ca_pem else ""
+        raise JoinError(f"{exc}{hint}") from None
+    with channel:
+        try:
+            reply = pb_grpc.AgentServiceStub(channel).Join(
+                pb.JoinRequest(token=secret, device_id=device_id, want_client_certificate=mutual_tls),
+                timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            raise JoinError(f"the coordinator refused to enroll {device_id}: {exc.details()}") from None
+    return Identity(address, reply.device_id, reply.secret, ca_pem.decode() if ca_pem else None,
+                    reply.client_certificate_pem.decode() or None, reply.client_key_pem.decode() or None)

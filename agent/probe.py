@@ -1,0 +1,145 @@
+"""`fleetfit-agent limits probe`: walk a ladder of model sizes for each precision on this device.
+
+Each size is a synthetic GGUF of a catalogued architecture (real shapes, random weights: speed and
+memory of dense inference do not depend on the weights' values), profiled in an isolated worker under
+an address-space cap below the RAM available, then deleted. A size whose predicted load memory is above
+the cap is recorded as not fitting without being attempted, and so is every larger size of that
+precision. A size that loads but whose decode rate collapses against the smaller sizes' trend (memory
+thrash) counts as not fitting, with its figures.
+"""
+
+import dataclasses
+import pathlib
+import shutil
+import time
+import uuid
+
+import psutil
+
+from fleetfit.agent import profiling
+from fleetfit.models import synth
+from fleetfit.models.catalogue import architecture, n_params
+from fleetfit.models.errors import ModelError
+from fleetfit.models.quants import parse_quant
+from fleetfit.v1 import fleetfit_pb2 as pb
+
+DEFAULT_SIZES = ("distilgpt2", "tinyllama-1.1b", "llama-2-7b", "llama-2-13b")
+DEFAULT_QUANTS = ("F16", "Q8_0", "Q4_0")
+RAM_MARGIN_BYTES = 1 << 30  # left to the OS and the agent itself
+# Decode is memory-bound: tokens/s × weight bytes stays roughly constant across sizes. A size below this
+# fraction of that product from the previous size is thrashing, not computing.
+COLLAPSE_FRACTION = 0.2
+GB = 1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSettings:
+    n_prompt: int = 64
+    n_gen: int = 16
+    repetitions: int = 2
+    threads: int = 0
+    timeout_s: float = 1800.0
+    memory_cap_bytes: int | None = None  # None: the RAM available at each step, less a margin
+    collapse_fraction: float = COLLAPSE_FRACTION
+
+
+def memory_cap_bytes() -> int:
+    return max(psutil.virtual_memory().available - RAM_MARGIN_BYTES, 0)
+
+
+def _unmeasured(arch, quant: str, request: pb.ProfileRequest, device_id: str, failure: int, reason: str,
+                method: str) -> pb.ProfileResult:
+    """A result for a size that was not measured, saying why."""
+    return pb.ProfileResult(
+        result_id=str(uuid.uuid4()), device_id=device_id, request=request, model_name=arch.name, quant=quant,
+        model_n_params=n_params(arch), model_origin="synthetic", failure=failure, error=reason,
+        provenance=pb.Provenance(kind="estimated", method=method, scope="device"), started_unix_s=time.time())
+
+
+def _decode_collapsed(result: pb.ProfileResult, previous: pb.ProfileResult | None,
+                      fraction: float = COLLAPSE_FRACTION) -> str | None:
+    if previous is None or result.failure:
+        return None
+    expected = previous.decode_tokens_per_s.mean * previous.model_file_bytes / result.model_file_bytes
+    measured = result.decode_tokens_per_s.mean
+    if measured < fraction * expected:
+        return (f"decode collapsed to {measured:.2f} tok/s, {measured / expected:.0%} of the "
+                f"{expected:.2f} tok/s that {previous.model_name}'s rate predicts (memory thrash)")
+    return None
+
+
+def _profile_synthetic(arch, quant: str, request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
+                       cap: int, previous: pb.ProfileResult | None, fraction: float) -> pb.ProfileResult:
+    """Write, profile and delete one size. A collapsed decode is measured once more before it counts: a
+    noisy neighbour can slow one run, thrash slows every run."""
+    path = cache_dir / "synthetic" / f"{arch.name}-{quant}.gguf"
+    try:
+        synth.write_synthetic(arch, quant, path, force=True)  # RAM and disk were checked by the caller
+    except ModelError as exc:  # e.g. the disk filled up mid-write; the partial file is gone
+        return _unmeasured(arch, quant, request, device_id, pb.FAILURE_KIND_ERROR, str(exc), "synthetic write failed")
+    try:
+        request.model.path = str(path)
+        result = profiling.profile(request, device_id, cache_dir, memory_limit_bytes=cap)
+        if _decode_collapsed(result, previous, fraction):
+            again = profiling.profile(request, device_id, cache_dir, memory_limit_bytes=cap)
+            if again.decode_tokens_per_s.mean > result.decode_tokens_per_s.mean:
+                result = again
+    finally:
+        path.unlink(missing_ok=True)
+    result.model_name, result.model_origin = arch.name, "synthetic"
+    collapse = _decode_collapsed(result, previous, fraction)
+    if collapse:
+        result.failure, result.error = pb.FAILURE_KIND_OOM, collapse
+    return result
+
+
+def probe(sizes: list[str], quants: list[str], device_id: str, cache_dir: pathlib.Path, settings: ProbeSettings,
+          on_result=lambda result: None) -> list[pb.ProfileResult]:
+    archs = sorted((architecture(name) for name in sizes), key=n_params)
+    quants = [parse_quant(q) for q in quants]
+    results = []
+    (cache_dir / "synthetic").mkdir(parents=True, exist_ok=True)
+    for quant in quants:
+        previous, refused = None, None
+        for arch in archs:
+            request = pb.ProfileRequest(model=pb.ModelRef(name=arch.name), backend="llama.cpp", quant=quant,
+                                        n_prompt=settings.n_prompt, n_gen=settings.n_gen,
+                                        repetitions=settings.repetitions, threads=settings.threads,
+                                        timeout_s=settings.timeout_s)
+            cap = settings.memory_cap_bytes or memory_cap_bytes()
+            plan = synth.plan_file(arch, quant)
+            needed = plan.load_memory_bytes(settings.n_prompt + settings.n_gen)
+            free_disk = shutil.disk_usage(cache_dir / "synthetic").free
+            reason = None
+            if refused:
+                reason = f"larger than {refused}, which did not fit; not attempted"
+            elif needed > cap:
+                reason = (f"needs about {needed / GB:.1f} GB to load; the memory cap is {cap / GB:.1f} GB "
+                          f"(available RAM less {RAM_MARGIN_BYTES / GB:.0f} GB); not attempted")
+            if reason:
+                result = _unmeasured(arch, quant, request, device_id, pb.FAILURE_KIND_OOM, reason,
+                                     "synthetic plan: weights + KV cache + compute buffers against the memory cap")
+                refused = refused or f"{arch.name} {quant}"
+            elif plan.file_bytes > free_disk:
+                result = _unmeasured(arch, quant, request, device_id, pb.FAILURE_KIND_ERROR,
+                                     f"the synthetic file needs {plan.file_bytes / GB:.1f} GB of disk, "
+                                     f"{free_disk / GB:.1f} GB is free; not attempted", "disk space check")
+            else:
+                result = _profile_synthetic(arch, quant, request, device_id, cache_dir, cap, previous,
+                                            settings.collapse_fraction)
+                if result.failure:
+                    refused = f"{arch.name} {quant}"
+                else:
+                    previous = result
+            results.append(result)
+            on_result(result)
+    return results
+
+
+def capacity(results: list[pb.ProfileResult]) -> dict[str, str]:
+    """The largest size that fits, per precision."""
+    best: dict[str, pb.ProfileResult] = {}
+    for r in results:
+        if not r.failure and (r.quant not in best or r.model_n_params > best[r.quant].model_n_params):
+            best[r.quant] = r
+    return {quant: r.model_name for quant, r in best.items()}

@@ -1,0 +1,95 @@
+"""Who may call which RPC: every RPC of the contract has a policy here, and the server refuses to start
+with an RPC that has none.
+
+Callers send "authorization: Bearer <credential>":
+- `agent.<device_id>.<secret>`: an enrolled agent (its secret comes from spending a join token); it
+  may call the agent RPCs, and only as itself — the request's device id must be its own;
+- `operator.<secret>`: the operator (the token `fleetfit serve` writes beside its database); it may
+  call the fleet RPCs;
+- Join is public: it is authenticated by the join token it carries.
+"""
+
+import hmac
+
+import grpc
+
+from fleetfit.coordinator.store import Store, token_hash
+
+PUBLIC, AGENT, OPERATOR = "public", "agent", "operator"
+
+# RPC -> (who may call it, the request field that names the calling device)
+POLICY: dict[str, tuple[str, str | None]] = {
+    "fleetfit.v1.AgentService.Join": (PUBLIC, None),
+    "fleetfit.v1.AgentService.Register": (AGENT, "inventory.device_id"),
+    "fleetfit.v1.AgentService.PollJob": (AGENT, "device_id"),
+    "fleetfit.v1.AgentService.ReportResult": (AGENT, "result.device_id"),
+    "fleetfit.v1.AgentService.Heartbeat": (AGENT, "device_id"),
+    "fleetfit.v1.AgentService.ReleaseJob": (AGENT, "device_id"),
+}
+OPERATOR_SERVICE = "fleetfit.v1.FleetService"
+
+
+def policy(method_full_name: str) -> tuple[str, str | None]:
+    if method_full_name.startswith(OPERATOR_SERVICE + "."):
+        return OPERATOR, None
+    return POLICY[method_full_name]
+
+
+def _field(message, path: str) -> str:
+    for name in path.split("."):
+        message = getattr(message, name)
+    return message
+
+
+def credential(context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and value.startswith("Bearer "):
+            return value[len("Bearer "):]
+    return ""
+
+
+def check_agent(store: Store, cred: str) -> str | None:
+    """The device id an agent credential proves, or None."""
+    if not cred.startswith("agent."):
+        return None
+    device_id, _, secret = cred[len("agent."):].rpartition(".")
+    stored = store.agent_secret_hash(device_id) if device_id and secret else None
+    return device_id if stored and hmac.compare_digest(stored, token_hash(secret)) else None
+
+
+def check_operator(store: Store, cred: str) -> bool:
+    return cred.startswith("operator.") and store.is_operator_token(cred[len("operator."):])
+
+
+def guard(servicer, service, store: Store):
+    """`servicer` with each RPC of `service` (a descriptor) wrapped in its policy check."""
+
+    class Guarded:
+        pass
+
+    guarded = Guarded()
+    for method in service.methods:
+        role, device_field = policy(method.full_name)  # KeyError: a new RPC must be given a policy
+        setattr(guarded, method.name, _wrap(getattr(servicer, method.name), role, device_field, store))
+    return guarded
+
+
+def _wrap(handler, role: str, device_field: str | None, store: Store):
+    async def checked(request, context):
+        cred = credential(context)
+        if role == AGENT:
+            device_id = check_agent(store, cred)
+            if device_id is None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "not an enrolled agent (run fleetfit-agent join)")
+            claimed = _field(request, device_field)
+            if not claimed:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{device_field} is empty")
+            if claimed != device_id:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    f"agent {device_id} cannot act as device {claimed!r}")
+        elif role == OPERATOR and not check_operator(store, cred):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "operator token missing or wrong (see FLEETFIT_TOKEN / the token file of fleetfit serve)")
+        return await handler(request, context)
+
+    return checked

@@ -1,0 +1,172 @@
+"""One database interface for SQLite (embedded default) and PostgreSQL (by URL), and the one migration tool.
+
+The schema is written once, in plain SQL, in the SQLite spelling. A tiny shim turns it into PostgreSQL:
+`?` placeholders become `%s`, BLOB becomes BYTEA and REAL becomes DOUBLE PRECISION. Migrations are
+numbered and applied in order inside a transaction; `schema_migrations` records what was applied, so
+opening an older database brings it up to date and opening a current one changes nothing.
+"""
+
+import contextlib
+import pathlib
+import re
+import sqlite3
+import threading
+import time
+
+MIGRATIONS: list[str] = [
+    # 1: the spine (devices, results, jobs). IF NOT EXISTS: databases made before migrations existed hold it.
+    """
+    CREATE TABLE IF NOT EXISTS devices (
+        device_id TEXT PRIMARY KEY,
+        inventory BLOB NOT NULL,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS results (
+        result_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        job_id TEXT,
+        model_name TEXT NOT NULL,
+        quant TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        failure INTEGER NOT NULL,
+        received REAL NOT NULL,
+        payload BLOB NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS results_by_model ON results (model_name, quant, backend, device_id);
+    CREATE TABLE IF NOT EXISTS jobs (
+        job_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        request BLOB NOT NULL,
+        state TEXT NOT NULL,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        result_id TEXT,
+        error TEXT
+    );
+    CREATE INDEX IF NOT EXISTS jobs_by_device ON jobs (device_id, state, created);
+    """,
+    # 2: fleet operation: leases, campaigns, enrollment.
+    """
+    ALTER TABLE jobs ADD COLUMN campaign_id TEXT;
+    ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 3;
+    ALTER TABLE jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN lease_expires REAL;
+    CREATE INDEX jobs_by_lease ON jobs (state, lease_expires);
+    CREATE INDEX jobs_by_campaign ON jobs (campaign_id, device_id);
+    CREATE TABLE campaigns (
+        campaign_id TEXT PRIMARY KEY,
+        selector TEXT NOT NULL,
+        created REAL NOT NULL,
+        spec BLOB NOT NULL
+    );
+    CREATE TABLE join_tokens (
+        token_hash TEXT PRIMARY KEY,
+        labels TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        used_by TEXT,
+        used_at REAL
+    );
+    CREATE TABLE agents (
+        device_id TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE operator_tokens (
+        token_hash TEXT PRIMARY KEY,
+        created REAL NOT NULL
+    );
+    """,
+]
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def to_postgres(sql: str) -> str:
+    sql = sql.replace("?", "%s")
+    sql = re.sub(r"\bBLOB\b", "BYTEA", sql)
+    return re.sub(r"\bREAL\b", "DOUBLE PRECISION", sql)
+
+
+class DatabaseError(Exception):
+    """The database cannot be opened or migrated; the message is one line for users."""
+
+
+class Database:
+    """A connection to SQLite (a file path) or PostgreSQL (a postgresql:// URL), used by one process.
+
+    `transaction()` yields an `execute(sql, params)` function; statements use `?` placeholders in both
+    dialects. Calls from several threads are serialised by a lock.
+    """
+
+    def __init__(self, url: str | pathlib.Path):
+        self.url = str(url)
+        self.postgres = is_postgres_url(self.url)
+        self.lock = threading.RLock()
+        if self.postgres:
+            try:
+                import psycopg
+            except ImportError:
+                raise DatabaseError("PostgreSQL needs the psycopg package: pip install 'fleetfit[postgres]'") from None
+            try:
+                self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            except psycopg.Error as exc:
+                raise DatabaseError(f"cannot connect to {self.url}: {str(exc).strip().splitlines()[0]}") from None
+        else:
+            if self.url != ":memory:":
+                pathlib.Path(self.url).parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.url, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
+            self.conn.execute("PRAGMA busy_timeout=10000")
+        self.migrate()
+
+    @property
+    def dialect(self) -> str:
+        return "postgresql" if self.postgres else "sqlite"
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _execute(self, sql: str, params=()):
+        return self.conn.execute(to_postgres(sql) if self.postgres else sql, params)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        with self.lock:
+            if self.postgres:
+                with self.conn.transaction():
+                    yield self._execute
+            else:
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._execute
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                self.conn.execute("COMMIT")
+
+    def query(self, sql: str, params=()) -> list[tuple]:
+        with self.lock:
+            return [tuple(row) for row in self._execute(sql, params).fetchall()]
+
+    def migrate(self) -> int:
+        """Apply the migrations this database lacks; returns the schema version."""
+        with self.transaction() as execute:
+            if self.postgres:  # one migrator at a time when several coordinator replicas start together
+                execute("SELECT pg_advisory_xact_lock(7426001)")
+            execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
+            done = {v for (v,) in execute("SELECT version FROM schema_migrations").fetchall()}
+            for version, script in enumerate(MIGRATIONS, start=1):
+                if version in done:
+                    continue
+                for statement in (s.strip() for s in script.split(";")):
+                    if statement:
+                        execute(statement)
+                execute("INSERT INTO schema_migrations (version, applied) VALUES (?, ?)", (version, time.time()))
+        return len(MIGRATIONS)

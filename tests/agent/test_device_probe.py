@@ -1,0 +1,33 @@
+from fleetfit.agent import device_probe
+
+SMALL = dict(runs=2, array_bytes=8 << 20, matmul_n=128)
+
+
+def test_cpu_probes_are_measured_and_say_how(tmp_path):
+    probes = device_probe.probes(tmp_path, **SMALL)
+    cpu, gpu = probes.bandwidth[0], probes.bandwidth[-1]
+    assert cpu.target == "cpu" and cpu.gb_per_s == max(cpu.samples_gb_per_s) > 0 and len(cpu.samples_gb_per_s) == 2
+    assert cpu.provenance.kind == "measured" and "triad" in cpu.provenance.method and cpu.threads >= 1
+    assert {m.precision for m in probes.matmul if m.target == "cpu"} == {"float32", "float64"}
+    assert all("BLAS" in m.provenance.method and m.gflop_per_s > 0 for m in probes.matmul)
+    # No CUDA here: the GPU probe is a row without a figure and with the reason, never 0 GB/s.
+    assert gpu.target == "gpu" and not gpu.HasField("gb_per_s") and "no GPU probe" in gpu.note
+
+
+def test_probes_are_cached_per_device_until_refreshed(tmp_path):
+    first = device_probe.probes(tmp_path, **SMALL)
+    assert device_probe.cache_path(tmp_path).is_file()
+    assert device_probe.probes(tmp_path).probed_unix_s == first.probed_unix_s  # not measured again
+    assert device_probe.probes(tmp_path, refresh=True, **SMALL).probed_unix_s > first.probed_unix_s
+    device_probe.cache_path(tmp_path).write_text("{not json")
+    assert device_probe.load_cached(tmp_path) is None  # a damaged cache is probed again, not an error
+
+
+def test_last_level_cache_size_from_a_sysfs_tree(tmp_path):
+    cache = tmp_path / "devices/system/cpu/cpu0/cache"
+    for index, size in (("index0", "32K"), ("index2", "512K"), ("index3", "32768K")):
+        (cache / index).mkdir(parents=True)
+        (cache / index / "size").write_text(size + "\n")
+    assert device_probe.last_level_cache_bytes(tmp_path) == 32 << 20
+    assert device_probe.last_level_cache_bytes(tmp_path / "missing") is None
+

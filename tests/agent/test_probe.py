@@ -1,0 +1,41 @@
+"""The size ladder with real llama.cpp on small synthetic models; larger sizes are refused by the cap."""
+
+from fleetfit.agent import probe
+from fleetfit.v1 import fleetfit_pb2 as pb
+
+MB = 1_000_000
+
+
+def test_ladder_measures_what_fits_and_refuses_the_rest(tmp_path):
+    # Runs this short are noisy on a busy machine: only a tenfold slowdown would count as a collapse here.
+    settings = probe.ProbeSettings(n_prompt=16, n_gen=4, repetitions=1, threads=2, memory_cap_bytes=600 * MB,
+                                   collapse_fraction=0.1)
+    seen = []
+    results = probe.probe(["smollm2-360m", "smollm2-135m", "tinyllama-1.1b"], ["Q4_0", "F16"], "dev-1", tmp_path,
+                          settings, seen.append)
+    assert seen == results
+    by_key = {(r.model_name, r.quant): r for r in results}
+    assert list(by_key) == [("smollm2-135m", "Q4_0"), ("smollm2-360m", "Q4_0"), ("tinyllama-1.1b", "Q4_0"),
+                            ("smollm2-135m", "F16"), ("smollm2-360m", "F16"), ("tinyllama-1.1b", "F16")]
+    for key in [("smollm2-135m", "Q4_0"), ("smollm2-360m", "Q4_0"), ("smollm2-135m", "F16")]:
+        r = by_key[key]
+        assert r.failure == pb.FAILURE_KIND_UNSPECIFIED, r.error
+        assert r.model_origin == "synthetic" and r.provenance.kind == "measured"
+        assert r.memory_limit_bytes == 600 * MB and r.peak_rss_bytes < 600 * MB
+        assert r.decode_tokens_per_s.mean > 0
+    assert by_key[("smollm2-360m", "Q4_0")].peak_rss_bytes > by_key[("smollm2-135m", "Q4_0")].peak_rss_bytes
+    # 360M at F16 needs ~0.8 GB: refused without being attempted, and so is every larger F16 size.
+    refused = by_key[("smollm2-360m", "F16")]
+    assert refused.failure == pb.FAILURE_KIND_OOM and refused.provenance.kind == "estimated"
+    assert "the memory cap is 0.6 GB" in refused.error and not refused.HasField("peak_rss_bytes")
+    assert "larger than smollm2-360m F16" in by_key[("tinyllama-1.1b", "F16")].error
+    assert probe.capacity(results) == {"Q4_0": "smollm2-360m", "F16": "smollm2-135m"}
+    assert not list((tmp_path / "synthetic").iterdir())  # every synthetic file was deleted
+
+
+def test_collapsed_decode_counts_as_not_fitting():
+    small = pb.ProfileResult(model_name="a", model_file_bytes=100, decode_tokens_per_s=pb.Stat(mean=50.0))
+    thrashing = pb.ProfileResult(model_name="b", model_file_bytes=200, decode_tokens_per_s=pb.Stat(mean=2.0))
+    healthy = pb.ProfileResult(model_name="b", model_file_bytes=200, decode_tokens_per_s=pb.Stat(mean=24.0))
+    assert "decode collapsed to 2.00 tok/s, 8% of the 25.00 tok/s" in probe._decode_collapsed(thrashing, small)
+    assert probe._decode_collapsed(healthy, small) is None

@@ -24,6 +24,10 @@ app.add_typer(service_app, name="service")
 
 CacheDir = Annotated[Optional[pathlib.Path], typer.Option(envvar="FLEETFIT_CACHE_DIR", help="Model cache directory.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+IdentityPath = Annotated[Optional[pathlib.Path], typer.Option(
+    "--identity", envvar="FLEETFIT_IDENTITY", help="Credentials file (default ~/.config/fleetfit/agent-identity.json).")]
+Insecure = Annotated[bool, typer.Option("--insecure", envvar="FLEETFIT_INSECURE",
+                                        help="Plaintext, no TLS: for a coordinator on loopback during development.")]
 
 
 def _fail(message: str) -> None:
@@ -208,24 +212,53 @@ def limits_probe(
     repetitions: int = 2,
     threads: Annotated[int, typer.Option(help="0 = physical cores.")] = 0,
     cache_dir: CacheDir = None,
-    device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
+    identity_path: IdentityPath = None,
     as_json: Json = False,
 ) -> None:
-    """Synthesize, profile (under a memory cap) and delete each size; record what fits, per precision."""
-    from fleetfit.agent import inventory, probe, profiling, report
+    """Synthesize, profile (under a memory cap) and delete each size; record what fits, per precision.
+
+    On an enrolled device every result also goes to the coordinator (through the agent's outbox)."""
+    import threading
+
+    from fleetfit.agent import identity, inventory, probe, report
+    from fleetfit.agent.outbox import Outbox, flush, path_beside
+    from fleetfit.v1 import fleetfit_pb2 as pb
+    from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+    from fleetfit.v1.transport import CoordinatorUnreachable
 
     for name, value in (("n-prompt", n_prompt), ("n-gen", n_gen), ("repetitions", repetitions)):
         if value < 1:
             _fail(f"--{name} must be at least 1, got {value}")
+    path = identity_path or identity.default_path()
+    enrolled = identity.load(path)
+    outbox = Outbox(path_beside(path)) if enrolled else None
+
+    def keep(result) -> None:
+        if outbox is not None:
+            outbox.put(pb.ReportResultRequest(result=result))  # durable before anything else happens
+        if not as_json:
+            typer.echo(report.markdown([result]).split("\n\n")[0])
+
     settings = probe.ProbeSettings(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, threads=threads)
-    show = (lambda r: None) if as_json else (lambda r: typer.echo(report.markdown([r]).split("\n\n")[0]))
-    results = probe.probe([s for s in sizes.split(",") if s], [q for q in quants.split(",") if q],
-                          device_id or inventory.default_device_id(), _cache(cache_dir), settings, show)
+    device_id = enrolled.device_id if enrolled else inventory.default_device_id()
+    results = probe.probe([s for s in sizes.split(",") if s], [q for q in quants.split(",") if q], device_id,
+                          _cache(cache_dir), settings, keep)
     if as_json:
         typer.echo(json.dumps([json.loads(_to_json(r)) for r in results], indent=2))
+    else:
+        for quant, largest in probe.capacity(results).items():
+            typer.echo(f"largest that fits at {quant}: {largest}")
+    if outbox is None:
+        typer.echo("not enrolled: results were not sent (fleetfit-agent join --coordinator ADDR --token T)", err=True)
         return
-    for quant, largest in probe.capacity(results).items():
-        typer.echo(f"largest that fits at {quant}: {largest}")
+    try:
+        with enrolled.connect(timeout_s=10) as channel:
+            delivered = flush(outbox, pb_grpc.AgentServiceStub(channel).ReportResult, threading.Event(), 3)
+    except CoordinatorUnreachable:
+        delivered = False
+    typer.echo(f"results sent to {enrolled.coordinator}" if delivered else
+               f"{len(outbox)} results wait in the outbox; `fleetfit-agent run` delivers them", err=True)
+    outbox.close()
 
 
 @app.command()
@@ -255,11 +288,6 @@ def profile(
     if result.failure:
         raise typer.Exit(1)
 
-
-IdentityPath = Annotated[Optional[pathlib.Path], typer.Option(
-    "--identity", envvar="FLEETFIT_IDENTITY", help="Credentials file (default ~/.config/fleetfit/agent-identity.json).")]
-Insecure = Annotated[bool, typer.Option("--insecure", envvar="FLEETFIT_INSECURE",
-                                        help="Plaintext, no TLS: for a coordinator on loopback during development.")]
 
 
 def _join(coordinator: str, token: str, device_id: Optional[str], insecure: bool, mtls: bool,
@@ -314,7 +342,7 @@ def run(
     """Run the profiles the coordinator asks for, until SIGTERM or Ctrl-C (enrolled by `join` or --token)."""
     from fleetfit.agent import identity
     from fleetfit.agent.daemon import serve_jobs
-    from fleetfit.agent.outbox import Outbox
+    from fleetfit.agent.outbox import Outbox, path_beside
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fleetfit-agent %(message)s", stream=sys.stderr)
     path = identity_path or identity.default_path()
@@ -331,7 +359,7 @@ def run(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())  # give back a job just leased, or finish the current one
-    outbox = Outbox(outbox_path or path.with_name(path.stem + "-outbox.sqlite3"))
+    outbox = Outbox(outbox_path or path_beside(path))
     if coordinator:
         found = dataclasses.replace(found, coordinator=coordinator)
     try:

@@ -22,6 +22,11 @@ CALL_TIMEOUT_S = 15.0
 DEFAULT_MAX_ENTRIES = 10_000
 
 
+def path_beside(identity_path: pathlib.Path) -> pathlib.Path:
+    """The default outbox: next to the agent's credentials."""
+    return identity_path.with_name(identity_path.stem + "-outbox.sqlite3")
+
+
 def backoff_s(attempt: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
     """Exponential backoff with full jitter in [half, whole] of the step."""
     return min(cap_s, base_s * 2 ** attempt) * random.uniform(0.5, 1.0)

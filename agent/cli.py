@@ -81,6 +81,7 @@ def info(as_json: Json = False,
     device = inventory.collect(device_id or inventory.default_device_id(),
                                llama_system_info() if llama_available else "",
                                device_probe.load_cached(_cache(cache_dir)))
+    inventory.add_capabilities(device.backends)
     if as_json:
         typer.echo(_to_json(device))
         return
@@ -98,6 +99,13 @@ def info(as_json: Json = False,
     for backend in device.backends:
         state = backend.version if backend.available else f"unavailable: {backend.reason}"
         typer.echo(f"backend     {backend.name}: {state}")
+        for compute in dict.fromkeys(c.device for c in backend.capabilities):
+            rows = [c for c in backend.capabilities if c.device == compute]
+            runs = " ".join(c.precision for c in rows if c.supported) or "nothing"
+            typer.echo(f"  {compute}: runs {runs}")
+            for c in rows:
+                if not c.supported:
+                    typer.echo(f"  {compute}: not {c.precision}: {c.reason}")
     if device.llama_system_info:
         typer.echo(f"llama.cpp   {device.llama_system_info}")
     _echo_probes(device.probes if device.HasField("probes") else None)
@@ -221,6 +229,7 @@ def limits_probe(
     import threading
 
     from fleetfit.agent import identity, inventory, probe, report
+    from fleetfit.agent.daemon import registration
     from fleetfit.agent.outbox import Outbox, flush, path_beside
     from fleetfit.v1 import fleetfit_pb2 as pb
     from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
@@ -253,7 +262,9 @@ def limits_probe(
         return
     try:
         with enrolled.connect(timeout_s=10) as channel:
-            delivered = flush(outbox, pb_grpc.AgentServiceStub(channel).ReportResult, threading.Event(), 3)
+            stub = pb_grpc.AgentServiceStub(channel)
+            stub.Register(registration(device_id, _cache(cache_dir)), timeout=30)  # results need a known device
+            delivered = flush(outbox, stub.ReportResult, threading.Event(), 3)
     except CoordinatorUnreachable:
         delivered = False
     typer.echo(f"results sent to {enrolled.coordinator}" if delivered else
@@ -265,8 +276,13 @@ def limits_probe(
 @user_errors
 def profile(
     model: Annotated[str, typer.Option(help="A GGUF path, or a model name from the cache (e.g. smollm2-135m).")],
-    quant: Annotated[Optional[str], typer.Option(help="Quant type; with a name, derived if not cached.")] = None,
-    backend: str = "llama.cpp",
+    quant: Annotated[Optional[str], typer.Option(
+        help="llama.cpp: GGUF quant type (with a name, derived if not cached); torch: fp32, bf16, fp16, int8, "
+             "int4; onnxruntime: fp32, int8, int4."
+    )] = None,
+    backend: Annotated[str, typer.Option(help="llama.cpp, torch or onnxruntime.")] = "llama.cpp",
+    compute_device: Annotated[str, typer.Option(
+        "--device", help="torch: cpu, cuda or cuda:N; empty = CUDA when present, else CPU.")] = "",
     threads: Annotated[int, typer.Option(help="0 = physical cores.")] = 0,
     n_prompt: Annotated[int, typer.Option(help="Prompt tokens for the prefill test.")] = 512,
     n_gen: Annotated[int, typer.Option(help="Tokens for the decode test.")] = 128,
@@ -282,7 +298,7 @@ def profile(
     from fleetfit.agent import inventory, profiling, report
 
     request = profiling.make_request(model, quant, backend, n_prompt, n_gen, repetitions, threads, timeout,
-                                     idle_baseline)
+                                     idle_baseline, compute_device)
     result = profiling.profile(request, device_id or inventory.default_device_id(), _cache(cache_dir))
     typer.echo(_to_json(result) if as_json else report.markdown([result]))
     if result.failure:

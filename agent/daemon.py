@@ -14,7 +14,7 @@ import uuid
 
 import grpc
 
-from fleetfit.agent import inventory, profiling
+from fleetfit.agent import device_probe, inventory, profiling
 from fleetfit.agent.identity import Identity
 from fleetfit.agent.outbox import TRANSIENT, Outbox, backoff_s, flush
 from fleetfit.agent.isolation import WorkerFailure, run_worker
@@ -32,6 +32,12 @@ def llama_system_info() -> str:
         return run_worker({"op": "system_info"}, 60.0)["system_info"]
     except WorkerFailure as exc:
         return f"unavailable ({exc})"
+
+
+def registration(device_id: str, cache_dir: pathlib.Path) -> pb.RegisterRequest:
+    """What the coordinator learns about this device: its inventory and its cached probes."""
+    device = inventory.collect(device_id, llama_system_info(), probes=device_probe.load_cached(cache_dir))
+    return pb.RegisterRequest(inventory=device)
 
 
 def path_refusal(request: pb.ProfileRequest, allowed_dirs: list[pathlib.Path]) -> str | None:
@@ -103,7 +109,7 @@ def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Even
     device_id = identity.device_id
     channel = identity.connect(connect_timeout_s)
     stub = pb_grpc.AgentServiceStub(channel)
-    register = pb.RegisterRequest(inventory=inventory.collect(device_id, llama_system_info()))
+    register = registration(device_id, cache_dir)
     _call_with_retry(stub.Register, register, stop)
     log.info("registered %s with %s", device_id, identity.coordinator)
     jobs_run = 0

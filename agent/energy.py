@@ -68,9 +68,10 @@ def finish_sampler(sampler: PowerSampler, declined: list[str], idle_s: float, wi
     )
 
 
-def roofline_message(model_path: pathlib.Path, n_gen: int, decode_tokens_per_s: float | None,
+def roofline_message(model: pathlib.Path | rl.ModelShape, n_gen: int, decode_tokens_per_s: float | None,
                      probes: pb.DeviceProbes | None) -> pb.Roofline:
-    shape = rl.model_shape(model_path)
+    """`model`: a GGUF path (its shape and bytes read from the file), or a shape (a backend's own weight bytes)."""
+    shape = model if isinstance(model, rl.ModelShape) else rl.model_shape(model)
     context = rl.mean_decode_context(n_gen)
     bandwidth, peak = device_probe.cpu_bandwidth_and_peak(probes)
     point = rl.roofline(shape, context, decode_tokens_per_s, bandwidth.gb_per_s if bandwidth else None,

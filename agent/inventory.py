@@ -41,6 +41,26 @@ def probe_backends() -> list[pb.BackendInfo]:
     return infos
 
 
+def add_capabilities(infos: list[pb.BackendInfo], timeout_s: float = 180.0) -> None:
+    """Fill the torch backend's capabilities: which precision runs on which device, from a tiny trial of each
+    in a worker process (torch is imported only there)."""
+    from fleetfit.agent.isolation import WorkerFailure, run_worker
+
+    for info in infos:
+        if info.name != "torch" or not info.available:
+            continue
+        try:
+            table = run_worker({"backend": "torch", "op": "capabilities"}, timeout_s)["capabilities"]
+        except WorkerFailure as exc:
+            info.reason = f"capability trial failed: {exc}"
+            continue
+        for device, row in table.items():
+            for precision, state in row.items():
+                info.capabilities.append(pb.BackendCapability(device=device, precision=precision,
+                                                              supported=state == "ok",
+                                                              reason="" if state == "ok" else state))
+
+
 def cpu_model(proc_root: pathlib.Path = pathlib.Path("/proc")) -> str:
     """The CPU's marketing name from /proc/cpuinfo (x86 'model name', ARM 'Model' or 'Hardware')."""
     try:

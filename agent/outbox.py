@@ -89,8 +89,9 @@ class Outbox:
 def flush(outbox: Outbox, report, stop: threading.Event, max_attempts: int | None = None) -> bool:
     """Send what the outbox holds, oldest first, with `report` (AgentService.ReportResult).
 
-    Transient failures are retried with jittered backoff (forever unless `max_attempts`, until `stop`);
-    other refusals remove the entry and count it as rejected. True when the outbox was emptied.
+    Transient failures are retried with jittered backoff (forever unless `max_attempts`, until `stop`); an
+    unknown device stops the flush with everything kept (register, then flush again); other refusals
+    remove the entry and count it as rejected. True when the outbox was emptied.
     """
     for request in outbox.pending():
         attempt = 0
@@ -98,6 +99,8 @@ def flush(outbox: Outbox, report, stop: threading.Event, max_attempts: int | Non
             try:
                 reply = report(request, timeout=CALL_TIMEOUT_S)
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return False  # the coordinator does not know this device (yet): keep it, register, retry
                 if exc.code() in TRANSIENT:
                     attempt += 1
                     if stop.is_set() or (max_attempts is not None and attempt >= max_attempts):

@@ -285,7 +285,7 @@ def devices(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table") -
 @app.command()
 @user_errors
 def limits(
-    name: Annotated[str, typer.Argument(help="Which table; `fleetfit limits list` names them.")] = "measured",
+    name: Annotated[str, typer.Argument(help="Which table; `fleetfit limits list` names them; `all`: the whole set as one document.")] = "measured",
     coordinator: Coordinator = DEFAULT_ADDRESS,
     fmt: Format = "table",
     option: Annotated[Optional[list[str]], typer.Option(help="Table option KEY=VALUE (repeatable).")] = None,
@@ -303,30 +303,77 @@ def limits(
     options = dict(o.split("=", 1) for o in option or [] if "=" in o)
     if len(options) != len(option or []):
         _fail("--option takes KEY=VALUE")
+    if name == "all":  # the seed's tables in its order, as one document
+        from fleetfit.coordinator.tables import SEED_ORDER
+
+        if fmt not in ("md", "table"):
+            _fail("`limits all` writes md or table; use one table's name for csv or json")
+        parts = [fleet.GetTable(pb.TableRequest(name=n, options=options), timeout=60) for n in SEED_ORDER]
+        typer.echo("# fleetfit: scalability analysis and deployment limits\n\n" +
+                   "\n\n".join(f"## {t.title}\n\n{render_table(t, fmt)}" for t in parts))
+        return
     typer.echo(render_table(fleet.GetTable(pb.TableRequest(name=name, options=options), timeout=30), fmt))
 
 
 @app.command()
 @user_errors
 def fit(
-    model: Annotated[str, typer.Argument(help="Model name, e.g. smollm2-135m.")],
-    quant: Annotated[str, typer.Option(help="Quant type, e.g. Q4_0.")],
+    model: Annotated[Optional[str], typer.Argument(help="Model name, e.g. llama-2-7b (omit with --device).")] = None,
+    quant: Annotated[Optional[str], typer.Option(help="Quant type, e.g. Q4_0.")] = None,
+    context: Annotated[Optional[int], typer.Option(help="Context tokens (default: as measured).")] = None,
     min_tps: Annotated[Optional[float], typer.Option(help="Minimum decode tokens/s.")] = None,
+    max_watts: Annotated[Optional[float], typer.Option(help="Maximum decode power, W.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Only this device; without MODEL: its largest model per precision.")] = None,
     backend: str = "llama.cpp",
     coordinator: Coordinator = DEFAULT_ADDRESS,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """For every known device: fits / does not fit / unknown, with the measured evidence."""
+    """Per device: fits comfortably (<70% of RAM) / tight (70-95%) / does not fit, with speed, energy and provenance.
+
+    `~` marks a predicted or estimated figure and `±` its leave-one-size-out error band."""
     from fleetfit.coordinator import render
+    from fleetfit.coordinator.fit import fit_table
     from fleetfit.v1 import fleetfit_pb2 as pb
 
-    if min_tps is not None and min_tps <= 0:
-        _fail(f"--min-tps must be positive, got {min_tps:g}")
-    request = pb.FitRequest(model_name=model, quant=quant, backend=backend)
-    if min_tps is not None:
-        request.min_decode_tokens_per_s = min_tps
-    answers = list(_fleet(coordinator).Fit(request, timeout=15).answers)
-    typer.echo(render.render(*render.fit_table(answers), "json" if as_json else "table", answers))
+    for name, value in (("--min-tps", min_tps), ("--max-watts", max_watts), ("--context", context)):
+        if value is not None and value <= 0:
+            _fail(f"{name} must be positive, got {value:g}")
+    if model is None and device is None:
+        _fail("give a MODEL (with --quant), or --device D for the largest model per precision on D")
+    if model is not None and quant is None:
+        _fail("--quant is required with a MODEL (e.g. --quant Q4_0)")
+    request = pb.FitRequest(model_name=model or "", quant=quant or "", backend=backend, device=device or "")
+    for field, value in (("min_decode_tokens_per_s", min_tps), ("max_watts", max_watts), ("context_tokens", context)):
+        if value is not None:
+            setattr(request, field, value)
+    answers = list(_fleet(coordinator).Fit(request, timeout=60).answers)
+    typer.echo(render.render(*fit_table(answers), "json" if as_json else "table", answers))
+
+
+@app.command()
+@user_errors
+def report(
+    out: Annotated[pathlib.Path, typer.Option(help="Directory for index.html and tables.md.")],
+    coordinator: Coordinator = DEFAULT_ADDRESS,
+    option: Annotated[Optional[list[str]], typer.Option(help="Table option KEY=VALUE (repeatable).")] = None,
+) -> None:
+    """A static HTML report: plots (inline SVG) of decode speed, memory and tokens per joule, and every table."""
+    from fleetfit.coordinator import report as html_report
+    from fleetfit.coordinator.tables import SEED_ORDER
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    options = dict(o.split("=", 1) for o in option or [] if "=" in o)
+    if len(options) != len(option or []):
+        _fail("--option takes KEY=VALUE")
+    fleet = _fleet(coordinator)
+    devices = list(fleet.ListDevices(pb.ListDevicesRequest(), timeout=15).devices)
+    rows = list(fleet.GetLimitTable(pb.GetLimitTableRequest(), timeout=30).rows)
+    found = [fleet.GetTable(pb.TableRequest(name=n, options=options), timeout=60) for n in SEED_ORDER]
+    try:
+        index = html_report.write(out, devices, rows, found)
+    except OSError as exc:
+        _fail(f"cannot write the report to {out}: {exc.strerror or exc}")
+    typer.echo(f"report written to {index} (tables also in {index.parent / 'tables.md'})")
 
 
 @app.command()

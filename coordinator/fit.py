@@ -1,13 +1,27 @@
-"""Fit answers: for every known device, does MODEL at QUANT fit, with the measured evidence.
+"""Fit answers: for every known device, does MODEL at QUANT fit, how fast, at what energy, and how we know.
 
-Until predictions exist, a device with no measurement of the model gets the honest answer "unknown".
+Verdict bands, by memory need / the device's RAM (the need is the measured peak, or the scaling model's
+prediction or estimate at the asked context):
+- fits_comfortably: under 70%;
+- tight: 70% to 95% (it runs, but little is left for the OS, other processes and longer contexts);
+- does_not_fit: over 95%, or measured out of memory, or decode below --min-tps, or decode power over --max-watts;
+- unknown: the model has no catalogued shape and was never measured on the device, or its measurement failed.
+Every figure carries its provenance (measured / predicted / estimated, see coordinator/scaling.py).
 """
 
 import difflib
 
+from fleetfit.coordinator import scaling
+from fleetfit.coordinator.limits import limit_rows
+from fleetfit.models.catalogue import CATALOGUE, n_params
+from fleetfit.models.quant_sizes import FILE_TYPES
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 MIB = 1024 * 1024
+COMFORTABLE, TIGHT = 0.70, 0.95
+OK_VERDICTS = ("fits_comfortably", "tight")
+DEVICE_QUANTS = ("F16", "Q8_0", "Q4_K_M", "Q4_0")  # precisions `fit --device` answers for, besides measured ones
+RANK = {"measured": 0, "predicted": 1, "estimated": 2}
 
 
 class UnknownModel(ValueError):
@@ -22,31 +36,155 @@ def check_model_known(model_name: str, known: set[str]) -> None:
     raise UnknownModel(f"unknown model {model_name!r}{hint}")
 
 
-def answer(device: pb.DeviceInventory, row: pb.LimitRow | None, min_decode_tps: float | None) -> pb.FitAnswer:
-    out = pb.FitAnswer(device_id=device.device_id, hostname=device.hostname, ram_total_bytes=device.ram_total_bytes)
-    if row is None:
-        out.verdict, out.reason = "unknown", "never measured on this device (predictions are not available yet)"
-        return out
-    out.evidence.CopyFrom(row)
-    if row.failure == pb.FAILURE_KIND_OOM:
-        out.verdict, out.reason = "does_not_fit", f"measured: ran out of memory ({row.error})"
-    elif row.failure:
-        out.verdict, out.reason = "unknown", f"the measurement failed: {row.error}"
-    elif row.peak_rss_bytes > device.ram_total_bytes:
-        out.verdict = "does_not_fit"
-        out.reason = (f"measured peak memory {row.peak_rss_bytes / MIB:.0f} MiB exceeds "
-                      f"{device.ram_total_bytes / MIB:.0f} MiB of RAM")
-    elif min_decode_tps is not None and row.decode_tokens_per_s.mean < min_decode_tps:
-        out.verdict = "does_not_fit"
-        out.reason = f"measured decode {row.decode_tokens_per_s.mean:.1f} tok/s is below the {min_decode_tps:g} asked"
-    else:
-        out.verdict = "fits"
-        out.reason = (f"measured: peak {row.peak_rss_bytes / MIB:.0f} MiB of {device.ram_total_bytes / MIB:.0f} MiB "
-                      f"RAM, decode {row.decode_tokens_per_s.mean:.1f} tok/s")
+def band(fraction: float) -> str:
+    return "fits_comfortably" if fraction < COMFORTABLE else "tight" if fraction <= TIGHT else "does_not_fit"
+
+
+def decode_watts(device_id: str, results: list[pb.ProfileResult], exact: pb.ProfileResult | None
+                 ) -> tuple[float, str, str] | None:
+    """Decode power: the exact run's, else the mean of the device's runs; with the power source's provenance."""
+    def phase(r):
+        return next((p for p in r.power.phases if p.phase == "decode" and p.source == r.power.headline_source
+                     and p.HasField("average_power_w")), None)
+
+    runs = [exact] if exact is not None and phase(exact) else [r for r in results if r.device_id == device_id
+                                                                 and not r.failure and phase(r)]
+    if not runs:
+        return None
+    phases = [phase(r) for r in runs]
+    provenance = "estimated" if any(p.provenance == "estimated" for p in phases) else "measured"
+    how = f"{phases[0].method}, {'this run' if len(runs) == 1 and runs[0] is exact else f'mean of {len(runs)} runs'}"
+    return sum(p.average_power_w for p in phases) / len(phases), provenance, how
+
+
+def _figure(f: scaling.Figure | None) -> pb.FitFigure | None:
+    if f is None or f.value is None:
+        return None
+    out = pb.FitFigure(value=f.value, provenance=f.provenance, method=f.method)
+    if f.error_fraction is not None:
+        out.error_fraction = f.error_fraction
     return out
 
 
-def fit(model_name: str, quant: str, backend: str, devices: list[pb.Device], rows: list[pb.LimitRow],
-        min_decode_tps: float | None) -> list[pb.FitAnswer]:
-    by_device = {r.device_id: r for r in rows if (r.model_name, r.quant, r.backend) == (model_name, quant, backend)}
-    return [answer(d.inventory, by_device.get(d.inventory.device_id), min_decode_tps) for d in devices]
+def _band_text(f: pb.FitFigure) -> str:
+    return f" ±{f.error_fraction:.0%}" if f.HasField("error_fraction") else ""
+
+
+def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str, results: list[pb.ProfileResult],
+           min_decode_tps: float | None = None, context: int | None = None, max_watts: float | None = None,
+           dm: scaling.DeviceModel | None = None) -> pb.FitAnswer:
+    out = pb.FitAnswer(device_id=device.device_id, hostname=device.hostname, ram_total_bytes=device.ram_total_bytes,
+                       model_name=model_name, quant=quant)
+    mine = [r for r in results if r.device_id == device.device_id and (r.request.backend or "llama.cpp") == backend
+            and r.model_name == model_name and (r.quant or r.request.quant) == quant]
+    row = limit_rows(mine, [pb.Device(inventory=device)])[0] if mine else None
+    if row is not None:
+        out.evidence.CopyFrom(row)
+    if row is not None and row.failure == pb.FAILURE_KIND_OOM:
+        out.verdict, out.reason, out.provenance = "does_not_fit", f"measured: ran out of memory ({row.error})", "measured"
+        return out
+    if row is not None and row.failure:
+        out.verdict, out.reason = "unknown", f"the measurement failed: {row.error}"
+        return out
+    arch = CATALOGUE.get(model_name) if quant in FILE_TYPES else None
+    if arch is None and row is None:
+        out.verdict, out.reason = "unknown", "never measured on this device, and no catalogued shape or quant size to predict from"
+        return out
+    if arch is not None:
+        dm = dm or scaling.device_model(device, results, backend)
+        pred = dm.predict(arch, quant, context)
+        out.context_tokens = pred.context
+        out.calibration.extend(f"{p.model} {p.quant}" for p in dm.points)
+        figures = (pred.memory_bytes, pred.decode_tps, pred.prefill_tps)
+    else:  # a measured model without a catalogued shape: the measurement alone
+        how = f"measured (result {row.result_id})"
+        out.context_tokens = row.n_prompt + row.n_gen
+        figures = (scaling.Figure(row.peak_rss_bytes if row.HasField("peak_rss_bytes") else None, "measured", how),
+                   scaling.Figure(row.decode_tokens_per_s.mean, "measured", how),
+                   scaling.Figure(row.prefill_tokens_per_s.mean or None, "measured", how))
+    for field, f in zip(("memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s"), figures):
+        if _figure(f) is not None:
+            getattr(out, field).CopyFrom(_figure(f))
+    power = decode_watts(device.device_id, results, mine[-1] if figures[1].provenance == "measured" else None)
+    watts = None
+    if power is not None and out.HasField("decode_tokens_per_s"):
+        watts, prov, method = power
+        prov = max(prov, out.decode_tokens_per_s.provenance, key=RANK.get)
+        out.joules_per_token.CopyFrom(pb.FitFigure(value=watts / out.decode_tokens_per_s.value, provenance=prov,
+                                                   method=f"decode {watts:.1f} W ({method}) / decode tok/s"))
+    present = [f.provenance for f in (out.memory_bytes, out.decode_tokens_per_s) if f.provenance]
+    out.provenance = max(present, key=RANK.get) if present else ""
+    return _verdict(out, device, min_decode_tps, max_watts, watts)
+
+
+def _verdict(out: pb.FitAnswer, device: pb.DeviceInventory, min_tps, max_watts, watts) -> pb.FitAnswer:
+    mem, dec = out.memory_bytes, out.decode_tokens_per_s
+    if not out.HasField("memory_bytes") or not device.ram_total_bytes:
+        out.verdict, out.reason = "unknown", "no memory figure, or the device reported no RAM size"
+        return out
+    need, ram = mem.value, device.ram_total_bytes
+    out.memory_fraction = need / ram
+    out.memory_headroom_bytes = int(ram - need)
+    out.verdict = band(out.memory_fraction)
+    word = {"measured": "measured: peak ", "predicted": "predicted: needs ~", "estimated": "estimated: needs ~"}
+    speed = f", decode {'' if dec.provenance == 'measured' else '~'}{dec.value:.1f} tok/s" if dec.provenance else ""
+    out.reason = (f"{word[mem.provenance]}{need / MIB:.0f} MiB{_band_text(mem)} of {ram / MIB:.0f} MiB RAM "
+                  f"({out.memory_fraction:.0%}){speed}{_band_text(dec) if dec.provenance else ''}")
+    if out.memory_fraction > 1:
+        out.reason = f"{mem.provenance} peak memory {need / MIB:.0f} MiB exceeds {ram / MIB:.0f} MiB of RAM"
+    if mem.provenance == "estimated":
+        out.reason += "; nothing measured on this device yet: catalogue formula with default efficiencies"
+    elif mem.provenance == "predicted" and not out.HasField("evidence"):
+        out.reason += f"; {out.model_name} {out.quant} never measured on this device: calibrated on its other runs"
+    if out.verdict in OK_VERDICTS and min_tps is not None and dec.provenance and dec.value < min_tps:
+        out.verdict = "does_not_fit"
+        out.reason = f"{dec.provenance} decode {dec.value:.1f} tok/s is below the {min_tps:g} asked; " + out.reason
+    if out.verdict in OK_VERDICTS and max_watts is not None and watts is not None and watts > max_watts:
+        out.verdict = "does_not_fit"
+        out.reason = f"decode draws {watts:.1f} W, over the {max_watts:g} W asked; " + out.reason
+    return out
+
+
+def fit(model_name: str, quant: str, backend: str, devices: list[pb.Device], results: list[pb.ProfileResult],
+        min_decode_tps: float | None = None, context: int | None = None, max_watts: float | None = None
+        ) -> list[pb.FitAnswer]:
+    return [answer(d.inventory, model_name, quant, backend, results, min_decode_tps, context, max_watts)
+            for d in devices]
+
+
+def largest_per_precision(device: pb.DeviceInventory, backend: str, results: list[pb.ProfileResult],
+                          context: int | None = None, min_decode_tps: float | None = None,
+                          max_watts: float | None = None) -> list[pb.FitAnswer]:
+    """Per precision (measured here, and the common ones): the largest catalogued model that fits the device."""
+    dm = scaling.device_model(device, results, backend)
+    quants = list(dict.fromkeys([*DEVICE_QUANTS, *(p.quant for p in dm.points)]))
+    out = []
+    for quant in quants:
+        for arch in sorted(CATALOGUE.values(), key=n_params, reverse=True):
+            a = answer(device, arch.name, quant, backend, results, min_decode_tps, context, max_watts, dm)
+            if a.verdict in OK_VERDICTS:
+                out.append(a)
+                break
+        else:
+            out.append(pb.FitAnswer(device_id=device.device_id, hostname=device.hostname, quant=quant,
+                                    ram_total_bytes=device.ram_total_bytes, verdict="does_not_fit",
+                                    reason="no catalogued model fits at this precision"))
+    return out
+
+
+def _cell(f: pb.FitFigure, scale: float = 1.0, fmt: str = "{:.3g}") -> str:
+    if not f.provenance:
+        return "n/a"
+    return ("" if f.provenance == "measured" else "~") + fmt.format(f.value / scale) + _band_text(f)
+
+
+def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list[str]]]:
+    """Rows for the CLI; `~` marks a predicted or estimated figure, `±` its leave-one-size-out band."""
+    header = ["device", "model", "quant", "verdict", "memory MiB", "RAM MiB", "% RAM", "decode tok/s",
+              "prefill tok/s", "J/token", "provenance", "reason"]
+    body = [[a.hostname or a.device_id, a.model_name or "n/a", a.quant, a.verdict,
+             _cell(a.memory_bytes, MIB, "{:.0f}"), f"{a.ram_total_bytes / MIB:.0f}",
+             f"{a.memory_fraction:.0%}" if a.HasField("memory_fraction") else "n/a",
+             _cell(a.decode_tokens_per_s), _cell(a.prefill_tokens_per_s), _cell(a.joules_per_token),
+             a.provenance or "n/a", a.reason] for a in answers]
+    return header, body

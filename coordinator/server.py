@@ -14,6 +14,7 @@ from fleetfit.coordinator import fit as fit_answers
 from fleetfit.coordinator.limits import limit_rows
 from fleetfit.coordinator.store import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, BadToken, ConflictingResult,
                                         StaleLease, Store, UnknownDevice)
+from fleetfit.models.catalogue import CATALOGUE
 from fleetfit.models.errors import ModelError
 from fleetfit.models.quants import parse_quant
 from fleetfit.models.real_models import REAL_MODELS
@@ -149,15 +150,27 @@ class FleetService(pb_grpc.FleetServiceServicer):
         return pb.GetLimitTableResponse(rows=limit_rows(self.store.results(), self.store.devices()))
 
     async def Fit(self, request, context):
+        devices, backend = self.store.devices(), request.backend or "llama.cpp"
+        if request.device:
+            devices = [d for d in devices if request.device in (d.inventory.device_id, d.inventory.hostname)]
+            if not devices:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no device {request.device!r}")
+        limits = dict(min_decode_tps=request.min_decode_tokens_per_s if request.HasField("min_decode_tokens_per_s")
+                      else None, context=request.context_tokens if request.HasField("context_tokens") else None,
+                      max_watts=request.max_watts if request.HasField("max_watts") else None)
+        bad = [f"{name} must be positive" for name, value in (("context_tokens", limits["context"]), ("min_decode_"
+               "tokens_per_s", limits["min_decode_tps"]), ("max_watts", limits["max_watts"])) if value is not None and value <= 0]
+        if bad:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(bad))
+        if not request.model_name and request.device:
+            return pb.FitResponse(answers=fit_answers.largest_per_precision(
+                devices[0].inventory, backend, self.store.results(), **limits))
         try:
             quant = parse_quant(request.quant)
-            fit_answers.check_model_known(request.model_name, self.store.model_names() | set(REAL_MODELS))
+            fit_answers.check_model_known(request.model_name, self.store.model_names() | set(REAL_MODELS) | set(CATALOGUE))
         except (ModelError, fit_answers.UnknownModel) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        devices = self.store.devices()
-        rows = limit_rows(self.store.results(request.model_name), devices)
-        min_tps = request.min_decode_tokens_per_s if request.HasField("min_decode_tokens_per_s") else None
-        answers = fit_answers.fit(request.model_name, quant, request.backend or "llama.cpp", devices, rows, min_tps)
+        answers = fit_answers.fit(request.model_name, quant, backend, devices, self.store.results(), **limits)
         return pb.FitResponse(answers=answers)
 
     async def ListTables(self, request, context):

@@ -9,8 +9,11 @@ from typing import Callable
 
 from google.protobuf import struct_pb2
 
-from fleetfit.coordinator import render
+from fleetfit.coordinator import fit as fit_rules
+from fleetfit.coordinator import render, scaling
 from fleetfit.coordinator.limits import limit_rows
+from fleetfit.models.catalogue import CATALOGUE, n_params
+from fleetfit.models.quant_sizes import FILE_TYPES
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 
@@ -135,39 +138,83 @@ def _figure_or_verdict(row: pb.LimitRow | None, figure):
     return figure(row)
 
 
+PREDICTED_NOTE = ("~: predicted by the device's scaling model (calibrated on its own runs; `fleetfit fit` gives the "
+                  "leave-one-size-out error band); bare numbers are measured")
+
+
+def device_models(fleet: Fleet) -> dict[str, scaling.DeviceModel]:
+    """The scaling model of every device with results (llama.cpp)."""
+    inventories = {d.inventory.device_id: d.inventory for d in fleet.devices}
+    ids = sorted({r.device_id for r in fleet.results} | set(inventories))
+    return {i: scaling.device_model(inventories.get(i, pb.DeviceInventory(device_id=i)), fleet.results) for i in ids}
+
+
+def _with_seed_sizes(fleet: Fleet, keys, params):
+    """The measured (device, model) keys plus the seed's sizes not measured on each device, and a function that
+    gives the predicted cell ("~x") of one device, model and quant."""
+    models = device_models(fleet)
+    devices = [d for d in dict.fromkeys(d for d, _ in keys) if models[d].calibration is not None]
+    for d in devices:
+        for m in scaling.SEED_SIZES:
+            params.setdefault((d, m), n_params(CATALOGUE[m]))
+    keys = sorted(set(keys) | {(d, m) for d in devices for m in scaling.SEED_SIZES}, key=lambda k: (k[0], params[k]))
+
+    def predicted(device_id: str, model: str, quant: str, what: str):
+        dm = models.get(device_id)
+        if dm is None or dm.calibration is None or model not in CATALOGUE or quant not in FILE_TYPES:
+            return None
+        p = dm.predict(CATALOGUE[model], quant)
+        text = p.decode_tps.text() if what == "decode" else f"~{p.memory_bytes.value / 1e9:.3g}"
+        ram = dm.device.ram_total_bytes
+        too_big = ram and fit_rules.band(p.memory_bytes.value / ram) == "does_not_fit"
+        return f"{text} (does not fit)" if text and too_big else text
+
+    return keys, predicted
+
+
 @table("memory", "Memory requirements by model size: measured peak memory (GB)")
 def memory(fleet: Fleet, options: dict[str, str]) -> TableData:
     cells, quants, keys, params, names = _ladder(fleet, options)
     peak = lambda r: round(r.peak_rss_bytes / 1e9, 3) if r.HasField("peak_rss_bytes") else None
-    rows = [[names[d], m, _params_text(params[(d, m)]), *(_figure_or_verdict(cells.get((d, m, q)), peak) for q in quants)]
+    keys, predicted = _with_seed_sizes(fleet, keys, params)
+    rows = [[names[d], m, _params_text(params[(d, m)]),
+             *(_figure_or_verdict(cells.get((d, m, q)), peak) or predicted(d, m, q, "memory") for q in quants)]
             for d, m in keys]
     return TableData(["device", "model", "parameters", *(f"{q} GB" for q in quants)], rows,
                      ["peak RSS of the worker process, weights read without mmap; 'does not fit': out of memory "
-                      "or not attempted because the predicted need exceeded the memory cap"])
+                      "or not attempted because the predicted need exceeded the memory cap", PREDICTED_NOTE])
 
 
 @table("speed", "Inference speed by model size: measured decode tokens/s")
 def speed(fleet: Fleet, options: dict[str, str]) -> TableData:
     cells, quants, keys, params, names = _ladder(fleet, options)
     decode = lambda r: round(r.decode_tokens_per_s.mean, 3)
+    keys, predicted = _with_seed_sizes(fleet, keys, params)
     rows, smallest = [], {}
     for d, m in keys:
-        figures = [_figure_or_verdict(cells.get((d, m, q)), decode) for q in quants]
-        numbers = [f for f in figures if isinstance(f, float)]
-        factor = None
-        if numbers:  # speed against the smallest size on this device, in the first precision both have
-            base_q = next(q for q, f in zip(quants, figures) if isinstance(f, float))
-            base = smallest.setdefault((d, base_q), numbers[0])
-            factor = round(numbers[0] / base, 3)
+        figures = [_figure_or_verdict(cells.get((d, m, q)), decode) or predicted(d, m, q, "decode") for q in quants]
+        measured = [(q, f) for q, f in zip(quants, figures) if isinstance(f, float)]
+        for q, f in measured:  # the smallest size measured on this device, per precision
+            smallest.setdefault((d, q), f)
+        # speed against the smallest size on this device, in the first precision this size was measured at
+        factor = round(measured[0][1] / smallest[(d, measured[0][0])], 3) if measured else None
         rows.append([names[d], m, _params_text(params[(d, m)]), *figures, factor])
     return TableData(["device", "model", "parameters", *(f"{q} tok/s" for q in quants), "speed factor"], rows,
                      ["decode as llama-bench tg: single-token decodes from an empty cache, random tokens",
-                      "speed factor: against the smallest size measured on the same device, first precision shown"])
+                      "speed factor: against the smallest size measured on the same device, first precision shown",
+                      PREDICTED_NOTE])
 
 
 @table("capacity", "Hardware capacity: the largest model that fits, per device and precision")
 def capacity(fleet: Fleet, options: dict[str, str]) -> TableData:
     cells, quants, keys, params, names = _ladder(fleet, options)
+    min_tps = float_option(options, "min_tps", 5.0)
+    models = device_models(fleet)
+    baseline = _baseline(options.get("baseline"), [d for d, _ in keys], names)
+    try:
+        reference = scaling.resolve(options.get("reference", "llama-2-7b"), "F16")[0].name
+    except scaling.ScalingError as exc:
+        raise TableError(f"option reference: {exc}") from None
     rows = []
     for device in dict.fromkeys(d for d, _ in keys):
         for q in quants:
@@ -184,10 +231,58 @@ def capacity(fleet: Fleet, options: dict[str, str]) -> TableData:
                 round(largest.decode_tokens_per_s.mean, 3) if largest else None,
                 first_out.model_name if first_out else None,
                 first_out.error if first_out else None,
+                _largest_text(models[device], q), _largest_text(models[device], q, min_tps),
+                _relative(models[device], models.get(baseline), reference, q),
             ])
     return TableData(["device", "precision", "largest that fits", "parameters", "peak GB", "decode tok/s",
-                      "smallest that does not fit", "why"], rows,
-                     ["from measured runs (synthetic ladders from `fleetfit-agent limits probe` and real models)"])
+                      "smallest that does not fit", "why", "largest in catalogue (predicted)",
+                      f"largest at ≥{min_tps:g} tok/s", f"{reference} decode vs {names.get(baseline, baseline)}"], rows,
+                     ["from measured runs (synthetic ladders from `fleetfit-agent limits probe` and real models)",
+                      "largest in catalogue: the scaling model over every catalogued architecture, under 95% of RAM "
+                      "(fit's does_not_fit band); ~ marks a prediction",
+                      f"speed target: option min_tps (now {min_tps:g}); baseline device: option baseline (device id or "
+                      f"host); reference model: option reference", PREDICTED_NOTE])
+
+
+def _baseline(asked: str | None, device_ids: list[str], names: dict[str, str]) -> str | None:
+    if not asked:
+        return device_ids[0] if device_ids else None
+    found = next((d for d in dict.fromkeys(device_ids) if asked in (d, names.get(d))), None)
+    if found is None:
+        raise TableError(f"option baseline: no measured device {asked!r} (known: {', '.join(dict.fromkeys(device_ids))})")
+    return found
+
+
+def largest(dm: scaling.DeviceModel, quant: str, min_tps: float | None = None):
+    """(architecture, prediction) of the largest catalogued model under 95% of RAM (and at least min_tps)."""
+    ram = dm.device.ram_total_bytes
+    if quant not in FILE_TYPES or not ram or dm.calibration is None:
+        return None
+    for arch in sorted(CATALOGUE.values(), key=n_params, reverse=True):
+        p = dm.predict(arch, quant)
+        speed_ok = min_tps is None or (p.decode_tps.value or 0) >= min_tps
+        if fit_rules.band(p.memory_bytes.value / ram) != "does_not_fit" and speed_ok:
+            return arch, p
+    return None
+
+
+def _largest_text(dm: scaling.DeviceModel, quant: str, min_tps: float | None = None) -> str | None:
+    found = largest(dm, quant, min_tps)
+    if found is None:
+        return None
+    arch, p = found
+    mark = "" if p.memory_bytes.provenance == "measured" else "~"
+    return f"{mark}{arch.name} ({scaling.params_text(arch)}, {p.decode_tps.value:.3g} tok/s)"
+
+
+def _relative(dm: scaling.DeviceModel, base: scaling.DeviceModel | None, reference: str, quant: str) -> str | None:
+    if base is None or dm.calibration is None or base.calibration is None or quant not in FILE_TYPES:
+        return None
+    mine, theirs = (m.predict(CATALOGUE[reference], quant).decode_tps for m in (dm, base))
+    if not mine.value or not theirs.value:
+        return None
+    mark = "" if mine.provenance == theirs.provenance == "measured" else "~"
+    return f"{mark}{mine.value / theirs.value:.2f}x"
 
 
 # -- power, energy and roofline (issue 5): from each result's PowerTelemetry and Roofline
@@ -287,3 +382,76 @@ def bandwidth(fleet: Fleet, options: dict[str, str]) -> TableData:
                      ["bytes/token: weight tensor bytes from the GGUF + F16 KV cache (GQA-aware) at the mean decode "
                       "context; achieved = bytes/token x decode tok/s; device GB/s: the agent's triad probe",
                       "bottleneck: memory when FLOP/byte is below the device's ridge (float32 matmul peak / bandwidth)"])
+
+
+# -- deployment limits and recommendations (issue 7): the scaling model against use thresholds
+
+USES = (("real-time", "realtime_tps", 20.0), ("interactive", "interactive_tps", 8.0), ("batch", "batch_tps", 1.0))
+
+
+def _uses(options: dict[str, str]) -> list[tuple[str, float]]:
+    return [(use, float_option(options, key, default, minimum=1e-6)) for use, key, default in USES]
+
+
+def _ladder_devices(fleet: Fleet) -> list[tuple[str, scaling.DeviceModel]]:
+    names = {d.inventory.device_id: d.inventory.hostname or d.inventory.device_id for d in fleet.devices}
+    return [(names.get(i, i), dm) for i, dm in device_models(fleet).items() if dm.calibration is not None]
+
+
+@table("deployment", "Deployment limits: the largest model per device and precision for each use's decode speed")
+def deployment(fleet: Fleet, options: dict[str, str]) -> TableData:
+    uses = _uses(options)
+    rows = []
+    for name, dm in _ladder_devices(fleet):
+        for quant in dict.fromkeys(p.quant for p in dm.points):
+            rows.append([name, quant, f"{dm.device.ram_total_bytes / 1e9:.1f}" if dm.device.ram_total_bytes else None,
+                         *(_largest_text(dm, quant, tps) for _, tps in uses), _largest_text(dm, quant)])
+    return TableData(["device", "precision", "RAM GB", *(f"{use} (≥{tps:g} tok/s)" for use, tps in uses),
+                      "offline (fits at all)"], rows,
+                     ["largest catalogued model under 95% of RAM whose decode meets the use's speed; thresholds are "
+                      "options realtime_tps, interactive_tps, batch_tps (tokens/s of one stream)", PREDICTED_NOTE])
+
+
+SCALES = (("small", 100), ("medium", 10_000), ("large", 100_000))
+
+
+@table("recommendations", "Deployment recommendations by scale of use: what to run, on how many devices, at what cost")
+def recommendations(fleet: Fleet, options: dict[str, str]) -> TableData:
+    interactive = dict(_uses(options))["interactive"]
+    active = float_option(options, "active_fraction", 0.05)
+    price = float_option(options, "price_per_kwh", 0.15)
+    if active > 1:
+        raise TableError(f"option active_fraction must be at most 1, got {active:g}")
+    watts = {d: fit_rules.decode_watts(d, fleet.results, None) for d in {r.device_id for r in fleet.results}}
+    rows = []
+    for scale, users in SCALES:
+        streams = max(1, round(users * active))
+        for name, dm in _ladder_devices(fleet):
+            best = max(((q, largest(dm, q, interactive)) for q in dict.fromkeys(p.quant for p in dm.points)),
+                       key=lambda qf: (n_params(qf[1][0]) if qf[1] else 0, -(qf[1][1].memory_bytes.value if qf[1] else 0)))
+            quant, found = best
+            if found is None:
+                rows.append([scale, users, streams, name, None, None, None, None, None, None])
+                continue
+            arch, p = found
+            per_device = max(1, int(p.decode_tps.value // interactive))
+            n_devices = -(-streams // per_device)
+            w = watts.get(dm.device.device_id)
+            cost = round(n_devices * w[0] * HOURS_PER_MONTH / 1000 * price, 2) if w else None
+            mark = "" if p.decode_tps.provenance == "measured" else "~"
+            rows.append([scale, users, streams, name, arch.name, quant, f"{mark}{p.decode_tps.value:.3g}",
+                         per_device, n_devices, cost])
+    return TableData(["scale", "users", "concurrent streams", "device", "model", "precision", "decode tok/s",
+                      "streams per device", "devices needed", "energy cost/month"], rows,
+                     [f"concurrent streams = users x active_fraction ({active:g}); each stream needs the interactive "
+                      f"speed ({interactive:g} tok/s, option interactive_tps); a device serves decode tok/s / that many "
+                      "streams, time-shared (no batching measured)",
+                      "model: the largest catalogued model that meets the interactive speed on the device, any "
+                      "precision measured there",
+                      f"energy cost: devices x the device's mean decode power x {HOURS_PER_MONTH:g} h x price_per_kwh "
+                      f"({price:g}); power may be ESTIMATED (see the power table)", PREDICTED_NOTE])
+
+
+# `fleetfit limits all`: the seed's tables in the seed's order, then the raw measurements
+SEED_ORDER = ("memory", "speed", "bandwidth", "capacity", "power", "energy-cost", "deployment", "recommendations",
+              "measured")

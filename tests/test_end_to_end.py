@@ -35,7 +35,7 @@ def agent_process(coordinator, cache_dir, tmp_path):
     proc.wait()
 
 
-def test_agent_runs_jobs_and_the_coordinator_answers(coordinator, agent_process, monkeypatch):
+def test_agent_runs_jobs_and_the_coordinator_answers(coordinator, agent_process, monkeypatch, tmp_path):
     address = f"127.0.0.1:{coordinator.port}"
     monkeypatch.setenv("FLEETFIT_TOKEN", coordinator.operator_token)  # the operator commands below
     monkeypatch.setenv("FLEETFIT_INSECURE", "1")  # the test coordinator is plaintext on loopback
@@ -62,9 +62,9 @@ def test_agent_runs_jobs_and_the_coordinator_answers(coordinator, agent_process,
     assert any(",smollm2-135m,Q4_0,llama.cpp," in line and "measured" in line for line in lines[1:])
 
     fit = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "Q4_0", "--coordinator", address)
-    assert fit.returncode == 0 and "fits" in fit.stdout and "measured: peak" in fit.stdout
-    unknown = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "F16", "--coordinator", address)
-    assert "unknown" in unknown.stdout and "never measured" in unknown.stdout
+    assert fit.returncode == 0 and "fits_comfortably" in fit.stdout and "measured: peak" in fit.stdout
+    other = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "F16", "--coordinator", address)
+    assert "predicted" in other.stdout and "smollm2-135m F16 never measured on this device" in other.stdout
     devices = run_cli("fleetfit", "devices", "--coordinator", address)
     assert "e2e-device" in devices.stdout
 
@@ -72,6 +72,14 @@ def test_agent_runs_jobs_and_the_coordinator_answers(coordinator, agent_process,
                           "unknown model 'smollm3'")
     assert_one_line_error(run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "Q4_0", "--min-tps", "-1",
                                   "--coordinator", address), "--min-tps must be positive")
+    assert_one_line_error(run_cli("fleetfit", "fit", "--coordinator", address), "give a MODEL")
+    assert_one_line_error(run_cli("fleetfit", "fit", "llama-2-7b", "--quant", "Q4_0", "--device", "ghost",
+                                  "--coordinator", address), "no device 'ghost'")
+    everything = run_cli("fleetfit", "limits", "all", "--format", "md", "--coordinator", address)
+    assert everything.returncode == 0 and everything.stdout.index("## Memory requirements") < everything.stdout.index(
+        "## Deployment recommendations")
+    report = run_cli("fleetfit", "report", "--out", str(tmp_path / "report"), "--coordinator", address)
+    assert report.returncode == 0 and (tmp_path / "report" / "index.html").read_text().count("<svg") == 3
 
     agent_process.send_signal(signal.SIGTERM)
     assert agent_process.wait(timeout=30) == 0
@@ -90,4 +98,4 @@ def test_quickstart(tmp_path, cache_dir):
     for quant in ("Q4_1", "F16", "Q8_0", "Q4_0"):
         assert f"| smollm2-135m | {quant} | llama.cpp |" in table
     assert table.count("measured (pp16/tg4") == 4
-    assert "| fits |" in proc.stdout.split("fleetfit fit")[1]
+    assert "| fits_comfortably |" in proc.stdout.split("fleetfit fit")[1]

@@ -10,11 +10,11 @@ import ctypes
 import importlib.metadata
 import importlib.util
 import random
-import resource
-import statistics
 import sys
 import time
 import types
+
+from fleetfit.agent.backends.common import current_rss_bytes, max_rss_bytes, stat
 
 
 def _load_bindings():
@@ -45,43 +45,6 @@ def version() -> str:
 def system_info() -> str:
     C.llama_backend_init()
     return C.llama_print_system_info().decode(errors="replace").strip()
-
-
-def max_rss_bytes() -> int:
-    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent
-    across fork and exec, so a worker spawned by a large agent would report the agent's size."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB elsewhere
-
-
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def quantize(src: str, dst: str, ftype: int, threads: int) -> None:
-    C.llama_backend_init()
-    params = C.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.nthread = threads
-    params.allow_requantize = True  # the shipped file is already quantized (Q4_1)
-    if C.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params)) != 0:
-        raise BackendError(f"llama_model_quantize failed for {src} -> {dst}")
-
-
-def _stat(samples: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(samples),
-        "stdev": statistics.stdev(samples) if len(samples) > 1 else 0.0,
-        "samples": samples,
-    }
 
 
 def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, threads: int,
@@ -178,9 +141,9 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
         C.llama_model_free(model)
     return {
         "load_time_s": load_time_s,
-        "prefill_tokens_per_s": _stat(prefill_tps),
-        "ttft_ms": _stat(ttft_ms),
-        "decode_tokens_per_s": _stat(decode_tps),
+        "prefill_tokens_per_s": stat(prefill_tps),
+        "ttft_ms": stat(ttft_ms),
+        "decode_tokens_per_s": stat(decode_tps),
         "peak_rss_bytes": max_rss_bytes(),
         "baseline_rss_bytes": baseline_rss,
         "memory_method": "peak RSS (VmHWM) of the worker process; weights read without mmap (load_mode=none)",
@@ -194,3 +157,36 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
         "backend_build": C.llama_print_system_info().decode(errors="replace").strip(),
         "phase_windows_ns": windows,  # [phase, start, end] on CLOCK_MONOTONIC; "warmup" is not a measured phase
     }
+
+
+def greedy(model_path: str, prompt: str, n_gen: int, threads: int) -> dict:
+    """Tokenize `prompt` with the model's own tokenizer and decode n_gen tokens greedily (a reference for
+    other backends' correctness tests): {"prompt_tokens": [...], "tokens": [...]}."""
+    C.llama_backend_init()
+    model = C.llama_model_load_from_file(model_path.encode(), C.llama_model_default_params())
+    if not model:
+        raise BackendError(f"llama.cpp could not load {model_path}")
+    vocab = C.llama_model_get_vocab(model)
+    text = prompt.encode()
+    buffer = (C.llama_token * (len(text) + 8))()
+    n = C.llama_tokenize(vocab, text, len(text), buffer, len(buffer), True, False)
+    prompt_tokens = list(buffer[:max(n, 0)])
+    ctx_params = C.llama_context_default_params()
+    ctx_params.n_ctx = len(prompt_tokens) + n_gen
+    ctx_params.n_threads = ctx_params.n_threads_batch = threads
+    ctx = C.llama_init_from_model(model, ctx_params)
+    sampler = C.llama_sampler_init_greedy()
+    tokens: list[int] = []
+    try:
+        batch = (C.llama_token * max(len(prompt_tokens), 1))(*prompt_tokens)
+        count = len(prompt_tokens)
+        for _ in range(n_gen):
+            if C.llama_decode(ctx, C.llama_batch_get_one(batch, count)) != 0:
+                raise BackendError("llama_decode failed")
+            tokens.append(int(C.llama_sampler_sample(sampler, ctx, -1)))
+            batch[0], count = tokens[-1], 1
+    finally:
+        C.llama_sampler_free(sampler)
+        C.llama_free(ctx)
+        C.llama_model_free(model)
+    return {"prompt_tokens": prompt_tokens, "tokens": tokens}

@@ -39,3 +39,25 @@ def test_collapsed_decode_counts_as_not_fitting():
     healthy = pb.ProfileResult(model_name="b", model_file_bytes=200, decode_tokens_per_s=pb.Stat(mean=24.0))
     assert "decode collapsed to 2.00 tok/s, 8% of the 25.00 tok/s" in probe._decode_collapsed(thrashing, small)
     assert probe._decode_collapsed(healthy, small) is None
+
+
+def test_probe_results_reach_the_coordinator(coordinator, tmp_path):
+    """On an enrolled device the ladder goes through the outbox to the coordinator, which has never seen
+    the device register before (joining does not register it)."""
+    from tests.conftest import fleet_stub, run_cli
+
+    identity = str(tmp_path / "agent.json")
+    joined = run_cli("fleetfit-agent", "join", "--coordinator", coordinator.address, "--token",
+                     coordinator.join_token(), "--device-id", "probe-dev", "--identity", identity, "--insecure")
+    assert joined.returncode == 0, joined.stderr
+    probed = run_cli("fleetfit-agent", "limits", "probe", "--sizes", "smollm2-135m", "--quants", "Q4_0",
+                     "--n-prompt", "8", "--n-gen", "2", "--repetitions", "1", "--identity", identity,
+                     "--cache-dir", str(tmp_path / "cache"), env={"FLEETFIT_IDLE_BASELINE_S": "0.2"})
+    assert probed.returncode == 0, probed.stderr
+    assert "results sent to" in probed.stderr
+    devices = fleet_stub(coordinator).ListDevices(pb.ListDevicesRequest(), timeout=10).devices
+    assert [d.inventory.device_id for d in devices] == ["probe-dev"]
+    table = fleet_stub(coordinator).GetTable(pb.TableRequest(name="memory"), timeout=10)
+    measured = [row for row in table.rows if row.cells[1].string_value == "smollm2-135m"]
+    assert len(measured) == 1 and measured[0].cells[0].string_value == devices[0].inventory.hostname
+    assert measured[0].cells[list(table.columns).index("Q4_0 GB")].number_value > 0.05  # measured peak GB

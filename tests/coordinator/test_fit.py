@@ -1,4 +1,6 @@
-from fleetfit.coordinator.fit import fit
+import pytest
+
+from fleetfit.coordinator.fit import band, fit, largest_per_precision
 from fleetfit.coordinator.limits import limit_rows
 from fleetfit.v1 import fleetfit_pb2 as pb
 
@@ -12,6 +14,7 @@ def device(device_id: str, ram_mib: int) -> pb.Device:
 def measured(result_id, device_id, quant, peak_mib, decode, failure=pb.FAILURE_KIND_UNSPECIFIED, error=""):
     r = pb.ProfileResult(result_id=result_id, device_id=device_id, model_name="smollm2-135m", quant=quant,
                          request=pb.ProfileRequest(backend="llama.cpp", quant=quant), failure=failure, error=error,
+                         n_prompt=64, n_gen=16, n_ctx=80,
                          decode_tokens_per_s=pb.Stat(mean=decode, samples=[decode]))
     if not failure:
         r.peak_rss_bytes = peak_mib * MIB
@@ -26,14 +29,53 @@ def test_latest_result_per_device_model_quant_backend_wins():
 
 def test_verdicts():
     devices = [device("big", 8192), device("small", 100), device("slow", 8192), device("oom", 8192),
-               device("new", 8192)]
+               device("new", 8192), device("snug", 400)]
     results = [measured("1", "big", "F16", 300, 50.0), measured("2", "small", "F16", 300, 50.0),
                measured("3", "slow", "F16", 300, 2.0),
-               measured("4", "oom", "F16", 0, 0.0, pb.FAILURE_KIND_OOM, "killed by the OOM killer")]
-    rows = limit_rows(results, devices)
-    answers = {a.device_id: a for a in fit("smollm2-135m", "F16", "llama.cpp", devices, rows, min_decode_tps=5.0)}
-    assert answers["big"].verdict == "fits" and answers["big"].evidence.result_id == "1"
+               measured("4", "oom", "F16", 0, 0.0, pb.FAILURE_KIND_OOM, "killed by the OOM killer"),
+               measured("5", "snug", "F16", 340, 50.0)]
+    answers = {a.device_id: a for a in fit("smollm2-135m", "F16", "llama.cpp", devices, results, min_decode_tps=5.0)}
+    assert answers["big"].verdict == "fits_comfortably" and answers["big"].evidence.result_id == "1"
+    assert answers["big"].provenance == "measured" and answers["big"].memory_fraction == pytest.approx(300 / 8192)
     assert answers["small"].verdict == "does_not_fit" and "exceeds" in answers["small"].reason
     assert answers["slow"].verdict == "does_not_fit" and "below" in answers["slow"].reason
     assert answers["oom"].verdict == "does_not_fit" and "out of memory" in answers["oom"].reason
-    assert answers["new"].verdict == "unknown" and not answers["new"].HasField("evidence")
+    assert answers["snug"].verdict == "tight" and "(85%)" in answers["snug"].reason  # 70-95% of RAM
+    new = answers["new"]  # nothing measured there: the catalogue formula, labelled as an estimate
+    assert not new.HasField("evidence") and new.provenance == new.memory_bytes.provenance == "estimated"
+    assert new.verdict == "fits_comfortably" and "nothing measured on this device" in new.reason
+
+
+def test_bands():
+    assert [band(f) for f in (0.5, 0.69, 0.7, 0.95, 0.951, 2.0)] == [
+        "fits_comfortably", "fits_comfortably", "tight", "tight", "does_not_fit", "does_not_fit"]
+
+
+def test_a_model_without_a_shape_or_a_measurement_is_unknown():
+    answers = fit("my-finetune", "Q4_0", "llama.cpp", [device("big", 8192)], [])
+    assert answers[0].verdict == "unknown" and "no catalogued shape" in answers[0].reason
+
+
+def test_predicted_for_another_quant_and_context_and_the_power_limit():
+    results = [measured("1", "big", "F16", 300, 50.0)]
+    decode = results[0].power.phases.add(phase="decode", source="s", method="rapl", provenance="measured")
+    decode.average_power_w, results[0].power.headline_source = 12.0, "s"
+    big = [device("big", 8192)]
+    other = fit("smollm2-135m", "Q4_0", "llama.cpp", big, results)[0]
+    assert other.provenance == "predicted" and not other.HasField("evidence")
+    assert "smollm2-135m Q4_0 never measured on this device" in other.reason and other.calibration == ["smollm2-135m F16"]
+    longer = fit("smollm2-135m", "F16", "llama.cpp", big, results, context=8192)[0]
+    assert longer.memory_bytes.provenance == "predicted" and longer.memory_bytes.value > 300 * MIB
+    assert longer.context_tokens == 8192
+    same = fit("smollm2-135m", "F16", "llama.cpp", big, results)[0]
+    assert same.joules_per_token.value == pytest.approx(12.0 / 50.0) and same.joules_per_token.provenance == "measured"
+    capped = fit("smollm2-135m", "F16", "llama.cpp", big, results, max_watts=10)[0]
+    assert capped.verdict == "does_not_fit" and "over the 10 W asked" in capped.reason
+
+
+def test_largest_per_precision():
+    results = [measured("1", "big", "F16", 300, 50.0)]
+    found = {a.quant: a for a in largest_per_precision(device("big", 8192).inventory, "llama.cpp", results)}
+    assert {"F16", "Q4_0"} <= set(found)
+    assert all(a.verdict in ("fits_comfortably", "tight") for a in found.values())
+    assert found["Q4_0"].memory_bytes.value < 0.95 * 8192 * MIB

@@ -51,7 +51,9 @@ def test_jobs_flow_from_operator_to_agent_and_back(stubs):
     rows = fleet.GetLimitTable(pb.GetLimitTableRequest(), timeout=5).rows
     assert [(r.device_id, r.quant, r.decode_tokens_per_s.mean) for r in rows] == [("dev-1", "Q4_0", 99.0)]
     answers = fleet.Fit(pb.FitRequest(model_name="smollm2-135m", quant="q4_0"), timeout=5).answers
-    assert [(a.device_id, a.verdict) for a in answers] == [("dev-1", "fits")]
+    assert [(a.device_id, a.verdict, a.provenance) for a in answers] == [("dev-1", "fits_comfortably", "measured")]
+    largest = fleet.Fit(pb.FitRequest(device="dev-1"), timeout=30).answers  # per precision, for one device
+    assert "Q4_0" in [a.quant for a in largest] and all(a.model_name for a in largest if a.verdict != "does_not_fit")
 
 
 def test_refusals(stubs):
@@ -74,6 +76,9 @@ def test_refusals(stubs):
          grpc.StatusCode.INVALID_ARGUMENT),
         (lambda: fleet.Fit(pb.FitRequest(model_name="smollm2-135m", quant="Q4_Z"), timeout=5),
          grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: fleet.Fit(pb.FitRequest(model_name="smollm2-135m", quant="Q4_0", context_tokens=0), timeout=5),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda: fleet.Fit(pb.FitRequest(device="ghost"), timeout=5), grpc.StatusCode.NOT_FOUND),
     ]
     for call, code in cases:
         with pytest.raises(grpc.RpcError) as exc:

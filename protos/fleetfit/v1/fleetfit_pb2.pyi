@@ -36,16 +36,30 @@ class GpuInfo(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., driver_version: _Optional[str] = ...) -> None: ...
 
 class BackendInfo(_message.Message):
-    __slots__ = ("name", "available", "version", "reason")
+    __slots__ = ("name", "available", "version", "reason", "capabilities")
     NAME_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     name: str
     available: bool
     version: str
     reason: str
-    def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    capabilities: _containers.RepeatedCompositeFieldContainer[BackendCapability]
+    def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ..., capabilities: _Optional[_Iterable[_Union[BackendCapability, _Mapping]]] = ...) -> None: ...
+
+class BackendCapability(_message.Message):
+    __slots__ = ("device", "precision", "supported", "reason")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    precision: str
+    supported: bool
+    reason: str
+    def __init__(self, device: _Optional[str] = ..., precision: _Optional[str] = ..., supported: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DeviceInventory(_message.Message):
     __slots__ = ("device_id", "hostname", "os", "arch", "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "ram_total_bytes", "ram_available_bytes", "gpus", "backends", "llama_system_info", "gpu_probe_note", "agent_version", "probes")
@@ -136,7 +150,7 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class ProfileRequest(_message.Message):
-    __slots__ = ("model", "backend", "quant", "n_prompt", "n_gen", "repetitions", "threads", "timeout_s", "idle_baseline_s")
+    __slots__ = ("model", "backend", "quant", "n_prompt", "n_gen", "repetitions", "threads", "timeout_s", "idle_baseline_s", "device")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     QUANT_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +160,7 @@ class ProfileRequest(_message.Message):
     THREADS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     IDLE_BASELINE_S_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     backend: str
     quant: str
@@ -155,7 +170,8 @@ class ProfileRequest(_message.Message):
     threads: int
     timeout_s: float
     idle_baseline_s: float
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., backend: _Optional[str] = ..., quant: _Optional[str] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., threads: _Optional[int] = ..., timeout_s: _Optional[float] = ..., idle_baseline_s: _Optional[float] = ...) -> None: ...
+    device: str
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., backend: _Optional[str] = ..., quant: _Optional[str] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., threads: _Optional[int] = ..., timeout_s: _Optional[float] = ..., idle_baseline_s: _Optional[float] = ..., device: _Optional[str] = ...) -> None: ...
 
 class Stat(_message.Message):
     __slots__ = ("mean", "stdev", "samples")
@@ -178,7 +194,7 @@ class Provenance(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., method: _Optional[str] = ..., scope: _Optional[str] = ...) -> None: ...
 
 class ProfileResult(_message.Message):
-    __slots__ = ("result_id", "device_id", "request", "failure", "error", "model_name", "model_file", "model_sha256", "model_file_bytes", "model_n_params", "model_arch", "quant", "backend_version", "backend_build", "threads", "n_batch", "n_ubatch", "n_ctx", "n_prompt", "n_gen", "repetitions", "warmup", "load_time_s", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "provenance", "started_unix_s", "wall_s", "power", "roofline", "model_origin", "memory_limit_bytes")
+    __slots__ = ("result_id", "device_id", "request", "failure", "error", "model_name", "model_file", "model_sha256", "model_file_bytes", "model_n_params", "model_arch", "quant", "backend_version", "backend_build", "threads", "n_batch", "n_ubatch", "n_ctx", "n_prompt", "n_gen", "repetitions", "warmup", "load_time_s", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "provenance", "started_unix_s", "wall_s", "power", "roofline", "model_origin", "memory_limit_bytes", "compute_device", "weight_bytes", "gpu_memory")
     RESULT_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +231,9 @@ class ProfileResult(_message.Message):
     ROOFLINE_FIELD_NUMBER: _ClassVar[int]
     MODEL_ORIGIN_FIELD_NUMBER: _ClassVar[int]
     MEMORY_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_FIELD_NUMBER: _ClassVar[int]
     result_id: str
     device_id: str
     request: ProfileRequest
@@ -251,7 +270,28 @@ class ProfileResult(_message.Message):
     roofline: Roofline
     model_origin: str
     memory_limit_bytes: int
-    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ..., model_name: _Optional[str] = ..., model_file: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_file_bytes: _Optional[int] = ..., model_n_params: _Optional[int] = ..., model_arch: _Optional[str] = ..., quant: _Optional[str] = ..., backend_version: _Optional[str] = ..., backend_build: _Optional[str] = ..., threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., n_ubatch: _Optional[int] = ..., n_ctx: _Optional[int] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., warmup: _Optional[bool] = ..., load_time_s: _Optional[float] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., peak_rss_bytes: _Optional[int] = ..., baseline_rss_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., started_unix_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., power: _Optional[_Union[PowerTelemetry, _Mapping]] = ..., roofline: _Optional[_Union[Roofline, _Mapping]] = ..., model_origin: _Optional[str] = ..., memory_limit_bytes: _Optional[int] = ...) -> None: ...
+    compute_device: str
+    weight_bytes: int
+    gpu_memory: GpuMemory
+    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ..., model_name: _Optional[str] = ..., model_file: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_file_bytes: _Optional[int] = ..., model_n_params: _Optional[int] = ..., model_arch: _Optional[str] = ..., quant: _Optional[str] = ..., backend_version: _Optional[str] = ..., backend_build: _Optional[str] = ..., threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., n_ubatch: _Optional[int] = ..., n_ctx: _Optional[int] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., warmup: _Optional[bool] = ..., load_time_s: _Optional[float] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., peak_rss_bytes: _Optional[int] = ..., baseline_rss_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., started_unix_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., power: _Optional[_Union[PowerTelemetry, _Mapping]] = ..., roofline: _Optional[_Union[Roofline, _Mapping]] = ..., model_origin: _Optional[str] = ..., memory_limit_bytes: _Optional[int] = ..., compute_device: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., gpu_memory: _Optional[_Union[GpuMemory, _Mapping]] = ...) -> None: ...
+
+class GpuMemory(_message.Message):
+    __slots__ = ("device_name", "torch_allocated_peak_bytes", "torch_reserved_peak_bytes", "nvml_process_used_bytes", "cuda_context_bytes", "fit_bytes", "note")
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    TORCH_ALLOCATED_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TORCH_RESERVED_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NVML_PROCESS_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CUDA_CONTEXT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FIT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    device_name: str
+    torch_allocated_peak_bytes: int
+    torch_reserved_peak_bytes: int
+    nvml_process_used_bytes: int
+    cuda_context_bytes: int
+    fit_bytes: int
+    note: str
+    def __init__(self, device_name: _Optional[str] = ..., torch_allocated_peak_bytes: _Optional[int] = ..., torch_reserved_peak_bytes: _Optional[int] = ..., nvml_process_used_bytes: _Optional[int] = ..., cuda_context_bytes: _Optional[int] = ..., fit_bytes: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
 
 class PhaseEnergy(_message.Message):
     __slots__ = ("phase", "source", "scope", "method", "provenance", "rate_hz", "duration_s", "energy_mj", "net_energy_mj", "idle_power_w", "average_power_w", "peak_power_w", "tokens", "joules_per_token", "net_joules_per_token", "tokens_per_joule", "samples", "samples_skipped", "coverage", "note")
@@ -574,32 +614,72 @@ class GetLimitTableResponse(_message.Message):
     def __init__(self, rows: _Optional[_Iterable[_Union[LimitRow, _Mapping]]] = ...) -> None: ...
 
 class FitRequest(_message.Message):
-    __slots__ = ("model_name", "quant", "min_decode_tokens_per_s", "backend")
+    __slots__ = ("model_name", "quant", "min_decode_tokens_per_s", "backend", "context_tokens", "max_watts", "device")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     QUANT_FIELD_NUMBER: _ClassVar[int]
     MIN_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WATTS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     quant: str
     min_decode_tokens_per_s: float
     backend: str
-    def __init__(self, model_name: _Optional[str] = ..., quant: _Optional[str] = ..., min_decode_tokens_per_s: _Optional[float] = ..., backend: _Optional[str] = ...) -> None: ...
+    context_tokens: int
+    max_watts: float
+    device: str
+    def __init__(self, model_name: _Optional[str] = ..., quant: _Optional[str] = ..., min_decode_tokens_per_s: _Optional[float] = ..., backend: _Optional[str] = ..., context_tokens: _Optional[int] = ..., max_watts: _Optional[float] = ..., device: _Optional[str] = ...) -> None: ...
+
+class FitFigure(_message.Message):
+    __slots__ = ("value", "provenance", "method", "error_fraction")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    value: float
+    provenance: str
+    method: str
+    error_fraction: float
+    def __init__(self, value: _Optional[float] = ..., provenance: _Optional[str] = ..., method: _Optional[str] = ..., error_fraction: _Optional[float] = ...) -> None: ...
 
 class FitAnswer(_message.Message):
-    __slots__ = ("device_id", "hostname", "verdict", "reason", "evidence", "ram_total_bytes")
+    __slots__ = ("device_id", "hostname", "verdict", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "provenance", "calibration")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     RAM_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    QUANT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    JOULES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_HEADROOM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
     verdict: str
     reason: str
     evidence: LimitRow
     ram_total_bytes: int
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ...) -> None: ...
+    model_name: str
+    quant: str
+    context_tokens: int
+    memory_bytes: FitFigure
+    decode_tokens_per_s: FitFigure
+    prefill_tokens_per_s: FitFigure
+    joules_per_token: FitFigure
+    memory_fraction: float
+    memory_headroom_bytes: int
+    provenance: str
+    calibration: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., provenance: _Optional[str] = ..., calibration: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FitResponse(_message.Message):
     __slots__ = ("answers",)

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""One short prepared check for an NVIDIA machine: torch and llama.cpp on CUDA for the TinyLlama-1.1B shape
+at fp16 / int8 / int4 (llama.cpp: F16 / Q8_0 / Q4_0), decode tokens/s against the bandwidth roofline.
+
+    python benchmarks/gpu_check.py [--n-prompt 128] [--n-gen 64] [--repetitions 3] [--cache-dir DIR]
+
+roofline % = weight bytes read per token x decode tokens/s / measured device-to-device copy bandwidth.
+torch runs random weights created on the GPU (no CPU copy); llama.cpp runs synthetic GGUFs of the same shape
+(written once into the cache), offloaded whole when its build has CUDA (else its rows say so and are skipped).
+Exits 2 with one line when torch sees no CUDA device.
+"""
+import argparse
+import pathlib
+import sys
+import time
+
+ARCH = "tinyllama-1.1b"
+ROWS = [("torch", "fp16"), ("torch", "int8"), ("torch", "int4"),
+        ("llama.cpp", "F16"), ("llama.cpp", "Q8_0"), ("llama.cpp", "Q4_0")]
+
+
+def copy_bandwidth_gb_per_s(torch, n_bytes: int = 1 << 30, repeats: int = 10) -> float:
+    """Best of `repeats` device-to-device copies of n_bytes; a copy reads and writes, so 2 x n_bytes move."""
+    src = torch.empty(n_bytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        dst.copy_(src)
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * n_bytes / best / 1e9
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-prompt", type=int, default=128)
+    parser.add_argument("--n-gen", type=int, default=64)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--cache-dir", type=pathlib.Path, default=None)
+    args = parser.parse_args()
+    try:
+        import torch
+    except ImportError:
+        print("error: torch is not installed (pip install 'fleetfit[torch]' with a CUDA build)", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print(f"error: torch {torch.__version__} sees no CUDA device; run this on an NVIDIA machine "
+              f"with a CUDA build of torch", file=sys.stderr)
+        return 2
+
+    from fleetfit.agent import model_cache, profiling
+    from fleetfit.agent.isolation import run_worker
+    from fleetfit.models import catalogue, synth
+
+    cache = args.cache_dir or model_cache.default_cache_dir()
+    arch = catalogue.architecture(ARCH)
+    bandwidth = copy_bandwidth_gb_per_s(torch)
+    llama_info = run_worker({"op": "system_info"}, 120)["system_info"]
+    llama_cuda = "CUDA" in llama_info
+    print(f"{torch.cuda.get_device_name(0)}; torch {torch.__version__} (CUDA {torch.version.cuda}); "
+          f"copy bandwidth {bandwidth:.0f} GB/s; {ARCH}: {catalogue.n_params(arch) / 1e9:.2f} B parameters")
+    print(f"llama.cpp: {'CUDA build' if llama_cuda else 'no CUDA in this build: its rows are skipped'}\n")
+    print("| backend | precision | bytes/token MiB | decode t/s | achieved GB/s | % of copy bandwidth | "
+          "prefill t/s | GPU reserved MiB | NVML process MiB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    embedding_bytes = arch.vocab * arch.hidden * 2  # untied: a lookup reads one row; fp16/bf16 table
+    for backend, precision in ROWS:
+        if backend == "llama.cpp":
+            if not llama_cuda:
+                continue
+            path = cache / "synthetic" / f"{ARCH}-{precision}.gguf"
+            if not path.is_file():
+                synth.write_synthetic(ARCH, precision, path)
+            request = profiling.make_request(str(path), precision, backend, args.n_prompt, args.n_gen,
+                                             args.repetitions, idle_baseline_s=0)
+        else:
+            request = profiling.make_request(ARCH, precision, backend, args.n_prompt, args.n_gen, args.repetitions,
+                                             idle_baseline_s=0, device="cuda")
+        r = profiling.profile(request, "gpu-check", cache)
+        if r.failure:
+            print(f"| {backend} | {precision} | | failed: {profiling.failure_name(r.failure)}: {r.error[:100]} |"
+                  " | | | | |", flush=True)
+            continue
+        per_token = (r.weight_bytes if r.HasField("weight_bytes") else r.model_file_bytes) - embedding_bytes
+        achieved = per_token * r.decode_tokens_per_s.mean / 1e9
+        gpu = r.gpu_memory
+        reserved = f"{gpu.torch_reserved_peak_bytes / 2**20:.0f}" if gpu.HasField("torch_reserved_peak_bytes") else "n/a"
+        nvml = f"{gpu.nvml_process_used_bytes / 2**20:.0f}" if gpu.HasField("nvml_process_used_bytes") else "n/a"
+        print(f"| {backend} | {precision} | {per_token / 2**20:.0f} | {r.decode_tokens_per_s.mean:.1f} "
+              f"| {achieved:.0f} | {100 * achieved / bandwidth:.0f}% | {r.prefill_tokens_per_s.mean:.0f} "
+              f"| {reserved} | {nvml} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""`fleetfit report --out DIR`: one static HTML page with plots (inline SVG, no JavaScript) and the tables.
+
+Plots: decode tokens/s against parameters per device and precision (log-log), peak memory against parameters
+with each device's RAM as a line, tokens per joule against parameters. Points are measured runs; the tables
+below carry the predicted (~) figures. DIR/tables.md holds the tables as markdown.
+"""
+
+import html
+import math
+import pathlib
+import re
+
+from fleetfit.coordinator.tables import render_table
+from fleetfit.v1 import fleetfit_pb2 as pb
+
+W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 380, 70, 170, 20, 50
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+
+
+def _ticks(lo: float, hi: float, log: bool) -> list[float]:
+    if log:
+        return [10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)]
+    step = 10 ** math.floor(math.log10((hi - lo) or 1))
+    return [step * i for i in range(math.floor(lo / step), math.ceil(hi / step) + 1)]
+
+
+def scatter_svg(title: str, series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str,
+                log_y: bool = True, lines: dict[str, float] | None = None) -> str:
+    """A scatter plot with one polyline per series (log x; log or linear y) and optional horizontal lines."""
+    lines = lines or {}
+    xs = [x for pts in series.values() for x, _ in pts]
+    ys = [y for pts in series.values() for _, y in pts] + list(lines.values())
+    if not xs:
+        return f'<p class="empty">{html.escape(title)}: no data yet</p>'
+    x_ticks = _ticks(min(xs), max(xs), True)
+    y_ticks = _ticks(min(ys), max(ys), log_y) if log_y else _ticks(0, max(ys), False)
+    tx = math.log10
+    ty = (lambda v: math.log10(v)) if log_y else (lambda v: v)
+    x0, x1, y0, y1 = tx(x_ticks[0]), tx(x_ticks[-1]), ty(y_ticks[0]), ty(y_ticks[-1])
+    px = lambda v: PAD_L + (tx(v) - x0) / ((x1 - x0) or 1) * (W - PAD_L - PAD_R)
+    py = lambda v: H - PAD_B - (ty(v) - y0) / ((y1 - y0) or 1) * (H - PAD_T - PAD_B)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" '
+           f'aria-label="{html.escape(title)}"><title>{html.escape(title)}</title>',
+           f'<rect x="{PAD_L}" y="{PAD_T}" width="{W - PAD_L - PAD_R}" height="{H - PAD_T - PAD_B}" fill="none" stroke="#999"/>']
+    for v in x_ticks:
+        out.append(f'<text x="{px(v):.1f}" y="{H - PAD_B + 16}" font-size="11" text-anchor="middle">{_num(v)}</text>')
+    for v in y_ticks:
+        out.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{py(v):.1f}" y2="{py(v):.1f}" stroke="#eee"/>'
+                   f'<text x="{PAD_L - 6}" y="{py(v) + 4:.1f}" font-size="11" text-anchor="end">{_num(v)}</text>')
+    out.append(f'<text x="{(PAD_L + W - PAD_R) / 2}" y="{H - 10}" font-size="12" text-anchor="middle">'
+               f'{html.escape(x_label)}</text><text x="14" y="{(PAD_T + H - PAD_B) / 2}" font-size="12" '
+               f'text-anchor="middle" transform="rotate(-90 14 {(PAD_T + H - PAD_B) / 2})">{html.escape(y_label)}</text>')
+    for i, (name, y) in enumerate(lines.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        out.append(f'<line class="capacity" x1="{PAD_L}" x2="{W - PAD_R}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
+                   f'stroke="{colour}" stroke-dasharray="6 4"/><text x="{W - PAD_R + 4}" y="{py(y) + 4:.1f}" '
+                   f'font-size="10" fill="{colour}">{html.escape(name)} RAM</text>')
+    for i, (name, pts) in enumerate(sorted(series.items())):
+        colour, pts = COLOURS[i % len(COLOURS)], sorted(pts)
+        if len(pts) > 1:
+            path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+            out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        out += [f'<circle class="point" cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{colour}">'
+                f'<title>{html.escape(name)}: {_num(x)}, {_num(y)}</title></circle>' for x, y in pts]
+        ly = PAD_T + 14 * (i + len(lines)) + 10
+        out.append(f'<circle cx="{W - PAD_R + 10}" cy="{ly - 4}" r="4" fill="{colour}"/>'
+                   f'<text x="{W - PAD_R + 18}" y="{ly}" font-size="11">{html.escape(name)}</text>')
+    return "\n".join(out + ["</svg>"])
+
+
+def _num(v: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:g}{unit}"
+    return f"{v:.3g}"
+
+
+def plots(devices: list[pb.Device], rows: list[pb.LimitRow], power: pb.Table | None) -> list[str]:
+    names = {d.inventory.device_id: d.inventory.hostname or d.inventory.device_id for d in devices}
+    ok = [r for r in rows if not r.failure and r.HasField("model_n_params") and r.backend == "llama.cpp"]
+    decode, memory = {}, {}
+    for r in ok:
+        key = f"{names.get(r.device_id, r.device_id)} {r.quant}"
+        decode.setdefault(key, []).append((r.model_n_params, r.decode_tokens_per_s.mean))
+        if r.HasField("peak_rss_bytes"):
+            memory.setdefault(key, []).append((r.model_n_params, r.peak_rss_bytes / 1e9))
+    params = {(names.get(r.device_id, r.device_id), r.model_name, r.quant): r.model_n_params for r in ok}
+    energy = {}
+    if power is not None:
+        col = {c: i for i, c in enumerate(power.columns)}
+        for row in power.rows:
+            cells = [c.WhichOneof("kind") and getattr(c, c.WhichOneof("kind")) for c in row.cells]
+            key = (cells[col["device"]], cells[col["model"]], cells[col["quant"]])
+            tpj = cells[col["tokens/J"]]
+            if key in params and isinstance(tpj, float) and tpj > 0:
+                energy.setdefault(f"{key[0]} {key[2]}", []).append((params[key], tpj))
+    ram = {names.get(d.inventory.device_id, d.inventory.device_id): d.inventory.ram_total_bytes / 1e9
+           for d in devices if d.inventory.ram_total_bytes and any(r.device_id == d.inventory.device_id for r in ok)}
+    return [
+        scatter_svg("Decode tokens/s against parameters (log-log)", decode, "parameters", "decode tokens/s"),
+        scatter_svg("Peak memory against parameters, with each device's RAM", memory, "parameters",
+                    "peak memory GB", lines=ram),
+        scatter_svg("Tokens per joule against parameters (decode)", energy, "parameters", "tokens per joule"),
+    ]
+
+
+def build(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Table]) -> tuple[str, str]:
+    """(index.html, tables.md) for the fleet."""
+    markdown = "\n\n".join(f"## {t.title}\n\n{render_table(t, 'md')}" for t in tables)
+    power = next((t for t in tables if t.name == "power"), None)
+    figures = "\n".join(f"<figure><figcaption>{re.search(r'<title>(.*?)</title>', svg).group(1)}"
+                         f"</figcaption>{svg}</figure>" if "<svg" in svg else svg for svg in plots(devices, rows, power))
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>fleetfit report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} figure{{margin:1em 0}} figcaption{{font-weight:bold}}
+pre{{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}}</style></head><body>
+<h1>fleetfit: scalability analysis and deployment limits</h1>
+<p>{len(devices)} device(s), {len(rows)} measured rows. Plotted points are measurements; in the tables a
+<code>~</code> marks a prediction of the device's scaling model (or an estimate, where nothing was measured).</p>
+{figures}
+<h2>Tables</h2>
+<pre>{html.escape(markdown)}</pre>
+</body></html>
+"""
+    return page, markdown + "\n"
+
+
+def write(out_dir: pathlib.Path, devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Table]) -> pathlib.Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    page, markdown = build(devices, rows, tables)
+    (out_dir / "tables.md").write_text(markdown)
+    index = out_dir / "index.html"
+    index.write_text(page)
+    return index

@@ -1,0 +1,339 @@
+"""A scaling model per device and backend, fitted from that device's own measurements.
+
+Features come from the catalogue (exact tensor shapes) and the quant's per-tensor GGML types:
+- memory = α · (weights + F16 KV cache at the context, GQA-aware + compute buffer) + β, where α and β are
+  least squares (relative) over the device's measured peaks: β is the runtime overhead (process, llama.cpp
+  buffers not in the formula), α absorbs the compute buffer's misfit;
+- decode seconds/token = bytes read per token / B_q + layers · c: the bandwidth roofline with the device's
+  effective bandwidth B_q per precision, plus a cost per layer c (graph ops, thread barriers: what makes small
+  models slower per byte than large ones), shared by the precisions;
+- prefill seconds/token = FLOPs per token / F_q + layers · c': the compute roofline, fitted the same way.
+
+Every figure says where it comes from: `measured` (that model and quant on that device), `predicted`
+(calibrated on the device; its error band is the largest leave-one-size-out residual), or `estimated` (nothing
+measured on the device: catalogue formula with default efficiencies against the device's probes).
+"""
+
+import dataclasses
+import difflib
+import functools
+import math
+
+import numpy as np
+
+from fleetfit.models.catalogue import CATALOGUE, Architecture, n_params, tensors
+from fleetfit.models.errors import ModelError
+from fleetfit.models.quant_sizes import FILE_TYPES, file_bits_per_weight, tensor_bytes, tensor_type
+from fleetfit.models.quants import parse_quant
+from fleetfit.v1 import fleetfit_pb2 as pb
+
+DEFAULT_CONTEXT = 512
+N_UBATCH = 512  # llama.cpp's default micro-batch
+DEFAULT_OVERHEAD_BYTES = 64 << 20  # estimated runtime overhead when a device has no measurement
+DEFAULT_BANDWIDTH_EFFICIENCY = 0.6  # of the triad probe, for devices never measured
+DEFAULT_COMPUTE_EFFICIENCY = 0.3  # of the float32 matmul probe
+SEED_SIZES = ("distilgpt2", "tinyllama-1.1b", "llama-2-7b", "llama-2-13b", "llama-2-70b")
+
+
+class ScalingError(ValueError):
+    """An unknown model or quant name; the message is one line and suggests the nearest names."""
+
+
+def resolve(model_name: str, quant: str) -> tuple[Architecture, str]:
+    arch = CATALOGUE.get(model_name.strip().lower())
+    if arch is None:
+        near = difflib.get_close_matches(model_name.strip().lower(), list(CATALOGUE), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(near)}?" if near else f"; known: {', '.join(CATALOGUE)}"
+        raise ScalingError(f"unknown model {model_name!r}{hint}")
+    try:
+        canonical = parse_quant(quant)
+    except ModelError as exc:
+        raise ScalingError(str(exc)) from None
+    if canonical not in FILE_TYPES:
+        near = difflib.get_close_matches(canonical, list(FILE_TYPES), n=3, cutoff=0.4)
+        raise ScalingError(f"no size formula for quant {canonical!r}; known: {', '.join(near or FILE_TYPES)}")
+    return arch, canonical
+
+
+# -- features from the catalogue --------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def weight_bytes(arch: Architecture, quant: str) -> int:
+    return sum(tensor_bytes(s.shape, tensor_type(arch, quant, s)) for s in tensors(arch))
+
+
+def kv_cache_bytes(arch: Architecture, context: float) -> float:
+    """F16 K and V of every layer: 2 · layers · n_kv_heads · head_dim · context · 2 bytes."""
+    return 2 * arch.n_layers * arch.kv_dim * context * 2
+
+
+def compute_buffer_bytes(arch: Architecture, context: int) -> float:
+    """llama.cpp's main f32 compute buffers for one micro-batch (logits, MLP and attention activations)."""
+    ub = min(N_UBATCH, context)
+    return 4 * ub * (arch.vocab + 4 * arch.hidden + 2 * arch.ffn + arch.n_heads * context)
+
+
+def memory_feature(arch: Architecture, quant: str, context: int) -> float:
+    return weight_bytes(arch, quant) + kv_cache_bytes(arch, context) + compute_buffer_bytes(arch, context)
+
+
+@functools.lru_cache(maxsize=None)
+def _weights_read_per_token(arch: Architecture, quant: str) -> float:
+    total = 0.0
+    for s in tensors(arch):
+        nbytes = tensor_bytes(s.shape, tensor_type(arch, quant, s))
+        total += nbytes / s.shape[0] if s.name == "token_embd.weight" and not arch.tied_embeddings else nbytes
+    return total
+
+
+def decode_bytes_per_token(arch: Architecture, quant: str, context: float) -> float:
+    """Weights read per token (an untied embedding table only for one row) + the KV cache at `context`."""
+    return _weights_read_per_token(arch, quant) + kv_cache_bytes(arch, context)
+
+
+@functools.lru_cache(maxsize=None)
+def _matmul_params(arch: Architecture) -> int:
+    matmul = sum(math.prod(s.shape) for s in tensors(arch)
+                 if len(s.shape) == 2 and s.name not in ("token_embd.weight", "position_embd.weight"))
+    return matmul + (arch.vocab * arch.hidden if arch.tied_embeddings else 0)
+
+
+def flops_per_token(arch: Architecture, context: float) -> float:
+    """2 per weight in a matrix product (not the embedding lookup) + attention over `context` positions."""
+    return 2 * _matmul_params(arch) + 4 * arch.n_layers * arch.hidden * context
+
+
+# -- calibration ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One successful measurement of a catalogued model on the device."""
+    model: str
+    quant: str
+    arch: Architecture
+    context: int  # n_ctx of the run
+    n_prompt: int
+    n_gen: int
+    peak_bytes: float | None
+    decode_tps: float  # mean over repetitions, as the tables show it
+    prefill_tps: float
+    result: pb.ProfileResult
+
+
+def _context(r: pb.ProfileResult) -> int:
+    return r.n_ctx or (r.n_prompt or r.request.n_prompt) + (r.n_gen or r.request.n_gen) or DEFAULT_CONTEXT
+
+
+def points(results: list[pb.ProfileResult], device_id: str, backend: str = "llama.cpp") -> list[Point]:
+    """The latest successful result per catalogued model and quant on the device."""
+    latest = {}
+    for r in results:
+        if (r.device_id != device_id or r.failure or (r.request.backend or "llama.cpp") != backend
+                or r.model_name not in CATALOGUE or not r.decode_tokens_per_s.mean):
+            continue
+        quant = r.quant or r.request.quant
+        if quant in FILE_TYPES:
+            latest[(r.model_name, quant)] = r
+    return [Point(m, q, CATALOGUE[m], _context(r), r.n_prompt or r.request.n_prompt, r.n_gen or r.request.n_gen,
+                  float(r.peak_rss_bytes) if r.HasField("peak_rss_bytes") else None, r.decode_tokens_per_s.mean,
+                  r.prefill_tokens_per_s.mean, r)
+            for (m, q), r in sorted(latest.items())]
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """A device's fitted terms. Rates are per precision; `rate` borrows one for an unmeasured precision."""
+    alpha: float
+    overhead_bytes: float
+    bandwidth: dict[str, float]  # effective bytes/s per quant (decode)
+    decode_layer_s: float  # seconds per layer and token besides the bytes
+    compute: dict[str, float]  # effective FLOP/s per quant (prefill)
+    prefill_layer_s: float
+
+    def rate(self, rates: dict[str, float], quant: str) -> tuple[float | None, str | None]:
+        if not rates:
+            return None, None
+        if quant in rates:
+            return rates[quant], quant
+        bits = {q: _bits(q) for q in rates}
+        nearest = min(bits, key=lambda q: abs(bits[q] - _bits(quant)))
+        return rates[nearest], nearest
+
+
+@functools.lru_cache(maxsize=None)
+def _bits(quant: str) -> float:
+    return file_bits_per_weight(CATALOGUE["llama-2-7b"], quant)
+
+
+def _fit_memory(pts: list[Point]) -> tuple[float, float]:
+    pts = [p for p in pts if p.peak_bytes]
+    x = np.array([memory_feature(p.arch, p.quant, p.context) for p in pts])
+    y = np.array([p.peak_bytes for p in pts])
+    if len({p.model for p in pts}) < 2:  # one size: no slope to fit, only the overhead
+        return 1.0, float(np.mean(y - x)) if len(pts) else DEFAULT_OVERHEAD_BYTES
+    w = 1 / y  # relative least squares: small models count as much as large ones
+    (alpha, beta), *_ = np.linalg.lstsq(np.c_[x * w, w], y * w, rcond=None)
+    return float(alpha), float(beta)
+
+
+def _fit_rates(pts: list[Point], x_of, tps_of) -> tuple[dict[str, float], float]:
+    """seconds/token = x / R_q + layers · c, least squares in relative terms: R_q per precision, and c, a cost
+    per layer and token (graph ops, thread barriers) shared by the precisions. Returns ({quant: R_q}, c)."""
+    pts = [p for p in pts if tps_of(p) > 0]
+    quants = sorted({p.quant for p in pts})
+    if not quants:
+        return {}, 0.0
+    rows = [[x_of(p) * tps_of(p) if q == p.quant else 0.0 for q in quants] + [p.arch.n_layers * tps_of(p)]
+            for p in pts]
+    per_layer = len({p.model for p in pts}) >= 2  # one size cannot separate the two terms
+    design = np.array(rows) if per_layer else np.array(rows)[:, :-1]
+    coef, *_ = np.linalg.lstsq(design, np.ones(len(rows)), rcond=None)
+    if per_layer and (coef[-1] < 0 or np.any(coef[:-1] <= 0)):  # a negative cost is noise: refit without it
+        coef, *_ = np.linalg.lstsq(np.array(rows)[:, :-1], np.ones(len(rows)), rcond=None)
+        per_layer = False
+    return {q: 1 / v for q, v in zip(quants, coef) if v > 0}, float(coef[-1]) if per_layer else 0.0
+
+
+def calibrate(pts: list[Point]) -> Calibration | None:
+    if not pts:
+        return None
+    alpha, beta = _fit_memory(pts)
+    # llama-bench's tg decodes from an empty cache: attention sees (n_gen + 1) / 2 positions on average
+    bw, c = _fit_rates(pts, lambda p: decode_bytes_per_token(p.arch, p.quant, (p.n_gen + 1) / 2), lambda p: p.decode_tps)
+    fl, c2 = _fit_rates(pts, lambda p: flops_per_token(p.arch, p.n_prompt / 2), lambda p: p.prefill_tps)
+    return Calibration(alpha, beta, bw, c, fl, c2)
+
+
+# -- predictions ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    value: float | None
+    provenance: str  # "measured" | "predicted" | "estimated"
+    method: str
+    error_fraction: float | None = None  # ± relative band from leave-one-size-out residuals
+
+    def text(self, fmt: str = "{:.3g}") -> str | None:
+        if self.value is None:
+            return None
+        return fmt.format(self.value) if self.provenance == "measured" else "~" + fmt.format(self.value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    memory_bytes: Figure
+    decode_tps: Figure
+    prefill_tps: Figure
+    context: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceModel:
+    """A device's calibration, its error bands and the points they came from."""
+    device: pb.DeviceInventory
+    points: list[Point]
+    calibration: Calibration | None
+    errors: dict[str, float | None]  # "memory" | "decode" | "prefill" -> max |relative error| held out
+
+    @property
+    def bandwidth_probe(self) -> float | None:
+        bw = [b.gb_per_s for b in self.device.probes.bandwidth if b.HasField("gb_per_s")]
+        return max(bw) * 1e9 if bw else None
+
+    @property
+    def matmul_probe(self) -> float | None:
+        fl = [m.gflop_per_s for m in self.device.probes.matmul if m.HasField("gflop_per_s")]
+        return max(fl) * 1e9 if fl else None
+
+    def measured(self, model: str, quant: str) -> Point | None:
+        return next((p for p in self.points if (p.model, p.quant) == (model, quant)), None)
+
+    def predict(self, arch: Architecture, quant: str, context: int | None = None,
+                decode_context: float | None = None) -> Prediction:
+        """Memory for a context of `context` tokens; decode with `decode_context` positions in the KV cache
+        (default: the whole context, the slowest point of a long generation)."""
+        measured = self.measured(arch.name, quant)
+        ctx = context or (measured.context if measured else self._usual_context())
+        if measured and ctx == measured.context:
+            how = f"measured at n_ctx {ctx} (result {measured.result.result_id})"
+            r = measured.result
+            return Prediction(Figure(measured.peak_bytes, "measured", "peak RSS, " + how),
+                              Figure(r.decode_tokens_per_s.mean, "measured", "llama-bench tg mean, " + how),
+                              Figure(r.prefill_tokens_per_s.mean or None, "measured", "llama-bench pp mean, " + how), ctx)
+        cal = self.calibration
+        if cal is None:
+            return self._estimate(arch, quant, ctx)
+        memory = cal.alpha * memory_feature(arch, quant, ctx) + cal.overhead_bytes
+        bw, bw_quant = cal.rate(cal.bandwidth, quant)
+        fl, fl_quant = cal.rate(cal.compute, quant)
+        borrowed = lambda q: "" if q == quant else f"; {quant} never measured here, efficiency of {q} (nearest bits/weight)"
+        n = len({p.model for p in self.points})
+        mem_how = (f"weights + KV(ctx {ctx}) + compute buffer, scaled {cal.alpha:.3f} + overhead "
+                   f"{cal.overhead_bytes / 2**20:.0f} MiB, fitted on {len(self.points)} runs of {n} sizes here")
+        decode = Figure(None, "predicted", "no decode rate measured on this device")
+        if bw:
+            per_token = decode_bytes_per_token(arch, quant, decode_context or ctx)
+            decode = Figure(1 / (per_token / bw + arch.n_layers * cal.decode_layer_s),
+                            "predicted", f"bandwidth roofline, effective {bw / 1e9:.1f} GB/s + "
+                            f"{cal.decode_layer_s * 1e3:.2f} ms per layer, fitted here{borrowed(bw_quant)}",
+                            self.errors["decode"])
+        prefill = Figure(None, "predicted", "no prefill rate measured on this device")
+        if fl:
+            prefill = Figure(1 / (flops_per_token(arch, ctx / 2) / fl + arch.n_layers * cal.prefill_layer_s), "predicted",
+                             f"compute roofline, effective {fl / 1e9:.1f} GFLOP/s fitted here{borrowed(fl_quant)}",
+                             self.errors["prefill"])
+        return Prediction(Figure(memory, "predicted", mem_how, self.errors["memory"]), decode, prefill, ctx)
+
+    def _usual_context(self) -> int:
+        return self.points[-1].context if self.points else DEFAULT_CONTEXT
+
+    def _estimate(self, arch: Architecture, quant: str, ctx: int) -> Prediction:
+        why = "estimated: nothing measured on this device yet"
+        memory = memory_feature(arch, quant, ctx) + DEFAULT_OVERHEAD_BYTES
+        bw, fl = self.bandwidth_probe, self.matmul_probe
+        decode = (DEFAULT_BANDWIDTH_EFFICIENCY * bw / decode_bytes_per_token(arch, quant, ctx)) if bw else None
+        prefill = (DEFAULT_COMPUTE_EFFICIENCY * fl / flops_per_token(arch, ctx / 2)) if fl else None
+        no_probe = "; no probe of the device (fleetfit-agent probe), so no figure"
+        return Prediction(
+            Figure(memory, "estimated", f"{why}; catalogue weights + KV + compute buffer + "
+                   f"{DEFAULT_OVERHEAD_BYTES >> 20} MiB default overhead"),
+            Figure(decode, "estimated", f"{why}; {DEFAULT_BANDWIDTH_EFFICIENCY:.0%} of the bandwidth probe"
+                   + ("" if bw else no_probe)),
+            Figure(prefill, "estimated", f"{why}; {DEFAULT_COMPUTE_EFFICIENCY:.0%} of the matmul probe"
+                   + ("" if fl else no_probe)), ctx)
+
+
+def leave_one_size_out(pts: list[Point]) -> list[tuple[Point, Prediction]]:
+    """Each measured size predicted by a calibration that never saw it (all its precisions held out)."""
+    out = []
+    for held in sorted({p.model for p in pts}):
+        rest = [p for p in pts if p.model != held]
+        if len({p.model for p in rest}) < 2:
+            continue
+        model = DeviceModel(pb.DeviceInventory(), rest, calibrate(rest), {"memory": None, "decode": None, "prefill": None})
+        for p in (p for p in pts if p.model == held):
+            if p.quant in model.calibration.bandwidth:  # a precision it has seen on other sizes
+                out.append((p, model.predict(p.arch, p.quant, p.context, decode_context=(p.n_gen + 1) / 2)))
+    return out
+
+
+def relative_errors(pairs: list[tuple[Point, Prediction]]) -> dict[str, list[float]]:
+    errors = {"memory": [], "decode": [], "prefill": []}
+    for p, pred in pairs:
+        for key, measured, figure in (("memory", p.peak_bytes, pred.memory_bytes), ("decode", p.decode_tps,
+                                      pred.decode_tps), ("prefill", p.prefill_tps, pred.prefill_tps)):
+            if measured and figure.value:
+                errors[key].append(figure.value / measured - 1)
+    return errors
+
+
+def device_model(device: pb.DeviceInventory, results: list[pb.ProfileResult], backend: str = "llama.cpp") -> DeviceModel:
+    pts = points(results, device.device_id, backend)
+    errors = relative_errors(leave_one_size_out(pts))
+    bands = {k: max(abs(e) for e in v) if v else None for k, v in errors.items()}
+    return DeviceModel(device, pts, calibrate(pts), bands)
+
+
+def params_text(arch: Architecture) -> str:
+    n = n_params(arch)
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"

@@ -1,0 +1,55 @@
+"""The ONNX Runtime backend: the exported model agrees with llama.cpp, quantized runs go through the agent's
+harness, and a damaged ONNX file is a clear failure."""
+
+import pytest
+
+from fleetfit.agent import profiling
+from fleetfit.agent.isolation import run_worker
+from fleetfit.v1 import fleetfit_pb2 as pb
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+pytest.importorskip("torch")
+
+
+def test_exported_fp32_model_decodes_like_llama_cpp(ladder, cache_dir):
+    reference = run_worker({"op": "greedy", "model_path": str(ladder["F16"]), "prompt": "The capital of France is",
+                            "n_gen": 32, "threads": 2}, 300)
+    ours = run_worker({"backend": "onnxruntime", "op": "greedy", "model_path": str(ladder["F16"]),
+                       "prompt_tokens": reference["prompt_tokens"], "n_gen": 32, "cache_dir": str(cache_dir),
+                       "threads": 2}, 600)
+    agree = sum(a == b for a, b in zip(ours["tokens"], reference["tokens"]))
+    assert agree >= 30, (agree, ours["tokens"], reference["tokens"])
+
+
+def test_int8_profile_end_to_end_with_a_cached_quantized_file(ladder, cache_dir):
+    request = profiling.make_request(str(ladder["F16"]), "int8", "onnxruntime", n_prompt=16, n_gen=4,
+                                     repetitions=1, threads=2, idle_baseline_s=0)
+    result = profiling.profile(request, "dev-onnx", cache_dir)
+    assert result.failure == pb.FAILURE_KIND_UNSPECIFIED, result.error
+    assert result.quant == "int8" and result.decode_tokens_per_s.mean > 0 and result.prefill_tokens_per_s.mean > 0
+    assert result.weight_bytes < result.model_n_params * 2  # int8 weights: about a byte per weight
+    assert "int8.onnx" in result.backend_build
+
+
+def test_a_damaged_onnx_file_is_a_failed_result_that_says_so(ladder, cache_dir):
+    from fleetfit.agent.backends.onnx_backend import cache_folder
+
+    folder = cache_folder(str(ladder["F16"]), str(cache_dir))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "int4.onnx").write_bytes(b"not an onnx model")
+    try:
+        request = profiling.make_request(str(ladder["F16"]), "int4", "onnxruntime", n_prompt=8, n_gen=2,
+                                         repetitions=1, threads=2, idle_baseline_s=0)
+        result = profiling.profile(request, "dev-onnx", cache_dir)
+    finally:
+        (folder / "int4.onnx").unlink()
+    assert result.failure == pb.FAILURE_KIND_ERROR
+    assert "fails ONNX validation" in result.error
+
+
+def test_onnxruntime_refuses_torch_only_precisions_and_random_shapes(cache_dir):
+    with pytest.raises(profiling.ProfileInputError, match="onnxruntime precision must be one of"):
+        profiling.profile(profiling.make_request("smollm2-135m", "bf16", "onnxruntime"), "d", cache_dir)
+    with pytest.raises(profiling.ProfileInputError, match="real models"):
+        profiling.profile(profiling.make_request("tinyllama-1.1b", "fp32", "onnxruntime"), "d", cache_dir)

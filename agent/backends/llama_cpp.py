@@ -47,6 +47,16 @@ def system_info() -> str:
     return C.llama_print_system_info().decode(errors="replace").strip()
 
 
+def quantize(src: str, dst: str, ftype: int, threads: int) -> None:
+    C.llama_backend_init()
+    params = C.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads
+    params.allow_requantize = True  # the shipped file is already quantized (Q4_1)
+    if C.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params)) != 0:
+        raise BackendError(f"llama_model_quantize failed for {src} -> {dst}")
+
+
 def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, threads: int,
             n_batch: int = DEFAULT_N_BATCH, n_ubatch: int = DEFAULT_N_UBATCH, seed: int = 1234) -> dict:
     """Load the model without mmap (so that the weights count in RSS) and time prefill and decode."""

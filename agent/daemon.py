@@ -25,6 +25,9 @@ from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 log = logging.getLogger("fleetfit.agent")
 
 CALL_TIMEOUT_S = 15.0
+# The agent is in touch with the coordinator at least this often (idle: long-polls; busy: lease heartbeats):
+# the coordinator reports a device silent for three such periods as lost (store.LOST_AFTER_S).
+CONTACT_S = 10.0
 
 
 def llama_system_info() -> str:
@@ -81,7 +84,8 @@ def _call_with_retry(call, request, stop: threading.Event, attempts: int = 8):
 
 
 class LeaseKeeper(threading.Thread):
-    """Renews a job's lease every third of its length until stopped; notes when the lease was lost."""
+    """Renews a job's lease every third of its length (at least every CONTACT_S) until stopped; notes when the
+    lease was lost."""
 
     def __init__(self, stub, device_id: str, job: pb.Job):
         super().__init__(daemon=True)
@@ -90,7 +94,7 @@ class LeaseKeeper(threading.Thread):
         self.done, self.lost = threading.Event(), False
 
     def run(self) -> None:
-        while not self.done.wait(max(self.job.lease_s / 3, 0.05)):
+        while not self.done.wait(max(min(self.job.lease_s / 3, CONTACT_S), 0.05)):
             try:
                 self.stub.Heartbeat(self.request, timeout=min(CALL_TIMEOUT_S, max(self.job.lease_s / 3, 1.0)))
             except grpc.RpcError as exc:

@@ -29,7 +29,7 @@ def path_beside(identity_path: pathlib.Path) -> pathlib.Path:
 
 def backoff_s(attempt: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
     """Exponential backoff with full jitter in [half, whole] of the step."""
-    return min(cap_s, base_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+    return min(cap_s, base_s * 2 ** min(attempt, 64)) * random.uniform(0.5, 1.0)  # 2**1024 overflows a float
 
 
 class Outbox:

@@ -42,6 +42,7 @@ def main() -> int:
     parser.add_argument("--n-gen", type=int, default=64)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--cache-dir", type=pathlib.Path, default=None)
+    parser.add_argument("--backends", default="torch,llama.cpp", help="comma-separated: torch, llama.cpp")
     args = parser.parse_args()
     try:
         import torch
@@ -54,22 +55,30 @@ def main() -> int:
         return 2
 
     from fleetfit.agent import model_cache, profiling
-    from fleetfit.agent.isolation import run_worker
+    from fleetfit.agent.isolation import WorkerFailure, run_worker
     from fleetfit.models import catalogue, synth
 
     cache = args.cache_dir or model_cache.default_cache_dir()
     arch = catalogue.architecture(ARCH)
     bandwidth = copy_bandwidth_gb_per_s(torch)
-    llama_info = run_worker({"op": "system_info"}, 120)["system_info"]
+    backends = args.backends.split(",")
+    try:
+        llama_info = run_worker({"op": "system_info"}, 120)["system_info"] if "llama.cpp" in backends else ""
+    except WorkerFailure as exc:
+        llama_info = f"unavailable ({exc})"
     llama_cuda = "CUDA" in llama_info
     print(f"{torch.cuda.get_device_name(0)}; torch {torch.__version__} (CUDA {torch.version.cuda}); "
           f"copy bandwidth {bandwidth:.0f} GB/s; {ARCH}: {catalogue.n_params(arch) / 1e9:.2f} B parameters")
-    print(f"llama.cpp: {'CUDA build' if llama_cuda else 'no CUDA in this build: its rows are skipped'}\n")
+    if "llama.cpp" in backends:
+        print("llama.cpp: " + ("CUDA build" if llama_cuda else f"no CUDA build, its rows are skipped: {llama_info[:200]}"))
+    print()
     print("| backend | precision | bytes/token MiB | decode t/s | achieved GB/s | % of copy bandwidth | "
           "prefill t/s | GPU reserved MiB | NVML process MiB |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     embedding_bytes = arch.vocab * arch.hidden * 2  # untied: a lookup reads one row; fp16/bf16 table
     for backend, precision in ROWS:
+        if backend not in backends:
+            continue
         if backend == "llama.cpp":
             if not llama_cuda:
                 continue

@@ -57,6 +57,7 @@ def build_llama_bench(sdist_dir):
     llama_src = src / "vendor" / "llama.cpp"
     if not (llama_src / "CMakeLists.txt").exists():
         raise BenchError(f"no llama.cpp sources under {llama_src}")
+    root.mkdir(parents=True, exist_ok=True)
     log = root / "build.log"
     print(f"building llama-bench ({flags}) into {root}; log: {log}", file=sys.stderr)
     with open(log, "w") as out:
@@ -237,15 +238,18 @@ def main():
                   f"| {ratio:.3f} | {'yes' if ok else 'NO'} |")
             report["results"].append({"quant": q, "test": name, "gguf": str(ggufs[q]), "llama_bench": lb,
                                       "fleetfit": ff, "ratio": ratio, "within_tolerance": ok})
-    if not args.skip_memory and "F16" in args.quants:
-        lb_rss = llama_bench_rss(binary, ggufs["F16"], args)
-        ff_rss = max(samples["F16"]["rss"])
-        ratio = ff_rss / lb_rss
-        ok = abs(ratio - 1) <= RSS_TOL
-        print(f"\nmemory (F16): fleetfit peak RSS {ff_rss / 2**20:.1f} MiB vs llama-bench max RSS "
-              f"{lb_rss / 2**20:.1f} MiB, ratio {ratio:.3f}, within 10%? {'yes' if ok else 'NO'}")
-        report["memory"] = {"fleetfit_peak_rss_bytes": samples["F16"]["rss"], "llama_bench_max_rss_bytes": lb_rss,
-                            "ratio": ratio, "within_tolerance": ok}
+    if not args.skip_memory:
+        report["memory"] = []
+        print()
+        for q in args.quants:
+            lb_rss = llama_bench_rss(binary, ggufs[q], args)
+            ff_rss = max(samples[q]["rss"])
+            ratio = ff_rss / lb_rss
+            ok = abs(ratio - 1) <= RSS_TOL
+            print(f"memory ({q}): fleetfit peak RSS {ff_rss / 2**20:.1f} MiB vs llama-bench max RSS "
+                  f"{lb_rss / 2**20:.1f} MiB, ratio {ratio:.3f}, within 10%? {'yes' if ok else 'NO'}")
+            report["memory"].append({"quant": q, "fleetfit_peak_rss_bytes": samples[q]["rss"],
+                                     "llama_bench_max_rss_bytes": lb_rss, "ratio": ratio, "within_tolerance": ok})
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
 

@@ -10,6 +10,7 @@ Callers send "authorization: Bearer <credential>":
 """
 
 import hmac
+import time
 
 import grpc
 
@@ -48,13 +49,28 @@ def credential(context) -> str:
     return ""
 
 
-def check_agent(store: Store, cred: str) -> str | None:
-    """The device id an agent credential proves, or None."""
+PROVEN_FOR_S = 5.0  # how long a proven agent credential is trusted without asking the database again
+
+
+def check_agent(store: Store, cred: str, proven: dict[str, float]) -> str | None:
+    """The device id an agent credential proves, or None.
+
+    `proven` remembers credentials that matched for PROVEN_FOR_S, so that an agent's stream of reports
+    does not cost a database round trip each; a secret replaced by a new join stops working within that time.
+    """
     if not cred.startswith("agent."):
         return None
     device_id, _, secret = cred[len("agent."):].rpartition(".")
+    now = time.monotonic()
+    if proven.get(cred, 0.0) > now:
+        return device_id
     stored = store.agent_secret_hash(device_id) if device_id and secret else None
-    return device_id if stored and hmac.compare_digest(stored, token_hash(secret)) else None
+    if not (stored and hmac.compare_digest(stored, token_hash(secret))):
+        return None
+    if len(proven) > 100_000:
+        proven.clear()
+    proven[cred] = now + PROVEN_FOR_S
+    return device_id
 
 
 def check_operator(store: Store, cred: str) -> bool:
@@ -67,18 +83,18 @@ def guard(servicer, service, store: Store):
     class Guarded:
         pass
 
-    guarded = Guarded()
+    guarded, proven = Guarded(), {}
     for method in service.methods:
         role, device_field = policy(method.full_name)  # KeyError: a new RPC must be given a policy
-        setattr(guarded, method.name, _wrap(getattr(servicer, method.name), role, device_field, store))
+        setattr(guarded, method.name, _wrap(getattr(servicer, method.name), role, device_field, store, proven))
     return guarded
 
 
-def _wrap(handler, role: str, device_field: str | None, store: Store):
+def _wrap(handler, role: str, device_field: str | None, store: Store, proven: dict[str, float]):
     async def checked(request, context):
         cred = credential(context)
         if role == AGENT:
-            device_id = check_agent(store, cred)
+            device_id = check_agent(store, cred, proven)
             if device_id is None:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "not an enrolled agent (run fleetfit-agent join)")
             claimed = _field(request, device_field)

@@ -54,12 +54,12 @@ def parse_selector(text: str) -> list[Term]:
                 raise SelectorError(f"unknown selector key {key!r}")
             terms.append(Term(key, op, value))
         elif base in NUMBER_KEYS and "." not in key:
-            try:
-                terms.append(Term(key, op, float(value)))
-            except ValueError:
-                raise SelectorError(f"{key} needs a number, got {value!r}") from None
+            number = re.fullmatch(r"\d+(?:\.\d+)?", value)
+            if not number:
+                raise SelectorError(f"{key} needs a number, got {value!r}")
+            terms.append(Term(key, op, float(value)))
         elif base in BYTES_KEYS and "." not in key:
-            unit = re.fullmatch(r"([\d.]+)\s*([a-zA-Z]*)", value)
+            unit = re.fullmatch(r"(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)", value)
             if not unit or unit.group(2).lower() not in UNITS or not unit.group(2):
                 raise SelectorError(f"{key} needs a size with a unit (e.g. 8GB, 16GiB), got {value!r}")
             terms.append(Term(key, op, float(unit.group(1)) * UNITS[unit.group(2).lower()]))

@@ -3,6 +3,7 @@
 import functools
 import os
 import pathlib
+import time
 from typing import Annotated, Optional
 
 import typer
@@ -275,10 +276,12 @@ def devices(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table") -
 
     _check_format(fmt)
     found = _fleet(coordinator).ListDevices(pb.ListDevicesRequest(), timeout=15).devices
-    header = ["device", "host", "arch", "cpu", "cores", "RAM GiB", "GPUs", "results"]
+    header = ["device", "host", "arch", "cpu", "cores", "RAM GiB", "GPUs", "results", "status"]
     body = [[d.inventory.device_id, d.inventory.hostname, d.inventory.arch, d.inventory.cpu_model,
              str(d.inventory.cpu_cores_physical), f"{d.inventory.ram_total_bytes / 2**30:.1f}",
-             ", ".join(g.name for g in d.inventory.gpus) or "none", str(d.results)] for d in found]
+             ", ".join(g.name for g in d.inventory.gpus) or "none", str(d.results),
+             d.status if d.status == "online" else f"{d.status} (silent {time.time() - d.last_seen_unix_s:.0f} s)"]
+            for d in found]
     typer.echo(render.render(header, body, fmt, list(found)))
 
 

@@ -80,6 +80,13 @@ MIGRATIONS: list[str] = [
         created REAL NOT NULL
     );
     """,
+    # 3: fleet scale: a device's results by index, and a per-device result counter (the version of what is
+    # known about the device: answers computed from its results stay valid until it moves).
+    """
+    CREATE INDEX results_by_device ON results (device_id, received);
+    ALTER TABLE devices ADD COLUMN result_count INTEGER NOT NULL DEFAULT 0;
+    UPDATE devices SET result_count = (SELECT COUNT(*) FROM results r WHERE r.device_id = devices.device_id);
+    """,
 ]
 
 

@@ -9,7 +9,9 @@ prediction or estimate at the asked context):
 Every figure carries its provenance (measured / predicted / estimated, see coordinator/scaling.py).
 """
 
+import collections
 import difflib
+import hashlib
 
 from fleetfit.coordinator import scaling
 from fleetfit.coordinator.limits import limit_rows
@@ -150,6 +152,33 @@ def fit(model_name: str, quant: str, backend: str, devices: list[pb.Device], res
         ) -> list[pb.FitAnswer]:
     return [answer(d.inventory, model_name, quant, backend, results, min_decode_tps, context, max_watts)
             for d in devices]
+
+
+class AnswerCache:
+    """Fit answers remembered per device until the device's results or inventory change.
+
+    An answer is a function of the device's inventory, its results and the question; the device's result
+    count (bumped in the transaction that stores a result, by any coordinator replica) tells when its
+    results changed. So a fleet-wide question asked again costs one dictionary lookup per device.
+    """
+
+    def __init__(self, store, max_entries: int = 100_000):
+        self.store, self.max_entries = store, max_entries
+        self.answers: collections.OrderedDict[tuple, pb.FitAnswer] = collections.OrderedDict()
+
+    def answer(self, device: pb.Device, model_name: str, quant: str, backend: str, **limits) -> pb.FitAnswer:
+        inventory = hashlib.blake2b(device.inventory.SerializeToString(deterministic=True), digest_size=16).digest()
+        key = (device.inventory.device_id, device.results, inventory, model_name, quant, backend,
+               tuple(sorted(limits.items())))
+        found = self.answers.get(key)
+        if found is None:
+            results = self.store.results(device_id=device.inventory.device_id)
+            found = self.answers[key] = answer(device.inventory, model_name, quant, backend, results, **limits)
+            if len(self.answers) > self.max_entries:
+                self.answers.popitem(last=False)
+        else:
+            self.answers.move_to_end(key)
+        return found
 
 
 def largest_per_precision(device: pb.DeviceInventory, backend: str, results: list[pb.ProfileResult],

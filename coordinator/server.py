@@ -1,6 +1,8 @@
 """The coordinator's gRPC server (grpc.aio). Servicers only translate between messages and the store."""
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import os
 import pathlib
@@ -13,7 +15,7 @@ from fleetfit.coordinator import auth, campaigns, pki, tables
 from fleetfit.coordinator import fit as fit_answers
 from fleetfit.coordinator.limits import limit_rows
 from fleetfit.coordinator.store import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, BadToken, ConflictingResult,
-                                        StaleLease, Store, UnknownDevice)
+                                        ForeignJob, StaleLease, Store, UnknownDevice)
 from fleetfit.models.catalogue import CATALOGUE
 from fleetfit.models.errors import ModelError
 from fleetfit.models.quants import parse_quant
@@ -26,7 +28,82 @@ log = logging.getLogger("fleetfit.coordinator")
 
 SERVICE_NAMES = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()]
 MAX_POLL_WAIT_S = 30.0
-POLL_INTERVAL_S = 0.2
+QUEUE_SWEEP_S = 0.5
+
+
+class JobWaiters:
+    """Where idle agents' long-polls wait, instead of each asking the database over and over.
+
+    Jobs submitted through this coordinator wake their device at once; one sweep every QUEUE_SWEEP_S asks
+    the database which waiting devices have queued jobs (submitted through another replica, or re-queued
+    when a lease expired) and wakes those.
+    """
+
+    def __init__(self):
+        self.events: dict[str, set[asyncio.Event]] = {}
+
+    @contextlib.contextmanager
+    def waiting(self, device_id: str):
+        event = asyncio.Event()
+        self.events.setdefault(device_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            self.events[device_id].discard(event)
+            if not self.events[device_id]:
+                del self.events[device_id]
+
+    def wake(self, device_ids) -> None:
+        for device_id in device_ids:
+            for event in self.events.get(device_id, ()):
+                event.set()
+
+    async def sweep(self, store: Store) -> None:
+        while True:
+            await asyncio.sleep(QUEUE_SWEEP_S)
+            if self.events:
+                try:
+                    self.wake(store.devices_with_queued_jobs())
+                except Exception:  # a database hiccup must not stop the sweeps
+                    log.exception("looking for queued jobs failed")
+
+
+class ResultBatcher:
+    """Reports are written by one writer thread, each batch in one transaction (one commit for many).
+
+    While a batch is being written the event loop goes on taking reports; they form the next batch. Each
+    caller gets its own outcome (store.add_results).
+    """
+
+    def __init__(self, store: Store):
+        self.store, self.pending, self.writing = store, [], False
+        self.writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleetfit-results")
+
+    async def add(self, result: pb.ProfileResult, job_id: str, fence: int) -> bool:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append(((result, job_id, fence), future))
+        if not self.writing:
+            self.writing = True
+            asyncio.get_running_loop().create_task(self._write())
+        outcome = await future
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def _write(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    outcomes = await asyncio.get_running_loop().run_in_executor(
+                        self.writer, self.store.add_results, [report for report, _ in batch])
+                except Exception as exc:  # the database failed the whole transaction: every caller hears of it
+                    outcomes = [exc] * len(batch)
+                for (_, future), outcome in zip(batch, outcomes):
+                    if not future.done():  # a caller that gave up (deadline) no longer waits
+                        future.set_result(outcome)
+        finally:
+            self.writing = False
 
 
 def check_profile_request(request: pb.ProfileRequest) -> str | None:
@@ -49,8 +126,10 @@ def check_profile_request(request: pb.ProfileRequest) -> str | None:
 class AgentService(pb_grpc.AgentServiceServicer):
     """Callers are authenticated (auth.guard) and act only as themselves before a method runs."""
 
-    def __init__(self, store: Store, authority: pki.Authority | None = None, lease_s: float = DEFAULT_LEASE_S):
-        self.store, self.authority, self.lease_s = store, authority, lease_s
+    def __init__(self, store: Store, waiters: JobWaiters, authority: pki.Authority | None = None,
+                 lease_s: float = DEFAULT_LEASE_S):
+        self.store, self.waiters, self.authority, self.lease_s = store, waiters, authority, lease_s
+        self.results = ResultBatcher(store)
 
     async def Join(self, request, context):
         if not request.device_id:
@@ -96,28 +175,30 @@ class AgentService(pb_grpc.AgentServiceServicer):
             self.store.touch_device(request.device_id)
         except UnknownDevice:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"device {request.device_id!r} has not registered")
-        deadline = asyncio.get_running_loop().time() + min(max(request.wait_s, 0.0), MAX_POLL_WAIT_S)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(request.wait_s, 0.0), MAX_POLL_WAIT_S)
         while True:
             job = self.store.claim_job(request.device_id, self.lease_s)
             if job is not None:
                 return pb.PollJobResponse(job=job)
-            if asyncio.get_running_loop().time() >= deadline:
+            if loop.time() >= deadline:
                 return pb.PollJobResponse()
-            await asyncio.sleep(POLL_INTERVAL_S)
+            with self.waiters.waiting(request.device_id) as queued:
+                try:
+                    await asyncio.wait_for(queued.wait(), deadline - loop.time())
+                except TimeoutError:
+                    return pb.PollJobResponse()
 
     async def ReportResult(self, request, context):
         result = request.result
         if not result.result_id or not result.device_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "result_id and device_id are required")
         try:
-            self.store.touch_device(result.device_id)
+            duplicate = await self.results.add(result, request.job_id, request.fence)
         except UnknownDevice:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"device {result.device_id!r} has not registered")
-        if request.job_id and self.store.job_device(request.job_id) != result.device_id:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"job {request.job_id} does not belong to device {result.device_id}")
-        try:
-            duplicate = self.store.add_result(result, request.job_id, request.fence)
+        except ForeignJob as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except ConflictingResult as exc:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except StaleLease as exc:  # the job was leased again after this agent's lease expired
@@ -126,8 +207,9 @@ class AgentService(pb_grpc.AgentServiceServicer):
 
 
 class FleetService(pb_grpc.FleetServiceServicer):
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, store: Store, waiters: JobWaiters):
+        self.store, self.waiters = store, waiters
+        self.answers = fit_answers.AnswerCache(store)
 
     async def ListDevices(self, request, context):
         return pb.ListDevicesResponse(devices=self.store.devices())
@@ -141,7 +223,9 @@ class FleetService(pb_grpc.FleetServiceServicer):
         missing = sorted(set(targets) - set(known))
         if missing:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown devices: {', '.join(missing)}")
-        return pb.SubmitProfileResponse(job_ids=[self.store.enqueue(d, request.request) for d in targets])
+        job_ids = [self.store.enqueue(d, request.request) for d in targets]
+        self.waiters.wake(targets)
+        return pb.SubmitProfileResponse(job_ids=job_ids)
 
     async def GetJobs(self, request, context):
         return pb.GetJobsResponse(jobs=self.store.jobs(list(request.job_ids)))
@@ -150,11 +234,7 @@ class FleetService(pb_grpc.FleetServiceServicer):
         return pb.GetLimitTableResponse(rows=limit_rows(self.store.results(), self.store.devices()))
 
     async def Fit(self, request, context):
-        devices, backend = self.store.devices(), request.backend or "llama.cpp"
-        if request.device:
-            devices = [d for d in devices if request.device in (d.inventory.device_id, d.inventory.hostname)]
-            if not devices:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no device {request.device!r}")
+        backend = request.backend or "llama.cpp"
         limits = dict(min_decode_tps=request.min_decode_tokens_per_s if request.HasField("min_decode_tokens_per_s")
                       else None, context=request.context_tokens if request.HasField("context_tokens") else None,
                       max_watts=request.max_watts if request.HasField("max_watts") else None)
@@ -162,16 +242,21 @@ class FleetService(pb_grpc.FleetServiceServicer):
                "tokens_per_s", limits["min_decode_tps"]), ("max_watts", limits["max_watts"])) if value is not None and value <= 0]
         if bad:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(bad))
+        devices = self.store.devices(request.device or None)
+        if request.device and not devices:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no device {request.device!r}")
         if not request.model_name and request.device:
+            device = devices[0].inventory
             return pb.FitResponse(answers=fit_answers.largest_per_precision(
-                devices[0].inventory, backend, self.store.results(), **limits))
+                device, backend, self.store.results(device_id=device.device_id), **limits))
         try:
             quant = parse_quant(request.quant)
-            fit_answers.check_model_known(request.model_name, self.store.model_names() | set(REAL_MODELS) | set(CATALOGUE))
+            if request.model_name not in CATALOGUE and request.model_name not in REAL_MODELS:
+                fit_answers.check_model_known(request.model_name, self.store.model_names() | set(REAL_MODELS) | set(CATALOGUE))
         except (ModelError, fit_answers.UnknownModel) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        answers = fit_answers.fit(request.model_name, quant, backend, devices, self.store.results(), **limits)
-        return pb.FitResponse(answers=answers)
+        return pb.FitResponse(answers=[self.answers.answer(d, request.model_name, quant, backend, **limits)
+                                       for d in devices])
 
     async def ListTables(self, request, context):
         return pb.ListTablesResponse(tables=[pb.Table(name=t.name, title=t.title) for t in tables.TABLES.values()])
@@ -195,6 +280,7 @@ class FleetService(pb_grpc.FleetServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no device matches {request.selector!r}")
         campaign_id = self.store.create_campaign(request.selector, request.spec, jobs,
                                                  request.max_attempts or DEFAULT_MAX_ATTEMPTS)
+        self.waiters.wake(matched)
         job_ids = [j.job_id for j in self.store.campaign_jobs(campaign_id)]
         return pb.CreateCampaignResponse(campaign_id=campaign_id, job_ids=job_ids, device_ids=matched,
                                          skipped=skipped)
@@ -231,9 +317,11 @@ async def start_server(store: Store, listen: str, authority: pki.Authority | Non
     plaintext without one. Every RPC is authenticated (auth.POLICY); reflection is not served."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     services = pb.DESCRIPTOR.services_by_name
+    waiters = JobWaiters()
     pb_grpc.add_AgentServiceServicer_to_server(
-        auth.guard(AgentService(store, authority, lease_s), services["AgentService"], store), server)
-    pb_grpc.add_FleetServiceServicer_to_server(auth.guard(FleetService(store), services["FleetService"], store), server)
+        auth.guard(AgentService(store, waiters, authority, lease_s), services["AgentService"], store), server)
+    pb_grpc.add_FleetServiceServicer_to_server(
+        auth.guard(FleetService(store, waiters), services["FleetService"], store), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
@@ -249,13 +337,16 @@ async def start_server(store: Store, listen: str, authority: pki.Authority | Non
     await server.start()
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    server.fleetfit_sweeper = asyncio.get_running_loop().create_task(_expire_leases(store, max(lease_s / 4, 0.05)))
+    loop = asyncio.get_running_loop()
+    server.fleetfit_sweepers = [loop.create_task(_expire_leases(store, max(lease_s / 4, 0.05))),
+                                loop.create_task(waiters.sweep(store))]
     return server, health_servicer, port
 
 
 async def stop_server(server: grpc.aio.Server, health_servicer, grace_s: float = 5.0) -> None:
     """Graceful: report NOT_SERVING, refuse new calls, let running ones finish within the grace period."""
-    server.fleetfit_sweeper.cancel()
+    for task in server.fleetfit_sweepers:
+        task.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
 

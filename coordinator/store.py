@@ -23,6 +23,9 @@ from fleetfit.v1 import fleetfit_pb2 as pb
 
 DEFAULT_LEASE_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 3
+# Agents are in contact at least every 10 s (idle: PollJob long-polls; busy: lease heartbeats); a device
+# silent for three such periods is reported lost.
+LOST_AFTER_S = 30.0
 
 
 class ConflictingResult(Exception):
@@ -31,6 +34,10 @@ class ConflictingResult(Exception):
 
 class UnknownDevice(Exception):
     """A device that has not registered."""
+
+
+class ForeignJob(Exception):
+    """A report for a job that belongs to another device (or does not exist)."""
 
 
 class StaleLease(Exception):
@@ -54,6 +61,12 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # -- devices
 
     def upsert_device(self, inventory: pb.DeviceInventory) -> None:
@@ -71,62 +84,86 @@ class Store:
             if cur.rowcount == 0:
                 raise UnknownDevice(device_id)
 
-    def devices(self) -> list[pb.Device]:
-        rows = self.db.query(
-            "SELECT d.inventory, d.first_seen, d.last_seen, "
-            "(SELECT COUNT(*) FROM results r WHERE r.device_id = d.device_id) "
-            "FROM devices d ORDER BY d.device_id"
-        )
-        return [pb.Device(inventory=pb.DeviceInventory.FromString(inv), first_seen_unix_s=first,
-                          last_seen_unix_s=last, results=count) for inv, first, last, count in rows]
+    def devices(self, key: str | None = None, now: float | None = None) -> list[pb.Device]:
+        """Every device, or the one whose id (else hostname) is `key`; each `online` or `lost` (LOST_AFTER_S)."""
+        sql = "SELECT inventory, first_seen, last_seen, result_count FROM devices"
+        rows = self.db.query(sql + " WHERE device_id = ?", (key,)) if key else []
+        cutoff = (now or time.time()) - LOST_AFTER_S
+        found = [pb.Device(inventory=pb.DeviceInventory.FromString(bytes(inv)), first_seen_unix_s=first,
+                           last_seen_unix_s=last, results=count, status="online" if last >= cutoff else "lost")
+                 for inv, first, last, count in rows or self.db.query(sql + " ORDER BY device_id")]
+        return found if not key or rows else [d for d in found if d.inventory.hostname == key]
 
     def device_labels(self) -> dict[str, dict[str, str]]:
         """Labels each enrolled device was given by its join token."""
         return {d: json.loads(labels) for d, labels in self.db.query("SELECT device_id, labels FROM agents")}
 
-    def lost_devices(self, silent_s: float, now: float | None = None) -> list[str]:
-        """Devices not heard from (register, poll, heartbeat, report) for more than `silent_s`."""
-        cutoff = (now or time.time()) - silent_s
-        return [d for (d,) in self.db.query("SELECT device_id FROM devices WHERE last_seen < ?", (cutoff,))]
-
     # -- results
 
     def add_result(self, result: pb.ProfileResult, job_id: str = "", fence: int = 0) -> bool:
-        """Store a result; True when it was already stored (an acknowledged duplicate).
+        """Store one result (see add_results); raises what add_results would return for it."""
+        (outcome,) = self.add_results([(result, job_id, fence)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-        With a job, `fence` must be the token of the job's current lease held by the result's device.
+    def add_results(self, reports: list[tuple[pb.ProfileResult, str, int]]) -> list[bool | Exception]:
+        """Store results, each with the device's contact, in one transaction (one commit for many reports).
+
+        Per report (result, job_id, fence): True when it was already stored (an acknowledged duplicate),
+        False when stored now, or the refusal: ConflictingResult, ForeignJob, StaleLease (with a job,
+        `fence` must be the token of the job's current lease held by the result's device), UnknownDevice.
+        A refusal is decided before anything of that report is written, so the others are unaffected.
         """
+        refusals = (ConflictingResult, ForeignJob, StaleLease, UnknownDevice)
+        outcomes: list[bool | Exception] = []
+        with self.db.transaction() as execute:
+            for result, job_id, fence in reports:
+                try:
+                    outcomes.append(self._add_result(execute, result, job_id, fence))
+                except refusals as exc:
+                    outcomes.append(exc)
+        return outcomes
+
+    @staticmethod
+    def _add_result(execute, result: pb.ProfileResult, job_id: str, fence: int) -> bool:
         payload = result.SerializeToString(deterministic=True)
         now = time.time()
-        with self.db.transaction() as execute:
-            row = execute("SELECT payload FROM results WHERE result_id = ?", (result.result_id,)).fetchone()
-            if row is not None:
-                if bytes(row[0]) != payload:
-                    raise ConflictingResult(f"result {result.result_id} is already stored with another payload")
-                return True
-            if job_id:
-                cur = execute(
-                    "UPDATE jobs SET state = ?, result_id = ?, error = ?, updated = ?, lease_expires = NULL "
-                    "WHERE job_id = ? AND device_id = ? AND state = 'running' AND fence = ?",
-                    ("failed" if result.failure else "done", result.result_id, result.error or None, now, job_id,
-                     result.device_id, fence))
-                if cur.rowcount == 0:
-                    raise StaleLease(f"job {job_id} is not leased to {result.device_id} under fencing token {fence}")
-            execute(
-                "INSERT INTO results (result_id, device_id, job_id, model_name, quant, backend, failure, received, "
+        row = execute("SELECT payload FROM results WHERE result_id = ?", (result.result_id,)).fetchone()
+        if row is not None and bytes(row[0]) != payload:
+            raise ConflictingResult(f"result {result.result_id} is already stored with another payload")
+        if row is None and job_id:  # the job's own device under its current lease; nothing is written otherwise
+            cur = execute(
+                "UPDATE jobs SET state = ?, result_id = ?, error = ?, updated = ?, lease_expires = NULL "
+                "WHERE job_id = ? AND device_id = ? AND state = 'running' AND fence = ?",
+                ("failed" if result.failure else "done", result.result_id, result.error or None, now, job_id,
+                 result.device_id, fence))
+            if cur.rowcount == 0:
+                owner = execute("SELECT device_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+                if owner is None or owner[0] != result.device_id:
+                    raise ForeignJob(f"job {job_id} does not belong to device {result.device_id}")
+                raise StaleLease(f"job {job_id} is not leased to {result.device_id} under fencing token {fence}")
+        cur = execute("UPDATE devices SET last_seen = ?, result_count = result_count + ? WHERE device_id = ?",
+                      (now, 0 if row is not None else 1, result.device_id))
+        if cur.rowcount == 0:  # a job is leased only to a registered device: no job was updated above
+            raise UnknownDevice(result.device_id)
+        if row is not None:
+            return True
+        execute("INSERT INTO results (result_id, device_id, job_id, model_name, quant, backend, failure, received, "
                 "payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (result.result_id, result.device_id, job_id or None, result.model_name,
-                 result.quant or result.request.quant, result.request.backend, int(result.failure), now, payload),
-            )
+                 result.quant or result.request.quant, result.request.backend, int(result.failure), now, payload))
         return False
 
-    def results(self, model_name: str | None = None) -> list[pb.ProfileResult]:
-        """All results oldest first, or those of one model (uses the index)."""
-        if model_name is None:
-            rows = self.db.query("SELECT payload FROM results ORDER BY received")
-        else:
-            rows = self.db.query("SELECT payload FROM results WHERE model_name = ? ORDER BY received", (model_name,))
-        return [pb.ProfileResult.FromString(bytes(payload)) for (payload,) in rows]
+    def results(self, model_name: str | None = None, device_id: str | None = None) -> list[pb.ProfileResult]:
+        """All results oldest first, or those of one model or one device (each by its index)."""
+        where, params = [], []
+        for column, value in (("model_name", model_name), ("device_id", device_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = "SELECT payload FROM results" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY received"
+        return [pb.ProfileResult.FromString(bytes(payload)) for (payload,) in self.db.query(sql, params)]
 
     def result_count(self) -> int:
         return self.db.query("SELECT COUNT(*) FROM results")[0][0]
@@ -152,6 +189,9 @@ class Store:
                     (job_id, device_id, campaign_id, request.SerializeToString(), now + n * 1e-6, now, max_attempts),
                 )
         return ids
+
+    def devices_with_queued_jobs(self) -> set[str]:
+        return {d for (d,) in self.db.query("SELECT DISTINCT device_id FROM jobs WHERE state = 'queued'")}
 
     def expire_leases(self, now: float | None = None) -> int:
         """Re-queue the jobs whose lease expired, or fail those that used all their attempts."""
@@ -200,10 +240,6 @@ class Store:
                           (time.time(), job_id, device_id, fence))
             if cur.rowcount == 0:
                 raise StaleLease(f"job {job_id} is not leased to {device_id} under fencing token {fence}")
-
-    def job_device(self, job_id: str) -> str | None:
-        rows = self.db.query("SELECT device_id FROM jobs WHERE job_id = ?", (job_id,))
-        return rows[0][0] if rows else None
 
     def jobs(self, job_ids: list[str]) -> list[pb.JobStatus]:
         if not job_ids:

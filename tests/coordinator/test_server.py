@@ -4,6 +4,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -54,6 +55,34 @@ def test_jobs_flow_from_operator_to_agent_and_back(stubs):
     assert [(a.device_id, a.verdict, a.provenance) for a in answers] == [("dev-1", "fits_comfortably", "measured")]
     largest = fleet.Fit(pb.FitRequest(device="dev-1"), timeout=30).answers  # per precision, for one device
     assert "Q4_0" in [a.quant for a in largest] and all(a.model_name for a in largest if a.verdict != "does_not_fit")
+
+
+def poll_in_background(agent, device_id: str, wait_s: float):
+    """Start a long-poll; returns the thread and a dict that gets the reply and the seconds it took."""
+    outcome = {}
+
+    def poll():
+        start = time.monotonic()
+        outcome["job"] = agent.PollJob(pb.PollJobRequest(device_id=device_id, wait_s=wait_s), timeout=wait_s + 5).job
+        outcome["waited_s"] = time.monotonic() - start
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    time.sleep(0.5)  # the poll is waiting by now
+    return thread, outcome
+
+
+def test_a_waiting_poll_is_woken_by_a_job_queued_here_or_by_another_replica(stubs, coordinator):
+    agent, fleet = stubs
+    register(agent)
+    thread, outcome = poll_in_background(agent, "dev-1", wait_s=20)
+    (job_id,) = fleet.SubmitProfile(pb.SubmitProfileRequest(request=small_request()), timeout=5).job_ids
+    thread.join()
+    assert outcome["job"].job_id == job_id and outcome["waited_s"] < 10  # woken, not timed out
+    thread, outcome = poll_in_background(agent, "dev-1", wait_s=20)
+    other = coordinator.store.enqueue("dev-1", small_request("F16"))  # written by another coordinator replica
+    thread.join()
+    assert outcome["job"].job_id == other and outcome["waited_s"] < 10  # found by the queue sweep
 
 
 def test_refusals(stubs):

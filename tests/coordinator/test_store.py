@@ -6,7 +6,8 @@ import time
 import pytest
 
 from fleetfit.coordinator.db import MIGRATIONS, Database
-from fleetfit.coordinator.store import BadToken, ConflictingResult, StaleLease, Store, UnknownDevice
+from fleetfit.coordinator.store import (LOST_AFTER_S, BadToken, ConflictingResult, ForeignJob, StaleLease, Store,
+                                        UnknownDevice)
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 
@@ -106,8 +107,29 @@ def test_another_device_cannot_report_a_job(store):
     store.upsert_device(pb.DeviceInventory(device_id="dev-2"))
     job_id = store.enqueue("dev-1", pb.ProfileRequest(quant="F16"))
     job = store.claim_job("dev-1")
-    with pytest.raises(StaleLease):
+    with pytest.raises(ForeignJob):
         store.add_result(result("x", device_id="dev-2"), job_id=job_id, fence=job.fence)
+    with pytest.raises(ForeignJob):
+        store.add_result(result("y"), job_id="no-such-job", fence=1)
+    assert store.result_count() == 0 and [d.results for d in store.devices()] == [0, 0]
+
+
+def test_devices_carry_their_result_count_and_whether_they_are_in_touch(store):
+    store.add_result(result("r1"))
+    store.add_result(result("r1"))  # an acknowledged duplicate is not counted twice
+    store.add_result(result("r2", quant="F16"))
+    (device,) = store.devices()
+    assert (device.results, device.status) == (2, "online")
+    assert store.devices(now=time.time() + LOST_AFTER_S + 1)[0].status == "lost"
+    assert [d.inventory.device_id for d in store.devices("box")] == ["dev-1"]  # by hostname too
+    assert store.devices("dev-1")[0].inventory.hostname == "box" and store.devices("nowhere") == []
+    assert [r.result_id for r in store.results(device_id="dev-1")] == ["r1", "r2"]
+    assert store.results(device_id="dev-2") == [] and [r.result_id for r in store.results("smollm2-135m", "dev-1")] == ["r1", "r2"]
+
+
+def test_a_result_from_an_unregistered_device_is_not_stored(store):
+    with pytest.raises(UnknownDevice):
+        store.add_result(result("r1", device_id="dev-404"))
     assert store.result_count() == 0
 
 
@@ -133,6 +155,24 @@ def test_campaign_jobs_are_stored_together(store):
     (found_id, selector, _, found_spec), = store.campaigns()
     assert (found_id, selector, list(found_spec.quants)) == (campaign_id, "arch=x86_64", ["Q4_0"])
     assert [j.state for j in store.campaign_jobs(campaign_id)] == ["queued"]
+
+
+def test_the_result_counter_migration_counts_what_devices_already_have(tmp_path):
+    path = tmp_path / "v2.sqlite3"
+    old = sqlite3.connect(path)
+    for script in MIGRATIONS[:2]:
+        old.executescript(script)
+    old.executescript("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied REAL NOT NULL);"
+                      "INSERT INTO schema_migrations VALUES (1, 0), (2, 0);")
+    for device_id in ("dev-1", "dev-2"):
+        old.execute("INSERT INTO devices VALUES (?, ?, 1, 1)",
+                    (device_id, pb.DeviceInventory(device_id=device_id).SerializeToString()))
+    for n in range(3):
+        old.execute("INSERT INTO results VALUES (?, 'dev-1', NULL, 'm', 'Q4_0', 'llama.cpp', 0, ?, x'')", (f"r{n}", n))
+    old.commit()
+    old.close()
+    with Store(path) as store:
+        assert {d.inventory.device_id: d.results for d in store.devices()} == {"dev-1": 3, "dev-2": 0}
 
 
 def test_a_database_from_before_migrations_is_brought_up_to_date(tmp_path):

@@ -500,16 +500,18 @@ class ReleaseJobResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("inventory", "first_seen_unix_s", "last_seen_unix_s", "results")
+    __slots__ = ("inventory", "first_seen_unix_s", "last_seen_unix_s", "results", "status")
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEEN_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     inventory: DeviceInventory
     first_seen_unix_s: float
     last_seen_unix_s: float
     results: int
-    def __init__(self, inventory: _Optional[_Union[DeviceInventory, _Mapping]] = ..., first_seen_unix_s: _Optional[float] = ..., last_seen_unix_s: _Optional[float] = ..., results: _Optional[int] = ...) -> None: ...
+    status: str
+    def __init__(self, inventory: _Optional[_Union[DeviceInventory, _Mapping]] = ..., first_seen_unix_s: _Optional[float] = ..., last_seen_unix_s: _Optional[float] = ..., results: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ()

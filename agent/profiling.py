@@ -12,7 +12,6 @@ from fleetfit.agent.backends.common import ONNX_PRECISIONS, TORCH_PRECISIONS
 from fleetfit.agent.isolation import WorkerFailure, run_worker
 from fleetfit.models import catalogue, real_models
 from fleetfit.models import roofline as rl
-from fleetfit.models.errors import ModelError
 from fleetfit.models.gguf_file import inspect_gguf, sha256_of
 from fleetfit.models.quants import parse_quant
 from fleetfit.v1 import fleetfit_pb2 as pb

@@ -54,8 +54,7 @@ def parse_selector(text: str) -> list[Term]:
                 raise SelectorError(f"unknown selector key {key!r}")
             terms.append(Term(key, op, value))
         elif base in NUMBER_KEYS and "." not in key:
-            number = re.fullmatch(r"\d+(?:\.\d+)?", value)
-            if not number:
+            if not re.fullmatch(r"\d+(?:\.\d+)?", value):
                 raise SelectorError(f"{key} needs a number, got {value!r}")
             terms.append(Term(key, op, float(value)))
         elif base in BYTES_KEYS and "." not in key:

@@ -87,12 +87,16 @@ class Store:
     def devices(self, key: str | None = None, now: float | None = None) -> list[pb.Device]:
         """Every device, or the one whose id (else hostname) is `key`; each `online` or `lost` (LOST_AFTER_S)."""
         sql = "SELECT inventory, first_seen, last_seen, result_count FROM devices"
-        rows = self.db.query(sql + " WHERE device_id = ?", (key,)) if key else []
+        if key:
+            rows = self.db.query(sql + " WHERE device_id = ?", (key,))
+            if not rows:  # a hostname lives only inside the inventory
+                return [d for d in self.devices(now=now) if d.inventory.hostname == key]
+        else:
+            rows = self.db.query(sql + " ORDER BY device_id")
         cutoff = (now or time.time()) - LOST_AFTER_S
-        found = [pb.Device(inventory=pb.DeviceInventory.FromString(bytes(inv)), first_seen_unix_s=first,
-                           last_seen_unix_s=last, results=count, status="online" if last >= cutoff else "lost")
-                 for inv, first, last, count in rows or self.db.query(sql + " ORDER BY device_id")]
-        return found if not key or rows else [d for d in found if d.inventory.hostname == key]
+        return [pb.Device(inventory=pb.DeviceInventory.FromString(bytes(inv)), first_seen_unix_s=first,
+                          last_seen_unix_s=last, results=count, status="online" if last >= cutoff else "lost")
+                for inv, first, last, count in rows]
 
     def device_labels(self) -> dict[str, dict[str, str]]:
         """Labels each enrolled device was given by its join token."""

@@ -1,4 +1,4 @@
-"""Helpers the torch and ONNX Runtime backends share: process memory readings and repetition statistics.
+"""Helpers every backend shares: process memory readings, repetition statistics and the figures each reports.
 Imports no runtime, so a backend can use them without loading another backend's libraries."""
 
 import resource
@@ -27,6 +27,14 @@ def current_rss_bytes() -> int:
 def stat(samples: list[float]) -> dict:
     return {"mean": statistics.fmean(samples), "stdev": statistics.stdev(samples) if len(samples) > 1 else 0.0,
             "samples": samples}
+
+def run_figures(load_time_s: float, prefill_tps: list[float], ttft_ms: list[float], decode_tps: list[float],
+                baseline_rss: int, memory_method: str) -> dict:
+    """The figures every backend reports, under the keys the agent reads; peak RSS is read now, after the runs."""
+    return {"load_time_s": load_time_s, "prefill_tokens_per_s": stat(prefill_tps), "ttft_ms": stat(ttft_ms),
+            "decode_tokens_per_s": stat(decode_tps), "peak_rss_bytes": max_rss_bytes(),
+            "baseline_rss_bytes": baseline_rss, "memory_method": memory_method}
+
 
 # Precisions of the torch backend, named here (no torch import) so the agent can validate requests.
 TORCH_PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")

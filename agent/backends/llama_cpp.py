@@ -14,7 +14,7 @@ import sys
 import time
 import types
 
-from fleetfit.agent.backends.common import current_rss_bytes, max_rss_bytes, stat
+from fleetfit.agent.backends.common import current_rss_bytes, run_figures
 
 
 def _load_bindings():
@@ -150,13 +150,8 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
         C.llama_free(ctx)
         C.llama_model_free(model)
     return {
-        "load_time_s": load_time_s,
-        "prefill_tokens_per_s": stat(prefill_tps),
-        "ttft_ms": stat(ttft_ms),
-        "decode_tokens_per_s": stat(decode_tps),
-        "peak_rss_bytes": max_rss_bytes(),
-        "baseline_rss_bytes": baseline_rss,
-        "memory_method": "peak RSS (VmHWM) of the worker process; weights read without mmap (load_mode=none)",
+        **run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss,
+                      "peak RSS (VmHWM) of the worker process; weights read without mmap (load_mode=none)"),
         "model_n_params": int(n_params),
         "model_desc": desc.value.decode(errors="replace"),
         "n_batch": n_batch,

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from fleetfit.agent.backends.common import ONNX_PRECISIONS, current_rss_bytes, max_rss_bytes, stat
+from fleetfit.agent.backends.common import ONNX_PRECISIONS, current_rss_bytes, run_figures
 
 EXPORT_VERSION = "1"
 
@@ -211,9 +211,8 @@ def profile(gguf_path: str, precision: str, cache_dir: str, n_prompt: int, n_gen
         ttft_ms.append(prefill_s * 1000.0)  # the logits come back to the host and argmax is included
         decode_tps.append(n_gen / timed("decode", n_gen, False))
     return {
-        "load_time_s": load_time_s, "prefill_tokens_per_s": stat(prefill_tps), "ttft_ms": stat(ttft_ms),
-        "decode_tokens_per_s": stat(decode_tps), "peak_rss_bytes": max_rss_bytes(), "baseline_rss_bytes": baseline_rss,
-        "memory_method": "peak RSS (VmHWM) of the worker process (ONNX Runtime session)",
+        **run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss,
+                      "peak RSS (VmHWM) of the worker process (ONNX Runtime session)"),
         "weight_bytes": path.stat().st_size, "n_batch": n_prompt, "n_ubatch": n_prompt, "n_ctx": n_prompt + n_gen,
         "threads": threads, "device": runner.device, "precision": precision, "backend_version": ort.__version__,
         "backend_build": f"onnxruntime {ort.__version__} ({', '.join(runner.session.get_providers())}); {path.name}",

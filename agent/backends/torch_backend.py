@@ -12,7 +12,7 @@ import time
 import torch
 
 from fleetfit.agent.backends import torch_model as tm
-from fleetfit.agent.backends.common import current_rss_bytes, max_rss_bytes, stat
+from fleetfit.agent.backends.common import current_rss_bytes, run_figures
 
 CPU_ONLY_REASON = {"fp16": "fp16 runs on CUDA only (torch has no fast fp16 CPU kernels; use bf16 or fp32 on CPU)"}
 # int8/int4 weights meet bfloat16 activations: torch's CPU kernels for them are ~50x slower with float32
@@ -186,13 +186,8 @@ def _timed(model, device, precision, n_prompt, n_gen, repetitions, threads, seed
         model.clear_cache()
         decode_tps.append(n_gen / run_decode(n_gen))
     figures = {
-        "load_time_s": load_time_s,
-        "prefill_tokens_per_s": stat(prefill_tps),
-        "ttft_ms": stat(ttft_ms),
-        "decode_tokens_per_s": stat(decode_tps),
-        "peak_rss_bytes": max_rss_bytes(),
-        "baseline_rss_bytes": baseline_rss,
-        "memory_method": "peak RSS (VmHWM) of the worker process (weights dequantized into torch tensors)",
+        **run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss,
+                      "peak RSS (VmHWM) of the worker process (weights dequantized into torch tensors)"),
         "model_n_params": sum(p.numel() for p in model.parameters()),
         "weight_bytes": tm.weight_bytes(model),
         "decode_weight_bytes": tm.weight_bytes(model, per_token=True),

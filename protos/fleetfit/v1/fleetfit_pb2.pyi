@@ -36,18 +36,20 @@ class GpuInfo(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., driver_version: _Optional[str] = ...) -> None: ...
 
 class BackendInfo(_message.Message):
-    __slots__ = ("name", "available", "version", "reason", "capabilities")
+    __slots__ = ("name", "available", "version", "reason", "capabilities", "models")
     NAME_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     name: str
     available: bool
     version: str
     reason: str
     capabilities: _containers.RepeatedCompositeFieldContainer[BackendCapability]
-    def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ..., capabilities: _Optional[_Iterable[_Union[BackendCapability, _Mapping]]] = ...) -> None: ...
+    models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ..., capabilities: _Optional[_Iterable[_Union[BackendCapability, _Mapping]]] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BackendCapability(_message.Message):
     __slots__ = ("device", "precision", "supported", "reason")
@@ -500,18 +502,29 @@ class ReleaseJobResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("inventory", "first_seen_unix_s", "last_seen_unix_s", "results", "status")
+    __slots__ = ("inventory", "first_seen_unix_s", "last_seen_unix_s", "results", "status", "labels", "display_name")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEEN_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     inventory: DeviceInventory
     first_seen_unix_s: float
     last_seen_unix_s: float
     results: int
     status: str
-    def __init__(self, inventory: _Optional[_Union[DeviceInventory, _Mapping]] = ..., first_seen_unix_s: _Optional[float] = ..., last_seen_unix_s: _Optional[float] = ..., results: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    display_name: str
+    def __init__(self, inventory: _Optional[_Union[DeviceInventory, _Mapping]] = ..., first_seen_unix_s: _Optional[float] = ..., last_seen_unix_s: _Optional[float] = ..., results: _Optional[int] = ..., status: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., display_name: _Optional[str] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ()
@@ -566,7 +579,7 @@ class GetJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ...) -> None: ...
 
 class LimitRow(_message.Message):
-    __slots__ = ("device_id", "hostname", "model_name", "quant", "backend", "model_n_params", "model_file_bytes", "peak_rss_bytes", "prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "n_prompt", "n_gen", "threads", "result_id", "provenance", "failure", "error")
+    __slots__ = ("device_id", "hostname", "model_name", "quant", "backend", "model_n_params", "model_file_bytes", "peak_rss_bytes", "prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "n_prompt", "n_gen", "threads", "result_id", "provenance", "failure", "error", "device_name", "shape", "compute_device", "memory_bytes", "memory_method")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -585,6 +598,11 @@ class LimitRow(_message.Message):
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_METHOD_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
     model_name: str
@@ -603,7 +621,12 @@ class LimitRow(_message.Message):
     provenance: Provenance
     failure: FailureKind
     error: str
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., backend: _Optional[str] = ..., model_n_params: _Optional[int] = ..., model_file_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., threads: _Optional[int] = ..., result_id: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ...) -> None: ...
+    device_name: str
+    shape: str
+    compute_device: str
+    memory_bytes: int
+    memory_method: str
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., backend: _Optional[str] = ..., model_n_params: _Optional[int] = ..., model_file_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., threads: _Optional[int] = ..., result_id: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ..., device_name: _Optional[str] = ..., shape: _Optional[str] = ..., compute_device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ...) -> None: ...
 
 class GetLimitTableRequest(_message.Message):
     __slots__ = ()
@@ -646,7 +669,7 @@ class FitFigure(_message.Message):
     def __init__(self, value: _Optional[float] = ..., provenance: _Optional[str] = ..., method: _Optional[str] = ..., error_fraction: _Optional[float] = ...) -> None: ...
 
 class FitAnswer(_message.Message):
-    __slots__ = ("device_id", "hostname", "verdict", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "provenance", "calibration")
+    __slots__ = ("device_id", "hostname", "verdict", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "provenance", "calibration", "device_name", "backend")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
@@ -664,6 +687,8 @@ class FitAnswer(_message.Message):
     MEMORY_HEADROOM_BYTES_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
     verdict: str
@@ -681,7 +706,9 @@ class FitAnswer(_message.Message):
     memory_headroom_bytes: int
     provenance: str
     calibration: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., provenance: _Optional[str] = ..., calibration: _Optional[_Iterable[str]] = ...) -> None: ...
+    device_name: str
+    backend: str
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., provenance: _Optional[str] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class FitResponse(_message.Message):
     __slots__ = ("answers",)
@@ -769,20 +796,24 @@ class CreateCampaignResponse(_message.Message):
     def __init__(self, campaign_id: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ..., device_ids: _Optional[_Iterable[str]] = ..., skipped: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeviceProgress(_message.Message):
-    __slots__ = ("device_id", "done", "running", "failed", "queued", "errors")
+    __slots__ = ("device_id", "done", "running", "failed", "queued", "errors", "skipped", "device_name")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     done: int
     running: int
     failed: int
     queued: int
     errors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, device_id: _Optional[str] = ..., done: _Optional[int] = ..., running: _Optional[int] = ..., failed: _Optional[int] = ..., queued: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+    skipped: _containers.RepeatedScalarFieldContainer[str]
+    device_name: str
+    def __init__(self, device_id: _Optional[str] = ..., done: _Optional[int] = ..., running: _Optional[int] = ..., failed: _Optional[int] = ..., queued: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ..., skipped: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ...) -> None: ...
 
 class CampaignStatus(_message.Message):
     __slots__ = ("campaign_id", "selector", "created_unix_s", "spec", "done", "running", "failed", "queued", "devices")

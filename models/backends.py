@@ -1,0 +1,144 @@
+"""The backends both sides know, in one vocabulary: names, precisions in their canonical spelling, the compute
+devices each can use, which models each can obtain, and bytes per weight for the scaling model.
+
+No heavy import: the coordinator checks campaigns and fit questions against this table, and the agent registers
+one module per backend (agent/backends/registry.py) against the same names. Adding a backend (MLX, vLLM, ...)
+is one entry here plus one module there.
+
+Precisions: llama.cpp takes GGUF file types (F16, Q8_0, Q4_0, Q4_K_M, ...; models/quants.py); torch and
+onnxruntime take fp32/bf16/fp16/int8/int4 (weight-only int8/int4).
+"""
+
+import dataclasses
+import difflib
+import math
+
+from fleetfit.models.errors import ModelError
+
+DEFAULT_BACKEND = "llama.cpp"
+FRAMEWORK_PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
+# Bytes per weight of a matrix in a matrix product, at a framework precision. int8: one byte plus a 2-byte scale
+# per output row (negligible); int4: half a byte plus a 2-byte scale and zero per group of 32..128 (the smallest
+# group, the upper bound, is assumed). Norms and biases stay at the activation dtype.
+_FRAMEWORK_MATRIX_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5 + 4 / 32}
+_FRAMEWORK_ACTIVATION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 2, "int4": 2}  # int8/int4 meet bf16
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    precisions: tuple[str, ...] | None  # canonical spellings; None: every GGUF file type
+    compute_devices: tuple[str, ...]  # kinds of compute device: "cpu", "cuda", "metal"
+    shape_families: tuple[str, ...]  # catalogue families it runs from a shape alone (synthetic/random weights)
+    runs_real_models: bool  # real weights (a shipped model, or a GGUF file)
+    summary: str
+
+    def canonical(self, precision: str) -> str:
+        """The canonical spelling of a precision for this backend, or a ModelError naming what it accepts."""
+        if self.precisions is None:
+            from fleetfit.models.quants import parse_quant
+
+            return parse_quant(precision)
+        low = precision.strip().lower()
+        if low in self.precisions:
+            return low
+        near = difflib.get_close_matches(low, self.precisions, n=2, cutoff=0.5)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise ModelError(f"{self.name} does not take precision {precision!r} (it takes {self.precision_text()}){hint}")
+
+    def precision_text(self) -> str:
+        return "GGUF types such as F16, Q8_0, Q4_0, Q4_K_M" if self.precisions is None else ", ".join(self.precisions)
+
+    def takes_gguf_types(self) -> bool:
+        return self.precisions is None
+
+    def matrix_bytes_per_weight(self, precision: str) -> float:
+        """Average bytes per weight of the matrices (framework precisions; GGUF types: llama.cpp's mix)."""
+        precision = self.canonical(precision)
+        if self.takes_gguf_types():
+            from fleetfit.models.quant_sizes import FILE_TYPES, bytes_per_weight
+
+            if precision not in FILE_TYPES:
+                raise ModelError(f"no size formula for {precision} (known: {', '.join(FILE_TYPES)})")
+            return bytes_per_weight(FILE_TYPES[precision])
+        return _FRAMEWORK_MATRIX_BYTES[precision]
+
+    def can_size(self, precision: str) -> bool:
+        """Whether weight_bytes has a formula for this precision."""
+        try:
+            self.matrix_bytes_per_weight(precision)
+        except ModelError:
+            return False
+        return True
+
+    def weight_bytes(self, arch, precision: str, per_token: bool = False) -> int:
+        """Bytes of the weights of `arch` held at `precision`; per_token: those one decoded token reads (a lookup
+        in a token-embedding table reads one row, unless the table is also the output projection)."""
+        precision = self.canonical(precision)
+        self.matrix_bytes_per_weight(precision)  # refuses a type without a size formula
+        if self.takes_gguf_types():
+            from fleetfit.models.quant_sizes import tensor_bytes, tensor_type
+
+            sizes = {s.name: (s, tensor_bytes(s.shape, tensor_type(arch, precision, s))) for s in _tensors(arch)}
+            lookup_only = not arch.tied_embeddings
+        else:
+            matrix, other = _FRAMEWORK_MATRIX_BYTES[precision], _FRAMEWORK_ACTIVATION_BYTES[precision]
+            sizes = {s.name: (s, math.prod(s.shape) * (matrix if len(s.shape) == 2 and not s.name.endswith("_embd.weight")
+                                                       else other)) for s in _tensors(arch)}
+            if arch.tied_embeddings:  # the output projection is a copy of the tied table at the matrix precision
+                sizes["output.weight"] = (None, arch.vocab * arch.hidden * matrix)
+            lookup_only = True
+        total = 0.0
+        for name, (spec, nbytes) in sizes.items():
+            if per_token and name == "token_embd.weight" and lookup_only:
+                nbytes /= spec.shape[0]
+            total += nbytes
+        return int(total)
+
+
+def _tensors(arch):
+    from fleetfit.models.catalogue import tensors
+
+    return tensors(arch)
+
+
+BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
+    BackendSpec("llama.cpp", None, ("cpu", "cuda", "metal"), ("llama", "qwen2", "gpt2"), True,
+                "llama.cpp through llama-cpp-python; GGUF files, catalogue shapes as synthetic GGUFs"),
+    BackendSpec("torch", FRAMEWORK_PRECISIONS, ("cpu", "cuda"), ("llama", "qwen2"), True,
+                "PyTorch eager; real GGUF weights dequantized, or a catalogue shape with random weights"),
+    BackendSpec("onnxruntime", ("fp32", "int8", "int4"), ("cpu", "cuda"), (), True,
+                "ONNX Runtime on a model exported from real GGUF weights"),
+)}
+
+
+def backend(name: str) -> BackendSpec:
+    """The backend called `name` (exact spelling, case-insensitive), or a ModelError listing the known ones."""
+    key = name.strip()
+    for spec in BACKENDS.values():
+        if spec.name.lower() == key.lower():
+            return spec
+    near = difflib.get_close_matches(key, list(BACKENDS), n=2, cutoff=0.5)
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
+    raise ModelError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)}){hint}")
+
+
+def canonical(backend_name: str, precision: str) -> tuple[str, str]:
+    """(backend name, precision) both spelled canonically, or a ModelError."""
+    spec = backend(backend_name or DEFAULT_BACKEND)
+    return spec.name, spec.canonical(precision)
+
+
+def obtainable(spec: BackendSpec, model_name: str, real_models: set[str], catalogue: dict) -> str | None:
+    """Why `spec` cannot obtain `model_name` on any device (None when it can): a real model it can fetch, or a
+    catalogued shape of a family it runs with random weights."""
+    if model_name in real_models:
+        return None if spec.runs_real_models else f"{spec.name} runs catalogue shapes only, not real models"
+    arch = catalogue.get(model_name)
+    if arch is None:
+        return f"unknown model {model_name!r}"
+    if arch.family not in spec.shape_families:
+        if not spec.shape_families:
+            return f"{spec.name} runs real models only, not catalogue shapes like {model_name}"
+        return f"{spec.name} runs {'/'.join(spec.shape_families)} shapes; {model_name} is {arch.family}"
+    return None

@@ -6,16 +6,20 @@ Selectors are comma-separated terms `KEY OP VALUE` (OP: = != >= <= > <):
   ram, gpu_mem                          bytes, with a unit: 512MB, 8GB, 16GiB (GB = 10^9, GiB = 2^30)
   cores, gpus                           numbers
   label                                 label=lab: a label whose value (or key) is "lab"; label.site=lab
-Jobs are declarative: they name a model of the catalogue and a quant, never a path or a command.
+Jobs are declarative: they name a model of the catalogue and a quant, never a path or a command. A campaign
+queues only what each device can run (its reported backends, capabilities and the models it can obtain, checked
+against the shared vocabulary in models/backends.py); the rest is skipped per device with the reason.
 """
 
 import dataclasses
 import operator
 import re
 
+from fleetfit.coordinator.devices import display_names
+from fleetfit.coordinator.store import Campaign
+from fleetfit.models import backends
 from fleetfit.models.catalogue import CATALOGUE
 from fleetfit.models.errors import ModelError
-from fleetfit.models.quants import parse_quant
 from fleetfit.models.real_models import REAL_MODELS
 from fleetfit.v1 import fleetfit_pb2 as pb
 
@@ -97,59 +101,147 @@ def matches(terms: list[Term], inv: pb.DeviceInventory, labels: dict[str, str]) 
     return True
 
 
+def check_request(request: pb.ProfileRequest) -> pb.ProfileRequest:
+    """The request with its backend and precision spelled canonically, or ValueError (one line) saying why it
+    cannot be queued."""
+    if not (request.model.name or request.model.path):
+        raise ValueError("the request names no model")
+    for field in ("n_prompt", "n_gen", "repetitions"):
+        if getattr(request, field) < 1:
+            raise ValueError(f"{field} must be at least 1")
+    if request.threads < 0:
+        raise ValueError("threads must not be negative")
+    checked = pb.ProfileRequest()
+    checked.CopyFrom(request)
+    try:
+        spec = backends.backend(request.backend or backends.DEFAULT_BACKEND)
+        checked.backend = spec.name
+        if request.quant:
+            checked.quant = spec.canonical(request.quant)
+    except ModelError as exc:
+        raise ValueError(str(exc)) from None
+    return checked
+
+
 def check_spec(spec: pb.CampaignSpec) -> None:
-    """Raise ValueError (one line) for a spec that names nothing, an unknown model or quant."""
+    """Raise ValueError (one line) for a spec that names nothing, or a backend, model or precision that none of
+    its backends knows."""
     if not (spec.models and spec.quants and spec.backends):
         raise ValueError("a campaign needs at least one model, one quant and one backend")
-    known = set(CATALOGUE) | set(REAL_MODELS)
+    try:
+        named = [backends.backend(b) for b in spec.backends]
+    except ModelError as exc:
+        raise ValueError(str(exc)) from None
     for model in spec.models:
-        if model not in known:
-            raise ValueError(f"unknown model {model!r} (known: {', '.join(sorted(known))})")
+        why = [backends.obtainable(b, model, set(REAL_MODELS), CATALOGUE) for b in named]
+        if all(why):
+            known = sorted(set(CATALOGUE) | set(REAL_MODELS))
+            raise ValueError(f"{why[0]}" if len(named) == 1 and model in known else
+                             f"no backend of the campaign can run model {model!r} ({'; '.join(why)})")
     for quant in spec.quants:
-        try:
-            parse_quant(quant)
-        except ModelError as exc:
-            raise ValueError(str(exc)) from None
+        if not any(_canonical(b, quant) for b in named):
+            raise ValueError(f"precision {quant!r} is not one that {', '.join(b.name for b in named)} take "
+                             f"({'; '.join(f'{b.name}: {b.precision_text()}' for b in named)})")
     for field in ("n_prompt", "n_gen", "repetitions"):
         if getattr(spec.template, field) < 1:
             raise ValueError(f"{field} must be at least 1")
 
 
-def expand(spec: pb.CampaignSpec, terms: list[Term], devices: list[pb.Device], labels: dict[str, dict[str, str]]
-           ) -> tuple[list[tuple[str, pb.ProfileRequest]], list[str], list[str]]:
-    """(jobs as (device, request), matching device ids, "device: why" for combinations a device cannot run)."""
-    jobs, matched, skipped = [], [], []
+def _canonical(spec: backends.BackendSpec, precision: str) -> str | None:
+    try:
+        return spec.canonical(precision)
+    except ModelError:
+        return None
+
+
+def compute_device(info: pb.BackendInfo, asked: str) -> str:
+    """The kind of compute device a job will run on: the one asked, else CUDA when the backend reports a CUDA
+    capability (the agent's default), else the CPU."""
+    if asked and asked != "auto":
+        return asked.split(":")[0]
+    return "cuda" if any(c.device.startswith("cuda") and c.supported for c in info.capabilities) else "cpu"
+
+
+def refusal(spec: backends.BackendSpec, info: pb.BackendInfo | None, model: str, precision: str,
+            asked_device: str) -> str | None:
+    """Why this device cannot run (backend, model, precision), from what it reported; None when it can."""
+    if info is None:
+        return f"{spec.name} is not reported by the device"
+    if not info.available:
+        return f"{spec.name} is not available there ({info.reason or 'no reason given'})"
+    if why := backends.obtainable(spec, model, set(REAL_MODELS), CATALOGUE):
+        return why
+    if info.models and model not in info.models:
+        return f"{spec.name} cannot obtain {model} there"
+    device = compute_device(info, asked_device)
+    if device not in spec.compute_devices:
+        return f"{spec.name} does not run on {device}"
+    for c in info.capabilities:
+        if c.device.split(" ")[0].split(":")[0] == device and c.precision == precision and not c.supported:
+            return f"{spec.name} cannot run {precision} on {c.device}: {c.reason or 'unsupported'}"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    jobs: list[tuple[str, pb.ProfileRequest]]  # (device id, request)
+    matched: list[str]  # device ids the selector matched
+    skipped: dict[str, list[str]]  # device id -> "backend model precision: why" for what it cannot run
+
+
+def expand(spec: pb.CampaignSpec, terms: list[Term], devices: list[pb.Device]) -> Plan:
+    """Jobs for every combination each matching device can run; the rest skipped, per device, with the reason."""
+    jobs, matched, skipped = [], [], {}
+    named = [backends.backend(b) for b in dict.fromkeys(spec.backends)]
     for device in devices:
         inv = device.inventory
-        if not matches(terms, inv, labels.get(inv.device_id, {})):
+        if not matches(terms, inv, dict(device.labels)):
             continue
         matched.append(inv.device_id)
-        available = {b.name: b for b in inv.backends}
-        for backend in spec.backends:
-            info = available.get(backend)
-            if info is not None and not info.available:
-                skipped.append(f"{inv.device_id}: {backend} is not available there ({info.reason})")
-                continue
-            for model in spec.models:
-                for quant in spec.quants:
+        reported = {b.name: b for b in inv.backends}
+        for backend in named:
+            for quant in dict.fromkeys(spec.quants):
+                precision = _canonical(backend, quant)
+                for model in dict.fromkeys(spec.models):
+                    what = f"{backend.name} {model} {precision or quant}"
+                    why = (f"{backend.name} does not take precision {quant!r}" if precision is None
+                           else refusal(backend, reported.get(backend.name), model, precision, spec.template.device))
+                    if why:
+                        skipped.setdefault(inv.device_id, []).append(f"{what}: {why}")
+                        continue
                     request = pb.ProfileRequest()
                     request.CopyFrom(spec.template)
                     request.model.CopyFrom(pb.ModelRef(name=model))
-                    request.backend, request.quant = backend, parse_quant(quant)
+                    request.backend, request.quant = backend.name, precision
                     jobs.append((inv.device_id, request))
-    return jobs, matched, skipped
+    return Plan(jobs, matched, skipped)
 
 
-def progress(campaign_id: str, selector: str, created: float, spec: pb.CampaignSpec,
-             jobs: list[pb.JobStatus]) -> pb.CampaignStatus:
-    status = pb.CampaignStatus(campaign_id=campaign_id, selector=selector, created_unix_s=created, spec=spec)
+def progress(campaign: Campaign, jobs: list[pb.JobStatus], names: dict[str, str] | None = None) -> pb.CampaignStatus:
+    names = names or {}
+    status = pb.CampaignStatus(campaign_id=campaign.campaign_id, selector=campaign.selector,
+                               created_unix_s=campaign.created_unix_s, spec=campaign.spec)
     per_device: dict[str, pb.DeviceProgress] = {}
+
+    def device(device_id: str) -> pb.DeviceProgress:
+        return per_device.setdefault(device_id, pb.DeviceProgress(device_id=device_id,
+                                                                  device_name=names.get(device_id, device_id)))
+
     for job in jobs:
-        device = per_device.setdefault(job.device_id, pb.DeviceProgress(device_id=job.device_id))
+        d = device(job.device_id)
         state = job.state if job.state in ("done", "running", "failed", "queued") else "queued"
-        setattr(device, state, getattr(device, state) + 1)
+        setattr(d, state, getattr(d, state) + 1)
         setattr(status, state, getattr(status, state) + 1)
         if job.state == "failed" and job.error:
-            device.errors.append(job.error)
+            d.errors.append(job.error)
+    for device_id, reasons in campaign.skipped.items():
+        device(device_id).skipped.extend(reasons)
     status.devices.extend(per_device[d] for d in sorted(per_device))
     return status
+
+
+def statuses(store, campaign_id: str | None = None) -> list[pb.CampaignStatus]:
+    """The progress of every campaign (or of one), with device display names."""
+    names = display_names(store.devices())
+    found = store.campaigns(campaign_id) if campaign_id is not None else store.campaigns()
+    return [progress(c, store.campaign_jobs(c.campaign_id), names) for c in found]

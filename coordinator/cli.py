@@ -122,7 +122,8 @@ def serve(
     import signal
 
     from fleetfit.coordinator import pki
-    from fleetfit.coordinator.server import operator_token, start_server, stop_server
+    from fleetfit.coordinator.enrollment import operator_token
+    from fleetfit.coordinator.server import start_server, stop_server
     from fleetfit.coordinator.store import Store
 
     if insecure and mtls:
@@ -166,7 +167,7 @@ def token_create(
 ) -> None:
     """A one-time join token: fleetfit-agent join --coordinator ADDR --token TOKEN."""
     from fleetfit.coordinator import pki
-    from fleetfit.coordinator.server import join_token_text
+    from fleetfit.coordinator.enrollment import join_token_text
     from fleetfit.coordinator.store import Store
 
     lifetime_s, parsed = _parse_duration_s(expires), _parse_labels(labels)
@@ -276,10 +277,12 @@ def devices(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table") -
 
     _check_format(fmt)
     found = _fleet(coordinator).ListDevices(pb.ListDevicesRequest(), timeout=15).devices
-    header = ["device", "host", "arch", "cpu", "cores", "RAM GiB", "GPUs", "results", "status"]
-    body = [[d.inventory.device_id, d.inventory.hostname, d.inventory.arch, d.inventory.cpu_model,
+    header = ["device", "host", "labels", "arch", "cpu", "cores", "RAM GiB", "GPUs", "backends", "results", "status"]
+    body = [[d.inventory.device_id, d.inventory.hostname, ",".join(f"{k}={v}" for k, v in sorted(d.labels.items())),
+             d.inventory.arch, d.inventory.cpu_model,
              str(d.inventory.cpu_cores_physical), f"{d.inventory.ram_total_bytes / 2**30:.1f}",
-             ", ".join(g.name for g in d.inventory.gpus) or "none", str(d.results),
+             ", ".join(g.name for g in d.inventory.gpus) or "none",
+             " ".join(b.name for b in d.inventory.backends if b.available) or "none", str(d.results),
              d.status if d.status == "online" else f"{d.status} (silent {time.time() - d.last_seen_unix_s:.0f} s)"]
             for d in found]
     typer.echo(render.render(header, body, fmt, list(found)))
@@ -323,11 +326,15 @@ def limits(
 def fit(
     model: Annotated[Optional[str], typer.Argument(help="Model name, e.g. llama-2-7b (omit with --device).")] = None,
     quant: Annotated[Optional[str], typer.Option(help="Quant type, e.g. Q4_0.")] = None,
-    context: Annotated[Optional[int], typer.Option(help="Context tokens (default: as measured).")] = None,
+    context: Annotated[Optional[int], typer.Option(
+        help="Context tokens (default: 4096, or the model's trained context when smaller).")] = None,
     min_tps: Annotated[Optional[float], typer.Option(help="Minimum decode tokens/s.")] = None,
     max_watts: Annotated[Optional[float], typer.Option(help="Maximum decode power, W.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="Only this device; without MODEL: its largest model per precision.")] = None,
-    backend: str = "llama.cpp",
+    device: Annotated[Optional[str], typer.Option(
+        help="Only this device (its id, or a hostname that one device has); without MODEL: its largest model per "
+             "precision.")] = None,
+    backend: Annotated[str, typer.Option(help="llama.cpp (GGUF types), torch or onnxruntime (fp32, bf16, fp16, "
+                                               "int8, int4).")] = "llama.cpp",
     coordinator: Coordinator = DEFAULT_ADDRESS,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:

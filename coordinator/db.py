@@ -87,6 +87,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE devices ADD COLUMN result_count INTEGER NOT NULL DEFAULT 0;
     UPDATE devices SET result_count = (SELECT COUNT(*) FROM results r WHERE r.device_id = devices.device_id);
     """,
+    # 4: a heterogeneous fleet: what a campaign did not queue on each device, and why (JSON {device: [reason]}).
+    """
+    ALTER TABLE campaigns ADD COLUMN skipped TEXT NOT NULL DEFAULT '{}';
+    """,
 ]
 
 
@@ -105,62 +109,83 @@ class DatabaseError(Exception):
 
 
 class Database:
-    """A connection to SQLite (a file path) or PostgreSQL (a postgresql:// URL), used by one process.
+    """SQLite (a file path) or PostgreSQL (a postgresql:// URL), used by one process from many threads.
 
     `transaction()` yields an `execute(sql, params)` function; statements use `?` placeholders in both
-    dialects. Calls from several threads are serialised by a lock.
+    dialects. Each thread has its own connection, so a reader is never queued behind another thread's write
+    (SQLite's WAL lets readers run beside a writer; PostgreSQL's MVCC likewise).
     """
 
     def __init__(self, url: str | pathlib.Path):
         self.url = str(url)
         self.postgres = is_postgres_url(self.url)
-        self.lock = threading.RLock()
+        if self.url == ":memory:":
+            raise DatabaseError("an in-memory SQLite database cannot be shared between threads: give a file")
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.connections: list = []
+        if not self.postgres:
+            pathlib.Path(self.url).parent.mkdir(parents=True, exist_ok=True)
+        self.migrate()
+
+    def _connect(self):
         if self.postgres:
             try:
                 import psycopg
             except ImportError:
                 raise DatabaseError("PostgreSQL needs the psycopg package: pip install 'fleetfit[postgres]'") from None
             try:
-                self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+                conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
             except psycopg.Error as exc:
                 raise DatabaseError(f"cannot connect to {self.url}: {str(exc).strip().splitlines()[0]}") from None
         else:
-            if self.url != ":memory:":
-                pathlib.Path(self.url).parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.url, isolation_level=None, check_same_thread=False)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
-            self.conn.execute("PRAGMA busy_timeout=10000")
-        self.migrate()
+            conn = sqlite3.connect(self.url, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
+            conn.execute("PRAGMA busy_timeout=10000")
+        with self.lock:
+            self.connections.append(conn)
+        return conn
+
+    @property
+    def conn(self):
+        """This thread's connection, made on first use."""
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = self._connect()
+        return conn
 
     @property
     def dialect(self) -> str:
         return "postgresql" if self.postgres else "sqlite"
 
     def close(self) -> None:
-        self.conn.close()
+        with self.lock:
+            for conn in self.connections:
+                conn.close()
+            self.connections.clear()
+        self.local = threading.local()
 
     def _execute(self, sql: str, params=()):
         return self.conn.execute(to_postgres(sql) if self.postgres else sql, params)
 
     @contextlib.contextmanager
     def transaction(self):
-        with self.lock:
-            if self.postgres:
-                with self.conn.transaction():
-                    yield self._execute
-            else:
-                self.conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._execute
-                except BaseException:
-                    self.conn.execute("ROLLBACK")
-                    raise
-                self.conn.execute("COMMIT")
+        conn = self.conn
+        if self.postgres:
+            with conn.transaction():
+                yield self._execute
+        else:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._execute
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def query(self, sql: str, params=()) -> list[tuple]:
-        with self.lock:
-            return [tuple(row) for row in self._execute(sql, params).fetchall()]
+        return [tuple(row) for row in self._execute(sql, params).fetchall()]
 
     def migrate(self) -> int:
         """Apply the migrations this database lacks; returns the schema version."""

@@ -1,4 +1,6 @@
-"""Fit answers: for every known device, does MODEL at QUANT fit, how fast, at what energy, and how we know.
+"""Fit answers: for every known device, does MODEL at QUANT on BACKEND fit, how fast, at what energy, and how
+we know. Answers are for an explicit context: the one asked, else FIT_CONTEXT (4096) or the model's trained
+context when smaller; every answer says which context it used.
 
 Verdict bands, by memory need / the device's RAM (the need is the measured peak, or the scaling model's
 prediction or estimate at the asked context):
@@ -10,13 +12,18 @@ Every figure carries its provenance (measured / predicted / estimated, see coord
 """
 
 import collections
+import dataclasses
 import difflib
 import hashlib
 
 from fleetfit.coordinator import scaling
-from fleetfit.coordinator.limits import limit_rows
+from fleetfit.coordinator.devices import display_names
+from fleetfit.coordinator.devices import find as find_device
+from fleetfit.coordinator.limits import backend_of, limit_row, quant_of
+from fleetfit.models import backends
 from fleetfit.models.catalogue import CATALOGUE, n_params
-from fleetfit.models.quant_sizes import FILE_TYPES
+from fleetfit.models.errors import ModelError
+from fleetfit.models.real_models import REAL_MODELS
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 MIB = 1024 * 1024
@@ -74,34 +81,39 @@ def _band_text(f: pb.FitFigure) -> str:
 
 def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str, results: list[pb.ProfileResult],
            min_decode_tps: float | None = None, context: int | None = None, max_watts: float | None = None,
-           dm: scaling.DeviceModel | None = None) -> pb.FitAnswer:
+           dm: scaling.DeviceModel | None = None, device_name: str = "") -> pb.FitAnswer:
+    """Does `model_name` at `quant` on `backend` fit `device` at `context` tokens (default: FIT_CONTEXT, or the
+    model's own when smaller), how fast, and how we know."""
+    spec = backends.backend(backend)
+    arch = CATALOGUE.get(model_name) if spec.can_size(quant) else None
+    context = context or scaling.default_context(CATALOGUE.get(model_name))
     out = pb.FitAnswer(device_id=device.device_id, hostname=device.hostname, ram_total_bytes=device.ram_total_bytes,
-                       model_name=model_name, quant=quant)
-    mine = [r for r in results if r.device_id == device.device_id and (r.request.backend or "llama.cpp") == backend
-            and r.model_name == model_name and (r.quant or r.request.quant) == quant]
-    row = limit_rows(mine, [pb.Device(inventory=device)])[0] if mine else None
-    if row is not None:
-        out.evidence.CopyFrom(row)
+                       model_name=model_name, quant=quant, backend=spec.name, context_tokens=context,
+                       device_name=device_name or device.hostname or device.device_id)
+    mine = [r for r in results if r.device_id == device.device_id and backend_of(r) == spec.name
+            and r.model_name == model_name and quant_of(r) == quant]
+    if mine:
+        out.evidence.CopyFrom(limit_row(mine[-1], out.device_name, device.hostname))
+    row = out.evidence if mine else None
     if row is not None and row.failure == pb.FAILURE_KIND_OOM:
         out.verdict, out.reason, out.provenance = "does_not_fit", f"measured: ran out of memory ({row.error})", "measured"
         return out
     if row is not None and row.failure:
         out.verdict, out.reason = "unknown", f"the measurement failed: {row.error}"
         return out
-    arch = CATALOGUE.get(model_name) if quant in FILE_TYPES else None
     if arch is None and row is None:
-        out.verdict, out.reason = "unknown", "never measured on this device, and no catalogued shape or quant size to predict from"
+        out.verdict, out.reason = "unknown", (f"never measured on this device with {spec.name}, and no catalogued "
+                                              f"shape or size formula for {quant} to predict from")
         return out
     if arch is not None:
-        dm = dm or scaling.device_model(device, results, backend)
+        dm = dm or scaling.device_model(device, results, spec.name)
         pred = dm.predict(arch, quant, context)
-        out.context_tokens = pred.context
         out.calibration.extend(f"{p.model} {p.quant}" for p in dm.points)
         figures = (pred.memory_bytes, pred.decode_tps, pred.prefill_tps)
-    else:  # a measured model without a catalogued shape: the measurement alone
-        how = f"measured (result {row.result_id})"
+    else:  # a measured model without a catalogued shape: the measurement alone, at the context it ran at
+        how = f"measured at n_ctx {row.n_prompt + row.n_gen} (result {row.result_id})"
         out.context_tokens = row.n_prompt + row.n_gen
-        figures = (scaling.Figure(row.peak_rss_bytes if row.HasField("peak_rss_bytes") else None, "measured", how),
+        figures = (scaling.Figure(row.memory_bytes if row.HasField("memory_bytes") else None, "measured", how),
                    scaling.Figure(row.decode_tokens_per_s.mean, "measured", how),
                    scaling.Figure(row.prefill_tokens_per_s.mean or None, "measured", how))
     for field, f in zip(("memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s"), figures):
@@ -119,12 +131,22 @@ def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str
     return _verdict(out, device, min_decode_tps, max_watts, watts)
 
 
+def _capacity_bytes(device: pb.DeviceInventory, out: pb.FitAnswer) -> int:
+    """The memory the answer is judged against: the GPU's for a run measured on a GPU, else the device's RAM."""
+    if out.HasField("evidence") and out.evidence.compute_device.startswith("cuda"):
+        index = int(out.evidence.compute_device.partition(":")[2] or 0)
+        gpu = next((g for g in device.gpus if g.index == index), None)
+        if gpu is not None and gpu.memory_total_bytes:
+            return gpu.memory_total_bytes
+    return device.ram_total_bytes
+
+
 def _verdict(out: pb.FitAnswer, device: pb.DeviceInventory, min_tps, max_watts, watts) -> pb.FitAnswer:
     mem, dec = out.memory_bytes, out.decode_tokens_per_s
     if not out.HasField("memory_bytes") or not device.ram_total_bytes:
         out.verdict, out.reason = "unknown", "no memory figure, or the device reported no RAM size"
         return out
-    need, ram = mem.value, device.ram_total_bytes
+    need, ram = mem.value, _capacity_bytes(device, out)
     out.memory_fraction = need / ram
     out.memory_headroom_bytes = int(ram - need)
     out.verdict = band(out.memory_fraction)
@@ -150,8 +172,58 @@ def _verdict(out: pb.FitAnswer, device: pb.DeviceInventory, min_tps, max_watts, 
 def fit(model_name: str, quant: str, backend: str, devices: list[pb.Device], results: list[pb.ProfileResult],
         min_decode_tps: float | None = None, context: int | None = None, max_watts: float | None = None
         ) -> list[pb.FitAnswer]:
-    return [answer(d.inventory, model_name, quant, backend, results, min_decode_tps, context, max_watts)
-            for d in devices]
+    names = display_names(devices)
+    return [answer(d.inventory, model_name, quant, backend, results, min_decode_tps, context, max_watts,
+                   device_name=names[d.inventory.device_id]) for d in devices]
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    model_name: str  # empty with a device: the largest model per precision
+    quant: str  # canonical for the backend
+    backend: str
+    device: str  # id or hostname; empty = every device
+    limits: dict  # min_decode_tps, context, max_watts
+
+
+def question(request: pb.FitRequest, known_models: set[str]) -> Question:
+    """The request checked and spelled canonically, or ValueError (one line) naming what is wrong."""
+    limits = dict(min_decode_tps=request.min_decode_tokens_per_s if request.HasField("min_decode_tokens_per_s")
+                  else None, context=request.context_tokens if request.HasField("context_tokens") else None,
+                  max_watts=request.max_watts if request.HasField("max_watts") else None)
+    bad = [f"{name} must be positive" for name, value in (("context_tokens", limits["context"]),
+           ("min_decode_tokens_per_s", limits["min_decode_tps"]), ("max_watts", limits["max_watts"]))
+           if value is not None and value <= 0]
+    if bad:
+        raise ValueError("; ".join(bad))
+    try:
+        spec = backends.backend(request.backend or backends.DEFAULT_BACKEND)
+        quant = spec.canonical(request.quant) if request.model_name or request.quant else ""
+    except ModelError as exc:
+        raise ValueError(str(exc)) from None
+    if not request.model_name and not request.device:
+        raise ValueError("name a model (with a quant), or a device for its largest model per precision")
+    if request.model_name and not quant:
+        raise ValueError("a quant is required with a model")
+    if request.model_name:
+        check_model_known(request.model_name, known_models | set(REAL_MODELS) | set(CATALOGUE))
+    return Question(request.model_name, quant, spec.name, request.device, limits)
+
+
+def respond(request: pb.FitRequest, store, cache: "AnswerCache") -> pb.FitResponse:
+    """The FitResponse for a request: every device, or the one it names (by id, or a hostname only one has)."""
+    q = question(request, store.model_names())
+    known = store.devices()
+    names = display_names(known)
+    chosen = [find_device(known, q.device)] if q.device else known
+    if not q.model_name:
+        device = chosen[0].inventory
+        return pb.FitResponse(answers=largest_per_precision(
+            device, q.backend, store.results(device_id=device.device_id), **q.limits,
+            device_name=names[device.device_id]))
+    return pb.FitResponse(answers=[cache.answer(d, q.model_name, q.quant, q.backend,
+                                                device_name=names[d.inventory.device_id], **q.limits)
+                                   for d in chosen])
 
 
 class AnswerCache:
@@ -166,14 +238,16 @@ class AnswerCache:
         self.store, self.max_entries = store, max_entries
         self.answers: collections.OrderedDict[tuple, pb.FitAnswer] = collections.OrderedDict()
 
-    def answer(self, device: pb.Device, model_name: str, quant: str, backend: str, **limits) -> pb.FitAnswer:
+    def answer(self, device: pb.Device, model_name: str, quant: str, backend: str, device_name: str = "",
+               **limits) -> pb.FitAnswer:
         inventory = hashlib.blake2b(device.inventory.SerializeToString(deterministic=True), digest_size=16).digest()
-        key = (device.inventory.device_id, device.results, inventory, model_name, quant, backend,
+        key = (device.inventory.device_id, device.results, inventory, model_name, quant, backend, device_name,
                tuple(sorted(limits.items())))
         found = self.answers.get(key)
         if found is None:
             results = self.store.results(device_id=device.inventory.device_id)
-            found = self.answers[key] = answer(device.inventory, model_name, quant, backend, results, **limits)
+            found = self.answers[key] = answer(device.inventory, model_name, quant, backend, results, **limits,
+                                               device_name=device_name)
             if len(self.answers) > self.max_entries:
                 self.answers.popitem(last=False)
         else:
@@ -183,19 +257,25 @@ class AnswerCache:
 
 def largest_per_precision(device: pb.DeviceInventory, backend: str, results: list[pb.ProfileResult],
                           context: int | None = None, min_decode_tps: float | None = None,
-                          max_watts: float | None = None) -> list[pb.FitAnswer]:
-    """Per precision (measured here, and the common ones): the largest catalogued model that fits the device."""
-    dm = scaling.device_model(device, results, backend)
-    quants = list(dict.fromkeys([*DEVICE_QUANTS, *(p.quant for p in dm.points)]))
+                          max_watts: float | None = None, device_name: str = "") -> list[pb.FitAnswer]:
+    """Per precision (measured here, and the backend's common ones): the largest catalogued model that fits."""
+    spec = backends.backend(backend)
+    dm = scaling.device_model(device, results, spec.name)
+    common = DEVICE_QUANTS if spec.takes_gguf_types() else spec.precisions
+    quants = list(dict.fromkeys([*common, *(p.quant for p in dm.points)]))
     out = []
     for quant in quants:
         for arch in sorted(CATALOGUE.values(), key=n_params, reverse=True):
-            a = answer(device, arch.name, quant, backend, results, min_decode_tps, context, max_watts, dm)
+            if backends.obtainable(spec, arch.name, set(REAL_MODELS), CATALOGUE):
+                continue
+            a = answer(device, arch.name, quant, spec.name, results, min_decode_tps, context, max_watts, dm,
+                       device_name)
             if a.verdict in OK_VERDICTS:
                 out.append(a)
                 break
         else:
             out.append(pb.FitAnswer(device_id=device.device_id, hostname=device.hostname, quant=quant,
+                                    backend=spec.name, device_name=device_name or device.hostname,
                                     ram_total_bytes=device.ram_total_bytes, verdict="does_not_fit",
                                     reason="no catalogued model fits at this precision"))
     return out
@@ -209,9 +289,10 @@ def _cell(f: pb.FitFigure, scale: float = 1.0, fmt: str = "{:.3g}") -> str:
 
 def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list[str]]]:
     """Rows for the CLI; `~` marks a predicted or estimated figure, `±` its leave-one-size-out band."""
-    header = ["device", "model", "quant", "verdict", "memory MiB", "RAM MiB", "% RAM", "decode tok/s",
-              "prefill tok/s", "J/token", "provenance", "reason"]
-    body = [[a.hostname or a.device_id, a.model_name or "n/a", a.quant, a.verdict,
+    header = ["device", "model", "backend", "quant", "context", "verdict", "memory MiB", "RAM MiB", "% RAM",
+              "decode tok/s", "prefill tok/s", "J/token", "provenance", "reason"]
+    body = [[a.device_name or a.hostname or a.device_id, a.model_name or "n/a", a.backend, a.quant,
+             str(a.context_tokens or "n/a"), a.verdict,
              _cell(a.memory_bytes, MIB, "{:.0f}"), f"{a.ram_total_bytes / MIB:.0f}",
              f"{a.memory_fraction:.0%}" if a.HasField("memory_fraction") else "n/a",
              _cell(a.decode_tokens_per_s), _cell(a.prefill_tokens_per_s), _cell(a.joules_per_token),

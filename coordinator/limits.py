@@ -1,26 +1,113 @@
-"""The measured limit table: device × model × quant × backend → peak memory, prefill, decode, TTFT."""
+"""The measured limit table: device × backend × model × precision × run shape → memory, prefill, decode, TTFT.
 
+Runs are comparable only within one shape (prompt and generated tokens, context, threads, batch sizes, compute
+device), so the shape is part of each row's key. Failed runs are not measurements: they go to the failures
+view (`failures`), never into these rows.
+"""
+
+from fleetfit.coordinator.devices import display_names
+from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.v1 import fleetfit_pb2 as pb
 
+DEFAULT_SHAPE = "pp512/tg128"  # llama-bench's default tests
 
-def limit_rows(results: list[pb.ProfileResult], devices: list[pb.Device]) -> list[pb.LimitRow]:
-    """One row per device, model, quant and backend: its latest result (a failure is a row too)."""
-    hostnames = {d.inventory.device_id: d.inventory.hostname for d in devices}
-    latest: dict[tuple, pb.ProfileResult] = {}
-    for result in results:  # oldest first, so later results replace earlier ones
-        key = (result.device_id, result.model_name, result.quant or result.request.quant, result.request.backend)
-        latest[key] = result
-    rows = []
-    for (device_id, model_name, quant, backend), r in sorted(latest.items()):
-        row = pb.LimitRow(
-            device_id=device_id, hostname=hostnames.get(device_id, ""), model_name=model_name, quant=quant,
-            backend=backend, model_file_bytes=r.model_file_bytes, prefill_tokens_per_s=r.prefill_tokens_per_s,
-            decode_tokens_per_s=r.decode_tokens_per_s, ttft_ms=r.ttft_ms, n_prompt=r.n_prompt, n_gen=r.n_gen,
-            threads=r.threads, result_id=r.result_id, provenance=r.provenance, failure=r.failure, error=r.error,
-        )
-        if r.HasField("model_n_params"):
-            row.model_n_params = r.model_n_params
-        if r.HasField("peak_rss_bytes"):
-            row.peak_rss_bytes = r.peak_rss_bytes
-        rows.append(row)
-    return rows
+
+def backend_of(r: pb.ProfileResult) -> str:
+    return r.request.backend or DEFAULT_BACKEND
+
+
+def quant_of(r: pb.ProfileResult) -> str:
+    return r.quant or r.request.quant
+
+
+def run_shape(r: pb.ProfileResult) -> str:
+    """The run's shape, e.g. "pp512/tg128 ctx640 t2 b2048/512 cpu"."""
+    n_prompt, n_gen = r.n_prompt or r.request.n_prompt, r.n_gen or r.request.n_gen
+    text = f"pp{n_prompt}/tg{n_gen}"
+    if r.n_ctx:
+        text += f" ctx{r.n_ctx}"
+    text += f" t{r.threads or r.request.threads}"
+    if r.n_batch:
+        text += f" b{r.n_batch}/{r.n_ubatch}"
+    return f"{text} {r.compute_device or 'cpu'}"
+
+
+def memory_figure(r: pb.ProfileResult) -> tuple[int | None, str]:
+    """What the run needs in memory, and which figure that is: on a GPU the GPU memory (torch reserved peak plus
+    the CUDA context, else NVML's per-process figure), elsewhere the worker's peak RSS."""
+    gpu = r.gpu_memory if r.HasField("gpu_memory") else None
+    if gpu is not None and gpu.HasField("fit_bytes"):
+        return gpu.fit_bytes, "GPU: torch reserved peak + CUDA context"
+    if gpu is not None and gpu.HasField("nvml_process_used_bytes"):
+        return gpu.nvml_process_used_bytes, "GPU: NVML per-process used"
+    if r.HasField("peak_rss_bytes"):
+        return r.peak_rss_bytes, "host: peak RSS of the worker"
+    return None, "no memory figure"
+
+
+def row_key(r: pb.ProfileResult) -> tuple:
+    return (r.device_id, backend_of(r), r.model_name, quant_of(r), run_shape(r))
+
+
+def limit_row(r: pb.ProfileResult, device_name: str = "", hostname: str = "") -> pb.LimitRow:
+    row = pb.LimitRow(
+        device_id=r.device_id, hostname=hostname, device_name=device_name or hostname or r.device_id,
+        model_name=r.model_name, quant=quant_of(r), backend=backend_of(r), model_file_bytes=r.model_file_bytes,
+        prefill_tokens_per_s=r.prefill_tokens_per_s, decode_tokens_per_s=r.decode_tokens_per_s, ttft_ms=r.ttft_ms,
+        n_prompt=r.n_prompt, n_gen=r.n_gen, threads=r.threads, result_id=r.result_id, provenance=r.provenance,
+        failure=r.failure, error=r.error, shape=run_shape(r), compute_device=r.compute_device or "cpu",
+    )
+    if r.HasField("model_n_params"):
+        row.model_n_params = r.model_n_params
+    if r.HasField("peak_rss_bytes"):
+        row.peak_rss_bytes = r.peak_rss_bytes
+    memory, how = memory_figure(r)
+    if memory is not None:
+        row.memory_bytes = memory
+    row.memory_method = how
+    return row
+
+
+def latest(results: list[pb.ProfileResult], failures: bool = False) -> dict[tuple, pb.ProfileResult]:
+    """The latest result per row key (results come oldest first): successes, or with `failures` failed runs."""
+    found: dict[tuple, pb.ProfileResult] = {}
+    for r in results:
+        if bool(r.failure) == failures:
+            found[row_key(r)] = r
+    return found
+
+
+def limit_rows(results: list[pb.ProfileResult], devices: list[pb.Device], failures: bool = False) -> list[pb.LimitRow]:
+    """One row per device, backend, model, precision and shape: its latest successful run (or failed, with
+    `failures`). Sorted by device id, then backend, model, precision and shape."""
+    names = display_names(devices)
+    hosts = {d.inventory.device_id: d.inventory.hostname for d in devices}
+    return [limit_row(r, names.get(key[0], ""), hosts.get(key[0], ""))
+            for key, r in sorted(latest(results, failures).items())]
+
+
+def shape_matches(shape: str, wanted: str) -> bool:
+    """Whether a full shape string matches `wanted`, given as its leading words (e.g. "pp512/tg128" or
+    "pp512/tg128 ctx640 t2")."""
+    return shape.split()[:len(wanted.split())] == wanted.split()
+
+
+def chosen_shapes(rows: list[pb.LimitRow], wanted: str = DEFAULT_SHAPE) -> dict[tuple[str, str], str]:
+    """Per (device, backend): the one shape its table cells come from — the shape matching `wanted` with the most
+    rows, else (nothing measured at `wanted` there) the shape with the most rows."""
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for r in rows:
+        per = counts.setdefault((r.device_id, r.backend), {})
+        per[r.shape] = per.get(r.shape, 0) + 1
+    chosen = {}
+    for key, per in counts.items():
+        matching = {s: n for s, n in per.items() if shape_matches(s, wanted)}
+        pool = matching or per
+        chosen[key] = max(sorted(pool), key=pool.get)
+    return chosen
+
+
+def comparable(rows: list[pb.LimitRow], wanted: str = DEFAULT_SHAPE) -> list[pb.LimitRow]:
+    """The rows of each device and backend that share its chosen shape (see chosen_shapes)."""
+    chosen = chosen_shapes(rows, wanted)
+    return [r for r in rows if chosen[(r.device_id, r.backend)] == r.shape]

@@ -14,7 +14,7 @@ import time
 
 from fleetfit.coordinator import render
 from fleetfit.coordinator.tables import render_table
-from fleetfit.coordinator.server import BackgroundCoordinator
+from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from fleetfit.v1.transport import connect

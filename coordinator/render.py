@@ -19,33 +19,33 @@ def _stat(stat: pb.Stat) -> str:
 
 
 def limit_table(rows: list[pb.LimitRow]) -> tuple[list[str], list[list[str]]]:
-    header = ["device", "model", "quant", "backend", "params", "file MiB", "peak MiB", "prefill tok/s",
-              "decode tok/s", "TTFT ms", "provenance"]
+    header = ["device", "backend", "model", "quant", "params", "file MiB", "memory MiB", "prefill tok/s",
+              "decode tok/s", "TTFT ms", "shape", "provenance"]
     body = []
     for r in rows:
         if r.failure:
             status = f"failed ({FAILURES.get(r.failure, 'error')}): {r.error}"
         else:
-            status = f"{r.provenance.kind} (pp{r.n_prompt}/tg{r.n_gen}, {r.threads} threads)"
+            status = r.provenance.kind
         body.append([
-            r.hostname or r.device_id, r.model_name, r.quant, r.backend,
+            r.device_name or r.hostname or r.device_id, r.backend, r.model_name, r.quant,
             f"{r.model_n_params / 1e6:.1f} M" if r.HasField("model_n_params") else "",
-            f"{r.model_file_bytes / MIB:.1f}",
-            f"{r.peak_rss_bytes / MIB:.1f}" if r.HasField("peak_rss_bytes") else "",
-            _stat(r.prefill_tokens_per_s), _stat(r.decode_tokens_per_s), _stat(r.ttft_ms), status,
+            f"{r.model_file_bytes / MIB:.1f}" if r.model_file_bytes else "",
+            f"{r.memory_bytes / MIB:.1f}" if r.HasField("memory_bytes") else "",
+            _stat(r.prefill_tokens_per_s), _stat(r.decode_tokens_per_s), _stat(r.ttft_ms), r.shape, status,
         ])
     return header, body
 
 
 def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list[str]]]:
-    header = ["device", "verdict", "decode tok/s", "peak MiB", "RAM MiB", "reason"]
+    header = ["device", "backend", "context", "verdict", "decode tok/s", "memory MiB", "RAM MiB", "reason"]
     body = []
     for a in answers:
         ev = a.evidence if a.HasField("evidence") else None
         body.append([
-            a.hostname or a.device_id, a.verdict,
+            a.device_name or a.hostname or a.device_id, a.backend, str(a.context_tokens or ""), a.verdict,
             _stat(ev.decode_tokens_per_s) if ev else "",
-            f"{ev.peak_rss_bytes / MIB:.1f}" if ev and ev.HasField("peak_rss_bytes") else "",
+            f"{a.memory_bytes.value / MIB:.1f}" if a.HasField("memory_bytes") else "",
             f"{a.ram_total_bytes / MIB:.0f}", a.reason,
         ])
     return header, body

@@ -10,6 +10,8 @@ import math
 import pathlib
 import re
 
+from fleetfit.coordinator.devices import display_names
+from fleetfit.coordinator.limits import comparable
 from fleetfit.coordinator.tables import render_table
 from fleetfit.v1 import fleetfit_pb2 as pb
 
@@ -76,24 +78,24 @@ def _num(v: float) -> str:
 
 
 def plots(devices: list[pb.Device], rows: list[pb.LimitRow], power: pb.Table | None) -> list[str]:
-    names = {d.inventory.device_id: d.inventory.hostname or d.inventory.device_id for d in devices}
-    ok = [r for r in rows if not r.failure and r.HasField("model_n_params") and r.backend == "llama.cpp"]
+    names = display_names(devices)
+    ok = [r for r in comparable([r for r in rows if not r.failure]) if r.HasField("model_n_params")]
     decode, memory = {}, {}
-    for r in ok:
-        key = f"{names.get(r.device_id, r.device_id)} {r.quant}"
+    for r in ok:  # one series per device (by id), backend and precision
+        key = f"{names.get(r.device_id, r.device_id)} {r.backend} {r.quant}"
         decode.setdefault(key, []).append((r.model_n_params, r.decode_tokens_per_s.mean))
-        if r.HasField("peak_rss_bytes"):
-            memory.setdefault(key, []).append((r.model_n_params, r.peak_rss_bytes / 1e9))
-    params = {(names.get(r.device_id, r.device_id), r.model_name, r.quant): r.model_n_params for r in ok}
+        if r.HasField("memory_bytes"):
+            memory.setdefault(key, []).append((r.model_n_params, r.memory_bytes / 1e9))
+    params = {(names.get(r.device_id, r.device_id), r.backend, r.model_name, r.quant): r.model_n_params for r in ok}
     energy = {}
     if power is not None:
         col = {c: i for i, c in enumerate(power.columns)}
         for row in power.rows:
             cells = [c.WhichOneof("kind") and getattr(c, c.WhichOneof("kind")) for c in row.cells]
-            key = (cells[col["device"]], cells[col["model"]], cells[col["quant"]])
+            key = (cells[col["device"]], cells[col["backend"]], cells[col["model"]], cells[col["quant"]])
             tpj = cells[col["tokens/J"]]
             if key in params and isinstance(tpj, float) and tpj > 0:
-                energy.setdefault(f"{key[0]} {key[2]}", []).append((params[key], tpj))
+                energy.setdefault(f"{key[0]} {key[1]} {key[3]}", []).append((params[key], tpj))
     ram = {names.get(d.inventory.device_id, d.inventory.device_id): d.inventory.ram_total_bytes / 1e9
            for d in devices if d.inventory.ram_total_bytes and any(r.device_id == d.inventory.device_id for r in ok)}
     return [

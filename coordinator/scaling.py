@@ -1,6 +1,9 @@
 """A scaling model per device and backend, fitted from that device's own measurements.
 
-Features come from the catalogue (exact tensor shapes) and the quant's per-tensor GGML types:
+The model is per device × backend × precision: each backend's runs calibrate only that backend. Features come
+from the catalogue (exact tensor shapes) and the bytes per weight of each precision (models/backends.py: the
+per-tensor GGML types of llama.cpp's quantizer, or a framework's fp32/bf16/fp16/int8/int4 matrices); memory is
+the figure each run needs (GPU memory for GPU runs, peak RSS elsewhere: limits.memory_figure):
 - memory = α · (weights + F16 KV cache at the context, GQA-aware + compute buffer) + β, where α and β are
   least squares (relative) over the device's measured peaks: β is the runtime overhead (process, llama.cpp
   buffers not in the formula), α absorbs the compute buffer's misfit;
@@ -23,11 +26,14 @@ import numpy as np
 
 from fleetfit.models.catalogue import CATALOGUE, Architecture, n_params, tensors
 from fleetfit.models.errors import ModelError
-from fleetfit.models.quant_sizes import FILE_TYPES, file_bits_per_weight, tensor_bytes, tensor_type
-from fleetfit.models.quants import parse_quant
+from fleetfit.coordinator.limits import backend_of, memory_figure, quant_of, run_shape
+from fleetfit.models import backends
+from fleetfit.models.backends import DEFAULT_BACKEND
+from fleetfit.models.quant_sizes import file_bits_per_weight
 from fleetfit.v1 import fleetfit_pb2 as pb
 
-DEFAULT_CONTEXT = 512
+DEFAULT_CONTEXT = 512  # a run's context when its result does not say
+FIT_CONTEXT = 4096  # the context fit answers for by default (or the model's own, when smaller)
 N_UBATCH = 512  # llama.cpp's default micro-batch
 DEFAULT_OVERHEAD_BYTES = 64 << 20  # estimated runtime overhead when a device has no measurement
 DEFAULT_BANDWIDTH_EFFICIENCY = 0.6  # of the triad probe, for devices never measured
@@ -39,27 +45,31 @@ class ScalingError(ValueError):
     """An unknown model or quant name; the message is one line and suggests the nearest names."""
 
 
-def resolve(model_name: str, quant: str) -> tuple[Architecture, str]:
+def default_context(arch: Architecture | None) -> int:
+    """The context fit answers for when none is asked: FIT_CONTEXT, or the model's trained context if smaller."""
+    return min(FIT_CONTEXT, arch.context_length) if arch is not None else FIT_CONTEXT
+
+
+def resolve(model_name: str, quant: str, backend: str = DEFAULT_BACKEND) -> tuple[Architecture, str]:
     arch = CATALOGUE.get(model_name.strip().lower())
     if arch is None:
         near = difflib.get_close_matches(model_name.strip().lower(), list(CATALOGUE), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(near)}?" if near else f"; known: {', '.join(CATALOGUE)}"
         raise ScalingError(f"unknown model {model_name!r}{hint}")
     try:
-        canonical = parse_quant(quant)
+        spec = backends.backend(backend)
+        canonical = spec.canonical(quant)
+        spec.matrix_bytes_per_weight(canonical)  # refuses a precision without a size formula
     except ModelError as exc:
         raise ScalingError(str(exc)) from None
-    if canonical not in FILE_TYPES:
-        near = difflib.get_close_matches(canonical, list(FILE_TYPES), n=3, cutoff=0.4)
-        raise ScalingError(f"no size formula for quant {canonical!r}; known: {', '.join(near or FILE_TYPES)}")
     return arch, canonical
 
 
 # -- features from the catalogue --------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def weight_bytes(arch: Architecture, quant: str) -> int:
-    return sum(tensor_bytes(s.shape, tensor_type(arch, quant, s)) for s in tensors(arch))
+def weight_bytes(arch: Architecture, quant: str, backend: str = DEFAULT_BACKEND) -> int:
+    return backends.backend(backend).weight_bytes(arch, quant)
 
 
 def kv_cache_bytes(arch: Architecture, context: float) -> float:
@@ -73,22 +83,18 @@ def compute_buffer_bytes(arch: Architecture, context: int) -> float:
     return 4 * ub * (arch.vocab + 4 * arch.hidden + 2 * arch.ffn + arch.n_heads * context)
 
 
-def memory_feature(arch: Architecture, quant: str, context: int) -> float:
-    return weight_bytes(arch, quant) + kv_cache_bytes(arch, context) + compute_buffer_bytes(arch, context)
+def memory_feature(arch: Architecture, quant: str, context: int, backend: str = DEFAULT_BACKEND) -> float:
+    return weight_bytes(arch, quant, backend) + kv_cache_bytes(arch, context) + compute_buffer_bytes(arch, context)
 
 
 @functools.lru_cache(maxsize=None)
-def _weights_read_per_token(arch: Architecture, quant: str) -> float:
-    total = 0.0
-    for s in tensors(arch):
-        nbytes = tensor_bytes(s.shape, tensor_type(arch, quant, s))
-        total += nbytes / s.shape[0] if s.name == "token_embd.weight" and not arch.tied_embeddings else nbytes
-    return total
+def _weights_read_per_token(arch: Architecture, quant: str, backend: str = DEFAULT_BACKEND) -> float:
+    return backends.backend(backend).weight_bytes(arch, quant, per_token=True)
 
 
-def decode_bytes_per_token(arch: Architecture, quant: str, context: float) -> float:
+def decode_bytes_per_token(arch: Architecture, quant: str, context: float, backend: str = DEFAULT_BACKEND) -> float:
     """Weights read per token (an untied embedding table only for one row) + the KV cache at `context`."""
-    return _weights_read_per_token(arch, quant) + kv_cache_bytes(arch, context)
+    return _weights_read_per_token(arch, quant, backend) + kv_cache_bytes(arch, context)
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,26 +124,30 @@ class Point:
     decode_tps: float  # mean over repetitions, as the tables show it
     prefill_tps: float
     result: pb.ProfileResult
+    backend: str = DEFAULT_BACKEND
 
 
 def _context(r: pb.ProfileResult) -> int:
     return r.n_ctx or (r.n_prompt or r.request.n_prompt) + (r.n_gen or r.request.n_gen) or DEFAULT_CONTEXT
 
 
-def points(results: list[pb.ProfileResult], device_id: str, backend: str = "llama.cpp") -> list[Point]:
-    """The latest successful result per catalogued model and quant on the device."""
+def points(results: list[pb.ProfileResult], device_id: str, backend: str = DEFAULT_BACKEND) -> list[Point]:
+    """The latest successful result per catalogued model and precision of `backend` on the device."""
+    spec = backends.backend(backend)
     latest = {}
     for r in results:
-        if (r.device_id != device_id or r.failure or (r.request.backend or "llama.cpp") != backend
+        if (r.device_id != device_id or r.failure or backend_of(r) != spec.name
                 or r.model_name not in CATALOGUE or not r.decode_tokens_per_s.mean):
             continue
-        quant = r.quant or r.request.quant
-        if quant in FILE_TYPES:
-            latest[(r.model_name, quant)] = r
-    return [Point(m, q, CATALOGUE[m], _context(r), r.n_prompt or r.request.n_prompt, r.n_gen or r.request.n_gen,
-                  float(r.peak_rss_bytes) if r.HasField("peak_rss_bytes") else None, r.decode_tokens_per_s.mean,
-                  r.prefill_tokens_per_s.mean, r)
-            for (m, q), r in sorted(latest.items())]
+        if spec.can_size(quant_of(r)):
+            latest[(r.model_name, quant_of(r))] = r
+    pts = []
+    for (m, q), r in sorted(latest.items()):
+        memory = memory_figure(r)[0]
+        pts.append(Point(m, q, CATALOGUE[m], _context(r), r.n_prompt or r.request.n_prompt, r.n_gen or r.request.n_gen,
+                         float(memory) if memory is not None else None, r.decode_tokens_per_s.mean,
+                         r.prefill_tokens_per_s.mean, r, spec.name))
+    return pts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,24 +160,29 @@ class Calibration:
     compute: dict[str, float]  # effective FLOP/s per quant (prefill)
     prefill_layer_s: float
 
-    def rate(self, rates: dict[str, float], quant: str) -> tuple[float | None, str | None]:
+    def rate(self, rates: dict[str, float], quant: str, backend: str = DEFAULT_BACKEND) -> tuple[float | None, str | None]:
         if not rates:
             return None, None
         if quant in rates:
             return rates[quant], quant
-        bits = {q: _bits(q) for q in rates}
-        nearest = min(bits, key=lambda q: abs(bits[q] - _bits(quant)))
+        bits = {q: _bits(backend, q) for q in rates}
+        nearest = min(bits, key=lambda q: abs(bits[q] - _bits(backend, quant)))
         return rates[nearest], nearest
 
 
 @functools.lru_cache(maxsize=None)
-def _bits(quant: str) -> float:
-    return file_bits_per_weight(CATALOGUE["llama-2-7b"], quant)
+def _bits(backend: str, quant: str) -> float:
+    """Bits per weight of a precision, to borrow the rate of the nearest measured one (GGUF: llama.cpp's mix on
+    a 7B; frameworks: the matrices' bytes)."""
+    spec = backends.backend(backend)
+    if spec.takes_gguf_types():
+        return file_bits_per_weight(CATALOGUE["llama-2-7b"], quant)
+    return 8 * spec.matrix_bytes_per_weight(quant)
 
 
 def _fit_memory(pts: list[Point]) -> tuple[float, float]:
     pts = [p for p in pts if p.peak_bytes]
-    x = np.array([memory_feature(p.arch, p.quant, p.context) for p in pts])
+    x = np.array([memory_feature(p.arch, p.quant, p.context, p.backend) for p in pts])
     y = np.array([p.peak_bytes for p in pts])
     if len({p.model for p in pts}) < 2:  # one size: no slope to fit, only the overhead
         return 1.0, float(np.mean(y - x)) if len(pts) else DEFAULT_OVERHEAD_BYTES
@@ -199,7 +214,7 @@ def calibrate(pts: list[Point]) -> Calibration | None:
         return None
     alpha, beta = _fit_memory(pts)
     # llama-bench's tg decodes from an empty cache: attention sees (n_gen + 1) / 2 positions on average
-    bw, c = _fit_rates(pts, lambda p: decode_bytes_per_token(p.arch, p.quant, (p.n_gen + 1) / 2), lambda p: p.decode_tps)
+    bw, c = _fit_rates(pts, lambda p: decode_bytes_per_token(p.arch, p.quant, (p.n_gen + 1) / 2, p.backend), lambda p: p.decode_tps)
     fl, c2 = _fit_rates(pts, lambda p: flops_per_token(p.arch, p.n_prompt / 2), lambda p: p.prefill_tps)
     return Calibration(alpha, beta, bw, c, fl, c2)
 
@@ -234,6 +249,7 @@ class DeviceModel:
     points: list[Point]
     calibration: Calibration | None
     errors: dict[str, float | None]  # "memory" | "decode" | "prefill" -> max |relative error| held out
+    backend: str = DEFAULT_BACKEND
 
     @property
     def bandwidth_probe(self) -> float | None:
@@ -263,16 +279,27 @@ class DeviceModel:
         cal = self.calibration
         if cal is None:
             return self._estimate(arch, quant, ctx)
-        memory = cal.alpha * memory_feature(arch, quant, ctx) + cal.overhead_bytes
-        bw, bw_quant = cal.rate(cal.bandwidth, quant)
-        fl, fl_quant = cal.rate(cal.compute, quant)
+        if measured and measured.peak_bytes:  # measured at another context: its speed, its memory grown to ctx
+            r, shape = measured.result, run_shape(measured.result)
+            grown = cal.alpha * (memory_feature(arch, quant, ctx, self.backend)
+                                 - memory_feature(arch, quant, measured.context, self.backend))
+            return Prediction(
+                Figure(measured.peak_bytes + grown, "predicted",
+                       f"measured peak at n_ctx {measured.context} (result {r.result_id}) + KV cache and compute "
+                       f"buffer to ctx {ctx}, scaled {cal.alpha:.3f}"),
+                Figure(r.decode_tokens_per_s.mean, "measured", f"llama-bench tg mean at {shape} (result {r.result_id})"),
+                Figure(r.prefill_tokens_per_s.mean or None, "measured",
+                       f"llama-bench pp mean at {shape} (result {r.result_id})"), ctx)
+        memory = cal.alpha * memory_feature(arch, quant, ctx, self.backend) + cal.overhead_bytes
+        bw, bw_quant = cal.rate(cal.bandwidth, quant, self.backend)
+        fl, fl_quant = cal.rate(cal.compute, quant, self.backend)
         borrowed = lambda q: "" if q == quant else f"; {quant} never measured here, efficiency of {q} (nearest bits/weight)"
         n = len({p.model for p in self.points})
         mem_how = (f"weights + KV(ctx {ctx}) + compute buffer, scaled {cal.alpha:.3f} + overhead "
                    f"{cal.overhead_bytes / 2**20:.0f} MiB, fitted on {len(self.points)} runs of {n} sizes here")
         decode = Figure(None, "predicted", "no decode rate measured on this device")
         if bw:
-            per_token = decode_bytes_per_token(arch, quant, decode_context or ctx)
+            per_token = decode_bytes_per_token(arch, quant, decode_context or ctx, self.backend)
             decode = Figure(1 / (per_token / bw + arch.n_layers * cal.decode_layer_s),
                             "predicted", f"bandwidth roofline, effective {bw / 1e9:.1f} GB/s + "
                             f"{cal.decode_layer_s * 1e3:.2f} ms per layer, fitted here{borrowed(bw_quant)}",
@@ -289,9 +316,9 @@ class DeviceModel:
 
     def _estimate(self, arch: Architecture, quant: str, ctx: int) -> Prediction:
         why = "estimated: nothing measured on this device yet"
-        memory = memory_feature(arch, quant, ctx) + DEFAULT_OVERHEAD_BYTES
+        memory = memory_feature(arch, quant, ctx, self.backend) + DEFAULT_OVERHEAD_BYTES
         bw, fl = self.bandwidth_probe, self.matmul_probe
-        decode = (DEFAULT_BANDWIDTH_EFFICIENCY * bw / decode_bytes_per_token(arch, quant, ctx)) if bw else None
+        decode = (DEFAULT_BANDWIDTH_EFFICIENCY * bw / decode_bytes_per_token(arch, quant, ctx, self.backend)) if bw else None
         prefill = (DEFAULT_COMPUTE_EFFICIENCY * fl / flops_per_token(arch, ctx / 2)) if fl else None
         no_probe = "; no probe of the device (fleetfit-agent probe), so no figure"
         return Prediction(
@@ -310,7 +337,8 @@ def leave_one_size_out(pts: list[Point]) -> list[tuple[Point, Prediction]]:
         rest = [p for p in pts if p.model != held]
         if len({p.model for p in rest}) < 2:
             continue
-        model = DeviceModel(pb.DeviceInventory(), rest, calibrate(rest), {"memory": None, "decode": None, "prefill": None})
+        model = DeviceModel(pb.DeviceInventory(), rest, calibrate(rest), {"memory": None, "decode": None, "prefill": None},
+                            rest[0].backend)
         for p in (p for p in pts if p.model == held):
             if p.quant in model.calibration.bandwidth:  # a precision it has seen on other sizes
                 out.append((p, model.predict(p.arch, p.quant, p.context, decode_context=(p.n_gen + 1) / 2)))
@@ -327,11 +355,14 @@ def relative_errors(pairs: list[tuple[Point, Prediction]]) -> dict[str, list[flo
     return errors
 
 
-def device_model(device: pb.DeviceInventory, results: list[pb.ProfileResult], backend: str = "llama.cpp") -> DeviceModel:
-    pts = points(results, device.device_id, backend)
+def device_model(device: pb.DeviceInventory, results: list[pb.ProfileResult],
+                 backend: str = DEFAULT_BACKEND) -> DeviceModel:
+    """The device's scaling model for one backend, calibrated on that backend's runs there."""
+    spec = backends.backend(backend)
+    pts = points(results, device.device_id, spec.name)
     errors = relative_errors(leave_one_size_out(pts))
     bands = {k: max(abs(e) for e in v) if v else None for k, v in errors.items()}
-    return DeviceModel(device, pts, calibrate(pts), bands)
+    return DeviceModel(device, pts, calibrate(pts), bands, spec.name)
 
 
 def params_text(arch: Architecture) -> str:

@@ -11,6 +11,7 @@ it once it has used its attempts. On PostgreSQL claims use `FOR UPDATE SKIP LOCK
 coordinator replicas can serve one fleet.
 """
 
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -46,6 +47,15 @@ class StaleLease(Exception):
 
 class BadToken(Exception):
     """A join token that is unknown, expired or already used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Campaign:
+    campaign_id: str
+    selector: str
+    created_unix_s: float
+    spec: pb.CampaignSpec
+    skipped: dict[str, list[str]]  # device id -> "what: why" for each combination not queued there
 
 
 def token_hash(secret: str) -> str:
@@ -84,19 +94,18 @@ class Store:
             if cur.rowcount == 0:
                 raise UnknownDevice(device_id)
 
-    def devices(self, key: str | None = None, now: float | None = None) -> list[pb.Device]:
-        """Every device, or the one whose id (else hostname) is `key`; each `online` or `lost` (LOST_AFTER_S)."""
-        sql = "SELECT inventory, first_seen, last_seen, result_count FROM devices"
-        if key:
-            rows = self.db.query(sql + " WHERE device_id = ?", (key,))
-            if not rows:  # a hostname lives only inside the inventory
-                return [d for d in self.devices(now=now) if d.inventory.hostname == key]
-        else:
-            rows = self.db.query(sql + " ORDER BY device_id")
+    def devices(self, device_id: str | None = None, now: float | None = None) -> list[pb.Device]:
+        """Every device, or the one with `device_id`; each `online` or `lost` (LOST_AFTER_S), with its labels.
+        Devices are keyed by id only: coordinator/devices.py finds one by hostname for people."""
+        sql = "SELECT d.inventory, d.first_seen, d.last_seen, d.result_count, a.labels FROM devices d " \
+              "LEFT JOIN agents a ON a.device_id = d.device_id"
+        rows = (self.db.query(sql + " WHERE d.device_id = ?", (device_id,)) if device_id
+                else self.db.query(sql + " ORDER BY d.device_id"))
         cutoff = (now or time.time()) - LOST_AFTER_S
         return [pb.Device(inventory=pb.DeviceInventory.FromString(bytes(inv)), first_seen_unix_s=first,
-                          last_seen_unix_s=last, results=count, status="online" if last >= cutoff else "lost")
-                for inv, first, last, count in rows]
+                          last_seen_unix_s=last, results=count, status="online" if last >= cutoff else "lost",
+                          labels=json.loads(labels) if labels else {})
+                for inv, first, last, count, labels in rows]
 
     def device_labels(self) -> dict[str, dict[str, str]]:
         """Labels each enrolled device was given by its join token."""
@@ -183,15 +192,19 @@ class Store:
 
     def enqueue_many(self, jobs: list[tuple[str, pb.ProfileRequest]], campaign_id: str | None = None,
                      max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[str]:
+        with self.db.transaction() as execute:
+            return self._enqueue(execute, jobs, campaign_id, max_attempts)
+
+    @staticmethod
+    def _enqueue(execute, jobs, campaign_id, max_attempts) -> list[str]:
         ids = [str(uuid.uuid4()) for _ in jobs]
         now = time.time()
-        with self.db.transaction() as execute:
-            for n, (job_id, (device_id, request)) in enumerate(zip(ids, jobs)):
-                execute(
-                    "INSERT INTO jobs (job_id, device_id, campaign_id, request, state, created, updated, max_attempts) "
-                    "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
-                    (job_id, device_id, campaign_id, request.SerializeToString(), now + n * 1e-6, now, max_attempts),
-                )
+        for n, (job_id, (device_id, request)) in enumerate(zip(ids, jobs)):
+            execute(
+                "INSERT INTO jobs (job_id, device_id, campaign_id, request, state, created, updated, max_attempts) "
+                "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (job_id, device_id, campaign_id, request.SerializeToString(), now + n * 1e-6, now, max_attempts),
+            )
         return ids
 
     def devices_with_queued_jobs(self) -> set[str]:
@@ -263,20 +276,25 @@ class Store:
     # -- campaigns
 
     def create_campaign(self, selector: str, spec: pb.CampaignSpec, jobs: list[tuple[str, pb.ProfileRequest]],
-                        max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> str:
+                        max_attempts: int = DEFAULT_MAX_ATTEMPTS, skipped: dict[str, list[str]] | None = None) -> str:
+        """The campaign, its jobs and what it skipped on each device, in one transaction."""
         campaign_id = uuid.uuid4().hex[:12]
         with self.db.transaction() as execute:
-            execute("INSERT INTO campaigns (campaign_id, selector, created, spec) VALUES (?, ?, ?, ?)",
-                    (campaign_id, selector, time.time(), spec.SerializeToString()))
-        self.enqueue_many(jobs, campaign_id, max_attempts)
+            execute("INSERT INTO campaigns (campaign_id, selector, created, spec, skipped) VALUES (?, ?, ?, ?, ?)",
+                    (campaign_id, selector, time.time(), spec.SerializeToString(),
+                     json.dumps(skipped or {}, sort_keys=True)))
+            self._enqueue(execute, jobs, campaign_id, max_attempts)
         return campaign_id
 
-    def campaigns(self) -> list[tuple[str, str, float, pb.CampaignSpec]]:
-        rows = self.db.query("SELECT campaign_id, selector, created, spec FROM campaigns ORDER BY created")
-        return [(c, s, t, pb.CampaignSpec.FromString(bytes(spec))) for c, s, t, spec in rows]
+    def campaigns(self, campaign_id: str | None = None) -> list[Campaign]:
+        sql = "SELECT campaign_id, selector, created, spec, skipped FROM campaigns"
+        rows = (self.db.query(sql + " WHERE campaign_id = ?", (campaign_id,)) if campaign_id is not None
+                else self.db.query(sql + " ORDER BY created"))
+        return [Campaign(c, s, t, pb.CampaignSpec.FromString(bytes(spec)), json.loads(skipped))
+                for c, s, t, spec, skipped in rows]
 
-    def campaign(self, campaign_id: str) -> tuple[str, str, float, pb.CampaignSpec] | None:
-        found = [c for c in self.campaigns() if c[0] == campaign_id]
+    def campaign(self, campaign_id: str) -> "Campaign | None":
+        found = self.campaigns(campaign_id)
         return found[0] if found else None
 
     # -- enrollment

@@ -5,15 +5,19 @@ number, a string, or None where there is no figure (rendered as "n/a", never as 
 """
 
 import dataclasses
+import functools
 from typing import Callable
 
 from google.protobuf import struct_pb2
 
 from fleetfit.coordinator import fit as fit_rules
 from fleetfit.coordinator import render, scaling
-from fleetfit.coordinator.limits import limit_rows
+from fleetfit.coordinator.devices import DeviceLookupError, display_names
+from fleetfit.coordinator.devices import find as find_device
+from fleetfit.coordinator.limits import (DEFAULT_SHAPE, backend_of, chosen_shapes, comparable, limit_rows, quant_of,
+                                         shape_matches)
+from fleetfit.models import backends
 from fleetfit.models.catalogue import CATALOGUE, n_params
-from fleetfit.models.quant_sizes import FILE_TYPES
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 
@@ -25,6 +29,14 @@ class TableError(ValueError):
 class Fleet:
     results: list[pb.ProfileResult]
     devices: list[pb.Device]
+
+    @functools.cached_property
+    def names(self) -> dict[str, str]:
+        """device id -> display name (the id is the key; two devices never merge under one hostname)."""
+        return display_names(self.devices)
+
+    def name(self, device_id: str) -> str:
+        return self.names.get(device_id, device_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +84,10 @@ def _cell(value) -> struct_pb2.Value:
     return struct_pb2.Value(string_value=str(value))
 
 
+def build_from_store(name: str, store, options: dict[str, str]) -> pb.Table:
+    return build(name, Fleet(results=store.results(), devices=store.devices()), options)
+
+
 def build(name: str, fleet: Fleet, options: dict[str, str]) -> pb.Table:
     spec = TABLES.get(name)
     if spec is None:
@@ -99,29 +115,81 @@ def render_table(message: pb.Table, fmt: str) -> str:
     return text
 
 
-@table("measured", "Measured limits: device × model × quant × backend")
+def _shape_option(options: dict[str, str]) -> str:
+    wanted = options.get("shape", DEFAULT_SHAPE).strip()
+    if not wanted or not wanted.split()[0].startswith("pp") or "/tg" not in wanted.split()[0]:
+        raise TableError(f"option shape must start like pp512/tg128, got {wanted!r}")
+    return wanted
+
+
+def _device_option(fleet: Fleet, options: dict[str, str]) -> str | None:
+    """The device id an option `device` names (an id, or a hostname one device has)."""
+    if not options.get("device"):
+        return None
+    try:
+        return find_device(fleet.devices, options["device"]).inventory.device_id
+    except DeviceLookupError as exc:
+        raise TableError(f"option device: {exc}") from None
+
+
+@table("measured", "Measured limits: device × backend × model × precision × run shape")
 def measured(fleet: Fleet, options: dict[str, str]) -> TableData:
-    header, body = render.limit_table(limit_rows(fleet.results, fleet.devices))
-    return TableData(header, body, ["every row is measured on the device it names (pp/tg as llama-bench)"])
+    rows = limit_rows(fleet.results, fleet.devices)
+    if "shape" in options:
+        rows = [r for r in rows if shape_matches(r.shape, _shape_option(options))]
+    header, body = render.limit_table(rows)
+    return TableData(header, body, ["every row is measured on the device it names (pp/tg as llama-bench), one row "
+                                    "per run shape; failed runs are in `fleetfit limits failures`",
+                                    "memory: GPU memory for GPU runs, else the worker's peak RSS"])
+
+
+@table("failures", "Failed runs: what did not run, where, and why")
+def failures(fleet: Fleet, options: dict[str, str]) -> TableData:
+    rows = [[r.device_name, r.backend, r.model_name or None, r.quant or None, r.shape,
+             render.FAILURES.get(r.failure, "error"), r.error, r.result_id]
+            for r in limit_rows(fleet.results, fleet.devices, failures=True)]
+    return TableData(["device", "backend", "model", "precision", "shape", "failure", "error", "result"], rows,
+                     ["the latest failed run per device, backend, model, precision and shape; failures are never rows "
+                      "of the measurement tables (an out-of-memory run shows there as 'does not fit')"])
 
 
 # -- the seed's model-size tables (issue 3): rows are model sizes, columns precisions, per device
 
-PRECISION_ORDER = ("F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0")
+PRECISION_ORDER = ("F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0",
+                   "fp32", "bf16", "fp16", "int8", "int4")
 
 
-def _ladder(fleet: Fleet, options: dict[str, str]):
-    """Latest llama.cpp row per (device, model, quant), the precisions present, and the (device, model) keys
-    ordered by parameter count."""
-    rows = [r for r in limit_rows(fleet.results, fleet.devices) if r.backend == "llama.cpp"]
-    if options.get("device"):
-        rows = [r for r in rows if options["device"] in (r.device_id, r.hostname)]
-    cells = {(r.device_id, r.model_name, r.quant): r for r in rows}
-    quants = sorted({r.quant for r in rows}, key=lambda q: (PRECISION_ORDER + (q,)).index(q))
-    params = {(r.device_id, r.model_name): r.model_n_params for r in rows}
-    names = {r.device_id: r.hostname or r.device_id for r in rows}
-    keys = sorted(params, key=lambda k: (k[0], params[k]))
-    return cells, quants, keys, params, names
+def _precision_rank(q: str) -> tuple[int, str]:
+    return (PRECISION_ORDER.index(q) if q in PRECISION_ORDER else len(PRECISION_ORDER), q)
+
+
+@dataclasses.dataclass
+class Ladder:
+    """The comparable rows of each device and backend (one run shape each), as the size tables read them."""
+    cells: dict[tuple[str, str, str, str], pb.LimitRow]  # (device, backend, model, precision) -> row
+    quants: list[str]  # the precisions present, in PRECISION_ORDER
+    keys: list[tuple[str, str, str]]  # (device, backend, model), by device then backend then parameters
+    params: dict[tuple[str, str, str], int]
+    shapes: dict[tuple[str, str], str]  # (device, backend) -> the shape its cells came from
+
+
+def _ladder(fleet: Fleet, options: dict[str, str]) -> Ladder:
+    """Successful runs of one shape per device and backend (option shape, default pp512/tg128; a device with no
+    run of that shape shows its most common one, named in the shape column); OOM runs as 'does not fit'."""
+    wanted = _shape_option(options)
+    device = _device_option(fleet, options)
+    rows = [r for r in limit_rows(fleet.results, fleet.devices) if device in (None, r.device_id)]
+    shapes = chosen_shapes(rows, wanted)
+    rows = comparable(rows, wanted)
+    ooms = [r for r in limit_rows(fleet.results, fleet.devices, failures=True)
+            if r.failure == pb.FAILURE_KIND_OOM and device in (None, r.device_id)
+            and shapes.get((r.device_id, r.backend), r.shape).split()[0] == r.shape.split()[0]]
+    cells = {(r.device_id, r.backend, r.model_name, r.quant): r for r in ooms}
+    cells.update({(r.device_id, r.backend, r.model_name, r.quant): r for r in rows})
+    quants = sorted({k[3] for k in cells}, key=_precision_rank)
+    params = {k[:3]: r.model_n_params for k, r in cells.items()}
+    keys = sorted(params, key=lambda k: (k[0], k[1], params[k]))
+    return Ladder(cells, quants, keys, params, shapes)
 
 
 def _params_text(n: int) -> str:
@@ -133,35 +201,40 @@ def _figure_or_verdict(row: pb.LimitRow | None, figure):
         return None
     if row.failure == pb.FAILURE_KIND_OOM:
         return "does not fit"
-    if row.failure:
-        return f"failed ({render.FAILURES.get(row.failure, 'error')})"
     return figure(row)
 
 
-PREDICTED_NOTE = ("~: predicted by the device's scaling model (calibrated on its own runs; `fleetfit fit` gives the "
-                  "leave-one-size-out error band); bare numbers are measured")
+PREDICTED_NOTE = ("~: predicted by the device's scaling model for that backend (calibrated on its own runs; `fleetfit "
+                  "fit` gives the leave-one-size-out error band); bare numbers are measured")
+SHAPE_NOTE = ("shape: the run shape the row's cells come from (option shape, default pp512/tg128; a device and "
+              "backend with no run of that shape show their most common one)")
 
 
-def device_models(fleet: Fleet) -> dict[str, scaling.DeviceModel]:
-    """The scaling model of every device with results (llama.cpp)."""
+def device_models(fleet: Fleet) -> dict[tuple[str, str], scaling.DeviceModel]:
+    """The scaling model of every device and backend with results."""
     inventories = {d.inventory.device_id: d.inventory for d in fleet.devices}
-    ids = sorted({r.device_id for r in fleet.results} | set(inventories))
-    return {i: scaling.device_model(inventories.get(i, pb.DeviceInventory(device_id=i)), fleet.results) for i in ids}
+    pairs = sorted({(r.device_id, backend_of(r)) for r in fleet.results if backend_of(r) in backends.BACKENDS})
+    return {(i, b): scaling.device_model(inventories.get(i, pb.DeviceInventory(device_id=i)), fleet.results, b)
+            for i, b in pairs}
 
 
-def _with_seed_sizes(fleet: Fleet, keys, params):
-    """The measured (device, model) keys plus the seed's sizes not measured on each device, and a function that
-    gives the predicted cell ("~x") of one device, model and quant."""
+def _with_seed_sizes(fleet: Fleet, ladder: Ladder):
+    """The measured (device, backend, model) keys plus the seed's sizes not measured on each, and a function that
+    gives the predicted cell ("~x") of one device, backend, model and precision."""
     models = device_models(fleet)
-    devices = [d for d in dict.fromkeys(d for d, _ in keys) if models[d].calibration is not None]
-    for d in devices:
-        for m in scaling.SEED_SIZES:
-            params.setdefault((d, m), n_params(CATALOGUE[m]))
-    keys = sorted(set(keys) | {(d, m) for d in devices for m in scaling.SEED_SIZES}, key=lambda k: (k[0], params[k]))
+    pairs = [k for k in dict.fromkeys(k[:2] for k in ladder.keys) if k in models and models[k].calibration is not None]
+    spec_of = {b: backends.backend(b) for _, b in pairs}
+    extra = {(d, b, m) for d, b in pairs for m in scaling.SEED_SIZES
+             if not backends.obtainable(spec_of[b], m, set(), CATALOGUE)}
+    for key in extra:
+        ladder.params.setdefault(key, n_params(CATALOGUE[key[2]]))
+    keys = sorted(set(ladder.keys) | extra, key=lambda k: (k[0], k[1], ladder.params[k]))
 
-    def predicted(device_id: str, model: str, quant: str, what: str):
-        dm = models.get(device_id)
-        if dm is None or dm.calibration is None or model not in CATALOGUE or quant not in FILE_TYPES:
+    def predicted(device_id: str, backend: str, model: str, quant: str, what: str):
+        dm = models.get((device_id, backend))
+        spec = backends.BACKENDS.get(backend)
+        if dm is None or dm.calibration is None or model not in CATALOGUE or spec is None or not spec.can_size(quant) \
+                or not _takes(spec, quant):
             return None
         p = dm.predict(CATALOGUE[model], quant)
         text = p.decode_tps.text() if what == "decode" else f"~{p.memory_bytes.value / 1e9:.3g}"
@@ -172,93 +245,119 @@ def _with_seed_sizes(fleet: Fleet, keys, params):
     return keys, predicted
 
 
+def _takes(spec: backends.BackendSpec, quant: str) -> bool:
+    try:
+        return spec.canonical(quant) == quant
+    except Exception:
+        return False
+
+
 @table("memory", "Memory requirements by model size: measured peak memory (GB)")
 def memory(fleet: Fleet, options: dict[str, str]) -> TableData:
-    cells, quants, keys, params, names = _ladder(fleet, options)
-    peak = lambda r: round(r.peak_rss_bytes / 1e9, 3) if r.HasField("peak_rss_bytes") else None
-    keys, predicted = _with_seed_sizes(fleet, keys, params)
-    rows = [[names[d], m, _params_text(params[(d, m)]),
-             *(_figure_or_verdict(cells.get((d, m, q)), peak) or predicted(d, m, q, "memory") for q in quants)]
-            for d, m in keys]
-    return TableData(["device", "model", "parameters", *(f"{q} GB" for q in quants)], rows,
-                     ["peak RSS of the worker process, weights read without mmap; 'does not fit': out of memory "
-                      "or not attempted because the predicted need exceeded the memory cap", PREDICTED_NOTE])
+    ladder = _ladder(fleet, options)
+    peak = lambda r: round(r.memory_bytes / 1e9, 3) if r.HasField("memory_bytes") else None
+    keys, predicted = _with_seed_sizes(fleet, ladder)
+    rows = [[fleet.name(d), b, m, _params_text(ladder.params[(d, b, m)]),
+             *(_figure_or_verdict(ladder.cells.get((d, b, m, q)), peak) or predicted(d, b, m, q, "memory")
+               for q in ladder.quants), ladder.shapes.get((d, b))]
+            for d, b, m in keys]
+    return TableData(["device", "backend", "model", "parameters", *(f"{q} GB" for q in ladder.quants), "shape"], rows,
+                     ["peak memory: the worker's peak RSS (weights read without mmap), or GPU memory for GPU runs; "
+                      "'does not fit': out of memory, or not attempted because the predicted need exceeded the "
+                      "memory cap", SHAPE_NOTE, PREDICTED_NOTE])
 
 
 @table("speed", "Inference speed by model size: measured decode tokens/s")
 def speed(fleet: Fleet, options: dict[str, str]) -> TableData:
-    cells, quants, keys, params, names = _ladder(fleet, options)
+    ladder = _ladder(fleet, options)
     decode = lambda r: round(r.decode_tokens_per_s.mean, 3)
-    keys, predicted = _with_seed_sizes(fleet, keys, params)
+    keys, predicted = _with_seed_sizes(fleet, ladder)
     rows, smallest = [], {}
-    for d, m in keys:
-        figures = [_figure_or_verdict(cells.get((d, m, q)), decode) or predicted(d, m, q, "decode") for q in quants]
-        measured = [(q, f) for q, f in zip(quants, figures) if isinstance(f, float)]
-        for q, f in measured:  # the smallest size measured on this device, per precision
-            smallest.setdefault((d, q), f)
-        # speed against the smallest size on this device, in the first precision this size was measured at
-        factor = round(measured[0][1] / smallest[(d, measured[0][0])], 3) if measured else None
-        rows.append([names[d], m, _params_text(params[(d, m)]), *figures, factor])
-    return TableData(["device", "model", "parameters", *(f"{q} tok/s" for q in quants), "speed factor"], rows,
+    for d, b, m in keys:
+        figures = [_figure_or_verdict(ladder.cells.get((d, b, m, q)), decode) or predicted(d, b, m, q, "decode")
+                   for q in ladder.quants]
+        measured = [(q, f) for q, f in zip(ladder.quants, figures) if isinstance(f, float)]
+        for q, f in measured:  # the smallest size measured on this device and backend, per precision
+            smallest.setdefault((d, b, q), f)
+        # speed against the smallest size on this device and backend, in the first precision this size was measured at
+        factor = round(measured[0][1] / smallest[(d, b, measured[0][0])], 3) if measured else None
+        rows.append([fleet.name(d), b, m, _params_text(ladder.params[(d, b, m)]), *figures, factor,
+                     ladder.shapes.get((d, b))])
+    return TableData(["device", "backend", "model", "parameters", *(f"{q} tok/s" for q in ladder.quants),
+                      "speed factor", "shape"], rows,
                      ["decode as llama-bench tg: single-token decodes from an empty cache, random tokens",
-                      "speed factor: against the smallest size measured on the same device, first precision shown",
-                      PREDICTED_NOTE])
+                      "speed factor: against the smallest size measured on the same device and backend, first "
+                      "precision shown", SHAPE_NOTE, PREDICTED_NOTE])
 
 
-@table("capacity", "Hardware capacity: the largest model that fits, per device and precision")
+@table("capacity", "Hardware capacity: the largest model that fits, per device, backend and precision")
 def capacity(fleet: Fleet, options: dict[str, str]) -> TableData:
-    cells, quants, keys, params, names = _ladder(fleet, options)
+    ladder = _ladder(fleet, options)
     min_tps = float_option(options, "min_tps", 5.0)
     models = device_models(fleet)
-    baseline = _baseline(options.get("baseline"), [d for d, _ in keys], names)
+    pairs = list(dict.fromkeys(k[:2] for k in ladder.keys))
+    baseline = _baseline(options.get("baseline"), fleet, [d for d, _ in pairs])
     try:
         reference = scaling.resolve(options.get("reference", "llama-2-7b"), "F16")[0].name
     except scaling.ScalingError as exc:
         raise TableError(f"option reference: {exc}") from None
     rows = []
-    for device in dict.fromkeys(d for d, _ in keys):
-        for q in quants:
-            measured = [(params[(d, m)], cells[(d, m, q)]) for d, m in keys if d == device and (d, m, q) in cells]
+    for device, backend in pairs:
+        dm = models.get((device, backend))
+        for q in ladder.quants:
+            measured = [(ladder.params[k], ladder.cells[(*k, q)]) for k in ladder.keys
+                        if k[:2] == (device, backend) and (*k, q) in ladder.cells]
+            if not measured:
+                continue
             fitting = [(n, r) for n, r in measured if not r.failure]
             failing = [(n, r) for n, r in measured if r.failure == pb.FAILURE_KIND_OOM]
             largest = max(fitting, key=lambda x: x[0], default=(0, None))[1]
             first_out = min(failing, key=lambda x: x[0], default=(0, None))[1]
             rows.append([
-                names[device], q,
+                fleet.name(device), backend, q,
                 largest.model_name if largest else None,
                 _params_text(largest.model_n_params) if largest else None,
-                round(largest.peak_rss_bytes / 1e9, 3) if largest else None,
+                round(largest.memory_bytes / 1e9, 3) if largest and largest.HasField("memory_bytes") else None,
                 round(largest.decode_tokens_per_s.mean, 3) if largest else None,
                 first_out.model_name if first_out else None,
                 first_out.error if first_out else None,
-                _largest_text(models[device], q), _largest_text(models[device], q, min_tps),
-                _relative(models[device], models.get(baseline), reference, q),
+                _largest_text(dm, q) if dm else None, _largest_text(dm, q, min_tps) if dm else None,
+                _relative(dm, models.get((baseline, backend)), reference, q) if dm else None,
+                ladder.shapes.get((device, backend)),
             ])
-    return TableData(["device", "precision", "largest that fits", "parameters", "peak GB", "decode tok/s",
+    return TableData(["device", "backend", "precision", "largest that fits", "parameters", "peak GB", "decode tok/s",
                       "smallest that does not fit", "why", "largest in catalogue (predicted)",
-                      f"largest at ≥{min_tps:g} tok/s", f"{reference} decode vs {names.get(baseline, baseline)}"], rows,
+                      f"largest at ≥{min_tps:g} tok/s", f"{reference} decode vs {fleet.name(baseline) if baseline else None}",
+                      "shape"], rows,
                      ["from measured runs (synthetic ladders from `fleetfit-agent limits probe` and real models)",
-                      "largest in catalogue: the scaling model over every catalogued architecture, under 95% of RAM "
-                      "(fit's does_not_fit band); ~ marks a prediction",
-                      f"speed target: option min_tps (now {min_tps:g}); baseline device: option baseline (device id or "
-                      f"host); reference model: option reference", PREDICTED_NOTE])
+                      "largest in catalogue: the scaling model over every catalogued architecture the backend runs, "
+                      "under 95% of RAM (fit's does_not_fit band); ~ marks a prediction",
+                      f"speed target: option min_tps (now {min_tps:g}); baseline device: option baseline (device id, "
+                      f"or a hostname one device has), same backend; reference model: option reference",
+                      SHAPE_NOTE, PREDICTED_NOTE])
 
 
-def _baseline(asked: str | None, device_ids: list[str], names: dict[str, str]) -> str | None:
+def _baseline(asked: str | None, fleet: Fleet, device_ids: list[str]) -> str | None:
     if not asked:
         return device_ids[0] if device_ids else None
-    found = next((d for d in dict.fromkeys(device_ids) if asked in (d, names.get(d))), None)
-    if found is None:
-        raise TableError(f"option baseline: no measured device {asked!r} (known: {', '.join(dict.fromkeys(device_ids))})")
+    try:
+        found = find_device(fleet.devices, asked).inventory.device_id
+    except DeviceLookupError as exc:
+        raise TableError(f"option baseline: {exc}") from None
+    if found not in device_ids:
+        raise TableError(f"option baseline: {asked!r} has no measurements (measured: {', '.join(dict.fromkeys(device_ids))})")
     return found
 
 
 def largest(dm: scaling.DeviceModel, quant: str, min_tps: float | None = None):
     """(architecture, prediction) of the largest catalogued model under 95% of RAM (and at least min_tps)."""
     ram = dm.device.ram_total_bytes
-    if quant not in FILE_TYPES or not ram or dm.calibration is None:
+    spec = backends.backend(dm.backend)
+    if not _takes(spec, quant) or not spec.can_size(quant) or not ram or dm.calibration is None:
         return None
     for arch in sorted(CATALOGUE.values(), key=n_params, reverse=True):
+        if backends.obtainable(spec, arch.name, set(), CATALOGUE):
+            continue
         p = dm.predict(arch, quant)
         speed_ok = min_tps is None or (p.decode_tps.value or 0) >= min_tps
         if fit_rules.band(p.memory_bytes.value / ram) != "does_not_fit" and speed_ok:
@@ -276,7 +375,9 @@ def _largest_text(dm: scaling.DeviceModel, quant: str, min_tps: float | None = N
 
 
 def _relative(dm: scaling.DeviceModel, base: scaling.DeviceModel | None, reference: str, quant: str) -> str | None:
-    if base is None or dm.calibration is None or base.calibration is None or quant not in FILE_TYPES:
+    spec = backends.backend(dm.backend)
+    if base is None or dm.calibration is None or base.calibration is None or not _takes(spec, quant) \
+            or not spec.can_size(quant):
         return None
     mine, theirs = (m.predict(CATALOGUE[reference], quant).decode_tps for m in (dm, base))
     if not mine.value or not theirs.value:
@@ -291,13 +392,12 @@ HOURS_PER_MONTH = 730.0  # 8760 / 12
 
 
 def _latest_measured(fleet: Fleet) -> list[tuple[str, pb.ProfileResult]]:
-    """(device name, latest successful result) per device, model, quant and backend, sorted."""
-    names = {d.inventory.device_id: d.inventory.hostname or d.inventory.device_id for d in fleet.devices}
-    latest = {}
+    """(device display name, latest successful result) per device, backend, model and precision, sorted by id."""
+    found = {}
     for r in fleet.results:  # oldest first
         if not r.failure:
-            latest[(r.device_id, r.model_name, r.quant, r.request.backend)] = r
-    return [(names.get(key[0], key[0]), r) for key, r in sorted(latest.items())]
+            found[(r.device_id, backend_of(r), r.model_name, quant_of(r))] = r
+    return [(fleet.name(key[0]), r) for key, r in sorted(found.items())]
 
 
 def _decode_energy(r: pb.ProfileResult) -> pb.PhaseEnergy | None:
@@ -335,10 +435,10 @@ def power(fleet: Fleet, options: dict[str, str]) -> TableData:
     body = []
     for name, r in rows:
         p = _decode_energy(r)
-        body.append([name, r.model_name, r.quant, _opt(p, "average_power_w", 3), _opt(p, "peak_power_w", 3),
+        body.append([name, backend_of(r), r.model_name, quant_of(r), _opt(p, "average_power_w", 3), _opt(p, "peak_power_w", 3),
                      _opt(p, "idle_power_w", 3), _opt(p, "tokens_per_joule", 3), _opt(p, "joules_per_token", 5),
                      _opt(p, "net_joules_per_token", 5), supported.get(name), _how(p)])
-    return TableData(["device", "model", "quant", "decode W", "peak W", "idle W", "tokens/J", "J/token",
+    return TableData(["device", "backend", "model", "quant", "decode W", "peak W", "idle W", "tokens/J", "J/token",
                       "net J/token", "models supported", "provenance (method, scope)"], body, POWER_NOTES)
 
 
@@ -357,10 +457,10 @@ def energy_cost(fleet: Fleet, options: dict[str, str]) -> TableData:
         kwh = watts * HOURS_PER_MONTH * duty / 1000 if watts is not None else None
         per_million = (p.joules_per_token * 1e6 / 3.6e6 * price
                        if p is not None and p.HasField("joules_per_token") else None)
-        body.append([name, r.model_name, r.quant, round(watts / 1000, 5) if watts is not None else None,
+        body.append([name, backend_of(r), r.model_name, quant_of(r), round(watts / 1000, 5) if watts is not None else None,
                      round(kwh, 3) if kwh is not None else None, round(kwh * price, 2) if kwh is not None else None,
                      round(per_million, 4) if per_million is not None else None, supported.get(name), _how(p)])
-    return TableData(["device", "model", "quant", "power kW", "kWh/month", "cost/month", "cost per 1M tokens",
+    return TableData(["device", "backend", "model", "quant", "power kW", "kWh/month", "cost/month", "cost per 1M tokens",
                       "models supported", "provenance (method, scope)"], body,
                      [f"price {price:g} per kWh (option price_per_kwh), duty cycle {duty:g} (option duty_cycle), "
                       f"{HOURS_PER_MONTH:g} h per month at the decode phase's average power", *POWER_NOTES])
@@ -371,13 +471,13 @@ def bandwidth(fleet: Fleet, options: dict[str, str]) -> TableData:
     body = []
     for name, r in _latest_measured(fleet):
         rl = r.roofline if r.HasField("roofline") else None
-        body.append([name, r.model_name, r.quant,
+        body.append([name, backend_of(r), r.model_name, quant_of(r),
                      _params_text(r.model_n_params) if r.HasField("model_n_params") else None,
                      round(rl.bytes_per_token / 1e6, 2) if rl is not None and rl.HasField("bytes_per_token") else None,
                      round(r.decode_tokens_per_s.mean, 3), _opt(rl, "achieved_gb_per_s", 3),
                      _opt(rl, "device_bandwidth_gb_per_s", 3), _opt(rl, "percent_of_bandwidth", 1),
                      _opt(rl, "arithmetic_intensity_flop_per_byte", 3), (rl.bottleneck or None) if rl else None])
-    return TableData(["device", "model", "quant", "parameters", "MB/token", "decode tok/s", "achieved GB/s",
+    return TableData(["device", "backend", "model", "quant", "parameters", "MB/token", "decode tok/s", "achieved GB/s",
                       "device GB/s", "% of bandwidth", "FLOP/byte", "bottleneck"], body,
                      ["bytes/token: weight tensor bytes from the GGUF + F16 KV cache (GQA-aware) at the mean decode "
                       "context; achieved = bytes/token x decode tok/s; device GB/s: the agent's triad probe",
@@ -394,8 +494,8 @@ def _uses(options: dict[str, str]) -> list[tuple[str, float]]:
 
 
 def _ladder_devices(fleet: Fleet) -> list[tuple[str, scaling.DeviceModel]]:
-    names = {d.inventory.device_id: d.inventory.hostname or d.inventory.device_id for d in fleet.devices}
-    return [(names.get(i, i), dm) for i, dm in device_models(fleet).items() if dm.calibration is not None]
+    """(display name, scaling model) of every calibrated device and backend."""
+    return [(fleet.name(i), dm) for (i, _), dm in device_models(fleet).items() if dm.calibration is not None]
 
 
 @table("deployment", "Deployment limits: the largest model per device and precision for each use's decode speed")
@@ -404,9 +504,10 @@ def deployment(fleet: Fleet, options: dict[str, str]) -> TableData:
     rows = []
     for name, dm in _ladder_devices(fleet):
         for quant in dict.fromkeys(p.quant for p in dm.points):
-            rows.append([name, quant, f"{dm.device.ram_total_bytes / 1e9:.1f}" if dm.device.ram_total_bytes else None,
+            rows.append([name, dm.backend, quant,
+                         f"{dm.device.ram_total_bytes / 1e9:.1f}" if dm.device.ram_total_bytes else None,
                          *(_largest_text(dm, quant, tps) for _, tps in uses), _largest_text(dm, quant)])
-    return TableData(["device", "precision", "RAM GB", *(f"{use} (≥{tps:g} tok/s)" for use, tps in uses),
+    return TableData(["device", "backend", "precision", "RAM GB", *(f"{use} (≥{tps:g} tok/s)" for use, tps in uses),
                       "offline (fits at all)"], rows,
                      ["largest catalogued model under 95% of RAM whose decode meets the use's speed; thresholds are "
                       "options realtime_tps, interactive_tps, batch_tps (tokens/s of one stream)", PREDICTED_NOTE])
@@ -431,7 +532,7 @@ def recommendations(fleet: Fleet, options: dict[str, str]) -> TableData:
                        key=lambda qf: (n_params(qf[1][0]) if qf[1] else 0, -(qf[1][1].memory_bytes.value if qf[1] else 0)))
             quant, found = best
             if found is None:
-                rows.append([scale, users, streams, name, None, None, None, None, None, None])
+                rows.append([scale, users, streams, name, dm.backend, None, None, None, None, None, None])
                 continue
             arch, p = found
             per_device = max(1, int(p.decode_tps.value // interactive))
@@ -439,9 +540,9 @@ def recommendations(fleet: Fleet, options: dict[str, str]) -> TableData:
             w = watts.get(dm.device.device_id)
             cost = round(n_devices * w[0] * HOURS_PER_MONTH / 1000 * price, 2) if w else None
             mark = "" if p.decode_tps.provenance == "measured" else "~"
-            rows.append([scale, users, streams, name, arch.name, quant, f"{mark}{p.decode_tps.value:.3g}",
+            rows.append([scale, users, streams, name, dm.backend, arch.name, quant, f"{mark}{p.decode_tps.value:.3g}",
                          per_device, n_devices, cost])
-    return TableData(["scale", "users", "concurrent streams", "device", "model", "precision", "decode tok/s",
+    return TableData(["scale", "users", "concurrent streams", "device", "backend", "model", "precision", "decode tok/s",
                       "streams per device", "devices needed", "energy cost/month"], rows,
                      [f"concurrent streams = users x active_fraction ({active:g}); each stream needs the interactive "
                       f"speed ({interactive:g} tok/s, option interactive_tps); a device serves decode tok/s / that many "
@@ -454,4 +555,4 @@ def recommendations(fleet: Fleet, options: dict[str, str]) -> TableData:
 
 # `fleetfit limits all`: the seed's tables in the seed's order, then the raw measurements
 SEED_ORDER = ("memory", "speed", "bandwidth", "capacity", "power", "energy-cost", "deployment", "recommendations",
-              "measured")
+              "measured", "failures")

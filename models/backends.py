@@ -85,9 +85,9 @@ class BackendSpec:
             matrix, other = _FRAMEWORK_MATRIX_BYTES[precision], _FRAMEWORK_ACTIVATION_BYTES[precision]
             sizes = {s.name: (s, math.prod(s.shape) * (matrix if len(s.shape) == 2 and not s.name.endswith("_embd.weight")
                                                        else other)) for s in _tensors(arch)}
-            if arch.tied_embeddings:  # the output projection is a copy of the tied table at the matrix precision
+            if arch.tied_embeddings and matrix != other:  # quantizing makes the tied output projection a copy
                 sizes["output.weight"] = (None, arch.vocab * arch.hidden * matrix)
-            lookup_only = True
+            lookup_only = not arch.tied_embeddings or matrix != other  # a shared table is also the projection
         total = 0.0
         for name, (spec, nbytes) in sizes.items():
             if per_token and name == "token_embd.weight" and lookup_only:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from fleetfit.agent import model_cache
-from fleetfit.coordinator.server import BackgroundCoordinator
+from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.models import real_models
 
 BIN = pathlib.Path(sys.executable).parent

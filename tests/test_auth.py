@@ -10,7 +10,7 @@ import pytest
 
 from fleetfit.agent import identity
 from fleetfit.coordinator.auth import AGENT, OPERATOR, policy
-from fleetfit.coordinator.server import BackgroundCoordinator
+from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.transport import connect
 from tests.conftest import Agents, assert_one_line_error, fleet_stub, run_cli

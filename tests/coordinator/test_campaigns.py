@@ -4,6 +4,7 @@ inventories and labels, expanding a spec into per-device jobs, checking specs, a
 import pytest
 
 from fleetfit.coordinator.campaigns import SelectorError, Term, check_spec, expand, matches, parse_selector, progress
+from fleetfit.coordinator.store import Campaign
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 GB, GiB = 10**9, 2**30
@@ -140,46 +141,73 @@ def spec(models=("smollm2-135m",), quants=("Q4_0",), backends=("llama.cpp",), **
                            template=pb.ProfileRequest(**fields))
 
 
-def test_expand_makes_one_job_per_backend_model_and_quant_for_matching_devices_only():
-    devices = [pb.Device(inventory=PI), pb.Device(inventory=WORKSTATION)]
-    campaign = spec(models=("smollm2-135m", "tinyllama-1.1b"), quants=("q4_0", "Q8_0"),
+ALL_BACKENDS = [pb.BackendInfo(name=n, available=True, version="1") for n in ("llama.cpp", "torch", "onnxruntime")]
+
+
+def test_expand_makes_one_job_per_runnable_backend_model_and_precision_for_matching_devices_only():
+    ws = pb.DeviceInventory(); ws.CopyFrom(WORKSTATION); ws.backends.extend(ALL_BACKENDS)
+    pi = pb.DeviceInventory(); pi.CopyFrom(PI); pi.backends.extend(ALL_BACKENDS)
+    devices = [pb.Device(inventory=pi), pb.Device(inventory=ws)]
+    campaign = spec(models=("smollm2-135m", "tinyllama-1.1b"), quants=("q4_0", "Q8_0", "INT8"),
                     backends=("llama.cpp", "torch"), threads=3, timeout_s=120.0)
 
-    jobs, matched, skipped = expand(campaign, parse_selector("arch=x86_64"), devices, {})
+    plan = expand(campaign, parse_selector("arch=x86_64"), devices)
 
-    assert matched == ["ws-1"]
-    assert skipped == []
-    assert len(jobs) == 8
-    assert {device for device, _ in jobs} == {"ws-1"}
-    assert {(r.backend, r.model.name, r.quant) for _, r in jobs} == {
-        (b, m, q) for b in ("llama.cpp", "torch") for m in ("smollm2-135m", "tinyllama-1.1b") for q in ("Q4_0", "Q8_0")}
-    for _, request in jobs:
+    assert plan.matched == ["ws-1"]
+    assert {device for device, _ in plan.jobs} == {"ws-1"}
+    # each backend gets only its own precisions, spelled canonically: GGUF types for llama.cpp, int8 for torch
+    assert {(r.backend, r.model.name, r.quant) for _, r in plan.jobs} == {
+        *(("llama.cpp", m, q) for m in ("smollm2-135m", "tinyllama-1.1b") for q in ("Q4_0", "Q8_0")),
+        *(("torch", m, "int8") for m in ("smollm2-135m", "tinyllama-1.1b"))}
+    reasons = plan.skipped["ws-1"]
+    assert len(reasons) == 2 + 2 + 2  # llama.cpp x INT8, torch x Q4_0 and Q8_0, for both models
+    assert any(r.startswith("torch smollm2-135m q4_0") and "does not take precision" in r for r in reasons)
+    for _, request in plan.jobs:
         assert (request.n_prompt, request.n_gen, request.repetitions, request.threads, request.timeout_s) == (
             64, 16, 2, 3, 120.0)
         assert request.model.path == ""
 
 
 def test_expand_matches_labels_per_device():
-    devices = [pb.Device(inventory=PI), pb.Device(inventory=WORKSTATION)]
-    jobs, matched, _ = expand(spec(), parse_selector("label.site=lab"), devices, {"pi-1": {"site": "lab"}})
-    assert matched == ["pi-1"]
-    assert [device for device, _ in jobs] == ["pi-1"]
+    devices = [pb.Device(inventory=PI, labels={"site": "lab"}), pb.Device(inventory=WORKSTATION)]
+    plan = expand(spec(), parse_selector("label.site=lab"), devices)
+    assert plan.matched == ["pi-1"]
+    assert list(plan.skipped) == ["pi-1"]  # it reported no backends: nothing is queued to fail there
 
 
 def test_expand_skips_a_backend_the_device_reports_unavailable():
     pi = inventory(backends=[pb.BackendInfo(name="llama.cpp", available=True, version="b4000"),
                              pb.BackendInfo(name="torch", available=False, reason="torch is not installed")])
-    jobs, matched, skipped = expand(spec(backends=("llama.cpp", "torch")), [], [pb.Device(inventory=pi)], {})
+    plan = expand(spec(backends=("llama.cpp", "torch"), quants=("Q4_0", "int8")), [], [pb.Device(inventory=pi)])
 
-    assert matched == ["pi-1"]
-    assert [(d, r.backend) for d, r in jobs] == [("pi-1", "llama.cpp")]
-    assert len(skipped) == 1
-    assert skipped[0].startswith("pi-1: torch")
-    assert "torch is not installed" in skipped[0]
+    assert plan.matched == ["pi-1"]
+    assert [(d, r.backend, r.quant) for d, r in plan.jobs] == [("pi-1", "llama.cpp", "Q4_0")]
+    torch_reasons = [r for r in plan.skipped["pi-1"] if r.startswith("torch smollm2-135m int8")]
+    assert len(torch_reasons) == 1 and "torch is not installed" in torch_reasons[0]
+
+
+def test_expand_skips_what_the_device_cannot_obtain_or_run():
+    torch = pb.BackendInfo(name="torch", available=True, version="2", capabilities=[
+        pb.BackendCapability(device="cpu", precision="int8", supported=True),
+        pb.BackendCapability(device="cpu", precision="fp16", supported=False, reason="fp16 runs on CUDA only")])
+    onnx = pb.BackendInfo(name="onnxruntime", available=True, version="1", models=["smollm2-135m"])
+    board = inventory(backends=[torch, onnx])
+    plan = expand(spec(models=("smollm2-135m", "distilgpt2"), quants=("int8", "fp16"),
+                       backends=("torch", "onnxruntime")), [], [pb.Device(inventory=board)])
+
+    assert sorted((r.backend, r.model.name, r.quant) for _, r in plan.jobs) == [
+        ("onnxruntime", "smollm2-135m", "int8"),
+        ("torch", "smollm2-135m", "int8")]
+    reasons = "\n".join(plan.skipped["pi-1"])
+    assert "torch smollm2-135m fp16: torch cannot run fp16 on cpu: fp16 runs on CUDA only" in reasons
+    assert "torch distilgpt2 int8: torch runs llama/qwen2 shapes; distilgpt2 is gpt2" in reasons
+    assert "onnxruntime distilgpt2 int8: onnxruntime runs real models only" in reasons
+    assert "onnxruntime smollm2-135m fp16: onnxruntime does not take precision 'fp16'" in reasons
 
 
 def test_expand_with_no_matching_device_makes_nothing():
-    assert expand(spec(), parse_selector("gpus>=4"), [pb.Device(inventory=WORKSTATION)], {}) == ([], [], [])
+    plan = expand(spec(), parse_selector("gpus>=4"), [pb.Device(inventory=WORKSTATION)])
+    assert (plan.jobs, plan.matched, plan.skipped) == ([], [], {})
 
 
 # -- check_spec
@@ -193,7 +221,9 @@ def test_check_spec_accepts_a_complete_spec():
     (spec(quants=()), "one quant"),
     (spec(backends=()), "one backend"),
     (spec(models=("gpt-17",)), "unknown model 'gpt-17'"),
-    (spec(quants=("Q4_9",)), "unknown quant type 'Q4_9'"),
+    (spec(quants=("Q4_9",)), "precision 'Q4_9' is not one that llama.cpp take"),
+    (spec(backends=("llama.cpp", "mlx")), "unknown backend 'mlx'"),
+    (spec(models=("distilgpt2",), backends=("onnxruntime",)), "onnxruntime runs real models only"),
     (spec(n_gen=0), "n_gen must be at least 1"),
     (spec(n_prompt=0), "n_prompt must be at least 1"),
     (spec(repetitions=-1), "repetitions must be at least 1"),
@@ -219,13 +249,14 @@ def test_progress_counts_per_state_and_per_device_with_failures_listed():
         pb.JobStatus(job_id="j7", device_id="ws-1", state="done", error="ignored: not failed"),
     ]
 
-    status = progress("c-1", "arch=x86_64", 1700000000.0, campaign, jobs)
+    status = progress(Campaign("c-1", "arch=x86_64", 1700000000.0, campaign, {"pi-9": ["torch m int8: why"]}), jobs)
 
     assert (status.campaign_id, status.selector, status.created_unix_s) == ("c-1", "arch=x86_64", 1700000000.0)
     assert status.spec == campaign
     assert (status.done, status.running, status.failed, status.queued) == (2, 1, 3, 1)
-    assert [d.device_id for d in status.devices] == ["pi-1", "ws-1"]
-    pi, ws = status.devices
+    assert [d.device_id for d in status.devices] == ["pi-1", "pi-9", "ws-1"]
+    pi, pi9, ws = status.devices
+    assert list(pi9.skipped) == ["torch m int8: why"] and (pi9.done, pi9.queued) == (0, 0)
     assert (pi.done, pi.running, pi.failed, pi.queued) == (0, 1, 2, 1)
     assert (ws.done, ws.running, ws.failed, ws.queued) == (2, 0, 1, 0)
     assert list(pi.errors) == ["model not in cache"]
@@ -233,12 +264,12 @@ def test_progress_counts_per_state_and_per_device_with_failures_listed():
 
 
 def test_progress_of_an_unknown_state_counts_it_as_queued():
-    status = progress("c-1", "", 0.0, spec(), [pb.JobStatus(device_id="pi-1", state="leased")])
+    status = progress(Campaign("c-1", "", 0.0, spec(), {}), [pb.JobStatus(device_id="pi-1", state="leased")])
     assert status.queued == 1
     assert status.devices[0].queued == 1
 
 
 def test_progress_with_no_jobs_is_all_zero():
-    status = progress("c-1", "", 0.0, spec(), [])
+    status = progress(Campaign("c-1", "", 0.0, spec(), {}), [])
     assert (status.done, status.running, status.failed, status.queued) == (0, 0, 0, 0)
     assert list(status.devices) == []

@@ -34,7 +34,7 @@ def test_capacity_speed_target_and_baseline(fleet):
     assert len(speeds) == 3 and all(s >= 2 for s in speeds)  # one per precision, each meeting the target
     assert any(r["largest in catalogue (predicted)"].startswith("~") for r in rows)  # predictions are marked
     assert {r[next(c for c in r if c.startswith("llama-2-7b decode vs"))] for r in rows} <= {"1.00x", "~1.00x"}
-    with pytest.raises(tables.TableError, match="no measured device 'nope'"):
+    with pytest.raises(tables.TableError, match="option baseline: no device 'nope'"):
         tables.build("capacity", fleet, {"baseline": "nope"})
     with pytest.raises(tables.TableError, match="did you mean llama-2-7b"):
         tables.build("capacity", fleet, {"reference": "llama-2-7"})

@@ -34,9 +34,11 @@ def test_verdicts():
                measured("3", "slow", "F16", 300, 2.0),
                measured("4", "oom", "F16", 0, 0.0, pb.FAILURE_KIND_OOM, "killed by the OOM killer"),
                measured("5", "snug", "F16", 340, 50.0)]
-    answers = {a.device_id: a for a in fit("smollm2-135m", "F16", "llama.cpp", devices, results, min_decode_tps=5.0)}
+    answers = {a.device_id: a for a in fit("smollm2-135m", "F16", "llama.cpp", devices, results, min_decode_tps=5.0,
+                                           context=80)}  # the measurements' own context: every figure measured
     assert answers["big"].verdict == "fits_comfortably" and answers["big"].evidence.result_id == "1"
     assert answers["big"].provenance == "measured" and answers["big"].memory_fraction == pytest.approx(300 / 8192)
+    assert answers["big"].context_tokens == 80
     assert answers["small"].verdict == "does_not_fit" and "exceeds" in answers["small"].reason
     assert answers["slow"].verdict == "does_not_fit" and "below" in answers["slow"].reason
     assert answers["oom"].verdict == "does_not_fit" and "out of memory" in answers["oom"].reason
@@ -44,6 +46,17 @@ def test_verdicts():
     new = answers["new"]  # nothing measured there: the catalogue formula, labelled as an estimate
     assert not new.HasField("evidence") and new.provenance == new.memory_bytes.provenance == "estimated"
     assert new.verdict == "fits_comfortably" and "nothing measured on this device" in new.reason
+
+
+def test_without_a_context_fit_answers_for_4096_tokens_or_the_models_own_and_says_so():
+    results = [measured("1", "big", "F16", 300, 50.0)]
+    (a,) = fit("smollm2-135m", "F16", "llama.cpp", [device("big", 8192)], results)
+    assert a.context_tokens == 4096  # SmolLM2 was trained for 8192: the default 4096 is smaller
+    assert a.decode_tokens_per_s.provenance == "measured"  # the measured speed, at the shape it ran
+    assert a.memory_bytes.provenance == "predicted" and a.memory_bytes.value > 300 * MIB  # KV cache grown to 4096
+    assert "measured peak at n_ctx 80" in a.memory_bytes.method and "to ctx 4096" in a.memory_bytes.method
+    (gpt2,) = fit("distilgpt2", "F16", "llama.cpp", [device("big", 8192)], results)
+    assert gpt2.context_tokens == 1024  # distilgpt2's trained context is below 4096
 
 
 def test_bands():

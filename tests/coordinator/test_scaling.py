@@ -58,7 +58,7 @@ def test_memory_formula_agrees_with_the_synthetic_plan():
 @pytest.mark.parametrize("model, quant, message", [
     ("llama-2-7", "Q4_0", "did you mean llama-2-7b"),
     ("llama-2-7b", "Q4_Z", "Q4_Z"),
-    ("llama-2-7b", "IQ2_XS", "no size formula for quant"),
+    ("llama-2-7b", "IQ2_XS", "no size formula for IQ2_XS"),
 ])
 def test_unknown_names_are_one_line_errors_with_suggestions(model, quant, message):
     with pytest.raises(scaling.ScalingError) as exc:

@@ -51,8 +51,10 @@ def test_jobs_flow_from_operator_to_agent_and_back(stubs):
     assert fleet.GetJobs(pb.GetJobsRequest(job_ids=job_ids), timeout=5).jobs[0].state == "done"
     rows = fleet.GetLimitTable(pb.GetLimitTableRequest(), timeout=5).rows
     assert [(r.device_id, r.quant, r.decode_tokens_per_s.mean) for r in rows] == [("dev-1", "Q4_0", 99.0)]
-    answers = fleet.Fit(pb.FitRequest(model_name="smollm2-135m", quant="q4_0"), timeout=5).answers
+    answers = fleet.Fit(pb.FitRequest(model_name="smollm2-135m", quant="q4_0", context_tokens=20), timeout=5).answers
     assert [(a.device_id, a.verdict, a.provenance) for a in answers] == [("dev-1", "fits_comfortably", "measured")]
+    (default,) = fleet.Fit(pb.FitRequest(model_name="smollm2-135m", quant="Q4_0"), timeout=5).answers
+    assert default.context_tokens == 4096 and default.decode_tokens_per_s.provenance == "measured"
     largest = fleet.Fit(pb.FitRequest(device="dev-1"), timeout=30).answers  # per precision, for one device
     assert "Q4_0" in [a.quant for a in largest] and all(a.model_name for a in largest if a.verdict != "does_not_fit")
 
@@ -149,8 +151,8 @@ def test_tables_by_name(stubs):
     names = [t.name for t in fleet.ListTables(pb.ListTablesRequest(), timeout=5).tables]
     assert "measured" in names
     table = fleet.GetTable(pb.TableRequest(name="measured"), timeout=5)
-    assert table.columns[:3] == ["device", "model", "quant"]
-    assert [c.string_value for c in table.rows[0].cells[:3]] == ["dev-1", "smollm2-135m", "F16"]
+    assert table.columns[:4] == ["device", "backend", "model", "quant"]
+    assert [c.string_value for c in table.rows[0].cells[:4]] == ["dev-1", "llama.cpp", "smollm2-135m", "F16"]
     with pytest.raises(grpc.RpcError) as exc:
         fleet.GetTable(pb.TableRequest(name="nonsense"), timeout=5)
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown table 'nonsense'" in exc.value.details()

@@ -121,7 +121,7 @@ def test_devices_carry_their_result_count_and_whether_they_are_in_touch(store):
     (device,) = store.devices()
     assert (device.results, device.status) == (2, "online")
     assert store.devices(now=time.time() + LOST_AFTER_S + 1)[0].status == "lost"
-    assert [d.inventory.device_id for d in store.devices("box")] == ["dev-1"]  # by hostname too
+    assert store.devices("box") == []  # keyed by id only: a hostname is a name (coordinator/devices.py finds by it)
     assert store.devices("dev-1")[0].inventory.hostname == "box" and store.devices("nowhere") == []
     assert [r.result_id for r in store.results(device_id="dev-1")] == ["r1", "r2"]
     assert store.results(device_id="dev-2") == [] and [r.result_id for r in store.results("smollm2-135m", "dev-1")] == ["r1", "r2"]
@@ -151,9 +151,12 @@ def test_join_tokens_are_spent_once_and_expire(store):
 
 def test_campaign_jobs_are_stored_together(store):
     spec = pb.CampaignSpec(models=["smollm2-135m"], quants=["Q4_0"], backends=["llama.cpp"])
-    campaign_id = store.create_campaign("arch=x86_64", spec, [("dev-1", pb.ProfileRequest(quant="Q4_0"))])
-    (found_id, selector, _, found_spec), = store.campaigns()
-    assert (found_id, selector, list(found_spec.quants)) == (campaign_id, "arch=x86_64", ["Q4_0"])
+    campaign_id = store.create_campaign("arch=x86_64", spec, [("dev-1", pb.ProfileRequest(quant="Q4_0"))],
+                                        skipped={"dev-2": ["torch smollm2-135m Q4_0: torch does not take it"]})
+    (found,) = store.campaigns()
+    assert (found.campaign_id, found.selector, list(found.spec.quants)) == (campaign_id, "arch=x86_64", ["Q4_0"])
+    assert found.skipped == {"dev-2": ["torch smollm2-135m Q4_0: torch does not take it"]}
+    assert store.campaign(campaign_id) == found and store.campaign("nope") is None
     assert [j.state for j in store.campaign_jobs(campaign_id)] == ["queued"]
 
 

@@ -152,10 +152,16 @@ def _verdict(out: pb.FitAnswer, device: pb.DeviceInventory, min_tps, max_watts, 
     out.verdict = band(out.memory_fraction)
     word = {"measured": "measured: peak ", "predicted": "predicted: needs ~", "estimated": "estimated: needs ~"}
     speed = f", decode {'' if dec.provenance == 'measured' else '~'}{dec.value:.1f} tok/s" if dec.provenance else ""
-    out.reason = (f"{word[mem.provenance]}{need / MIB:.0f} MiB{_band_text(mem)} of {ram / MIB:.0f} MiB RAM "
-                  f"({out.memory_fraction:.0%}){speed}{_band_text(dec) if dec.provenance else ''}")
+    memory_kind = "GPU memory" if ram != device.ram_total_bytes else "RAM"
+    out.reason = (f"{word[mem.provenance]}{need / MIB:.0f} MiB{_band_text(mem)} at ctx {out.context_tokens} of "
+                  f"{ram / MIB:.0f} MiB {memory_kind} ({out.memory_fraction:.0%}){speed}"
+                  f"{_band_text(dec) if dec.provenance else ''}")
+    if mem.provenance == "predicted" and out.HasField("evidence") and out.evidence.HasField("memory_bytes"):
+        out.reason += (f"; measured peak {out.evidence.memory_bytes / MIB:.0f} MiB at ctx "
+                       f"{out.evidence.n_prompt + out.evidence.n_gen}, grown to the asked context")
     if out.memory_fraction > 1:
-        out.reason = f"{mem.provenance} peak memory {need / MIB:.0f} MiB exceeds {ram / MIB:.0f} MiB of RAM"
+        out.reason = (f"{mem.provenance} peak memory {need / MIB:.0f} MiB at ctx {out.context_tokens} exceeds "
+                      f"{ram / MIB:.0f} MiB of {memory_kind}")
     if mem.provenance == "estimated":
         out.reason += "; nothing measured on this device yet: catalogue formula with default efficiencies"
     elif mem.provenance == "predicted" and not out.HasField("evidence"):

@@ -58,11 +58,16 @@ def test_agent_runs_jobs_and_the_coordinator_answers(coordinator, agent_process,
     limits = run_cli("fleetfit", "limits", "--coordinator", address, "--format", "csv")
     assert limits.returncode == 0, limits.stderr
     lines = limits.stdout.splitlines()
-    assert lines[0].startswith("device,model,quant,backend")
-    assert any(",smollm2-135m,Q4_0,llama.cpp," in line and "measured" in line for line in lines[1:])
+    assert lines[0].startswith("device,backend,model,quant")
+    assert any(",llama.cpp,smollm2-135m,Q4_0," in line and "measured" in line for line in lines[1:])
+    assert not any("/nonexistent" in line for line in lines)  # a failed run is no row of the measured table
+    failures = run_cli("fleetfit", "limits", "failures", "--coordinator", address)
+    assert failures.returncode == 0 and "model file not found" in failures.stdout
 
     fit = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "Q4_0", "--coordinator", address)
-    assert fit.returncode == 0 and "fits_comfortably" in fit.stdout and "measured: peak" in fit.stdout
+    assert fit.returncode == 0 and "fits_comfortably" in fit.stdout and "at ctx 4096" in fit.stdout
+    exact = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "Q4_0", "--context", "20", "--coordinator", address)
+    assert exact.returncode == 0 and "measured: peak" in exact.stdout  # at the run's own context: all measured
     other = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "F16", "--coordinator", address)
     assert "predicted" in other.stdout and "smollm2-135m F16 never measured on this device" in other.stdout
     devices = run_cli("fleetfit", "devices", "--coordinator", address)
@@ -96,6 +101,6 @@ def test_quickstart(tmp_path, cache_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = proc.stdout.split("Limit table")[1]
     for quant in ("Q4_1", "F16", "Q8_0", "Q4_0"):
-        assert f"| smollm2-135m | {quant} | llama.cpp |" in table
-    assert table.count("measured (pp16/tg4") == 4
+        assert f"| llama.cpp | smollm2-135m | {quant} |" in table
+    assert table.count("| pp16/tg4 ctx20 t") == 4 and table.count("| measured |") == 4
     assert "| fits_comfortably |" in proc.stdout.split("fleetfit fit")[1]

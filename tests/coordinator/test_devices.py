@@ -1,0 +1,47 @@
+"""Devices are keyed by id: display names tell apart devices that share a hostname, and lookups by hostname
+work only when one device has it."""
+
+import pytest
+
+from fleetfit.coordinator.devices import DeviceLookupError, display_names, find, short_id
+from fleetfit.coordinator.limits import limit_rows
+from fleetfit.v1 import fleetfit_pb2 as pb
+
+
+def device(device_id: str, hostname: str, **labels) -> pb.Device:
+    return pb.Device(inventory=pb.DeviceInventory(device_id=device_id, hostname=hostname), labels=labels)
+
+
+CLONES = [device("rpi-8f2a91c0", "rpi"), device("rpi-77d3e5b1", "rpi", site="lab"), device("ws-1", "ws")]
+
+
+def test_display_names_add_the_short_id_only_where_a_hostname_is_shared_and_show_labels():
+    assert display_names(CLONES) == {"rpi-8f2a91c0": "rpi (8f2a91c0)", "rpi-77d3e5b1": "rpi (77d3e5b1) [site=lab]",
+                                     "ws-1": "ws"}
+
+
+def test_short_ids_that_would_collide_fall_back_to_the_whole_id():
+    twins = [device("board-00000000001-a", "board"), device("board-00000000001-b", "board")]
+    assert short_id("board-00000000001-a", "board") == short_id("board-00000000001-b", "board")
+    assert set(display_names(twins).values()) == {"board (board-00000000001-a)", "board (board-00000000001-b)"}
+
+
+def test_find_takes_an_id_or_a_hostname_only_one_device_has():
+    assert find(CLONES, "rpi-77d3e5b1").inventory.device_id == "rpi-77d3e5b1"
+    assert find(CLONES, "ws").inventory.device_id == "ws-1"
+    with pytest.raises(DeviceLookupError) as err:
+        find(CLONES, "rpi")
+    assert "2 devices have hostname 'rpi'" in str(err.value) and "rpi-77d3e5b1, rpi-8f2a91c0" in str(err.value)
+    with pytest.raises(DeviceLookupError, match="no device 'ghost'"):
+        find(CLONES, "ghost")
+
+
+def test_limit_rows_of_two_devices_with_one_hostname_stay_apart():
+    results = [pb.ProfileResult(result_id=f"r{i}", device_id=d.inventory.device_id, model_name="smollm2-135m",
+                                quant="Q4_0", request=pb.ProfileRequest(backend="llama.cpp"), n_prompt=512, n_gen=128,
+                                threads=2, decode_tokens_per_s=pb.Stat(mean=100.0 + i, samples=[100.0 + i]))
+               for i, d in enumerate(CLONES[:2])]
+    rows = limit_rows(results, CLONES)
+    assert [(r.device_id, r.device_name, r.decode_tokens_per_s.mean) for r in rows] == [
+        ("rpi-77d3e5b1", "rpi (77d3e5b1) [site=lab]", 101.0), ("rpi-8f2a91c0", "rpi (8f2a91c0)", 100.0)]
+    assert {r.shape for r in rows} == {"pp512/tg128 t2 cpu"}

@@ -3,6 +3,7 @@
 import hashlib
 import importlib.metadata
 import importlib.util
+import os
 import pathlib
 import platform
 import socket
@@ -27,9 +28,20 @@ def agent_version() -> str:
         return "unknown"
 
 
+def offered_backends() -> set[str] | None:
+    """The backends this device's owner offers ($FLEETFIT_BACKENDS, comma-separated), or None for all installed."""
+    text = os.environ.get("FLEETFIT_BACKENDS", "").strip()
+    return {b.strip() for b in text.split(",") if b.strip()} if text else None
+
+
 def probe_backends() -> list[pb.BackendInfo]:
     infos = []
+    offered = offered_backends()
     for name, (module, distribution) in BACKENDS.items():
+        if offered is not None and name not in offered:
+            infos.append(pb.BackendInfo(name=name, available=False,
+                                        reason="not offered on this device (FLEETFIT_BACKENDS)"))
+            continue
         if importlib.util.find_spec(module) is None:
             infos.append(pb.BackendInfo(name=name, available=False, reason=f"module {module!r} is not installed"))
             continue

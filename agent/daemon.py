@@ -16,7 +16,7 @@ import grpc
 
 from fleetfit.agent import device_probe, inventory, profiling
 from fleetfit.agent.identity import Identity
-from fleetfit.agent.outbox import TRANSIENT, Outbox, backoff_s, flush
+from fleetfit.agent.outbox import TRANSIENT, Outbox, backoff_s, deliver, flush
 from fleetfit.agent.isolation import WorkerFailure, run_worker
 from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb
@@ -119,8 +119,8 @@ def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Even
     jobs_run = 0
     with channel:
         while not stop.is_set():
-            if len(outbox) and not flush(outbox, stub.ReportResult, stop, max_attempts=3):
-                continue  # the coordinator is away: keep the results, try again
+            if len(outbox):  # kept results first; if the coordinator is away (or lost us) the poll below says so
+                flush(outbox, stub.ReportResult, stop, max_attempts=3)
             try:
                 reply = stub.PollJob(pb.PollJobRequest(device_id=device_id, wait_s=poll_wait_s),
                                      timeout=poll_wait_s + CALL_TIMEOUT_S)
@@ -149,7 +149,13 @@ def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Even
             finally:
                 keeper.done.set()
                 keeper.join()
-            outbox.put(pb.ReportResultRequest(job_id=job.job_id, result=result, fence=job.fence))
-            flush(outbox, stub.ReportResult, stop if not stop.is_set() else threading.Event(), max_attempts=8)
+            report = pb.ReportResultRequest(job_id=job.job_id, result=result, fence=job.fence)
+            if not deliver(outbox, stub.ReportResult, report, stop if not stop.is_set() else threading.Event()):
+                try:  # the result is lost (disk full, coordinator away): give the job back, not an attempt burnt
+                    _call_with_retry(stub.ReleaseJob, pb.ReleaseJobRequest(device_id=device_id, job_id=job.job_id,
+                                                                           fence=job.fence), stop, 3)
+                except grpc.RpcError as exc:
+                    log.warning("job %s not handed back (%s); it returns to the queue when its lease expires",
+                                job.job_id, exc.code().name)
             jobs_run += 1
     return jobs_run

@@ -6,7 +6,9 @@ coordinator restart nor an agent crash loses it. Jobs are declarative: a job nam
 when the file lies in a directory the device's owner allowed (--allow-dir).
 """
 
+import fcntl
 import logging
+import os
 import pathlib
 import threading
 import time
@@ -28,6 +30,31 @@ CALL_TIMEOUT_S = 15.0
 # The agent is in touch with the coordinator at least this often (idle: long-polls; busy: lease heartbeats):
 # the coordinator reports a device silent for three such periods as lost (store.LOST_AFTER_S).
 CONTACT_S = 10.0
+
+
+class LockError(Exception):
+    """Another agent process holds this identity or outbox, or its lock cannot be made; one line for users."""
+
+
+def hold_lock(path: pathlib.Path, what: str) -> int:
+    """Take an exclusive lock on `path`.lock for the life of this process (the kernel drops it however the
+    process ends) and return its descriptor; LockError when another process holds it."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise LockError(f"cannot create the lock {lock_path} ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise LockError(f"another fleetfit-agent (pid {holder}) is running with the {what} {path}; stop it "
+                             f"first, or give this one its own --identity and --outbox") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def llama_system_info() -> str:

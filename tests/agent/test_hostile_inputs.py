@@ -252,3 +252,152 @@ def test_the_cli_refuses_each_bad_file_in_one_line(special, tmp_path):
         assert MARKER not in proc.stderr + proc.stdout
     proc = run_cli("fleetfit-agent", "models", "quantize", str(crafted), "--to", "Q8_0", timeout=60)
     assert_one_line_error(proc, "elements of metadata entry 0")
+
+
+# The agent's own state: a corrupt outbox or identity is refused on start with one line naming the file and the
+# way out; a second agent on the same identity or outbox is refused while the first runs.
+
+
+def an_outbox(path, entries: int = 300):
+    from fleetfit.agent.outbox import Outbox
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    box = Outbox(path)
+    for i in range(entries):
+        box.put(pb.ReportResultRequest(result=pb.ProfileResult(result_id=f"r-{i}", error=MARKER * 20)))
+    box.close()
+    return path.stat().st_size
+
+
+def overwrite(path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+OUTBOX_DAMAGE = {
+    "truncated to half": lambda p, size: os.truncate(p, size // 2),
+    "truncated to 100 bytes": lambda p, size: os.truncate(p, 100),
+    "last page cut": lambda p, size: os.truncate(p, size - 4096),
+    "overwritten": lambda p, size: p.write_bytes(MARKER.encode() * 1000),
+    "header zeroed": lambda p, size: overwrite(p, 0, bytes(100)),
+    "a page of noise": lambda p, size: overwrite(p, 2 * 4096, os.urandom(4096)),
+    "a page's cells zeroed": lambda p, size: overwrite(p, 2 * 4096 + 100, bytes(3000)),
+}
+
+
+@pytest.fixture()
+def enrolled(tmp_path):
+    """An identity file for a coordinator that is not there: `run` must refuse before it tries to connect."""
+    from fleetfit.agent import identity
+
+    path = tmp_path / "agent.json"
+    identity.save(identity.Identity("127.0.0.1:1", "dev-hostile", "secret"), path)
+    return path
+
+
+def agent_run(identity_path, outbox_path, *extra, timeout: float = 60) -> subprocess.CompletedProcess:
+    return run_cli("fleetfit-agent", "run", "--identity", str(identity_path), "--outbox", str(outbox_path),
+                   "--insecure", *extra, timeout=timeout)
+
+
+@pytest.mark.parametrize("damage", list(OUTBOX_DAMAGE))
+def test_a_corrupt_outbox_is_refused_on_start_in_one_line(tmp_path, enrolled, damage):
+    from fleetfit.agent.outbox import Outbox, OutboxError
+
+    path = tmp_path / "outbox.sqlite3"
+    OUTBOX_DAMAGE[damage](path, an_outbox(path))
+    with pytest.raises(OutboxError) as caught:
+        Outbox(path)
+    assert str(caught.value).startswith(f"outbox {path} is corrupt (")
+    proc = agent_run(enrolled, path)
+    assert_one_line_error(proc, f"outbox {path} is corrupt")
+    assert "move it aside to start a new one" in proc.stderr and MARKER not in proc.stderr
+
+
+def test_an_intact_outbox_still_opens_with_its_entries(tmp_path):
+    from fleetfit.agent.outbox import Outbox
+
+    path = tmp_path / "outbox.sqlite3"
+    an_outbox(path, 50)
+    box = Outbox(path)
+    assert len(box) == 50
+    box.close()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_an_outbox_that_is_not_a_file_is_refused_without_blocking(tmp_path, enrolled, kind):
+    path = tmp_path / "outbox.sqlite3"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    assert_one_line_error(agent_run(enrolled, path, timeout=30), f"outbox {path} is not a regular file")
+
+
+IDENTITY_DAMAGE = {
+    "empty": b"",
+    "truncated": b'{"coordinator": "127.0.0.1:1", "device_id": "d',
+    "overwritten with binary": MARKER.encode() + b"\xff\xfe\x00" * 50,
+    "a JSON list": b'["' + MARKER.encode() + b'"]',
+    "a field missing": b'{"coordinator": "127.0.0.1:1", "device_id": "dev"}',
+    "an unknown field": b'{"coordinator": "c", "device_id": "d", "secret": "s", "' + MARKER.encode() + b'": 1}',
+    "a field of the wrong type": b'{"coordinator": "c", "device_id": 7, "secret": "s"}',
+}
+
+
+@pytest.mark.parametrize("damage", list(IDENTITY_DAMAGE))
+def test_a_corrupt_identity_is_refused_on_start_in_one_line(tmp_path, damage):
+    path = tmp_path / "agent.json"
+    path.write_bytes(IDENTITY_DAMAGE[damage])
+    proc = agent_run(path, tmp_path / "outbox.sqlite3")
+    assert_one_line_error(proc, f"identity {path} is corrupt")
+    assert "move it aside and join again" in proc.stderr and MARKER not in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_an_identity_that_is_not_a_file_is_refused_without_blocking(tmp_path, kind):
+    path = tmp_path / "agent.json"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    assert_one_line_error(agent_run(path, tmp_path / "outbox.sqlite3", timeout=30),
+                          f"identity {path} is not a regular file")
+
+
+def test_a_second_agent_on_the_same_identity_or_outbox_is_refused(coordinator, tmp_path):
+    from fleetfit.agent import identity
+    from fleetfit.v1 import fleetfit_pb2 as pb
+    from tests.conftest import BIN, fleet_stub
+
+    first_identity, outbox = tmp_path / "agent.json", tmp_path / "outbox.sqlite3"
+    identity.save(identity.join(coordinator.address, coordinator.join_token(), "dev-twice", insecure=True),
+                  first_identity)
+    other_identity = tmp_path / "other.json"
+    identity.save(identity.Identity("127.0.0.1:1", "dev-other", "secret"), other_identity)
+    log = (tmp_path / "first.log").open("wb")
+    first = subprocess.Popen([str(BIN / "fleetfit-agent"), "run", "--identity", str(first_identity), "--outbox",
+                              str(outbox), "--insecure", "--cache-dir", str(tmp_path / "cache")], stdout=log, stderr=log)
+    try:
+        fleet, deadline = fleet_stub(coordinator), time.monotonic() + 60
+        while not fleet.ListDevices(pb.ListDevicesRequest(), timeout=5).devices:
+            assert time.monotonic() < deadline and first.poll() is None, (tmp_path / "first.log").read_text()
+            time.sleep(0.2)
+        same_identity = agent_run(first_identity, tmp_path / "elsewhere.sqlite3", "--cache-dir", str(tmp_path))
+        assert_one_line_error(same_identity, f"another fleetfit-agent (pid {first.pid}) is running with the "
+                                             f"identity {first_identity}")
+        same_outbox = agent_run(other_identity, outbox)
+        assert_one_line_error(same_outbox, f"(pid {first.pid}) is running with the outbox {outbox}")
+        rejoin = run_cli("fleetfit-agent", "run", "--identity", str(first_identity), "--device-id", "dev-new",
+                         "--token", coordinator.join_token(), "--coordinator", coordinator.address, "--insecure")
+        assert_one_line_error(rejoin, "is running with the identity")  # refused before it could overwrite it
+        assert identity.load(first_identity).device_id == "dev-twice"
+        assert first.poll() is None
+        first.kill()  # however the first one ends, the kernel drops its lock
+        first.wait()
+        again = subprocess.Popen([str(BIN / "fleetfit-agent"), "run", "--identity", str(other_identity), "--outbox",
+                                  str(outbox), "--insecure"], stderr=subprocess.PIPE, text=True)
+        try:
+            assert again.wait(60) != 0  # it got past the lock, then found no coordinator at 127.0.0.1:1
+            assert "is running with" not in again.stderr.read()
+        finally:
+            again.kill()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()

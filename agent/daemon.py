@@ -51,7 +51,7 @@ def hold_lock(path: pathlib.Path, what: str) -> int:
         holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise LockError(f"another fleetfit-agent (pid {holder}) is running with the {what} {path}; stop it "
-                             f"first, or give this one its own --identity and --outbox") from None
+                        f"first, or give this one its own --identity and --outbox") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -357,14 +358,16 @@ def run(
 ) -> None:
     """Run the profiles the coordinator asks for, until SIGTERM or Ctrl-C (enrolled by `join` or --token)."""
     from fleetfit.agent import identity
-    from fleetfit.agent.daemon import serve_jobs
-    from fleetfit.agent.outbox import Outbox, path_beside
+    from fleetfit.agent.daemon import LockError, hold_lock, serve_jobs
+    from fleetfit.agent.outbox import Outbox, OutboxError, path_beside
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fleetfit-agent %(message)s", stream=sys.stderr)
     path = identity_path or identity.default_path()
-    try:
+    outbox_file = outbox_path or path_beside(path)
+    try:  # one agent per identity and per outbox on this machine, until this process ends
+        locks = [hold_lock(path, "identity"), hold_lock(outbox_file, "outbox")]
         found = identity.load(path)
-    except identity.JoinError as exc:
+    except (LockError, identity.JoinError) as exc:
         _fail(str(exc))
     if found is None or (device_id and found.device_id != device_id):
         if not token:
@@ -375,13 +378,18 @@ def run(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())  # give back a job just leased, or finish the current one
-    outbox = Outbox(outbox_path or path_beside(path))
+    try:
+        outbox = Outbox(outbox_file)
+    except OutboxError as exc:
+        _fail(str(exc))
     if coordinator:
         found = dataclasses.replace(found, coordinator=coordinator)
     try:
         serve_jobs(found, _cache(cache_dir), stop, outbox, connect_timeout, allowed_dirs=list(allow_dir or []))
     finally:
         outbox.close()
+        for fd in locks:
+            os.close(fd)
 
 
 @service_app.command("install")

@@ -6,7 +6,9 @@ coordinator restart nor an agent crash loses it. Jobs are declarative: a job nam
 when the file lies in a directory the device's owner allowed (--allow-dir).
 """
 
+import fcntl
 import logging
+import os
 import pathlib
 import threading
 import time
@@ -16,7 +18,7 @@ import grpc
 
 from fleetfit.agent import device_probe, inventory, profiling
 from fleetfit.agent.identity import Identity
-from fleetfit.agent.outbox import TRANSIENT, Outbox, backoff_s, flush
+from fleetfit.agent.outbox import TRANSIENT, Outbox, backoff_s, deliver, flush
 from fleetfit.agent.isolation import WorkerFailure, run_worker
 from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb
@@ -28,6 +30,31 @@ CALL_TIMEOUT_S = 15.0
 # The agent is in touch with the coordinator at least this often (idle: long-polls; busy: lease heartbeats):
 # the coordinator reports a device silent for three such periods as lost (store.LOST_AFTER_S).
 CONTACT_S = 10.0
+
+
+class LockError(Exception):
+    """Another agent process holds this identity or outbox, or its lock cannot be made; one line for users."""
+
+
+def hold_lock(path: pathlib.Path, what: str) -> int:
+    """Take an exclusive lock on `path`.lock for the life of this process (the kernel drops it however the
+    process ends) and return its descriptor; LockError when another process holds it."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise LockError(f"cannot create the lock {lock_path} ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise LockError(f"another fleetfit-agent (pid {holder}) is running with the {what} {path}; stop it "
+                        f"first, or give this one its own --identity and --outbox") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def llama_system_info() -> str:
@@ -119,8 +146,8 @@ def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Even
     jobs_run = 0
     with channel:
         while not stop.is_set():
-            if len(outbox) and not flush(outbox, stub.ReportResult, stop, max_attempts=3):
-                continue  # the coordinator is away: keep the results, try again
+            if len(outbox):  # kept results first; if the coordinator is away (or lost us) the poll below says so
+                flush(outbox, stub.ReportResult, stop, max_attempts=3)
             try:
                 reply = stub.PollJob(pb.PollJobRequest(device_id=device_id, wait_s=poll_wait_s),
                                      timeout=poll_wait_s + CALL_TIMEOUT_S)
@@ -149,7 +176,13 @@ def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Even
             finally:
                 keeper.done.set()
                 keeper.join()
-            outbox.put(pb.ReportResultRequest(job_id=job.job_id, result=result, fence=job.fence))
-            flush(outbox, stub.ReportResult, stop if not stop.is_set() else threading.Event(), max_attempts=8)
+            report = pb.ReportResultRequest(job_id=job.job_id, result=result, fence=job.fence)
+            if not deliver(outbox, stub.ReportResult, report, stop if not stop.is_set() else threading.Event()):
+                try:  # the result is lost (disk full, coordinator away): give the job back, not an attempt burnt
+                    _call_with_retry(stub.ReleaseJob, pb.ReleaseJobRequest(device_id=device_id, job_id=job.job_id,
+                                                                           fence=job.fence), stop, 3)
+                except grpc.RpcError as exc:
+                    log.warning("job %s not handed back (%s); it returns to the queue when its lease expires",
+                                job.job_id, exc.code().name)
             jobs_run += 1
     return jobs_run

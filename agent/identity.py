@@ -63,12 +63,23 @@ def save(identity: Identity, path: pathlib.Path) -> None:
 
 
 def load(path: pathlib.Path) -> Identity | None:
+    """The saved credentials, None when there are none, JoinError (one line, quoting nothing of the file) when
+    the file is unreadable, truncated or overwritten."""
     if not path.exists():
         return None
+    if not path.is_file():  # a FIFO would block the read
+        raise JoinError(f"identity {path} is not a regular file; move it aside and join again")
     try:
-        return Identity(**json.loads(path.read_text()))
-    except (ValueError, TypeError) as exc:
-        raise JoinError(f"{path} is not an agent identity ({exc}); join again") from None
+        found = Identity(**json.loads(path.read_bytes()))
+        if not all(isinstance(getattr(found, f), str) for f in ("coordinator", "device_id", "secret")):
+            raise TypeError("a field is not a string")
+    except OSError as exc:
+        raise JoinError(f"cannot read identity {path} ({exc.strerror})") from None
+    except (ValueError, TypeError) as exc:  # json and UnicodeDecodeError are ValueErrors
+        why = "not JSON" if isinstance(exc, ValueError) else "not an agent identity"
+        raise JoinError(f"identity {path} is corrupt ({why}); restore it, or move it aside and join again "
+                        f"(an operator may have to re-enroll this device)") from None
+    return found
 
 
 def fetch_pinned_ca(address: str, fingerprint: str, timeout_s: float = 10.0) -> bytes:

@@ -3,13 +3,20 @@ and removed only when the coordinator acknowledged it — stored, or an acknowle
 
 Bounded: past `max_entries` the oldest entries are dropped and counted. Entries the coordinator refuses
 for good (a stale lease, a conflicting payload) are removed and counted as rejected.
+
+The file is checked when opened (`PRAGMA quick_check`): a corrupt outbox is refused with one line. A write
+the disk refuses (full, read-only, I/O error) is retried a few times, then raises OutboxWriteError: `deliver`
+then sends the result, still in memory, directly, and counts it as lost if that fails too. Counts that
+cannot be written wait in memory and are saved with the next write that succeeds.
 """
 
+import collections
 import logging
 import pathlib
 import random
 import sqlite3
 import threading
+import time
 
 import grpc
 
@@ -20,6 +27,15 @@ log = logging.getLogger("fleetfit.agent")
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 CALL_TIMEOUT_S = 15.0
 DEFAULT_MAX_ENTRIES = 10_000
+WRITE_ATTEMPTS = 3
+
+
+class OutboxError(Exception):
+    """The outbox cannot be opened; the message is one line for users."""
+
+
+class OutboxWriteError(OutboxError):
+    """The disk refused a write WRITE_ATTEMPTS times; the message says why in a few words."""
 
 
 def path_beside(identity_path: pathlib.Path) -> pathlib.Path:
@@ -32,18 +48,39 @@ def backoff_s(attempt: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
     return min(cap_s, base_s * 2 ** min(attempt, 64)) * random.uniform(0.5, 1.0)  # 2**1024 overflows a float
 
 
+def _why(exc: Exception) -> str:
+    """A write or open failure in a few words: SQLite's message ("database or disk is full", "attempt to write a
+    readonly database", "disk I/O error") or the OS's ("No space left on device")."""
+    return (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+
+
 class Outbox:
     def __init__(self, path: pathlib.Path | str, max_entries: int = DEFAULT_MAX_ENTRIES):
-        self.max_entries = max_entries
-        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.path, self.max_entries = pathlib.Path(path), max_entries
         self.lock = threading.Lock()
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript("""
-            CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, result_id TEXT UNIQUE NOT NULL,
-                                               request BLOB NOT NULL);
-            CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-        """)
+        self.unsaved = collections.Counter()  # counts the disk refused; saved with the next write that succeeds
+        if self.path.exists() and not self.path.is_file():  # SQLite would block on a FIFO
+            raise OutboxError(f"outbox {self.path} is not a regular file; give --outbox a file path")
+        self.db = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            check = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(" ".join(check.replace("*** in database main ***", "").split())[:160])
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript("""
+                CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                                                   result_id TEXT UNIQUE NOT NULL, request BLOB NOT NULL);
+                CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            """)
+        except (sqlite3.Error, OSError) as exc:
+            if self.db is not None:
+                self.db.close()
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+                raise OutboxError(f"outbox {self.path} is corrupt ({exc}); move it aside to start a new one "
+                                  f"(results in it would be lost)") from None
+            raise OutboxError(f"cannot open outbox {self.path} ({_why(exc)})") from None
 
     def close(self) -> None:
         self.db.close()
@@ -52,10 +89,27 @@ class Outbox:
         self.db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
                         "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (name, n))
 
+    def _write(self, work) -> None:
+        """Run `work` in one write transaction (with the unsaved counts); retried, then OutboxWriteError."""
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                with self.lock:
+                    with self.db:
+                        self.db.execute("BEGIN IMMEDIATE")
+                        work()
+                        for name, n in self.unsaved.items():
+                            self._bump(name, n)
+                    self.unsaved.clear()
+                return
+            except (sqlite3.OperationalError, OSError) as exc:  # full, read-only, I/O error, locked
+                failure = exc
+                if attempt < WRITE_ATTEMPTS - 1:
+                    time.sleep(backoff_s(attempt, base_s=0.2))
+        raise OutboxWriteError(_why(failure))
+
     def put(self, request: pb.ReportResultRequest) -> None:
-        """Keep a report durably (before any attempt to send it)."""
-        with self.lock, self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        """Keep a report durably (before any attempt to send it); OutboxWriteError when the disk refuses."""
+        def work():
             self.db.execute("INSERT OR IGNORE INTO outbox (result_id, request) VALUES (?, ?)",
                             (request.result.result_id, request.SerializeToString()))
             over = self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] - self.max_entries
@@ -64,53 +118,99 @@ class Outbox:
                 self._bump("dropped", over)
                 log.warning("outbox full: dropped the %d oldest result(s)", over)
 
+        self._write(work)
+
     def pending(self) -> list[pb.ReportResultRequest]:
         with self.lock:
             rows = self.db.execute("SELECT request FROM outbox ORDER BY seq").fetchall()
         return [pb.ReportResultRequest.FromString(r) for (r,) in rows]
 
     def remove(self, result_id: str, counter: str | None = None) -> None:
-        with self.lock, self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        def work():
             self.db.execute("DELETE FROM outbox WHERE result_id = ?", (result_id,))
             if counter:
                 self._bump(counter)
 
+        self._write(work)
+
+    def note(self, counter: str) -> None:
+        """Count an event even when the disk is full (then the count waits in memory)."""
+        self.unsaved[counter] += 1
+        try:
+            self._write(lambda: None)
+        except OutboxWriteError:
+            pass
+
     def count(self, name: str) -> int:
         with self.lock:
             row = self.db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
-        return row[0] if row else 0
+            return (row[0] if row else 0) + self.unsaved[name]
 
     def __len__(self) -> int:
         with self.lock:
             return self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
 
+def send(report, request: pb.ReportResultRequest, stop: threading.Event, max_attempts: int | None = None) -> str | None:
+    """Send one report with `report` (AgentService.ReportResult): "delivered", "duplicates" (acknowledged before)
+    or "rejected" (refused for good); None when it should be kept and sent later (an unknown device: register
+    first; or the coordinator unreachable after `max_attempts` transient failures, or `stop`)."""
+    attempt = 0
+    while True:
+        try:
+            reply = report(request, timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None  # the coordinator does not know this device (yet)
+            if exc.code() in TRANSIENT:
+                attempt += 1
+                if stop.is_set() or (max_attempts is not None and attempt >= max_attempts):
+                    return None
+                stop.wait(backoff_s(attempt - 1))
+                continue
+            log.warning("result %s refused for good (%s: %s)", request.result.result_id, exc.code().name,
+                        exc.details())
+            return "rejected"
+        return "duplicates" if reply.duplicate else "delivered"
+
+
 def flush(outbox: Outbox, report, stop: threading.Event, max_attempts: int | None = None) -> bool:
-    """Send what the outbox holds, oldest first, with `report` (AgentService.ReportResult).
+    """Send what the outbox holds, oldest first; each entry is removed once acknowledged or refused for good.
 
     Transient failures are retried with jittered backoff (forever unless `max_attempts`, until `stop`); an
-    unknown device stops the flush with everything kept (register, then flush again); other refusals
-    remove the entry and count it as rejected. True when the outbox was emptied.
+    unknown device stops the flush with everything kept (register, then flush again), and so does a removal
+    the disk refuses (the entry is sent again later; the coordinator ignores duplicates). True when the
+    outbox was emptied.
     """
     for request in outbox.pending():
-        attempt = 0
-        while True:
-            try:
-                reply = report(request, timeout=CALL_TIMEOUT_S)
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    return False  # the coordinator does not know this device (yet): keep it, register, retry
-                if exc.code() in TRANSIENT:
-                    attempt += 1
-                    if stop.is_set() or (max_attempts is not None and attempt >= max_attempts):
-                        return False
-                    stop.wait(backoff_s(attempt - 1))
-                    continue
-                log.warning("result %s refused for good (%s: %s); removed from the outbox",
-                            request.result.result_id, exc.code().name, exc.details())
-                outbox.remove(request.result.result_id, "rejected")
-                break
-            outbox.remove(request.result.result_id, "duplicates" if reply.duplicate else "delivered")
-            break
+        outcome = send(report, request, stop, max_attempts)
+        if outcome is None:
+            return False
+        try:
+            outbox.remove(request.result.result_id, outcome)
+        except OutboxWriteError as exc:
+            log.warning("outbox write failed (%s): result %s was sent but stays in the outbox", exc,
+                        request.result.result_id)
+            return False
+    return True
+
+
+def deliver(outbox: Outbox, report, request: pb.ReportResultRequest, stop: threading.Event,
+            max_attempts: int | None = 8) -> bool:
+    """Keep `request` in the outbox, then flush it. When the disk refuses the write, send the result (still in
+    memory) directly. False when it is lost — neither kept nor delivered — and counted as "lost"."""
+    try:
+        outbox.put(request)
+    except OutboxWriteError as exc:
+        result_id = request.result.result_id
+        outcome = send(report, request, stop, max_attempts)
+        outbox.note(outcome or "lost")
+        if outcome is None:
+            log.error("outbox write failed (%s): result %s lost (not delivered either); counted, %d lost so far",
+                      exc, result_id, outbox.count("lost"))
+            return False
+        log.error("outbox write failed (%s): result %s %s directly", exc, result_id,
+                  "refused for good when sent" if outcome == "rejected" else "delivered")
+        return True
+    flush(outbox, report, stop, max_attempts)
     return True

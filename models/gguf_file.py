@@ -1,13 +1,41 @@
-"""Reading what a GGUF file is, and refusing files that are not GGUF or are cut short, before a backend loads them."""
+"""Reading what a GGUF file is, and refusing files that are not GGUF, cut short or crafted, before a backend loads them.
+
+Every model file is opened here (`open_gguf`). The header is walked by a small bounded parser (GGUF v2/v3:
+magic, version, tensor and metadata counts, the metadata entries, the tensor table) that checks each count
+and length against the bytes left in the file before reading or looping on it, so a 100-byte file that
+declares 2^40 array elements is refused at once. The gguf package's GGUFReader is not used for the header:
+it builds a numpy view per array element (about 8 µs and 700 bytes each, so a tokenizer of a million
+entries costs 8 s and 700 MB), which no file-size check can make cheap. Arrays and long strings are checked
+and skipped, not loaded; no caller needs them. Errors are one line and never quote the file's bytes.
+"""
 
 import dataclasses
+import errno
 import hashlib
+import math
+import os
 import pathlib
+import stat
+import struct
 
 from fleetfit.models.errors import ModelError
 from fleetfit.models.quants import quant_of_ftype
 
 GGUF_MAGIC = b"GGUF"
+VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4  # GGML_MAX_DIMS: llama.cpp and gguf refuse more
+MAX_ARRAY_DEPTH = 2  # an array of arrays at most (llama.cpp reads no nested arrays at all)
+# Beyond what any real model has (a few dozen metadata keys; ~1M tokenizer strings for a 262k vocabulary with
+# merges; ~30k tensors for an MoE with unmerged experts), so that even a large file bounds the work and memory.
+MAX_KV = 1 << 16
+MAX_TENSORS = 1 << 17
+MAX_STRINGS = 1 << 22  # ~0.5 µs each to skip
+MAX_KEPT_STRING = 1 << 16  # longer string values (an embedded tokenizer.json) are skipped, not loaded
+
+# GGUF value types (gguf.GGUFValueType) -> struct format of a scalar.
+_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_UINT32, _STRING, _ARRAY = 4, 8, 9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,48 +49,259 @@ class GgufInfo:
     n_tensors: int
 
 
-def _field_value(reader, key: str):
-    field = reader.fields.get(key)
-    return None if field is None else field.contents()
+@dataclasses.dataclass(frozen=True)
+class GgufField:
+    """One metadata entry: `value` is the scalar or string (None for arrays and strings over MAX_KEPT_STRING)."""
+
+    type: int
+    value: object = None
+
+    def contents(self):  # the name GGUFReader's fields use
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class GgufFile:
+    """A validated GGUF: `fields` by key and `tensors` as gguf.ReaderTensor records (with `data` mapped)."""
+
+    path: pathlib.Path
+    file_bytes: int
+    fields: dict[str, GgufField]
+    tensors: list
+
+
+_STAT_ERRORS = {errno.ELOOP: "a symlink loop", errno.EACCES: "permission denied",
+                errno.ENOTDIR: "a part of the path is not a directory", errno.ENAMETOOLONG: "the name is too long"}
+
+
+def _kind(mode: int) -> str | None:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def open_regular(path: pathlib.Path) -> tuple:
+    """(binary file, size) of a regular, non-empty file; a precise ModelError otherwise. Never blocks: the type
+    is checked with stat before opening (a FIFO or a device is never opened) and again on the open descriptor."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ModelError(f"model file {'is a broken symlink' if os.path.islink(path) else 'not found'}: {path}") from None
+    except OSError as exc:
+        raise ModelError(f"cannot read model file ({_STAT_ERRORS.get(exc.errno, exc.strerror)}): {path}") from None
+    if kind := _kind(st.st_mode):
+        raise ModelError(f"model file is {kind}, not a GGUF file: {path}")
+    real = os.path.realpath(path)
+    if real.startswith(("/proc/", "/sys/")):
+        raise ModelError(f"model file is a kernel file under /{real.split('/')[1]}, not a GGUF file: {path}")
+    if st.st_size == 0:
+        raise ModelError(f"model file is empty (0 bytes): {path}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ModelError(f"cannot read model file ({_STAT_ERRORS.get(exc.errno, exc.strerror)}): {path}") from None
+    f = os.fdopen(fd, "rb")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):  # swapped since the stat above
+        f.close()
+        raise ModelError(f"model file changed while being opened: {path}")
+    return f, st.st_size
+
+
+class _Walker:
+    """Reads the header front to back; every length is checked against what is left before it is used."""
+
+    def __init__(self, f, size: int, path: pathlib.Path):
+        self.f, self.size, self.path, self.pos, self.strings = f, size, path, 0, 0
+
+    def fail(self, what: str):
+        return ModelError(f"corrupt GGUF: {what}: {self.path}")
+
+    def need(self, n: int, what: str) -> None:
+        if n > self.size - self.pos:
+            raise ModelError(f"truncated GGUF: {what} runs past the end of the file ({self.size} bytes): {self.path}")
+
+    def take(self, n: int, what: str) -> bytes:
+        self.need(n, what)
+        data = self.f.read(n)
+        if len(data) != n:
+            raise ModelError(f"truncated GGUF: the file shrank while being read: {self.path}")
+        self.pos += n
+        return data
+
+    def skip(self, n: int, what: str) -> None:
+        self.need(n, what)
+        self.f.seek(n, os.SEEK_CUR)
+        self.pos += n
+
+    def unpack(self, fmt: str, what: str):
+        return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt), what))
+
+    def string(self, what: str, keep: bool = True) -> bytes | None:
+        self.strings += 1
+        if self.strings > MAX_STRINGS:
+            raise self.fail(f"more than {MAX_STRINGS} strings in the header")
+        (n,) = self.unpack("Q", f"the length of {what}")
+        if keep and n <= MAX_KEPT_STRING:
+            return self.take(n, what)
+        self.skip(n, what)
+        return None
+
+    def name(self, what: str) -> str:
+        """A key or tensor name: UTF-8, kept."""
+        (n,) = self.unpack("Q", f"the length of {what}")
+        if n > MAX_KEPT_STRING:
+            raise self.fail(f"{what} is longer than {MAX_KEPT_STRING} bytes")
+        try:
+            return self.take(n, what).decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{what} is not UTF-8") from None
+
+    def value(self, vtype: int, what: str, depth: int = 0, keep: bool = True):
+        if vtype in _SCALAR:
+            return self.unpack(_SCALAR[vtype], what)[0] if keep else self.skip(struct.calcsize(_SCALAR[vtype]), what)
+        if vtype == _STRING:
+            data = self.string(what, keep)
+            return None if data is None else data.decode("utf-8", errors="replace")
+        if vtype != _ARRAY:
+            raise self.fail(f"{what} has an unknown value type")
+        if depth >= MAX_ARRAY_DEPTH:
+            raise self.fail(f"{what} nests arrays deeper than {MAX_ARRAY_DEPTH}")
+        element, count = self.unpack("IQ", f"the array header of {what}")
+        if element in _SCALAR:  # fixed size: one check, one seek
+            self.skip(count * struct.calcsize(_SCALAR[element]), f"the elements of {what}")
+        elif element == _STRING:  # a tokenizer: a tight loop over lengths, no string is read
+            self.need(count * 8, f"the elements of {what}")
+            self.strings += count
+            if self.strings > MAX_STRINGS:
+                raise self.fail(f"more than {MAX_STRINGS} strings in the header")
+            for _ in range(count):
+                (n,) = self.unpack("Q", f"an element of {what}")
+                self.skip(n, f"an element of {what}")
+        elif element == _ARRAY:
+            self.need(count * 12, f"the elements of {what}")  # each at least an element type and a count
+            for _ in range(count):
+                self.value(element, f"an element of {what}", depth + 1, keep=False)
+        else:
+            raise self.fail(f"{what} has an unknown element type")
+        return None
+
+    def header(self) -> tuple[dict[str, GgufField], list[tuple], int]:
+        """(fields, tensor infos (name, type, dims, offset), start of the tensor data)."""
+        if self.take(min(4, self.size), "the magic") != GGUF_MAGIC:
+            raise ModelError(f"not a GGUF file: {self.path}")
+        (version,) = self.unpack("I", "the version")
+        if version not in VERSIONS:
+            big_endian = version & 0xFFFF == 0  # a byte-swapped small version
+            raise ModelError(f"{'big-endian GGUF' if big_endian else 'this GGUF version'} is not supported "
+                             f"(fleetfit reads little-endian GGUF versions 2 and 3): {self.path}")
+        n_tensors, n_kv = self.unpack("QQ", "the tensor and metadata counts")
+        if n_kv > MAX_KV or n_kv * 13 > self.size - self.pos:  # key length 8, type 4, a value of at least 1
+            raise self.fail("the metadata count is larger than the file can hold")
+        if n_tensors > MAX_TENSORS or n_tensors * 24 > self.size - self.pos:  # name length 8, n_dims, type, offset
+            raise self.fail("the tensor count is larger than the file can hold")
+        fields = {}
+        for i in range(n_kv):
+            key = self.name(f"metadata key {i}")
+            if key in fields:
+                raise self.fail(f"metadata key {i} repeats an earlier key")
+            (vtype,) = self.unpack("I", f"the type of metadata entry {i}")
+            fields[key] = GgufField(vtype, self.value(vtype, f"metadata entry {i}"))
+        alignment = fields.get("general.alignment", GgufField(_UINT32, DEFAULT_ALIGNMENT))
+        if alignment.type != _UINT32 or alignment.value <= 0 or alignment.value & (alignment.value - 1):
+            raise self.fail("general.alignment is not a power of two")
+
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        infos, names, data_bytes = [], set(), 0
+        for i in range(n_tensors):
+            name = self.name(f"the name of tensor {i}")
+            if name in names:
+                raise self.fail(f"tensor {i} repeats an earlier tensor's name")
+            names.add(name)
+            (n_dims,) = self.unpack("I", f"the dimension count of tensor {i}")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise self.fail(f"tensor {i} does not have 1 to {MAX_DIMS} dimensions")
+            dims = self.unpack(f"{n_dims}Q", f"the dimensions of tensor {i}")
+            raw_type, offset = self.unpack("IQ", f"the type and offset of tensor {i}")
+            try:
+                ggml_type = GGMLQuantizationType(raw_type)
+                weights, type_bytes = GGML_QUANT_SIZES[ggml_type]
+            except (ValueError, KeyError):
+                raise self.fail(f"tensor {i} has an unknown type") from None
+            n_elements = math.prod(dims)
+            if dims[0] % weights:
+                raise self.fail(f"the rows of tensor {i} are not a whole number of blocks")
+            if n_elements * type_bytes // weights > self.size or offset > self.size:
+                raise ModelError(f"truncated GGUF: the data of tensor {i} runs past the end of the file "
+                                 f"({self.size} bytes): {self.path}")
+            data_bytes = max(data_bytes, offset + n_elements * type_bytes // weights)
+            infos.append((name, ggml_type, dims, offset))
+        data_start = -(-self.pos // alignment.value) * alignment.value
+        if data_bytes and data_start + data_bytes > self.size:
+            raise ModelError(f"truncated GGUF: the tensor data runs past the end of the file ({self.size} bytes): "
+                             f"{self.path}")
+        return fields, infos, data_start
+
+
+def open_gguf(path: pathlib.Path | str) -> GgufFile:
+    """Validate the header (bounded in time and memory) and map the tensors; ModelError for anything wrong."""
+    path = pathlib.Path(path)
+    f, size = open_regular(path)
+    with f:
+        fields, infos, data_start = _Walker(f, size, path).header()
+        if not infos:
+            return GgufFile(path, size, fields, [])
+        import numpy as np
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, ReaderTensor
+        from gguf.quants import quant_shape_to_byte_shape
+
+        data = np.memmap(f, mode="r")  # the descriptor just validated, not the path again
+    typed = {T.F16: np.float16, T.F32: np.float32, T.F64: np.float64, T.I8: np.int8, T.I16: np.int16,
+             T.I32: np.int32, T.I64: np.int64}
+    tensors = []
+    for name, ggml_type, dims, offset in infos:  # as GGUFReader._build_tensors lays them out
+        n_elements = math.prod(dims)
+        weights, type_bytes = GGML_QUANT_SIZES[ggml_type]
+        n_bytes = n_elements * type_bytes // weights
+        start = data_start + offset
+        shape = tuple(reversed(dims))
+        if ggml_type in typed:
+            view = data[start:start + n_bytes].view(typed[ggml_type]).reshape(shape)
+        else:
+            view = data[start:start + n_bytes].reshape(quant_shape_to_byte_shape(shape, ggml_type))
+        tensors.append(ReaderTensor(name=name, tensor_type=ggml_type, shape=np.array(dims, dtype=np.uint64),
+                                    n_elements=n_elements, n_bytes=n_bytes, data_offset=start, data=view, field=None))
+    return GgufFile(path, size, fields, tensors)
 
 
 def inspect_gguf(path: pathlib.Path | str) -> GgufInfo:
-    """Parse the header and tensor table; raise ModelError for a missing, non-GGUF or truncated file."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
-    file_bytes = path.stat().st_size
-    with path.open("rb") as f:
-        magic = f.read(4)
-    if magic != GGUF_MAGIC:
-        raise ModelError(f"not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r}): {path}")
+    """What a GGUF file holds; ModelError for a missing, special, non-GGUF, truncated or crafted file."""
+    gguf = open_gguf(path)
 
-    from gguf import GGUFReader
+    def value(key: str):
+        field = gguf.fields.get(key)
+        return None if field is None else field.value
 
-    try:
-        reader = GGUFReader(path)
-    except Exception as exc:  # the reader raises ValueError, IndexError, ... on damaged headers
-        raise ModelError(f"corrupt or truncated GGUF ({type(exc).__name__}: {exc}): {path}") from None
-    end_of_data = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
-    if end_of_data > file_bytes:
-        raise ModelError(
-            f"truncated GGUF: tensor data needs {end_of_data} bytes, the file has {file_bytes}: {path}"
-        )
-    ftype = _field_value(reader, "general.file_type")
+    ftype = value("general.file_type")
     return GgufInfo(
-        path=path,
-        file_bytes=file_bytes,
-        architecture=str(_field_value(reader, "general.architecture") or "unknown"),
-        name=str(_field_value(reader, "general.name") or path.stem),
-        quant=quant_of_ftype(int(ftype)) if ftype is not None else "unknown",
-        n_params=sum(int(t.n_elements) for t in reader.tensors),
-        n_tensors=len(reader.tensors),
+        path=gguf.path,
+        file_bytes=gguf.file_bytes,
+        architecture=str(value("general.architecture") or "unknown"),
+        name=str(value("general.name") or gguf.path.stem),
+        quant=quant_of_ftype(int(ftype)) if isinstance(ftype, int) else "unknown",
+        n_params=sum(t.n_elements for t in gguf.tensors),
+        n_tensors=len(gguf.tensors),
     )
 
 
 def sha256_of(path: pathlib.Path, chunk_bytes: int = 1 << 20) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    f, _ = open_regular(pathlib.Path(path))
+    with f:
         while chunk := f.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()

@@ -35,12 +35,9 @@ def _field(reader, key: str):
 
 def model_shape(path: pathlib.Path | str) -> ModelShape:
     """Read the architecture numbers and per-tensor bytes from a GGUF file's header."""
-    from gguf import GGUFReader
+    from fleetfit.models.gguf_file import open_gguf
 
-    try:
-        reader = GGUFReader(path)
-    except Exception as exc:  # the reader raises ValueError, IndexError, ... on damaged headers
-        raise ModelError(f"cannot read GGUF metadata ({type(exc).__name__}: {exc}): {path}") from None
+    reader = open_gguf(path)  # bounded; a damaged or crafted file is a one-line ModelError
     arch = str(_field(reader, "general.architecture") or "")
     numbers = {key: _field(reader, f"{arch}.{key}") for key in
                ("block_count", "attention.head_count", "attention.head_count_kv", "embedding_length")}

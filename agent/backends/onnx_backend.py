@@ -159,9 +159,9 @@ class _Runner:
 
 def _open(gguf_path, precision, cache_dir, threads):
     from fleetfit.agent.backends.torch_model import config_from_gguf
-    import gguf
+    from fleetfit.models.gguf_file import open_gguf
 
-    c = config_from_gguf(gguf.GGUFReader(gguf_path))
+    c = config_from_gguf(open_gguf(gguf_path))
     path = model_file(gguf_path, precision, cache_dir)
     return _Runner(_session(path, threads), c.n_layers, c.n_kv_heads, c.head_dim), c, path
 

@@ -63,9 +63,9 @@ def _sync(device: str) -> None:
 def _attempted_bytes(precision: str, model_path: str | None, arch, n_ctx: int) -> int:
     """What the run tries to place on the device: weights at `precision` plus the KV cache (for OOM messages)."""
     if arch is None:
-        import gguf
+        from fleetfit.models.gguf_file import open_gguf
 
-        reader = gguf.GGUFReader(model_path)
+        reader = open_gguf(model_path)
         c = tm.config_from_gguf(reader)
         n_params = sum(int(t.n_elements) for t in reader.tensors)
     else:

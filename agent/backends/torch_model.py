@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fleetfit.agent.backends.common import TORCH_PRECISIONS
+from fleetfit.models.gguf_file import open_gguf
 
 PRECISIONS = TORCH_PRECISIONS
 FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -202,7 +203,7 @@ def load_gguf(path: str, device: str, dtype: torch.dtype) -> Transformer:
     """The model with its weights read from a GGUF file and dequantized by the gguf package."""
     import gguf
 
-    reader = gguf.GGUFReader(path)
+    reader = open_gguf(path)
     c = config_from_gguf(reader)
     tensors = {t.name: t for t in reader.tensors}
     with torch.device("meta"):

@@ -143,3 +143,4 @@ def test_cli_join_and_token_errors_are_one_line(tls_coordinator, tmp_path):
     assert listed.returncode == 0 and "dev-cli" not in listed.stdout  # enrolled, not yet registered
     unit = run_cli("fleetfit-agent", "service", "install", "--dry-run", "--identity", str(tmp_path / "a.json"))
     assert unit.returncode == 0 and f"run --identity {tmp_path / 'a.json'}" in unit.stdout
+    assert "RestartPreventExitStatus=2" in unit.stdout  # a refusal on start is not retried every 5 s

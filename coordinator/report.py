@@ -29,7 +29,12 @@ def _ticks(lo: float, hi: float, log: bool) -> list[float]:
 def scatter_svg(title: str, series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str,
                 log_y: bool = True, lines: dict[str, float] | None = None) -> str:
     """A scatter plot with one polyline per series (log x; log or linear y) and optional horizontal lines."""
-    lines = lines or {}
+    # Only finite, positive figures are drawn (log axes): a run stored with a zero or broken figure is left out.
+    def drawable(*values: float) -> bool:
+        return all(math.isfinite(v) and v > 0 for v in values)
+
+    lines = {name: y for name, y in (lines or {}).items() if drawable(y)}
+    series = {name: kept for name, pts in series.items() if (kept := [(x, y) for x, y in pts if drawable(x, y)])}
     xs = [x for pts in series.values() for x, _ in pts]
     ys = [y for pts in series.values() for _, y in pts] + list(lines.values())
     if not xs:

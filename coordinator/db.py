@@ -159,7 +159,8 @@ def check_sqlite_file(path: pathlib.Path) -> None:
     except sqlite3.DatabaseError as exc:
         raise DatabaseError(f"{path} is not a usable SQLite database ({exc}): {RECOVER}") from None
     if problems != ["ok"]:
-        raise DatabaseError(f"{path} is corrupt (quick_check: {'; '.join(problems)[:200]}): {RECOVER}")
+        found = " ".join(" ".join(problems).replace("*** in database main ***", "").split())
+        raise DatabaseError(f"{path} is corrupt (quick_check: {found[:160]}): {RECOVER}")
 
 
 def lock_sqlite_file(path: pathlib.Path):

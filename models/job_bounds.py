@@ -43,8 +43,8 @@ def check_compute_device(device: str) -> None:
 def check_job(request) -> None:
     """ValueError (one line) for a fleetfit.v1.ProfileRequest outside the bounds: a model given by name only,
     and its parameters (check_parameters)."""
-    check_model_name(request.model.name)
     check_parameters(request)
+    check_model_name(request.model.name)
 
 
 def check_parameters(request) -> None:

@@ -57,7 +57,8 @@ def check_agent(store: Store, cred: str, proven: dict[str, float]) -> str | None
     """The device id an agent credential proves, or None.
 
     `proven` remembers credentials that matched for PROVEN_FOR_S, so that an agent's stream of reports
-    does not cost a database round trip each; a secret replaced by a new join stops working within that time.
+    does not cost a database round trip each; a secret replaced or revoked through another replica stops working
+    within that time (through this coordinator at once: see forget).
     """
     if not cred.startswith("agent."):
         return None
@@ -81,17 +82,25 @@ def proven_agent(cred: str, proven: dict[str, float]) -> str | None:
     return None
 
 
+def forget(proven: dict[str, float], device_id: str) -> None:
+    """Trust nothing remembered for `device_id`: its credential was revoked or replaced."""
+    prefix = f"agent.{device_id}."
+    for cred in [c for c in proven if c.startswith(prefix) and "." not in c[len(prefix):]]:
+        proven.pop(cred, None)
+
+
 def check_operator(store: Store, cred: str) -> bool:
     return cred.startswith("operator.") and store.is_operator_token(cred[len("operator."):])
 
 
-def guard(servicer, service, store: Store):
-    """`servicer` with each RPC of `service` (a descriptor) wrapped in its policy check."""
+def guard(servicer, service, store: Store, proven: dict[str, float] | None = None):
+    """`servicer` with each RPC of `service` (a descriptor) wrapped in its policy check; `proven` is the cache of
+    proven agent credentials (check_agent), shared with whoever revokes them."""
 
     class Guarded:
         pass
 
-    guarded, proven = Guarded(), {}
+    guarded, proven = Guarded(), {} if proven is None else proven
     for method in service.methods:
         role, device_field = policy(method.full_name)  # KeyError: a new RPC must be given a policy
         setattr(guarded, method.name, _wrap(getattr(servicer, method.name), role, device_field, store, proven))

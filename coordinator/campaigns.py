@@ -17,7 +17,7 @@ import re
 
 from fleetfit.coordinator.devices import display_names
 from fleetfit.coordinator.store import Campaign
-from fleetfit.models import backends
+from fleetfit.models import backends, job_bounds
 from fleetfit.models.catalogue import CATALOGUE
 from fleetfit.models.errors import ModelError
 from fleetfit.models.real_models import REAL_MODELS
@@ -103,14 +103,10 @@ def matches(terms: list[Term], inv: pb.DeviceInventory, labels: dict[str, str]) 
 
 def check_request(request: pb.ProfileRequest) -> pb.ProfileRequest:
     """The request with its backend and precision spelled canonically, or ValueError (one line) saying why it
-    cannot be queued."""
+    cannot be queued (models/job_bounds.py: a model named, never a path; parameters within bounds)."""
     if not (request.model.name or request.model.path):
         raise ValueError("the request names no model")
-    for field in ("n_prompt", "n_gen", "repetitions"):
-        if getattr(request, field) < 1:
-            raise ValueError(f"{field} must be at least 1")
-    if request.threads < 0:
-        raise ValueError("threads must not be negative")
+    job_bounds.check_job(request)
     checked = pb.ProfileRequest()
     checked.CopyFrom(request)
     try:
@@ -128,6 +124,11 @@ def check_spec(spec: pb.CampaignSpec) -> None:
     its backends knows."""
     if not (spec.models and spec.quants and spec.backends):
         raise ValueError("a campaign needs at least one model, one quant and one backend")
+    if spec.template.model.name:
+        raise ValueError("a campaign template must not name a model: its models are in spec.models")
+    job_bounds.check_parameters(spec.template)
+    for model in spec.models:
+        job_bounds.check_model_name(model)
     try:
         named = [backends.backend(b) for b in spec.backends]
     except ModelError as exc:
@@ -140,11 +141,8 @@ def check_spec(spec: pb.CampaignSpec) -> None:
                              f"no backend of the campaign can run model {model!r} ({'; '.join(why)})")
     for quant in spec.quants:
         if not any(_canonical(b, quant) for b in named):
-            raise ValueError(f"precision {quant!r} is not one that {', '.join(b.name for b in named)} take "
+            raise ValueError(f"precision {quant[:40]!r} is not one that {', '.join(b.name for b in named)} take "
                              f"({'; '.join(f'{b.name}: {b.precision_text()}' for b in named)})")
-    for field in ("n_prompt", "n_gen", "repetitions"):
-        if getattr(spec.template, field) < 1:
-            raise ValueError(f"{field} must be at least 1")
 
 
 def _canonical(spec: backends.BackendSpec, precision: str) -> str | None:

@@ -77,6 +77,17 @@ def _fleet(address: str):
     return pb_grpc.FleetServiceStub(connect(address, timeout_s=5.0, ca_pem=ca_pem, token=token))
 
 
+def _pages(call, request, field: str, timeout: float = 30):
+    """Every item of a paged list RPC (`field` of its replies), following next_page_token to the last page."""
+    items = []
+    while True:
+        reply = call(request, timeout=timeout)
+        items += getattr(reply, field)
+        if not reply.next_page_token:
+            return items
+        request.page_token = reply.next_page_token
+
+
 def _parse_labels(text: str) -> dict[str, str]:
     labels = {}
     for item in (i.strip() for i in text.split(",") if i.strip()):
@@ -112,17 +123,25 @@ def serve(
     insecure: Annotated[bool, typer.Option("--insecure", help="Plaintext, no TLS: loopback development only.")] = False,
     mtls: Annotated[bool, typer.Option("--mtls", help="Require client certificates (fleetfit-agent join --mtls).")] = False,
     lease: Annotated[float, typer.Option(help="Job lease in seconds (agents renew it with heartbeats).")] = 60.0,
+    results_per_hour: Annotated[int, typer.Option(help="Quota: results each device may report per hour.")] = 10_000,
+    models_per_day: Annotated[int, typer.Option(help="Quota: distinct model names each device may report per day.")] = 200,
+    new_database: Annotated[bool, typer.Option(
+        "--new-database", help="Start an empty database beside a state directory that already has an operator token "
+                               "or CA (a new, empty fleet: enrolled agents must join again).")] = False,
 ) -> None:
     """Run the coordinator (gRPC over TLS, with the standard health service) until SIGTERM or Ctrl-C.
 
-    On first start it creates a CA and server certificate, and an operator token, in the state directory.
+    On first start it creates a CA and server certificate, and an operator token, in the state directory. A SQLite
+    database is checked (quick_check) and locked against a second coordinator.
     """
     import asyncio
     import logging
     import signal
 
     from fleetfit.coordinator import pki
-    from fleetfit.coordinator.enrollment import operator_token
+    from fleetfit.coordinator.db import is_postgres_url, lock_sqlite_file
+    from fleetfit.coordinator.enrollment import fleet_state_without_database, operator_token
+    from fleetfit.coordinator.ingest import Quotas
     from fleetfit.coordinator.server import start_server, stop_server
     from fleetfit.coordinator.store import Store
 
@@ -130,17 +149,25 @@ def serve(
         _fail("--mtls needs TLS: drop --insecure")
     if lease <= 0:
         _fail(f"--lease must be positive, got {lease:g}")
+    if results_per_hour < 1 or models_per_day < 1:
+        _fail("--results-per-hour and --models-per-day must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fleetfit %(message)s")
     state = state_dir or default_state_dir()
+    url = str(db or default_db_path())
+    lock = None if is_postgres_url(url) else lock_sqlite_file(pathlib.Path(url))  # held until this process ends
 
     async def main() -> None:
-        store = Store(db or default_db_path())
+        store = Store(url, Quotas(results_per_hour, models_per_day))
+        if not new_database and (why := fleet_state_without_database(store, state)):
+            store.close()
+            _fail(f"{store.db.display} {why}: restore the database from a backup, or pass --new-database to start "
+                  "an empty fleet")
         operator_token(store, state)
         authority = None if insecure else pki.load_or_create(state / "tls")
         server, health_servicer, port = await start_server(store, listen, authority, mtls, lease)
         how = "plaintext (--insecure)" if authority is None else f"TLS, CA sha256 {authority.fingerprint[:16]}..."
-        typer.echo(f"fleetfit coordinator listening on {listen.rsplit(':', 1)[0]}:{port}, database {store.path}, {how}",
-                   )
+        typer.echo(f"fleetfit coordinator listening on {listen.rsplit(':', 1)[0]}:{port}, database {store.db.display}, "
+                   f"{how}")
         typer.echo(f"operator token and CA in {state}; enroll devices with: fleetfit token create")
         stopping = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -150,7 +177,11 @@ def serve(
         store.close()
         typer.echo("fleetfit coordinator stopped")
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 token_app = typer.Typer(help="Join tokens that enroll devices.", no_args_is_help=True)
@@ -162,6 +193,9 @@ app.add_typer(token_app, name="token")
 def token_create(
     expires: Annotated[str, typer.Option(help="Lifetime: 30m, 24h, 7d.")] = "24h",
     labels: Annotated[str, typer.Option(help="Labels for the device that joins: k=v,k=v.")] = "",
+    device: Annotated[Optional[str], typer.Option(
+        help="Only this device id may join with it; for an enrolled device this re-enrolls it (a board "
+             "reinstalled, a key lost): its old credential is revoked when the token is spent.")] = None,
     db: Db = None,
     state_dir: StateDir = None,
 ) -> None:
@@ -175,9 +209,23 @@ def token_create(
     authority = pki.load_or_create(state / "tls") if (state / "tls" / "ca.pem").exists() else None
     store = Store(db or default_db_path())
     try:
-        typer.echo(join_token_text(store, authority, parsed, lifetime_s))
+        typer.echo(join_token_text(store, authority, parsed, lifetime_s, device))
     finally:
         store.close()
+
+
+device_app = typer.Typer(help="One enrolled device.", no_args_is_help=True)
+app.add_typer(device_app, name="device")
+
+
+@device_app.command("revoke")
+@user_errors
+def device_revoke(device_id: str, coordinator: Coordinator = DEFAULT_ADDRESS) -> None:
+    """Revoke a device's credential: its agent's calls are refused from now on (other replicas: within 5 s)."""
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    _fleet(coordinator).RevokeDevice(pb.RevokeDeviceRequest(device_id=device_id), timeout=15)
+    typer.echo(f"revoked {device_id}; to enroll it again: fleetfit token create --device {device_id}")
 
 
 def _bar(status, width: int = 30) -> str:
@@ -215,9 +263,11 @@ def profile(
                            template=pb.ProfileRequest(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions))
     reply = _fleet(coordinator).CreateCampaign(
         pb.CreateCampaignRequest(selector=select, spec=spec, max_attempts=max_attempts), timeout=15)
+    from fleetfit.coordinator.render import clean
+
     typer.echo(f"campaign {reply.campaign_id}: {len(reply.job_ids)} jobs on {len(reply.device_ids)} device(s)")
     for line in reply.skipped:
-        typer.echo(f"  skipped {line}")
+        typer.echo(f"  skipped {clean(line)}")
     typer.echo(f"follow it with: fleetfit campaign status {reply.campaign_id} --watch")
 
 
@@ -225,13 +275,14 @@ def profile(
 @user_errors
 def campaigns_list(coordinator: Coordinator = DEFAULT_ADDRESS) -> None:
     """Every campaign with its progress."""
+    from fleetfit.coordinator.render import clean
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     found = _fleet(coordinator).ListCampaigns(pb.ListCampaignsRequest(), timeout=15).campaigns
     if not found:
         typer.echo("no campaigns (start one with: fleetfit profile --select ...)")
     for c in found:
-        typer.echo(f"{c.campaign_id}  {c.selector or '(all devices)':<28} {_bar(c)}")
+        typer.echo(f"{clean(c.campaign_id)}  {clean(c.selector) or '(all devices)':<28} {_bar(c)}")
 
 
 campaign_app = typer.Typer(help="One campaign.", no_args_is_help=True)
@@ -248,6 +299,7 @@ def campaign_status(
     """Progress of one campaign: done / running / failed / queued, per device, with failure reasons."""
     import time
 
+    from fleetfit.coordinator.render import clean
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     fleet = _fleet(coordinator)
@@ -259,6 +311,7 @@ def campaign_status(
         for d in c.devices:
             lines.append(f"  {d.device_id:<24} {_bar(d)}")
             lines += [f"    failed: {e}" for e in d.errors]
+        lines = [clean(line) for line in lines]  # device ids, names and errors come from devices
         finished = not (c.running or c.queued)
         if watch and not finished:
             typer.echo("\x1b[2J\x1b[H" + "\n".join(lines))
@@ -276,16 +329,18 @@ def devices(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table") -
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     _check_format(fmt)
-    found = _fleet(coordinator).ListDevices(pb.ListDevicesRequest(), timeout=15).devices
-    header = ["device", "host", "labels", "arch", "cpu", "cores", "RAM GiB", "GPUs", "backends", "results", "status"]
+    found = _pages(_fleet(coordinator).ListDevices, pb.ListDevicesRequest(), "devices")
+    header = ["device", "host", "labels", "arch", "cpu", "cores", "RAM GiB", "GPUs", "backends", "results", "refused",
+              "status"]
     body = [[d.inventory.device_id, d.inventory.hostname, ",".join(f"{k}={v}" for k, v in sorted(d.labels.items())),
              d.inventory.arch, d.inventory.cpu_model,
              str(d.inventory.cpu_cores_physical), f"{d.inventory.ram_total_bytes / 2**30:.1f}",
              ", ".join(g.name for g in d.inventory.gpus) or "none",
              " ".join(b.name for b in d.inventory.backends if b.available) or "none", str(d.results),
+             f"{d.refused} (last: {d.last_refusal})" if d.refused else "0",
              d.status if d.status == "online" else f"{d.status} (silent {time.time() - d.last_seen_unix_s:.0f} s)"]
             for d in found]
-    typer.echo(render.render(header, body, fmt, list(found)))
+    typer.echo(render.render(header, body, fmt, found))
 
 
 @app.command()
@@ -356,7 +411,7 @@ def fit(
     for field, value in (("min_decode_tokens_per_s", min_tps), ("max_watts", max_watts), ("context_tokens", context)):
         if value is not None:
             setattr(request, field, value)
-    answers = list(_fleet(coordinator).Fit(request, timeout=60).answers)
+    answers = _pages(_fleet(coordinator).Fit, request, "answers", timeout=60)
     typer.echo(render.render(*fit_table(answers), "json" if as_json else "table", answers))
 
 
@@ -376,8 +431,8 @@ def report(
     if len(options) != len(option or []):
         _fail("--option takes KEY=VALUE")
     fleet = _fleet(coordinator)
-    devices = list(fleet.ListDevices(pb.ListDevicesRequest(), timeout=15).devices)
-    rows = list(fleet.GetLimitTable(pb.GetLimitTableRequest(), timeout=30).rows)
+    devices = _pages(fleet.ListDevices, pb.ListDevicesRequest(), "devices")
+    rows = _pages(fleet.GetLimitTable, pb.GetLimitTableRequest(), "rows")
     found = [fleet.GetTable(pb.TableRequest(name=n, options=options), timeout=60) for n in SEED_ORDER]
     try:
         index = html_report.write(out, devices, rows, found)

@@ -7,11 +7,13 @@ opening an older database brings it up to date and opening a current one changes
 """
 
 import contextlib
+import fcntl
 import pathlib
 import re
 import sqlite3
 import threading
 import time
+import urllib.parse
 
 MIGRATIONS: list[str] = [
     # 1: the spine (devices, results, jobs). IF NOT EXISTS: databases made before migrations existed hold it.
@@ -91,6 +93,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE campaigns ADD COLUMN skipped TEXT NOT NULL DEFAULT '{}';
     """,
+    # 5: a hostile or buggy part cannot hurt the fleet: join tokens bound to a device id, revoked agents, and
+    # per-device counts of refused reports.
+    """
+    ALTER TABLE join_tokens ADD COLUMN device_id TEXT;
+    ALTER TABLE agents ADD COLUMN revoked REAL;
+    ALTER TABLE devices ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN last_refusal TEXT;
+    """,
 ]
 
 
@@ -106,6 +116,66 @@ def to_postgres(sql: str) -> str:
 
 class DatabaseError(Exception):
     """The database cannot be opened or migrated; the message is one line for users."""
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password (in user:password@ or a password= parameter) replaced by ***: the one way a
+    database URL is shown in banners, logs and errors."""
+    if not is_postgres_url(url):
+        return url
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _password(url: str) -> str | None:
+    parts = urllib.parse.urlsplit(url)
+    found = re.search(r"(?i)(?:^|&)password=([^&]*)", parts.query)
+    secret = parts.password or (found.group(1) if found else None)
+    return urllib.parse.unquote(secret) if secret else None
+
+
+RECOVER = "restore it from a backup, or move it aside to start an empty fleet"
+
+
+def check_sqlite_file(path: pathlib.Path) -> None:
+    """DatabaseError (one line, naming the file and the way out) unless `path` is missing, empty or a SQLite
+    database that passes `PRAGMA quick_check`: a corrupt page is found at start, not when a query hits it."""
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return
+    if not path.is_file():
+        raise DatabaseError(f"{path} is not a file: give a SQLite file or a postgresql:// URL")
+    try:
+        conn = sqlite3.connect(path)
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(f"{path} is not a usable SQLite database ({exc}): {RECOVER}") from None
+    if problems != ["ok"]:
+        found = " ".join(" ".join(problems).replace("*** in database main ***", "").split())
+        raise DatabaseError(f"{path} is corrupt (quick_check: {found[:160]}): {RECOVER}")
+
+
+def lock_sqlite_file(path: pathlib.Path):
+    """An exclusive lock on `path`.lock, held while the returned file stays open; DatabaseError (one line) when
+    another coordinator holds it. Two coordinators on one SQLite file would each hand out the same jobs."""
+    lock_path = pathlib.Path(f"{path}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DatabaseError(f"another fleetfit coordinator is serving {path} (it holds {lock_path}): stop it, or "
+                            "use PostgreSQL for several replicas") from None
+    return handle
 
 
 class Database:
@@ -124,7 +194,9 @@ class Database:
         self.local = threading.local()
         self.lock = threading.Lock()
         self.connections: list = []
+        self.display = redact_url(self.url)
         if not self.postgres:
+            check_sqlite_file(pathlib.Path(self.url))
             pathlib.Path(self.url).parent.mkdir(parents=True, exist_ok=True)
         self.migrate()
 
@@ -137,7 +209,9 @@ class Database:
             try:
                 conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
             except psycopg.Error as exc:
-                raise DatabaseError(f"cannot connect to {self.url}: {str(exc).strip().splitlines()[0]}") from None
+                why, password = str(exc).strip().splitlines()[0], _password(self.url)
+                raise DatabaseError(f"cannot connect to {self.display}: "
+                                    f"{why.replace(password, '***') if password else why}") from None
         else:
             conn = sqlite3.connect(self.url, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")

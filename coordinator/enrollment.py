@@ -22,7 +22,19 @@ def operator_token(store: Store, state_dir: pathlib.Path) -> str:
     return token
 
 
-def join_token_text(store: Store, authority: pki.Authority | None, labels: dict[str, str], expires_s: float) -> str:
-    """A join token as the operator hands it out: the secret, then (with TLS) the CA's fingerprint to pin."""
-    secret = store.create_join_token(labels, expires_s)
+def fleet_state_without_database(store: Store, state_dir: pathlib.Path) -> str | None:
+    """Why starting on this database would silently begin a new fleet, or None: it holds no operator token while
+    the state directory has one (or a CA) that the operator and enrolled agents trust — a database that is new,
+    emptied or replaced beside an existing fleet's state."""
+    kept = [name for name in ("operator.token", "tls/ca.pem") if (state_dir / name).exists()]
+    if kept and not store.has_operator_tokens():
+        return f"holds no fleet, but {state_dir} has the {' and '.join(kept)} of one"
+    return None
+
+
+def join_token_text(store: Store, authority: pki.Authority | None, labels: dict[str, str], expires_s: float,
+                    device_id: str | None = None) -> str:
+    """A join token as the operator hands it out: the secret, then (with TLS) the CA's fingerprint to pin. With
+    `device_id`, only that device may spend it (and re-enrolls it when it is enrolled)."""
+    secret = store.create_join_token(labels, expires_s, device_id)
     return f"{secret}.{authority.fingerprint}" if authority else secret

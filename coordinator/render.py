@@ -1,8 +1,10 @@
 """Limit tables and fit answers as text: aligned table, markdown, CSV or JSON."""
 
 import csv
+import html
 import io
 import json
+import re
 
 from google.protobuf import json_format
 
@@ -10,6 +12,21 @@ from fleetfit.v1 import fleetfit_pb2 as pb
 
 MIB = 1024 * 1024
 FORMATS = ("table", "md", "csv", "json")
+# What must never reach a terminal raw from device-provided text: C0 controls (ESC, CR, LF, ...), DEL, C1
+# controls, and the bidirectional overrides that reorder what is shown.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: str) -> str:
+    """`text` safe to print: each control character shown as its escape (\\x1b, \\u202e), never sent raw."""
+    return CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(text))
+
+
+def md_cell(text: str) -> str:
+    """A markdown table cell: clean, with pipes escaped and HTML shown as text (no `<script>` in tables.md)."""
+    return html.escape(clean(text), quote=False).replace("|", "\\|")
+
+
 FAILURES = {pb.FAILURE_KIND_OOM: "oom", pb.FAILURE_KIND_SIGNAL: "signal", pb.FAILURE_KIND_TIMEOUT: "timeout",
             pb.FAILURE_KIND_ERROR: "error"}
 
@@ -54,15 +71,16 @@ def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list[str]]]:
 def render(header: list[str], body: list[list[str]], fmt: str, messages: list) -> str:
     if fmt == "json":
         return json.dumps([json_format.MessageToDict(m, preserving_proto_field_name=True) for m in messages], indent=2)
+    if fmt == "md":
+        lines = ["| " + " | ".join(map(md_cell, header)) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(map(md_cell, row)) + " |" for row in body]
+        return "\n".join(lines)
+    header, body = [clean(c) for c in header], [[clean(c) for c in row] for row in body]
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(body)
         return out.getvalue().rstrip("\n")
-    if fmt == "md":
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in body]
-        return "\n".join(lines)
     widths = [max(len(str(c)) for c in column) for column in zip(header, *body)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *body])

@@ -11,12 +11,18 @@ import pathlib
 import re
 
 from fleetfit.coordinator.devices import display_names
+from fleetfit.coordinator.render import clean
 from fleetfit.coordinator.limits import comparable
 from fleetfit.coordinator.tables import render_table
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 380, 70, 170, 20, 50
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+
+
+def _escape(text: str) -> str:
+    """Text for the page: control characters escaped (render.clean), then HTML-escaped."""
+    return html.escape(clean(text))
 
 
 def _ticks(lo: float, hi: float, log: bool) -> list[float]:
@@ -29,11 +35,16 @@ def _ticks(lo: float, hi: float, log: bool) -> list[float]:
 def scatter_svg(title: str, series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str,
                 log_y: bool = True, lines: dict[str, float] | None = None) -> str:
     """A scatter plot with one polyline per series (log x; log or linear y) and optional horizontal lines."""
-    lines = lines or {}
+    # Only finite, positive figures are drawn (log axes): a run stored with a zero or broken figure is left out.
+    def drawable(*values: float) -> bool:
+        return all(math.isfinite(v) and v > 0 for v in values)
+
+    lines = {name: y for name, y in (lines or {}).items() if drawable(y)}
+    series = {name: kept for name, pts in series.items() if (kept := [(x, y) for x, y in pts if drawable(x, y)])}
     xs = [x for pts in series.values() for x, _ in pts]
     ys = [y for pts in series.values() for _, y in pts] + list(lines.values())
     if not xs:
-        return f'<p class="empty">{html.escape(title)}: no data yet</p>'
+        return f'<p class="empty">{_escape(title)}: no data yet</p>'
     x_ticks = _ticks(min(xs), max(xs), True)
     y_ticks = _ticks(min(ys), max(ys), log_y) if log_y else _ticks(0, max(ys), False)
     tx = math.log10
@@ -42,7 +53,7 @@ def scatter_svg(title: str, series: dict[str, list[tuple[float, float]]], x_labe
     px = lambda v: PAD_L + (tx(v) - x0) / ((x1 - x0) or 1) * (W - PAD_L - PAD_R)
     py = lambda v: H - PAD_B - (ty(v) - y0) / ((y1 - y0) or 1) * (H - PAD_T - PAD_B)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" '
-           f'aria-label="{html.escape(title)}"><title>{html.escape(title)}</title>',
+           f'aria-label="{_escape(title)}"><title>{_escape(title)}</title>',
            f'<rect x="{PAD_L}" y="{PAD_T}" width="{W - PAD_L - PAD_R}" height="{H - PAD_T - PAD_B}" fill="none" stroke="#999"/>']
     for v in x_ticks:
         out.append(f'<text x="{px(v):.1f}" y="{H - PAD_B + 16}" font-size="11" text-anchor="middle">{_num(v)}</text>')
@@ -50,23 +61,23 @@ def scatter_svg(title: str, series: dict[str, list[tuple[float, float]]], x_labe
         out.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{py(v):.1f}" y2="{py(v):.1f}" stroke="#eee"/>'
                    f'<text x="{PAD_L - 6}" y="{py(v) + 4:.1f}" font-size="11" text-anchor="end">{_num(v)}</text>')
     out.append(f'<text x="{(PAD_L + W - PAD_R) / 2}" y="{H - 10}" font-size="12" text-anchor="middle">'
-               f'{html.escape(x_label)}</text><text x="14" y="{(PAD_T + H - PAD_B) / 2}" font-size="12" '
-               f'text-anchor="middle" transform="rotate(-90 14 {(PAD_T + H - PAD_B) / 2})">{html.escape(y_label)}</text>')
+               f'{_escape(x_label)}</text><text x="14" y="{(PAD_T + H - PAD_B) / 2}" font-size="12" '
+               f'text-anchor="middle" transform="rotate(-90 14 {(PAD_T + H - PAD_B) / 2})">{_escape(y_label)}</text>')
     for i, (name, y) in enumerate(lines.items()):
         colour = COLOURS[i % len(COLOURS)]
         out.append(f'<line class="capacity" x1="{PAD_L}" x2="{W - PAD_R}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
                    f'stroke="{colour}" stroke-dasharray="6 4"/><text x="{W - PAD_R + 4}" y="{py(y) + 4:.1f}" '
-                   f'font-size="10" fill="{colour}">{html.escape(name)} RAM</text>')
+                   f'font-size="10" fill="{colour}">{_escape(name)} RAM</text>')
     for i, (name, pts) in enumerate(sorted(series.items())):
         colour, pts = COLOURS[i % len(COLOURS)], sorted(pts)
         if len(pts) > 1:
             path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
             out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
         out += [f'<circle class="point" cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{colour}">'
-                f'<title>{html.escape(name)}: {_num(x)}, {_num(y)}</title></circle>' for x, y in pts]
+                f'<title>{_escape(name)}: {_num(x)}, {_num(y)}</title></circle>' for x, y in pts]
         ly = PAD_T + 14 * (i + len(lines)) + 10
         out.append(f'<circle cx="{W - PAD_R + 10}" cy="{ly - 4}" r="4" fill="{colour}"/>'
-                   f'<text x="{W - PAD_R + 18}" y="{ly}" font-size="11">{html.escape(name)}</text>')
+                   f'<text x="{W - PAD_R + 18}" y="{ly}" font-size="11">{_escape(name)}</text>')
     return "\n".join(out + ["</svg>"])
 
 

@@ -3,22 +3,25 @@
 stalls unrelated RPCs (a heartbeat waits for nobody's table)."""
 
 import asyncio
+import base64
 import concurrent.futures
 import functools
+import json
 import logging
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fleetfit.coordinator import auth, campaigns, devices, pki, tables
+from fleetfit.coordinator import auth, campaigns, devices, ingest, pki, tables
 from fleetfit.coordinator import fit as fit_answers
 from fleetfit.coordinator.dispatch import JobWaiters, ResultBatcher, expire_leases
 from fleetfit.coordinator.limits import limit_rows
-from fleetfit.coordinator.store import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, BadToken, ConflictingResult,
-                                        ForeignJob, StaleLease, Store, UnknownDevice)
+from fleetfit.coordinator.store import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, AlreadyEnrolled, BadToken,
+                                        ConflictingResult, ForeignJob, QuotaExceeded, StaleLease, Store,
+                                        UnknownDevice)
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
-from fleetfit.v1.transport import SERVER_OPTIONS
+from fleetfit.v1.transport import MAX_MESSAGE_BYTES, SERVER_OPTIONS
 
 log = logging.getLogger("fleetfit.coordinator")
 
@@ -27,28 +30,71 @@ MAX_POLL_WAIT_S = 30.0
 STORE_THREADS = 32  # store calls in flight at once; each thread keeps its own database connection
 
 
+DEFAULT_PAGE_SIZE = 500
+MAX_PAGE_SIZE = 10_000
+# A page stops growing at this size (or page_size items), so no answer nears the message limit: ingest bounds
+# each record to a MiB, so even one record more than this stays far below it.
+PAGE_BYTES = MAX_MESSAGE_BYTES // 4
+
+
 async def off_loop(fn, *args, **kwargs):
     """`fn(*args, **kwargs)` on the store's thread pool (the loop's default executor, see start_server)."""
     return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+
+def page(items: list, key, request) -> tuple[list, str]:
+    """The items (any order) of the page `request` asks for (page_size, page_token), ordered by `key` (a tuple
+    of strings, unique per item), and the next page's token ("" on the last page). ValueError for a bad request."""
+    if request.page_size < 0:
+        raise ValueError("page_size must not be negative")
+    size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    after = None
+    if request.page_token:
+        try:
+            after = tuple(json.loads(base64.urlsafe_b64decode(request.page_token.encode())))
+        except ValueError:
+            raise ValueError("page_token is not one this coordinator gave (pass next_page_token back as it is)") from None
+    chosen, total = [], 0
+    for item in sorted(items, key=key):
+        if after is not None and key(item) <= after:
+            continue
+        if chosen and (len(chosen) >= size or total + item.ByteSize() > PAGE_BYTES):
+            return chosen, base64.urlsafe_b64encode(json.dumps(key(chosen[-1])).encode()).decode()
+        chosen.append(item)
+        total += item.ByteSize()
+    return chosen, ""
 
 
 class AgentService(pb_grpc.AgentServiceServicer):
     """Callers are authenticated (auth.guard) and act only as themselves before a method runs."""
 
     def __init__(self, store: Store, waiters: JobWaiters, authority: pki.Authority | None = None,
-                 lease_s: float = DEFAULT_LEASE_S):
+                 lease_s: float = DEFAULT_LEASE_S, proven: dict[str, float] | None = None):
         self.store, self.waiters, self.authority, self.lease_s = store, waiters, authority, lease_s
         self.results = ResultBatcher(store)
+        self.proven = {} if proven is None else proven  # the guard's cache of proven agent credentials
+        self.refusals = ingest.RefusalLog()
+
+    async def _refuse(self, context, code: grpc.StatusCode, device_id: str, reason: str) -> None:
+        """Count and log (rate-limited) a refused report from an authenticated device, then abort the call."""
+        self.refusals.note(device_id, reason)
+        await off_loop(self.store.count_refusal, device_id, reason)
+        await context.abort(code, reason)
 
     async def Join(self, request, context):
-        if not request.device_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_id is empty")
+        try:
+            ingest.check_device_id(request.device_id)
+        except ingest.Refused as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if request.want_client_certificate and self.authority is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this coordinator runs without TLS")
         try:
             secret = await off_loop(self.store.redeem_join_token, request.token, request.device_id)
         except BadToken as exc:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except AlreadyEnrolled as exc:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        auth.forget(self.proven, request.device_id)  # re-enrolled: the old credential is revoked now
         reply = pb.JoinResponse(device_id=request.device_id, secret=secret)
         if request.want_client_certificate:
             reply.client_certificate_pem, reply.client_key_pem = self.authority.issue_client(request.device_id)
@@ -74,8 +120,10 @@ class AgentService(pb_grpc.AgentServiceServicer):
         return pb.ReleaseJobResponse()
 
     async def Register(self, request, context):
-        if not request.inventory.device_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "inventory.device_id is empty")
+        try:
+            ingest.check_inventory(request.inventory)
+        except ingest.Refused as exc:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, request.inventory.device_id, str(exc))
         await off_loop(self.store.upsert_device, request.inventory)
         return pb.RegisterResponse(device_id=request.inventory.device_id)
 
@@ -103,6 +151,10 @@ class AgentService(pb_grpc.AgentServiceServicer):
         if not result.result_id or not result.device_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "result_id and device_id are required")
         try:
+            ingest.check_result(result)
+        except ingest.Refused as exc:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, result.device_id, str(exc))
+        try:
             duplicate = await self.results.add(result, request.job_id, request.fence)
         except UnknownDevice:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"device {result.device_id!r} has not registered")
@@ -112,16 +164,35 @@ class AgentService(pb_grpc.AgentServiceServicer):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except StaleLease as exc:  # the job was leased again after this agent's lease expired
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except QuotaExceeded as exc:  # the agent's outbox keeps it and retries later
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, result.device_id, str(exc))
         return pb.ReportResultResponse(duplicate=duplicate)
 
 
 class FleetService(pb_grpc.FleetServiceServicer):
-    def __init__(self, store: Store, waiters: JobWaiters):
+    def __init__(self, store: Store, waiters: JobWaiters, proven: dict[str, float] | None = None):
         self.store, self.waiters = store, waiters
         self.answers = fit_answers.AnswerCache(store)
+        self.proven = {} if proven is None else proven  # the guard's cache of proven agent credentials
+
+    async def _page(self, items: list, key, request, context) -> tuple[list, str]:
+        try:
+            return page(items, key, request)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def ListDevices(self, request, context):
-        return pb.ListDevicesResponse(devices=devices.with_display_names(await off_loop(self.store.devices)))
+        found, token = await self._page(devices.with_display_names(await off_loop(self.store.devices)),
+                                        lambda d: (d.inventory.device_id,), request, context)
+        return pb.ListDevicesResponse(devices=found, next_page_token=token)
+
+    async def RevokeDevice(self, request, context):
+        try:
+            await off_loop(self.store.revoke_agent, request.device_id)
+        except UnknownDevice:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no enrolled device {request.device_id!r}")
+        auth.forget(self.proven, request.device_id)
+        return pb.RevokeDeviceResponse()
 
     async def SubmitProfile(self, request, context):
         known = await off_loop(self.store.devices)
@@ -142,15 +213,22 @@ class FleetService(pb_grpc.FleetServiceServicer):
 
     async def GetLimitTable(self, request, context):
         results, known = await off_loop(self.store.results), await off_loop(self.store.devices)
-        return pb.GetLimitTableResponse(rows=limit_rows(results, known))
+        rows, token = await self._page(limit_rows(results, known),
+                                       lambda r: (r.device_id, r.backend, r.model_name, r.quant, r.shape),
+                                       request, context)
+        return pb.GetLimitTableResponse(rows=rows, next_page_token=token)
 
     async def Fit(self, request, context):
         try:
-            return await off_loop(fit_answers.respond, request, self.store, self.answers)
+            answers = (await off_loop(fit_answers.respond, request, self.store, self.answers)).answers
         except devices.DeviceLookupError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except ValueError as exc:  # a bad question: fit_answers says which field
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not request.model_name:  # one device's largest model per precision: a few answers, in their order
+            return pb.FitResponse(answers=answers)
+        found, token = await self._page(list(answers), lambda a: (a.device_id,), request, context)
+        return pb.FitResponse(answers=found, next_page_token=token)
 
     async def ListTables(self, request, context):
         return pb.ListTablesResponse(tables=[pb.Table(name=t.name, title=t.title) for t in tables.TABLES.values()])
@@ -200,11 +278,12 @@ async def start_server(store: Store, listen: str, authority: pki.Authority | Non
         concurrent.futures.ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="fleetfit-store"))
     server = grpc.aio.server(options=SERVER_OPTIONS)
     services = pb.DESCRIPTOR.services_by_name
-    waiters = JobWaiters()
+    waiters, proven = JobWaiters(), {}
     pb_grpc.add_AgentServiceServicer_to_server(
-        auth.guard(AgentService(store, waiters, authority, lease_s), services["AgentService"], store), server)
+        auth.guard(AgentService(store, waiters, authority, lease_s, proven), services["AgentService"], store, proven),
+        server)
     pb_grpc.add_FleetServiceServicer_to_server(
-        auth.guard(FleetService(store, waiters), services["FleetService"], store), server)
+        auth.guard(FleetService(store, waiters, proven), services["FleetService"], store, proven), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:

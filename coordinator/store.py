@@ -19,6 +19,7 @@ import secrets
 import time
 import uuid
 
+from fleetfit.coordinator import ingest
 from fleetfit.coordinator.db import Database
 from fleetfit.v1 import fleetfit_pb2 as pb
 
@@ -49,6 +50,14 @@ class BadToken(Exception):
     """A join token that is unknown, expired or already used."""
 
 
+class AlreadyEnrolled(Exception):
+    """A join for a device id that is enrolled, with a token not bound to it (fleetfit token create --device)."""
+
+
+class QuotaExceeded(Exception):
+    """A device reported more than its quota allows; the message names the quota."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Campaign:
     campaign_id: str
@@ -64,9 +73,10 @@ def token_hash(secret: str) -> str:
 
 
 class Store:
-    def __init__(self, url: pathlib.Path | str):
+    def __init__(self, url: pathlib.Path | str, quotas: ingest.Quotas = ingest.Quotas()):
         self.db = Database(url)
         self.path = self.db.url
+        self.quotas = quotas
 
     def close(self) -> None:
         self.db.close()
@@ -97,15 +107,21 @@ class Store:
     def devices(self, device_id: str | None = None, now: float | None = None) -> list[pb.Device]:
         """Every device, or the one with `device_id`; each `online` or `lost` (LOST_AFTER_S), with its labels.
         Devices are keyed by id only: coordinator/devices.py finds one by hostname for people."""
-        sql = "SELECT d.inventory, d.first_seen, d.last_seen, d.result_count, a.labels FROM devices d " \
-              "LEFT JOIN agents a ON a.device_id = d.device_id"
+        sql = "SELECT d.inventory, d.first_seen, d.last_seen, d.result_count, a.labels, d.refused, d.last_refusal " \
+              "FROM devices d LEFT JOIN agents a ON a.device_id = d.device_id"
         rows = (self.db.query(sql + " WHERE d.device_id = ?", (device_id,)) if device_id
                 else self.db.query(sql + " ORDER BY d.device_id"))
         cutoff = (now or time.time()) - LOST_AFTER_S
         return [pb.Device(inventory=pb.DeviceInventory.FromString(bytes(inv)), first_seen_unix_s=first,
                           last_seen_unix_s=last, results=count, status="online" if last >= cutoff else "lost",
-                          labels=json.loads(labels) if labels else {})
-                for inv, first, last, count, labels in rows]
+                          labels=json.loads(labels) if labels else {}, refused=refused, last_refusal=why or "")
+                for inv, first, last, count, labels, refused, why in rows]
+
+    def count_refusal(self, device_id: str, reason: str) -> None:
+        """One more refused report (or registration) from the device; the reason of the latest is kept."""
+        with self.db.transaction() as execute:
+            execute("UPDATE devices SET refused = refused + 1, last_refusal = ? WHERE device_id = ?",
+                    (reason[:ingest.MAX_TEXT], device_id))
 
     def device_labels(self) -> dict[str, dict[str, str]]:
         """Labels each enrolled device was given by its join token."""
@@ -125,10 +141,11 @@ class Store:
 
         Per report (result, job_id, fence): True when it was already stored (an acknowledged duplicate),
         False when stored now, or the refusal: ConflictingResult, ForeignJob, StaleLease (with a job,
-        `fence` must be the token of the job's current lease held by the result's device), UnknownDevice.
+        `fence` must be the token of the job's current lease held by the result's device), UnknownDevice,
+        QuotaExceeded (self.quotas; a duplicate is never refused for quota).
         A refusal is decided before anything of that report is written, so the others are unaffected.
         """
-        refusals = (ConflictingResult, ForeignJob, StaleLease, UnknownDevice)
+        refusals = (ConflictingResult, ForeignJob, StaleLease, UnknownDevice, QuotaExceeded)
         outcomes: list[bool | Exception] = []
         with self.db.transaction() as execute:
             for result, job_id, fence in reports:
@@ -138,13 +155,14 @@ class Store:
                     outcomes.append(exc)
         return outcomes
 
-    @staticmethod
-    def _add_result(execute, result: pb.ProfileResult, job_id: str, fence: int) -> bool:
+    def _add_result(self, execute, result: pb.ProfileResult, job_id: str, fence: int) -> bool:
         payload = result.SerializeToString(deterministic=True)
         now = time.time()
         row = execute("SELECT payload FROM results WHERE result_id = ?", (result.result_id,)).fetchone()
         if row is not None and bytes(row[0]) != payload:
             raise ConflictingResult(f"result {result.result_id} is already stored with another payload")
+        if row is None:
+            self._check_quotas(execute, result, now)
         if row is None and job_id:  # the job's own device under its current lease; nothing is written otherwise
             cur = execute(
                 "UPDATE jobs SET state = ?, result_id = ?, error = ?, updated = ?, lease_expires = NULL "
@@ -168,15 +186,31 @@ class Store:
                  result.quant or result.request.quant, result.request.backend, int(result.failure), now, payload))
         return False
 
+    def _check_quotas(self, execute, result: pb.ProfileResult, now: float) -> None:
+        (last_hour,) = execute("SELECT COUNT(*) FROM results WHERE device_id = ? AND received > ?",
+                               (result.device_id, now - 3600)).fetchone()
+        if last_hour >= self.quotas.results_per_hour:
+            raise QuotaExceeded(f"quota of {self.quotas.results_per_hour} results per hour per device reached")
+        day = (result.device_id, now - 86400)
+        if execute("SELECT 1 FROM results WHERE device_id = ? AND received > ? AND model_name = ? LIMIT 1",
+                   (*day, result.model_name)).fetchone() is None:
+            (models,) = execute("SELECT COUNT(DISTINCT model_name) FROM results WHERE device_id = ? AND received > ?",
+                                day).fetchone()
+            if models >= self.quotas.models_per_day:
+                raise QuotaExceeded(f"quota of {self.quotas.models_per_day} distinct models per day per device reached")
+
     def results(self, model_name: str | None = None, device_id: str | None = None) -> list[pb.ProfileResult]:
-        """All results oldest first, or those of one model or one device (each by its index)."""
+        """All results oldest first, or those of one model or one device (each by its index), as answers may use
+        them: this is where every answer (tables, fit, the limit table, the report) reads results, so a figure
+        that is not finite, or not positive where it must be, is dropped here (ingest.usable), once — results
+        stored before ingest checked them cannot break an answer."""
         where, params = [], []
         for column, value in (("model_name", model_name), ("device_id", device_id)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
         sql = "SELECT payload FROM results" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY received"
-        return [pb.ProfileResult.FromString(bytes(payload)) for (payload,) in self.db.query(sql, params)]
+        return [ingest.usable(pb.ProfileResult.FromString(bytes(payload))) for (payload,) in self.db.query(sql, params)]
 
     def result_count(self) -> int:
         return self.db.query("SELECT COUNT(*) FROM results")[0][0]
@@ -299,36 +333,59 @@ class Store:
 
     # -- enrollment
 
-    def create_join_token(self, labels: dict[str, str], expires_s: float) -> str:
+    def create_join_token(self, labels: dict[str, str], expires_s: float, device_id: str | None = None) -> str:
+        """A one-time join token; with `device_id`, only that device may spend it, and when it is enrolled already
+        spending it re-enrolls it (its old credential revoked): the one way to take over an enrolled id."""
         secret = secrets.token_urlsafe(24)
         now = time.time()
         with self.db.transaction() as execute:
-            execute("INSERT INTO join_tokens (token_hash, labels, created, expires) VALUES (?, ?, ?, ?)",
-                    (token_hash(secret), json.dumps(labels, sort_keys=True), now, now + expires_s))
+            execute("INSERT INTO join_tokens (token_hash, labels, created, expires, device_id) VALUES (?, ?, ?, ?, ?)",
+                    (token_hash(secret), json.dumps(labels, sort_keys=True), now, now + expires_s, device_id))
         return secret
 
     def redeem_join_token(self, secret: str, device_id: str) -> str:
-        """Spend a join token for `device_id` and return the agent's new secret (once per token)."""
+        """Spend a join token for `device_id` and return the agent's new secret (once per token).
+
+        An enrolled device id is refused (AlreadyEnrolled) unless the token is bound to it; then its secret is
+        replaced and a revocation lifted. Nothing is written for a refused join: the token stays unspent."""
         now = time.time()
         agent_secret = secrets.token_urlsafe(32)
         with self.db.transaction() as execute:
-            row = execute("SELECT labels, expires, used_by FROM join_tokens WHERE token_hash = ?",
+            row = execute("SELECT labels, expires, used_by, device_id FROM join_tokens WHERE token_hash = ?",
                           (token_hash(secret),)).fetchone()
             if row is None:
                 raise BadToken("unknown join token")
-            if row[2] is not None:
+            labels, expires, used_by, bound_to = row
+            if used_by is not None:
                 raise BadToken("join token was already used")
-            if row[1] < now:
+            if expires < now:
                 raise BadToken("join token has expired")
+            if bound_to is not None and bound_to != device_id:
+                raise BadToken(f"this join token is for device {bound_to!r}")
+            enrolled = execute("SELECT labels FROM agents WHERE device_id = ?", (device_id,)).fetchone()
+            if enrolled is not None and bound_to is None:
+                raise AlreadyEnrolled(f"device {device_id!r} is already enrolled: to re-enroll it, an operator makes "
+                                      f"a token with fleetfit token create --device {device_id} (its old credential "
+                                      "is revoked when that token is spent)")
+            if enrolled is not None and labels == "{}":
+                labels = enrolled[0]  # re-enrolled without new labels: it keeps its own
             execute("UPDATE join_tokens SET used_by = ?, used_at = ? WHERE token_hash = ?",
                     (device_id, now, token_hash(secret)))
             execute("INSERT INTO agents (device_id, secret_hash, labels, created) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (device_id) DO UPDATE SET secret_hash = excluded.secret_hash, labels = excluded.labels",
-                    (device_id, token_hash(agent_secret), row[0], now))
+                    "ON CONFLICT (device_id) DO UPDATE SET secret_hash = excluded.secret_hash, labels = excluded.labels, "
+                    "revoked = NULL", (device_id, token_hash(agent_secret), labels, now))
         return agent_secret
 
+    def revoke_agent(self, device_id: str) -> None:
+        """The enrolled agent's credential stops working (UnknownDevice when it never enrolled); it joins again
+        only with a token bound to its id."""
+        with self.db.transaction() as execute:
+            if execute("UPDATE agents SET revoked = ? WHERE device_id = ?", (time.time(), device_id)).rowcount == 0:
+                raise UnknownDevice(device_id)
+
     def agent_secret_hash(self, device_id: str) -> str | None:
-        rows = self.db.query("SELECT secret_hash FROM agents WHERE device_id = ?", (device_id,))
+        """The hash of an enrolled agent's secret; None when it never enrolled or was revoked."""
+        rows = self.db.query("SELECT secret_hash FROM agents WHERE device_id = ? AND revoked IS NULL", (device_id,))
         return rows[0][0] if rows else None
 
     def add_operator_token(self) -> str:
@@ -336,6 +393,9 @@ class Store:
         with self.db.transaction() as execute:
             execute("INSERT INTO operator_tokens (token_hash, created) VALUES (?, ?)", (token_hash(secret), time.time()))
         return secret
+
+    def has_operator_tokens(self) -> bool:
+        return bool(self.db.query("SELECT 1 FROM operator_tokens LIMIT 1"))
 
     def is_operator_token(self, secret: str) -> bool:
         return bool(self.db.query("SELECT 1 FROM operator_tokens WHERE token_hash = ?", (token_hash(secret),)))

@@ -502,7 +502,7 @@ class ReleaseJobResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("inventory", "first_seen_unix_s", "last_seen_unix_s", "results", "status", "labels", "display_name")
+    __slots__ = ("inventory", "first_seen_unix_s", "last_seen_unix_s", "results", "status", "labels", "display_name", "refused", "last_refusal")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -517,6 +517,8 @@ class Device(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    LAST_REFUSAL_FIELD_NUMBER: _ClassVar[int]
     inventory: DeviceInventory
     first_seen_unix_s: float
     last_seen_unix_s: float
@@ -524,17 +526,25 @@ class Device(_message.Message):
     status: str
     labels: _containers.ScalarMap[str, str]
     display_name: str
-    def __init__(self, inventory: _Optional[_Union[DeviceInventory, _Mapping]] = ..., first_seen_unix_s: _Optional[float] = ..., last_seen_unix_s: _Optional[float] = ..., results: _Optional[int] = ..., status: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., display_name: _Optional[str] = ...) -> None: ...
+    refused: int
+    last_refusal: str
+    def __init__(self, inventory: _Optional[_Union[DeviceInventory, _Mapping]] = ..., first_seen_unix_s: _Optional[float] = ..., last_seen_unix_s: _Optional[float] = ..., results: _Optional[int] = ..., status: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., display_name: _Optional[str] = ..., refused: _Optional[int] = ..., last_refusal: _Optional[str] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListDevicesResponse(_message.Message):
-    __slots__ = ("devices",)
+    __slots__ = ("devices", "next_page_token")
     DEVICES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedCompositeFieldContainer[Device]
-    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SubmitProfileRequest(_message.Message):
     __slots__ = ("device_ids", "request")
@@ -629,17 +639,23 @@ class LimitRow(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., backend: _Optional[str] = ..., model_n_params: _Optional[int] = ..., model_file_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., threads: _Optional[int] = ..., result_id: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ..., device_name: _Optional[str] = ..., shape: _Optional[str] = ..., compute_device: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ...) -> None: ...
 
 class GetLimitTableRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class GetLimitTableResponse(_message.Message):
-    __slots__ = ("rows",)
+    __slots__ = ("rows", "next_page_token")
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[LimitRow]
-    def __init__(self, rows: _Optional[_Iterable[_Union[LimitRow, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, rows: _Optional[_Iterable[_Union[LimitRow, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class FitRequest(_message.Message):
-    __slots__ = ("model_name", "quant", "min_decode_tokens_per_s", "backend", "context_tokens", "max_watts", "device")
+    __slots__ = ("model_name", "quant", "min_decode_tokens_per_s", "backend", "context_tokens", "max_watts", "device", "page_size", "page_token")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     QUANT_FIELD_NUMBER: _ClassVar[int]
     MIN_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
@@ -647,6 +663,8 @@ class FitRequest(_message.Message):
     CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_WATTS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     quant: str
     min_decode_tokens_per_s: float
@@ -654,7 +672,9 @@ class FitRequest(_message.Message):
     context_tokens: int
     max_watts: float
     device: str
-    def __init__(self, model_name: _Optional[str] = ..., quant: _Optional[str] = ..., min_decode_tokens_per_s: _Optional[float] = ..., backend: _Optional[str] = ..., context_tokens: _Optional[int] = ..., max_watts: _Optional[float] = ..., device: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, model_name: _Optional[str] = ..., quant: _Optional[str] = ..., min_decode_tokens_per_s: _Optional[float] = ..., backend: _Optional[str] = ..., context_tokens: _Optional[int] = ..., max_watts: _Optional[float] = ..., device: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class FitFigure(_message.Message):
     __slots__ = ("value", "provenance", "method", "error_fraction")
@@ -711,10 +731,12 @@ class FitAnswer(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., provenance: _Optional[str] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class FitResponse(_message.Message):
-    __slots__ = ("answers",)
+    __slots__ = ("answers", "next_page_token")
     ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     answers: _containers.RepeatedCompositeFieldContainer[FitAnswer]
-    def __init__(self, answers: _Optional[_Iterable[_Union[FitAnswer, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, answers: _Optional[_Iterable[_Union[FitAnswer, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class TableRequest(_message.Message):
     __slots__ = ("name", "options")
@@ -852,3 +874,13 @@ class GetCampaignRequest(_message.Message):
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
     def __init__(self, campaign_id: _Optional[str] = ...) -> None: ...
+
+class RevokeDeviceRequest(_message.Message):
+    __slots__ = ("device_id",)
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+
+class RevokeDeviceResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

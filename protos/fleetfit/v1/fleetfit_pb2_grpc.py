@@ -371,6 +371,11 @@ class FleetServiceStub:
                 request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignRequest.SerializeToString,
                 response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.CampaignStatus.FromString,
                 _registered_method=True)
+        self.RevokeDevice = channel.unary_unary(
+                '/fleetfit.v1.FleetService/RevokeDevice',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.RevokeDeviceRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.RevokeDeviceResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -436,6 +441,12 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -488,6 +499,11 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.GetCampaign,
                     request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignRequest.FromString,
                     response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.CampaignStatus.SerializeToString,
+            ),
+            'RevokeDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeDevice,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.RevokeDeviceRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.RevokeDeviceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -760,6 +776,33 @@ class FleetService:
             '/fleetfit.v1.FleetService/GetCampaign',
             fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignRequest.SerializeToString,
             fleetfit_dot_v1_dot_fleetfit__pb2.CampaignStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetfit.v1.FleetService/RevokeDevice',
+            fleetfit_dot_v1_dot_fleetfit__pb2.RevokeDeviceRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.RevokeDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,213 @@
+"""What the coordinator accepts from a device: every ProfileResult and Register inventory is checked before it
+is stored, and what answers read is filtered once more (results stored before these checks existed).
+
+A figure must be finite, non-negative (only net energies may be negative: net of the idle baseline) and below a
+physical ceiling chosen by its unit (the suffix of its field name); strings, repeated fields and the whole
+message are size-bounded. A refusal names the field: "result.decode_tokens_per_s.samples[2] is nan: ...".
+Quotas (results per hour, distinct models per day, per device) are counted by the store, in the transaction
+that stores the result.
+"""
+
+import dataclasses
+import logging
+import math
+import re
+import time
+
+from google.protobuf.descriptor import FieldDescriptor as F
+
+from fleetfit.v1 import fleetfit_pb2 as pb
+
+log = logging.getLogger("fleetfit.coordinator")
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_SAMPLES = 10_000           # Stat.samples, BandwidthProbe.samples_gb_per_s
+MAX_REPEATED = 1024            # any other repeated field (power phases, GPUs, backends, probes, ...)
+MAX_TEXT = 4096                # any string not named below
+SHORT_TEXT = 256               # names and ids
+LONG_TEXT = 16 * 1024          # build and system info
+SHORT_TEXT_FIELDS = {"result_id", "device_id", "model_name", "model_arch", "model_sha256", "quant", "backend",
+                     "hostname", "os", "arch", "name", "uuid", "driver_version", "version", "agent_version",
+                     "target", "precision", "phase", "provenance", "kind", "compute_device", "model_origin",
+                     "headline_source", "bottleneck", "cache_key", "device", "device_name", "scope"}
+LONG_TEXT_FIELDS = {"backend_build", "llama_system_info"}
+SIGNED_FIELDS = {"net_energy_mj", "net_joules_per_token"}  # net of the idle baseline: may be below zero
+# Ceilings by unit, first matching suffix wins (so "_unix_s" and "_per_s" come before "_s").
+CEILINGS = (("_unix_s", 1e10), ("tokens_per_s", 1e7), ("gb_per_s", 1e7), ("gflop_per_s", 1e10), ("_bytes", 2**50),
+            ("bytes_per_token", 2**50), ("_ms", 86_400e3), ("_s", 86_400.0), ("_mj", 1e12), ("_w", 1e6),
+            ("_params", 1e13))
+DEFAULT_CEILING = 1e15
+FLOATS = (F.TYPE_DOUBLE, F.TYPE_FLOAT)
+INTEGERS = (F.TYPE_INT32, F.TYPE_INT64, F.TYPE_UINT32, F.TYPE_UINT64, F.TYPE_SINT32, F.TYPE_SINT64)
+
+
+class Refused(ValueError):
+    """A report that is not stored; the message names the field and says why (one line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Quotas:
+    results_per_hour: int = 10_000
+    models_per_day: int = 200
+
+
+def ceiling(name: str) -> float:
+    return next((c for suffix, c in CEILINGS if name.endswith(suffix)), DEFAULT_CEILING)
+
+
+DEVICE_ID = re.compile(r"[^\x00-\x20\x7f-\x9f]{1,256}")  # printable, no spaces, at most 256 characters
+
+
+def check_device_id(device_id: str) -> None:
+    """Refused unless a device id (chosen by the agent at join) is 1-256 printable characters without spaces."""
+    if not DEVICE_ID.fullmatch(device_id):
+        raise Refused(f"device_id {device_id[:40]!r} must be 1 to 256 printable characters without spaces")
+
+
+def check_result(result: pb.ProfileResult) -> None:
+    """Refused unless every field of `result` is within bounds."""
+    _check_size(result, "result")
+    check_device_id(result.device_id)
+    _check_message(result, "result", "")
+
+
+def check_inventory(inventory: pb.DeviceInventory) -> None:
+    """Refused unless every field of a Register inventory is within bounds."""
+    _check_size(inventory, "inventory")
+    check_device_id(inventory.device_id)
+    _check_message(inventory, "inventory", "")
+
+
+def _check_size(message, path: str) -> None:
+    if (size := message.ByteSize()) > MAX_MESSAGE_BYTES:
+        raise Refused(f"{path} is {size} bytes: at most {MAX_MESSAGE_BYTES} are accepted")
+
+
+def _check_message(message, path: str, unit: str) -> None:
+    """`unit` is the name of the field holding a Stat, whose mean and samples take that field's ceiling."""
+    for field, value in message.ListFields():
+        where = f"{path}.{field.name}"
+        name = unit or field.name
+        if _is_map(field):
+            if len(value) > MAX_REPEATED:
+                raise Refused(f"{where} has {len(value)} entries: at most {MAX_REPEATED} are accepted")
+            for key, item in value.items():
+                _check_text(str(key), f"{where}[key]", SHORT_TEXT)
+                _check_text(str(item), f"{where}[{str(key)[:40]!r}]", MAX_TEXT)
+        elif field.is_repeated:
+            limit = MAX_SAMPLES if field.name.startswith("samples") else MAX_REPEATED
+            if len(value) > limit:
+                raise Refused(f"{where} has {len(value)} entries: at most {limit} are accepted")
+            for i, item in enumerate(value):
+                _check_value(field, item, f"{where}[{i}]", name, unit)
+        else:
+            _check_value(field, value, where, name, unit)
+
+
+def _is_map(field) -> bool:
+    return field.message_type is not None and field.message_type.GetOptions().map_entry
+
+
+def _check_value(field, value, where: str, name: str, unit: str) -> None:
+    if field.type == F.TYPE_MESSAGE:
+        _check_message(value, where, field.name if field.message_type.name == "Stat" else "")
+    elif field.type == F.TYPE_STRING:
+        limit = LONG_TEXT if field.name in LONG_TEXT_FIELDS else SHORT_TEXT if field.name in SHORT_TEXT_FIELDS \
+            else MAX_TEXT
+        _check_text(value, where, limit)
+    elif field.type == F.TYPE_ENUM:
+        if field.enum_type.values_by_number.get(value) is None:
+            raise Refused(f"{where} is {value}: not a value of {field.enum_type.name}")
+    elif field.type in FLOATS or field.type in INTEGERS:
+        if field.type in FLOATS and not math.isfinite(value):
+            raise Refused(f"{where} is {value}: every figure must be finite")
+        if value < 0 and name not in SIGNED_FIELDS:
+            raise Refused(f"{where} is {value:g}: figures must not be negative")
+        if abs(value) > (top := ceiling(name)):
+            raise Refused(f"{where} is {value:g}: above the ceiling of {top:g} for a {name} figure")
+
+
+def _check_text(text: str, where: str, limit: int) -> None:
+    if len(text) > limit:
+        raise Refused(f"{where} is {len(text)} characters: at most {limit} are accepted")
+
+
+class RefusalLog:
+    """Logs a device's refusals at most once per `every_s` (with how many there were since), so a buggy agent
+    retrying in a loop cannot flood the coordinator's log; the store keeps the exact count."""
+
+    def __init__(self, every_s: float = 60.0):
+        self.every_s, self.last, self.quiet = every_s, {}, {}
+
+    def note(self, device_id: str, reason: str) -> None:
+        now = time.monotonic()
+        if now - self.last.get(device_id, -math.inf) < self.every_s:
+            self.quiet[device_id] = self.quiet.get(device_id, 0) + 1
+            return
+        if len(self.last) > 100_000:
+            self.last.clear()
+        self.last[device_id] = now
+        more = self.quiet.pop(device_id, 0)
+        log.warning("refused a report from device %r: %s%s", device_id[:SHORT_TEXT], reason,
+                    f" (and {more} more since the last such line)" if more else "")
+
+
+# -- what answers read
+
+def usable(result: pb.ProfileResult) -> pb.ProfileResult:
+    """`result` as answers may use it: a non-finite figure anywhere is dropped (absent), and so is a figure that
+    must be positive and is not (speeds, times, sizes: a Stat with any such sample goes whole). Results that
+    passed check_result come back as they are (no copy); others come back as a cleaned copy."""
+    if _clean(result, dry_run=True):
+        return result
+    cleaned = pb.ProfileResult()
+    cleaned.CopyFrom(result)
+    _clean(cleaned, dry_run=False)
+    return cleaned
+
+
+def _clean(message, dry_run: bool) -> bool:
+    """True when nothing needed cleaning; else (unless dry_run) clears what is unusable."""
+    fine = True
+    for field, value in message.ListFields():
+        if _is_map(field):
+            continue
+        if field.type == F.TYPE_MESSAGE:
+            items = value if field.is_repeated else [value]
+            if field.message_type.name == "Stat" and not field.is_repeated:
+                if not _stat_usable(value):
+                    fine = False
+                    if not dry_run:
+                        message.ClearField(field.name)
+                continue
+            for item in items:
+                fine = _clean(item, dry_run) and fine
+        elif field.type in FLOATS or field.type in INTEGERS:
+            if field.is_repeated:
+                if not all(_number_usable(field, v) for v in value):
+                    fine = False
+                    if not dry_run:
+                        kept = [v for v in value if _number_usable(field, v)]
+                        message.ClearField(field.name)
+                        getattr(message, field.name).extend(kept)
+            elif not _number_usable(field, value):
+                fine = False
+                if not dry_run:
+                    message.ClearField(field.name)
+    return fine
+
+
+def _number_usable(field, value) -> bool:
+    if field.type in FLOATS and not math.isfinite(value):
+        return False
+    if field.name in SIGNED_FIELDS:
+        return True
+    # Figures with presence (optional: absent means not measured) must be positive; plain counters non-negative.
+    return value > 0 if field.has_presence else value >= 0
+
+
+def _stat_usable(stat: pb.Stat) -> bool:
+    if not stat.samples and not stat.mean:
+        return True  # not measured
+    return all(math.isfinite(v) and v > 0 for v in (stat.mean, *stat.samples)) and math.isfinite(stat.stdev) \
+        and stat.stdev >= 0

@@ -1,0 +1,58 @@
+"""The bounds of a profiling job's parameters: the coordinator refuses a job outside them at submit, and the
+agent enforces the same numbers before it runs one. Kept here so both sides read one table."""
+
+import math
+import re
+
+# field -> (lowest, highest) allowed, inclusive
+BOUNDS: dict[str, tuple[float, float]] = {
+    "n_prompt": (1, 65536),
+    "n_gen": (1, 65536),
+    "repetitions": (1, 100),
+    "threads": (0, 1024),          # 0: the agent's default (physical cores)
+    "timeout_s": (0, 86400),       # 0: the agent's default
+    "idle_baseline_s": (0, 600),
+}
+COMPUTE_DEVICE = re.compile(r"(|auto|cpu|cuda|cuda:\d{1,3})")
+# A model is named, never located: a catalogue or real model name, no path separators, no leading dot.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_value(field: str, value: float) -> None:
+    """ValueError (one line) when `value` is not a finite number within BOUNDS[field]."""
+    low, high = BOUNDS[field]
+    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise ValueError(f"{field} must be a finite number, got {value!r}")
+    if value < low:
+        raise ValueError(f"{field} must be at least {low:g} (and at most {high:g}), got {value:g}")
+    if value > high:
+        raise ValueError(f"{field} must be at most {high:g}, got {value:g}")
+
+
+def check_model_name(name: str) -> None:
+    if not MODEL_NAME.fullmatch(name):
+        raise ValueError(f"model name {name[:80]!r} is not a model name (letters, digits, '.', '_', '-'; at most "
+                         "128; jobs name catalogue models, never files)")
+
+
+def check_compute_device(device: str) -> None:
+    if not COMPUTE_DEVICE.fullmatch(device):
+        raise ValueError(f"device {device[:40]!r} must be one of '', auto, cpu, cuda, cuda:N")
+
+
+def check_job(request) -> None:
+    """ValueError (one line) for a fleetfit.v1.ProfileRequest outside the bounds: a model given by name only,
+    and its parameters (check_parameters)."""
+    check_parameters(request)
+    check_model_name(request.model.name)
+
+
+def check_parameters(request) -> None:
+    """ValueError (one line) for a ProfileRequest's sizes, repetitions, threads, timeout, idle baseline or compute
+    device outside the bounds, or one that locates a model file (model.path)."""
+    if request.model.path:
+        raise ValueError("model.path is refused: jobs name catalogue models (model.name), never files")
+    for field in BOUNDS:
+        if field != "idle_baseline_s" or request.HasField("idle_baseline_s"):
+            check_value(field, getattr(request, field))
+    check_compute_device(request.device)

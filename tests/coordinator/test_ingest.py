@@ -1,0 +1,240 @@
+"""Ingest validation, quotas and the filter where answers read results: a hostile or buggy device cannot store
+poison, flood the store, or change other devices' answers — against the real coordinator over loopback gRPC."""
+
+import re
+import threading
+import uuid
+
+import grpc
+import pytest
+
+from fleetfit.agent.outbox import Outbox, flush
+from fleetfit.coordinator import fit as fit_answers
+from fleetfit.coordinator import ingest, tables
+from fleetfit.coordinator.harness import BackgroundCoordinator
+from fleetfit.coordinator.limits import limit_rows
+from fleetfit.coordinator.store import QuotaExceeded, Store
+from fleetfit.v1 import fleetfit_pb2 as pb
+from tests.conftest import Agents, assert_one_line_error, fleet_stub, run_cli
+from tests.coordinator.test_scaling import ladder
+
+NAN, INF = float("nan"), float("inf")
+
+
+def good_result(device_id: str, model: str = "smollm2-135m") -> pb.ProfileResult:
+    r = pb.ProfileResult(result_id=str(uuid.uuid4()), device_id=device_id, model_name=model, quant="Q4_0",
+                         request=pb.ProfileRequest(backend="llama.cpp", quant="Q4_0"),
+                         decode_tokens_per_s=pb.Stat(mean=100.0, stdev=1.0, samples=[99.0, 100.0, 101.0]),
+                         load_time_s=0.5, peak_rss_bytes=200 << 20)
+    r.power.phases.add(phase="decode", energy_mj=500.0, net_energy_mj=-20.0, average_power_w=5.0, tokens=100)
+    return r
+
+
+def poisoned(edit) -> pb.ProfileResult:
+    r = good_result("dev-1")
+    edit(r)
+    return r
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda r: r.decode_tokens_per_s.samples.__setitem__(2, NAN),
+     "result.decode_tokens_per_s.samples[2] is nan: every figure must be finite"),
+    (lambda r: setattr(r.prefill_tokens_per_s, "mean", INF), "result.prefill_tokens_per_s.mean is inf"),
+    (lambda r: setattr(r, "load_time_s", -1.0), "result.load_time_s is -1: figures must not be negative"),
+    (lambda r: setattr(r.decode_tokens_per_s, "mean", 5e7), "result.decode_tokens_per_s.mean is 5e+07: above"),
+    (lambda r: setattr(r, "peak_rss_bytes", 2**50 + 1), "result.peak_rss_bytes is"),
+    (lambda r: setattr(r, "wall_s", 90_000.0), "result.wall_s is 90000: above the ceiling of 86400"),
+    (lambda r: setattr(r.power.phases[0], "average_power_w", -3.0), "result.power.phases[0].average_power_w is -3"),
+    (lambda r: setattr(r, "model_name", "m" * 257), "result.model_name is 257 characters: at most 256"),
+    (lambda r: setattr(r, "error", "e" * 5000), "result.error is 5000 characters: at most 4096"),
+    (lambda r: setattr(r, "backend_build", "b" * 20000), "result.backend_build is 20000 characters"),
+    (lambda r: r.ttft_ms.samples.extend([1.0] * 10_001), "result.ttft_ms.samples has 10001 entries"),
+    (lambda r: [r.power.phases.add(phase="decode") for _ in range(1100)], "result.power.phases has 1101 entries"),
+    (lambda r: setattr(r, "failure", 77), "result.failure is 77: not a value of FailureKind"),
+    (lambda r: setattr(r, "device_id", "dev\x1b[2J"), "device_id 'dev\\x1b[2J' must be 1 to 256 printable"),
+    (lambda r: [r.power.declined.append("d" * 4000) for _ in range(300)], "bytes: at most 1048576 are accepted"),
+])
+def test_check_result_names_the_field_and_why(edit, fragment):
+    with pytest.raises(ingest.Refused) as err:
+        ingest.check_result(poisoned(edit))
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_good_results_and_net_energies_below_zero_pass():
+    ingest.check_result(good_result("dev-1"))
+    ingest.check_inventory(pb.DeviceInventory(device_id="dev-1", hostname="pi", ram_total_bytes=8 << 30))
+
+
+def test_check_inventory_bounds_strings_and_lists():
+    with pytest.raises(ingest.Refused, match=r"inventory.hostname is 300 characters"):
+        ingest.check_inventory(pb.DeviceInventory(device_id="d", hostname="h" * 300))
+    with pytest.raises(ingest.Refused, match=r"inventory.gpus has 2000 entries"):
+        ingest.check_inventory(pb.DeviceInventory(device_id="d", gpus=[pb.GpuInfo()] * 2000))
+    probes = pb.DeviceProbes(bandwidth=[pb.BandwidthProbe(target="cpu", samples_gb_per_s=[1.0, NAN])])
+    with pytest.raises(ingest.Refused, match=r"inventory.probes.bandwidth\[0\].samples_gb_per_s\[1\] is nan"):
+        ingest.check_inventory(pb.DeviceInventory(device_id="d", probes=probes))
+
+
+# -- through the real coordinator
+
+@pytest.fixture()
+def fleet_of_two(coordinator):
+    """Two devices with one hostname and distinct ids: `good` and `bad`, enrolled and registered."""
+    agents = Agents(coordinator)
+    for device_id in ("lab-good", "lab-bad"):
+        agents.Register(pb.RegisterRequest(inventory=pb.DeviceInventory(
+            device_id=device_id, hostname="lab", ram_total_bytes=8 << 30)), timeout=5)
+    yield agents, fleet_stub(coordinator)
+    agents.close()
+
+
+def devices_by_id(fleet) -> dict[str, pb.Device]:
+    return {d.inventory.device_id: d for d in fleet.ListDevices(pb.ListDevicesRequest(), timeout=5).devices}
+
+
+def test_a_poisoned_report_is_refused_counted_and_harms_no_other_device(fleet_of_two):
+    agents, fleet = fleet_of_two
+    agents.ReportResult(pb.ReportResultRequest(result=good_result("lab-good")), timeout=5)
+    before = devices_by_id(fleet)["lab-good"]
+    rows_before = fleet.GetLimitTable(pb.GetLimitTableRequest(), timeout=5).rows
+    bad = good_result("lab-bad")
+    bad.decode_tokens_per_s.samples[1] = NAN
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError) as err:
+            agents.ReportResult(pb.ReportResultRequest(result=bad), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == "result.decode_tokens_per_s.samples[1] is nan: every figure must be finite"
+    with pytest.raises(grpc.RpcError) as err:
+        agents.Register(pb.RegisterRequest(inventory=pb.DeviceInventory(device_id="lab-bad", hostname="x" * 10_000)),
+                        timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "inventory.hostname" in err.value.details()
+    after = devices_by_id(fleet)
+    assert after["lab-bad"].refused == 4 and "inventory.hostname" in after["lab-bad"].last_refusal
+    assert after["lab-bad"].results == 0 and after["lab-bad"].inventory.hostname == "lab"
+    assert after["lab-good"].refused == 0 and after["lab-good"].results == before.results == 1
+    assert list(fleet.GetLimitTable(pb.GetLimitTableRequest(), timeout=5).rows) == list(rows_before)
+    agents.ReportResult(pb.ReportResultRequest(result=good_result("lab-good", "tinyllama-1.1b")), timeout=5)
+    assert devices_by_id(fleet)["lab-good"].results == 2  # the good device goes on reporting
+
+
+def test_the_outbox_of_a_buggy_agent_moves_on_past_a_refused_result(fleet_of_two, tmp_path):
+    agents, _ = fleet_of_two
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    bad = good_result("lab-bad")
+    bad.load_time_s = INF
+    outbox.put(pb.ReportResultRequest(result=bad))
+    outbox.put(pb.ReportResultRequest(result=good_result("lab-bad")))
+    assert flush(outbox, agents.stub("lab-bad").ReportResult, threading.Event(), max_attempts=3)
+    assert (len(outbox), outbox.count("rejected"), outbox.count("delivered")) == (0, 1, 1)
+    outbox.close()
+
+
+def test_quotas_are_refused_with_resource_exhausted_naming_the_quota(fleet_of_two, coordinator):
+    agents, fleet = fleet_of_two
+    coordinator.store.quotas = ingest.Quotas(results_per_hour=3, models_per_day=2)
+    first = good_result("lab-bad", "smollm2-135m")
+    agents.ReportResult(pb.ReportResultRequest(result=first), timeout=5)
+    agents.ReportResult(pb.ReportResultRequest(result=good_result("lab-bad", "tinyllama-1.1b")), timeout=5)
+    with pytest.raises(grpc.RpcError) as err:  # a third model in a day
+        agents.ReportResult(pb.ReportResultRequest(result=good_result("lab-bad", "llama-2-7b")), timeout=5)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "quota of 2 distinct models per day per device" in err.value.details()
+    agents.ReportResult(pb.ReportResultRequest(result=good_result("lab-bad", "smollm2-135m")), timeout=5)
+    with pytest.raises(grpc.RpcError) as err:  # a fourth result in an hour
+        agents.ReportResult(pb.ReportResultRequest(result=good_result("lab-bad", "smollm2-135m")), timeout=5)
+    assert "quota of 3 results per hour per device" in err.value.details()
+    assert agents.ReportResult(pb.ReportResultRequest(result=first), timeout=5).duplicate  # a retry is never refused
+    agents.ReportResult(pb.ReportResultRequest(result=good_result("lab-good")), timeout=5)  # quotas are per device
+    found = devices_by_id(fleet)
+    assert (found["lab-bad"].results, found["lab-bad"].refused, found["lab-good"].results) == (3, 2, 1)
+
+
+def test_store_quota_counts_only_new_results(db_url):
+    with Store(db_url, ingest.Quotas(results_per_hour=1, models_per_day=5)) as store:
+        store.upsert_device(pb.DeviceInventory(device_id="d"))
+        first = good_result("d")
+        store.add_result(first)
+        assert store.add_result(first) is True
+        with pytest.raises(QuotaExceeded):
+            store.add_result(good_result("d"))
+
+
+# -- defence in depth: results stored before ingest checked them
+
+def poison(r: pb.ProfileResult, n: int) -> pb.ProfileResult:
+    """A copy of a ladder result for the hostile device with its figures made NaN, infinite, zero or negative."""
+    bad = pb.ProfileResult()
+    bad.CopyFrom(r)
+    bad.device_id, bad.result_id = "vm-evil", f"evil-{n}"
+    kind = n % 4
+    value = (NAN, INF, 0.0, -5.0)[kind]
+    for stat in (bad.decode_tokens_per_s, bad.prefill_tokens_per_s, bad.ttft_ms):
+        if stat.samples:
+            stat.samples[0] = value
+            stat.mean = value if kind != 2 else stat.mean
+    bad.load_time_s = value
+    if kind == 2:
+        bad.peak_rss_bytes = 0
+    for phase in bad.power.phases:
+        phase.average_power_w, phase.tokens_per_joule, phase.joules_per_token = value, -INF, NAN
+    bad.roofline.achieved_gb_per_s = value
+    bad.roofline.percent_of_bandwidth = NAN
+    return bad
+
+
+def answers_of(store: Store, good: str) -> dict:
+    out = {}
+    for name in tables.TABLES:
+        table = tables.build_from_store(name, store, {})
+        out[name] = [row for row in table.rows if not any("evil" in c.string_value for c in row.cells)]
+    cache = fit_answers.AnswerCache(store)
+    for model, quant in (("llama-2-7b", "Q4_0"), ("tinyllama-1.1b", "Q8_0")):
+        fleet_wide = fit_answers.respond(pb.FitRequest(model_name=model, quant=quant), store, cache).answers
+        out[f"fit {model}"] = [a for a in fleet_wide if a.device_id == good]
+    out["limit rows"] = [r for r in limit_rows(store.results(), store.devices()) if r.device_id == good]
+    return out
+
+
+def test_poisoned_stored_results_leave_every_answer_of_other_devices_unchanged(db_url, tmp_path):
+    results, device = ladder()
+    evil = pb.DeviceInventory()
+    evil.CopyFrom(device)
+    evil.device_id = "vm-evil"  # the same hostname, another id
+    with Store(db_url) as store:
+        store.upsert_device(device)
+        store.upsert_device(evil)
+        for r in results:
+            store.add_result(r)
+        before = answers_of(store, device.device_id)
+        for n, r in enumerate(results * 2):
+            store.add_result(poison(r, n))
+        assert len(store.results(device_id="vm-evil")) == 2 * len(results)
+        after = answers_of(store, device.device_id)
+        assert after == before
+        assert sum(len(rows) for rows in before.values()) > 20  # the comparison covered real answers
+
+        server = BackgroundCoordinator(db_url, state_dir=tmp_path / "state")
+        server.start()
+        try:
+            env = {"FLEETFIT_TOKEN": server.operator_token, "FLEETFIT_INSECURE": "1",
+                   "FLEETFIT_COORDINATOR": server.address}
+            for args in (["limits", "all", "--format", "md"], ["fit", "llama-2-7b", "--quant", "Q4_0", "--json"],
+                         ["report", "--out", str(tmp_path / "report")], ["limits", "power", "--format", "json"]):
+                done = run_cli("fleetfit", *args, env=env, timeout=120)
+                assert done.returncode == 0 and "Traceback" not in done.stderr, (args, done.stderr)
+            assert not re.search(r"\b(nan|-?inf)\b", (tmp_path / "report" / "tables.md").read_text(), re.I)
+        finally:
+            server.stop()
+
+
+def test_a_non_finite_page_token_or_size_is_one_line(coordinator):
+    fleet = fleet_stub(coordinator)
+    for request in (pb.ListDevicesRequest(page_token="not-a-token"), pb.ListDevicesRequest(page_size=-1)):
+        with pytest.raises(grpc.RpcError) as err:
+            fleet.ListDevices(request, timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "\n" not in err.value.details()
+
+
+def test_serve_refuses_bad_quota_options(tmp_path):
+    done = run_cli("fleetfit", "serve", "--db", str(tmp_path / "f.sqlite3"), "--results-per-hour", "0", timeout=60)
+    assert_one_line_error(done, "--results-per-hour and --models-per-day must be at least 1")

@@ -1,0 +1,77 @@
+"""Job parameters are bounded at submit (models/job_bounds.py, the numbers the agent enforces too): SubmitProfile
+and CreateCampaign refuse what is out of bounds with one-line INVALID_ARGUMENT, on the real server."""
+
+import grpc
+import pytest
+
+from fleetfit.models import job_bounds
+from fleetfit.v1 import fleetfit_pb2 as pb
+from tests.conftest import Agents, fleet_stub
+
+
+def request(**fields) -> pb.ProfileRequest:
+    base = dict(model=pb.ModelRef(name="smollm2-135m"), backend="llama.cpp", quant="Q4_0", n_prompt=16, n_gen=4,
+                repetitions=1)
+    return pb.ProfileRequest(**{**base, **fields})
+
+
+BAD = [
+    (dict(idle_baseline_s=1e9), "idle_baseline_s must be at most 600"),
+    (dict(idle_baseline_s=float("nan")), "idle_baseline_s must be a finite number"),
+    (dict(timeout_s=float("nan")), "timeout_s must be a finite number"),
+    (dict(timeout_s=float("inf")), "timeout_s must be a finite number"),
+    (dict(timeout_s=-1.0), "timeout_s must be at least 0"),
+    (dict(n_prompt=2**31 - 1), "n_prompt must be at most 65536"),
+    (dict(n_gen=0), "n_gen must be at least 1"),
+    (dict(repetitions=101), "repetitions must be at most 100"),
+    (dict(threads=1_000_000), "threads must be at most 1024"),
+    (dict(threads=-1), "threads must be at least 0"),
+    (dict(device="cuda;reboot"), "device 'cuda;reboot' must be one of"),
+    (dict(model=pb.ModelRef(name="../../etc/passwd")), "is not a model name"),
+    (dict(model=pb.ModelRef(name="/home/owner/secret.gguf")), "is not a model name"),
+    (dict(model=pb.ModelRef(name=".hidden")), "is not a model name"),
+    (dict(model=pb.ModelRef(path="/etc/shadow")), "model.path is refused"),
+    (dict(model=pb.ModelRef(name="smollm2-135m", path="/etc/shadow")), "model.path is refused"),
+]
+
+
+@pytest.fixture()
+def fleet(coordinator):
+    agents = Agents(coordinator)
+    agents.Register(pb.RegisterRequest(inventory=pb.DeviceInventory(device_id="dev-1", hostname="pi")), timeout=5)
+    yield fleet_stub(coordinator)
+    agents.close()
+
+
+@pytest.mark.parametrize("fields, fragment", BAD)
+def test_submit_refuses_out_of_bounds_jobs_with_one_line(fleet, fields, fragment):
+    with pytest.raises(grpc.RpcError) as err:
+        fleet.SubmitProfile(pb.SubmitProfileRequest(request=request(**fields)), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in err.value.details() and "\n" not in err.value.details()
+
+
+@pytest.mark.parametrize("fields, fragment", [b for b in BAD if "model" not in b[0]])
+def test_create_campaign_refuses_out_of_bounds_templates(fleet, fields, fragment):
+    template = request(**fields)
+    template.ClearField("model")
+    spec = pb.CampaignSpec(models=["smollm2-135m"], quants=["Q4_0"], backends=["llama.cpp"], template=template)
+    with pytest.raises(grpc.RpcError) as err:
+        fleet.CreateCampaign(pb.CreateCampaignRequest(spec=spec), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in err.value.details()
+
+
+@pytest.mark.parametrize("models, fragment", [(["../x"], "is not a model name"), (["a" * 200], "is not a model name")])
+def test_create_campaign_refuses_model_names_that_are_not_names(fleet, models, fragment):
+    spec = pb.CampaignSpec(models=models, quants=["Q4_0"], backends=["llama.cpp"],
+                           template=pb.ProfileRequest(n_prompt=16, n_gen=4, repetitions=1))
+    with pytest.raises(grpc.RpcError) as err:
+        fleet.CreateCampaign(pb.CreateCampaignRequest(spec=spec), timeout=5)
+    assert fragment in err.value.details() and len(err.value.details()) < 300
+
+
+def test_jobs_at_the_bounds_are_queued(fleet):
+    edge = request(n_prompt=65536, n_gen=1, repetitions=100, threads=1024, timeout_s=86400, idle_baseline_s=600,
+                   device="cuda:7")
+    assert len(fleet.SubmitProfile(pb.SubmitProfileRequest(request=edge), timeout=5).job_ids) == 1
+    job_bounds.check_job(edge)  # the agent's check agrees

@@ -1,0 +1,79 @@
+"""Device-provided text never reaches a terminal, a markdown table or the HTML report raw: control characters are
+escaped, markdown cells escape pipes, line breaks and HTML — through the real coordinator and CLI."""
+
+import re
+
+import pytest
+
+from fleetfit.coordinator import render
+from fleetfit.v1 import fleetfit_pb2 as pb
+from tests.conftest import Agents, fleet_stub, run_cli
+
+HOSTILE = "\x1b]0;owned\x07\x1b[2J\rpi|<script>alert(1)</script>\nrow\x9b31m\u202eevil\x7f"
+RAW = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")  # what must not be printed (tab/LF aside)
+
+
+@pytest.mark.parametrize("fmt", ["table", "md", "csv", "json"])
+def test_render_escapes_control_characters_in_every_format(fmt):
+    text = render.render(["device", "x"], [[HOSTILE, "ok"]], fmt, [pb.DeviceInventory(hostname=HOSTILE)])
+    assert not RAW.search(text)
+    assert len(text.splitlines()) == {"table": 2, "md": 3, "csv": 2}.get(fmt, len(text.splitlines()))
+    if fmt == "md":
+        row = text.splitlines()[2]
+        assert "<script>" not in row and "&lt;script&gt;" in row and "pi\\|" in row and row.count(" | ") == 1
+
+
+def test_clean_shows_what_it_escaped():
+    assert render.clean("a\x1b[31mb\r\n") == "a\\x1b[31mb\\r\\n"
+    assert render.clean("ok: tabs\tand ünïcode") == "ok: tabs\\tand ünïcode"
+
+
+@pytest.fixture()
+def hostile_fleet(coordinator, tmp_path):
+    agents = Agents(coordinator)
+    agents.Register(pb.RegisterRequest(inventory=pb.DeviceInventory(
+        device_id="dev-hostile", hostname=HOSTILE, cpu_model=HOSTILE, arch="x86_64", ram_total_bytes=8 << 30,
+        gpus=[pb.GpuInfo(name=HOSTILE)])), timeout=5)
+    agents.Register(pb.RegisterRequest(inventory=pb.DeviceInventory(
+        device_id="dev-good", hostname="pi", ram_total_bytes=8 << 30)), timeout=5)
+    result = pb.ProfileResult(result_id="r1", device_id="dev-hostile", model_name="smollm2-135m", quant="Q4_0",
+                              request=pb.ProfileRequest(backend="llama.cpp", quant="Q4_0"), model_n_params=134_515_008,
+                              failure=pb.FAILURE_KIND_ERROR, error=HOSTILE)
+    agents.ReportResult(pb.ReportResultRequest(result=result), timeout=5)
+    ok = pb.ProfileResult(result_id="r2", device_id="dev-hostile", model_name="smollm2-135m", quant="Q4_0",
+                          request=pb.ProfileRequest(backend="llama.cpp", quant="Q4_0"), model_n_params=134_515_008,
+                          decode_tokens_per_s=pb.Stat(mean=50.0, samples=[50.0]), peak_rss_bytes=300 << 20,
+                          backend_version=HOSTILE)
+    agents.ReportResult(pb.ReportResultRequest(result=ok), timeout=5)
+    yield {"FLEETFIT_TOKEN": coordinator.operator_token, "FLEETFIT_INSECURE": "1",
+           "FLEETFIT_COORDINATOR": coordinator.address}
+    agents.close()
+
+
+def test_cli_tables_and_report_carry_no_raw_device_text(hostile_fleet, coordinator, tmp_path):
+    env = hostile_fleet
+    for args in (["devices"], ["devices", "--format", "md"], ["devices", "--format", "csv"],
+                 ["limits"], ["limits", "failures", "--format", "md"], ["limits", "all", "--format", "md"],
+                 ["fit", "smollm2-135m", "--quant", "Q4_0"]):
+        done = run_cli("fleetfit", *args, env=env, timeout=120)
+        assert done.returncode == 0, (args, done.stderr)
+        assert not RAW.search(done.stdout), (args, done.stdout)
+        if "md" in args:
+            assert "<script>" not in done.stdout, args
+    devices = run_cli("fleetfit", "devices", "--format", "md", env=env, timeout=60).stdout.splitlines()
+    assert len(devices) == 4  # header, rule, one line per device: the hostile hostname broke no row
+    assert all(line.count(" | ") == devices[0].count(" | ") for line in devices[2:])
+
+    fleet = fleet_stub(coordinator)
+    fleet.CreateCampaign(pb.CreateCampaignRequest(selector="", spec=pb.CampaignSpec(
+        models=["smollm2-135m"], quants=["Q4_0"], backends=["llama.cpp"],
+        template=pb.ProfileRequest(n_prompt=16, n_gen=4, repetitions=1))), timeout=10)
+    listed = run_cli("fleetfit", "campaigns", env=env, timeout=60)
+    assert listed.returncode == 0 and not RAW.search(listed.stdout)
+
+    report = run_cli("fleetfit", "report", "--out", str(tmp_path / "r"), env=env, timeout=120)
+    assert report.returncode == 0, report.stderr
+    for name in ("index.html", "tables.md"):
+        text = (tmp_path / "r" / name).read_text()
+        assert "<script>" not in text and not RAW.search(text), name
+    assert "&lt;script&gt;" in (tmp_path / "r" / "tables.md").read_text()

@@ -45,13 +45,17 @@ def test_agent_runs_jobs_and_the_coordinator_answers(coordinator, agent_process,
         while not fleet.ListDevices(pb.ListDevicesRequest(), timeout=5).devices:
             assert time.monotonic() < deadline and agent_process.poll() is None
             time.sleep(0.2)
-        bad = pb.ProfileRequest(model=pb.ModelRef(path="/nonexistent/model.gguf"), backend="llama.cpp",
-                                n_prompt=16, n_gen=4, repetitions=1)
+        with pytest.raises(grpc.RpcError) as refused:  # jobs name models, never files: refused at submit
+            fleet.SubmitProfile(pb.SubmitProfileRequest(request=pb.ProfileRequest(
+                model=pb.ModelRef(path="/nonexistent/model.gguf"), n_prompt=16, n_gen=4, repetitions=1)), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "model.path" in refused.value.details()
+        bad = pb.ProfileRequest(model=pb.ModelRef(name="smollm2-135m"), backend="torch", quant="fp16",
+                                n_prompt=16, n_gen=4, repetitions=1)  # fp16 runs on CUDA only: fails on the device
         good = pb.ProfileRequest(model=pb.ModelRef(name="smollm2-135m"), backend="llama.cpp", quant="Q4_0",
                                  n_prompt=16, n_gen=4, repetitions=2)
         job_ids = [fleet.SubmitProfile(pb.SubmitProfileRequest(request=r), timeout=5).job_ids[0] for r in (bad, good)]
         jobs = wait_jobs(fleet, job_ids)
-    assert jobs[job_ids[0]].state == "failed" and "model file not found" in jobs[job_ids[0]].error
+    assert jobs[job_ids[0]].state == "failed" and "fp16 runs on CUDA only" in jobs[job_ids[0]].error
     assert jobs[job_ids[1]].state == "done"  # the daemon stayed up after the bad job
     assert agent_process.poll() is None
 
@@ -60,9 +64,9 @@ def test_agent_runs_jobs_and_the_coordinator_answers(coordinator, agent_process,
     lines = limits.stdout.splitlines()
     assert lines[0].startswith("device,backend,model,quant")
     assert any(",llama.cpp,smollm2-135m,Q4_0," in line and "measured" in line for line in lines[1:])
-    assert not any("/nonexistent" in line for line in lines)  # a failed run is no row of the measured table
+    assert not any(",torch," in line for line in lines)  # a failed run is no row of the measured table
     failures = run_cli("fleetfit", "limits", "failures", "--coordinator", address)
-    assert failures.returncode == 0 and "model file not found" in failures.stdout
+    assert failures.returncode == 0 and "fp16 runs on CUDA only" in failures.stdout
 
     fit = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "Q4_0", "--coordinator", address)
     assert fit.returncode == 0 and "fits_comfortably" in fit.stdout and "at ctx 4096" in fit.stdout

@@ -1,6 +1,6 @@
 """ONNX Runtime: the torch model exported with explicit KV-cache inputs and outputs, quantized by
 onnxruntime.quantization (dynamic INT8, 4-bit MatMulNBits), run on the CPU execution provider (CUDA's when
-present) with IO binding, so the cache stays in ORT's memory between steps. Imported only in the worker.
+present) with IO binding, so the cache stays in ORT's memory between steps. Imported only in the worker (the backend itself is onnx_backend.py).
 
 Exported and quantized files are cached under <cache>/onnx/<content hash>/: the hash covers the GGUF file's
 bytes, the precision and this module's export version.
@@ -13,7 +13,11 @@ import time
 
 import numpy as np
 
-from fleetfit.agent.backends.common import ONNX_PRECISIONS, current_rss_bytes, run_figures
+from fleetfit.agent.backends.base import RunFigures
+from fleetfit.agent.backends.common import current_rss_bytes, run_figures
+from fleetfit.models.backends import backend
+
+PRECISIONS = backend("onnxruntime").precisions
 
 EXPORT_VERSION = "1"
 
@@ -80,8 +84,8 @@ def model_file(gguf_path: str, precision: str, cache_dir: str) -> pathlib.Path:
     """The exported (and quantized) ONNX file for this GGUF and precision, made once and cached by content hash."""
     import onnx
 
-    if precision not in ONNX_PRECISIONS:
-        raise ValueError(f"onnxruntime precision must be one of {', '.join(ONNX_PRECISIONS)}, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"onnxruntime precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     folder = cache_folder(gguf_path, cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     fp32, target = folder / "fp32.onnx", folder / f"{precision}.onnx"
@@ -176,7 +180,7 @@ def greedy(gguf_path: str, prompt_tokens: list[int], n_gen: int, precision: str,
 
 
 def profile(gguf_path: str, precision: str, cache_dir: str, n_prompt: int, n_gen: int, repetitions: int,
-            threads: int, seed: int = 1234) -> dict:
+            threads: int, seed: int = 1234) -> RunFigures:
     """Prefill and decode timed as in llama_cpp.profile (export and quantization happen before the load clock)."""
     import onnxruntime as ort
 
@@ -210,11 +214,11 @@ def profile(gguf_path: str, precision: str, cache_dir: str, n_prompt: int, n_gen
         prefill_tps.append(n_prompt / prefill_s)
         ttft_ms.append(prefill_s * 1000.0)  # the logits come back to the host and argmax is included
         decode_tps.append(n_gen / timed("decode", n_gen, False))
-    return {
+    return RunFigures(
         **run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss,
                       "peak RSS (VmHWM) of the worker process (ONNX Runtime session)"),
-        "weight_bytes": path.stat().st_size, "n_batch": n_prompt, "n_ubatch": n_prompt, "n_ctx": n_prompt + n_gen,
-        "threads": threads, "device": runner.device, "precision": precision, "backend_version": ort.__version__,
-        "backend_build": f"onnxruntime {ort.__version__} ({', '.join(runner.session.get_providers())}); {path.name}",
-        "phase_windows_ns": windows,
-    }
+        weight_bytes=path.stat().st_size, n_batch=n_prompt, n_ubatch=n_prompt, n_ctx=n_prompt + n_gen,
+        threads=threads, compute_device=runner.device, backend_version=ort.__version__,
+        backend_build=f"onnxruntime {ort.__version__} ({', '.join(runner.session.get_providers())}); {path.name}",
+        phase_windows_ns=tuple(windows),
+    )

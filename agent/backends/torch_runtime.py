@@ -1,6 +1,6 @@
-"""PyTorch (CPU and CUDA) under the same timed loops as llama_cpp.py: profile, greedy decode, capabilities.
+"""PyTorch (CPU and CUDA) under the same timed loops as llama_cpp_runtime.py: profile, greedy decode, capabilities.
 
-Imported only in the isolated worker. Timing mirrors llama-bench: harness-fed random tokens, one
+Imported only in the isolated worker (the backend itself is torch_backend.py). Timing mirrors llama-bench: harness-fed random tokens, one
 warm-up, then per repetition a prefill of n_prompt tokens in one batch and, from an empty cache,
 n_gen single-token decodes; the device is synchronised before each clock read.
 """
@@ -12,6 +12,7 @@ import time
 import torch
 
 from fleetfit.agent.backends import torch_model as tm
+from fleetfit.agent.backends.base import DecodeShape, GpuMemoryFigures, RunFigures
 from fleetfit.agent.backends.common import current_rss_bytes, run_figures
 
 CPU_ONLY_REASON = {"fp16": "fp16 runs on CUDA only (torch has no fast fp16 CPU kernels; use bf16 or fp32 on CPU)"}
@@ -77,7 +78,7 @@ def _attempted_bytes(precision: str, model_path: str | None, arch, n_ctx: int) -
     return int(n_params * per_weight + kv_bytes)
 
 
-def _gpu_memory(device: str) -> dict:
+def _gpu_memory(device: str) -> GpuMemoryFigures:
     """torch's peak allocated and reserved bytes, and NVML's per-process used bytes (None when unreadable)."""
     from fleetfit.agent import nvml
 
@@ -88,7 +89,7 @@ def _gpu_memory(device: str) -> dict:
     lib = nvml.load_nvml()
     if lib is None:
         figures["note"] = nvml.NOT_INSTALLED
-        return figures
+        return GpuMemoryFigures(**figures)
     try:
         lib.nvmlInit()
         index = torch.cuda.current_device() if device == "cuda" else int(device.split(":")[1])
@@ -105,7 +106,7 @@ def _gpu_memory(device: str) -> dict:
         lib.nvmlShutdown()
     except lib.NVMLError as exc:
         figures["note"] = f"NVML per-process query failed: {exc}"
-    return figures
+    return GpuMemoryFigures(**figures)
 
 
 def _matmul_params(c: tm.Config) -> int:
@@ -115,7 +116,7 @@ def _matmul_params(c: tm.Config) -> int:
 
 
 def profile(model_path: str | None, arch, precision: str, device: str, n_prompt: int, n_gen: int,
-            repetitions: int, threads: int, seed: int = 1234) -> dict:
+            repetitions: int, threads: int, seed: int = 1234) -> RunFigures:
     """Load (or create) the model and time prefill and decode; the same figures as llama_cpp.profile."""
     device = resolve_device(device)
     check(precision, device)
@@ -144,7 +145,7 @@ def profile(model_path: str | None, arch, precision: str, device: str, n_prompt:
 
 @torch.no_grad()
 def _timed(model, device, precision, n_prompt, n_gen, repetitions, threads, seed, windows, load_time_s,
-           baseline_rss) -> dict:
+           baseline_rss) -> RunFigures:
     rng = random.Random(seed)
     vocab = model.c.vocab
 
@@ -185,29 +186,21 @@ def _timed(model, device, precision, n_prompt, n_gen, repetitions, threads, seed
         ttft_ms.append(ttft_s * 1000.0)
         model.clear_cache()
         decode_tps.append(n_gen / run_decode(n_gen))
-    figures = {
+    return RunFigures(
         **run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss,
                       "peak RSS (VmHWM) of the worker process (weights dequantized into torch tensors)"),
-        "model_n_params": sum(p.numel() for p in model.parameters()),
-        "weight_bytes": tm.weight_bytes(model),
-        "decode_weight_bytes": tm.weight_bytes(model, per_token=True),
-        "shape": {"n_layers": model.c.n_layers, "n_heads": model.c.n_heads, "n_kv_heads": model.c.n_kv_heads,
-                  "head_dim": model.c.head_dim, "matmul_params_per_token": _matmul_params(model.c)},
-        "n_batch": n_prompt,
-        "n_ubatch": n_prompt,
-        "n_ctx": n_prompt + n_gen,
-        "threads": threads,
-        "device": device,
-        "precision": precision,
-        "backend_version": torch.__version__,
-        "backend_build": f"torch {torch.__version__} on {device}"
-                         + (f" ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})"
-                            if device.startswith("cuda") else f" ({torch.backends.cpu.get_cpu_capability()})"),
-        "phase_windows_ns": windows,
-    }
-    if device.startswith("cuda"):
-        figures["gpu_memory"] = _gpu_memory(device)
-    return figures
+        n_batch=n_prompt, n_ubatch=n_prompt, n_ctx=n_prompt + n_gen, threads=threads,
+        backend_version=torch.__version__,
+        backend_build=f"torch {torch.__version__} on {device}"
+                      + (f" ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})"
+                         if device.startswith("cuda") else f" ({torch.backends.cpu.get_cpu_capability()})"),
+        phase_windows_ns=tuple(windows), compute_device=device, weight_bytes=tm.weight_bytes(model),
+        model_n_params=sum(p.numel() for p in model.parameters()),
+        decode_shape=DecodeShape(n_layers=model.c.n_layers, n_heads=model.c.n_heads, n_kv_heads=model.c.n_kv_heads,
+                                 head_dim=model.c.head_dim, weight_bytes_per_token=tm.weight_bytes(model, per_token=True),
+                                 matmul_params_per_token=_matmul_params(model.c)),
+        gpu_memory=_gpu_memory(device) if device.startswith("cuda") else None,
+    )
 
 
 @torch.no_grad()

@@ -1,0 +1,42 @@
+"""ONNX Runtime: a model exported from real GGUF weights (no catalogue shapes), quantized by
+onnxruntime.quantization, on the CPU execution provider (CUDA's when present). The runtime is onnx_runtime.py
+(worker only)."""
+
+from fleetfit.agent.backends.base import Backend, RunFigures, WorkerJob
+
+PROVIDER_DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}
+
+
+class OnnxRuntime(Backend):
+    NAME = "onnxruntime"
+    IMPORT_NAME = "onnxruntime"
+    DISTRIBUTION = "onnxruntime"
+    METHOD = ("ONNX Runtime session, KV cache kept in ORT memory by IO binding; wall clock with the device "
+              "synchronised before each read; harness-fed random tokens (llama-bench pp/tg); 1 warm-up")
+    DEFAULT_PRECISION = "fp32"
+
+    # -- worker side
+
+    def run(self, job: WorkerJob) -> RunFigures:
+        from fleetfit.agent.backends import onnx_runtime as runtime
+
+        request = job.request
+        return runtime.profile(job.target.path, job.target.precision, job.cache_dir, request.n_prompt,
+                               request.n_gen, request.repetitions, job.threads)
+
+    def call(self, op: str, args: dict) -> dict:
+        from fleetfit.agent.backends import onnx_runtime as runtime
+
+        if op == "capabilities":  # one row per precision on each execution provider this build has
+            import onnxruntime as ort
+
+            devices = [PROVIDER_DEVICES[p] for p in ort.get_available_providers() if p in PROVIDER_DEVICES]
+            return {"capabilities": [{"device": device, "precision": precision, "supported": True}
+                                     for device in devices for precision in runtime.PRECISIONS]}
+        if op == "greedy":
+            return {"tokens": runtime.greedy(args["model_path"], args["prompt_tokens"], args["n_gen"],
+                                             args.get("precision", "fp32"), args["cache_dir"], args["threads"])}
+        return super().call(op, args)
+
+
+BACKEND = OnnxRuntime()

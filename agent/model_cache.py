@@ -177,6 +177,8 @@ def synthesize(arch: str, quant: str, cache_dir: pathlib.Path, deadline: Deadlin
             run_worker({"op": "synth", "arch": arch, "quant": quant, "path": str(target), "force": force,
                         "seed": seed}, deadline or Deadline.after(math.inf), phase=f"synthesis of {arch} {quant}")
         except WorkerFailure as exc:
+            for partial in target.parent.glob(f".{target.name}.*.part"):  # a killed writer's, and we hold the lock
+                partial.unlink(missing_ok=True)
             if exc.failure in ("timeout", "stopped"):
                 raise
             raise ModelError(exc.message) from None

@@ -136,7 +136,8 @@ def _describe_model(result: pb.ProfileResult, request: pb.ProfileRequest, target
     _checked_again(request, target, allowed_dirs)
     info = model_cache.inspect(target.path, job=allowed_dirs is not None)
     result.model_file, result.model_sha256 = target.path, sha256_of(pathlib.Path(target.path))
-    result.model_file_bytes, result.model_n_params, result.model_arch = info.file_bytes, info.n_params, info.architecture
+    result.model_file_bytes, result.model_n_params = info.file_bytes, info.n_params
+    result.model_arch = info.architecture
 
 
 def _measure(result: pb.ProfileResult, backend: Backend, target: RunTarget, job: WorkerJob, deadline: Deadline,

@@ -1,9 +1,10 @@
 """llama.cpp through llama-cpp-python's C bindings: profile, quantize, system info, capabilities.
 
-This is the only module that imports `llama_cpp`; it runs inside the isolated worker process, never in
-the agent itself (the backend itself is llama_cpp_backend.py). Timing follows llama-bench: random tokens fed by the harness (no sampling in the timed
-loop), a warm-up, then for each repetition a prefill of n_prompt tokens in n_batch chunks and, from an
-empty cache, n_gen single-token decodes, each ended by llama_synchronize before the clock is read.
+This is the only module that imports `llama_cpp`; it runs inside the isolated worker process, never in the
+agent itself (the backend itself is llama_cpp_backend.py). Timing follows llama-bench: random tokens fed by
+the harness (no sampling in the timed loop), a warm-up, then for each repetition a prefill of n_prompt tokens
+in n_batch chunks and, from an empty cache, n_gen single-token decodes, each ended by llama_synchronize before
+the clock is read.
 """
 
 import ctypes

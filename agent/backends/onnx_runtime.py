@@ -1,6 +1,7 @@
 """ONNX Runtime: the torch model exported with explicit KV-cache inputs and outputs, quantized by
 onnxruntime.quantization (dynamic INT8, 4-bit MatMulNBits), run on the CPU execution provider (CUDA's when
-present) with IO binding, so the cache stays in ORT's memory between steps. Imported only in the worker (the backend itself is onnx_backend.py).
+present) with IO binding, so the cache stays in ORT's memory between steps. Imported only in the worker (the
+backend itself is onnx_backend.py).
 
 Exported and quantized files are cached under <cache>/onnx/<content hash>/: the hash covers the GGUF file's
 bytes, the precision and this module's export version.

@@ -1,9 +1,9 @@
-"""A compact Llama-family model in plain PyTorch (after gpt-fast): static KV cache, meta-device init,
-weights from a GGUF file or random on the target device, and weight-only int8 / int4 linear layers.
+"""A compact Llama-family model in plain PyTorch (after gpt-fast): static KV cache, meta-device init, weights
+from a GGUF file or random on the target device, and weight-only int8 / int4 linear layers.
 
-Imported only by torch_runtime.py (and onnx_runtime.py's export), inside the isolated worker. Tensor names and the rope layout follow
-llama.cpp's GGUF: convert_hf_to_gguf permutes the q/k rows so that rope rotates adjacent pairs
-(2i, 2i+1), which is what `apply_rope` does, so GGUF weights load as stored.
+Imported only by torch_runtime.py (and onnx_runtime.py's export), inside the isolated worker. Tensor names and
+the rope layout follow llama.cpp's GGUF: convert_hf_to_gguf permutes the q/k rows so that rope rotates
+adjacent pairs (2i, 2i+1), which is what `apply_rope` does, so GGUF weights load as stored.
 """
 
 import dataclasses

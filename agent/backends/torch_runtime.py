@@ -1,8 +1,9 @@
-"""PyTorch (CPU and CUDA) under the same timed loops as llama_cpp_runtime.py: profile, greedy decode, capabilities.
+"""PyTorch (CPU and CUDA) under the same timed loops as llama_cpp_runtime.py: profile, greedy decode,
+capabilities.
 
-Imported only in the isolated worker (the backend itself is torch_backend.py). Timing mirrors llama-bench: harness-fed random tokens, one
-warm-up, then per repetition a prefill of n_prompt tokens in one batch and, from an empty cache,
-n_gen single-token decodes; the device is synchronised before each clock read.
+Imported only in the isolated worker (the backend itself is torch_backend.py). Timing mirrors llama-bench:
+harness-fed random tokens, one warm-up, then per repetition a prefill of n_prompt tokens in one batch and,
+from an empty cache, n_gen single-token decodes; the device is synchronised before each clock read.
 """
 
 import os
@@ -196,8 +197,9 @@ def _timed(model, device, precision, n_prompt, n_gen, repetitions, threads, seed
                          if device.startswith("cuda") else f" ({torch.backends.cpu.get_cpu_capability()})"),
         phase_windows_ns=tuple(windows), compute_device=device, weight_bytes=tm.weight_bytes(model),
         model_n_params=sum(p.numel() for p in model.parameters()),
-        decode_shape=DecodeShape(n_layers=model.c.n_layers, n_heads=model.c.n_heads, n_kv_heads=model.c.n_kv_heads,
-                                 head_dim=model.c.head_dim, weight_bytes_per_token=tm.weight_bytes(model, per_token=True),
+        decode_shape=DecodeShape(n_layers=model.c.n_layers, n_heads=model.c.n_heads,
+                                 n_kv_heads=model.c.n_kv_heads, head_dim=model.c.head_dim,
+                                 weight_bytes_per_token=tm.weight_bytes(model, per_token=True),
                                  matmul_params_per_token=_matmul_params(model.c)),
         gpu_memory=_gpu_memory(device) if device.startswith("cuda") else None,
     )

@@ -21,7 +21,7 @@ from fleetfit.agent.worker import HANDLED_ERROR_EXIT
 OOM_MARKERS = ("bad_alloc", "failed to allocate", "out of memory", "cannot allocate memory", "unable to allocate")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass  # not frozen: raising sets __traceback__, which e.g. contextlib does on the way out
 class WorkerFailure(Exception):
     failure: str  # "oom" | "signal" | "timeout" | "stopped" | "error"
     message: str

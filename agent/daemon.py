@@ -2,8 +2,9 @@
 
 Each job is leased: a heartbeat thread renews the lease while the profile runs, and the report carries
 the lease's fencing token. Each result goes to the durable outbox before it is sent, so neither a
-coordinator restart nor an agent crash loses it. Jobs are declarative: a job naming a file is run only
-when the file lies in a directory the device's owner allowed (--allow-dir).
+coordinator restart nor an agent crash loses it. Jobs are declarative: a job names a catalogue, real or cached
+model, or a file that lies in a directory the device's owner allowed (--allow-dir). Each job has one deadline
+(its timeout) over every phase, and a stop request (SIGTERM) ends the running job within a few seconds.
 """
 
 import fcntl
@@ -20,6 +21,7 @@ from fleetfit.agent import device_probe, inventory, profiling
 from fleetfit.agent.identity import Identity
 from fleetfit.agent.outbox import TRANSIENT, Outbox, backoff_s, deliver, flush
 from fleetfit.agent.isolation import WorkerFailure, run_worker
+from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
@@ -58,37 +60,29 @@ def hold_lock(path: pathlib.Path, what: str) -> int:
 
 
 def llama_system_info() -> str:
+    """llama.cpp's llama_print_system_info() (build flags), from a worker."""
     try:
-        return run_worker({"op": "system_info"}, 60.0)["system_info"]
+        return run_worker({"backend": DEFAULT_BACKEND, "op": "system_info"}, 60.0)["system_info"]
     except WorkerFailure as exc:
         return f"unavailable ({exc})"
 
 
 def registration(device_id: str, cache_dir: pathlib.Path) -> pb.RegisterRequest:
-    """What the coordinator learns about this device: its inventory and its cached probes."""
-    device = inventory.collect(device_id, llama_system_info(), probes=device_probe.load_cached(cache_dir))
+    """What the coordinator learns about this device: its inventory with each backend's capabilities and the
+    models it can obtain here, and its cached probes."""
+    device = inventory.collect(device_id, llama_system_info(), probes=device_probe.load_cached(cache_dir),
+                               cache_dir=cache_dir)
+    inventory.add_capabilities(device.backends)
     return pb.RegisterRequest(inventory=device)
 
 
-def path_refusal(request: pb.ProfileRequest, allowed_dirs: list[pathlib.Path]) -> str | None:
-    """Why a job may not read the file it names, or None (a catalogue name, or a file in an allowed directory)."""
-    if not request.model.path:
-        return None
-    path = pathlib.Path(request.model.path).resolve()
-    if any(path.is_relative_to(d.resolve()) for d in allowed_dirs):
-        return None
-    return (f"{request.model.path} is outside the directories this device allows "
-            f"(fleetfit-agent run --allow-dir DIR); jobs name catalogue models")
-
-
 def run_job(job: pb.Job, device_id: str, cache_dir: pathlib.Path,
-            allowed_dirs: list[pathlib.Path] = ()) -> pb.ProfileResult:
-    """Always a result: bad input inside a job is reported as a failed result, and the daemon stays up."""
+            allowed_dirs: list[pathlib.Path] = (), stop: threading.Event | None = None) -> pb.ProfileResult:
+    """Always a result: bad input inside a job is reported as a failed result, and the daemon stays up. Files the
+    job names must lie inside `allowed_dirs`; `stop` (SIGTERM) ends the job within a few seconds."""
     try:
-        if refusal := path_refusal(job.request, list(allowed_dirs)):
-            raise profiling.ProfileInputError(refusal)
-        return profiling.profile(job.request, device_id, cache_dir)
-    except (ModelError, profiling.ProfileInputError) as exc:
+        return profiling.profile(job.request, device_id, cache_dir, allowed_dirs=list(allowed_dirs), stop=stop)
+    except ModelError as exc:  # ProfileInputError included
         error = str(exc)
     except Exception as exc:  # a bug must not take the daemon down: report it and keep serving
         log.exception("job %s failed inside the agent", job.job_id)
@@ -136,7 +130,7 @@ def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Even
                connect_timeout_s: float = 10.0, poll_wait_s: float = 5.0,
                allowed_dirs: list[pathlib.Path] = ()) -> int:
     """Run until `stop` is set; returns the number of jobs run. On stop, a job just leased is given back
-    and a running one finishes and is reported."""
+    and a running one is ended (its worker killed) and reported as stopped."""
     device_id = identity.device_id
     channel = identity.connect(connect_timeout_s)
     stub = pb_grpc.AgentServiceStub(channel)
@@ -172,7 +166,7 @@ def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Even
             keeper = LeaseKeeper(stub, device_id, job)
             keeper.start()
             try:
-                result = run_job(job, device_id, cache_dir, allowed_dirs)
+                result = run_job(job, device_id, cache_dir, allowed_dirs, stop)
             finally:
                 keeper.done.set()
                 keeper.join()

@@ -5,11 +5,14 @@ worker reports its phase windows on CLOCK_MONOTONIC (system-wide on Linux), whic
 onto its own samples; the idle baseline is taken just before the worker starts.
 """
 
+import math
 import os
 import pathlib
 
 from fleetfit.agent import device_probe
+from fleetfit.agent.isolation import Deadline
 from fleetfit.agent.telemetry import PhaseSummary, PowerSampler, discover_power_sources, joules_per_token
+from fleetfit.agent.telemetry.sampler import IDLE
 from fleetfit.models import roofline as rl
 from fleetfit.v1 import fleetfit_pb2 as pb
 
@@ -24,12 +27,19 @@ def idle_baseline_s(request: pb.ProfileRequest) -> float:
     return float(os.environ.get("FLEETFIT_IDLE_BASELINE_S", DEFAULT_IDLE_BASELINE_S))
 
 
-def start_sampler(idle_s: float) -> tuple[PowerSampler, list[str]]:
-    """A running sampler over every readable source, its idle baseline already measured."""
+def start_sampler(idle_s: float, deadline: Deadline | None = None) -> tuple[PowerSampler, list[str]]:
+    """A running sampler over every readable source, its idle baseline already measured. The baseline is cut
+    short (WorkerFailure, the sampler closed) when the job's deadline passes or the agent is asked to stop."""
     found = discover_power_sources()
     sampler = PowerSampler(found.sources).start()
     if idle_s > 0:
-        sampler.measure_idle(idle_s)
+        try:
+            sampler.mark(IDLE)  # as PowerSampler.measure_idle, with a wait that a stop request ends
+            (deadline or Deadline.after(math.inf)).wait(idle_s, "idle baseline")
+            sampler.end_phase()
+        except BaseException:
+            sampler.close()
+            raise
     return sampler, [f"{d.method}: {d.reason}" for d in found.declined]
 
 

@@ -2,7 +2,6 @@
 
 import hashlib
 import importlib.metadata
-import importlib.util
 import os
 import pathlib
 import platform
@@ -11,15 +10,8 @@ import socket
 import psutil
 
 from fleetfit.agent import nvml
+from fleetfit.agent.backends import registry
 from fleetfit.v1 import fleetfit_pb2 as pb
-
-# Probed by import name (what Python loads), versioned by distribution name (what pip installs).
-BACKENDS = {
-    "llama.cpp": ("llama_cpp", "llama-cpp-python"),
-    "torch": ("torch", "torch"),
-    "onnxruntime": ("onnxruntime", "onnxruntime"),
-}
-
 
 def agent_version() -> str:
     try:
@@ -34,43 +26,35 @@ def offered_backends() -> set[str] | None:
     return {b.strip() for b in text.split(",") if b.strip()} if text else None
 
 
-def probe_backends() -> list[pb.BackendInfo]:
+def probe_backends(cache_dir: pathlib.Path | None = None) -> list[pb.BackendInfo]:
+    """Every registered backend: whether it imports here (and why not) and whether the owner offers it, and with a
+    cache directory the models it can obtain on this device."""
     infos = []
     offered = offered_backends()
-    for name, (module, distribution) in BACKENDS.items():
-        if offered is not None and name not in offered:
-            infos.append(pb.BackendInfo(name=name, available=False,
+    for backend in registry.all_backends():
+        if offered is not None and backend.NAME not in offered:
+            infos.append(pb.BackendInfo(name=backend.NAME, available=False,
                                         reason="not offered on this device (FLEETFIT_BACKENDS)"))
             continue
-        if importlib.util.find_spec(module) is None:
-            infos.append(pb.BackendInfo(name=name, available=False, reason=f"module {module!r} is not installed"))
-            continue
-        try:
-            version = importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            version = "unknown"
-        infos.append(pb.BackendInfo(name=name, available=True, version=version))
+        info = backend.probe()
+        if info.available and cache_dir is not None:
+            info.models.extend(backend.models(cache_dir))
+        infos.append(info)
     return infos
 
 
 def add_capabilities(infos: list[pb.BackendInfo], timeout_s: float = 180.0) -> None:
-    """Fill the torch backend's capabilities: which precision runs on which device, from a tiny trial of each
-    in a worker process (torch is imported only there)."""
-    from fleetfit.agent.isolation import WorkerFailure, run_worker
+    """Fill each available backend's capabilities (which precision runs on which compute device), found by its
+    worker side in a worker process: the runtimes are imported only there."""
+    from fleetfit.agent.isolation import WorkerFailure
 
     for info in infos:
-        if info.name != "torch" or not info.available:
+        if not info.available:
             continue
         try:
-            table = run_worker({"backend": "torch", "op": "capabilities"}, timeout_s)["capabilities"]
+            info.capabilities.extend(registry.get(info.name).capabilities(timeout_s))
         except WorkerFailure as exc:
             info.reason = f"capability trial failed: {exc}"
-            continue
-        for device, row in table.items():
-            for precision, state in row.items():
-                info.capabilities.append(pb.BackendCapability(device=device, precision=precision,
-                                                              supported=state == "ok",
-                                                              reason="" if state == "ok" else state))
 
 
 def cpu_model(proc_root: pathlib.Path = pathlib.Path("/proc")) -> str:
@@ -96,8 +80,10 @@ def default_device_id() -> str:
     return f"{host}-{hashlib.sha256(machine_id.encode()).hexdigest()[:8]}"
 
 
-def collect(device_id: str, llama_system_info: str = "", probes: pb.DeviceProbes | None = None) -> pb.DeviceInventory:
-    """This device now; `probes` are the cached bandwidth and matmul probes (device_probe.load_cached), if any."""
+def collect(device_id: str, llama_system_info: str = "", probes: pb.DeviceProbes | None = None,
+            cache_dir: pathlib.Path | None = None) -> pb.DeviceInventory:
+    """This device now; `probes` are the cached bandwidth and matmul probes (device_probe.load_cached), if any;
+    with `cache_dir`, each backend lists the models it can obtain here."""
     memory = psutil.virtual_memory()
     gpus, gpu_note = nvml.list_gpus()
     return pb.DeviceInventory(
@@ -112,7 +98,7 @@ def collect(device_id: str, llama_system_info: str = "", probes: pb.DeviceProbes
         ram_available_bytes=memory.available,
         gpus=gpus,
         gpu_probe_note=gpu_note,
-        backends=probe_backends(),
+        backends=probe_backends(cache_dir),
         llama_system_info=llama_system_info,
         agent_version=agent_version(),
         probes=probes,

@@ -1,16 +1,35 @@
-"""The agent's model cache: real models fetched from the registry and the precision ladder derived from them."""
+"""The agent's model cache: real models fetched from the registry, the precision ladder derived from them, and
+synthetic files of catalogue shapes; and the rules for what a request may name.
 
+Safe under several processes sharing one cache: each file is made under a unique temporary name in its target
+directory and renamed into place, while an exclusive lock on the target (`<file>.lock`) is held; whoever takes
+the lock second finds the file made and uses it.
+"""
+
+import contextlib
 import dataclasses
+import fcntl
+import math
 import os
 import pathlib
+import re
+import stat
+import uuid
 
-from fleetfit.agent.isolation import WorkerFailure, run_worker
+from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
 from fleetfit.models import real_models
 from fleetfit.models.errors import ModelError
-from fleetfit.models.gguf_file import inspect_gguf
+from fleetfit.models.gguf_file import GgufInfo, inspect_gguf
 from fleetfit.models.quants import llama_ftype, parse_quant
 
 QUANTIZE_TIMEOUT_S = 1800.0
+MODEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+NAME_REFUSED = ("a job names a model by its catalogue or cache name (letters, digits, '.', '_', '-'), "
+                "or a file by ModelRef.path inside a directory this device allows")
+# The same words whatever the reason, so that a refusal tells nothing about the file (not even whether it exists).
+PATH_REFUSED = ("model path refused: a job may name only regular files inside the directories this device allows "
+                "(fleetfit-agent run --allow-dir DIR)")
+UNUSABLE = "the model file the job names is not a usable GGUF file"
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -28,27 +47,150 @@ class ResolvedModel:
 
 
 def is_path(ref: str) -> bool:
-    """A model reference that names a file rather than a real model."""
+    """Whether what the device's owner typed names a file rather than a model (the local CLI only)."""
     return os.sep in ref or ref.endswith(".gguf") or os.path.exists(ref)
 
 
-def derive(src: pathlib.Path, quant: str, dst: pathlib.Path, threads: int) -> pathlib.Path:
+# ---------------------------------------------------------------- what a request may name
+
+def checked_name(name: str) -> str:
+    """A model name that can only be a catalogue, real or cached model's name, never a path."""
+    if not MODEL_NAME.fullmatch(name) or ".." in name or name.startswith("."):
+        raise ModelError(NAME_REFUSED)
+    return name
+
+
+def checked_file(path: str, allowed_dirs: list[pathlib.Path] | None) -> str:
+    """The file's resolved path (symlinks followed). With `allowed_dirs` (a job), only a regular file inside one of
+    them, refused with PATH_REFUSED otherwise; None: the device's owner at their terminal, any file."""
+    real = os.path.realpath(path)
+    if allowed_dirs is None:
+        return real
+    roots = [os.path.realpath(d) for d in allowed_dirs]
+    if not any(os.path.commonpath([real, root]) == root for root in roots):
+        raise ModelError(PATH_REFUSED)
+    try:
+        if not stat.S_ISREG(os.stat(real).st_mode):  # a FIFO or device would block the reader
+            raise ModelError(PATH_REFUSED)
+    except OSError:
+        raise ModelError(PATH_REFUSED) from None
+    return real
+
+
+def inspect(path: str | pathlib.Path, job: bool = False) -> GgufInfo:
+    """The file's GGUF header; for a job-named file a refusal that does not quote the file."""
+    try:
+        return inspect_gguf(path)
+    except ModelError:
+        if job:
+            raise ModelError(UNUSABLE) from None
+        raise
+
+
+def cached_file(cache_dir: pathlib.Path, name: str, quant: str | None) -> pathlib.Path | None:
+    """A finished file of `name` in the cache (at `quant`, or the only one there is when quant is None)."""
+    found = [path for n, q, path, _ in cached_models(cache_dir) if n == name and quant in (None, q)]
+    return found[0] if len(found) == 1 or (found and quant) else None
+
+
+def cached_models(cache_dir: pathlib.Path) -> list[tuple[str, str, pathlib.Path, int]]:
+    """(name, quant, path, bytes) for every finished model file in the cache: fetched and derived ones under
+    models/<name>/<name>-<quant>.gguf, synthetic ones under synthetic/<arch>-<quant>.gguf."""
+    rows = []
+    for path in sorted((cache_dir / "models").glob("*/*.gguf")):
+        name = path.parent.name
+        rows.append((name, path.stem.removeprefix(f"{name}-"), path, path.stat().st_size))
+    for path in sorted((cache_dir / "synthetic").glob("*.gguf")):
+        name, _, quant = path.stem.rpartition("-")
+        if name:
+            rows.append((name, quant, path, path.stat().st_size))
+    return rows
+
+
+# ---------------------------------------------------------------- making files, one process at a time
+
+@contextlib.contextmanager
+def exclusive(target: pathlib.Path, deadline: Deadline | None = None):
+    """Hold the lock of `target` (a file beside it) while making it; waiting is bounded by the job's deadline."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "a") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | (fcntl.LOCK_NB if deadline else 0))
+                break
+            except BlockingIOError:
+                deadline.wait(0.1, f"wait for another process making {target.name}")
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def partial_path(target: pathlib.Path) -> pathlib.Path:
+    """A temporary name beside `target`, unique to this writer."""
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.part")
+
+
+def pull(name: str, cache_dir: pathlib.Path, deadline: Deadline | None = None) -> pathlib.Path:
+    model = real_models.real_model(name)
+    target = real_models.model_file(cache_dir, model.name, model.quant)
+    with exclusive(target, deadline):
+        timeout_s = deadline.remaining_s() if deadline else None
+        try:
+            return real_models.pull(model.name, cache_dir, timeout_s=timeout_s)
+        except ModelError:
+            if deadline:
+                deadline.check("model fetch")
+            raise
+
+
+def derive(src: pathlib.Path, quant: str, dst: pathlib.Path, threads: int,
+           deadline: Deadline | None = None) -> pathlib.Path:
     """Write `src` requantized to `quant` at `dst` with llama.cpp's own quantizer; atomic on success."""
     inspect_gguf(src)  # refuse a missing or damaged source with a clear message
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    partial = dst.with_name(dst.name + ".part")
-    try:
-        run_worker({"op": "quantize", "src": str(src), "dst": str(partial), "ftype": llama_ftype(quant),
-                    "threads": threads}, QUANTIZE_TIMEOUT_S)
-        os.replace(partial, dst)
-    except WorkerFailure as exc:
-        raise ModelError(f"could not derive {quant} from {src.name}: {exc}") from None
-    finally:
-        partial.unlink(missing_ok=True)
+    with exclusive(dst, deadline):
+        if dst.is_file():  # another process made it while this one waited
+            return dst
+        partial = partial_path(dst)
+        try:
+            run_worker({"op": "quantize", "src": str(src), "dst": str(partial), "ftype": llama_ftype(quant),
+                        "threads": threads}, deadline or QUANTIZE_TIMEOUT_S, phase=f"derivation of {quant}")
+            os.replace(partial, dst)
+        except WorkerFailure as exc:
+            if exc.failure in ("timeout", "stopped"):
+                raise
+            raise ModelError(f"could not derive {quant} from {src.name}: {exc}") from None
+        finally:
+            partial.unlink(missing_ok=True)
     return dst
 
 
-def resolve(ref: str, quant: str | None, cache_dir: pathlib.Path, threads: int) -> ResolvedModel:
+def synthesize(arch: str, quant: str, cache_dir: pathlib.Path, deadline: Deadline | None = None,
+               force: bool = False, seed: int = 0) -> pathlib.Path:
+    """The synthetic GGUF of a catalogue shape in the cache (synthetic/<arch>-<quant>.gguf), written by a worker
+    (so the job's deadline can end it) unless already there."""
+    target = synthetic_file(cache_dir, arch, quant)
+    with exclusive(target, deadline):
+        if target.is_file():
+            return target
+        try:
+            run_worker({"op": "synth", "arch": arch, "quant": quant, "path": str(target), "force": force,
+                        "seed": seed}, deadline or Deadline.after(math.inf), phase=f"synthesis of {arch} {quant}")
+        except WorkerFailure as exc:
+            for partial in target.parent.glob(f".{target.name}.*.part"):  # a killed writer's, and we hold the lock
+                partial.unlink(missing_ok=True)
+            if exc.failure in ("timeout", "stopped"):
+                raise
+            raise ModelError(exc.message) from None
+    return target
+
+
+def synthetic_file(cache_dir: pathlib.Path, arch: str, quant: str) -> pathlib.Path:
+    return cache_dir / "synthetic" / f"{arch}-{quant}.gguf"
+
+
+def resolve(ref: str, quant: str | None, cache_dir: pathlib.Path, threads: int,
+            deadline: Deadline | None = None) -> ResolvedModel:
     """A model file for `ref` (a path, or a real model's name) at `quant`, fetching or deriving it if needed."""
     if is_path(ref):
         path = pathlib.Path(ref)
@@ -61,17 +203,7 @@ def resolve(ref: str, quant: str | None, cache_dir: pathlib.Path, threads: int) 
     quant = parse_quant(quant) if quant else model.quant
     target = real_models.model_file(cache_dir, model.name, quant)
     if not target.is_file():
-        base = real_models.pull(model.name, cache_dir)
+        base = pull(model.name, cache_dir, deadline)
         if quant != model.quant:
-            derive(base, quant, target, threads)
+            derive(base, quant, target, threads, deadline)
     return ResolvedModel(name=model.name, path=target, origin="real" if quant == model.quant else "derived")
-
-
-def cached_models(cache_dir: pathlib.Path) -> list[tuple[str, str, pathlib.Path, int]]:
-    """(name, quant, path, bytes) for every finished model file in the cache."""
-    rows = []
-    for path in sorted((cache_dir / "models").glob("*/*.gguf")):
-        name = path.parent.name
-        quant = path.stem.removeprefix(f"{name}-")
-        rows.append((name, quant, path, path.stat().st_size))
-    return rows

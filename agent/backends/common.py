@@ -5,6 +5,8 @@ import resource
 import statistics
 import sys
 
+from fleetfit.agent.backends.base import StatFigures
+
 
 def max_rss_bytes() -> int:
     """This process's peak RSS (VmHWM: ru_maxrss carries the parent's peak over fork and exec on Linux)."""
@@ -24,18 +26,14 @@ def current_rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def stat(samples: list[float]) -> dict:
-    return {"mean": statistics.fmean(samples), "stdev": statistics.stdev(samples) if len(samples) > 1 else 0.0,
-            "samples": samples}
+def stat(samples: list[float]) -> StatFigures:
+    return StatFigures(mean=statistics.fmean(samples), stdev=statistics.stdev(samples) if len(samples) > 1 else 0.0,
+                       samples=tuple(samples))
+
 
 def run_figures(load_time_s: float, prefill_tps: list[float], ttft_ms: list[float], decode_tps: list[float],
                 baseline_rss: int, memory_method: str) -> dict:
-    """The figures every backend reports, under the keys the agent reads; peak RSS is read now, after the runs."""
+    """The RunFigures fields every backend fills the same way; peak RSS is read now, after the runs."""
     return {"load_time_s": load_time_s, "prefill_tokens_per_s": stat(prefill_tps), "ttft_ms": stat(ttft_ms),
             "decode_tokens_per_s": stat(decode_tps), "peak_rss_bytes": max_rss_bytes(),
             "baseline_rss_bytes": baseline_rss, "memory_method": memory_method}
-
-
-# Precisions of the torch backend, named here (no torch import) so the agent can validate requests.
-TORCH_PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
-ONNX_PRECISIONS = ("fp32", "int8", "int4")  # int8: dynamic quantization; int4: MatMulNBits, blocks of 32

@@ -1,9 +1,9 @@
-"""A compact Llama-family model in plain PyTorch (after gpt-fast): static KV cache, meta-device init,
-weights from a GGUF file or random on the target device, and weight-only int8 / int4 linear layers.
+"""A compact Llama-family model in plain PyTorch (after gpt-fast): static KV cache, meta-device init, weights
+from a GGUF file or random on the target device, and weight-only int8 / int4 linear layers.
 
-Imported only by torch_backend.py, inside the isolated worker. Tensor names and the rope layout follow
-llama.cpp's GGUF: convert_hf_to_gguf permutes the q/k rows so that rope rotates adjacent pairs
-(2i, 2i+1), which is what `apply_rope` does, so GGUF weights load as stored.
+Imported only by torch_runtime.py (and onnx_runtime.py's export), inside the isolated worker. Tensor names and
+the rope layout follow llama.cpp's GGUF: convert_hf_to_gguf permutes the q/k rows so that rope rotates
+adjacent pairs (2i, 2i+1), which is what `apply_rope` does, so GGUF weights load as stored.
 """
 
 import dataclasses
@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fleetfit.agent.backends.common import TORCH_PRECISIONS
+from fleetfit.models.backends import backend
 from fleetfit.models.gguf_file import open_gguf
 
-PRECISIONS = TORCH_PRECISIONS
+PRECISIONS = backend("torch").precisions
 FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 INT4_GROUP_SIZES = (128, 64, 32)  # the largest that divides a layer's input features is used
 

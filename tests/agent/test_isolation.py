@@ -7,7 +7,16 @@ import time
 import psutil
 import pytest
 
+from fleetfit.agent.backends.base import RunTarget, WorkerJob
 from fleetfit.agent.isolation import WorkerFailure, run_worker
+from fleetfit.agent.profiling import make_request
+
+
+def profile_op(model_path, **params) -> dict:
+    """The worker's profile operation on a file, as the agent sends it."""
+    request = make_request(str(model_path), **({"threads": 2} | params))
+    job = WorkerJob(request, RunTarget(name="m", origin="file", precision=None, path=str(model_path)), 2, "/tmp")
+    return {"op": "profile", "job": job.to_json()}
 
 
 def test_system_info_runs_in_a_child():
@@ -19,8 +28,7 @@ def test_backend_error_is_reported_with_its_message(tmp_path, ladder):
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(ladder["Q4_0"].read_bytes()[:40_000_000])  # bypasses the agent's own check
     with pytest.raises(WorkerFailure) as exc:
-        run_worker({"op": "profile", "model_path": str(cut), "n_prompt": 8, "n_gen": 2, "repetitions": 1,
-                    "threads": 2}, 60)
+        run_worker(profile_op(cut, n_prompt=8, n_gen=2, repetitions=1), 60)
     assert exc.value.failure == "error" and "could not load" in exc.value.message
 
 
@@ -30,8 +38,7 @@ def _kill_worker_after_start(model_path, sig: int) -> WorkerFailure:
 
     def target():
         try:
-            run_worker({"op": "profile", "model_path": str(model_path), "n_prompt": 512, "n_gen": 128,
-                        "repetitions": 100, "threads": 2}, 120)
+            run_worker(profile_op(model_path, n_prompt=512, n_gen=128, repetitions=100), 120)
         except WorkerFailure as exc:
             outcome["failure"] = exc
 

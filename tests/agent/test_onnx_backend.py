@@ -33,7 +33,7 @@ def test_int8_profile_end_to_end_with_a_cached_quantized_file(ladder, cache_dir)
 
 
 def test_a_damaged_onnx_file_is_a_failed_result_that_says_so(ladder, cache_dir):
-    from fleetfit.agent.backends.onnx_backend import cache_folder
+    from fleetfit.agent.backends.onnx_runtime import cache_folder
 
     folder = cache_folder(str(ladder["F16"]), str(cache_dir))
     folder.mkdir(parents=True, exist_ok=True)
@@ -49,7 +49,7 @@ def test_a_damaged_onnx_file_is_a_failed_result_that_says_so(ladder, cache_dir):
 
 
 def test_onnxruntime_refuses_torch_only_precisions_and_random_shapes(cache_dir):
-    with pytest.raises(profiling.ProfileInputError, match="onnxruntime precision must be one of"):
+    with pytest.raises(profiling.ProfileInputError, match="onnxruntime does not take precision 'bf16'"):
         profiling.profile(profiling.make_request("smollm2-135m", "bf16", "onnxruntime"), "d", cache_dir)
     with pytest.raises(profiling.ProfileInputError, match="real models"):
         profiling.profile(profiling.make_request("tinyllama-1.1b", "fp32", "onnxruntime"), "d", cache_dir)

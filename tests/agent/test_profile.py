@@ -42,7 +42,8 @@ def test_profile_by_name_resolves_the_cached_ladder(cache_dir, ladder):
 
 
 def test_timeout_is_a_classified_failure(ladder, cache_dir):
-    request = short_request(str(ladder["F16"]), n_prompt=512, n_gen=128, repetitions=50, timeout_s=3)
+    request = short_request(str(ladder["F16"]), n_prompt=512, n_gen=128, repetitions=50, timeout_s=10,
+                            idle_baseline_s=0)  # the deadline covers the baseline too: let it end in the worker
     result = profiling.profile(request, "dev-1", cache_dir)
     assert result.failure == pb.FAILURE_KIND_TIMEOUT
     assert "killed" in result.error

@@ -81,8 +81,8 @@ def test_a_model_too_large_for_memory_is_reported_as_out_of_memory_with_its_size
 
 
 @pytest.mark.parametrize(("model", "quant", "device", "fragment"), [
-    ("smollm2-135m", "Q4_0", "", "torch precision must be one of"),
-    ("distilgpt2", "fp32", "", "Llama-family"),
+    ("smollm2-135m", "Q4_0", "", "torch does not take precision 'Q4_0'"),
+    ("distilgpt2", "fp32", "", "torch runs llama/qwen2 shapes; distilgpt2 is gpt2"),
     ("smollm2-135m", "fp32", "tpu", "device must be"),
 ])
 def test_bad_torch_requests_are_refused_before_any_work(cache_dir, model, quant, device, fragment):

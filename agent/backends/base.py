@@ -1,0 +1,226 @@
+"""What every backend implements, and the typed records that cross the worker boundary.
+
+A backend is one module in agent/backends/ holding a `Backend` subclass, listed in registry.py under its name in
+the shared vocabulary (models/backends.py). The agent process uses only its cheap side (probe, models, resolve);
+the heavy runtime is imported only by the worker side (`run`, `call`), which runs in the isolated worker.
+Imports no runtime.
+"""
+
+import base64
+import dataclasses
+import importlib.metadata
+import importlib.util
+import pathlib
+from typing import ClassVar
+
+from fleetfit.agent import model_cache
+from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
+from fleetfit.models import backends as vocabulary
+from fleetfit.models import catalogue, real_models
+from fleetfit.models import roofline as rl
+from fleetfit.models.errors import ModelError
+from fleetfit.v1 import fleetfit_pb2 as pb
+
+
+class ProfileInputError(ModelError):
+    """A profile request that cannot be run as asked; the message is one line for users."""
+
+
+# ---------------------------------------------------------------- the records that cross the worker boundary
+
+@dataclasses.dataclass(frozen=True)
+class StatFigures:
+    mean: float
+    stdev: float
+    samples: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuMemoryFigures:
+    """GPU memory in the meanings that differ (torch allocated < reserved < NVML per-process); None: not read."""
+    device_name: str = ""
+    torch_allocated_peak_bytes: int | None = None
+    torch_reserved_peak_bytes: int | None = None
+    nvml_process_used_bytes: int | None = None
+    cuda_context_bytes: int | None = None
+    fit_bytes: int | None = None
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeShape:
+    """What one decoded token reads and computes, for the roofline of a run whose model is not a GGUF file."""
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    weight_bytes_per_token: int
+    matmul_params_per_token: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFigures:
+    """What one run measured, the same fields for every backend; rebuilt on the agent's side from the worker's JSON."""
+    load_time_s: float
+    prefill_tokens_per_s: StatFigures
+    decode_tokens_per_s: StatFigures
+    ttft_ms: StatFigures
+    peak_rss_bytes: int
+    baseline_rss_bytes: int
+    memory_method: str
+    n_batch: int
+    n_ubatch: int
+    n_ctx: int
+    threads: int
+    backend_version: str
+    backend_build: str
+    phase_windows_ns: tuple[tuple[str, int, int], ...]  # CLOCK_MONOTONIC; "warmup" windows are not measured phases
+    compute_device: str = "cpu"
+    model_n_params: int | None = None  # as the backend counts them (the result reports the file's or catalogue's)
+    weight_bytes: int | None = None  # weights as the backend holds them (frameworks; llama.cpp: the file's)
+    decode_shape: DecodeShape | None = None  # None: the roofline reads the shape from the GGUF file
+    gpu_memory: GpuMemoryFigures | None = None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "RunFigures":
+        nested = {"prefill_tokens_per_s": StatFigures, "decode_tokens_per_s": StatFigures, "ttft_ms": StatFigures,
+                  "decode_shape": DecodeShape, "gpu_memory": GpuMemoryFigures}
+        fields = dict(data)
+        for name, kind in nested.items():
+            if fields.get(name) is not None:
+                fields[name] = kind(**fields[name])
+        for stat in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms"):
+            fields[stat] = dataclasses.replace(fields[stat], samples=tuple(fields[stat].samples))
+        fields["phase_windows_ns"] = tuple((str(p), int(s), int(e)) for p, s, e in fields["phase_windows_ns"])
+        return cls(**fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunTarget:
+    """A request resolved on this device: the model to run and how it was obtained."""
+    name: str  # what the result reports as the model's name
+    origin: str  # "file" | "real" | "derived" | "cached" | "synthetic"
+    precision: str | None  # canonical for the backend; None: the file's own GGUF type (llama.cpp)
+    path: str | None = None  # a model file (already checked and resolved)
+    arch: str | None = None  # a catalogue shape run with random weights, no file
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerJob:
+    """What the worker receives for a run: the request itself, and what the agent resolved it to."""
+    request: pb.ProfileRequest
+    target: RunTarget
+    threads: int
+    cache_dir: str
+
+    def to_json(self) -> dict:
+        return {"request": base64.b64encode(self.request.SerializeToString()).decode(),
+                "target": dataclasses.asdict(self.target), "threads": self.threads, "cache_dir": self.cache_dir}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "WorkerJob":
+        return cls(pb.ProfileRequest.FromString(base64.b64decode(data["request"])), RunTarget(**data["target"]),
+                   int(data["threads"]), data["cache_dir"])
+
+
+# ---------------------------------------------------------------- the interface
+
+class Backend:
+    NAME: ClassVar[str]  # as in models/backends.py
+    IMPORT_NAME: ClassVar[str]  # what Python imports (probed: a distribution name would miss renamed packages)
+    DISTRIBUTION: ClassVar[str]  # what pip installs (for the version)
+    METHOD: ClassVar[str]  # how it times a run, for the result's provenance
+    DEFAULT_PRECISION: ClassVar[str | None]  # when the request names none (None: the model file's own)
+
+    @property
+    def spec(self) -> vocabulary.BackendSpec:
+        return vocabulary.backend(self.NAME)
+
+    # -- agent side: cheap, no runtime import
+
+    def probe(self) -> pb.BackendInfo:
+        """Whether the runtime imports here, found by import name, with the reason when it does not."""
+        if importlib.util.find_spec(self.IMPORT_NAME) is None:
+            return pb.BackendInfo(name=self.NAME, available=False,
+                                  reason=f"module {self.IMPORT_NAME!r} is not installed")
+        try:
+            version = importlib.metadata.version(self.DISTRIBUTION)
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        return pb.BackendInfo(name=self.NAME, available=True, version=version)
+
+    def capabilities(self, timeout_s: float) -> list[pb.BackendCapability]:
+        """Which precision runs on which compute device here, from the worker side's `capabilities` call."""
+        rows = run_worker({"backend": self.NAME, "op": "capabilities"}, timeout_s)["capabilities"]
+        return [pb.BackendCapability(**row) for row in rows]
+
+    def models(self, cache_dir: pathlib.Path) -> list[str]:
+        """The model names this backend can obtain here: real models, catalogue shapes of the families it runs, and
+        other models in the cache (real weights someone put there)."""
+        names = {a.name for a in catalogue.CATALOGUE.values() if a.family in self.spec.shape_families}
+        if self.spec.runs_real_models:
+            names |= set(real_models.REAL_MODELS)
+            names |= {name for name, _, _, _ in model_cache.cached_models(cache_dir) if name not in catalogue.CATALOGUE}
+        return sorted(names)
+
+    def resolve(self, request: pb.ProfileRequest, precision: str | None, cache_dir: pathlib.Path, threads: int,
+                deadline: Deadline, allowed_dirs: list[pathlib.Path] | None) -> RunTarget:
+        """The model the request names, fetched, derived or synthesized if needed. A path is allowed only
+        inside `allowed_dirs` (None: the device's owner at their terminal, any file they can read)."""
+        job = allowed_dirs is not None
+        if request.model.path:
+            path = model_cache.checked_file(request.model.path, allowed_dirs)
+            return self.file_target(path, precision, pathlib.Path(path).stem, "file", job)
+        name = model_cache.checked_name(request.model.name)
+        if name.lower() in real_models.REAL_MODELS:
+            if not self.spec.runs_real_models:
+                raise ProfileInputError(f"{self.NAME} runs catalogue shapes only, not real models")
+            return self.real_target(real_models.real_model(name), precision, cache_dir, threads, deadline)
+        if name in catalogue.CATALOGUE:
+            refusal = vocabulary.obtainable(self.spec, name, set(real_models.REAL_MODELS), catalogue.CATALOGUE)
+            if refusal:
+                raise ProfileInputError(refusal)
+            return self.shape_target(catalogue.architecture(name), precision, cache_dir, deadline)
+        cached = model_cache.cached_file(cache_dir, name, self.cached_quant(precision))
+        if cached is None or not self.spec.runs_real_models:
+            raise ProfileInputError(f"unknown model {name!r} (known here: {', '.join(self.models(cache_dir))})")
+        return self.file_target(str(cached), precision, name, "cached", job)
+
+    def cached_quant(self, precision: str | None) -> str | None:
+        """Which cached file of a name to run: its GGUF type for llama.cpp; frameworks read any (None)."""
+        return None
+
+    def file_target(self, path: str, precision: str | None, name: str, origin: str, job: bool) -> RunTarget:
+        """A GGUF file's real weights; a damaged file is refused here, before a worker starts."""
+        model_cache.inspect(path, job)
+        return RunTarget(name=name, origin=origin, precision=precision, path=path)
+
+    def real_target(self, model: real_models.RealModel, precision: str, cache_dir: pathlib.Path, threads: int,
+                    deadline: Deadline) -> RunTarget:
+        """A framework reads the shipped file's weights and converts them to `precision` itself."""
+        path = model_cache.pull(model.name, cache_dir, deadline)
+        return RunTarget(name=model.name, origin="real", precision=precision, path=str(path))
+
+    def shape_target(self, arch: catalogue.Architecture, precision: str, cache_dir: pathlib.Path,
+                     deadline: Deadline) -> RunTarget:
+        """A catalogue shape: random weights made by the worker side, no file."""
+        return RunTarget(name=arch.name, origin="synthetic", precision=precision, arch=arch.name)
+
+    def roofline_shape(self, target: RunTarget, figures: RunFigures, model_arch: str) -> rl.ModelShape | None:
+        """What a decoded token reads, for the roofline against the CPU's measured bandwidth (None: no roofline)."""
+        if figures.decode_shape is None or figures.compute_device != "cpu":
+            return None
+        return rl.ModelShape(architecture=model_arch, **dataclasses.asdict(figures.decode_shape))
+
+    # -- worker side: only the isolated worker calls these; they import the runtime
+
+    def run(self, job: WorkerJob) -> RunFigures:
+        raise NotImplementedError
+
+    def call(self, op: str, args: dict) -> dict:
+        """Other operations (capabilities, greedy decoding, ...): a JSON-able dict."""
+        raise ValueError(f"{self.NAME} has no worker operation {op!r}")
+

@@ -1,0 +1,75 @@
+"""llama.cpp: GGUF files at their own type; real models derived to the requested type with llama.cpp's quantizer;
+catalogue shapes as synthetic GGUFs written into the cache. The runtime is llama_cpp_runtime.py (worker only)."""
+
+import pathlib
+
+from fleetfit.agent import model_cache
+from fleetfit.agent.backends.base import Backend, ProfileInputError, RunFigures, RunTarget, WorkerJob
+from fleetfit.agent.isolation import Deadline
+from fleetfit.models import catalogue, real_models
+from fleetfit.models import roofline as rl
+from fleetfit.models.quant_sizes import FILE_TYPES, supported_quant
+
+
+class LlamaCpp(Backend):
+    NAME = "llama.cpp"
+    IMPORT_NAME = "llama_cpp"
+    DISTRIBUTION = "llama-cpp-python"
+    METHOD = ("llama.cpp via llama-cpp-python; wall clock around llama_decode + llama_synchronize; "
+              "harness-fed random tokens (llama-bench pp/tg); 1 warm-up")
+    DEFAULT_PRECISION = None
+
+    def cached_quant(self, precision: str | None) -> str | None:
+        return precision
+
+    def file_target(self, path: str, precision: str | None, name: str, origin: str, job: bool) -> RunTarget:
+        info = model_cache.inspect(path, job)
+        if precision is not None and precision != info.quant:
+            shown = pathlib.Path(path).name
+            raise ProfileInputError(f"{shown} is {info.quant}, not {precision}; derive it first with "
+                                    f"`fleetfit-agent models quantize {path} --to {precision}`" if not job else
+                                    f"the model file the job names is {info.quant}, not {precision}")
+        return RunTarget(name=name, origin=origin, precision=info.quant, path=path)
+
+    def real_target(self, model: real_models.RealModel, precision: str | None, cache_dir: pathlib.Path, threads: int,
+                    deadline: Deadline) -> RunTarget:
+        found = model_cache.resolve(model.name, precision, cache_dir, threads, deadline)
+        return RunTarget(name=found.name, origin=found.origin, precision=precision or model.quant, path=str(found.path))
+
+    def shape_target(self, arch: catalogue.Architecture, precision: str | None, cache_dir: pathlib.Path,
+                     deadline: Deadline) -> RunTarget:
+        if precision is None:
+            raise ProfileInputError(f"{arch.name} is a catalogue shape: name a GGUF type to synthesize it at "
+                                    f"(e.g. Q4_0)")
+        path = model_cache.synthesize(arch.name, supported_quant(precision), cache_dir, deadline)
+        return RunTarget(name=arch.name, origin="synthetic", precision=precision, path=str(path))
+
+    def roofline_shape(self, target: RunTarget, figures: RunFigures, model_arch: str) -> rl.ModelShape | None:
+        return rl.model_shape(pathlib.Path(target.path))  # the GGUF's own tensors and types
+
+    # -- worker side
+
+    def run(self, job: WorkerJob) -> RunFigures:
+        from fleetfit.agent.backends import llama_cpp_runtime as runtime
+
+        request = job.request
+        return runtime.profile(job.target.path, request.n_prompt, request.n_gen, request.repetitions, job.threads,
+                               request.device)
+
+    def call(self, op: str, args: dict) -> dict:
+        from fleetfit.agent.backends import llama_cpp_runtime as runtime
+
+        if op == "capabilities":
+            return {"capabilities": [{"device": device, "precision": quant, "supported": True}
+                                     for device in runtime.compute_devices() for quant in FILE_TYPES]}
+        if op == "system_info":
+            return {"system_info": runtime.system_info(), "version": runtime.version()}
+        if op == "quantize":
+            runtime.quantize(args["src"], args["dst"], args["ftype"], args["threads"])
+            return {}
+        if op == "greedy":
+            return runtime.greedy(args["model_path"], args["prompt"], args["n_gen"], args["threads"])
+        return super().call(op, args)
+
+
+BACKEND = LlamaCpp()

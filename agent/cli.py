@@ -184,10 +184,9 @@ def models_synth(
     cache_dir: CacheDir = None,
 ) -> None:
     """Write an architecture-faithful GGUF with random weights (valid quantized blocks) that llama.cpp runs."""
+    from fleetfit.agent import model_cache
     from fleetfit.models import synth
     from fleetfit.models.quants import parse_quant
-
-    from fleetfit.agent import model_cache
 
     quant = parse_quant(quant)
     plan = synth.plan_file(arch, quant)

@@ -18,6 +18,7 @@ import uuid
 import grpc
 
 from fleetfit.agent import device_probe, inventory, profiling
+from fleetfit.agent.backends import registry
 from fleetfit.agent.identity import Identity
 from fleetfit.agent.outbox import TRANSIENT, Outbox, backoff_s, deliver, flush
 from fleetfit.agent.isolation import WorkerFailure, run_worker
@@ -60,7 +61,9 @@ def hold_lock(path: pathlib.Path, what: str) -> int:
 
 
 def llama_system_info() -> str:
-    """llama.cpp's llama_print_system_info() (build flags), from a worker."""
+    """llama.cpp's llama_print_system_info() (build flags), from a worker; empty when llama.cpp is not installed."""
+    if not registry.get(DEFAULT_BACKEND).probe().available:
+        return ""
     try:
         return run_worker({"backend": DEFAULT_BACKEND, "op": "system_info"}, 60.0)["system_info"]
     except WorkerFailure as exc:

@@ -13,6 +13,7 @@ from fleetfit.agent import nvml
 from fleetfit.agent.backends import registry
 from fleetfit.v1 import fleetfit_pb2 as pb
 
+
 def agent_version() -> str:
     try:
         return importlib.metadata.version("fleetfit")

@@ -77,11 +77,13 @@ def _profile_synthetic(arch, quant: str, request: pb.ProfileRequest, device_id: 
         synth.write_synthetic(arch, quant, path, force=True)  # RAM and disk were checked by the caller
     except ModelError as exc:  # e.g. the disk filled up mid-write; the partial file is gone
         return _unmeasured(arch, quant, request, device_id, pb.FAILURE_KIND_ERROR, str(exc), "synthetic write failed")
+    run = pb.ProfileRequest()
+    run.CopyFrom(request)
+    run.model.CopyFrom(pb.ModelRef(path=str(path)))  # the file just written (written with force, deleted after)
     try:
-        request.model.path = str(path)
-        result = profiling.profile(request, device_id, cache_dir, memory_limit_bytes=cap)
+        result = profiling.profile(run, device_id, cache_dir, memory_limit_bytes=cap)
         if _decode_collapsed(result, previous, fraction):
-            again = profiling.profile(request, device_id, cache_dir, memory_limit_bytes=cap)
+            again = profiling.profile(run, device_id, cache_dir, memory_limit_bytes=cap)
             if again.decode_tokens_per_s.mean > result.decode_tokens_per_s.mean:
                 result = again
     finally:

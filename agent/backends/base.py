@@ -14,7 +14,7 @@ import pathlib
 from typing import ClassVar
 
 from fleetfit.agent import model_cache
-from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
+from fleetfit.agent.isolation import Deadline, run_worker
 from fleetfit.models import backends as vocabulary
 from fleetfit.models import catalogue, real_models
 from fleetfit.models import roofline as rl

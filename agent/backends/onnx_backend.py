@@ -4,9 +4,6 @@ onnxruntime.quantization, on the CPU execution provider (CUDA's when present). T
 
 from fleetfit.agent.backends.base import Backend, RunFigures, WorkerJob
 
-PROVIDER_DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}
-
-
 class OnnxRuntime(Backend):
     NAME = "onnxruntime"
     IMPORT_NAME = "onnxruntime"
@@ -28,11 +25,8 @@ class OnnxRuntime(Backend):
         from fleetfit.agent.backends import onnx_runtime as runtime
 
         if op == "capabilities":  # one row per precision on each execution provider this build has
-            import onnxruntime as ort
-
-            devices = [PROVIDER_DEVICES[p] for p in ort.get_available_providers() if p in PROVIDER_DEVICES]
             return {"capabilities": [{"device": device, "precision": precision, "supported": True}
-                                     for device in devices for precision in runtime.PRECISIONS]}
+                                     for device in runtime.compute_devices() for precision in runtime.PRECISIONS]}
         if op == "greedy":
             return {"tokens": runtime.greedy(args["model_path"], args["prompt_tokens"], args["n_gen"],
                                              args.get("precision", "fp32"), args["cache_dir"], args["threads"])}

@@ -21,6 +21,7 @@ from fleetfit.models.backends import backend
 PRECISIONS = backend("onnxruntime").precisions
 
 EXPORT_VERSION = "1"
+PROVIDER_DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}
 
 
 def _export(gguf_path: str, out: pathlib.Path) -> None:
@@ -120,6 +121,13 @@ def cache_folder(gguf_path: str, cache_dir: str) -> pathlib.Path:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return pathlib.Path(cache_dir) / "onnx" / f"{digest.hexdigest()[:16]}-v{EXPORT_VERSION}"
+
+
+def compute_devices() -> list[str]:
+    """The compute devices of the execution providers this onnxruntime build has (of those fleetfit uses)."""
+    import onnxruntime as ort
+
+    return [device for provider, device in PROVIDER_DEVICES.items() if provider in ort.get_available_providers()]
 
 
 def _session(path: pathlib.Path, threads: int):

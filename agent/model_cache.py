@@ -99,12 +99,21 @@ def cached_models(cache_dir: pathlib.Path) -> list[tuple[str, str, pathlib.Path,
     rows = []
     for path in sorted((cache_dir / "models").glob("*/*.gguf")):
         name = path.parent.name
-        rows.append((name, path.stem.removeprefix(f"{name}-"), path, path.stat().st_size))
+        rows.append((name, path.stem.removeprefix(f"{name}-"), path))
     for path in sorted((cache_dir / "synthetic").glob("*.gguf")):
         name, _, quant = path.stem.rpartition("-")
         if name:
-            rows.append((name, quant, path, path.stat().st_size))
-    return rows
+            rows.append((name, quant, path))
+    return [(name, quant, path, size) for name, quant, path in rows if (size := _regular_file_size(path)) is not None]
+
+
+def _regular_file_size(path: pathlib.Path) -> int | None:
+    """The size of a regular file; None for anything else in the cache (a broken link, a loop, a FIFO)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 # ---------------------------------------------------------------- making files, one process at a time

@@ -1,6 +1,7 @@
 """The model cache: catalogue shapes synthesized for llama.cpp, and files made safely by processes racing on one
 cache (real fleetfit-agent processes, real llama.cpp)."""
 
+import json
 import os
 import subprocess
 
@@ -79,3 +80,16 @@ def test_two_processes_synthesizing_the_same_shape_both_get_it(tmp_path):
     assert {p.stdout.strip() for p in procs} == {str(target)}
     assert inspect_gguf(target).n_params == catalogue.n_params(catalogue.architecture("distilgpt2"))
     assert leftovers(shared) == []
+
+
+def test_models_list_passes_over_what_is_not_a_regular_file(tmp_path):
+    from tests.conftest import run_cli
+
+    folder = tmp_path / "models" / "smollm2-135m"
+    folder.mkdir(parents=True)
+    (folder / "smollm2-135m-Q4_0.gguf").symlink_to(tmp_path / "gone.gguf")  # a broken link
+    (folder / "smollm2-135m-F16.gguf").symlink_to(folder / "smollm2-135m-F16.gguf")  # a loop
+    (folder / "smollm2-135m-Q8_0.gguf").write_bytes(b"GGUF")
+    listed = run_cli("fleetfit-agent", "models", "list", "--json", "--cache-dir", str(tmp_path))
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    assert [row["quant"] for row in json.loads(listed.stdout)] == ["Q8_0"]

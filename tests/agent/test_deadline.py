@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from fleetfit.agent import device_probe, identity, profiling
-from fleetfit.coordinator.server import BackgroundCoordinator
+from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.conftest import BIN, fleet_stub
 

@@ -178,7 +178,7 @@ async def bench(db_url: str, args, work: pathlib.Path) -> dict:
         figures["ingest_per_s"] = args.results / elapsed
         figures["ingest_p50_ms"], figures["ingest_p99_ms"] = (1000 * percentile(latencies, q) for q in (0.5, 0.99))
         figures["ingest_server_cpu"] = (coordinator.cpu_s() - cpu0) / elapsed
-        stored = (await fleet.ListDevices(pb.ListDevicesRequest(), timeout=60, metadata=operator)).devices
+        stored = await all_devices(fleet, operator)
         figures["stored"] = sum(d.results for d in stored)
 
         # contact: idle agents long-polling, as fleetfit-agent run does; counted once every agent is in its cycle
@@ -196,7 +196,7 @@ async def bench(db_url: str, args, work: pathlib.Path) -> dict:
         await asyncio.gather(*(idle_agent(n) for n in range(args.agents)))
         figures["contact_server_cpu"] = (coordinator.cpu_s() - cpu0) / (time.monotonic() - begin)
         figures["contacts_per_s"] = sum(1 for t in starts if t >= steady_from) / (stop_at - steady_from)
-        devices = (await fleet.ListDevices(pb.ListDevicesRequest(), timeout=60, metadata=operator)).devices
+        devices = await all_devices(fleet, operator)
         figures["lost"] = sum(1 for d in devices if d.status != "online")
         figures["max_silence_s"] = max(time.time() - d.last_seen_unix_s for d in devices)
 
@@ -232,6 +232,17 @@ def postgres_schema_url() -> tuple[str, callable]:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
     return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}", drop
+
+
+async def all_devices(fleet, operator) -> list:
+    """Every device, following ListDevices' pages."""
+    request, found = pb.ListDevicesRequest(), []
+    while True:
+        reply = await fleet.ListDevices(request, timeout=60, metadata=operator)
+        found += reply.devices
+        if not reply.next_page_token:
+            return found
+        request.page_token = reply.next_page_token
 
 
 def main() -> int:

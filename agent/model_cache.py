@@ -61,11 +61,11 @@ def checked_name(name: str) -> str:
 
 
 def checked_file(path: str, allowed_dirs: list[pathlib.Path] | None) -> str:
-    """The file's resolved path (symlinks followed). With `allowed_dirs` (a job), only a regular file inside one of
-    them, refused with PATH_REFUSED otherwise; None: the device's owner at their terminal, any file."""
-    real = os.path.realpath(path)
+    """The file to open. With `allowed_dirs` (a job): its resolved path (symlinks followed), only a regular file inside one of
+    them, refused with PATH_REFUSED otherwise; None: the device's owner at their terminal, any file, as typed."""
     if allowed_dirs is None:
-        return real
+        return path  # as typed, so that a broken link or a loop is named as such when it is opened
+    real = os.path.realpath(path)
     roots = [os.path.realpath(d) for d in allowed_dirs]
     if not any(os.path.commonpath([real, root]) == root for root in roots):
         raise ModelError(PATH_REFUSED)

@@ -123,7 +123,8 @@ def test_the_agent_process_stays_up_on_a_full_disk_and_keeps_serving(small_disk,
         while not fleet.ListDevices(pb.ListDevicesRequest(), timeout=5).devices:
             assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
             time.sleep(0.2)
-        request = pb.ProfileRequest(model=pb.ModelRef(path=str(allowed / "bad.gguf")), backend="llama.cpp",
+        # a job that fails fast on the device is still a result to keep: no synthetic IQ2_XS file can be made
+        request = pb.ProfileRequest(model=pb.ModelRef(name="distilgpt2"), backend="llama.cpp", quant="IQ2_XS",
                                     n_prompt=16, n_gen=4, repetitions=1, idle_baseline_s=0)
         for n in (1, 2):
             fill(small_disk)
@@ -131,7 +132,7 @@ def test_the_agent_process_stays_up_on_a_full_disk_and_keeps_serving(small_disk,
             while (job := fleet.GetJobs(pb.GetJobsRequest(job_ids=[job_id]), timeout=5).jobs[0]).state != "failed":
                 assert time.monotonic() < deadline + 60 and proc.poll() is None, log.read_text()
                 time.sleep(0.2)
-            assert "not a GGUF file" in job.error  # the agent's own result, not a lease that expired
+            assert "IQ2_XS" in job.error and "lease" not in job.error  # the agent's own result, not an expired lease
             assert coordinator.store.result_count() == n
         while len(lines := [x for x in log.read_text().splitlines() if "outbox write failed" in x]) < 2:
             assert time.monotonic() < deadline + 60, log.read_text()  # logged just after the result was sent

@@ -58,6 +58,8 @@ def test_probe_results_reach_the_coordinator(coordinator, tmp_path):
     devices = fleet_stub(coordinator).ListDevices(pb.ListDevicesRequest(), timeout=10).devices
     assert [d.inventory.device_id for d in devices] == ["probe-dev"]
     table = fleet_stub(coordinator).GetTable(pb.TableRequest(name="memory"), timeout=10)
-    measured = [row for row in table.rows if row.cells[1].string_value == "smollm2-135m"]
-    assert len(measured) == 1 and measured[0].cells[0].string_value == devices[0].inventory.hostname
+    col = list(table.columns).index
+    measured = [row for row in table.rows if row.cells[col("model")].string_value == "smollm2-135m"]
+    assert len(measured) == 1 and measured[0].cells[col("device")].string_value == devices[0].inventory.hostname
+    assert measured[0].cells[col("backend")].string_value == "llama.cpp"
     assert measured[0].cells[list(table.columns).index("Q4_0 GB")].number_value > 0.05  # measured peak GB

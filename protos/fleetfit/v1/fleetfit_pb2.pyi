@@ -152,7 +152,7 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class ProfileRequest(_message.Message):
-    __slots__ = ("model", "backend", "quant", "n_prompt", "n_gen", "repetitions", "threads", "timeout_s", "idle_baseline_s", "device")
+    __slots__ = ("model", "backend", "quant", "n_prompt", "n_gen", "repetitions", "threads", "timeout_s", "idle_baseline_s", "device", "gpu_layers", "parallel")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     QUANT_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,8 @@ class ProfileRequest(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     IDLE_BASELINE_S_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    PARALLEL_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     backend: str
     quant: str
@@ -173,7 +175,9 @@ class ProfileRequest(_message.Message):
     timeout_s: float
     idle_baseline_s: float
     device: str
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., backend: _Optional[str] = ..., quant: _Optional[str] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., threads: _Optional[int] = ..., timeout_s: _Optional[float] = ..., idle_baseline_s: _Optional[float] = ..., device: _Optional[str] = ...) -> None: ...
+    gpu_layers: int
+    parallel: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., backend: _Optional[str] = ..., quant: _Optional[str] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., threads: _Optional[int] = ..., timeout_s: _Optional[float] = ..., idle_baseline_s: _Optional[float] = ..., device: _Optional[str] = ..., gpu_layers: _Optional[int] = ..., parallel: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Stat(_message.Message):
     __slots__ = ("mean", "stdev", "samples")
@@ -196,7 +200,7 @@ class Provenance(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., method: _Optional[str] = ..., scope: _Optional[str] = ...) -> None: ...
 
 class ProfileResult(_message.Message):
-    __slots__ = ("result_id", "device_id", "request", "failure", "error", "model_name", "model_file", "model_sha256", "model_file_bytes", "model_n_params", "model_arch", "quant", "backend_version", "backend_build", "threads", "n_batch", "n_ubatch", "n_ctx", "n_prompt", "n_gen", "repetitions", "warmup", "load_time_s", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "provenance", "started_unix_s", "wall_s", "power", "roofline", "model_origin", "memory_limit_bytes", "compute_device", "weight_bytes", "gpu_memory")
+    __slots__ = ("result_id", "device_id", "request", "failure", "error", "model_name", "model_file", "model_sha256", "model_file_bytes", "model_n_params", "model_arch", "quant", "backend_version", "backend_build", "threads", "n_batch", "n_ubatch", "n_ctx", "n_prompt", "n_gen", "repetitions", "warmup", "load_time_s", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "provenance", "started_unix_s", "wall_s", "power", "roofline", "model_origin", "memory_limit_bytes", "compute_device", "weight_bytes", "gpu_memory", "gpu_layers", "serving")
     RESULT_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +240,8 @@ class ProfileResult(_message.Message):
     COMPUTE_DEVICE_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
     GPU_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
     result_id: str
     device_id: str
     request: ProfileRequest
@@ -275,10 +281,36 @@ class ProfileResult(_message.Message):
     compute_device: str
     weight_bytes: int
     gpu_memory: GpuMemory
-    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ..., model_name: _Optional[str] = ..., model_file: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_file_bytes: _Optional[int] = ..., model_n_params: _Optional[int] = ..., model_arch: _Optional[str] = ..., quant: _Optional[str] = ..., backend_version: _Optional[str] = ..., backend_build: _Optional[str] = ..., threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., n_ubatch: _Optional[int] = ..., n_ctx: _Optional[int] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., warmup: _Optional[bool] = ..., load_time_s: _Optional[float] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., peak_rss_bytes: _Optional[int] = ..., baseline_rss_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., started_unix_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., power: _Optional[_Union[PowerTelemetry, _Mapping]] = ..., roofline: _Optional[_Union[Roofline, _Mapping]] = ..., model_origin: _Optional[str] = ..., memory_limit_bytes: _Optional[int] = ..., compute_device: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., gpu_memory: _Optional[_Union[GpuMemory, _Mapping]] = ...) -> None: ...
+    gpu_layers: int
+    serving: _containers.RepeatedCompositeFieldContainer[ServingPoint]
+    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ..., model_name: _Optional[str] = ..., model_file: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_file_bytes: _Optional[int] = ..., model_n_params: _Optional[int] = ..., model_arch: _Optional[str] = ..., quant: _Optional[str] = ..., backend_version: _Optional[str] = ..., backend_build: _Optional[str] = ..., threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., n_ubatch: _Optional[int] = ..., n_ctx: _Optional[int] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., warmup: _Optional[bool] = ..., load_time_s: _Optional[float] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., peak_rss_bytes: _Optional[int] = ..., baseline_rss_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., started_unix_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., power: _Optional[_Union[PowerTelemetry, _Mapping]] = ..., roofline: _Optional[_Union[Roofline, _Mapping]] = ..., model_origin: _Optional[str] = ..., memory_limit_bytes: _Optional[int] = ..., compute_device: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., gpu_memory: _Optional[_Union[GpuMemory, _Mapping]] = ..., gpu_layers: _Optional[int] = ..., serving: _Optional[_Iterable[_Union[ServingPoint, _Mapping]]] = ...) -> None: ...
+
+class ServingPoint(_message.Message):
+    __slots__ = ("parallel", "aggregate_decode_tokens_per_s", "per_stream_decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "peak_memory_bytes", "decode_energy_per_token_j", "energy_provenance", "gpu_memory")
+    PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATE_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    PER_STREAM_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    TTFT_MS_P50_FIELD_NUMBER: _ClassVar[int]
+    TTFT_MS_P99_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DECODE_ENERGY_PER_TOKEN_J_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    parallel: int
+    aggregate_decode_tokens_per_s: Stat
+    per_stream_decode_tokens_per_s: Stat
+    prefill_tokens_per_s: Stat
+    ttft_ms_p50: Stat
+    ttft_ms_p99: Stat
+    peak_memory_bytes: Stat
+    decode_energy_per_token_j: float
+    energy_provenance: str
+    gpu_memory: GpuMemory
+    def __init__(self, parallel: _Optional[int] = ..., aggregate_decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., per_stream_decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., ttft_ms_p50: _Optional[_Union[Stat, _Mapping]] = ..., ttft_ms_p99: _Optional[_Union[Stat, _Mapping]] = ..., peak_memory_bytes: _Optional[_Union[Stat, _Mapping]] = ..., decode_energy_per_token_j: _Optional[float] = ..., energy_provenance: _Optional[str] = ..., gpu_memory: _Optional[_Union[GpuMemory, _Mapping]] = ...) -> None: ...
 
 class GpuMemory(_message.Message):
-    __slots__ = ("device_name", "torch_allocated_peak_bytes", "torch_reserved_peak_bytes", "nvml_process_used_bytes", "cuda_context_bytes", "fit_bytes", "note")
+    __slots__ = ("device_name", "torch_allocated_peak_bytes", "torch_reserved_peak_bytes", "nvml_process_used_bytes", "cuda_context_bytes", "fit_bytes", "note", "backend_buffer_bytes")
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     TORCH_ALLOCATED_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
     TORCH_RESERVED_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -286,6 +318,7 @@ class GpuMemory(_message.Message):
     CUDA_CONTEXT_BYTES_FIELD_NUMBER: _ClassVar[int]
     FIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_BUFFER_BYTES_FIELD_NUMBER: _ClassVar[int]
     device_name: str
     torch_allocated_peak_bytes: int
     torch_reserved_peak_bytes: int
@@ -293,7 +326,8 @@ class GpuMemory(_message.Message):
     cuda_context_bytes: int
     fit_bytes: int
     note: str
-    def __init__(self, device_name: _Optional[str] = ..., torch_allocated_peak_bytes: _Optional[int] = ..., torch_reserved_peak_bytes: _Optional[int] = ..., nvml_process_used_bytes: _Optional[int] = ..., cuda_context_bytes: _Optional[int] = ..., fit_bytes: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
+    backend_buffer_bytes: int
+    def __init__(self, device_name: _Optional[str] = ..., torch_allocated_peak_bytes: _Optional[int] = ..., torch_reserved_peak_bytes: _Optional[int] = ..., nvml_process_used_bytes: _Optional[int] = ..., cuda_context_bytes: _Optional[int] = ..., fit_bytes: _Optional[int] = ..., note: _Optional[str] = ..., backend_buffer_bytes: _Optional[int] = ...) -> None: ...
 
 class PhaseEnergy(_message.Message):
     __slots__ = ("phase", "source", "scope", "method", "provenance", "rate_hz", "duration_s", "energy_mj", "net_energy_mj", "idle_power_w", "average_power_w", "peak_power_w", "tokens", "joules_per_token", "net_joules_per_token", "tokens_per_joule", "samples", "samples_skipped", "coverage", "note")

@@ -2,27 +2,97 @@
 # Install fleetfit with all its extras (and the test tools) into the active Python environment.
 #
 # llama-cpp-python is a source distribution: pip compiles the llama.cpp it vendors (about 5 minutes on
-# 2 cores). On x86_64 we compile for a portable CPU level (AVX2/FMA/F16C, no AVX-512, no AMX) rather than
-# -march=native: virtual machines often advertise AMX without enabling it, and llama.cpp's AMX kernels
-# then die with SIGILL on every quantized model. The wheel is kept in a wheelhouse keyed by those flags,
+# 2 cores). We build what a user's own llama.cpp build gets: kernels for this CPU (-march=native), and CUDA
+# when an NVIDIA GPU and the CUDA toolkit are present (Metal is llama.cpp's default on macOS). A CPU can
+# advertise an instruction set its OS does not enable (AMX on some VMs), and the first quantized kernel
+# then dies with SIGILL; so each build is checked by a tiny quantized run in a child process
+# (agent/backends/llama_cpp_check.py) and, if it fails, the next one is tried: native without AMX, then a
+# portable level. Wheels are kept in a wheelhouse keyed by the flags (and, for native builds, by the CPU),
 # because pip's own wheel cache ignores CMAKE_ARGS and would hand back a build made with other flags.
+# The build chosen, and why, is written to $PREFIX/share/fleetfit/llama-cpp-build.json for
+# `fleetfit-agent info` and every result's backend_build.
+#
+# FLEETFIT_LLAMA_CMAKE_ARGS=... builds exactly those flags (checked, no fall-back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/llama-cpp-build.env
-if [ "$(uname -m)" = "x86_64" ]; then
-  LLAMA_CMAKE_ARGS="$LLAMA_CMAKE_ARGS_X86_64"
-else
-  LLAMA_CMAKE_ARGS="${CMAKE_ARGS:-}"
-fi
-key=$(printf '%s %s' "$LLAMA_CPP_PYTHON" "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)
-wheelhouse="${FLEETFIT_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/fleetfit/wheelhouse}/$key"
+arch=$(uname -m)
 
-if ! ls "$wheelhouse"/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl >/dev/null 2>&1; then
-  echo "building llama-cpp-python $LLAMA_CPP_PYTHON ($LLAMA_CMAKE_ARGS); this takes a few minutes once"
-  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-    python -m pip wheel --no-cache-dir --no-deps "llama-cpp-python==$LLAMA_CPP_PYTHON" -w "$wheelhouse"
+# --- GPU: CUDA when an NVIDIA GPU (or a Jetson) and nvcc are both here; say why not otherwise.
+gpu_args="" gpu_note="no NVIDIA GPU found: CPU-only build"
+nvidia_gpu=""
+if { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; } || [ -e /etc/nv_tegra_release ]; then
+  nvidia_gpu=yes
 fi
-# Forced, because an llama-cpp-python 0.3.36 built with other flags may already be installed.
-python -m pip install --no-deps --force-reinstall "$wheelhouse"/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl
-python -m pip install --find-links "$wheelhouse" -e ".[all,dev]"
+if [ "$(uname -s)" = "Darwin" ]; then
+  gpu_note="macOS: llama.cpp's default build uses Metal"
+elif [ -n "$nvidia_gpu" ]; then
+  nvcc=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
+  if [ -n "$nvcc" ]; then
+    export PATH="$(dirname "$nvcc"):$PATH"
+    gpu_args="-DGGML_CUDA=ON"
+    gpu_note="NVIDIA GPU and CUDA toolkit found ($("$nvcc" --version | grep -o 'release [0-9.]*' || echo nvcc)): CUDA build"
+  else
+    gpu_note="NVIDIA GPU found but no CUDA toolkit (nvcc): CPU-only build; install the toolkit and rerun to use the GPU"
+  fi
+fi
+echo "llama.cpp: $gpu_note"
+
+# --- the builds to try, best first: "name|CMAKE_ARGS|CFLAGS"
+if [ -n "${FLEETFIT_LLAMA_CMAKE_ARGS:-}" ]; then
+  builds=("custom|$FLEETFIT_LLAMA_CMAKE_ARGS|")
+elif [ "$arch" = "x86_64" ]; then
+  builds=("native|$LLAMA_CMAKE_ARGS_NATIVE $gpu_args|"
+          "native-no-amx|$LLAMA_CMAKE_ARGS_NATIVE $gpu_args|$LLAMA_CFLAGS_NO_AMX"
+          "portable|$LLAMA_CMAKE_ARGS_X86_64_PORTABLE $gpu_args|")
+else
+  builds=("native|$LLAMA_CMAKE_ARGS_NATIVE $gpu_args|" "generic|$LLAMA_CMAKE_ARGS_GENERIC $gpu_args|")
+fi
+cpu_id=$( { uname -m; grep -m1 -E '^(model name|flags|Features|CPU part)' /proc/cpuinfo 2>/dev/null \
+            || sysctl -n machdep.cpu.brand_string 2>/dev/null || true; } | sha256sum | cut -c1-12)
+wheel_root="${FLEETFIT_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/fleetfit/wheelhouse}"
+
+fleetfit_installed="" tried=""
+for build in "${builds[@]}"; do
+  IFS='|' read -r name cmake_args cflags <<<"$build"
+  cmake_args=$(echo "$cmake_args" | xargs)  # trim
+  key_cpu=""; [ "$name" = "portable" ] || [ "$name" = "generic" ] || key_cpu="$cpu_id"
+  key=$(printf '%s %s %s %s' "$LLAMA_CPP_PYTHON" "$cmake_args" "$cflags" "$key_cpu" | sha256sum | cut -c1-12)
+  wheelhouse="$wheel_root/$key"
+  if [ -e "$wheelhouse/check-failed" ]; then
+    tried="$tried$name: $(cat "$wheelhouse/check-failed"); "
+    echo "llama.cpp build '$name' failed its check on this machine before ($wheelhouse); skipping it"
+    continue
+  fi
+  if ! ls "$wheelhouse"/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl >/dev/null 2>&1; then
+    echo "building llama-cpp-python $LLAMA_CPP_PYTHON, build '$name' ($cmake_args${cflags:+ CFLAGS=$cflags}); this takes a few minutes once"
+    CMAKE_ARGS="$cmake_args" CFLAGS="$cflags" CXXFLAGS="$cflags" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+      python -m pip wheel --no-cache-dir --no-deps "llama-cpp-python==$LLAMA_CPP_PYTHON" -w "$wheelhouse"
+  fi
+  # Forced, because an llama-cpp-python 0.3.36 built with other flags may already be installed.
+  python -m pip install --no-deps --force-reinstall "$wheelhouse"/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl
+  if [ -z "$fleetfit_installed" ]; then
+    python -m pip install --find-links "$wheelhouse" -e ".[all,dev]"
+    fleetfit_installed=yes
+  fi
+  if [ -e "$wheelhouse/check-passed" ] || failure=$(python -m fleetfit.agent.backends.llama_cpp_check 2>&1 >/dev/null); then
+    touch "$wheelhouse/check-passed"
+    echo "llama.cpp build '$name' passed its check (Q4_0, Q8_0, Q4_K and F16 ran in a child process)"
+    NAME="$name" CMAKE="$cmake_args" CFL="$cflags" GPU="$gpu_note" TRIED="$tried" python - <<'EOF'
+import json, os, pathlib, sys
+out = pathlib.Path(sys.prefix) / "share" / "fleetfit" / "llama-cpp-build.json"
+out.parent.mkdir(parents=True, exist_ok=True)
+out.write_text(json.dumps({"build": os.environ["NAME"], "cmake_args": os.environ["CMAKE"],
+                           "cflags": os.environ["CFL"], "gpu": os.environ["GPU"],
+                           "checked": "Q4_0, Q8_0, Q4_K and F16 ran in a child process",
+                           "fell_back_from": os.environ["TRIED"].strip("; ")}, indent=1) + "\n")
+EOF
+    exit 0
+  fi
+  echo "llama.cpp build '$name' failed its check: $failure"
+  printf '%s' "$(echo "$failure" | tail -1 | cut -c1-200)" >"$wheelhouse/check-failed"
+  tried="$tried$name: $(cat "$wheelhouse/check-failed"); "
+done
+echo "no llama.cpp build ran on this machine ($tried); fleetfit is installed, but its llama.cpp backend will fail" >&2
+exit 1

@@ -102,9 +102,13 @@ def info(as_json: Json = False,
             rows = [c for c in backend.capabilities if c.device == compute]
             runs = " ".join(c.precision for c in rows if c.supported) or "nothing"
             typer.echo(f"  {compute}: runs {runs}")
+            refused: dict[str, list[str]] = {}
             for c in rows:
                 if not c.supported:
-                    typer.echo(f"  {compute}: not {c.precision}: {c.reason}")
+                    refused.setdefault(c.reason, []).append(c.precision)
+            for reason, precisions in refused.items():
+                which = "any precision" if len(precisions) == len(rows) else " ".join(precisions)
+                typer.echo(f"  {compute}: not {which}: {reason}")
         if backend.models:
             typer.echo(f"  models: {' '.join(backend.models)}")
     if device.llama_system_info:
@@ -289,6 +293,8 @@ def profile(
     compute_device: Annotated[str, typer.Option(
         "--device", help="cpu, cuda or cuda:N (llama.cpp: cpu keeps every layer on the CPU); "
                          "empty = the GPU when present, else CPU.")] = "",
+    gpu_layers: Annotated[Optional[int], typer.Option(
+        help="llama.cpp: layers to offload to the GPU (0 = CPU only); default: all the build can offload.")] = None,
     threads: Annotated[int, typer.Option(help="0 = physical cores.")] = 0,
     n_prompt: Annotated[int, typer.Option(help="Prompt tokens for the prefill test.")] = 512,
     n_gen: Annotated[int, typer.Option(help="Tokens for the decode test.")] = 128,
@@ -304,7 +310,7 @@ def profile(
     from fleetfit.agent import inventory, profiling, report
 
     request = profiling.make_request(model, quant, backend, n_prompt, n_gen, repetitions, threads, timeout,
-                                     idle_baseline, compute_device)
+                                     idle_baseline, compute_device, gpu_layers)
     result = profiling.profile(request, device_id or inventory.default_device_id(), _cache(cache_dir))
     typer.echo(_to_json(result) if as_json else report.markdown([result]))
     if result.failure:

@@ -48,3 +48,25 @@ def list_gpus(nvml=None) -> tuple[list[pb.GpuInfo], str]:
         return [], f"NVML query failed: {exc}"
     finally:
         nvml.nvmlShutdown()
+
+
+def process_used_bytes(index: int, pid: int, nvml=None) -> tuple[int | None, str]:
+    """GPU memory NVML attributes to process `pid` on GPU `index` (CUDA context included), and a note saying
+    why it is None when it is. Assumes CUDA and NVML number GPUs alike (CUDA_DEVICE_ORDER=PCI_BUS_ID)."""
+    nvml = nvml or load_nvml()
+    if nvml is None:
+        return None, NOT_INSTALLED
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError as exc:
+        return None, f"NVML unavailable: {exc}"
+    try:
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == pid and proc.usedGpuMemory is not None:
+                return int(proc.usedGpuMemory), ""
+        return None, "NVML lists no memory for this process (in a container NVML may not see its pid)"
+    except nvml.NVMLError as exc:
+        return None, f"NVML per-process query failed: {exc}"
+    finally:
+        nvml.nvmlShutdown()

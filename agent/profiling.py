@@ -45,13 +45,16 @@ def default_threads() -> int:
 
 def make_request(model: str, quant: str | None = None, backend: str = DEFAULT_BACKEND, n_prompt: int = 512,
                  n_gen: int = 128, repetitions: int = 5, threads: int = 0, timeout_s: float = 0.0,
-                 idle_baseline_s: float | None = None, device: str = "") -> pb.ProfileRequest:
+                 idle_baseline_s: float | None = None, device: str = "",
+                 gpu_layers: int | None = None) -> pb.ProfileRequest:
     """A request as the device's owner types it: `model` is a file when it looks like one, else a model name."""
     ref = pb.ModelRef(path=model) if model_cache.is_path(model) else pb.ModelRef(name=model)
     request = pb.ProfileRequest(model=ref, backend=backend, quant=quant or "", n_prompt=n_prompt, n_gen=n_gen,
                                 repetitions=repetitions, threads=threads, timeout_s=timeout_s, device=device)
     if idle_baseline_s is not None:
         request.idle_baseline_s = idle_baseline_s
+    if gpu_layers is not None:
+        request.gpu_layers = gpu_layers
     return request
 
 
@@ -158,7 +161,8 @@ def _measure(result: pb.ProfileResult, backend: Backend, target: RunTarget, job:
     for stat in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms"):
         getattr(result, stat).CopyFrom(pb.Stat(**dataclasses.asdict(getattr(figures, stat))))
     for field in ("load_time_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "n_batch", "n_ubatch",
-                  "n_ctx", "threads", "backend_version", "backend_build", "compute_device", "weight_bytes"):
+                  "n_ctx", "threads", "backend_version", "backend_build", "compute_device", "weight_bytes",
+                  "gpu_layers"):
         if getattr(figures, field) is not None:
             setattr(result, field, getattr(figures, field))
     if figures.gpu_memory is not None:

@@ -16,7 +16,7 @@ import dataclasses
 import difflib
 import hashlib
 
-from fleetfit.coordinator import scaling
+from fleetfit.coordinator import offload, scaling
 from fleetfit.coordinator.devices import display_names
 from fleetfit.coordinator.devices import find as find_device
 from fleetfit.coordinator.limits import backend_of, limit_row, quant_of
@@ -128,7 +128,34 @@ def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str
                                                    method=f"decode {watts:.1f} W ({method}) / decode tok/s"))
     present = [f.provenance for f in (out.memory_bytes, out.decode_tokens_per_s) if f.provenance]
     out.provenance = max(present, key=RANK.get) if present else ""
-    return _verdict(out, device, min_decode_tps, max_watts, watts)
+    out = _verdict(out, device, min_decode_tps, max_watts, watts)
+    if arch is not None and spec.name == "llama.cpp":
+        _add_offload(out, device, arch, quant, context)
+    return out
+
+
+def _add_offload(out: pb.FitAnswer, device: pb.DeviceInventory, arch, quant: str, context: int) -> None:
+    """On a device whose llama.cpp build offloads to a GPU: how many layers fit that GPU, and their speed."""
+    llama = next((b for b in device.backends if b.name == "llama.cpp"), None)
+    offloads = llama is not None and any(c.supported and c.device.startswith("cuda") for c in llama.capabilities)
+    gpu = max(device.gpus, key=lambda g: g.memory_total_bytes, default=None)
+    if not offloads or gpu is None or not gpu.memory_total_bytes:
+        return
+    split = offload.largest(device, gpu.memory_total_bytes, arch, quant, context, TIGHT)
+    out.gpu_layers = split.gpu_layers
+    how = f"{split.method}; at ctx {context}"
+    if split.gpu_layers:
+        out.gpu_memory_bytes.CopyFrom(pb.FitFigure(value=split.gpu_bytes, provenance="estimated", method=how))
+    if split.decode_tps is not None:
+        out.offload_decode_tokens_per_s.CopyFrom(pb.FitFigure(value=split.decode_tps, provenance="estimated",
+                                                              method=how))
+    speed = f", estimated decode ~{split.decode_tps:.1f} tok/s" if split.decode_tps is not None else ""
+    whole = split.gpu_layers > arch.n_layers
+    out.reason += (f"; GPU {gpu.name} ({gpu.memory_total_bytes / MIB:.0f} MiB): "
+                   + (f"the whole model fits (~{split.gpu_bytes / MIB:.0f} MiB){speed}" if whole else
+                      f"{split.gpu_layers} of {arch.n_layers} layers fit (--gpu-layers {split.gpu_layers}, "
+                      f"~{split.gpu_bytes / MIB:.0f} MiB){speed}" if split.gpu_layers else
+                      "not even one layer fits; it runs on the CPU"))
 
 
 def _capacity_bytes(device: pb.DeviceInventory, out: pb.FitAnswer) -> int:

@@ -12,7 +12,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "threads": (0, 1024),          # 0: the agent's default (physical cores)
     "timeout_s": (0, 86400),       # 0: the agent's default
     "idle_baseline_s": (0, 600),
+    "gpu_layers": (0, 10000),      # llama.cpp layers to offload; absent: all the build can offload
 }
+OPTIONAL_FIELDS = ("idle_baseline_s", "gpu_layers")  # checked only when set
 COMPUTE_DEVICE = re.compile(r"(|auto|cpu|cuda|cuda:\d{1,3})")
 # A model is named, never located: a catalogue or real model name, no path separators, no leading dot.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -53,6 +55,6 @@ def check_parameters(request) -> None:
     if request.model.path:
         raise ValueError("model.path is refused: jobs name catalogue models (model.name), never files")
     for field in BOUNDS:
-        if field != "idle_baseline_s" or request.HasField("idle_baseline_s"):
+        if field not in OPTIONAL_FIELDS or request.HasField(field):
             check_value(field, getattr(request, field))
     check_compute_device(request.device)

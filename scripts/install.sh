@@ -76,16 +76,22 @@ for build in "${builds[@]}"; do
     python -m pip install --find-links "$wheelhouse" -e ".[all,dev]"
     fleetfit_installed=yes
   fi
-  if [ -e "$wheelhouse/check-passed" ] || failure=$(python -m fleetfit.agent.backends.llama_cpp_check 2>&1 >/dev/null); then
+  check=0
+  [ -e "$wheelhouse/check-passed" ] || failure=$(python -m fleetfit.agent.backends.llama_cpp_check 2>&1 >/dev/null) || check=$?
+  if [ "$check" -eq 2 ]; then
+    echo "$failure" >&2
+    exit 1
+  fi
+  if [ "$check" -eq 0 ]; then
     touch "$wheelhouse/check-passed"
-    echo "llama.cpp build '$name' passed its check (Q4_0, Q8_0, Q4_K and F16 ran in a child process)"
+    echo "llama.cpp build '$name' passed its check (Q4_0, Q8_0, Q4_K_M and F16 ran in a child process)"
     NAME="$name" CMAKE="$cmake_args" CFL="$cflags" GPU="$gpu_note" TRIED="$tried" python - <<'EOF'
 import json, os, pathlib, sys
 out = pathlib.Path(sys.prefix) / "share" / "fleetfit" / "llama-cpp-build.json"
 out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(json.dumps({"build": os.environ["NAME"], "cmake_args": os.environ["CMAKE"],
                            "cflags": os.environ["CFL"], "gpu": os.environ["GPU"],
-                           "checked": "Q4_0, Q8_0, Q4_K and F16 ran in a child process",
+                           "checked": "Q4_0, Q8_0, Q4_K_M and F16 ran in a child process",
                            "fell_back_from": os.environ["TRIED"].strip("; ")}, indent=1) + "\n")
 EOF
     exit 0

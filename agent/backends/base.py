@@ -45,6 +45,7 @@ class GpuMemoryFigures:
     cuda_context_bytes: int | None = None
     fit_bytes: int | None = None
     note: str = ""
+    backend_buffer_bytes: int | None = None  # llama.cpp: its own GPU buffers (weights, KV cache, compute)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +81,7 @@ class RunFigures:
     weight_bytes: int | None = None  # weights as the backend holds them (frameworks; llama.cpp: the file's)
     decode_shape: DecodeShape | None = None  # None: the roofline reads the shape from the GGUF file
     gpu_memory: GpuMemoryFigures | None = None
+    gpu_layers: int | None = None  # llama.cpp: layers offloaded to the GPU (0 = CPU only)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

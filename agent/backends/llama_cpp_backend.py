@@ -3,12 +3,16 @@ catalogue shapes as synthetic GGUFs written into the cache. The runtime is llama
 
 import pathlib
 
-from fleetfit.agent import model_cache
+from fleetfit.agent import model_cache, nvml
 from fleetfit.agent.backends.base import Backend, ProfileInputError, RunFigures, RunTarget, WorkerJob
 from fleetfit.agent.isolation import Deadline
 from fleetfit.models import catalogue, real_models
 from fleetfit.models import roofline as rl
 from fleetfit.models.quant_sizes import FILE_TYPES, supported_quant
+
+
+CPU_ONLY_ON_GPU = ("this llama.cpp build is CPU-only on a machine with an NVIDIA GPU: install the CUDA toolkit "
+                   "(nvcc) and rerun scripts/install.sh to build it with CUDA")
 
 
 class LlamaCpp(Backend):
@@ -54,14 +58,18 @@ class LlamaCpp(Backend):
 
         request = job.request
         return runtime.profile(job.target.path, request.n_prompt, request.n_gen, request.repetitions, job.threads,
-                               request.device)
+                               request.device, gpu_layers=request.gpu_layers if request.HasField("gpu_layers") else None)
 
     def call(self, op: str, args: dict) -> dict:
         from fleetfit.agent.backends import llama_cpp_runtime as runtime
 
         if op == "capabilities":
-            return {"capabilities": [{"device": device, "precision": quant, "supported": True}
-                                     for device in runtime.compute_devices() for quant in FILE_TYPES]}
+            devices = runtime.compute_devices()
+            rows = [{"device": device, "precision": quant, "supported": True} for device in devices for quant in FILE_TYPES]
+            if devices == ["cpu"] and nvml.list_gpus()[0]:  # a limitation to report, not a CPU build to use silently
+                rows += [{"device": "cuda", "precision": quant, "supported": False, "reason": CPU_ONLY_ON_GPU}
+                         for quant in FILE_TYPES]
+            return {"capabilities": rows}
         if op == "system_info":
             return {"system_info": runtime.system_info(), "version": runtime.version()}
         if op == "quantize":

@@ -10,12 +10,16 @@ the clock is read.
 import ctypes
 import importlib.metadata
 import importlib.util
+import json
+import os
+import pathlib
 import random
+import re
 import sys
 import time
 import types
 
-from fleetfit.agent.backends.base import RunFigures
+from fleetfit.agent.backends.base import GpuMemoryFigures, RunFigures
 from fleetfit.agent.backends.common import current_rss_bytes, run_figures
 
 
@@ -39,13 +43,96 @@ class BackendError(Exception):
     """llama.cpp refused the model or the parameters."""
 
 
+# Written by scripts/install.sh: which of its builds this is, its flags, and what it fell back from.
+BUILD_RECORD = pathlib.Path(sys.prefix) / "share" / "fleetfit" / "llama-cpp-build.json"
+BUILD_RECORD_MAX_BYTES = 64 << 10
+
+
 def version() -> str:
     return importlib.metadata.version("llama-cpp-python")
 
 
+def build_record(path: pathlib.Path = BUILD_RECORD) -> str:
+    """One line: how scripts/install.sh built this llama.cpp, or why that is not known."""
+    try:
+        with open(path, "rb") as f:
+            record = json.loads(f.read(BUILD_RECORD_MAX_BYTES))
+    except FileNotFoundError:
+        return "build: not recorded (llama-cpp-python was not installed by scripts/install.sh)"
+    except (OSError, ValueError) as exc:
+        return f"build: record {path} unreadable ({type(exc).__name__})"
+    if not isinstance(record, dict):
+        return f"build: record {path} is not a JSON object"
+    field = lambda name: str(record.get(name) or "")[:300]
+    text = f"build: {field('build') or '?'} ({field('cmake_args') or 'llama.cpp defaults'}"
+    text += f", CFLAGS {field('cflags')})" if field("cflags") else ")"
+    if field("checked"):
+        text += f"; checked: {field('checked')}"
+    if field("fell_back_from"):
+        text += f"; fell back from {field('fell_back_from')}"
+    if field("gpu"):
+        text += f"; {field('gpu')}"
+    return text
+
+
 def system_info() -> str:
+    """llama_print_system_info() (the CPU features and backends compiled in) and how it was built."""
     C.llama_backend_init()
-    return C.llama_print_system_info().decode(errors="replace").strip()
+    return f"{C.llama_print_system_info().decode(errors='replace').strip()} | {build_record()}"
+
+
+# llama.cpp reports its buffers in its log as it allocates them, e.g.
+# "load_tensors:        CUDA0 model buffer size =   636.18 MiB" or "llama_kv_cache:   CPU KV buffer size = 6.00 MiB".
+_BUFFER_LINE = re.compile(r"(\S+) (model|KV|compute|RS|output) buffer size =\s*([0-9.]+) MiB")
+_OFFLOADED_LINE = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+_log_lines: list[str] = []  # the lines above, from the current load
+_LOG_LINES_MAX = 2000
+
+
+@C.llama_log_callback
+def _log(level, text, user_data):
+    line = (text or b"").decode(errors="replace")
+    if ("buffer size" in line or "offloaded" in line) and len(_log_lines) < _LOG_LINES_MAX:
+        _log_lines.append(line)
+    sys.stderr.write(line)  # what llama.cpp's default logger does
+
+
+def buffer_bytes(lines: list[str]) -> dict[tuple[str, str], int]:
+    """{(buffer name, kind): bytes} from llama.cpp's log lines; kinds: model, KV, compute, RS, output."""
+    sizes: dict[tuple[str, str], int] = {}
+    for line in lines:
+        for name, kind, mib in _BUFFER_LINE.findall(line):
+            sizes[(name, kind)] = sizes.get((name, kind), 0) + round(float(mib) * (1 << 20))
+    return sizes
+
+
+def is_gpu_buffer(name: str) -> bool:
+    """CUDA0, Metal, Vulkan0 ...; not CPU, CPU_Mapped, CPU_REPACK, nor pinned host memory (CUDA_Host)."""
+    return not name.startswith("CPU") and not name.endswith("_Host")
+
+
+def _llama_gpu_memory(sizes: dict[tuple[str, str], int]) -> GpuMemoryFigures:
+    """llama.cpp's own GPU buffers, and NVML's per-process used bytes summed over the GPUs that list this process."""
+    from fleetfit.agent import nvml
+
+    gpu_buffers = sum(n for (name, _), n in sizes.items() if is_gpu_buffer(name))
+    gpus, note = nvml.list_gpus()
+    used_total, notes = None, [note] if note else []
+    for gpu in gpus:
+        used, why = nvml.process_used_bytes(gpu.index, os.getpid())
+        if used is not None:
+            used_total = (used_total or 0) + used
+        elif why:
+            notes.append(f"gpu {gpu.index}: {why}")
+    if used_total is not None:
+        fit, notes = used_total, []
+    else:
+        fit = gpu_buffers or None
+        notes.append("fit uses llama.cpp's buffers alone: the CUDA context is not included")
+    return GpuMemoryFigures(device_name=", ".join(dict.fromkeys(g.name for g in gpus)),
+                            nvml_process_used_bytes=used_total, backend_buffer_bytes=gpu_buffers or None,
+                            cuda_context_bytes=None if used_total is None else max(used_total - gpu_buffers, 0),
+                            fit_bytes=fit, note="; ".join(dict.fromkeys(notes))[:500])
 
 
 def compute_devices() -> list[str]:
@@ -67,17 +154,26 @@ def quantize(src: str, dst: str, ftype: int, threads: int) -> None:
 
 
 def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, threads: int, device: str = "",
-            n_batch: int = DEFAULT_N_BATCH, n_ubatch: int = DEFAULT_N_UBATCH, seed: int = 1234) -> RunFigures:
+            n_batch: int = DEFAULT_N_BATCH, n_ubatch: int = DEFAULT_N_UBATCH, seed: int = 1234,
+            gpu_layers: int | None = None) -> RunFigures:
     """Load the model without mmap (so that the weights count in RSS) and time prefill and decode. `device`
-    "cpu" keeps every layer on the CPU; otherwise a build that offloads uses llama.cpp's default layer split."""
+    "cpu" keeps every layer on the CPU; otherwise a build that offloads offloads `gpu_layers` layers (None: all,
+    as llama.cpp's default parameters do; 0: none)."""
     C.llama_backend_init()
+    C.llama_log_set(_log, None)
+    del _log_lines[:]
     baseline_rss = current_rss_bytes()
 
     model_params = C.llama_model_default_params()
     model_params.load_mode = C.LLAMA_LOAD_MODE_NONE  # read into memory: mmap'd pages would escape RSS
-    if device == "cpu":
+    can_offload = bool(C.llama_supports_gpu_offload())
+    if gpu_layers and (device == "cpu" or not can_offload):
+        raise BackendError(f"cannot offload {gpu_layers} layers: " + ("the job asks for the CPU" if device == "cpu" else
+                           "this llama.cpp build is CPU-only (scripts/install.sh builds CUDA where nvcc is found)"))
+    if device == "cpu" or not can_offload:
         model_params.n_gpu_layers = 0
-    offloaded = model_params.n_gpu_layers != 0 and C.llama_supports_gpu_offload()
+    elif gpu_layers is not None:
+        model_params.n_gpu_layers = gpu_layers
     # Phase windows on CLOCK_MONOTONIC, which is system-wide: the agent's power sampler maps them to its samples.
     windows: list[tuple[str, int, int]] = []
     load_start_ns = time.monotonic_ns()
@@ -98,6 +194,8 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
         raise BackendError(f"llama.cpp could not create a context (n_ctx={n_prompt + n_gen}) for {model_path}")
     load_time_s = time.perf_counter() - t0
     windows.append(("load", load_start_ns, time.monotonic_ns()))
+    n_layer = int(C.llama_model_n_layer(model))
+    offloaded_layers = _offloaded_layers(model_params.n_gpu_layers, n_layer)
 
     vocab = C.llama_model_get_vocab(model)
     n_vocab = C.llama_vocab_n_tokens(vocab)
@@ -156,6 +254,7 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
             C.llama_memory_clear(memory, False)
             decode_tps.append(n_gen / run_decode(n_gen))
         n_params = int(C.llama_model_n_params(model))
+        gpu_memory = _llama_gpu_memory(buffer_bytes(_log_lines)) if offloaded_layers else None
     finally:
         C.llama_sampler_free(greedy)
         C.llama_free(ctx)
@@ -164,10 +263,22 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
         **run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss,
                       "peak RSS (VmHWM) of the worker process; weights read without mmap (load_mode=none)"),
         n_batch=n_batch, n_ubatch=n_ubatch, n_ctx=n_prompt + n_gen, threads=threads, backend_version=version(),
-        backend_build=C.llama_print_system_info().decode(errors="replace").strip(),
-        phase_windows_ns=tuple(windows), compute_device=compute_devices()[-1] if offloaded else "cpu",
-        model_n_params=n_params,
+        backend_build=system_info(), phase_windows_ns=tuple(windows),
+        compute_device=compute_devices()[-1] if offloaded_layers else "cpu", model_n_params=n_params,
+        gpu_layers=offloaded_layers, gpu_memory=gpu_memory,
     )
+
+
+def _offloaded_layers(requested: int, n_layer: int) -> int:
+    """Layers llama.cpp put on the GPU, as its log says ("offloaded 23/23 layers to GPU"; the output layer counts
+    as one); from the request when the log does not say (n_gpu_layers > n_layer also offloads the output)."""
+    for line in reversed(_log_lines):
+        found = _OFFLOADED_LINE.search(line)
+        if found:
+            return int(found.group(1))
+    if requested <= 0 or not C.llama_supports_gpu_offload():
+        return 0
+    return min(requested, n_layer + 1)
 
 
 def greedy(model_path: str, prompt: str, n_gen: int, threads: int) -> dict:

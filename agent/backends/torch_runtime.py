@@ -83,31 +83,15 @@ def _gpu_memory(device: str) -> GpuMemoryFigures:
     """torch's peak allocated and reserved bytes, and NVML's per-process used bytes (None when unreadable)."""
     from fleetfit.agent import nvml
 
-    figures = {"torch_allocated_peak_bytes": torch.cuda.max_memory_allocated(device),
-               "torch_reserved_peak_bytes": torch.cuda.max_memory_reserved(device),
-               "nvml_process_used_bytes": None, "device_name": torch.cuda.get_device_name(device),
-               "note": ""}
-    lib = nvml.load_nvml()
-    if lib is None:
-        figures["note"] = nvml.NOT_INSTALLED
-        return GpuMemoryFigures(**figures)
-    try:
-        lib.nvmlInit()
-        index = torch.cuda.current_device() if device == "cuda" else int(device.split(":")[1])
-        handle = lib.nvmlDeviceGetHandleByIndex(index)  # assumes CUDA and NVML order agree (CUDA_DEVICE_ORDER)
-        for proc in lib.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
-                figures["nvml_process_used_bytes"] = int(proc.usedGpuMemory)
-        if figures["nvml_process_used_bytes"] is None:
-            figures["note"] = "NVML lists no memory for this process (in a container NVML may not see its pid)"
-        else:
-            context = max(figures["nvml_process_used_bytes"] - torch.cuda.memory_reserved(device), 0)
-            figures["cuda_context_bytes"] = context
-            figures["fit_bytes"] = figures["torch_reserved_peak_bytes"] + context
-        lib.nvmlShutdown()
-    except lib.NVMLError as exc:
-        figures["note"] = f"NVML per-process query failed: {exc}"
-    return GpuMemoryFigures(**figures)
+    index = torch.cuda.current_device() if device == "cuda" else int(device.split(":")[1])
+    used, note = nvml.process_used_bytes(index, os.getpid())
+    reserved_peak = torch.cuda.max_memory_reserved(device)
+    context = None if used is None else max(used - torch.cuda.memory_reserved(device), 0)
+    return GpuMemoryFigures(device_name=torch.cuda.get_device_name(device),
+                            torch_allocated_peak_bytes=torch.cuda.max_memory_allocated(device),
+                            torch_reserved_peak_bytes=reserved_peak, nvml_process_used_bytes=used,
+                            cuda_context_bytes=context, fit_bytes=None if context is None else reserved_peak + context,
+                            note=note)
 
 
 def _matmul_params(c: tm.Config) -> int:
@@ -144,11 +128,47 @@ def profile(model_path: str | None, arch, precision: str, device: str, n_prompt:
                           f"{str(exc).splitlines()[0][:200]}") from None
 
 
+class CapturedDecode:
+    """One decode step captured in a CUDA graph, as gpt-fast does ("reduce-overhead"): the model's static KV cache
+    and static token/position inputs let each token replay the recorded kernels, so a step costs the kernels'
+    time instead of Python's dispatch of a few hundred of them. Capture happens before timing (warm-up)."""
+
+    def __init__(self, model, device: str):
+        self.token = torch.zeros((1, 1), dtype=torch.long, device=device)
+        self.pos = torch.zeros((1,), dtype=torch.long, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up off the capture: cuBLAS handles, allocator pools
+            for _ in range(3):
+                model(self.token, self.pos)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = model(self.token, self.pos)
+
+    def __call__(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        self.token.copy_(token)
+        self.pos.copy_(pos)
+        self.graph.replay()
+        return self.logits
+
+
+def decode_step(model, device: str):
+    """(step, how): the captured step on CUDA, the eager model elsewhere or where capture fails (and why)."""
+    if not device.startswith("cuda") or os.environ.get("FLEETFIT_TORCH_EAGER") == "1":
+        return model, "eager"
+    try:
+        return CapturedDecode(model, device), "CUDA graph (static KV cache)"
+    except RuntimeError as exc:  # an op that cannot be captured on this build or device
+        return model, f"eager (CUDA graph capture failed: {str(exc).splitlines()[0][:120]})"
+
+
 @torch.no_grad()
 def _timed(model, device, precision, n_prompt, n_gen, repetitions, threads, seed, windows, load_time_s,
            baseline_rss) -> RunFigures:
     rng = random.Random(seed)
     vocab = model.c.vocab
+    step, decode_mode = decode_step(model, device)
 
     def tokens(n: int) -> torch.Tensor:
         return torch.tensor([[rng.randrange(vocab) for _ in range(n)]], device=device)
@@ -170,7 +190,7 @@ def _timed(model, device, precision, n_prompt, n_gen, repetitions, threads, seed
         _sync(device)
         start_ns, start = time.monotonic_ns(), time.perf_counter()
         for token, pos in zip(feed, positions):
-            model(token, pos)
+            step(token, pos)
             _sync(device)
         elapsed_s = time.perf_counter() - start
         windows.append((phase, start_ns, time.monotonic_ns()))
@@ -194,7 +214,8 @@ def _timed(model, device, precision, n_prompt, n_gen, repetitions, threads, seed
         backend_version=torch.__version__,
         backend_build=f"torch {torch.__version__} on {device}"
                       + (f" ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})"
-                         if device.startswith("cuda") else f" ({torch.backends.cpu.get_cpu_capability()})"),
+                         if device.startswith("cuda") else f" ({torch.backends.cpu.get_cpu_capability()})")
+                      + f"; decode: {decode_mode}",
         phase_windows_ns=tuple(windows), compute_device=device, weight_bytes=tm.weight_bytes(model),
         model_n_params=sum(p.numel() for p in model.parameters()),
         decode_shape=DecodeShape(n_layers=model.c.n_layers, n_heads=model.c.n_heads,

@@ -21,11 +21,19 @@ class c_nvmlMemory_t:
         self.total, self.free, self.used = total, free, used
 
 
+class c_nvmlProcessInfo_t:
+    """pynvml's per-process record; usedGpuMemory is None where NVML reports NVML_VALUE_NOT_AVAILABLE."""
+
+    def __init__(self, pid: int, usedGpuMemory: int | None):
+        self.pid, self.usedGpuMemory, self.gpuInstanceId, self.computeInstanceId = pid, usedGpuMemory, 0xFFFFFFFF, 0xFFFFFFFF
+
+
 class FakeNvml:
     NVMLError = NVMLError
 
     def __init__(self, gpus: int = 1, driver_loaded: bool = True):
         self.gpus, self.driver_loaded, self.initialised = gpus, driver_loaded, 0
+        self.processes: dict[int, list[c_nvmlProcessInfo_t]] = {}  # per GPU index; tests fill it
 
     def nvmlInit(self):
         if not self.driver_loaded:
@@ -54,3 +62,6 @@ class FakeNvml:
 
     def nvmlDeviceGetMemoryInfo(self, handle) -> c_nvmlMemory_t:
         return c_nvmlMemory_t(total=85520809984, free=84929347584, used=591462400)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle) -> list[c_nvmlProcessInfo_t]:
+        return list(self.processes.get(handle[1], []))

@@ -35,3 +35,18 @@ def test_this_machine():
     backends = {b.name: b for b in device.backends}
     assert backends["llama.cpp"].available and backends["llama.cpp"].version == "0.3.36"
     assert not device.gpus and device.gpu_probe_note  # no GPU here, and the inventory says why
+
+
+def test_process_gpu_memory_through_nvml():
+    from tests.agent.fake_nvml import c_nvmlProcessInfo_t
+
+    fake = FakeNvml(gpus=2)
+    fake.processes[1] = [c_nvmlProcessInfo_t(pid=41, usedGpuMemory=3 << 30), c_nvmlProcessInfo_t(pid=42, usedGpuMemory=None)]
+    assert nvml.process_used_bytes(1, 41, fake) == (3 << 30, "")
+    used, note = nvml.process_used_bytes(1, 42, fake)  # NVML_VALUE_NOT_AVAILABLE for that pid
+    assert used is None and "no memory for this process" in note
+    assert nvml.process_used_bytes(0, 41, fake)[0] is None  # another GPU
+    used, note = nvml.process_used_bytes(5, 41, fake)
+    assert used is None and "Invalid Argument" in note
+    assert fake.initialised == 0
+    assert nvml.process_used_bytes(0, 41, FakeNvml(driver_loaded=False)) == (None, "NVML unavailable: Driver Not Loaded")

@@ -27,6 +27,8 @@ BAD = [
     (dict(threads=1_000_000), "threads must be at most 1024"),
     (dict(threads=-1), "threads must be at least 0"),
     (dict(device="cuda;reboot"), "device 'cuda;reboot' must be one of"),
+    (dict(gpu_layers=-1), "gpu_layers must be at least 0"),
+    (dict(gpu_layers=2**31 - 1), "gpu_layers must be at most 10000"),
     (dict(model=pb.ModelRef(name="../../etc/passwd")), "is not a model name"),
     (dict(model=pb.ModelRef(name="/home/owner/secret.gguf")), "is not a model name"),
     (dict(model=pb.ModelRef(name=".hidden")), "is not a model name"),

@@ -723,7 +723,7 @@ class FitFigure(_message.Message):
     def __init__(self, value: _Optional[float] = ..., provenance: _Optional[str] = ..., method: _Optional[str] = ..., error_fraction: _Optional[float] = ...) -> None: ...
 
 class FitAnswer(_message.Message):
-    __slots__ = ("device_id", "hostname", "verdict", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "provenance", "calibration", "device_name", "backend")
+    __slots__ = ("device_id", "hostname", "verdict", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "provenance", "calibration", "device_name", "backend", "gpu_layers", "gpu_memory_bytes", "offload_decode_tokens_per_s")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
@@ -743,6 +743,9 @@ class FitAnswer(_message.Message):
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OFFLOAD_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
     verdict: str
@@ -762,7 +765,10 @@ class FitAnswer(_message.Message):
     calibration: _containers.RepeatedScalarFieldContainer[str]
     device_name: str
     backend: str
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., provenance: _Optional[str] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+    gpu_layers: int
+    gpu_memory_bytes: FitFigure
+    offload_decode_tokens_per_s: FitFigure
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., provenance: _Optional[str] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ..., gpu_layers: _Optional[int] = ..., gpu_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., offload_decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ...) -> None: ...
 
 class FitResponse(_message.Message):
     __slots__ = ("answers", "next_page_token")

@@ -276,9 +276,9 @@ def _offloaded_layers(requested: int, n_layer: int) -> int:
         found = _OFFLOADED_LINE.search(line)
         if found:
             return int(found.group(1))
-    if requested <= 0 or not C.llama_supports_gpu_offload():
+    if requested == 0 or not C.llama_supports_gpu_offload():
         return 0
-    return min(requested, n_layer + 1)
+    return n_layer + 1 if requested < 0 else min(requested, n_layer + 1)  # -1: llama.cpp's default, all
 
 
 def greedy(model_path: str, prompt: str, n_gen: int, threads: int) -> dict:

@@ -71,3 +71,41 @@ def test_torch_profile_on_cuda_measures_gpu_memory_and_nvml_energy(tmp_path):
     assert decode and decode[0].scope == "gpu:0", [(p.phase, p.source) for p in result.power.phases]
     assert decode[0].provenance == "measured"
     assert PLAUSIBLE_GPU_WATTS[0] < decode[0].average_power_w < PLAUSIBLE_GPU_WATTS[1]
+    assert "decode: CUDA graph" in result.backend_build  # captured, not eager
+
+
+def test_captured_decode_gives_the_eager_logits():
+    from fleetfit.agent.backends import torch_model as tm
+    from fleetfit.agent.backends import torch_runtime
+
+    model = tm.random_model(tm.Config.of(catalogue.architecture("smollm2-135m")), "cuda", torch.float16)
+    model.setup_cache(64)
+    with torch.no_grad():
+        prompt = torch.randint(0, model.c.vocab, (1, 8), device="cuda")
+        model(prompt, torch.arange(8, device="cuda"))
+        token, pos = torch.tensor([[5]], device="cuda"), torch.tensor([8], device="cuda")
+        eager = model(token, pos).clone()
+        step, how = torch_runtime.decode_step(model, "cuda")
+        assert how.startswith("CUDA graph"), how
+        model.clear_cache()
+        model(prompt, torch.arange(8, device="cuda"))
+        captured = step(token, pos)
+    assert torch.allclose(captured, eager, atol=1e-2, rtol=1e-2)
+
+
+def test_llama_cpp_offload_reports_gpu_layers_and_gpu_memory(tmp_path):
+    from fleetfit.agent.isolation import run_worker
+    from fleetfit.models.synth import write_synthetic
+
+    if "cuda" not in {c["device"] for c in run_worker({"backend": "llama.cpp", "op": "capabilities"}, 120)
+                      ["capabilities"] if c["supported"]}:
+        pytest.skip("this llama.cpp build is CPU-only (rerun scripts/install.sh with the CUDA toolkit present)")
+    path = write_synthetic("smollm2-135m", "Q8_0", tmp_path / "s-Q8_0.gguf")
+    whole = profiling.profile(profiling.make_request(str(path), n_prompt=32, n_gen=8, repetitions=1,
+                                                     idle_baseline_s=0), "gpu-test", tmp_path)
+    half = profiling.profile(profiling.make_request(str(path), n_prompt=32, n_gen=8, repetitions=1,
+                                                    idle_baseline_s=0, gpu_layers=15), "gpu-test", tmp_path)
+    assert not whole.failure and not half.failure, (whole.error, half.error)
+    assert whole.gpu_layers == 31 and half.gpu_layers == 15 and whole.compute_device == "cuda"
+    assert 0 < half.gpu_memory.backend_buffer_bytes < whole.gpu_memory.backend_buffer_bytes
+    assert whole.gpu_memory.fit_bytes >= whole.gpu_memory.backend_buffer_bytes

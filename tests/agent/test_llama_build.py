@@ -1,0 +1,107 @@
+"""The llama.cpp build fleetfit installs: its check (a child process per type), the record of how it was built,
+offload parameters on a CPU-only build, the buffer sizes read from llama.cpp's log, and the CUDA limitation a
+CPU-only build reports on a machine with an NVIDIA GPU (NVML faked at the hardware boundary)."""
+
+import json
+import os
+import pathlib
+
+import pytest
+
+from fleetfit.agent import profiling
+from fleetfit.agent.backends import llama_cpp_check
+from fleetfit.agent.isolation import run_worker
+from fleetfit.models.synth import write_synthetic
+from fleetfit.v1 import fleetfit_pb2 as pb
+
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])
+FAKE_PYNVML = """import sys
+from tests.agent.fake_nvml import FakeNvml
+sys.modules[__name__] = FakeNvml(gpus=1)
+"""
+
+
+def test_check_passes_on_this_build():
+    assert llama_cpp_check.check() == []
+
+
+def test_check_reports_a_child_killed_by_sigill(monkeypatch):
+    monkeypatch.setattr(llama_cpp_check, "CHILD", "import os, signal\nos.kill(os.getpid(), signal.SIGILL)\n")
+    failures = llama_cpp_check.check(("Q4_0", "F16"))
+    assert failures == ["Q4_0: died with SIGILL (illegal instruction: the CPU or OS lacks an instruction set it "
+                        "was built for)"] + ["F16: died with SIGILL (illegal instruction: the CPU or OS lacks an "
+                                             "instruction set it was built for)"]
+
+
+def test_check_reports_a_child_error_by_its_last_line(monkeypatch):
+    monkeypatch.setattr(llama_cpp_check, "CHILD", "import sys\nsys.exit('llama.cpp could not load it')\n")
+    assert llama_cpp_check.check(("Q8_0",)) == ["Q8_0: exited 1: llama.cpp could not load it"]
+
+
+def test_build_record(tmp_path):
+    from fleetfit.agent.backends import llama_cpp_runtime as runtime
+
+    record = tmp_path / "llama-cpp-build.json"
+    record.write_text(json.dumps({"build": "native-no-amx", "cmake_args": "-DGGML_NATIVE=ON",
+                                  "cflags": "-mno-amx-tile", "checked": "Q4_0 ran", "gpu": "CPU-only build",
+                                  "fell_back_from": "native: Q4_0: died with SIGILL"}))
+    assert runtime.build_record(record) == ("build: native-no-amx (-DGGML_NATIVE=ON, CFLAGS -mno-amx-tile); "
+                                            "checked: Q4_0 ran; fell back from native: Q4_0: died with SIGILL; "
+                                            "CPU-only build")
+    assert "not recorded" in runtime.build_record(tmp_path / "missing.json")
+    record.write_bytes(b"\xff{not json")
+    assert runtime.build_record(record) == f"build: record {record} unreadable (UnicodeDecodeError)"
+    record.write_text("[1, 2]")
+    assert runtime.build_record(record).endswith("is not a JSON object")
+    record.write_text(json.dumps({"build": "x" * 10_000}))
+    assert len(runtime.build_record(record)) < 400  # bounded, whatever the file holds
+
+
+def test_installed_build_is_named_in_system_info():
+    info = run_worker({"backend": "llama.cpp", "op": "system_info"}, 60)["system_info"]
+    assert "CPU :" in info and "| build: " in info
+
+
+def test_buffer_sizes_from_llama_cpp_log(tmp_path):
+    """The KV buffer llama.cpp reports is exactly F16 K and V for every layer at its padded context."""
+    from fleetfit.agent.backends import llama_cpp_runtime as runtime
+
+    shape = llama_cpp_check.CHECK_SHAPE
+    path = write_synthetic(shape, "Q8_0", tmp_path / "tiny-Q8_0.gguf", force=True)
+    figures = runtime.profile(str(path), 200, 8, 1, 2, "cpu")
+    sizes = runtime.buffer_bytes(runtime._log_lines)
+    padded = -(-(200 + 8) // 256) * 256
+    assert sizes[("CPU", "KV")] == 2 * shape.n_layers * shape.kv_dim * padded * 2
+    assert sizes[("CPU", "compute")] > 0 and any(kind == "model" for _, kind in sizes)
+    assert not any(runtime.is_gpu_buffer(name) for name, _ in sizes)
+    assert figures.gpu_layers == 0 and figures.gpu_memory is None and figures.compute_device == "cpu"
+    assert runtime.is_gpu_buffer("CUDA0") and not runtime.is_gpu_buffer("CUDA_Host")
+    assert not runtime.is_gpu_buffer("CPU_REPACK")
+
+
+def test_offload_asked_of_a_cpu_only_build_fails_in_one_line(tmp_path, cache_dir):
+    path = write_synthetic(llama_cpp_check.CHECK_SHAPE, "Q4_0", tmp_path / "tiny-Q4_0.gguf", force=True)
+    cpu = profiling.profile(profiling.make_request(str(path), n_prompt=8, n_gen=2, repetitions=1, idle_baseline_s=0,
+                                                   gpu_layers=0), "dev-1", cache_dir)
+    assert not cpu.failure and cpu.HasField("gpu_layers") and cpu.gpu_layers == 0
+    asked = profiling.profile(profiling.make_request(str(path), n_prompt=8, n_gen=2, repetitions=1,
+                                                     idle_baseline_s=0, gpu_layers=8), "dev-1", cache_dir)
+    assert asked.failure == pb.FAILURE_KIND_ERROR
+    assert "cannot offload 8 layers: this llama.cpp build is CPU-only" in asked.error and "\n" not in asked.error
+
+
+def test_cpu_only_build_on_a_gpu_machine_reports_the_limitation(tmp_path, monkeypatch):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "pynvml.py").write_text(FAKE_PYNVML)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(shim), ROOT]))
+    rows = run_worker({"backend": "llama.cpp", "op": "capabilities"}, 60)["capabilities"]
+    cuda = [r for r in rows if r["device"] == "cuda"]
+    assert cuda and not any(r["supported"] for r in cuda)
+    assert "CPU-only" in cuda[0]["reason"] and "scripts/install.sh" in cuda[0]["reason"]
+    assert all(r["supported"] for r in rows if r["device"] == "cpu")
+
+
+def test_no_limitation_without_a_gpu():
+    rows = run_worker({"backend": "llama.cpp", "op": "capabilities"}, 60)["capabilities"]
+    assert {r["device"] for r in rows} == {"cpu"}

@@ -124,6 +124,9 @@ def run_worker(request: dict, limit: float | Deadline, memory_limit_bytes: int |
                 raise WorkerFailure("oom", f"{signame}: {oom}")
             if -proc.returncode == signal.SIGKILL:
                 raise WorkerFailure("oom", "killed by SIGKILL, not by fleetfit (most likely the kernel's OOM killer)")
+            if -proc.returncode == signal.SIGILL:  # e.g. a native build copied to another CPU (a cloned image)
+                detail = ("illegal instruction: the backend was built for instructions this CPU or OS does not "
+                          "enable; rerun scripts/install.sh on this device")
             raise WorkerFailure("signal", f"{signame}" + (f": {detail}" if detail else ""))
         raise WorkerFailure("error", f"worker exited with {proc.returncode}" + (f": {detail}" if detail else ""))
 

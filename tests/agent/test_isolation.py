@@ -61,6 +61,12 @@ def test_crash_is_classified_as_signal(ladder):
     assert failure.failure == "signal" and "SIGSEGV" in failure.message
 
 
+def test_illegal_instruction_says_to_rebuild_for_this_cpu(ladder):
+    failure = _kill_worker_after_start(ladder["Q4_0"], signal.SIGILL)
+    assert failure.failure == "signal" and failure.message.startswith("SIGILL: illegal instruction")
+    assert "rerun scripts/install.sh on this device" in failure.message
+
+
 def test_sigkill_not_sent_by_us_is_classified_as_oom(ladder):
     failure = _kill_worker_after_start(ladder["F16"], signal.SIGKILL)
     assert failure.failure == "oom" and "OOM killer" in failure.message

@@ -436,15 +436,16 @@ def serving_model(dm: scaling.DeviceModel, results: list[pb.ProfileResult]) -> S
 # -- leave-one-out ---------------------------------------------------------------------------------------------
 
 def leave_one_count_out(swept: list[Curve], dm: scaling.DeviceModel) -> list[tuple[Curve, int, float]]:
-    """(curve, held-out count, relative error of its predicted aggregate speed): each count of each sweep predicted
-    from the sweep's other counts (a curve left with one count takes the slope calibrated on the other models)."""
+    """(curve, held-out count, relative error of its predicted aggregate speed): each count of each sweep but its
+    smallest predicted from the sweep's other counts (a curve left with one count takes the slope calibrated on the
+    other models). The smallest is not held out: predictions are only ever above it (1 is always measured)."""
     out = []
     for c in swept:
         if len(c.points) < 2:
             continue
         others = calibrate(dm, [o for o in swept if o.model != c.model]) if len(c.points) == 2 else None
         slope = others.per_stream_s(dm, c.arch, c.quant, c.decode_context) if others and c.arch else None
-        for p in c.points:
+        for p in c.points[1:]:
             line = _line_of(c, slope[0] if slope else None, without=p.streams)
             if line is not None:
                 out.append((c, p.streams, line.aggregate_tps(p.streams) / p.aggregate_tps - 1))

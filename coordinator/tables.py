@@ -613,10 +613,11 @@ def _figure_cell(value: float | None, measured: bool, band: float | None = None,
 
 def _serving_label(cap: serving.Capacity, sm: serving.ServingModel) -> str:
     cm = cap.source
-    if cm.curve is not None and cap.provenance == "measured":
-        return f"measured: sweep of {cm.curve.counts} streams" + ("" if cm.curve.monotonic else " (not monotonic)")
     if cm.curve is not None:
-        return f"predicted from its sweep of {cm.curve.counts} streams (t = a + b·N)"
+        dip = "" if cm.curve.monotonic else "; not monotonic: its aggregate falls somewhere as streams are added"
+        if cap.provenance == "measured":
+            return f"measured: sweep of {cm.curve.counts} streams{dip}"
+        return f"predicted from its sweep of {cm.curve.counts} streams (t = a + b·N){dip}"
     fitted = ", ".join(sm.calibration.fitted_on) if sm.calibration else "none"
     return f"predicted: not swept here; calibrated on the sweeps of {fitted}"
 

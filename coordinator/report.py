@@ -15,6 +15,7 @@ from fleetfit.coordinator.devices import display_names
 from fleetfit.coordinator.render import clean
 from fleetfit.coordinator.limits import comparable
 from fleetfit.coordinator.tables import render_table
+from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 380, 70, 170, 20, 50
@@ -153,7 +154,8 @@ def serving_plots(curves: pb.Table | None) -> list[str]:
         if streams is None or aggregate is None or per_stream is None:
             continue
         measured, guessed = per_device.setdefault(cells[col["device"]], ({}, {}))
-        key = f"{cells[col['model']]} {cells[col['precision']]} {cells[col['backend']]}"
+        backend = cells[col["backend"]]
+        key = f"{cells[col['model']]} {cells[col['precision']]}" + ("" if backend == DEFAULT_BACKEND else f" {backend}")
         if cells[col["provenance"]] == "measured":
             measured.setdefault(f"{key} aggregate", []).append((streams, aggregate))
             measured.setdefault(f"{key} per stream", []).append((streams, per_stream))

@@ -8,10 +8,10 @@ sweeps follow:
     t(N) = a + b · N
 
 a is paid once per step for the whole batch (reading the weights, per-layer graph work), b by each stream (its
-FLOPs per token at the batch's compute rate, reading its own KV cache). The form max(weights / bandwidth,
-N · FLOPs / compute) assumes memory and compute overlap fully; the CPU sweeps in docs/measurement.md (SmolLM2 Q4_0
-175 / 268 / 335 / 359 tok/s at 1 / 4 / 8 / 16) follow the sum within ~10 % and the max far worse, so the sum is
-fitted (benchmarks/serving_prediction.py prints both forms' errors).
+FLOPs per token at the batch's compute rate, reading its own KV cache). The overlap form of the roofline,
+max(weights / bandwidth, N · FLOPs / compute) + N · KV read, fits llama-batched-bench's CPU sweeps (measurement.md:
+SmolLM2 Q4_0 175 / 268 / 335 / 359 tok/s at 1 / 4 / 8 / 16) no better held out (benchmarks/serving_prediction.py
+prints both: largest errors 12.2 % and 12.4 %) and needs one more term, so the sum is what is fitted.
 
 - A count the sweep measured is measured (the result's own one-stream run is its N = 1 when the sweep has none).
 - Another count of a swept model: a and b by least squares (relative) on its own points. Predicted; band: the

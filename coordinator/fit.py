@@ -150,7 +150,7 @@ def _serving(out: pb.FitAnswer, device: pb.DeviceInventory, arch, sm: serving.Se
         out.max_streams.CopyFrom(pb.FitFigure(value=cap.streams, provenance=cap.provenance, method=cap.method + band))
     else:
         out.max_streams.CopyFrom(pb.FitFigure(value=int(decode.value // target), provenance="estimated",
-                                              method=serving.ONE_STREAM_DIVISION))
+                                              method=serving.one_stream_division(sm)))
     mark = "" if out.max_streams.provenance == "measured" else "~"
     if streams is None:
         if out.verdict in OK_VERDICTS:
@@ -168,7 +168,7 @@ def _serving(out: pb.FitAnswer, device: pb.DeviceInventory, arch, sm: serving.Se
     if cap is not None:
         aggregate = sm.aggregate(cap.source, streams)
     else:
-        aggregate = scaling.Figure(decode.value, "estimated", serving.ONE_STREAM_DIVISION)
+        aggregate = scaling.Figure(decode.value, "estimated", serving.one_stream_division(sm))
     if aggregate.value is not None:
         out.aggregate_tokens_per_s.CopyFrom(_figure(aggregate))
         per_stream = pb.FitFigure()

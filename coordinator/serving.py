@@ -39,8 +39,6 @@ INTERACTIVE_TPS = 8.0  # per stream: the interactive use's speed (tables' intera
 PROMPT_TOKENS, RESPONSE_TOKENS = 256, 256  # the request shape the serving table answers for by default
 MEMORY_LIMIT = 0.95  # of the device's memory: fit's does_not_fit band
 EXTRAPOLATION = 8  # predictions go at most this many times past the largest count swept on the device
-ONE_STREAM_DIVISION = ("one-stream division: no sweep on this device, so one stream's decode tok/s ÷ the speed, "
-                       "time-shared (batching serves more; `fleetfit-agent profile --parallel 1,2,4,8` measures it)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +71,8 @@ def _sweep_point(s: pb.ServingPoint) -> SweepPoint | None:
     gpu = s.gpu_memory if s.HasField("gpu_memory") else None
     peak = gpu.fit_bytes if gpu is not None and gpu.HasField("fit_bytes") else _mean(s.peak_memory_bytes)
     energy = s.decode_energy_per_token_j if s.HasField("decode_energy_per_token_j") else None
-    return SweepPoint(s.parallel, aggregate, _mean(s.per_stream_decode_tokens_per_s) or aggregate / s.parallel,
+    per_stream = min(_mean(s.per_stream_decode_tokens_per_s) or aggregate / s.parallel, aggregate)  # never above all
+    return SweepPoint(s.parallel, aggregate, per_stream,
                       _mean(s.prefill_tokens_per_s), _mean(s.ttft_ms_p50), _mean(s.ttft_ms_p99),
                       float(peak) if peak else None, energy if energy and math.isfinite(energy) else None,
                       s.energy_provenance, "sweep")
@@ -468,6 +467,17 @@ def leave_one_model_out(swept: list[Curve], dm: scaling.DeviceModel) -> list[tup
             continue
         out += [(c, p.streams, cm.line.aggregate_tps(p.streams) / p.aggregate_tps - 1) for p in c.points]
     return out
+
+
+def one_stream_division(sm: "ServingModel | None", detail: bool = True) -> str:
+    """The method of a stream count that no sweep gives: one stream's speed divided among the streams."""
+    why = "no sweep on this device" if sm is None or not sm.curves else \
+        "the device's sweeps give no prediction for this model"
+    return f"one-stream division: {why}" + (f"; {DIVISION}" if detail else "")
+
+
+DIVISION = ("one stream's decode tok/s ÷ the per-stream speed, time-shared: a lower bound (batching serves more; "
+            "`fleetfit-agent profile --parallel 1,2,4,8` measures it)")
 
 
 # -- what a request costs -----------------------------------------------------------------------------------------

@@ -508,7 +508,7 @@ def _streams_per_device(sm: serving.ServingModel | None, arch, quant: str, decod
         return (cap.streams if cap.provenance == "measured" else cap.streams_text()), cap.streams, \
             _serving_label(cap, sm)
     n = int(decode.value // min_tps)
-    return n, n, serving.ONE_STREAM_DIVISION
+    return n, n, serving.one_stream_division(sm, detail=False)
 
 
 @table("deployment", "Deployment limits: the largest model per device and precision for each use's decode speed")
@@ -532,8 +532,8 @@ def deployment(fleet: Fleet, options: dict[str, str]) -> TableData:
                      ["largest catalogued model under 95% of RAM whose decode meets the use's speed; thresholds are "
                       "options realtime_tps, interactive_tps, batch_tps (tokens/s of one stream)",
                       "interactive streams: how many concurrent streams of the interactive model each get the "
-                      "interactive speed (the serving table's max streams); where the device has no sweep, "
-                      "one stream's speed divided, labelled so", PREDICTED_NOTE])
+                      "interactive speed (the serving table's max streams); 'one-stream division': "
+                      + serving.DIVISION, PREDICTED_NOTE])
 
 
 SCALES = (("small", 100), ("medium", 10_000), ("large", 100_000))
@@ -578,8 +578,7 @@ def recommendations(fleet: Fleet, options: dict[str, str]) -> TableData:
                      [f"concurrent streams = users x active_fraction ({active:g}); each stream needs the interactive "
                       f"speed ({interactive:g} tok/s, option interactive_tps)",
                       "streams per device: from the device's concurrency sweeps (measured counts, or predicted from "
-                      "them: the serving table's max streams); a device without a sweep says 'one-stream division': "
-                      "its one-stream decode tok/s divided by the interactive speed, a lower bound",
+                      "them: the serving table's max streams); 'one-stream division': " + serving.DIVISION,
                       "model: the largest catalogued model that meets the interactive speed on the device, any "
                       "precision measured there",
                       f"energy cost: devices x the device's mean decode power x {HOURS_PER_MONTH:g} h x price_per_kwh "

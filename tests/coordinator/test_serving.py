@@ -181,6 +181,31 @@ def test_hostile_curves_give_labelled_answers(aggregates, expected, label):
         assert rows(fleet, name)  # no crash
 
 
+def test_a_devices_hostile_sweeps_leave_the_other_devices_rows_alone(db_url):
+    """Another board with the same hostname reports nonsense sweeps (stored before ingest checked them): counts
+    in the billions, a per-stream speed above the aggregate, non-finite figures. FAST's answers do not move."""
+    def answers(store):
+        built = {name: tables.build_from_store(name, store, {}) for name in
+                 ("serving", "serving-curves", "recommendations", "deployment")}
+        return {name: [list(r.cells) for r in t.rows if r.cells[0 if name != "recommendations" else 3].string_value
+                       == "edge (1a2b3c4d)"] for name, t in built.items()}
+
+    with Store(db_url) as store:
+        for device_id in (FAST, SLOW):
+            store.upsert_device(inventory(device_id))
+        store.add_result(sweep("fast", FAST, FAST_SWEEP))
+        before = answers(store)
+        evil = sweep("evil", SLOW, {1: 30.0, 2**31 - 1: 1e7})
+        evil.serving[0].per_stream_decode_tokens_per_s.mean = 1e9
+        evil.serving.add(parallel=4, aggregate_decode_tokens_per_s=pb.Stat(mean=math.nan, samples=[math.inf]))
+        store.add_result(evil)  # straight to the store, as results stored before ingest's checks
+        store.add_result(sweep("evil-2", SLOW, {8: 1e-9}, model="llama-2-70b", started=2.0))
+        assert answers(store) == before and before["serving"] and before["recommendations"]
+        slow = [r for r in tables.build_from_store("serving", store, {}).rows
+                if r.cells[0].string_value == "edge (9f8e7d6c)"]
+        assert slow  # its own rows are there, labelled, and built without an error
+
+
 def test_fit_streams_yes_and_no():
     results = [sweep("fast", FAST, FAST_SWEEP), sweep("solo", SLOW, {1: 30.0})]
     results[1].ClearField("serving")  # SLOW has one stream measured, no sweep

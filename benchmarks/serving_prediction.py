@@ -86,7 +86,8 @@ def main() -> int:
         dm = scaling.device_model(inventory, results, backend)
         mine = [c for c in swept if (c.device_id, c.backend) == (device_id, backend)]
         print(f"## {device_id} {backend}\n")
-        print("| model | precision | held out | measured tok/s | a + b·N tok/s | error | max(a, c·N) + k·N tok/s | error |")
+        print("| model | precision | held out | measured tok/s | a + b·N tok/s | error "
+              "| max(a, c·N) + k·N tok/s | error |")
         print("|---|---|---|---|---|---|---|---|")
         errors = {(id(c), n): e for c, n, e in serving.leave_one_count_out(mine, dm)}
         for c in mine:

@@ -431,7 +431,8 @@ def report(
     coordinator: Coordinator = DEFAULT_ADDRESS,
     option: Annotated[Optional[list[str]], typer.Option(help="Table option KEY=VALUE (repeatable).")] = None,
 ) -> None:
-    """A static HTML report: plots (inline SVG) of decode speed, memory and tokens per joule, and every table."""
+    """A static HTML report: plots (inline SVG) of decode speed, memory, tokens per joule and, per swept device,
+    decode against concurrent streams, and every table."""
     from fleetfit.coordinator import report as html_report
     from fleetfit.coordinator.tables import SEED_ORDER
     from fleetfit.v1 import fleetfit_pb2 as pb

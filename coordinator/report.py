@@ -3,7 +3,8 @@
 Plots: decode tokens/s against parameters per device and precision (log-log), peak memory against parameters
 with each device's RAM as a line, tokens per joule against parameters, and per device with concurrency sweeps,
 aggregate and per-stream decode tokens/s against concurrent streams (measured points solid, predicted ones hollow
-with their leave-one-out band). Other points are measured runs; the tables below carry the predicted (~) figures. DIR/tables.md holds the tables as markdown.
+with their leave-one-out band). Other points are measured runs; the tables below carry the predicted (~) figures.
+DIR/tables.md holds the tables as markdown.
 """
 
 import html

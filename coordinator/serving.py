@@ -237,6 +237,7 @@ def calibrate(dm: scaling.DeviceModel, swept: list[Curve]) -> Calibration | None
             slopes.append(_Slope(c.model, c.quant, c.arch, c.decode_context, seconds))
     if not slopes:
         return None
+    # the scaling model's own fit (seconds = x / R_q + layers · c, relative least squares), on the slopes
     compute, layer_s = scaling._fit_rates(slopes, lambda s: scaling.flops_per_token(s.arch, s.context),
                                           lambda s: 1 / s.seconds)
     if not compute:
@@ -307,7 +308,7 @@ class ServingModel:
             how = (f"sweep of result {curve.result.result_id} at {curve.shape} (streams {curve.counts})"
                    + ("" if line or len(curve.points) == 1 else "; its steps shorten as streams are added, so "
                       "nothing is predicted beyond the counts measured")
-                   + (f"; other counts: t(N) = a + b·N fitted on its points" if line and len(curve.points) > 1 else "")
+                   + ("; other counts: t(N) = a + b·N fitted on its points" if line and len(curve.points) > 1 else "")
                    + (f"; other counts: through its one point with the device's {slope[1]}" if line and slope else ""))
             return CurveModel(line, "measured", how, self.point_error if len(curve.points) > 1 else self.model_error,
                               curve, None)

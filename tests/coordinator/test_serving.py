@@ -119,8 +119,8 @@ def test_max_streams_is_what_the_measured_curve_says(min_tps, expected):
 
 
 def test_request_figures_at_a_measured_count():
-    row = swept_rows(fleet_of(sweep("fast", FAST, FAST_SWEEP)), {"interactive_tps": "10", "prompt_tokens": "128",
-                                                                 "response_tokens": "64"})[("edge (1a2b3c4d)", "smollm2-135m")]
+    options = {"interactive_tps": "10", "prompt_tokens": "128", "response_tokens": "64"}
+    row = swept_rows(fleet_of(sweep("fast", FAST, FAST_SWEEP)), options)[("edge (1a2b3c4d)", "smollm2-135m")]
     assert float(row["aggregate tok/s"]) == 80 and float(row["per-stream tok/s"]) == 10
     assert float(row["requests/hour (128 in, 64 out)"]) == pytest.approx(3600 / (128 / 800 + 64 / 80), rel=1e-3)
     assert float(row["TTFT p50 ms"]) == pytest.approx(1000 * 8 * 128 / 800, rel=1e-3)  # the sweep's own prompt

@@ -5,6 +5,7 @@ import json
 import math
 import re
 
+import grpc
 import pytest
 
 from fleetfit.coordinator import fit, ingest, scaling, serving, tables
@@ -283,3 +284,7 @@ def test_fleet_serving_over_the_wire(coordinator, monkeypatch):
     served = stub.GetTable(pb.TableRequest(name="serving", options={"interactive_tps": "10"}), timeout=30)
     names = sorted(r.cells[0].string_value for r in served.rows if r.cells[2].string_value == "smollm2-135m")
     assert names == ["edge (1a2b3c4d)", "edge (9f8e7d6c)"]
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Fit(pb.FitRequest(model_name="smollm2-135m", quant="Q4_0", streams=fit.MAX_STREAMS + 1), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "streams must be at most" in \
+        refused.value.details()

@@ -683,7 +683,8 @@ def serving_table(fleet: Fleet, options: dict[str, str]) -> TableData:
                       "measured: a count the sweep ran (`fleetfit-agent profile --parallel 1,2,4,8`; the result's "
                       "one-stream run is its 1 when the sweep has none), figures derived from its measured rates; "
                       "~: predicted, ± the band of the aggregate speed (largest leave-one-out error on the device's "
-                      "sweeps), (a–b) the streams within that band",
+                      "sweeps), (a–b) the streams within that band; a ~ without ± has no band (the device has too "
+                      "few sweeps to hold one out)",
                       "predicted: beyond or between a sweep's counts, t(N) = a + b·N (one decode step for N streams) "
                       "fitted on its points; a model not swept, one stream from the scaling model plus a per-stream "
                       "cost (FLOPs/token at the device's batched compute rate + KV cache read) calibrated on the "

@@ -494,7 +494,8 @@ class RequestFigures:
 
 
 METHOD = ("requests/hour = 3600 / (prompt / prefill tok/s + response / aggregate decode tok/s): the device's time "
-          "per request at N streams (N prompts prefilled together, then N responses decoded together, in turn); "
+          "per request at N streams (N prompts prefilled together, then N responses decoded together, in turn; "
+          "prefill tok/s of the N prompts, else of the nearest count below, else of the one-stream run); "
           "TTFT: the sweep's p50/p99 scaled to the prompt (prefill ∝ prompt tokens), or N × prompt / prefill tok/s "
           "for a predicted count; response: TTFT + response tokens / per-stream decode tok/s; energy: response × "
           "decode J/token at N + prompt × the run's prefill J/token")
@@ -508,7 +509,7 @@ def request_figures(curve: Curve | None, streams: int, aggregate_tps: float | No
     nearest = max((p for p in curve.points if p.streams <= streams), key=lambda p: p.streams, default=None) \
         if curve else None
     prefill = (point.prefill_tps if point and point.prefill_tps else None) or prefill_tps or \
-        (nearest.prefill_tps if nearest else None)
+        (nearest.prefill_tps if nearest else None) or (_mean(curve.result.prefill_tokens_per_s) if curve else None)
     if not streams or not aggregate_tps:
         return RequestFigures(None, None, None, None, None, None)
     per_hour = 3600 / (prompt / prefill + response / aggregate_tps) if prefill else None

@@ -383,7 +383,11 @@ def fit(
     quant: Annotated[Optional[str], typer.Option(help="Quant type, e.g. Q4_0.")] = None,
     context: Annotated[Optional[int], typer.Option(
         help="Context tokens (default: 4096, or the model's trained context when smaller).")] = None,
-    min_tps: Annotated[Optional[float], typer.Option(help="Minimum decode tokens/s.")] = None,
+    min_tps: Annotated[Optional[float], typer.Option(
+        help="Minimum decode tokens/s (per stream with --streams; the serving answer's default: 8).")] = None,
+    streams: Annotated[Optional[int], typer.Option(
+        "--streams", "--users", help="Concurrent streams (users): does the device serve that many, each at "
+                                     "--min-tps, and with what memory?")] = None,
     max_watts: Annotated[Optional[float], typer.Option(help="Maximum decode power, W.")] = None,
     device: Annotated[Optional[str], typer.Option(
         help="Only this device (its id, or a hostname that one device has); without MODEL: its largest model per "
@@ -393,22 +397,27 @@ def fit(
     coordinator: Coordinator = DEFAULT_ADDRESS,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Per device: fits comfortably (<70% of RAM) / tight (70-95%) / does not fit, with speed, energy and provenance.
+    """Per device: fits comfortably (<70% of RAM) / tight (70-95%) / does not fit, with speed, energy, the streams
+    it serves at the interactive speed (or --min-tps), and provenance; --streams N: does it serve N at once.
 
     `~` marks a predicted or estimated figure and `±` its leave-one-size-out error band."""
     from fleetfit.coordinator import render
-    from fleetfit.coordinator.fit import fit_table
+    from fleetfit.coordinator.fit import MAX_STREAMS, fit_table
     from fleetfit.v1 import fleetfit_pb2 as pb
 
-    for name, value in (("--min-tps", min_tps), ("--max-watts", max_watts), ("--context", context)):
+    for name, value in (("--min-tps", min_tps), ("--max-watts", max_watts), ("--context", context),
+                        ("--streams", streams)):
         if value is not None and value <= 0:
             _fail(f"{name} must be positive, got {value:g}")
+    if streams is not None and streams > MAX_STREAMS:
+        _fail(f"--streams must be at most {MAX_STREAMS}, got {streams}")
     if model is None and device is None:
         _fail("give a MODEL (with --quant), or --device D for the largest model per precision on D")
     if model is not None and quant is None:
         _fail("--quant is required with a MODEL (e.g. --quant Q4_0)")
     request = pb.FitRequest(model_name=model or "", quant=quant or "", backend=backend, device=device or "")
-    for field, value in (("min_decode_tokens_per_s", min_tps), ("max_watts", max_watts), ("context_tokens", context)):
+    for field, value in (("min_decode_tokens_per_s", min_tps), ("max_watts", max_watts), ("context_tokens", context),
+                         ("streams", streams)):
         if value is not None:
             setattr(request, field, value)
     answers = _pages(_fleet(coordinator).Fit, request, "answers", timeout=60)
@@ -422,7 +431,8 @@ def report(
     coordinator: Coordinator = DEFAULT_ADDRESS,
     option: Annotated[Optional[list[str]], typer.Option(help="Table option KEY=VALUE (repeatable).")] = None,
 ) -> None:
-    """A static HTML report: plots (inline SVG) of decode speed, memory and tokens per joule, and every table."""
+    """A static HTML report: plots (inline SVG) of decode speed, memory, tokens per joule and, per swept device,
+    decode against concurrent streams, and every table."""
     from fleetfit.coordinator import report as html_report
     from fleetfit.coordinator.tables import SEED_ORDER
     from fleetfit.v1 import fleetfit_pb2 as pb

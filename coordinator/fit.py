@@ -16,7 +16,7 @@ import dataclasses
 import difflib
 import hashlib
 
-from fleetfit.coordinator import offload, scaling
+from fleetfit.coordinator import offload, scaling, serving
 from fleetfit.coordinator.devices import display_names
 from fleetfit.coordinator.devices import find as find_device
 from fleetfit.coordinator.limits import backend_of, limit_row, quant_of
@@ -31,6 +31,7 @@ COMFORTABLE, TIGHT = 0.70, 0.95
 OK_VERDICTS = ("fits_comfortably", "tight")
 DEVICE_QUANTS = ("F16", "Q8_0", "Q4_K_M", "Q4_0")  # precisions `fit --device` answers for, besides measured ones
 RANK = {"measured": 0, "predicted": 1, "estimated": 2}
+MAX_STREAMS = 1_000_000  # fit --streams: beyond any device's memory
 
 
 class UnknownModel(ValueError):
@@ -81,9 +82,11 @@ def _band_text(f: pb.FitFigure) -> str:
 
 def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str, results: list[pb.ProfileResult],
            min_decode_tps: float | None = None, context: int | None = None, max_watts: float | None = None,
-           dm: scaling.DeviceModel | None = None, device_name: str = "") -> pb.FitAnswer:
+           dm: scaling.DeviceModel | None = None, device_name: str = "", streams: int | None = None,
+           sm: serving.ServingModel | None = None) -> pb.FitAnswer:
     """Does `model_name` at `quant` on `backend` fit `device` at `context` tokens (default: FIT_CONTEXT, or the
-    model's own when smaller), how fast, and how we know."""
+    model's own when smaller), how fast, how many streams it serves (with `streams`: does it serve that many,
+    each at `min_decode_tps` or the interactive speed), and how we know."""
     spec = backends.backend(backend)
     arch = CATALOGUE.get(model_name) if spec.can_size(quant) else None
     context = context or scaling.default_context(CATALOGUE.get(model_name))
@@ -129,6 +132,9 @@ def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str
     present = [f.provenance for f in (out.memory_bytes, out.decode_tokens_per_s) if f.provenance]
     out.provenance = max(present, key=RANK.get) if present else ""
     out = _verdict(out, device, min_decode_tps, max_watts, watts)
+    if arch is not None and out.verdict != "unknown" and out.HasField("decode_tokens_per_s"):
+        sm = sm if sm is not None else serving.serving_model(dm, results)
+        _serving(out, device, arch, sm, streams, min_decode_tps or serving.INTERACTIVE_TPS)
     if arch is not None and spec.name == "llama.cpp":
         _add_offload(out, device, arch, quant, context)
     return out
@@ -158,14 +164,67 @@ def _add_offload(out: pb.FitAnswer, device: pb.DeviceInventory, arch, quant: str
                       "not even one layer fits; it runs on the CPU"))
 
 
+
+def _serving(out: pb.FitAnswer, device: pb.DeviceInventory, arch, sm: serving.ServingModel, streams: int | None,
+             target: float) -> None:
+    """The most streams that each get `target` tok/s and, with `streams`, whether the device serves that many:
+    from the device's sweeps (measured, or predicted from them), else one stream's decode divided (estimated)."""
+    out.stream_target_tokens_per_s = target
+    decode = out.decode_tokens_per_s
+    cap = sm.capacity(arch, out.quant, target) if sm.curves else None
+    if cap is not None:
+        band = f"; streams within the speed's band: {cap.band[0]}–{cap.band[1]}" if cap.band else ""
+        out.max_streams.CopyFrom(pb.FitFigure(value=cap.streams, provenance=cap.provenance, method=cap.method + band))
+    else:
+        out.max_streams.CopyFrom(pb.FitFigure(value=int(decode.value // target), provenance="estimated",
+                                              method=serving.one_stream_division(sm)))
+    mark = "" if out.max_streams.provenance == "measured" else "~"
+    if streams is None:
+        if out.verdict in OK_VERDICTS:
+            out.reason += (f"; serves {mark}{out.max_streams.value:.0f} stream(s) at ≥{target:g} tok/s each "
+                           f"({out.max_streams.provenance})")
+        return
+    out.streams = streams
+    kv = scaling.kv_cache_bytes(arch, out.context_tokens)
+    need = out.memory_bytes.value + (streams - 1) * kv
+    out.serving_memory_bytes.CopyFrom(pb.FitFigure(
+        value=need, provenance=out.memory_bytes.provenance if streams == 1 else max(
+            out.memory_bytes.provenance, "predicted", key=RANK.get),
+        method=f"one stream's {out.memory_bytes.provenance} memory at ctx {out.context_tokens} + {streams - 1} more "
+               f"F16 KV caches of {kv / MIB:.1f} MiB (GQA-aware)"))
+    if cap is not None:
+        aggregate = sm.aggregate(cap.source, streams)
+    else:
+        aggregate = scaling.Figure(decode.value, "estimated", serving.one_stream_division(sm))
+    if aggregate.value is not None:
+        out.aggregate_tokens_per_s.CopyFrom(_figure(aggregate))
+        per_stream = pb.FitFigure()
+        per_stream.CopyFrom(out.aggregate_tokens_per_s)
+        per_stream.value = aggregate.value / streams
+        out.stream_tokens_per_s.CopyFrom(per_stream)
+    capacity = _capacity_bytes(device, out)
+    fits = bool(capacity) and need <= TIGHT * capacity
+    word = "" if out.stream_tokens_per_s.provenance == "measured" else "~"
+    if not fits:
+        out.serves = False
+        why = f"{streams} streams need ~{need / MIB:.0f} MiB at ctx {out.context_tokens}, over {TIGHT:.0%} of " \
+              f"{capacity / MIB:.0f} MiB"
+    elif aggregate.value is None:
+        why = f"cannot tell the speed of {streams} streams: {aggregate.method}"
+    else:
+        out.serves = out.stream_tokens_per_s.value >= target
+        why = (f"{streams} streams get {word}{out.stream_tokens_per_s.value:.1f} tok/s each "
+               f"({out.stream_tokens_per_s.provenance}{_band_text(out.stream_tokens_per_s)}), "
+               f"{'at or above' if out.serves else 'below'} the {target:g} asked; memory ~{need / MIB:.0f} MiB")
+    if out.HasField("serves") and not out.serves and out.verdict in OK_VERDICTS:
+        out.verdict = "does_not_fit"
+    out.reason = f"{'serves' if out.serves else 'does not serve' if out.HasField('serves') else 'unknown'}: {why}; " \
+                 + out.reason
+
+
 def _capacity_bytes(device: pb.DeviceInventory, out: pb.FitAnswer) -> int:
     """The memory the answer is judged against: the GPU's for a run measured on a GPU, else the device's RAM."""
-    if out.HasField("evidence") and out.evidence.compute_device.startswith("cuda"):
-        index = int(out.evidence.compute_device.partition(":")[2] or 0)
-        gpu = next((g for g in device.gpus if g.index == index), None)
-        if gpu is not None and gpu.memory_total_bytes:
-            return gpu.memory_total_bytes
-    return device.ram_total_bytes
+    return serving.memory_capacity(device, out.evidence.compute_device if out.HasField("evidence") else "")
 
 
 def _verdict(out: pb.FitAnswer, device: pb.DeviceInventory, min_tps, max_watts, watts) -> pb.FitAnswer:
@@ -203,11 +262,11 @@ def _verdict(out: pb.FitAnswer, device: pb.DeviceInventory, min_tps, max_watts, 
 
 
 def fit(model_name: str, quant: str, backend: str, devices: list[pb.Device], results: list[pb.ProfileResult],
-        min_decode_tps: float | None = None, context: int | None = None, max_watts: float | None = None
-        ) -> list[pb.FitAnswer]:
+        min_decode_tps: float | None = None, context: int | None = None, max_watts: float | None = None,
+        streams: int | None = None) -> list[pb.FitAnswer]:
     names = display_names(devices)
     return [answer(d.inventory, model_name, quant, backend, results, min_decode_tps, context, max_watts,
-                   device_name=names[d.inventory.device_id]) for d in devices]
+                   device_name=names[d.inventory.device_id], streams=streams) for d in devices]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,17 +275,20 @@ class Question:
     quant: str  # canonical for the backend
     backend: str
     device: str  # id or hostname; empty = every device
-    limits: dict  # min_decode_tps, context, max_watts
+    limits: dict  # min_decode_tps, context, max_watts, streams
 
 
 def question(request: pb.FitRequest, known_models: set[str]) -> Question:
     """The request checked and spelled canonically, or ValueError (one line) naming what is wrong."""
     limits = dict(min_decode_tps=request.min_decode_tokens_per_s if request.HasField("min_decode_tokens_per_s")
                   else None, context=request.context_tokens if request.HasField("context_tokens") else None,
-                  max_watts=request.max_watts if request.HasField("max_watts") else None)
+                  max_watts=request.max_watts if request.HasField("max_watts") else None,
+                  streams=request.streams if request.HasField("streams") else None)
     bad = [f"{name} must be positive" for name, value in (("context_tokens", limits["context"]),
-           ("min_decode_tokens_per_s", limits["min_decode_tps"]), ("max_watts", limits["max_watts"]))
-           if value is not None and value <= 0]
+           ("min_decode_tokens_per_s", limits["min_decode_tps"]), ("max_watts", limits["max_watts"]),
+           ("streams", limits["streams"])) if value is not None and value <= 0]
+    if limits["streams"] is not None and limits["streams"] > MAX_STREAMS:
+        bad.append(f"streams must be at most {MAX_STREAMS}")
     if bad:
         raise ValueError("; ".join(bad))
     try:
@@ -290,10 +352,13 @@ class AnswerCache:
 
 def largest_per_precision(device: pb.DeviceInventory, backend: str, results: list[pb.ProfileResult],
                           context: int | None = None, min_decode_tps: float | None = None,
-                          max_watts: float | None = None, device_name: str = "") -> list[pb.FitAnswer]:
-    """Per precision (measured here, and the backend's common ones): the largest catalogued model that fits."""
+                          max_watts: float | None = None, device_name: str = "", streams: int | None = None
+                          ) -> list[pb.FitAnswer]:
+    """Per precision (measured here, and the backend's common ones): the largest catalogued model that fits (with
+    `streams`: that serves that many streams)."""
     spec = backends.backend(backend)
     dm = scaling.device_model(device, results, spec.name)
+    sm = serving.serving_model(dm, results)
     common = DEVICE_QUANTS if spec.takes_gguf_types() else spec.precisions
     quants = list(dict.fromkeys([*common, *(p.quant for p in dm.points)]))
     out = []
@@ -302,7 +367,7 @@ def largest_per_precision(device: pb.DeviceInventory, backend: str, results: lis
             if backends.obtainable(spec, arch.name, set(REAL_MODELS), CATALOGUE):
                 continue
             a = answer(device, arch.name, quant, spec.name, results, min_decode_tps, context, max_watts, dm,
-                       device_name)
+                       device_name, streams, sm)
             if a.verdict in OK_VERDICTS:
                 out.append(a)
                 break
@@ -323,11 +388,21 @@ def _cell(f: pb.FitFigure, scale: float = 1.0, fmt: str = "{:.3g}") -> str:
 def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list[str]]]:
     """Rows for the CLI; `~` marks a predicted or estimated figure, `±` its leave-one-size-out band."""
     header = ["device", "model", "backend", "quant", "context", "verdict", "memory MiB", "RAM MiB", "% RAM",
-              "decode tok/s", "prefill tok/s", "J/token", "provenance", "reason"]
+              "decode tok/s", "prefill tok/s", "J/token", "streams", "provenance", "reason"]
     body = [[a.device_name or a.hostname or a.device_id, a.model_name or "n/a", a.backend, a.quant,
              str(a.context_tokens or "n/a"), a.verdict,
              _cell(a.memory_bytes, MIB, "{:.0f}"), f"{a.ram_total_bytes / MIB:.0f}",
              f"{a.memory_fraction:.0%}" if a.HasField("memory_fraction") else "n/a",
              _cell(a.decode_tokens_per_s), _cell(a.prefill_tokens_per_s), _cell(a.joules_per_token),
-             a.provenance or "n/a", a.reason] for a in answers]
+             _streams_cell(a), a.provenance or "n/a", a.reason] for a in answers]
     return header, body
+
+
+def _streams_cell(a: pb.FitAnswer) -> str:
+    """With --streams: whether it serves them and each one's speed; else the most streams at the target speed."""
+    if a.HasField("streams"):
+        verdict = ("yes" if a.serves else "no") if a.HasField("serves") else "unknown"
+        return f"{a.streams}: {verdict} ({_cell(a.stream_tokens_per_s)} tok/s each)"
+    if not a.max_streams.provenance:
+        return "n/a"
+    return f"max {_cell(a.max_streams, fmt='{:.0f}')} at ≥{a.stream_target_tokens_per_s:g} tok/s"

@@ -1,8 +1,10 @@
 """`fleetfit report --out DIR`: one static HTML page with plots (inline SVG, no JavaScript) and the tables.
 
 Plots: decode tokens/s against parameters per device and precision (log-log), peak memory against parameters
-with each device's RAM as a line, tokens per joule against parameters. Points are measured runs; the tables
-below carry the predicted (~) figures. DIR/tables.md holds the tables as markdown.
+with each device's RAM as a line, tokens per joule against parameters, and per device with concurrency sweeps,
+aggregate and per-stream decode tokens/s against concurrent streams (measured points solid, predicted ones hollow
+with their leave-one-out band). Other points are measured runs; the tables below carry the predicted (~) figures.
+DIR/tables.md holds the tables as markdown.
 """
 
 import html
@@ -14,6 +16,7 @@ from fleetfit.coordinator.devices import display_names
 from fleetfit.coordinator.render import clean
 from fleetfit.coordinator.limits import comparable
 from fleetfit.coordinator.tables import render_table
+from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 380, 70, 170, 20, 50
@@ -33,16 +36,25 @@ def _ticks(lo: float, hi: float, log: bool) -> list[float]:
 
 
 def scatter_svg(title: str, series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str,
-                log_y: bool = True, lines: dict[str, float] | None = None) -> str:
-    """A scatter plot with one polyline per series (log x; log or linear y) and optional horizontal lines."""
+                log_y: bool = True, lines: dict[str, float] | None = None,
+                predicted: dict[str, list[tuple[float, float, float | None, float | None]]] | None = None) -> str:
+    """A scatter plot with one polyline per series (log x; log or linear y) and optional horizontal lines.
+    `predicted` adds, per series, hollow points (x, y, band low, band high) with their band as a vertical bar,
+    joined to the series' measured points by a dashed line; measured points are solid."""
     # Only finite, positive figures are drawn (log axes): a run stored with a zero or broken figure is left out.
     def drawable(*values: float) -> bool:
         return all(math.isfinite(v) and v > 0 for v in values)
 
     lines = {name: y for name, y in (lines or {}).items() if drawable(y)}
     series = {name: kept for name, pts in series.items() if (kept := [(x, y) for x, y in pts if drawable(x, y)])}
-    xs = [x for pts in series.values() for x, _ in pts]
-    ys = [y for pts in series.values() for _, y in pts] + list(lines.values())
+    predicted = {name: kept for name, pts in (predicted or {}).items()
+                 if (kept := [(x, y, lo if lo is not None and drawable(lo) else None,
+                               hi if hi is not None and drawable(hi) else None)
+                              for x, y, lo, hi in pts if drawable(x, y)])}
+    names = sorted(set(series) | set(predicted))
+    xs = [x for pts in series.values() for x, _ in pts] + [p[0] for pts in predicted.values() for p in pts]
+    ys = [y for pts in series.values() for _, y in pts] + list(lines.values()) + \
+        [v for pts in predicted.values() for p in pts for v in p[1:] if v is not None]
     if not xs:
         return f'<p class="empty">{_escape(title)}: no data yet</p>'
     x_ticks = _ticks(min(xs), max(xs), True)
@@ -68,13 +80,25 @@ def scatter_svg(title: str, series: dict[str, list[tuple[float, float]]], x_labe
         out.append(f'<line class="capacity" x1="{PAD_L}" x2="{W - PAD_R}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
                    f'stroke="{colour}" stroke-dasharray="6 4"/><text x="{W - PAD_R + 4}" y="{py(y) + 4:.1f}" '
                    f'font-size="10" fill="{colour}">{_escape(name)} RAM</text>')
-    for i, (name, pts) in enumerate(sorted(series.items())):
-        colour, pts = COLOURS[i % len(COLOURS)], sorted(pts)
+    for i, name in enumerate(names):
+        colour, pts, guesses = COLOURS[i % len(COLOURS)], sorted(series.get(name, [])), sorted(predicted.get(name, []))
         if len(pts) > 1:
             path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
             out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        if guesses:
+            path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in sorted(pts + [g[:2] for g in guesses]))
+            out.append(f'<polyline class="predicted" points="{path}" fill="none" stroke="{colour}" '
+                       f'stroke-width="1" stroke-dasharray="4 3"/>')
         out += [f'<circle class="point" cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{colour}">'
                 f'<title>{_escape(name)}: {_num(x)}, {_num(y)}</title></circle>' for x, y in pts]
+        for x, y, lo, hi in guesses:
+            if lo is not None and hi is not None:
+                out.append(f'<line class="band" x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{py(lo):.1f}" '
+                           f'y2="{py(hi):.1f}" stroke="{colour}" stroke-width="1.5"/>')
+            band = f" ({_num(lo)}–{_num(hi)})" if lo is not None and hi is not None else ""
+            out.append(f'<circle class="predicted" cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="white" '
+                       f'stroke="{colour}" stroke-width="1.5"><title>{_escape(name)} (predicted): {_num(x)}, '
+                       f'{_num(y)}{band}</title></circle>')
         ly = PAD_T + 14 * (i + len(lines)) + 10
         out.append(f'<circle cx="{W - PAD_R + 10}" cy="{ly - 4}" r="4" fill="{colour}"/>'
                    f'<text x="{W - PAD_R + 18}" y="{ly}" font-size="11">{_escape(name)}</text>')
@@ -117,18 +141,50 @@ def plots(devices: list[pb.Device], rows: list[pb.LimitRow], power: pb.Table | N
     ]
 
 
+def serving_plots(curves: pb.Table | None) -> list[str]:
+    """Per device: aggregate and per-stream decode tok/s against concurrent streams, from the serving-curves table;
+    measured points solid, predicted ones hollow with their band."""
+    if curves is None:
+        return []
+    col = {c: i for i, c in enumerate(curves.columns)}
+    per_device: dict[str, tuple[dict, dict]] = {}
+    for row in curves.rows:
+        cells = [c.WhichOneof("kind") and getattr(c, c.WhichOneof("kind")) for c in row.cells]
+        value = lambda name: cells[col[name]] if isinstance(cells[col[name]], float) else None
+        streams, aggregate, per_stream = value("streams"), value("aggregate tok/s"), value("per-stream tok/s")
+        if streams is None or aggregate is None or per_stream is None:
+            continue
+        measured, guessed = per_device.setdefault(cells[col["device"]], ({}, {}))
+        backend = cells[col["backend"]]
+        key = f"{cells[col['model']]} {cells[col['precision']]}" + ("" if backend == DEFAULT_BACKEND else f" {backend}")
+        if cells[col["provenance"]] == "measured":
+            measured.setdefault(f"{key} aggregate", []).append((streams, aggregate))
+            measured.setdefault(f"{key} per stream", []).append((streams, per_stream))
+        else:
+            low, high = value("aggregate low"), value("aggregate high")
+            guessed.setdefault(f"{key} aggregate", []).append((streams, aggregate, low, high))
+            guessed.setdefault(f"{key} per stream", []).append(
+                (streams, per_stream, low / streams if low else None, high / streams if high else None))
+    return [scatter_svg(f"{device}: decode tokens/s against concurrent streams (solid: measured, hollow: "
+                        "predicted with its band)", measured, "concurrent streams", "decode tokens/s",
+                        predicted=guessed) for device, (measured, guessed) in sorted(per_device.items())]
+
+
 def build(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Table]) -> tuple[str, str]:
     """(index.html, tables.md) for the fleet."""
     markdown = "\n\n".join(f"## {t.title}\n\n{render_table(t, 'md')}" for t in tables)
     power = next((t for t in tables if t.name == "power"), None)
+    curves = next((t for t in tables if t.name == "serving-curves"), None)
+    svgs = plots(devices, rows, power) + serving_plots(curves)
     figures = "\n".join(f"<figure><figcaption>{re.search(r'<title>(.*?)</title>', svg).group(1)}"
-                         f"</figcaption>{svg}</figure>" if "<svg" in svg else svg for svg in plots(devices, rows, power))
+                         f"</figcaption>{svg}</figure>" if "<svg" in svg else svg for svg in svgs)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fleetfit report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} figure{{margin:1em 0}} figcaption{{font-weight:bold}}
 pre{{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}}</style></head><body>
 <h1>fleetfit: scalability analysis and deployment limits</h1>
-<p>{len(devices)} device(s), {len(rows)} measured rows. Plotted points are measurements; in the tables a
+<p>{len(devices)} device(s), {len(rows)} measured rows. Plotted points are measurements, except the hollow
+points of the serving plots (predictions from the device's sweeps, with their band); in the tables a
 <code>~</code> marks a prediction of the device's scaling model (or an estimate, where nothing was measured).</p>
 {figures}
 <h2>Tables</h2>

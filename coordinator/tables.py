@@ -11,7 +11,7 @@ from typing import Callable
 from google.protobuf import struct_pb2
 
 from fleetfit.coordinator import fit as fit_rules
-from fleetfit.coordinator import render, scaling
+from fleetfit.coordinator import render, scaling, serving
 from fleetfit.coordinator.devices import DeviceLookupError, display_names
 from fleetfit.coordinator.devices import find as find_device
 from fleetfit.coordinator.limits import (DEFAULT_SHAPE, backend_of, chosen_shapes, comparable, limit_rows, quant_of,
@@ -486,31 +486,54 @@ def bandwidth(fleet: Fleet, options: dict[str, str]) -> TableData:
 
 # -- deployment limits and recommendations (issue 7): the scaling model against use thresholds
 
-USES = (("real-time", "realtime_tps", 20.0), ("interactive", "interactive_tps", 8.0), ("batch", "batch_tps", 1.0))
+USES = (("real-time", "realtime_tps", 20.0), ("interactive", "interactive_tps", serving.INTERACTIVE_TPS),
+        ("batch", "batch_tps", 1.0))
 
 
 def _uses(options: dict[str, str]) -> list[tuple[str, float]]:
     return [(use, float_option(options, key, default, minimum=1e-6)) for use, key, default in USES]
 
 
-def _ladder_devices(fleet: Fleet) -> list[tuple[str, scaling.DeviceModel]]:
+def _ladder_devices(fleet: Fleet, models: dict | None = None) -> list[tuple[str, scaling.DeviceModel]]:
     """(display name, scaling model) of every calibrated device and backend."""
-    return [(fleet.name(i), dm) for (i, _), dm in device_models(fleet).items() if dm.calibration is not None]
+    models = models if models is not None else device_models(fleet)
+    return [(fleet.name(i), dm) for (i, _), dm in models.items() if dm.calibration is not None]
+
+
+def _streams_per_device(sm: serving.ServingModel | None, arch, quant: str, decode: scaling.Figure, min_tps: float
+                        ) -> tuple[int | str, int, str]:
+    """(cell, count, how): the streams one device serves at `min_tps` each, from its sweeps where it has some."""
+    cap = sm.capacity(arch, quant, min_tps) if sm is not None else None
+    if cap is not None:
+        return (cap.streams if cap.provenance == "measured" else cap.streams_text()), cap.streams, \
+            _serving_label(cap, sm)
+    n = int(decode.value // min_tps)
+    return n, n, serving.one_stream_division(sm, detail=False)
 
 
 @table("deployment", "Deployment limits: the largest model per device and precision for each use's decode speed")
 def deployment(fleet: Fleet, options: dict[str, str]) -> TableData:
     uses = _uses(options)
+    interactive = dict(uses)["interactive"]
+    models = device_models(fleet)
+    sms = serving_models(fleet, models)
     rows = []
-    for name, dm in _ladder_devices(fleet):
+    for name, dm in _ladder_devices(fleet, models):
         for quant in dict.fromkeys(p.quant for p in dm.points):
+            found = largest(dm, quant, interactive)
+            streams = (_streams_per_device(sms.get((dm.device.device_id, dm.backend)), found[0], quant,
+                                           found[1].decode_tps, interactive) if found else (None, 0, None))
             rows.append([name, dm.backend, quant,
                          f"{dm.device.ram_total_bytes / 1e9:.1f}" if dm.device.ram_total_bytes else None,
-                         *(_largest_text(dm, quant, tps) for _, tps in uses), _largest_text(dm, quant)])
+                         *(_largest_text(dm, quant, tps) for _, tps in uses), _largest_text(dm, quant),
+                         streams[0], streams[2]])
     return TableData(["device", "backend", "precision", "RAM GB", *(f"{use} (≥{tps:g} tok/s)" for use, tps in uses),
-                      "offline (fits at all)"], rows,
+                      "offline (fits at all)", "interactive streams", "streams: how"], rows,
                      ["largest catalogued model under 95% of RAM whose decode meets the use's speed; thresholds are "
-                      "options realtime_tps, interactive_tps, batch_tps (tokens/s of one stream)", PREDICTED_NOTE])
+                      "options realtime_tps, interactive_tps, batch_tps (tokens/s of one stream)",
+                      "interactive streams: how many concurrent streams of the interactive model each get the "
+                      "interactive speed (the serving table's max streams); 'one-stream division': "
+                      + serving.DIVISION, PREDICTED_NOTE])
 
 
 SCALES = (("small", 100), ("medium", 10_000), ("large", 100_000))
@@ -524,35 +547,182 @@ def recommendations(fleet: Fleet, options: dict[str, str]) -> TableData:
     if active > 1:
         raise TableError(f"option active_fraction must be at most 1, got {active:g}")
     watts = {d: fit_rules.decode_watts(d, fleet.results, None) for d in {r.device_id for r in fleet.results}}
+    models = device_models(fleet)
+    sms = serving_models(fleet, models)
+    choices = []  # per device and backend: the model to run and the streams one device serves
+    for name, dm in _ladder_devices(fleet, models):
+        best = max(((q, largest(dm, q, interactive)) for q in dict.fromkeys(p.quant for p in dm.points)),
+                   key=lambda qf: (n_params(qf[1][0]) if qf[1] else 0, -(qf[1][1].memory_bytes.value if qf[1] else 0)))
+        quant, found = best
+        streams = _streams_per_device(sms.get((dm.device.device_id, dm.backend)), found[0], quant,
+                                      found[1].decode_tps, interactive) if found else None
+        choices.append((name, dm, quant, found, streams))
     rows = []
     for scale, users in SCALES:
-        streams = max(1, round(users * active))
-        for name, dm in _ladder_devices(fleet):
-            best = max(((q, largest(dm, q, interactive)) for q in dict.fromkeys(p.quant for p in dm.points)),
-                       key=lambda qf: (n_params(qf[1][0]) if qf[1] else 0, -(qf[1][1].memory_bytes.value if qf[1] else 0)))
-            quant, found = best
+        wanted = max(1, round(users * active))
+        for name, dm, quant, found, streams in choices:
             if found is None:
-                rows.append([scale, users, streams, name, dm.backend, None, None, None, None, None, None])
+                rows.append([scale, users, wanted, name, dm.backend, None, None, None, None, None, None, None, None])
                 continue
             arch, p = found
-            per_device = max(1, int(p.decode_tps.value // interactive))
-            n_devices = -(-streams // per_device)
+            cell, per_device, how = streams
+            n_devices = -(-wanted // per_device) if per_device else None
             w = watts.get(dm.device.device_id)
-            cost = round(n_devices * w[0] * HOURS_PER_MONTH / 1000 * price, 2) if w else None
+            cost = round(n_devices * w[0] * HOURS_PER_MONTH / 1000 * price, 2) if w and n_devices else None
             mark = "" if p.decode_tps.provenance == "measured" else "~"
-            rows.append([scale, users, streams, name, dm.backend, arch.name, quant, f"{mark}{p.decode_tps.value:.3g}",
-                         per_device, n_devices, cost])
-    return TableData(["scale", "users", "concurrent streams", "device", "backend", "model", "precision", "decode tok/s",
-                      "streams per device", "devices needed", "energy cost/month"], rows,
+            rows.append([scale, users, wanted, name, dm.backend, arch.name, quant, f"{mark}{p.decode_tps.value:.3g}",
+                         cell, n_devices, cost, how])
+    return TableData(["scale", "users", "concurrent streams", "device", "backend", "model", "precision",
+                      "one-stream decode tok/s", "streams per device", "devices needed", "energy cost/month",
+                      "streams: how"], rows,
                      [f"concurrent streams = users x active_fraction ({active:g}); each stream needs the interactive "
-                      f"speed ({interactive:g} tok/s, option interactive_tps); a device serves decode tok/s / that many "
-                      "streams, time-shared (no batching measured)",
+                      f"speed ({interactive:g} tok/s, option interactive_tps)",
+                      "streams per device: from the device's concurrency sweeps (measured counts, or predicted from "
+                      "them: the serving table's max streams); 'one-stream division': " + serving.DIVISION,
                       "model: the largest catalogued model that meets the interactive speed on the device, any "
                       "precision measured there",
                       f"energy cost: devices x the device's mean decode power x {HOURS_PER_MONTH:g} h x price_per_kwh "
                       f"({price:g}); power may be ESTIMATED (see the power table)", PREDICTED_NOTE])
 
 
+# -- serving capacity (issue 14): concurrency sweeps, and predictions calibrated on them (coordinator/serving.py)
+
+def serving_models(fleet: Fleet, models: dict | None = None) -> dict[tuple[str, str], serving.ServingModel]:
+    """The serving model of every device and backend with a concurrency sweep."""
+    models = models if models is not None else device_models(fleet)
+    swept = sorted({(c.device_id, c.backend) for c in serving.curves(fleet.results)})
+    return {k: serving.serving_model(models[k], fleet.results) for k in swept if k in models}
+
+
+def _tokens_option(options: dict[str, str], key: str, default: int) -> int:
+    value = float_option(options, key, default, minimum=1)
+    if not value.is_integer() or value > 1_000_000:
+        raise TableError(f"option {key} must be a whole number of tokens up to 1000000, got {options[key]!r}")
+    return int(value)
+
+
+def _figure_cell(value: float | None, measured: bool, band: float | None = None, digits: int = 4):
+    """A measured figure as a number; a predicted one as "~x", with its band when it has one."""
+    if value is None:
+        return None
+    if measured:
+        return round(value, digits)
+    return (f"~{value:.0f}" if abs(value) >= 1000 else f"~{value:.3g}") + (f" ±{band:.0%}" if band is not None else "")
+
+
+def _serving_label(cap: serving.Capacity, sm: serving.ServingModel) -> str:
+    cm = cap.source
+    if cm.curve is not None:
+        dip = "" if cm.curve.monotonic else "; not monotonic: its aggregate falls somewhere as streams are added"
+        if cap.provenance == "measured":
+            return f"measured: sweep of {cm.curve.counts} streams{dip}"
+        return f"predicted from its sweep of {cm.curve.counts} streams (t = a + b·N){dip}"
+    fitted = ", ".join(sm.calibration.fitted_on) if sm.calibration else "none"
+    return f"predicted: not swept here; calibrated on the sweeps of {fitted}"
+
+
+def _serving_row(fleet: Fleet, sm: serving.ServingModel, model: str, quant: str, min_tps: float, prompt: int,
+                 response: int, curve: serving.Curve | None = None) -> list | None:
+    cap = sm.capacity(model, quant, min_tps, curve)
+    if cap is None:
+        return None
+    cm, measured = cap.source, cap.provenance == "measured"
+    one = cm.one_stream.prefill_tps.value if cm.one_stream else None
+    req = serving.request_figures(cm.curve, cap.streams, cap.aggregate_tps.value, one, prompt, response)
+    if cap.point is not None:
+        memory = cap.point.peak_bytes
+    else:
+        per_stream, base, _ = sm.memory_line(CATALOGUE.get(model), cm)
+        memory = base + cap.streams * per_stream if per_stream is not None and cap.streams else None
+    band = cap.aggregate_tps.error_fraction
+    shape = cm.curve.shape if cm.curve else f"as {max(sm.curves, key=lambda c: c.result.started_unix_s).shape}"
+    return [fleet.name(sm.dm.device.device_id), sm.dm.backend, model, quant, shape,
+            cm.curve.counts if cm.curve else None, cap.streams if measured else cap.streams_text(),
+            _figure_cell(cap.aggregate_tps.value, measured, band),
+            _figure_cell(cap.per_stream_tps.value, measured, band),
+            _figure_cell(req.requests_per_hour, measured, band, 0), _figure_cell(req.ttft_ms_p50, measured),
+            _figure_cell(req.ttft_ms_p99, measured), _figure_cell(req.response_s_p50, measured),
+            _figure_cell(req.response_s_p99, measured),
+            _figure_cell(memory / 1e9 if memory else None, measured), _figure_cell(req.joules, measured),
+            _serving_label(cap, sm)]
+
+
+def _unswept_models(sm: serving.ServingModel) -> list[tuple[str, str]]:
+    """(model, precision) to predict on a swept device: the seed's sizes and the models measured there with one
+    stream, at each precision swept there, that have no sweep."""
+    spec = backends.backend(sm.dm.backend)
+    quants = dict.fromkeys(c.quant for c in sm.curves)
+    models = dict.fromkeys([*scaling.SEED_SIZES, *(p.model for p in sm.dm.points)])
+    return [(m, q) for q in quants for m in models if sm.curve(m, q) is None and m in CATALOGUE
+            and not backends.obtainable(spec, m, set(), CATALOGUE) and spec.can_size(q) and _takes(spec, q)]
+
+
+@table("serving", "Cloud deployment scaling: concurrent streams, requests per hour and latency per device")
+def serving_table(fleet: Fleet, options: dict[str, str]) -> TableData:
+    min_tps = dict(_uses(options))["interactive"]
+    prompt = _tokens_option(options, "prompt_tokens", serving.PROMPT_TOKENS)
+    response = _tokens_option(options, "response_tokens", serving.RESPONSE_TOKENS)
+    device = _device_option(fleet, options)
+    rows = []
+    for (device_id, _), sm in serving_models(fleet).items():
+        if device not in (None, device_id):
+            continue
+        found = [(n_params(CATALOGUE[c.model]) if c.model in CATALOGUE else 0, c.model, c.quant, c.shape,
+                  _serving_row(fleet, sm, c.model, c.quant, min_tps, prompt, response, c)) for c in sm.curves]
+        found += [(n_params(CATALOGUE[m]), m, q, "", _serving_row(fleet, sm, m, q, min_tps, prompt, response))
+                  for m, q in _unswept_models(sm)]
+        rows += [row for *_, row in sorted(found, key=lambda f: f[:4]) if row is not None]
+    return TableData(["device", "backend", "model", "precision", "shape", "streams swept",
+                      f"max streams ≥{min_tps:g} tok/s", "aggregate tok/s", "per-stream tok/s",
+                      f"requests/hour ({prompt} in, {response} out)", "TTFT p50 ms", "TTFT p99 ms",
+                      "response p50 s", "response p99 s", "peak memory GB", "J/request", "provenance"], rows,
+                     [f"max streams: the most concurrent streams that each still decode at ≥{min_tps:g} tok/s "
+                      "(option interactive_tps); the figures after it are at that many streams",
+                      f"request: {prompt} prompt tokens in, {response} out (options prompt_tokens, response_tokens); "
+                      + serving.METHOD,
+                      "measured: a count the sweep ran (`fleetfit-agent profile --parallel 1,2,4,8`; the result's "
+                      "one-stream run is its 1 when the sweep has none), figures derived from its measured rates; "
+                      "~: predicted, ± the band of the aggregate speed (largest leave-one-out error on the device's "
+                      "sweeps), (a–b) the streams within that band; a ~ without ± has no band (the device has too "
+                      "few sweeps to hold one out)",
+                      "predicted: beyond or between a sweep's counts, t(N) = a + b·N (one decode step for N streams) "
+                      "fitted on its points; a model not swept, one stream from the scaling model plus a per-stream "
+                      "cost (FLOPs/token at the device's batched compute rate + KV cache read) calibrated on the "
+                      "device's sweeps; capped where the KV caches pass 95% of memory and at "
+                      f"{serving.EXTRAPOLATION}x the largest count swept there",
+                      "devices without a sweep have no rows here (recommendations says how it counts them)"])
+
+
+def _powers_of_two(top: int) -> list[int]:
+    return [1 << i for i in range(max(top, 1).bit_length()) if 1 << i <= top]
+
+
+@table("serving-curves", "Serving curves: aggregate and per-stream decode against concurrent streams")
+def serving_curves(fleet: Fleet, options: dict[str, str]) -> TableData:
+    rows = []
+    for (device_id, backend), sm in serving_models(fleet).items():
+        for c in sm.curves:
+            cm = sm.curve_model(c.model, c.quant, c)
+            counts = [p.streams for p in c.points]
+            mem_cap, _ = sm.memory_cap(c.arch, cm, sm.capacity_bytes(cm))
+            top = min(4 * counts[-1], serving.EXTRAPOLATION * sm.largest_swept, *([mem_cap] if mem_cap else []))
+            predicted = [n for n in _powers_of_two(top) if n not in counts] if cm.line else []
+            for n in sorted([*counts, *predicted]):
+                f, point = sm.aggregate(cm, n), c.at(n)
+                band = f.error_fraction if point is None else None
+                rows.append([fleet.name(device_id), backend, c.model, c.quant, c.shape, n, f.provenance,
+                             round(f.value, 4), round(point.per_stream_tps if point else f.value / n, 4),
+                             round(f.value * (1 - band), 4) if band is not None else None,
+                             round(f.value * (1 + band), 4) if band is not None else None,
+                             point.source if point else "t(N) = a + b·N fitted on the sweep"])
+    return TableData(["device", "backend", "model", "precision", "shape", "streams", "provenance", "aggregate tok/s",
+                      "per-stream tok/s", "aggregate low", "aggregate high", "source"], rows,
+                     ["measured: the counts each sweep ran; predicted: the powers of two up to 4x its largest count "
+                      "(within memory) that it did not run, from t(N) = a + b·N fitted on its points",
+                      "low/high: the predicted aggregate ± the largest leave-one-count-out error on the device's "
+                      "sweeps"])
+
+
 # `fleetfit limits all`: the seed's tables in the seed's order, then the raw measurements
-SEED_ORDER = ("memory", "speed", "bandwidth", "capacity", "power", "energy-cost", "deployment", "recommendations",
-              "measured", "failures")
+SEED_ORDER = ("memory", "speed", "bandwidth", "capacity", "power", "energy-cost", "serving", "deployment",
+              "recommendations", "measured", "serving-curves", "failures")

@@ -689,7 +689,7 @@ class GetLimitTableResponse(_message.Message):
     def __init__(self, rows: _Optional[_Iterable[_Union[LimitRow, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class FitRequest(_message.Message):
-    __slots__ = ("model_name", "quant", "min_decode_tokens_per_s", "backend", "context_tokens", "max_watts", "device", "page_size", "page_token")
+    __slots__ = ("model_name", "quant", "min_decode_tokens_per_s", "backend", "context_tokens", "max_watts", "device", "page_size", "page_token", "streams")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     QUANT_FIELD_NUMBER: _ClassVar[int]
     MIN_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
@@ -699,6 +699,7 @@ class FitRequest(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     quant: str
     min_decode_tokens_per_s: float
@@ -708,7 +709,8 @@ class FitRequest(_message.Message):
     device: str
     page_size: int
     page_token: str
-    def __init__(self, model_name: _Optional[str] = ..., quant: _Optional[str] = ..., min_decode_tokens_per_s: _Optional[float] = ..., backend: _Optional[str] = ..., context_tokens: _Optional[int] = ..., max_watts: _Optional[float] = ..., device: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    streams: int
+    def __init__(self, model_name: _Optional[str] = ..., quant: _Optional[str] = ..., min_decode_tokens_per_s: _Optional[float] = ..., backend: _Optional[str] = ..., context_tokens: _Optional[int] = ..., max_watts: _Optional[float] = ..., device: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., streams: _Optional[int] = ...) -> None: ...
 
 class FitFigure(_message.Message):
     __slots__ = ("value", "provenance", "method", "error_fraction")
@@ -723,7 +725,7 @@ class FitFigure(_message.Message):
     def __init__(self, value: _Optional[float] = ..., provenance: _Optional[str] = ..., method: _Optional[str] = ..., error_fraction: _Optional[float] = ...) -> None: ...
 
 class FitAnswer(_message.Message):
-    __slots__ = ("device_id", "hostname", "verdict", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "provenance", "calibration", "device_name", "backend", "gpu_layers", "gpu_memory_bytes", "offload_decode_tokens_per_s")
+    __slots__ = ("device_id", "hostname", "verdict", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "provenance", "calibration", "device_name", "backend", "stream_target_tokens_per_s", "max_streams", "streams", "stream_tokens_per_s", "aggregate_tokens_per_s", "serving_memory_bytes", "serves", "gpu_layers", "gpu_memory_bytes", "offload_decode_tokens_per_s")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
@@ -743,6 +745,13 @@ class FitAnswer(_message.Message):
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TARGET_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    SERVING_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SERVES_FIELD_NUMBER: _ClassVar[int]
     GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
     GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     OFFLOAD_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
@@ -765,10 +774,17 @@ class FitAnswer(_message.Message):
     calibration: _containers.RepeatedScalarFieldContainer[str]
     device_name: str
     backend: str
+    stream_target_tokens_per_s: float
+    max_streams: FitFigure
+    streams: int
+    stream_tokens_per_s: FitFigure
+    aggregate_tokens_per_s: FitFigure
+    serving_memory_bytes: FitFigure
+    serves: bool
     gpu_layers: int
     gpu_memory_bytes: FitFigure
     offload_decode_tokens_per_s: FitFigure
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., provenance: _Optional[str] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ..., gpu_layers: _Optional[int] = ..., gpu_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., offload_decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ...) -> None: ...
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., provenance: _Optional[str] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ..., stream_target_tokens_per_s: _Optional[float] = ..., max_streams: _Optional[_Union[FitFigure, _Mapping]] = ..., streams: _Optional[int] = ..., stream_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., aggregate_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., serving_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., serves: _Optional[bool] = ..., gpu_layers: _Optional[int] = ..., gpu_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., offload_decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ...) -> None: ...
 
 class FitResponse(_message.Message):
     __slots__ = ("answers", "next_page_token")

@@ -12,7 +12,8 @@
 # The build chosen, and why, is written to $PREFIX/share/fleetfit/llama-cpp-build.json for
 # `fleetfit-agent info` and every result's backend_build.
 #
-# FLEETFIT_LLAMA_CMAKE_ARGS=... builds exactly those flags (checked, no fall-back).
+# FLEETFIT_LLAMA_CMAKE_ARGS=... builds exactly those flags (checked, no fall-back). A CUDA build that fails its
+# check falls back like the others, and at last to a CPU-only native build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +49,9 @@ elif [ "$arch" = "x86_64" ]; then
           "portable|$LLAMA_CMAKE_ARGS_X86_64_PORTABLE $gpu_args|")
 else
   builds=("native|$LLAMA_CMAKE_ARGS_NATIVE $gpu_args|" "generic|$LLAMA_CMAKE_ARGS_GENERIC $gpu_args|")
+fi
+if [ -n "$gpu_args" ] && [ -z "${FLEETFIT_LLAMA_CMAKE_ARGS:-}" ]; then
+  builds+=("native-cpu-only|$LLAMA_CMAKE_ARGS_NATIVE|")  # when no CUDA build runs, the CPU still should
 fi
 cpu_id=$( { uname -m; grep -m1 -E '^(model name|flags|Features|CPU part)' /proc/cpuinfo 2>/dev/null \
             || sysctl -n machdep.cpu.brand_string 2>/dev/null || true; } | sha256sum | cut -c1-12)
@@ -85,6 +89,7 @@ for build in "${builds[@]}"; do
   if [ "$check" -eq 0 ]; then
     touch "$wheelhouse/check-passed"
     echo "llama.cpp build '$name' passed its check (Q4_0, Q8_0, Q4_K_M and F16 ran in a child process)"
+    [ "$name" = "native-cpu-only" ] && gpu_note="CUDA builds failed their check: CPU-only build"
     NAME="$name" CMAKE="$cmake_args" CFL="$cflags" GPU="$gpu_note" TRIED="$tried" python - <<'EOF'
 import json, os, pathlib, sys
 out = pathlib.Path(sys.prefix) / "share" / "fleetfit" / "llama-cpp-build.json"

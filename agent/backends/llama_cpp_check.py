@@ -5,7 +5,7 @@ the CPU advertises. A CPU (or a VM) can advertise one the OS does not enable (AM
 quantized matrix product then dies with SIGILL. So each build is tried first: tiny synthetic models of the
 types whose kernels differ (Q4_0, Q8_0, Q4_K_M, F16) are profiled, each in its own child process, through the
 same runtime the agent measures with, with a prompt long enough for the batched (GEMM) kernels and a few
-single-token decodes. Exit status 0 when every type ran; 1 with one line per failed type (the build does not
+single-token decodes; a build that offloads (CUDA, Metal) also runs one with every layer on the GPU. Exit status 0 when every type ran; 1 with one line per failed type (the build does not
 run here); 2 when the check itself could not run (then the build is not to blame).
 """
 
@@ -24,7 +24,9 @@ CHECK_SHAPE = Architecture(name="build-check", family="llama", n_layers=2, hidde
                            norm_eps=1e-5, source="fleetfit's llama.cpp build check (not a real model)")
 CHILD = ("import sys\n"
          "from fleetfit.agent.backends import llama_cpp_runtime as runtime\n"
-         "runtime.profile(sys.argv[1], 64, 4, 1, 2, 'cpu')\n")
+         "runtime.profile(sys.argv[1], 64, 4, 1, 2, sys.argv[2])\n")
+OFFLOADS = ("from fleetfit.agent.backends import llama_cpp_runtime as runtime\n"
+            "print(runtime.compute_devices()[-1])\n")
 CHILD_TIMEOUT_S = 120
 
 
@@ -41,20 +43,33 @@ def why(returncode: int, stderr: str) -> str:
     return f"exited {returncode}: {last[0][:200]}"
 
 
+def _child(code: str, *args: str) -> tuple[subprocess.CompletedProcess | None, str]:
+    try:
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                              timeout=CHILD_TIMEOUT_S), ""
+    except subprocess.TimeoutExpired:
+        return None, f"did not finish in {CHILD_TIMEOUT_S} s"
+
+
 def check(types=CHECK_TYPES) -> list[str]:
-    """One line per type that failed to run; empty when the build works."""
+    """One line per type that failed to run; empty when the build works. A build that offloads also runs the
+    first type with every layer on its GPU."""
     failures = []
     with tempfile.TemporaryDirectory(prefix="fleetfit-build-check-") as tmp:
-        for quant in types:
-            path = write_synthetic(CHECK_SHAPE, quant, os.path.join(tmp, f"check-{quant}.gguf"), force=True)
-            try:
-                done = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True,
-                                      timeout=CHILD_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                failures.append(f"{quant}: did not finish in {CHILD_TIMEOUT_S} s")
-                continue
-            if done.returncode != 0:
-                failures.append(f"{quant}: {why(done.returncode, done.stderr)}")
+        runs = [(quant, "cpu") for quant in types]
+        found, _ = _child(OFFLOADS)
+        if found is not None and found.returncode == 0 and found.stdout.strip() != "cpu":
+            runs.append((types[0], ""))  # "": llama.cpp's default, every layer offloaded
+        for quant, device in runs:
+            path = os.path.join(tmp, f"check-{quant}.gguf")
+            if not os.path.exists(path):
+                write_synthetic(CHECK_SHAPE, quant, path, force=True)
+            done, timeout = _child(CHILD, path, device)
+            where = "" if device == "cpu" else f" on the {found.stdout.strip()} GPU"
+            if done is None:
+                failures.append(f"{quant}{where}: {timeout}")
+            elif done.returncode != 0:
+                failures.append(f"{quant}{where}: {why(done.returncode, done.stderr)}")
     return failures
 
 

@@ -184,18 +184,18 @@ def _layer(arch: Architecture, i: int) -> list[TensorSpec]:
         return [norm("attn_norm"), TensorSpec(f"blk.{i}.attn_qkv.weight", (h + 2 * kv, h)),
                 TensorSpec(f"blk.{i}.attn_output.weight", (h, h)), norm("ffn_norm"),
                 TensorSpec(f"blk.{i}.ffn_down.weight", (h, ff)), TensorSpec(f"blk.{i}.ffn_up.weight", (2 * ff, h))]
-    if arch.family == "gpt-oss":  # attn_post_norm is the norm before the experts
-        return [norm("attn_norm"), norm("attn_post_norm"), *_attention(arch, i), *_experts(arch, i)]
+    if arch.family == "gpt-oss":  # post_attention_norm is the norm before the experts
+        return [norm("attn_norm"), norm("post_attention_norm"), *_attention(arch, i), *_experts(arch, i)]
     specs = [norm("attn_norm"), *_attention(arch, i)]
     if arch.family == "gemma3":
-        specs.append(norm("attn_post_norm"))
+        specs.append(norm("post_attention_norm"))
     specs.append(norm("ffn_norm"))
     if arch.family == "qwen3moe":
         return specs + _experts(arch, i)
     specs += [TensorSpec(f"blk.{i}.ffn_gate.weight", (ff, h)), TensorSpec(f"blk.{i}.ffn_up.weight", (ff, h)),
               TensorSpec(f"blk.{i}.ffn_down.weight", (h, ff))]
     if arch.family == "gemma3":
-        specs.append(norm("ffn_post_norm"))
+        specs.append(norm("post_ffw_norm"))
     return specs
 
 

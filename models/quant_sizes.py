@@ -148,7 +148,8 @@ def _mix(arch: Architecture, quant: str, spec: TensorSpec, chosen: str) -> str:
 def tensor_type(arch: Architecture, quant: str, spec: TensorSpec) -> str:
     """The GGML type llama.cpp's quantizer gives this tensor in a `quant` file (see the module docstring)."""
     default = FILE_TYPES[supported_quant(quant)]
-    if len(spec.shape) < 2 or "ffn_gate_inp.weight" in spec.name:  # converters keep these F32 in every file
+    if len(spec.shape) < 2 or not spec.name.endswith("weight") or "ffn_gate_inp.weight" in spec.name:
+        # norms, biases (gpt-oss's per-expert biases are 2-D) and routers: F32 in every file, as converters write them
         return "F32"
     if default in FLOAT_TYPES:
         return default

@@ -11,7 +11,7 @@ speed. The header (metadata, a placeholder tokenizer, the tensor table) is built
 GGUFWriter in memory, so the predicted file size is exact.
 
 The tokenizer is a SentencePiece-type ("llama") vocabulary of the architecture's size: <unk>, <s>, </s>,
-the 256 byte tokens, then placeholder tokens; llama.cpp needs a vocabulary to load a model, and the
+the 256 byte tokens, <|endoftext|>, then placeholder tokens; llama.cpp needs a vocabulary to load a model, and the
 harness feeds token ids, never text. Llama 3.x's rope_freqs.weight (rope scaling for long contexts) is
 left out: llama.cpp treats it as optional and it does not change speed or memory at short contexts.
 """
@@ -34,7 +34,7 @@ from fleetfit.models.quants import llama_ftype
 ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT: each tensor's data starts on a multiple of this
 POOL_BYTES = 32 << 20
 RUNTIME_OVERHEAD_BYTES = 100 << 20  # llama.cpp's own allocations besides weights, KV cache and compute buffers
-N_SPECIAL_TOKENS = 3 + 256  # <unk>, <s>, </s> and the byte tokens
+N_SPECIAL_TOKENS = 3 + 256 + 1  # <unk>, <s>, </s>, the byte tokens, <|endoftext|> (llama.cpp's Phi-3 vocab needs it)
 
 # fp16 scale fields per block type (offset in the block, value): the block layouts of ggml-common.h.
 # Values keep every dequantized weight well under 1 (checked against gguf.quants.dequantize in the tests).
@@ -157,11 +157,11 @@ def _header(arch: Architecture, quant: str, planned: list[PlannedTensor]) -> byt
         raise ModelError(f"{arch.name}: a vocabulary of {arch.vocab} tokens is too small (at least {N_SPECIAL_TOKENS})")
     n_placeholders = arch.vocab - N_SPECIAL_TOKENS
     writer.add_tokenizer_model("llama")
-    writer.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    writer.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["<|endoftext|>"]
                           + [f"t{i}" for i in range(n_placeholders)])
     writer.add_token_scores([0.0] * arch.vocab)
     writer.add_token_types([TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
-                           + [TokenType.NORMAL] * n_placeholders)
+                           + [TokenType.CONTROL] + [TokenType.NORMAL] * n_placeholders)
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)

@@ -131,7 +131,7 @@ def _tensor_types(path):
     return {t.name: (t.tensor_type.name, tuple(int(n) for n in reversed(t.shape))) for t in GGUFReader(path).tensors}
 
 
-@pytest.mark.parametrize("quant", ["Q4_0", "Q4_K_M"])
+@pytest.mark.parametrize("quant", ["Q4_0", "Q4_K_M", "IQ4_XS"])
 def test_tensor_types_match_what_llama_cpp_quantizes_to(ladder, tmp_path, quant):
     """llama.cpp's own quantizer, run on the real SmolLM2-135M, gives every tensor the type we predict
     (SmolLM2's 576-wide rows do not split into 256-weight blocks, so Q4_K_M exercises the fallbacks)."""

@@ -21,7 +21,7 @@ from fleetfit.coordinator.devices import display_names
 from fleetfit.coordinator.devices import find as find_device
 from fleetfit.coordinator.limits import backend_of, limit_row, quant_of
 from fleetfit.models import backends
-from fleetfit.models.catalogue import CATALOGUE, n_params
+from fleetfit.models.catalogue import CATALOGUE, Architecture, n_params
 from fleetfit.models.errors import ModelError
 from fleetfit.models.real_models import REAL_MODELS
 from fleetfit.v1 import fleetfit_pb2 as pb
@@ -81,12 +81,15 @@ def _band_text(f: pb.FitFigure) -> str:
 
 def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str, results: list[pb.ProfileResult],
            min_decode_tps: float | None = None, context: int | None = None, max_watts: float | None = None,
-           dm: scaling.DeviceModel | None = None, device_name: str = "") -> pb.FitAnswer:
+           dm: scaling.DeviceModel | None = None, device_name: str = "", shape: Architecture | None = None
+           ) -> pb.FitAnswer:
     """Does `model_name` at `quant` on `backend` fit `device` at `context` tokens (default: FIT_CONTEXT, or the
-    model's own when smaller), how fast, and how we know."""
+    model's own when smaller), how fast, and how we know. `shape`: the model's architecture when the catalogue
+    does not know it (read by the operator's CLI from a GGUF or config.json)."""
     spec = backends.backend(backend)
-    arch = CATALOGUE.get(model_name) if spec.can_size(quant) else None
-    context = context or scaling.default_context(CATALOGUE.get(model_name))
+    known = shape or CATALOGUE.get(model_name)
+    arch = known if spec.can_size(quant) else None
+    context = context or scaling.default_context(known)
     out = pb.FitAnswer(device_id=device.device_id, hostname=device.hostname, ram_total_bytes=device.ram_total_bytes,
                        model_name=model_name, quant=quant, backend=spec.name, context_tokens=context,
                        device_name=device_name or device.hostname or device.device_id)
@@ -190,6 +193,7 @@ class Question:
     backend: str
     device: str  # id or hostname; empty = every device
     limits: dict  # min_decode_tps, context, max_watts
+    shape: Architecture | None = None  # a model the catalogue does not know, as the operator's CLI read it
 
 
 def question(request: pb.FitRequest, known_models: set[str]) -> Question:
@@ -211,9 +215,27 @@ def question(request: pb.FitRequest, known_models: set[str]) -> Question:
         raise ValueError("name a model (with a quant), or a device for its largest model per precision")
     if request.model_name and not quant:
         raise ValueError("a quant is required with a model")
-    if request.model_name:
+    shape = None
+    if request.HasField("shape"):
+        shape = _shape(request)
+    elif request.model_name:
         check_model_known(request.model_name, known_models | set(REAL_MODELS) | set(CATALOGUE))
-    return Question(request.model_name, quant, spec.name, request.device, limits)
+    return Question(request.model_name, quant, spec.name, request.device, limits, shape)
+
+
+def _shape(request: pb.FitRequest) -> Architecture:
+    """The request's shape, checked as any catalogue entry is (bounded numbers, a family llama.cpp has)."""
+    from fleetfit.models.shapes import from_proto
+
+    try:
+        shape = from_proto(request.shape)
+    except ModelError as exc:
+        raise ValueError(f"shape: {exc}") from None
+    if request.model_name != shape.name:
+        raise ValueError(f"the shape is named {shape.name!r}, the question {request.model_name!r}")
+    if shape.name in CATALOGUE and shape != CATALOGUE[shape.name]:
+        raise ValueError(f"the shape named {shape.name!r} differs from the catalogued one; give it another name")
+    return shape
 
 
 def respond(request: pb.FitRequest, store, cache: "AnswerCache") -> pb.FitResponse:
@@ -228,7 +250,7 @@ def respond(request: pb.FitRequest, store, cache: "AnswerCache") -> pb.FitRespon
             device, q.backend, store.results(device_id=device.device_id), **q.limits,
             device_name=names[device.device_id]))
     return pb.FitResponse(answers=[cache.answer(d, q.model_name, q.quant, q.backend,
-                                                device_name=names[d.inventory.device_id], **q.limits)
+                                                device_name=names[d.inventory.device_id], shape=q.shape, **q.limits)
                                    for d in chosen])
 
 
@@ -245,15 +267,15 @@ class AnswerCache:
         self.answers: collections.OrderedDict[tuple, pb.FitAnswer] = collections.OrderedDict()
 
     def answer(self, device: pb.Device, model_name: str, quant: str, backend: str, device_name: str = "",
-               **limits) -> pb.FitAnswer:
+               shape: Architecture | None = None, **limits) -> pb.FitAnswer:
         inventory = hashlib.blake2b(device.inventory.SerializeToString(deterministic=True), digest_size=16).digest()
         key = (device.inventory.device_id, device.results, inventory, model_name, quant, backend, device_name,
-               tuple(sorted(limits.items())))
+               shape, tuple(sorted(limits.items())))
         found = self.answers.get(key)
         if found is None:
             results = self.store.results(device_id=device.inventory.device_id)
             found = self.answers[key] = answer(device.inventory, model_name, quant, backend, results, **limits,
-                                               device_name=device_name)
+                                               device_name=device_name, shape=shape)
             if len(self.answers) > self.max_entries:
                 self.answers.popitem(last=False)
         else:

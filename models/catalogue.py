@@ -32,6 +32,11 @@ MOE_FAMILIES = ("qwen3moe", "gpt-oss")
 QK_NORM_FAMILIES = ("qwen3", "qwen3moe", "gemma3")
 MAX_PARAMS = 10**12  # past a trillion parameters a shape is a typo, not a model to build on a device
 MAX_EXPERTS = 1024
+# Bounds on each number, beyond any real model's, checked before the tensor list is built: a shape from a file or
+# the wire with 2^31 layers is refused at once instead of looping.
+MAX_SIZES = {"n_layers": 1024, "hidden": 1 << 17, "n_heads": 1 << 12, "n_kv_heads": 1 << 12, "ffn": 1 << 20,
+             "vocab": 1 << 22, "context_length": 1 << 24, "explicit_head_dim": 1 << 13, "sliding_window": 1 << 24}
+MAX_NAME = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,16 +74,22 @@ class Architecture:
     sliding_pattern: int = 0  # every n-th layer is global, the others slide (Gemma 3: 6, gpt-oss: 2)
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.isprintable() or not 0 < len(self.name) <= MAX_NAME:
+            raise ModelError(f"a model name must be 1 to {MAX_NAME} printable characters, got {str(self.name)[:40]!r}")
         if self.family not in FAMILIES:
             raise ModelError(f"{self.name}: unknown architecture family {self.family!r} (known: {', '.join(FAMILIES)})")
-        for field in ("n_layers", "hidden", "n_heads", "n_kv_heads", "ffn", "vocab", "context_length"):
+        for field, limit in MAX_SIZES.items():
             value = getattr(self, field)
+            if value is None and field in ("explicit_head_dim", "sliding_window"):
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ModelError(f"{self.name}: {field} must be a positive integer, got {value!r}")
-        for field in ("explicit_head_dim", "sliding_window"):
+            if value > limit:
+                raise ModelError(f"{self.name}: {field} {value:,} is over the limit of {limit:,}")
+        for field in ("rope_theta", "norm_eps"):
             value = getattr(self, field)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ModelError(f"{self.name}: {field} must be a positive integer, got {value!r}")
+            if value is not None and (not isinstance(value, (int, float)) or not 0 < value < math.inf):
+                raise ModelError(f"{self.name}: {field} must be a positive finite number, got {value!r}")
         if self.n_heads % self.n_kv_heads:
             raise ModelError(f"{self.name}: n_heads ({self.n_heads}) must split into n_kv_heads ({self.n_kv_heads})")
         if self.explicit_head_dim is None and self.hidden % self.n_heads:
@@ -87,14 +98,17 @@ class Architecture:
         if self.family in ("phi3", "gpt2") and self.head_dim * self.n_heads != self.hidden:
             raise ModelError(f"{self.name}: {self.family} needs head_dim x n_heads = hidden")
         if self.family in MOE_FAMILIES:
-            if not (0 < self.n_experts_used <= self.n_experts <= MAX_EXPERTS):
+            if not all(isinstance(n, int) for n in (self.n_experts, self.n_experts_used)) or \
+                    not 0 < self.n_experts_used <= self.n_experts <= MAX_EXPERTS:
                 raise ModelError(f"{self.name}: a mixture of experts needs 0 < n_experts_used ({self.n_experts_used}) "
                                  f"<= n_experts ({self.n_experts}) <= {MAX_EXPERTS}")
         elif self.n_experts or self.n_experts_used:
             raise ModelError(f"{self.name}: family {self.family} has no experts (experts: {', '.join(MOE_FAMILIES)})")
-        if not 0 < self.rotary_fraction <= 1 or (self.head_dim * self.rotary_fraction) % 2:
+        if not isinstance(self.rotary_fraction, (int, float)) or not 0 < self.rotary_fraction <= 1 \
+                or (self.head_dim * self.rotary_fraction) % 2:
             raise ModelError(f"{self.name}: rotary_fraction {self.rotary_fraction} must rotate an even part of a head")
-        if self.sliding_pattern < 0 or (self.sliding_pattern and self.sliding_window is None):
+        if not isinstance(self.sliding_pattern, int) or not 0 <= self.sliding_pattern <= self.n_layers \
+                or (self.sliding_pattern and self.sliding_window is None):
             raise ModelError(f"{self.name}: a sliding-window pattern needs a sliding_window")
         if n_params(self) > MAX_PARAMS:
             raise ModelError(f"{self.name}: {n_params(self):,} parameters is over the limit of {MAX_PARAMS:,}")

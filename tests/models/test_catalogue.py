@@ -99,7 +99,12 @@ def test_unknown_architecture_suggests_near_names():
     ({"n_layers": 0}, "n_layers must be a positive integer, got 0"),
     ({"hidden": -4096}, "hidden must be a positive integer, got -4096"),
     ({"n_kv_heads": 5}, "must split into n_kv_heads"),
-    ({"n_layers": 20_000}, "parameters is over the limit of 1,000,000,000,000"),
+    ({"n_layers": 1000, "hidden": 65536}, "parameters is over the limit of 1,000,000,000,000"),
+    ({"n_layers": 2**31}, "n_layers 2,147,483,648 is over the limit of 1,024"),  # refused before any loop
+    ({"vocab": True}, "vocab must be a positive integer, got True"),
+    ({"rope_theta": float("nan")}, "rope_theta must be a positive finite number"),
+    ({"family": "qwen3moe"}, "a mixture of experts needs 0 < n_experts_used"),
+    ({"n_experts": 8, "n_experts_used": 2}, "family llama has no experts"),
     ({"family": "mamba"}, "unknown architecture family 'mamba'"),
 ])
 def test_absurd_shapes_are_rejected(change, message):

@@ -688,8 +688,50 @@ class GetLimitTableResponse(_message.Message):
     next_page_token: str
     def __init__(self, rows: _Optional[_Iterable[_Union[LimitRow, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class Architecture(_message.Message):
+    __slots__ = ("name", "family", "n_layers", "hidden", "n_heads", "n_kv_heads", "ffn", "vocab", "context_length", "tied_embeddings", "rope_theta", "norm_eps", "source", "head_dim", "n_experts", "n_experts_used", "rotary_fraction", "sliding_window", "sliding_pattern")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    N_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    N_HEADS_FIELD_NUMBER: _ClassVar[int]
+    N_KV_HEADS_FIELD_NUMBER: _ClassVar[int]
+    FFN_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    TIED_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    ROPE_THETA_FIELD_NUMBER: _ClassVar[int]
+    NORM_EPS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
+    N_EXPERTS_FIELD_NUMBER: _ClassVar[int]
+    N_EXPERTS_USED_FIELD_NUMBER: _ClassVar[int]
+    ROTARY_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    SLIDING_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    SLIDING_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    family: str
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    ffn: int
+    vocab: int
+    context_length: int
+    tied_embeddings: bool
+    rope_theta: float
+    norm_eps: float
+    source: str
+    head_dim: int
+    n_experts: int
+    n_experts_used: int
+    rotary_fraction: float
+    sliding_window: int
+    sliding_pattern: int
+    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., n_layers: _Optional[int] = ..., hidden: _Optional[int] = ..., n_heads: _Optional[int] = ..., n_kv_heads: _Optional[int] = ..., ffn: _Optional[int] = ..., vocab: _Optional[int] = ..., context_length: _Optional[int] = ..., tied_embeddings: _Optional[bool] = ..., rope_theta: _Optional[float] = ..., norm_eps: _Optional[float] = ..., source: _Optional[str] = ..., head_dim: _Optional[int] = ..., n_experts: _Optional[int] = ..., n_experts_used: _Optional[int] = ..., rotary_fraction: _Optional[float] = ..., sliding_window: _Optional[int] = ..., sliding_pattern: _Optional[int] = ...) -> None: ...
+
 class FitRequest(_message.Message):
-    __slots__ = ("model_name", "quant", "min_decode_tokens_per_s", "backend", "context_tokens", "max_watts", "device", "page_size", "page_token")
+    __slots__ = ("model_name", "quant", "min_decode_tokens_per_s", "backend", "context_tokens", "max_watts", "device", "page_size", "page_token", "shape")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     QUANT_FIELD_NUMBER: _ClassVar[int]
     MIN_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
@@ -699,6 +741,7 @@ class FitRequest(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     quant: str
     min_decode_tokens_per_s: float
@@ -708,7 +751,8 @@ class FitRequest(_message.Message):
     device: str
     page_size: int
     page_token: str
-    def __init__(self, model_name: _Optional[str] = ..., quant: _Optional[str] = ..., min_decode_tokens_per_s: _Optional[float] = ..., backend: _Optional[str] = ..., context_tokens: _Optional[int] = ..., max_watts: _Optional[float] = ..., device: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    shape: Architecture
+    def __init__(self, model_name: _Optional[str] = ..., quant: _Optional[str] = ..., min_decode_tokens_per_s: _Optional[float] = ..., backend: _Optional[str] = ..., context_tokens: _Optional[int] = ..., max_watts: _Optional[float] = ..., device: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., shape: _Optional[_Union[Architecture, _Mapping]] = ...) -> None: ...
 
 class FitFigure(_message.Message):
     __slots__ = ("value", "provenance", "method", "error_fraction")

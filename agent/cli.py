@@ -176,7 +176,8 @@ def models_quantize(
 @models_app.command("synth")
 @user_errors
 def models_synth(
-    arch: Annotated[str, typer.Argument(help="A catalogued architecture, e.g. llama-2-7b.")],
+    arch: Annotated[str, typer.Argument(
+        help="A catalogued architecture (e.g. llama-2-7b), or a GGUF file or config.json whose shape to copy.")],
     quant: Annotated[str, typer.Option(help="GGUF type: F16, Q8_0, Q4_0, Q4_K_M, ...")],
     out: Annotated[Optional[pathlib.Path], typer.Option(help="Output file; default: in the cache.")] = None,
     force: Annotated[bool, typer.Option(help="Write even when free disk or RAM looks short.")] = False,
@@ -186,16 +187,20 @@ def models_synth(
     """Write an architecture-faithful GGUF with random weights (valid quantized blocks) that llama.cpp runs."""
     from fleetfit.agent import model_cache
     from fleetfit.models import synth
+    from fleetfit.models.catalogue import CATALOGUE
     from fleetfit.models.quants import parse_quant
+    from fleetfit.models.shapes import architecture_of
 
     quant = parse_quant(quant)
-    plan = synth.plan_file(arch, quant)
+    shape = architecture_of(arch)  # a file is read here, header only
+    plan = synth.plan_file(shape, quant)
     typer.echo(f"writing {plan.file_bytes / 1e9:.2f} GB; loading it needs about "
                f"{plan.load_memory_bytes() / 1e9:.2f} GB of RAM", err=True)
-    if out is None:  # into the cache, where jobs naming the shape find it
+    if out is None and shape.name in CATALOGUE:  # into the cache, where jobs naming the shape find it
         typer.echo(model_cache.synthesize(plan.arch.name, quant, _cache(cache_dir), force=force, seed=seed))
         return
-    typer.echo(synth.write_synthetic(arch, quant, out, seed=seed, force=force))
+    target = out or model_cache.synthetic_file(_cache(cache_dir), shape.name, quant)
+    typer.echo(synth.write_synthetic(shape, quant, target, seed=seed, force=force))
 
 
 @models_app.command("list")

@@ -93,3 +93,20 @@ def test_a_gguf_whose_tensors_do_not_fit_its_metadata_is_refused(tmp_path):
     writer.close()
     with pytest.raises(ModelError, match="the file lacks tensor blk.0.attn_k.weight for a qwen3 shape"):
         shapes.architecture_of(str(tmp_path / "odd.gguf"))
+
+
+def test_models_synth_copies_the_shape_of_a_config(tmp_path):
+    from fleetfit.models.gguf_file import inspect_gguf
+    from tests.conftest import run_cli
+
+    config = {"model_type": "qwen3", "num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "head_dim": 128, "intermediate_size": 512, "vocab_size": 512,
+              "max_position_embeddings": 256, "tie_word_embeddings": True}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    done = run_cli("fleetfit-agent", "models", "synth", str(tmp_path / "config.json"), "--quant", "Q4_0",
+                   "--out", str(tmp_path / "copy.gguf"))
+    assert done.returncode == 0, done.stderr
+    info = inspect_gguf(tmp_path / "copy.gguf")
+    assert (info.architecture, info.quant) == ("qwen3", "Q4_0")
+    assert shapes._structure(shapes.architecture_of(str(tmp_path / "copy.gguf"))) == \
+        shapes._structure(shapes.architecture_of(str(tmp_path / "config.json")))

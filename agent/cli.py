@@ -317,6 +317,65 @@ def profile(
 
 
 
+@app.command()
+@user_errors
+def quality(
+    model: Annotated[str, typer.Argument(help="A real model (smollm2-135m) or a GGUF path; F16 is derived from it.")],
+    quants: Annotated[str, typer.Option(help="Comma-separated quant types to compare with F16.")] = "Q8_0,Q4_0",
+    text: Annotated[Optional[pathlib.Path], typer.Option(
+        help="UTF-8 text to evaluate on (default: a public-domain text shipped with fleetfit).")] = None,
+    context: Annotated[int, typer.Option(help="Tokens per chunk; the second half of each is scored.")] = 512,
+    threads: Annotated[int, typer.Option(min=0, help="0 = physical cores.")] = 0,
+    compute_device: Annotated[str, typer.Option("--device", help="cpu keeps every layer on the CPU; empty = the "
+                                                                 "GPU when the build offloads.")] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds each pass may take.")] = 1800.0,
+    cache_dir: CacheDir = None,
+    as_json: Json = False,
+) -> None:
+    """KL divergence from F16 (mean ± standard error, 99th percentile), perplexity and same-top-token fraction per
+    quant, by llama-perplexity --kl-divergence's method, on this device."""
+    from fleetfit.agent import model_cache, quality as q
+    from fleetfit.models.gguf_file import inspect_gguf
+    from fleetfit.agent.isolation import WorkerFailure
+    from fleetfit.agent.profiling import default_threads
+    from fleetfit.models.quants import parse_quant
+
+    wanted = [parse_quant(name) for name in quants.split(",") if name.strip()]
+    if not wanted:
+        _fail("--quants names no quant type")
+    if not 16 <= context <= 32768:
+        _fail(f"--context must be 16 to 32768 tokens, got {context}")
+    body = q.read_text(text)
+    n_threads = threads or default_threads()
+
+    def file_at(quant: str) -> pathlib.Path:
+        if model_cache.is_path(model):
+            source = pathlib.Path(model)
+            if inspect_gguf(source).quant == quant:
+                return source
+            return model_cache.derive(source, quant, source.with_name(f"{source.stem}-{quant}.gguf"), n_threads)
+        return model_cache.resolve(model, quant, _cache(cache_dir), n_threads).path
+
+    try:
+        reference = file_at("F16")
+        rows = q.measure(reference, {quant: file_at(quant) for quant in wanted}, body, context, n_threads, timeout,
+                         device=compute_device)
+    except WorkerFailure as exc:
+        _fail(f"{exc.message}")
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return
+    typer.echo(f"| quant | file MiB | mean KLD | KLD p99 | perplexity | same top token | positions |\n"
+               f"|---|---|---|---|---|---|---|")
+    for r in rows:
+        kld = "reference" if r.kl_divergence_mean is None else f"{r.kl_divergence_mean:.5f} ± {r.kl_divergence_stderr:.5f}"
+        typer.echo(f"| {r.quant} | {r.file_bytes / 2**20:.1f} | {kld} | "
+                   f"{'' if r.kl_divergence_p99 is None else f'{r.kl_divergence_p99:.4f}'} | "
+                   f"{r.perplexity:.3f} ± {r.perplexity_stderr:.3f} | "
+                   f"{'' if r.same_top_token_fraction is None else f'{r.same_top_token_fraction:.1%}'} | {r.n_positions} |")
+    typer.echo(f"\n{q.METHOD}; context {context}, {rows[0].n_positions} scored positions", err=True)
+
+
 def _join(coordinator: str, token: str, device_id: Optional[str], insecure: bool, mtls: bool,
           identity_path: pathlib.Path, timeout_s: float = 10.0):
     from fleetfit.agent import identity, inventory

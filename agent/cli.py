@@ -329,7 +329,10 @@ def quality(
     compute_device: Annotated[str, typer.Option("--device", help="cpu keeps every layer on the CPU; empty = the "
                                                                  "GPU when the build offloads.")] = "",
     timeout: Annotated[float, typer.Option(help="Seconds each pass may take.")] = 1800.0,
+    send: Annotated[bool, typer.Option("--report", help="Send the results to the coordinator this device is "
+                                                        "enrolled with.")] = False,
     cache_dir: CacheDir = None,
+    identity_path: IdentityPath = None,
     as_json: Json = False,
 ) -> None:
     """KL divergence from F16 (mean ± standard error, 99th percentile), perplexity and same-top-token fraction per
@@ -374,6 +377,39 @@ def quality(
                    f"{r.perplexity:.3f} ± {r.perplexity_stderr:.3f} | "
                    f"{'' if r.same_top_token_fraction is None else f'{r.same_top_token_fraction:.1%}'} | {r.n_positions} |")
     typer.echo(f"\n{q.METHOD}; context {context}, {rows[0].n_positions} scored positions", err=True)
+    if send:
+        _send_quality(rows, model, body, identity_path, cache_dir)
+
+
+def _send_quality(rows, model: str, text: str, identity_path, cache_dir) -> None:
+    """Each quant's row as a QualityResult to the coordinator (AgentService.ReportQuality), after registering."""
+    import hashlib
+    import time
+    import uuid
+
+    from fleetfit.agent import identity
+    from fleetfit.agent.daemon import registration
+    from fleetfit.v1 import fleetfit_pb2 as pb
+    from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+
+    enrolled = identity.load(identity_path or identity.default_path())
+    if not enrolled:
+        _fail("not enrolled: nothing sent (fleetfit-agent join --coordinator ADDR --token T)")
+    name = pathlib.Path(model).stem if os.sep in model or model.endswith(".gguf") else model
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    with enrolled.connect(timeout_s=10) as channel:
+        stub = pb_grpc.AgentServiceStub(channel)
+        stub.Register(registration(enrolled.device_id, _cache(cache_dir)), timeout=30)
+        for r in rows[1:]:  # the reference's own row is no cost
+            stub.ReportQuality(pb.ReportQualityRequest(result=pb.QualityResult(
+                result_id=str(uuid.uuid4()), device_id=enrolled.device_id, model_name=name, quant=r.quant,
+                reference_quant=r.reference, context_tokens=r.context_tokens, n_positions=r.n_positions,
+                kl_divergence_mean=r.kl_divergence_mean, kl_divergence_stderr=r.kl_divergence_stderr,
+                kl_divergence_p99=r.kl_divergence_p99, perplexity=r.perplexity,
+                perplexity_stderr=r.perplexity_stderr, same_top_token_fraction=r.same_top_token_fraction,
+                file_bytes=r.file_bytes or 0, text_sha256=digest, created_unix_s=time.time(),
+                provenance=pb.Provenance(**r.provenance))), timeout=30)
+    typer.echo(f"quality results sent to {enrolled.coordinator}", err=True)
 
 
 def _join(coordinator: str, token: str, device_id: Optional[str], insecure: bool, mtls: bool,

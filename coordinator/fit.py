@@ -249,9 +249,28 @@ def respond(request: pb.FitRequest, store, cache: "AnswerCache") -> pb.FitRespon
         return pb.FitResponse(answers=largest_per_precision(
             device, q.backend, store.results(device_id=device.device_id), **q.limits,
             device_name=names[device.device_id]))
-    return pb.FitResponse(answers=[cache.answer(d, q.model_name, q.quant, q.backend,
-                                                device_name=names[d.inventory.device_id], shape=q.shape, **q.limits)
-                                   for d in chosen])
+    answers = [cache.answer(d, q.model_name, q.quant, q.backend, device_name=names[d.inventory.device_id],
+                            shape=q.shape, **q.limits) for d in chosen]
+    quality = [r for r in store.quality_results(q.model_name) if r.quant == q.quant] if q.backend == "llama.cpp" else []
+    return pb.FitResponse(answers=[with_quality(a, quality, names) for a in answers])
+
+
+def with_quality(a: pb.FitAnswer, quality: list[pb.QualityResult], names: dict[str, str]) -> pb.FitAnswer:
+    """The answer with its precision's quality cost: the device's own latest measurement, else the fleet's latest
+    (the KL divergence of a file from its F16 is a property of the file; devices differ only in rounding)."""
+    if not quality:
+        return a
+    own = [r for r in quality if r.device_id == a.device_id]
+    r = (own or quality)[-1]
+    out = pb.FitAnswer()
+    out.CopyFrom(a)
+    where = "this device" if own else f"device {names.get(r.device_id, r.device_id)}"
+    out.kl_divergence.CopyFrom(pb.FitFigure(
+        value=r.kl_divergence_mean, provenance="measured",
+        method=f"mean KL divergence from {r.reference_quant} ± {r.kl_divergence_stderr:.2g}, {r.n_positions} positions "
+               f"at ctx {r.context_tokens}, fleetfit-agent quality on {where} (result {r.result_id})"))
+    out.reason += f"; quality: KLD {r.kl_divergence_mean:.4f} from {r.reference_quant} (measured on {where})"
+    return out
 
 
 class AnswerCache:

@@ -535,6 +535,58 @@ class ReleaseJobResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class QualityResult(_message.Message):
+    __slots__ = ("result_id", "device_id", "model_name", "quant", "reference_quant", "context_tokens", "n_positions", "kl_divergence_mean", "kl_divergence_stderr", "kl_divergence_p99", "perplexity", "perplexity_stderr", "same_top_token_fraction", "file_bytes", "text_sha256", "provenance", "backend_build", "created_unix_s")
+    RESULT_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    QUANT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_QUANT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    N_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    KL_DIVERGENCE_MEAN_FIELD_NUMBER: _ClassVar[int]
+    KL_DIVERGENCE_STDERR_FIELD_NUMBER: _ClassVar[int]
+    KL_DIVERGENCE_P99_FIELD_NUMBER: _ClassVar[int]
+    PERPLEXITY_FIELD_NUMBER: _ClassVar[int]
+    PERPLEXITY_STDERR_FIELD_NUMBER: _ClassVar[int]
+    SAME_TOP_TOKEN_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    FILE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_BUILD_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    result_id: str
+    device_id: str
+    model_name: str
+    quant: str
+    reference_quant: str
+    context_tokens: int
+    n_positions: int
+    kl_divergence_mean: float
+    kl_divergence_stderr: float
+    kl_divergence_p99: float
+    perplexity: float
+    perplexity_stderr: float
+    same_top_token_fraction: float
+    file_bytes: int
+    text_sha256: str
+    provenance: Provenance
+    backend_build: str
+    created_unix_s: float
+    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., reference_quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., n_positions: _Optional[int] = ..., kl_divergence_mean: _Optional[float] = ..., kl_divergence_stderr: _Optional[float] = ..., kl_divergence_p99: _Optional[float] = ..., perplexity: _Optional[float] = ..., perplexity_stderr: _Optional[float] = ..., same_top_token_fraction: _Optional[float] = ..., file_bytes: _Optional[int] = ..., text_sha256: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., backend_build: _Optional[str] = ..., created_unix_s: _Optional[float] = ...) -> None: ...
+
+class ReportQualityRequest(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: QualityResult
+    def __init__(self, result: _Optional[_Union[QualityResult, _Mapping]] = ...) -> None: ...
+
+class ReportQualityResponse(_message.Message):
+    __slots__ = ("duplicate",)
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    duplicate: bool
+    def __init__(self, duplicate: _Optional[bool] = ...) -> None: ...
+
 class Device(_message.Message):
     __slots__ = ("inventory", "first_seen_unix_s", "last_seen_unix_s", "results", "status", "labels", "display_name", "refused", "last_refusal")
     class LabelsEntry(_message.Message):
@@ -767,7 +819,7 @@ class FitFigure(_message.Message):
     def __init__(self, value: _Optional[float] = ..., provenance: _Optional[str] = ..., method: _Optional[str] = ..., error_fraction: _Optional[float] = ...) -> None: ...
 
 class FitAnswer(_message.Message):
-    __slots__ = ("device_id", "hostname", "verdict", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "provenance", "calibration", "device_name", "backend")
+    __slots__ = ("device_id", "hostname", "verdict", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "provenance", "calibration", "device_name", "backend", "kl_divergence")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
@@ -787,6 +839,7 @@ class FitAnswer(_message.Message):
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
     verdict: str
@@ -806,7 +859,8 @@ class FitAnswer(_message.Message):
     calibration: _containers.RepeatedScalarFieldContainer[str]
     device_name: str
     backend: str
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., provenance: _Optional[str] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+    kl_divergence: FitFigure
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., provenance: _Optional[str] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ..., kl_divergence: _Optional[_Union[FitFigure, _Mapping]] = ...) -> None: ...
 
 class FitResponse(_message.Message):
     __slots__ = ("answers", "next_page_token")

@@ -11,6 +11,9 @@ the figure each run needs (GPU memory for GPU runs, peak RSS elsewhere: limits.m
   effective bandwidth B_q per precision, plus a cost per layer c (graph ops, thread barriers: what makes small
   models slower per byte than large ones), shared by the precisions;
 - prefill seconds/token = FLOPs per token / F_q + layers · c': the compute roofline, fitted the same way.
+A mixture of experts is held whole (memory: every expert) and reads per token only the n_experts_used experts
+it is routed to (decode bytes and FLOPs: models/catalogue.py active_fraction); a sliding-window layer's KV
+cache holds its window (Architecture.kv_cache_bytes).
 
 Every figure says where it comes from: `measured` (that model and quant on that device), `predicted`
 (calibrated on the device; its error band is the largest leave-one-size-out residual), or `estimated` (nothing

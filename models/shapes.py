@@ -35,10 +35,13 @@ def architecture_of(ref: str) -> Architecture:
     if not is_file_ref(ref):
         return architecture(ref)
     path = pathlib.Path(ref).expanduser()
-    f, size = open_regular(path)  # a missing, special or empty file is refused here, with why
+    f, _ = open_regular(path)  # a missing, special or empty file is refused here, with why
     with f:
         head = f.read(4)
-    return from_gguf(path) if head == GGUF_MAGIC else from_hf_config(path, size)
+    try:
+        return from_gguf(path) if head == GGUF_MAGIC else from_hf_config(path)
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. {"hidden_size": {}}: a number of the wrong type
+        raise ModelError(f"{path}: a shape field has a value of the wrong type ({' '.join(str(exc).split())[:120]})") from None
 
 
 def file_quant(ref: str) -> str | None:
@@ -75,7 +78,7 @@ def _named(arch: Architecture, stem: str) -> Architecture:
 
 # -- Hugging Face config.json --------------------------------------------------------------------------------
 
-def from_hf_config(path: pathlib.Path, size: int | None = None) -> Architecture:
+def from_hf_config(path: pathlib.Path) -> Architecture:
     path = pathlib.Path(path)
     f, size = open_regular(path)
     with f:

@@ -34,6 +34,8 @@ def test_a_changed_config_is_a_new_shape_named_after_its_folder(tmp_path):
     ({"model_type": "mamba"}, "unsupported architecture ('mamba'; fleetfit reads"),
     ({"num_hidden_layers": "28"}, "n_layers must be a positive integer, got '28'"),
     ({"vocab_size": 10**12}, "vocab 1,000,000,000,000 is over the limit"),
+    ({"rope_theta": "fast"}, "a shape field has a value of the wrong type"),
+    ({"hidden_size": {"a": 1}}, "hidden must be a positive integer"),
 ])
 def test_a_config_it_does_not_understand_is_one_line_naming_the_field(tmp_path, change, message):
     config = json.loads((CONFIGS / "qwen3-1.7b.json").read_text())

@@ -73,3 +73,21 @@ def test_a_device_cannot_report_quality_for_another(agents):
     with pytest.raises(grpc.RpcError) as err:
         agents.stub("lab-1").ReportQuality(quality("lab-2", "Q4_0", 0.7), timeout=5)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_the_store_keeps_quality_results_on_both_databases(db_url):
+    from fleetfit.coordinator.store import ConflictingResult, Store, UnknownDevice
+
+    with Store(db_url) as store:
+        store.upsert_device(pb.DeviceInventory(device_id="lab-1"))
+        first = quality("lab-1", "Q4_0", 0.7).result
+        assert store.add_quality(first) is False and store.add_quality(first) is True
+        changed = pb.QualityResult()
+        changed.CopyFrom(first)
+        changed.perplexity = 99.0
+        with pytest.raises(ConflictingResult):
+            store.add_quality(changed)
+        with pytest.raises(UnknownDevice):
+            store.add_quality(quality("nobody", "Q4_0", 0.7).result)
+        assert [r.result_id for r in store.quality_results("smollm2-135m")] == [first.result_id]
+        assert store.quality_results("other") == []

@@ -337,11 +337,11 @@ def _cell(f: pb.FitFigure, scale: float = 1.0, fmt: str = "{:.3g}") -> str:
 def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list[str]]]:
     """Rows for the CLI; `~` marks a predicted or estimated figure, `±` its leave-one-size-out band."""
     header = ["device", "model", "backend", "quant", "context", "verdict", "memory MiB", "RAM MiB", "% RAM",
-              "decode tok/s", "prefill tok/s", "J/token", "provenance", "reason"]
+              "decode tok/s", "prefill tok/s", "J/token", "KLD vs F16", "provenance", "reason"]
     body = [[a.device_name or a.hostname or a.device_id, a.model_name or "n/a", a.backend, a.quant,
              str(a.context_tokens or "n/a"), a.verdict,
              _cell(a.memory_bytes, MIB, "{:.0f}"), f"{a.ram_total_bytes / MIB:.0f}",
              f"{a.memory_fraction:.0%}" if a.HasField("memory_fraction") else "n/a",
              _cell(a.decode_tokens_per_s), _cell(a.prefill_tokens_per_s), _cell(a.joules_per_token),
-             a.provenance or "n/a", a.reason] for a in answers]
+             _cell(a.kl_divergence, fmt="{:.4f}"), a.provenance or "n/a", a.reason] for a in answers]
     return header, body

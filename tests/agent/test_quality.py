@@ -36,7 +36,7 @@ def test_the_compressed_reference_gives_llama_perplexitys_figures():
     assert row.kl_divergence_stderr == pytest.approx(np.std(changed.kld, ddof=1) / np.sqrt(200), rel=0.01)
 
 
-def test_quality_of_a_tiny_model_on_llama_cpps_logits(tmp_path):
+def test_quality_of_a_tiny_model_on_llama_cpps_logits(tmp_path, coordinator):
     f16 = synth.write_synthetic(TINY, "F16", tmp_path / "tiny.gguf", free_disk_bytes=1 << 50,
                                 available_ram_bytes=1 << 50)
     text = tmp_path / "text.txt"
@@ -52,6 +52,20 @@ def test_quality_of_a_tiny_model_on_llama_cpps_logits(tmp_path):
     rows = {r["quant"]: r for r in listed[1:]}
     assert 0 < rows["Q8_0"]["kl_divergence_mean"] < rows["Q4_0"]["kl_divergence_mean"]
     assert rows["Q4_0"]["perplexity"] > 0 and rows["Q4_0"]["provenance"]["kind"] == "measured"
+
+    # --report: an enrolled device sends each quant's row; the coordinator tables it (the file's name as the model)
+    from fleetfit.v1 import fleetfit_pb2 as pb
+    from tests.conftest import fleet_stub
+
+    identity = str(tmp_path / "agent.json")
+    joined = run_cli("fleetfit-agent", "join", "--coordinator", coordinator.address, "--token",
+                     coordinator.join_token(), "--device-id", "quality-dev", "--identity", identity, "--insecure")
+    assert joined.returncode == 0, joined.stderr
+    sent = run_cli("fleetfit-agent", "quality", str(f16), "--quants", "Q8_0", "--text", str(text), "--context", "64",
+                   "--threads", "1", "--report", "--identity", identity, "--cache-dir", str(tmp_path / "cache"))
+    assert sent.returncode == 0 and "quality results sent to" in sent.stderr, sent.stderr
+    table = fleet_stub(coordinator).GetTable(pb.TableRequest(name="quality"), timeout=10)
+    assert [(row.cells[1].string_value, row.cells[2].string_value) for row in table.rows] == [("tiny", "Q8_0")]
 
     short = tmp_path / "short.txt"
     short.write_text("too short")

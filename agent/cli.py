@@ -180,7 +180,8 @@ def models_quantize(
 @models_app.command("synth")
 @user_errors
 def models_synth(
-    arch: Annotated[str, typer.Argument(help="A catalogued architecture, e.g. llama-2-7b.")],
+    arch: Annotated[str, typer.Argument(
+        help="A catalogued architecture (e.g. llama-2-7b), or a GGUF file or config.json whose shape to copy.")],
     quant: Annotated[str, typer.Option(help="GGUF type: F16, Q8_0, Q4_0, Q4_K_M, ...")],
     out: Annotated[Optional[pathlib.Path], typer.Option(help="Output file; default: in the cache.")] = None,
     force: Annotated[bool, typer.Option(help="Write even when free disk or RAM looks short.")] = False,
@@ -190,16 +191,20 @@ def models_synth(
     """Write an architecture-faithful GGUF with random weights (valid quantized blocks) that llama.cpp runs."""
     from fleetfit.agent import model_cache
     from fleetfit.models import synth
+    from fleetfit.models.catalogue import CATALOGUE
     from fleetfit.models.quants import parse_quant
+    from fleetfit.models.shapes import architecture_of
 
     quant = parse_quant(quant)
-    plan = synth.plan_file(arch, quant)
+    shape = architecture_of(arch)  # a file is read here, header only
+    plan = synth.plan_file(shape, quant)
     typer.echo(f"writing {plan.file_bytes / 1e9:.2f} GB; loading it needs about "
                f"{plan.load_memory_bytes() / 1e9:.2f} GB of RAM", err=True)
-    if out is None:  # into the cache, where jobs naming the shape find it
+    if out is None and shape.name in CATALOGUE:  # into the cache, where jobs naming the shape find it
         typer.echo(model_cache.synthesize(plan.arch.name, quant, _cache(cache_dir), force=force, seed=seed))
         return
-    typer.echo(synth.write_synthetic(arch, quant, out, seed=seed, force=force))
+    target = out or model_cache.synthetic_file(_cache(cache_dir), shape.name, quant)
+    typer.echo(synth.write_synthetic(shape, quant, target, seed=seed, force=force))
 
 
 @models_app.command("list")
@@ -316,6 +321,101 @@ def profile(
     if result.failure:
         raise typer.Exit(1)
 
+
+
+@app.command()
+@user_errors
+def quality(
+    model: Annotated[str, typer.Argument(help="A real model (smollm2-135m) or a GGUF path; F16 is derived from it.")],
+    quants: Annotated[str, typer.Option(help="Comma-separated quant types to compare with F16.")] = "Q8_0,Q4_0",
+    text: Annotated[Optional[pathlib.Path], typer.Option(
+        help="UTF-8 text to evaluate on (default: a public-domain text shipped with fleetfit).")] = None,
+    context: Annotated[int, typer.Option(help="Tokens per chunk; the second half of each is scored.")] = 512,
+    threads: Annotated[int, typer.Option(min=0, help="0 = physical cores.")] = 0,
+    compute_device: Annotated[str, typer.Option("--device", help="cpu keeps every layer on the CPU; empty = the "
+                                                                 "GPU when the build offloads.")] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds each pass may take.")] = 1800.0,
+    send: Annotated[bool, typer.Option("--report", help="Send the results to the coordinator this device is "
+                                                        "enrolled with.")] = False,
+    cache_dir: CacheDir = None,
+    identity_path: IdentityPath = None,
+    as_json: Json = False,
+) -> None:
+    """KL divergence from F16 (mean ± standard error, 99th percentile), perplexity and same-top-token fraction per
+    quant, by llama-perplexity --kl-divergence's method, on this device."""
+    from fleetfit.agent import model_cache, quality as q
+    from fleetfit.models.gguf_file import inspect_gguf
+    from fleetfit.agent.isolation import WorkerFailure
+    from fleetfit.agent.profiling import default_threads
+    from fleetfit.models.quants import parse_quant
+
+    wanted = [parse_quant(name) for name in quants.split(",") if name.strip()]
+    if not wanted:
+        _fail("--quants names no quant type")
+    if not 16 <= context <= 32768:
+        _fail(f"--context must be 16 to 32768 tokens, got {context}")
+    body = q.read_text(text)
+    n_threads = threads or default_threads()
+
+    def file_at(quant: str) -> pathlib.Path:
+        if model_cache.is_path(model):
+            source = pathlib.Path(model)
+            if inspect_gguf(source).quant == quant:
+                return source
+            return model_cache.derive(source, quant, source.with_name(f"{source.stem}-{quant}.gguf"), n_threads)
+        return model_cache.resolve(model, quant, _cache(cache_dir), n_threads).path
+
+    try:
+        reference = file_at("F16")
+        rows = q.measure(reference, {quant: file_at(quant) for quant in wanted}, body, context, n_threads, timeout,
+                         device=compute_device)
+    except WorkerFailure as exc:
+        _fail(f"{exc.message}")
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return
+    typer.echo(f"| quant | file MiB | mean KLD | KLD p99 | perplexity | same top token | positions |\n"
+               f"|---|---|---|---|---|---|---|")
+    for r in rows:
+        kld = "reference" if r.kl_divergence_mean is None else f"{r.kl_divergence_mean:.5f} ± {r.kl_divergence_stderr:.5f}"
+        typer.echo(f"| {r.quant} | {r.file_bytes / 2**20:.1f} | {kld} | "
+                   f"{'' if r.kl_divergence_p99 is None else f'{r.kl_divergence_p99:.4f}'} | "
+                   f"{r.perplexity:.3f} ± {r.perplexity_stderr:.3f} | "
+                   f"{'' if r.same_top_token_fraction is None else f'{r.same_top_token_fraction:.1%}'} | {r.n_positions} |")
+    typer.echo(f"\n{q.METHOD}; context {context}, {rows[0].n_positions} scored positions", err=True)
+    if send:
+        _send_quality(rows, model, body, identity_path, cache_dir)
+
+
+def _send_quality(rows, model: str, text: str, identity_path, cache_dir) -> None:
+    """Each quant's row as a QualityResult to the coordinator (AgentService.ReportQuality), after registering."""
+    import hashlib
+    import time
+    import uuid
+
+    from fleetfit.agent import identity
+    from fleetfit.agent.daemon import registration
+    from fleetfit.v1 import fleetfit_pb2 as pb
+    from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+
+    enrolled = identity.load(identity_path or identity.default_path())
+    if not enrolled:
+        _fail("not enrolled: nothing sent (fleetfit-agent join --coordinator ADDR --token T)")
+    name = pathlib.Path(model).stem if os.sep in model or model.endswith(".gguf") else model
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    with enrolled.connect(timeout_s=10) as channel:
+        stub = pb_grpc.AgentServiceStub(channel)
+        stub.Register(registration(enrolled.device_id, _cache(cache_dir)), timeout=30)
+        for r in rows[1:]:  # the reference's own row is no cost
+            stub.ReportQuality(pb.ReportQualityRequest(result=pb.QualityResult(
+                result_id=str(uuid.uuid4()), device_id=enrolled.device_id, model_name=name, quant=r.quant,
+                reference_quant=r.reference, context_tokens=r.context_tokens, n_positions=r.n_positions,
+                kl_divergence_mean=r.kl_divergence_mean, kl_divergence_stderr=r.kl_divergence_stderr,
+                kl_divergence_p99=r.kl_divergence_p99, perplexity=r.perplexity,
+                perplexity_stderr=r.perplexity_stderr, same_top_token_fraction=r.same_top_token_fraction,
+                file_bytes=r.file_bytes or 0, text_sha256=digest, created_unix_s=time.time(),
+                provenance=pb.Provenance(**r.provenance))), timeout=30)
+    typer.echo(f"quality results sent to {enrolled.coordinator}", err=True)
 
 
 def _join(coordinator: str, token: str, device_id: Optional[str], insecure: bool, mtls: bool,

@@ -46,11 +46,12 @@ def user_errors(command):
         from fleetfit.coordinator.db import DatabaseError
         from fleetfit.coordinator.quickstart import QuickstartError
         from fleetfit.coordinator.server import ListenError
+        from fleetfit.models.errors import ModelError
         from fleetfit.v1.transport import CoordinatorUnreachable
 
         try:
             return command(*args, **kwargs)
-        except (CoordinatorUnreachable, QuickstartError, ListenError, DatabaseError) as exc:
+        except (CoordinatorUnreachable, QuickstartError, ListenError, DatabaseError, ModelError) as exc:
             _fail(str(exc))
         except grpc.RpcError as exc:
             _fail(f"{exc.code().name}: {exc.details()}")
@@ -379,8 +380,9 @@ def limits(
 @app.command()
 @user_errors
 def fit(
-    model: Annotated[Optional[str], typer.Argument(help="Model name, e.g. llama-2-7b (omit with --device).")] = None,
-    quant: Annotated[Optional[str], typer.Option(help="Quant type, e.g. Q4_0.")] = None,
+    model: Annotated[Optional[str], typer.Argument(
+        help="Model name (e.g. llama-2-7b), or a GGUF file or Hugging Face config.json read here (omit with --device).")] = None,
+    quant: Annotated[Optional[str], typer.Option(help="Quant type, e.g. Q4_0 (a GGUF file: its own, by default).")] = None,
     context: Annotated[Optional[int], typer.Option(
         help="Context tokens (default: 4096, or the model's trained context when smaller).")] = None,
     min_tps: Annotated[Optional[float], typer.Option(
@@ -403,6 +405,8 @@ def fit(
     `~` marks a predicted or estimated figure and `±` its leave-one-size-out error band."""
     from fleetfit.coordinator import render
     from fleetfit.coordinator.fit import MAX_STREAMS, fit_table
+    from fleetfit.models import shapes
+    from fleetfit.models.catalogue import CATALOGUE, active_params, n_params
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     for name, value in (("--min-tps", min_tps), ("--max-watts", max_watts), ("--context", context),
@@ -413,9 +417,19 @@ def fit(
         _fail(f"--streams must be at most {MAX_STREAMS}, got {streams}")
     if model is None and device is None:
         _fail("give a MODEL (with --quant), or --device D for the largest model per precision on D")
+    shape = None
+    if model is not None and shapes.is_file_ref(model):  # read here: the coordinator gets the shape, not the path
+        arch, file_quant = shapes.architecture_of(model), shapes.file_quant(model)
+        quant = quant or file_quant
+        known = "" if arch.name not in CATALOGUE else f", the catalogued {arch.name}"
+        typer.echo(f"{model}: {arch.family}, {n_params(arch) / 1e9:.2f}B parameters"
+                   f"{f' ({active_params(arch) / 1e9:.2f}B active)' if arch.is_moe else ''}{known}", err=True)
+        model, shape = arch.name, (None if known else shapes.to_proto(arch))
     if model is not None and quant is None:
         _fail("--quant is required with a MODEL (e.g. --quant Q4_0)")
     request = pb.FitRequest(model_name=model or "", quant=quant or "", backend=backend, device=device or "")
+    if shape is not None:
+        request.shape.CopyFrom(shape)
     for field, value in (("min_decode_tokens_per_s", min_tps), ("max_watts", max_watts), ("context_tokens", context),
                          ("streams", streams)):
         if value is not None:

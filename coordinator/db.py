@@ -101,6 +101,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE devices ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN last_refusal TEXT;
     """,
+    # 6: what each quantization costs in quality, per device (fleetfit-agent quality --report).
+    """
+    CREATE TABLE quality_results (
+        result_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        model_name TEXT NOT NULL,
+        quant TEXT NOT NULL,
+        received REAL NOT NULL,
+        payload BLOB NOT NULL
+    );
+    CREATE INDEX quality_by_model ON quality_results (model_name, quant, device_id);
+    """,
 ]
 
 

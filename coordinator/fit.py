@@ -21,7 +21,7 @@ from fleetfit.coordinator.devices import display_names
 from fleetfit.coordinator.devices import find as find_device
 from fleetfit.coordinator.limits import backend_of, limit_row, quant_of
 from fleetfit.models import backends
-from fleetfit.models.catalogue import CATALOGUE, n_params
+from fleetfit.models.catalogue import CATALOGUE, Architecture, n_params
 from fleetfit.models.errors import ModelError
 from fleetfit.models.real_models import REAL_MODELS
 from fleetfit.v1 import fleetfit_pb2 as pb
@@ -83,13 +83,15 @@ def _band_text(f: pb.FitFigure) -> str:
 def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str, results: list[pb.ProfileResult],
            min_decode_tps: float | None = None, context: int | None = None, max_watts: float | None = None,
            dm: scaling.DeviceModel | None = None, device_name: str = "", streams: int | None = None,
-           sm: serving.ServingModel | None = None) -> pb.FitAnswer:
+           sm: serving.ServingModel | None = None, shape: Architecture | None = None) -> pb.FitAnswer:
     """Does `model_name` at `quant` on `backend` fit `device` at `context` tokens (default: FIT_CONTEXT, or the
     model's own when smaller), how fast, how many streams it serves (with `streams`: does it serve that many,
-    each at `min_decode_tps` or the interactive speed), and how we know."""
+    each at `min_decode_tps` or the interactive speed), and how we know. `shape`: the model's architecture when
+    the catalogue does not know it (read by the operator's CLI from a GGUF or config.json)."""
     spec = backends.backend(backend)
-    arch = CATALOGUE.get(model_name) if spec.can_size(quant) else None
-    context = context or scaling.default_context(CATALOGUE.get(model_name))
+    known = shape or CATALOGUE.get(model_name)
+    arch = known if spec.can_size(quant) else None
+    context = context or scaling.default_context(known)
     out = pb.FitAnswer(device_id=device.device_id, hostname=device.hostname, ram_total_bytes=device.ram_total_bytes,
                        model_name=model_name, quant=quant, backend=spec.name, context_tokens=context,
                        device_name=device_name or device.hostname or device.device_id)
@@ -276,6 +278,7 @@ class Question:
     backend: str
     device: str  # id or hostname; empty = every device
     limits: dict  # min_decode_tps, context, max_watts, streams
+    shape: Architecture | None = None  # a model the catalogue does not know, as the operator's CLI read it
 
 
 def question(request: pb.FitRequest, known_models: set[str]) -> Question:
@@ -300,9 +303,27 @@ def question(request: pb.FitRequest, known_models: set[str]) -> Question:
         raise ValueError("name a model (with a quant), or a device for its largest model per precision")
     if request.model_name and not quant:
         raise ValueError("a quant is required with a model")
-    if request.model_name:
+    shape = None
+    if request.HasField("shape"):
+        shape = _shape(request)
+    elif request.model_name:
         check_model_known(request.model_name, known_models | set(REAL_MODELS) | set(CATALOGUE))
-    return Question(request.model_name, quant, spec.name, request.device, limits)
+    return Question(request.model_name, quant, spec.name, request.device, limits, shape)
+
+
+def _shape(request: pb.FitRequest) -> Architecture:
+    """The request's shape, checked as any catalogue entry is (bounded numbers, a family llama.cpp has)."""
+    from fleetfit.models.shapes import from_proto
+
+    try:
+        shape = from_proto(request.shape)
+    except ModelError as exc:
+        raise ValueError(f"shape: {exc}") from None
+    if request.model_name != shape.name:
+        raise ValueError(f"the shape is named {shape.name!r}, the question {request.model_name!r}")
+    if shape.name in CATALOGUE and shape != CATALOGUE[shape.name]:
+        raise ValueError(f"the shape named {shape.name!r} differs from the catalogued one; give it another name")
+    return shape
 
 
 def respond(request: pb.FitRequest, store, cache: "AnswerCache") -> pb.FitResponse:
@@ -316,9 +337,28 @@ def respond(request: pb.FitRequest, store, cache: "AnswerCache") -> pb.FitRespon
         return pb.FitResponse(answers=largest_per_precision(
             device, q.backend, store.results(device_id=device.device_id), **q.limits,
             device_name=names[device.device_id]))
-    return pb.FitResponse(answers=[cache.answer(d, q.model_name, q.quant, q.backend,
-                                                device_name=names[d.inventory.device_id], **q.limits)
-                                   for d in chosen])
+    answers = [cache.answer(d, q.model_name, q.quant, q.backend, device_name=names[d.inventory.device_id],
+                            shape=q.shape, **q.limits) for d in chosen]
+    quality = [r for r in store.quality_results(q.model_name) if r.quant == q.quant] if q.backend == "llama.cpp" else []
+    return pb.FitResponse(answers=[with_quality(a, quality, names) for a in answers])
+
+
+def with_quality(a: pb.FitAnswer, quality: list[pb.QualityResult], names: dict[str, str]) -> pb.FitAnswer:
+    """The answer with its precision's quality cost: the device's own latest measurement, else the fleet's latest
+    (the KL divergence of a file from its F16 is a property of the file; devices differ only in rounding)."""
+    if not quality:
+        return a
+    own = [r for r in quality if r.device_id == a.device_id]
+    r = (own or quality)[-1]
+    out = pb.FitAnswer()
+    out.CopyFrom(a)
+    where = "this device" if own else f"device {names.get(r.device_id, r.device_id)}"
+    out.kl_divergence.CopyFrom(pb.FitFigure(
+        value=r.kl_divergence_mean, provenance="measured",
+        method=f"mean KL divergence from {r.reference_quant} ± {r.kl_divergence_stderr:.2g}, {r.n_positions} positions "
+               f"at ctx {r.context_tokens}, fleetfit-agent quality on {where} (result {r.result_id})"))
+    out.reason += f"; quality: KLD {r.kl_divergence_mean:.4f} from {r.reference_quant} (measured on {where})"
+    return out
 
 
 class AnswerCache:
@@ -334,15 +374,15 @@ class AnswerCache:
         self.answers: collections.OrderedDict[tuple, pb.FitAnswer] = collections.OrderedDict()
 
     def answer(self, device: pb.Device, model_name: str, quant: str, backend: str, device_name: str = "",
-               **limits) -> pb.FitAnswer:
+               shape: Architecture | None = None, **limits) -> pb.FitAnswer:
         inventory = hashlib.blake2b(device.inventory.SerializeToString(deterministic=True), digest_size=16).digest()
         key = (device.inventory.device_id, device.results, inventory, model_name, quant, backend, device_name,
-               tuple(sorted(limits.items())))
+               shape, tuple(sorted(limits.items())))
         found = self.answers.get(key)
         if found is None:
             results = self.store.results(device_id=device.inventory.device_id)
             found = self.answers[key] = answer(device.inventory, model_name, quant, backend, results, **limits,
-                                               device_name=device_name)
+                                               device_name=device_name, shape=shape)
             if len(self.answers) > self.max_entries:
                 self.answers.popitem(last=False)
         else:
@@ -388,13 +428,13 @@ def _cell(f: pb.FitFigure, scale: float = 1.0, fmt: str = "{:.3g}") -> str:
 def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list[str]]]:
     """Rows for the CLI; `~` marks a predicted or estimated figure, `±` its leave-one-size-out band."""
     header = ["device", "model", "backend", "quant", "context", "verdict", "memory MiB", "RAM MiB", "% RAM",
-              "decode tok/s", "prefill tok/s", "J/token", "streams", "provenance", "reason"]
+              "decode tok/s", "prefill tok/s", "J/token", "streams", "KLD vs F16", "provenance", "reason"]
     body = [[a.device_name or a.hostname or a.device_id, a.model_name or "n/a", a.backend, a.quant,
              str(a.context_tokens or "n/a"), a.verdict,
              _cell(a.memory_bytes, MIB, "{:.0f}"), f"{a.ram_total_bytes / MIB:.0f}",
              f"{a.memory_fraction:.0%}" if a.HasField("memory_fraction") else "n/a",
              _cell(a.decode_tokens_per_s), _cell(a.prefill_tokens_per_s), _cell(a.joules_per_token),
-             _streams_cell(a), a.provenance or "n/a", a.reason] for a in answers]
+             _streams_cell(a), _cell(a.kl_divergence, fmt="{:.4f}"), a.provenance or "n/a", a.reason] for a in answers]
     return header, body
 
 

@@ -71,6 +71,29 @@ def check_result(result: pb.ProfileResult) -> None:
     _check_message(result, "result", "")
 
 
+def check_quality(result: pb.QualityResult) -> None:
+    """Refused unless a quality result is within bounds: finite, non-negative figures under their ceilings, a
+    fraction at most 1, a perplexity at least 1 (the exponential of a mean negative log-likelihood) and a mean
+    KL divergence no further below 0 than rounding puts it (a quant against itself)."""
+    _check_size(result, "quality")
+    check_device_id(result.device_id)
+    if not result.result_id or not result.model_name or not result.quant:
+        raise Refused("quality.result_id, model_name and quant are required")
+    kld = result.kl_divergence_mean
+    if math.isfinite(kld) and kld < 0:
+        if kld < -1e-3:
+            raise Refused(f"quality.kl_divergence_mean is {kld:g}: a KL divergence is not negative")
+        result = type(result).FromString(result.SerializeToString())
+        result.kl_divergence_mean = 0.0  # checked as the rounding it is; the stored value is unchanged
+    _check_message(result, "quality", "")
+    if result.same_top_token_fraction > 1:
+        raise Refused(f"quality.same_top_token_fraction is {result.same_top_token_fraction:g}: at most 1")
+    if result.perplexity < 1:
+        raise Refused(f"quality.perplexity is {result.perplexity:g}: at least 1")
+    if not 0 < result.n_positions <= 10_000_000 or not 0 < result.context_tokens <= 1 << 20:
+        raise Refused("quality.n_positions and context_tokens must be positive and bounded")
+
+
 def check_inventory(inventory: pb.DeviceInventory) -> None:
     """Refused unless every field of a Register inventory is within bounds."""
     _check_size(inventory, "inventory")

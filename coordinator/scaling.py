@@ -11,6 +11,9 @@ the figure each run needs (GPU memory for GPU runs, peak RSS elsewhere: limits.m
   effective bandwidth B_q per precision, plus a cost per layer c (graph ops, thread barriers: what makes small
   models slower per byte than large ones), shared by the precisions;
 - prefill seconds/token = FLOPs per token / F_q + layers · c': the compute roofline, fitted the same way.
+A mixture of experts is held whole (memory: every expert) and reads per token only the n_experts_used experts
+it is routed to (decode bytes and FLOPs: models/catalogue.py active_fraction); a sliding-window layer's KV
+cache holds its window (Architecture.kv_cache_bytes).
 
 Every figure says where it comes from: `measured` (that model and quant on that device), `predicted`
 (calibrated on the device; its error band is the largest leave-one-size-out residual), or `estimated` (nothing
@@ -24,7 +27,7 @@ import math
 
 import numpy as np
 
-from fleetfit.models.catalogue import CATALOGUE, Architecture, n_params, tensors
+from fleetfit.models.catalogue import CATALOGUE, Architecture, active_fraction, n_params, tensors
 from fleetfit.models.errors import ModelError
 from fleetfit.coordinator.limits import backend_of, memory_figure, quant_of, run_shape
 from fleetfit.models import backends
@@ -73,14 +76,17 @@ def weight_bytes(arch: Architecture, quant: str, backend: str = DEFAULT_BACKEND)
 
 
 def kv_cache_bytes(arch: Architecture, context: float) -> float:
-    """F16 K and V of every layer: 2 · layers · n_kv_heads · head_dim · context · 2 bytes."""
-    return 2 * arch.n_layers * arch.kv_dim * context * 2
+    """F16 K and V of every layer: 2 · layers · n_kv_heads · head_dim · context · 2 bytes (a sliding-window
+    layer holds its window: Architecture.kv_cache_bytes)."""
+    return arch.kv_cache_bytes(context, N_UBATCH)
 
 
 def compute_buffer_bytes(arch: Architecture, context: int) -> float:
-    """llama.cpp's main f32 compute buffers for one micro-batch (logits, MLP and attention activations)."""
+    """llama.cpp's main f32 compute buffers for one micro-batch (logits, MLP and attention activations; a
+    mixture of experts runs n_experts_used MLPs per token)."""
     ub = min(N_UBATCH, context)
-    return 4 * ub * (arch.vocab + 4 * arch.hidden + 2 * arch.ffn + arch.n_heads * context)
+    mlp = arch.ffn * max(1, arch.n_experts_used)
+    return 4 * ub * (arch.vocab + 4 * arch.hidden + 2 * mlp + arch.n_heads * context)
 
 
 def memory_feature(arch: Architecture, quant: str, context: int, backend: str = DEFAULT_BACKEND) -> float:
@@ -99,14 +105,16 @@ def decode_bytes_per_token(arch: Architecture, quant: str, context: float, backe
 
 @functools.lru_cache(maxsize=None)
 def _matmul_params(arch: Architecture) -> int:
-    matmul = sum(math.prod(s.shape) for s in tensors(arch)
-                 if len(s.shape) == 2 and s.name not in ("token_embd.weight", "position_embd.weight"))
-    return matmul + (arch.vocab * arch.hidden if arch.tied_embeddings else 0)
+    """Weights one token multiplies: every matrix but the embedding lookups, the routed experts only."""
+    matmul = sum(math.prod(s.shape) * active_fraction(arch, s) for s in tensors(arch)
+                 if len(s.shape) >= 2 and s.name.endswith("weight")
+                 and s.name not in ("token_embd.weight", "position_embd.weight"))
+    return int(matmul) + (arch.vocab * arch.hidden if arch.tied_embeddings else 0)
 
 
 def flops_per_token(arch: Architecture, context: float) -> float:
     """2 per weight in a matrix product (not the embedding lookup) + attention over `context` positions."""
-    return 2 * _matmul_params(arch) + 4 * arch.n_layers * arch.hidden * context
+    return 2 * _matmul_params(arch) + 4 * arch.n_layers * arch.q_dim * context
 
 
 # -- calibration ----------------------------------------------------------------------------------------

@@ -168,6 +168,22 @@ class AgentService(pb_grpc.AgentServiceServicer):
             await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, result.device_id, str(exc))
         return pb.ReportResultResponse(duplicate=duplicate)
 
+    async def ReportQuality(self, request, context):
+        result = request.result
+        try:
+            ingest.check_quality(result)
+        except ingest.Refused as exc:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, result.device_id, str(exc))
+        try:
+            duplicate = await off_loop(self.store.add_quality, result)
+        except UnknownDevice:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"device {result.device_id!r} has not registered")
+        except ConflictingResult as exc:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except QuotaExceeded as exc:
+            await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, result.device_id, str(exc))
+        return pb.ReportQualityResponse(duplicate=duplicate)
+
 
 class FleetService(pb_grpc.FleetServiceServicer):
     def __init__(self, store: Store, waiters: JobWaiters, proven: dict[str, float] | None = None):

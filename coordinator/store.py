@@ -212,6 +212,34 @@ class Store:
         sql = "SELECT payload FROM results" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY received"
         return [ingest.usable(pb.ProfileResult.FromString(bytes(payload))) for (payload,) in self.db.query(sql, params)]
 
+    def add_quality(self, result: pb.QualityResult) -> bool:
+        """Store a quality result (checked by ingest.check_quality); True when it was already stored (the same
+        id and payload), ConflictingResult for the same id with other contents, UnknownDevice, QuotaExceeded."""
+        payload = result.SerializeToString(deterministic=True)
+        with self.db.transaction() as execute:
+            if execute("SELECT 1 FROM devices WHERE device_id = ?", (result.device_id,)).fetchone() is None:
+                raise UnknownDevice(result.device_id)
+            found = execute("SELECT payload FROM quality_results WHERE result_id = ?", (result.result_id,)).fetchone()
+            if found is not None:
+                if bytes(found[0]) != payload:
+                    raise ConflictingResult(f"quality result {result.result_id!r} was stored with other contents")
+                return True
+            (recent,) = execute("SELECT COUNT(*) FROM quality_results WHERE device_id = ? AND received > ?",
+                                (result.device_id, time.time() - 3600)).fetchone()
+            if recent >= self.quotas.results_per_hour:
+                raise QuotaExceeded(f"quota of {self.quotas.results_per_hour} results per hour per device reached")
+            execute("INSERT INTO quality_results (result_id, device_id, model_name, quant, received, payload) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", (result.result_id, result.device_id, result.model_name,
+                                                  result.quant, time.time(), payload))
+        return False
+
+    def quality_results(self, model_name: str | None = None) -> list[pb.QualityResult]:
+        """Every quality result oldest first (or one model's)."""
+        sql, params = "SELECT payload FROM quality_results", ()
+        if model_name is not None:
+            sql, params = sql + " WHERE model_name = ?", (model_name,)
+        return [pb.QualityResult.FromString(bytes(p)) for (p,) in self.db.query(sql + " ORDER BY received", params)]
+
     def result_count(self) -> int:
         return self.db.query("SELECT COUNT(*) FROM results")[0][0]
 

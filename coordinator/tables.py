@@ -29,6 +29,7 @@ class TableError(ValueError):
 class Fleet:
     results: list[pb.ProfileResult]
     devices: list[pb.Device]
+    quality: list[pb.QualityResult] = dataclasses.field(default_factory=list)
 
     @functools.cached_property
     def names(self) -> dict[str, str]:
@@ -85,7 +86,8 @@ def _cell(value) -> struct_pb2.Value:
 
 
 def build_from_store(name: str, store, options: dict[str, str]) -> pb.Table:
-    return build(name, Fleet(results=store.results(), devices=store.devices()), options)
+    return build(name, Fleet(results=store.results(), devices=store.devices(), quality=store.quality_results()),
+                 options)
 
 
 def build(name: str, fleet: Fleet, options: dict[str, str]) -> pb.Table:
@@ -726,3 +728,23 @@ def serving_curves(fleet: Fleet, options: dict[str, str]) -> TableData:
 # `fleetfit limits all`: the seed's tables in the seed's order, then the raw measurements
 SEED_ORDER = ("memory", "speed", "bandwidth", "capacity", "power", "energy-cost", "serving", "deployment",
               "recommendations", "measured", "serving-curves", "failures")
+
+
+@table("quality", "Quality beside speed: KL divergence from F16, perplexity and same top token, per precision")
+def quality(fleet: Fleet, options: dict[str, str]) -> TableData:
+    """The latest quality result per device, model and precision, with that device's measured decode speed."""
+    latest = {(q.device_id, q.model_name, q.quant): q for q in fleet.quality}
+    decode = {(r.device_id, r.model_name, r.quant): r.decode_tokens_per_s.mean
+              for r in fleet.results if not r.failure and r.decode_tokens_per_s.mean}
+    rows = []
+    for (device_id, model, quant), q in sorted(latest.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                                              -kv[1].kl_divergence_mean)):
+        rows.append([fleet.name(device_id), model, quant, q.reference_quant,
+                     f"{q.kl_divergence_mean:.5f} ± {q.kl_divergence_stderr:.5f}", round(q.kl_divergence_p99, 5),
+                     f"{q.perplexity:.3f} ± {q.perplexity_stderr:.3f}", f"{q.same_top_token_fraction:.1%}",
+                     q.context_tokens, q.n_positions, decode.get((device_id, model, quant)), q.result_id])
+    return TableData(["device", "model", "precision", "reference", "mean KLD", "KLD p99", "perplexity",
+                      "same top token", "context", "positions", "decode tok/s", "result"], rows,
+                     ["measured by fleetfit-agent quality on the device it names: llama-perplexity --kl-divergence's "
+                      "method (context-sized chunks, second half scored) against the reference precision",
+                      "decode tok/s: the device's measured llama-bench-style decode of that file, when it has one"])

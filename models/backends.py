@@ -73,7 +73,10 @@ class BackendSpec:
 
     def weight_bytes(self, arch, precision: str, per_token: bool = False) -> int:
         """Bytes of the weights of `arch` held at `precision`; per_token: those one decoded token reads (a lookup
-        in a token-embedding table reads one row, unless the table is also the output projection)."""
+        in a token-embedding table reads one row, unless the table is also the output projection; of a mixture
+        of experts, the n_experts_used experts a token is routed to)."""
+        from fleetfit.models.catalogue import active_fraction
+
         precision = self.canonical(precision)
         self.matrix_bytes_per_weight(precision)  # refuses a type without a size formula
         if self.takes_gguf_types():
@@ -92,6 +95,8 @@ class BackendSpec:
         for name, (spec, nbytes) in sizes.items():
             if per_token and name == "token_embd.weight" and lookup_only:
                 nbytes /= spec.shape[0]
+            if per_token and spec is not None:  # a mixture of experts reads only the routed experts
+                nbytes *= active_fraction(arch, spec)
             total += nbytes
         return int(total)
 
@@ -103,7 +108,8 @@ def _tensors(arch):
 
 
 BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
-    BackendSpec("llama.cpp", None, ("cpu", "cuda", "metal"), ("llama", "qwen2", "gpt2"), True,
+    BackendSpec("llama.cpp", None, ("cpu", "cuda", "metal"),
+                ("llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "phi3", "gpt2", "gpt-oss"), True,
                 "llama.cpp through llama-cpp-python; GGUF files, catalogue shapes as synthetic GGUFs"),
     BackendSpec("torch", FRAMEWORK_PRECISIONS, ("cpu", "cuda"), ("llama", "qwen2"), True,
                 "PyTorch eager; real GGUF weights dequantized, or a catalogue shape with random weights"),

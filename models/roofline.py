@@ -1,7 +1,8 @@
 """What one decoded token costs a model in bytes moved and FLOPs, and where that puts it on a roofline.
 
 Decode reads every weight once per token (the token-embedding table only for one row, unless the
-output projection is tied to it, as in SmolLM2, and reads all of it) plus the KV cache up to the
+output projection is tied to it, as in SmolLM2, and reads all of it; of a mixture of experts only the
+expert_used_count experts of expert_count a token is routed to) plus the KV cache up to the
 current position, grouped-query aware: 2 · layers · n_kv_heads · head_dim · context · bytes.
 FLOPs: 2 per weight used in a matrix product, plus 4 · layers · n_heads · head_dim · context for
 attention (QK^T and the weighted sum of V). Architecture numbers come from the GGUF metadata.
@@ -51,15 +52,19 @@ def model_shape(path: pathlib.Path | str) -> ModelShape:
 
     tensors = {t.name: (int(t.n_bytes), int(t.n_elements), [int(d) for d in t.shape]) for t in reader.tensors}
     tied = "output.weight" not in tensors
+    n_experts, n_used = _field(reader, f"{arch}.expert_count"), _field(reader, f"{arch}.expert_used_count")
+    routed = n_used / n_experts if isinstance(n_experts, int) and isinstance(n_used, int) and 0 < n_used <= n_experts \
+        else 1.0  # a token reads only the experts it is routed to
     weight_bytes, matmul_params = 0, 0
     for name, (n_bytes, n_elements, shape) in tensors.items():
         if name == "token_embd.weight" and not tied:
             rows = shape[-1] if len(shape) > 1 else 1
             weight_bytes += n_bytes // max(rows, 1)  # a lookup reads one row
             continue
-        weight_bytes += n_bytes
-        if len(shape) > 1:  # norms and biases are not matrix products
-            matmul_params += n_elements
+        share = routed if "_exps." in name else 1.0
+        weight_bytes += int(n_bytes * share)
+        if len(shape) > 1 and name.endswith("weight"):  # norms and biases are not matrix products
+            matmul_params += int(n_elements * share)
     return ModelShape(arch, int(numbers["block_count"]), n_heads, n_kv_heads, head_dim, weight_bytes, matmul_params)
 
 

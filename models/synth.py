@@ -11,7 +11,7 @@ speed. The header (metadata, a placeholder tokenizer, the tensor table) is built
 GGUFWriter in memory, so the predicted file size is exact.
 
 The tokenizer is a SentencePiece-type ("llama") vocabulary of the architecture's size: <unk>, <s>, </s>,
-the 256 byte tokens, then placeholder tokens; llama.cpp needs a vocabulary to load a model, and the
+the 256 byte tokens, <|endoftext|>, then placeholder tokens; llama.cpp needs a vocabulary to load a model, and the
 harness feeds token ids, never text. Llama 3.x's rope_freqs.weight (rope scaling for long contexts) is
 left out: llama.cpp treats it as optional and it does not change speed or memory at short contexts.
 """
@@ -34,7 +34,7 @@ from fleetfit.models.quants import llama_ftype
 ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT: each tensor's data starts on a multiple of this
 POOL_BYTES = 32 << 20
 RUNTIME_OVERHEAD_BYTES = 100 << 20  # llama.cpp's own allocations besides weights, KV cache and compute buffers
-N_SPECIAL_TOKENS = 3 + 256  # <unk>, <s>, </s> and the byte tokens
+N_SPECIAL_TOKENS = 3 + 256 + 1  # <unk>, <s>, </s>, the byte tokens, <|endoftext|> (llama.cpp's Phi-3 vocab needs it)
 
 # fp16 scale fields per block type (offset in the block, value): the block layouts of ggml-common.h.
 # Values keep every dequantized weight well under 1 (checked against gguf.quants.dequantize in the tests).
@@ -47,7 +47,13 @@ _SCALES = {
     "Q4_K": [(0, 2.0**-14), (2, 2.0**-11)],  # d, dmin, scales[12], qs[128]
     "Q5_K": [(0, 2.0**-14), (2, 2.0**-11)],  # d, dmin, scales[12], qh[32], qs[128]
     "Q6_K": [(208, 2.0**-14)],  # ql[128], qh[64], int8 scales[16], d
+    "Q3_K": [(108, 2.0**-14)],  # hmask[32], qs[64], scales[12], d
+    "Q2_K": [(80, 2.0**-14), (82, 2.0**-11)],  # scales[16], qs[64], d, dmin
+    "IQ4_NL": [(0, 2.0**-14)],  # d, qs[16]: w = d*table[q], |table| <= 127
+    "IQ4_XS": [(0, 2.0**-14)],  # d, scales_h, scales_l[4], qs[128]: w = d*(scale-32)*table[q]
 }
+# Block types whose scale is one E8M0 byte (offset, byte): 2^(byte-127) per block.
+_BYTE_SCALES = {"MXFP4": (0, 127 - 10)}  # e, qs[16]: w = 2^(e-127)*fp4[q], |fp4| <= 6 (as halves)
 # Float types: (word dtype, bits kept random = sign and mantissa, exponent bits for |w| in [2^-7, 2^-6)).
 _FLOAT_BITS = {
     "F32": (np.uint32, 0x807FFFFF, 120 << 23),
@@ -88,7 +94,7 @@ class SynthPlan:
         tokens: weights + f16 KV cache + the main f32 compute buffers (logits, MLP and attention
         activations) + a fixed runtime overhead. An estimate, not a measurement."""
         arch, n_ubatch = self.arch, min(n_ubatch, n_ctx)
-        kv_cache = 2 * arch.n_layers * n_ctx * arch.kv_dim * 2
+        kv_cache = arch.kv_cache_bytes(n_ctx, n_ubatch)
         activations = 4 * n_ubatch * (arch.vocab + 4 * arch.hidden + 2 * arch.ffn + arch.n_heads * n_ctx)
         return self.weight_bytes + kv_cache + activations + RUNTIME_OVERHEAD_BYTES
 
@@ -136,17 +142,26 @@ def _header(arch: Architecture, quant: str, planned: list[PlannedTensor]) -> byt
     else:
         writer.add_layer_norm_rms_eps(arch.norm_eps)
         writer.add_rope_freq_base(arch.rope_theta)
-        writer.add_rope_dimension_count(arch.head_dim)
+        writer.add_rope_dimension_count(arch.rotary_dim)
+    if arch.head_dim * arch.n_heads != arch.hidden:  # llama.cpp's default head size is hidden / n_heads
+        writer.add_key_length(arch.head_dim)
+        writer.add_value_length(arch.head_dim)
+    if arch.is_moe:
+        writer.add_expert_count(arch.n_experts)
+        writer.add_expert_used_count(arch.n_experts_used)
+        writer.add_expert_feed_forward_length(arch.ffn)
+    if arch.sliding_window:
+        writer.add_sliding_window(arch.sliding_window)
 
     if arch.vocab < N_SPECIAL_TOKENS:
         raise ModelError(f"{arch.name}: a vocabulary of {arch.vocab} tokens is too small (at least {N_SPECIAL_TOKENS})")
     n_placeholders = arch.vocab - N_SPECIAL_TOKENS
     writer.add_tokenizer_model("llama")
-    writer.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    writer.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["<|endoftext|>"]
                           + [f"t{i}" for i in range(n_placeholders)])
     writer.add_token_scores([0.0] * arch.vocab)
     writer.add_token_types([TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
-                           + [TokenType.NORMAL] * n_placeholders)
+                           + [TokenType.CONTROL] + [TokenType.NORMAL] * n_placeholders)
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
@@ -173,8 +188,11 @@ def _random_pool(ggml_type: str, rng: np.random.Generator) -> tuple[np.ndarray, 
         return words.view(np.uint8), np.dtype(dtype).itemsize
     block_bytes = block_size(ggml_type)[1]
     blocks = rng.integers(0, 255, size=(POOL_BYTES // block_bytes, block_bytes), dtype=np.uint8, endpoint=True)
-    for offset, value in _SCALES[ggml_type]:
+    for offset, value in _SCALES.get(ggml_type, []):
         blocks[:, offset:offset + 2] = np.frombuffer(np.float16(value).tobytes(), np.uint8)
+    if ggml_type in _BYTE_SCALES:
+        offset, byte = _BYTE_SCALES[ggml_type]
+        blocks[:, offset] = byte
     return blocks.reshape(-1), block_bytes
 
 

@@ -77,6 +77,15 @@ class LlamaCpp(Backend):
             return {}
         if op == "greedy":
             return runtime.greedy(args["model_path"], args["prompt"], args["n_gen"], args["threads"])
+        if op == "quality_reference":
+            from fleetfit.agent import quality
+
+            return quality.reference_pass(args["model_path"], args["text"], args["n_ctx"], args["threads"],
+                                          args["out"], args.get("device", ""))
+        if op == "quality_compare":
+            from fleetfit.agent import quality
+
+            return quality.quant_pass(args["model_path"], args["reference"], args["threads"], args.get("device", ""))
         return super().call(op, args)
 
 

@@ -312,3 +312,70 @@ def greedy(model_path: str, prompt: str, n_gen: int, threads: int) -> dict:
         C.llama_free(ctx)
         C.llama_model_free(model)
     return {"prompt_tokens": prompt_tokens, "tokens": tokens}
+
+
+def scored_logits(model_path: str, n_ctx: int, threads: int, text: str | None = None,
+                  tokens: list[int] | None = None, device: str = ""):
+    """llama-perplexity's pass over a text: tokenize it (with BOS when the vocabulary adds one; special tokens
+    not parsed), cut it into n_ctx-token chunks, evaluate each from an empty cache with its first token
+    replaced by BOS, and keep the logits of positions n_ctx/2 .. n_ctx-2 (each predicts the next token).
+    Returns (tokens, n_vocab, a generator of (chunk index, float32 logits array [n_ctx-1-n_ctx/2, n_vocab]))."""
+    import numpy as np
+
+    C.llama_backend_init()
+    model_params = C.llama_model_default_params()
+    if device == "cpu":
+        model_params.n_gpu_layers = 0
+    model = C.llama_model_load_from_file(model_path.encode(), model_params)
+    if not model:
+        raise BackendError(f"llama.cpp could not load {model_path}")
+    vocab = C.llama_model_get_vocab(model)
+    n_vocab = C.llama_vocab_n_tokens(vocab)
+    add_bos = C.llama_vocab_get_add_bos(vocab)
+    if tokens is None:
+        data = text.encode()
+        buffer = (C.llama_token * (len(data) + 2))()
+        n = C.llama_tokenize(vocab, data, len(data), buffer, len(buffer), True, False)
+        if n < 0:  # more tokens than bytes (byte fallback): -n is the count, as common_tokenize retries
+            buffer = (C.llama_token * -n)()
+            n = C.llama_tokenize(vocab, data, len(data), buffer, len(buffer), True, False)
+        if n < 0:
+            C.llama_model_free(model)
+            raise BackendError("tokenizing the text failed")
+        tokens = list(buffer[:n])
+    if len(tokens) < 2 * n_ctx:
+        C.llama_model_free(model)
+        raise BackendError(f"the text is {len(tokens)} tokens; a context of {n_ctx} needs at least {2 * n_ctx}")
+    ctx_params = C.llama_context_default_params()
+    ctx_params.n_ctx = ctx_params.n_batch = n_ctx  # one batch per chunk, as llama-perplexity -b N does
+    ctx_params.n_ubatch = min(DEFAULT_N_UBATCH, n_ctx)
+    ctx_params.n_threads = ctx_params.n_threads_batch = threads
+    ctx_params.no_perf = True
+    ctx = C.llama_init_from_model(model, ctx_params)
+    if not ctx:
+        C.llama_model_free(model)
+        raise BackendError(f"llama.cpp could not create a context (n_ctx={n_ctx}) for {model_path}")
+    first, bos = n_ctx // 2, C.llama_vocab_bos(vocab)
+
+    def chunks():
+        batch = C.llama_batch_init(n_ctx, 0, 1)
+        try:
+            for chunk in range(len(tokens) // n_ctx):
+                C.llama_memory_clear(C.llama_get_memory(ctx), True)
+                for pos in range(n_ctx):
+                    token = tokens[chunk * n_ctx + pos]
+                    batch.token[pos] = bos if add_bos and pos == 0 else token
+                    batch.pos[pos], batch.n_seq_id[pos], batch.seq_id[pos][0] = pos, 1, 0
+                    batch.logits[pos] = pos >= first
+                batch.n_tokens = n_ctx
+                if C.llama_decode(ctx, batch) != 0:
+                    raise BackendError("llama_decode failed")
+                logits = C.llama_get_logits(ctx)
+                rows = np.ctypeslib.as_array(logits, shape=(n_ctx - first, n_vocab))
+                yield chunk, rows[:n_ctx - 1 - first].copy()
+        finally:
+            C.llama_batch_free(batch)
+            C.llama_free(ctx)
+            C.llama_model_free(model)
+
+    return tokens, n_vocab, chunks()

@@ -46,6 +46,9 @@ class Config:
         """From a models.catalogue.Architecture (llama and qwen2 families)."""
         if arch.family not in ("llama", "qwen2"):
             raise UnsupportedPrecision(f"{arch.name}: the torch backend runs Llama-family models, not {arch.family}")
+        if arch.head_dim * arch.n_heads != arch.hidden:
+            raise UnsupportedPrecision(f"{arch.name}: the torch backend needs head_dim x n_heads = hidden "
+                                       f"({arch.head_dim} x {arch.n_heads} != {arch.hidden})")
         return cls(arch.n_layers, arch.hidden, arch.n_heads, arch.n_kv_heads, arch.ffn, arch.vocab, arch.rope_theta,
                    arch.norm_eps, arch.tied_embeddings, arch.has_qkv_bias)
 

@@ -25,6 +25,26 @@ TINY_QWEN2 = Architecture(name="tiny-qwen2", family="qwen2", n_layers=2, hidden=
 PLENTY = 1 << 50  # disk and RAM figures that never refuse
 
 
+def tiny(name, family, **change):
+    """A family's tensor set at a test size: 256-wide rows, 2 layers, a 512-token vocabulary."""
+    shape = dict(n_layers=2, hidden=256, n_heads=4, n_kv_heads=2, ffn=512, vocab=512, context_length=256,
+                 tied_embeddings=False, rope_theta=10000.0, norm_eps=1e-6, source="test")
+    return Architecture(name=name, family=family, **{**shape, **change})
+
+
+# Each family we catalogue, shrunk, with the features that set it apart, and a type that exercises its mix.
+TINY_FAMILIES = [
+    (tiny("tiny-nemo", "llama", explicit_head_dim=128), "Q4_K_M"),  # head_dim x heads != hidden (Mistral-Nemo)
+    (tiny("tiny-qwen3", "qwen3", explicit_head_dim=128, tied_embeddings=True), "Q3_K_M"),
+    (tiny("tiny-gemma3", "gemma3", n_layers=6, n_heads=2, n_kv_heads=1, explicit_head_dim=128, tied_embeddings=True,
+          sliding_window=32, sliding_pattern=6), "IQ4_XS"),
+    (tiny("tiny-phi", "phi3", rotary_fraction=0.75, tied_embeddings=True), "Q2_K"),
+    (tiny("tiny-qwen3moe", "qwen3moe", explicit_head_dim=64, ffn=256, n_experts=8, n_experts_used=2), "Q4_K_M"),
+    (tiny("tiny-gpt-oss", "gpt-oss", explicit_head_dim=64, ffn=256, n_experts=4, n_experts_used=2,
+          sliding_window=32, sliding_pattern=2), "MXFP4_MOE"),  # MXFP4 experts, attention sinks, biases
+]
+
+
 def write(arch, quant, path, **kw):
     return synth.write_synthetic(arch, quant, path, free_disk_bytes=PLENTY, available_ram_bytes=PLENTY, **kw)
 
@@ -63,6 +83,18 @@ def test_llama_cpp_loads_and_runs_it(tmp_path, arch, quant):
     path = write(arch, quant, tmp_path / "model.gguf")
     request = make_request(str(path), n_prompt=16, n_gen=4, repetitions=1, threads=2)
     job = WorkerJob(request, RunTarget(name=arch.name, origin="synthetic", precision=quant, path=str(path)), 2,
+                    str(tmp_path))
+    result = RunFigures.from_json(run_worker({"op": "profile", "job": job.to_json()}, 120))
+    assert result.model_n_params == n_params(arch)
+    assert result.decode_tokens_per_s.mean > 0
+
+
+@pytest.mark.parametrize("arch, quant", TINY_FAMILIES, ids=lambda value: getattr(value, "name", value))
+def test_llama_cpp_loads_and_runs_each_family(tmp_path, arch, quant):
+    path = write(arch, quant, tmp_path / "model.gguf")
+    assert inspect_gguf(path).architecture == arch.family
+    request = make_request(str(path), n_prompt=8, n_gen=2, repetitions=1, threads=1)
+    job = WorkerJob(request, RunTarget(name=arch.name, origin="synthetic", precision=quant, path=str(path)), 1,
                     str(tmp_path))
     result = RunFigures.from_json(run_worker({"op": "profile", "job": job.to_json()}, 120))
     assert result.model_n_params == n_params(arch)
@@ -127,3 +159,27 @@ def test_bad_names_are_refused(tmp_path):
         write("llama-2-7", "Q4_0", tmp_path / "x.gguf")
     with pytest.raises(ModelError, match="not supported for synthetic models"):
         write(TINY, "IQ2_XXS", tmp_path / "x.gguf")
+
+
+LADDER = ("Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "IQ4_XS", "Q2_K")
+# 16 layers so that the first eighth and sixteenth of llama.cpp's mixes are whole layers; 8 query heads per 2 KV
+# heads (the rules for 4+ per KV head) and 3 per 1 (below it)
+DEEP_GQA4 = tiny("deep-gqa4", "llama", n_layers=16, n_heads=8, n_kv_heads=2)
+DEEP_GQA3_TIED = tiny("deep-gqa3", "qwen3", n_layers=16, n_heads=3, n_kv_heads=1, explicit_head_dim=64,
+                      tied_embeddings=True)
+
+
+@pytest.mark.parametrize("arch, quant", [*((DEEP_GQA4, q) for q in LADDER), *((DEEP_GQA3_TIED, q) for q in ("Q3_K_M", "IQ4_XS", "Q2_K")),
+                                         (TINY_FAMILIES[3][0], "Q4_K_M"), (TINY_FAMILIES[4][0], "Q3_K_M"),
+                                         (TINY_FAMILIES[5][0], "MXFP4_MOE")],
+                         ids=lambda value: getattr(value, "name", value))
+def test_tensor_types_match_llama_cpps_quantizer(tmp_path, arch, quant):
+    """llama.cpp's own quantizer, run on an F16 file of the shape, gives every tensor the type we predict, so the
+    file is the size we predict."""
+    from fleetfit.agent import model_cache
+
+    source = write(arch, "F16", tmp_path / "f16.gguf")
+    path = model_cache.derive(source, quant, tmp_path / f"{quant}.gguf", threads=1)
+    plan = synth.plan_file(arch, quant)
+    assert {t.name: t.tensor_type.name for t in GGUFReader(path).tensors} == {t.name: t.ggml_type for t in plan.tensors}
+    assert sum(int(t.n_bytes) for t in GGUFReader(path).tensors) == plan.weight_bytes

@@ -535,6 +535,58 @@ class ReleaseJobResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class QualityResult(_message.Message):
+    __slots__ = ("result_id", "device_id", "model_name", "quant", "reference_quant", "context_tokens", "n_positions", "kl_divergence_mean", "kl_divergence_stderr", "kl_divergence_p99", "perplexity", "perplexity_stderr", "same_top_token_fraction", "file_bytes", "text_sha256", "provenance", "backend_build", "created_unix_s")
+    RESULT_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    QUANT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_QUANT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    N_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    KL_DIVERGENCE_MEAN_FIELD_NUMBER: _ClassVar[int]
+    KL_DIVERGENCE_STDERR_FIELD_NUMBER: _ClassVar[int]
+    KL_DIVERGENCE_P99_FIELD_NUMBER: _ClassVar[int]
+    PERPLEXITY_FIELD_NUMBER: _ClassVar[int]
+    PERPLEXITY_STDERR_FIELD_NUMBER: _ClassVar[int]
+    SAME_TOP_TOKEN_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    FILE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_BUILD_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    result_id: str
+    device_id: str
+    model_name: str
+    quant: str
+    reference_quant: str
+    context_tokens: int
+    n_positions: int
+    kl_divergence_mean: float
+    kl_divergence_stderr: float
+    kl_divergence_p99: float
+    perplexity: float
+    perplexity_stderr: float
+    same_top_token_fraction: float
+    file_bytes: int
+    text_sha256: str
+    provenance: Provenance
+    backend_build: str
+    created_unix_s: float
+    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., reference_quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., n_positions: _Optional[int] = ..., kl_divergence_mean: _Optional[float] = ..., kl_divergence_stderr: _Optional[float] = ..., kl_divergence_p99: _Optional[float] = ..., perplexity: _Optional[float] = ..., perplexity_stderr: _Optional[float] = ..., same_top_token_fraction: _Optional[float] = ..., file_bytes: _Optional[int] = ..., text_sha256: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., backend_build: _Optional[str] = ..., created_unix_s: _Optional[float] = ...) -> None: ...
+
+class ReportQualityRequest(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: QualityResult
+    def __init__(self, result: _Optional[_Union[QualityResult, _Mapping]] = ...) -> None: ...
+
+class ReportQualityResponse(_message.Message):
+    __slots__ = ("duplicate",)
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    duplicate: bool
+    def __init__(self, duplicate: _Optional[bool] = ...) -> None: ...
+
 class Device(_message.Message):
     __slots__ = ("inventory", "first_seen_unix_s", "last_seen_unix_s", "results", "status", "labels", "display_name", "refused", "last_refusal")
     class LabelsEntry(_message.Message):
@@ -688,8 +740,50 @@ class GetLimitTableResponse(_message.Message):
     next_page_token: str
     def __init__(self, rows: _Optional[_Iterable[_Union[LimitRow, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class Architecture(_message.Message):
+    __slots__ = ("name", "family", "n_layers", "hidden", "n_heads", "n_kv_heads", "ffn", "vocab", "context_length", "tied_embeddings", "rope_theta", "norm_eps", "source", "head_dim", "n_experts", "n_experts_used", "rotary_fraction", "sliding_window", "sliding_pattern")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    N_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    N_HEADS_FIELD_NUMBER: _ClassVar[int]
+    N_KV_HEADS_FIELD_NUMBER: _ClassVar[int]
+    FFN_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    TIED_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    ROPE_THETA_FIELD_NUMBER: _ClassVar[int]
+    NORM_EPS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
+    N_EXPERTS_FIELD_NUMBER: _ClassVar[int]
+    N_EXPERTS_USED_FIELD_NUMBER: _ClassVar[int]
+    ROTARY_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    SLIDING_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    SLIDING_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    family: str
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    ffn: int
+    vocab: int
+    context_length: int
+    tied_embeddings: bool
+    rope_theta: float
+    norm_eps: float
+    source: str
+    head_dim: int
+    n_experts: int
+    n_experts_used: int
+    rotary_fraction: float
+    sliding_window: int
+    sliding_pattern: int
+    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., n_layers: _Optional[int] = ..., hidden: _Optional[int] = ..., n_heads: _Optional[int] = ..., n_kv_heads: _Optional[int] = ..., ffn: _Optional[int] = ..., vocab: _Optional[int] = ..., context_length: _Optional[int] = ..., tied_embeddings: _Optional[bool] = ..., rope_theta: _Optional[float] = ..., norm_eps: _Optional[float] = ..., source: _Optional[str] = ..., head_dim: _Optional[int] = ..., n_experts: _Optional[int] = ..., n_experts_used: _Optional[int] = ..., rotary_fraction: _Optional[float] = ..., sliding_window: _Optional[int] = ..., sliding_pattern: _Optional[int] = ...) -> None: ...
+
 class FitRequest(_message.Message):
-    __slots__ = ("model_name", "quant", "min_decode_tokens_per_s", "backend", "context_tokens", "max_watts", "device", "page_size", "page_token", "streams")
+    __slots__ = ("model_name", "quant", "min_decode_tokens_per_s", "backend", "context_tokens", "max_watts", "device", "page_size", "page_token", "streams", "shape")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     QUANT_FIELD_NUMBER: _ClassVar[int]
     MIN_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
@@ -700,6 +794,7 @@ class FitRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STREAMS_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     quant: str
     min_decode_tokens_per_s: float
@@ -710,7 +805,8 @@ class FitRequest(_message.Message):
     page_size: int
     page_token: str
     streams: int
-    def __init__(self, model_name: _Optional[str] = ..., quant: _Optional[str] = ..., min_decode_tokens_per_s: _Optional[float] = ..., backend: _Optional[str] = ..., context_tokens: _Optional[int] = ..., max_watts: _Optional[float] = ..., device: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., streams: _Optional[int] = ...) -> None: ...
+    shape: Architecture
+    def __init__(self, model_name: _Optional[str] = ..., quant: _Optional[str] = ..., min_decode_tokens_per_s: _Optional[float] = ..., backend: _Optional[str] = ..., context_tokens: _Optional[int] = ..., max_watts: _Optional[float] = ..., device: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., streams: _Optional[int] = ..., shape: _Optional[_Union[Architecture, _Mapping]] = ...) -> None: ...
 
 class FitFigure(_message.Message):
     __slots__ = ("value", "provenance", "method", "error_fraction")
@@ -725,7 +821,7 @@ class FitFigure(_message.Message):
     def __init__(self, value: _Optional[float] = ..., provenance: _Optional[str] = ..., method: _Optional[str] = ..., error_fraction: _Optional[float] = ...) -> None: ...
 
 class FitAnswer(_message.Message):
-    __slots__ = ("device_id", "hostname", "verdict", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "provenance", "calibration", "device_name", "backend", "stream_target_tokens_per_s", "max_streams", "streams", "stream_tokens_per_s", "aggregate_tokens_per_s", "serving_memory_bytes", "serves", "gpu_layers", "gpu_memory_bytes", "offload_decode_tokens_per_s")
+    __slots__ = ("device_id", "hostname", "verdict", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "provenance", "calibration", "device_name", "backend", "stream_target_tokens_per_s", "max_streams", "streams", "stream_tokens_per_s", "aggregate_tokens_per_s", "serving_memory_bytes", "serves", "gpu_layers", "gpu_memory_bytes", "offload_decode_tokens_per_s", "kl_divergence")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
@@ -755,6 +851,7 @@ class FitAnswer(_message.Message):
     GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
     GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     OFFLOAD_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
     verdict: str
@@ -784,7 +881,8 @@ class FitAnswer(_message.Message):
     gpu_layers: int
     gpu_memory_bytes: FitFigure
     offload_decode_tokens_per_s: FitFigure
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., provenance: _Optional[str] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ..., stream_target_tokens_per_s: _Optional[float] = ..., max_streams: _Optional[_Union[FitFigure, _Mapping]] = ..., streams: _Optional[int] = ..., stream_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., aggregate_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., serving_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., serves: _Optional[bool] = ..., gpu_layers: _Optional[int] = ..., gpu_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., offload_decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ...) -> None: ...
+    kl_divergence: FitFigure
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., provenance: _Optional[str] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ..., stream_target_tokens_per_s: _Optional[float] = ..., max_streams: _Optional[_Union[FitFigure, _Mapping]] = ..., streams: _Optional[int] = ..., stream_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., aggregate_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., serving_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., serves: _Optional[bool] = ..., gpu_layers: _Optional[int] = ..., gpu_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., offload_decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., kl_divergence: _Optional[_Union[FitFigure, _Mapping]] = ...) -> None: ...
 
 class FitResponse(_message.Message):
     __slots__ = ("answers", "next_page_token")

@@ -64,6 +64,11 @@ class AgentServiceStub:
                 request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReleaseJobRequest.SerializeToString,
                 response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReleaseJobResponse.FromString,
                 _registered_method=True)
+        self.ReportQuality = channel.unary_unary(
+                '/fleetfit.v1.AgentService/ReportQuality',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReportQualityRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReportQualityResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -105,6 +110,12 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportQuality(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +148,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ReleaseJob,
                     request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReleaseJobRequest.FromString,
                     response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReleaseJobResponse.SerializeToString,
+            ),
+            'ReportQuality': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportQuality,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReportQualityRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReportQualityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +317,33 @@ class AgentService:
             '/fleetfit.v1.AgentService/ReleaseJob',
             fleetfit_dot_v1_dot_fleetfit__pb2.ReleaseJobRequest.SerializeToString,
             fleetfit_dot_v1_dot_fleetfit__pb2.ReleaseJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportQuality(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetfit.v1.AgentService/ReportQuality',
+            fleetfit_dot_v1_dot_fleetfit__pb2.ReportQualityRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.ReportQualityResponse.FromString,
             options,
             channel_credentials,
             insecure,

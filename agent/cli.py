@@ -13,6 +13,10 @@ from typing import Annotated, Optional
 
 import typer
 
+# gRPC's core logs each failed TLS handshake (BAD_SIGNATURE, ...) to stderr at INFO; the commands say what to fix
+# in one line instead. Set before grpc is first imported; $GRPC_VERBOSITY still wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from fleetfit.models.backends import BACKENDS, DEFAULT_BACKEND
 
 app = typer.Typer(help="Profile quantized LLM inference on this device and report to a fleetfit coordinator.",
@@ -66,9 +70,9 @@ def _cache(cache_dir: Optional[pathlib.Path]) -> pathlib.Path:
 
 
 def _to_json(message) -> str:
-    from google.protobuf import json_format
+    from fleetfit.v1.records import to_json
 
-    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2)
+    return to_json(message)
 
 
 @app.command()
@@ -257,7 +261,7 @@ def limits_probe(
     results = probe.probe([s for s in sizes.split(",") if s], [q for q in quants.split(",") if q], device_id,
                           _cache(cache_dir), settings, keep)
     if as_json:
-        typer.echo(json.dumps([json.loads(_to_json(r)) for r in results], indent=2))
+        typer.echo(_to_json(results))
     else:
         for quant, largest in probe.capacity(results).items():
             typer.echo(f"largest that fits at {quant}: {largest}")
@@ -298,15 +302,25 @@ def profile(
         envvar="FLEETFIT_IDLE_BASELINE_S", help="Seconds of idle power measured before the run (default 2).")] = None,
     cache_dir: CacheDir = None,
     device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
-    as_json: Json = False,
+    output: Annotated[str, typer.Option("-o", "--output", help="md, csv, json, jsonl or sql (llama-bench's "
+                                                               "fields; sql: a llama_bench table for sqlite3).")] = "md",
+    as_json: Annotated[bool, typer.Option("--json", help="The same as -o json.")] = False,
 ) -> None:
     """Measure load time, TTFT, prefill and decode tokens/s and peak memory, each run in a child process."""
     from fleetfit.agent import inventory, profiling, report
+    from fleetfit.v1 import records
 
+    output = "json" if as_json else output
+    if output not in ("md", *records.FORMATS):
+        _fail(f"unknown output format {output!r} (choose from md, {', '.join(records.FORMATS)})")
     request = profiling.make_request(model, quant, backend, n_prompt, n_gen, repetitions, threads, timeout,
                                      idle_baseline, compute_device)
     result = profiling.profile(request, device_id or inventory.default_device_id(), _cache(cache_dir))
-    typer.echo(_to_json(result) if as_json else report.markdown([result]))
+    if output == "md":
+        typer.echo(report.markdown([result]))
+    else:
+        rows = records.profile_rows(result, inventory.cpu_model(), profiling.failure_name(result.failure))
+        typer.echo(records.write_profile_rows(rows, output))
     if result.failure:
         raise typer.Exit(1)
 

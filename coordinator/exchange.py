@@ -75,11 +75,14 @@ def _bounded_lines(source: IO[str]) -> Iterator[str]:
 
 
 def import_lines(store: Store, lines: IO[str]) -> ImportSummary:
-    """Read an export into `store`: unknown devices are added (not in contact: their last contact is their latest
-    result's start), results added unless already stored."""
+    """Read an export into `store`: unknown devices are added (never in contact here: their first and last
+    contact are their results' starts), results added unless already stored. Storing a result counts as contact
+    from its device, so each device's contact times are put back afterwards: an import brings no device online."""
     summary = ImportSummary()
-    known = {d.inventory.device_id for d in store.devices()}
+    seen = {d.inventory.device_id: (d.first_seen_unix_s, d.last_seen_unix_s) for d in store.devices()}
+    known = set(seen)
     added_devices: dict[str, list[float]] = {}  # device id -> starts of its imported results
+    touched: set[str] = set()
     for number, line in enumerate(_bounded_lines(lines), 1):
         if not line.strip():
             continue
@@ -93,6 +96,8 @@ def import_lines(store: Store, lines: IO[str]) -> ImportSummary:
                 known.add(result.device_id)
                 summary.devices_added += 1
                 added_devices[result.device_id] = []
+                seen[result.device_id] = (0.0, 0.0)
+            touched.add(result.device_id)
             if store.add_result(result):
                 summary.duplicates += 1
             else:
@@ -101,6 +106,7 @@ def import_lines(store: Store, lines: IO[str]) -> ImportSummary:
                 added_devices[result.device_id].append(result.started_unix_s)
         except (ingest.Refused, ConflictingResult, QuotaExceeded) as exc:
             summary.refused.append(f"line {number}: {exc}")
-    for device_id, starts in added_devices.items():
-        store.set_seen(device_id, min(starts, default=0.0), max(starts, default=0.0))
+    for device_id in touched:
+        starts = added_devices.get(device_id)
+        store.set_seen(device_id, *((min(starts), max(starts)) if starts else seen[device_id]))
     return summary

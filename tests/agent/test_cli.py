@@ -135,3 +135,12 @@ def _drain(fd: int, chunks: list) -> None:
         if not data:
             return
         chunks.append(data)
+
+
+def test_both_clis_say_their_version():
+    import importlib.metadata
+
+    version = importlib.metadata.version("fleetfit")
+    for cli in ("fleetfit", "fleetfit-agent"):
+        done = run_cli(cli, "--version")
+        assert done.returncode == 0 and done.stdout == f"{cli} {version}\n"

@@ -373,7 +373,7 @@ def campaign_status(
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     fleet = _fleet(coordinator, state_dir, ca, token)
-    c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=15)
+    c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=15).campaign
     if watch:  # a bar with an ETA on stderr (a terminal only) until no job is queued or running; then the status
         from fleetfit.models.progress import bar
 
@@ -382,7 +382,7 @@ def campaign_status(
             while c.running or c.queued:
                 update(completed=c.done + c.failed)
                 time.sleep(2)
-                c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=15)
+                c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=15).campaign
     lines = [f"campaign {c.campaign_id}  {c.selector or '(all devices)'}  "
              f"{', '.join(c.spec.models)} x {', '.join(c.spec.quants)} x {', '.join(c.spec.backends)}",
              f"  {'all':<24} {_bar(c)}"]
@@ -446,11 +446,11 @@ def limits(
 
         if fmt not in ("md", "table"):
             _fail("`limits all` writes md or table; use one table's name for csv, json, jsonl or sql")
-        parts = [fleet.GetTable(pb.TableRequest(name=n, options=options), timeout=60) for n in SEED_ORDER]
+        parts = [fleet.GetTable(pb.GetTableRequest(name=n, options=options), timeout=60).table for n in SEED_ORDER]
         typer.echo("# fleetfit: scalability analysis and deployment limits\n\n" +
                    "\n\n".join(f"## {t.title}\n\n{render_table(t, fmt)}" for t in parts))
         return
-    typer.echo(render_table(fleet.GetTable(pb.TableRequest(name=name, options=options), timeout=30), fmt))
+    typer.echo(render_table(fleet.GetTable(pb.GetTableRequest(name=name, options=options), timeout=30).table, fmt))
 
 
 @app.command()
@@ -524,7 +524,7 @@ def report(
     fleet = _fleet(coordinator, state_dir, ca, token)
     devices = _pages(fleet.ListDevices, pb.ListDevicesRequest(), "devices")
     rows = _pages(fleet.GetLimitTable, pb.GetLimitTableRequest(), "rows")
-    found = [fleet.GetTable(pb.TableRequest(name=n, options=options), timeout=60) for n in SEED_ORDER]
+    found = [fleet.GetTable(pb.GetTableRequest(name=n, options=options), timeout=60).table for n in SEED_ORDER]
     try:
         index = html_report.write(out, devices, rows, found)
     except OSError as exc:

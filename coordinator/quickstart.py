@@ -87,7 +87,7 @@ def run(db_path: pathlib.Path, echo, n_prompt: int, n_gen: int, repetitions: int
                                                   timeout=CALL_TIMEOUT_S).job_ids:
                     job_ids[job_id] = f"{QUICKSTART_MODEL} {quant} on llama.cpp"
             _wait_for_jobs(fleet, agent, job_ids, echo)
-            table = fleet.GetTable(pb.TableRequest(name="measured"), timeout=CALL_TIMEOUT_S)
+            table = fleet.GetTable(pb.GetTableRequest(name="measured"), timeout=CALL_TIMEOUT_S).table
             echo("\nLimit table (measured):\n")
             echo(render_table(table, "md"))
             answers = fleet.Fit(pb.FitRequest(model_name=QUICKSTART_MODEL, quant="Q4_0"), timeout=CALL_TIMEOUT_S).answers

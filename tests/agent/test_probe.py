@@ -61,7 +61,7 @@ def test_probe_results_reach_the_coordinator(coordinator, tmp_path):
     assert "results sent to" in probed.stderr
     devices = fleet_stub(coordinator).ListDevices(pb.ListDevicesRequest(), timeout=10).devices
     assert [d.inventory.device_id for d in devices] == ["probe-dev"]
-    table = fleet_stub(coordinator).GetTable(pb.TableRequest(name="memory"), timeout=10)
+    table = fleet_stub(coordinator).GetTable(pb.GetTableRequest(name="memory"), timeout=10).table
     col = list(table.columns).index
     measured = [row for row in table.rows if row.cells[col("model")].string_value == "smollm2-135m"]
     assert len(measured) == 1 and measured[0].cells[col("device")].string_value == devices[0].inventory.hostname

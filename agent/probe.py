@@ -72,10 +72,15 @@ def _profile_synthetic(arch, quant: str, request: pb.ProfileRequest, device_id: 
                        cap: int, previous: pb.ProfileResult | None, fraction: float) -> pb.ProfileResult:
     """Write, profile and delete one size. A collapsed decode is measured once more before it counts: a
     noisy neighbour can slow one run, thrash slows every run."""
-    path = cache_dir / "synthetic" / f"{arch.name}-{quant}.gguf"
+    # A directory of this probe's own, so that the cache's synthetic/<arch>-<quant>.gguf (a file `models synth` or a
+    # job made, which `models list` shows) is never overwritten or deleted here.
+    own = cache_dir / "synthetic" / f".limits-probe-{uuid.uuid4().hex[:12]}"
+    own.mkdir(parents=True)
+    path = own / f"{arch.name}-{quant}.gguf"
     try:
         synth.write_synthetic(arch, quant, path, force=True)  # RAM and disk were checked by the caller
     except ModelError as exc:  # e.g. the disk filled up mid-write; the partial file is gone
+        own.rmdir()
         return _unmeasured(arch, quant, request, device_id, pb.FAILURE_KIND_ERROR, str(exc), "synthetic write failed")
     run = pb.ProfileRequest()
     run.CopyFrom(request)
@@ -88,6 +93,7 @@ def _profile_synthetic(arch, quant: str, request: pb.ProfileRequest, device_id: 
                 result = again
     finally:
         path.unlink(missing_ok=True)
+        own.rmdir()
     result.model_name, result.model_origin = arch.name, "synthetic"
     collapse = _decode_collapsed(result, previous, fraction)
     if collapse:

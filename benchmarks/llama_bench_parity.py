@@ -69,12 +69,13 @@ def fleetfit(gguf, args):
     if r.returncode != 0:
         raise BenchError(f"fleetfit-agent profile failed on {gguf} (exit {r.returncode}): "
                          f"{last_line(r.stderr)}")
-    d = parse_json(r.stdout, "fleetfit-agent profile")
-    if not isinstance(d, dict) or "decode_tokens_per_s" not in d:
-        raise BenchError("fleetfit-agent profile printed no decode_tokens_per_s")
-    samples = lambda k: [float(x) for x in d[k].get("samples") or [d[k]["mean"]]]
-    return {"pp": samples("prefill_tokens_per_s"), "tg": samples("decode_tokens_per_s"),
-            "peak_rss_bytes": int(d.get("peak_rss_bytes", 0))}
+    rows = parse_json(r.stdout, "fleetfit-agent profile")  # llama-bench's rows: one pp, one tg
+    tests = {("pp" if e.get("n_gen") == 0 else "tg"): e for e in rows if isinstance(e, dict)} \
+        if isinstance(rows, list) else {}
+    if set(tests) != {"pp", "tg"} or tests["tg"].get("avg_ts") is None:
+        raise BenchError("fleetfit-agent profile printed no pp and tg rows")
+    samples = lambda t: [float(x) for x in tests[t].get("samples_ts") or [tests[t]["avg_ts"]]]
+    return {"pp": samples("pp"), "tg": samples("tg"), "peak_rss_bytes": int(tests["tg"].get("peak_rss_bytes") or 0)}
 
 
 def llama_bench_rss(binary, gguf, args):

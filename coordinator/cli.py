@@ -8,12 +8,35 @@ from typing import Annotated, Optional
 
 import typer
 
+# gRPC's core logs each failed TLS handshake (BAD_SIGNATURE, ...) to stderr at INFO; the commands say what to fix
+# in one line instead. Set before grpc is first imported; $GRPC_VERBOSITY still wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 app = typer.Typer(help="Coordinate a fleet of fleetfit agents: store results, build limit tables, answer fit queries.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def _version(value: bool) -> None:
+    if value:
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("fleetfit")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        typer.echo(f"fleetfit {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Top-level options."""
 Coordinator = Annotated[str, typer.Option(envvar="FLEETFIT_COORDINATOR", help="HOST:PORT of the coordinator.")]
-Format = Annotated[str, typer.Option("--format", help="table, md, csv or json.")]
+Format = Annotated[str, typer.Option("--format", help="table or md (for people); csv, json, jsonl or sql (typed "
+                                                     "columns for tools).")]
 
 
 def default_db_path() -> pathlib.Path:
@@ -21,13 +44,22 @@ def default_db_path() -> pathlib.Path:
     return pathlib.Path(xdg) / "fleetfit" / "fleetfit.sqlite3"
 
 
-def default_state_dir() -> pathlib.Path:
-    """Where `serve` keeps its CA (tls/) and the operator token; operator commands read them from here."""
-    return pathlib.Path(os.environ.get("FLEETFIT_STATE_DIR") or default_db_path().parent)
+def default_state_dir(db: Optional[str] = None) -> pathlib.Path:
+    """Where `serve` keeps its CA (tls/) and the operator token: $FLEETFIT_STATE_DIR, else the directory of the
+    SQLite file (`db`, default default_db_path()); for PostgreSQL, the default SQLite file's directory."""
+    from fleetfit.coordinator.db import is_postgres_url
+
+    if os.environ.get("FLEETFIT_STATE_DIR"):
+        return pathlib.Path(os.environ["FLEETFIT_STATE_DIR"])
+    return (pathlib.Path(db) if db and not is_postgres_url(db) else default_db_path()).parent
 
 
-StateDir = Annotated[Optional[pathlib.Path], typer.Option(envvar="FLEETFIT_STATE_DIR",
-                                                          help="CA and operator token (default: beside the SQLite file).")]
+StateDir = Annotated[Optional[pathlib.Path], typer.Option(
+    envvar="FLEETFIT_STATE_DIR", help="CA (tls/) and operator token (default: the directory of the SQLite file).")]
+Ca = Annotated[Optional[pathlib.Path], typer.Option(
+    "--ca", envvar="FLEETFIT_CA", help="The fleet's CA certificate (default: STATE_DIR/tls/ca.pem).")]
+Token = Annotated[Optional[str], typer.Option(
+    "--token", envvar="FLEETFIT_TOKEN", help="Operator token (default: STATE_DIR/operator.token).", show_default=False)]
 Db = Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DB", help="SQLite file, or postgresql://... URL.")]
 
 
@@ -54,27 +86,50 @@ def user_errors(command):
         except (CoordinatorUnreachable, QuickstartError, ListenError, DatabaseError, ModelError) as exc:
             _fail(str(exc))
         except grpc.RpcError as exc:
-            _fail(f"{exc.code().name}: {exc.details()}")
+            _fail(rpc_error_text(exc))
 
     return wrapper
 
 
-def _fleet(address: str):
-    """A FleetService stub with the operator's credentials: the token from $FLEETFIT_TOKEN or the state
-    directory, TLS against $FLEETFIT_CA or the state directory's CA; plaintext only with FLEETFIT_INSECURE=1."""
+def rpc_error_text(exc) -> str:
+    """A refused or failed call as one line that says what to fix."""
+    import grpc
+
+    code, details = exc.code(), (exc.details() or "").splitlines()[0] if exc.details() else ""
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return (f"the coordinator refused the operator token ({details}): pass that coordinator's token with "
+                "--token (or $FLEETFIT_TOKEN), or its state directory with --state-dir")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"the coordinator stopped answering ({details}): is `fleetfit serve` still running?"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "the coordinator did not answer in time: it may be overloaded; try again"
+    return f"{code.name}: {details}"
+
+
+def _fleet(address: str, state_dir: Optional[pathlib.Path] = None, ca: Optional[pathlib.Path] = None,
+           token: Optional[str] = None):
+    """A FleetService stub with the operator's credentials: --token ($FLEETFIT_TOKEN) or STATE_DIR/operator.token,
+    TLS against --ca ($FLEETFIT_CA) or STATE_DIR/tls/ca.pem; plaintext only with FLEETFIT_INSECURE=1."""
     from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
     from fleetfit.v1.transport import connect
 
-    state = default_state_dir()
-    token = os.environ.get("FLEETFIT_TOKEN")
-    if not token and (state / "operator.token").exists():
-        token = (state / "operator.token").read_text().strip()
+    state = state_dir or default_state_dir()
+    token_file = state / "operator.token"
+    if not token and token_file.exists():
+        try:
+            token = token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"cannot read the operator token {token_file}: {getattr(exc, 'strerror', None) or exc}")
     ca_pem = None
     if os.environ.get("FLEETFIT_INSECURE", "").lower() not in ("1", "true", "yes"):
-        ca_path = pathlib.Path(os.environ.get("FLEETFIT_CA") or state / "tls" / "ca.pem")
-        if not ca_path.exists():
-            _fail(f"no CA certificate at {ca_path}: set FLEETFIT_CA (or FLEETFIT_INSECURE=1 for a plaintext coordinator)")
-        ca_pem = ca_path.read_bytes()
+        ca_path = ca or state / "tls" / "ca.pem"
+        try:
+            ca_pem = ca_path.read_bytes()
+        except OSError as exc:
+            _fail(f"cannot read the CA certificate {ca_path} ({exc.strerror}): pass --ca (or $FLEETFIT_CA), or "
+                  "--state-dir of the coordinator's state (FLEETFIT_INSECURE=1 for a plaintext coordinator)")
+        if b"-----BEGIN CERTIFICATE-----" not in ca_pem:
+            _fail(f"{ca_path} is not a PEM certificate: pass the coordinator's tls/ca.pem with --ca")
     return pb_grpc.FleetServiceStub(connect(address, timeout_s=5.0, ca_pem=ca_pem, token=token))
 
 
@@ -121,6 +176,9 @@ def serve(
     db: Db = None,
     listen: Annotated[str, typer.Option(envvar="FLEETFIT_LISTEN")] = DEFAULT_ADDRESS,
     state_dir: StateDir = None,
+    san: Annotated[Optional[list[str]], typer.Option(
+        "--san", help="Another name or address clients dial (repeatable): added to the server certificate beside "
+                      "the --listen host (all this machine's names and addresses for 0.0.0.0).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Plaintext, no TLS: loopback development only.")] = False,
     mtls: Annotated[bool, typer.Option("--mtls", help="Require client certificates (fleetfit-agent join --mtls).")] = False,
     lease: Annotated[float, typer.Option(help="Job lease in seconds (agents renew it with heartbeats).")] = 60.0,
@@ -132,8 +190,8 @@ def serve(
 ) -> None:
     """Run the coordinator (gRPC over TLS, with the standard health service) until SIGTERM or Ctrl-C.
 
-    On first start it creates a CA and server certificate, and an operator token, in the state directory. A SQLite
-    database is checked (quick_check) and locked against a second coordinator.
+    On first start it creates a CA and server certificate, and an operator token, in the state directory (default:
+    beside the SQLite file). A SQLite database is checked (quick_check) and locked against a second coordinator.
     """
     import asyncio
     import logging
@@ -153,8 +211,8 @@ def serve(
     if results_per_hour < 1 or models_per_day < 1:
         _fail("--results-per-hour and --models-per-day must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fleetfit %(message)s")
-    state = state_dir or default_state_dir()
     url = str(db or default_db_path())
+    state = state_dir or default_state_dir(url)
     lock = None if is_postgres_url(url) else lock_sqlite_file(pathlib.Path(url))  # held until this process ends
 
     async def main() -> None:
@@ -164,11 +222,14 @@ def serve(
             _fail(f"{store.db.display} {why}: restore the database from a backup, or pass --new-database to start "
                   "an empty fleet")
         operator_token(store, state)
-        authority = None if insecure else pki.load_or_create(state / "tls")
+        names = pki.names_for(listen.rsplit(":", 1)[0], list(san or []))
+        authority = None if insecure else pki.load_or_create(state / "tls", names)
         server, health_servicer, port = await start_server(store, listen, authority, mtls, lease)
         how = "plaintext (--insecure)" if authority is None else f"TLS, CA sha256 {authority.fingerprint[:16]}..."
         typer.echo(f"fleetfit coordinator listening on {listen.rsplit(':', 1)[0]}:{port}, database {store.db.display}, "
                    f"{how}")
+        if authority is not None:
+            typer.echo(f"server certificate names: {', '.join(sorted(pki.certificate_names(authority.server_cert_pem)))}")
         typer.echo(f"operator token and CA in {state}; enroll devices with: fleetfit token create")
         stopping = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -206,7 +267,7 @@ def token_create(
     from fleetfit.coordinator.store import Store
 
     lifetime_s, parsed = _parse_duration_s(expires), _parse_labels(labels)
-    state = state_dir or default_state_dir()
+    state = state_dir or default_state_dir(db)
     authority = pki.load_or_create(state / "tls") if (state / "tls" / "ca.pem").exists() else None
     store = Store(db or default_db_path())
     try:
@@ -221,11 +282,12 @@ app.add_typer(device_app, name="device")
 
 @device_app.command("revoke")
 @user_errors
-def device_revoke(device_id: str, coordinator: Coordinator = DEFAULT_ADDRESS) -> None:
+def device_revoke(device_id: str, coordinator: Coordinator = DEFAULT_ADDRESS, state_dir: StateDir = None, ca: Ca = None,
+                  token: Token = None) -> None:
     """Revoke a device's credential: its agent's calls are refused from now on (other replicas: within 5 s)."""
     from fleetfit.v1 import fleetfit_pb2 as pb
 
-    _fleet(coordinator).RevokeDevice(pb.RevokeDeviceRequest(device_id=device_id), timeout=15)
+    _fleet(coordinator, state_dir, ca, token).RevokeDevice(pb.RevokeDeviceRequest(device_id=device_id), timeout=15)
     typer.echo(f"revoked {device_id}; to enroll it again: fleetfit token create --device {device_id}")
 
 
@@ -251,6 +313,9 @@ def profile(
     repetitions: int = 5,
     max_attempts: Annotated[int, typer.Option(help="Leases a job may take before it is failed.")] = 3,
     coordinator: Coordinator = DEFAULT_ADDRESS,
+    state_dir: StateDir = None,
+    ca: Ca = None,
+    token: Token = None,
 ) -> None:
     """Start a campaign: every matching device profiles each model x quant x backend it can run."""
     from fleetfit.v1 import fleetfit_pb2 as pb
@@ -262,7 +327,7 @@ def profile(
         _fail(f"--max-attempts must be at least 1, got {max_attempts}")
     spec = pb.CampaignSpec(models=split(models), quants=split(quants), backends=split(backends),
                            template=pb.ProfileRequest(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions))
-    reply = _fleet(coordinator).CreateCampaign(
+    reply = _fleet(coordinator, state_dir, ca, token).CreateCampaign(
         pb.CreateCampaignRequest(selector=select, spec=spec, max_attempts=max_attempts), timeout=15)
     from fleetfit.coordinator.render import clean
 
@@ -274,12 +339,13 @@ def profile(
 
 @app.command("campaigns")
 @user_errors
-def campaigns_list(coordinator: Coordinator = DEFAULT_ADDRESS) -> None:
+def campaigns_list(coordinator: Coordinator = DEFAULT_ADDRESS, state_dir: StateDir = None, ca: Ca = None,
+                   token: Token = None) -> None:
     """Every campaign with its progress."""
     from fleetfit.coordinator.render import clean
     from fleetfit.v1 import fleetfit_pb2 as pb
 
-    found = _fleet(coordinator).ListCampaigns(pb.ListCampaignsRequest(), timeout=15).campaigns
+    found = _fleet(coordinator, state_dir, ca, token).ListCampaigns(pb.ListCampaignsRequest(), timeout=15).campaigns
     if not found:
         typer.echo("no campaigns (start one with: fleetfit profile --select ...)")
     for c in found:
@@ -294,8 +360,12 @@ app.add_typer(campaign_app, name="campaign")
 @user_errors
 def campaign_status(
     campaign_id: str,
-    watch: Annotated[bool, typer.Option("--watch", help="Redraw every 2 s until no job is queued or running.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Wait until no job is queued or running (a progress bar on "
+                                                        "a terminal), then print the status.")] = False,
     coordinator: Coordinator = DEFAULT_ADDRESS,
+    state_dir: StateDir = None,
+    ca: Ca = None,
+    token: Token = None,
 ) -> None:
     """Progress of one campaign: done / running / failed / queued, per device, with failure reasons."""
     import time
@@ -303,45 +373,49 @@ def campaign_status(
     from fleetfit.coordinator.render import clean
     from fleetfit.v1 import fleetfit_pb2 as pb
 
-    fleet = _fleet(coordinator)
-    while True:
-        c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=15)
-        lines = [f"campaign {c.campaign_id}  {c.selector or '(all devices)'}  "
-                 f"{', '.join(c.spec.models)} x {', '.join(c.spec.quants)} x {', '.join(c.spec.backends)}",
-                 f"  {'all':<24} {_bar(c)}"]
-        for d in c.devices:
-            lines.append(f"  {d.device_id:<24} {_bar(d)}")
-            lines += [f"    failed: {e}" for e in d.errors]
-        lines = [clean(line) for line in lines]  # device ids, names and errors come from devices
-        finished = not (c.running or c.queued)
-        if watch and not finished:
-            typer.echo("\x1b[2J\x1b[H" + "\n".join(lines))
-            time.sleep(2)
-            continue
-        typer.echo("\n".join(lines))
-        return
+    fleet = _fleet(coordinator, state_dir, ca, token)
+    c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=15).campaign
+    if watch:  # a bar with an ETA on stderr (a terminal only) until no job is queued or running; then the status
+        from fleetfit.models.progress import bar
+
+        total = c.done + c.running + c.failed + c.queued
+        with bar(f"campaign {clean(c.campaign_id)}", total=total) as update:
+            while c.running or c.queued:
+                update(completed=c.done + c.failed)
+                time.sleep(2)
+                c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=15).campaign
+    lines = [f"campaign {c.campaign_id}  {c.selector or '(all devices)'}  "
+             f"{', '.join(c.spec.models)} x {', '.join(c.spec.quants)} x {', '.join(c.spec.backends)}",
+             f"  {'all':<24} {_bar(c)}"]
+    for d in c.devices:
+        lines.append(f"  {d.device_id:<24} {_bar(d)}")
+        lines += [f"    failed: {e}" for e in d.errors]
+    typer.echo("\n".join(clean(line) for line in lines))  # device ids, names and errors come from devices
 
 
 @app.command()
 @user_errors
-def devices(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table") -> None:
+def devices(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table", state_dir: StateDir = None,
+            ca: Ca = None, token: Token = None) -> None:
     """The devices that have registered."""
     from fleetfit.coordinator import render
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     _check_format(fmt)
-    found = _pages(_fleet(coordinator).ListDevices, pb.ListDevicesRequest(), "devices")
+    found = _pages(_fleet(coordinator, state_dir, ca, token).ListDevices, pb.ListDevicesRequest(), "devices")
+    people = fmt in ("table", "md")
     header = ["device", "host", "labels", "arch", "cpu", "cores", "RAM GiB", "GPUs", "backends", "results", "refused",
-              "status"]
+              "last refusal", "status", "silent s"]
     body = [[d.inventory.device_id, d.inventory.hostname, ",".join(f"{k}={v}" for k, v in sorted(d.labels.items())),
-             d.inventory.arch, d.inventory.cpu_model,
-             str(d.inventory.cpu_cores_physical), f"{d.inventory.ram_total_bytes / 2**30:.1f}",
-             ", ".join(g.name for g in d.inventory.gpus) or "none",
-             " ".join(b.name for b in d.inventory.backends if b.available) or "none", str(d.results),
-             f"{d.refused} (last: {d.last_refusal})" if d.refused else "0",
-             d.status if d.status == "online" else f"{d.status} (silent {time.time() - d.last_seen_unix_s:.0f} s)"]
+             d.inventory.arch, d.inventory.cpu_model, d.inventory.cpu_cores_physical,
+             round(d.inventory.ram_total_bytes / 2**30, 1), ", ".join(g.name for g in d.inventory.gpus) or None,
+             " ".join(b.name for b in d.inventory.backends if b.available) or None, d.results, d.refused,
+             d.last_refusal or None, d.status, round(time.time() - d.last_seen_unix_s)]
             for d in found]
-    typer.echo(render.render(header, body, fmt, found))
+    if people:  # one status column: "lost (silent 42 s)"
+        header = header[:-1]
+        body = [[*row[:-2], row[-2] if row[-2] == "online" else f"{row[-2]} (silent {row[-1]} s)"] for row in body]
+    typer.echo(render.render(header, body, fmt, table="devices"))
 
 
 @app.command()
@@ -349,6 +423,9 @@ def devices(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table") -
 def limits(
     name: Annotated[str, typer.Argument(help="Which table; `fleetfit limits list` names them; `all`: the whole set as one document.")] = "measured",
     coordinator: Coordinator = DEFAULT_ADDRESS,
+    state_dir: StateDir = None,
+    ca: Ca = None,
+    token: Token = None,
     fmt: Format = "table",
     option: Annotated[Optional[list[str]], typer.Option(help="Table option KEY=VALUE (repeatable).")] = None,
 ) -> None:
@@ -357,7 +434,7 @@ def limits(
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     _check_format(fmt)
-    fleet = _fleet(coordinator)
+    fleet = _fleet(coordinator, state_dir, ca, token)
     if name == "list":
         for t in fleet.ListTables(pb.ListTablesRequest(), timeout=15).tables:
             typer.echo(f"{t.name:<14} {t.title}")
@@ -369,12 +446,12 @@ def limits(
         from fleetfit.coordinator.tables import SEED_ORDER
 
         if fmt not in ("md", "table"):
-            _fail("`limits all` writes md or table; use one table's name for csv or json")
-        parts = [fleet.GetTable(pb.TableRequest(name=n, options=options), timeout=60) for n in SEED_ORDER]
+            _fail("`limits all` writes md or table; use one table's name for csv, json, jsonl or sql")
+        parts = [fleet.GetTable(pb.GetTableRequest(name=n, options=options), timeout=60).table for n in SEED_ORDER]
         typer.echo("# fleetfit: scalability analysis and deployment limits\n\n" +
                    "\n\n".join(f"## {t.title}\n\n{render_table(t, fmt)}" for t in parts))
         return
-    typer.echo(render_table(fleet.GetTable(pb.TableRequest(name=name, options=options), timeout=30), fmt))
+    typer.echo(render_table(fleet.GetTable(pb.GetTableRequest(name=name, options=options), timeout=30).table, fmt))
 
 
 @app.command()
@@ -397,7 +474,12 @@ def fit(
     backend: Annotated[str, typer.Option(help="llama.cpp (GGUF types), torch or onnxruntime (fp32, bf16, fp16, "
                                                "int8, int4).")] = "llama.cpp",
     coordinator: Coordinator = DEFAULT_ADDRESS,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    state_dir: StateDir = None,
+    ca: Ca = None,
+    token: Token = None,
+    fmt: Format = "table",
+    as_json: Annotated[bool, typer.Option("--json", help="The full answers as JSON (the wire message's fields, "
+                                                         "nested: evidence, figures with provenance).")] = False,
 ) -> None:
     """Per device: fits comfortably (<70% of RAM) / tight (70-95%) / does not fit, with speed, energy, the streams
     it serves at the interactive speed (or --min-tps), and provenance; --streams N: does it serve N at once.
@@ -434,8 +516,14 @@ def fit(
                          ("streams", streams)):
         if value is not None:
             setattr(request, field, value)
-    answers = _pages(_fleet(coordinator).Fit, request, "answers", timeout=60)
-    typer.echo(render.render(*fit_table(answers), "json" if as_json else "table", answers))
+    _check_format(fmt)
+    answers = _pages(_fleet(coordinator, state_dir, ca, token).Fit, request, "answers", timeout=60)
+    if as_json:
+        from fleetfit.v1.records import to_json
+
+        typer.echo(to_json(answers))
+        return
+    typer.echo(render.render(*fit_table(answers), fmt, table="fit"))
 
 
 @app.command()
@@ -443,6 +531,9 @@ def fit(
 def report(
     out: Annotated[pathlib.Path, typer.Option(help="Directory for index.html and tables.md.")],
     coordinator: Coordinator = DEFAULT_ADDRESS,
+    state_dir: StateDir = None,
+    ca: Ca = None,
+    token: Token = None,
     option: Annotated[Optional[list[str]], typer.Option(help="Table option KEY=VALUE (repeatable).")] = None,
 ) -> None:
     """A static HTML report: plots (inline SVG) of decode speed, memory, tokens per joule and, per swept device,
@@ -454,10 +545,10 @@ def report(
     options = dict(o.split("=", 1) for o in option or [] if "=" in o)
     if len(options) != len(option or []):
         _fail("--option takes KEY=VALUE")
-    fleet = _fleet(coordinator)
+    fleet = _fleet(coordinator, state_dir, ca, token)
     devices = _pages(fleet.ListDevices, pb.ListDevicesRequest(), "devices")
     rows = _pages(fleet.GetLimitTable, pb.GetLimitTableRequest(), "rows")
-    found = [fleet.GetTable(pb.TableRequest(name=n, options=options), timeout=60) for n in SEED_ORDER]
+    found = [fleet.GetTable(pb.GetTableRequest(name=n, options=options), timeout=60).table for n in SEED_ORDER]
     try:
         index = html_report.write(out, devices, rows, found)
     except OSError as exc:
@@ -467,8 +558,73 @@ def report(
 
 @app.command()
 @user_errors
+def export(
+    db: Db = None,
+    out: Annotated[Optional[pathlib.Path], typer.Option(help="File to write (default: standard output).")] = None,
+) -> None:
+    """Every stored result as JSONL: one result (with its device's inventory) per line, a stable schema."""
+    from fleetfit.coordinator.exchange import export_lines
+    from fleetfit.coordinator.store import Store
+
+    store = Store(db or default_db_path())
+    try:
+        lines = export_lines(store)
+        if out is None:
+            for line in lines:
+                typer.echo(line)
+            return
+        try:
+            with open(out, "w") as f:
+                count = sum(f.write(line + "\n") > 0 for line in lines)
+        except OSError as exc:
+            _fail(f"cannot write {out}: {exc.strerror or exc}")
+        typer.echo(f"exported {count} results to {out}", err=True)
+    finally:
+        store.close()
+
+
+@app.command("import")
+@user_errors
+def import_results(
+    file: Annotated[pathlib.Path, typer.Argument(help="A file `fleetfit export` wrote ('-': standard input).")],
+    db: Db = None,
+) -> None:
+    """Read exported results into this coordinator's database; idempotent on result ids, every line checked as a
+    device's report is (exit 1 when a line was refused; the others are stored)."""
+    import sys
+
+    from fleetfit.coordinator.exchange import import_lines
+    from fleetfit.coordinator.ingest import Quotas
+    from fleetfit.coordinator.store import Store
+
+    try:
+        source = sys.stdin if str(file) == "-" else open(file, encoding="utf-8", errors="replace")
+    except OSError as exc:
+        _fail(f"cannot read {file}: {exc.strerror or exc}")
+    # An operator's import is not a device's traffic: the per-device quotas do not apply to it.
+    store = Store(db or default_db_path(), Quotas(results_per_hour=2**62, models_per_day=2**62))
+    try:
+        with source:
+            summary = import_lines(store, source)
+    finally:
+        store.close()
+    from fleetfit.coordinator.render import clean
+
+    for line in summary.refused[:20]:
+        typer.echo(f"refused {clean(line)}", err=True)
+    if len(summary.refused) > 20:
+        typer.echo(f"... and {len(summary.refused) - 20} more refused lines", err=True)
+    typer.echo(f"imported {summary.added} results ({summary.duplicates} already stored, {len(summary.refused)} "
+               f"refused), {summary.devices_added} new devices")
+    if summary.refused:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
 def quickstart(
-    db: Annotated[Optional[pathlib.Path], typer.Option(envvar="FLEETFIT_DB", help="SQLite file.")] = None,
+    db: Annotated[Optional[pathlib.Path], typer.Option(
+        help="SQLite file (default: quickstart.sqlite3 beside serve's default database, never that database).")] = None,
     n_prompt: int = 512,
     n_gen: int = 128,
     repetitions: int = 5,
@@ -479,7 +635,7 @@ def quickstart(
     for name, value in (("n-prompt", n_prompt), ("n-gen", n_gen), ("repetitions", repetitions)):
         if value < 1:
             _fail(f"--{name} must be at least 1, got {value}")
-    qs.run(db or default_db_path(), typer.echo, n_prompt, n_gen, repetitions)
+    qs.run(db or default_db_path().with_name("quickstart.sqlite3"), typer.echo, n_prompt, n_gen, repetitions)
 
 
 if __name__ == "__main__":

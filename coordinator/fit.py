@@ -16,7 +16,7 @@ import dataclasses
 import difflib
 import hashlib
 
-from fleetfit.coordinator import offload, scaling, serving
+from fleetfit.coordinator import offload, render, scaling, serving
 from fleetfit.coordinator.devices import display_names
 from fleetfit.coordinator.devices import find as find_device
 from fleetfit.coordinator.limits import backend_of, limit_row, quant_of
@@ -419,22 +419,25 @@ def largest_per_precision(device: pb.DeviceInventory, backend: str, results: lis
     return out
 
 
-def _cell(f: pb.FitFigure, scale: float = 1.0, fmt: str = "{:.3g}") -> str:
+def _shown(f: pb.FitFigure, scale: float = 1.0, digits: int = 3):
     if not f.provenance:
-        return "n/a"
-    return ("" if f.provenance == "measured" else "~") + fmt.format(f.value / scale) + _band_text(f)
+        return None
+    return render.Figure(round(f.value / scale, digits), band=f.error_fraction if f.HasField("error_fraction") else None,
+                         provenance=f.provenance)
 
 
-def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list[str]]]:
-    """Rows for the CLI; `~` marks a predicted or estimated figure, `±` its leave-one-size-out band."""
-    header = ["device", "model", "backend", "quant", "context", "verdict", "memory MiB", "RAM MiB", "% RAM",
-              "decode tok/s", "prefill tok/s", "J/token", "streams", "KLD vs F16", "provenance", "reason"]
-    body = [[a.device_name or a.hostname or a.device_id, a.model_name or "n/a", a.backend, a.quant,
-             str(a.context_tokens or "n/a"), a.verdict,
-             _cell(a.memory_bytes, MIB, "{:.0f}"), f"{a.ram_total_bytes / MIB:.0f}",
-             f"{a.memory_fraction:.0%}" if a.HasField("memory_fraction") else "n/a",
-             _cell(a.decode_tokens_per_s), _cell(a.prefill_tokens_per_s), _cell(a.joules_per_token),
-             _streams_cell(a), _cell(a.kl_divergence, fmt="{:.4f}"), a.provenance or "n/a", a.reason] for a in answers]
+def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list]]:
+    """Typed rows (render.render shows them); `~` marks a predicted or estimated figure, `±` its band."""
+    header = ["device", "model", "backend", "quant", "context", "verdict", "memory MiB", "RAM MiB",
+              "% RAM", "decode tok/s", "prefill tok/s", "J/token", "streams", "KLD vs F16", "provenance", "reason",
+              "evidence", "device id"]
+    body = [[a.device_name or a.hostname or a.device_id, a.model_name or None, a.backend, a.quant,
+             a.context_tokens or None, a.verdict, _shown(a.memory_bytes, MIB, 1), round(a.ram_total_bytes / MIB),
+             round(100 * a.memory_fraction, 1) if a.HasField("memory_fraction") else None,
+             _shown(a.decode_tokens_per_s), _shown(a.prefill_tokens_per_s), _shown(a.joules_per_token, digits=6),
+             _streams_cell(a), _shown(a.kl_divergence, digits=5), a.provenance or None, a.reason,
+             a.evidence.result_id if a.HasField("evidence") else None, a.device_id]
+            for a in answers]
     return header, body
 
 
@@ -442,7 +445,14 @@ def _streams_cell(a: pb.FitAnswer) -> str:
     """With --streams: whether it serves them and each one's speed; else the most streams at the target speed."""
     if a.HasField("streams"):
         verdict = ("yes" if a.serves else "no") if a.HasField("serves") else "unknown"
-        return f"{a.streams}: {verdict} ({_cell(a.stream_tokens_per_s)} tok/s each)"
+        return f"{a.streams}: {verdict} ({_approx(a.stream_tokens_per_s, '{:.3g}')} tok/s each)"
     if not a.max_streams.provenance:
+        return None
+    return f"max {_approx(a.max_streams, '{:.0f}')} at ≥{a.stream_target_tokens_per_s:g} tok/s"
+
+
+def _approx(f: pb.FitFigure, fmt: str) -> str:
+    """A figure as text, `~` before a predicted or estimated one."""
+    if not f.provenance:
         return "n/a"
-    return f"max {_cell(a.max_streams, fmt='{:.0f}')} at ≥{a.stream_target_tokens_per_s:g} tok/s"
+    return ("" if f.provenance == "measured" else "~") + fmt.format(f.value)

@@ -29,7 +29,8 @@ class BackgroundCoordinator:
         self.thread.start()
         self.store = Store(self.db_path)
         self.operator_token = operator_token(self.store, self.state_dir)
-        self.authority = pki.load_or_create(self.state_dir / "tls") if self.tls else None
+        names = pki.names_for(self.listen.rsplit(":", 1)[0])
+        self.authority = pki.load_or_create(self.state_dir / "tls", names) if self.tls else None
         self.server, self.health, self.port = asyncio.run_coroutine_threadsafe(
             start_server(self.store, self.listen, self.authority, self.require_client_cert, self.lease_s),
             self.loop).result()

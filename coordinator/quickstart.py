@@ -13,6 +13,7 @@ import tempfile
 import time
 
 from fleetfit.coordinator import render
+from fleetfit.coordinator.fit import fit_table
 from fleetfit.coordinator.tables import render_table
 from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1 import fleetfit_pb2 as pb
@@ -40,14 +41,15 @@ def _wait_for_device(fleet, agent: subprocess.Popen, since: float, timeout_s: fl
     raise QuickstartError(f"the local agent did not register within {timeout_s:.0f} s")
 
 
-def _wait_for_jobs(fleet, agent: subprocess.Popen, job_ids: list[str], echo) -> list[pb.JobStatus]:
+def _wait_for_jobs(fleet, agent: subprocess.Popen, job_ids: dict[str, str], echo) -> list[pb.JobStatus]:
+    """Wait for every job (id -> what it runs, e.g. "smollm2-135m Q4_0 on llama.cpp"), a line as each ends."""
     reported = set()
     while True:
-        jobs = fleet.GetJobs(pb.GetJobsRequest(job_ids=job_ids), timeout=CALL_TIMEOUT_S).jobs
+        jobs = fleet.GetJobs(pb.GetJobsRequest(job_ids=list(job_ids)), timeout=CALL_TIMEOUT_S).jobs
         for job in jobs:
             if job.state in ("done", "failed") and job.job_id not in reported:
                 reported.add(job.job_id)
-                echo(f"  [{len(reported)}/{len(job_ids)}] job {job.job_id[:8]} {job.state}"
+                echo(f"  [{len(reported)}/{len(job_ids)}] {job_ids[job.job_id]}: {job.state} (job {job.job_id[:8]})"
                      + (f": {job.error}" if job.error else ""))
         if len(reported) == len(job_ids):
             return list(jobs)
@@ -77,19 +79,20 @@ def run(db_path: pathlib.Path, echo, n_prompt: int, n_gen: int, repetitions: int
             device_id = _wait_for_device(fleet, agent, since, timeout_s=120)
             echo(f"agent registered as {device_id}; profiling {QUICKSTART_MODEL} at {', '.join(QUICKSTART_QUANTS)} "
                  f"(the agent pulls the model and derives the other precisions on first use)")
-            job_ids = []
+            job_ids = {}
             for quant in QUICKSTART_QUANTS:
                 request = pb.ProfileRequest(model=pb.ModelRef(name=QUICKSTART_MODEL), backend="llama.cpp",
                                             quant=quant, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions)
-                job_ids += fleet.SubmitProfile(pb.SubmitProfileRequest(device_ids=[device_id], request=request),
-                                               timeout=CALL_TIMEOUT_S).job_ids
+                for job_id in fleet.SubmitProfile(pb.SubmitProfileRequest(device_ids=[device_id], request=request),
+                                                  timeout=CALL_TIMEOUT_S).job_ids:
+                    job_ids[job_id] = f"{QUICKSTART_MODEL} {quant} on llama.cpp"
             _wait_for_jobs(fleet, agent, job_ids, echo)
-            table = fleet.GetTable(pb.TableRequest(name="measured"), timeout=CALL_TIMEOUT_S)
+            table = fleet.GetTable(pb.GetTableRequest(name="measured"), timeout=CALL_TIMEOUT_S).table
             echo("\nLimit table (measured):\n")
             echo(render_table(table, "md"))
             answers = fleet.Fit(pb.FitRequest(model_name=QUICKSTART_MODEL, quant="Q4_0"), timeout=CALL_TIMEOUT_S).answers
             echo(f"\nfleetfit fit {QUICKSTART_MODEL} --quant Q4_0:\n")
-            echo(render.render(*render.fit_table(answers), "md", answers))
+            echo(render.render(*fit_table(answers), "md"))
             return list(answers)
     finally:
         agent.terminate()

@@ -1,17 +1,48 @@
-"""Limit tables and fit answers as text: aligned table, markdown, CSV or JSON."""
+"""Limit tables, fit answers and devices as text: an aligned table or markdown for people (display strings), or
+typed rows as csv, json, jsonl or sql for tools (numbers as numbers; a figure's stdev, error band, provenance and
+verdict in columns of their own)."""
 
-import csv
+import dataclasses
 import html
-import io
-import json
 import re
 
-from google.protobuf import json_format
-
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1 import records
 
 MIB = 1024 * 1024
-FORMATS = ("table", "md", "csv", "json")
+FORMATS = ("table", "md", *records.FORMATS)
+FIGURE_PARTS = ("stdev", "band", "provenance", "verdict")  # the columns a figure adds beside its value
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """A cell that is a figure: its value and what a tool needs beside it. table and md show `text()`."""
+    value: float | None
+    stdev: float | None = None
+    band: float | None = None          # ± relative error band of a prediction (largest leave-one-size-out error)
+    provenance: str = "measured"       # measured | predicted | estimated
+    verdict: str | None = None         # "does_not_fit" where that is the answer
+
+    def text(self) -> str:
+        if self.value is None:
+            return self.verdict.replace("_", " ") if self.verdict else "n/a"
+        text = ("" if self.provenance == "measured" else "~") + number_text(self.value)
+        if self.stdev is not None:
+            text += " ± " + number_text(self.stdev)
+        if self.band is not None:
+            text += f" ±{self.band:.0%}"
+        return text + (f" ({self.verdict.replace('_', ' ')})" if self.verdict else "")
+
+    def parts(self) -> list:
+        return [self.value, *(getattr(self, p) for p in FIGURE_PARTS)]
+
+
+def number_text(number: float) -> str:
+    return f"{number:.0f}" if abs(number) >= 1000 else f"{number:.4g}"
+
+
+def stat_figure(stat: pb.Stat) -> Figure | None:
+    return Figure(round(stat.mean, 3), round(stat.stdev, 3)) if stat.samples else None
 # What must never reach a terminal raw from device-provided text: C0 controls (ESC, CR, LF, ...), DEL, C1
 # controls, and the bidirectional overrides that reorder what is shown.
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -35,52 +66,75 @@ def _stat(stat: pb.Stat) -> str:
     return f"{stat.mean:.2f} ± {stat.stdev:.2f}" if stat.samples else ""
 
 
-def limit_table(rows: list[pb.LimitRow]) -> tuple[list[str], list[list[str]]]:
-    header = ["device", "backend", "model", "quant", "params", "file MiB", "memory MiB", "prefill tok/s",
-              "decode tok/s", "TTFT ms", "shape", "provenance"]
+def limit_table(rows: list[pb.LimitRow]) -> tuple[list[str], list[list]]:
+    """Typed cells: numbers, Figures (speeds with their stdev), strings, None where there is no figure."""
+    header = ["device", "backend", "model", "quant", "params M", "file MiB", "memory MiB",
+              "prefill tok/s", "decode tok/s", "TTFT ms", "shape", "provenance", "failure", "result", "device id"]
     body = []
     for r in rows:
-        if r.failure:
-            status = f"failed ({FAILURES.get(r.failure, 'error')}): {r.error}"
-        else:
-            status = r.provenance.kind
         body.append([
             r.device_name or r.hostname or r.device_id, r.backend, r.model_name, r.quant,
-            f"{r.model_n_params / 1e6:.1f} M" if r.HasField("model_n_params") else "",
-            f"{r.model_file_bytes / MIB:.1f}" if r.model_file_bytes else "",
-            f"{r.memory_bytes / MIB:.1f}" if r.HasField("memory_bytes") else "",
-            _stat(r.prefill_tokens_per_s), _stat(r.decode_tokens_per_s), _stat(r.ttft_ms), r.shape, status,
+            round(r.model_n_params / 1e6, 1) if r.HasField("model_n_params") else None,
+            round(r.model_file_bytes / MIB, 1) if r.model_file_bytes else None,
+            round(r.memory_bytes / MIB, 1) if r.HasField("memory_bytes") else None,
+            stat_figure(r.prefill_tokens_per_s), stat_figure(r.decode_tokens_per_s), stat_figure(r.ttft_ms),
+            r.shape, r.provenance.kind or None,
+            f"{FAILURES.get(r.failure, 'error')}: {r.error}" if r.failure else None, r.result_id, r.device_id,
         ])
     return header, body
 
 
-def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list[str]]]:
-    header = ["device", "backend", "context", "verdict", "decode tok/s", "memory MiB", "RAM MiB", "reason"]
-    body = []
-    for a in answers:
-        ev = a.evidence if a.HasField("evidence") else None
-        body.append([
-            a.device_name or a.hostname or a.device_id, a.backend, str(a.context_tokens or ""), a.verdict,
-            _stat(ev.decode_tokens_per_s) if ev else "",
-            f"{a.memory_bytes.value / MIB:.1f}" if a.HasField("memory_bytes") else "",
-            f"{a.ram_total_bytes / MIB:.0f}", a.reason,
-        ])
-    return header, body
+def display(cell) -> str:
+    """A typed cell as people read it: n/a where there is no figure (never 0), `~` on predictions."""
+    if cell is None:
+        return "n/a"
+    if isinstance(cell, Figure):
+        return cell.text()
+    if isinstance(cell, bool):
+        return "yes" if cell else "no"
+    if isinstance(cell, float):
+        return number_text(cell)
+    return str(cell)
 
 
-def render(header: list[str], body: list[list[str]], fmt: str, messages: list) -> str:
-    if fmt == "json":
-        return json.dumps([json_format.MessageToDict(m, preserving_proto_field_name=True) for m in messages], indent=2)
+def _as_figure(cell) -> Figure:
+    """A cell of a figure column as a Figure: a bare number is measured; text (e.g. a name) stays the value."""
+    if isinstance(cell, Figure):
+        return cell
+    return Figure(cell, provenance="measured" if isinstance(cell, (int, float)) else None)
+
+
+def typed_rows(header: list[str], body: list[list]) -> tuple[list[records.Field], list[list]]:
+    """Machine columns for typed cells: each column's machine name, and for a column holding Figures its value
+    plus one column per FIGURE_PARTS (a bare number there is measured, as the tables' notes say); integral floats
+    become ints so counts and bytes stay integers."""
+    figure_columns = {i for row in body for i, c in enumerate(row) if isinstance(c, Figure)}
+    names, rows = [], [[] for _ in body]
+    for i, name in enumerate(header):
+        base = records.machine_name(name)
+        names += [base, *(f"{base}_{p}" for p in FIGURE_PARTS)] if i in figure_columns else [base]
+        for out, row in zip(rows, body):
+            cell = row[i]
+            if i in figure_columns:
+                out += _as_figure(cell).parts()
+            else:
+                out.append(cell)
+    rows = [[int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 2 ** 53 else v for v in r] for r in rows]
+    return records.infer_fields(names, rows), rows
+
+
+def render(header: list[str], body: list[list], fmt: str, table: str = "rows") -> str:
+    """Typed cells as an aligned table or markdown (display strings), or as csv, json, jsonl or sql rows."""
+    if fmt in records.FORMATS:
+        fields, rows = typed_rows(header, body)
+        if fmt != "json" and fmt != "jsonl":  # JSON escapes control characters itself; csv and sql must not carry them
+            rows = [[clean(v) if isinstance(v, str) else v for v in r] for r in rows]
+        return records.write(fields, rows, fmt, table=records.machine_name(table))
+    body = [[display(c) for c in row] for row in body]
     if fmt == "md":
         lines = ["| " + " | ".join(map(md_cell, header)) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(map(md_cell, row)) + " |" for row in body]
         return "\n".join(lines)
     header, body = [clean(c) for c in header], [[clean(c) for c in row] for row in body]
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(body)
-        return out.getvalue().rstrip("\n")
     widths = [max(len(str(c)) for c in column) for column in zip(header, *body)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *body])

@@ -1,26 +1,41 @@
 """`fleetfit report --out DIR`: one static HTML page with plots (inline SVG, no JavaScript) and the tables.
 
-Plots: decode tokens/s against parameters per device and precision (log-log), peak memory against parameters
-with each device's RAM as a line, tokens per joule against parameters, and per device with concurrency sweeps,
-aggregate and per-stream decode tokens/s against concurrent streams (measured points solid, predicted ones hollow
-with their leave-one-out band). Other points are measured runs; the tables below carry the predicted (~) figures.
+Plots: decode tokens/s against parameters per device (by id), backend and precision (log-log), peak memory
+against parameters with each device's RAM as a line, tokens per joule against parameters, and per device with concurrency sweeps
+aggregate and per-stream decode tokens/s against concurrent streams. Measured points are
+solid, predicted ones hollow with their error band, estimated ones (power from a model) diamonds; legends are
+HTML below each plot. A device filter (radio buttons and CSS) shows one device's series and table rows.
 DIR/tables.md holds the tables as markdown.
 """
 
+import dataclasses
 import html
 import math
 import pathlib
 import re
 
-from fleetfit.coordinator.devices import display_names
-from fleetfit.coordinator.render import clean
+from fleetfit.coordinator.devices import display_names, short_id
 from fleetfit.coordinator.limits import comparable
+from fleetfit.coordinator.render import Figure, clean, display
+from fleetfit.coordinator.tables import typed_cell
 from fleetfit.coordinator.tables import render_table
 from fleetfit.models.backends import DEFAULT_BACKEND
+from fleetfit.models.catalogue import CATALOGUE, n_params
 from fleetfit.v1 import fleetfit_pb2 as pb
 
-W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 380, 70, 170, 20, 50
+W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 380, 70, 20, 20, 50
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+
+
+@dataclasses.dataclass
+class Series:
+    """One device's backend and precision on a plot: measured points (solid), predicted ones (hollow, with their
+    error band as (low, high)), and whether its figures are estimates (marked as such)."""
+    label: str
+    device: int  # index of the device on the page (the filter's key); devices are keyed by id, never by name
+    measured: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    predicted: list[tuple[float, float, float, float]] = dataclasses.field(default_factory=list)
+    estimated: bool = False
 
 
 def _escape(text: str) -> str:
@@ -35,26 +50,25 @@ def _ticks(lo: float, hi: float, log: bool) -> list[float]:
     return [step * i for i in range(math.floor(lo / step), math.ceil(hi / step) + 1)]
 
 
-def scatter_svg(title: str, series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str,
-                log_y: bool = True, lines: dict[str, float] | None = None,
-                predicted: dict[str, list[tuple[float, float, float | None, float | None]]] | None = None) -> str:
-    """A scatter plot with one polyline per series (log x; log or linear y) and optional horizontal lines.
-    `predicted` adds, per series, hollow points (x, y, band low, band high) with their band as a vertical bar,
-    joined to the series' measured points by a dashed line; measured points are solid."""
+def scatter_svg(title: str, series: dict[str, Series], x_label: str, y_label: str, log_y: bool = True,
+                lines: dict[str, tuple[int, float]] | None = None) -> str:
+    """A scatter plot (log x; log or linear y): per series a line through its measured points (solid dots),
+    hollow predicted points with error bars, and horizontal dashed lines (label -> (device, y)). The legend is
+    HTML below the plot, so it never overlaps the data."""
     # Only finite, positive figures are drawn (log axes): a run stored with a zero or broken figure is left out.
     def drawable(*values: float) -> bool:
         return all(math.isfinite(v) and v > 0 for v in values)
 
-    lines = {name: y for name, y in (lines or {}).items() if drawable(y)}
-    series = {name: kept for name, pts in series.items() if (kept := [(x, y) for x, y in pts if drawable(x, y)])}
-    predicted = {name: kept for name, pts in (predicted or {}).items()
-                 if (kept := [(x, y, lo if lo is not None and drawable(lo) else None,
-                               hi if hi is not None and drawable(hi) else None)
-                              for x, y, lo, hi in pts if drawable(x, y)])}
-    names = sorted(set(series) | set(predicted))
-    xs = [x for pts in series.values() for x, _ in pts] + [p[0] for pts in predicted.values() for p in pts]
-    ys = [y for pts in series.values() for _, y in pts] + list(lines.values()) + \
-        [v for pts in predicted.values() for p in pts for v in p[1:] if v is not None]
+    lines = {name: (d, y) for name, (d, y) in (lines or {}).items() if drawable(y)}
+    kept = {}
+    for name, s in series.items():
+        s = dataclasses.replace(s, measured=[p for p in s.measured if drawable(*p)],
+                                predicted=[p for p in s.predicted if drawable(*p)])
+        if s.measured or s.predicted:
+            kept[name] = s
+    xs = [p[0] for s in kept.values() for p in s.measured + s.predicted]
+    ys = ([p[1] for s in kept.values() for p in s.measured] + [v for s in kept.values() for p in s.predicted
+                                                              for v in p[1:]] + [y for _, y in lines.values()])
     if not xs:
         return f'<p class="empty">{_escape(title)}: no data yet</p>'
     x_ticks = _ticks(min(xs), max(xs), True)
@@ -75,34 +89,38 @@ def scatter_svg(title: str, series: dict[str, list[tuple[float, float]]], x_labe
     out.append(f'<text x="{(PAD_L + W - PAD_R) / 2}" y="{H - 10}" font-size="12" text-anchor="middle">'
                f'{_escape(x_label)}</text><text x="14" y="{(PAD_T + H - PAD_B) / 2}" font-size="12" '
                f'text-anchor="middle" transform="rotate(-90 14 {(PAD_T + H - PAD_B) / 2})">{_escape(y_label)}</text>')
-    for i, (name, y) in enumerate(lines.items()):
-        colour = COLOURS[i % len(COLOURS)]
-        out.append(f'<line class="capacity" x1="{PAD_L}" x2="{W - PAD_R}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
-                   f'stroke="{colour}" stroke-dasharray="6 4"/><text x="{W - PAD_R + 4}" y="{py(y) + 4:.1f}" '
-                   f'font-size="10" fill="{colour}">{_escape(name)} RAM</text>')
-    for i, name in enumerate(names):
-        colour, pts, guesses = COLOURS[i % len(COLOURS)], sorted(series.get(name, [])), sorted(predicted.get(name, []))
-        if len(pts) > 1:
-            path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-            out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
-        if guesses:
-            path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in sorted(pts + [g[:2] for g in guesses]))
-            out.append(f'<polyline class="predicted" points="{path}" fill="none" stroke="{colour}" '
-                       f'stroke-width="1" stroke-dasharray="4 3"/>')
-        out += [f'<circle class="point" cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{colour}">'
-                f'<title>{_escape(name)}: {_num(x)}, {_num(y)}</title></circle>' for x, y in pts]
-        for x, y, lo, hi in guesses:
-            if lo is not None and hi is not None:
-                out.append(f'<line class="band" x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{py(lo):.1f}" '
-                           f'y2="{py(hi):.1f}" stroke="{colour}" stroke-width="1.5"/>')
-            band = f" ({_num(lo)}–{_num(hi)})" if lo is not None and hi is not None else ""
-            out.append(f'<circle class="predicted" cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="white" '
-                       f'stroke="{colour}" stroke-width="1.5"><title>{_escape(name)} (predicted): {_num(x)}, '
-                       f'{_num(y)}{band}</title></circle>')
-        ly = PAD_T + 14 * (i + len(lines)) + 10
-        out.append(f'<circle cx="{W - PAD_R + 10}" cy="{ly - 4}" r="4" fill="{colour}"/>'
-                   f'<text x="{W - PAD_R + 18}" y="{ly}" font-size="11">{_escape(name)}</text>')
-    return "\n".join(out + ["</svg>"])
+    legend = []
+    for i, (name, (device, y)) in enumerate(lines.items()):
+        colour = COLOURS[device % len(COLOURS)]
+        out.append(f'<line class="capacity" data-device="{device}" x1="{PAD_L}" x2="{W - PAD_R}" y1="{py(y):.1f}" '
+                   f'y2="{py(y):.1f}" stroke="{colour}" stroke-dasharray="6 4"><title>{_escape(name)}: '
+                   f'{_num(y)}</title></line>')
+        legend.append(f'<li data-device="{device}"><span class="swatch dashed" style="border-color:{colour}"></span>'
+                      f'{_escape(name)}</li>')
+    for i, (name, s) in enumerate(sorted(kept.items())):
+        colour, measured = COLOURS[i % len(COLOURS)], sorted(s.measured)
+        mark = "estimated" if s.estimated else "measured"
+        out.append(f'<g class="series" data-device="{s.device}" data-series="{_escape(name)}">')
+        if len(measured) > 1:
+            path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in measured)
+            dash = ' stroke-dasharray="2 3"' if s.estimated else ""
+            out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"{dash}/>')
+        for x, y in measured:
+            shape = (f'<rect class="point {mark}" x="{px(x) - 4:.1f}" y="{py(y) - 4:.1f}" width="8" height="8" '
+                     f'fill="{colour}" transform="rotate(45 {px(x):.1f} {py(y):.1f})">' if s.estimated else
+                     f'<circle class="point {mark}" cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{colour}">')
+            out.append(f'{shape}<title>{_escape(name)}: {_num(x)}, {_num(y)} ({mark})</title>'
+                       f'{"</rect>" if s.estimated else "</circle>"}')
+        for x, y, lo, hi in s.predicted:
+            out.append(f'<line class="error-bar" x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{py(lo):.1f}" '
+                       f'y2="{py(hi):.1f}" stroke="{colour}"/><circle class="predicted" cx="{px(x):.1f}" '
+                       f'cy="{py(y):.1f}" r="4" fill="white" stroke="{colour}" stroke-width="1.5"><title>'
+                       f'{_escape(name)}: {_num(x)}, ~{_num(y)} (predicted, {_num(lo)} to {_num(hi)})</title></circle>')
+        out.append("</g>")
+        note = " (ESTIMATED)" if s.estimated else ""
+        legend.append(f'<li data-device="{s.device}"><span class="swatch" style="background:{colour}"></span>'
+                      f'{_escape(name)}{note}</li>')
+    return "\n".join(out + ["</svg>", f'<ul class="legend">{"".join(legend)}</ul>'])
 
 
 def _num(v: float) -> str:
@@ -112,83 +130,167 @@ def _num(v: float) -> str:
     return f"{v:.3g}"
 
 
-def plots(devices: list[pb.Device], rows: list[pb.LimitRow], power: pb.Table | None) -> list[str]:
+def _label(names: dict[str, str], hosts: dict[str, str], device_id: str, backend: str, quant: str) -> str:
+    """A series' name: the device's display name with its short id (two devices never share a series), backend,
+    precision."""
+    name = names.get(device_id, device_id)
+    short = short_id(device_id, hosts.get(device_id, ""))
+    return f"{name} {backend} {quant}" + ("" if short in name else f" · {short}")
+
+
+def _predicted(table: pb.Table | None, suffix: str, ids: dict[str, str], add) -> None:
+    """Predicted and estimated cells of a size table (columns "<precision><suffix>") as add(device id, backend,
+    precision, parameters, figure)."""
+    if table is None:
+        return
+    col = {c: i for i, c in enumerate(table.columns)}
+    for row in table.rows:
+        cells = [typed_cell(c) for c in row.cells]
+        device_id, arch = ids.get(cells[col["device"]]), CATALOGUE.get(cells[col["model"]])
+        for name, i in col.items():
+            figure = cells[i]
+            if (device_id and arch and name.endswith(suffix) and isinstance(figure, Figure)
+                    and figure.provenance != "measured" and figure.value is not None):
+                add(device_id, cells[col["backend"]], name[:-len(suffix)], n_params(arch), figure)
+
+
+def plots(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Table]) -> list[str]:
     names = display_names(devices)
+    ids = {name: device_id for device_id, name in names.items()}
+    index = {d.inventory.device_id: i for i, d in enumerate(devices)}
+    hosts = {d.inventory.device_id: d.inventory.hostname for d in devices}
+    by_name = {t.name: t for t in tables}
     ok = [r for r in comparable([r for r in rows if not r.failure]) if r.HasField("model_n_params")]
-    decode, memory = {}, {}
+    decode, memory, energy = {}, {}, {}
+
+    def series(plot: dict, device_id: str, backend: str, quant: str) -> Series:
+        label = _label(names, hosts, device_id, backend, quant)
+        return plot.setdefault(label, Series(label, index.get(device_id, -1)))
+
     for r in ok:  # one series per device (by id), backend and precision
-        key = f"{names.get(r.device_id, r.device_id)} {r.backend} {r.quant}"
-        decode.setdefault(key, []).append((r.model_n_params, r.decode_tokens_per_s.mean))
+        series(decode, r.device_id, r.backend, r.quant).measured.append((r.model_n_params, r.decode_tokens_per_s.mean))
         if r.HasField("memory_bytes"):
-            memory.setdefault(key, []).append((r.model_n_params, r.memory_bytes / 1e9))
-    params = {(names.get(r.device_id, r.device_id), r.backend, r.model_name, r.quant): r.model_n_params for r in ok}
-    energy = {}
+            series(memory, r.device_id, r.backend, r.quant).measured.append((r.model_n_params, r.memory_bytes / 1e9))
+
+    def predicted(plot):
+        def add(device_id, backend, quant, params, figure):
+            band = figure.band or 0.0
+            series(plot, device_id, backend, quant).predicted.append(
+                (params, figure.value, figure.value * max(1 - band, 1e-3), figure.value * (1 + band)))
+        return add
+
+    _predicted(by_name.get("speed"), " tok/s", ids, predicted(decode))
+    _predicted(by_name.get("memory"), " GB", ids, predicted(memory))
+    params = {(r.device_id, r.backend, r.model_name, r.quant): r.model_n_params for r in ok}
+    power = by_name.get("power")
     if power is not None:
         col = {c: i for i, c in enumerate(power.columns)}
         for row in power.rows:
-            cells = [c.WhichOneof("kind") and getattr(c, c.WhichOneof("kind")) for c in row.cells]
-            key = (cells[col["device"]], cells[col["backend"]], cells[col["model"]], cells[col["quant"]])
+            cells = [typed_cell(c) for c in row.cells]
+            key = (ids.get(cells[col["device"]]), cells[col["backend"]], cells[col["model"]], cells[col["quant"]])
             tpj = cells[col["tokens/J"]]
             if key in params and isinstance(tpj, float) and tpj > 0:
-                energy.setdefault(f"{key[0]} {key[1]} {key[3]}", []).append((params[key], tpj))
-    ram = {names.get(d.inventory.device_id, d.inventory.device_id): d.inventory.ram_total_bytes / 1e9
+                s = series(energy, key[0], key[1], key[3])
+                s.measured.append((params[key], tpj))
+                s.estimated |= "ESTIMATED" in str(cells[col["provenance (method, scope)"]])
+    ram = {f"{names.get(d.inventory.device_id, d.inventory.device_id)} RAM": (index[d.inventory.device_id],
+                                                                            d.inventory.ram_total_bytes / 1e9)
            for d in devices if d.inventory.ram_total_bytes and any(r.device_id == d.inventory.device_id for r in ok)}
     return [
         scatter_svg("Decode tokens/s against parameters (log-log)", decode, "parameters", "decode tokens/s"),
         scatter_svg("Peak memory against parameters, with each device's RAM", memory, "parameters",
                     "peak memory GB", lines=ram),
         scatter_svg("Tokens per joule against parameters (decode)", energy, "parameters", "tokens per joule"),
-    ]
+    ] + serving_plots(by_name.get("serving-curves"), ids, index)
 
 
-def serving_plots(curves: pb.Table | None) -> list[str]:
-    """Per device: aggregate and per-stream decode tok/s against concurrent streams, from the serving-curves table;
-    measured points solid, predicted ones hollow with their band."""
+def serving_plots(curves: pb.Table | None, ids: dict[str, str], index: dict[str, int]) -> list[str]:
+    """Per device with concurrency sweeps: aggregate and per-stream decode tok/s against concurrent streams, from
+    the serving-curves table; measured points solid, predicted ones hollow with their leave-one-out band."""
     if curves is None:
         return []
     col = {c: i for i, c in enumerate(curves.columns)}
-    per_device: dict[str, tuple[dict, dict]] = {}
+    per_device: dict[str, dict[str, Series]] = {}
     for row in curves.rows:
-        cells = [c.WhichOneof("kind") and getattr(c, c.WhichOneof("kind")) for c in row.cells]
-        value = lambda name: cells[col[name]] if isinstance(cells[col[name]], float) else None
-        streams, aggregate, per_stream = value("streams"), value("aggregate tok/s"), value("per-stream tok/s")
+        cells = [typed_cell(c) for c in row.cells]
+        number = lambda name: cells[col[name]] if isinstance(cells[col[name]], float) else None
+        streams, aggregate, per_stream = number("streams"), number("aggregate tok/s"), number("per-stream tok/s")
         if streams is None or aggregate is None or per_stream is None:
             continue
-        measured, guessed = per_device.setdefault(cells[col["device"]], ({}, {}))
+        device = cells[col["device"]]
         backend = cells[col["backend"]]
-        key = f"{cells[col['model']]} {cells[col['precision']]}" + ("" if backend == DEFAULT_BACKEND else f" {backend}")
+        key = f"{device} {cells[col['model']]} {cells[col['precision']]}" + (
+            "" if backend == DEFAULT_BACKEND else f" {backend}")
+        plot = per_device.setdefault(device, {})
+        where = index.get(ids.get(device), -1)
+        total = plot.setdefault(f"{key} aggregate", Series(f"{key} aggregate", where))
+        each = plot.setdefault(f"{key} per stream", Series(f"{key} per stream", where))
         if cells[col["provenance"]] == "measured":
-            measured.setdefault(f"{key} aggregate", []).append((streams, aggregate))
-            measured.setdefault(f"{key} per stream", []).append((streams, per_stream))
+            total.measured.append((streams, aggregate))
+            each.measured.append((streams, per_stream))
         else:
-            low, high = value("aggregate low"), value("aggregate high")
-            guessed.setdefault(f"{key} aggregate", []).append((streams, aggregate, low, high))
-            guessed.setdefault(f"{key} per stream", []).append(
-                (streams, per_stream, low / streams if low else None, high / streams if high else None))
-    return [scatter_svg(f"{device}: decode tokens/s against concurrent streams (solid: measured, hollow: "
-                        "predicted with its band)", measured, "concurrent streams", "decode tokens/s",
-                        predicted=guessed) for device, (measured, guessed) in sorted(per_device.items())]
+            low, high = number("aggregate low") or aggregate, number("aggregate high") or aggregate
+            total.predicted.append((streams, aggregate, low, high))
+            each.predicted.append((streams, per_stream, low / streams, high / streams))
+    return [scatter_svg(f"{device}: decode tokens/s against concurrent streams (solid: measured, hollow: predicted "
+                        "with its band)", plot, "concurrent streams", "decode tokens/s")
+            for device, plot in sorted(per_device.items())]
+
+
+def _html_table(table: pb.Table, device_of: dict[str, int]) -> str:
+    """A table as HTML: the display strings people read (units are in the column names), each row tagged with its
+    device for the filter."""
+    col = {c: i for i, c in enumerate(table.columns)}
+    head = "".join(f"<th>{_escape(c)}</th>" for c in table.columns)
+    body = []
+    for row in table.rows:
+        cells = [typed_cell(c) for c in row.cells]
+        device = device_of.get(cells[col["device"]]) if "device" in col else None
+        tag = f' data-device="{device}"' if device is not None else ""
+        body.append(f"<tr{tag}>" + "".join(f"<td>{_escape(display(c))}</td>" for c in cells) + "</tr>")
+    notes = "".join(f"<li>{_escape(n)}</li>" for n in table.notes)
+    return (f'<h3>{_escape(table.title)}</h3><div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>'
+            f'{"".join(body)}</tbody></table></div><ul class="notes">{notes}</ul>')
 
 
 def build(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Table]) -> tuple[str, str]:
     """(index.html, tables.md) for the fleet."""
     markdown = "\n\n".join(f"## {t.title}\n\n{render_table(t, 'md')}" for t in tables)
-    power = next((t for t in tables if t.name == "power"), None)
-    curves = next((t for t in tables if t.name == "serving-curves"), None)
-    svgs = plots(devices, rows, power) + serving_plots(curves)
     figures = "\n".join(f"<figure><figcaption>{re.search(r'<title>(.*?)</title>', svg).group(1)}"
-                         f"</figcaption>{svg}</figure>" if "<svg" in svg else svg for svg in svgs)
+                         f"</figcaption>{svg}</figure>" if "<svg" in svg else svg for svg in plots(devices, rows, tables))
+    names = display_names(devices)
+    device_of = {names[d.inventory.device_id]: i for i, d in enumerate(devices)}
+    # A device filter without JavaScript: one radio button per device; CSS hides every other device's series,
+    # lines and table rows while it is checked.
+    radios = "".join(f'<input type="radio" name="device" id="dev-{i}" class="pick">' for i in range(len(devices)))
+    labels = "".join(f'<label for="dev-{i}">{_escape(names[d.inventory.device_id])}</label>'
+                     for i, d in enumerate(devices))
+    rules = "\n".join(f'#dev-{i}:checked ~ main [data-device]:not([data-device="{i}"]){{display:none}} '
+                       f'#dev-{i}:checked ~ nav label[for="dev-{i}"]{{font-weight:bold;background:#dde}}'
+                       for i in range(len(devices)))
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fleetfit report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} figure{{margin:1em 0}} figcaption{{font-weight:bold}}
-pre{{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}}</style></head><body>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} figure{{margin:1em 0}}
+figcaption{{font-weight:bold}} .pick{{display:none}} nav label{{margin-right:.6em;padding:.1em .4em;cursor:pointer;
+border:1px solid #ccc;border-radius:3px}} #dev-all:checked ~ nav label[for="dev-all"]{{font-weight:bold;background:#dde}}
+.legend{{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.2em 1.2em;font-size:12px;max-width:640px}}
+.swatch{{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:.4em}}
+.swatch.dashed{{border-radius:0;height:0;width:16px;border-top:2px dashed;vertical-align:middle}}
+.scroll{{overflow-x:auto}} table{{border-collapse:collapse;font-size:12px}} th,td{{border:1px solid #ddd;
+padding:2px 6px;text-align:left;white-space:nowrap}} th{{background:#f3f3f3}} .notes{{font-size:11px;color:#555}}
+{rules}</style></head><body>
+<input type="radio" name="device" id="dev-all" class="pick" checked>{radios}
 <h1>fleetfit: scalability analysis and deployment limits</h1>
-<p>{len(devices)} device(s), {len(rows)} measured rows. Plotted points are measurements, except the hollow
-points of the serving plots (predictions from the device's sweeps, with their band); in the tables a
-<code>~</code> marks a prediction of the device's scaling model (or an estimate, where nothing was measured).</p>
+<nav>Devices: <label for="dev-all">all</label>{labels}</nav>
+<main>
+<p>{len(devices)} device(s), {len(rows)} measured rows. Solid points are measurements; hollow points with error
+bars are predictions of each device's scaling model (the bar: its leave-one-size-out error band); diamonds and
+dotted lines are ESTIMATED figures (tokens per joule from a power model where no sensor is readable). In the
+tables a <code>~</code> marks a prediction or estimate.</p>
 {figures}
 <h2>Tables</h2>
-<pre>{html.escape(markdown)}</pre>
+{"".join(_html_table(t, device_of) for t in tables)}
+</main>
 </body></html>
 """
     return page, markdown + "\n"

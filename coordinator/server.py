@@ -251,7 +251,8 @@ class FleetService(pb_grpc.FleetServiceServicer):
 
     async def GetTable(self, request, context):
         try:
-            return await off_loop(tables.build_from_store, request.name, self.store, dict(request.options))
+            table = await off_loop(tables.build_from_store, request.name, self.store, dict(request.options))
+            return pb.GetTableResponse(table=table)
         except tables.TableError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
@@ -278,7 +279,7 @@ class FleetService(pb_grpc.FleetServiceServicer):
         found = await off_loop(campaigns.statuses, self.store, request.campaign_id)
         if not found:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no campaign {request.campaign_id!r}")
-        return found[0]
+        return pb.GetCampaignResponse(campaign=found[0])
 
 
 class ListenError(Exception):

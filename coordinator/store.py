@@ -117,6 +117,13 @@ class Store:
                           labels=json.loads(labels) if labels else {}, refused=refused, last_refusal=why or "")
                 for inv, first, last, count, labels, refused, why in rows]
 
+    def set_seen(self, device_id: str, first_unix_s: float, last_unix_s: float) -> None:
+        """When the device was first and last in contact (an imported device was never in contact here: its
+        results' starts)."""
+        with self.db.transaction() as execute:
+            execute("UPDATE devices SET first_seen = ?, last_seen = ? WHERE device_id = ?",
+                    (first_unix_s, last_unix_s, device_id))
+
     def count_refusal(self, device_id: str, reason: str) -> None:
         """One more refused report (or registration) from the device; the reason of the latest is kept."""
         with self.db.transaction() as execute:

@@ -8,7 +8,7 @@ import dataclasses
 import functools
 from typing import Callable
 
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from fleetfit.coordinator import fit as fit_rules
 from fleetfit.coordinator import render, scaling, serving
@@ -76,6 +76,10 @@ def float_option(options: dict[str, str], key: str, default: float, minimum: flo
 
 
 def _cell(value) -> struct_pb2.Value:
+    if isinstance(value, render.Figure):  # a struct on the wire: value, stdev, band, provenance, verdict
+        figure = struct_pb2.Value()
+        figure.struct_value.update({k: v for k, v in dataclasses.asdict(value).items() if v is not None})
+        return figure
     if value is None:
         return struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)
     if isinstance(value, bool):
@@ -99,19 +103,25 @@ def build(name: str, fleet: Fleet, options: dict[str, str]) -> pb.Table:
                     rows=[pb.TableRow(cells=[_cell(c) for c in row]) for row in data.rows])
 
 
-def _text(value: struct_pb2.Value) -> str:
+def typed_cell(value: struct_pb2.Value):
+    """A wire cell as the typed cell it was built from (None, a number, text, a bool or a render.Figure)."""
     kind = value.WhichOneof("kind")
     if kind in (None, "null_value"):
-        return "n/a"
-    if kind == "number_value":
-        number = value.number_value
-        return f"{number:.0f}" if number.is_integer() and abs(number) >= 1000 else f"{number:.4g}"
-    return str(getattr(value, kind))
+        return None
+    if kind == "struct_value":
+        fields = {f.name for f in dataclasses.fields(render.Figure)}
+        found = json_format.MessageToDict(value.struct_value)
+        return render.Figure(**{"value": None, **{k: v for k, v in found.items() if k in fields}})
+    return getattr(value, kind)
+
+
+def _text(value: struct_pb2.Value) -> str:
+    return render.display(typed_cell(value))
 
 
 def render_table(message: pb.Table, fmt: str) -> str:
-    body = [[_text(c) for c in row.cells] for row in message.rows]
-    text = render.render(list(message.columns), body, fmt, [message])
+    body = [[typed_cell(c) for c in row.cells] for row in message.rows]
+    text = render.render(list(message.columns), body, fmt, table=message.name)
     if fmt in ("table", "md") and message.notes:
         text += "\n\n" + "\n".join(f"- {note}" for note in message.notes)
     return text
@@ -202,7 +212,7 @@ def _figure_or_verdict(row: pb.LimitRow | None, figure):
     if row is None:
         return None
     if row.failure == pb.FAILURE_KIND_OOM:
-        return "does not fit"
+        return render.Figure(None, verdict="does_not_fit")
     return figure(row)
 
 
@@ -239,10 +249,14 @@ def _with_seed_sizes(fleet: Fleet, ladder: Ladder):
                 or not _takes(spec, quant):
             return None
         p = dm.predict(CATALOGUE[model], quant)
-        text = p.decode_tps.text() if what == "decode" else f"~{p.memory_bytes.value / 1e9:.3g}"
+        figure = p.decode_tps if what == "decode" else dataclasses.replace(
+            p.memory_bytes, value=p.memory_bytes.value / 1e9 if p.memory_bytes.value is not None else None)
+        if figure.value is None:
+            return None
         ram = dm.device.ram_total_bytes
         too_big = ram and fit_rules.band(p.memory_bytes.value / ram) == "does_not_fit"
-        return f"{text} (does not fit)" if text and too_big else text
+        return render.Figure(round(figure.value, 3), band=figure.error_fraction, provenance=figure.provenance,
+                             verdict="does_not_fit" if too_big else None)
 
     return keys, predicted
 
@@ -571,9 +585,9 @@ def recommendations(fleet: Fleet, options: dict[str, str]) -> TableData:
             n_devices = -(-wanted // per_device) if per_device else None
             w = watts.get(dm.device.device_id)
             cost = round(n_devices * w[0] * HOURS_PER_MONTH / 1000 * price, 2) if w and n_devices else None
-            mark = "" if p.decode_tps.provenance == "measured" else "~"
-            rows.append([scale, users, wanted, name, dm.backend, arch.name, quant, f"{mark}{p.decode_tps.value:.3g}",
-                         cell, n_devices, cost, how])
+            decode = render.Figure(round(p.decode_tps.value, 3), band=p.decode_tps.error_fraction,
+                                   provenance=p.decode_tps.provenance)
+            rows.append([scale, users, wanted, name, dm.backend, arch.name, quant, decode, cell, n_devices, cost, how])
     return TableData(["scale", "users", "concurrent streams", "device", "backend", "model", "precision",
                       "one-stream decode tok/s", "streams per device", "devices needed", "energy cost/month",
                       "streams: how"], rows,

@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
-# Install fleetfit with all its extras (and the test tools) into the active Python environment.
+# Install fleetfit into the active Python environment.
+#
+#   bash scripts/install.sh                  # a developer's checkout: editable, every extra and the test tools
+#   bash scripts/install.sh --agent          # a device: the agent with llama.cpp only (plus NVML on NVIDIA)
+#   bash scripts/install.sh --agent --cuda   # ... and insist on llama.cpp's CUDA build (fails without nvcc)
+#   bash scripts/install.sh --agent --torch  # ... and the PyTorch backend (on a Jetson: the system's CUDA torch
+#                                            #     is kept, never replaced by PyPI's)
 #
 # llama-cpp-python is a source distribution: pip compiles the llama.cpp it vendors (about 5 minutes on
 # 2 cores). We build what a user's own llama.cpp build gets: kernels for this CPU (-march=native), and CUDA
@@ -16,6 +22,17 @@
 # check falls back like the others, and at last to a CPU-only native build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+mode=dev want_cuda="" want_torch=""
+for arg in "$@"; do
+  case "$arg" in
+    --agent) mode=agent ;;
+    --cuda) want_cuda=yes ;;
+    --torch) want_torch=yes ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
 
 . scripts/llama-cpp-build.env
 arch=$(uname -m)
@@ -38,7 +55,31 @@ elif [ -n "$nvidia_gpu" ]; then
     gpu_note="NVIDIA GPU found but no CUDA toolkit (nvcc): CPU-only build; install the toolkit and rerun to use the GPU"
   fi
 fi
+if [ -n "$want_cuda" ] && [ -z "$gpu_args" ]; then
+  echo "install.sh: --cuda asked for, but $gpu_note" >&2
+  exit 2
+fi
 echo "llama.cpp: $gpu_note"
+
+# --- what to install: a developer gets everything, editable; a device the agent's extras only
+if [ "$mode" = dev ]; then
+  target=(-e ".[all,dev]")
+else
+  extras=llama
+  [ -n "$nvidia_gpu" ] && extras="$extras,nvml"
+  if [ -n "$want_torch" ]; then
+    if [ -e /etc/nv_tegra_release ] && python -c "import torch" 2>/dev/null; then
+      echo "Jetson: keeping the system's torch $(python -c 'import torch; print(torch.__version__)')"
+    elif [ -e /etc/nv_tegra_release ]; then
+      echo "install.sh: on a Jetson, install NVIDIA's torch for your JetPack first (PyPI's has no CUDA here)," \
+           "in a venv made with --system-site-packages, then rerun" >&2
+      exit 2
+    else
+      extras="$extras,torch"
+    fi
+  fi
+  target=(".[$extras]")
+fi
 
 # --- the builds to try, best first: "name|CMAKE_ARGS|CFLAGS"
 if [ -n "${FLEETFIT_LLAMA_CMAKE_ARGS:-}" ]; then
@@ -77,7 +118,7 @@ for build in "${builds[@]}"; do
   # Forced, because an llama-cpp-python 0.3.36 built with other flags may already be installed.
   python -m pip install --no-deps --force-reinstall "$wheelhouse"/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl
   if [ -z "$fleetfit_installed" ]; then
-    python -m pip install --find-links "$wheelhouse" -e ".[all,dev]"
+    python -m pip install --find-links "$wheelhouse" "${target[@]}"
     fleetfit_installed=yes
   fi
   check=0

@@ -137,7 +137,7 @@ def test_cli_join_and_token_errors_are_one_line(tls_coordinator, tmp_path):
                                   str(tmp_path / "x.sqlite3")), "bad duration")
     assert_one_line_error(run_cli("fleetfit", "devices", "--coordinator", tls_coordinator.address,
                                   env={"FLEETFIT_STATE_DIR": str(state), "FLEETFIT_TOKEN": "operator.wrong"}),
-                          "UNAUTHENTICATED")
+                          "refused the operator token")
     listed = run_cli("fleetfit", "devices", "--coordinator", tls_coordinator.address,
                      env={"FLEETFIT_STATE_DIR": str(state)})
     assert listed.returncode == 0 and "dev-cli" not in listed.stdout  # enrolled, not yet registered

@@ -72,7 +72,7 @@ def campaign(stub, backend, quant):
 def wait_campaigns(stub, campaign_ids, timeout_s=600):
     deadline = time.monotonic() + timeout_s
     while True:
-        found = [stub.GetCampaign(pb.GetCampaignRequest(campaign_id=c), timeout=10) for c in campaign_ids]
+        found = [stub.GetCampaign(pb.GetCampaignRequest(campaign_id=c), timeout=10).campaign for c in campaign_ids]
         if all(not (c.queued or c.running) for c in found):
             return found
         assert time.monotonic() < deadline, "campaigns did not finish"
@@ -138,7 +138,7 @@ def test_a_heterogeneous_fleet_runs_what_each_device_can_and_keeps_devices_apart
                   "--coordinator", address)
     assert [a["device_id"] for a in json.loads(one.stdout)] == ["node-b"]
 
-    speed = stub.GetTable(pb.TableRequest(name="speed"), timeout=30)
+    speed = stub.GetTable(pb.GetTableRequest(name="speed"), timeout=30).table
     col = {c: i for i, c in enumerate(speed.columns)}
     speed_rows = {(r.cells[col["device"]].string_value, r.cells[col["backend"]].string_value)
                   for r in speed.rows if r.cells[col["model"]].string_value == "smollm2-135m"}

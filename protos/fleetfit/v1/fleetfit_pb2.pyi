@@ -892,7 +892,7 @@ class FitResponse(_message.Message):
     next_page_token: str
     def __init__(self, answers: _Optional[_Iterable[_Union[FitAnswer, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
-class TableRequest(_message.Message):
+class GetTableRequest(_message.Message):
     __slots__ = ("name", "options")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
@@ -906,6 +906,12 @@ class TableRequest(_message.Message):
     name: str
     options: _containers.ScalarMap[str, str]
     def __init__(self, name: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class GetTableResponse(_message.Message):
+    __slots__ = ("table",)
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    table: Table
+    def __init__(self, table: _Optional[_Union[Table, _Mapping]] = ...) -> None: ...
 
 class TableRow(_message.Message):
     __slots__ = ("cells",)
@@ -1028,6 +1034,12 @@ class GetCampaignRequest(_message.Message):
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
     def __init__(self, campaign_id: _Optional[str] = ...) -> None: ...
+
+class GetCampaignResponse(_message.Message):
+    __slots__ = ("campaign",)
+    CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
+    campaign: CampaignStatus
+    def __init__(self, campaign: _Optional[_Union[CampaignStatus, _Mapping]] = ...) -> None: ...
 
 class RevokeDeviceRequest(_message.Message):
     __slots__ = ("device_id",)

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class AgentServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """What an agent calls. Every call but Join carries "authorization: Bearer agent.<device_id>.<secret>"
+    (or a client certificate with --mtls); an agent acts only as its own device.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -72,40 +74,48 @@ class AgentServiceStub:
 
 
 class AgentServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """What an agent calls. Every call but Join carries "authorization: Bearer agent.<device_id>.<secret>"
+    (or a client certificate with --mtls); an agent acts only as its own device.
+    """
 
     def Register(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Record the device's inventory (a device's first call after Join).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PollJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lease the device's next job, waiting up to wait_s for one.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportResult(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deliver a result; checked by ingest (bounds, quotas) before it is stored.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Join(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Spend a join token for this device's credentials (the only call without them).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Say the agent is alive and renew the lease of the job it runs.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Give a leased job back unrun.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -163,7 +173,9 @@ def add_AgentServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AgentService:
-    """Missing associated documentation comment in .proto file."""
+    """What an agent calls. Every call but Join carries "authorization: Bearer agent.<device_id>.<secret>"
+    (or a client certificate with --mtls); an agent acts only as its own device.
+    """
 
     @staticmethod
     def Register(request,
@@ -356,7 +368,9 @@ class AgentService:
 
 
 class FleetServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """What operators call. Every call carries "authorization: Bearer <operator token>" (the state directory's
+    operator.token); the server certificate is signed by the fleet's CA (state directory: tls/ca.pem).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -396,8 +410,8 @@ class FleetServiceStub:
                 _registered_method=True)
         self.GetTable = channel.unary_unary(
                 '/fleetfit.v1.FleetService/GetTable',
-                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.TableRequest.SerializeToString,
-                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.Table.FromString,
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetTableRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetTableResponse.FromString,
                 _registered_method=True)
         self.CreateCampaign = channel.unary_unary(
                 '/fleetfit.v1.FleetService/CreateCampaign',
@@ -412,7 +426,7 @@ class FleetServiceStub:
         self.GetCampaign = channel.unary_unary(
                 '/fleetfit.v1.FleetService/GetCampaign',
                 request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignRequest.SerializeToString,
-                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.CampaignStatus.FromString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignResponse.FromString,
                 _registered_method=True)
         self.RevokeDevice = channel.unary_unary(
                 '/fleetfit.v1.FleetService/RevokeDevice',
@@ -422,70 +436,83 @@ class FleetServiceStub:
 
 
 class FleetServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """What operators call. Every call carries "authorization: Bearer <operator token>" (the state directory's
+    operator.token); the server certificate is signed by the fleet's CA (state directory: tls/ca.pem).
+    """
 
     def ListDevices(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every registered device, paged.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitProfile(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Queue one profile on devices (jobs name models, never files).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetJobs(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The state of jobs by id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetLimitTable(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every run as limit rows, paged.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Fit(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Fit answers with their evidence and provenance, paged.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTables(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The names and titles of the tables GetTable builds.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTable(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One table by name, with its options.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateCampaign(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Start a campaign: only combinations each device can run are queued.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListCampaigns(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every campaign with its progress.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCampaign(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One campaign's progress, per device, with failure reasons.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeDevice(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Revoke a device's credential.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -525,8 +552,8 @@ def add_FleetServiceServicer_to_server(servicer, server):
             ),
             'GetTable': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTable,
-                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.TableRequest.FromString,
-                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.Table.SerializeToString,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetTableRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetTableResponse.SerializeToString,
             ),
             'CreateCampaign': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCampaign,
@@ -541,7 +568,7 @@ def add_FleetServiceServicer_to_server(servicer, server):
             'GetCampaign': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCampaign,
                     request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignRequest.FromString,
-                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.CampaignStatus.SerializeToString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignResponse.SerializeToString,
             ),
             'RevokeDevice': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeDevice,
@@ -557,7 +584,9 @@ def add_FleetServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class FleetService:
-    """Missing associated documentation comment in .proto file."""
+    """What operators call. Every call carries "authorization: Bearer <operator token>" (the state directory's
+    operator.token); the server certificate is signed by the fleet's CA (state directory: tls/ca.pem).
+    """
 
     @staticmethod
     def ListDevices(request,
@@ -736,8 +765,8 @@ class FleetService:
             request,
             target,
             '/fleetfit.v1.FleetService/GetTable',
-            fleetfit_dot_v1_dot_fleetfit__pb2.TableRequest.SerializeToString,
-            fleetfit_dot_v1_dot_fleetfit__pb2.Table.FromString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.GetTableRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.GetTableResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -818,7 +847,7 @@ class FleetService:
             target,
             '/fleetfit.v1.FleetService/GetCampaign',
             fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignRequest.SerializeToString,
-            fleetfit_dot_v1_dot_fleetfit__pb2.CampaignStatus.FromString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignResponse.FromString,
             options,
             channel_credentials,
             insecure,

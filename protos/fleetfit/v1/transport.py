@@ -3,6 +3,8 @@
 Hand-written beside the generated code because it is part of the contract, not of either side.
 """
 
+import socket
+
 import grpc
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -42,6 +44,22 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor):
         return continuation(details._replace(metadata=metadata), request)
 
 
+def _why_not_ready(address: str, timeout_s: float, tls: bool) -> str:
+    """One line saying what to fix: nothing listens there, or it listens but the TLS or plaintext handshake fails."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout_s, 3.0)).close()
+    except (OSError, ValueError):
+        return (f"coordinator at {address} does not answer (waited {timeout_s:g} s): is `fleetfit serve` running "
+                "there, and are the host and port right?")
+    if tls:
+        return (f"coordinator at {address} answers, but TLS with it fails: the CA given is not the one that signed "
+                "its certificate (use that coordinator's tls/ca.pem: --ca, or --state-dir), or it serves plaintext "
+                "(--insecure)")
+    return (f"coordinator at {address} answers, but not in plaintext: it serves TLS (give its CA with --ca or "
+            "--state-dir instead of --insecure)")
+
+
 def connect(address: str, timeout_s: float = 10.0, *, ca_pem: bytes | None = None, token: str | None = None,
             client_cert: tuple[bytes, bytes] | None = None) -> grpc.Channel:
     """A ready channel to `address`, or CoordinatorUnreachable after `timeout_s`.
@@ -60,8 +78,7 @@ def connect(address: str, timeout_s: float = 10.0, *, ca_pem: bytes | None = Non
         grpc.channel_ready_future(channel).result(timeout=timeout_s)
     except grpc.FutureTimeoutError:
         channel.close()
-        how = "over TLS " if ca_pem is not None else ""
-        raise CoordinatorUnreachable(f"coordinator at {address} does not answer {how}(waited {timeout_s:g} s)") from None
+        raise CoordinatorUnreachable(_why_not_ready(address, timeout_s, tls=ca_pem is not None)) from None
     if token:
         return grpc.intercept_channel(channel, _Bearer(token))  # closing it closes `channel`
     return channel

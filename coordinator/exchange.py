@@ -1,0 +1,112 @@
+"""`fleetfit export` and `fleetfit import`: every result as JSONL, and such a file read into another coordinator.
+
+One line per result, a stable schema: {"schema": "fleetfit.result.v1", "result": <ProfileResult>, "device":
+<DeviceInventory of its device>} with the wire message's field names and integers as numbers. Import is
+idempotent on result ids (a line already stored is a duplicate; the same id with other figures is refused), and
+an imported file is untrusted input: each line is bounded, parsed strictly and checked by ingest exactly as a
+device's report is; a refused line is named and skipped, never stored, and nothing stored is changed.
+"""
+
+import dataclasses
+import json
+from typing import IO, Iterator
+
+from google.protobuf import json_format
+
+from fleetfit.coordinator import ingest
+from fleetfit.coordinator.store import ConflictingResult, QuotaExceeded, Store
+from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.records import message_dict
+
+SCHEMA = "fleetfit.result.v1"
+MAX_LINE_BYTES = 4 * ingest.MAX_MESSAGE_BYTES  # JSON of a message at the size bound, with room for escapes
+
+
+def export_lines(store: Store) -> Iterator[str]:
+    devices = {d.inventory.device_id: d.inventory for d in store.devices()}
+    for result in store.results():
+        line = {"schema": SCHEMA, "result": message_dict(result)}
+        if result.device_id in devices:
+            line["device"] = message_dict(devices[result.device_id])
+        yield json.dumps(line, separators=(",", ":"), allow_nan=False)
+
+
+@dataclasses.dataclass
+class ImportSummary:
+    added: int = 0
+    duplicates: int = 0
+    devices_added: int = 0
+    refused: list[str] = dataclasses.field(default_factory=list)  # "line N: why", one per refused line
+
+
+def _parse(line: str) -> tuple[pb.ProfileResult, pb.DeviceInventory | None]:
+    if len(line) > MAX_LINE_BYTES:
+        raise ingest.Refused(f"longer than {MAX_LINE_BYTES} bytes")
+    try:
+        found = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ingest.Refused(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(found, dict) or found.get("schema") != SCHEMA:
+        raise ingest.Refused(f"not a {SCHEMA} line (fleetfit export writes them)")
+    try:
+        result = json_format.ParseDict(found.get("result"), pb.ProfileResult())
+        device = (json_format.ParseDict(found["device"], pb.DeviceInventory()) if found.get("device") is not None
+                  else None)
+    except (json_format.ParseError, TypeError, AttributeError) as exc:
+        raise ingest.Refused(f"not a result: {str(exc).splitlines()[0][:200]}") from None
+    ingest.check_result(result)
+    if not result.result_id:
+        raise ingest.Refused("result.result_id is empty")
+    if device is not None:
+        ingest.check_inventory(device)
+        if device.device_id != result.device_id:
+            raise ingest.Refused(f"device {device.device_id[:40]!r} is not the result's {result.device_id[:40]!r}")
+    return result, device
+
+
+def _bounded_lines(source: IO[str]) -> Iterator[str]:
+    """Lines of `source`, none held longer than MAX_LINE_BYTES characters: the rest of a longer one is skipped
+    (and the line refused for its length), so a file without line breaks cannot fill memory."""
+    while line := source.readline(MAX_LINE_BYTES + 1):
+        if len(line) > MAX_LINE_BYTES and not line.endswith("\n"):
+            while (rest := source.readline(MAX_LINE_BYTES)) and not rest.endswith("\n"):
+                pass
+        yield line
+
+
+def import_lines(store: Store, lines: IO[str]) -> ImportSummary:
+    """Read an export into `store`: unknown devices are added (never in contact here: their first and last
+    contact are their results' starts), results added unless already stored. Storing a result counts as contact
+    from its device, so each device's contact times are put back afterwards: an import brings no device online."""
+    summary = ImportSummary()
+    seen = {d.inventory.device_id: (d.first_seen_unix_s, d.last_seen_unix_s) for d in store.devices()}
+    known = set(seen)
+    added_devices: dict[str, list[float]] = {}  # device id -> starts of its imported results
+    touched: set[str] = set()
+    for number, line in enumerate(_bounded_lines(lines), 1):
+        if not line.strip():
+            continue
+        try:
+            result, device = _parse(line)
+            if result.device_id not in known:
+                if device is None:
+                    raise ingest.Refused(f"device {result.device_id[:40]!r} is unknown here and the line has no "
+                                         "device inventory")
+                store.upsert_device(device)
+                known.add(result.device_id)
+                summary.devices_added += 1
+                added_devices[result.device_id] = []
+                seen[result.device_id] = (0.0, 0.0)
+            touched.add(result.device_id)
+            if store.add_result(result):
+                summary.duplicates += 1
+            else:
+                summary.added += 1
+            if result.device_id in added_devices:
+                added_devices[result.device_id].append(result.started_unix_s)
+        except (ingest.Refused, ConflictingResult, QuotaExceeded) as exc:
+            summary.refused.append(f"line {number}: {exc}")
+    for device_id in touched:
+        starts = added_devices.get(device_id)
+        store.set_seen(device_id, *((min(starts), max(starts)) if starts else seen[device_id]))
+    return summary

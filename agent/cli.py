@@ -68,7 +68,10 @@ def _cache(cache_dir: Optional[pathlib.Path]) -> pathlib.Path:
 def _to_json(message) -> str:
     from google.protobuf import json_format
 
-    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2)
+    # Fields without presence are printed at their defaults (a stdev of 0, an empty list), so that every entry has
+    # the same keys; optional figures stay absent when not measured.
+    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                                always_print_fields_with_no_presence=True), indent=2)
 
 
 @app.command()
@@ -293,6 +296,8 @@ def profile(
     n_prompt: Annotated[int, typer.Option(help="Prompt tokens for the prefill test.")] = 512,
     n_gen: Annotated[int, typer.Option(help="Tokens for the decode test.")] = 128,
     repetitions: int = 5,
+    parallel: Annotated[str, typer.Option(
+        help="A concurrency sweep after the single-stream run: stream counts decoded together, e.g. 1,2,4,8.")] = "",
     timeout: Annotated[float, typer.Option(help="Seconds before the worker is killed; 0 = default.")] = 0.0,
     idle_baseline: Annotated[Optional[float], typer.Option(
         envvar="FLEETFIT_IDLE_BASELINE_S", help="Seconds of idle power measured before the run (default 2).")] = None,
@@ -304,12 +309,19 @@ def profile(
     from fleetfit.agent import inventory, profiling, report
 
     request = profiling.make_request(model, quant, backend, n_prompt, n_gen, repetitions, threads, timeout,
-                                     idle_baseline, compute_device)
+                                     idle_baseline, compute_device, _stream_counts(parallel))
     result = profiling.profile(request, device_id or inventory.default_device_id(), _cache(cache_dir))
     typer.echo(_to_json(result) if as_json else report.markdown([result]))
     if result.failure:
         raise typer.Exit(1)
 
+
+def _stream_counts(text: str) -> list[int]:
+    """--parallel 1,2,4,8 as integers (their bounds are the request's: profiling.validate)."""
+    counts = [part.strip() for part in text.split(",") if part.strip()]
+    if not all(part.isdigit() and len(part) < 10 for part in counts):
+        _fail(f"--parallel takes stream counts separated by commas, e.g. 1,2,4,8; got {text[:40]!r}")
+    return [int(part) for part in counts]
 
 
 def _join(coordinator: str, token: str, device_id: Optional[str], insecure: bool, mtls: bool,

@@ -54,7 +54,7 @@ class LlamaCpp(Backend):
 
         request = job.request
         return runtime.profile(job.target.path, request.n_prompt, request.n_gen, request.repetitions, job.threads,
-                               request.device)
+                               request.device, parallel=tuple(request.parallel))
 
     def call(self, op: str, args: dict) -> dict:
         from fleetfit.agent.backends import llama_cpp_runtime as runtime
@@ -69,6 +69,8 @@ class LlamaCpp(Backend):
             return {}
         if op == "greedy":
             return runtime.greedy(args["model_path"], args["prompt"], args["n_gen"], args["threads"])
+        if op == "batched_greedy":
+            return runtime.batched_greedy(args["model_path"], args["prompts"], args["n_gen"], args["threads"])
         return super().call(op, args)
 
 

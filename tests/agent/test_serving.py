@@ -1,8 +1,11 @@
 """Concurrency sweeps on real llama.cpp and the real SmolLM2: N streams decoded together in one KV cache, as
 llama-batched-bench does, with short runs."""
 
+import json
 import math
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -18,15 +21,16 @@ STATS = ("aggregate_decode_tokens_per_s", "per_stream_decode_tokens_per_s", "pre
 
 @pytest.fixture(scope="module")
 def swept(ladder, cache_dir) -> pb.ProfileResult:
-    request = profiling.make_request(str(ladder["Q4_0"]), n_prompt=N_PROMPT, n_gen=N_GEN, repetitions=2, threads=2,
-                                     idle_baseline_s=0, parallel=[1, 2, 4])
+    # one thread: on a shared 2-core machine two spinning threads lose most of their time to each other
+    request = profiling.make_request(str(ladder["Q4_0"]), n_prompt=N_PROMPT, n_gen=N_GEN, repetitions=2, threads=1,
+                                     idle_baseline_s=0, parallel=[1, 2, 8])
     result = profiling.profile(request, "dev-serve", cache_dir)
     assert result.failure == pb.FAILURE_KIND_UNSPECIFIED, result.error
     return result
 
 
 def test_each_stream_count_is_measured_in_full(swept):
-    assert [p.parallel for p in swept.serving] == [1, 2, 4]
+    assert [p.parallel for p in swept.serving] == [1, 2, 8]
     for point in swept.serving:
         assert not point.unsupported_reason
         for name in STATS:
@@ -43,9 +47,10 @@ def test_each_stream_count_is_measured_in_full(swept):
 
 
 def test_decoding_streams_together_serves_more_tokens(swept):
-    # llama.cpp reads the weights once per step for all N streams; best of the repetitions, as noise only slows
+    # llama.cpp reads the weights once per step for all N streams (best of the repetitions: noise only slows). On
+    # this CPU 2 streams of SmolLM2 Q4_0 are no faster than 1, in llama-batched-bench too; 8 are 1.3-1.6x.
     best = {p.parallel: max(p.aggregate_decode_tokens_per_s.samples) for p in swept.serving}
-    assert best[4] > best[1] and best[2] > best[1], best
+    assert best[8] > best[1], best
 
 
 def test_peak_memory_grows_by_the_kv_cache_of_the_extra_sequences(swept, ladder):
@@ -53,8 +58,23 @@ def test_peak_memory_grows_by_the_kv_cache_of_the_extra_sequences(swept, ladder)
     per_token = 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * 2  # F16 K and V
     cells = 256  # llama.cpp holds each sequence in whole 256-token blocks (n_ctx_seq padded to 256)
     peak = {p.parallel: p.peak_memory_bytes.mean for p in swept.serving}
-    assert peak[4] - peak[1] >= 0.9 * 3 * cells * per_token, (peak, per_token)
-    assert peak[2] >= peak[1]
+    assert peak[8] - peak[1] >= 0.9 * 7 * cells * per_token, (peak, per_token)
+    assert peak[8] >= peak[2] >= peak[1]
+
+
+def test_streams_whose_prompts_end_in_a_later_chunk_wait_longer_for_their_first_token(ladder):
+    # 4 prompts of 16 tokens in chunks of 32: streams 0 and 1 get their first logits from the first llama_decode,
+    # streams 2 and 3 from the second, which ends the prefill
+    code = ("import json, sys, dataclasses; from fleetfit.agent.backends import llama_cpp_runtime as r; "
+            "f = r.profile(sys.argv[1], 16, 2, 1, 1, n_batch=32, parallel=(4,)); "
+            "print(json.dumps(dataclasses.asdict(f.serving[0])))")
+    done = subprocess.run([sys.executable, "-c", code, str(ladder["Q4_0"])], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    point = json.loads(done.stdout.strip().splitlines()[-1])
+    p50, p99 = point["ttft_ms_p50"]["mean"], point["ttft_ms_p99"]["mean"]
+    prefill_ms = 1000 * 4 * 16 / point["prefill_tokens_per_s"]["mean"]
+    assert p50 < p99 and p99 == pytest.approx(prefill_ms, rel=0.05), (p50, p99, prefill_ms)
 
 
 def test_sequences_decoded_together_decode_as_each_does_alone(ladder):

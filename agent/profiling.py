@@ -164,7 +164,7 @@ def _measure(result: pb.ProfileResult, backend: Backend, target: RunTarget, job:
     tokens = {"prefill": request.n_prompt * request.repetitions, "decode": request.n_gen * request.repetitions}
     result.power.CopyFrom(energy.finish_sampler(sampler, declined, idle_s, figures.phase_windows_ns, tokens))
     serving_tokens = {serving_phase(p.parallel): p.parallel * request.n_gen * request.repetitions
-                      for p in figures.serving}
+                      for p in figures.serving if not p.unsupported_reason}
     per_token = energy.serving_energy(sampler, result.power, figures.phase_windows_ns, serving_tokens)
     result.serving.extend(_serving_point(point, per_token.get(serving_phase(point.parallel)))
                           for point in figures.serving)

@@ -52,16 +52,16 @@ def serving_markdown(results: list[pb.ProfileResult]) -> str:
             if p.unsupported_reason:
                 lines.append(f"{head} unsupported: {p.unsupported_reason} | | | | | | |")
                 continue
-            energy = (f"{p.decode_energy_per_token_j:.4f}" + (" ESTIMATED" if p.energy_provenance == "estimated"
-                                                              else "")) if p.HasField("decode_energy_per_token_j") \
-                else "n/a"
+            energy = _num(p, "decode_energy_per_token_j", 4) + (" ESTIMATED" if p.energy_provenance == "estimated"
+                                                                else "")
             lines.append(f"{head} {_stat(p.aggregate_decode_tokens_per_s)} | {_stat(p.per_stream_decode_tokens_per_s)} | "
                          f"{_stat(p.prefill_tokens_per_s)} | {_stat(p.ttft_ms_p50, 1)} | {_stat(p.ttft_ms_p99, 1)} | "
                          f"{p.peak_memory_bytes.mean / MIB:.1f} MiB | {energy} |")
     lines.append("")
-    lines.append(f"Streams decoded together after a shared warm-up, N prompts of pp{results[0].n_prompt} then "
-                 f"tg{results[0].n_gen} for each stream, one token per stream per step (as llama-batched-bench); "
-                 "TTFT across the streams; J/token is the decode phase's gross energy over the tokens of all streams.")
+    lines.append(f"N streams decoded together after the single-stream run: N prompts of pp{results[0].n_prompt}, then "
+                 f"tg{results[0].n_gen} steps of one token per stream (llama.cpp: one llama_decode per step, as "
+                 "llama-batched-bench; torch, onnxruntime: a batch of N); TTFT across the streams; J/token: the "
+                 "decode's gross energy over the tokens of all streams.")
     return "\n".join(lines)
 
 

@@ -150,31 +150,32 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
         windows.append((phase, start_ns, time.monotonic_ns()))
         return elapsed_s
 
-    memory_method = "peak RSS (VmHWM) of the worker process; weights read without mmap (load_mode=none)"
     try:
-        try:
-            # Warm-up as llama-bench does: one full prefill and one generated token.
-            run_prefill(n_prompt, "warmup")
+        # Warm-up as llama-bench does: one full prefill and one generated token.
+        run_prefill(n_prompt, "warmup")
+        C.llama_memory_clear(memory, False)
+        run_decode(1, "warmup")
+        prefill_tps, ttft_ms, decode_tps = [], [], []
+        for _ in range(repetitions):
             C.llama_memory_clear(memory, False)
-            run_decode(1, "warmup")
-            prefill_tps, ttft_ms, decode_tps = [], [], []
-            for _ in range(repetitions):
-                C.llama_memory_clear(memory, False)
-                prefill_s, ttft_s = run_prefill(n_prompt)
-                prefill_tps.append(n_prompt / prefill_s)
-                ttft_ms.append(ttft_s * 1000.0)
-                C.llama_memory_clear(memory, False)
-                decode_tps.append(n_gen / run_decode(n_gen))
-            n_params = int(C.llama_model_n_params(model))
-            single = run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss, memory_method)
-        finally:
-            C.llama_sampler_free(greedy)
-            C.llama_free(ctx)  # before the sweep, whose points' memory is their own context's
+            prefill_s, ttft_s = run_prefill(n_prompt)
+            prefill_tps.append(n_prompt / prefill_s)
+            ttft_ms.append(ttft_s * 1000.0)
+            C.llama_memory_clear(memory, False)
+            decode_tps.append(n_gen / run_decode(n_gen))
+        n_params = int(C.llama_model_n_params(model))
+        single = run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss,
+                             "peak RSS (VmHWM) of the worker process; weights read without mmap (load_mode=none)")
+        C.llama_free(ctx)  # before the sweep, whose points' memory is their own context's
+        ctx = None
         if parallel:
             single["memory_method"] += "; " + SERVING_MEMORY[reset_peak_rss()]
         serving = tuple(_serving_point(model, n, n_prompt, n_gen, repetitions, threads, n_batch, n_ubatch,
                                        prompt_tokens, lambda: rng.randrange(n_vocab), windows) for n in parallel)
     finally:
+        C.llama_sampler_free(greedy)
+        if ctx:
+            C.llama_free(ctx)
         C.llama_model_free(model)
     return RunFigures(
         **single, serving=serving,

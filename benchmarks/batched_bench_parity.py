@@ -7,8 +7,9 @@ tok/s at N streams. llama-batched-bench is built from the llama.cpp that fleetfi
 sdist) with llama.cpp's default flags for this machine (benchmarks/llama_tools.py). The tools alternate and who
 goes first swaps each round, so drift (thermal, noisy neighbours) hits both alike. Files: SmolLM2-135M at Q4_0 and
 F16 (pulled and quantized by fleetfit-agent) and the TinyLlama-1.1B shape at Q4_0 (synthesized), unless --gguf
-names others. Target: fleetfit >= 0.90 x S_TG at every stream count. Exit status is 0 whether or not the target is
-met; only errors fail.
+names others. Target: fleetfit >= 0.90 x S_TG at every stream count, by the ratio of the means; the ratio of the
+best rounds is printed beside it (noise only slows a run, so on a busy machine the best rounds compare more
+fairly). Exit status is 0 whether or not the target is met; only errors fail.
 """
 import argparse, json, statistics, sys
 from pathlib import Path
@@ -105,19 +106,19 @@ def main():
     print(f"\nthreads={args.threads} npp={args.npp} ntg={args.ntg} rounds={args.rounds} "
           f"llama-batched-bench={binary} (llama.cpp default flags)\nfleetfit's llama.cpp: {build}\n")
     print(f"| file | streams | llama-batched-bench S_TG t/s | fleetfit aggregate decode t/s | fleetfit / S_TG | "
-          f">= {TARGET_RATIO}? |")
-    print("|---|---:|---:|---:|---:|---|")
+          f">= {TARGET_RATIO}? | best / best |")
+    print("|---|---:|---:|---:|---:|---|---:|")
     report = {"threads": args.threads, "npp": args.npp, "ntg": args.ntg, "rounds": args.rounds, "tool": str(binary),
               "fleetfit_build": build, "results": []}
     for label, gguf in ggufs.items():
         for n in args.npl:
             theirs, ours = samples[label]["llama-batched-bench"][n], samples[label]["fleetfit"][n]
-            ratio = statistics.fmean(ours) / statistics.fmean(theirs)
+            ratio, best = statistics.fmean(ours) / statistics.fmean(theirs), max(ours) / max(theirs)
             cell = lambda xs: f"{statistics.fmean(xs):.1f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.1f}"
             print(f"| {label} | {n} | {cell(theirs)} | {cell(ours)} | {ratio:.3f} | "
-                  f"{'yes' if ratio >= TARGET_RATIO else 'NO'} |")
+                  f"{'yes' if ratio >= TARGET_RATIO else 'NO'} | {best:.3f} |")
             report["results"].append({"file": label, "gguf": str(gguf), "streams": n, "s_tg": theirs,
-                                      "fleetfit_aggregate": ours, "ratio": ratio,
+                                      "fleetfit_aggregate": ours, "ratio": ratio, "best_ratio": best,
                                       "meets_target": ratio >= TARGET_RATIO})
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")

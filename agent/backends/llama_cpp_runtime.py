@@ -254,8 +254,8 @@ def _at(pointer, start: int):
 def _serving_point(model, n: int, n_prompt: int, n_gen: int, repetitions: int, threads: int, n_batch: int,
                    n_ubatch: int, prompt_tokens, random_token, windows: list) -> ServingFigures:
     """N streams together, in a context of their own whose KV cache holds N sequences of n_prompt + n_gen tokens
-    (llama-batched-bench's pattern, with one warm-up of 16 tokens as it does); the cache is cleared before each
-    repetition. A context that cannot be made (memory, llama.cpp's limits) is an unsupported point, saying so."""
+    (llama-batched-bench's pattern, with its warm-up of 16 tokens and one decode step of N); the cache is cleared
+    before each repetition. A context that cannot be made (memory, llama.cpp's limits) is an unsupported point, saying so."""
     ctx = C.llama_init_from_model(model, _context_params(n * (n_prompt + n_gen), n_batch, n_ubatch, threads, n))
     if not ctx:
         return ServingFigures(parallel=n, unsupported_reason=f"llama.cpp could not create a context for {n} "
@@ -264,6 +264,8 @@ def _serving_point(model, n: int, n_prompt: int, n_gen: int, repetitions: int, t
     prefill_s, decode_s, ttft_s, peak_bytes = [], [], [], []
     try:
         streams.prefill([[random_token() for _ in range(16)]])
+        C.llama_memory_clear(memory, False)
+        streams.step([random_token() for _ in range(n)], [0] * n)  # and one decode step at this batch size
         for _ in range(repetitions):
             C.llama_memory_clear(memory, False)
             prompts = [prompt_tokens(n_prompt) for _ in range(n)]

@@ -345,13 +345,17 @@ def profile(
     n_prompt: Annotated[int, typer.Option(help="Prompt tokens for the prefill test.")] = 512,
     n_gen: Annotated[int, typer.Option(help="Tokens for the decode test.")] = 128,
     repetitions: int = 5,
+    parallel: Annotated[str, typer.Option(
+        help="A concurrency sweep after the single-stream run: stream counts decoded together, e.g. 1,2,4,8.")] = "",
     timeout: Annotated[float, typer.Option(help="Seconds before the worker is killed; 0 = default.")] = 0.0,
     idle_baseline: Annotated[Optional[float], typer.Option(
         envvar="FLEETFIT_IDLE_BASELINE_S", help="Seconds of idle power measured before the run (default 2).")] = None,
     cache_dir: CacheDir = None,
     device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
     output: Annotated[str, typer.Option("-o", "--output", help="md, csv, json, jsonl or sql (llama-bench's "
-                                                               "fields; sql: a llama_bench table for sqlite3).")] = "md",
+                                                               "fields; sql: a llama_bench table for sqlite3), or "
+                                                               "result (the whole result as JSON, with its sweep "
+                                                               "as the list `serving`).")] = "md",
     as_json: Annotated[bool, typer.Option("--json", help="The same as -o json.")] = False,
 ) -> None:
     """Measure load time, TTFT, prefill and decode tokens/s and peak memory, each run in a child process."""
@@ -359,19 +363,28 @@ def profile(
     from fleetfit.v1 import records
 
     output = "json" if as_json else output
-    if output not in ("md", *records.FORMATS):
-        _fail(f"unknown output format {output!r} (choose from md, {', '.join(records.FORMATS)})")
+    if output not in ("md", "result", *records.FORMATS):
+        _fail(f"unknown output format {output!r} (choose from md, result, {', '.join(records.FORMATS)})")
     request = profiling.make_request(model, quant, backend, n_prompt, n_gen, repetitions, threads, timeout,
-                                     idle_baseline, compute_device, gpu_layers)
+                                     idle_baseline, compute_device, gpu_layers, _stream_counts(parallel))
     result = profiling.profile(request, device_id or inventory.default_device_id(), _cache(cache_dir))
     if output == "md":
         typer.echo(report.markdown([result]))
+    elif output == "result":
+        typer.echo(records.to_json(result, defaults=True))
     else:
         rows = records.profile_rows(result, inventory.cpu_model(), profiling.failure_name(result.failure))
         typer.echo(records.write_profile_rows(rows, output))
     if result.failure:
         raise typer.Exit(1)
 
+
+def _stream_counts(text: str) -> list[int]:
+    """--parallel 1,2,4,8 as integers (their bounds are the request's: profiling.validate)."""
+    counts = [part.strip() for part in text.split(",") if part.strip()]
+    if not all(part.isdigit() and len(part) < 10 for part in counts):
+        _fail(f"--parallel takes stream counts separated by commas, e.g. 1,2,4,8; got {text[:40]!r}")
+    return [int(part) for part in counts]
 
 
 @app.command()

@@ -78,6 +78,23 @@ def finish_sampler(sampler: PowerSampler, declined: list[str], idle_s: float, wi
     )
 
 
+def serving_energy(sampler: PowerSampler, power: pb.PowerTelemetry, windows: list,
+                   tokens: dict[str, int]) -> dict[str, tuple[float, str]]:
+    """Gross decode energy per token of each serving point, {phase: (J/token, provenance)}, from the source the
+    result's headline names (the same scope as its single-stream figures); `tokens`: the tokens each phase's
+    windows decoded. A phase the source did not cover is left out. Call after finish_sampler."""
+    for phase, start_ns, end_ns in windows:
+        if phase in tokens:
+            sampler.add_phase(phase, int(start_ns), int(end_ns))
+    found = {}
+    for row in sampler.summaries():
+        if row.phase in tokens and row.source == power.headline_source:
+            per_token = joules_per_token(row.energy_mj, tokens[row.phase])
+            if per_token is not None:
+                found[row.phase] = (per_token, row.provenance)
+    return found
+
+
 def roofline_message(model: pathlib.Path | rl.ModelShape, n_gen: int, decode_tokens_per_s: float | None,
                      probes: pb.DeviceProbes | None) -> pb.Roofline:
     """`model`: a GGUF path (its shape and bytes read from the file), or a shape (a backend's own weight bytes)."""

@@ -13,9 +13,10 @@ import psutil
 
 from fleetfit.agent import device_probe, energy, model_cache
 from fleetfit.agent.backends import registry
-from fleetfit.agent.backends.base import Backend, ProfileInputError, RunFigures, RunTarget, WorkerJob
+from fleetfit.agent.backends.base import (Backend, ProfileInputError, RunFigures, RunTarget, ServingFigures,
+                                          WorkerJob, serving_phase)
 from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
-from fleetfit.models import catalogue
+from fleetfit.models import catalogue, job_bounds
 from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.models.errors import ModelError
 from fleetfit.models.gguf_file import sha256_of
@@ -46,11 +47,13 @@ def default_threads() -> int:
 def make_request(model: str, quant: str | None = None, backend: str = DEFAULT_BACKEND, n_prompt: int = 512,
                  n_gen: int = 128, repetitions: int = 5, threads: int = 0, timeout_s: float = 0.0,
                  idle_baseline_s: float | None = None, device: str = "",
-                 gpu_layers: int | None = None) -> pb.ProfileRequest:
-    """A request as the device's owner types it: `model` is a file when it looks like one, else a model name."""
+                 gpu_layers: int | None = None, parallel: list[int] = ()) -> pb.ProfileRequest:
+    """A request as the device's owner types it: `model` is a file when it looks like one, else a model name.
+    `parallel`: the stream counts of a concurrency sweep (empty: one stream only)."""
     ref = pb.ModelRef(path=model) if model_cache.is_path(model) else pb.ModelRef(name=model)
     request = pb.ProfileRequest(model=ref, backend=backend, quant=quant or "", n_prompt=n_prompt, n_gen=n_gen,
-                                repetitions=repetitions, threads=threads, timeout_s=timeout_s, device=device)
+                                repetitions=repetitions, threads=threads, timeout_s=timeout_s, device=device,
+                                parallel=parallel)
     if idle_baseline_s is not None:
         request.idle_baseline_s = idle_baseline_s
     if gpu_layers is not None:
@@ -79,6 +82,10 @@ def validate(request: pb.ProfileRequest) -> tuple[Backend, str | None]:
     if request.HasField("idle_baseline_s") and not (math.isfinite(request.idle_baseline_s)
                                                     and 0 <= request.idle_baseline_s <= MAX_IDLE_BASELINE_S):
         raise ProfileInputError(f"idle baseline must be 0..{MAX_IDLE_BASELINE_S:.0f} s, got {request.idle_baseline_s}")
+    try:
+        job_bounds.check_parallel(request.parallel, request.n_prompt, request.n_gen)
+    except ValueError as exc:
+        raise ProfileInputError(str(exc)) from None
     spec = backend.spec
     kind, _, index = request.device.partition(":")
     if request.device not in ("", "auto") and (kind not in spec.compute_devices or (index and not index.isdigit())):
@@ -158,6 +165,11 @@ def _measure(result: pb.ProfileResult, backend: Backend, target: RunTarget, job:
         raise
     tokens = {"prefill": request.n_prompt * request.repetitions, "decode": request.n_gen * request.repetitions}
     result.power.CopyFrom(energy.finish_sampler(sampler, declined, idle_s, figures.phase_windows_ns, tokens))
+    serving_tokens = {serving_phase(p.parallel): p.parallel * request.n_gen * request.repetitions
+                      for p in figures.serving if not p.unsupported_reason}
+    per_token = energy.serving_energy(sampler, result.power, figures.phase_windows_ns, serving_tokens)
+    result.serving.extend(_serving_point(point, per_token.get(serving_phase(point.parallel)))
+                          for point in figures.serving)
     for stat in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms"):
         getattr(result, stat).CopyFrom(pb.Stat(**dataclasses.asdict(getattr(figures, stat))))
     for field in ("load_time_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "n_batch", "n_ubatch",
@@ -166,12 +178,27 @@ def _measure(result: pb.ProfileResult, backend: Backend, target: RunTarget, job:
         if getattr(figures, field) is not None:
             setattr(result, field, getattr(figures, field))
     if figures.gpu_memory is not None:
-        result.gpu_memory.CopyFrom(pb.GpuMemory(**{k: v for k, v in dataclasses.asdict(figures.gpu_memory).items()
-                                                   if v is not None}))
+        result.gpu_memory.CopyFrom(_gpu_memory(figures.gpu_memory))
     shape = backend.roofline_shape(target, figures, result.model_arch)
     if shape is not None:
         result.roofline.CopyFrom(energy.roofline_message(shape, request.n_gen, figures.decode_tokens_per_s.mean,
                                                          probes))
+
+
+def _gpu_memory(figures) -> pb.GpuMemory:
+    return pb.GpuMemory(**{k: v for k, v in dataclasses.asdict(figures).items() if v is not None})
+
+
+def _serving_point(point: ServingFigures, energy_per_token: tuple[float, str] | None) -> pb.ServingPoint:
+    message = pb.ServingPoint(parallel=point.parallel, unsupported_reason=point.unsupported_reason)
+    for stat in ServingFigures.STATS:
+        if getattr(point, stat) is not None:
+            getattr(message, stat).CopyFrom(pb.Stat(**dataclasses.asdict(getattr(point, stat))))
+    if energy_per_token is not None:
+        message.decode_energy_per_token_j, message.energy_provenance = energy_per_token
+    if point.gpu_memory is not None:
+        message.gpu_memory.CopyFrom(_gpu_memory(point.gpu_memory))
+    return message
 
 
 def failure_name(kind: int) -> str:

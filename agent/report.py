@@ -30,9 +30,38 @@ def markdown(results: list[pb.ProfileResult]) -> str:
         lines.append("")
         lines.append(f"{r.repetitions} repetitions after 1 warm-up; {r.provenance.kind}: {r.provenance.method}. "
                      f"Memory: {r.memory_method or 'not measured'}.")
+    swept = [r for r in results if r.serving]
+    if swept:
+        lines += ["", serving_markdown(swept)]
     measured = [r for r in results if r.HasField("power") or r.HasField("roofline")]
     if measured:
         lines += ["", energy_markdown(measured), "", roofline_markdown(measured)]
+    return "\n".join(lines)
+
+
+def serving_markdown(results: list[pb.ProfileResult]) -> str:
+    """The concurrency sweep: one row per N streams decoded together."""
+    lines = [
+        "| model | quant | streams | aggregate t/s | per stream t/s | prefill t/s | TTFT p50 ms | TTFT p99 ms | "
+        "peak RSS | J/token |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        for p in r.serving:
+            head = f"| {r.model_name} | {r.quant} | {p.parallel} |"
+            if p.unsupported_reason:
+                lines.append(f"{head} unsupported: {p.unsupported_reason} | | | | | | |")
+                continue
+            energy = _num(p, "decode_energy_per_token_j", 4) + (" ESTIMATED" if p.energy_provenance == "estimated"
+                                                                else "")
+            lines.append(f"{head} {_stat(p.aggregate_decode_tokens_per_s)} | {_stat(p.per_stream_decode_tokens_per_s)} | "
+                         f"{_stat(p.prefill_tokens_per_s)} | {_stat(p.ttft_ms_p50, 1)} | {_stat(p.ttft_ms_p99, 1)} | "
+                         f"{p.peak_memory_bytes.mean / MIB:.1f} MiB | {energy} |")
+    lines.append("")
+    lines.append(f"N streams decoded together after the single-stream run: N prompts of pp{results[0].n_prompt}, then "
+                 f"tg{results[0].n_gen} steps of one token per stream (llama.cpp: one llama_decode per step, as "
+                 "llama-batched-bench; torch, onnxruntime: a batch of N); TTFT across the streams; J/token: the "
+                 "decode's gross energy over the tokens of all streams.")
     return "\n".join(lines)
 
 

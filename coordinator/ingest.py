@@ -3,7 +3,9 @@ is stored, and what answers read is filtered once more (results stored before th
 
 A figure must be finite, non-negative (only net energies may be negative: net of the idle baseline) and below a
 physical ceiling chosen by its unit (the suffix of its field name); strings, repeated fields and the whole
-message are size-bounded. A refusal names the field: "result.decode_tokens_per_s.samples[2] is nan: ...".
+message are size-bounded. A concurrency sweep (`serving`) has one point per stream count the request asked for,
+each either measured (every figure present, per-stream speed the aggregate over N, p99 at least p50) or
+unsupported with a reason and no figures. A refusal names the field: "result.decode_tokens_per_s.samples[2] is nan: ...".
 Quotas (results per hour, distinct models per day, per device) are counted by the store, in the transaction
 that stores the result.
 """
@@ -16,6 +18,7 @@ import time
 
 from google.protobuf.descriptor import FieldDescriptor as F
 
+from fleetfit.models import job_bounds
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 log = logging.getLogger("fleetfit.coordinator")
@@ -34,8 +37,8 @@ LONG_TEXT_FIELDS = {"backend_build", "llama_system_info"}
 SIGNED_FIELDS = {"net_energy_mj", "net_joules_per_token"}  # net of the idle baseline: may be below zero
 # Ceilings by unit, first matching suffix wins (so "_unix_s" and "_per_s" come before "_s").
 CEILINGS = (("_unix_s", 1e10), ("tokens_per_s", 1e7), ("gb_per_s", 1e7), ("gflop_per_s", 1e10), ("_bytes", 2**50),
-            ("bytes_per_token", 2**50), ("_ms", 86_400e3), ("_s", 86_400.0), ("_mj", 1e12), ("_w", 1e6),
-            ("_params", 1e13))
+            ("bytes_per_token", 2**50), ("_ms", 86_400e3), ("_ms_p50", 86_400e3), ("_ms_p99", 86_400e3),
+            ("_s", 86_400.0), ("_mj", 1e12), ("_w", 1e6), ("_per_token_j", 1e6), ("_params", 1e13))
 DEFAULT_CEILING = 1e15
 FLOATS = (F.TYPE_DOUBLE, F.TYPE_FLOAT)
 INTEGERS = (F.TYPE_INT32, F.TYPE_INT64, F.TYPE_UINT32, F.TYPE_UINT64, F.TYPE_SINT32, F.TYPE_SINT64)
@@ -69,6 +72,7 @@ def check_result(result: pb.ProfileResult) -> None:
     _check_size(result, "result")
     check_device_id(result.device_id)
     _check_message(result, "result", "")
+    _check_serving(result)
 
 
 def check_quality(result: pb.QualityResult) -> None:
@@ -148,6 +152,51 @@ def _check_value(field, value, where: str, name: str, unit: str) -> None:
             raise Refused(f"{where} is {value:g}: figures must not be negative")
         if abs(value) > (top := ceiling(name)):
             raise Refused(f"{where} is {value:g}: above the ceiling of {top:g} for a {name} figure")
+
+
+SERVING_STATS = ("aggregate_decode_tokens_per_s", "per_stream_decode_tokens_per_s", "prefill_tokens_per_s",
+                 "ttft_ms_p50", "ttft_ms_p99", "peak_memory_bytes")
+ENERGY_PROVENANCES = ("measured", "estimated")
+
+
+def _check_serving(result: pb.ProfileResult) -> None:
+    """The sweep's points against the request's stream counts, each measured in full or unsupported with a reason."""
+    asked = list(result.request.parallel)
+    try:
+        job_bounds.check_parallel(asked, result.request.n_prompt, result.request.n_gen)
+    except ValueError as exc:
+        raise Refused(f"result.request.{exc}") from None
+    if len(result.serving) > len(asked):
+        raise Refused(f"result.serving has {len(result.serving)} points: the request asked for {len(asked)}")
+    most_samples = job_bounds.BOUNDS["repetitions"][1]
+    seen = set()
+    for i, point in enumerate(result.serving):
+        where = f"result.serving[{i}]"
+        if point.parallel not in asked or point.parallel in seen:
+            raise Refused(f"{where}.parallel is {point.parallel}: not a stream count the request asked for once "
+                          f"({', '.join(map(str, asked))})")
+        seen.add(point.parallel)
+        present = [name for name in SERVING_STATS if point.HasField(name)]
+        if point.unsupported_reason:
+            if present or point.HasField("decode_energy_per_token_j"):
+                raise Refused(f"{where} is unsupported ({point.unsupported_reason[:80]!r}) yet carries figures")
+            continue
+        if missing := [name for name in SERVING_STATS if name not in present]:
+            raise Refused(f"{where}.{missing[0]} is missing: a measured point carries every figure")
+        for name in SERVING_STATS:
+            stat = getattr(point, name)
+            if not 1 <= len(stat.samples) <= most_samples:
+                raise Refused(f"{where}.{name} has {len(stat.samples)} samples: 1 to {most_samples} are accepted")
+        aggregate, per_stream = point.aggregate_decode_tokens_per_s, point.per_stream_decode_tokens_per_s
+        if not aggregate.mean > 0 or not math.isclose(per_stream.mean * point.parallel, aggregate.mean, rel_tol=1e-6):
+            raise Refused(f"{where}.per_stream_decode_tokens_per_s must be the aggregate over {point.parallel} "
+                          f"streams, and the aggregate positive")
+        if any(p99 < p50 for p50, p99 in zip(point.ttft_ms_p50.samples, point.ttft_ms_p99.samples)):
+            raise Refused(f"{where}.ttft_ms_p99 is below its p50")
+        has_energy = point.HasField("decode_energy_per_token_j")
+        if point.energy_provenance not in (ENERGY_PROVENANCES if has_energy else ("",)):
+            raise Refused(f"{where}.energy_provenance is {point.energy_provenance[:40]!r}: "
+                          + ("measured or estimated" if has_energy else "empty when no energy is reported"))
 
 
 def _check_text(text: str, where: str, limit: int) -> None:

@@ -15,6 +15,11 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "gpu_layers": (0, 10000),      # llama.cpp layers to offload; absent: all the build can offload
 }
 OPTIONAL_FIELDS = ("idle_baseline_s", "gpu_layers")  # checked only when set
+# A concurrency sweep (ProfileRequest.parallel): N sequences decoded together, for each N listed. N is bounded by
+# llama.cpp's own LLAMA_MAX_SEQ; the KV cache of the largest point holds N * (n_prompt + n_gen) tokens.
+MAX_PARALLEL = 256
+MAX_PARALLEL_POINTS = 16
+MAX_SWEEP_KV_TOKENS = 262_144  # e.g. 256 streams of 1024 tokens, or 8 of 32768
 COMPUTE_DEVICE = re.compile(r"(|auto|cpu|cuda|cuda:\d{1,3})")
 # A model is named, never located: a catalogue or real model name, no path separators, no leading dot.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -42,6 +47,23 @@ def check_compute_device(device: str) -> None:
         raise ValueError(f"device {device[:40]!r} must be one of '', auto, cpu, cuda, cuda:N")
 
 
+def check_parallel(parallel, n_prompt: int, n_gen: int) -> None:
+    """ValueError (one line) for a sweep with too many points, an N out of 1..MAX_PARALLEL, an N listed twice, or
+    a point whose KV cache (N * (n_prompt + n_gen) tokens) is past MAX_SWEEP_KV_TOKENS."""
+    values = list(parallel)
+    if len(values) > MAX_PARALLEL_POINTS:
+        raise ValueError(f"parallel lists {len(values)} values: at most {MAX_PARALLEL_POINTS}")
+    for n in values:
+        if not 1 <= n <= MAX_PARALLEL:
+            raise ValueError(f"parallel values must be 1..{MAX_PARALLEL} sequences, got {n}")
+    if len(set(values)) != len(values):
+        twice = next(n for n in values if values.count(n) > 1)
+        raise ValueError(f"parallel lists {twice} more than once")
+    if values and (tokens := max(values) * (n_prompt + n_gen)) > MAX_SWEEP_KV_TOKENS:
+        raise ValueError(f"parallel {max(values)} x (n_prompt {n_prompt} + n_gen {n_gen}) = {tokens} tokens of KV "
+                         f"cache: at most {MAX_SWEEP_KV_TOKENS}")
+
+
 def check_job(request) -> None:
     """ValueError (one line) for a fleetfit.v1.ProfileRequest outside the bounds: a model given by name only,
     and its parameters (check_parameters)."""
@@ -50,11 +72,12 @@ def check_job(request) -> None:
 
 
 def check_parameters(request) -> None:
-    """ValueError (one line) for a ProfileRequest's sizes, repetitions, threads, timeout, idle baseline or compute
-    device outside the bounds, or one that locates a model file (model.path)."""
+    """ValueError (one line) for a ProfileRequest's sizes, repetitions, threads, timeout, idle baseline, compute
+    device or concurrency sweep outside the bounds, or one that locates a model file (model.path)."""
     if request.model.path:
         raise ValueError("model.path is refused: jobs name catalogue models (model.name), never files")
     for field in BOUNDS:
         if field not in OPTIONAL_FIELDS or request.HasField(field):
             check_value(field, getattr(request, field))
     check_compute_device(request.device)
+    check_parallel(request.parallel, request.n_prompt, request.n_gen)

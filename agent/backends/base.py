@@ -59,6 +59,40 @@ class DecodeShape:
     matmul_params_per_token: int
 
 
+def serving_phase(parallel: int) -> str:
+    """The name of a serving point's decode windows (one per repetition), for its energy per token."""
+    return f"serving_decode:{parallel}"
+
+
+def _stat_of(data: dict) -> StatFigures:
+    return StatFigures(mean=data["mean"], stdev=data["stdev"], samples=tuple(data["samples"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingFigures:
+    """One point of a concurrency sweep: N streams decoded together, each figure over the repetitions; a point the
+    backend could not run has no figures and says why (unsupported_reason)."""
+    parallel: int
+    aggregate_decode_tokens_per_s: StatFigures | None = None  # N * n_gen / decode seconds
+    per_stream_decode_tokens_per_s: StatFigures | None = None  # aggregate / N
+    prefill_tokens_per_s: StatFigures | None = None  # N * n_prompt / prefill seconds
+    ttft_ms_p50: StatFigures | None = None  # across the N streams, per repetition
+    ttft_ms_p99: StatFigures | None = None
+    peak_memory_bytes: StatFigures | None = None  # per repetition, with the KV cache of N sequences
+    gpu_memory: GpuMemoryFigures | None = None
+    unsupported_reason: str = ""
+
+    STATS: ClassVar[tuple[str, ...]] = ("aggregate_decode_tokens_per_s", "per_stream_decode_tokens_per_s",
+                                        "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "peak_memory_bytes")
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ServingFigures":
+        fields = dict(data) | {name: _stat_of(data[name]) for name in cls.STATS if data.get(name) is not None}
+        if fields.get("gpu_memory") is not None:
+            fields["gpu_memory"] = GpuMemoryFigures(**fields["gpu_memory"])
+        return cls(**fields)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunFigures:
     """What one run measured, the same fields for every backend; rebuilt on the agent's side from the worker's JSON."""
@@ -82,6 +116,7 @@ class RunFigures:
     decode_shape: DecodeShape | None = None  # None: the roofline reads the shape from the GGUF file
     gpu_memory: GpuMemoryFigures | None = None
     gpu_layers: int | None = None  # llama.cpp: layers offloaded to the GPU (0 = CPU only)
+    serving: tuple[ServingFigures, ...] = ()  # one per N of the request's concurrency sweep, in its order
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -97,6 +132,7 @@ class RunFigures:
         for stat in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms"):
             fields[stat] = dataclasses.replace(fields[stat], samples=tuple(fields[stat].samples))
         fields["phase_windows_ns"] = tuple((str(p), int(s), int(e)) for p, s, e in fields["phase_windows_ns"])
+        fields["serving"] = tuple(ServingFigures.from_json(point) for point in fields.get("serving", ()))
         return cls(**fields)
 
 

@@ -58,7 +58,8 @@ class LlamaCpp(Backend):
 
         request = job.request
         return runtime.profile(job.target.path, request.n_prompt, request.n_gen, request.repetitions, job.threads,
-                               request.device, gpu_layers=request.gpu_layers if request.HasField("gpu_layers") else None)
+                               request.device, gpu_layers=request.gpu_layers if request.HasField("gpu_layers") else None,
+                               parallel=tuple(request.parallel))
 
     def call(self, op: str, args: dict) -> dict:
         from fleetfit.agent.backends import llama_cpp_runtime as runtime
@@ -86,6 +87,8 @@ class LlamaCpp(Backend):
             from fleetfit.agent import quality
 
             return quality.quant_pass(args["model_path"], args["reference"], args["threads"], args.get("device", ""))
+        if op == "batched_greedy":
+            return runtime.batched_greedy(args["model_path"], args["prompts"], args["n_gen"], args["threads"])
         return super().call(op, args)
 
 

@@ -4,7 +4,7 @@ This is the only module that imports `llama_cpp`; it runs inside the isolated wo
 agent itself (the backend itself is llama_cpp_backend.py). Timing follows llama-bench: random tokens fed by
 the harness (no sampling in the timed loop), a warm-up, then for each repetition a prefill of n_prompt tokens
 in n_batch chunks and, from an empty cache, n_gen single-token decodes, each ended by llama_synchronize before
-the clock is read.
+the clock is read. A concurrency sweep follows llama-batched-bench (see _Streams and _serving_point).
 """
 
 import ctypes
@@ -19,8 +19,9 @@ import sys
 import time
 import types
 
-from fleetfit.agent.backends.base import GpuMemoryFigures, RunFigures
-from fleetfit.agent.backends.common import current_rss_bytes, run_figures
+from fleetfit.agent.backends.base import GpuMemoryFigures, RunFigures, ServingFigures, serving_phase
+from fleetfit.agent.backends.common import (SERVING_MEMORY, current_rss_bytes, max_rss_bytes, reset_peak_rss,
+                                            run_figures, serving_figures)
 
 
 def _load_bindings():
@@ -153,12 +154,25 @@ def quantize(src: str, dst: str, ftype: int, threads: int) -> None:
         raise BackendError(f"llama_model_quantize failed for {src} -> {dst}")
 
 
+def _context_params(n_ctx: int, n_batch: int, n_ubatch: int, threads: int, n_seq_max: int = 1):
+    params = C.llama_context_default_params()
+    params.n_ctx = n_ctx  # llama.cpp rounds it up to whole 256-token blocks per sequence
+    params.n_seq_max = n_seq_max
+    params.n_batch = n_batch
+    params.n_ubatch = n_ubatch
+    params.n_threads = threads
+    params.n_threads_batch = threads
+    params.no_perf = True
+    return params
+
+
 def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, threads: int, device: str = "",
             n_batch: int = DEFAULT_N_BATCH, n_ubatch: int = DEFAULT_N_UBATCH, seed: int = 1234,
-            gpu_layers: int | None = None) -> RunFigures:
+            gpu_layers: int | None = None, parallel: tuple[int, ...] = ()) -> RunFigures:
     """Load the model without mmap (so that the weights count in RSS) and time prefill and decode. `device`
     "cpu" keeps every layer on the CPU; otherwise a build that offloads offloads `gpu_layers` layers (None: all,
-    as llama.cpp's default parameters do; 0: none)."""
+    as llama.cpp's default parameters do; 0: none). Then, for each N in `parallel`, a serving point (N streams
+    decoded together, in a context of their own)."""
     C.llama_backend_init()
     C.llama_log_set(_log, None)
     del _log_lines[:]
@@ -181,14 +195,7 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
     model = C.llama_model_load_from_file(model_path.encode(), model_params)
     if not model:
         raise BackendError(f"llama.cpp could not load {model_path}")
-    ctx_params = C.llama_context_default_params()
-    ctx_params.n_ctx = n_prompt + n_gen
-    ctx_params.n_batch = n_batch
-    ctx_params.n_ubatch = n_ubatch
-    ctx_params.n_threads = threads
-    ctx_params.n_threads_batch = threads
-    ctx_params.no_perf = True
-    ctx = C.llama_init_from_model(model, ctx_params)
+    ctx = C.llama_init_from_model(model, _context_params(n_prompt + n_gen, n_batch, n_ubatch, threads))
     if not ctx:
         C.llama_model_free(model)
         raise BackendError(f"llama.cpp could not create a context (n_ctx={n_prompt + n_gen}) for {model_path}")
@@ -255,13 +262,21 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
             decode_tps.append(n_gen / run_decode(n_gen))
         n_params = int(C.llama_model_n_params(model))
         gpu_memory = _llama_gpu_memory(buffer_bytes(_log_lines)) if offloaded_layers else None
+        single = run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss,
+                             "peak RSS (VmHWM) of the worker process; weights read without mmap (load_mode=none)")
+        C.llama_free(ctx)  # before the sweep, whose points' memory is their own context's
+        ctx = None
+        if parallel:
+            single["memory_method"] += "; " + SERVING_MEMORY[reset_peak_rss()]
+        serving = tuple(_serving_point(model, n, n_prompt, n_gen, repetitions, threads, n_batch, n_ubatch,
+                                       prompt_tokens, lambda: rng.randrange(n_vocab), windows) for n in parallel)
     finally:
         C.llama_sampler_free(greedy)
-        C.llama_free(ctx)
+        if ctx:
+            C.llama_free(ctx)
         C.llama_model_free(model)
     return RunFigures(
-        **run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss,
-                      "peak RSS (VmHWM) of the worker process; weights read without mmap (load_mode=none)"),
+        **single, serving=serving,
         n_batch=n_batch, n_ubatch=n_ubatch, n_ctx=n_prompt + n_gen, threads=threads, backend_version=version(),
         backend_build=system_info(), phase_windows_ns=tuple(windows),
         compute_device=compute_devices()[-1] if offloaded_layers else "cpu", model_n_params=n_params,
@@ -279,6 +294,139 @@ def _offloaded_layers(requested: int, n_layer: int) -> int:
     if requested == 0 or not C.llama_supports_gpu_offload():
         return 0
     return n_layer + 1 if requested < 0 else min(requested, n_layer + 1)  # -1: llama.cpp's default, all
+
+
+class _Streams:
+    """N sequences in one KV cache, fed as llama-batched-bench feeds them (is_pp_shared=false): the N prompts in one
+    batch of tokens with distinct sequence ids, decoded in n_batch chunks, logits on each prompt's last token; then
+    one token per sequence per step, all N in one llama_decode."""
+
+    def __init__(self, ctx, n_batch: int, capacity: int):
+        self.ctx, self.n_batch = ctx, n_batch
+        self.batch = C.llama_batch_init(capacity, 0, 1)
+
+    def close(self) -> None:
+        C.llama_batch_free(self.batch)
+
+    def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        b = self.batch
+        b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, 1, logits
+        b.seq_id[i][0] = seq
+
+    def _decode(self, start: int, count: int) -> None:
+        """llama_decode of the batch's tokens [start, start + count), a view as llama-batched-bench's sub-batch."""
+        b = self.batch
+        view = C.llama_batch(n_tokens=count, token=_at(b.token, start), embd=None, pos=_at(b.pos, start),
+                             n_seq_id=_at(b.n_seq_id, start), seq_id=_at(b.seq_id, start), logits=_at(b.logits, start))
+        if C.llama_decode(self.ctx, view) != 0:
+            raise BackendError(f"llama_decode failed on a batch of {count} tokens")
+
+    def prefill(self, prompts: list[list[int]], on_logits=None) -> tuple[float, list[float]]:
+        """Seconds for the prefill of every prompt, and per sequence the seconds until the llama_decode that produced
+        its first logits returned (its TTFT). `on_logits(seq, index)`: called then (untimed use only), with the
+        index of the sequence's logits in that chunk."""
+        last = []  # each sequence's last prompt token, as an index into the batch
+        for seq, prompt in enumerate(prompts):
+            base = last[-1] + 1 if last else 0
+            for pos, token in enumerate(prompt):
+                self._put(base + pos, token, pos, seq, pos == len(prompt) - 1)
+            last.append(base + len(prompt) - 1)
+        total, ttft_s = last[-1] + 1, [0.0] * len(prompts)
+        start = time.perf_counter()
+        for chunk in range(0, total, self.n_batch):
+            count = min(self.n_batch, total - chunk)
+            self._decode(chunk, count)
+            ended = [seq for seq, index in enumerate(last) if chunk <= index < chunk + count]
+            if ended:
+                C.llama_synchronize(self.ctx)
+                now = time.perf_counter() - start
+                for seq in ended:
+                    ttft_s[seq] = now
+                    if on_logits is not None:
+                        on_logits(seq, last[seq] - chunk)
+        C.llama_synchronize(self.ctx)
+        return time.perf_counter() - start, ttft_s
+
+    def step(self, tokens: list[int], positions: list[int]) -> None:
+        """One token for each sequence (sequence i gets tokens[i] at positions[i]), in one llama_decode."""
+        for seq, (token, pos) in enumerate(zip(tokens, positions)):
+            self._put(seq, token, pos, seq, True)
+        self._decode(0, len(tokens))
+        C.llama_synchronize(self.ctx)
+
+
+def _at(pointer, start: int):
+    """`pointer` + `start` elements, as the same ctypes pointer type."""
+    kind = type(pointer)
+    return ctypes.cast(ctypes.cast(pointer, ctypes.c_void_p).value + start * ctypes.sizeof(kind._type_), kind)
+
+
+def _serving_point(model, n: int, n_prompt: int, n_gen: int, repetitions: int, threads: int, n_batch: int,
+                   n_ubatch: int, prompt_tokens, random_token, windows: list) -> ServingFigures:
+    """N streams together, in a context of their own whose KV cache holds N sequences of n_prompt + n_gen tokens
+    (llama-batched-bench's pattern, with its warm-up of 16 tokens and one decode step of N); the cache is cleared
+    before each repetition. A context that cannot be made (memory, llama.cpp's limits) is an unsupported point, saying so."""
+    ctx = C.llama_init_from_model(model, _context_params(n * (n_prompt + n_gen), n_batch, n_ubatch, threads, n))
+    if not ctx:
+        return ServingFigures(parallel=n, unsupported_reason=f"llama.cpp could not create a context for {n} "
+                                                             f"sequences of {n_prompt + n_gen} tokens")
+    streams, memory = _Streams(ctx, n_batch, max(n * n_prompt, 16)), C.llama_get_memory(ctx)
+    prefill_s, decode_s, ttft_s, peak_bytes = [], [], [], []
+    try:
+        streams.prefill([[random_token() for _ in range(16)]])
+        C.llama_memory_clear(memory, False)
+        streams.step([random_token() for _ in range(n)], [0] * n)  # and one decode step at this batch size
+        for _ in range(repetitions):
+            C.llama_memory_clear(memory, False)
+            prompts = [prompt_tokens(n_prompt) for _ in range(n)]
+            feeds = [[random_token() for _ in range(n)] for _ in range(n_gen)]
+            reset_peak_rss()
+            seconds, ttft = streams.prefill(prompts)
+            start_ns, start = time.monotonic_ns(), time.perf_counter()
+            for step, tokens in enumerate(feeds):
+                streams.step(tokens, [n_prompt + step] * n)
+            decode_s.append(time.perf_counter() - start)
+            windows.append((serving_phase(n), start_ns, time.monotonic_ns()))
+            peak_bytes.append(max_rss_bytes())
+            prefill_s.append(seconds)
+            ttft_s.append(ttft)
+            held = [C.llama_memory_seq_pos_max(memory, seq) for seq in range(n)]
+            if held != [n_prompt + n_gen - 1] * n:  # each sequence holds its own tokens, none another's
+                raise BackendError(f"the KV cache holds positions up to {held} for {n} sequences, not "
+                                   f"{n_prompt + n_gen - 1} each")
+    finally:
+        streams.close()
+        C.llama_free(ctx)
+    return serving_figures(n, n_prompt, n_gen, prefill_s, decode_s, ttft_s, peak_bytes)
+
+
+def batched_greedy(model_path: str, prompts: list[list[int]], n_gen: int, threads: int) -> dict:
+    """The prompts decoded together greedily, as the serving sweep feeds them (one KV cache, distinct sequence ids):
+    {"tokens": n_gen tokens per prompt, "pos_max": the last position each sequence holds}. A check that sequences
+    decoded together are independent: each must decode as it does alone."""
+    C.llama_backend_init()
+    model = C.llama_model_load_from_file(model_path.encode(), C.llama_model_default_params())
+    if not model:
+        raise BackendError(f"llama.cpp could not load {model_path}")
+    n_ctx = len(prompts) * (max(map(len, prompts)) + n_gen)
+    ctx = C.llama_init_from_model(model, _context_params(n_ctx, DEFAULT_N_BATCH, DEFAULT_N_UBATCH, threads,
+                                                         len(prompts)))
+    sampler = C.llama_sampler_init_greedy()
+    streams = _Streams(ctx, DEFAULT_N_BATCH, sum(map(len, prompts)))
+    tokens: list[list[int]] = [[] for _ in prompts]
+    try:
+        streams.prefill(prompts, lambda seq, index: tokens[seq].append(int(C.llama_sampler_sample(sampler, ctx, index))))
+        for step in range(n_gen - 1):
+            streams.step([t[-1] for t in tokens], [len(p) + step for p in prompts])
+            for seq, found in enumerate(tokens):
+                found.append(int(C.llama_sampler_sample(sampler, ctx, seq)))
+        pos_max = [int(C.llama_memory_seq_pos_max(C.llama_get_memory(ctx), seq)) for seq in range(len(prompts))]
+    finally:
+        streams.close()
+        C.llama_sampler_free(sampler)
+        C.llama_free(ctx)
+        C.llama_model_free(model)
+    return {"tokens": tokens, "pos_max": pos_max}
 
 
 def greedy(model_path: str, prompt: str, n_gen: int, threads: int) -> dict:

@@ -19,7 +19,7 @@ class OnnxRuntime(Backend):
 
         request = job.request
         return runtime.profile(job.target.path, job.target.precision, job.cache_dir, request.n_prompt,
-                               request.n_gen, request.repetitions, job.threads)
+                               request.n_gen, request.repetitions, job.threads, parallel=tuple(request.parallel))
 
     def call(self, op: str, args: dict) -> dict:
         from fleetfit.agent.backends import onnx_runtime as runtime

@@ -14,13 +14,14 @@ import time
 
 import numpy as np
 
-from fleetfit.agent.backends.base import RunFigures
-from fleetfit.agent.backends.common import current_rss_bytes, run_figures
+from fleetfit.agent.backends.base import RunFigures, ServingFigures, serving_phase
+from fleetfit.agent.backends.common import (SERVING_MEMORY, current_rss_bytes, max_rss_bytes, reset_peak_rss,
+                                            run_figures, serving_figures)
 from fleetfit.models.backends import backend
 
 PRECISIONS = backend("onnxruntime").precisions
 
-EXPORT_VERSION = "1"
+EXPORT_VERSION = "2"  # 2: a dynamic batch axis (serving sweeps run a batch of N sequences)
 PROVIDER_DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}
 
 
@@ -32,12 +33,13 @@ def _export(gguf_path: str, out: pathlib.Path) -> None:
     model = tm.load_gguf(gguf_path, "cpu", torch.float32)
     wrapper = _WithCache(model)
     c = model.c
-    past = torch.zeros(c.n_layers, 1, c.n_kv_heads, 0, c.head_dim)
+    past = torch.zeros(c.n_layers, 2, c.n_kv_heads, 0, c.head_dim)
     torch.onnx.export(
-        wrapper, (torch.tensor([[1, 2, 3]]), past, past), str(out), dynamo=False, opset_version=17,
+        wrapper, (torch.tensor([[1, 2, 3], [4, 5, 6]]), past, past), str(out), dynamo=False, opset_version=17,
         input_names=["tokens", "past_k", "past_v"], output_names=["logits", "present_k", "present_v"],
-        dynamic_axes={"tokens": {1: "t"}, "past_k": {3: "past"}, "past_v": {3: "past"},
-                      "present_k": {3: "total"}, "present_v": {3: "total"}},
+        dynamic_axes={"tokens": {0: "batch", 1: "t"}, "past_k": {1: "batch", 3: "past"},
+                      "past_v": {1: "batch", 3: "past"}, "logits": {0: "batch"},
+                      "present_k": {1: "batch", 3: "total"}, "present_v": {1: "batch", 3: "total"}},
     )
 
 
@@ -55,7 +57,7 @@ def _WithCache(model):
 
         def forward(self, tokens, past_k, past_v):
             m, c = self.m, self.m.c
-            t, n_past = tokens.shape[1], past_k.shape[3]
+            b, t, n_past = tokens.shape[0], tokens.shape[1], past_k.shape[3]
             pos = torch.arange(t) + n_past
             freqs = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2).float() / c.head_dim))
             angles = pos.float()[:, None] * freqs[None]
@@ -65,16 +67,16 @@ def _WithCache(model):
             ks, vs = [], []
             for i, layer in enumerate(m.layers):
                 a, h = layer.attn, layer.attn_norm(x)
-                q = apply_rope(a.wq(h).view(1, t, c.n_heads, c.head_dim), rope).transpose(1, 2)
-                k = apply_rope(a.wk(h).view(1, t, c.n_kv_heads, c.head_dim), rope).transpose(1, 2)
-                v = a.wv(h).view(1, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
+                q = apply_rope(a.wq(h).view(b, t, c.n_heads, c.head_dim), rope).transpose(1, 2)
+                k = apply_rope(a.wk(h).view(b, t, c.n_kv_heads, c.head_dim), rope).transpose(1, 2)
+                v = a.wv(h).view(b, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
                 k, v = torch.cat([past_k[i], k], 2), torch.cat([past_v[i], v], 2)
                 ks.append(k)
                 vs.append(v)
                 rep = c.n_heads // c.n_kv_heads
                 y = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
                                                    attn_mask=mask)
-                x = x + a.wo(y.transpose(1, 2).reshape(1, t, c.hidden))
+                x = x + a.wo(y.transpose(1, 2).reshape(b, t, c.hidden))
                 h = layer.ffn_norm(x)
                 x = x + layer.down(F.silu(layer.gate(h)) * layer.up(h))
             return m.output(m.norm(x[:, -1:])), torch.stack(ks), torch.stack(vs)
@@ -147,16 +149,20 @@ class _Runner:
 
         self.ort, self.session = ort, session
         self.device = "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
-        self.empty = np.zeros((n_layers, 1, n_kv_heads, 0, head_dim), dtype=np.float32)
+        self.cache_shape = (n_layers, n_kv_heads, head_dim)
         self.reset()
 
-    def reset(self) -> None:
-        empty = self.ort.OrtValue.ortvalue_from_numpy(self.empty, self.device)
-        self.past = (empty, empty)
+    def reset(self, batch: int = 1) -> None:
+        """An empty cache for `batch` sequences."""
+        n_layers, n_kv_heads, head_dim = self.cache_shape
+        empty = np.zeros((n_layers, batch, n_kv_heads, 0, head_dim), dtype=np.float32)
+        self.past = (self.ort.OrtValue.ortvalue_from_numpy(empty, self.device),) * 2
 
-    def step(self, tokens: list[int]) -> np.ndarray:
+    def step(self, tokens: list[int] | list[list[int]]) -> np.ndarray:
+        """Logits of the last position: tokens of one sequence, or one list per sequence (after reset(batch))."""
         binding = self.session.io_binding()
-        binding.bind_cpu_input("tokens", np.array([tokens], dtype=np.int64))
+        batch = tokens if tokens and isinstance(tokens[0], list) else [tokens]
+        binding.bind_cpu_input("tokens", np.array(batch, dtype=np.int64))
         binding.bind_ortvalue_input("past_k", self.past[0])
         binding.bind_ortvalue_input("past_v", self.past[1])
         binding.bind_output("logits", "cpu")
@@ -179,6 +185,31 @@ def _open(gguf_path, precision, cache_dir, threads):
     return _Runner(_session(path, threads), c.n_layers, c.n_kv_heads, c.head_dim), c, path
 
 
+def _serving_point(runner: _Runner, vocab: int, n: int, n_prompt: int, n_gen: int, repetitions: int,
+                   rng: random.Random, windows: list) -> ServingFigures:
+    """A batch of N sequences: one warm-up step, then per repetition the N prompts in one run (every stream's first
+    logits come back with it) and n_gen steps of N tokens, the cache growing in ORT memory."""
+    prefill_s, decode_s, ttft_s, peak_bytes = [], [], [], []
+    runner.reset(n)
+    runner.step([[0]] * n)  # warm-up at this batch size
+    for _ in range(repetitions):
+        prompts = [[rng.randrange(vocab) for _ in range(n_prompt)] for _ in range(n)]
+        feeds = [[[rng.randrange(vocab)] for _ in range(n)] for _ in range(n_gen)]
+        runner.reset(n)
+        reset_peak_rss()
+        start = time.perf_counter()
+        runner.step(prompts).argmax(-1)  # the logits come back to the host: each stream's first token chosen
+        prefill_s.append(time.perf_counter() - start)
+        ttft_s.append([prefill_s[-1]] * n)
+        start_ns, start = time.monotonic_ns(), time.perf_counter()
+        for tokens in feeds:
+            runner.step(tokens)
+        decode_s.append(time.perf_counter() - start)
+        windows.append((serving_phase(n), start_ns, time.monotonic_ns()))
+        peak_bytes.append(max_rss_bytes())
+    return serving_figures(n, n_prompt, n_gen, prefill_s, decode_s, ttft_s, peak_bytes)
+
+
 def greedy(gguf_path: str, prompt_tokens: list[int], n_gen: int, precision: str, cache_dir: str,
            threads: int) -> list[int]:
     runner, _, _ = _open(gguf_path, precision, cache_dir, threads)
@@ -189,8 +220,9 @@ def greedy(gguf_path: str, prompt_tokens: list[int], n_gen: int, precision: str,
 
 
 def profile(gguf_path: str, precision: str, cache_dir: str, n_prompt: int, n_gen: int, repetitions: int,
-            threads: int, seed: int = 1234) -> RunFigures:
-    """Prefill and decode timed as in llama_cpp.profile (export and quantization happen before the load clock)."""
+            threads: int, seed: int = 1234, parallel: tuple[int, ...] = ()) -> RunFigures:
+    """Prefill and decode timed as in llama_cpp.profile (export and quantization happen before the load clock);
+    then, for each N in `parallel`, a serving point: a batch of N sequences (the export's dynamic batch axis)."""
     import onnxruntime as ort
 
     model_file(gguf_path, precision, cache_dir)
@@ -223,9 +255,13 @@ def profile(gguf_path: str, precision: str, cache_dir: str, n_prompt: int, n_gen
         prefill_tps.append(n_prompt / prefill_s)
         ttft_ms.append(prefill_s * 1000.0)  # the logits come back to the host and argmax is included
         decode_tps.append(n_gen / timed("decode", n_gen, False))
+    single = run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss,
+                         "peak RSS (VmHWM) of the worker process (ONNX Runtime session)")
+    if parallel:
+        single["memory_method"] += "; " + SERVING_MEMORY[reset_peak_rss()]
+    serving = tuple(_serving_point(runner, c.vocab, n, n_prompt, n_gen, repetitions, rng, windows) for n in parallel)
     return RunFigures(
-        **run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss,
-                      "peak RSS (VmHWM) of the worker process (ONNX Runtime session)"),
+        **single, serving=serving,
         weight_bytes=path.stat().st_size, n_batch=n_prompt, n_ubatch=n_prompt, n_ctx=n_prompt + n_gen,
         threads=threads, compute_device=runner.device, backend_version=ort.__version__,
         backend_build=f"onnxruntime {ort.__version__} ({', '.join(runner.session.get_providers())}); {path.name}",

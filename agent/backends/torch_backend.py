@@ -21,7 +21,7 @@ class Torch(Backend):
         request, target = job.request, job.target
         arch = architecture(target.arch) if target.arch else None
         return runtime.profile(target.path, arch, target.precision, request.device, request.n_prompt, request.n_gen,
-                               request.repetitions, job.threads)
+                               request.repetitions, job.threads, parallel=tuple(request.parallel))
 
     def call(self, op: str, args: dict) -> dict:
         from fleetfit.agent.backends import torch_runtime as runtime

@@ -66,9 +66,9 @@ class RMSNorm(nn.Module):
 
 
 class KVCache(nn.Module):
-    def __init__(self, n_kv_heads: int, max_seq: int, head_dim: int, dtype: torch.dtype, device):
+    def __init__(self, n_kv_heads: int, max_seq: int, head_dim: int, dtype: torch.dtype, device, batch: int = 1):
         super().__init__()
-        shape = (1, n_kv_heads, max_seq, head_dim)
+        shape = (batch, n_kv_heads, max_seq, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
@@ -125,12 +125,14 @@ class Transformer(nn.Module):
         self.output = nn.Linear(c.hidden, c.vocab, bias=False)
         self.max_seq = 0
 
-    def setup_cache(self, max_seq: int) -> None:
-        """Allocate the static KV cache and the rope table on the model's device, in its dtype."""
+    def setup_cache(self, max_seq: int, batch: int = 1) -> None:
+        """Allocate the static KV cache (for `batch` sequences of max_seq tokens) and the rope table on the model's
+        device, in its dtype."""
         device, dtype = self.embed.weight.device, self.embed.weight.dtype
         self.max_seq = max_seq
         for layer in self.layers:
-            layer.attn.cache = KVCache(self.c.n_kv_heads, max_seq, self.c.head_dim, dtype, device)
+            layer.attn.cache = None  # the old cache goes before the new one is allocated
+            layer.attn.cache = KVCache(self.c.n_kv_heads, max_seq, self.c.head_dim, dtype, device, batch)
         exponents = torch.arange(0, self.c.head_dim, 2, device=device).float() / self.c.head_dim
         freqs = 1.0 / (self.c.rope_theta ** exponents)
         angles = torch.outer(torch.arange(max_seq, device=device).float(), freqs)
@@ -143,7 +145,7 @@ class Transformer(nn.Module):
             layer.attn.cache.v.zero_()
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Logits of the last position for tokens (1, t) placed at cache positions `pos` (t,)."""
+        """Logits of the last position of each sequence for tokens (batch, t) placed at cache positions `pos` (t,)."""
         x = self.embed(tokens)
         mask = self.causal[pos][None, None]
         rope = self.rope[pos]

@@ -6,6 +6,7 @@ harness-fed random tokens, one warm-up, then per repetition a prefill of n_promp
 from an empty cache, n_gen single-token decodes; the device is synchronised before each clock read.
 """
 
+import dataclasses
 import os
 import random
 import time
@@ -13,8 +14,9 @@ import time
 import torch
 
 from fleetfit.agent.backends import torch_model as tm
-from fleetfit.agent.backends.base import DecodeShape, GpuMemoryFigures, RunFigures
-from fleetfit.agent.backends.common import current_rss_bytes, run_figures
+from fleetfit.agent.backends.base import DecodeShape, GpuMemoryFigures, RunFigures, ServingFigures, serving_phase
+from fleetfit.agent.backends.common import (SERVING_MEMORY, current_rss_bytes, max_rss_bytes, reset_peak_rss,
+                                            run_figures, serving_figures)
 
 CPU_ONLY_REASON = {"fp16": "fp16 runs on CUDA only (torch has no fast fp16 CPU kernels; use bf16 or fp32 on CPU)"}
 # int8/int4 weights meet bfloat16 activations: torch's CPU kernels for them are ~50x slower with float32
@@ -100,9 +102,15 @@ def _matmul_params(c: tm.Config) -> int:
     return c.n_layers * (c.hidden * (2 * c.hidden + 2 * kv) + 3 * c.hidden * c.ffn) + c.vocab * c.hidden
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    # CUDA's allocator raises OutOfMemoryError; the CPU allocator a RuntimeError ("can't allocate memory").
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)
+
+
 def profile(model_path: str | None, arch, precision: str, device: str, n_prompt: int, n_gen: int,
-            repetitions: int, threads: int, seed: int = 1234) -> RunFigures:
-    """Load (or create) the model and time prefill and decode; the same figures as llama_cpp.profile."""
+            repetitions: int, threads: int, seed: int = 1234, parallel: tuple[int, ...] = ()) -> RunFigures:
+    """Load (or create) the model and time prefill and decode; the same figures as llama_cpp.profile. Then, for
+    each N in `parallel`, a serving point: a batch of N sequences."""
     device = resolve_device(device)
     check(precision, device)
     torch.set_num_threads(threads)
@@ -116,16 +124,64 @@ def profile(model_path: str | None, arch, precision: str, device: str, n_prompt:
         _sync(device)
         load_time_s = time.perf_counter() - t0
         windows.append(("load", load_start_ns, time.monotonic_ns()))
-        return _timed(model, device, precision, n_prompt, n_gen, repetitions, threads, seed, windows,
-                      load_time_s, baseline_rss)
+        figures = _timed(model, device, precision, n_prompt, n_gen, repetitions, threads, seed, windows,
+                         load_time_s, baseline_rss)
     except (torch.OutOfMemoryError, RuntimeError) as exc:
-        # CUDA's allocator raises OutOfMemoryError; the CPU allocator a RuntimeError ("can't allocate memory").
-        if not isinstance(exc, torch.OutOfMemoryError) and "can't allocate memory" not in str(exc):
+        if not _out_of_memory(exc):
             raise
         size = _attempted_bytes(precision, model_path, arch, n_ctx)
         raise MemoryError(f"does not fit: out of memory on {device} at {precision} "
                           f"(attempted about {size / 2**30:.2f} GiB of weights and KV cache): "
                           f"{str(exc).splitlines()[0][:200]}") from None
+    if not parallel:
+        return figures
+    memory_method = figures.memory_method + "; " + SERVING_MEMORY[reset_peak_rss()]
+    rng = random.Random(seed + 1)
+    serving = tuple(_serving_point(model, device, n, n_prompt, n_gen, repetitions, rng, windows) for n in parallel)
+    return dataclasses.replace(figures, serving=serving, memory_method=memory_method,
+                               phase_windows_ns=tuple(windows))
+
+
+@torch.no_grad()
+def _serving_point(model, device: str, n: int, n_prompt: int, n_gen: int, repetitions: int, rng: random.Random,
+                   windows: list) -> ServingFigures:
+    """A batch of N sequences: a cache for N, one warm-up step, then per repetition the N prompts in one forward
+    (every stream's first logits come with it) and n_gen steps of N tokens. Out of memory: an unsupported point."""
+    vocab = model.c.vocab
+    prefill_s, decode_s, ttft_s, peak_bytes = [], [], [], []
+    try:
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(device)
+        model.setup_cache(n_prompt + n_gen, n)
+        model(torch.zeros((n, 1), dtype=torch.long, device=device), torch.tensor([0], device=device))  # warm-up
+        for _ in range(repetitions):
+            model.clear_cache()
+            prompts = torch.tensor([[rng.randrange(vocab) for _ in range(n_prompt)] for _ in range(n)], device=device)
+            feeds = [torch.tensor([[rng.randrange(vocab)] for _ in range(n)], device=device) for _ in range(n_gen)]
+            positions = [torch.tensor([n_prompt + i], device=device) for i in range(n_gen)]
+            _sync(device)
+            reset_peak_rss()
+            start = time.perf_counter()
+            logits = model(prompts, torch.arange(n_prompt, device=device))
+            _sync(device)
+            prefill_s.append(time.perf_counter() - start)
+            logits.argmax(-1).tolist()  # each stream's first token, chosen greedily (a host read)
+            ttft_s.append([time.perf_counter() - start] * n)
+            start_ns, start = time.monotonic_ns(), time.perf_counter()
+            for token, pos in zip(feeds, positions):
+                model(token, pos)
+                _sync(device)
+            decode_s.append(time.perf_counter() - start)
+            windows.append((serving_phase(n), start_ns, time.monotonic_ns()))
+            peak_bytes.append(max_rss_bytes())
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        model.setup_cache(1)  # let the failed batch's cache go
+        return ServingFigures(parallel=n, unsupported_reason=f"out of memory on {device} with a batch of {n} "
+                                                             f"sequences of {n_prompt + n_gen} tokens")
+    gpu = _gpu_memory(device) if device.startswith("cuda") else None
+    return serving_figures(n, n_prompt, n_gen, prefill_s, decode_s, ttft_s, peak_bytes, gpu)
 
 
 class CapturedDecode:

@@ -94,6 +94,11 @@ def test_a_framework_precision_for_llama_cpp_is_refused_with_the_vocabulary_mess
     ({"idle_baseline_s": -0.5}, "idle baseline must be 0..600 s"),
     ({"device": "tpu"}, "device must be one of cpu, cuda, metal"),
     ({"device": "cuda:x"}, "device must be one of"),
+    ({"parallel": [0]}, "parallel values must be 1..256 sequences, got 0"),
+    ({"parallel": [257]}, "parallel values must be 1..256 sequences, got 257"),
+    ({"parallel": [2, 2]}, "parallel lists 2 more than once"),
+    ({"parallel": list(range(1, 30))}, "parallel lists 29 values: at most 16"),
+    ({"parallel": [256], "n_prompt": 4096}, "= 1050624 tokens of KV cache: at most 262144"),
 ])
 def test_requests_are_bounded_with_one_line(overrides, message):
     params = dict(n_prompt=16, n_gen=8, repetitions=1) | overrides

@@ -48,6 +48,27 @@ def test_profile_json_and_sql_rows_as_llama_bench(ladder, cache_dir, tmp_path):
     assert [t for t, _ in speeds] == ["pp16", "tg4"] and all(isinstance(v, float) and v > 0 for _, v in speeds)
 
 
+def test_profile_result_json_with_its_sweep(ladder, cache_dir):
+    proc = run_cli("fleetfit-agent", "profile", "--model", str(ladder["Q4_0"]), "--n-prompt", "16", "--n-gen", "4",
+                   "--repetitions", "2", "--parallel", "1,2", "-o", "result", "--cache-dir", str(cache_dir))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert len(result["decode_tokens_per_s"]["samples"]) == 2 and int(result["peak_rss_bytes"]) > 0
+    assert [point["parallel"] for point in result["serving"]] == [1, 2]
+    for point in result["serving"]:
+        for name in ("aggregate_decode_tokens_per_s", "per_stream_decode_tokens_per_s", "prefill_tokens_per_s",
+                     "ttft_ms_p50", "ttft_ms_p99", "peak_memory_bytes"):
+            assert set(point[name]) == {"mean", "stdev", "samples"} and len(point[name]["samples"]) == 2, name
+        assert point["decode_energy_per_token_j"] > 0 and point["energy_provenance"] == "estimated"
+
+
+def test_profile_prints_the_sweep_as_a_table(ladder, cache_dir):
+    proc = run_cli("fleetfit-agent", "profile", "--model", str(ladder["Q4_0"]), "--n-prompt", "8", "--n-gen", "2",
+                   "--repetitions", "1", "--parallel", "3", "--idle-baseline", "0", "--cache-dir", str(cache_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert "| streams | aggregate t/s |" in proc.stdout and "| smollm2-135m-Q4_0 | Q4_0 | 3 |" in proc.stdout
+
+
 def test_models_list_shows_the_cache(cache_dir):
     proc = run_cli("fleetfit-agent", "models", "list", "--json", "--cache-dir", str(cache_dir))
     rows = json.loads(proc.stdout)
@@ -81,6 +102,10 @@ def bad_files(tmp_path, ladder):
     (["--model", "{good}", "--n-gen", "0"], "n-gen must be at least 1"),
     (["--model", "{good}", "--n-prompt", "-3"], "n-prompt must be at least 1"),
     (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--model", "{good}", "--parallel", "1,four"], "--parallel takes stream counts separated by commas"),
+    (["--model", "{good}", "--parallel", "1,-2"], "--parallel takes stream counts separated by commas"),
+    (["--model", "{good}", "--parallel", "99999999999999"], "--parallel takes stream counts"),
+    (["--model", "{good}", "--parallel", "0"], "parallel values must be 1..256 sequences, got 0"),
 ])
 def test_profile_bad_input(bad_files, cache_dir, args, fragment):
     args = [a.format(**bad_files) for a in args]

@@ -24,12 +24,28 @@ def test_exported_fp32_model_decodes_like_llama_cpp(ladder, cache_dir):
 
 def test_int8_profile_end_to_end_with_a_cached_quantized_file(ladder, cache_dir):
     request = profiling.make_request(str(ladder["F16"]), "int8", "onnxruntime", n_prompt=16, n_gen=4,
-                                     repetitions=1, threads=2, idle_baseline_s=0)
+                                     repetitions=1, threads=2, idle_baseline_s=0, parallel=[2])
     result = profiling.profile(request, "dev-onnx", cache_dir)
     assert result.failure == pb.FAILURE_KIND_UNSPECIFIED, result.error
     assert result.quant == "int8" and result.decode_tokens_per_s.mean > 0 and result.prefill_tokens_per_s.mean > 0
     assert result.weight_bytes < result.model_n_params * 2  # int8 weights: about a byte per weight
     assert "int8.onnx" in result.backend_build
+    (point,) = result.serving  # a batch of 2 through the export's dynamic batch axis
+    assert point.parallel == 2 and not point.unsupported_reason and point.aggregate_decode_tokens_per_s.mean > 0
+
+
+def test_the_export_runs_a_batch_whose_sequences_decode_as_each_does_alone(ladder, cache_dir):
+    from fleetfit.agent.backends.onnx_runtime import _open
+
+    runner, _, _ = _open(str(ladder["F16"]), "fp32", str(cache_dir), 2)
+    prompts = [[1, 504, 3458, 282], [1, 260, 1466, 314]]
+    runner.reset(2)
+    together = [runner.step(prompts), runner.step([[30], [33]])]
+    runner.reset()
+    alone = [runner.step(prompts[1]), runner.step([33])]
+    for batched, single in zip(together, alone):
+        assert batched.shape[0] == 2 and abs(batched[1] - single[0]).max() < 1e-3
+        assert abs(batched[0] - single[0]).max() > 1e-2  # another prompt: other logits
 
 
 def test_a_damaged_onnx_file_is_a_failed_result_that_says_so(ladder, cache_dir):

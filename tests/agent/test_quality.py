@@ -64,7 +64,7 @@ def test_quality_of_a_tiny_model_on_llama_cpps_logits(tmp_path, coordinator):
     sent = run_cli("fleetfit-agent", "quality", str(f16), "--quants", "Q8_0", "--text", str(text), "--context", "64",
                    "--threads", "1", "--report", "--identity", identity, "--cache-dir", str(tmp_path / "cache"))
     assert sent.returncode == 0 and "quality results sent to" in sent.stderr, sent.stderr
-    table = fleet_stub(coordinator).GetTable(pb.TableRequest(name="quality"), timeout=10)
+    table = fleet_stub(coordinator).GetTable(pb.GetTableRequest(name="quality"), timeout=10).table
     assert [(row.cells[1].string_value, row.cells[2].string_value) for row in table.rows] == [("tiny", "Q8_0")]
 
     short = tmp_path / "short.txt"

@@ -51,9 +51,22 @@ def test_random_model_has_the_catalogue_shape_and_runs():
     assert logits.shape == (1, 1, arch.vocab) and torch.isfinite(logits).all()
 
 
+@torch.no_grad()
+def test_a_batch_of_sequences_decodes_each_as_it_does_alone():
+    model = tm.random_model(tm.Config.of(catalogue.architecture("smollm2-135m")), "cpu", torch.float32)
+    prompts = torch.randint(0, 1000, (3, 5), generator=torch.Generator().manual_seed(1))
+    model.setup_cache(8, batch=3)
+    together = [model(prompts, torch.arange(5)), model(torch.tensor([[7], [8], [9]]), torch.tensor([5]))]
+    model.setup_cache(8)
+    alone = [model(prompts[1:2], torch.arange(5)), model(torch.tensor([[8]]), torch.tensor([5]))]
+    for batched, single in zip(together, alone):
+        assert batched.shape[0] == 3 and torch.allclose(batched[1:2], single, atol=1e-4)
+        assert not torch.allclose(batched[0:1], single, atol=1e-2)  # another prompt: other logits
+
+
 def test_torch_profile_end_to_end_through_the_worker(cache_dir):
     request = profiling.make_request("smollm2-135m", "int8", "torch", n_prompt=16, n_gen=4, repetitions=1,
-                                     threads=2, idle_baseline_s=0)
+                                     threads=2, idle_baseline_s=0, parallel=[1, 2])
     result = profiling.profile(request, "dev-torch", cache_dir)
     assert result.failure == pb.FAILURE_KIND_UNSPECIFIED, result.error
     assert (result.quant, result.compute_device, result.model_origin) == ("int8", "cpu", "real")
@@ -62,6 +75,10 @@ def test_torch_profile_end_to_end_through_the_worker(cache_dir):
     assert result.model_n_params * 1 < result.weight_bytes < result.model_n_params * 3
     assert result.roofline.weight_bytes_per_token < result.weight_bytes
     assert not result.HasField("gpu_memory")
+    assert [p.parallel for p in result.serving] == [1, 2] and not any(p.unsupported_reason for p in result.serving)
+    for point in result.serving:
+        assert point.per_stream_decode_tokens_per_s.mean * point.parallel == pytest.approx(
+            point.aggregate_decode_tokens_per_s.mean) and point.peak_memory_bytes.mean > result.weight_bytes
 
 
 def test_a_precision_the_device_cannot_run_is_a_failed_result_with_the_reason(cache_dir):

@@ -149,7 +149,7 @@ def test_expand_makes_one_job_per_runnable_backend_model_and_precision_for_match
     pi = pb.DeviceInventory(); pi.CopyFrom(PI); pi.backends.extend(ALL_BACKENDS)
     devices = [pb.Device(inventory=pi), pb.Device(inventory=ws)]
     campaign = spec(models=("smollm2-135m", "tinyllama-1.1b"), quants=("q4_0", "Q8_0", "INT8"),
-                    backends=("llama.cpp", "torch"), threads=3, timeout_s=120.0)
+                    backends=("llama.cpp", "torch"), threads=3, timeout_s=120.0, parallel=[1, 4, 8])
 
     plan = expand(campaign, parse_selector("arch=x86_64"), devices)
 
@@ -165,7 +165,7 @@ def test_expand_makes_one_job_per_runnable_backend_model_and_precision_for_match
     for _, request in plan.jobs:
         assert (request.n_prompt, request.n_gen, request.repetitions, request.threads, request.timeout_s) == (
             64, 16, 2, 3, 120.0)
-        assert request.model.path == ""
+        assert request.model.path == "" and list(request.parallel) == [1, 4, 8]
 
 
 def test_expand_matches_labels_per_device():

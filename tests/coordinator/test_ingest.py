@@ -65,6 +65,65 @@ def test_good_results_and_net_energies_below_zero_pass():
     ingest.check_inventory(pb.DeviceInventory(device_id="dev-1", hostname="pi", ram_total_bytes=8 << 30))
 
 
+def swept_result(device_id: str) -> pb.ProfileResult:
+    """A good result with a concurrency sweep at 1 and 4 streams, the second with energy."""
+    r = good_result(device_id)
+    r.request.parallel[:] = [1, 4]
+    r.request.n_prompt, r.request.n_gen = 16, 8
+    for n, aggregate in ((1, [100.0, 104.0]), (4, [250.0, 262.0])):
+        point = r.serving.add(parallel=n)
+        point.aggregate_decode_tokens_per_s.CopyFrom(pb.Stat(mean=sum(aggregate) / 2, stdev=4.2, samples=aggregate))
+        point.per_stream_decode_tokens_per_s.CopyFrom(pb.Stat(mean=sum(aggregate) / 2 / n, stdev=4.2 / n,
+                                                              samples=[a / n for a in aggregate]))
+        point.prefill_tokens_per_s.CopyFrom(pb.Stat(mean=600.0, stdev=1.0, samples=[599.0, 601.0]))
+        point.ttft_ms_p50.CopyFrom(pb.Stat(mean=30.0 * n, stdev=0.0, samples=[30.0 * n] * 2))
+        point.ttft_ms_p99.CopyFrom(pb.Stat(mean=31.0 * n, stdev=0.0, samples=[31.0 * n] * 2))
+        point.peak_memory_bytes.CopyFrom(pb.Stat(mean=150e6 + n * 6e6, stdev=0.0, samples=[150e6 + n * 6e6] * 2))
+    r.serving[1].decode_energy_per_token_j, r.serving[1].energy_provenance = 0.05, "measured"
+    return r
+
+
+def hostile_sweep(edit) -> pb.ProfileResult:
+    r = swept_result("dev-1")
+    edit(r)
+    return r
+
+
+def test_a_good_sweep_and_an_unsupported_point_pass():
+    ingest.check_result(swept_result("dev-1"))
+    r = swept_result("dev-1")
+    r.serving[1].Clear()
+    r.serving[1].parallel, r.serving[1].unsupported_reason = 4, "llama.cpp could not create a context"
+    ingest.check_result(r)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda r: setattr(r.serving[1], "parallel", 8), "result.serving[1].parallel is 8: not a stream count the request"),
+    (lambda r: setattr(r.serving[1], "parallel", 1), "result.serving[1].parallel is 1: not a stream count"),
+    (lambda r: r.serving.append(r.serving[0]), "result.serving has 3 points: the request asked for 2"),
+    (lambda r: r.request.parallel.extend(range(100, 120)), "result.request.parallel lists 22 values: at most 16"),
+    (lambda r: r.request.parallel.__setitem__(1, 100_000), "result.request.parallel values must be 1..256"),
+    (lambda r: r.serving[1].aggregate_decode_tokens_per_s.samples.__setitem__(0, NAN),
+     "result.serving[1].aggregate_decode_tokens_per_s.samples[0] is nan"),
+    (lambda r: setattr(r.serving[0].ttft_ms_p99, "mean", -1.0), "result.serving[0].ttft_ms_p99.mean is -1"),
+    (lambda r: setattr(r.serving[0].ttft_ms_p50, "mean", 1e12), "result.serving[0].ttft_ms_p50.mean is 1e+12: above"),
+    (lambda r: setattr(r.serving[1].peak_memory_bytes, "mean", 2.0**60), "peak_memory_bytes.mean is 1.15292e+18"),
+    (lambda r: setattr(r.serving[1], "decode_energy_per_token_j", 1e9), "decode_energy_per_token_j is 1e+09: above"),
+    (lambda r: r.serving[1].ClearField("ttft_ms_p99"), "result.serving[1].ttft_ms_p99 is missing"),
+    (lambda r: r.serving[1].per_stream_decode_tokens_per_s.CopyFrom(r.serving[1].aggregate_decode_tokens_per_s),
+     "per_stream_decode_tokens_per_s must be the aggregate over 4 streams"),
+    (lambda r: r.serving[0].ttft_ms_p99.samples.__setitem__(0, 1.0), "result.serving[0].ttft_ms_p99 is below its p50"),
+    (lambda r: r.serving[0].prefill_tokens_per_s.samples.extend([600.0] * 200), "has 202 samples: 1 to 100"),
+    (lambda r: setattr(r.serving[1], "energy_provenance", "guessed"), "energy_provenance is 'guessed'"),
+    (lambda r: setattr(r.serving[0], "energy_provenance", "measured"), "empty when no energy is reported"),
+    (lambda r: setattr(r.serving[1], "unsupported_reason", "oom"), "is unsupported ('oom') yet carries figures"),
+])
+def test_a_hostile_sweep_is_refused_naming_the_field(edit, fragment):
+    with pytest.raises(ingest.Refused) as err:
+        ingest.check_result(hostile_sweep(edit))
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
 def test_check_inventory_bounds_strings_and_lists():
     with pytest.raises(ingest.Refused, match=r"inventory.hostname is 300 characters"):
         ingest.check_inventory(pb.DeviceInventory(device_id="d", hostname="h" * 300))
@@ -115,6 +174,20 @@ def test_a_poisoned_report_is_refused_counted_and_harms_no_other_device(fleet_of
     assert list(fleet.GetLimitTable(pb.GetLimitTableRequest(), timeout=5).rows) == list(rows_before)
     agents.ReportResult(pb.ReportResultRequest(result=good_result("lab-good", "tinyllama-1.1b")), timeout=5)
     assert devices_by_id(fleet)["lab-good"].results == 2  # the good device goes on reporting
+
+
+def test_a_sweep_is_stored_whole_and_a_hostile_one_from_another_device_is_refused(fleet_of_two, coordinator):
+    agents, fleet = fleet_of_two
+    agents.ReportResult(pb.ReportResultRequest(result=swept_result("lab-good")), timeout=5)
+    bad = swept_result("lab-bad")
+    bad.serving[1].parallel = 64  # a device claiming a point nobody asked for
+    with pytest.raises(grpc.RpcError) as err:
+        agents.ReportResult(pb.ReportResultRequest(result=bad), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "result.serving[1].parallel is 64" in \
+        err.value.details()
+    stored = coordinator.store.results(device_id="lab-good")
+    assert [list(r.serving) for r in stored] == [list(swept_result("lab-good").serving)]
+    assert not coordinator.store.results(device_id="lab-bad") and devices_by_id(fleet)["lab-bad"].refused == 1
 
 
 def test_the_outbox_of_a_buggy_agent_moves_on_past_a_refused_result(fleet_of_two, tmp_path):

@@ -33,6 +33,12 @@ BAD = [
     (dict(model=pb.ModelRef(name="/home/owner/secret.gguf")), "is not a model name"),
     (dict(model=pb.ModelRef(name=".hidden")), "is not a model name"),
     (dict(model=pb.ModelRef(path="/etc/shadow")), "model.path is refused"),
+    (dict(parallel=[1, 0]), "parallel values must be 1..256 sequences, got 0"),
+    (dict(parallel=[-4]), "parallel values must be 1..256 sequences, got -4"),
+    (dict(parallel=[2**31 - 1]), "parallel values must be 1..256 sequences"),
+    (dict(parallel=list(range(1, 18))), "parallel lists 17 values: at most 16"),
+    (dict(parallel=[4, 2, 4]), "parallel lists 4 more than once"),
+    (dict(parallel=[256], n_prompt=65536), "parallel 256 x (n_prompt 65536 + n_gen 4) = 16778240 tokens"),
     (dict(model=pb.ModelRef(name="smollm2-135m", path="/etc/shadow")), "model.path is refused"),
 ]
 
@@ -77,3 +83,17 @@ def test_jobs_at_the_bounds_are_queued(fleet):
                    device="cuda:7")
     assert len(fleet.SubmitProfile(pb.SubmitProfileRequest(request=edge), timeout=5).job_ids) == 1
     job_bounds.check_job(edge)  # the agent's check agrees
+    sweep = request(n_prompt=1000, n_gen=24, parallel=list(range(241, 257)))  # 16 points, 256 x 1024 tokens
+    assert len(fleet.SubmitProfile(pb.SubmitProfileRequest(request=sweep), timeout=5).job_ids) == 1
+    job_bounds.check_job(sweep)
+
+
+def test_a_submitted_sweep_reaches_the_agent_unchanged(coordinator):
+    agents = Agents(coordinator)
+    try:
+        agents.Register(pb.RegisterRequest(inventory=pb.DeviceInventory(device_id="dev-1", hostname="pi")), timeout=5)
+        fleet_stub(coordinator).SubmitProfile(pb.SubmitProfileRequest(request=request(parallel=[8, 1, 4])), timeout=5)
+        job = agents.PollJob(pb.PollJobRequest(device_id="dev-1"), timeout=15).job
+        assert list(job.request.parallel) == [8, 1, 4]
+    finally:
+        agents.close()

@@ -41,7 +41,7 @@ def test_quality_results_are_tabled_and_priced_into_fit_answers(coordinator, age
     assert agents.ReportQuality(again, timeout=5).duplicate is True
 
     fleet = fleet_stub(coordinator)
-    table = fleet.GetTable(pb.TableRequest(name="quality"), timeout=10)
+    table = fleet.GetTable(pb.GetTableRequest(name="quality"), timeout=10).table
     text = render_table(table, "md")
     assert text.count("| Q4_0 |") == 2 and "0.70000 ± 0.03500" in text and "0.71000" in text  # kept apart
 

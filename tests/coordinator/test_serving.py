@@ -281,7 +281,7 @@ def test_fleet_serving_over_the_wire(coordinator, monkeypatch):
                                   "--coordinator", coordinator.address), "--streams must be positive")
     stub = fleet_stub(coordinator)
     assert {"serving", "serving-curves"} <= {t.name for t in stub.ListTables(pb.ListTablesRequest(), timeout=5).tables}
-    served = stub.GetTable(pb.TableRequest(name="serving", options={"interactive_tps": "10"}), timeout=30)
+    served = stub.GetTable(pb.GetTableRequest(name="serving", options={"interactive_tps": "10"}), timeout=30).table
     names = sorted(r.cells[0].string_value for r in served.rows if r.cells[2].string_value == "smollm2-135m")
     assert names == ["edge (1a2b3c4d)", "edge (9f8e7d6c)"]
     with pytest.raises(grpc.RpcError) as refused:

@@ -286,7 +286,7 @@ class ProfileResult(_message.Message):
     def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ..., model_name: _Optional[str] = ..., model_file: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_file_bytes: _Optional[int] = ..., model_n_params: _Optional[int] = ..., model_arch: _Optional[str] = ..., quant: _Optional[str] = ..., backend_version: _Optional[str] = ..., backend_build: _Optional[str] = ..., threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., n_ubatch: _Optional[int] = ..., n_ctx: _Optional[int] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., warmup: _Optional[bool] = ..., load_time_s: _Optional[float] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., peak_rss_bytes: _Optional[int] = ..., baseline_rss_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., started_unix_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., power: _Optional[_Union[PowerTelemetry, _Mapping]] = ..., roofline: _Optional[_Union[Roofline, _Mapping]] = ..., model_origin: _Optional[str] = ..., memory_limit_bytes: _Optional[int] = ..., compute_device: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., gpu_memory: _Optional[_Union[GpuMemory, _Mapping]] = ..., gpu_layers: _Optional[int] = ..., serving: _Optional[_Iterable[_Union[ServingPoint, _Mapping]]] = ...) -> None: ...
 
 class ServingPoint(_message.Message):
-    __slots__ = ("parallel", "aggregate_decode_tokens_per_s", "per_stream_decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "peak_memory_bytes", "decode_energy_per_token_j", "energy_provenance", "gpu_memory")
+    __slots__ = ("parallel", "aggregate_decode_tokens_per_s", "per_stream_decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "peak_memory_bytes", "decode_energy_per_token_j", "energy_provenance", "gpu_memory", "unsupported_reason")
     PARALLEL_FIELD_NUMBER: _ClassVar[int]
     AGGREGATE_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     PER_STREAM_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +297,7 @@ class ServingPoint(_message.Message):
     DECODE_ENERGY_PER_TOKEN_J_FIELD_NUMBER: _ClassVar[int]
     ENERGY_PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     GPU_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    UNSUPPORTED_REASON_FIELD_NUMBER: _ClassVar[int]
     parallel: int
     aggregate_decode_tokens_per_s: Stat
     per_stream_decode_tokens_per_s: Stat
@@ -307,7 +308,8 @@ class ServingPoint(_message.Message):
     decode_energy_per_token_j: float
     energy_provenance: str
     gpu_memory: GpuMemory
-    def __init__(self, parallel: _Optional[int] = ..., aggregate_decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., per_stream_decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., ttft_ms_p50: _Optional[_Union[Stat, _Mapping]] = ..., ttft_ms_p99: _Optional[_Union[Stat, _Mapping]] = ..., peak_memory_bytes: _Optional[_Union[Stat, _Mapping]] = ..., decode_energy_per_token_j: _Optional[float] = ..., energy_provenance: _Optional[str] = ..., gpu_memory: _Optional[_Union[GpuMemory, _Mapping]] = ...) -> None: ...
+    unsupported_reason: str
+    def __init__(self, parallel: _Optional[int] = ..., aggregate_decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., per_stream_decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., ttft_ms_p50: _Optional[_Union[Stat, _Mapping]] = ..., ttft_ms_p99: _Optional[_Union[Stat, _Mapping]] = ..., peak_memory_bytes: _Optional[_Union[Stat, _Mapping]] = ..., decode_energy_per_token_j: _Optional[float] = ..., energy_provenance: _Optional[str] = ..., gpu_memory: _Optional[_Union[GpuMemory, _Mapping]] = ..., unsupported_reason: _Optional[str] = ...) -> None: ...
 
 class GpuMemory(_message.Message):
     __slots__ = ("device_name", "torch_allocated_peak_bytes", "torch_reserved_peak_bytes", "nvml_process_used_bytes", "cuda_context_bytes", "fit_bytes", "note", "backend_buffer_bytes")

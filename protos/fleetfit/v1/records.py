@@ -26,9 +26,11 @@ _INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescript
           FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
 
 
-def message_dict(message) -> dict:
-    """`message` as a JSON-ready dict: proto field names, defaults omitted, 64-bit integers as numbers."""
-    found = json_format.MessageToDict(message, preserving_proto_field_name=True)
+def message_dict(message, defaults: bool = False) -> dict:
+    """`message` as a JSON-ready dict: proto field names, 64-bit integers as numbers; fields without presence at
+    their defaults omitted, or with `defaults` printed (a stdev of 0), so that every entry has the same keys."""
+    found = json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                      always_print_fields_with_no_presence=defaults)
     _int64_as_numbers(message.DESCRIPTOR, found)
     return found
 
@@ -54,11 +56,11 @@ def _int64_as_numbers(descriptor, found: dict) -> None:
                         _int64_as_numbers(kind, item)
 
 
-def to_json(messages, indent: Optional[int] = 2) -> str:
+def to_json(messages, indent: Optional[int] = 2, defaults: bool = False) -> str:
     """One message, or a list of them, as JSON (see message_dict)."""
     if isinstance(messages, (list, tuple)):
-        return json.dumps([message_dict(m) for m in messages], indent=indent)
-    return json.dumps(message_dict(messages), indent=indent)
+        return json.dumps([message_dict(m, defaults) for m in messages], indent=indent)
+    return json.dumps(message_dict(messages, defaults), indent=indent)
 
 
 # -- typed rows and their printers

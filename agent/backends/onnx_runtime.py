@@ -90,8 +90,17 @@ def model_file(gguf_path: str, precision: str, cache_dir: str) -> pathlib.Path:
 
     if precision not in PRECISIONS:
         raise ValueError(f"onnxruntime precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    from fleetfit.agent.model_cache import exclusive
+
     folder = cache_folder(gguf_path, cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    with exclusive(folder / "export"):  # agents sharing a cache export one at a time, never into each other's files
+        return _made(gguf_path, precision, folder)
+
+
+def _made(gguf_path: str, precision: str, folder: pathlib.Path) -> pathlib.Path:
+    import onnx
+
     fp32, target = folder / "fp32.onnx", folder / f"{precision}.onnx"
     if not target.is_file() and not fp32.is_file():
         _export(gguf_path, folder / "partial.onnx")

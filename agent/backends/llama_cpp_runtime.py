@@ -28,8 +28,10 @@ def _load_bindings():
     """llama-cpp-python's ctypes bindings alone, without the package's __init__: that pulls in numpy,
     jinja2 and the high-level API, about 37 MiB of RSS that would count in every footprint measured here."""
     if "llama_cpp" not in sys.modules:
+        spec = importlib.util.find_spec("llama_cpp")
         package = types.ModuleType("llama_cpp")
-        package.__path__ = list(importlib.util.find_spec("llama_cpp").submodule_search_locations)
+        package.__spec__ = spec  # so that a later find_spec("llama_cpp") in this process still answers
+        package.__path__ = list(spec.submodule_search_locations)
         sys.modules["llama_cpp"] = package
     return importlib.import_module("llama_cpp.llama_cpp")
 

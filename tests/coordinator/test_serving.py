@@ -51,7 +51,7 @@ def sweep(result_id: str, device_id: str, aggregates: dict[int, float], model: s
                                 phases=[phase("prefill", prefill), phase("decode", decode)]))
     for n, aggregate in aggregates.items():
         r.serving.add(parallel=n, aggregate_decode_tokens_per_s=stat(aggregate),
-                      per_stream_decode_tokens_per_s=pb.Stat(mean=aggregate / n),
+                      per_stream_decode_tokens_per_s=stat(aggregate / n),
                       prefill_tokens_per_s=stat(prefill), ttft_ms_p50=stat(1000 * n * n_prompt / prefill),
                       ttft_ms_p99=stat(1000 * n * n_prompt / prefill * 1.05),
                       peak_memory_bytes=stat(peak_mib * MIB + n * kv), decode_energy_per_token_j=6.0 / aggregate,

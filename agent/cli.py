@@ -365,8 +365,14 @@ def profile(
     output = "json" if as_json else output
     if output not in ("md", "result", *records.FORMATS):
         _fail(f"unknown output format {output!r} (choose from md, result, {', '.join(records.FORMATS)})")
+    from fleetfit.models import job_bounds
+
+    try:
+        stream_counts = job_bounds.parse_stream_counts(parallel)
+    except ValueError as exc:
+        _fail(str(exc))
     request = profiling.make_request(model, quant, backend, n_prompt, n_gen, repetitions, threads, timeout,
-                                     idle_baseline, compute_device, gpu_layers, _stream_counts(parallel))
+                                     idle_baseline, compute_device, gpu_layers, stream_counts)
     result = profiling.profile(request, device_id or inventory.default_device_id(), _cache(cache_dir))
     if output == "md":
         typer.echo(report.markdown([result]))
@@ -377,14 +383,6 @@ def profile(
         typer.echo(records.write_profile_rows(rows, output))
     if result.failure:
         raise typer.Exit(1)
-
-
-def _stream_counts(text: str) -> list[int]:
-    """--parallel 1,2,4,8 as integers (their bounds are the request's: profiling.validate)."""
-    counts = [part.strip() for part in text.split(",") if part.strip()]
-    if not all(part.isdigit() and len(part) < 10 for part in counts):
-        _fail(f"--parallel takes stream counts separated by commas, e.g. 1,2,4,8; got {text[:40]!r}")
-    return [int(part) for part in counts]
 
 
 @app.command()

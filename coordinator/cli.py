@@ -311,6 +311,9 @@ def profile(
     n_prompt: int = 512,
     n_gen: int = 128,
     repetitions: int = 5,
+    parallel: Annotated[str, typer.Option(
+        help="A concurrency sweep after each single-stream run: stream counts decoded together, e.g. 1,2,4,8 "
+             "(the serving table's measured points).")] = "",
     max_attempts: Annotated[int, typer.Option(help="Leases a job may take before it is failed.")] = 3,
     coordinator: Coordinator = DEFAULT_ADDRESS,
     state_dir: StateDir = None,
@@ -318,6 +321,7 @@ def profile(
     token: Token = None,
 ) -> None:
     """Start a campaign: every matching device profiles each model x quant x backend it can run."""
+    from fleetfit.models import job_bounds
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     def split(text: str) -> list[str]:
@@ -325,8 +329,13 @@ def profile(
 
     if max_attempts < 1:
         _fail(f"--max-attempts must be at least 1, got {max_attempts}")
+    try:
+        stream_counts = job_bounds.parse_stream_counts(parallel)
+    except ValueError as exc:
+        _fail(str(exc))
     spec = pb.CampaignSpec(models=split(models), quants=split(quants), backends=split(backends),
-                           template=pb.ProfileRequest(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions))
+                           template=pb.ProfileRequest(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
+                                                      parallel=stream_counts))
     reply = _fleet(coordinator, state_dir, ca, token).CreateCampaign(
         pb.CreateCampaignRequest(selector=select, spec=spec, max_attempts=max_attempts), timeout=15)
     from fleetfit.coordinator.render import clean

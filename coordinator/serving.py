@@ -270,11 +270,11 @@ class Capacity:
     point: SweepPoint | None  # the measured point at `streams`
     source: CurveModel
 
-    def streams_text(self) -> str:
-        if self.provenance == "measured":
-            return str(self.streams)
-        band = f" ({self.band[0]}–{self.band[1]})" if self.band and self.band != (self.streams, self.streams) else ""
-        return f"~{self.streams}{band}"
+    def streams_range(self) -> str | None:
+        """A predicted count's range within the band of the aggregate speed, e.g. "15–32" (None: none)."""
+        if self.provenance == "measured" or not self.band or self.band == (self.streams, self.streams):
+            return None
+        return f"{self.band[0]}–{self.band[1]}"
 
 
 @dataclasses.dataclass(frozen=True)

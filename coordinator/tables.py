@@ -521,10 +521,9 @@ def _streams_per_device(sm: serving.ServingModel | None, arch, quant: str, decod
     """(cell, count, how): the streams one device serves at `min_tps` each, from its sweeps where it has some."""
     cap = sm.capacity(arch, quant, min_tps) if sm is not None else None
     if cap is not None:
-        return (cap.streams if cap.provenance == "measured" else cap.streams_text()), cap.streams, \
-            _serving_label(cap, sm)
+        return _streams_cell(cap), cap.streams, _serving_label(cap, sm)
     n = int(decode.value // min_tps)
-    return n, n, serving.one_stream_division(sm, detail=False)
+    return render.Figure(n, provenance="estimated"), n, serving.one_stream_division(sm, detail=False)
 
 
 @table("deployment", "Deployment limits: the largest model per device and precision for each use's decode speed")
@@ -618,12 +617,15 @@ def _tokens_option(options: dict[str, str], key: str, default: int) -> int:
 
 
 def _figure_cell(value: float | None, measured: bool, band: float | None = None, digits: int = 4):
-    """A measured figure as a number; a predicted one as "~x", with its band when it has one."""
+    """A serving figure: measured, or predicted with the band of the aggregate speed when it has one."""
     if value is None:
         return None
-    if measured:
-        return round(value, digits)
-    return (f"~{value:.0f}" if abs(value) >= 1000 else f"~{value:.3g}") + (f" ±{band:.0%}" if band is not None else "")
+    return render.Figure(round(value, digits), band=None if measured else band,
+                         provenance="measured" if measured else "predicted")
+
+
+def _streams_cell(cap: serving.Capacity) -> render.Figure:
+    return render.Figure(cap.streams, provenance=cap.provenance)
 
 
 def _serving_label(cap: serving.Capacity, sm: serving.ServingModel) -> str:
@@ -653,7 +655,7 @@ def _serving_row(fleet: Fleet, sm: serving.ServingModel, model: str, quant: str,
     band = cap.aggregate_tps.error_fraction
     shape = cm.curve.shape if cm.curve else f"as {max(sm.curves, key=lambda c: c.result.started_unix_s).shape}"
     return [fleet.name(sm.dm.device.device_id), sm.dm.backend, model, quant, shape,
-            cm.curve.counts if cm.curve else None, cap.streams if measured else cap.streams_text(),
+            cm.curve.counts if cm.curve else None, _streams_cell(cap), cap.streams_range(),
             _figure_cell(cap.aggregate_tps.value, measured, band),
             _figure_cell(cap.per_stream_tps.value, measured, band),
             _figure_cell(req.requests_per_hour, measured, band, 0), _figure_cell(req.ttft_ms_p50, measured),
@@ -689,7 +691,7 @@ def serving_table(fleet: Fleet, options: dict[str, str]) -> TableData:
                   for m, q in _unswept_models(sm)]
         rows += [row for *_, row in sorted(found, key=lambda f: f[:4]) if row is not None]
     return TableData(["device", "backend", "model", "precision", "shape", "streams swept",
-                      f"max streams ≥{min_tps:g} tok/s", "aggregate tok/s", "per-stream tok/s",
+                      f"max streams ≥{min_tps:g} tok/s", "max streams band", "aggregate tok/s", "per-stream tok/s",
                       f"requests/hour ({prompt} in, {response} out)", "TTFT p50 ms", "TTFT p99 ms",
                       "response p50 s", "response p99 s", "peak memory GB", "J/request", "provenance"], rows,
                      [f"max streams: the most concurrent streams that each still decode at ≥{min_tps:g} tok/s "

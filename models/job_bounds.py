@@ -47,6 +47,15 @@ def check_compute_device(device: str) -> None:
         raise ValueError(f"device {device[:40]!r} must be one of '', auto, cpu, cuda, cuda:N")
 
 
+def parse_stream_counts(text: str) -> list[int]:
+    """'1,2,4,8' (a --parallel option) as integers; ValueError (one line) for anything else. Their bounds are the
+    request's (check_parallel)."""
+    counts = [part.strip() for part in text.split(",") if part.strip()]
+    if not all(part.isdigit() and len(part) < 10 for part in counts):
+        raise ValueError(f"--parallel takes stream counts separated by commas, e.g. 1,2,4,8; got {text[:40]!r}")
+    return [int(part) for part in counts]
+
+
 def check_parallel(parallel, n_prompt: int, n_gen: int) -> None:
     """ValueError (one line) for a sweep with too many points, an N out of 1..MAX_PARALLEL, an N listed twice, or
     a point whose KV cache (N * (n_prompt + n_gen) tokens) is past MAX_SWEEP_KV_TOKENS."""

@@ -1,6 +1,8 @@
 """The spine with real parts: agent process → gRPC → coordinator (SQLite) → limit table → fit answer."""
 
+import json
 import signal
+import socket
 import subprocess
 import time
 
@@ -108,3 +110,55 @@ def test_quickstart(tmp_path, cache_dir):
         assert f"| llama.cpp | smollm2-135m | {quant} |" in table
     assert table.count("| pp16/tg4 ctx20 t") == 4 and table.count("| measured |") == 4
     assert "| fits_comfortably |" in proc.stdout.split("fleetfit fit")[1]
+
+
+def test_a_sweep_campaign_fills_the_serving_tables(coordinator, cache_dir, tmp_path, monkeypatch):
+    """Two agents with one hostname (distinct device ids) run a `fleetfit profile --parallel` campaign with real
+    llama.cpp; `limits serving` and `limits recommendations` then show each device's measured stream counts."""
+    address = f"127.0.0.1:{coordinator.port}"
+    monkeypatch.setenv("FLEETFIT_TOKEN", coordinator.operator_token)
+    monkeypatch.setenv("FLEETFIT_INSECURE", "1")
+    devices = ("board-0a1b2c3d", "board-4e5f6a7b")
+    agents = [subprocess.Popen([str(BIN / "fleetfit-agent"), "run", "--coordinator", address, "--device-id", device,
+                                "--cache-dir", str(cache_dir), "--insecure", "--token", coordinator.join_token(),
+                                "--identity", str(tmp_path / f"{device}.json"), "--allow-dir", "/nonexistent"],
+                               stderr=subprocess.PIPE, text=True) for device in devices]
+    try:
+        with connect(address, 5, token=coordinator.operator_token) as channel:
+            fleet = pb_grpc.FleetServiceStub(channel)
+            deadline = time.monotonic() + 60
+            while len(fleet.ListDevices(pb.ListDevicesRequest(), timeout=5).devices) < 2:
+                assert time.monotonic() < deadline and all(a.poll() is None for a in agents)
+                time.sleep(0.2)
+            assert_one_line_error(run_cli("fleetfit", "profile", "--parallel", "1,x", "--coordinator", address),
+                                  "--parallel takes stream counts")
+            assert_one_line_error(run_cli("fleetfit", "profile", "--parallel", "0,2", "--coordinator", address),
+                                  "parallel values must be 1..256")
+            started = run_cli("fleetfit", "profile", "--models", "smollm2-135m", "--quants", "Q4_0", "--n-prompt",
+                              "16", "--n-gen", "8", "--repetitions", "1", "--parallel", "1,2,4", "--coordinator",
+                              address)
+            assert started.returncode == 0 and "2 jobs on 2 device(s)" in started.stdout, started
+            campaign_id = started.stdout.split()[1].rstrip(":")
+            watched = run_cli("fleetfit", "campaign", "status", campaign_id, "--watch", "--coordinator", address)
+            assert watched.returncode == 0, watched.stderr
+            status = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=5).campaign
+            assert (status.done, status.failed) == (2, 0), watched.stdout
+    finally:
+        for a in agents:
+            a.kill()
+            a.wait()
+
+    served = run_cli("fleetfit", "limits", "serving", "--format", "json", "--option", "interactive_tps=1",
+                     "--coordinator", address)
+    assert served.returncode == 0, served.stderr
+    rows = [r for r in json.loads(served.stdout) if (r["model"], r["precision"]) == ("smollm2-135m", "Q4_0")]
+    names = sorted(r["device"] for r in rows)  # one row per device, never merged by hostname
+    assert names == sorted(f"{socket.gethostname()} ({d[:8]})" for d in devices)
+    for row in rows:  # the counts each device ran, and at 1 tok/s a stream at least the largest of them
+        assert row["streams_swept"] == "1,2,4" and row["max_streams_min_1_tok_s"] >= 4, row
+        assert row["aggregate_tok_s"] > 0 and row["max_streams_min_1_tok_s_provenance"] in ("measured", "predicted")
+    recommended = run_cli("fleetfit", "limits", "recommendations", "--format", "json", "--coordinator", address)
+    assert recommended.returncode == 0, recommended.stderr
+    found = json.loads(recommended.stdout)
+    assert len(found) == 6 and all(r["streams_how"].startswith(("measured", "predicted")) for r in found), found
+    assert all(r["streams_per_device_provenance"] in ("measured", "predicted") for r in found)  # none divides

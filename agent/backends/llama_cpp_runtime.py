@@ -109,6 +109,13 @@ def buffer_bytes(lines: list[str]) -> dict[tuple[str, str], int]:
     return sizes
 
 
+def context_buffers(since: int) -> dict[tuple[str, str], int]:
+    """The buffers of the context made after log line `since`: the model's (logged once, at load) and that
+    context's own (KV, compute, output), not those of contexts made before it."""
+    model = {key: n for key, n in buffer_bytes(_log_lines[:since]).items() if key[1] == "model"}
+    return model | buffer_bytes(_log_lines[since:])
+
+
 def is_gpu_buffer(name: str) -> bool:
     """CUDA0, Metal, Vulkan0 ...; not CPU, CPU_Mapped, CPU_REPACK, nor pinned host memory (CUDA_Host)."""
     return not name.startswith("CPU") and not name.endswith("_Host")
@@ -271,7 +278,8 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
         if parallel:
             single["memory_method"] += "; " + SERVING_MEMORY[reset_peak_rss()]
         serving = tuple(_serving_point(model, n, n_prompt, n_gen, repetitions, threads, n_batch, n_ubatch,
-                                       prompt_tokens, lambda: rng.randrange(n_vocab), windows) for n in parallel)
+                                       prompt_tokens, lambda: rng.randrange(n_vocab), windows, offloaded_layers > 0)
+                        for n in parallel)
     finally:
         C.llama_sampler_free(greedy)
         if ctx:
@@ -364,10 +372,13 @@ def _at(pointer, start: int):
 
 
 def _serving_point(model, n: int, n_prompt: int, n_gen: int, repetitions: int, threads: int, n_batch: int,
-                   n_ubatch: int, prompt_tokens, random_token, windows: list) -> ServingFigures:
+                   n_ubatch: int, prompt_tokens, random_token, windows: list, on_gpu: bool) -> ServingFigures:
     """N streams together, in a context of their own whose KV cache holds N sequences of n_prompt + n_gen tokens
     (llama-batched-bench's pattern, with its warm-up of 16 tokens and one decode step of N); the cache is cleared
-    before each repetition. A context that cannot be made (memory, llama.cpp's limits) is an unsupported point, saying so."""
+    before each repetition. A context that cannot be made (memory, llama.cpp's limits) is an unsupported point, saying so.
+    `on_gpu`: the model is offloaded, so the point also reports its GPU memory (the model's and its own context's
+    buffers, NVML's per-process bytes)."""
+    since = len(_log_lines)
     ctx = C.llama_init_from_model(model, _context_params(n * (n_prompt + n_gen), n_batch, n_ubatch, threads, n))
     if not ctx:
         return ServingFigures(parallel=n, unsupported_reason=f"llama.cpp could not create a context for {n} "
@@ -396,10 +407,11 @@ def _serving_point(model, n: int, n_prompt: int, n_gen: int, repetitions: int, t
             if held != [n_prompt + n_gen - 1] * n:  # each sequence holds its own tokens, none another's
                 raise BackendError(f"the KV cache holds positions up to {held} for {n} sequences, not "
                                    f"{n_prompt + n_gen - 1} each")
+        gpu_memory = _llama_gpu_memory(context_buffers(since)) if on_gpu else None
     finally:
         streams.close()
         C.llama_free(ctx)
-    return serving_figures(n, n_prompt, n_gen, prefill_s, decode_s, ttft_s, peak_bytes)
+    return serving_figures(n, n_prompt, n_gen, prefill_s, decode_s, ttft_s, peak_bytes, gpu_memory)
 
 
 def batched_greedy(model_path: str, prompts: list[list[int]], n_gen: int, threads: int) -> dict:

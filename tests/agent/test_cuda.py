@@ -104,8 +104,11 @@ def test_llama_cpp_offload_reports_gpu_layers_and_gpu_memory(tmp_path):
     whole = profiling.profile(profiling.make_request(str(path), n_prompt=32, n_gen=8, repetitions=1,
                                                      idle_baseline_s=0), "gpu-test", tmp_path)
     half = profiling.profile(profiling.make_request(str(path), n_prompt=32, n_gen=8, repetitions=1,
-                                                    idle_baseline_s=0, gpu_layers=15), "gpu-test", tmp_path)
+                                                    idle_baseline_s=0, gpu_layers=15, parallel=[1, 4]),
+                             "gpu-test", tmp_path)
     assert not whole.failure and not half.failure, (whole.error, half.error)
     assert whole.gpu_layers == 31 and half.gpu_layers == 15 and whole.compute_device == "cuda"
     assert 0 < half.gpu_memory.backend_buffer_bytes < whole.gpu_memory.backend_buffer_bytes
     assert whole.gpu_memory.fit_bytes >= whole.gpu_memory.backend_buffer_bytes
+    one, four = half.serving  # each sweep point's own KV cache on the GPU: more for 4 sequences than for 1
+    assert 0 < one.gpu_memory.backend_buffer_bytes < four.gpu_memory.backend_buffer_bytes

@@ -79,6 +79,23 @@ def test_buffer_sizes_from_llama_cpp_log(tmp_path):
     assert not runtime.is_gpu_buffer("CPU_REPACK")
 
 
+def test_a_sweep_points_buffers_are_its_own_context(tmp_path):
+    """A serving point's buffers: the model's, and the KV cache of its own context for N sequences, not the sum over
+    the contexts made before it (what its GPU memory reports on an offloading build)."""
+    from fleetfit.agent.backends import llama_cpp_runtime as runtime
+
+    shape = llama_cpp_check.CHECK_SHAPE
+    path = write_synthetic(shape, "Q8_0", tmp_path / "tiny-Q8_0.gguf", force=True)
+    runtime.profile(str(path), 200, 8, 1, 2, "cpu")
+    single_lines = len(runtime._log_lines)
+    single = runtime.buffer_bytes(runtime._log_lines)
+    runtime.profile(str(path), 200, 8, 1, 2, "cpu", parallel=(3,))
+    point = runtime.context_buffers(single_lines)  # the same log up to the one-stream context, then the point's
+    assert point[("CPU", "KV")] == 3 * single[("CPU", "KV")]  # 3 sequences of the same padded length
+    assert {k: n for k, n in point.items() if k[1] == "model"} == {k: n for k, n in single.items() if k[1] == "model"}
+    assert runtime.buffer_bytes(runtime._log_lines)[("CPU", "KV")] == 4 * single[("CPU", "KV")]  # both contexts
+
+
 def test_offload_asked_of_a_cpu_only_build_fails_in_one_line(tmp_path, cache_dir):
     path = write_synthetic(llama_cpp_check.CHECK_SHAPE, "Q4_0", tmp_path / "tiny-Q4_0.gguf", force=True)
     cpu = profiling.profile(profiling.make_request(str(path), n_prompt=8, n_gen=2, repetitions=1, idle_baseline_s=0,

@@ -11,7 +11,7 @@ from typing import Callable
 from google.protobuf import json_format, struct_pb2
 
 from fleetfit.coordinator import fit as fit_rules
-from fleetfit.coordinator import render, scaling, serving
+from fleetfit.coordinator import fleet_priors, render, scaling, serving
 from fleetfit.coordinator.devices import DeviceLookupError, display_names
 from fleetfit.coordinator.devices import find as find_device
 from fleetfit.coordinator.limits import (DEFAULT_SHAPE, backend_of, chosen_shapes, comparable, limit_rows, quant_of,
@@ -226,8 +226,9 @@ def device_models(fleet: Fleet) -> dict[tuple[str, str], scaling.DeviceModel]:
     """The scaling model of every device and backend with results."""
     inventories = {d.inventory.device_id: d.inventory for d in fleet.devices}
     pairs = sorted({(r.device_id, backend_of(r)) for r in fleet.results if backend_of(r) in backends.BACKENDS})
-    return {(i, b): scaling.device_model(inventories.get(i, pb.DeviceInventory(device_id=i)), fleet.results, b)
-            for i, b in pairs}
+    priors = fleet_priors.FleetPriors.of_results(fleet.devices, fleet.results)
+    return {(i, b): scaling.device_model(inventory, fleet.results, b, priors.for_device(inventory, b))
+            for i, b in pairs for inventory in [inventories.get(i, pb.DeviceInventory(device_id=i))]}
 
 
 def _with_seed_sizes(fleet: Fleet, ladder: Ladder):

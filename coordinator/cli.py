@@ -537,9 +537,9 @@ def report(
     option: Annotated[Optional[list[str]], typer.Option(help="Table option KEY=VALUE (repeatable).")] = None,
 ) -> None:
     """A static HTML report: plots (inline SVG) of decode speed, memory, tokens per joule and, per swept device,
-    decode against concurrent streams, and every table."""
+    decode against concurrent streams, per device with quality results decode against mean KLD, and every table."""
     from fleetfit.coordinator import report as html_report
-    from fleetfit.coordinator.tables import SEED_ORDER
+    from fleetfit.coordinator.tables import REPORT_ORDER
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     options = dict(o.split("=", 1) for o in option or [] if "=" in o)
@@ -548,7 +548,7 @@ def report(
     fleet = _fleet(coordinator, state_dir, ca, token)
     devices = _pages(fleet.ListDevices, pb.ListDevicesRequest(), "devices")
     rows = _pages(fleet.GetLimitTable, pb.GetLimitTableRequest(), "rows")
-    found = [fleet.GetTable(pb.GetTableRequest(name=n, options=options), timeout=60).table for n in SEED_ORDER]
+    found = [fleet.GetTable(pb.GetTableRequest(name=n, options=options), timeout=60).table for n in REPORT_ORDER]
     try:
         index = html_report.write(out, devices, rows, found)
     except OSError as exc:

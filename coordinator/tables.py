@@ -743,6 +743,7 @@ def serving_curves(fleet: Fleet, options: dict[str, str]) -> TableData:
 # `fleetfit limits all`: the seed's tables in the seed's order, then the raw measurements
 SEED_ORDER = ("memory", "speed", "bandwidth", "capacity", "power", "energy-cost", "serving", "deployment",
               "recommendations", "measured", "serving-curves", "failures")
+REPORT_ORDER = (*SEED_ORDER, "quality")  # `fleetfit report`: the seed's tables and the quality table
 
 
 @table("quality", "Quality beside speed: KL divergence from F16, perplexity and same top token, per precision")

@@ -315,18 +315,10 @@ def question(request: pb.FitRequest, known_models: set[str]) -> Question:
 
 
 def _shape(request: pb.FitRequest) -> Architecture:
-    """The request's shape, checked as any catalogue entry is (bounded numbers, a family llama.cpp has)."""
-    from fleetfit.models.shapes import from_proto
+    """The request's shape, checked as any catalogue entry is (models/shapes.py checked)."""
+    from fleetfit.models.shapes import checked
 
-    try:
-        shape = from_proto(request.shape)
-    except ModelError as exc:
-        raise ValueError(f"shape: {exc}") from None
-    if request.model_name != shape.name:
-        raise ValueError(f"the shape is named {shape.name!r}, the question {request.model_name!r}")
-    if shape.name in CATALOGUE and shape != CATALOGUE[shape.name]:
-        raise ValueError(f"the shape named {shape.name!r} differs from the catalogued one; give it another name")
-    return shape
+    return checked(request.shape, request.model_name)
 
 
 def respond(request: pb.FitRequest, store, cache: "AnswerCache") -> pb.FitResponse:

@@ -117,3 +117,16 @@ def test_a_new_calibrated_peer_changes_the_cached_answer(store):
         store.add_result(r)
     after = fit.respond(ask, store, cache).answers[0].decode_tokens_per_s.method
     assert "from 2 calibrated" in before and "from 3 calibrated" in after
+
+
+def test_an_odd_device_within_the_range_moves_the_median_little():
+    results, real = ladder()
+    bw, fl = real.probes.bandwidth[0].gb_per_s, real.probes.matmul[0].gflop_per_s
+    peers = {"a": 1.0, "b": 1.2, "odd": 2.5}  # odd: 2.5 e, inside 0.02..2 of its probe, far from the others
+    devices = [pb.Device(inventory=inventory(i, EPYC, bw, fl), results=len(results)) for i in peers]
+    devices.append(pb.Device(inventory=inventory("new", EPYC, bw, fl)))
+    fleet = [r for i, speed in peers.items() for r in copied(results, i, speed)]
+    eff = fleet_priors.FleetPriors.of_results(devices, fleet).efficiency(devices[-1].inventory, "llama.cpp",
+                                                                          "bandwidth", "Q4_0")
+    assert eff.value == pytest.approx(1.2 * efficiency(), rel=1e-6)  # the median: b's; a mean would be 1.57 e
+    assert "from 3 calibrated" in eff.how and eff.band == pytest.approx(1.3 / 1.2, rel=1e-3)  # the odd one widens it

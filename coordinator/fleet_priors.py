@@ -9,7 +9,8 @@ borrows the median efficiency of the calibrated devices of its kind, narrowest k
 and falls back to scaling's fixed defaults when no kind has MIN_DEVICES such devices. Efficiencies outside
 EFFICIENCY_RANGE are ignored (a device reporting absurd figures must not drag the others' estimates), and the
 median keeps one odd device within the range from moving the value far. The estimate's band is how far the
-devices it rests on spread from that median (largest relative deviation).
+devices it rests on spread from that median (largest relative deviation). Their fitted cost per layer and token
+(graph ops, thread barriers: what makes small models slower per byte) comes along, as the median of theirs.
 """
 
 import dataclasses
@@ -80,9 +81,10 @@ class FleetPriors:
         return self._models[key]
 
     def _efficiencies(self, device: pb.DeviceInventory, kind: tuple[str, str], backend: str, rate: str,
-                      quant: str) -> tuple[list[float], int, set[str]]:
-        """The peers' efficiencies in range, how many were out of range, and the precisions they came from."""
-        found, outside, used = [], 0, set()
+                      quant: str) -> tuple[list[float], list[float], int, set[str]]:
+        """The peers' efficiencies in range, their costs per layer, how many were out of range, and the precisions
+        they came from."""
+        found, layer_s, outside, used = [], [], 0, set()
         for peer in self._peers(device, kind):
             dm = self._model(peer, backend)
             if dm.calibration is None:
@@ -93,17 +95,18 @@ class FleetPriors:
                 continue
             if EFFICIENCY_RANGE[0] <= value / probe <= EFFICIENCY_RANGE[1]:
                 found.append(value / probe)
+                layer_s.append(dm.calibration.decode_layer_s if rate == "bandwidth" else dm.calibration.prefill_layer_s)
                 used.add(q)
             else:
                 outside += 1
-        return found, outside, used
+        return found, layer_s, outside, used
 
     def efficiency(self, device: pb.DeviceInventory, backend: str, rate: str, quant: str) -> scaling.Efficiency:
         """The efficiency (fraction of the device's `rate` probe) a never-profiled device is estimated to reach
         with `backend` at `quant`, learned from its kind, or the fixed default; it says which."""
         tried = []
         for kind in kinds(device):
-            found, outside, used = self._efficiencies(device, kind, backend, rate, quant)
+            found, layer_s, outside, used = self._efficiencies(device, kind, backend, rate, quant)
             if len(found) < MIN_DEVICES:
                 tried.append(f"{len(found)} calibrated {kind[0]} {kind[1]!r}")
                 continue
@@ -112,10 +115,12 @@ class FleetPriors:
             precision = quant if used == {quant} else f"{quant} (nearest measured: {', '.join(sorted(used))})"
             ignored = (f"; {outside} device(s) outside {EFFICIENCY_RANGE[0]:g}..{EFFICIENCY_RANGE[1]:g} of their "
                        f"probe ignored" if outside else "")
+            per_layer = statistics.median(layer_s)
             return scaling.Efficiency(
                 median, f"estimated from {len(found)} calibrated {backend} devices of kind {kind[0]} {kind[1]!r}, "
-                        f"efficiency {median:.2f} ± {spread:.2f} of {RATES[rate]} at {precision}{ignored}",
-                spread / median)
+                        f"efficiency {median:.2f} ± {spread:.2f} of {RATES[rate]} at {precision} + "
+                        f"{per_layer * 1e3:.2f} ms per layer (median of theirs){ignored}",
+                spread / median, per_layer)
         default = scaling.default_efficiency(rate)
         why = f"fewer than {MIN_DEVICES} of its kind ({'; '.join(tried)})" if tried else "its kind unknown"
         return dataclasses.replace(default, how=f"{default.how} ({why})")

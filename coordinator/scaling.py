@@ -254,11 +254,12 @@ class Prediction:
 
 @dataclasses.dataclass(frozen=True)
 class Efficiency:
-    """The fraction of its probe a never-measured device is estimated to reach, what that rests on, and its
-    ± relative band (None for a fixed default)."""
+    """The fraction of its probe a never-measured device is estimated to reach, what that rests on, its ± relative
+    band (None for a fixed default), and a cost per layer and token besides (seconds; 0 for a fixed default)."""
     value: float
     how: str
     band: float | None = None
+    layer_s: float = 0.0
 
 
 def default_efficiency(rate: str) -> Efficiency:
@@ -347,8 +348,10 @@ class DeviceModel:
         bw, fl = self.bandwidth_probe, self.matmul_probe
         priors = self.priors or (lambda rate, _quant: default_efficiency(rate))
         bw_eff, fl_eff = priors("bandwidth", quant), priors("compute", quant)
-        decode = (bw_eff.value * bw / decode_bytes_per_token(arch, quant, ctx, self.backend)) if bw else None
-        prefill = (fl_eff.value * fl / flops_per_token(arch, ctx / 2)) if fl else None
+        decode = (1 / (decode_bytes_per_token(arch, quant, ctx, self.backend) / (bw_eff.value * bw)
+                       + arch.n_layers * bw_eff.layer_s)) if bw else None
+        prefill = (1 / (flops_per_token(arch, ctx / 2) / (fl_eff.value * fl) + arch.n_layers * fl_eff.layer_s)
+                   ) if fl else None
         no_probe = "; no probe of the device (fleetfit-agent probe), so no figure"
         return Prediction(
             Figure(memory, "estimated", f"{why}; catalogue weights + KV + compute buffer + "

@@ -54,11 +54,16 @@ def store(tmp_path):
         yield s
 
 
-def efficiency() -> float:
-    """The ladder device's own decode efficiency at Q4_0 (its fitted bandwidth ÷ its probe)."""
+def calibration() -> tuple[float, float]:
+    """The ladder device's own decode efficiency at Q4_0 (its fitted bandwidth ÷ its probe), and its decode cost
+    per layer (seconds)."""
     results, real = ladder()
     dm = scaling.device_model(real, results)
-    return dm.calibration.bandwidth["Q4_0"] / dm.bandwidth_probe
+    return dm.calibration.bandwidth["Q4_0"] / dm.bandwidth_probe, dm.calibration.decode_layer_s
+
+
+def efficiency() -> float:
+    return calibration()[0]
 
 
 def test_kinds_go_from_model_to_family():
@@ -81,18 +86,22 @@ def test_a_never_profiled_device_is_estimated_from_its_kind_and_says_so(store):
         in decode.method
     assert "1 device(s) outside 0.02..2 of their probe ignored" in decode.method  # the hostile one
     # a and b: the same probes, b 1.2 times as fast: efficiencies e and 1.2 e, median 1.1 e, band ±1/11
-    e = efficiency()
+    e, layer_s = calibration()
     assert f"efficiency {1.1 * e:.2f} ± {0.1 * e:.2f}" in decode.method
     assert decode.error_fraction == pytest.approx(1 / 11, rel=1e-3)
     arch = CATALOGUE["llama-2-7b"]
     probe = store.devices("new")[0].inventory.probes.bandwidth[0].gb_per_s * 1e9
-    expected = 1.1 * e * probe / scaling.decode_bytes_per_token(arch, "Q4_0", new.context_tokens)
+    # b's copy is 1.2 times as fast: its fitted cost per layer is a's / 1.2; the median of the two costs
+    per_layer = (layer_s + layer_s / 1.2) / 2
+    assert f"+ {per_layer * 1e3:.2f} ms per layer (median of theirs)" in decode.method
+    expected = 1 / (scaling.decode_bytes_per_token(arch, "Q4_0", new.context_tokens) / (1.1 * e * probe)
+                    + arch.n_layers * per_layer)
     assert decode.value == pytest.approx(expected, rel=1e-6)
     assert "estimated from 2 calibrated" in new.prefill_tokens_per_s.method
     # not the fixed default any more, and the hostile device did not drag it
     default = scaling.DEFAULT_BANDWIDTH_EFFICIENCY * probe / scaling.decode_bytes_per_token(arch, "Q4_0",
                                                                                             new.context_tokens)
-    assert decode.value / default > 1.2  # with the hostile one in, the median would be b's own 1.2 e
+    assert decode.value / default > 1.1  # with the hostile one in, the efficiency would be b's own 1.2 e
     # a kind with no calibrated devices: the fixed default, and why
     lone = answers["lone"].decode_tokens_per_s
     assert "default 60% of the bandwidth probe (fewer than 2 of its kind" in lone.method

@@ -6,9 +6,11 @@ directory and renamed into place, while an exclusive lock on the target (`<file>
 the lock second finds the file made and uses it.
 """
 
+import base64
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import math
 import os
 import pathlib
@@ -18,6 +20,7 @@ import uuid
 
 from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
 from fleetfit.models import real_models
+from fleetfit.models.catalogue import Architecture
 from fleetfit.models.errors import ModelError
 from fleetfit.models.gguf_file import GgufInfo, inspect_gguf
 from fleetfit.models.quants import llama_ftype, parse_quant
@@ -174,17 +177,24 @@ def derive(src: pathlib.Path, quant: str, dst: pathlib.Path, threads: int,
     return dst
 
 
-def synthesize(arch: str, quant: str, cache_dir: pathlib.Path, deadline: Deadline | None = None,
+def synthesize(arch: str | Architecture, quant: str, cache_dir: pathlib.Path, deadline: Deadline | None = None,
                force: bool = False, seed: int = 0) -> pathlib.Path:
     """The synthetic GGUF of a catalogue shape in the cache (synthetic/<arch>-<quant>.gguf), written by a worker
-    (so the job's deadline can end it) unless already there."""
+    (so the job's deadline can end it) unless already there. A shape the catalogue does not know (an Architecture)
+    is cached under its name and a digest of the shape (two shapes sharing a name never share a file)."""
+    shape = None
+    if not isinstance(arch, str):
+        from fleetfit.models.shapes import to_proto
+
+        shape = to_proto(arch).SerializeToString(deterministic=True)
+        arch = f"{arch.name}-{hashlib.sha256(shape).hexdigest()[:12]}"
     target = synthetic_file(cache_dir, arch, quant)
     with exclusive(target, deadline):
         if target.is_file():
             return target
         try:
             run_worker({"op": "synth", "arch": arch, "quant": quant, "path": str(target), "force": force,
-                        "seed": seed}, deadline or Deadline.after(math.inf), phase=f"synthesis of {arch} {quant}")
+                        "seed": seed, **({"shape": base64.b64encode(shape).decode()} if shape else {})}, deadline or Deadline.after(math.inf), phase=f"synthesis of {arch} {quant}")
         except WorkerFailure as exc:
             for partial in target.parent.glob(f".{target.name}.*.part"):  # a killed writer's, and we hold the lock
                 partial.unlink(missing_ok=True)

@@ -21,7 +21,15 @@ def _run(request: dict) -> dict:
     if op == "synth":
         from fleetfit.models import synth
 
-        synth.write_synthetic(request["arch"], request["quant"], request["path"], seed=request.get("seed", 0),
+        arch = request["arch"]
+        if "shape" in request:  # a shape the catalogue does not know, as the agent checked it
+            import base64
+
+            from fleetfit.models.shapes import from_proto
+            from fleetfit.v1 import fleetfit_pb2 as pb
+
+            arch = from_proto(pb.Architecture.FromString(base64.b64decode(request["shape"])))
+        synth.write_synthetic(arch, request["quant"], request["path"], seed=request.get("seed", 0),
                               force=request.get("force", False))
         return {}
     from fleetfit.agent.backends import registry

@@ -6,7 +6,9 @@ Selectors are comma-separated terms `KEY OP VALUE` (OP: = != >= <= > <):
   ram, gpu_mem                          bytes, with a unit: 512MB, 8GB, 16GiB (GB = 10^9, GiB = 2^30)
   cores, gpus                           numbers
   label                                 label=lab: a label whose value (or key) is "lab"; label.site=lab
-Jobs are declarative: they name a model of the catalogue and a quant, never a path or a command. A campaign
+Jobs are declarative: they name a model of the catalogue (or carry a model's shape, read by the operator's CLI
+from a GGUF header or config.json: CampaignSpec.shapes, synthesized on the device) and a quant, never a path or a
+command. A campaign
 queues only what each device can run (its reported backends, capabilities and the models it can obtain, checked
 against the shared vocabulary in models/backends.py); the rest is skipped per device with the reason.
 """
@@ -18,9 +20,10 @@ import re
 from fleetfit.coordinator.devices import display_names
 from fleetfit.coordinator.store import Campaign
 from fleetfit.models import backends, job_bounds
-from fleetfit.models.catalogue import CATALOGUE
+from fleetfit.models.catalogue import CATALOGUE, Architecture
 from fleetfit.models.errors import ModelError
 from fleetfit.models.real_models import REAL_MODELS
+from fleetfit.models.shapes import checked, to_proto
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 OPS = {"=": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
@@ -29,6 +32,7 @@ NUMBER_KEYS = {"cores", "gpus"}
 BYTES_KEYS = {"ram", "gpu_mem"}
 UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
          "tib": 2**40}
+MAX_SHAPES = 16  # CampaignSpec.shapes
 TERM = re.compile(r"^\s*([a-z_]+(?:\.[\w.-]+)?)\s*(!=|>=|<=|=|>|<)\s*(.+?)\s*$")
 
 
@@ -101,12 +105,29 @@ def matches(terms: list[Term], inv: pb.DeviceInventory, labels: dict[str, str]) 
     return True
 
 
+def spec_shapes(spec: pb.CampaignSpec) -> dict[str, Architecture]:
+    """The campaign's shapes by name (each for a model it names), or ValueError (one line)."""
+    if len(spec.shapes) > MAX_SHAPES:
+        raise ValueError(f"a campaign carries at most {MAX_SHAPES} shapes, got {len(spec.shapes)}")
+    found = {}
+    for message in spec.shapes:
+        job_bounds.check_model_name(message.name)
+        if message.name not in spec.models:
+            raise ValueError(f"shape {message.name!r} is for no model of the campaign")
+        if message.name in found:
+            raise ValueError(f"shape {message.name!r} is given twice")
+        found[message.name] = checked(message, message.name)
+    return found
+
+
 def check_request(request: pb.ProfileRequest) -> pb.ProfileRequest:
     """The request with its backend and precision spelled canonically, or ValueError (one line) saying why it
     cannot be queued (models/job_bounds.py: a model named, never a path; parameters within bounds)."""
     if not (request.model.name or request.model.path):
         raise ValueError("the request names no model")
     job_bounds.check_job(request)
+    if request.model.HasField("shape"):
+        checked(request.model.shape, request.model.name)
     checked = pb.ProfileRequest()
     checked.CopyFrom(request)
     try:
@@ -129,12 +150,13 @@ def check_spec(spec: pb.CampaignSpec) -> None:
     job_bounds.check_parameters(spec.template)
     for model in spec.models:
         job_bounds.check_model_name(model)
+    known = {**CATALOGUE, **spec_shapes(spec)}
     try:
         named = [backends.backend(b) for b in spec.backends]
     except ModelError as exc:
         raise ValueError(str(exc)) from None
     for model in spec.models:
-        why = [backends.obtainable(b, model, set(REAL_MODELS), CATALOGUE) for b in named]
+        why = [backends.obtainable(b, model, set(REAL_MODELS), known) for b in named]
         if all(why):
             known = sorted(set(CATALOGUE) | set(REAL_MODELS))
             raise ValueError(f"{why[0]}" if len(named) == 1 and model in known else
@@ -161,15 +183,22 @@ def compute_device(info: pb.BackendInfo, asked: str) -> str:
 
 
 def refusal(spec: backends.BackendSpec, info: pb.BackendInfo | None, model: str, precision: str,
-            asked_device: str) -> str | None:
-    """Why this device cannot run (backend, model, precision), from what it reported; None when it can."""
+            asked_device: str, shape: Architecture | None = None) -> str | None:
+    """Why this device cannot run (backend, model, precision), from what it reported; None when it can. `shape`:
+    a model the catalogue does not know, synthesized there (the device lists the catalogue shapes it synthesizes:
+    one of the same family says it can)."""
     if info is None:
         return f"{spec.name} is not reported by the device"
     if not info.available:
         return f"{spec.name} is not available there ({info.reason or 'no reason given'})"
-    if why := backends.obtainable(spec, model, set(REAL_MODELS), CATALOGUE):
+    if why := backends.obtainable(spec, model, set(REAL_MODELS), {**CATALOGUE, **({model: shape} if shape else {})}):
         return why
-    if info.models and model not in info.models:
+    if shape is not None and shape.name not in CATALOGUE:
+        if not spec.takes_gguf_types():
+            return f"{spec.name} runs catalogue shapes only; a file's shape is synthesized as GGUF"
+        if info.models and not any(CATALOGUE[m].family == shape.family for m in info.models if m in CATALOGUE):
+            return f"{spec.name} cannot synthesize {shape.family} shapes there"
+    elif info.models and model not in info.models:
         return f"{spec.name} cannot obtain {model} there"
     device = compute_device(info, asked_device)
     if device not in spec.compute_devices:
@@ -191,6 +220,7 @@ def expand(spec: pb.CampaignSpec, terms: list[Term], devices: list[pb.Device]) -
     """Jobs for every combination each matching device can run; the rest skipped, per device, with the reason."""
     jobs, matched, skipped = [], [], {}
     named = [backends.backend(b) for b in dict.fromkeys(spec.backends)]
+    shapes = spec_shapes(spec)
     for device in devices:
         inv = device.inventory
         if not matches(terms, inv, dict(device.labels)):
@@ -203,13 +233,16 @@ def expand(spec: pb.CampaignSpec, terms: list[Term], devices: list[pb.Device]) -
                 for model in dict.fromkeys(spec.models):
                     what = f"{backend.name} {model} {precision or quant}"
                     why = (f"{backend.name} does not take precision {quant!r}" if precision is None
-                           else refusal(backend, reported.get(backend.name), model, precision, spec.template.device))
+                           else refusal(backend, reported.get(backend.name), model, precision, spec.template.device,
+                                        shapes.get(model)))
                     if why:
                         skipped.setdefault(inv.device_id, []).append(f"{what}: {why}")
                         continue
                     request = pb.ProfileRequest()
                     request.CopyFrom(spec.template)
                     request.model.CopyFrom(pb.ModelRef(name=model))
+                    if model in shapes and model not in CATALOGUE:
+                        request.model.shape.CopyFrom(to_proto(shapes[model]))
                     request.backend, request.quant = backend.name, precision
                     jobs.append((inv.device_id, request))
     return Plan(jobs, matched, skipped)

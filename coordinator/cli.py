@@ -301,11 +301,34 @@ def _bar(status, width: int = 30) -> str:
             f"  failed {status.failed}  queued {status.queued}")
 
 
+def _model_refs(refs: list[str]) -> tuple[list[str], list]:
+    """Model names for the coordinator, and the shapes of those read here from files (GGUF header or config.json;
+    the coordinator never reads paths): a file shaped like a catalogue entry is that entry's name."""
+    from fleetfit.models import shapes
+    from fleetfit.models.catalogue import CATALOGUE, n_params
+
+    names, found = [], []
+    for ref in refs:
+        if not shapes.is_file_ref(ref):
+            names.append(ref)
+            continue
+        arch = shapes.architecture_of(ref)
+        known = arch.name in CATALOGUE
+        typer.echo(f"{ref}: {arch.family}, {n_params(arch) / 1e9:.2f}B parameters"
+                   f"{f', the catalogued {arch.name}' if known else f' (as {arch.name})'}", err=True)
+        names.append(arch.name)
+        if not known:
+            found.append(shapes.to_proto(arch))
+    return names, found
+
+
 @app.command()
 @user_errors
 def profile(
     select: Annotated[str, typer.Option(help="Devices: e.g. 'arch=aarch64,ram>=8GB,label=lab' (empty: all).")] = "",
-    models: Annotated[str, typer.Option(help="Catalogue models, comma-separated.")] = "smollm2-135m",
+    models: Annotated[str, typer.Option(help="Models, comma-separated: catalogue names, or GGUF files / Hugging Face "
+                                             "config.json read here (their shape is sent; devices synthesize it).")
+                      ] = "smollm2-135m",
     quants: Annotated[str, typer.Option(help="Quant types, comma-separated.")] = "Q4_0",
     backends: Annotated[str, typer.Option(help="Backends, comma-separated.")] = "llama.cpp",
     n_prompt: int = 512,
@@ -333,7 +356,8 @@ def profile(
         stream_counts = job_bounds.parse_stream_counts(parallel)
     except ValueError as exc:
         _fail(str(exc))
-    spec = pb.CampaignSpec(models=split(models), quants=split(quants), backends=split(backends),
+    names, shapes = _model_refs(split(models))
+    spec = pb.CampaignSpec(models=names, quants=split(quants), backends=split(backends), shapes=shapes,
                            template=pb.ProfileRequest(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
                                                       parallel=stream_counts))
     reply = _fleet(coordinator, state_dir, ca, token).CreateCampaign(
@@ -437,12 +461,23 @@ def limits(
     token: Token = None,
     fmt: Format = "table",
     option: Annotated[Optional[list[str]], typer.Option(help="Table option KEY=VALUE (repeatable).")] = None,
+    model: Annotated[Optional[list[str]], typer.Option(
+        "--model", help="Also predict rows for this model in the size tables (memory, speed): a catalogue name, or a "
+                        "GGUF file / config.json read here (repeatable).")] = None,
 ) -> None:
     """Tables from the fleet's measurements (default: device × model × quant × backend → memory and speed)."""
     from fleetfit.coordinator.tables import render_table
+    from fleetfit.models import shapes
+    from fleetfit.models.catalogue import CATALOGUE
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     _check_format(fmt)
+    names, asked = _model_refs(model or [])
+    for ref in dict.fromkeys(names):
+        if ref in CATALOGUE:
+            asked.append(shapes.to_proto(CATALOGUE[ref]))
+        elif ref not in {a.name for a in asked}:
+            _fail(f"unknown model {ref!r}: name a catalogue model, or a GGUF file or config.json")
     fleet = _fleet(coordinator, state_dir, ca, token)
     if name == "list":
         for t in fleet.ListTables(pb.ListTablesRequest(), timeout=15).tables:
@@ -456,11 +491,13 @@ def limits(
 
         if fmt not in ("md", "table"):
             _fail("`limits all` writes md or table; use one table's name for csv, json, jsonl or sql")
-        parts = [fleet.GetTable(pb.GetTableRequest(name=n, options=options), timeout=60).table for n in SEED_ORDER]
+        parts = [fleet.GetTable(pb.GetTableRequest(name=n, options=options, shapes=asked), timeout=60).table
+                 for n in SEED_ORDER]
         typer.echo("# fleetfit: scalability analysis and deployment limits\n\n" +
                    "\n\n".join(f"## {t.title}\n\n{render_table(t, fmt)}" for t in parts))
         return
-    typer.echo(render_table(fleet.GetTable(pb.GetTableRequest(name=name, options=options), timeout=30).table, fmt))
+    typer.echo(render_table(fleet.GetTable(pb.GetTableRequest(name=name, options=options, shapes=asked),
+                                           timeout=30).table, fmt))
 
 
 @app.command()
@@ -546,9 +583,9 @@ def report(
     option: Annotated[Optional[list[str]], typer.Option(help="Table option KEY=VALUE (repeatable).")] = None,
 ) -> None:
     """A static HTML report: plots (inline SVG) of decode speed, memory, tokens per joule and, per swept device,
-    decode against concurrent streams, and every table."""
+    decode against concurrent streams, per device with quality results decode against mean KLD, and every table."""
     from fleetfit.coordinator import report as html_report
-    from fleetfit.coordinator.tables import SEED_ORDER
+    from fleetfit.coordinator.tables import REPORT_ORDER
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     options = dict(o.split("=", 1) for o in option or [] if "=" in o)
@@ -557,7 +594,7 @@ def report(
     fleet = _fleet(coordinator, state_dir, ca, token)
     devices = _pages(fleet.ListDevices, pb.ListDevicesRequest(), "devices")
     rows = _pages(fleet.GetLimitTable, pb.GetLimitTableRequest(), "rows")
-    found = [fleet.GetTable(pb.GetTableRequest(name=n, options=options), timeout=60).table for n in SEED_ORDER]
+    found = [fleet.GetTable(pb.GetTableRequest(name=n, options=options), timeout=60).table for n in REPORT_ORDER]
     try:
         index = html_report.write(out, devices, rows, found)
     except OSError as exc:

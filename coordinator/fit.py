@@ -16,7 +16,7 @@ import dataclasses
 import difflib
 import hashlib
 
-from fleetfit.coordinator import offload, render, scaling, serving
+from fleetfit.coordinator import fleet_priors, offload, render, scaling, serving
 from fleetfit.coordinator.devices import display_names
 from fleetfit.coordinator.devices import find as find_device
 from fleetfit.coordinator.limits import backend_of, limit_row, quant_of
@@ -83,11 +83,13 @@ def _band_text(f: pb.FitFigure) -> str:
 def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str, results: list[pb.ProfileResult],
            min_decode_tps: float | None = None, context: int | None = None, max_watts: float | None = None,
            dm: scaling.DeviceModel | None = None, device_name: str = "", streams: int | None = None,
-           sm: serving.ServingModel | None = None, shape: Architecture | None = None) -> pb.FitAnswer:
+           sm: serving.ServingModel | None = None, shape: Architecture | None = None,
+           priors: fleet_priors.FleetPriors | None = None) -> pb.FitAnswer:
     """Does `model_name` at `quant` on `backend` fit `device` at `context` tokens (default: FIT_CONTEXT, or the
     model's own when smaller), how fast, how many streams it serves (with `streams`: does it serve that many,
     each at `min_decode_tps` or the interactive speed), and how we know. `shape`: the model's architecture when
-    the catalogue does not know it (read by the operator's CLI from a GGUF or config.json)."""
+    the catalogue does not know it (read by the operator's CLI from a GGUF or config.json). `priors`: the fleet,
+    for the efficiencies a device with only its probes is estimated with."""
     spec = backends.backend(backend)
     known = shape or CATALOGUE.get(model_name)
     arch = known if spec.can_size(quant) else None
@@ -111,7 +113,7 @@ def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str
                                               f"shape or size formula for {quant} to predict from")
         return out
     if arch is not None:
-        dm = dm or scaling.device_model(device, results, spec.name)
+        dm = dm or scaling.device_model(device, results, spec.name, priors and priors.for_device(device, spec.name))
         pred = dm.predict(arch, quant, context)
         out.calibration.extend(f"{p.model} {p.quant}" for p in dm.points)
         figures = (pred.memory_bytes, pred.decode_tps, pred.prefill_tps)
@@ -267,8 +269,9 @@ def fit(model_name: str, quant: str, backend: str, devices: list[pb.Device], res
         min_decode_tps: float | None = None, context: int | None = None, max_watts: float | None = None,
         streams: int | None = None) -> list[pb.FitAnswer]:
     names = display_names(devices)
+    priors = fleet_priors.FleetPriors.of_results(devices, results)
     return [answer(d.inventory, model_name, quant, backend, results, min_decode_tps, context, max_watts,
-                   device_name=names[d.inventory.device_id], streams=streams) for d in devices]
+                   device_name=names[d.inventory.device_id], streams=streams, priors=priors) for d in devices]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,18 +315,10 @@ def question(request: pb.FitRequest, known_models: set[str]) -> Question:
 
 
 def _shape(request: pb.FitRequest) -> Architecture:
-    """The request's shape, checked as any catalogue entry is (bounded numbers, a family llama.cpp has)."""
-    from fleetfit.models.shapes import from_proto
+    """The request's shape, checked as any catalogue entry is (models/shapes.py checked)."""
+    from fleetfit.models.shapes import checked
 
-    try:
-        shape = from_proto(request.shape)
-    except ModelError as exc:
-        raise ValueError(f"shape: {exc}") from None
-    if request.model_name != shape.name:
-        raise ValueError(f"the shape is named {shape.name!r}, the question {request.model_name!r}")
-    if shape.name in CATALOGUE and shape != CATALOGUE[shape.name]:
-        raise ValueError(f"the shape named {shape.name!r} differs from the catalogued one; give it another name")
-    return shape
+    return checked(request.shape, request.model_name)
 
 
 def respond(request: pb.FitRequest, store, cache: "AnswerCache") -> pb.FitResponse:
@@ -332,13 +327,14 @@ def respond(request: pb.FitRequest, store, cache: "AnswerCache") -> pb.FitRespon
     known = store.devices()
     names = display_names(known)
     chosen = [find_device(known, q.device)] if q.device else known
+    priors = fleet_priors.FleetPriors(known, lambda device_id: store.results(device_id=device_id))
     if not q.model_name:
         device = chosen[0].inventory
         return pb.FitResponse(answers=largest_per_precision(
             device, q.backend, store.results(device_id=device.device_id), **q.limits,
-            device_name=names[device.device_id]))
+            device_name=names[device.device_id], priors=priors))
     answers = [cache.answer(d, q.model_name, q.quant, q.backend, device_name=names[d.inventory.device_id],
-                            shape=q.shape, **q.limits) for d in chosen]
+                            shape=q.shape, priors=priors, **q.limits) for d in chosen]
     quality = [r for r in store.quality_results(q.model_name) if r.quant == q.quant] if q.backend == "llama.cpp" else []
     return pb.FitResponse(answers=[with_quality(a, quality, names) for a in answers])
 
@@ -374,15 +370,16 @@ class AnswerCache:
         self.answers: collections.OrderedDict[tuple, pb.FitAnswer] = collections.OrderedDict()
 
     def answer(self, device: pb.Device, model_name: str, quant: str, backend: str, device_name: str = "",
-               shape: Architecture | None = None, **limits) -> pb.FitAnswer:
+               shape: Architecture | None = None, priors: fleet_priors.FleetPriors | None = None,
+               **limits) -> pb.FitAnswer:
         inventory = hashlib.blake2b(device.inventory.SerializeToString(deterministic=True), digest_size=16).digest()
         key = (device.inventory.device_id, device.results, inventory, model_name, quant, backend, device_name,
-               shape, tuple(sorted(limits.items())))
+               shape, tuple(sorted(limits.items())), priors.version(device.inventory) if priors else ())
         found = self.answers.get(key)
         if found is None:
             results = self.store.results(device_id=device.inventory.device_id)
             found = self.answers[key] = answer(device.inventory, model_name, quant, backend, results, **limits,
-                                               device_name=device_name, shape=shape)
+                                               device_name=device_name, shape=shape, priors=priors)
             if len(self.answers) > self.max_entries:
                 self.answers.popitem(last=False)
         else:
@@ -392,12 +389,12 @@ class AnswerCache:
 
 def largest_per_precision(device: pb.DeviceInventory, backend: str, results: list[pb.ProfileResult],
                           context: int | None = None, min_decode_tps: float | None = None,
-                          max_watts: float | None = None, device_name: str = "", streams: int | None = None
-                          ) -> list[pb.FitAnswer]:
+                          max_watts: float | None = None, device_name: str = "", streams: int | None = None,
+                          priors: fleet_priors.FleetPriors | None = None) -> list[pb.FitAnswer]:
     """Per precision (measured here, and the backend's common ones): the largest catalogued model that fits (with
     `streams`: that serves that many streams)."""
     spec = backends.backend(backend)
-    dm = scaling.device_model(device, results, spec.name)
+    dm = scaling.device_model(device, results, spec.name, priors and priors.for_device(device, spec.name))
     sm = serving.serving_model(dm, results)
     common = DEVICE_QUANTS if spec.takes_gguf_types() else spec.precisions
     quants = list(dict.fromkeys([*common, *(p.quant for p in dm.points)]))

@@ -2,7 +2,8 @@
 
 Plots: decode tokens/s against parameters per device (by id), backend and precision (log-log), peak memory
 against parameters with each device's RAM as a line, tokens per joule against parameters, and per device with concurrency sweeps
-aggregate and per-stream decode tokens/s against concurrent streams. Measured points are
+aggregate and per-stream decode tokens/s against concurrent streams, and per device with quality results decode
+tokens/s against mean KL divergence from F16, one point per model and precision (the quality table). Measured points are
 solid, predicted ones hollow with their error band, estimated ones (power from a model) diamonds; legends are
 HTML below each plot. A device filter (radio buttons and CSS) shows one device's series and table rows.
 DIR/tables.md holds the tables as markdown.
@@ -201,7 +202,29 @@ def plots(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Tab
         scatter_svg("Peak memory against parameters, with each device's RAM", memory, "parameters",
                     "peak memory GB", lines=ram),
         scatter_svg("Tokens per joule against parameters (decode)", energy, "parameters", "tokens per joule"),
-    ] + serving_plots(by_name.get("serving-curves"), ids, index)
+    ] + serving_plots(by_name.get("serving-curves"), ids, index) + quality_plots(by_name.get("quality"), ids, index)
+
+
+def quality_plots(quality: pb.Table | None, ids: dict[str, str], index: dict[str, int]) -> list[str]:
+    """Per device with quality results: its measured decode tok/s against the mean KL divergence from the
+    reference, one series per model and precision (log-log; the quality table's rows with a decode speed)."""
+    if quality is None:
+        return []
+    col = {c: i for i, c in enumerate(quality.columns)}
+    per_device: dict[str, dict[str, Series]] = {}
+    for row in quality.rows:
+        cells = [typed_cell(c) for c in row.cells]
+        kld = re.match(r"\s*([0-9.eE+-]+)", str(cells[col["mean KLD"]]))  # "0.01234 ± 0.00056"
+        decode = cells[col["decode tok/s"]]
+        if kld is None or not isinstance(decode, float):
+            continue
+        device = cells[col["device"]]
+        label = f"{device} {cells[col['model']]} {cells[col['precision']]}"
+        plot = per_device.setdefault(device, {})
+        plot.setdefault(label, Series(label, index.get(ids.get(device), -1))).measured.append((float(kld[1]), decode))
+    return [scatter_svg(f"{device}: decode tokens/s against mean KL divergence from F16, per precision (measured)",
+                        plot, "mean KL divergence from F16", "decode tokens/s")
+            for device, plot in sorted(per_device.items())]
 
 
 def serving_plots(curves: pb.Table | None, ids: dict[str, str], index: dict[str, int]) -> list[str]:

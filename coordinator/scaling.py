@@ -17,13 +17,15 @@ cache holds its window (Architecture.kv_cache_bytes).
 
 Every figure says where it comes from: `measured` (that model and quant on that device), `predicted`
 (calibrated on the device; its error band is the largest leave-one-size-out residual), or `estimated` (nothing
-measured on the device: catalogue formula with default efficiencies against the device's probes).
+measured on the device: catalogue formula with efficiencies learned from calibrated devices of its kind
+(coordinator/fleet_priors.py), else fixed defaults, against the device's probes).
 """
 
 import dataclasses
 import difflib
 import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -251,6 +253,23 @@ class Prediction:
 
 
 @dataclasses.dataclass(frozen=True)
+class Efficiency:
+    """The fraction of its probe a never-measured device is estimated to reach, what that rests on, its ± relative
+    band (None for a fixed default), and a cost per layer and token besides (seconds; 0 for a fixed default)."""
+    value: float
+    how: str
+    band: float | None = None
+    layer_s: float = 0.0
+
+
+def default_efficiency(rate: str) -> Efficiency:
+    """The fixed default for `rate` ("bandwidth" | "compute"), when no fleet knowledge applies."""
+    if rate == "bandwidth":
+        return Efficiency(DEFAULT_BANDWIDTH_EFFICIENCY, f"default {DEFAULT_BANDWIDTH_EFFICIENCY:.0%} of the bandwidth probe")
+    return Efficiency(DEFAULT_COMPUTE_EFFICIENCY, f"default {DEFAULT_COMPUTE_EFFICIENCY:.0%} of the matmul probe")
+
+
+@dataclasses.dataclass(frozen=True)
 class DeviceModel:
     """A device's calibration, its error bands and the points they came from."""
     device: pb.DeviceInventory
@@ -258,6 +277,7 @@ class DeviceModel:
     calibration: Calibration | None
     errors: dict[str, float | None]  # "memory" | "decode" | "prefill" -> max |relative error| held out
     backend: str = DEFAULT_BACKEND
+    priors: "Callable[[str, str], Efficiency] | None" = None  # (rate, quant) -> Efficiency: coordinator/fleet_priors
 
     @property
     def bandwidth_probe(self) -> float | None:
@@ -326,16 +346,19 @@ class DeviceModel:
         why = "estimated: nothing measured on this device yet"
         memory = memory_feature(arch, quant, ctx, self.backend) + DEFAULT_OVERHEAD_BYTES
         bw, fl = self.bandwidth_probe, self.matmul_probe
-        decode = (DEFAULT_BANDWIDTH_EFFICIENCY * bw / decode_bytes_per_token(arch, quant, ctx, self.backend)) if bw else None
-        prefill = (DEFAULT_COMPUTE_EFFICIENCY * fl / flops_per_token(arch, ctx / 2)) if fl else None
+        priors = self.priors or (lambda rate, _quant: default_efficiency(rate))
+        bw_eff, fl_eff = priors("bandwidth", quant), priors("compute", quant)
+        decode = (1 / (decode_bytes_per_token(arch, quant, ctx, self.backend) / (bw_eff.value * bw)
+                       + arch.n_layers * bw_eff.layer_s)) if bw else None
+        prefill = (1 / (flops_per_token(arch, ctx / 2) / (fl_eff.value * fl) + arch.n_layers * fl_eff.layer_s)
+                   ) if fl else None
         no_probe = "; no probe of the device (fleetfit-agent probe), so no figure"
         return Prediction(
             Figure(memory, "estimated", f"{why}; catalogue weights + KV + compute buffer + "
                    f"{DEFAULT_OVERHEAD_BYTES >> 20} MiB default overhead"),
-            Figure(decode, "estimated", f"{why}; {DEFAULT_BANDWIDTH_EFFICIENCY:.0%} of the bandwidth probe"
-                   + ("" if bw else no_probe)),
-            Figure(prefill, "estimated", f"{why}; {DEFAULT_COMPUTE_EFFICIENCY:.0%} of the matmul probe"
-                   + ("" if fl else no_probe)), ctx)
+            Figure(decode, "estimated", f"{why}; {bw_eff.how}" + ("" if bw else no_probe), bw_eff.band if bw else None),
+            Figure(prefill, "estimated", f"{why}; {fl_eff.how}" + ("" if fl else no_probe), fl_eff.band if fl else None),
+            ctx)
 
 
 def leave_one_size_out(pts: list[Point]) -> list[tuple[Point, Prediction]]:
@@ -363,14 +386,15 @@ def relative_errors(pairs: list[tuple[Point, Prediction]]) -> dict[str, list[flo
     return errors
 
 
-def device_model(device: pb.DeviceInventory, results: list[pb.ProfileResult],
-                 backend: str = DEFAULT_BACKEND) -> DeviceModel:
-    """The device's scaling model for one backend, calibrated on that backend's runs there."""
+def device_model(device: pb.DeviceInventory, results: list[pb.ProfileResult], backend: str = DEFAULT_BACKEND,
+                 priors: "Callable[[str, str], Efficiency] | None" = None) -> DeviceModel:
+    """The device's scaling model for one backend, calibrated on that backend's runs there; `priors` give the
+    efficiencies an uncalibrated device is estimated with (coordinator/fleet_priors.py; default: fixed ones)."""
     spec = backends.backend(backend)
     pts = points(results, device.device_id, spec.name)
     errors = relative_errors(leave_one_size_out(pts))
     bands = {k: max(abs(e) for e in v) if v else None for k, v in errors.items()}
-    return DeviceModel(device, pts, calibrate(pts), bands, spec.name)
+    return DeviceModel(device, pts, calibrate(pts), bands, spec.name, priors)
 
 
 def params_text(arch: Architecture) -> str:

@@ -251,7 +251,8 @@ class FleetService(pb_grpc.FleetServiceServicer):
 
     async def GetTable(self, request, context):
         try:
-            table = await off_loop(tables.build_from_store, request.name, self.store, dict(request.options))
+            shapes = tables.checked_shapes(request.shapes)
+            table = await off_loop(tables.build_from_store, request.name, self.store, dict(request.options), shapes)
             return pb.GetTableResponse(table=table)
         except tables.TableError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

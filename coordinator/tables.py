@@ -11,13 +11,13 @@ from typing import Callable
 from google.protobuf import json_format, struct_pb2
 
 from fleetfit.coordinator import fit as fit_rules
-from fleetfit.coordinator import render, scaling, serving
+from fleetfit.coordinator import fleet_priors, render, scaling, serving
 from fleetfit.coordinator.devices import DeviceLookupError, display_names
 from fleetfit.coordinator.devices import find as find_device
 from fleetfit.coordinator.limits import (DEFAULT_SHAPE, backend_of, chosen_shapes, comparable, limit_rows, quant_of,
                                          shape_matches)
 from fleetfit.models import backends
-from fleetfit.models.catalogue import CATALOGUE, n_params
+from fleetfit.models.catalogue import CATALOGUE, Architecture, n_params
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 
@@ -30,6 +30,7 @@ class Fleet:
     results: list[pb.ProfileResult]
     devices: list[pb.Device]
     quality: list[pb.QualityResult] = dataclasses.field(default_factory=list)
+    shapes: dict[str, Architecture] = dataclasses.field(default_factory=dict)  # asked models the catalogue lacks
 
     @functools.cached_property
     def names(self) -> dict[str, str]:
@@ -89,9 +90,25 @@ def _cell(value) -> struct_pb2.Value:
     return struct_pb2.Value(string_value=str(value))
 
 
-def build_from_store(name: str, store, options: dict[str, str]) -> pb.Table:
-    return build(name, Fleet(results=store.results(), devices=store.devices(), quality=store.quality_results()),
-                 options)
+MAX_SHAPES = 16  # GetTableRequest.shapes
+
+
+def checked_shapes(messages) -> dict[str, Architecture]:
+    """GetTableRequest.shapes by name, each checked (models/shapes.py checked), or TableError (one line)."""
+    from fleetfit.models.shapes import checked
+
+    if len(messages) > MAX_SHAPES:
+        raise TableError(f"at most {MAX_SHAPES} shapes, got {len(messages)}")
+    try:
+        return {m.name: checked(m, m.name) for m in messages}
+    except ValueError as exc:
+        raise TableError(str(exc)) from None
+
+
+def build_from_store(name: str, store, options: dict[str, str], shapes: dict[str, Architecture] | None = None
+                     ) -> pb.Table:
+    return build(name, Fleet(results=store.results(), devices=store.devices(), quality=store.quality_results(),
+                             shapes=shapes or {}), options)
 
 
 def build(name: str, fleet: Fleet, options: dict[str, str]) -> pb.Table:
@@ -226,8 +243,9 @@ def device_models(fleet: Fleet) -> dict[tuple[str, str], scaling.DeviceModel]:
     """The scaling model of every device and backend with results."""
     inventories = {d.inventory.device_id: d.inventory for d in fleet.devices}
     pairs = sorted({(r.device_id, backend_of(r)) for r in fleet.results if backend_of(r) in backends.BACKENDS})
-    return {(i, b): scaling.device_model(inventories.get(i, pb.DeviceInventory(device_id=i)), fleet.results, b)
-            for i, b in pairs}
+    priors = fleet_priors.FleetPriors.of_results(fleet.devices, fleet.results)
+    return {(i, b): scaling.device_model(inventory, fleet.results, b, priors.for_device(inventory, b))
+            for i, b in pairs for inventory in [inventories.get(i, pb.DeviceInventory(device_id=i))]}
 
 
 def _with_seed_sizes(fleet: Fleet, ladder: Ladder):
@@ -236,19 +254,20 @@ def _with_seed_sizes(fleet: Fleet, ladder: Ladder):
     models = device_models(fleet)
     pairs = [k for k in dict.fromkeys(k[:2] for k in ladder.keys) if k in models and models[k].calibration is not None]
     spec_of = {b: backends.backend(b) for _, b in pairs}
-    extra = {(d, b, m) for d, b in pairs for m in scaling.SEED_SIZES
-             if not backends.obtainable(spec_of[b], m, set(), CATALOGUE)}
+    known = {**CATALOGUE, **fleet.shapes}  # the catalogue, and the models asked about by shape
+    extra = {(d, b, m) for d, b in pairs for m in (*scaling.SEED_SIZES, *fleet.shapes)
+             if not backends.obtainable(spec_of[b], m, set(), known)}
     for key in extra:
-        ladder.params.setdefault(key, n_params(CATALOGUE[key[2]]))
+        ladder.params.setdefault(key, n_params(known[key[2]]))
     keys = sorted(set(ladder.keys) | extra, key=lambda k: (k[0], k[1], ladder.params[k]))
 
     def predicted(device_id: str, backend: str, model: str, quant: str, what: str):
         dm = models.get((device_id, backend))
         spec = backends.BACKENDS.get(backend)
-        if dm is None or dm.calibration is None or model not in CATALOGUE or spec is None or not spec.can_size(quant) \
+        if dm is None or dm.calibration is None or model not in known or spec is None or not spec.can_size(quant) \
                 or not _takes(spec, quant):
             return None
-        p = dm.predict(CATALOGUE[model], quant)
+        p = dm.predict(known[model], quant)
         figure = p.decode_tps if what == "decode" else dataclasses.replace(
             p.memory_bytes, value=p.memory_bytes.value / 1e9 if p.memory_bytes.value is not None else None)
         if figure.value is None:
@@ -744,6 +763,7 @@ def serving_curves(fleet: Fleet, options: dict[str, str]) -> TableData:
 # `fleetfit limits all`: the seed's tables in the seed's order, then the raw measurements
 SEED_ORDER = ("memory", "speed", "bandwidth", "capacity", "power", "energy-cost", "serving", "deployment",
               "recommendations", "measured", "serving-curves", "failures")
+REPORT_ORDER = (*SEED_ORDER, "quality")  # `fleetfit report`: the seed's tables and the quality table
 
 
 @table("quality", "Quality beside speed: KL divergence from F16, perplexity and same top token, per precision")

@@ -250,3 +250,18 @@ def from_proto(message) -> Architecture:
         explicit_head_dim=message.head_dim if message.HasField("head_dim") else None,
         sliding_window=message.sliding_window if message.HasField("sliding_window") else None,
         **{k: getattr(message, k) for k in _WIRE_INTS})
+
+
+def checked(message, name: str) -> Architecture:
+    """The shape a request carries for the model `name` (fleetfit.v1.Architecture), checked as any catalogue entry
+    is (bounded numbers, a family llama.cpp has), or ValueError (one line). A shape equal to a catalogued one is
+    that entry; another shape may not take a catalogued name."""
+    try:
+        shape = from_proto(message)
+    except ModelError as exc:
+        raise ValueError(f"shape {message.name[:40]!r}: {exc}") from None
+    if shape.name != name:
+        raise ValueError(f"the shape is named {shape.name[:40]!r}, the model {name[:40]!r}")
+    if shape.name in CATALOGUE and shape != CATALOGUE[shape.name]:
+        raise ValueError(f"the shape named {shape.name!r} differs from the catalogued one; give it another name")
+    return shape

@@ -213,6 +213,8 @@ class Backend:
             path = model_cache.checked_file(request.model.path, allowed_dirs)
             return self.file_target(path, precision, pathlib.Path(path).stem, "file", job)
         name = model_cache.checked_name(request.model.name)
+        if request.model.HasField("shape"):
+            return self.shape_target(self.sent_shape(request.model), precision, cache_dir, deadline)
         if name.lower() in real_models.REAL_MODELS:
             if not self.spec.runs_real_models:
                 raise ProfileInputError(f"{self.NAME} runs catalogue shapes only, not real models")
@@ -226,6 +228,21 @@ class Backend:
         if cached is None or not self.spec.runs_real_models:
             raise ProfileInputError(f"unknown model {name!r} (known here: {', '.join(self.models(cache_dir))})")
         return self.file_target(str(cached), precision, name, "cached", job)
+
+    def sent_shape(self, model: pb.ModelRef) -> catalogue.Architecture:
+        """The shape a job carries (a model the catalogue does not know, read from a file by the operator), checked
+        here again as any catalogue entry is; a name it shares with the catalogue must be that entry."""
+        from fleetfit.models.shapes import from_proto
+
+        if not self.spec.takes_gguf_types():
+            raise ProfileInputError(f"{self.NAME} runs catalogue shapes only; a sent shape is synthesized as GGUF")
+        shape = from_proto(model.shape)  # ModelError (one line) for anything out of bounds
+        if shape.name != model.name or (shape.name in catalogue.CATALOGUE and shape != catalogue.CATALOGUE[shape.name]):
+            raise ProfileInputError(f"the job's shape {shape.name[:40]!r} does not match its model {model.name!r}")
+        refusal = vocabulary.obtainable(self.spec, shape.name, set(), {shape.name: shape})
+        if refusal:
+            raise ProfileInputError(refusal)
+        return shape
 
     def cached_quant(self, precision: str | None) -> str | None:
         """Which cached file of a name to run: its GGUF type for llama.cpp; frameworks read any (None)."""

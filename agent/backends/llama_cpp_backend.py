@@ -45,7 +45,8 @@ class LlamaCpp(Backend):
         if precision is None:
             raise ProfileInputError(f"{arch.name} is a catalogue shape: name a GGUF type to synthesize it at "
                                     f"(e.g. Q4_0)")
-        path = model_cache.synthesize(arch.name, supported_quant(precision), cache_dir, deadline)
+        known = catalogue.CATALOGUE.get(arch.name) == arch
+        path = model_cache.synthesize(arch.name if known else arch, supported_quant(precision), cache_dir, deadline)
         return RunTarget(name=arch.name, origin="synthetic", precision=precision, path=str(path))
 
     def roofline_shape(self, target: RunTarget, figures: RunFigures, model_arch: str) -> rl.ModelShape | None:

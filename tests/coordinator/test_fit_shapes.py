@@ -102,3 +102,34 @@ def test_a_bad_file_or_a_forged_shape_is_one_line(served, tmp_path):
     forged.name, forged.n_layers = "qwen3-1.7b", 20  # a catalogue name on another shape
     with pytest.raises(grpc.RpcError, match="differs from the catalogued one"):
         fleet_stub(server).Fit(pb.FitRequest(model_name="qwen3-1.7b", quant="Q4_0", shape=forged), timeout=10)
+
+
+def test_limits_predicts_rows_for_a_file_named_with_model(served, tmp_path):
+    server, env = served
+    config = json.loads((CONFIGS / "qwen3-1.7b.json").read_text()) | {"num_hidden_layers": 24}
+    (tmp_path / "my-qwen").mkdir()
+    (tmp_path / "my-qwen" / "config.json").write_text(json.dumps(config))
+    gguf = synth.write_synthetic(tiny("tiny-qwen3", "qwen3", explicit_head_dim=128), "Q8_0", tmp_path / "tiny.gguf",
+                                 free_disk_bytes=PLENTY, available_ram_bytes=PLENTY)
+    rows = {}
+    for table in ("speed", "memory"):
+        done = run_cli("fleetfit", "limits", table, "--model", str(tmp_path / "my-qwen" / "config.json"),
+                       "--model", str(gguf), "--format", "json", env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "qwen3, 1.52B parameters (as my-qwen)" in done.stderr  # read here; the coordinator gets the shape
+        rows[table] = {(r["device"], r["model"]): r for r in json.loads(done.stdout)}
+    speed = rows["speed"][("lab-box (box-measured)", "my-qwen")]
+    memory = rows["memory"][("lab-box (box-measured)", "my-qwen")]
+    assert speed["parameters"] == "1.5B" and speed["q4_0_tok_s_provenance"] == "predicted"
+    assert 0 < speed["q4_0_tok_s"] < 25.0  # slower than the measured tinyllama-1.1b Q4_0
+    assert memory["q4_0_gb_provenance"] == "predicted" and 0.8 < memory["q4_0_gb"] < memory["f16_gb"]
+    assert ("lab-box (box-measured)", "tiny") in rows["speed"]  # the GGUF's shape, named after its file
+    plain = run_cli("fleetfit", "limits", "speed", "--format", "json", env=env, timeout=120)
+    assert not any(r["model"] in ("my-qwen", "tiny") for r in json.loads(plain.stdout))  # only when asked
+    assert_one_line_error(run_cli("fleetfit", "limits", "speed", "--model", "qwen9-1b", env=env), "unknown model")
+    forged = shapes.to_proto(CATALOGUE["qwen3-1.7b"])
+    forged.n_layers = 1  # a catalogued name on another shape
+    with pytest.raises(grpc.RpcError) as refused:
+        fleet_stub(server).GetTable(pb.GetTableRequest(name="speed", shapes=[forged]), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "differs from the catalogued" in \
+        refused.value.details()

@@ -41,7 +41,7 @@ def write_report(tmp_path, fleet=None):
         results.append(sweep("sweep", device.device_id, SMOLLM2_Q4_0, started=results[-1].started_unix_s + 1))
         fleet = tables.Fleet(results, [pb.Device(inventory=device)])
     results = fleet.results
-    built = [tables.build(name, fleet, {}) for name in tables.SEED_ORDER]
+    built = [tables.build(name, fleet, {}) for name in tables.REPORT_ORDER]
     return report.write(tmp_path / "report", fleet.devices, limit_rows(results, fleet.devices), built)
 
 
@@ -61,6 +61,38 @@ def test_page_holds_the_plots_and_every_table(tmp_path):
     for name in tables.SEED_ORDER:
         assert f"## {tables.TABLES[name].title}" in markdown
     assert "~" in markdown  # predicted figures are marked
+
+
+def quality(device_id: str, model: str, quant: str, kld: float) -> pb.QualityResult:
+    return pb.QualityResult(result_id=f"q-{model}-{quant}", device_id=device_id, model_name=model, quant=quant,
+                            reference_quant="F16", context_tokens=512, n_positions=2048, kl_divergence_mean=kld,
+                            kl_divergence_stderr=kld / 20, kl_divergence_p99=kld * 10, perplexity=12.0,
+                            perplexity_stderr=0.2, same_top_token_fraction=0.9)
+
+
+def dump_dom(tmp_path, index) -> str:
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", index.as_uri()],
+                          capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+def test_speed_against_kld_per_precision(tmp_path):
+    results, device = ladder()
+    marks = [("tinyllama-1.1b", "Q8_0", 0.002), ("tinyllama-1.1b", "Q4_0", 0.05), ("distilgpt2", "Q4_0", 0.08),
+             ("distilgpt2", "Q5_K_M", 0.01)]  # the last never had its speed measured: no point
+    fleet = tables.Fleet(results, [pb.Device(inventory=device)], [quality(device.device_id, *m) for m in marks])
+    index = write_report(tmp_path, fleet)
+    page = index.read_text()
+    if CHROMIUM is not None:  # what a browser draws, not only what was written
+        page = dump_dom(tmp_path, index)
+    (svg,) = [s for s in re.findall(r"<svg\b.*?</svg>", page, flags=re.S) if "KL divergence" in s]
+    decode = {(r.model_name, r.quant): r.decode_tokens_per_s.mean for r in results}
+    points = re.findall(r'<circle class="point measured"[^>]*><title>vm (\S+) (\S+): ([^,]+), (\S+) \(measured\)', svg)
+    assert sorted(points) == sorted((m, q, report._num(k), report._num(decode[m, q])) for m, q, k in marks[:3])
+    xs = {(m, q): float(re.search(rf'cx="([0-9.]+)"[^>]*><title>vm {m} {q}:', svg)[1]) for m, q, _ in marks[:3]}
+    assert xs["tinyllama-1.1b", "Q8_0"] < xs["tinyllama-1.1b", "Q4_0"] < xs["distilgpt2", "Q4_0"]  # KLD rightwards
+    assert "mean KL divergence from F16" in svg and "Q5_K_M" not in svg
 
 
 def test_scatter_without_data_says_so():
@@ -93,4 +125,4 @@ def test_chromium_draws_a_series_per_device_with_measured_predicted_and_estimate
     assert 'class="point estimated"' in energy and "(ESTIMATED)" in dom  # estimated power is marked as such
     assert dom.count('<ul class="legend">') == 4 and "<text x" not in "".join(re.findall(r"<g class=.*?</g>", decode))
     assert all(f'id="dev-{i}"' in dom for i in range(3)) and '#dev-2:checked ~ main [data-device]' in dom
-    assert dom.count("<table>") == len(tables.SEED_ORDER) and "<th>F16 GB</th>" in dom and "<pre>" not in dom
+    assert dom.count("<table>") == len(tables.REPORT_ORDER) and "<th>F16 GB</th>" in dom and "<pre>" not in dom

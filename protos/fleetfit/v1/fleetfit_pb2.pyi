@@ -144,12 +144,14 @@ class DeviceProbes(_message.Message):
     def __init__(self, bandwidth: _Optional[_Iterable[_Union[BandwidthProbe, _Mapping]]] = ..., matmul: _Optional[_Iterable[_Union[MatmulProbe, _Mapping]]] = ..., probed_unix_s: _Optional[float] = ..., cache_key: _Optional[str] = ...) -> None: ...
 
 class ModelRef(_message.Message):
-    __slots__ = ("name", "path")
+    __slots__ = ("name", "path", "shape")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     path: str
-    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+    shape: Architecture
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., shape: _Optional[_Union[Architecture, _Mapping]] = ...) -> None: ...
 
 class ProfileRequest(_message.Message):
     __slots__ = ("model", "backend", "quant", "n_prompt", "n_gen", "repetitions", "threads", "timeout_s", "idle_baseline_s", "device", "gpu_layers", "parallel")
@@ -895,7 +897,7 @@ class FitResponse(_message.Message):
     def __init__(self, answers: _Optional[_Iterable[_Union[FitAnswer, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetTableRequest(_message.Message):
-    __slots__ = ("name", "options")
+    __slots__ = ("name", "options", "shapes")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -905,9 +907,11 @@ class GetTableRequest(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SHAPES_FIELD_NUMBER: _ClassVar[int]
     name: str
     options: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    shapes: _containers.RepeatedCompositeFieldContainer[Architecture]
+    def __init__(self, name: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., shapes: _Optional[_Iterable[_Union[Architecture, _Mapping]]] = ...) -> None: ...
 
 class GetTableResponse(_message.Message):
     __slots__ = ("table",)
@@ -946,16 +950,18 @@ class ListTablesResponse(_message.Message):
     def __init__(self, tables: _Optional[_Iterable[_Union[Table, _Mapping]]] = ...) -> None: ...
 
 class CampaignSpec(_message.Message):
-    __slots__ = ("models", "quants", "backends", "template")
+    __slots__ = ("models", "quants", "backends", "template", "shapes")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     QUANTS_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    SHAPES_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedScalarFieldContainer[str]
     quants: _containers.RepeatedScalarFieldContainer[str]
     backends: _containers.RepeatedScalarFieldContainer[str]
     template: ProfileRequest
-    def __init__(self, models: _Optional[_Iterable[str]] = ..., quants: _Optional[_Iterable[str]] = ..., backends: _Optional[_Iterable[str]] = ..., template: _Optional[_Union[ProfileRequest, _Mapping]] = ...) -> None: ...
+    shapes: _containers.RepeatedCompositeFieldContainer[Architecture]
+    def __init__(self, models: _Optional[_Iterable[str]] = ..., quants: _Optional[_Iterable[str]] = ..., backends: _Optional[_Iterable[str]] = ..., template: _Optional[_Union[ProfileRequest, _Mapping]] = ..., shapes: _Optional[_Iterable[_Union[Architecture, _Mapping]]] = ...) -> None: ...
 
 class CreateCampaignRequest(_message.Message):
     __slots__ = ("selector", "spec", "max_attempts")

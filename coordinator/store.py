@@ -31,6 +31,17 @@ DEFAULT_MAX_ATTEMPTS = 3
 LOST_AFTER_S = 30.0
 
 
+def same_payload(stored: bytes, message) -> bool:
+    """Whether `message` is what `stored` holds: the same bytes, or the same once both are read as the contract
+    reads them now (a result stored before the enums, resent by an agent's outbox, is the same result)."""
+    if stored == message.SerializeToString(deterministic=True):
+        return True
+    a, b = type(message).FromString(stored), type(message).FromString(message.SerializeToString())
+    for m in (a, b):
+        upgrade(m).DiscardUnknownFields()
+    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
 class ConflictingResult(Exception):
     """A result id that is already stored with a different payload."""
 
@@ -168,7 +179,7 @@ class Store:
         payload = result.SerializeToString(deterministic=True)
         now = time.time()
         row = execute("SELECT payload FROM results WHERE result_id = ?", (result.result_id,)).fetchone()
-        if row is not None and bytes(row[0]) != payload:
+        if row is not None and not same_payload(bytes(row[0]), result):
             raise ConflictingResult(f"result {result.result_id} is already stored with another payload")
         if row is None:
             self._check_quotas(execute, result, now)
@@ -231,7 +242,7 @@ class Store:
                 raise UnknownDevice(result.device_id)
             found = execute("SELECT payload FROM quality_results WHERE result_id = ?", (result.result_id,)).fetchone()
             if found is not None:
-                if bytes(found[0]) != payload:
+                if not same_payload(bytes(found[0]), result):
                     raise ConflictingResult(f"quality result {result.result_id!r} was stored with other contents")
                 return True
             (recent,) = execute("SELECT COUNT(*) FROM quality_results WHERE device_id = ? AND received > ?",

@@ -139,15 +139,17 @@ def info(as_json: Json = False,
 
 
 def _echo_probes(probes) -> None:
+    from fleetfit.v1.words import PROVENANCE
+
     if probes is None:
         typer.echo("probes      not run yet (fleetfit-agent probe)")
         return
     for b in probes.bandwidth:
-        figure = f"{b.gb_per_s:.1f} GB/s ({b.provenance.kind}: {b.provenance.method})" if b.HasField("gb_per_s") else b.note
+        figure = f"{b.gb_per_s:.1f} GB/s ({PROVENANCE.word(b.provenance.provenance_kind)}: {b.provenance.method})" if b.HasField("gb_per_s") else b.note
         typer.echo(f"bandwidth   {b.target}: {figure}")
     for m in probes.matmul:
         typer.echo(f"matmul      {m.target} {m.precision}: {m.gflop_per_s:.1f} GFLOP/s "
-                   f"({m.provenance.kind}: {m.provenance.method}, n={m.n})")
+                   f"({PROVENANCE.word(m.provenance.provenance_kind)}: {m.provenance.method}, n={m.n})")
 
 
 @app.command()
@@ -459,6 +461,7 @@ def _send_quality(rows, model: str, text: str, identity_path, cache_dir) -> None
     from fleetfit.agent.daemon import registration
     from fleetfit.v1 import fleetfit_pb2 as pb
     from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+    from fleetfit.v1.words import parse_dict
 
     enrolled = identity.load(identity_path or identity.default_path())
     if not enrolled:
@@ -476,7 +479,7 @@ def _send_quality(rows, model: str, text: str, identity_path, cache_dir) -> None
                 kl_divergence_p99=r.kl_divergence_p99, perplexity=r.perplexity,
                 perplexity_stderr=r.perplexity_stderr, same_top_token_fraction=r.same_top_token_fraction,
                 file_bytes=r.file_bytes or 0, text_sha256=digest, created_unix_s=time.time(),
-                provenance=pb.Provenance(**r.provenance))), timeout=30)
+                provenance=parse_dict(dict(r.provenance), pb.Provenance()))), timeout=30)
     typer.echo(f"quality results sent to {enrolled.coordinator}", err=True)
 
 

@@ -104,7 +104,7 @@ def probe_cpu(runs: int = 8, array_bytes: int | None = None, matmul_n: int = 204
     samples = triad_bandwidth(threads, array_bytes, runs)
     bandwidth = pb.BandwidthProbe(
         target="cpu", gb_per_s=max(samples), samples_gb_per_s=samples, bytes_per_array=array_bytes, threads=threads,
-        provenance=pb.Provenance(kind="measured", method="stream_triad_numpy: a = b + s*c, one numpy thread per "
+        provenance=pb.Provenance(provenance_kind=pb.PROVENANCE_KIND_MEASURED, method="stream_triad_numpy: a = b + s*c, one numpy thread per "
                                  "physical core, 3 arrays x 8 bytes per element counted, best of runs",
                                  scope="system memory from the CPU"))
     matmul = []
@@ -112,7 +112,7 @@ def probe_cpu(runs: int = 8, array_bytes: int | None = None, matmul_n: int = 204
         gflops = matmul_gflops(dtype, matmul_n)
         matmul.append(pb.MatmulProbe(
             target="cpu", precision=dtype, gflop_per_s=max(gflops), n=matmul_n,
-            provenance=pb.Provenance(kind="measured", method=f"numpy_matmul ({blas_name()} BLAS, its own threads), "
+            provenance=pb.Provenance(provenance_kind=pb.PROVENANCE_KIND_MEASURED, method=f"numpy_matmul ({blas_name()} BLAS, its own threads), "
                                      "2n^3 FLOPs, best of 3", scope="cpu")))
     return [bandwidth], matmul
 
@@ -139,7 +139,7 @@ def probe_gpus() -> tuple[list, list, str]:
             samples.append(2 * src.numel() / (time.perf_counter() - start) / 1e9)  # read + write
         bandwidth.append(pb.BandwidthProbe(
             target=target, gb_per_s=max(samples), samples_gb_per_s=samples, bytes_per_array=src.numel(), threads=1,
-            provenance=pb.Provenance(kind="measured", method="torch_cuda_d2d_copy: read + write bytes, best of 5",
+            provenance=pb.Provenance(provenance_kind=pb.PROVENANCE_KIND_MEASURED, method="torch_cuda_d2d_copy: read + write bytes, best of 5",
                                      scope=target)))
         for dtype in (torch.float16, torch.float32):
             n = 4096
@@ -153,7 +153,7 @@ def probe_gpus() -> tuple[list, list, str]:
             gflops = 5 * 2 * n ** 3 / (time.perf_counter() - start) / 1e9
             matmul.append(pb.MatmulProbe(
                 target=target, precision=str(dtype).removeprefix("torch."), gflop_per_s=gflops, n=n,
-                provenance=pb.Provenance(kind="measured", method="torch_cuda_matmul, mean of 5", scope=target)))
+                provenance=pb.Provenance(provenance_kind=pb.PROVENANCE_KIND_MEASURED, method="torch_cuda_matmul, mean of 5", scope=target)))
     return bandwidth, matmul, ""
 
 
@@ -169,11 +169,13 @@ def run_probes(**cpu_options) -> pb.DeviceProbes:
 def load_cached(cache_dir: pathlib.Path) -> pb.DeviceProbes | None:
     from google.protobuf import json_format
 
+    from fleetfit.v1.words import parse_dict
+
     try:
         data = json.loads(cache_path(cache_dir).read_text())
         if data.get("version") != PROBE_VERSION:
             return None
-        return json_format.ParseDict(data["probes"], pb.DeviceProbes())
+        return parse_dict(data["probes"], pb.DeviceProbes())  # caches written before the enums read the same
     except (OSError, ValueError, KeyError, json_format.ParseError):
         return None  # no cache, or one this agent cannot read: probe again
 

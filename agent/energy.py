@@ -15,6 +15,7 @@ from fleetfit.agent.telemetry import PhaseSummary, PowerSampler, discover_power_
 from fleetfit.agent.telemetry.sampler import IDLE
 from fleetfit.models import roofline as rl
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import PROVENANCE
 
 DEFAULT_IDLE_BASELINE_S = 2.0
 MEASURED_PHASES = ("load", "prefill", "decode")  # the worker's "warmup" windows are left out
@@ -53,7 +54,8 @@ def phase_message(row: PhaseSummary, tokens: int) -> pb.PhaseEnergy:
     per_token = figures["joules_per_token"]
     figures["tokens_per_joule"] = 1 / per_token if per_token else None
     return pb.PhaseEnergy(
-        phase=row.phase, source=row.source, scope=row.scope, method=row.method, provenance=row.provenance,
+        phase=row.phase, source=row.source, scope=row.scope, method=row.method,
+        provenance_kind=PROVENANCE.code(row.provenance),
         rate_hz=row.rate_hz, duration_s=row.duration_s, tokens=tokens, samples=row.samples,
         samples_skipped=row.samples_skipped, coverage=row.coverage, note=row.note,
         **{k: v for k, v in figures.items() if v is not None},  # absent, never 0
@@ -73,14 +75,14 @@ def finish_sampler(sampler: PowerSampler, declined: list[str], idle_s: float, wi
     headline = max(decode, key=lambda p: p.energy_mj, default=phases[0] if phases else None)
     return pb.PowerTelemetry(
         phases=phases, headline_source=headline.source if headline else "",
-        provenance=headline.provenance if headline else "", idle_baseline_s=idle_s, rate_hz=sampler.rate_hz,
+        provenance_kind=headline.provenance_kind if headline else pb.PROVENANCE_KIND_UNSPECIFIED, idle_baseline_s=idle_s, rate_hz=sampler.rate_hz,
         declined=declined, warmup_excluded=True,
     )
 
 
 def serving_energy(sampler: PowerSampler, power: pb.PowerTelemetry, windows: list,
-                   tokens: dict[str, int]) -> dict[str, tuple[float, str]]:
-    """Gross decode energy per token of each serving point, {phase: (J/token, provenance)}, from the source the
+                   tokens: dict[str, int]) -> dict[str, tuple[float, int]]:
+    """Gross decode energy per token of each serving point, {phase: (J/token, ProvenanceKind)}, from the source the
     result's headline names (the same scope as its single-stream figures); `tokens`: the tokens each phase's
     windows decoded. A phase the source did not cover is left out. Call after finish_sampler."""
     for phase, start_ns, end_ns in windows:
@@ -91,7 +93,7 @@ def serving_energy(sampler: PowerSampler, power: pb.PowerTelemetry, windows: lis
         if row.phase in tokens and row.source == power.headline_source:
             per_token = joules_per_token(row.energy_mj, tokens[row.phase])
             if per_token is not None:
-                found[row.phase] = (per_token, row.provenance)
+                found[row.phase] = (per_token, PROVENANCE.code(row.provenance))
     return found
 
 

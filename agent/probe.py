@@ -53,7 +53,7 @@ def _unmeasured(arch, quant: str, request: pb.ProfileRequest, device_id: str, fa
     return pb.ProfileResult(
         result_id=str(uuid.uuid4()), device_id=device_id, request=request, model_name=arch.name, quant=quant,
         model_n_params=n_params(arch), model_origin="synthetic", failure=failure, error=reason,
-        provenance=pb.Provenance(kind="estimated", method=method, scope="device"), started_unix_s=time.time())
+        provenance=pb.Provenance(provenance_kind=pb.PROVENANCE_KIND_ESTIMATED, method=method, scope="device"), started_unix_s=time.time())
 
 
 def _decode_collapsed(result: pb.ProfileResult, previous: pb.ProfileResult | None,

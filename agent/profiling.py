@@ -115,7 +115,7 @@ def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
     result = pb.ProfileResult(
         result_id=str(uuid.uuid4()), device_id=device_id, request=request, threads=threads,
         n_prompt=request.n_prompt, n_gen=request.n_gen, repetitions=request.repetitions, warmup=True,
-        provenance=pb.Provenance(kind="measured", method=backend.METHOD, scope="worker process on this device"),
+        provenance=pb.Provenance(provenance_kind=pb.PROVENANCE_KIND_MEASURED, method=backend.METHOD, scope="worker process on this device"),
         started_unix_s=time.time(), memory_limit_bytes=memory_limit_bytes,
     )
     start = time.monotonic()
@@ -189,13 +189,13 @@ def _gpu_memory(figures) -> pb.GpuMemory:
     return pb.GpuMemory(**{k: v for k, v in dataclasses.asdict(figures).items() if v is not None})
 
 
-def _serving_point(point: ServingFigures, energy_per_token: tuple[float, str] | None) -> pb.ServingPoint:
+def _serving_point(point: ServingFigures, energy_per_token: tuple[float, int] | None) -> pb.ServingPoint:
     message = pb.ServingPoint(parallel=point.parallel, unsupported_reason=point.unsupported_reason)
     for stat in ServingFigures.STATS:
         if getattr(point, stat) is not None:
             getattr(message, stat).CopyFrom(pb.Stat(**dataclasses.asdict(getattr(point, stat))))
     if energy_per_token is not None:
-        message.decode_energy_per_token_j, message.energy_provenance = energy_per_token
+        message.decode_energy_per_token_j, message.energy_provenance_kind = energy_per_token
     if point.gpu_memory is not None:
         message.gpu_memory.CopyFrom(_gpu_memory(point.gpu_memory))
     return message

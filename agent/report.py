@@ -2,6 +2,9 @@
 
 from fleetfit.agent.profiling import failure_name
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import PROVENANCE
+
+ESTIMATED = pb.PROVENANCE_KIND_ESTIMATED
 
 MIB = 1024 * 1024
 
@@ -28,7 +31,7 @@ def markdown(results: list[pb.ProfileResult]) -> str:
     if results:
         r = results[0]
         lines.append("")
-        lines.append(f"{r.repetitions} repetitions after 1 warm-up; {r.provenance.kind}: {r.provenance.method}. "
+        lines.append(f"{r.repetitions} repetitions after 1 warm-up; {PROVENANCE.word(r.provenance.provenance_kind)}: {r.provenance.method}. "
                      f"Memory: {r.memory_method or 'not measured'}.")
     swept = [r for r in results if r.serving]
     if swept:
@@ -52,7 +55,7 @@ def serving_markdown(results: list[pb.ProfileResult]) -> str:
             if p.unsupported_reason:
                 lines.append(f"{head} unsupported: {p.unsupported_reason} | | | | | | |")
                 continue
-            energy = _num(p, "decode_energy_per_token_j", 4) + (" ESTIMATED" if p.energy_provenance == "estimated"
+            energy = _num(p, "decode_energy_per_token_j", 4) + (" ESTIMATED" if p.energy_provenance_kind == ESTIMATED
                                                                 else "")
             lines.append(f"{head} {_stat(p.aggregate_decode_tokens_per_s)} | {_stat(p.per_stream_decode_tokens_per_s)} | "
                          f"{_stat(p.prefill_tokens_per_s)} | {_stat(p.ttft_ms_p50, 1)} | {_stat(p.ttft_ms_p99, 1)} | "
@@ -78,7 +81,8 @@ def energy_markdown(results: list[pb.ProfileResult]) -> str:
     ]
     for r in results:
         for p in r.power.phases:
-            provenance = p.provenance.upper() if p.provenance == "estimated" else p.provenance
+            provenance = PROVENANCE.word(p.provenance_kind)
+            provenance = provenance.upper() if p.provenance_kind == ESTIMATED else provenance
             lines.append(
                 f"| {r.model_name} | {r.quant} | {p.phase} | {p.source} | {provenance} ({p.method}, {p.rate_hz:g} Hz) | "
                 f"{_num(p, 'energy_mj', 1)} | {_num(p, 'net_energy_mj', 1)} | {_num(p, 'average_power_w')} | "
@@ -88,7 +92,7 @@ def energy_markdown(results: list[pb.ProfileResult]) -> str:
     lines.append("")
     lines.append(f"Idle baseline {power.idle_baseline_s:g} s before the run, net = gross minus idle power over the "
                  f"phase; warm-up excluded. Sources that declined: {'; '.join(power.declined) or 'none'}.")
-    if any(r.power.provenance == "estimated" for r in results):
+    if any(r.power.provenance_kind == ESTIMATED for r in results):
         lines.append("ESTIMATED: no power sensor is readable here; watts are CPU utilization x a per-CPU-class "
                      "power model, not a measurement.")
     return "\n".join(lines)

@@ -66,12 +66,12 @@ def a_result(device_id: str) -> pb.ProfileResult:
         ttft_ms=pb.Stat(mean=512 / (decode * 8) * 1000, samples=[512 / (decode * 8) * 1000] * 5),
         prefill_tokens_per_s=pb.Stat(mean=decode * 8, samples=[s * 8 for s in samples]),
         decode_tokens_per_s=pb.Stat(mean=statistics.fmean(samples), samples=samples),
-        provenance=pb.Provenance(kind="measured", method="llama.cpp via llama-cpp-python; wall clock",
+        provenance=pb.Provenance(provenance_kind=pb.PROVENANCE_KIND_MEASURED, method="llama.cpp via llama-cpp-python; wall clock",
                                  scope="worker process on this device"),
         started_unix_s=time.time(), wall_s=12.0)
     for phase, tokens in (("load", 0), ("prefill", 2560), ("decode", 640)):
         r.power.phases.append(pb.PhaseEnergy(phase=phase, source="intel-rapl:0 package-0", scope="cpu-package:0",
-                                             method="rapl", provenance="measured", rate_hz=20, duration_s=3.0,
+                                             method="rapl", provenance_kind=pb.PROVENANCE_KIND_MEASURED, rate_hz=20, duration_s=3.0,
                                              energy_mj=90_000, average_power_w=30.0, peak_power_w=41.0,
                                              tokens=tokens, samples=60, coverage=1.0))
     r.power.headline_source = "intel-rapl:0 package-0"
@@ -197,7 +197,7 @@ async def bench(db_url: str, args, work: pathlib.Path) -> dict:
         figures["contact_server_cpu"] = (coordinator.cpu_s() - cpu0) / (time.monotonic() - begin)
         figures["contacts_per_s"] = sum(1 for t in starts if t >= steady_from) / (stop_at - steady_from)
         devices = await all_devices(fleet, operator)
-        figures["lost"] = sum(1 for d in devices if d.status != "online")
+        figures["lost"] = sum(1 for d in devices if d.device_status != pb.DEVICE_STATUS_ONLINE)
         figures["max_silence_s"] = max(time.time() - d.last_seen_unix_s for d in devices)
 
         # fit

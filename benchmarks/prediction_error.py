@@ -10,6 +10,7 @@ memory within ±10%, decode within ±20%.
 """
 
 import argparse
+import json
 import pathlib
 import socket
 import sqlite3
@@ -19,6 +20,7 @@ from google.protobuf import json_format
 
 from fleetfit.coordinator import scaling
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import parse_dict
 
 FIXTURE = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "ladder"
 MEMORY_TARGET, DECODE_TARGET = 0.10, 0.20
@@ -30,9 +32,9 @@ def from_db(path: str) -> list[pb.ProfileResult]:
 
 
 def load_fixture(directory: pathlib.Path = FIXTURE) -> tuple[list[pb.ProfileResult], list[pb.Device]]:
-    results = [json_format.Parse(p.read_text(), pb.ProfileResult()) for p in sorted(directory.glob("result-*.json"))]
+    results = [parse_dict(json.loads(p.read_text()), pb.ProfileResult()) for p in sorted(directory.glob("result-*.json"))]
     results.sort(key=lambda r: r.started_unix_s)
-    devices = [json_format.Parse(p.read_text(), pb.Device()) for p in sorted(directory.glob("device-*.json"))]
+    devices = [parse_dict(json.loads(p.read_text()), pb.Device()) for p in sorted(directory.glob("device-*.json"))]
     return results, devices
 
 

@@ -25,6 +25,7 @@ from fleetfit.models.errors import ModelError
 from fleetfit.models.real_models import REAL_MODELS
 from fleetfit.models.shapes import checked, to_proto
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import JOB_STATE
 
 OPS = {"=": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 TEXT_KEYS = {"arch", "os", "hostname", "device", "cpu"}
@@ -260,10 +261,10 @@ def progress(campaign: Campaign, jobs: list[pb.JobStatus], names: dict[str, str]
 
     for job in jobs:
         d = device(job.device_id)
-        state = job.state if job.state in ("done", "running", "failed", "queued") else "queued"
+        state = JOB_STATE.word(job.job_state) or "queued"
         setattr(d, state, getattr(d, state) + 1)
         setattr(status, state, getattr(status, state) + 1)
-        if job.state == "failed" and job.error:
+        if job.job_state == pb.JOB_STATE_FAILED and job.error:
             d.errors.append(job.error)
     for device_id, reasons in campaign.skipped.items():
         device(device_id).skipped.extend(reasons)

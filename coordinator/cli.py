@@ -433,6 +433,7 @@ def devices(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table", s
     """The devices that have registered."""
     from fleetfit.coordinator import render
     from fleetfit.v1 import fleetfit_pb2 as pb
+    from fleetfit.v1.words import DEVICE_STATUS
 
     _check_format(fmt)
     found = _pages(_fleet(coordinator, state_dir, ca, token).ListDevices, pb.ListDevicesRequest(), "devices")
@@ -443,7 +444,7 @@ def devices(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table", s
              d.inventory.arch, d.inventory.cpu_model, d.inventory.cpu_cores_physical,
              round(d.inventory.ram_total_bytes / 2**30, 1), ", ".join(g.name for g in d.inventory.gpus) or None,
              " ".join(b.name for b in d.inventory.backends if b.available) or None, d.results, d.refused,
-             d.last_refusal or None, d.status, round(time.time() - d.last_seen_unix_s)]
+             d.last_refusal or None, DEVICE_STATUS.word(d.device_status), round(time.time() - d.last_seen_unix_s)]
             for d in found]
     if people:  # one status column: "lost (silent 42 s)"
         header = header[:-1]

@@ -17,6 +17,7 @@ from fleetfit.coordinator import ingest
 from fleetfit.coordinator.store import ConflictingResult, QuotaExceeded, Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.records import message_dict
+from fleetfit.v1.words import parse_dict
 
 SCHEMA = "fleetfit.result.v1"
 MAX_LINE_BYTES = 4 * ingest.MAX_MESSAGE_BYTES  # JSON of a message at the size bound, with room for escapes
@@ -49,9 +50,8 @@ def _parse(line: str) -> tuple[pb.ProfileResult, pb.DeviceInventory | None]:
     if not isinstance(found, dict) or found.get("schema") != SCHEMA:
         raise ingest.Refused(f"not a {SCHEMA} line (fleetfit export writes them)")
     try:
-        result = json_format.ParseDict(found.get("result"), pb.ProfileResult())
-        device = (json_format.ParseDict(found["device"], pb.DeviceInventory()) if found.get("device") is not None
-                  else None)
+        result = parse_dict(found.get("result"), pb.ProfileResult())
+        device = parse_dict(found["device"], pb.DeviceInventory()) if found.get("device") is not None else None
     except (json_format.ParseError, TypeError, AttributeError) as exc:
         raise ingest.Refused(f"not a result: {str(exc).splitlines()[0][:200]}") from None
     ingest.check_result(result)

@@ -25,10 +25,11 @@ from fleetfit.models.catalogue import CATALOGUE, Architecture, n_params
 from fleetfit.models.errors import ModelError
 from fleetfit.models.real_models import REAL_MODELS
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import PROVENANCE, VERDICT
 
 MIB = 1024 * 1024
 COMFORTABLE, TIGHT = 0.70, 0.95
-OK_VERDICTS = ("fits_comfortably", "tight")
+OK_VERDICTS = (pb.VERDICT_FITS_COMFORTABLY, pb.VERDICT_TIGHT)
 DEVICE_QUANTS = ("F16", "Q8_0", "Q4_K_M", "Q4_0")  # precisions `fit --device` answers for, besides measured ones
 RANK = {"measured": 0, "predicted": 1, "estimated": 2}
 MAX_STREAMS = 1_000_000  # fit --streams: beyond any device's memory
@@ -44,6 +45,15 @@ def check_model_known(model_name: str, known: set[str]) -> None:
     near = difflib.get_close_matches(model_name, sorted(known), n=3, cutoff=0.4)
     hint = f"; did you mean {', '.join(near)}?" if near else (f"; known: {', '.join(sorted(known))}" if known else "")
     raise UnknownModel(f"unknown model {model_name!r}{hint}")
+
+
+def kind(f) -> str:
+    """The provenance word of a FitFigure, FitAnswer or PhaseEnergy ("" when it has none)."""
+    return PROVENANCE.word(f.provenance_kind)
+
+
+def _figure_message(value: float, provenance: str, method: str) -> pb.FitFigure:
+    return pb.FitFigure(value=value, provenance_kind=PROVENANCE.code(provenance), method=method)
 
 
 def band(fraction: float) -> str:
@@ -62,7 +72,7 @@ def decode_watts(device_id: str, results: list[pb.ProfileResult], exact: pb.Prof
     if not runs:
         return None
     phases = [phase(r) for r in runs]
-    provenance = "estimated" if any(p.provenance == "estimated" for p in phases) else "measured"
+    provenance = "estimated" if any(kind(p) == "estimated" for p in phases) else "measured"
     how = f"{phases[0].method}, {'this run' if len(runs) == 1 and runs[0] is exact else f'mean of {len(runs)} runs'}"
     return sum(p.average_power_w for p in phases) / len(phases), provenance, how
 
@@ -70,7 +80,7 @@ def decode_watts(device_id: str, results: list[pb.ProfileResult], exact: pb.Prof
 def _figure(f: scaling.Figure | None) -> pb.FitFigure | None:
     if f is None or f.value is None:
         return None
-    out = pb.FitFigure(value=f.value, provenance=f.provenance, method=f.method)
+    out = _figure_message(f.value, f.provenance, f.method)
     if f.error_fraction is not None:
         out.error_fraction = f.error_fraction
     return out
@@ -103,14 +113,15 @@ def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str
         out.evidence.CopyFrom(limit_row(mine[-1], out.device_name, device.hostname))
     row = out.evidence if mine else None
     if row is not None and row.failure == pb.FAILURE_KIND_OOM:
-        out.verdict, out.reason, out.provenance = "does_not_fit", f"measured: ran out of memory ({row.error})", "measured"
+        out.fit_verdict, out.reason = pb.VERDICT_DOES_NOT_FIT, f"measured: ran out of memory ({row.error})"
+        out.provenance_kind = pb.PROVENANCE_KIND_MEASURED
         return out
     if row is not None and row.failure:
-        out.verdict, out.reason = "unknown", f"the measurement failed: {row.error}"
+        out.fit_verdict, out.reason = pb.VERDICT_UNKNOWN, f"the measurement failed: {row.error}"
         return out
     if arch is None and row is None:
-        out.verdict, out.reason = "unknown", (f"never measured on this device with {spec.name}, and no catalogued "
-                                              f"shape or size formula for {quant} to predict from")
+        out.fit_verdict, out.reason = pb.VERDICT_UNKNOWN, (f"never measured on this device with {spec.name}, and no "
+                                                          f"catalogued shape or size formula for {quant} to predict from")
         return out
     if arch is not None:
         dm = dm or scaling.device_model(device, results, spec.name, priors and priors.for_device(device, spec.name))
@@ -130,13 +141,13 @@ def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str
     watts = None
     if power is not None and out.HasField("decode_tokens_per_s"):
         watts, prov, method = power
-        prov = max(prov, out.decode_tokens_per_s.provenance, key=RANK.get)
-        out.joules_per_token.CopyFrom(pb.FitFigure(value=watts / out.decode_tokens_per_s.value, provenance=prov,
-                                                   method=f"decode {watts:.1f} W ({method}) / decode tok/s"))
-    present = [f.provenance for f in (out.memory_bytes, out.decode_tokens_per_s) if f.provenance]
-    out.provenance = max(present, key=RANK.get) if present else ""
+        prov = max(prov, kind(out.decode_tokens_per_s), key=RANK.get)
+        out.joules_per_token.CopyFrom(_figure_message(watts / out.decode_tokens_per_s.value, prov,
+                                                      f"decode {watts:.1f} W ({method}) / decode tok/s"))
+    present = [kind(f) for f in (out.memory_bytes, out.decode_tokens_per_s) if kind(f)]
+    out.provenance_kind = PROVENANCE.code(max(present, key=RANK.get) if present else "")
     out = _verdict(out, device, min_decode_tps, max_watts, watts)
-    if arch is not None and out.verdict != "unknown" and out.HasField("decode_tokens_per_s"):
+    if arch is not None and out.fit_verdict != pb.VERDICT_UNKNOWN and out.HasField("decode_tokens_per_s"):
         sm = sm if sm is not None else serving.serving_model(dm, results)
         _serving(out, device, arch, sm, streams, min_decode_tps or serving.INTERACTIVE_TPS)
     if arch is not None and spec.name == "llama.cpp":
@@ -155,10 +166,9 @@ def _add_offload(out: pb.FitAnswer, device: pb.DeviceInventory, arch, quant: str
     out.gpu_layers = split.gpu_layers
     how = f"{split.method}; at ctx {context}"
     if split.gpu_layers:
-        out.gpu_memory_bytes.CopyFrom(pb.FitFigure(value=split.gpu_bytes, provenance="estimated", method=how))
+        out.gpu_memory_bytes.CopyFrom(_figure_message(split.gpu_bytes, "estimated", how))
     if split.decode_tps is not None:
-        out.offload_decode_tokens_per_s.CopyFrom(pb.FitFigure(value=split.decode_tps, provenance="estimated",
-                                                              method=how))
+        out.offload_decode_tokens_per_s.CopyFrom(_figure_message(split.decode_tps, "estimated", how))
     speed = f", estimated decode ~{split.decode_tps:.1f} tok/s" if split.decode_tps is not None else ""
     whole = split.gpu_layers > arch.n_layers
     out.reason += (f"; GPU {gpu.name} ({gpu.memory_total_bytes / MIB:.0f} MiB): "
@@ -178,23 +188,22 @@ def _serving(out: pb.FitAnswer, device: pb.DeviceInventory, arch, sm: serving.Se
     cap = sm.capacity(arch, out.quant, target) if sm.curves else None
     if cap is not None:
         band = f"; streams within the speed's band: {cap.band[0]}–{cap.band[1]}" if cap.band else ""
-        out.max_streams.CopyFrom(pb.FitFigure(value=cap.streams, provenance=cap.provenance, method=cap.method + band))
+        out.max_streams.CopyFrom(_figure_message(cap.streams, cap.provenance, cap.method + band))
     else:
-        out.max_streams.CopyFrom(pb.FitFigure(value=int(decode.value // target), provenance="estimated",
-                                              method=serving.one_stream_division(sm)))
-    mark = "" if out.max_streams.provenance == "measured" else "~"
+        out.max_streams.CopyFrom(_figure_message(int(decode.value // target), "estimated",
+                                                 serving.one_stream_division(sm)))
+    mark = "" if kind(out.max_streams) == "measured" else "~"
     if streams is None:
-        if out.verdict in OK_VERDICTS:
+        if out.fit_verdict in OK_VERDICTS:
             out.reason += (f"; serves {mark}{out.max_streams.value:.0f} stream(s) at ≥{target:g} tok/s each "
-                           f"({out.max_streams.provenance})")
+                           f"({kind(out.max_streams)})")
         return
     out.streams = streams
     kv = scaling.kv_cache_bytes(arch, out.context_tokens)
     need = out.memory_bytes.value + (streams - 1) * kv
-    out.serving_memory_bytes.CopyFrom(pb.FitFigure(
-        value=need, provenance=out.memory_bytes.provenance if streams == 1 else max(
-            out.memory_bytes.provenance, "predicted", key=RANK.get),
-        method=f"one stream's {out.memory_bytes.provenance} memory at ctx {out.context_tokens} + {streams - 1} more "
+    out.serving_memory_bytes.CopyFrom(_figure_message(
+        need, kind(out.memory_bytes) if streams == 1 else max(kind(out.memory_bytes), "predicted", key=RANK.get),
+        f"one stream's {kind(out.memory_bytes)} memory at ctx {out.context_tokens} + {streams - 1} more "
                f"F16 KV caches of {kv / MIB:.1f} MiB (GQA-aware)"))
     if cap is not None:
         aggregate = sm.aggregate(cap.source, streams)
@@ -208,7 +217,7 @@ def _serving(out: pb.FitAnswer, device: pb.DeviceInventory, arch, sm: serving.Se
         out.stream_tokens_per_s.CopyFrom(per_stream)
     capacity = _capacity_bytes(device, out)
     fits = bool(capacity) and need <= TIGHT * capacity
-    word = "" if out.stream_tokens_per_s.provenance == "measured" else "~"
+    word = "" if kind(out.stream_tokens_per_s) == "measured" else "~"
     if not fits:
         out.serves = False
         why = f"{streams} streams need ~{need / MIB:.0f} MiB at ctx {out.context_tokens}, over {TIGHT:.0%} of " \
@@ -218,10 +227,10 @@ def _serving(out: pb.FitAnswer, device: pb.DeviceInventory, arch, sm: serving.Se
     else:
         out.serves = out.stream_tokens_per_s.value >= target
         why = (f"{streams} streams get {word}{out.stream_tokens_per_s.value:.1f} tok/s each "
-               f"({out.stream_tokens_per_s.provenance}{_band_text(out.stream_tokens_per_s)}), "
+               f"({kind(out.stream_tokens_per_s)}{_band_text(out.stream_tokens_per_s)}), "
                f"{'at or above' if out.serves else 'below'} the {target:g} asked; memory ~{need / MIB:.0f} MiB")
-    if out.HasField("serves") and not out.serves and out.verdict in OK_VERDICTS:
-        out.verdict = "does_not_fit"
+    if out.HasField("serves") and not out.serves and out.fit_verdict in OK_VERDICTS:
+        out.fit_verdict = pb.VERDICT_DOES_NOT_FIT
     out.reason = f"{'serves' if out.serves else 'does not serve' if out.HasField('serves') else 'unknown'}: {why}; " \
                  + out.reason
 
@@ -233,34 +242,35 @@ def _capacity_bytes(device: pb.DeviceInventory, out: pb.FitAnswer) -> int:
 
 def _verdict(out: pb.FitAnswer, device: pb.DeviceInventory, min_tps, max_watts, watts) -> pb.FitAnswer:
     mem, dec = out.memory_bytes, out.decode_tokens_per_s
+    mem_kind, dec_kind = kind(mem), kind(dec)
     if not out.HasField("memory_bytes") or not device.ram_total_bytes:
-        out.verdict, out.reason = "unknown", "no memory figure, or the device reported no RAM size"
+        out.fit_verdict, out.reason = pb.VERDICT_UNKNOWN, "no memory figure, or the device reported no RAM size"
         return out
     need, ram = mem.value, _capacity_bytes(device, out)
     out.memory_fraction = need / ram
     out.memory_headroom_bytes = int(ram - need)
-    out.verdict = band(out.memory_fraction)
+    out.fit_verdict = VERDICT.code(band(out.memory_fraction))
     word = {"measured": "measured: peak ", "predicted": "predicted: needs ~", "estimated": "estimated: needs ~"}
-    speed = f", decode {'' if dec.provenance == 'measured' else '~'}{dec.value:.1f} tok/s" if dec.provenance else ""
+    speed = f", decode {'' if dec_kind == 'measured' else '~'}{dec.value:.1f} tok/s" if dec_kind else ""
     memory_kind = "GPU memory" if ram != device.ram_total_bytes else "RAM"
-    out.reason = (f"{word[mem.provenance]}{need / MIB:.0f} MiB{_band_text(mem)} at ctx {out.context_tokens} of "
+    out.reason = (f"{word[mem_kind]}{need / MIB:.0f} MiB{_band_text(mem)} at ctx {out.context_tokens} of "
                   f"{ram / MIB:.0f} MiB {memory_kind} ({out.memory_fraction:.0%}){speed}"
-                  f"{_band_text(dec) if dec.provenance else ''}")
-    if mem.provenance == "predicted" and out.HasField("evidence") and out.evidence.HasField("memory_bytes"):
+                  f"{_band_text(dec) if dec_kind else ''}")
+    if mem_kind == "predicted" and out.HasField("evidence") and out.evidence.HasField("memory_bytes"):
         out.reason += (f"; measured peak {out.evidence.memory_bytes / MIB:.0f} MiB at ctx "
                        f"{out.evidence.n_prompt + out.evidence.n_gen}, grown to the asked context")
     if out.memory_fraction > 1:
-        out.reason = (f"{mem.provenance} peak memory {need / MIB:.0f} MiB at ctx {out.context_tokens} exceeds "
+        out.reason = (f"{mem_kind} peak memory {need / MIB:.0f} MiB at ctx {out.context_tokens} exceeds "
                       f"{ram / MIB:.0f} MiB of {memory_kind}")
-    if mem.provenance == "estimated":
+    if mem_kind == "estimated":
         out.reason += "; nothing measured on this device yet: catalogue formula with default efficiencies"
-    elif mem.provenance == "predicted" and not out.HasField("evidence"):
+    elif mem_kind == "predicted" and not out.HasField("evidence"):
         out.reason += f"; {out.model_name} {out.quant} never measured on this device: calibrated on its other runs"
-    if out.verdict in OK_VERDICTS and min_tps is not None and dec.provenance and dec.value < min_tps:
-        out.verdict = "does_not_fit"
-        out.reason = f"{dec.provenance} decode {dec.value:.1f} tok/s is below the {min_tps:g} asked; " + out.reason
-    if out.verdict in OK_VERDICTS and max_watts is not None and watts is not None and watts > max_watts:
-        out.verdict = "does_not_fit"
+    if out.fit_verdict in OK_VERDICTS and min_tps is not None and dec_kind and dec.value < min_tps:
+        out.fit_verdict = pb.VERDICT_DOES_NOT_FIT
+        out.reason = f"{dec_kind} decode {dec.value:.1f} tok/s is below the {min_tps:g} asked; " + out.reason
+    if out.fit_verdict in OK_VERDICTS and max_watts is not None and watts is not None and watts > max_watts:
+        out.fit_verdict = pb.VERDICT_DOES_NOT_FIT
         out.reason = f"decode draws {watts:.1f} W, over the {max_watts:g} W asked; " + out.reason
     return out
 
@@ -349,9 +359,9 @@ def with_quality(a: pb.FitAnswer, quality: list[pb.QualityResult], names: dict[s
     out = pb.FitAnswer()
     out.CopyFrom(a)
     where = "this device" if own else f"device {names.get(r.device_id, r.device_id)}"
-    out.kl_divergence.CopyFrom(pb.FitFigure(
-        value=r.kl_divergence_mean, provenance="measured",
-        method=f"mean KL divergence from {r.reference_quant} ± {r.kl_divergence_stderr:.2g}, {r.n_positions} positions "
+    out.kl_divergence.CopyFrom(_figure_message(
+        r.kl_divergence_mean, "measured",
+        f"mean KL divergence from {r.reference_quant} ± {r.kl_divergence_stderr:.2g}, {r.n_positions} positions "
                f"at ctx {r.context_tokens}, fleetfit-agent quality on {where} (result {r.result_id})"))
     out.reason += f"; quality: KLD {r.kl_divergence_mean:.4f} from {r.reference_quant} (measured on {where})"
     return out
@@ -405,22 +415,22 @@ def largest_per_precision(device: pb.DeviceInventory, backend: str, results: lis
                 continue
             a = answer(device, arch.name, quant, spec.name, results, min_decode_tps, context, max_watts, dm,
                        device_name, streams, sm)
-            if a.verdict in OK_VERDICTS:
+            if a.fit_verdict in OK_VERDICTS:
                 out.append(a)
                 break
         else:
             out.append(pb.FitAnswer(device_id=device.device_id, hostname=device.hostname, quant=quant,
                                     backend=spec.name, device_name=device_name or device.hostname,
-                                    ram_total_bytes=device.ram_total_bytes, verdict="does_not_fit",
+                                    ram_total_bytes=device.ram_total_bytes, fit_verdict=pb.VERDICT_DOES_NOT_FIT,
                                     reason="no catalogued model fits at this precision"))
     return out
 
 
 def _shown(f: pb.FitFigure, scale: float = 1.0, digits: int = 3):
-    if not f.provenance:
+    if not kind(f):
         return None
     return render.Figure(round(f.value / scale, digits), band=f.error_fraction if f.HasField("error_fraction") else None,
-                         provenance=f.provenance)
+                         provenance=kind(f))
 
 
 def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list]]:
@@ -429,10 +439,11 @@ def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list]]:
               "% RAM", "decode tok/s", "prefill tok/s", "J/token", "streams", "KLD vs F16", "provenance", "reason",
               "evidence", "device id"]
     body = [[a.device_name or a.hostname or a.device_id, a.model_name or None, a.backend, a.quant,
-             a.context_tokens or None, a.verdict, _shown(a.memory_bytes, MIB, 1), round(a.ram_total_bytes / MIB),
+             a.context_tokens or None, VERDICT.word(a.fit_verdict), _shown(a.memory_bytes, MIB, 1),
+             round(a.ram_total_bytes / MIB),
              round(100 * a.memory_fraction, 1) if a.HasField("memory_fraction") else None,
              _shown(a.decode_tokens_per_s), _shown(a.prefill_tokens_per_s), _shown(a.joules_per_token, digits=6),
-             _streams_cell(a), _shown(a.kl_divergence, digits=5), a.provenance or None, a.reason,
+             _streams_cell(a), _shown(a.kl_divergence, digits=5), kind(a) or None, a.reason,
              a.evidence.result_id if a.HasField("evidence") else None, a.device_id]
             for a in answers]
     return header, body
@@ -443,13 +454,13 @@ def _streams_cell(a: pb.FitAnswer) -> str:
     if a.HasField("streams"):
         verdict = ("yes" if a.serves else "no") if a.HasField("serves") else "unknown"
         return f"{a.streams}: {verdict} ({_approx(a.stream_tokens_per_s, '{:.3g}')} tok/s each)"
-    if not a.max_streams.provenance:
+    if not kind(a.max_streams):
         return None
     return f"max {_approx(a.max_streams, '{:.0f}')} at ≥{a.stream_target_tokens_per_s:g} tok/s"
 
 
 def _approx(f: pb.FitFigure, fmt: str) -> str:
     """A figure as text, `~` before a predicted or estimated one."""
-    if not f.provenance:
+    if not kind(f):
         return "n/a"
-    return ("" if f.provenance == "measured" else "~") + fmt.format(f.value)
+    return ("" if kind(f) == "measured" else "~") + fmt.format(f.value)

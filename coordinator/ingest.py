@@ -20,6 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor as F
 
 from fleetfit.models import job_bounds
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import PROVENANCE, upgrade
 
 log = logging.getLogger("fleetfit.coordinator")
 
@@ -72,7 +73,9 @@ def check_result(result: pb.ProfileResult) -> None:
     _check_size(result, "result")
     check_device_id(result.device_id)
     _check_message(result, "result", "")
-    _check_serving(result)
+    # an older agent's report carries the provenance words as strings (fleetfit/v1/words.py): stored as sent, read
+    # as enums; the checks see what answers will read
+    _check_serving(upgrade(type(result).FromString(result.SerializeToString())))
 
 
 def check_quality(result: pb.QualityResult) -> None:
@@ -156,7 +159,7 @@ def _check_value(field, value, where: str, name: str, unit: str) -> None:
 
 SERVING_STATS = ("aggregate_decode_tokens_per_s", "per_stream_decode_tokens_per_s", "prefill_tokens_per_s",
                  "ttft_ms_p50", "ttft_ms_p99", "peak_memory_bytes")
-ENERGY_PROVENANCES = ("measured", "estimated")
+ENERGY_PROVENANCES = (pb.PROVENANCE_KIND_MEASURED, pb.PROVENANCE_KIND_ESTIMATED)
 
 
 def _check_serving(result: pb.ProfileResult) -> None:
@@ -194,8 +197,8 @@ def _check_serving(result: pb.ProfileResult) -> None:
         if any(p99 < p50 for p50, p99 in zip(point.ttft_ms_p50.samples, point.ttft_ms_p99.samples)):
             raise Refused(f"{where}.ttft_ms_p99 is below its p50")
         has_energy = point.HasField("decode_energy_per_token_j")
-        if point.energy_provenance not in (ENERGY_PROVENANCES if has_energy else ("",)):
-            raise Refused(f"{where}.energy_provenance is {point.energy_provenance[:40]!r}: "
+        if point.energy_provenance_kind not in (ENERGY_PROVENANCES if has_energy else (0,)):
+            raise Refused(f"{where}.energy_provenance is {PROVENANCE.word(point.energy_provenance_kind)!r}: "
                           + ("measured or estimated" if has_energy else "empty when no energy is reported"))
 
 

@@ -16,6 +16,7 @@ from fleetfit.coordinator import render
 from fleetfit.coordinator.fit import fit_table
 from fleetfit.coordinator.tables import render_table
 from fleetfit.coordinator.harness import BackgroundCoordinator
+from fleetfit.v1.words import JOB_STATE
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from fleetfit.v1.transport import connect
@@ -47,9 +48,9 @@ def _wait_for_jobs(fleet, agent: subprocess.Popen, job_ids: dict[str, str], echo
     while True:
         jobs = fleet.GetJobs(pb.GetJobsRequest(job_ids=list(job_ids)), timeout=CALL_TIMEOUT_S).jobs
         for job in jobs:
-            if job.state in ("done", "failed") and job.job_id not in reported:
+            if job.job_state in (pb.JOB_STATE_DONE, pb.JOB_STATE_FAILED) and job.job_id not in reported:
                 reported.add(job.job_id)
-                echo(f"  [{len(reported)}/{len(job_ids)}] {job_ids[job.job_id]}: {job.state} (job {job.job_id[:8]})"
+                echo(f"  [{len(reported)}/{len(job_ids)}] {job_ids[job.job_id]}: {JOB_STATE.word(job.job_state)} (job {job.job_id[:8]})"
                      + (f": {job.error}" if job.error else ""))
         if len(reported) == len(job_ids):
             return list(jobs)

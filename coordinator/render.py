@@ -8,6 +8,7 @@ import re
 
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import records
+from fleetfit.v1.words import PROVENANCE
 
 MIB = 1024 * 1024
 FORMATS = ("table", "md", *records.FORMATS)
@@ -78,7 +79,7 @@ def limit_table(rows: list[pb.LimitRow]) -> tuple[list[str], list[list]]:
             round(r.model_file_bytes / MIB, 1) if r.model_file_bytes else None,
             round(r.memory_bytes / MIB, 1) if r.HasField("memory_bytes") else None,
             stat_figure(r.prefill_tokens_per_s), stat_figure(r.decode_tokens_per_s), stat_figure(r.ttft_ms),
-            r.shape, r.provenance.kind or None,
+            r.shape, PROVENANCE.word(r.provenance.provenance_kind) or None,
             f"{FAILURES.get(r.failure, 'error')}: {r.error}" if r.failure else None, r.result_id, r.device_id,
         ])
     return header, body

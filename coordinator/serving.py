@@ -34,6 +34,7 @@ from fleetfit.coordinator import scaling
 from fleetfit.coordinator.limits import backend_of, memory_figure, quant_of, run_shape
 from fleetfit.models.catalogue import CATALOGUE, Architecture
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import PROVENANCE
 
 INTERACTIVE_TPS = 8.0  # per stream: the interactive use's speed (tables' interactive_tps, fit --streams)
 PROMPT_TOKENS, RESPONSE_TOKENS = 256, 256  # the request shape the serving table answers for by default
@@ -75,7 +76,7 @@ def _sweep_point(s: pb.ServingPoint) -> SweepPoint | None:
     return SweepPoint(s.parallel, aggregate, per_stream,
                       _mean(s.prefill_tokens_per_s), _mean(s.ttft_ms_p50), _mean(s.ttft_ms_p99),
                       float(peak) if peak else None, energy if energy and math.isfinite(energy) else None,
-                      s.energy_provenance, "sweep")
+                      PROVENANCE.word(s.energy_provenance_kind), "sweep")
 
 
 def _one_stream_point(r: pb.ProfileResult) -> SweepPoint | None:
@@ -86,7 +87,8 @@ def _one_stream_point(r: pb.ProfileResult) -> SweepPoint | None:
     phase = next((p for p in r.power.phases if p.phase == "decode" and p.source == r.power.headline_source
                   and p.HasField("joules_per_token")), None)
     return SweepPoint(1, decode, decode, _mean(r.prefill_tokens_per_s), ttft, ttft, float(memory) if memory else None,
-                      phase.joules_per_token if phase else None, phase.provenance if phase else "", "one-stream run")
+                      phase.joules_per_token if phase else None, PROVENANCE.word(phase.provenance_kind) if phase else "",
+                      "one-stream run")
 
 
 @dataclasses.dataclass(frozen=True)

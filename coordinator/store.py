@@ -22,12 +22,24 @@ import uuid
 from fleetfit.coordinator import ingest
 from fleetfit.coordinator.db import Database
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import JOB_STATE, upgrade
 
 DEFAULT_LEASE_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 3
 # Agents are in contact at least every 10 s (idle: PollJob long-polls; busy: lease heartbeats); a device
 # silent for three such periods is reported lost.
 LOST_AFTER_S = 30.0
+
+
+def same_payload(stored: bytes, message) -> bool:
+    """Whether `message` is what `stored` holds: the same bytes, or the same once both are read as the contract
+    reads them now (a result stored before the enums, resent by an agent's outbox, is the same result)."""
+    if stored == message.SerializeToString(deterministic=True):
+        return True
+    a, b = type(message).FromString(stored), type(message).FromString(message.SerializeToString())
+    for m in (a, b):
+        upgrade(m).DiscardUnknownFields()
+    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
 
 
 class ConflictingResult(Exception):
@@ -112,8 +124,9 @@ class Store:
         rows = (self.db.query(sql + " WHERE d.device_id = ?", (device_id,)) if device_id
                 else self.db.query(sql + " ORDER BY d.device_id"))
         cutoff = (now or time.time()) - LOST_AFTER_S
-        return [pb.Device(inventory=pb.DeviceInventory.FromString(bytes(inv)), first_seen_unix_s=first,
-                          last_seen_unix_s=last, results=count, status="online" if last >= cutoff else "lost",
+        return [pb.Device(inventory=upgrade(pb.DeviceInventory.FromString(bytes(inv))), first_seen_unix_s=first,
+                          last_seen_unix_s=last, results=count,
+                          device_status=pb.DEVICE_STATUS_ONLINE if last >= cutoff else pb.DEVICE_STATUS_LOST,
                           labels=json.loads(labels) if labels else {}, refused=refused, last_refusal=why or "")
                 for inv, first, last, count, labels, refused, why in rows]
 
@@ -166,7 +179,7 @@ class Store:
         payload = result.SerializeToString(deterministic=True)
         now = time.time()
         row = execute("SELECT payload FROM results WHERE result_id = ?", (result.result_id,)).fetchone()
-        if row is not None and bytes(row[0]) != payload:
+        if row is not None and not same_payload(bytes(row[0]), result):
             raise ConflictingResult(f"result {result.result_id} is already stored with another payload")
         if row is None:
             self._check_quotas(execute, result, now)
@@ -217,7 +230,8 @@ class Store:
                 where.append(f"{column} = ?")
                 params.append(value)
         sql = "SELECT payload FROM results" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY received"
-        return [ingest.usable(pb.ProfileResult.FromString(bytes(payload))) for (payload,) in self.db.query(sql, params)]
+        return [ingest.usable(upgrade(pb.ProfileResult.FromString(bytes(payload))))
+                for (payload,) in self.db.query(sql, params)]
 
     def add_quality(self, result: pb.QualityResult) -> bool:
         """Store a quality result (checked by ingest.check_quality); True when it was already stored (the same
@@ -228,7 +242,7 @@ class Store:
                 raise UnknownDevice(result.device_id)
             found = execute("SELECT payload FROM quality_results WHERE result_id = ?", (result.result_id,)).fetchone()
             if found is not None:
-                if bytes(found[0]) != payload:
+                if not same_payload(bytes(found[0]), result):
                     raise ConflictingResult(f"quality result {result.result_id!r} was stored with other contents")
                 return True
             (recent,) = execute("SELECT COUNT(*) FROM quality_results WHERE device_id = ? AND received > ?",
@@ -245,7 +259,7 @@ class Store:
         sql, params = "SELECT payload FROM quality_results", ()
         if model_name is not None:
             sql, params = sql + " WHERE model_name = ?", (model_name,)
-        return [pb.QualityResult.FromString(bytes(p)) for (p,) in self.db.query(sql + " ORDER BY received", params)]
+        return [upgrade(pb.QualityResult.FromString(bytes(p))) for (p,) in self.db.query(sql + " ORDER BY received", params)]
 
     def result_count(self) -> int:
         return self.db.query("SELECT COUNT(*) FROM results")[0][0]
@@ -339,7 +353,8 @@ class Store:
     def _job_statuses(self, where: str, params: list) -> list[pb.JobStatus]:
         rows = self.db.query(f"SELECT job_id, device_id, state, result_id, error, attempts FROM jobs {where} "
                              "ORDER BY created", params)
-        return [pb.JobStatus(job_id=j, device_id=d, state=s, result_id=r or "", error=e or "", attempts=a)
+        return [pb.JobStatus(job_id=j, device_id=d, job_state=JOB_STATE.code(s), result_id=r or "", error=e or "",
+                             attempts=a)
                 for j, d, s, r, e, a in rows]
 
     # -- campaigns

@@ -19,6 +19,7 @@ from fleetfit.coordinator.limits import (DEFAULT_SHAPE, backend_of, chosen_shape
 from fleetfit.models import backends
 from fleetfit.models.catalogue import CATALOGUE, Architecture, n_params
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import PROVENANCE
 
 
 class TableError(ValueError):
@@ -454,7 +455,10 @@ def _models_supported(rows: list[tuple[str, pb.ProfileResult]]) -> dict[str, str
 
 
 def _how(p: pb.PhaseEnergy | None) -> str | None:
-    return f"{p.provenance.upper() if p.provenance == 'estimated' else p.provenance} ({p.method}, {p.scope})" if p else None
+    if p is None:
+        return None
+    word = PROVENANCE.word(p.provenance_kind)
+    return f"{word.upper() if word == 'estimated' else word} ({p.method}, {p.scope})"
 
 
 POWER_NOTES = [

@@ -12,6 +12,7 @@ import pytest
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from fleetfit.v1.transport import connect
+from fleetfit.v1.words import JOB_STATE
 from tests.conftest import BIN, assert_one_line_error, run_cli
 
 
@@ -19,7 +20,7 @@ def wait_jobs(fleet, job_ids, timeout_s=240):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         jobs = fleet.GetJobs(pb.GetJobsRequest(job_ids=job_ids), timeout=5).jobs
-        if all(j.state in ("done", "failed") for j in jobs):
+        if all(JOB_STATE.word(j.job_state) in ("done", "failed") for j in jobs):
             return {j.job_id: j for j in jobs}
         time.sleep(0.3)
     raise AssertionError("jobs did not finish")
@@ -57,8 +58,8 @@ def test_agent_runs_jobs_and_the_coordinator_answers(coordinator, agent_process,
                                  n_prompt=16, n_gen=4, repetitions=2)
         job_ids = [fleet.SubmitProfile(pb.SubmitProfileRequest(request=r), timeout=5).job_ids[0] for r in (bad, good)]
         jobs = wait_jobs(fleet, job_ids)
-    assert jobs[job_ids[0]].state == "failed" and "fp16 runs on CUDA only" in jobs[job_ids[0]].error
-    assert jobs[job_ids[1]].state == "done"  # the daemon stayed up after the bad job
+    assert jobs[job_ids[0]].job_state == pb.JOB_STATE_FAILED and "fp16 runs on CUDA only" in jobs[job_ids[0]].error
+    assert jobs[job_ids[1]].job_state == pb.JOB_STATE_DONE  # the daemon stayed up after the bad job
     assert agent_process.poll() is None
 
     limits = run_cli("fleetfit", "limits", "--coordinator", address, "--format", "csv")

@@ -19,6 +19,7 @@ from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.coordinator.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+from fleetfit.v1.words import JOB_STATE
 from tests.conftest import BIN, fleet_stub
 
 AGENTS, RESULTS_PER_AGENT = 20, 10
@@ -158,17 +159,17 @@ def test_a_job_whose_agent_dies_is_re_leased_and_done_once(db_url, cache_dir, tm
         def job():
             return fleet.GetJobs(pb.GetJobsRequest(job_ids=[job_id]), timeout=5).jobs[0]
 
-        wait_until(lambda: job().state == "running", 60, "the first agent to lease the job", 0.05)
+        wait_until(lambda: job().job_state == pb.JOB_STATE_RUNNING, 60, "the first agent to lease the job", 0.05)
         (first_fence,) = coordinator.store.db.query("SELECT fence FROM jobs WHERE job_id = ?", (job_id,))[0]
         time.sleep(1.0)  # the profile is under way
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-        assert job().state == "running"  # nobody knows yet: the lease has not expired
-        wait_until(lambda: job().state == "queued", 30, "the lease to expire and the job to be queued again", 0.05)
+        assert job().job_state == pb.JOB_STATE_RUNNING  # nobody knows yet: the lease has not expired
+        wait_until(lambda: job().job_state == pb.JOB_STATE_QUEUED, 30, "the lease to expire and the job to be queued again", 0.05)
 
         second = agent_run(tmp_path / "agent.json", cache_dir, tmp_path, "second")  # the device comes back
-        done = wait_until(lambda: (j := job()).state in ("done", "failed") and j, 180, "the job to finish", 0.2)
-        assert (done.state, done.attempts) == ("done", 2), done
+        done = wait_until(lambda: (j := job()).job_state in (pb.JOB_STATE_DONE, pb.JOB_STATE_FAILED) and j, 180, "the job to finish", 0.2)
+        assert (JOB_STATE.word(done.job_state), done.attempts) == ("done", 2), done
         assert coordinator.store.db.query("SELECT COUNT(*) FROM results WHERE job_id = ?", (job_id,))[0][0] == 1
 
         # What the dead agent would have sent had it finished: its lease's fencing token is stale now.

@@ -12,6 +12,7 @@ from fleetfit.agent import nvml, profiling
 from fleetfit.agent.telemetry.nvml_power import discover_nvml
 from fleetfit.agent.telemetry.source import EnergyReading
 from fleetfit.models import catalogue
+from fleetfit.v1.words import PROVENANCE
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or nvml.load_nvml() is None,
@@ -69,7 +70,7 @@ def test_torch_profile_on_cuda_measures_gpu_memory_and_nvml_energy(tmp_path):
         assert gpu.note
     decode = [p for p in result.power.phases if p.phase == "decode" and p.method.startswith("nvml")]
     assert decode and decode[0].scope == "gpu:0", [(p.phase, p.source) for p in result.power.phases]
-    assert decode[0].provenance == "measured"
+    assert PROVENANCE.word(decode[0].provenance_kind) == "measured"
     assert PLAUSIBLE_GPU_WATTS[0] < decode[0].average_power_w < PLAUSIBLE_GPU_WATTS[1]
     assert "decode: CUDA graph" in result.backend_build  # captured, not eager
 

@@ -13,6 +13,7 @@ import pytest
 from fleetfit.agent import device_probe, identity, profiling
 from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import JOB_STATE
 from tests.conftest import BIN, fleet_stub
 
 
@@ -101,11 +102,11 @@ def job(stub, job_id: str) -> pb.JobStatus:
 def test_a_job_with_a_huge_idle_baseline_fails_as_a_timeout_within_its_limit(fleet):
     coordinator, stub, agent = fleet
     job_id = submit(stub, idle_baseline_s=500, timeout_s=4)
-    wait_until(lambda: job(stub, job_id).state == "running", 60, "the agent to lease the job", 0.05)
+    wait_until(lambda: job(stub, job_id).job_state == pb.JOB_STATE_RUNNING, 60, "the agent to lease the job", 0.05)
     started = time.monotonic()
-    done = wait_until(lambda: (j := job(stub, job_id)).state in ("done", "failed") and j, 30, "the job to end")
+    done = wait_until(lambda: (j := job(stub, job_id)).job_state in (pb.JOB_STATE_DONE, pb.JOB_STATE_FAILED) and j, 30, "the job to end")
     assert time.monotonic() - started < 4 + 3
-    assert done.state == "failed" and agent.poll() is None  # the agent stays up for the next job
+    assert JOB_STATE.word(done.job_state) == "failed" and agent.poll() is None  # the agent stays up for the next job
     (result,) = [r for r in coordinator.store.results() if r.result_id == done.result_id]
     assert result.failure == pb.FAILURE_KIND_TIMEOUT and "idle baseline" in result.error
 
@@ -117,7 +118,7 @@ def test_a_job_with_a_huge_idle_baseline_fails_as_a_timeout_within_its_limit(fle
 def test_sigterm_during_a_long_job_ends_the_agent_within_seconds(fleet, overrides):
     coordinator, stub, agent = fleet
     job_id = submit(stub, **overrides)
-    wait_until(lambda: job(stub, job_id).state == "running", 60, "the agent to lease the job", 0.05)
+    wait_until(lambda: job(stub, job_id).job_state == pb.JOB_STATE_RUNNING, 60, "the agent to lease the job", 0.05)
     in_worker = not overrides["idle_baseline_s"]
     running = wait_until(lambda: [p for p in psutil.Process(agent.pid).children(recursive=True)
                                   if "fleetfit.agent.worker" in p.cmdline()] or not in_worker, 60, "the worker")
@@ -129,4 +130,4 @@ def test_sigterm_during_a_long_job_ends_the_agent_within_seconds(fleet, override
     if in_worker:  # killed with the job, not left running
         assert not [p for p in running if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     ended = job(stub, job_id)
-    assert ended.state == "failed" and "asked to stop" in ended.error
+    assert JOB_STATE.word(ended.job_state) == "failed" and "asked to stop" in ended.error

@@ -1,4 +1,5 @@
 from fleetfit.agent import device_probe
+from fleetfit.v1.words import PROVENANCE
 
 SMALL = dict(runs=2, array_bytes=8 << 20, matmul_n=128)
 
@@ -7,7 +8,7 @@ def test_cpu_probes_are_measured_and_say_how(tmp_path):
     probes = device_probe.probes(tmp_path, **SMALL)
     cpu, gpu = probes.bandwidth[0], probes.bandwidth[-1]
     assert cpu.target == "cpu" and cpu.gb_per_s == max(cpu.samples_gb_per_s) > 0 and len(cpu.samples_gb_per_s) == 2
-    assert cpu.provenance.kind == "measured" and "triad" in cpu.provenance.method and cpu.threads >= 1
+    assert PROVENANCE.word(cpu.provenance.provenance_kind) == "measured" and "triad" in cpu.provenance.method and cpu.threads >= 1
     assert {m.precision for m in probes.matmul if m.target == "cpu"} == {"float32", "float64"}
     assert all("BLAS" in m.provenance.method and m.gflop_per_s > 0 for m in probes.matmul)
     # No CUDA here: the GPU probe is a row without a figure and with the reason, never 0 GB/s.

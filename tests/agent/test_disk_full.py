@@ -129,7 +129,7 @@ def test_the_agent_process_stays_up_on_a_full_disk_and_keeps_serving(small_disk,
         for n in (1, 2):
             fill(small_disk)
             (job_id,) = fleet.SubmitProfile(pb.SubmitProfileRequest(request=request), timeout=5).job_ids
-            while (job := fleet.GetJobs(pb.GetJobsRequest(job_ids=[job_id]), timeout=5).jobs[0]).state != "failed":
+            while (job := fleet.GetJobs(pb.GetJobsRequest(job_ids=[job_id]), timeout=5).jobs[0]).job_state != pb.JOB_STATE_FAILED:
                 assert time.monotonic() < deadline + 60 and proc.poll() is None, log.read_text()
                 time.sleep(0.2)
             assert "IQ2_XS" in job.error and "lease" not in job.error  # the agent's own result, not an expired lease

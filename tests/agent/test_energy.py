@@ -2,6 +2,7 @@
 
 from fleetfit.agent import profiling, report
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import PROVENANCE
 
 
 def short_profile(path, cache_dir, **overrides) -> pb.ProfileResult:
@@ -17,7 +18,7 @@ def test_every_phase_has_energy_with_its_method_and_provenance(ladder, cache_dir
     assert list(phases) == ["load", "prefill", "decode"]  # the warm-up is not a phase
     assert power.warmup_excluded and power.idle_baseline_s == 0.3 and power.rate_hz == 20
     # No sensor is readable on this VM: the estimate, labelled as such, and every reader's reason.
-    assert power.provenance == "estimated" and {p.provenance for p in power.phases} == {"estimated"}
+    assert PROVENANCE.word(power.provenance_kind) == "estimated" and {PROVENANCE.word(p.provenance_kind) for p in power.phases} == {"estimated"}
     assert any(d.startswith("rapl:") for d in power.declined)
     decode, prefill = phases["decode"], phases["prefill"]
     assert (decode.tokens, prefill.tokens, phases["load"].tokens) == (16, 32, 0)

@@ -2,6 +2,7 @@
 
 from fleetfit.agent import probe
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import PROVENANCE
 
 MB = 1_000_000
 
@@ -23,13 +24,13 @@ def test_ladder_measures_what_fits_and_refuses_the_rest(tmp_path):
     for key in [("smollm2-135m", "Q4_0"), ("smollm2-360m", "Q4_0"), ("smollm2-135m", "F16")]:
         r = by_key[key]
         assert r.failure == pb.FAILURE_KIND_UNSPECIFIED, r.error
-        assert r.model_origin == "synthetic" and r.provenance.kind == "measured"
+        assert r.model_origin == "synthetic" and PROVENANCE.word(r.provenance.provenance_kind) == "measured"
         assert r.memory_limit_bytes == 600 * MB and r.peak_rss_bytes < 600 * MB
         assert r.decode_tokens_per_s.mean > 0
     assert by_key[("smollm2-360m", "Q4_0")].peak_rss_bytes > by_key[("smollm2-135m", "Q4_0")].peak_rss_bytes
     # 360M at F16 needs ~0.8 GB: refused without being attempted, and so is every larger F16 size.
     refused = by_key[("smollm2-360m", "F16")]
-    assert refused.failure == pb.FAILURE_KIND_OOM and refused.provenance.kind == "estimated"
+    assert refused.failure == pb.FAILURE_KIND_OOM and PROVENANCE.word(refused.provenance.provenance_kind) == "estimated"
     assert "the memory cap is 0.6 GB" in refused.error and not refused.HasField("peak_rss_bytes")
     assert "larger than smollm2-360m F16" in by_key[("tinyllama-1.1b", "F16")].error
     assert probe.capacity(results) == {"Q4_0": "smollm2-360m", "F16": "smollm2-135m"}

@@ -5,6 +5,7 @@ import pytest
 from fleetfit.agent import profiling
 from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import PROVENANCE
 
 
 def short_request(model: str, **overrides) -> pb.ProfileRequest:
@@ -25,7 +26,7 @@ def test_profile_measures_every_figure(ladder, cache_dir):
     assert result.peak_rss_bytes - result.baseline_rss_bytes > 0.9 * result.model_file_bytes
     assert "load_mode=none" in result.memory_method
     assert result.load_time_s > 0 and result.n_ctx == 40 and result.threads == 2
-    assert result.provenance.kind == "measured"
+    assert PROVENANCE.word(result.provenance.provenance_kind) == "measured"
     assert "AVX" in result.backend_build or "NEON" in result.backend_build
 
 

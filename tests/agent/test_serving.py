@@ -13,6 +13,7 @@ from fleetfit.agent import profiling
 from fleetfit.agent.isolation import run_worker
 from fleetfit.models import roofline
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import PROVENANCE
 
 N_PROMPT, N_GEN = 16, 8
 STATS = ("aggregate_decode_tokens_per_s", "per_stream_decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p50",
@@ -42,7 +43,7 @@ def test_each_stream_count_is_measured_in_full(swept):
         assert all(p99 >= p50 for p50, p99 in zip(point.ttft_ms_p50.samples, point.ttft_ms_p99.samples))
         # every stream's first logits come after at least its own prompt's prefill
         assert point.ttft_ms_p50.mean >= 1000 * N_PROMPT / max(point.prefill_tokens_per_s.samples) * 0.99
-        assert point.energy_provenance == swept.power.provenance and point.decode_energy_per_token_j > 0
+        assert PROVENANCE.word(point.energy_provenance_kind) == PROVENANCE.word(swept.power.provenance_kind) and point.decode_energy_per_token_j > 0
     assert swept.decode_tokens_per_s.mean > 0 and "serving points: peak RSS per repetition" in swept.memory_method
 
 

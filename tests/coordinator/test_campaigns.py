@@ -240,13 +240,13 @@ def test_check_spec_refuses_with_one_line(bad, fragment):
 def test_progress_counts_per_state_and_per_device_with_failures_listed():
     campaign = spec()
     jobs = [
-        pb.JobStatus(job_id="j1", device_id="ws-1", state="done"),
-        pb.JobStatus(job_id="j2", device_id="ws-1", state="failed", error="out of memory"),
-        pb.JobStatus(job_id="j3", device_id="pi-1", state="running"),
-        pb.JobStatus(job_id="j4", device_id="pi-1", state="queued"),
-        pb.JobStatus(job_id="j5", device_id="pi-1", state="failed", error="model not in cache"),
-        pb.JobStatus(job_id="j6", device_id="pi-1", state="failed"),
-        pb.JobStatus(job_id="j7", device_id="ws-1", state="done", error="ignored: not failed"),
+        pb.JobStatus(job_id="j1", device_id="ws-1", job_state=pb.JOB_STATE_DONE),
+        pb.JobStatus(job_id="j2", device_id="ws-1", job_state=pb.JOB_STATE_FAILED, error="out of memory"),
+        pb.JobStatus(job_id="j3", device_id="pi-1", job_state=pb.JOB_STATE_RUNNING),
+        pb.JobStatus(job_id="j4", device_id="pi-1", job_state=pb.JOB_STATE_QUEUED),
+        pb.JobStatus(job_id="j5", device_id="pi-1", job_state=pb.JOB_STATE_FAILED, error="model not in cache"),
+        pb.JobStatus(job_id="j6", device_id="pi-1", job_state=pb.JOB_STATE_FAILED),
+        pb.JobStatus(job_id="j7", device_id="ws-1", job_state=pb.JOB_STATE_DONE, error="ignored: not failed"),
     ]
 
     status = progress(Campaign("c-1", "arch=x86_64", 1700000000.0, campaign, {"pi-9": ["torch m int8: why"]}), jobs)
@@ -264,7 +264,7 @@ def test_progress_counts_per_state_and_per_device_with_failures_listed():
 
 
 def test_progress_of_an_unknown_state_counts_it_as_queued():
-    status = progress(Campaign("c-1", "", 0.0, spec(), {}), [pb.JobStatus(device_id="pi-1", state="leased")])
+    status = progress(Campaign("c-1", "", 0.0, spec(), {}), [pb.JobStatus(device_id="pi-1", job_state=99)])
     assert status.queued == 1
     assert status.devices[0].queued == 1
 

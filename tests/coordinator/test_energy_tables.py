@@ -2,16 +2,19 @@ import pytest
 
 from fleetfit.coordinator import tables
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import PROVENANCE
 
 
 def result(device: str, quant: str, watts: float | None, provenance: str = "measured", percent: float | None = 85.0):
     r = pb.ProfileResult(device_id=device, model_name="smollm2-135m", quant=quant, model_n_params=134_515_008,
                          request=pb.ProfileRequest(backend="llama.cpp"),
                          decode_tokens_per_s=pb.Stat(mean=100.0, samples=[100.0]))
-    decode = pb.PhaseEnergy(phase="decode", source="s", scope="board", method="ina3221", provenance=provenance, tokens=100)
+    decode = pb.PhaseEnergy(phase="decode", source="s", scope="board", method="ina3221",
+                            provenance_kind=PROVENANCE.code(provenance), tokens=100)
     if watts is not None:
         decode.average_power_w, decode.joules_per_token, decode.tokens_per_joule = watts, watts / 100, 100 / watts
-    r.power.CopyFrom(pb.PowerTelemetry(phases=[decode], headline_source="s", provenance=provenance))
+    r.power.CopyFrom(pb.PowerTelemetry(phases=[decode], headline_source="s",
+                                       provenance_kind=PROVENANCE.code(provenance)))
     r.roofline.CopyFrom(pb.Roofline(bytes_per_token=2.7e8, achieved_gb_per_s=27.0, bottleneck="memory"))
     if percent is not None:
         r.roofline.percent_of_bandwidth = percent

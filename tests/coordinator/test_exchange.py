@@ -10,6 +10,7 @@ import pytest
 
 from fleetfit.coordinator.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import DEVICE_STATUS
 from tests.conftest import Agents, run_cli
 from tests.coordinator.test_scaling import ladder
 
@@ -67,7 +68,7 @@ def test_export_then_import_is_idempotent_and_checks_every_line(ladder_fleet, co
     assert f"imported 0 results ({len(results)} already stored, 0 refused)" in again.stdout, again.stderr
     with Store(other) as store:
         assert sorted(r.result_id for r in store.results()) == sorted(r.result_id for r in results)
-        assert [d.status for d in store.devices()] == ["lost"]  # imported, never in contact here
+        assert [DEVICE_STATUS.word(d.device_status) for d in store.devices()] == ["lost"]  # imported, never in contact here
 
     changed = json.loads(lines[0])
     changed["result"]["decode_tokens_per_s"]["mean"] = 1e9  # same id, other figures: refused, not overwritten

@@ -3,6 +3,7 @@ import pytest
 from fleetfit.coordinator.fit import band, fit, largest_per_precision
 from fleetfit.coordinator.limits import limit_rows
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import PROVENANCE, VERDICT
 
 MIB = 2**20
 
@@ -36,24 +37,24 @@ def test_verdicts():
                measured("5", "snug", "F16", 340, 50.0)]
     answers = {a.device_id: a for a in fit("smollm2-135m", "F16", "llama.cpp", devices, results, min_decode_tps=5.0,
                                            context=80)}  # the measurements' own context: every figure measured
-    assert answers["big"].verdict == "fits_comfortably" and answers["big"].evidence.result_id == "1"
-    assert answers["big"].provenance == "measured" and answers["big"].memory_fraction == pytest.approx(300 / 8192)
+    assert VERDICT.word(answers["big"].fit_verdict) == "fits_comfortably" and answers["big"].evidence.result_id == "1"
+    assert PROVENANCE.word(answers["big"].provenance_kind) == "measured" and answers["big"].memory_fraction == pytest.approx(300 / 8192)
     assert answers["big"].context_tokens == 80
-    assert answers["small"].verdict == "does_not_fit" and "exceeds" in answers["small"].reason
-    assert answers["slow"].verdict == "does_not_fit" and "below" in answers["slow"].reason
-    assert answers["oom"].verdict == "does_not_fit" and "out of memory" in answers["oom"].reason
-    assert answers["snug"].verdict == "tight" and "(85%)" in answers["snug"].reason  # 70-95% of RAM
+    assert VERDICT.word(answers["small"].fit_verdict) == "does_not_fit" and "exceeds" in answers["small"].reason
+    assert VERDICT.word(answers["slow"].fit_verdict) == "does_not_fit" and "below" in answers["slow"].reason
+    assert VERDICT.word(answers["oom"].fit_verdict) == "does_not_fit" and "out of memory" in answers["oom"].reason
+    assert VERDICT.word(answers["snug"].fit_verdict) == "tight" and "(85%)" in answers["snug"].reason  # 70-95% of RAM
     new = answers["new"]  # nothing measured there: the catalogue formula, labelled as an estimate
-    assert not new.HasField("evidence") and new.provenance == new.memory_bytes.provenance == "estimated"
-    assert new.verdict == "fits_comfortably" and "nothing measured on this device" in new.reason
+    assert not new.HasField("evidence") and PROVENANCE.word(new.provenance_kind) == PROVENANCE.word(new.memory_bytes.provenance_kind) == "estimated"
+    assert VERDICT.word(new.fit_verdict) == "fits_comfortably" and "nothing measured on this device" in new.reason
 
 
 def test_without_a_context_fit_answers_for_4096_tokens_or_the_models_own_and_says_so():
     results = [measured("1", "big", "F16", 300, 50.0)]
     (a,) = fit("smollm2-135m", "F16", "llama.cpp", [device("big", 8192)], results)
     assert a.context_tokens == 4096  # SmolLM2 was trained for 8192: the default 4096 is smaller
-    assert a.decode_tokens_per_s.provenance == "measured"  # the measured speed, at the shape it ran
-    assert a.memory_bytes.provenance == "predicted" and a.memory_bytes.value > 300 * MIB  # KV cache grown to 4096
+    assert PROVENANCE.word(a.decode_tokens_per_s.provenance_kind) == "measured"  # the measured speed, at the shape it ran
+    assert PROVENANCE.word(a.memory_bytes.provenance_kind) == "predicted" and a.memory_bytes.value > 300 * MIB  # KV cache grown to 4096
     assert "measured peak at n_ctx 80" in a.memory_bytes.method and "to ctx 4096" in a.memory_bytes.method
     (gpt2,) = fit("distilgpt2", "F16", "llama.cpp", [device("big", 8192)], results)
     assert gpt2.context_tokens == 1024  # distilgpt2's trained context is below 4096
@@ -66,29 +67,30 @@ def test_bands():
 
 def test_a_model_without_a_shape_or_a_measurement_is_unknown():
     answers = fit("my-finetune", "Q4_0", "llama.cpp", [device("big", 8192)], [])
-    assert answers[0].verdict == "unknown" and "no catalogued shape" in answers[0].reason
+    assert VERDICT.word(answers[0].fit_verdict) == "unknown" and "no catalogued shape" in answers[0].reason
 
 
 def test_predicted_for_another_quant_and_context_and_the_power_limit():
     results = [measured("1", "big", "F16", 300, 50.0)]
-    decode = results[0].power.phases.add(phase="decode", source="s", method="rapl", provenance="measured")
+    decode = results[0].power.phases.add(phase="decode", source="s", method="rapl",
+                                        provenance_kind=pb.PROVENANCE_KIND_MEASURED)
     decode.average_power_w, results[0].power.headline_source = 12.0, "s"
     big = [device("big", 8192)]
     other = fit("smollm2-135m", "Q4_0", "llama.cpp", big, results)[0]
-    assert other.provenance == "predicted" and not other.HasField("evidence")
+    assert PROVENANCE.word(other.provenance_kind) == "predicted" and not other.HasField("evidence")
     assert "smollm2-135m Q4_0 never measured on this device" in other.reason and other.calibration == ["smollm2-135m F16"]
     longer = fit("smollm2-135m", "F16", "llama.cpp", big, results, context=8192)[0]
-    assert longer.memory_bytes.provenance == "predicted" and longer.memory_bytes.value > 300 * MIB
+    assert PROVENANCE.word(longer.memory_bytes.provenance_kind) == "predicted" and longer.memory_bytes.value > 300 * MIB
     assert longer.context_tokens == 8192
     same = fit("smollm2-135m", "F16", "llama.cpp", big, results)[0]
-    assert same.joules_per_token.value == pytest.approx(12.0 / 50.0) and same.joules_per_token.provenance == "measured"
+    assert same.joules_per_token.value == pytest.approx(12.0 / 50.0) and PROVENANCE.word(same.joules_per_token.provenance_kind) == "measured"
     capped = fit("smollm2-135m", "F16", "llama.cpp", big, results, max_watts=10)[0]
-    assert capped.verdict == "does_not_fit" and "over the 10 W asked" in capped.reason
+    assert VERDICT.word(capped.fit_verdict) == "does_not_fit" and "over the 10 W asked" in capped.reason
 
 
 def test_largest_per_precision():
     results = [measured("1", "big", "F16", 300, 50.0)]
     found = {a.quant: a for a in largest_per_precision(device("big", 8192).inventory, "llama.cpp", results)}
     assert {"F16", "Q4_0"} <= set(found)
-    assert all(a.verdict in ("fits_comfortably", "tight") for a in found.values())
+    assert all(VERDICT.word(a.fit_verdict) in ("fits_comfortably", "tight") for a in found.values())
     assert found["Q4_0"].memory_bytes.value < 0.95 * 8192 * MIB

@@ -79,7 +79,8 @@ def swept_result(device_id: str) -> pb.ProfileResult:
         point.ttft_ms_p50.CopyFrom(pb.Stat(mean=30.0 * n, stdev=0.0, samples=[30.0 * n] * 2))
         point.ttft_ms_p99.CopyFrom(pb.Stat(mean=31.0 * n, stdev=0.0, samples=[31.0 * n] * 2))
         point.peak_memory_bytes.CopyFrom(pb.Stat(mean=150e6 + n * 6e6, stdev=0.0, samples=[150e6 + n * 6e6] * 2))
-    r.serving[1].decode_energy_per_token_j, r.serving[1].energy_provenance = 0.05, "measured"
+    r.serving[1].decode_energy_per_token_j = 0.05
+    r.serving[1].energy_provenance_kind = pb.PROVENANCE_KIND_MEASURED
     return r
 
 
@@ -114,8 +115,10 @@ def test_a_good_sweep_and_an_unsupported_point_pass():
      "per_stream_decode_tokens_per_s must be the aggregate over 4 streams"),
     (lambda r: r.serving[0].ttft_ms_p99.samples.__setitem__(0, 1.0), "result.serving[0].ttft_ms_p99 is below its p50"),
     (lambda r: r.serving[0].prefill_tokens_per_s.samples.extend([600.0] * 200), "has 202 samples: 1 to 100"),
-    (lambda r: setattr(r.serving[1], "energy_provenance", "guessed"), "energy_provenance is 'guessed'"),
-    (lambda r: setattr(r.serving[0], "energy_provenance", "measured"), "empty when no energy is reported"),
+    (lambda r: setattr(r.serving[1], "energy_provenance_kind", pb.PROVENANCE_KIND_PREDICTED),
+     "energy_provenance is 'predicted'"),
+    (lambda r: setattr(r.serving[0], "energy_provenance_kind", pb.PROVENANCE_KIND_MEASURED),
+     "empty when no energy is reported"),
     (lambda r: setattr(r.serving[1], "unsupported_reason", "oom"), "is unsupported ('oom') yet carries figures"),
 ])
 def test_a_hostile_sweep_is_refused_naming_the_field(edit, fragment):

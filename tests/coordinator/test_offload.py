@@ -6,6 +6,7 @@ from fleetfit.coordinator import offload, scaling
 from fleetfit.coordinator.fit import TIGHT, fit
 from fleetfit.models.catalogue import architecture
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import PROVENANCE
 
 GIB = 2**30
 
@@ -43,7 +44,7 @@ def test_fit_answers_with_the_offload_and_labels_it_estimated():
     answers = {a.device_id: a for a in fit("llama-2-13b", "Q4_0", "llama.cpp", devices, [])}
     small, big = answers["small-gpu"], answers["big-gpu"]
     assert 0 < small.gpu_layers < 40 and f"--gpu-layers {small.gpu_layers}" in small.reason
-    assert small.gpu_memory_bytes.provenance == small.offload_decode_tokens_per_s.provenance == "estimated"
+    assert PROVENANCE.word(small.gpu_memory_bytes.provenance_kind) == PROVENANCE.word(small.offload_decode_tokens_per_s.provenance_kind) == "estimated"
     assert big.gpu_layers == 41 and "the whole model fits" in big.reason
     assert big.offload_decode_tokens_per_s.value > small.offload_decode_tokens_per_s.value
     assert not answers["cpu-build"].HasField("gpu_layers")  # a CPU-only build: no offload to answer with

@@ -17,7 +17,7 @@ def quality(device_id: str, quant: str, kld: float, **change) -> pb.ReportQualit
                          reference_quant="F16", context_tokens=512, n_positions=1275, kl_divergence_mean=kld,
                          kl_divergence_stderr=kld / 20, kl_divergence_p99=kld * 9, perplexity=23.4 + 10 * kld,
                          perplexity_stderr=2.0, same_top_token_fraction=1 - kld / 2, file_bytes=1 << 27,
-                         provenance=pb.Provenance(kind="measured", method="test", scope="test"))
+                         provenance=pb.Provenance(provenance_kind=pb.PROVENANCE_KIND_MEASURED, method="test", scope="test"))
     for key, value in change.items():
         setattr(r, key, value)
     return pb.ReportQualityRequest(result=r)

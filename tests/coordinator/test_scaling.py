@@ -1,21 +1,22 @@
 """The scaling model on a real ladder measured on the development machine (tests/fixtures/ladder)."""
 
+import json
 import pathlib
 
 import pytest
-from google.protobuf import json_format
 
 from fleetfit.coordinator import scaling
 from fleetfit.models import synth
 from fleetfit.models.catalogue import CATALOGUE
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import parse_dict
 
 LADDER = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "ladder"
 
 
 def ladder() -> tuple[list[pb.ProfileResult], pb.DeviceInventory]:
-    results = [json_format.Parse(p.read_text(), pb.ProfileResult()) for p in sorted(LADDER.glob("result-*.json"))]
-    device = json_format.Parse(next(LADDER.glob("device-*.json")).read_text(), pb.Device())
+    results = [parse_dict(json.loads(p.read_text()), pb.ProfileResult()) for p in sorted(LADDER.glob("result-*.json"))]
+    device = parse_dict(json.loads(next(LADDER.glob("device-*.json")).read_text()), pb.Device())  # old keys
     return sorted(results, key=lambda r: r.started_unix_s), device.inventory
 
 

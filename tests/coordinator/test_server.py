@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from fleetfit.v1.transport import connect
+from fleetfit.v1.words import JOB_STATE, PROVENANCE, VERDICT
 from tests.conftest import BIN, Agents, fleet_stub
 
 
@@ -48,15 +49,15 @@ def test_jobs_flow_from_operator_to_agent_and_back(stubs):
     report = pb.ReportResultRequest(job_id=job.job_id, result=result, fence=job.fence)
     assert not agent.ReportResult(report, timeout=5).duplicate
     assert agent.ReportResult(report, timeout=5).duplicate
-    assert fleet.GetJobs(pb.GetJobsRequest(job_ids=job_ids), timeout=5).jobs[0].state == "done"
+    assert JOB_STATE.word(fleet.GetJobs(pb.GetJobsRequest(job_ids=job_ids), timeout=5).jobs[0].job_state) == "done"
     rows = fleet.GetLimitTable(pb.GetLimitTableRequest(), timeout=5).rows
     assert [(r.device_id, r.quant, r.decode_tokens_per_s.mean) for r in rows] == [("dev-1", "Q4_0", 99.0)]
     answers = fleet.Fit(pb.FitRequest(model_name="smollm2-135m", quant="q4_0", context_tokens=20), timeout=5).answers
-    assert [(a.device_id, a.verdict, a.provenance) for a in answers] == [("dev-1", "fits_comfortably", "measured")]
+    assert [(a.device_id, VERDICT.word(a.fit_verdict), PROVENANCE.word(a.provenance_kind)) for a in answers] == [("dev-1", "fits_comfortably", "measured")]
     (default,) = fleet.Fit(pb.FitRequest(model_name="smollm2-135m", quant="Q4_0"), timeout=5).answers
-    assert default.context_tokens == 4096 and default.decode_tokens_per_s.provenance == "measured"
+    assert default.context_tokens == 4096 and PROVENANCE.word(default.decode_tokens_per_s.provenance_kind) == "measured"
     largest = fleet.Fit(pb.FitRequest(device="dev-1"), timeout=30).answers  # per precision, for one device
-    assert "Q4_0" in [a.quant for a in largest] and all(a.model_name for a in largest if a.verdict != "does_not_fit")
+    assert "Q4_0" in [a.quant for a in largest] and all(a.model_name for a in largest if VERDICT.word(a.fit_verdict) != "does_not_fit")
 
 
 def poll_in_background(agent, device_id: str, wait_s: float):

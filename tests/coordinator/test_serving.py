@@ -37,7 +37,7 @@ def sweep(result_id: str, device_id: str, aggregates: dict[int, float], model: s
     decode = one_stream or aggregates.get(1) or next(iter(aggregates.values()))
     n_prompt, n_gen = 128, 64
     kv = scaling.kv_cache_bytes(CATALOGUE[model], n_prompt + n_gen)
-    phase = lambda name, tps: pb.PhaseEnergy(phase=name, source="estimate", scope="cpu", provenance="estimated",
+    phase = lambda name, tps: pb.PhaseEnergy(phase=name, source="estimate", scope="cpu", provenance_kind=pb.PROVENANCE_KIND_ESTIMATED,
                                              method="estimated_from_utilization", average_power_w=6.0,
                                              joules_per_token=6.0 / tps)
     r = pb.ProfileResult(
@@ -47,7 +47,7 @@ def sweep(result_id: str, device_id: str, aggregates: dict[int, float], model: s
         n_prompt=n_prompt, n_gen=n_gen, n_ctx=n_prompt + n_gen, threads=2, n_batch=2048, n_ubatch=512,
         repetitions=2, started_unix_s=started, decode_tokens_per_s=stat(decode), prefill_tokens_per_s=stat(prefill),
         ttft_ms=stat(1000 * n_prompt / prefill), peak_rss_bytes=int(peak_mib * MIB + kv),
-        power=pb.PowerTelemetry(headline_source="estimate", provenance="estimated",
+        power=pb.PowerTelemetry(headline_source="estimate", provenance_kind=pb.PROVENANCE_KIND_ESTIMATED,
                                 phases=[phase("prefill", prefill), phase("decode", decode)]))
     for n, aggregate in aggregates.items():
         r.serving.add(parallel=n, aggregate_decode_tokens_per_s=stat(aggregate),
@@ -55,7 +55,7 @@ def sweep(result_id: str, device_id: str, aggregates: dict[int, float], model: s
                       prefill_tokens_per_s=stat(prefill), ttft_ms_p50=stat(1000 * n * n_prompt / prefill),
                       ttft_ms_p99=stat(1000 * n * n_prompt / prefill * 1.05),
                       peak_memory_bytes=stat(peak_mib * MIB + n * kv), decode_energy_per_token_j=6.0 / aggregate,
-                      energy_provenance="estimated")
+                      energy_provenance_kind=pb.PROVENANCE_KIND_ESTIMATED)
     return r
 
 
@@ -219,22 +219,23 @@ def test_fit_streams_yes_and_no():
         return a
 
     yes = ask(8)
-    assert yes.serves and yes.verdict == "fits_comfortably" and yes.stream_tokens_per_s.provenance == "measured"
+    assert yes.serves and yes.fit_verdict == pb.VERDICT_FITS_COMFORTABLY
+    assert yes.stream_tokens_per_s.provenance_kind == pb.PROVENANCE_KIND_MEASURED
     assert yes.stream_tokens_per_s.value == 10.0 and yes.aggregate_tokens_per_s.value == 80.0
     kv = scaling.kv_cache_bytes(CATALOGUE["smollm2-135m"], 192)
     assert yes.serving_memory_bytes.value == pytest.approx(yes.memory_bytes.value + 7 * kv)
     no = ask(12)  # between 8 (10 each) and 16 (5.5 each): predicted below 10
-    assert no.HasField("serves") and not no.serves and no.verdict == "does_not_fit"
-    assert no.stream_tokens_per_s.provenance == "predicted" and no.stream_tokens_per_s.value < 10
+    assert no.HasField("serves") and not no.serves and no.fit_verdict == pb.VERDICT_DOES_NOT_FIT
+    assert no.stream_tokens_per_s.provenance_kind == pb.PROVENANCE_KIND_PREDICTED and no.stream_tokens_per_s.value < 10
     assert no.reason.startswith("does not serve: 12 streams")
     crowd = ask(200_000)  # 200000 KV caches: far past 8 GiB
     assert not crowd.serves and "over 95%" in crowd.reason
     alone = ask(None)  # no --streams: the most streams at the speed, from the sweep
-    assert alone.max_streams.value == 8 and alone.max_streams.provenance == "measured"
+    assert alone.max_streams.value == 8 and alone.max_streams.provenance_kind == pb.PROVENANCE_KIND_MEASURED
     assert "serves 8 stream(s) at ≥10 tok/s" in alone.reason
     divided = ask(2, device=SLOW)  # no sweep: one stream's 30 tok/s divided, labelled an estimate
     assert divided.serves and divided.stream_tokens_per_s.value == 15.0
-    assert divided.stream_tokens_per_s.provenance == "estimated" and "one-stream division" in \
+    assert divided.stream_tokens_per_s.provenance_kind == pb.PROVENANCE_KIND_ESTIMATED and "one-stream division" in \
         divided.stream_tokens_per_s.method
     assert not ask(4, device=SLOW).serves  # 7.5 each
     assert ask(None, device=SLOW).max_streams.value == 3

@@ -9,6 +9,7 @@ from fleetfit.coordinator.db import MIGRATIONS, Database
 from fleetfit.coordinator.store import (LOST_AFTER_S, BadToken, ConflictingResult, ForeignJob, StaleLease, Store,
                                         UnknownDevice)
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import DEVICE_STATUS, JOB_STATE
 
 
 def result(result_id: str, device_id: str = "dev-1", quant: str = "Q4_0", decode: float = 100.0) -> pb.ProfileResult:
@@ -41,7 +42,7 @@ def test_everything_survives_reopening(store, db_url):
     again = Store(db_url)  # migrating a current database changes nothing
     assert [r.result_id for r in again.results()] == ["r1"]
     assert [d.inventory.hostname for d in again.devices()] == ["box"]
-    assert again.jobs([job])[0].state == "queued"
+    assert again.jobs([job])[0].job_state == pb.JOB_STATE_QUEUED
     assert again.db.query("SELECT COUNT(*) FROM schema_migrations")[0][0] == len(MIGRATIONS)
     again.close()
 
@@ -56,7 +57,7 @@ def test_jobs_are_claimed_oldest_first_once(store):
     failed = result("r2")
     failed.failure, failed.error = pb.FAILURE_KIND_OOM, "killed"
     store.add_result(failed, job_id=second, fence=b.fence)
-    states = {j.job_id: (j.state, j.result_id, j.error) for j in store.jobs([first, second])}
+    states = {j.job_id: (JOB_STATE.word(j.job_state), j.result_id, j.error) for j in store.jobs([first, second])}
     assert states == {first: ("done", "r1", ""), second: ("failed", "r2", "killed")}
 
 
@@ -70,7 +71,7 @@ def test_an_expired_lease_is_requeued_and_the_old_holder_is_fenced_off(store):
     first = store.claim_job("dev-1", lease_s=0.05)
     time.sleep(0.1)
     assert store.expire_leases() == 1
-    assert store.jobs([job_id])[0].state == "queued"
+    assert store.jobs([job_id])[0].job_state == pb.JOB_STATE_QUEUED
     second = store.claim_job("dev-1", lease_s=30)
     assert second.job_id == job_id and second.fence == first.fence + 1
     with pytest.raises(StaleLease):
@@ -81,7 +82,7 @@ def test_an_expired_lease_is_requeued_and_the_old_holder_is_fenced_off(store):
     store.add_result(result("on-time"), job_id=job_id, fence=second.fence)
     assert [r.result_id for r in store.results()] == ["on-time"]
     status = store.jobs([job_id])[0]
-    assert (status.state, status.result_id, status.attempts) == ("done", "on-time", 2)
+    assert (JOB_STATE.word(status.job_state), status.result_id, status.attempts) == ("done", "on-time", 2)
 
 
 def test_a_job_fails_after_its_attempts_with_the_reason(store):
@@ -90,7 +91,7 @@ def test_a_job_fails_after_its_attempts_with_the_reason(store):
         assert store.claim_job("dev-1", lease_s=-1).job_id == job_id  # already expired
         store.expire_leases()
     status = store.jobs([job_id])[0]
-    assert status.state == "failed" and "lease expired on each of 2 attempts" in status.error
+    assert JOB_STATE.word(status.job_state) == "failed" and "lease expired on each of 2 attempts" in status.error
     assert store.claim_job("dev-1") is None
 
 
@@ -98,7 +99,7 @@ def test_a_released_job_goes_back_without_using_an_attempt(store):
     job_id = store.enqueue("dev-1", pb.ProfileRequest(quant="F16"))
     job = store.claim_job("dev-1")
     store.release_job("dev-1", job_id, job.fence)
-    assert (store.jobs([job_id])[0].state, store.jobs([job_id])[0].attempts) == ("queued", 0)
+    assert (store.jobs([job_id])[0].job_state, store.jobs([job_id])[0].attempts) == (pb.JOB_STATE_QUEUED, 0)
     with pytest.raises(StaleLease):
         store.release_job("dev-1", job_id, job.fence)
 
@@ -119,8 +120,8 @@ def test_devices_carry_their_result_count_and_whether_they_are_in_touch(store):
     store.add_result(result("r1"))  # an acknowledged duplicate is not counted twice
     store.add_result(result("r2", quant="F16"))
     (device,) = store.devices()
-    assert (device.results, device.status) == (2, "online")
-    assert store.devices(now=time.time() + LOST_AFTER_S + 1)[0].status == "lost"
+    assert (device.results, DEVICE_STATUS.word(device.device_status)) == (2, "online")
+    assert store.devices(now=time.time() + LOST_AFTER_S + 1)[0].device_status == pb.DEVICE_STATUS_LOST
     assert store.devices("box") == []  # keyed by id only: a hostname is a name (coordinator/devices.py finds by it)
     assert store.devices("dev-1")[0].inventory.hostname == "box" and store.devices("nowhere") == []
     assert [r.result_id for r in store.results(device_id="dev-1")] == ["r1", "r2"]
@@ -157,7 +158,7 @@ def test_campaign_jobs_are_stored_together(store):
     assert (found.campaign_id, found.selector, list(found.spec.quants)) == (campaign_id, "arch=x86_64", ["Q4_0"])
     assert found.skipped == {"dev-2": ["torch smollm2-135m Q4_0: torch does not take it"]}
     assert store.campaign(campaign_id) == found and store.campaign("nope") is None
-    assert [j.state for j in store.campaign_jobs(campaign_id)] == ["queued"]
+    assert [JOB_STATE.word(j.job_state) for j in store.campaign_jobs(campaign_id)] == ["queued"]
 
 
 def test_the_result_counter_migration_counts_what_devices_already_have(tmp_path):

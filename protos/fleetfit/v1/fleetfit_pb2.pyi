@@ -15,11 +15,57 @@ class FailureKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILURE_KIND_SIGNAL: _ClassVar[FailureKind]
     FAILURE_KIND_TIMEOUT: _ClassVar[FailureKind]
     FAILURE_KIND_ERROR: _ClassVar[FailureKind]
+
+class ProvenanceKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROVENANCE_KIND_UNSPECIFIED: _ClassVar[ProvenanceKind]
+    PROVENANCE_KIND_MEASURED: _ClassVar[ProvenanceKind]
+    PROVENANCE_KIND_PREDICTED: _ClassVar[ProvenanceKind]
+    PROVENANCE_KIND_ESTIMATED: _ClassVar[ProvenanceKind]
+
+class DeviceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEVICE_STATUS_UNSPECIFIED: _ClassVar[DeviceStatus]
+    DEVICE_STATUS_ONLINE: _ClassVar[DeviceStatus]
+    DEVICE_STATUS_LOST: _ClassVar[DeviceStatus]
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_QUEUED: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_DONE: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+
+class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERDICT_UNSPECIFIED: _ClassVar[Verdict]
+    VERDICT_FITS_COMFORTABLY: _ClassVar[Verdict]
+    VERDICT_TIGHT: _ClassVar[Verdict]
+    VERDICT_DOES_NOT_FIT: _ClassVar[Verdict]
+    VERDICT_UNKNOWN: _ClassVar[Verdict]
 FAILURE_KIND_UNSPECIFIED: FailureKind
 FAILURE_KIND_OOM: FailureKind
 FAILURE_KIND_SIGNAL: FailureKind
 FAILURE_KIND_TIMEOUT: FailureKind
 FAILURE_KIND_ERROR: FailureKind
+PROVENANCE_KIND_UNSPECIFIED: ProvenanceKind
+PROVENANCE_KIND_MEASURED: ProvenanceKind
+PROVENANCE_KIND_PREDICTED: ProvenanceKind
+PROVENANCE_KIND_ESTIMATED: ProvenanceKind
+DEVICE_STATUS_UNSPECIFIED: DeviceStatus
+DEVICE_STATUS_ONLINE: DeviceStatus
+DEVICE_STATUS_LOST: DeviceStatus
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_QUEUED: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_DONE: JobState
+JOB_STATE_FAILED: JobState
+VERDICT_UNSPECIFIED: Verdict
+VERDICT_FITS_COMFORTABLY: Verdict
+VERDICT_TIGHT: Verdict
+VERDICT_DOES_NOT_FIT: Verdict
+VERDICT_UNKNOWN: Verdict
 
 class GpuInfo(_message.Message):
     __slots__ = ("index", "name", "uuid", "memory_total_bytes", "driver_version")
@@ -192,14 +238,14 @@ class Stat(_message.Message):
     def __init__(self, mean: _Optional[float] = ..., stdev: _Optional[float] = ..., samples: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Provenance(_message.Message):
-    __slots__ = ("kind", "method", "scope")
-    KIND_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("method", "scope", "provenance_kind")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
-    kind: str
+    PROVENANCE_KIND_FIELD_NUMBER: _ClassVar[int]
     method: str
     scope: str
-    def __init__(self, kind: _Optional[str] = ..., method: _Optional[str] = ..., scope: _Optional[str] = ...) -> None: ...
+    provenance_kind: ProvenanceKind
+    def __init__(self, method: _Optional[str] = ..., scope: _Optional[str] = ..., provenance_kind: _Optional[_Union[ProvenanceKind, str]] = ...) -> None: ...
 
 class ProfileResult(_message.Message):
     __slots__ = ("result_id", "device_id", "request", "failure", "error", "model_name", "model_file", "model_sha256", "model_file_bytes", "model_n_params", "model_arch", "quant", "backend_version", "backend_build", "threads", "n_batch", "n_ubatch", "n_ctx", "n_prompt", "n_gen", "repetitions", "warmup", "load_time_s", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "provenance", "started_unix_s", "wall_s", "power", "roofline", "model_origin", "memory_limit_bytes", "compute_device", "weight_bytes", "gpu_memory", "gpu_layers", "serving")
@@ -288,7 +334,7 @@ class ProfileResult(_message.Message):
     def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ..., model_name: _Optional[str] = ..., model_file: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_file_bytes: _Optional[int] = ..., model_n_params: _Optional[int] = ..., model_arch: _Optional[str] = ..., quant: _Optional[str] = ..., backend_version: _Optional[str] = ..., backend_build: _Optional[str] = ..., threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., n_ubatch: _Optional[int] = ..., n_ctx: _Optional[int] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., warmup: _Optional[bool] = ..., load_time_s: _Optional[float] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., peak_rss_bytes: _Optional[int] = ..., baseline_rss_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., started_unix_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., power: _Optional[_Union[PowerTelemetry, _Mapping]] = ..., roofline: _Optional[_Union[Roofline, _Mapping]] = ..., model_origin: _Optional[str] = ..., memory_limit_bytes: _Optional[int] = ..., compute_device: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., gpu_memory: _Optional[_Union[GpuMemory, _Mapping]] = ..., gpu_layers: _Optional[int] = ..., serving: _Optional[_Iterable[_Union[ServingPoint, _Mapping]]] = ...) -> None: ...
 
 class ServingPoint(_message.Message):
-    __slots__ = ("parallel", "aggregate_decode_tokens_per_s", "per_stream_decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "peak_memory_bytes", "decode_energy_per_token_j", "energy_provenance", "gpu_memory", "unsupported_reason")
+    __slots__ = ("parallel", "aggregate_decode_tokens_per_s", "per_stream_decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "peak_memory_bytes", "decode_energy_per_token_j", "gpu_memory", "unsupported_reason", "energy_provenance_kind")
     PARALLEL_FIELD_NUMBER: _ClassVar[int]
     AGGREGATE_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     PER_STREAM_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
@@ -297,9 +343,9 @@ class ServingPoint(_message.Message):
     TTFT_MS_P99_FIELD_NUMBER: _ClassVar[int]
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     DECODE_ENERGY_PER_TOKEN_J_FIELD_NUMBER: _ClassVar[int]
-    ENERGY_PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     GPU_MEMORY_FIELD_NUMBER: _ClassVar[int]
     UNSUPPORTED_REASON_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_PROVENANCE_KIND_FIELD_NUMBER: _ClassVar[int]
     parallel: int
     aggregate_decode_tokens_per_s: Stat
     per_stream_decode_tokens_per_s: Stat
@@ -308,10 +354,10 @@ class ServingPoint(_message.Message):
     ttft_ms_p99: Stat
     peak_memory_bytes: Stat
     decode_energy_per_token_j: float
-    energy_provenance: str
     gpu_memory: GpuMemory
     unsupported_reason: str
-    def __init__(self, parallel: _Optional[int] = ..., aggregate_decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., per_stream_decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., ttft_ms_p50: _Optional[_Union[Stat, _Mapping]] = ..., ttft_ms_p99: _Optional[_Union[Stat, _Mapping]] = ..., peak_memory_bytes: _Optional[_Union[Stat, _Mapping]] = ..., decode_energy_per_token_j: _Optional[float] = ..., energy_provenance: _Optional[str] = ..., gpu_memory: _Optional[_Union[GpuMemory, _Mapping]] = ..., unsupported_reason: _Optional[str] = ...) -> None: ...
+    energy_provenance_kind: ProvenanceKind
+    def __init__(self, parallel: _Optional[int] = ..., aggregate_decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., per_stream_decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., ttft_ms_p50: _Optional[_Union[Stat, _Mapping]] = ..., ttft_ms_p99: _Optional[_Union[Stat, _Mapping]] = ..., peak_memory_bytes: _Optional[_Union[Stat, _Mapping]] = ..., decode_energy_per_token_j: _Optional[float] = ..., gpu_memory: _Optional[_Union[GpuMemory, _Mapping]] = ..., unsupported_reason: _Optional[str] = ..., energy_provenance_kind: _Optional[_Union[ProvenanceKind, str]] = ...) -> None: ...
 
 class GpuMemory(_message.Message):
     __slots__ = ("device_name", "torch_allocated_peak_bytes", "torch_reserved_peak_bytes", "nvml_process_used_bytes", "cuda_context_bytes", "fit_bytes", "note", "backend_buffer_bytes")
@@ -334,12 +380,11 @@ class GpuMemory(_message.Message):
     def __init__(self, device_name: _Optional[str] = ..., torch_allocated_peak_bytes: _Optional[int] = ..., torch_reserved_peak_bytes: _Optional[int] = ..., nvml_process_used_bytes: _Optional[int] = ..., cuda_context_bytes: _Optional[int] = ..., fit_bytes: _Optional[int] = ..., note: _Optional[str] = ..., backend_buffer_bytes: _Optional[int] = ...) -> None: ...
 
 class PhaseEnergy(_message.Message):
-    __slots__ = ("phase", "source", "scope", "method", "provenance", "rate_hz", "duration_s", "energy_mj", "net_energy_mj", "idle_power_w", "average_power_w", "peak_power_w", "tokens", "joules_per_token", "net_joules_per_token", "tokens_per_joule", "samples", "samples_skipped", "coverage", "note")
+    __slots__ = ("phase", "source", "scope", "method", "rate_hz", "duration_s", "energy_mj", "net_energy_mj", "idle_power_w", "average_power_w", "peak_power_w", "tokens", "joules_per_token", "net_joules_per_token", "tokens_per_joule", "samples", "samples_skipped", "coverage", "note", "provenance_kind")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
-    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     ENERGY_MJ_FIELD_NUMBER: _ClassVar[int]
@@ -355,11 +400,11 @@ class PhaseEnergy(_message.Message):
     SAMPLES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_KIND_FIELD_NUMBER: _ClassVar[int]
     phase: str
     source: str
     scope: str
     method: str
-    provenance: str
     rate_hz: float
     duration_s: float
     energy_mj: float
@@ -375,25 +420,26 @@ class PhaseEnergy(_message.Message):
     samples_skipped: int
     coverage: float
     note: str
-    def __init__(self, phase: _Optional[str] = ..., source: _Optional[str] = ..., scope: _Optional[str] = ..., method: _Optional[str] = ..., provenance: _Optional[str] = ..., rate_hz: _Optional[float] = ..., duration_s: _Optional[float] = ..., energy_mj: _Optional[float] = ..., net_energy_mj: _Optional[float] = ..., idle_power_w: _Optional[float] = ..., average_power_w: _Optional[float] = ..., peak_power_w: _Optional[float] = ..., tokens: _Optional[int] = ..., joules_per_token: _Optional[float] = ..., net_joules_per_token: _Optional[float] = ..., tokens_per_joule: _Optional[float] = ..., samples: _Optional[int] = ..., samples_skipped: _Optional[int] = ..., coverage: _Optional[float] = ..., note: _Optional[str] = ...) -> None: ...
+    provenance_kind: ProvenanceKind
+    def __init__(self, phase: _Optional[str] = ..., source: _Optional[str] = ..., scope: _Optional[str] = ..., method: _Optional[str] = ..., rate_hz: _Optional[float] = ..., duration_s: _Optional[float] = ..., energy_mj: _Optional[float] = ..., net_energy_mj: _Optional[float] = ..., idle_power_w: _Optional[float] = ..., average_power_w: _Optional[float] = ..., peak_power_w: _Optional[float] = ..., tokens: _Optional[int] = ..., joules_per_token: _Optional[float] = ..., net_joules_per_token: _Optional[float] = ..., tokens_per_joule: _Optional[float] = ..., samples: _Optional[int] = ..., samples_skipped: _Optional[int] = ..., coverage: _Optional[float] = ..., note: _Optional[str] = ..., provenance_kind: _Optional[_Union[ProvenanceKind, str]] = ...) -> None: ...
 
 class PowerTelemetry(_message.Message):
-    __slots__ = ("phases", "headline_source", "provenance", "idle_baseline_s", "rate_hz", "declined", "warmup_excluded")
+    __slots__ = ("phases", "headline_source", "idle_baseline_s", "rate_hz", "declined", "warmup_excluded", "provenance_kind")
     PHASES_FIELD_NUMBER: _ClassVar[int]
     HEADLINE_SOURCE_FIELD_NUMBER: _ClassVar[int]
-    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     IDLE_BASELINE_S_FIELD_NUMBER: _ClassVar[int]
     RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     DECLINED_FIELD_NUMBER: _ClassVar[int]
     WARMUP_EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_KIND_FIELD_NUMBER: _ClassVar[int]
     phases: _containers.RepeatedCompositeFieldContainer[PhaseEnergy]
     headline_source: str
-    provenance: str
     idle_baseline_s: float
     rate_hz: float
     declined: _containers.RepeatedScalarFieldContainer[str]
     warmup_excluded: bool
-    def __init__(self, phases: _Optional[_Iterable[_Union[PhaseEnergy, _Mapping]]] = ..., headline_source: _Optional[str] = ..., provenance: _Optional[str] = ..., idle_baseline_s: _Optional[float] = ..., rate_hz: _Optional[float] = ..., declined: _Optional[_Iterable[str]] = ..., warmup_excluded: _Optional[bool] = ...) -> None: ...
+    provenance_kind: ProvenanceKind
+    def __init__(self, phases: _Optional[_Iterable[_Union[PhaseEnergy, _Mapping]]] = ..., headline_source: _Optional[str] = ..., idle_baseline_s: _Optional[float] = ..., rate_hz: _Optional[float] = ..., declined: _Optional[_Iterable[str]] = ..., warmup_excluded: _Optional[bool] = ..., provenance_kind: _Optional[_Union[ProvenanceKind, str]] = ...) -> None: ...
 
 class Roofline(_message.Message):
     __slots__ = ("weight_bytes_per_token", "kv_cache_bytes_per_token", "bytes_per_token", "flops_per_token", "arithmetic_intensity_flop_per_byte", "achieved_gb_per_s", "device_bandwidth_gb_per_s", "percent_of_bandwidth", "device_peak_gflop_per_s", "ridge_flop_per_byte", "bottleneck", "mean_context_tokens", "n_layers", "n_kv_heads", "head_dim", "method", "note")
@@ -592,7 +638,7 @@ class ReportQualityResponse(_message.Message):
     def __init__(self, duplicate: _Optional[bool] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("inventory", "first_seen_unix_s", "last_seen_unix_s", "results", "status", "labels", "display_name", "refused", "last_refusal")
+    __slots__ = ("inventory", "first_seen_unix_s", "last_seen_unix_s", "results", "labels", "display_name", "refused", "last_refusal", "device_status")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -604,21 +650,21 @@ class Device(_message.Message):
     FIRST_SEEN_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
-    STATUS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     LAST_REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_STATUS_FIELD_NUMBER: _ClassVar[int]
     inventory: DeviceInventory
     first_seen_unix_s: float
     last_seen_unix_s: float
     results: int
-    status: str
     labels: _containers.ScalarMap[str, str]
     display_name: str
     refused: int
     last_refusal: str
-    def __init__(self, inventory: _Optional[_Union[DeviceInventory, _Mapping]] = ..., first_seen_unix_s: _Optional[float] = ..., last_seen_unix_s: _Optional[float] = ..., results: _Optional[int] = ..., status: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., display_name: _Optional[str] = ..., refused: _Optional[int] = ..., last_refusal: _Optional[str] = ...) -> None: ...
+    device_status: DeviceStatus
+    def __init__(self, inventory: _Optional[_Union[DeviceInventory, _Mapping]] = ..., first_seen_unix_s: _Optional[float] = ..., last_seen_unix_s: _Optional[float] = ..., results: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., display_name: _Optional[str] = ..., refused: _Optional[int] = ..., last_refusal: _Optional[str] = ..., device_status: _Optional[_Union[DeviceStatus, str]] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
@@ -657,20 +703,20 @@ class GetJobsRequest(_message.Message):
     def __init__(self, job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "device_id", "state", "result_id", "error", "attempts")
+    __slots__ = ("job_id", "device_id", "result_id", "error", "attempts", "job_state")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
     RESULT_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    JOB_STATE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     device_id: str
-    state: str
     result_id: str
     error: str
     attempts: int
-    def __init__(self, job_id: _Optional[str] = ..., device_id: _Optional[str] = ..., state: _Optional[str] = ..., result_id: _Optional[str] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+    job_state: JobState
+    def __init__(self, job_id: _Optional[str] = ..., device_id: _Optional[str] = ..., result_id: _Optional[str] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., job_state: _Optional[_Union[JobState, str]] = ...) -> None: ...
 
 class GetJobsResponse(_message.Message):
     __slots__ = ("jobs",)
@@ -813,22 +859,21 @@ class FitRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., quant: _Optional[str] = ..., min_decode_tokens_per_s: _Optional[float] = ..., backend: _Optional[str] = ..., context_tokens: _Optional[int] = ..., max_watts: _Optional[float] = ..., device: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., streams: _Optional[int] = ..., shape: _Optional[_Union[Architecture, _Mapping]] = ...) -> None: ...
 
 class FitFigure(_message.Message):
-    __slots__ = ("value", "provenance", "method", "error_fraction")
+    __slots__ = ("value", "method", "error_fraction", "provenance_kind")
     VALUE_FIELD_NUMBER: _ClassVar[int]
-    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ERROR_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_KIND_FIELD_NUMBER: _ClassVar[int]
     value: float
-    provenance: str
     method: str
     error_fraction: float
-    def __init__(self, value: _Optional[float] = ..., provenance: _Optional[str] = ..., method: _Optional[str] = ..., error_fraction: _Optional[float] = ...) -> None: ...
+    provenance_kind: ProvenanceKind
+    def __init__(self, value: _Optional[float] = ..., method: _Optional[str] = ..., error_fraction: _Optional[float] = ..., provenance_kind: _Optional[_Union[ProvenanceKind, str]] = ...) -> None: ...
 
 class FitAnswer(_message.Message):
-    __slots__ = ("device_id", "hostname", "verdict", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "provenance", "calibration", "device_name", "backend", "stream_target_tokens_per_s", "max_streams", "streams", "stream_tokens_per_s", "aggregate_tokens_per_s", "serving_memory_bytes", "serves", "gpu_layers", "gpu_memory_bytes", "offload_decode_tokens_per_s", "kl_divergence")
+    __slots__ = ("device_id", "hostname", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "calibration", "device_name", "backend", "stream_target_tokens_per_s", "max_streams", "streams", "stream_tokens_per_s", "aggregate_tokens_per_s", "serving_memory_bytes", "serves", "gpu_layers", "gpu_memory_bytes", "offload_decode_tokens_per_s", "kl_divergence", "fit_verdict", "provenance_kind")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
-    VERDICT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     RAM_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -841,7 +886,6 @@ class FitAnswer(_message.Message):
     JOULES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FRACTION_FIELD_NUMBER: _ClassVar[int]
     MEMORY_HEADROOM_BYTES_FIELD_NUMBER: _ClassVar[int]
-    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -856,9 +900,10 @@ class FitAnswer(_message.Message):
     GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     OFFLOAD_DECODE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
+    FIT_VERDICT_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_KIND_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
-    verdict: str
     reason: str
     evidence: LimitRow
     ram_total_bytes: int
@@ -871,7 +916,6 @@ class FitAnswer(_message.Message):
     joules_per_token: FitFigure
     memory_fraction: float
     memory_headroom_bytes: int
-    provenance: str
     calibration: _containers.RepeatedScalarFieldContainer[str]
     device_name: str
     backend: str
@@ -886,7 +930,9 @@ class FitAnswer(_message.Message):
     gpu_memory_bytes: FitFigure
     offload_decode_tokens_per_s: FitFigure
     kl_divergence: FitFigure
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., provenance: _Optional[str] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ..., stream_target_tokens_per_s: _Optional[float] = ..., max_streams: _Optional[_Union[FitFigure, _Mapping]] = ..., streams: _Optional[int] = ..., stream_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., aggregate_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., serving_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., serves: _Optional[bool] = ..., gpu_layers: _Optional[int] = ..., gpu_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., offload_decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., kl_divergence: _Optional[_Union[FitFigure, _Mapping]] = ...) -> None: ...
+    fit_verdict: Verdict
+    provenance_kind: ProvenanceKind
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ..., stream_target_tokens_per_s: _Optional[float] = ..., max_streams: _Optional[_Union[FitFigure, _Mapping]] = ..., streams: _Optional[int] = ..., stream_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., aggregate_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., serving_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., serves: _Optional[bool] = ..., gpu_layers: _Optional[int] = ..., gpu_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., offload_decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., kl_divergence: _Optional[_Union[FitFigure, _Mapping]] = ..., fit_verdict: _Optional[_Union[Verdict, str]] = ..., provenance_kind: _Optional[_Union[ProvenanceKind, str]] = ...) -> None: ...
 
 class FitResponse(_message.Message):
     __slots__ = ("answers", "next_page_token")

@@ -21,6 +21,8 @@ from typing import Iterable, Optional
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 
+from fleetfit.v1 import words
+
 FORMATS = ("csv", "json", "jsonl", "sql")
 _INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
           FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
@@ -31,11 +33,13 @@ def message_dict(message, defaults: bool = False) -> dict:
     their defaults omitted, or with `defaults` printed (a stdev of 0), so that every entry has the same keys."""
     found = json_format.MessageToDict(message, preserving_proto_field_name=True,
                                       always_print_fields_with_no_presence=defaults)
-    _int64_as_numbers(message.DESCRIPTOR, found)
+    _plain_json(message.DESCRIPTOR, found)
     return found
 
 
-def _int64_as_numbers(descriptor, found: dict) -> None:
+def _plain_json(descriptor, found: dict) -> None:
+    """64-bit integers as numbers, and enums that replaced strings as the words under the old keys (words.py)."""
+    words.rename_out(descriptor, found)
     for field in descriptor.fields:
         if field.name not in found:
             continue
@@ -49,11 +53,11 @@ def _int64_as_numbers(descriptor, found: dict) -> None:
                     if entry.type in _INT64:
                         value[key] = int(item)
                     elif isinstance(item, dict) and entry.message_type is not None:
-                        _int64_as_numbers(entry.message_type, item)
+                        _plain_json(entry.message_type, item)
             else:
                 for item in value if isinstance(value, list) else [value]:
                     if isinstance(item, dict):
-                        _int64_as_numbers(kind, item)
+                        _plain_json(kind, item)
 
 
 def to_json(messages, indent: Optional[int] = 2, defaults: bool = False) -> str:
@@ -256,7 +260,7 @@ def profile_rows(result, cpu_info: str = "", failure_name: str = "") -> list[Pro
         n_ctx=result.n_ctx, repetitions=result.repetitions, load_time_s=_opt(result, "load_time_s"),
         peak_rss_bytes=_opt(result, "peak_rss_bytes"), baseline_rss_bytes=_opt(result, "baseline_rss_bytes"),
         gpu_memory_bytes=_opt(gpu, "fit_bytes") if gpu else None, memory_method=result.memory_method,
-        provenance=result.provenance.kind, provenance_method=result.provenance.method,
+        provenance=words.PROVENANCE.word(result.provenance.provenance_kind), provenance_method=result.provenance.method,
         failure=failure_name if result.failure else "", error=result.error)
     tests = [] if result.failure else [("pp", result.n_prompt, result.prefill_tokens_per_s, "prefill"),
                                        ("tg", result.n_gen, result.decode_tokens_per_s, "decode")]
@@ -274,7 +278,8 @@ def profile_rows(result, cpu_info: str = "", failure_name: str = "") -> list[Pro
             energy_mj=_opt(energy, "energy_mj"), net_energy_mj=_opt(energy, "net_energy_mj"),
             average_power_w=_opt(energy, "average_power_w"), joules_per_token=_opt(energy, "joules_per_token"),
             tokens_per_joule=_opt(energy, "tokens_per_joule"),
-            energy_provenance=energy.provenance if energy else "", energy_method=energy.method if energy else ""))
+            energy_provenance=words.PROVENANCE.word(energy.provenance_kind) if energy else "",
+            energy_method=energy.method if energy else ""))
     if not rows:
         rows.append(ProfileRow(**common, n_prompt=result.n_prompt, n_gen=result.n_gen, avg_ns=None, stddev_ns=None,
                                avg_ts=None, stddev_ts=None, samples_ns=[], samples_ts=[], test="",

@@ -40,6 +40,7 @@ from fleetfit.v1 import fleetfit_pb2 as pb
 DEFAULT_CONTEXT = 512  # a run's context when its result does not say
 FIT_CONTEXT = 4096  # the context fit answers for by default (or the model's own, when smaller)
 N_UBATCH = 512  # llama.cpp's default micro-batch
+KV_BLOCK = 256  # llama.cpp rounds a context's KV cache up to whole blocks of this many positions
 DEFAULT_OVERHEAD_BYTES = 64 << 20  # estimated runtime overhead when a device has no measurement
 DEFAULT_BANDWIDTH_EFFICIENCY = 0.6  # of the triad probe, for devices never measured
 DEFAULT_COMPUTE_EFFICIENCY = 0.3  # of the float32 matmul probe
@@ -83,16 +84,19 @@ def kv_cache_bytes(arch: Architecture, context: float) -> float:
     return arch.kv_cache_bytes(context, N_UBATCH)
 
 
+def kv_cache_held_bytes(arch: Architecture, context: int) -> float:
+    """The KV cache llama.cpp allocates for a context: n_ctx rounded up to whole 256-token blocks."""
+    return arch.kv_cache_bytes(-(-int(context) // KV_BLOCK) * KV_BLOCK, N_UBATCH)
+
+
 def compute_buffer_bytes(arch: Architecture, context: int) -> float:
-    """llama.cpp's main f32 compute buffers for one micro-batch (logits, MLP and attention activations; a
-    mixture of experts runs n_experts_used MLPs per token)."""
-    ub = min(N_UBATCH, context)
-    mlp = arch.ffn * max(1, arch.n_experts_used)
-    return 4 * ub * (arch.vocab + 4 * arch.hidden + 2 * mlp + arch.n_heads * context)
+    """llama.cpp's compute buffer for one micro-batch (Architecture.compute_buffer_bytes: logits and
+    activations; no context-sized attention matrix with flash attention)."""
+    return arch.compute_buffer_bytes(context, N_UBATCH)
 
 
 def memory_feature(arch: Architecture, quant: str, context: int, backend: str = DEFAULT_BACKEND) -> float:
-    return weight_bytes(arch, quant, backend) + kv_cache_bytes(arch, context) + compute_buffer_bytes(arch, context)
+    return weight_bytes(arch, quant, backend) + kv_cache_held_bytes(arch, context) + compute_buffer_bytes(arch, context)
 
 
 @functools.lru_cache(maxsize=None)

@@ -75,6 +75,11 @@ class BackendSpec:
         """Bytes of the weights of `arch` held at `precision`; per_token: those one decoded token reads (a lookup
         in a token-embedding table reads one row, unless the table is also the output projection; of a mixture
         of experts, the n_experts_used experts a token is routed to)."""
+        return int(sum(self.bytes_by_type(arch, precision, per_token).values()))
+
+    def bytes_by_type(self, arch, precision: str, per_token: bool = False) -> dict[str, float]:
+        """weight_bytes split by storage type: {GGML type: bytes} for GGUF (a Q4_0 file also holds Q6_K and F32
+        tensors), {precision or "<precision>-other": bytes} for a framework's matrices and its other tensors."""
         from fleetfit.models.catalogue import active_fraction
 
         precision = self.canonical(precision)
@@ -82,23 +87,29 @@ class BackendSpec:
         if self.takes_gguf_types():
             from fleetfit.models.quant_sizes import tensor_bytes, tensor_type
 
-            sizes = {s.name: (s, tensor_bytes(s.shape, tensor_type(arch, precision, s))) for s in _tensors(arch)}
+            sizes = {}
+            for s in _tensors(arch):
+                t = tensor_type(arch, precision, s)
+                sizes[s.name] = (s, tensor_bytes(s.shape, t), t)
             lookup_only = not arch.tied_embeddings
         else:
             matrix, other = _FRAMEWORK_MATRIX_BYTES[precision], _FRAMEWORK_ACTIVATION_BYTES[precision]
-            sizes = {s.name: (s, math.prod(s.shape) * (matrix if len(s.shape) == 2 and not s.name.endswith("_embd.weight")
-                                                       else other)) for s in _tensors(arch)}
+            sizes = {}
+            for s in _tensors(arch):
+                is_matrix = len(s.shape) == 2 and not s.name.endswith("_embd.weight")
+                sizes[s.name] = (s, math.prod(s.shape) * (matrix if is_matrix else other),
+                                 precision if is_matrix else f"{precision}-other")
             if arch.tied_embeddings and matrix != other:  # quantizing makes the tied output projection a copy
-                sizes["output.weight"] = (None, arch.vocab * arch.hidden * matrix)
+                sizes["output.weight"] = (None, arch.vocab * arch.hidden * matrix, precision)
             lookup_only = not arch.tied_embeddings or matrix != other  # a shared table is also the projection
-        total = 0.0
-        for name, (spec, nbytes) in sizes.items():
+        out: dict[str, float] = {}
+        for name, (spec, nbytes, kind) in sizes.items():
             if per_token and name == "token_embd.weight" and lookup_only:
                 nbytes /= spec.shape[0]
             if per_token and spec is not None:  # a mixture of experts reads only the routed experts
                 nbytes *= active_fraction(arch, spec)
-            total += nbytes
-        return int(total)
+            out[kind] = out.get(kind, 0.0) + nbytes
+        return out
 
 
 def _tensors(arch):

@@ -91,11 +91,11 @@ class SynthPlan:
 
     def load_memory_bytes(self, n_ctx: int = 512, n_ubatch: int = 512) -> int:
         """Estimate of the RAM llama.cpp needs to load the file without mmap and run a context of n_ctx
-        tokens: weights + f16 KV cache + the main f32 compute buffers (logits, MLP and attention
-        activations) + a fixed runtime overhead. An estimate, not a measurement."""
+        tokens: weights + f16 KV cache + the f32 compute buffer (logits and activations) + a fixed runtime
+        overhead. An estimate, not a measurement."""
         arch, n_ubatch = self.arch, min(n_ubatch, n_ctx)
         kv_cache = arch.kv_cache_bytes(n_ctx, n_ubatch)
-        activations = 4 * n_ubatch * (arch.vocab + 4 * arch.hidden + 2 * arch.ffn + arch.n_heads * n_ctx)
+        activations = arch.compute_buffer_bytes(n_ctx, n_ubatch)
         return self.weight_bytes + kv_cache + activations + RUNTIME_OVERHEAD_BYTES
 
 

@@ -8,6 +8,7 @@ from fleetfit.coordinator import fit, fleet_priors, ingest, scaling
 from fleetfit.coordinator.store import Store
 from fleetfit.models.catalogue import CATALOGUE
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.words import PROVENANCE
 
 from tests.coordinator.test_scaling import ladder
 
@@ -81,7 +82,7 @@ def test_a_never_profiled_device_is_estimated_from_its_kind_and_says_so(store):
                                                        fit.AnswerCache(store)).answers}
     new = answers["new"]
     decode = new.decode_tokens_per_s
-    assert decode.provenance == "estimated"
+    assert PROVENANCE.word(decode.provenance_kind) == "estimated"
     assert "estimated from 2 calibrated llama.cpp devices of kind CPU/SoC 'AMD EPYC 7B13 64-Core Processor'" \
         in decode.method
     assert "1 device(s) outside 0.02..2 of their probe ignored" in decode.method  # the hostile one
@@ -107,7 +108,7 @@ def test_a_never_profiled_device_is_estimated_from_its_kind_and_says_so(store):
     assert "default 60% of the bandwidth probe (fewer than 2 of its kind" in lone.method
     assert "0 calibrated CPU/SoC 'Intel Xeon Platinum 8375C'" in lone.method and not lone.HasField("error_fraction")
     # calibrated devices keep their own calibration
-    assert answers["a"].decode_tokens_per_s.provenance == "measured"
+    assert PROVENANCE.word(answers["a"].decode_tokens_per_s.provenance_kind) == "measured"
 
 
 def test_a_precision_nobody_measured_borrows_the_nearest_and_says_so(store):

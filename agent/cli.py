@@ -265,8 +265,9 @@ def models_list(cache_dir: CacheDir = None, as_json: Json = False) -> None:
 @user_errors
 def limits_probe(
     quants: Annotated[str, typer.Option(help="Comma-separated precisions.")] = "F16,Q8_0,Q4_0",
-    sizes: Annotated[str, typer.Option(help="Comma-separated catalogued architectures.")] =
-        "distilgpt2,tinyllama-1.1b,llama-2-7b,llama-2-13b",
+    sizes: Annotated[str, typer.Option(help="Comma-separated catalogued architectures, each NAME or NAME@DEPTH "
+                                            "(a run with DEPTH tokens already in the KV cache).")] =
+        "smollm2-135m,smollm2-135m@2048,llama-3.2-1b,tinyllama-1.1b,llama-2-7b",
     n_prompt: int = 64,
     n_gen: int = 16,
     repetitions: int = 2,
@@ -346,6 +347,8 @@ def profile(
     threads: Annotated[int, typer.Option(help="0 = physical cores.")] = 0,
     n_prompt: Annotated[int, typer.Option(help="Prompt tokens for the prefill test.")] = 512,
     n_gen: Annotated[int, typer.Option(help="Tokens for the decode test.")] = 128,
+    decode_depth: Annotated[int, typer.Option(
+        help="llama.cpp: tokens already in the KV cache before each test (llama-bench's -d).")] = 0,
     repetitions: int = 5,
     parallel: Annotated[str, typer.Option(
         help="A concurrency sweep after the single-stream run: stream counts decoded together, e.g. 1,2,4,8.")] = "",
@@ -374,7 +377,7 @@ def profile(
     except ValueError as exc:
         _fail(str(exc))
     request = profiling.make_request(model, quant, backend, n_prompt, n_gen, repetitions, threads, timeout,
-                                     idle_baseline, compute_device, gpu_layers, stream_counts)
+                                     idle_baseline, compute_device, gpu_layers, stream_counts, decode_depth)
     result = profiling.profile(request, device_id or inventory.default_device_id(), _cache(cache_dir))
     if output == "md":
         typer.echo(report.markdown([result]))

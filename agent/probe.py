@@ -1,5 +1,11 @@
 """`fleetfit-agent limits probe`: walk a ladder of model sizes for each precision on this device.
 
+The default ladder is chosen for what the scaling model must learn, not for size alone: architectures that differ
+on the axes users' models differ on (vocabulary 32k..128k, tied and untied embeddings, GQA ratio 1 to 8, deep and
+narrow vs shallow and wide), so that a model the device never ran is predicted from neighbours on every axis, and
+one run at depth (a KV cache of 2048 tokens: llama-bench's -d) so that decode at long contexts is measured, not
+assumed. A rung is a name, or name@depth.
+
 Each size is a synthetic GGUF of a catalogued architecture (real shapes, random weights: speed and
 memory of dense inference do not depend on the weights' values), profiled in an isolated worker under
 an address-space cap below the RAM available, then deleted. A size whose predicted load memory is above
@@ -17,14 +23,18 @@ import uuid
 import psutil
 
 from fleetfit.agent import profiling
-from fleetfit.models import synth
+from fleetfit.models import job_bounds, synth
 from fleetfit.models.catalogue import architecture, n_params
 from fleetfit.models.errors import ModelError
 from fleetfit.models.quants import parse_quant
 from fleetfit.v1 import fleetfit_pb2 as pb
 
-DEFAULT_SIZES = ("distilgpt2", "tinyllama-1.1b", "llama-2-7b", "llama-2-13b")
+# smollm2-135m: vocab 49k, tied, GQA 3, 30 narrow layers; llama-3.2-1b: vocab 128k, tied, GQA 4, 16 wide layers;
+# tinyllama-1.1b: vocab 32k, untied, GQA 8; llama-2-7b: vocab 32k, untied, no GQA, 4096 wide. Larger sizes (llama-2-13b)
+# find the size limit: add them with --sizes.
+DEFAULT_SIZES = ("smollm2-135m", "smollm2-135m@2048", "llama-3.2-1b", "tinyllama-1.1b", "llama-2-7b")
 DEFAULT_QUANTS = ("F16", "Q8_0", "Q4_0")
+MAX_DEPTH = 131072
 RAM_MARGIN_BYTES = 1 << 30  # left to the OS and the agent itself
 # Decode is memory-bound: tokens/s × weight bytes stays roughly constant across sizes. A size below this
 # fraction of that product from the previous size is thrashing, not computing.
@@ -34,13 +44,21 @@ GB = 1e9
 
 @dataclasses.dataclass(frozen=True)
 class ProbeSettings:
-    n_prompt: int = 64
-    n_gen: int = 16
-    repetitions: int = 2
+    n_prompt: int = job_bounds.CALIBRATION_RUN[0]
+    n_gen: int = job_bounds.CALIBRATION_RUN[1]
+    repetitions: int = job_bounds.CALIBRATION_RUN[2]
     threads: int = 0
     timeout_s: float = 1800.0
     memory_cap_bytes: int | None = None  # None: the RAM available at each step, less a margin
     collapse_fraction: float = COLLAPSE_FRACTION
+
+
+def parse_rung(text: str):
+    """A ladder rung, "name" or "name@depth": (Architecture, depth), or a one-line ModelError."""
+    name, _, depth = text.strip().partition("@")
+    if depth and not (depth.isdigit() and 0 <= int(depth) <= MAX_DEPTH):
+        raise ModelError(f"a rung's depth must be 0..{MAX_DEPTH} tokens (name@depth), got {text.strip()[:40]!r}")
+    return architecture(name), int(depth or 0)
 
 
 def memory_cap_bytes() -> int:
@@ -52,6 +70,7 @@ def _unmeasured(arch, quant: str, request: pb.ProfileRequest, device_id: str, fa
     """A result for a size that was not measured, saying why."""
     return pb.ProfileResult(
         result_id=str(uuid.uuid4()), device_id=device_id, request=request, model_name=arch.name, quant=quant,
+        n_depth=request.decode_depth,
         model_n_params=n_params(arch), model_origin="synthetic", failure=failure, error=reason,
         provenance=pb.Provenance(provenance_kind=pb.PROVENANCE_KIND_ESTIMATED, method=method, scope="device"), started_unix_s=time.time())
 
@@ -103,20 +122,20 @@ def _profile_synthetic(arch, quant: str, request: pb.ProfileRequest, device_id: 
 
 def probe(sizes: list[str], quants: list[str], device_id: str, cache_dir: pathlib.Path, settings: ProbeSettings,
           on_result=lambda result: None) -> list[pb.ProfileResult]:
-    archs = sorted((architecture(name) for name in sizes), key=n_params)
+    rungs = sorted(dict.fromkeys(parse_rung(text) for text in sizes), key=lambda r: (n_params(r[0]), r[1]))
     quants = [parse_quant(q) for q in quants]
     results = []
     (cache_dir / "synthetic").mkdir(parents=True, exist_ok=True)
     for quant in quants:
         previous, refused = None, None
-        for arch in archs:
+        for arch, depth in rungs:
             request = pb.ProfileRequest(model=pb.ModelRef(name=arch.name), backend="llama.cpp", quant=quant,
                                         n_prompt=settings.n_prompt, n_gen=settings.n_gen,
                                         repetitions=settings.repetitions, threads=settings.threads,
-                                        timeout_s=settings.timeout_s)
+                                        timeout_s=settings.timeout_s, decode_depth=depth)
             cap = settings.memory_cap_bytes or memory_cap_bytes()
             plan = synth.plan_file(arch, quant)
-            needed = plan.load_memory_bytes(settings.n_prompt + settings.n_gen)
+            needed = plan.load_memory_bytes(depth + settings.n_prompt + settings.n_gen)
             free_disk = shutil.disk_usage(cache_dir / "synthetic").free
             reason = None
             if refused:

@@ -47,13 +47,14 @@ def default_threads() -> int:
 def make_request(model: str, quant: str | None = None, backend: str = DEFAULT_BACKEND, n_prompt: int = 512,
                  n_gen: int = 128, repetitions: int = 5, threads: int = 0, timeout_s: float = 0.0,
                  idle_baseline_s: float | None = None, device: str = "",
-                 gpu_layers: int | None = None, parallel: list[int] = ()) -> pb.ProfileRequest:
+                 gpu_layers: int | None = None, parallel: list[int] = (), decode_depth: int = 0) -> pb.ProfileRequest:
     """A request as the device's owner types it: `model` is a file when it looks like one, else a model name.
-    `parallel`: the stream counts of a concurrency sweep (empty: one stream only)."""
+    `parallel`: the stream counts of a concurrency sweep (empty: one stream only); `decode_depth`: tokens in the
+    KV cache before each test."""
     ref = pb.ModelRef(path=model) if model_cache.is_path(model) else pb.ModelRef(name=model)
     request = pb.ProfileRequest(model=ref, backend=backend, quant=quant or "", n_prompt=n_prompt, n_gen=n_gen,
                                 repetitions=repetitions, threads=threads, timeout_s=timeout_s, device=device,
-                                parallel=parallel)
+                                parallel=parallel, decode_depth=decode_depth)
     if idle_baseline_s is not None:
         request.idle_baseline_s = idle_baseline_s
     if gpu_layers is not None:
@@ -84,6 +85,8 @@ def validate(request: pb.ProfileRequest) -> tuple[Backend, str | None]:
         raise ProfileInputError(f"idle baseline must be 0..{MAX_IDLE_BASELINE_S:.0f} s, got {request.idle_baseline_s}")
     try:
         job_bounds.check_parallel(request.parallel, request.n_prompt, request.n_gen)
+        job_bounds.check_value("decode_depth", request.decode_depth)
+        job_bounds.check_depth(request.decode_depth, request.n_prompt, request.n_gen, request.backend)
     except ValueError as exc:
         raise ProfileInputError(str(exc)) from None
     spec = backend.spec
@@ -114,7 +117,7 @@ def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
     threads = request.threads or default_threads()
     result = pb.ProfileResult(
         result_id=str(uuid.uuid4()), device_id=device_id, request=request, threads=threads,
-        n_prompt=request.n_prompt, n_gen=request.n_gen, repetitions=request.repetitions, warmup=True,
+        n_prompt=request.n_prompt, n_gen=request.n_gen, n_depth=request.decode_depth, repetitions=request.repetitions, warmup=True,
         provenance=pb.Provenance(provenance_kind=pb.PROVENANCE_KIND_MEASURED, method=backend.METHOD, scope="worker process on this device"),
         started_unix_s=time.time(), memory_limit_bytes=memory_limit_bytes,
     )

@@ -7,16 +7,19 @@ the figure each run needs (GPU memory for GPU runs, peak RSS elsewhere: limits.m
 - memory = α · (weights + F16 KV cache at the context, GQA-aware + compute buffer) + β, where α and β are
   least squares (relative) over the device's measured peaks: β is the runtime overhead (process, llama.cpp
   buffers not in the formula), α absorbs the compute buffer's misfit;
-- decode seconds/token = bytes read per token / B_q + layers · c: the bandwidth roofline with the device's
-  effective bandwidth B_q per precision, plus a cost per layer c (graph ops, thread barriers: what makes small
-  models slower per byte than large ones), shared by the precisions;
-- prefill seconds/token = FLOPs per token / F_q + layers · c': the compute roofline, fitted the same way.
+- decode and prefill seconds/token: coordinator/speed_model.py, a sum of measured terms: per GGML storage type
+  the bytes streamed (decode) or matmul FLOPs (prefill) at that type's own effective rate, the KV cache read (or
+  attention FLOPs) at the run's depth, a cost per layer and a cost per token, non-negative least squares;
+- beside it, the one-rate roofline (bytes / B_q + layers · c, FLOPs / F_q + layers · c') whose efficiencies
+  against the device's probes coordinator/fleet_priors.py lends to devices never calibrated.
 A mixture of experts is held whole (memory: every expert) and reads per token only the n_experts_used experts
 it is routed to (decode bytes and FLOPs: models/catalogue.py active_fraction); a sliding-window layer's KV
 cache holds its window (Architecture.kv_cache_bytes).
 
 Every figure says where it comes from: `measured` (that model and quant on that device), `predicted`
-(calibrated on the device; its error band is the largest leave-one-size-out residual), or `estimated` (nothing
+(calibrated on the device; its band covers 90 % of the errors of leave-one-family-out predictions: every model
+family the device measured is held out in turn, all its sizes, precisions and depths, and predicted by the
+others), or `estimated` (nothing
 measured on the device: catalogue formula with efficiencies learned from calibrated devices of its kind
 (coordinator/fleet_priors.py), else fixed defaults, against the device's probes).
 """
@@ -29,6 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fleetfit.coordinator import speed_model
 from fleetfit.models.catalogue import CATALOGUE, Architecture, active_fraction, n_params, tensors
 from fleetfit.models.errors import ModelError
 from fleetfit.coordinator.limits import backend_of, memory_figure, quant_of, run_shape
@@ -45,6 +49,10 @@ DEFAULT_OVERHEAD_BYTES = 64 << 20  # estimated runtime overhead when a device ha
 DEFAULT_BANDWIDTH_EFFICIENCY = 0.6  # of the triad probe, for devices never measured
 DEFAULT_COMPUTE_EFFICIENCY = 0.3  # of the float32 matmul probe
 SEED_SIZES = ("distilgpt2", "tinyllama-1.1b", "llama-2-7b", "llama-2-13b", "llama-2-70b")
+BAND_COVERAGE = 0.9  # a band covers this share of the held-out errors
+OUTSIDE_FACTOR = 2.0  # an architecture this far beyond the calibrated range on an axis is outside it
+AXES = {"vocabulary": lambda a: a.vocab, "width": lambda a: a.hidden, "depth (layers)": lambda a: a.n_layers,
+        "GQA ratio": lambda a: a.n_heads // a.n_kv_heads, "head size": lambda a: a.head_dim}
 
 
 class ScalingError(ValueError):
@@ -89,14 +97,19 @@ def kv_cache_held_bytes(arch: Architecture, context: int) -> float:
     return arch.kv_cache_bytes(-(-int(context) // KV_BLOCK) * KV_BLOCK, N_UBATCH)
 
 
-def compute_buffer_bytes(arch: Architecture, context: int) -> float:
+def compute_buffer_bytes(arch: Architecture, context: int, resident: bool = False) -> float:
     """llama.cpp's compute buffer for one micro-batch (Architecture.compute_buffer_bytes: logits and
-    activations; no context-sized attention matrix with flash attention)."""
-    return arch.compute_buffer_bytes(context, N_UBATCH)
+    activations; no context-sized attention matrix with flash attention); `resident`: the part a CPU process
+    touches."""
+    return arch.compute_buffer_bytes(context, N_UBATCH, resident)
 
 
-def memory_feature(arch: Architecture, quant: str, context: int, backend: str = DEFAULT_BACKEND) -> float:
-    return weight_bytes(arch, quant, backend) + kv_cache_held_bytes(arch, context) + compute_buffer_bytes(arch, context)
+def memory_feature(arch: Architecture, quant: str, context: int, backend: str = DEFAULT_BACKEND,
+                   resident: bool = True) -> float:
+    """Weights + the KV cache held + the compute buffer: what a CPU process touches (`resident`: its peak RSS), or
+    all llama.cpp allocates (GPU memory, where allocation is what counts)."""
+    return (weight_bytes(arch, quant, backend) + kv_cache_held_bytes(arch, context)
+            + compute_buffer_bytes(arch, context, resident))
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,6 +152,28 @@ class Point:
     prefill_tps: float
     result: pb.ProfileResult
     backend: str = DEFAULT_BACKEND
+    depth: int = 0  # tokens in the KV cache before each test (llama-bench's n_depth)
+    resident: bool = True  # peak_bytes is the host's peak RSS (else GPU memory, where allocations count)
+
+    @property
+    def decode_positions(self) -> float:
+        """Mean cache positions a decoded token attends to: the depth, then (n_gen + 1) / 2 of its own."""
+        return self.depth + (self.n_gen + 1) / 2
+
+    @property
+    def prefill_positions(self) -> float:
+        return self.depth + self.n_prompt / 2
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.quant}" + (f" @ depth {self.depth}" if self.depth else "")
+
+
+def family(model: str) -> str:
+    """A model's family for holding out: its name without the size ("llama-3.2-1b" -> "llama-3.2", "smollm2-135m"
+    -> "smollm2"); a name with no size part is its own family."""
+    head, _, tail = model.rpartition("-")
+    return head if head and tail[:1].isdigit() and tail[-1:] in "bmk" else model
 
 
 def _context(r: pb.ProfileResult) -> int:
@@ -146,7 +181,7 @@ def _context(r: pb.ProfileResult) -> int:
 
 
 def points(results: list[pb.ProfileResult], device_id: str, backend: str = DEFAULT_BACKEND) -> list[Point]:
-    """The latest successful result per catalogued model and precision of `backend` on the device."""
+    """The latest successful result per catalogued model, precision and depth of `backend` on the device."""
     spec = backends.backend(backend)
     latest = {}
     for r in results:
@@ -154,13 +189,13 @@ def points(results: list[pb.ProfileResult], device_id: str, backend: str = DEFAU
                 or r.model_name not in CATALOGUE or not r.decode_tokens_per_s.mean):
             continue
         if spec.can_size(quant_of(r)):
-            latest[(r.model_name, quant_of(r))] = r
+            latest[(r.model_name, quant_of(r), r.n_depth)] = r
     pts = []
-    for (m, q), r in sorted(latest.items()):
-        memory = memory_figure(r)[0]
+    for (m, q, depth), r in sorted(latest.items()):
+        memory, which = memory_figure(r)
         pts.append(Point(m, q, CATALOGUE[m], _context(r), r.n_prompt or r.request.n_prompt, r.n_gen or r.request.n_gen,
                          float(memory) if memory is not None else None, r.decode_tokens_per_s.mean,
-                         r.prefill_tokens_per_s.mean, r, spec.name))
+                         r.prefill_tokens_per_s.mean, r, spec.name, depth, not which.startswith("GPU")))
     return pts
 
 
@@ -173,6 +208,8 @@ class Calibration:
     decode_layer_s: float  # seconds per layer and token besides the bytes
     compute: dict[str, float]  # effective FLOP/s per quant (prefill)
     prefill_layer_s: float
+    decode: speed_model.SpeedModel | None = None  # what predictions use; the rates above are for fleet priors
+    prefill: speed_model.SpeedModel | None = None
 
     def rate(self, rates: dict[str, float], quant: str, backend: str = DEFAULT_BACKEND) -> tuple[float | None, str | None]:
         if not rates:
@@ -196,7 +233,7 @@ def _bits(backend: str, quant: str) -> float:
 
 def _fit_memory(pts: list[Point]) -> tuple[float, float]:
     pts = [p for p in pts if p.peak_bytes]
-    x = np.array([memory_feature(p.arch, p.quant, p.context, p.backend) for p in pts])
+    x = np.array([memory_feature(p.arch, p.quant, p.context, p.backend, p.resident) for p in pts])
     y = np.array([p.peak_bytes for p in pts])
     if len({p.model for p in pts}) < 2:  # one size: no slope to fit, only the overhead
         return 1.0, float(np.mean(y - x)) if len(pts) else DEFAULT_OVERHEAD_BYTES
@@ -227,10 +264,14 @@ def calibrate(pts: list[Point]) -> Calibration | None:
     if not pts:
         return None
     alpha, beta = _fit_memory(pts)
-    # llama-bench's tg decodes from an empty cache: attention sees (n_gen + 1) / 2 positions on average
-    bw, c = _fit_rates(pts, lambda p: decode_bytes_per_token(p.arch, p.quant, (p.n_gen + 1) / 2, p.backend), lambda p: p.decode_tps)
-    fl, c2 = _fit_rates(pts, lambda p: flops_per_token(p.arch, p.n_prompt / 2), lambda p: p.prefill_tps)
-    return Calibration(alpha, beta, bw, c, fl, c2)
+    bw, c = _fit_rates(pts, lambda p: decode_bytes_per_token(p.arch, p.quant, p.decode_positions, p.backend),
+                       lambda p: p.decode_tps)
+    fl, c2 = _fit_rates(pts, lambda p: flops_per_token(p.arch, p.prefill_positions), lambda p: p.prefill_tps)
+    decode = speed_model.fit([speed_model.Sample(p.arch, p.quant, p.decode_positions, p.decode_tps, p.backend, p.label)
+                              for p in pts], "decode")
+    prefill = speed_model.fit([speed_model.Sample(p.arch, p.quant, p.prefill_positions, p.prefill_tps, p.backend,
+                                                  p.label) for p in pts], "prefill")
+    return Calibration(alpha, beta, bw, c, fl, c2, decode, prefill)
 
 
 # -- predictions ----------------------------------------------------------------------------------------
@@ -240,7 +281,7 @@ class Figure:
     value: float | None
     provenance: str  # "measured" | "predicted" | "estimated"
     method: str
-    error_fraction: float | None = None  # ± relative band from leave-one-size-out residuals
+    error_fraction: float | None = None  # ± relative band covering 90 % of leave-one-family-out errors
 
     def text(self, fmt: str = "{:.3g}") -> str | None:
         if self.value is None:
@@ -279,7 +320,7 @@ class DeviceModel:
     device: pb.DeviceInventory
     points: list[Point]
     calibration: Calibration | None
-    errors: dict[str, float | None]  # "memory" | "decode" | "prefill" -> max |relative error| held out
+    errors: dict[str, float | None]  # "memory" | "decode" | "prefill" -> band: 90 % of |relative errors| held out
     backend: str = DEFAULT_BACKEND
     priors: "Callable[[str, str], Efficiency] | None" = None  # (rate, quant) -> Efficiency: coordinator/fleet_priors
 
@@ -294,12 +335,14 @@ class DeviceModel:
         return max(fl) * 1e9 if fl else None
 
     def measured(self, model: str, quant: str) -> Point | None:
-        return next((p for p in self.points if (p.model, p.quant) == (model, quant)), None)
+        """The run of that model and precision from an empty cache (a run at depth only calibrates)."""
+        return next((p for p in self.points if (p.model, p.quant, p.depth) == (model, quant, 0)), None)
 
     def predict(self, arch: Architecture, quant: str, context: int | None = None,
-                decode_context: float | None = None) -> Prediction:
+                decode_context: float | None = None, prefill_context: float | None = None) -> Prediction:
         """Memory for a context of `context` tokens; decode with `decode_context` positions in the KV cache
-        (default: the whole context, the slowest point of a long generation)."""
+        (default: the whole context, the slowest point of a long generation); prefill attending to
+        `prefill_context` positions on average (default: half the context, a prompt that fills it)."""
         measured = self.measured(arch.name, quant)
         ctx = context or (measured.context if measured else self._usual_context())
         if measured and ctx == measured.context:
@@ -313,35 +356,75 @@ class DeviceModel:
             return self._estimate(arch, quant, ctx)
         if measured and measured.peak_bytes:  # measured at another context: its speed, its memory grown to ctx
             r, shape = measured.result, run_shape(measured.result)
-            grown = cal.alpha * (memory_feature(arch, quant, ctx, self.backend)
-                                 - memory_feature(arch, quant, measured.context, self.backend))
+            grown = cal.alpha * (memory_feature(arch, quant, ctx, self.backend, measured.resident)
+                                 - memory_feature(arch, quant, measured.context, self.backend, measured.resident))
             return Prediction(
                 Figure(measured.peak_bytes + grown, "predicted",
                        f"measured peak at n_ctx {measured.context} (result {r.result_id}) + KV cache and compute "
                        f"buffer to ctx {ctx}, scaled {cal.alpha:.3f}"),
-                Figure(r.decode_tokens_per_s.mean, "measured", f"llama-bench tg mean at {shape} (result {r.result_id})"),
-                Figure(r.prefill_tokens_per_s.mean or None, "measured",
-                       f"llama-bench pp mean at {shape} (result {r.result_id})"), ctx)
-        memory = cal.alpha * memory_feature(arch, quant, ctx, self.backend) + cal.overhead_bytes
-        bw, bw_quant = cal.rate(cal.bandwidth, quant, self.backend)
-        fl, fl_quant = cal.rate(cal.compute, quant, self.backend)
-        borrowed = lambda q: "" if q == quant else f"; {quant} never measured here, efficiency of {q} (nearest bits/weight)"
+                self._at_depth(measured, "decode", cal.decode, decode_context, r.decode_tokens_per_s.mean,
+                               measured.decode_positions, f"llama-bench tg mean at {shape} (result {r.result_id})"),
+                self._at_depth(measured, "prefill", cal.prefill, prefill_context, r.prefill_tokens_per_s.mean or None,
+                               measured.prefill_positions, f"llama-bench pp mean at {shape} (result {r.result_id})"),
+                ctx)
+        memory = cal.alpha * memory_feature(arch, quant, ctx, self.backend, self._resident()) + cal.overhead_bytes
         n = len({p.model for p in self.points})
         mem_how = (f"weights + KV(ctx {ctx}) + compute buffer, scaled {cal.alpha:.3f} + overhead "
                    f"{cal.overhead_bytes / 2**20:.0f} MiB, fitted on {len(self.points)} runs of {n} sizes here")
-        decode = Figure(None, "predicted", "no decode rate measured on this device")
-        if bw:
-            per_token = decode_bytes_per_token(arch, quant, decode_context or ctx, self.backend)
-            decode = Figure(1 / (per_token / bw + arch.n_layers * cal.decode_layer_s),
-                            "predicted", f"bandwidth roofline, effective {bw / 1e9:.1f} GB/s + "
-                            f"{cal.decode_layer_s * 1e3:.2f} ms per layer, fitted here{borrowed(bw_quant)}",
-                            self.errors["decode"])
-        prefill = Figure(None, "predicted", "no prefill rate measured on this device")
-        if fl:
-            prefill = Figure(1 / (flops_per_token(arch, ctx / 2) / fl + arch.n_layers * cal.prefill_layer_s), "predicted",
-                             f"compute roofline, effective {fl / 1e9:.1f} GFLOP/s fitted here{borrowed(fl_quant)}",
-                             self.errors["prefill"])
+        decode = self._speed(cal.decode, arch, quant, decode_context if decode_context is not None else ctx,
+                             self.errors["decode"])
+        prefill = self._speed(cal.prefill, arch, quant, prefill_context if prefill_context is not None else ctx / 2,
+                              self.errors["prefill"])
         return Prediction(Figure(memory, "predicted", mem_how, self.errors["memory"]), decode, prefill, ctx)
+
+    def _at_depth(self, measured: Point, phase: str, model: speed_model.SpeedModel | None, positions: float | None,
+                  value: float | None, measured_positions: float, how: str) -> Figure:
+        """A measured speed as it is, or, asked at another depth, scaled by the speed model's ratio between the two
+        depths (the KV read or attention it adds), labelled predicted."""
+        if positions is None or model is None or value is None or abs(positions - measured_positions) < 1:
+            return Figure(value, "measured", how)
+        ratio = model.tps(measured.arch, measured.quant, positions) / model.tps(measured.arch, measured.quant,
+                                                                                 measured_positions)
+        return Figure(value * ratio, "predicted", f"{how}, scaled by the speed terms to {positions:.0f} cache "
+                      f"positions ({ratio:.2f}x): {model.text()}", self.errors[phase])
+
+    def _speed(self, model: speed_model.SpeedModel | None, arch: Architecture, quant: str, positions: float,
+               band: float | None) -> Figure:
+        """A predicted decode or prefill rate with `positions` cache positions attended, saying what it rests on."""
+        if model is None:
+            return Figure(None, "predicted", "nothing measured on this device for this phase")
+        borrowed = model.borrowed(arch, quant, self.backend)
+        lent = "; never measured here: " + ", ".join(f"{k} at {v}'s rate" for k, v in sorted(borrowed.items())) \
+            if borrowed else ""
+        how = (f"speed terms fitted on {len(model.fitted_on)} runs here ({', '.join(model.fitted_on)}): "
+               f"{model.text()}; at {positions:.0f} cache positions{lent}")
+        if band is not None:
+            how += f"; band ±{band:.0%} covers {BAND_COVERAGE:.0%} of leave-one-family-out errors"
+        return Figure(model.tps(arch, quant, positions, self.backend), "predicted", how, band)
+
+    def outside(self, arch: Architecture) -> list[str]:
+        """Why `arch` is far from every architecture the device calibrated on (each axis more than OUTSIDE_FACTOR
+        beyond the measured range, or a structure none of them has): its predictions are extrapolations there."""
+        archs = {p.arch.name: p.arch for p in self.points}.values()
+        if not archs:
+            return []
+        why = []
+        for axis, value_of in AXES.items():
+            values = [value_of(a) for a in archs]
+            value, low, high = value_of(arch), min(values), max(values)
+            if value > OUTSIDE_FACTOR * high:
+                why.append(f"{axis} {value:,g} is over {OUTSIDE_FACTOR:g}x the largest measured, {high:,g}")
+            elif value * OUTSIDE_FACTOR < low:
+                why.append(f"{axis} {value:,g} is under 1/{OUTSIDE_FACTOR:g} of the smallest measured, {low:,g}")
+        if arch.is_moe and not any(a.is_moe for a in archs):
+            why.append("a mixture of experts, and none was measured")
+        if arch.sliding_window and not any(a.sliding_window for a in archs):
+            why.append("sliding-window attention, and no such model was measured")
+        return why
+
+    def _resident(self) -> bool:
+        """Whether this device's memory figures are host RSS (most of its points), not GPU memory."""
+        return sum(p.resident for p in self.points) * 2 >= len(self.points)
 
     def _usual_context(self) -> int:
         return self.points[-1].context if self.points else DEFAULT_CONTEXT
@@ -365,19 +448,28 @@ class DeviceModel:
             ctx)
 
 
-def leave_one_size_out(pts: list[Point]) -> list[tuple[Point, Prediction]]:
-    """Each measured size predicted by a calibration that never saw it (all its precisions held out)."""
+def leave_one_family_out(pts: list[Point]) -> list[tuple[Point, Prediction]]:
+    """Each measured family predicted by a calibration that never saw it (all its sizes, precisions and depths
+    held out): what a prediction for an architecture the device never ran is worth."""
     out = []
-    for held in sorted({p.model for p in pts}):
-        rest = [p for p in pts if p.model != held]
+    for held in sorted({family(p.model) for p in pts}):
+        rest = [p for p in pts if family(p.model) != held]
         if len({p.model for p in rest}) < 2:
             continue
         model = DeviceModel(pb.DeviceInventory(), rest, calibrate(rest), {"memory": None, "decode": None, "prefill": None},
                             rest[0].backend)
-        for p in (p for p in pts if p.model == held):
-            if p.quant in model.calibration.bandwidth:  # a precision it has seen on other sizes
-                out.append((p, model.predict(p.arch, p.quant, p.context, decode_context=(p.n_gen + 1) / 2)))
+        for p in (p for p in pts if family(p.model) == held):
+            if p.quant in model.calibration.bandwidth:  # a precision it has seen on other families
+                out.append((p, model.predict(p.arch, p.quant, p.context, p.decode_positions, p.prefill_positions)))
     return out
+
+
+def band(errors: list[float]) -> float | None:
+    """The ± relative band that covers BAND_COVERAGE of the errors (the next one up: never below what was seen
+    in that share of cases)."""
+    if not errors:
+        return None
+    return float(np.quantile(np.abs(errors), BAND_COVERAGE, method="higher"))
 
 
 def relative_errors(pairs: list[tuple[Point, Prediction]]) -> dict[str, list[float]]:
@@ -396,8 +488,7 @@ def device_model(device: pb.DeviceInventory, results: list[pb.ProfileResult], ba
     efficiencies an uncalibrated device is estimated with (coordinator/fleet_priors.py; default: fixed ones)."""
     spec = backends.backend(backend)
     pts = points(results, device.device_id, spec.name)
-    errors = relative_errors(leave_one_size_out(pts))
-    bands = {k: max(abs(e) for e in v) if v else None for k, v in errors.items()}
+    bands = {k: band(v) for k, v in relative_errors(leave_one_family_out(pts)).items()}
     return DeviceModel(device, pts, calibrate(pts), bands, spec.name, priors)
 
 

@@ -290,6 +290,12 @@ class Store:
             )
         return ids
 
+    def open_jobs(self, device_id: str) -> list[tuple[str, pb.ProfileRequest]]:
+        """(job id, request) of the device's jobs still to run or running, oldest first."""
+        return [(j, pb.ProfileRequest.FromString(bytes(r))) for j, r in self.db.query(
+            "SELECT job_id, request FROM jobs WHERE device_id = ? AND state IN ('queued', 'running') ORDER BY created",
+            (device_id,))]
+
     def devices_with_queued_jobs(self) -> set[str]:
         return {d for (d,) in self.db.query("SELECT DISTINCT device_id FROM jobs WHERE state = 'queued'")}
 

@@ -141,14 +141,19 @@ class Architecture:
         """Whether this layer attends to a sliding window (llama.cpp's swa pattern: the n-th layer is global)."""
         return bool(self.sliding_pattern) and (layer + 1) % self.sliding_pattern != 0
 
-    def compute_buffer_bytes(self, context: int, n_ubatch: int = 512) -> float:
+    def compute_buffer_bytes(self, context: int, n_ubatch: int = 512, resident: bool = False) -> float:
         """llama.cpp's CPU compute buffer for one micro-batch of min(n_ubatch, context) tokens: the f32 logits over
         the vocabulary and two hidden-wide activations (4 · ub · (vocab + 2 · hidden)); a mixture of experts adds
         its routed MLPs' activations. With flash attention (llama.cpp's CPU default) no attention matrix of
         the context is held, so the buffer does not grow with the context: benchmarks/compute_buffer.py
-        measured it within 1 % at 128..8192 tokens (SmolLM2-135M, Llama-3.2-1B)."""
+        measured it within 1 % at 128..8192 tokens (SmolLM2-135M, Llama-3.2-1B). `resident`: the part a CPU
+        process touches (what its RSS holds): a prompt's logits are computed for its last token only, so one row
+        of logits, not ub of them (benchmarks/prediction_error.py: peak RSS within ±5 % this way, -14 % with
+        the whole buffer)."""
         ub = min(n_ubatch, int(context))
         moe = 2 * self.ffn * self.n_experts_used if self.is_moe else 0
+        if resident:
+            return 4 * ub * (2 * self.hidden + moe) + 4 * self.vocab
         return 4 * ub * (self.vocab + 2 * self.hidden + moe)
 
     def kv_cache_bytes(self, context: float, n_ubatch: int = 512, bytes_per_element: int = 2) -> float:

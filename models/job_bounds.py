@@ -13,6 +13,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "timeout_s": (0, 86400),       # 0: the agent's default
     "idle_baseline_s": (0, 600),
     "gpu_layers": (0, 10000),      # llama.cpp layers to offload; absent: all the build can offload
+    "decode_depth": (0, 131072),   # llama.cpp: tokens in the KV cache before each test (llama-bench's -d)
 }
 OPTIONAL_FIELDS = ("idle_baseline_s", "gpu_layers")  # checked only when set
 # A concurrency sweep (ProfileRequest.parallel): N sequences decoded together, for each N listed. N is bounded by
@@ -20,6 +21,11 @@ OPTIONAL_FIELDS = ("idle_baseline_s", "gpu_layers")  # checked only when set
 MAX_PARALLEL = 256
 MAX_PARALLEL_POINTS = 16
 MAX_SWEEP_KV_TOKENS = 262_144  # e.g. 256 streams of 1024 tokens, or 8 of 32768
+# The run shape of a calibration run (fleetfit-agent limits probe, and the runs the coordinator queues to extend a
+# device's calibration): short, so that a ladder of models takes minutes; (n_prompt, n_gen, repetitions)
+CALIBRATION_RUN = (64, 16, 2)
+MAX_CONTEXT_TOKENS = 131_072  # one stream's context: decode_depth + n_prompt + n_gen
+DEPTH_BACKENDS = ("llama.cpp",)  # the backends that run a test at depth
 COMPUTE_DEVICE = re.compile(r"(|auto|cpu|cuda|cuda:\d{1,3})")
 # A model is named, never located: a catalogue or real model name, no path separators, no leading dot.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -73,6 +79,15 @@ def check_parallel(parallel, n_prompt: int, n_gen: int) -> None:
                          f"cache: at most {MAX_SWEEP_KV_TOKENS}")
 
 
+def check_depth(decode_depth: int, n_prompt: int, n_gen: int, backend: str) -> None:
+    """ValueError (one line) for a depth a backend cannot run, or a context past MAX_CONTEXT_TOKENS."""
+    if decode_depth and (backend or DEPTH_BACKENDS[0]) not in DEPTH_BACKENDS:
+        raise ValueError(f"decode depth is run by {', '.join(DEPTH_BACKENDS)} only, not {backend}")
+    if (tokens := decode_depth + n_prompt + n_gen) > MAX_CONTEXT_TOKENS:
+        raise ValueError(f"decode depth {decode_depth} + n_prompt {n_prompt} + n_gen {n_gen} = {tokens} tokens of "
+                         f"context: at most {MAX_CONTEXT_TOKENS}")
+
+
 def check_job(request) -> None:
     """ValueError (one line) for a fleetfit.v1.ProfileRequest outside the bounds: a model given by name only,
     and its parameters (check_parameters)."""
@@ -90,3 +105,4 @@ def check_parameters(request) -> None:
             check_value(field, getattr(request, field))
     check_compute_device(request.device)
     check_parallel(request.parallel, request.n_prompt, request.n_gen)
+    check_depth(request.decode_depth, request.n_prompt, request.n_gen, request.backend)

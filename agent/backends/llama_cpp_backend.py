@@ -60,7 +60,7 @@ class LlamaCpp(Backend):
         request = job.request
         return runtime.profile(job.target.path, request.n_prompt, request.n_gen, request.repetitions, job.threads,
                                request.device, gpu_layers=request.gpu_layers if request.HasField("gpu_layers") else None,
-                               parallel=tuple(request.parallel))
+                               parallel=tuple(request.parallel), n_depth=request.decode_depth)
 
     def call(self, op: str, args: dict) -> dict:
         from fleetfit.agent.backends import llama_cpp_runtime as runtime

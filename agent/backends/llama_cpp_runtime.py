@@ -3,8 +3,8 @@
 This is the only module that imports `llama_cpp`; it runs inside the isolated worker process, never in the
 agent itself (the backend itself is llama_cpp_backend.py). Timing follows llama-bench: random tokens fed by
 the harness (no sampling in the timed loop), a warm-up, then for each repetition a prefill of n_prompt tokens
-in n_batch chunks and, from an empty cache, n_gen single-token decodes, each ended by llama_synchronize before
-the clock is read. A concurrency sweep follows llama-batched-bench (see _Streams and _serving_point).
+in n_batch chunks and n_gen single-token decodes, each ended by llama_synchronize before the clock is read; each
+test starts from an empty cache, or from one of n_depth tokens (llama-bench's -d). A concurrency sweep follows llama-batched-bench (see _Streams and _serving_point).
 """
 
 import ctypes
@@ -177,8 +177,9 @@ def _context_params(n_ctx: int, n_batch: int, n_ubatch: int, threads: int, n_seq
 
 def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, threads: int, device: str = "",
             n_batch: int = DEFAULT_N_BATCH, n_ubatch: int = DEFAULT_N_UBATCH, seed: int = 1234,
-            gpu_layers: int | None = None, parallel: tuple[int, ...] = ()) -> RunFigures:
-    """Load the model without mmap (so that the weights count in RSS) and time prefill and decode. `device`
+            gpu_layers: int | None = None, parallel: tuple[int, ...] = (), n_depth: int = 0) -> RunFigures:
+    """Load the model without mmap (so that the weights count in RSS) and time prefill and decode, each with
+    `n_depth` tokens already in the KV cache (llama-bench's -d: filled once, cut back to it before each test). `device`
     "cpu" keeps every layer on the CPU; otherwise a build that offloads offloads `gpu_layers` layers (None: all,
     as llama.cpp's default parameters do; 0: none). Then, for each N in `parallel`, a serving point (N streams
     decoded together, in a context of their own)."""
@@ -204,10 +205,11 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
     model = C.llama_model_load_from_file(model_path.encode(), model_params)
     if not model:
         raise BackendError(f"llama.cpp could not load {model_path}")
-    ctx = C.llama_init_from_model(model, _context_params(n_prompt + n_gen, n_batch, n_ubatch, threads))
+    n_ctx = n_depth + n_prompt + n_gen
+    ctx = C.llama_init_from_model(model, _context_params(n_ctx, n_batch, n_ubatch, threads))
     if not ctx:
         C.llama_model_free(model)
-        raise BackendError(f"llama.cpp could not create a context (n_ctx={n_prompt + n_gen}) for {model_path}")
+        raise BackendError(f"llama.cpp could not create a context (n_ctx={n_ctx}) for {model_path}")
     load_time_s = time.perf_counter() - t0
     windows.append(("load", load_start_ns, time.monotonic_ns()))
     n_layer = int(C.llama_model_n_layer(model))
@@ -261,13 +263,20 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
         run_prefill(n_prompt, "warmup")
         C.llama_memory_clear(memory, False)
         run_decode(1, "warmup")
+        C.llama_memory_clear(memory, False)
+        if n_depth:
+            run_prefill(n_depth, "warmup")  # the depth, untimed; each test then starts from it
+
+        def back_to_depth() -> None:
+            C.llama_memory_seq_rm(memory, 0, n_depth, -1)  # drops the last test's tokens, keeps the depth
+
         prefill_tps, ttft_ms, decode_tps = [], [], []
         for _ in range(repetitions):
-            C.llama_memory_clear(memory, False)
+            back_to_depth()
             prefill_s, ttft_s = run_prefill(n_prompt)
             prefill_tps.append(n_prompt / prefill_s)
             ttft_ms.append(ttft_s * 1000.0)
-            C.llama_memory_clear(memory, False)
+            back_to_depth()
             decode_tps.append(n_gen / run_decode(n_gen))
         n_params = int(C.llama_model_n_params(model))
         gpu_memory = _llama_gpu_memory(buffer_bytes(_log_lines)) if offloaded_layers else None
@@ -287,7 +296,7 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
         C.llama_model_free(model)
     return RunFigures(
         **single, serving=serving,
-        n_batch=n_batch, n_ubatch=n_ubatch, n_ctx=n_prompt + n_gen, threads=threads, backend_version=version(),
+        n_batch=n_batch, n_ubatch=n_ubatch, n_ctx=n_ctx, threads=threads, backend_version=version(),
         backend_build=system_info(), phase_windows_ns=tuple(windows),
         compute_device=compute_devices()[-1] if offloaded_layers else "cpu", model_n_params=n_params,
         gpu_layers=offloaded_layers, gpu_memory=gpu_memory,

@@ -1,6 +1,9 @@
 """The size ladder with real llama.cpp on small synthetic models; larger sizes are refused by the cap."""
 
+import pytest
+
 from fleetfit.agent import probe
+from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import PROVENANCE
 
@@ -68,3 +71,27 @@ def test_probe_results_reach_the_coordinator(coordinator, tmp_path):
     assert len(measured) == 1 and measured[0].cells[col("device")].string_value == devices[0].inventory.hostname
     assert measured[0].cells[col("backend")].string_value == "llama.cpp"
     assert measured[0].cells[list(table.columns).index("Q4_0 GB")].number_value > 0.05  # measured peak GB
+
+
+def test_a_rung_names_a_model_and_optionally_a_depth():
+    assert probe.parse_rung("smollm2-135m") == (probe.architecture("smollm2-135m"), 0)
+    assert probe.parse_rung(" tinyllama-1.1b@2048 ") == (probe.architecture("tinyllama-1.1b"), 2048)
+    for bad, message in (("smollm2-135m@-1", "depth must be 0..131072"), ("smollm2-135m@1e9", "depth must be"),
+                         ("smollm2-135m@999999999", "depth must be"), ("gpt-5@16", "unknown architecture")):
+        with pytest.raises(ModelError, match=message):
+            probe.parse_rung(bad)
+
+
+def test_the_default_ladder_spans_the_axes_models_differ_on():
+    """Vocabulary, tied embeddings, GQA ratio, depth vs width, and a run at depth: what the scaling model needs
+    to predict a model the device never ran (issue 17)."""
+    rungs = [probe.parse_rung(r) for r in probe.DEFAULT_SIZES]
+    archs = {a.name: a for a, _ in rungs}.values()
+    assert max(a.vocab for a in archs) >= 4 * min(a.vocab for a in archs)
+    assert {a.tied_embeddings for a in archs} == {True, False}
+    assert {a.n_heads // a.n_kv_heads for a in archs} >= {1, 8}
+    assert max(a.n_layers / a.hidden for a in archs) > 5 * min(a.n_layers / a.hidden for a in archs)
+    assert any(depth >= 1024 for _, depth in rungs)
+    from fleetfit.agent import cli  # the CLI's default is this ladder
+    import inspect
+    assert inspect.signature(cli.limits_probe).parameters["sizes"].default == ",".join(probe.DEFAULT_SIZES)

@@ -58,6 +58,8 @@ def test_timeout_is_a_classified_failure(ladder, cache_dir):
     ({"repetitions": 0}, "repetitions must be at least 1"),
     ({"backend": "tensorflow"}, "unknown backend"),
     ({"quant": "Q9_9"}, "unknown quant type"),
+    ({"decode_depth": -1}, "decode_depth must be at least 0"),
+    ({"decode_depth": 1, "backend": "onnxruntime", "quant": "fp32"}, "decode depth is run by llama.cpp only"),
 ])
 def test_bad_requests_are_refused(ladder, cache_dir, overrides, message):
     with pytest.raises(profiling.ProfileInputError if "quant" not in overrides else ModelError, match=message):
@@ -67,3 +69,17 @@ def test_bad_requests_are_refused(ladder, cache_dir, overrides, message):
 def test_quant_must_match_a_given_file(ladder, cache_dir):
     with pytest.raises(ModelError, match="is Q4_0, not F16"):
         profiling.profile(short_request(str(ladder["Q4_0"]), quant="F16"), "dev-1", cache_dir)
+
+
+def test_a_run_at_depth_decodes_from_a_filled_cache(ladder, cache_dir):
+    """llama-bench's -d: each test starts with decode_depth tokens in the KV cache; attending to them makes both
+    phases slower than from an empty cache, and the context holds the depth too."""
+    results = {d: profiling.profile(short_request(str(ladder["Q4_0"]), decode_depth=d), "dev-1", cache_dir)
+               for d in (0, 1024)}
+    deep = results[1024]
+    assert deep.failure == pb.FAILURE_KIND_UNSPECIFIED, deep.error
+    assert deep.n_depth == deep.request.decode_depth == 1024 and deep.n_ctx == 1024 + 32 + 8
+    assert results[0].n_depth == 0 and results[0].n_ctx == 40
+    assert deep.prefill_tokens_per_s.mean < results[0].prefill_tokens_per_s.mean
+    assert deep.decode_tokens_per_s.mean < results[0].decode_tokens_per_s.mean
+    assert deep.peak_rss_bytes > results[0].peak_rss_bytes  # the KV cache of 1064 positions

@@ -40,6 +40,10 @@ BAD = [
     (dict(parallel=[4, 2, 4]), "parallel lists 4 more than once"),
     (dict(parallel=[256], n_prompt=65536), "parallel 256 x (n_prompt 65536 + n_gen 4) = 16778240 tokens"),
     (dict(model=pb.ModelRef(name="smollm2-135m", path="/etc/shadow")), "model.path is refused"),
+    (dict(decode_depth=-1), "decode_depth must be at least 0"),
+    (dict(decode_depth=2**31 - 1), "decode_depth must be at most 131072"),
+    (dict(decode_depth=131072), "decode depth 131072 + n_prompt 16 + n_gen 4 = 131092 tokens of context: at most 131072"),
+    (dict(decode_depth=512, backend="torch", quant="fp16"), "decode depth is run by llama.cpp only, not torch"),
 ]
 
 

@@ -20,15 +20,39 @@ def ladder() -> tuple[list[pb.ProfileResult], pb.DeviceInventory]:
     return sorted(results, key=lambda r: r.started_unix_s), device.inventory
 
 
-def test_leave_one_size_out_meets_the_targets():
+def test_leave_one_family_out_holds_out_whole_families():
     results, device = ladder()
-    pairs = scaling.leave_one_size_out(scaling.points(results, device.device_id))
+    pairs = scaling.leave_one_family_out(scaling.points(results, device.device_id))
     held_out = {(p.model, p.quant) for p, _ in pairs}
     assert len({m for m, _ in held_out}) >= 3 and len({q for _, q in held_out}) >= 2  # a real ladder, not a stub
     for p, pred in pairs:
         assert pred.memory_bytes.provenance == pred.decode_tps.provenance == "predicted"
-        assert abs(pred.memory_bytes.value / p.peak_bytes - 1) <= 0.10, (p.model, p.quant, pred.memory_bytes)
-        assert abs(pred.decode_tps.value / p.decode_tps - 1) <= 0.20, (p.model, p.quant, pred.decode_tps)
+        # a family predicted from other families: memory within issue 17's ±5 %; decode within ±40 % here
+        # (distilgpt2, a GPT-2, from Llamas alone: -36 %); issue 17's ±12 % is not met yet
+        assert abs(pred.memory_bytes.value / p.peak_bytes - 1) <= 0.05, (p.model, p.quant, pred.memory_bytes)
+        assert abs(pred.decode_tps.value / p.decode_tps - 1) <= 0.40, (p.model, p.quant, pred.decode_tps)
+    assert {scaling.family(m) for m, _ in held_out} == {"distilgpt2", "tinyllama", "llama-2"}
+
+
+def test_family_is_the_name_without_its_size():
+    assert [scaling.family(m) for m in ("llama-3.2-1b", "smollm2-135m", "qwen3-30b-a3b", "distilgpt2", "phi-4-mini")] \
+        == ["llama-3.2", "smollm2", "qwen3-30b-a3b", "distilgpt2", "phi-4-mini"]
+
+
+def test_the_band_covers_ninety_percent_of_held_out_errors():
+    errors = [0.01 * i for i in range(1, 21)]  # 1 % .. 20 %
+    assert scaling.band(errors) == pytest.approx(0.19)  # the next error up: 19 of 20 within it, never under 90 %
+    assert scaling.band([-0.3, 0.05]) == pytest.approx(0.3) and scaling.band([]) is None
+
+
+def test_an_architecture_far_from_the_calibration_is_flagged():
+    results, device = ladder()  # vocabularies 32,000..50,257, no mixture of experts, no sliding window
+    dm = scaling.device_model(device, results)
+    assert dm.outside(CATALOGUE["tinyllama-1.1b"]) == [] and dm.outside(CATALOGUE["mistral-7b"]) == []
+    gemma = dm.outside(CATALOGUE["gemma-3-1b"])
+    assert any(w.startswith("vocabulary 262,144 is over 2x the largest measured, 50,257") for w in gemma)
+    assert "sliding-window attention, and no such model was measured" in gemma
+    assert "a mixture of experts, and none was measured" in dm.outside(CATALOGUE["qwen3-30b-a3b"])
 
 
 def test_provenance_measured_predicted_estimated():
@@ -41,7 +65,7 @@ def test_provenance_measured_predicted_estimated():
     assert longer.memory_bytes.provenance == "predicted" and longer.memory_bytes.value > measured.memory_bytes.value
     unseen = dm.predict(CATALOGUE["llama-3.1-8b"], "Q4_K_M")
     assert unseen.decode_tps.provenance == "predicted" and unseen.decode_tps.error_fraction is not None
-    assert "Q4_K_M never measured here" in unseen.decode_tps.method
+    assert "never measured here: Q4_K at Q4_0's rate" in unseen.decode_tps.method
     stranger = scaling.device_model(pb.DeviceInventory(device_id="new", ram_total_bytes=8 << 30), results)
     guess = stranger.predict(CATALOGUE["llama-3.1-8b"], "Q4_K_M")
     assert guess.memory_bytes.provenance == "estimated" and "nothing measured on this device" in guess.memory_bytes.method

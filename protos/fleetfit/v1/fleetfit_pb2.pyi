@@ -200,7 +200,7 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., shape: _Optional[_Union[Architecture, _Mapping]] = ...) -> None: ...
 
 class ProfileRequest(_message.Message):
-    __slots__ = ("model", "backend", "quant", "n_prompt", "n_gen", "repetitions", "threads", "timeout_s", "idle_baseline_s", "device", "gpu_layers", "parallel")
+    __slots__ = ("model", "backend", "quant", "n_prompt", "n_gen", "repetitions", "threads", "timeout_s", "idle_baseline_s", "device", "gpu_layers", "parallel", "decode_depth")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     QUANT_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +213,7 @@ class ProfileRequest(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
     PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    DECODE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     backend: str
     quant: str
@@ -225,7 +226,8 @@ class ProfileRequest(_message.Message):
     device: str
     gpu_layers: int
     parallel: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., backend: _Optional[str] = ..., quant: _Optional[str] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., threads: _Optional[int] = ..., timeout_s: _Optional[float] = ..., idle_baseline_s: _Optional[float] = ..., device: _Optional[str] = ..., gpu_layers: _Optional[int] = ..., parallel: _Optional[_Iterable[int]] = ...) -> None: ...
+    decode_depth: int
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., backend: _Optional[str] = ..., quant: _Optional[str] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., threads: _Optional[int] = ..., timeout_s: _Optional[float] = ..., idle_baseline_s: _Optional[float] = ..., device: _Optional[str] = ..., gpu_layers: _Optional[int] = ..., parallel: _Optional[_Iterable[int]] = ..., decode_depth: _Optional[int] = ...) -> None: ...
 
 class Stat(_message.Message):
     __slots__ = ("mean", "stdev", "samples")
@@ -248,7 +250,7 @@ class Provenance(_message.Message):
     def __init__(self, method: _Optional[str] = ..., scope: _Optional[str] = ..., provenance_kind: _Optional[_Union[ProvenanceKind, str]] = ...) -> None: ...
 
 class ProfileResult(_message.Message):
-    __slots__ = ("result_id", "device_id", "request", "failure", "error", "model_name", "model_file", "model_sha256", "model_file_bytes", "model_n_params", "model_arch", "quant", "backend_version", "backend_build", "threads", "n_batch", "n_ubatch", "n_ctx", "n_prompt", "n_gen", "repetitions", "warmup", "load_time_s", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "provenance", "started_unix_s", "wall_s", "power", "roofline", "model_origin", "memory_limit_bytes", "compute_device", "weight_bytes", "gpu_memory", "gpu_layers", "serving")
+    __slots__ = ("result_id", "device_id", "request", "failure", "error", "model_name", "model_file", "model_sha256", "model_file_bytes", "model_n_params", "model_arch", "quant", "backend_version", "backend_build", "threads", "n_batch", "n_ubatch", "n_ctx", "n_prompt", "n_gen", "repetitions", "warmup", "load_time_s", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "provenance", "started_unix_s", "wall_s", "power", "roofline", "model_origin", "memory_limit_bytes", "compute_device", "weight_bytes", "gpu_memory", "gpu_layers", "serving", "n_depth")
     RESULT_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +292,7 @@ class ProfileResult(_message.Message):
     GPU_MEMORY_FIELD_NUMBER: _ClassVar[int]
     GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
     SERVING_FIELD_NUMBER: _ClassVar[int]
+    N_DEPTH_FIELD_NUMBER: _ClassVar[int]
     result_id: str
     device_id: str
     request: ProfileRequest
@@ -331,7 +334,8 @@ class ProfileResult(_message.Message):
     gpu_memory: GpuMemory
     gpu_layers: int
     serving: _containers.RepeatedCompositeFieldContainer[ServingPoint]
-    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ..., model_name: _Optional[str] = ..., model_file: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_file_bytes: _Optional[int] = ..., model_n_params: _Optional[int] = ..., model_arch: _Optional[str] = ..., quant: _Optional[str] = ..., backend_version: _Optional[str] = ..., backend_build: _Optional[str] = ..., threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., n_ubatch: _Optional[int] = ..., n_ctx: _Optional[int] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., warmup: _Optional[bool] = ..., load_time_s: _Optional[float] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., peak_rss_bytes: _Optional[int] = ..., baseline_rss_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., started_unix_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., power: _Optional[_Union[PowerTelemetry, _Mapping]] = ..., roofline: _Optional[_Union[Roofline, _Mapping]] = ..., model_origin: _Optional[str] = ..., memory_limit_bytes: _Optional[int] = ..., compute_device: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., gpu_memory: _Optional[_Union[GpuMemory, _Mapping]] = ..., gpu_layers: _Optional[int] = ..., serving: _Optional[_Iterable[_Union[ServingPoint, _Mapping]]] = ...) -> None: ...
+    n_depth: int
+    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ..., model_name: _Optional[str] = ..., model_file: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_file_bytes: _Optional[int] = ..., model_n_params: _Optional[int] = ..., model_arch: _Optional[str] = ..., quant: _Optional[str] = ..., backend_version: _Optional[str] = ..., backend_build: _Optional[str] = ..., threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., n_ubatch: _Optional[int] = ..., n_ctx: _Optional[int] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., warmup: _Optional[bool] = ..., load_time_s: _Optional[float] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., peak_rss_bytes: _Optional[int] = ..., baseline_rss_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., started_unix_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., power: _Optional[_Union[PowerTelemetry, _Mapping]] = ..., roofline: _Optional[_Union[Roofline, _Mapping]] = ..., model_origin: _Optional[str] = ..., memory_limit_bytes: _Optional[int] = ..., compute_device: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., gpu_memory: _Optional[_Union[GpuMemory, _Mapping]] = ..., gpu_layers: _Optional[int] = ..., serving: _Optional[_Iterable[_Union[ServingPoint, _Mapping]]] = ..., n_depth: _Optional[int] = ...) -> None: ...
 
 class ServingPoint(_message.Message):
     __slots__ = ("parallel", "aggregate_decode_tokens_per_s", "per_stream_decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "peak_memory_bytes", "decode_energy_per_token_j", "gpu_memory", "unsupported_reason", "energy_provenance_kind")
@@ -871,7 +875,7 @@ class FitFigure(_message.Message):
     def __init__(self, value: _Optional[float] = ..., method: _Optional[str] = ..., error_fraction: _Optional[float] = ..., provenance_kind: _Optional[_Union[ProvenanceKind, str]] = ...) -> None: ...
 
 class FitAnswer(_message.Message):
-    __slots__ = ("device_id", "hostname", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "calibration", "device_name", "backend", "stream_target_tokens_per_s", "max_streams", "streams", "stream_tokens_per_s", "aggregate_tokens_per_s", "serving_memory_bytes", "serves", "gpu_layers", "gpu_memory_bytes", "offload_decode_tokens_per_s", "kl_divergence", "fit_verdict", "provenance_kind")
+    __slots__ = ("device_id", "hostname", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "calibration", "device_name", "backend", "stream_target_tokens_per_s", "max_streams", "streams", "stream_tokens_per_s", "aggregate_tokens_per_s", "serving_memory_bytes", "serves", "gpu_layers", "gpu_memory_bytes", "offload_decode_tokens_per_s", "kl_divergence", "fit_verdict", "provenance_kind", "outside_calibration", "calibration_job_id")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -902,6 +906,8 @@ class FitAnswer(_message.Message):
     KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
     FIT_VERDICT_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_KIND_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
     reason: str
@@ -932,7 +938,9 @@ class FitAnswer(_message.Message):
     kl_divergence: FitFigure
     fit_verdict: Verdict
     provenance_kind: ProvenanceKind
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ..., stream_target_tokens_per_s: _Optional[float] = ..., max_streams: _Optional[_Union[FitFigure, _Mapping]] = ..., streams: _Optional[int] = ..., stream_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., aggregate_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., serving_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., serves: _Optional[bool] = ..., gpu_layers: _Optional[int] = ..., gpu_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., offload_decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., kl_divergence: _Optional[_Union[FitFigure, _Mapping]] = ..., fit_verdict: _Optional[_Union[Verdict, str]] = ..., provenance_kind: _Optional[_Union[ProvenanceKind, str]] = ...) -> None: ...
+    outside_calibration: _containers.RepeatedScalarFieldContainer[str]
+    calibration_job_id: str
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ..., stream_target_tokens_per_s: _Optional[float] = ..., max_streams: _Optional[_Union[FitFigure, _Mapping]] = ..., streams: _Optional[int] = ..., stream_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., aggregate_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., serving_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., serves: _Optional[bool] = ..., gpu_layers: _Optional[int] = ..., gpu_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., offload_decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., kl_divergence: _Optional[_Union[FitFigure, _Mapping]] = ..., fit_verdict: _Optional[_Union[Verdict, str]] = ..., provenance_kind: _Optional[_Union[ProvenanceKind, str]] = ..., outside_calibration: _Optional[_Iterable[str]] = ..., calibration_job_id: _Optional[str] = ...) -> None: ...
 
 class FitResponse(_message.Message):
     __slots__ = ("answers", "next_page_token")

@@ -252,7 +252,7 @@ def profile_rows(result, cpu_info: str = "", failure_name: str = "") -> list[Pro
         model_filename=result.model_file, model_type=f"{result.model_arch or '?'} {params_text} {result.quant}",
         model_size=result.model_file_bytes, model_n_params=params, n_batch=result.n_batch,
         n_ubatch=result.n_ubatch, n_threads=result.threads, type_k="f16", type_v="f16",
-        n_gpu_layers=_opt(result, "gpu_layers"), load_mode=_load_mode(result.memory_method), n_depth=0,
+        n_gpu_layers=_opt(result, "gpu_layers"), load_mode=_load_mode(result.memory_method), n_depth=result.n_depth,
         test_time=_iso(result.started_unix_s), result_id=result.result_id, device_id=result.device_id,
         backend=result.request.backend or "llama.cpp", backend_version=result.backend_version,
         model_name=result.model_name, model_origin=result.model_origin, model_sha256=result.model_sha256,

@@ -1,0 +1,39 @@
+"""The speed model's fit recovers the terms that generated its points, for decode and for prefill."""
+
+from fleetfit.coordinator import speed_model as dm
+from fleetfit.models.catalogue import CATALOGUE
+
+TRUE = dm.SpeedModel("decode", {"Q4_0": 1 / 40e9, "Q6_K": 1 / 20e9, "Q8_0": 1 / 30e9, "F32": 1 / 40e9},
+                     1 / 10e9, 30e-6, 200e-6, ())
+LADDER = ("smollm2-135m", "llama-3.2-1b", "tinyllama-1.1b", "llama-2-7b")
+
+
+def test_fit_recovers_known_terms():
+    samples = [dm.Sample(CATALOGUE[m], q, pos, TRUE.tps(CATALOGUE[m], q, pos))
+               for m in LADDER for q in ("Q4_0", "Q8_0") for pos in (8.5, 2048)]
+    got = dm.fit(samples)
+    for kind in ("Q4_0", "Q6_K", "Q8_0"):
+        assert abs(got.s_per_unit[kind] / TRUE.s_per_unit[kind] - 1) < 0.02, kind
+    assert abs(got.context_s_per_unit / TRUE.context_s_per_unit - 1) < 0.02
+    assert abs(got.layer_s / TRUE.layer_s - 1) < 0.05
+    held = CATALOGUE["qwen2.5-0.5b"]  # never in the fit: another vocabulary, another GQA ratio
+    assert abs(got.tps(held, "Q4_0", 512) / TRUE.tps(held, "Q4_0", 512) - 1) < 0.02
+
+
+def test_one_context_leaves_the_kv_term_out():
+    samples = [dm.Sample(CATALOGUE[m], "Q4_0", 8.5, TRUE.tps(CATALOGUE[m], "Q4_0", 8.5)) for m in LADDER]
+    assert dm.fit(samples).context_s_per_unit == 0
+
+
+def test_prefill_terms_are_flops_per_type():
+    true = dm.SpeedModel("prefill", {"Q4_0": 1 / 200e9, "Q6_K": 1 / 80e9, "Q8_0": 1 / 300e9, "F32": 1 / 50e9},
+                         1 / 100e9, 50e-6, 100e-6, ())
+    arch = CATALOGUE["llama-3.2-1b"]
+    terms = dict(dm.weight_terms(arch, "Q4_0", "prefill"))
+    assert "Q6_K" in terms  # the tied output projection, kept at Q6_K by llama.cpp's quantizer
+    assert abs(sum(terms.values()) / (2 * 1.236e9) - 1) < 0.02  # 2 FLOPs per multiplied weight
+    samples = [dm.Sample(CATALOGUE[m], q, pos, true.tps(CATALOGUE[m], q, pos))
+               for m in LADDER for q in ("Q4_0", "Q8_0") for pos in (32, 2048)]
+    got = dm.fit(samples, "prefill")
+    held = CATALOGUE["qwen2.5-0.5b"]
+    assert abs(got.tps(held, "Q4_0", 512) / true.tps(held, "Q4_0", 512) - 1) < 0.02

@@ -76,6 +76,20 @@ def check_result(result: pb.ProfileResult) -> None:
     # an older agent's report carries the provenance words as strings (fleetfit/v1/words.py): stored as sent, read
     # as enums; the checks see what answers will read
     _check_serving(upgrade(type(result).FromString(result.SerializeToString())))
+    _check_depth(result)
+
+
+def _check_depth(result: pb.ProfileResult) -> None:
+    """A run at depth (llama-bench's -d) within the job bounds, at the depth its request asked for: a depth that
+    was not run would put a point where the scaling model reads the KV cache's cost."""
+    depth, asked = result.n_depth, result.request.decode_depth
+    try:
+        job_bounds.check_value("decode_depth", asked)
+        job_bounds.check_depth(asked, result.request.n_prompt, result.request.n_gen, result.request.backend)
+    except ValueError as exc:
+        raise Refused(f"result.request.{exc}") from None
+    if depth != asked:
+        raise Refused(f"result.n_depth is {depth}: the request asked for a depth of {asked}")
 
 
 def check_quality(result: pb.QualityResult) -> None:

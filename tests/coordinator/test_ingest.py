@@ -53,6 +53,9 @@ def poisoned(edit) -> pb.ProfileResult:
     (lambda r: setattr(r, "failure", 77), "result.failure is 77: not a value of FailureKind"),
     (lambda r: setattr(r, "device_id", "dev\x1b[2J"), "device_id 'dev\\x1b[2J' must be 1 to 256 printable"),
     (lambda r: [r.power.declined.append("d" * 4000) for _ in range(300)], "bytes: at most 1048576 are accepted"),
+    (lambda r: setattr(r, "n_depth", 1024), "result.n_depth is 1024: the request asked for a depth of 0"),
+    (lambda r: setattr(r, "n_depth", -5), "result.n_depth is -5: figures must not be negative"),
+    (lambda r: setattr(r.request, "decode_depth", 200_000), "decode_depth must be at most 131072"),
 ])
 def test_check_result_names_the_field_and_why(edit, fragment):
     with pytest.raises(ingest.Refused) as err:

@@ -15,7 +15,7 @@ from fleetfit.agent.telemetry import PhaseSummary, PowerSampler, discover_power_
 from fleetfit.agent.telemetry.sampler import IDLE
 from fleetfit.models import roofline as rl
 from fleetfit.v1 import fleetfit_pb2 as pb
-from fleetfit.v1.words import PROVENANCE
+from fleetfit.v1.words import BOTTLENECK, PROVENANCE
 
 DEFAULT_IDLE_BASELINE_S = 2.0
 MEASURED_PHASES = ("load", "prefill", "decode")  # the worker's "warmup" windows are left out
@@ -118,7 +118,7 @@ def roofline_message(model: pathlib.Path | rl.ModelShape, n_gen: int, decode_tok
     return pb.Roofline(
         weight_bytes_per_token=point.weight_bytes_per_token, kv_cache_bytes_per_token=point.kv_cache_bytes_per_token,
         bytes_per_token=point.bytes_per_token, flops_per_token=point.flops_per_token,
-        arithmetic_intensity_flop_per_byte=point.arithmetic_intensity, bottleneck=point.bottleneck or "",
+        arithmetic_intensity_flop_per_byte=point.arithmetic_intensity, bottleneck_kind=BOTTLENECK.code(point.bottleneck or ""),
         mean_context_tokens=context, n_layers=shape.n_layers, n_kv_heads=shape.n_kv_heads, head_dim=shape.head_dim,
         method=rl.METHOD + (f"; bandwidth: {bandwidth.provenance.method}" if bandwidth else "")
                + (f"; compute roof: CPU float32 {peak.provenance.method}" if peak else ""),

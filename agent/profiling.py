@@ -161,8 +161,9 @@ def _measure(result: pb.ProfileResult, backend: Backend, target: RunTarget, job:
     sampler, declined = energy.start_sampler(idle_s, deadline)
     try:
         _checked_again(request, target, allowed_dirs)
-        figures = RunFigures.from_json(run_worker({"backend": backend.NAME, "op": "profile", "job": job.to_json()},
-                                                  deadline, result.memory_limit_bytes or None))
+        with backend.preparing(target, job.cache_dir):
+            figures = RunFigures.from_json(run_worker({"backend": backend.NAME, "op": "profile", "job": job.to_json()},
+                                                      deadline, result.memory_limit_bytes or None))
     except BaseException:
         sampler.close()
         raise
@@ -176,8 +177,8 @@ def _measure(result: pb.ProfileResult, backend: Backend, target: RunTarget, job:
     for stat in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms"):
         getattr(result, stat).CopyFrom(pb.Stat(**dataclasses.asdict(getattr(figures, stat))))
     for field in ("load_time_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "n_batch", "n_ubatch",
-                  "n_ctx", "threads", "backend_version", "backend_build", "compute_device", "weight_bytes",
-                  "gpu_layers"):
+                  "n_ctx", "threads", "backend_version", "backend_build", "backend_commit", "compute_device",
+                  "weight_bytes", "gpu_layers"):
         if getattr(figures, field) is not None:
             setattr(result, field, getattr(figures, field))
     if figures.gpu_memory is not None:

@@ -2,7 +2,7 @@
 
 from fleetfit.agent.profiling import failure_name
 from fleetfit.v1 import fleetfit_pb2 as pb
-from fleetfit.v1.words import PROVENANCE
+from fleetfit.v1.words import BOTTLENECK, PROVENANCE
 
 ESTIMATED = pb.PROVENANCE_KIND_ESTIMATED
 
@@ -109,7 +109,7 @@ def roofline_markdown(results: list[pb.ProfileResult]) -> str:
             f"| {r.model_name} | {r.quant} | {rl.bytes_per_token / 1e6:.1f} | {r.decode_tokens_per_s.mean:.2f} | "
             f"{_num(rl, 'achieved_gb_per_s')} | {_num(rl, 'device_bandwidth_gb_per_s')} | "
             f"{_num(rl, 'percent_of_bandwidth', 1)} | {_num(rl, 'arithmetic_intensity_flop_per_byte')} | "
-            f"{rl.bottleneck or 'n/a'} |")
+            f"{BOTTLENECK.word(rl.bottleneck_kind) or 'n/a'} |")
     lines.append("")
     lines.append(f"Roofline: {results[0].roofline.method}." + (f" {results[0].roofline.note}." if results[0].roofline.note else ""))
     return "\n".join(lines)

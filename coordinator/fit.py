@@ -387,7 +387,8 @@ def respond(request: pb.FitRequest, store, cache: "AnswerCache") -> pb.FitRespon
 
 def with_quality(a: pb.FitAnswer, quality: list[pb.QualityResult], names: dict[str, str]) -> pb.FitAnswer:
     """The answer with its precision's quality cost: the device's own latest measurement, else the fleet's latest
-    (the KL divergence of a file from its F16 is a property of the file; devices differ only in rounding)."""
+    (the KL divergence of a file from its F16 is a property of the file; devices differ only in rounding). The
+    figure says where it was measured; the reason does not repeat it (fit's table shows both side by side)."""
     if not quality:
         return a
     own = [r for r in quality if r.device_id == a.device_id]
@@ -399,7 +400,6 @@ def with_quality(a: pb.FitAnswer, quality: list[pb.QualityResult], names: dict[s
         r.kl_divergence_mean, "measured",
         f"mean KL divergence from {r.reference_quant} ± {r.kl_divergence_stderr:.2g}, {r.n_positions} positions "
                f"at ctx {r.context_tokens}, fleetfit-agent quality on {where} (result {r.result_id})"))
-    out.reason += f"; quality: KLD {r.kl_divergence_mean:.4f} from {r.reference_quant} (measured on {where})"
     return out
 
 

@@ -33,7 +33,7 @@ LONG_TEXT = 16 * 1024          # build and system info
 SHORT_TEXT_FIELDS = {"result_id", "device_id", "model_name", "model_arch", "model_sha256", "quant", "backend",
                      "hostname", "os", "arch", "name", "uuid", "driver_version", "version", "agent_version",
                      "target", "precision", "phase", "provenance", "kind", "compute_device", "model_origin",
-                     "headline_source", "bottleneck", "cache_key", "device", "device_name", "scope"}
+                     "headline_source", "cache_key", "device", "device_name", "scope"}
 LONG_TEXT_FIELDS = {"backend_build", "llama_system_info"}
 SIGNED_FIELDS = {"net_energy_mj", "net_joules_per_token"}  # net of the idle baseline: may be below zero
 # Ceilings by unit, first matching suffix wins (so "_unix_s" and "_per_s" come before "_s").

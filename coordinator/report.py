@@ -205,59 +205,61 @@ def plots(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Tab
     ] + serving_plots(by_name.get("serving-curves"), ids, index) + quality_plots(by_name.get("quality"), ids, index)
 
 
+def per_device_plots(table: pb.Table | None, ids: dict[str, str], index: dict[str, int], add, title: str,
+                     x_label: str, y_label: str) -> list[str]:
+    """One scatter per device of a table's rows (it has a "device" column): `add(cell, series)` puts one row's
+    points on its series, `cell(column)` being the row's typed cell and `series(label)` that device's series."""
+    if table is None:
+        return []
+    col = {c: i for i, c in enumerate(table.columns)}
+    per_device: dict[str, dict[str, Series]] = {}
+    for row in table.rows:
+        cells = [typed_cell(c) for c in row.cells]
+        device = cells[col["device"]]
+        plot, where = per_device.setdefault(device, {}), index.get(ids.get(device), -1)
+        add(lambda name: cells[col[name]], lambda label: plot.setdefault(label, Series(label, where)))
+    return [scatter_svg(title.format(device=device), plot, x_label, y_label)
+            for device, plot in sorted(per_device.items()) if plot]
+
+
+def _number(value) -> float | None:
+    return value if isinstance(value, float) else None
+
+
 def quality_plots(quality: pb.Table | None, ids: dict[str, str], index: dict[str, int]) -> list[str]:
     """Per device with quality results: its measured decode tok/s against the mean KL divergence from the
     reference, one series per model and precision (log-log; the quality table's rows with a decode speed)."""
-    if quality is None:
-        return []
-    col = {c: i for i, c in enumerate(quality.columns)}
-    per_device: dict[str, dict[str, Series]] = {}
-    for row in quality.rows:
-        cells = [typed_cell(c) for c in row.cells]
-        kld = re.match(r"\s*([0-9.eE+-]+)", str(cells[col["mean KLD"]]))  # "0.01234 ± 0.00056"
-        decode = cells[col["decode tok/s"]]
-        if kld is None or not isinstance(decode, float):
-            continue
-        device = cells[col["device"]]
-        label = f"{device} {cells[col['model']]} {cells[col['precision']]}"
-        plot = per_device.setdefault(device, {})
-        plot.setdefault(label, Series(label, index.get(ids.get(device), -1))).measured.append((float(kld[1]), decode))
-    return [scatter_svg(f"{device}: decode tokens/s against mean KL divergence from F16, per precision (measured)",
-                        plot, "mean KL divergence from F16", "decode tokens/s")
-            for device, plot in sorted(per_device.items())]
+    def add(cell, series):
+        kld, decode = _number(cell("mean KLD")), _number(cell("decode tok/s"))
+        if kld is not None and decode is not None:
+            series(f"{cell('device')} {cell('model')} {cell('precision')}").measured.append((kld, decode))
+
+    return per_device_plots(quality, ids, index, add,
+                            "{device}: decode tokens/s against mean KL divergence from F16, per precision (measured)",
+                            "mean KL divergence from F16", "decode tokens/s")
 
 
 def serving_plots(curves: pb.Table | None, ids: dict[str, str], index: dict[str, int]) -> list[str]:
     """Per device with concurrency sweeps: aggregate and per-stream decode tok/s against concurrent streams, from
     the serving-curves table; measured points solid, predicted ones hollow with their leave-one-out band."""
-    if curves is None:
-        return []
-    col = {c: i for i, c in enumerate(curves.columns)}
-    per_device: dict[str, dict[str, Series]] = {}
-    for row in curves.rows:
-        cells = [typed_cell(c) for c in row.cells]
-        number = lambda name: cells[col[name]] if isinstance(cells[col[name]], float) else None
-        streams, aggregate, per_stream = number("streams"), number("aggregate tok/s"), number("per-stream tok/s")
+    def add(cell, series):
+        streams, aggregate, per_stream = (_number(cell(c)) for c in ("streams", "aggregate tok/s", "per-stream tok/s"))
         if streams is None or aggregate is None or per_stream is None:
-            continue
-        device = cells[col["device"]]
-        backend = cells[col["backend"]]
-        key = f"{device} {cells[col['model']]} {cells[col['precision']]}" + (
+            return
+        backend = cell("backend")
+        key = f"{cell('device')} {cell('model')} {cell('precision')}" + (
             "" if backend == DEFAULT_BACKEND else f" {backend}")
-        plot = per_device.setdefault(device, {})
-        where = index.get(ids.get(device), -1)
-        total = plot.setdefault(f"{key} aggregate", Series(f"{key} aggregate", where))
-        each = plot.setdefault(f"{key} per stream", Series(f"{key} per stream", where))
-        if cells[col["provenance"]] == "measured":
+        total, each = series(f"{key} aggregate"), series(f"{key} per stream")
+        if cell("provenance") == "measured":
             total.measured.append((streams, aggregate))
             each.measured.append((streams, per_stream))
         else:
-            low, high = number("aggregate low") or aggregate, number("aggregate high") or aggregate
+            low, high = _number(cell("aggregate low")) or aggregate, _number(cell("aggregate high")) or aggregate
             total.predicted.append((streams, aggregate, low, high))
             each.predicted.append((streams, per_stream, low / streams, high / streams))
-    return [scatter_svg(f"{device}: decode tokens/s against concurrent streams (solid: measured, hollow: predicted "
-                        "with its band)", plot, "concurrent streams", "decode tokens/s")
-            for device, plot in sorted(per_device.items())]
+
+    return per_device_plots(curves, ids, index, add, "{device}: decode tokens/s against concurrent streams (solid: "
+                            "measured, hollow: predicted with its band)", "concurrent streams", "decode tokens/s")
 
 
 def _html_table(table: pb.Table, device_of: dict[str, int]) -> str:

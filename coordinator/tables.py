@@ -19,7 +19,7 @@ from fleetfit.coordinator.limits import (DEFAULT_SHAPE, backend_of, chosen_shape
 from fleetfit.models import backends
 from fleetfit.models.catalogue import CATALOGUE, Architecture, n_params
 from fleetfit.v1 import fleetfit_pb2 as pb
-from fleetfit.v1.words import PROVENANCE
+from fleetfit.v1.words import BOTTLENECK, PROVENANCE
 
 
 class TableError(ValueError):
@@ -515,7 +515,7 @@ def bandwidth(fleet: Fleet, options: dict[str, str]) -> TableData:
                      round(rl.bytes_per_token / 1e6, 2) if rl is not None and rl.HasField("bytes_per_token") else None,
                      round(r.decode_tokens_per_s.mean, 3), _opt(rl, "achieved_gb_per_s", 3),
                      _opt(rl, "device_bandwidth_gb_per_s", 3), _opt(rl, "percent_of_bandwidth", 1),
-                     _opt(rl, "arithmetic_intensity_flop_per_byte", 3), (rl.bottleneck or None) if rl else None])
+                     _opt(rl, "arithmetic_intensity_flop_per_byte", 3), (BOTTLENECK.word(rl.bottleneck_kind) or None) if rl else None])
     return TableData(["device", "backend", "model", "quant", "parameters", "MB/token", "decode tok/s", "achieved GB/s",
                       "device GB/s", "% of bandwidth", "FLOP/byte", "bottleneck"], body,
                      ["bytes/token: weight tensor bytes from the GGUF + F16 KV cache (GQA-aware) at the mean decode "
@@ -780,11 +780,12 @@ def quality(fleet: Fleet, options: dict[str, str]) -> TableData:
     for (device_id, model, quant), q in sorted(latest.items(), key=lambda kv: (kv[0][0], kv[0][1],
                                                                               -kv[1].kl_divergence_mean)):
         rows.append([fleet.name(device_id), model, quant, q.reference_quant,
-                     f"{q.kl_divergence_mean:.5f} ± {q.kl_divergence_stderr:.5f}", round(q.kl_divergence_p99, 5),
-                     f"{q.perplexity:.3f} ± {q.perplexity_stderr:.3f}", f"{q.same_top_token_fraction:.1%}",
+                     round(q.kl_divergence_mean, 6), round(q.kl_divergence_stderr, 6), round(q.kl_divergence_p99, 5),
+                     round(q.perplexity, 3), round(q.perplexity_stderr, 3), round(100 * q.same_top_token_fraction, 1),
                      q.context_tokens, q.n_positions, decode.get((device_id, model, quant)), q.result_id])
-    return TableData(["device", "model", "precision", "reference", "mean KLD", "KLD p99", "perplexity",
-                      "same top token", "context", "positions", "decode tok/s", "result"], rows,
+    return TableData(["device", "model", "precision", "reference", "mean KLD", "KLD stderr", "KLD p99", "perplexity",
+                      "perplexity stderr", "same top token %", "context", "positions", "decode tok/s", "result"], rows,
                      ["measured by fleetfit-agent quality on the device it names: llama-perplexity --kl-divergence's "
-                      "method (context-sized chunks, second half scored) against the reference precision",
+                      "method (context-sized chunks, second half scored) against the reference precision; stderr: "
+                      "the standard error of the mean over the scored positions",
                       "decode tok/s: the device's measured llama-bench-style decode of that file, when it has one"])

@@ -30,10 +30,10 @@ def bar(description: str, total: Optional[float] = None, unit: str = "steps") ->
 
 
 @contextlib.contextmanager
-def file_bytes(description: str, target: pathlib.Path, total: Optional[float] = None) -> Iterator[None]:
-    """A bytes bar for a file another process writes: the size of target's partial files (.NAME.*.part beside it,
-    as the cache's writers name them) polled twice a second."""
-    with bar(description, total, unit="bytes") as update:
+def polled(description: str, read: Callable[[], float], total: Optional[float] = None,
+           unit: str = "steps") -> Iterator[None]:
+    """A bar for work another process does: `read()` (what it has done so far) polled twice a second."""
+    with bar(description, total, unit) as update:
         if not sys.stderr.isatty():
             yield
             return
@@ -41,11 +41,7 @@ def file_bytes(description: str, target: pathlib.Path, total: Optional[float] = 
 
         def poll() -> None:
             while not stop.wait(0.5):
-                written = 0
-                for part in target.parent.glob(f".{target.name}.*.part"):
-                    with contextlib.suppress(OSError):  # renamed into place, or removed, since the glob
-                        written += part.stat().st_size
-                update(completed=written)
+                update(completed=read())
 
         watcher = threading.Thread(target=poll, daemon=True)
         watcher.start()
@@ -54,3 +50,16 @@ def file_bytes(description: str, target: pathlib.Path, total: Optional[float] = 
         finally:
             stop.set()
             watcher.join()
+
+
+def file_bytes(description: str, target: pathlib.Path, total: Optional[float] = None):
+    """A bytes bar for a file another process writes: the size of target's partial files (.NAME.*.part beside it,
+    as the cache's writers name them)."""
+    def written() -> float:
+        size = 0
+        for part in target.parent.glob(f".{target.name}.*.part"):
+            with contextlib.suppress(OSError):  # renamed into place, or removed, since the glob
+                size += part.stat().st_size
+        return size
+
+    return polled(description, written, total, unit="bytes")

@@ -131,11 +131,13 @@ for build in "${builds[@]}"; do
     touch "$wheelhouse/check-passed"
     echo "llama.cpp build '$name' passed its check (Q4_0, Q8_0, Q4_K_M and F16 ran in a child process)"
     [ "$name" = "native-cpu-only" ] && gpu_note="CUDA builds failed their check: CPU-only build"
-    NAME="$name" CMAKE="$cmake_args" CFL="$cflags" GPU="$gpu_note" TRIED="$tried" python - <<'EOF'
+    NAME="$name" CMAKE="$cmake_args" CFL="$cflags" GPU="$gpu_note" TRIED="$tried" \
+      VERSION="$LLAMA_CPP_PYTHON" COMMIT="$LLAMA_CPP_COMMIT" python - <<'EOF'
 import json, os, pathlib, sys
 out = pathlib.Path(sys.prefix) / "share" / "fleetfit" / "llama-cpp-build.json"
 out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(json.dumps({"build": os.environ["NAME"], "cmake_args": os.environ["CMAKE"],
+                           "llama_cpp_python": os.environ["VERSION"], "llama_cpp_commit": os.environ["COMMIT"],
                            "cflags": os.environ["CFL"], "gpu": os.environ["GPU"],
                            "checked": "Q4_0, Q8_0, Q4_K_M and F16 ran in a child process",
                            "fell_back_from": os.environ["TRIED"].strip("; ")}, indent=1) + "\n")

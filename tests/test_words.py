@@ -45,7 +45,9 @@ def old_result_bytes() -> bytes:
         per_stream_decode_tokens_per_s=pb.Stat(mean=75.0, samples=[75.0]), prefill_tokens_per_s=stat,
         ttft_ms_p50=stat, ttft_ms_p99=stat, peak_memory_bytes=pb.Stat(mean=1e8, samples=[1e8]),
         decode_energy_per_token_j=0.04).SerializeToString() + field(9, "estimated")
-    return base.SerializeToString() + field(37, provenance) + field(50, power) + field(66, point)
+    roofline = pb.Roofline(achieved_gb_per_s=20.0).SerializeToString() + field(11, "memory")
+    return (base.SerializeToString() + field(37, provenance) + field(50, power) + field(66, point)
+            + field(51, roofline))
 
 
 def test_every_value_has_one_word_and_back():
@@ -53,7 +55,8 @@ def test_every_value_has_one_word_and_back():
     assert words.PROVENANCE.words() == ("measured", "predicted", "estimated")
     assert words.DEVICE_STATUS.words() == ("online", "lost")
     assert words.JOB_STATE.words() == ("queued", "running", "done", "failed")
-    for vocabulary in (words.VERDICT, words.PROVENANCE, words.DEVICE_STATUS, words.JOB_STATE):
+    assert words.BOTTLENECK.words() == ("memory", "compute")
+    for vocabulary in (words.VERDICT, words.PROVENANCE, words.DEVICE_STATUS, words.JOB_STATE, words.BOTTLENECK):
         for value in vocabulary.enum.DESCRIPTOR.values:
             assert vocabulary.code(vocabulary.word(value.number)) == value.number
     assert words.PROVENANCE.word(pb.PROVENANCE_KIND_UNSPECIFIED) == "" and words.PROVENANCE.word(99) == ""
@@ -67,6 +70,7 @@ def test_old_bytes_read_as_enums():
     assert result.power.provenance_kind == pb.PROVENANCE_KIND_ESTIMATED
     assert result.power.phases[0].provenance_kind == pb.PROVENANCE_KIND_ESTIMATED
     assert result.serving[0].energy_provenance_kind == pb.PROVENANCE_KIND_ESTIMATED
+    assert result.roofline.bottleneck_kind == pb.BOTTLENECK_MEMORY
     assert result.provenance.method == "llama_decode wall clock"  # the rest of the message is untouched
 
 
@@ -126,6 +130,9 @@ def test_json_keeps_the_old_keys_and_words_both_ways():
     assert words.parse_dict(json.loads(json.dumps(found)), pb.FitAnswer()) == answer
     assert records.message_dict(pb.Device(device_status=pb.DEVICE_STATUS_LOST))["status"] == "lost"
     assert records.message_dict(pb.JobStatus(job_state=pb.JOB_STATE_DONE)) == {"state": "done"}
+    roofline = pb.Roofline(bottleneck_kind=pb.BOTTLENECK_COMPUTE)
+    assert records.message_dict(roofline) == {"bottleneck": "compute"}
+    assert words.parse_dict({"bottleneck": "compute"}, pb.Roofline()) == roofline
     assert records.message_dict(pb.FitFigure(value=1.0), defaults=True)["provenance"] == ""
     # json_format's own keys (a file written by MessageToJson) read too
     canonical = json.loads(json_format.MessageToJson(answer))

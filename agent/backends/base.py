@@ -6,6 +6,7 @@ the heavy runtime is imported only by the worker side (`run`, `call`), which run
 Imports no runtime.
 """
 
+import contextlib
 import base64
 import dataclasses
 import importlib.metadata
@@ -110,6 +111,7 @@ class RunFigures:
     backend_version: str
     backend_build: str
     phase_windows_ns: tuple[tuple[str, int, int], ...]  # CLOCK_MONOTONIC; "warmup" windows are not measured phases
+    backend_commit: str = ""  # the backend's source commit when known (llama.cpp's: the install's record)
     compute_device: str = "cpu"
     model_n_params: int | None = None  # as the backend counts them (the result reports the file's or catalogue's)
     weight_bytes: int | None = None  # weights as the backend holds them (frameworks; llama.cpp: the file's)
@@ -203,6 +205,10 @@ class Backend:
             names |= set(real_models.REAL_MODELS)
             names |= {name for name, _, _, _ in model_cache.cached_models(cache_dir) if name not in catalogue.CATALOGUE}
         return sorted(names)
+
+    def preparing(self, target: RunTarget, cache_dir: str) -> contextlib.AbstractContextManager:
+        """A progress bar for what the worker does before it measures, when that is slow (nothing by default)."""
+        return contextlib.nullcontext()
 
     def resolve(self, request: pb.ProfileRequest, precision: str | None, cache_dir: pathlib.Path, threads: int,
                 deadline: Deadline, allowed_dirs: list[pathlib.Path] | None) -> RunTarget:

@@ -55,8 +55,8 @@ def version() -> str:
     return importlib.metadata.version("llama-cpp-python")
 
 
-def build_record(path: pathlib.Path = BUILD_RECORD) -> str:
-    """One line: how scripts/install.sh built this llama.cpp, or why that is not known."""
+def _read_record(path: pathlib.Path) -> dict | str:
+    """The install's build record, or one line saying why there is none."""
     try:
         with open(path, "rb") as f:
             record = json.loads(f.read(BUILD_RECORD_MAX_BYTES))
@@ -64,8 +64,24 @@ def build_record(path: pathlib.Path = BUILD_RECORD) -> str:
         return "build: not recorded (llama-cpp-python was not installed by scripts/install.sh)"
     except (OSError, ValueError) as exc:
         return f"build: record {path} unreadable ({type(exc).__name__})"
-    if not isinstance(record, dict):
-        return f"build: record {path} is not a JSON object"
+    return record if isinstance(record, dict) else f"build: record {path} is not a JSON object"
+
+
+def build_commit(path: pathlib.Path = BUILD_RECORD) -> str:
+    """The llama.cpp commit this llama-cpp-python vendors, as the install recorded it; "" when not recorded, or
+    when the record was written for another llama-cpp-python than the one installed now (a later pip upgrade)."""
+    record = _read_record(path)
+    if isinstance(record, str) or record.get("llama_cpp_python") != version():
+        return ""
+    commit = str(record.get("llama_cpp_commit") or "")
+    return commit if commit.isalnum() and len(commit) <= 40 else ""
+
+
+def build_record(path: pathlib.Path = BUILD_RECORD) -> str:
+    """One line: how scripts/install.sh built this llama.cpp, or why that is not known."""
+    record = _read_record(path)
+    if isinstance(record, str):
+        return record
     field = lambda name: str(record.get(name) or "")[:300]
     text = f"build: {field('build') or '?'} ({field('cmake_args') or 'llama.cpp defaults'}"
     text += f", CFLAGS {field('cflags')})" if field("cflags") else ")"
@@ -297,7 +313,7 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
     return RunFigures(
         **single, serving=serving,
         n_batch=n_batch, n_ubatch=n_ubatch, n_ctx=n_ctx, threads=threads, backend_version=version(),
-        backend_build=system_info(), phase_windows_ns=tuple(windows),
+        backend_build=system_info(), backend_commit=build_commit(), phase_windows_ns=tuple(windows),
         compute_device=compute_devices()[-1] if offloaded_layers else "cpu", model_n_params=n_params,
         gpu_layers=offloaded_layers, gpu_memory=gpu_memory,
     )

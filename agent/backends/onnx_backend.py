@@ -2,7 +2,10 @@
 onnxruntime.quantization, on the CPU execution provider (CUDA's when present). The runtime is onnx_runtime.py
 (worker only)."""
 
-from fleetfit.agent.backends.base import Backend, RunFigures, WorkerJob
+import contextlib
+
+from fleetfit.agent.backends.base import Backend, RunFigures, RunTarget, WorkerJob
+
 
 class OnnxRuntime(Backend):
     NAME = "onnxruntime"
@@ -11,6 +14,19 @@ class OnnxRuntime(Backend):
     METHOD = ("ONNX Runtime session, KV cache kept in ORT memory by IO binding; wall clock with the device "
               "synchronised before each read; harness-fed random tokens (llama-bench pp/tg); 1 warm-up")
     DEFAULT_PRECISION = "fp32"
+
+    def preparing(self, target: RunTarget, cache_dir: str):
+        """The first run of a GGUF file exports it to ONNX (a minute or more) and quantizes it: a two-step bar
+        while the worker does that, read from the files it leaves in the cache folder."""
+        from fleetfit.agent.backends import onnx_runtime as runtime
+        from fleetfit.models import progress
+
+        folder = runtime.cache_folder(target.path, cache_dir)
+        made = folder / f"{target.precision}.onnx"
+        if made.is_file():
+            return contextlib.nullcontext()
+        return progress.polled(f"exporting {target.name} to ONNX {target.precision} (first run of this file only)",
+                               lambda: (folder / "fp32.onnx").is_file() + made.is_file(), total=2)
 
     # -- worker side
 

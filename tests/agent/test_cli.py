@@ -37,6 +37,9 @@ def test_profile_json_and_sql_rows_as_llama_bench(ladder, cache_dir, tmp_path):
     assert (pp["test"], pp["n_prompt"], pp["n_gen"], tg["test"], tg["n_prompt"], tg["n_gen"]) == (
         "pp16", 16, 0, "tg4", 0, 4)
     assert len(tg["samples_ts"]) == 2 and isinstance(tg["peak_rss_bytes"], int) and tg["peak_rss_bytes"] > 0
+    from fleetfit.agent.backends.llama_cpp_runtime import build_commit
+
+    assert pp["build_commit"] == tg["build_commit"] == (build_commit() or None)  # the install's record, else null
     sql = run_cli(*args, "-o", "sql")
     assert sql.returncode == 0, sql.stderr
     db = tmp_path / "bench.db"

@@ -40,7 +40,7 @@ def test_the_roofline_uses_the_gguf_and_the_measured_bandwidth(ladder, cache_dir
     assert rl.kv_cache_bytes_per_token == 2 * 30 * 3 * 64 * 4.5 * 2  # mean context (8 + 1) / 2
     assert abs(rl.achieved_gb_per_s - rl.bytes_per_token * result.decode_tokens_per_s.mean / 1e9) < 1e-9
     assert rl.device_bandwidth_gb_per_s > 0 and rl.percent_of_bandwidth > 0
-    assert rl.bottleneck == "memory" and 0.5 < rl.arithmetic_intensity_flop_per_byte < 2
+    assert rl.bottleneck_kind == pb.BOTTLENECK_MEMORY and 0.5 < rl.arithmetic_intensity_flop_per_byte < 2
     text = report.markdown([result])
     assert "ESTIMATED" in text and "% of bandwidth" in text and "estimated_from_utilization" in text
 

@@ -57,6 +57,32 @@ def test_build_record(tmp_path):
     assert len(runtime.build_record(record)) < 400  # bounded, whatever the file holds
 
 
+def test_build_commit_is_the_recorded_one_for_this_llama_cpp_python(tmp_path):
+    from fleetfit.agent.backends import llama_cpp_runtime as runtime
+
+    record = tmp_path / "llama-cpp-build.json"
+    record.write_text(json.dumps({"build": "native", "llama_cpp_python": runtime.version(),
+                                  "llama_cpp_commit": "0c1e57098"}))
+    assert runtime.build_commit(record) == "0c1e57098"
+    record.write_text(json.dumps({"llama_cpp_python": "0.0.1", "llama_cpp_commit": "0c1e57098"}))
+    assert runtime.build_commit(record) == ""  # written for another release: a later pip upgrade
+    record.write_text(json.dumps({"llama_cpp_python": runtime.version(), "llama_cpp_commit": "$(rm -rf ~) x"}))
+    assert runtime.build_commit(record) == ""
+    assert runtime.build_commit(tmp_path / "missing.json") == ""
+
+
+def test_install_records_the_commit_its_llama_cpp_python_vendors():
+    """scripts/install.sh wrote this environment's record: its commit names this llama-cpp-python's llama.cpp."""
+    from fleetfit.agent.backends import llama_cpp_runtime as runtime
+
+    env = (pathlib.Path(ROOT) / "scripts" / "llama-cpp-build.env").read_text()
+    assert f'LLAMA_CPP_PYTHON="{runtime.version()}"' in env
+    if not runtime.BUILD_RECORD.exists():
+        pytest.skip("llama-cpp-python was not installed by scripts/install.sh here")
+    commit = runtime.build_commit()
+    assert commit and f'LLAMA_CPP_COMMIT="{commit}"' in env
+
+
 def test_installed_build_is_named_in_system_info():
     info = run_worker({"backend": "llama.cpp", "op": "system_info"}, 60)["system_info"]
     assert "CPU :" in info and "| build: " in info

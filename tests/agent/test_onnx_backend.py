@@ -69,3 +69,44 @@ def test_onnxruntime_refuses_torch_only_precisions_and_random_shapes(cache_dir):
         profiling.profile(profiling.make_request("smollm2-135m", "bf16", "onnxruntime"), "d", cache_dir)
     with pytest.raises(profiling.ProfileInputError, match="real models"):
         profiling.profile(profiling.make_request("tinyllama-1.1b", "fp32", "onnxruntime"), "d", cache_dir)
+
+
+def test_the_first_export_shows_its_two_steps_on_a_terminal(ladder, tmp_path):
+    """A file never exported gets a steps bar (export, then quantize) read from the files the worker leaves; a
+    file already exported gets none. The bar goes to a terminal's stderr only."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from fleetfit.agent.backends.base import RunTarget
+    from tests.agent.test_cli import _drain
+    from fleetfit.agent.backends.onnx_backend import BACKEND
+    from fleetfit.agent.backends.onnx_runtime import cache_folder
+
+    target = RunTarget("smollm2-135m", "file", "int8", path=str(ladder["F16"]))
+    folder = cache_folder(target.path, str(tmp_path))
+    script = f"""
+import pathlib, time
+from fleetfit.agent.backends.base import RunTarget
+from fleetfit.agent.backends.onnx_backend import BACKEND
+folder = pathlib.Path({str(folder)!r})
+folder.mkdir(parents=True, exist_ok=True)
+with BACKEND.preparing(RunTarget(**{target.__dict__!r}), {str(tmp_path)!r}):
+    for name in ("fp32.onnx", "int8.onnx"):  # what the worker writes, in its order
+        time.sleep(1.5)
+        (folder / name).write_bytes(b"x")
+    time.sleep(1)
+"""
+    master, slave = os.openpty()
+    chunks = []
+    reader = threading.Thread(target=lambda: _drain(master, chunks), daemon=True)  # a full pty would block it
+    reader.start()
+    proc = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=slave, timeout=60,
+                          env=os.environ | {"COLUMNS": "160"})  # a pty's width is 0: rich would cut the text
+    os.close(slave)
+    reader.join(timeout=10)
+    assert proc.returncode == 0 and proc.stdout == b""
+    shown = b"".join(chunks).decode(errors="replace")
+    assert "exporting smollm2-135m to ONNX int8" in shown and "0/2" in shown and "1/2" in shown and "eta" in shown
+    assert BACKEND.preparing(target, str(tmp_path)).__class__.__name__ == "nullcontext"  # exported: no bar

@@ -15,7 +15,7 @@ def result(device: str, quant: str, watts: float | None, provenance: str = "meas
         decode.average_power_w, decode.joules_per_token, decode.tokens_per_joule = watts, watts / 100, 100 / watts
     r.power.CopyFrom(pb.PowerTelemetry(phases=[decode], headline_source="s",
                                        provenance_kind=PROVENANCE.code(provenance)))
-    r.roofline.CopyFrom(pb.Roofline(bytes_per_token=2.7e8, achieved_gb_per_s=27.0, bottleneck="memory"))
+    r.roofline.CopyFrom(pb.Roofline(bytes_per_token=2.7e8, achieved_gb_per_s=27.0, bottleneck_kind=pb.BOTTLENECK_MEMORY))
     if percent is not None:
         r.roofline.percent_of_bandwidth = percent
     return r

@@ -23,6 +23,12 @@ class ProvenanceKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROVENANCE_KIND_PREDICTED: _ClassVar[ProvenanceKind]
     PROVENANCE_KIND_ESTIMATED: _ClassVar[ProvenanceKind]
 
+class Bottleneck(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BOTTLENECK_UNSPECIFIED: _ClassVar[Bottleneck]
+    BOTTLENECK_MEMORY: _ClassVar[Bottleneck]
+    BOTTLENECK_COMPUTE: _ClassVar[Bottleneck]
+
 class DeviceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DEVICE_STATUS_UNSPECIFIED: _ClassVar[DeviceStatus]
@@ -53,6 +59,9 @@ PROVENANCE_KIND_UNSPECIFIED: ProvenanceKind
 PROVENANCE_KIND_MEASURED: ProvenanceKind
 PROVENANCE_KIND_PREDICTED: ProvenanceKind
 PROVENANCE_KIND_ESTIMATED: ProvenanceKind
+BOTTLENECK_UNSPECIFIED: Bottleneck
+BOTTLENECK_MEMORY: Bottleneck
+BOTTLENECK_COMPUTE: Bottleneck
 DEVICE_STATUS_UNSPECIFIED: DeviceStatus
 DEVICE_STATUS_ONLINE: DeviceStatus
 DEVICE_STATUS_LOST: DeviceStatus
@@ -250,7 +259,7 @@ class Provenance(_message.Message):
     def __init__(self, method: _Optional[str] = ..., scope: _Optional[str] = ..., provenance_kind: _Optional[_Union[ProvenanceKind, str]] = ...) -> None: ...
 
 class ProfileResult(_message.Message):
-    __slots__ = ("result_id", "device_id", "request", "failure", "error", "model_name", "model_file", "model_sha256", "model_file_bytes", "model_n_params", "model_arch", "quant", "backend_version", "backend_build", "threads", "n_batch", "n_ubatch", "n_ctx", "n_prompt", "n_gen", "repetitions", "warmup", "load_time_s", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "provenance", "started_unix_s", "wall_s", "power", "roofline", "model_origin", "memory_limit_bytes", "compute_device", "weight_bytes", "gpu_memory", "gpu_layers", "serving", "n_depth")
+    __slots__ = ("result_id", "device_id", "request", "failure", "error", "model_name", "model_file", "model_sha256", "model_file_bytes", "model_n_params", "model_arch", "quant", "backend_version", "backend_build", "threads", "n_batch", "n_ubatch", "n_ctx", "n_prompt", "n_gen", "repetitions", "warmup", "load_time_s", "ttft_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "provenance", "started_unix_s", "wall_s", "power", "roofline", "model_origin", "memory_limit_bytes", "compute_device", "weight_bytes", "gpu_memory", "gpu_layers", "serving", "n_depth", "backend_commit")
     RESULT_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -293,6 +302,7 @@ class ProfileResult(_message.Message):
     GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
     SERVING_FIELD_NUMBER: _ClassVar[int]
     N_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_COMMIT_FIELD_NUMBER: _ClassVar[int]
     result_id: str
     device_id: str
     request: ProfileRequest
@@ -335,7 +345,8 @@ class ProfileResult(_message.Message):
     gpu_layers: int
     serving: _containers.RepeatedCompositeFieldContainer[ServingPoint]
     n_depth: int
-    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ..., model_name: _Optional[str] = ..., model_file: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_file_bytes: _Optional[int] = ..., model_n_params: _Optional[int] = ..., model_arch: _Optional[str] = ..., quant: _Optional[str] = ..., backend_version: _Optional[str] = ..., backend_build: _Optional[str] = ..., threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., n_ubatch: _Optional[int] = ..., n_ctx: _Optional[int] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., warmup: _Optional[bool] = ..., load_time_s: _Optional[float] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., peak_rss_bytes: _Optional[int] = ..., baseline_rss_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., started_unix_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., power: _Optional[_Union[PowerTelemetry, _Mapping]] = ..., roofline: _Optional[_Union[Roofline, _Mapping]] = ..., model_origin: _Optional[str] = ..., memory_limit_bytes: _Optional[int] = ..., compute_device: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., gpu_memory: _Optional[_Union[GpuMemory, _Mapping]] = ..., gpu_layers: _Optional[int] = ..., serving: _Optional[_Iterable[_Union[ServingPoint, _Mapping]]] = ..., n_depth: _Optional[int] = ...) -> None: ...
+    backend_commit: str
+    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., request: _Optional[_Union[ProfileRequest, _Mapping]] = ..., failure: _Optional[_Union[FailureKind, str]] = ..., error: _Optional[str] = ..., model_name: _Optional[str] = ..., model_file: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_file_bytes: _Optional[int] = ..., model_n_params: _Optional[int] = ..., model_arch: _Optional[str] = ..., quant: _Optional[str] = ..., backend_version: _Optional[str] = ..., backend_build: _Optional[str] = ..., threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., n_ubatch: _Optional[int] = ..., n_ctx: _Optional[int] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., warmup: _Optional[bool] = ..., load_time_s: _Optional[float] = ..., ttft_ms: _Optional[_Union[Stat, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[Stat, _Mapping]] = ..., peak_rss_bytes: _Optional[int] = ..., baseline_rss_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., started_unix_s: _Optional[float] = ..., wall_s: _Optional[float] = ..., power: _Optional[_Union[PowerTelemetry, _Mapping]] = ..., roofline: _Optional[_Union[Roofline, _Mapping]] = ..., model_origin: _Optional[str] = ..., memory_limit_bytes: _Optional[int] = ..., compute_device: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., gpu_memory: _Optional[_Union[GpuMemory, _Mapping]] = ..., gpu_layers: _Optional[int] = ..., serving: _Optional[_Iterable[_Union[ServingPoint, _Mapping]]] = ..., n_depth: _Optional[int] = ..., backend_commit: _Optional[str] = ...) -> None: ...
 
 class ServingPoint(_message.Message):
     __slots__ = ("parallel", "aggregate_decode_tokens_per_s", "per_stream_decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "peak_memory_bytes", "decode_energy_per_token_j", "gpu_memory", "unsupported_reason", "energy_provenance_kind")
@@ -446,7 +457,7 @@ class PowerTelemetry(_message.Message):
     def __init__(self, phases: _Optional[_Iterable[_Union[PhaseEnergy, _Mapping]]] = ..., headline_source: _Optional[str] = ..., idle_baseline_s: _Optional[float] = ..., rate_hz: _Optional[float] = ..., declined: _Optional[_Iterable[str]] = ..., warmup_excluded: _Optional[bool] = ..., provenance_kind: _Optional[_Union[ProvenanceKind, str]] = ...) -> None: ...
 
 class Roofline(_message.Message):
-    __slots__ = ("weight_bytes_per_token", "kv_cache_bytes_per_token", "bytes_per_token", "flops_per_token", "arithmetic_intensity_flop_per_byte", "achieved_gb_per_s", "device_bandwidth_gb_per_s", "percent_of_bandwidth", "device_peak_gflop_per_s", "ridge_flop_per_byte", "bottleneck", "mean_context_tokens", "n_layers", "n_kv_heads", "head_dim", "method", "note")
+    __slots__ = ("weight_bytes_per_token", "kv_cache_bytes_per_token", "bytes_per_token", "flops_per_token", "arithmetic_intensity_flop_per_byte", "achieved_gb_per_s", "device_bandwidth_gb_per_s", "percent_of_bandwidth", "device_peak_gflop_per_s", "ridge_flop_per_byte", "mean_context_tokens", "n_layers", "n_kv_heads", "head_dim", "method", "note", "bottleneck_kind")
     WEIGHT_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -457,13 +468,13 @@ class Roofline(_message.Message):
     PERCENT_OF_BANDWIDTH_FIELD_NUMBER: _ClassVar[int]
     DEVICE_PEAK_GFLOP_PER_S_FIELD_NUMBER: _ClassVar[int]
     RIDGE_FLOP_PER_BYTE_FIELD_NUMBER: _ClassVar[int]
-    BOTTLENECK_FIELD_NUMBER: _ClassVar[int]
     MEAN_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     N_LAYERS_FIELD_NUMBER: _ClassVar[int]
     N_KV_HEADS_FIELD_NUMBER: _ClassVar[int]
     HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    BOTTLENECK_KIND_FIELD_NUMBER: _ClassVar[int]
     weight_bytes_per_token: float
     kv_cache_bytes_per_token: float
     bytes_per_token: float
@@ -474,14 +485,14 @@ class Roofline(_message.Message):
     percent_of_bandwidth: float
     device_peak_gflop_per_s: float
     ridge_flop_per_byte: float
-    bottleneck: str
     mean_context_tokens: float
     n_layers: int
     n_kv_heads: int
     head_dim: int
     method: str
     note: str
-    def __init__(self, weight_bytes_per_token: _Optional[float] = ..., kv_cache_bytes_per_token: _Optional[float] = ..., bytes_per_token: _Optional[float] = ..., flops_per_token: _Optional[float] = ..., arithmetic_intensity_flop_per_byte: _Optional[float] = ..., achieved_gb_per_s: _Optional[float] = ..., device_bandwidth_gb_per_s: _Optional[float] = ..., percent_of_bandwidth: _Optional[float] = ..., device_peak_gflop_per_s: _Optional[float] = ..., ridge_flop_per_byte: _Optional[float] = ..., bottleneck: _Optional[str] = ..., mean_context_tokens: _Optional[float] = ..., n_layers: _Optional[int] = ..., n_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., method: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+    bottleneck_kind: Bottleneck
+    def __init__(self, weight_bytes_per_token: _Optional[float] = ..., kv_cache_bytes_per_token: _Optional[float] = ..., bytes_per_token: _Optional[float] = ..., flops_per_token: _Optional[float] = ..., arithmetic_intensity_flop_per_byte: _Optional[float] = ..., achieved_gb_per_s: _Optional[float] = ..., device_bandwidth_gb_per_s: _Optional[float] = ..., percent_of_bandwidth: _Optional[float] = ..., device_peak_gflop_per_s: _Optional[float] = ..., ridge_flop_per_byte: _Optional[float] = ..., mean_context_tokens: _Optional[float] = ..., n_layers: _Optional[int] = ..., n_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., method: _Optional[str] = ..., note: _Optional[str] = ..., bottleneck_kind: _Optional[_Union[Bottleneck, str]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("inventory",)

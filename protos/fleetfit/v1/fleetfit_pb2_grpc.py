@@ -121,7 +121,8 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportQuality(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deliver a quality result (KL divergence and perplexity of a precision); checked and stored like a result.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

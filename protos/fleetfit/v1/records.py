@@ -144,7 +144,7 @@ def write(fields: list[Field], rows: Iterable[list], fmt: str, table: str = "row
 class ProfileRow:
     """A pp (prefill) or tg (decode) test of one result. llama-bench's names first, where they mean the same."""
     # llama-bench's fields
-    build_commit: Optional[str]      # llama.cpp's commit when the backend says it; else null
+    build_commit: Optional[str]      # llama.cpp's commit (ProfileResult.backend_commit); null when not known
     cpu_info: str
     gpu_info: str
     backends: str                    # llama-bench's "CPU", "CUDA", ...
@@ -247,7 +247,7 @@ def profile_rows(result, cpu_info: str = "", failure_name: str = "") -> list[Pro
     params = result.model_n_params if result.HasField("model_n_params") else None
     params_text = (f"{params / 1e9:.1f}B" if params >= 1e9 else f"{params / 1e6:.0f}M") if params else "?"
     common = dict(
-        build_commit=None, cpu_info=cpu_info, gpu_info=gpu.device_name if gpu else "",
+        build_commit=result.backend_commit or None, cpu_info=cpu_info, gpu_info=gpu.device_name if gpu else "",
         backends="CUDA" if result.compute_device.startswith("cuda") else "CPU",
         model_filename=result.model_file, model_type=f"{result.model_arch or '?'} {params_text} {result.quant}",
         model_size=result.model_file_bytes, model_n_params=params, n_batch=result.n_batch,

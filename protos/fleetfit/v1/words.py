@@ -47,6 +47,7 @@ PROVENANCE = Vocabulary(pb.ProvenanceKind)
 VERDICT = Vocabulary(pb.Verdict)
 DEVICE_STATUS = Vocabulary(pb.DeviceStatus)
 JOB_STATE = Vocabulary(pb.JobState)
+BOTTLENECK = Vocabulary(pb.Bottleneck)
 
 # message -> [(old field number, old name, enum field, vocabulary)]
 REPLACED = {
@@ -56,6 +57,7 @@ REPLACED = {
     "fleetfit.v1.PowerTelemetry": [(3, "provenance", "provenance_kind", PROVENANCE)],
     "fleetfit.v1.Device": [(5, "status", "device_status", DEVICE_STATUS)],
     "fleetfit.v1.JobStatus": [(3, "state", "job_state", JOB_STATE)],
+    "fleetfit.v1.Roofline": [(11, "bottleneck", "bottleneck_kind", BOTTLENECK)],
     "fleetfit.v1.FitFigure": [(2, "provenance", "provenance_kind", PROVENANCE)],
     "fleetfit.v1.FitAnswer": [(3, "verdict", "fit_verdict", VERDICT), (16, "provenance", "provenance_kind", PROVENANCE)],
 }

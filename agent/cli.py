@@ -267,7 +267,7 @@ def limits_probe(
     quants: Annotated[str, typer.Option(help="Comma-separated precisions.")] = "F16,Q8_0,Q4_0",
     sizes: Annotated[str, typer.Option(help="Comma-separated catalogued architectures, each NAME or NAME@DEPTH "
                                             "(a run with DEPTH tokens already in the KV cache).")] =
-        "smollm2-135m,smollm2-135m@2048,llama-3.2-1b,tinyllama-1.1b,llama-2-7b",
+        "smollm2-135m,smollm2-135m@2048,distilgpt2,distilgpt2@768,llama-3.2-1b,tinyllama-1.1b,llama-2-7b",
     n_prompt: int = 64,
     n_gen: int = 16,
     repetitions: int = 2,

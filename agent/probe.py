@@ -29,10 +29,13 @@ from fleetfit.models.errors import ModelError
 from fleetfit.models.quants import parse_quant
 from fleetfit.v1 import fleetfit_pb2 as pb
 
-# smollm2-135m: vocab 49k, tied, GQA 3, 30 narrow layers; llama-3.2-1b: vocab 128k, tied, GQA 4, 16 wide layers;
-# tinyllama-1.1b: vocab 32k, untied, GQA 8; llama-2-7b: vocab 32k, untied, no GQA, 4096 wide. Larger sizes (llama-2-13b)
-# find the size limit: add them with --sizes.
-DEFAULT_SIZES = ("smollm2-135m", "smollm2-135m@2048", "llama-3.2-1b", "tinyllama-1.1b", "llama-2-7b")
+# smollm2-135m: vocab 49k, tied, GQA 3, 30 narrow layers; distilgpt2: vocab 50k, tied, no GQA, 6 layers (what a layer
+# costs against what a token costs); llama-3.2-1b: vocab 128k, tied, GQA 4, 16 wide layers; tinyllama-1.1b: vocab
+# 32k, untied, GQA 8; llama-2-7b: vocab 32k, untied, no GQA, 4096 wide. The two runs at depth have GQA 3 and 1, which
+# tells the KV cache's bytes from attention's FLOPs (coordinator/speed_model.py). Larger sizes (llama-2-13b) find
+# the size limit: add them with --sizes.
+DEFAULT_SIZES = ("smollm2-135m", "smollm2-135m@2048", "distilgpt2", "distilgpt2@768", "llama-3.2-1b", "tinyllama-1.1b",
+                 "llama-2-7b")
 DEFAULT_QUANTS = ("F16", "Q8_0", "Q4_0")
 MAX_DEPTH = 131072
 RAM_MARGIN_BYTES = 1 << 30  # left to the OS and the agent itself

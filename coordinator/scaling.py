@@ -39,6 +39,7 @@ from fleetfit.coordinator.limits import backend_of, memory_figure, quant_of, run
 from fleetfit.models import backends
 from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.models.quant_sizes import file_bits_per_weight
+from fleetfit.models.roofline import mean_decode_context
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 DEFAULT_CONTEXT = 512  # a run's context when its result does not say
@@ -158,7 +159,7 @@ class Point:
     @property
     def decode_positions(self) -> float:
         """Mean cache positions a decoded token attends to: the depth, then (n_gen + 1) / 2 of its own."""
-        return self.depth + (self.n_gen + 1) / 2
+        return mean_decode_context(self.n_gen, self.depth)
 
     @property
     def prefill_positions(self) -> float:

@@ -1,12 +1,14 @@
 """Seconds per token as a sum of measured terms, fitted per device × backend × phase from the device's own runs.
 
-Decode (one token at a time: memory-bound):
+Decode (one token at a time: mostly memory-bound):
 
     seconds/token = Σ_type bytes(type) / B_type      weights streamed, per storage type: Q4_0, Q8_0, Q6_K (the
                                                      output projection of a Q4_0 file), F16 and F32 kernels
                                                      stream at different effective bandwidths
                   + KV bytes read at the depth / B_kv     the cache every layer's attention reads (GQA-aware:
                                                           n_kv_heads · head_dim per position)
+                  + attention FLOPs at the depth / F_att  a score and a weighted sum per query head and
+                                                          position (GQA does not reduce them)
                   + n_layers · c_layer                     graph nodes and thread barriers per layer
                   + c_token                                per-token fixed costs (output, graph build, sync)
 
@@ -15,11 +17,14 @@ Prefill (a micro-batch of prompt tokens: compute-bound) has the same shape with 
 4 · layers · q_dim · positions.
 
 benchmarks/speed_terms.py separates the terms with llama.cpp on synthetic files (vocabulary at fixed depth,
-depth at fixed width, width at fixed depth, decode depth). One fitted bandwidth plus a per-layer constant
-over-predicted models with other vocabularies, because the output projection (Q6_K in a Q4_0 file) streams
-slower than the Q4_0 matrices. The fit is least squares on relative error with every term non-negative (a
-negative cost is noise, not physics); a term the samples cannot separate is left out rather than guessed, and a
-type never measured on the device borrows the rate of the measured type nearest in bits per weight.
+depth at fixed width, width at fixed depth, decode depth at 1, 3 and 9 KV heads). What it measured on a 2-core
+EPYC (Q4_0, tg32 x 3): the output projection (Q6_K in a Q4_0 file) streams at ~20 GB/s where the Q4_0 matrices
+reach ~30, which is why one fitted bandwidth over-predicted models with other vocabularies; ~140 µs per 576-wide
+layer, of which ~50 are fixed (not its weights); and per cached position a cost that grows far less than the KV bytes (9x the KV heads:
+1.5x the cost), so attention's FLOPs carry most of it and the KV read the rest. The fit is least squares on
+relative error with every term non-negative (a negative cost is noise, not physics); a term the samples cannot
+separate is left out rather than guessed, and a type never measured on the device borrows the rate of the measured
+type nearest in bits per weight.
 """
 
 import dataclasses
@@ -58,12 +63,20 @@ def weight_terms(arch: Architecture, quant: str, phase: str = "decode",
     return tuple(sorted(by_type.items()))
 
 
-def context_term(arch: Architecture, positions: float, phase: str = "decode") -> float:
-    """What attending to `positions` cached tokens costs one token: K and V bytes read (decode; F16, GQA: the
-    n_kv_heads heads; a sliding-window layer reads its window) or attention FLOPs (prefill)."""
+CONTEXT_TERMS = {"decode": ("KV bytes", "attention FLOPs"), "prefill": ("attention FLOPs",)}
+
+
+def context_terms(arch: Architecture, positions: float, phase: str = "decode") -> dict[str, float]:
+    """What attending to `positions` cached tokens costs one token, per kind of work. Decode reads K and V (F16
+    bytes: n_kv_heads heads, so GQA reduces them) and computes a score and a weighted sum per query head and
+    position (FLOPs: GQA does not reduce them; benchmarks/speed_terms.py's depth sweep at 1, 3 and 9 KV heads
+    needs both). A prefill micro-batch shares its K/V reads, so its cost is the FLOPs. A sliding-window layer
+    attends to its window only (llama.cpp skips masked positions)."""
+    attended = arch.attended_positions(positions)
+    flops = 4.0 * arch.q_dim * attended
     if phase == "prefill":
-        return 4.0 * arch.n_layers * arch.q_dim * positions
-    return arch.kv_cache_bytes(positions, N_UBATCH)
+        return {"attention FLOPs": flops}
+    return {"KV bytes": 2.0 * 2 * arch.kv_dim * attended, "attention FLOPs": flops}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +92,11 @@ class Sample:
 
 @dataclasses.dataclass(frozen=True)
 class SpeedModel:
-    """Fitted terms of one phase: seconds per unit (byte or FLOP) for each weight type and for the context,
+    """Fitted terms of one phase: seconds per unit (byte or FLOP) for each weight type and for each context term,
     seconds per layer and per token."""
     phase: str
     s_per_unit: dict[str, float]  # weight storage type -> seconds per byte (decode) or per FLOP (prefill)
-    context_s_per_unit: float
+    context_s_per_unit: dict[str, float]  # CONTEXT_TERMS[phase] -> seconds per byte or FLOP
     layer_s: float
     token_s: float
     fitted_on: tuple[str, ...]  # the samples' labels
@@ -95,10 +108,14 @@ class SpeedModel:
         nearest = min(self.s_per_unit, key=lambda k: (abs(bits(k) - bits(kind)), k))
         return self.s_per_unit[nearest], nearest
 
-    def seconds(self, arch: Architecture, quant: str, positions: float, backend: str = DEFAULT_BACKEND) -> float:
+    def parts(self, arch: Architecture, quant: str, positions: float, backend: str = DEFAULT_BACKEND) -> dict[str, float]:
+        """Seconds per token, term by term: weights, context (KV read or attention), layers, token."""
         weights = sum(n * self.rate(kind)[0] for kind, n in weight_terms(arch, quant, self.phase, backend))
-        return (weights + context_term(arch, positions, self.phase) * self.context_s_per_unit
-                + arch.n_layers * self.layer_s + self.token_s)
+        context = sum(n * self.context_s_per_unit.get(k, 0.0) for k, n in context_terms(arch, positions, self.phase).items())
+        return {"weights": weights, "context": context, "layers": arch.n_layers * self.layer_s, "token": self.token_s}
+
+    def seconds(self, arch: Architecture, quant: str, positions: float, backend: str = DEFAULT_BACKEND) -> float:
+        return sum(self.parts(arch, quant, positions, backend).values())
 
     def tps(self, arch: Architecture, quant: str, positions: float, backend: str = DEFAULT_BACKEND) -> float:
         return 1 / self.seconds(arch, quant, positions, backend)
@@ -111,8 +128,8 @@ class SpeedModel:
     def text(self) -> str:
         unit, scale = ("GB/s", 1e9) if self.phase == "decode" else ("GFLOP/s", 1e9)
         rates = ", ".join(f"{k} {1 / v / scale:.1f} {unit}" for k, v in sorted(self.s_per_unit.items()) if v > 0)
-        ctx = (f"{'KV' if self.phase == 'decode' else 'attention'} {1 / self.context_s_per_unit / scale:.1f} {unit}"
-               if self.context_s_per_unit > 0 else "no context term")
+        ctx = ", ".join(f"KV read {1 / v / 1e9:.1f} GB/s" if k == "KV bytes" else f"attention {1 / v / 1e9:.1f} GFLOP/s"
+                        for k, v in self.context_s_per_unit.items() if v > 0) or "no context term"
         return f"{rates}; {ctx}; {self.layer_s * 1e6:.0f} µs/layer + {self.token_s * 1e6:.0f} µs/token"
 
 
@@ -157,28 +174,34 @@ def _merged_kinds(samples: list[Sample], phase: str) -> dict[str, str]:
 
 def fit(samples: list[Sample], phase: str = "decode") -> SpeedModel | None:
     """Non-negative least squares on relative error: Σ_i (t_i · predicted_seconds_i − 1)², t_i the measured
-    tokens/s. Terms the samples cannot separate (one depth only: no per-layer term; one context: no context
-    term) are left out rather than guessed."""
+    tokens/s. Terms the samples cannot separate are left out rather than guessed: without a run at depth (4x the
+    positions of another) no context term; with depth runs of one GQA ratio only, KV bytes and attention FLOPs
+    grow together, and the FLOPs stand for both; with one layer count, no per-layer term."""
     samples = [s for s in samples if s.tps > 0]
     if not samples:
         return None
     merged = _merged_kinds(samples, phase)
     kinds = sorted(set(merged.values()))
+    context_kinds = CONTEXT_TERMS[phase]
     rows = []
     for s in samples:
         terms = dict(weight_terms(s.arch, s.quant, phase, s.backend))
-        row = [sum(n for k, n in terms.items() if merged[k] == kind) for kind in kinds]
-        rows.append(row + [context_term(s.arch, s.positions, phase), s.arch.n_layers, 1.0])
+        context = context_terms(s.arch, s.positions, phase)
+        rows.append([sum(n for k, n in terms.items() if merged[k] == kind) for kind in kinds]
+                    + [context[k] for k in context_kinds] + [s.arch.n_layers, 1.0])
     a = np.array(rows)
     scale = a.max(axis=0)
     scale[scale == 0] = 1
     use = np.ones(a.shape[1], bool)
-    positions = [s.positions for s in samples]
-    use[len(kinds)] = max(positions) >= 4 * min(positions)  # a run at depth separates the context term
-    use[len(kinds) + 1] = len({s.arch.n_layers for s in samples}) > 1
+    first = min(s.positions for s in samples)
+    deep = [s for s in samples if s.positions >= 4 * first]  # runs at depth: they separate the context terms
+    for i, kind in enumerate(context_kinds):
+        ratios = {s.arch.kv_dim / s.arch.q_dim for s in deep}
+        use[len(kinds) + i] = bool(deep) and (kind == "attention FLOPs" or len(ratios) > 1)
+    use[-2] = len({s.arch.n_layers for s in samples}) > 1
     t = np.array([s.tps for s in samples])
     x = np.zeros(a.shape[1])
     x[use] = nnls((a[:, use] / scale[use]) * t[:, None], np.ones(len(samples))) / scale[use]
     rates = {k: float(x[kinds.index(merged[k])]) for k in merged}
-    return SpeedModel(phase, rates, float(x[len(kinds)]), float(x[len(kinds) + 1]), float(x[len(kinds) + 2]),
-                      tuple(s.label for s in samples))
+    context_rates = {k: float(x[len(kinds) + i]) for i, k in enumerate(context_kinds)}
+    return SpeedModel(phase, rates, context_rates, float(x[-2]), float(x[-1]), tuple(s.label for s in samples))

@@ -141,6 +141,12 @@ class Architecture:
         """Whether this layer attends to a sliding window (llama.cpp's swa pattern: the n-th layer is global)."""
         return bool(self.sliding_pattern) and (layer + 1) % self.sliding_pattern != 0
 
+    def attended_positions(self, positions: float) -> float:
+        """Positions one token's attention visits, summed over layers: all of them in a global layer, at most the
+        window in a sliding-window one."""
+        n_sliding = sum(self.sliding(i) for i in range(self.n_layers))
+        return (self.n_layers - n_sliding) * positions + n_sliding * min(positions, self.sliding_window or positions)
+
     def compute_buffer_bytes(self, context: int, n_ubatch: int = 512, resident: bool = False) -> float:
         """llama.cpp's CPU compute buffer for one micro-batch of min(n_ubatch, context) tokens: the f32 logits over
         the vocabulary and two hidden-wide activations (4 · ub · (vocab + 2 · hidden)); a mixture of experts adds
@@ -148,13 +154,15 @@ class Architecture:
         the context is held, so the buffer does not grow with the context: benchmarks/compute_buffer.py
         measured it within 1 % at 128..8192 tokens (SmolLM2-135M, Llama-3.2-1B). `resident`: the part a CPU
         process touches (what its RSS holds): a prompt's logits are computed for its last token only, so one row
-        of logits, not ub of them (benchmarks/prediction_error.py: peak RSS within ±5 % this way, -14 % with
-        the whole buffer)."""
+        of logits, not ub of them; the space the other ub - 1 rows would take holds, earlier in the graph, the
+        MLP's two ffn-wide activations (gate and up) of every token, which a full micro-batch touches (a run at
+        depth prefills its depth in full micro-batches). benchmarks/prediction_error.py: peak RSS within ±5 %
+        this way, -14 % with the whole buffer."""
         ub = min(n_ubatch, int(context))
-        moe = 2 * self.ffn * self.n_experts_used if self.is_moe else 0
+        mlp = 2 * self.ffn * (self.n_experts_used if self.is_moe else 1)
         if resident:
-            return 4 * ub * (2 * self.hidden + moe) + 4 * self.vocab
-        return 4 * ub * (self.vocab + 2 * self.hidden + moe)
+            return 4 * ub * (2 * self.hidden + mlp) + 4 * self.vocab
+        return 4 * ub * (self.vocab + 2 * self.hidden + (mlp if self.is_moe else 0))
 
     def kv_cache_bytes(self, context: float, n_ubatch: int = 512, bytes_per_element: int = 2) -> float:
         """K and V of every layer (F16 by default): 2 · n_kv_heads · head_dim · positions · bytes per layer, where a

@@ -222,6 +222,12 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
     if not model:
         raise BackendError(f"llama.cpp could not load {model_path}")
     n_ctx = n_depth + n_prompt + n_gen
+    trained = int(C.llama_model_n_ctx_train(model))
+    if C.llama_model_rope_type(model) == C.LLAMA_ROPE_TYPE_NONE and n_ctx > trained:
+        # learned absolute positions (GPT-2): a position past the table aborts llama.cpp (SIGABRT), not an error
+        C.llama_model_free(model)
+        raise BackendError(f"{pathlib.Path(model_path).name} has learned position embeddings for {trained} "
+                           f"positions; depth + prompt + generated tokens = {n_ctx} exceeds them")
     ctx = C.llama_init_from_model(model, _context_params(n_ctx, n_batch, n_ubatch, threads))
     if not ctx:
         C.llama_model_free(model)

@@ -3,6 +3,7 @@
 import pytest
 
 from fleetfit.agent import probe
+from fleetfit.models import job_bounds
 from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import PROVENANCE
@@ -92,6 +93,10 @@ def test_the_default_ladder_spans_the_axes_models_differ_on():
     assert {a.n_heads // a.n_kv_heads for a in archs} >= {1, 8}
     assert max(a.n_layers / a.hidden for a in archs) > 5 * min(a.n_layers / a.hidden for a in archs)
     assert any(depth >= 1024 for _, depth in rungs)
+    deep = [a for a, depth in rungs if depth]
+    assert len({a.n_heads // a.n_kv_heads for a in deep}) >= 2  # KV bytes told from attention FLOPs
+    prompt, gen, _ = job_bounds.CALIBRATION_RUN
+    assert all(depth + prompt + gen <= a.context_length for a, depth in rungs if a.rope_theta is None)  # learned
     from fleetfit.agent import cli  # the CLI's default is this ladder
     import inspect
     assert inspect.signature(cli.limits_probe).parameters["sizes"].default == ",".join(probe.DEFAULT_SIZES)

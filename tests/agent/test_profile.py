@@ -83,3 +83,14 @@ def test_a_run_at_depth_decodes_from_a_filled_cache(ladder, cache_dir):
     assert deep.prefill_tokens_per_s.mean < results[0].prefill_tokens_per_s.mean
     assert deep.decode_tokens_per_s.mean < results[0].decode_tokens_per_s.mean
     assert deep.peak_rss_bytes > results[0].peak_rss_bytes  # the KV cache of 1064 positions
+
+
+def test_a_depth_past_learned_positions_is_an_error_not_an_abort(tmp_path):
+    """GPT-2's positions are a learned table (1024 for distilgpt2): llama.cpp would abort on a position past it; the
+    run fails with a line that says so instead of dying from SIGABRT."""
+    from fleetfit.models.synth import write_synthetic
+
+    path = write_synthetic("distilgpt2", "Q4_0", tmp_path / "distilgpt2-Q4_0.gguf", force=True)
+    result = profiling.profile(short_request(str(path), decode_depth=1000), "dev-1", tmp_path)
+    assert result.failure == pb.FAILURE_KIND_ERROR, (result.failure, result.error)
+    assert "learned position embeddings for 1024 positions" in result.error and "1040" in result.error

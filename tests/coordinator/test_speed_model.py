@@ -4,7 +4,7 @@ from fleetfit.coordinator import speed_model as dm
 from fleetfit.models.catalogue import CATALOGUE
 
 TRUE = dm.SpeedModel("decode", {"Q4_0": 1 / 40e9, "Q6_K": 1 / 20e9, "Q8_0": 1 / 30e9, "F32": 1 / 40e9},
-                     1 / 10e9, 30e-6, 200e-6, ())
+                     {"KV bytes": 1 / 40e9, "attention FLOPs": 1 / 20e9}, 30e-6, 200e-6, ())
 LADDER = ("smollm2-135m", "llama-3.2-1b", "tinyllama-1.1b", "llama-2-7b")
 
 
@@ -14,7 +14,8 @@ def test_fit_recovers_known_terms():
     got = dm.fit(samples)
     for kind in ("Q4_0", "Q6_K", "Q8_0"):
         assert abs(got.s_per_unit[kind] / TRUE.s_per_unit[kind] - 1) < 0.02, kind
-    assert abs(got.context_s_per_unit / TRUE.context_s_per_unit - 1) < 0.02
+    for kind in ("KV bytes", "attention FLOPs"):  # depth runs of GQA 3, 4 and 8 tell them apart
+        assert abs(got.context_s_per_unit[kind] / TRUE.context_s_per_unit[kind] - 1) < 0.02, kind
     assert abs(got.layer_s / TRUE.layer_s - 1) < 0.05
     held = CATALOGUE["qwen2.5-0.5b"]  # never in the fit: another vocabulary, another GQA ratio
     assert abs(got.tps(held, "Q4_0", 512) / TRUE.tps(held, "Q4_0", 512) - 1) < 0.02
@@ -22,12 +23,28 @@ def test_fit_recovers_known_terms():
 
 def test_one_context_leaves_the_kv_term_out():
     samples = [dm.Sample(CATALOGUE[m], "Q4_0", 8.5, TRUE.tps(CATALOGUE[m], "Q4_0", 8.5)) for m in LADDER]
-    assert dm.fit(samples).context_s_per_unit == 0
+    assert dm.fit(samples).context_s_per_unit == {"KV bytes": 0.0, "attention FLOPs": 0.0}
+
+
+def test_depth_runs_of_one_gqa_ratio_fit_attention_alone():
+    """KV bytes and attention FLOPs grow together within one GQA ratio: the fit keeps one term, not a split."""
+    samples = [dm.Sample(CATALOGUE[m], "Q4_0", pos, TRUE.tps(CATALOGUE[m], "Q4_0", pos))
+               for m in LADDER for pos in (8.5,) + ((2048,) if m == "smollm2-135m" else ())]
+    got = dm.fit(samples)
+    assert got.context_s_per_unit["KV bytes"] == 0 and got.context_s_per_unit["attention FLOPs"] > 0
+
+
+def test_attention_visits_a_sliding_window_only():
+    gemma = CATALOGUE["gemma-3-1b"]  # 26 layers, five of six sliding over 512 positions
+    terms = dm.context_terms(gemma, 4096)
+    global_layers = sum(not gemma.sliding(i) for i in range(gemma.n_layers))
+    assert terms["attention FLOPs"] == 4 * gemma.q_dim * (global_layers * 4096 + (26 - global_layers) * 512)
+    assert dm.context_terms(gemma, 100)["attention FLOPs"] == 4 * gemma.q_dim * 26 * 100
 
 
 def test_prefill_terms_are_flops_per_type():
     true = dm.SpeedModel("prefill", {"Q4_0": 1 / 200e9, "Q6_K": 1 / 80e9, "Q8_0": 1 / 300e9, "F32": 1 / 50e9},
-                         1 / 100e9, 50e-6, 100e-6, ())
+                         {"attention FLOPs": 1 / 100e9}, 50e-6, 100e-6, ())
     arch = CATALOGUE["llama-3.2-1b"]
     terms = dict(dm.weight_terms(arch, "Q4_0", "prefill"))
     assert "Q6_K" in terms  # the tied output projection, kept at Q6_K by llama.cpp's quantizer

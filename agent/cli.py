@@ -17,6 +17,7 @@ import typer
 # in one line instead. Set before grpc is first imported; $GRPC_VERBOSITY still wins.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+from fleetfit.models import job_bounds
 from fleetfit.models.backends import BACKENDS, DEFAULT_BACKEND
 
 app = typer.Typer(help="Profile quantized LLM inference on this device and report to a fleetfit coordinator.",
@@ -268,9 +269,9 @@ def limits_probe(
     sizes: Annotated[str, typer.Option(help="Comma-separated catalogued architectures, each NAME or NAME@DEPTH "
                                             "(a run with DEPTH tokens already in the KV cache).")] =
         "smollm2-135m,smollm2-135m@2048,distilgpt2,distilgpt2@768,llama-3.2-1b,tinyllama-1.1b,llama-2-7b",
-    n_prompt: int = 64,
-    n_gen: int = 16,
-    repetitions: int = 2,
+    n_prompt: int = job_bounds.CALIBRATION_RUN[0],
+    n_gen: int = job_bounds.CALIBRATION_RUN[1],
+    repetitions: int = job_bounds.CALIBRATION_RUN[2],
     threads: Annotated[int, typer.Option(help="0 = physical cores.")] = 0,
     cache_dir: CacheDir = None,
     identity_path: IdentityPath = None,
@@ -370,7 +371,6 @@ def profile(
     output = "json" if as_json else output
     if output not in ("md", "result", *records.FORMATS):
         _fail(f"unknown output format {output!r} (choose from md, result, {', '.join(records.FORMATS)})")
-    from fleetfit.models import job_bounds
 
     try:
         stream_counts = job_bounds.parse_stream_counts(parallel)

@@ -69,7 +69,7 @@ def export(results: list[pb.ProfileResult], directory: pathlib.Path) -> None:
     for r in results:
         r = pb.ProfileResult.FromString(r.SerializeToString())
         r.backend_build = r.backend_build[:200]  # llama.cpp's system info: long and not needed here
-        name = f"result-{r.model_name}-{r.quant or r.request.quant}.json"
+        name = f"result-{rung_name(r)}.json"  # the depth in the name: a ladder runs one model at two depths
         (directory / name).write_text(json_format.MessageToJson(r, preserving_proto_field_name=True) + "\n")
     device = device_of(results)
     (directory / f"device-{device.inventory.device_id}.json").write_text(

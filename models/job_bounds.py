@@ -22,8 +22,9 @@ MAX_PARALLEL = 256
 MAX_PARALLEL_POINTS = 16
 MAX_SWEEP_KV_TOKENS = 262_144  # e.g. 256 streams of 1024 tokens, or 8 of 32768
 # The run shape of a calibration run (fleetfit-agent limits probe, and the runs the coordinator queues to extend a
-# device's calibration): short, so that a ladder of models takes minutes; (n_prompt, n_gen, repetitions)
-CALIBRATION_RUN = (64, 16, 2)
+# device's calibration): short, so that a ladder of models takes minutes; (n_prompt, n_gen, repetitions). Three
+# repetitions of 32 tokens: two of 16 spread ±5..38 % on a shared 2-core VM, as large as the errors being fitted.
+CALIBRATION_RUN = (64, 32, 3)
 MAX_CONTEXT_TOKENS = 131_072  # one stream's context: decode_depth + n_prompt + n_gen
 DEPTH_BACKENDS = ("llama.cpp",)  # the backends that run a test at depth
 COMPUTE_DEVICE = re.compile(r"(|auto|cpu|cuda|cuda:\d{1,3})")

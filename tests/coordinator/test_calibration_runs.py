@@ -3,6 +3,7 @@ there (coordinator/fit.py extend_calibration), on a real SQLite store holding th
 
 from fleetfit.coordinator import fit, ingest
 from fleetfit.coordinator.store import Store
+from fleetfit.models import job_bounds
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 from tests.coordinator.test_scaling import ladder
@@ -28,8 +29,8 @@ def test_a_far_architecture_queues_one_calibration_run(tmp_path):
         assert "outside what this device calibrated on" in far.reason and far.calibration_job_id in far.reason
         (job_id, request), = store.open_jobs(device.device_id)
         assert job_id == far.calibration_job_id
-        assert (request.model.name, request.quant, request.backend, request.n_prompt, request.n_gen) == \
-            ("gemma-3-1b", "Q4_0", "llama.cpp", 64, 16)
+        assert (request.model.name, request.quant, request.backend, request.n_prompt, request.n_gen,
+                request.repetitions) == ("gemma-3-1b", "Q4_0", "llama.cpp", *job_bounds.CALIBRATION_RUN)
         again = ask(store, "gemma-3-1b", device.device_id)  # asked again: the same job, not a second one
         assert again.calibration_job_id == job_id and len(store.open_jobs(device.device_id)) == 1
         for model in ("qwen3-30b-a3b", "gpt-oss-20b", "gemma-3-4b", "qwen2.5-0.5b"):  # a cap on what questions queue

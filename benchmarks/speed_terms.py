@@ -109,9 +109,11 @@ def main() -> int:
 
     ms = lambda r: 1e3 / r.decode_tokens_per_s.mean
     print(f"\ndecode, {args.quant}, tg{args.n_gen} x {args.repetitions} (ms per token)")
-    axes = {"vocabulary": ("vocab", "1k rows", 1e3), "layers": ("n_layers", "layer", 1), "width": ("hidden", "64 wide", 64)}
+    axes = {"vocabulary": ("vocab", "1k rows", 1e3), "layers": ("n_layers", "layer", 1),
+            "width": ("hidden", "64 wide", 64)}
     for sweep, (field, unit, per) in axes.items():
-        pts = [(getattr(run.arch, field), ms(r), run.arch) for run, r in measured if run.sweep == sweep]
+        pts = [(getattr(run.arch, field), ms(r), run.arch) for run, r in measured  # the shared base shape too
+               if run.depth == 0 and run.arch in SWEEPS[sweep]]
         pts.sort()
         a, b = slope([x for x, _, _ in pts], [y for _, y, _ in pts])
         line = ", ".join(f"{x}: {y:.2f}" for x, y, _ in pts)
@@ -120,10 +122,10 @@ def main() -> int:
             row_bytes = BASE.hidden * speed_model.bits("Q6_K") / 8
             extra = f" (output matrix streamed at {row_bytes / (b / 1e3) / 1e9:.1f} GB/s)"
         print(f"  {sweep:<10} {line}  ->  {b * per * 1e3:.1f} µs per {unit}{extra}")
-    kv_bytes = lambda run: run.arch.kv_cache_bytes(mean_decode_context(args.n_gen, run.depth), speed_model.N_UBATCH)
+    kv_bytes = lambda run: speed_model.context_terms(run.arch, mean_decode_context(args.n_gen, run.depth))["KV bytes"]
     for kv in KV_HEADS:
         pts = sorted((run.depth, ms(r), kv_bytes(run)) for run, r in measured
-                     if run.sweep == "depth" and run.arch.n_kv_heads == kv)
+                     if run.arch == dataclasses.replace(BASE, n_kv_heads=kv))
         a, b = slope([d for d, _, _ in pts], [y for _, y, _ in pts])
         per_byte = slope([k for _, _, k in pts], [y for _, y, _ in pts])[1]
         print(f"  depth, {kv} KV heads: " + ", ".join(f"{d}: {y:.2f}" for d, y, _ in pts)

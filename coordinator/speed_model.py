@@ -20,11 +20,11 @@ benchmarks/speed_terms.py separates the terms with llama.cpp on synthetic files 
 depth at fixed width, width at fixed depth, decode depth at 1, 3 and 9 KV heads). What it measured on a 2-core
 EPYC (Q4_0, tg32 x 3): the output projection (Q6_K in a Q4_0 file) streams at ~20 GB/s where the Q4_0 matrices
 reach ~30, which is why one fitted bandwidth over-predicted models with other vocabularies; ~140 µs per 576-wide
-layer, of which ~50 are fixed (not its weights); and per cached position a cost that grows far less than the KV bytes (9x the KV heads:
-1.5x the cost), so attention's FLOPs carry most of it and the KV read the rest. The fit is least squares on
-relative error with every term non-negative (a negative cost is noise, not physics); a term the samples cannot
-separate is left out rather than guessed, and a type never measured on the device borrows the rate of the measured
-type nearest in bits per weight.
+layer, of which ~50 are fixed (not its weights); and per cached position a cost that grows far less than the KV
+bytes (9x the KV heads: 1.5x the cost), so attention's FLOPs carry most of it and the KV read the rest. The fit is
+least squares on relative error with every term non-negative (a negative cost is noise, not physics); a term the
+samples cannot separate is left out rather than guessed, and a type never measured on the device borrows the rate
+of the measured type nearest in bits per weight.
 """
 
 import dataclasses
@@ -36,7 +36,6 @@ from fleetfit.models import backends
 from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.models.catalogue import Architecture
 
-N_UBATCH = 512
 PHASES = ("decode", "prefill")
 MIN_SHARE = 0.02  # a type holding under 2 % of every point's work cannot be told apart: it joins its neighbour
 _BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.5625, "Q5_K": 5.5, "Q5_0": 5.5, "Q5_1": 6,
@@ -108,10 +107,12 @@ class SpeedModel:
         nearest = min(self.s_per_unit, key=lambda k: (abs(bits(k) - bits(kind)), k))
         return self.s_per_unit[nearest], nearest
 
-    def parts(self, arch: Architecture, quant: str, positions: float, backend: str = DEFAULT_BACKEND) -> dict[str, float]:
+    def parts(self, arch: Architecture, quant: str, positions: float,
+              backend: str = DEFAULT_BACKEND) -> dict[str, float]:
         """Seconds per token, term by term: weights, context (KV read or attention), layers, token."""
         weights = sum(n * self.rate(kind)[0] for kind, n in weight_terms(arch, quant, self.phase, backend))
-        context = sum(n * self.context_s_per_unit.get(k, 0.0) for k, n in context_terms(arch, positions, self.phase).items())
+        context = sum(n * self.context_s_per_unit.get(k, 0.0)
+                      for k, n in context_terms(arch, positions, self.phase).items())
         return {"weights": weights, "context": context, "layers": arch.n_layers * self.layer_s, "token": self.token_s}
 
     def seconds(self, arch: Architecture, quant: str, positions: float, backend: str = DEFAULT_BACKEND) -> float:
@@ -128,7 +129,8 @@ class SpeedModel:
     def text(self) -> str:
         unit, scale = ("GB/s", 1e9) if self.phase == "decode" else ("GFLOP/s", 1e9)
         rates = ", ".join(f"{k} {1 / v / scale:.1f} {unit}" for k, v in sorted(self.s_per_unit.items()) if v > 0)
-        ctx = ", ".join(f"KV read {1 / v / 1e9:.1f} GB/s" if k == "KV bytes" else f"attention {1 / v / 1e9:.1f} GFLOP/s"
+        ctx = ", ".join(f"KV read {1 / v / 1e9:.1f} GB/s" if k == "KV bytes" else
+                        f"attention {1 / v / 1e9:.1f} GFLOP/s"
                         for k, v in self.context_s_per_unit.items() if v > 0) or "no context term"
         return f"{rates}; {ctx}; {self.layer_s * 1e6:.0f} µs/layer + {self.token_s * 1e6:.0f} µs/token"
 

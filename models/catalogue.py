@@ -147,29 +147,50 @@ class Architecture:
         n_sliding = sum(self.sliding(i) for i in range(self.n_layers))
         return (self.n_layers - n_sliding) * positions + n_sliding * min(positions, self.sliding_window or positions)
 
+    @property
+    def gated_mlp(self) -> bool:
+        """A gate and an up projection (SwiGLU, GeGLU); GPT-2's MLP has an up projection only."""
+        return self.family != "gpt2"
+
     def compute_buffer_bytes(self, context: int, n_ubatch: int = 512, resident: bool = False) -> float:
         """llama.cpp's CPU compute buffer for one micro-batch of min(n_ubatch, context) tokens: the f32 logits over
         the vocabulary and two hidden-wide activations (4 · ub · (vocab + 2 · hidden)); a mixture of experts adds
         its routed MLPs' activations. With flash attention (llama.cpp's CPU default) no attention matrix of
-        the context is held, so the buffer does not grow with the context: benchmarks/compute_buffer.py
+        the context is held, so the allocation does not grow with the context: benchmarks/compute_buffer.py
         measured it within 1 % at 128..8192 tokens (SmolLM2-135M, Llama-3.2-1B). `resident`: the part a CPU
-        process touches (what its RSS holds): a prompt's logits are computed for its last token only, so one row
-        of logits, not ub of them; the space the other ub - 1 rows would take holds, earlier in the graph, the
-        MLP's two ffn-wide activations (gate and up) of every token, which a full micro-batch touches (a run at
-        depth prefills its depth in full micro-batches). benchmarks/prediction_error.py: peak RSS within ±5 %
-        this way, -14 % with the whole buffer."""
+        process touches (what its RSS holds). A prompt's logits are computed for its last token only, so one row
+        of logits, not ub of them; the space the other rows would take holds, earlier in the graph, the MLP's
+        ffn-wide activations of every token (a gated MLP: gate, up, their product and the matmul kernel's
+        converted copy, 4 per token; GPT-2's: 2) and the attention mask (F16, ub × the cache's positions), which
+        a full micro-batch touches (a run at depth prefills its depth in full micro-batches). Peak RSS at depth
+        0 and 2048 on 8 architectures (SmolLM2, Qwen2.5/3, Llama 3.2, TinyLlama, Gemma 3, GPT-2): the 4 ffn-wide
+        rows within about ±20 % of the growth the old 2 left unexplained."""
         ub = min(n_ubatch, int(context))
-        mlp = 2 * self.ffn * (self.n_experts_used if self.is_moe else 1)
         if resident:
-            return 4 * ub * (2 * self.hidden + mlp) + 4 * self.vocab
-        return 4 * ub * (self.vocab + 2 * self.hidden + (mlp if self.is_moe else 0))
+            mlp = (4 if self.gated_mlp else 2) * self.ffn * (self.n_experts_used if self.is_moe else 1)
+            return 4 * ub * (2 * self.hidden + mlp) + 4 * self.vocab + 2 * ub * self.mask_positions(context)
+        mlp = 2 * self.ffn * self.n_experts_used if self.is_moe else 0
+        return 4 * ub * (self.vocab + 2 * self.hidden + mlp)
+
+    def kv_cache_positions(self, context: float, n_ubatch: int = 512) -> tuple[float, float]:
+        """Positions the cache holds for (a global layer, a sliding-window layer): llama.cpp's iSWA cache keeps
+        min(context, pad256(window + n_ubatch)) positions for a sliding layer (with swa_full off, as llama-bench
+        and llama-server run; the C API's default keeps the whole context)."""
+        window = -(-(self.sliding_window + n_ubatch) // 256) * 256 if self.sliding_window else 0
+        return context, min(context, window)
+
+    def mask_positions(self, context: float, n_ubatch: int = 512) -> float:
+        """Positions of the attention masks one micro-batch builds: one mask over the whole cache (rounded to
+        256-position blocks) and, with sliding-window layers, one over their smaller cache."""
+        held = -(-int(context) // 256) * 256
+        return held + (self.kv_cache_positions(held, n_ubatch)[1] if self.sliding_pattern else 0)
 
     def kv_cache_bytes(self, context: float, n_ubatch: int = 512, bytes_per_element: int = 2) -> float:
         """K and V of every layer (F16 by default): 2 · n_kv_heads · head_dim · positions · bytes per layer, where a
         sliding-window layer keeps llama.cpp's iSWA cache of min(context, pad256(window + n_ubatch)) positions."""
-        window = -(-(self.sliding_window + n_ubatch) // 256) * 256 if self.sliding_window else 0
+        full, windowed = self.kv_cache_positions(context, n_ubatch)
         n_sliding = sum(self.sliding(i) for i in range(self.n_layers))
-        positions = (self.n_layers - n_sliding) * context + n_sliding * min(context, window)
+        positions = (self.n_layers - n_sliding) * full + n_sliding * windowed
         return 2 * self.kv_dim * positions * bytes_per_element
 
 

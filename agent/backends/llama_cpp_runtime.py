@@ -188,6 +188,7 @@ def _context_params(n_ctx: int, n_batch: int, n_ubatch: int, threads: int, n_seq
     params.n_threads = threads
     params.n_threads_batch = threads
     params.no_perf = True
+    params.swa_full = False  # as llama-bench and llama-server run: a sliding-window layer caches its window
     return params
 
 

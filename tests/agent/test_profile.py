@@ -94,3 +94,29 @@ def test_a_depth_past_learned_positions_is_an_error_not_an_abort(tmp_path):
     result = profiling.profile(short_request(str(path), decode_depth=1000), "dev-1", tmp_path)
     assert result.failure == pb.FAILURE_KIND_ERROR, (result.failure, result.error)
     assert "learned position embeddings for 1024 positions" in result.error and "1040" in result.error
+
+
+def test_peak_memory_grows_with_depth_as_the_memory_feature_says(tmp_path):
+    """Peak RSS from an empty cache to 3072 tokens of depth grows by what coordinator/scaling.py's memory feature
+    adds (the KV cache held, the full micro-batch's activations and attention mask), for a dense model and for
+    one whose sliding-window layers cache their window only, as llama-bench runs them (swa_full off): with the
+    C API's default (a full cache for every layer) the sliding model grows 21 MB more than that."""
+    import dataclasses
+
+    from fleetfit.coordinator import scaling
+    from fleetfit.models.catalogue import CATALOGUE
+    from fleetfit.models.synth import write_synthetic
+
+    gemma = CATALOGUE["gemma-3-1b"]
+    small = {"dense": dataclasses.replace(gemma, name="dense-test", n_layers=12, sliding_window=None, sliding_pattern=0,
+                                          vocab=32000),
+             "sliding": dataclasses.replace(gemma, name="sliding-test", n_layers=12, vocab=32000)}
+    for kind, arch in small.items():
+        path = write_synthetic(arch, "Q4_0", tmp_path / f"{arch.name}-Q4_0.gguf", force=True)
+        peaks = {d: profiling.profile(short_request(str(path), repetitions=1, decode_depth=d), "dev-1", tmp_path)
+                 for d in (0, 3072)}
+        assert all(r.failure == pb.FAILURE_KIND_UNSPECIFIED for r in peaks.values()), [r.error for r in peaks.values()]
+        grown = peaks[3072].peak_rss_bytes - peaks[0].peak_rss_bytes
+        predicted = (scaling.memory_feature(arch, "Q4_0", peaks[3072].n_ctx)
+                     - scaling.memory_feature(arch, "Q4_0", peaks[0].n_ctx))
+        assert abs(grown - predicted) < 0.1 * predicted + 4e6, (kind, grown, predicted)

@@ -64,12 +64,13 @@ def scatter_svg(title: str, series: dict[str, Series], x_label: str, y_label: st
     kept = {}
     for name, s in series.items():
         s = dataclasses.replace(s, measured=[p for p in s.measured if drawable(*p)],
-                                predicted=[p for p in s.predicted if drawable(*p)])
+                                predicted=[p for p in s.predicted if drawable(*p[:2], p[3])])
         if s.measured or s.predicted:
             kept[name] = s
     xs = [p[0] for s in kept.values() for p in s.measured + s.predicted]
     ys = ([p[1] for s in kept.values() for p in s.measured] + [v for s in kept.values() for p in s.predicted
-                                                              for v in p[1:]] + [y for _, y in lines.values()])
+                                                              for v in p[1:] if drawable(v)]
+          + [y for _, y in lines.values()])
     if not xs:
         return f'<p class="empty">{_escape(title)}: no data yet</p>'
     x_ticks = _ticks(min(xs), max(xs), True)
@@ -113,10 +114,12 @@ def scatter_svg(title: str, series: dict[str, Series], x_label: str, y_label: st
             out.append(f'{shape}<title>{_escape(name)}: {_num(x)}, {_num(y)} ({mark})</title>'
                        f'{"</rect>" if s.estimated else "</circle>"}')
         for x, y, lo, hi in s.predicted:
-            out.append(f'<line class="error-bar" x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{py(lo):.1f}" '
+            # a band of 100 % or more has no lower bound: its bar runs to the bottom of the plot
+            bottom, span = (py(lo), f"{_num(lo)} to {_num(hi)}") if drawable(lo) else (H - PAD_B, f"up to {_num(hi)}")
+            out.append(f'<line class="error-bar" x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{bottom:.1f}" '
                        f'y2="{py(hi):.1f}" stroke="{colour}"/><circle class="predicted" cx="{px(x):.1f}" '
                        f'cy="{py(y):.1f}" r="4" fill="white" stroke="{colour}" stroke-width="1.5"><title>'
-                       f'{_escape(name)}: {_num(x)}, ~{_num(y)} (predicted, {_num(lo)} to {_num(hi)})</title></circle>')
+                       f'{_escape(name)}: {_num(x)}, ~{_num(y)} (predicted, {span})</title></circle>')
         out.append("</g>")
         note = " (ESTIMATED)" if s.estimated else ""
         legend.append(f'<li data-device="{s.device}"><span class="swatch" style="background:{colour}"></span>'
@@ -177,7 +180,7 @@ def plots(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Tab
         def add(device_id, backend, quant, params, figure):
             band = figure.band or 0.0
             series(plot, device_id, backend, quant).predicted.append(
-                (params, figure.value, figure.value * max(1 - band, 1e-3), figure.value * (1 + band)))
+                (params, figure.value, figure.value * (1 - band), figure.value * (1 + band)))
         return add
 
     _predicted(by_name.get("speed"), " tok/s", ids, predicted(decode))

@@ -19,7 +19,9 @@ cache holds its window (Architecture.kv_cache_bytes).
 Every figure says where it comes from: `measured` (that model and quant on that device), `predicted`
 (calibrated on the device; its band covers 90 % of the errors of leave-one-family-out predictions: every model
 family the device measured is held out in turn, all its sizes, precisions and depths, and predicted by the
-others), or `estimated` (nothing
+others; a model inside the span of architectures the device calibrated on gets the band of the held-out families
+that were inside the others' span, a model outside it (DeviceModel.outside) the band of those that were not), or
+`estimated` (nothing
 measured on the device: catalogue formula with efficiencies learned from calibrated devices of its kind
 (coordinator/fleet_priors.py), else fixed defaults, against the device's probes).
 """
@@ -324,9 +326,12 @@ class DeviceModel:
     device: pb.DeviceInventory
     points: list[Point]
     calibration: Calibration | None
-    errors: dict[str, float | None]  # "memory" | "decode" | "prefill" -> band: 90 % of |relative errors| held out
+    errors: dict[str, float | None]  # "memory" | "decode" | "prefill" -> band: 90 % of |relative errors| held out,
+    # of the held-out families inside the span of the others (what a model inside the calibrated span gets)
     backend: str = DEFAULT_BACKEND
     priors: "Callable[[str, str], Efficiency] | None" = None  # (rate, quant) -> Efficiency: coordinator/fleet_priors
+    # the same for a model outside the calibrated span: the held-out families that were outside the others' span
+    errors_outside: dict[str, float | None] = dataclasses.field(default_factory=dict)
 
     @property
     def bandwidth_probe(self) -> float | None:
@@ -372,14 +377,22 @@ class DeviceModel:
                                measured.prefill_positions, f"llama-bench pp mean at {shape} (result {r.result_id})"),
                 ctx)
         memory = cal.alpha * memory_feature(arch, quant, ctx, self.backend, self._resident()) + cal.overhead_bytes
+        bands = self.bands(arch)
         n = len({p.model for p in self.points})
         mem_how = (f"weights + KV(ctx {ctx}) + compute buffer, scaled {cal.alpha:.3f} + overhead "
                    f"{cal.overhead_bytes / 2**20:.0f} MiB, fitted on {len(self.points)} runs of {n} sizes here")
         decode = self._speed(cal.decode, arch, quant, decode_context if decode_context is not None else ctx,
-                             self.errors["decode"])
+                             bands["decode"])
         prefill = self._speed(cal.prefill, arch, quant, prefill_context if prefill_context is not None else ctx / 2,
-                              self.errors["prefill"])
-        return Prediction(Figure(memory, "predicted", mem_how, self.errors["memory"]), decode, prefill, ctx)
+                              bands["prefill"])
+        return Prediction(Figure(memory, "predicted", mem_how, bands["memory"]), decode, prefill, ctx)
+
+    def bands(self, arch: Architecture) -> dict[str, float | None]:
+        """The bands a prediction for `arch` carries: those of held-out families inside the others' span, or,
+        for a model outside the span calibrated here, those of the families that were outside (else all's)."""
+        if not self.outside(arch):
+            return self.errors
+        return {k: self.errors_outside.get(k) or v for k, v in self.errors.items()}
 
     def _at_depth(self, measured: Point, phase: str, model: speed_model.SpeedModel | None, positions: float | None,
                   value: float | None, measured_positions: float, how: str) -> Figure:
@@ -403,7 +416,9 @@ class DeviceModel:
         how = (f"speed terms fitted on {len(model.fitted_on)} runs here ({', '.join(model.fitted_on)}): "
                f"{model.text()}; at {positions:.0f} cache positions{lent}")
         if band is not None:
-            how += f"; band ±{band:.0%} covers {BAND_COVERAGE:.0%} of leave-one-family-out errors"
+            span = "outside" if self.outside(arch) else "inside"
+            how += (f"; band ±{band:.0%} covers {BAND_COVERAGE:.0%} of leave-one-family-out errors of families "
+                    f"{span} the span of the others")
         return Figure(model.tps(arch, quant, positions, self.backend), "predicted", how, band)
 
     def outside(self, arch: Architecture) -> list[str]:
@@ -452,9 +467,11 @@ class DeviceModel:
             ctx)
 
 
-def leave_one_family_out(pts: list[Point]) -> list[tuple[Point, Prediction]]:
+def leave_one_family_out(pts: list[Point]) -> list[tuple[Point, Prediction, bool]]:
     """Each measured family predicted by a calibration that never saw it (all its sizes, precisions and depths
-    held out): what a prediction for an architecture the device never ran is worth."""
+    held out): what a prediction for an architecture the device never ran is worth. The flag: whether the held-out
+    architecture was outside the span of the others (DeviceModel.outside), where a device's own prediction would
+    say it extrapolates."""
     out = []
     for held in sorted({family(p.model) for p in pts}):
         rest = [p for p in pts if family(p.model) != held]
@@ -464,7 +481,8 @@ def leave_one_family_out(pts: list[Point]) -> list[tuple[Point, Prediction]]:
                             rest[0].backend)
         for p in (p for p in pts if family(p.model) == held):
             if p.quant in model.calibration.bandwidth:  # a precision it has seen on other families
-                out.append((p, model.predict(p.arch, p.quant, p.context, p.decode_positions, p.prefill_positions)))
+                out.append((p, model.predict(p.arch, p.quant, p.context, p.decode_positions, p.prefill_positions),
+                            bool(model.outside(p.arch))))
     return out
 
 
@@ -476,9 +494,9 @@ def band(errors: list[float]) -> float | None:
     return float(np.quantile(np.abs(errors), BAND_COVERAGE, method="higher"))
 
 
-def relative_errors(pairs: list[tuple[Point, Prediction]]) -> dict[str, list[float]]:
+def relative_errors(pairs: list[tuple[Point, Prediction, bool]]) -> dict[str, list[float]]:
     errors = {"memory": [], "decode": [], "prefill": []}
-    for p, pred in pairs:
+    for p, pred, _outside in pairs:
         for key, measured, figure in (("memory", p.peak_bytes, pred.memory_bytes), ("decode", p.decode_tps,
                                       pred.decode_tps), ("prefill", p.prefill_tps, pred.prefill_tps)):
             if measured and figure.value:
@@ -492,8 +510,11 @@ def device_model(device: pb.DeviceInventory, results: list[pb.ProfileResult], ba
     efficiencies an uncalibrated device is estimated with (coordinator/fleet_priors.py; default: fixed ones)."""
     spec = backends.backend(backend)
     pts = points(results, device.device_id, spec.name)
-    bands = {k: band(v) for k, v in relative_errors(leave_one_family_out(pts)).items()}
-    return DeviceModel(device, pts, calibrate(pts), bands, spec.name, priors)
+    held = leave_one_family_out(pts)
+    inside = [h for h in held if not h[2]] or held  # no family inside the others' span: every one's errors
+    bands = {k: band(v) for k, v in relative_errors(inside).items()}
+    outside = {k: band(v) for k, v in relative_errors([h for h in held if h[2]] or held).items()}
+    return DeviceModel(device, pts, calibrate(pts), bands, spec.name, priors, outside)
 
 
 def params_text(arch: Architecture) -> str:

@@ -126,3 +126,15 @@ def test_chromium_draws_a_series_per_device_with_measured_predicted_and_estimate
     assert dom.count('<ul class="legend">') == 4 and "<text x" not in "".join(re.findall(r"<g class=.*?</g>", decode))
     assert all(f'id="dev-{i}"' in dom for i in range(3)) and '#dev-2:checked ~ main [data-device]' in dom
     assert dom.count("<table>") == len(tables.REPORT_ORDER) and "<th>F16 GB</th>" in dom and "<pre>" not in dom
+
+
+def test_a_band_of_a_hundred_percent_or_more_has_no_lower_bound():
+    """A ±116 % band would put the bar's foot at a negative speed: on a log axis it runs to the plot's bottom and
+    its title says "up to", where a clamp would have drawn it down to a thousandth of the value."""
+    wide = report.Series("dev gguf Q4_0", 0, measured=[(1e8, 50.0), (1e9, 10.0)],
+                         predicted=[(7e9, 2.0, 2.0 * (1 - 1.16), 2.0 * 2.16), (3e9, 5.0, 4.0, 6.0)])
+    svg = report.scatter_svg("decode", {"dev": wide}, "parameters", "tokens/s")
+    bars = re.findall(r'<line class="error-bar" x1="[\d.]+" x2="[\d.]+" y1="([\d.]+)" y2="([\d.]+)"', svg)
+    assert len(bars) == 2 and float(bars[0][0]) == report.H - report.PAD_B > float(bars[1][0])
+    assert "~2 (predicted, up to 4.32)" in svg and "~5 (predicted, 4 to 6)" in svg
+    assert not re.search(r">0\.00\d", svg)  # no axis tick down at a thousandth

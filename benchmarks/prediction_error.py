@@ -1,7 +1,7 @@
 """How well the scaling model (coordinator/scaling.py) predicts models a device never ran.
 
     python benchmarks/prediction_error.py                  # leave-one-family-out on the committed fixture
-    python benchmarks/prediction_error.py --holdout architectures [--quick] [--results DIR]
+    python benchmarks/prediction_error.py --holdout architectures [--quick] [--results DIR] [--repeat-ladder DIR]
     python benchmarks/prediction_error.py --db DB --export tests/fixtures/ladder   # a fixture from a coordinator
 
 --holdout architectures measures, on this machine and with llama.cpp, the default calibration ladder of
@@ -11,7 +11,9 @@ contexts. It calibrates on the ladder alone and prints, for every other run, pre
 decode and prefill tokens/s, the band each prediction carries (leave-one-family-out on the ladder, 90 % coverage;
 a model inside the ladder's span gets the band of the families that were inside the others' span, one outside it
 the band of those that were not: coordinator/scaling.py) and whether the band covered the measurement. Results are kept in --results (one JSON per run), so a rerun
-measures only what is missing. --quick: Q4_0 only and models up to 4B parameters.
+measures only what is missing. --quick: Q4_0 only and models up to 4B parameters. --repeat-ladder DIR: the
+ladder measured again after the rest, as a second `limits probe` would; a device's point pools the repetitions of
+both (scaling.typical_tps: their median).
 
 Targets (issue 17): memory within ±5 %, decode within ±12 %, prefill within ±20 %; bands that cover ≥ 90 % of the
 measured values with the decode band within ±20 %. Exit status 0 whether or not the targets are met.
@@ -166,7 +168,10 @@ def holdout_architectures(args) -> int:
     results = measure(rungs, quants, args.results)
     device_id = results[0].device_id
     in_ladder = {(n.partition("@")[0], int(n.partition("@")[2] or 0)) for n in ladder}
-    calibration = [r for r in results if (r.model_name, r.n_depth) in in_ladder and (r.quant or r.request.quant) in quants]
+    # a second pass of the ladder, measured after everything else: its repetitions pool with the first's
+    again = measure(ladder, quants, args.repeat_ladder) if args.repeat_ladder else []
+    calibration = [r for r in results + again
+                   if (r.model_name, r.n_depth) in in_ladder and (r.quant or r.request.quant) in quants]
     dm = scaling.device_model(device_of(results).inventory, calibration)
     print(f"bands (leave-one-family-out on the ladder, {scaling.BAND_COVERAGE:.0%} coverage), for a model inside "
           "the ladder's span: " + ", ".join(f"{k} ±{v:.1%}" for k, v in dm.errors.items() if v is not None)
@@ -213,6 +218,8 @@ def main() -> int:
     parser.add_argument("--quants", default="Q4_0,Q8_0")
     parser.add_argument("--results", type=pathlib.Path, default=pathlib.Path("/tmp/fleetfit-prediction-error"),
                         help="where measured runs are kept (one JSON each)")
+    parser.add_argument("--repeat-ladder", type=pathlib.Path, metavar="DIR",
+                        help="measure the ladder a second time (kept in DIR) and calibrate on both passes")
     parser.add_argument("--db", help="coordinator SQLite database (default: the committed fixture)")
     parser.add_argument("--export", type=pathlib.Path, help="write the results as a fixture directory")
     args = parser.parse_args()

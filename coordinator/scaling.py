@@ -154,7 +154,7 @@ class Point:
     n_prompt: int
     n_gen: int
     peak_bytes: float | None
-    decode_tps: float  # mean over repetitions, as the tables show it
+    decode_tps: float  # the typical speed (typical_tps: median of the repetitions); tables show the mean
     prefill_tps: float
     result: pb.ProfileResult
     backend: str = DEFAULT_BACKEND
@@ -187,22 +187,36 @@ def _context(r: pb.ProfileResult) -> int:
 
 
 def points(results: list[pb.ProfileResult], device_id: str, backend: str = DEFAULT_BACKEND) -> list[Point]:
-    """The latest successful result per catalogued model, precision and depth of `backend` on the device."""
+    """Per catalogued model, precision and depth of `backend` on the device: its latest successful result, with
+    the speeds of every run like it (typical_tps)."""
     spec = backends.backend(backend)
-    latest = {}
+    runs: dict[tuple[str, str, int], list[pb.ProfileResult]] = {}
     for r in results:
         if (r.device_id != device_id or r.failure or backend_of(r) != spec.name
                 or r.model_name not in CATALOGUE or not r.decode_tokens_per_s.mean):
             continue
         if spec.can_size(quant_of(r)):
-            latest[(r.model_name, quant_of(r), r.n_depth)] = r
+            runs.setdefault((r.model_name, quant_of(r), r.n_depth), []).append(r)
     pts = []
-    for (m, q, depth), r in sorted(latest.items()):
+    for (m, q, depth), same in sorted(runs.items()):
+        r = same[-1]
+        like = [o for o in same if (o.n_prompt, o.n_gen, o.threads, o.backend_version, o.backend_commit)
+                == (r.n_prompt, r.n_gen, r.threads, r.backend_version, r.backend_commit)]
         memory, which = memory_figure(r)
         pts.append(Point(m, q, CATALOGUE[m], _context(r), r.n_prompt or r.request.n_prompt, r.n_gen or r.request.n_gen,
-                         float(memory) if memory is not None else None, r.decode_tokens_per_s.mean,
-                         r.prefill_tokens_per_s.mean, r, spec.name, depth, not which.startswith("GPU")))
+                         float(memory) if memory is not None else None,
+                         typical_tps([o.decode_tokens_per_s for o in like]),
+                         typical_tps([o.prefill_tokens_per_s for o in like]), r, spec.name, depth,
+                         not which.startswith("GPU")))
     return pts
+
+
+def typical_tps(stats: list[pb.Stat]) -> float:
+    """The median of the repetitions of every run given (each run's mean where it kept no samples). On a shared
+    VM one repetition can stall (5 tokens/s among 300: benchmarks/prediction_error.py), and a mean carries that
+    into every prediction the device's fit makes; a run repeated (a second `limits probe`) adds its samples."""
+    samples = [x for s in stats for x in (s.samples or [s.mean]) if x > 0]
+    return float(np.median(samples)) if samples else 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,6 +72,28 @@ def test_leave_one_family_out_on_the_coverage_ladder():
     assert dm.errors["decode"] < dm.errors_outside["decode"] and dm.errors["memory"] <= 0.03
 
 
+def test_a_stalled_repetition_does_not_move_the_fit_and_a_repeated_run_adds_its_samples():
+    """This VM once decoded distilgpt2 at [5.2, 301.0, 256.3] tokens/s: the mean (188) would be the device's
+    figure for it in every fit. A point takes the median of the repetitions, pooled over the runs like the
+    latest (same shape and llama.cpp build); a run of another build is not pooled."""
+    results, device = ladder(COVERAGE_LADDER)
+    first = next(r for r in results if (r.model_name, r.quant, r.n_depth) == ("distilgpt2", "Q4_0", 0))
+    stalled = pb.ProfileResult()
+    stalled.CopyFrom(first)
+    stalled.result_id, stalled.started_unix_s = "stalled", first.started_unix_s + 3600
+    del stalled.decode_tokens_per_s.samples[:]
+    stalled.decode_tokens_per_s.samples.extend([5.2, 301.0, 256.3])
+    stalled.decode_tokens_per_s.mean = sum(stalled.decode_tokens_per_s.samples) / 3
+    pooled = sorted(list(first.decode_tokens_per_s.samples) + [5.2, 301.0, 256.3])
+    point = next(p for p in scaling.points(results + [stalled], device.device_id)
+                 if (p.model, p.quant, p.depth) == ("distilgpt2", "Q4_0", 0))
+    assert point.result.result_id == "stalled" and point.decode_tps == pytest.approx((pooled[2] + pooled[3]) / 2)
+    stalled.backend_commit = "another"
+    point = next(p for p in scaling.points(results + [stalled], device.device_id)
+                 if (p.model, p.quant, p.depth) == ("distilgpt2", "Q4_0", 0))
+    assert point.decode_tps == pytest.approx(256.3)
+
+
 def test_family_is_the_name_without_its_size():
     assert [scaling.family(m) for m in ("llama-3.2-1b", "smollm2-135m", "qwen3-30b-a3b", "distilgpt2", "phi-4-mini")] \
         == ["llama-3.2", "smollm2", "qwen3-30b-a3b", "distilgpt2", "phi-4-mini"]

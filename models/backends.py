@@ -77,9 +77,11 @@ class BackendSpec:
         of experts, the n_experts_used experts a token is routed to)."""
         return int(sum(self.bytes_by_type(arch, precision, per_token).values()))
 
-    def bytes_by_type(self, arch, precision: str, per_token: bool = False) -> dict[str, float]:
+    def bytes_by_type(self, arch, precision: str, per_token: bool = False,
+                      without_output: bool = False) -> dict[str, float]:
         """weight_bytes split by storage type: {GGML type: bytes} for GGUF (a Q4_0 file also holds Q6_K and F32
-        tensors), {precision or "<precision>-other": bytes} for a framework's matrices and its other tensors."""
+        tensors), {precision or "<precision>-other": bytes} for a framework's matrices and its other tensors.
+        `without_output`: leave out the output projection (a tied embedding table then counts as a lookup)."""
         from fleetfit.models.catalogue import active_fraction
 
         precision = self.canonical(precision)
@@ -102,6 +104,9 @@ class BackendSpec:
             if arch.tied_embeddings and matrix != other:  # quantizing makes the tied output projection a copy
                 sizes["output.weight"] = (None, arch.vocab * arch.hidden * matrix, precision)
             lookup_only = not arch.tied_embeddings or matrix != other  # a shared table is also the projection
+        if without_output:
+            sizes.pop("output.weight", None)
+            lookup_only = True
         out: dict[str, float] = {}
         for name, (spec, nbytes, kind) in sizes.items():
             if per_token and name == "token_embd.weight" and lookup_only:

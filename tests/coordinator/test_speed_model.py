@@ -47,8 +47,10 @@ def test_prefill_terms_are_flops_per_type():
                          {"attention FLOPs": 1 / 100e9}, 50e-6, 100e-6, ())
     arch = CATALOGUE["llama-3.2-1b"]
     terms = dict(dm.weight_terms(arch, "Q4_0", "prefill"))
-    assert "Q6_K" in terms  # the tied output projection, kept at Q6_K by llama.cpp's quantizer
-    assert abs(sum(terms.values()) / (2 * 1.236e9) - 1) < 0.02  # 2 FLOPs per multiplied weight
+    # 2 FLOPs per multiplied weight; not the output projection (a prompt's logits are its last token's only), so
+    # the tied Q6_K table (llama.cpp's quantizer keeps it at Q6_K) is a lookup of one row, as decode reads it whole
+    assert abs(sum(terms.values()) / (2 * (1.236e9 - arch.vocab * arch.hidden)) - 1) < 0.02
+    assert terms["Q6_K"] < 1e-5 * terms["Q4_0"] and dict(dm.weight_terms(arch, "Q4_0"))["Q6_K"] > 2e8
     samples = [dm.Sample(CATALOGUE[m], q, pos, true.tps(CATALOGUE[m], q, pos))
                for m in LADDER for q in ("Q4_0", "Q8_0") for pos in (32, 2048)]
     got = dm.fit(samples, "prefill")

@@ -48,10 +48,10 @@ DEFAULT_CONTEXT = 512  # a run's context when its result does not say
 FIT_CONTEXT = 4096  # the context fit answers for by default (or the model's own, when smaller)
 N_UBATCH = 512  # llama.cpp's default micro-batch
 KV_BLOCK = 256  # llama.cpp rounds a context's KV cache up to whole blocks of this many positions
-DEFAULT_OVERHEAD_BYTES = 64 << 20
+DEFAULT_OVERHEAD_BYTES = 64 << 20  # estimated runtime overhead when a device has no measurement
 # llama.cpp's vocabulary in host memory, per token: its text, score and attributes and the text-to-id index (peak
 # RSS less every buffer llama.cpp logs, at depth 0 on vocabularies of 32k..262k tokens; BPE merges add more)
-VOCAB_TABLE_BYTES = 185  # estimated runtime overhead when a device has no measurement
+VOCAB_TABLE_BYTES = 185
 DEFAULT_BANDWIDTH_EFFICIENCY = 0.6  # of the triad probe, for devices never measured
 DEFAULT_COMPUTE_EFFICIENCY = 0.3  # of the float32 matmul probe
 SEED_SIZES = ("distilgpt2", "tinyllama-1.1b", "llama-2-7b", "llama-2-13b", "llama-2-70b")

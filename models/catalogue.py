@@ -162,9 +162,10 @@ class Architecture:
         of logits, not ub of them; the space the other rows would take holds, earlier in the graph, the MLP's
         ffn-wide activations of every token (a gated MLP: gate, up, their product and the matmul kernel's
         converted copy, 4 per token; GPT-2's: 2) and the attention mask (F16, ub × the cache's positions), which
-        a full micro-batch touches (a run at depth prefills its depth in full micro-batches). Peak RSS at depth
-        0 and 2048 on 8 architectures (SmolLM2, Qwen2.5/3, Llama 3.2, TinyLlama, Gemma 3, GPT-2): the 4 ffn-wide
-        rows within about ±20 % of the growth the old 2 left unexplained."""
+        a full micro-batch touches (a run at depth prefills its depth in full micro-batches). With these terms and
+        scaling.VOCAB_TABLE_BYTES, peak RSS less the memory feature stays within -3..+6 MB on 8 architectures
+        (SmolLM2, Qwen2.5/3, Llama 3.2, TinyLlama, Gemma 3, GPT-2) at depth 0..4096; with 2 ffn-wide rows and no
+        mask, 10..40 MB short at depth."""
         ub = min(n_ubatch, int(context))
         if resident:
             mlp = (4 if self.gated_mlp else 2) * self.ffn * (self.n_experts_used if self.is_moe else 1)

@@ -10,8 +10,8 @@ RAM, each a synthetic GGUF (real shapes, random weights), plus runs at depth 512
 contexts. It calibrates on the ladder alone and prints, for every other run, predicted vs measured peak memory,
 decode and prefill tokens/s, the band each prediction carries (leave-one-family-out on the ladder, 90 % coverage;
 a model inside the ladder's span gets the band of the families that were inside the others' span, one outside it
-the band of those that were not: coordinator/scaling.py) and whether the band covered the measurement. Results are kept in --results (one JSON per run), so a rerun
-measures only what is missing. --quick: Q4_0 only and models up to 4B parameters. --repeat-ladder DIR: the
+the band of those that were not: coordinator/scaling.py) and whether the band covered the measurement. Results
+are kept in --results (one JSON per run), so a rerun measures only what is missing. --quick: Q4_0 only and models up to 4B parameters. --repeat-ladder DIR: the
 ladder measured again after the rest, as a second `limits probe` would; a device's point pools the repetitions of
 both (scaling.typical_tps: their median).
 

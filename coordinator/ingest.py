@@ -77,6 +77,23 @@ def check_result(result: pb.ProfileResult) -> None:
     # as enums; the checks see what answers will read
     _check_serving(upgrade(type(result).FromString(result.SerializeToString())))
     _check_depth(result)
+    _check_repetitions(result)
+
+
+def _check_repetitions(result: pb.ProfileResult) -> None:
+    """A phase's samples are its repetitions, at most the job bound, and its mean lies among them: the scaling
+    model fits the median of the samples (scaling.typical_tps), so samples that disagree with the mean the tables
+    show, or thousands of them, would move that device's fit unseen."""
+    most = job_bounds.BOUNDS["repetitions"][1]
+    for name in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms"):
+        stat = getattr(result, name)
+        if not stat.samples:
+            continue
+        if len(stat.samples) > most:
+            raise Refused(f"result.{name} has {len(stat.samples)} samples: 1 to {most} are accepted")
+        low, high = min(stat.samples), max(stat.samples)
+        if not low * (1 - 1e-9) <= stat.mean <= high * (1 + 1e-9):
+            raise Refused(f"result.{name}.mean is {stat.mean:g}: outside its samples ({low:g}..{high:g})")
 
 
 def _check_depth(result: pb.ProfileResult) -> None:

@@ -129,17 +129,21 @@ def decode_bytes_per_token(arch: Architecture, quant: str, context: float, backe
 
 
 @functools.lru_cache(maxsize=None)
-def _matmul_params(arch: Architecture) -> int:
-    """Weights one token multiplies: every matrix but the embedding lookups, the routed experts only."""
+def _matmul_params(arch: Architecture, with_output: bool = True) -> int:
+    """Weights one token multiplies: every matrix but the embedding lookups, the routed experts only, and the
+    output projection unless `with_output` is false."""
     matmul = sum(math.prod(s.shape) * active_fraction(arch, s) for s in tensors(arch)
                  if len(s.shape) >= 2 and s.name.endswith("weight")
-                 and s.name not in ("token_embd.weight", "position_embd.weight"))
-    return int(matmul) + (arch.vocab * arch.hidden if arch.tied_embeddings else 0)
+                 and s.name not in ("token_embd.weight", "position_embd.weight")
+                 and (with_output or s.name != "output.weight"))
+    return int(matmul) + (arch.vocab * arch.hidden if arch.tied_embeddings and with_output else 0)
 
 
-def flops_per_token(arch: Architecture, context: float) -> float:
-    """2 per weight in a matrix product (not the embedding lookup) + attention over `context` positions."""
-    return 2 * _matmul_params(arch) + 4 * arch.n_layers * arch.q_dim * context
+def flops_per_token(arch: Architecture, context: float, prompt: bool = False) -> float:
+    """2 per weight in a matrix product (not the embedding lookup) + attention over `context` positions. A prompt
+    token (prompt=True) skips the output projection: every backend here computes a prompt's logits for its last
+    position only (speed_model.weight_terms)."""
+    return 2 * _matmul_params(arch, with_output=not prompt) + 4 * arch.n_layers * arch.q_dim * context
 
 
 # -- calibration ----------------------------------------------------------------------------------------
@@ -286,7 +290,8 @@ def calibrate(pts: list[Point]) -> Calibration | None:
     alpha, beta = _fit_memory(pts)
     bw, c = _fit_rates(pts, lambda p: decode_bytes_per_token(p.arch, p.quant, p.decode_positions, p.backend),
                        lambda p: p.decode_tps)
-    fl, c2 = _fit_rates(pts, lambda p: flops_per_token(p.arch, p.prefill_positions), lambda p: p.prefill_tps)
+    fl, c2 = _fit_rates(pts, lambda p: flops_per_token(p.arch, p.prefill_positions, prompt=True),
+                       lambda p: p.prefill_tps)
     decode = speed_model.fit([speed_model.Sample(p.arch, p.quant, p.decode_positions, p.decode_tps, p.backend, p.label)
                               for p in pts], "decode")
     prefill = speed_model.fit([speed_model.Sample(p.arch, p.quant, p.prefill_positions, p.prefill_tps, p.backend,
@@ -470,7 +475,7 @@ class DeviceModel:
         bw_eff, fl_eff = priors("bandwidth", quant), priors("compute", quant)
         decode = (1 / (decode_bytes_per_token(arch, quant, ctx, self.backend) / (bw_eff.value * bw)
                        + arch.n_layers * bw_eff.layer_s)) if bw else None
-        prefill = (1 / (flops_per_token(arch, ctx / 2) / (fl_eff.value * fl) + arch.n_layers * fl_eff.layer_s)
+        prefill = (1 / (flops_per_token(arch, ctx / 2, prompt=True) / (fl_eff.value * fl) + arch.n_layers * fl_eff.layer_s)
                    ) if fl else None
         no_probe = "; no probe of the device (fleetfit-agent probe), so no figure"
         return Prediction(

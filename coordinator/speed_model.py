@@ -14,7 +14,7 @@ Decode (one token at a time: mostly memory-bound):
 
 Prefill (a micro-batch of prompt tokens: compute-bound) has the same shape with FLOPs in place of bytes:
 2 per weight of each storage type's matrices (each type has its own matmul kernel; not the output projection,
-which llama.cpp applies to a prompt's last token only), plus attention's
+which every backend here applies to a prompt's last position only), plus attention's
 4 · layers · q_dim · positions.
 
 benchmarks/speed_terms.py separates the terms with llama.cpp on synthetic files (vocabulary at fixed depth,
@@ -56,11 +56,11 @@ def bits(kind: str) -> float:
 def weight_terms(arch: Architecture, quant: str, phase: str = "decode",
                  backend: str = DEFAULT_BACKEND) -> tuple[tuple[str, float], ...]:
     """Per storage type, what one token costs in it: bytes read (decode) or matmul FLOPs (prefill: 2 per
-    weight a token multiplies; an embedding table is a lookup, not a product). llama.cpp computes a prompt's
-    logits for its last token only, so a prompt token does not multiply the output projection: counting it put
-    small models with large vocabularies (Qwen2.5-0.5B, Gemma-3-1B: 28-30 % of their weights) 22-29 % slow."""
-    by_type = backends.backend(backend).bytes_by_type(arch, quant, per_token=True,
-                                                      without_output=phase == "prefill" and backend == "llama.cpp")
+    weight a token multiplies; an embedding table is a lookup, not a product). Every backend here (llama.cpp,
+    the torch model and its ONNX export) computes a prompt's logits for its last position only, so a prompt token
+    does not multiply the output projection: counting it put small models with large vocabularies (Qwen2.5-0.5B,
+    Gemma-3-1B: 28-30 % of their weights) 22-29 % slow on llama.cpp."""
+    by_type = backends.backend(backend).bytes_by_type(arch, quant, per_token=True, without_output=phase == "prefill")
     if phase == "prefill":
         by_type = {k: 2 * n * 8 / bits(k) for k, n in by_type.items()}
     return tuple(sorted(by_type.items()))

@@ -140,6 +140,15 @@ def test_memory_formula_agrees_with_the_synthetic_plan():
     assert scaling.kv_cache_bytes(mha, 4096) == 4 * scaling.kv_cache_bytes(gqa, 4096) == 2 * 32 * 4096 * 4096 * 2
 
 
+def test_a_prompt_token_does_not_multiply_the_output_projection():
+    # the one-rate prefill (fleet priors, estimates) counts what the backends compute: a prompt's logits come from its
+    # last position only, tied (llama-3.2-1b) or not (tinyllama); a decoded token (serving) multiplies it
+    for name in ("llama-3.2-1b", "tinyllama-1.1b"):
+        arch = CATALOGUE[name]
+        output = scaling.flops_per_token(arch, 100) - scaling.flops_per_token(arch, 100, prompt=True)
+        assert output == 2 * arch.vocab * arch.hidden
+
+
 @pytest.mark.parametrize("model, quant, message", [
     ("llama-2-7", "Q4_0", "did you mean llama-2-7b"),
     ("llama-2-7b", "Q4_Z", "Q4_Z"),

@@ -2,6 +2,7 @@
 
     python benchmarks/prediction_error.py                  # leave-one-family-out on the committed fixture
     python benchmarks/prediction_error.py --holdout architectures [--quick] [--results DIR] [--repeat-ladder DIR]
+    python benchmarks/prediction_error.py --noise-floor ROUNDS   # how far one measurement lies from another
     python benchmarks/prediction_error.py --db DB --export tests/fixtures/ladder   # a fixture from a coordinator
 
 --holdout architectures measures, on this machine and with llama.cpp, the default calibration ladder of
@@ -15,6 +16,11 @@ are kept in --results (one JSON per run), so a rerun measures only what is missi
 ladder measured again after the rest, as a second `limits probe` would; a device's point pools the repetitions of
 both (scaling.typical_tps: their median).
 
+--noise-floor ROUNDS measures a few ladder rungs (NOISE_RUNGS, Q4_0) ROUNDS times, alternating, exactly as `limits
+probe` does (a fresh synthetic file and worker each time), and prints how far each measurement lies from that
+rung's median. The median is the best prediction any model could make, so its share within the targets is the
+most a prediction can score on this machine.
+
 Targets (issue 17): memory within ±5 %, decode within ±12 %, prefill within ±20 %; bands that cover ≥ 90 % of the
 measured values with the decode band within ±20 %. Exit status 0 whether or not the targets are met.
 """
@@ -27,6 +33,7 @@ import sqlite3
 import sys
 import time
 
+import numpy as np
 from google.protobuf import json_format
 
 from fleetfit.coordinator import scaling
@@ -39,6 +46,7 @@ DECODE_BAND_TARGET, COVERAGE_TARGET = 0.20, 0.90
 # runs at depth that check predictions at long contexts (memory: KV cache growth; decode: the KV read)
 CONTEXT_CHECKS = ("smollm2-135m@8192", "smollm2-360m@512", "qwen2.5-0.5b@4096", "gemma-3-1b@4096", "llama-3.2-1b@1024")
 QUICK_MAX_PARAMS = 4e9
+NOISE_RUNGS = ("smollm2-135m", "tinyllama-1.1b", "llama-3.2-1b")  # narrow and deep, untied 32k, wide tied 128k
 
 
 def from_db(path: str) -> list[pb.ProfileResult]:
@@ -197,6 +205,40 @@ def holdout_architectures(args) -> int:
     return 0
 
 
+def noise_floor(rounds: int) -> int:
+    """NOISE_RUNGS measured `rounds` times each, alternating: each measurement's distance from its rung's median."""
+    from fleetfit.agent import inventory, probe
+
+    cache, device_id = pathlib.Path.home() / ".cache" / "fleetfit", inventory.default_device_id()
+    measured = {rung: {"decode": [], "prefill": []} for rung in NOISE_RUNGS}
+    for i in range(rounds):
+        for rung in NOISE_RUNGS:
+            for r in probe.probe([rung], ["Q4_0"], device_id, cache, probe.ProbeSettings()):
+                if r.failure:
+                    print(f"  {rung}: {r.error[:100]}")
+                    continue
+                measured[rung]["decode"].append(scaling.typical_tps([r.decode_tokens_per_s]))
+                measured[rung]["prefill"].append(scaling.typical_tps([r.prefill_tokens_per_s]))
+                print(f"  round {i + 1}: {rung} decode {measured[rung]['decode'][-1]:.1f}, prefill "
+                      f"{measured[rung]['prefill'][-1]:.1f} tok/s", flush=True)
+    print(f"{'rung (Q4_0)':<18}{'phase':<9}{'median':>8}{'min':>8}{'max':>8}   share within the target of the median")
+    within = {"decode": [], "prefill": []}
+    for rung, phases in measured.items():
+        for phase, values in phases.items():
+            if not values:
+                continue
+            median = float(np.median(values))
+            near = [abs(v / median - 1) <= TARGETS[phase] for v in values]
+            within[phase] += near
+            print(f"{rung:<18}{phase:<9}{median:8.1f}{min(values):8.1f}{max(values):8.1f}   "
+                  f"{sum(near)}/{len(near)} within ±{TARGETS[phase]:.0%}")
+    for phase, near in within.items():
+        if near:
+            print(f"{phase}: {sum(near) / len(near):.0%} of {len(near)} measurements lie within ±{TARGETS[phase]:.0%} "
+                  f"of their rung's median (the most a prediction can score here)")
+    return 0
+
+
 def leave_one_family_out(results: list[pb.ProfileResult]) -> int:
     """Every family each device measured, held out in turn and predicted by its other families."""
     held_any = False
@@ -220,9 +262,15 @@ def main() -> int:
                         help="where measured runs are kept (one JSON each)")
     parser.add_argument("--repeat-ladder", type=pathlib.Path, metavar="DIR",
                         help="measure the ladder a second time (kept in DIR) and calibrate on both passes")
+    parser.add_argument("--noise-floor", type=int, metavar="ROUNDS",
+                        help="measure NOISE_RUNGS ROUNDS times, alternating, and print their spread")
     parser.add_argument("--db", help="coordinator SQLite database (default: the committed fixture)")
     parser.add_argument("--export", type=pathlib.Path, help="write the results as a fixture directory")
     args = parser.parse_args()
+    if args.noise_floor is not None:
+        if not 2 <= args.noise_floor <= 100:
+            parser.error("--noise-floor takes 2..100 rounds")
+        return noise_floor(args.noise_floor)
     if args.holdout:
         return holdout_architectures(args)
     results = from_db(args.db) if args.db else load_fixture()[0]

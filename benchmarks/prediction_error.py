@@ -202,6 +202,17 @@ def holdout_architectures(args) -> int:
     ok &= (dm.errors["decode"] or 1) <= DECODE_BAND_TARGET
     print(f"decode band inside the ladder's span ±{dm.errors['decode'] or 0:.1%} (target ≤ ±{DECODE_BAND_TARGET:.0%}); "
           f"{'all targets met' if ok else 'some targets NOT met'}")
+    mixtures = sorted({p.model for p in held if p.arch.is_moe})
+    if len(mixtures) > 1:  # a question about a mixture queues a calibration run of it (fit.extend_calibration)
+        print("\nmixtures of experts, each predicted by the ladder plus the other mixtures' runs (as after the "
+              "calibration run a question about one queues):")
+        rows = []
+        for name in mixtures:
+            others = [r for r in results if r.model_name in mixtures and r.model_name != name and not r.n_depth
+                      and (r.quant or r.request.quant) in quants]
+            rows += compare(scaling.device_model(device_of(results).inventory, calibration + others),
+                            [p for p in held if p.model == name])
+        print_table(rows)
     return 0
 
 

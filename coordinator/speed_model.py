@@ -17,6 +17,10 @@ Prefill (a micro-batch of prompt tokens: compute-bound) has the same shape with 
 which every backend here applies to a prompt's last position only), plus attention's
 4 · layers · q_dim · positions.
 
+A mixture's expert matrices are types of their own ("Q4_0 experts"): llama.cpp multiplies them with
+mul_mat_id, in a prompt a few tokens per expert, far from the dense kernels' rate. A device that ran a mixture
+(the calibration run a question about one queues) fits their rate; one that did not gives them the dense rate.
+
 benchmarks/speed_terms.py separates the terms with llama.cpp on synthetic files (vocabulary at fixed depth,
 depth at fixed width, width at fixed depth, decode depth at 1, 3 and 9 KV heads). What it measured on a 2-core
 EPYC (Q4_0, tg32 x 3): the output projection (Q6_K in a Q4_0 file) streams at ~20 GB/s where the Q4_0 matrices
@@ -34,7 +38,7 @@ import functools
 import numpy as np
 
 from fleetfit.models import backends
-from fleetfit.models.backends import DEFAULT_BACKEND
+from fleetfit.models.backends import DEFAULT_BACKEND, EXPERTS
 from fleetfit.models.catalogue import Architecture
 
 PHASES = ("decode", "prefill")
@@ -46,6 +50,7 @@ _BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.5625, "Q5_K": 
 
 def bits(kind: str) -> float:
     """Bits per weight of a storage type (framework kinds: their name's width, e.g. "fp16" 16, "int4" 4)."""
+    kind = kind.removesuffix(EXPERTS)
     if kind in _BITS:
         return _BITS[kind]
     digits = "".join(c for c in kind.split("-")[0] if c.isdigit())
@@ -60,7 +65,8 @@ def weight_terms(arch: Architecture, quant: str, phase: str = "decode",
     the torch model and its ONNX export) computes a prompt's logits for its last position only, so a prompt token
     does not multiply the output projection: counting it put small models with large vocabularies (Qwen2.5-0.5B,
     Gemma-3-1B: 28-30 % of their weights) 22-29 % slow on llama.cpp."""
-    by_type = backends.backend(backend).bytes_by_type(arch, quant, per_token=True, without_output=phase == "prefill")
+    by_type = backends.backend(backend).bytes_by_type(arch, quant, per_token=True, without_output=phase == "prefill",
+                                                      experts_apart=True)
     if phase == "prefill":
         by_type = {k: 2 * n * 8 / bits(k) for k, n in by_type.items()}
     return tuple(sorted(by_type.items()))
@@ -105,10 +111,15 @@ class SpeedModel:
     fitted_on: tuple[str, ...]  # the samples' labels
 
     def rate(self, kind: str) -> tuple[float, str]:
-        """Seconds per unit of `kind`, borrowed from the nearest measured type in bits when never measured."""
+        """Seconds per unit of `kind`, borrowed when never measured: from the nearest measured type in bits of the
+        same kind of kernel (experts or not); a device that never ran a mixture gives its experts the dense rate."""
         if kind in self.s_per_unit:
             return self.s_per_unit[kind], kind
-        nearest = min(self.s_per_unit, key=lambda k: (abs(bits(k) - bits(kind)), k))
+        experts = kind.endswith(EXPERTS)
+        alike = [k for k in self.s_per_unit if k.endswith(EXPERTS) == experts]
+        if experts and not alike:
+            return self.rate(kind.removesuffix(EXPERTS))
+        nearest = min(alike or self.s_per_unit, key=lambda k: (abs(bits(k) - bits(kind)), k))
         return self.s_per_unit[nearest], nearest
 
     def parts(self, arch: Architecture, quant: str, positions: float,
@@ -164,8 +175,9 @@ def nnls(a: np.ndarray, b: np.ndarray, iterations: int = 500) -> np.ndarray:
 def _merged_kinds(samples: list[Sample], phase: str) -> dict[str, str]:
     """Each weight type → the type whose rate it shares. A type is fitted on its own only where it holds at least
     MIN_SHARE of the work in runs of two or more architectures: a type only one architecture has (the Q8_0 output
-    projection of a 576-wide model) would otherwise soak up whatever else is slow in that model. The others join
-    the kept type nearest in width."""
+    projection of a 576-wide model) would otherwise soak up whatever else is slow in that model. Expert types need
+    one: what is slow in a mixture is its expert kernel, and a dense rate must not take it up. The others join
+    the kept type of their kind nearest in width."""
     archs: dict[str, set[str]] = {}
     for s in samples:
         terms = dict(weight_terms(s.arch, s.quant, phase, s.backend))
@@ -174,8 +186,12 @@ def _merged_kinds(samples: list[Sample], phase: str) -> dict[str, str]:
             archs.setdefault(k, set())
             if n >= MIN_SHARE * total:
                 archs[k].add(s.arch.name)
-    kept = [k for k, v in archs.items() if len(v) >= 2] or [max(archs, key=lambda k: len(archs[k]))]
-    return {k: k if k in kept else min(kept, key=lambda j: (abs(bits(j) - bits(k)), j)) for k in archs}
+    kept = [k for k, v in archs.items() if len(v) >= (1 if k.endswith(EXPERTS) else 2)] or \
+        [max(archs, key=lambda k: len(archs[k]))]
+
+    def alike(k: str) -> list[str]:
+        return [j for j in kept if j.endswith(EXPERTS) == k.endswith(EXPERTS)] or kept
+    return {k: k if k in kept else min(alike(k), key=lambda j: (abs(bits(j) - bits(k)), j)) for k in archs}
 
 
 def fit(samples: list[Sample], phase: str = "decode") -> SpeedModel | None:

@@ -16,6 +16,7 @@ import math
 from fleetfit.models.errors import ModelError
 
 DEFAULT_BACKEND = "llama.cpp"
+EXPERTS = " experts"  # the suffix of an expert tensor's storage type in bytes_by_type(experts_apart=True)
 FRAMEWORK_PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 # Bytes per weight of a matrix in a matrix product, at a framework precision. int8: one byte plus a 2-byte scale
 # per output row (negligible); int4: half a byte plus a 2-byte scale and zero per group of 32..128 (the smallest
@@ -78,10 +79,11 @@ class BackendSpec:
         return int(sum(self.bytes_by_type(arch, precision, per_token).values()))
 
     def bytes_by_type(self, arch, precision: str, per_token: bool = False,
-                      without_output: bool = False) -> dict[str, float]:
+                      without_output: bool = False, experts_apart: bool = False) -> dict[str, float]:
         """weight_bytes split by storage type: {GGML type: bytes} for GGUF (a Q4_0 file also holds Q6_K and F32
         tensors), {precision or "<precision>-other": bytes} for a framework's matrices and its other tensors.
-        `without_output`: leave out the output projection (a tied embedding table then counts as a lookup)."""
+        `without_output`: leave out the output projection (a tied embedding table then counts as a lookup).
+        `experts_apart`: a mixture's expert tensors under their own key, "<type> experts" (another kernel)."""
         from fleetfit.models.catalogue import active_fraction
 
         precision = self.canonical(precision)
@@ -113,6 +115,8 @@ class BackendSpec:
                 nbytes /= spec.shape[0]
             if per_token and spec is not None:  # a mixture of experts reads only the routed experts
                 nbytes *= active_fraction(arch, spec)
+            if experts_apart and spec is not None and spec.is_expert:
+                kind += EXPERTS
             out[kind] = out.get(kind, 0.0) + nbytes
         return out
 

@@ -56,3 +56,21 @@ def test_prefill_terms_are_flops_per_type():
     got = dm.fit(samples, "prefill")
     held = CATALOGUE["qwen2.5-0.5b"]
     assert abs(got.tps(held, "Q4_0", 512) / true.tps(held, "Q4_0", 512) - 1) < 0.02
+
+
+def test_a_mixture_s_expert_kernel_has_its_own_rate_and_leaves_the_dense_rates_alone():
+    """llama.cpp multiplies a prompt's tokens by their experts with mul_mat_id, a few tokens per expert, far below
+    the dense kernels' rate. One mixture on the device (the calibration run a question queues) fits that rate
+    without moving the dense ones, and predicts another mixture; with none, experts take the dense rate."""
+    true = dm.SpeedModel("prefill", {"Q4_0": 1 / 200e9, "Q6_K": 1 / 80e9, "Q8_0": 1 / 300e9, "F32": 1 / 50e9,
+                                     "Q4_0 experts": 1 / 60e9, "MXFP4 experts": 1 / 60e9},
+                         {"attention FLOPs": 1 / 100e9}, 50e-6, 100e-6, ())
+    dense = [dm.Sample(CATALOGUE[m], q, 32, true.tps(CATALOGUE[m], q, 32)) for m in LADDER for q in ("Q4_0", "Q8_0")]
+    moe, other_moe, held = CATALOGUE["qwen3-30b-a3b"], CATALOGUE["gpt-oss-20b"], CATALOGUE["qwen2.5-0.5b"]
+    assert "Q4_0 experts" in dict(dm.weight_terms(moe, "Q4_0", "prefill"))
+    without = dm.fit(dense, "prefill")
+    assert without.rate("Q4_0 experts") == without.rate("Q4_0")  # no mixture measured: the dense rate
+    with_moe = dm.fit(dense + [dm.Sample(moe, "Q4_0", 32, true.tps(moe, "Q4_0", 32))], "prefill")
+    assert abs(with_moe.tps(held, "Q4_0", 32) / without.tps(held, "Q4_0", 32) - 1) < 0.01
+    assert abs(with_moe.tps(other_moe, "Q4_0", 32) / true.tps(other_moe, "Q4_0", 32) - 1) < 0.05
+    assert without.tps(other_moe, "Q4_0", 32) > 2 * true.tps(other_moe, "Q4_0", 32)  # what the dense rate says

@@ -17,7 +17,7 @@ import typer
 # in one line instead. Set before grpc is first imported; $GRPC_VERBOSITY still wins.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from fleetfit.models import job_bounds
+from fleetfit.models import cli_common, job_bounds
 from fleetfit.models.backends import BACKENDS, DEFAULT_BACKEND
 
 app = typer.Typer(help="Profile quantized LLM inference on this device and report to a fleetfit coordinator.",
@@ -27,22 +27,13 @@ models_app = typer.Typer(help="Fetch, derive, synthesize and list model files in
 app.add_typer(models_app, name="models")
 
 
-def _version(value: bool) -> None:
-    if value:
-        import importlib.metadata
-
-        try:
-            version = importlib.metadata.version("fleetfit")
-        except importlib.metadata.PackageNotFoundError:
-            version = "unknown (not installed)"
-        typer.echo(f"fleetfit-agent {version}")
-        raise typer.Exit()
-
-
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
+def _main(version: Annotated[bool, typer.Option("--version", callback=cli_common.version_callback("fleetfit-agent"),
+                                                is_eager=True, help="Print the version and exit.")] = False) -> None:
     """Top-level options."""
+    cli_common.end_on_sigterm()
+
+
 limits_app = typer.Typer(help="Find this device's limits: the largest model per precision.", no_args_is_help=True)
 app.add_typer(limits_app, name="limits")
 service_app = typer.Typer(help="Run the agent as a system service.", no_args_is_help=True)

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from fleetfit.models import cli_common
+
 # gRPC's core logs each failed TLS handshake (BAD_SIGNATURE, ...) to stderr at INFO; the commands say what to fix
 # in one line instead. Set before grpc is first imported; $GRPC_VERBOSITY still wins.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -18,22 +20,13 @@ app = typer.Typer(help="Coordinate a fleet of fleetfit agents: store results, bu
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
-def _version(value: bool) -> None:
-    if value:
-        import importlib.metadata
-
-        try:
-            version = importlib.metadata.version("fleetfit")
-        except importlib.metadata.PackageNotFoundError:
-            version = "unknown (not installed)"
-        typer.echo(f"fleetfit {version}")
-        raise typer.Exit()
-
-
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
+def _main(version: Annotated[bool, typer.Option("--version", callback=cli_common.version_callback("fleetfit"),
+                                                is_eager=True, help="Print the version and exit.")] = False) -> None:
     """Top-level options."""
+    cli_common.end_on_sigterm()
+
+
 Coordinator = Annotated[str, typer.Option(envvar="FLEETFIT_COORDINATOR", help="HOST:PORT of the coordinator.")]
 Format = Annotated[str, typer.Option("--format", help="table or md (for people); csv, json, jsonl or sql (typed "
                                                      "columns for tools).")]

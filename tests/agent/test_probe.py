@@ -100,3 +100,31 @@ def test_the_default_ladder_spans_the_axes_models_differ_on():
     from fleetfit.agent import cli  # the CLI's default is this ladder
     import inspect
     assert inspect.signature(cli.limits_probe).parameters["sizes"].default == ",".join(probe.DEFAULT_SIZES)
+
+
+def test_sigterm_ends_a_probe_with_its_worker_and_deletes_the_file_it_measured(tmp_path):
+    """`kill` (or a service manager) stops `limits probe` as Ctrl-C does: the worker dies with it, and the
+    synthetic file it was measuring does not stay behind to fill the disk."""
+    import signal
+    import subprocess
+
+    import psutil
+
+    from tests.conftest import BIN, wait_until
+
+    agent = subprocess.Popen([str(BIN / "fleetfit-agent"), "limits", "probe", "--sizes", "smollm2-135m", "--quants",
+                              "Q4_0", "--n-gen", "256", "--repetitions", "50", "--threads", "1",
+                              "--cache-dir", str(tmp_path), "--identity", str(tmp_path / "agent.json")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        worker = wait_until(lambda: [p for p in psutil.Process(agent.pid).children(recursive=True)
+                                     if "fleetfit.agent.worker" in p.cmdline()], 120, "the worker", 0.05)
+        assert list((tmp_path / "synthetic").rglob("*.gguf"))  # the file it measures
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(30) == 128 + signal.SIGTERM
+    finally:
+        agent.kill()
+    _, alive = psutil.wait_procs(worker, timeout=10)
+    assert not alive
+    assert not list((tmp_path / "synthetic").iterdir())  # the file and the probe's own directory
+    assert b"Traceback" not in agent.stderr.read()

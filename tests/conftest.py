@@ -6,6 +6,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -14,6 +15,15 @@ from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.models import real_models
 
 BIN = pathlib.Path(sys.executable).parent
+
+
+def wait_until(condition, timeout_s: float, what: str, every_s: float = 0.05):
+    """condition()'s first truthy value, polled every `every_s`; fails the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every_s)
+    return value
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from fleetfit.coordinator.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from fleetfit.v1.words import JOB_STATE
-from tests.conftest import BIN, fleet_stub
+from tests.conftest import BIN, fleet_stub, wait_until
 
 AGENTS, RESULTS_PER_AGENT = 20, 10
 KILL_AT = (40, 100, 160)  # stored-result counts at which the coordinator is SIGKILLed
@@ -30,14 +30,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(condition, timeout_s: float, what: str, every_s: float = 0.01):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every_s)
-    return value
 
 
 class ServeProcess:
@@ -115,7 +107,7 @@ def test_no_result_is_lost_or_duplicated_when_the_coordinator_is_killed(db_url, 
         with Store(db_url) as observer:
             for threshold in KILL_AT:
                 counts_at_kill.append(wait_until(lambda: (n := observer.result_count()) >= threshold and n, 120,
-                                                 f"{threshold} stored results"))
+                                                 f"{threshold} stored results", 0.01))
                 server.kill()
                 server.start()
             for t in threads:

@@ -14,7 +14,7 @@ from fleetfit.agent import device_probe, identity, profiling
 from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import JOB_STATE
-from tests.conftest import BIN, fleet_stub
+from tests.conftest import BIN, fleet_stub, wait_until
 
 
 def request(**overrides) -> pb.ProfileRequest:
@@ -57,14 +57,6 @@ def test_a_stop_request_ends_the_job_and_its_worker(probed, phase, overrides):
     assert result.failure == pb.FAILURE_KIND_ERROR
     assert result.error.startswith(f"the agent was asked to stop during the {phase}")
     assert workers() == []  # the worker's whole process group was killed
-
-
-def wait_until(condition, timeout_s: float, what: str, every_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every_s)
-    return value
 
 
 @pytest.fixture()

@@ -1,10 +1,9 @@
-import time
-
 import pytest
 
 from fleetfit.agent.telemetry import PowerSampler, joules_per_token, tokens_per_joule
 from fleetfit.agent.telemetry.hwmon import discover_hwmon
 from fleetfit.agent.telemetry.source import EnergyReading, PowerReading, PowerSource, SampleSkipped
+from tests.conftest import wait_until
 
 
 class Clock:
@@ -197,13 +196,6 @@ class BrokenSource(PowerSource):
         raise ZeroDivisionError("a bug in a reader")
 
 
-def wait_until(condition, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the sampler thread made no progress"
-        time.sleep(0.01)
-
-
 def test_the_thread_survives_garbage_vanished_files_and_broken_readers(sysfs_copy):
     root = sysfs_copy("arm-board-ina226")
     (hwmon_source,) = discover_hwmon(root).sources
@@ -213,12 +205,12 @@ def test_the_thread_survives_garbage_vanished_files_and_broken_readers(sysfs_cop
         sampler.measure_idle(0.1)
         sampler.mark("decode")
         power.write_text("garbage\n")
-        wait_until(lambda: sampler.skip_reasons()["hwmon2 power1"].total() >= 2)
+        wait_until(lambda: sampler.skip_reasons()["hwmon2 power1"].total() >= 2, 10, "the sampler thread", 0.01)
         power.unlink()
-        wait_until(lambda: sampler.skip_reasons()["hwmon2 power1"].total() >= 4)
+        wait_until(lambda: sampler.skip_reasons()["hwmon2 power1"].total() >= 4, 10, "the sampler thread", 0.01)
         power.write_text("4150000\n")
         reads_before = len(sampler.tracks[0].read_ns)
-        wait_until(lambda: len(sampler.tracks[0].read_ns) >= reads_before + 3)
+        wait_until(lambda: len(sampler.tracks[0].read_ns) >= reads_before + 3, 10, "the sampler thread", 0.01)
     hwmon_row, broken_row = sampler.summaries()
     assert hwmon_row.samples_skipped >= 4 and 0 < hwmon_row.coverage < 1
     assert hwmon_row.average_power_w == pytest.approx(4.15)  # every valid sample read 4150000 µW

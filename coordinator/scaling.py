@@ -475,8 +475,8 @@ class DeviceModel:
         bw_eff, fl_eff = priors("bandwidth", quant), priors("compute", quant)
         decode = (1 / (decode_bytes_per_token(arch, quant, ctx, self.backend) / (bw_eff.value * bw)
                        + arch.n_layers * bw_eff.layer_s)) if bw else None
-        prefill = (1 / (flops_per_token(arch, ctx / 2, prompt=True) / (fl_eff.value * fl) + arch.n_layers * fl_eff.layer_s)
-                   ) if fl else None
+        prefill = (1 / (flops_per_token(arch, ctx / 2, prompt=True) / (fl_eff.value * fl)
+                        + arch.n_layers * fl_eff.layer_s)) if fl else None
         no_probe = "; no probe of the device (fleetfit-agent probe), so no figure"
         return Prediction(
             Figure(memory, "estimated", f"{why}; catalogue weights + KV + compute buffer + "

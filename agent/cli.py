@@ -432,8 +432,8 @@ def quality(
     if as_json:
         typer.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return
-    typer.echo(f"| quant | file MiB | mean KLD | KLD p99 | perplexity | same top token | positions |\n"
-               f"|---|---|---|---|---|---|---|")
+    typer.echo("| quant | file MiB | mean KLD | KLD p99 | perplexity | same top token | positions |\n"
+               "|---|---|---|---|---|---|---|")
     for r in rows:
         kld = "reference" if r.kl_divergence_mean is None else f"{r.kl_divergence_mean:.5f} ± {r.kl_divergence_stderr:.5f}"
         typer.echo(f"| {r.quant} | {r.file_bytes / 2**20:.1f} | {kld} | "

@@ -12,7 +12,6 @@ import pathlib
 import sys
 
 from fleetfit.agent import model_cache, profiling
-from fleetfit.models import real_models
 
 ROWS = [("llama.cpp", "F16"), ("llama.cpp", "Q8_0"), ("llama.cpp", "Q4_0"), ("torch", "fp32"), ("torch", "int8"),
         ("torch", "int4"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("onnxruntime", "int4")]

@@ -11,7 +11,10 @@ names others. Target: fleetfit >= 0.90 x S_TG at every stream count, by the rati
 best rounds is printed beside it (noise only slows a run, so on a busy machine the best rounds compare more
 fairly). Exit status is 0 whether or not the target is met; only errors fail.
 """
-import argparse, json, statistics, sys
+import argparse
+import json
+import statistics
+import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -8,7 +8,11 @@ alternate between the tools, and who goes first swaps each round, so drift (ther
 hits all equally. Target: fleetfit >= 0.95 x llama-bench (default build) for prefill and decode. Exit
 status is 0 whether or not the targets are met; only errors fail.
 """
-import argparse, json, re, statistics, sys
+import argparse
+import json
+import re
+import statistics
+import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -5,7 +5,16 @@ flags for this machine (what a user who builds llama.cpp gets: GGML_NATIVE, i.e.
 with fleetfit's portable fall-back flags when asked (a third column). Builds live in the user cache, keyed by
 release, flags and CPU, never in the repo. Shared by every benchmarks/*_parity.py script.
 """
-import hashlib, json, os, re, shutil, subprocess, sys, tarfile, tempfile, time
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
 from pathlib import Path
 
 BUILD_ENV = dict(re.findall(r'^(\w+)="([^"]*)"', (Path(__file__).resolve().parents[1] / "scripts" /

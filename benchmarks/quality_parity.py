@@ -8,7 +8,10 @@ Both sides print mean KLD ± its standard error, the 99th percentile, perplexity
 side by side. Target: fleetfit's mean KLD within 15 % of llama-perplexity's for each quant. Exit status is 0
 whether or not the target is met; only errors fail.
 """
-import argparse, json, re, sys, tempfile
+import argparse
+import re
+import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

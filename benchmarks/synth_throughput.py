@@ -6,7 +6,13 @@ printed: until write_synthetic returns (data handed to the kernel), and until an
 Files go to a temporary folder (--dir, default the system's) and are deleted at once. Exit status is 0
 whether or not the targets are met; only errors fail.
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
 
 TARGET_MB_S, TARGET_RSS_MB = 500, 300
 CASES = [("llama-2-7b", "Q4_0"), ("llama-2-7b", "F16")]

@@ -129,16 +129,16 @@ def check_request(request: pb.ProfileRequest) -> pb.ProfileRequest:
     job_bounds.check_job(request)
     if request.model.HasField("shape"):
         checked(request.model.shape, request.model.name)
-    checked = pb.ProfileRequest()
-    checked.CopyFrom(request)
+    canonical = pb.ProfileRequest()
+    canonical.CopyFrom(request)
     try:
         spec = backends.backend(request.backend or backends.DEFAULT_BACKEND)
-        checked.backend = spec.name
+        canonical.backend = spec.name
         if request.quant:
-            checked.quant = spec.canonical(request.quant)
+            canonical.quant = spec.canonical(request.quant)
     except ModelError as exc:
         raise ValueError(str(exc)) from None
-    return checked
+    return canonical
 
 
 def check_spec(spec: pb.CampaignSpec) -> None:

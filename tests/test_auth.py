@@ -13,7 +13,7 @@ from fleetfit.coordinator.auth import AGENT, OPERATOR, policy
 from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.transport import connect
-from tests.conftest import Agents, assert_one_line_error, fleet_stub, run_cli
+from tests.conftest import Agents, assert_one_line_error, run_cli
 
 RPCS = [(service, method) for service in pb.DESCRIPTOR.services_by_name.values() for method in service.methods]
 

@@ -7,7 +7,6 @@ keep each device apart with its backend rows. On SQLite and on PostgreSQL."""
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest

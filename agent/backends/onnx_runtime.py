@@ -86,7 +86,6 @@ def _WithCache(model):
 
 def model_file(gguf_path: str, precision: str, cache_dir: str) -> pathlib.Path:
     """The exported (and quantized) ONNX file for this GGUF and precision, made once and cached by content hash."""
-    import onnx
 
     if precision not in PRECISIONS:
         raise ValueError(f"onnxruntime precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

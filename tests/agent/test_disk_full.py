@@ -18,7 +18,6 @@ import pytest
 from fleetfit.agent import identity
 from fleetfit.agent.outbox import Outbox, OutboxWriteError, deliver, flush
 from fleetfit.v1 import fleetfit_pb2 as pb
-from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from tests.agent.test_outbox import DEVICE, pending_ids, registered, report, stub, unreachable_stub  # noqa: F401
 from tests.conftest import BIN, fleet_stub
 

@@ -2,7 +2,6 @@
 with the fleet's CA and the operator token alone; `serve --db FILE` keeps its state beside FILE."""
 
 import os
-import pathlib
 import socket
 import subprocess
 

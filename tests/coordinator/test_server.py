@@ -3,7 +3,6 @@
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -12,7 +11,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleetfit.v1 import fleetfit_pb2 as pb
-from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from fleetfit.v1.transport import connect
 from fleetfit.v1.words import JOB_STATE, PROVENANCE, VERDICT
 from tests.conftest import BIN, Agents, fleet_stub
@@ -157,3 +155,23 @@ def test_tables_by_name(stubs):
     with pytest.raises(grpc.RpcError) as exc:
         fleet.GetTable(pb.GetTableRequest(name="nonsense"), timeout=5).table
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown table 'nonsense'" in exc.value.details()
+
+
+def test_a_shaped_job_is_queued_over_submit_profile(stubs):
+    """A job whose model carries a shape (a user's own config.json) goes through SubmitProfile's checks and reaches
+    the agent with its shape; an out-of-bounds shape is refused as bad input, never an internal error."""
+    from fleetfit.models import catalogue, shapes
+
+    agent, fleet = stubs
+    register(agent)
+    shape = shapes.to_proto(catalogue.architecture("smollm2-135m"))
+    request = pb.ProfileRequest(model=pb.ModelRef(name="my-tiny", shape=shape), backend="llama.cpp", quant="q4_0",
+                                n_prompt=16, n_gen=4, repetitions=1)
+    (job_id,) = fleet.SubmitProfile(pb.SubmitProfileRequest(request=request), timeout=5).job_ids
+    job = agent.PollJob(pb.PollJobRequest(device_id="dev-1", wait_s=2), timeout=5).job
+    assert job.job_id == job_id and job.request.quant == "Q4_0"
+    assert job.request.model.shape.n_layers == shape.n_layers
+    request.model.shape.n_layers = 10**9
+    with pytest.raises(grpc.RpcError) as refused:
+        fleet.SubmitProfile(pb.SubmitProfileRequest(request=request), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -270,6 +270,32 @@ class Database:
                 raise
             conn.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def savepoint(self):
+        """Inside transaction(): what the block writes is undone alone when it raises (the transaction goes on),
+        so one statement the database refuses does not fail the others in the transaction."""
+        conn = self.conn
+        if self.postgres:
+            with conn.transaction():  # nested in a transaction: a savepoint
+                yield
+            return
+        conn.execute("SAVEPOINT one")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK TO one")
+            conn.execute("RELEASE one")
+            raise
+        conn.execute("RELEASE one")
+
+    def in_transaction(self) -> bool:
+        """Whether this thread's transaction is still open and usable (a failed savepoint leaves it so; a lost
+        connection, or SQLite rolling back on a full disk, does not)."""
+        if self.postgres:
+            from psycopg import pq
+            return self.conn.info.transaction_status == pq.TransactionStatus.INTRANS
+        return self.conn.in_transaction
+
     def query(self, sql: str, params=()) -> list[tuple]:
         return [tuple(row) for row in self._execute(sql, params).fetchall()]
 

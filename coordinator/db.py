@@ -273,20 +273,15 @@ class Database:
     @contextlib.contextmanager
     def savepoint(self):
         """Inside transaction(): what the block writes is undone alone when it raises (the transaction goes on),
-        so one statement the database refuses does not fail the others in the transaction."""
-        conn = self.conn
-        if self.postgres:
-            with conn.transaction():  # nested in a transaction: a savepoint
-                yield
-            return
-        conn.execute("SAVEPOINT one")
+        so one statement the database refuses does not fail the others in the transaction. The same SQL on both."""
+        self._execute("SAVEPOINT one")
         try:
             yield
         except BaseException:
-            conn.execute("ROLLBACK TO one")
-            conn.execute("RELEASE one")
+            self._execute("ROLLBACK TO SAVEPOINT one")
+            self._execute("RELEASE SAVEPOINT one")
             raise
-        conn.execute("RELEASE one")
+        self._execute("RELEASE SAVEPOINT one")
 
     def in_transaction(self) -> bool:
         """Whether this thread's transaction is still open and usable (a failed savepoint leaves it so; a lost

@@ -81,12 +81,17 @@ def find(devices: list[pb.Device], key: str) -> pb.Device:
     for what, matches in (("id", lambda d: d.inventory.device_id == key),
                           ("display name", lambda d: names[d.inventory.device_id] == key),
                           ("a display name like", lambda d: _look(names[d.inventory.device_id]) == _look(key)),
-                          ("hostname", lambda d: d.inventory.hostname == key)):
+                          # a hostname, or a name the device had before another device made it ambiguous: every
+                          # device that could be meant is a candidate, so a stale name never picks an impostor
+                          ("hostname or name", lambda d: d.inventory.hostname == key or
+                           _look(_name(d, 0, Counter())) == _look(key))):
         found = [d for d in devices if matches(d)]
         if len(found) == 1:
             return found[0]
         if found:
             ids = ", ".join(sorted(d.inventory.device_id for d in found))
+            if what == "hostname or name":
+                what = "hostname" if all(d.inventory.hostname == key for d in found) else "a hostname or name like"
             raise DeviceLookupError(f"{len(found)} devices have {what} {key!r}: name one by id ({ids})")
     raise DeviceLookupError(f"no device {key!r} (give a device id, a display name, or a hostname that one device "
                             f"has; `fleetfit devices` lists them)")

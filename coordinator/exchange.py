@@ -17,7 +17,7 @@ from typing import IO, Iterator
 from google.protobuf import json_format
 
 from fleetfit.coordinator import ingest
-from fleetfit.coordinator.store import ConflictingResult, QuotaExceeded, Store
+from fleetfit.coordinator.store import LOST_AFTER_S, ConflictingResult, QuotaExceeded, Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.records import message_dict
 from fleetfit.v1.words import parse_dict
@@ -96,7 +96,7 @@ def _bounded_lines(source: IO[str]) -> Iterator[str]:
 
 def import_lines(store: Store, lines: IO[str]) -> ImportSummary:
     """Read an export into `store`: unknown devices are added (never in contact here: their first and last
-    contact are their results' starts, never later than now), results added unless already stored. A line for a
+    contact are their results' starts, never so late as to read online), results added unless already stored. A line for a
     device already here (or added earlier in the file) is refused unless its inventory is the same machine.
     Storing a result counts as contact from its device, so each device's contact times are put back afterwards:
     an import brings no device online."""
@@ -136,9 +136,12 @@ def import_lines(store: Store, lines: IO[str]) -> ImportSummary:
                 added_devices[result.device_id].append(result.started_unix_s)
         except (ingest.Refused, ConflictingResult, QuotaExceeded) as exc:
             summary.refused.append(f"line {number}: {exc}")
-    now = time.time()
+    # an imported start is no contact here: never later than the import, nor recent enough to read as online
+    latest = time.time() - LOST_AFTER_S - 1
     for device_id in touched:
         starts = added_devices.get(device_id)
-        first, last = (min(starts), max(starts)) if starts else seen[device_id]
-        store.set_seen(device_id, min(first, now), min(last, now))  # a result dated in the future is no contact
+        if starts:
+            store.set_seen(device_id, min(min(starts), latest), min(max(starts), latest))
+        else:
+            store.set_seen(device_id, *seen[device_id])
     return summary

@@ -9,6 +9,7 @@ import pathlib
 import signal
 import sys
 import threading
+import time
 from typing import Annotated, Optional
 
 import typer
@@ -528,7 +529,7 @@ def run(
 ) -> None:
     """Run the profiles the coordinator asks for, until SIGTERM or Ctrl-C (enrolled by `join` or --token)."""
     from fleetfit.agent import identity
-    from fleetfit.agent.daemon import LockError, hold_lock, serve_jobs
+    from fleetfit.agent.daemon import CredentialsRefused, LockError, hold_lock, serve_jobs
     from fleetfit.agent.outbox import Outbox, OutboxError, path_beside
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fleetfit-agent %(message)s", stream=sys.stderr)
@@ -556,10 +557,48 @@ def run(
         found = dataclasses.replace(found, coordinator=coordinator)
     try:
         serve_jobs(found, _cache(cache_dir), stop, outbox, connect_timeout, allowed_dirs=list(allow_dir or []))
+    except CredentialsRefused as exc:  # the one thing a restart cannot cure (exit 2: systemd does not restart)
+        _fail(str(exc))
     finally:
         outbox.close()
         for fd in locks:
             os.close(fd)
+
+
+@app.command("outbox")
+def outbox_show(
+    identity_path: IdentityPath = None,
+    outbox_path: Annotated[Optional[pathlib.Path], typer.Option(
+        "--outbox", envvar="FLEETFIT_OUTBOX", help="Durable outbox (default: beside the credentials).")] = None,
+    as_json: Json = False,
+) -> None:
+    """What the outbox holds: results waiting to be delivered, counts, and the dead letters (results the
+    coordinator refused for good, with its status and reason)."""
+    from fleetfit.agent import identity
+    from fleetfit.agent.outbox import Outbox, OutboxError, path_beside
+
+    path = outbox_path or path_beside(identity_path or identity.default_path())
+    if not path.exists():
+        _fail(f"no outbox at {path}")
+    try:
+        box = Outbox(path)
+    except OutboxError as exc:
+        _fail(str(exc))
+    try:
+        counts = {n: box.count(n) for n in ("delivered", "duplicates", "rejected", "dropped", "lost")}
+        dead = [{"result_id": r.result.result_id, "job_id": r.job_id, "status": status, "reason": reason,
+                 "at_unix_s": at} for r, status, reason, at in box.dead_letters()]
+        waiting = len(box)
+    finally:
+        box.close()
+    if as_json:
+        typer.echo(json.dumps({"outbox": str(path), "waiting": waiting, "counts": counts, "dead_letters": dead}))
+        return
+    typer.echo(f"outbox {path}: {waiting} waiting; " + ", ".join(f"{n} {v}" for n, v in counts.items()))
+    for d in dead:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["at_unix_s"]))
+        reason = "".join(c if c.isprintable() else " " for c in d["reason"])  # the coordinator's text, one line
+        typer.echo(f"dead letter {d['result_id']} ({when}, {d['status']}): {reason}")
 
 
 @service_app.command("install")

@@ -392,11 +392,12 @@ def test_a_second_agent_on_the_same_identity_or_outbox_is_refused(coordinator, t
         first.wait()
         again = subprocess.Popen([str(BIN / "fleetfit-agent"), "run", "--identity", str(other_identity), "--outbox",
                                   str(outbox), "--insecure"], stderr=subprocess.PIPE, text=True)
-        try:
-            assert again.wait(60) != 0  # it got past the lock, then found no coordinator at 127.0.0.1:1
-            assert "is running with" not in again.stderr.read()
+        try:  # it got past the lock, and waits for a coordinator at 127.0.0.1:1 (it never gives up on one)
+            time.sleep(3)
+            assert again.poll() is None
         finally:
             again.kill()
+        assert "is running with" not in again.communicate()[1]
     finally:
         if first.poll() is None:
             first.kill()

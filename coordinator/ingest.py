@@ -111,7 +111,7 @@ def check_quality(result: pb.QualityResult) -> None:
         raise Refused("quality.result_id, model_name and quant are required")
     kld = result.kl_divergence_mean
     if math.isfinite(kld) and kld < 0:
-        if kld < -1e-3:
+        if kld < -physical_bounds.KLD_ROUNDING:
             raise Refused(f"quality.kl_divergence_mean is {kld:g}: a KL divergence is not negative")
         result = type(result).FromString(result.SerializeToString())
         result.kl_divergence_mean = 0.0  # checked as the rounding it is; the stored value is unchanged

@@ -314,6 +314,13 @@ class Figure:
         return fmt.format(self.value) if self.provenance == "measured" else "~" + fmt.format(self.value)
 
 
+def band_of(value: float, fraction: float | None) -> tuple[float, float]:
+    """(low, high) of `value` ± `fraction` of it: low never below zero (a speed, a size), however wide the band a
+    device's own leave-one-out errors give (a noisy or hostile sweep's can pass 100 %)."""
+    fraction = fraction or 0.0
+    return value * max(1 - fraction, 0.0), value * (1 + fraction)
+
+
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     memory_bytes: Figure

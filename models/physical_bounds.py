@@ -51,6 +51,8 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("perplexity", 1.0, 1e7), ("perplexity_stderr", 0.0, 1e7),
     ("same_top_token_fraction", 0.0, 1.0),
 )
+# a mean KL divergence this little below 0 is the rounding of a quant against itself (F32 sums), accepted as 0
+KLD_ROUNDING = 1e-3
 DEFAULT = (0.0, 1e15)  # counters and anything else (tokens, positions, threads, ...)
 
 

@@ -156,17 +156,22 @@ def hostile_copy(message, n: int, edge) -> object:
 
 
 def wild_sweeps() -> list[pb.ProfileResult]:
-    """Sweeps within every range but wild: aggregate speed jumping from the floor to the ceiling and back, so that
-    its leave-one-out errors pass 100 %."""
+    """Sweeps within every range but wild, one per model: aggregate speed jumping between the floor and the
+    ceiling as streams are added, so that the leave-one-out errors of the device's sweeps pass 100 %."""
     out = []
     low, high = physical_bounds.bounds("tokens_per_s")
-    for n, speeds in enumerate(((high, low * 8), (low * 8, high), (1.0, 1e6))):
+    for n, (model, speeds) in enumerate((("smollm2-135m", (high / 10, low * 8, high)),
+                                         ("tinyllama-1.1b", (low * 8, high, low * 16)),
+                                         ("llama-2-7b", (1e6, 1.9e6, 1.0)))):
         r = swept_result("vm-evil")
-        r.result_id = f"evil-wild-{n}"
-        for point, aggregate in zip(r.serving, speeds):
+        r.result_id, r.model_name = f"evil-wild-{n}", model
+        r.request.parallel[:] = [1, 2, 4]
+        r.serving.insert(1, r.serving[0])
+        for point, streams, aggregate in zip(r.serving, (1, 2, 4), speeds):
+            point.parallel = streams
             point.aggregate_decode_tokens_per_s.CopyFrom(pb.Stat(mean=aggregate, samples=[aggregate]))
-            point.per_stream_decode_tokens_per_s.CopyFrom(pb.Stat(mean=aggregate / point.parallel,
-                                                                  samples=[aggregate / point.parallel]))
+            point.per_stream_decode_tokens_per_s.CopyFrom(pb.Stat(mean=aggregate / streams,
+                                                                  samples=[aggregate / streams]))
         ingest.check_result(r)  # each passes ingest: only their combination is wild
         out.append(r)
     return out
@@ -245,11 +250,12 @@ def test_stored_rows_outside_the_ranges_break_no_answer_and_change_no_other_devi
         text = everything(store, tmp_path)
         assert not re.search(r"\b(nan|-?inf(inity)?)\b", text, re.I)
         assert answers_of(store, device.device_id) == before
-        # the report's and the tables' figures are physical: no negative band, no overflow to huge numbers
+        # serving curves stay physical: no band below zero or above the ceiling of a speed
         serving_curves = tables.build_from_store("serving-curves", store, {})
+        top = physical_bounds.bounds("tokens_per_s")[1]
         for row in serving_curves.rows:
             cells = [tables.typed_cell(c) for c in row.cells]
-            numbers = [c for c in cells[5:11] if isinstance(c, float)]
-            assert all(0 <= c < 1e12 for c in numbers), cells
+            assert all(0 <= c <= top for c in cells[7:11] if c is not None), cells
+        assert any(tables.typed_cell(row.cells[9]) == 0 for row in serving_curves.rows)  # a band past 100 % ran
         assert "vm-corrupt" in {d.inventory.device_id for d in store.devices()}  # known by its id
         assert sha  # the ladder's files are named, so the same-file rule was exercised above

@@ -426,8 +426,8 @@ def quality(
 
     try:
         reference = file_at("F16")
-        rows = q.measure(reference, {quant: file_at(quant) for quant in wanted}, body, context, n_threads, timeout,
-                         device=compute_device)
+        files = {quant: file_at(quant) for quant in wanted}
+        rows = q.measure(reference, files, body, context, n_threads, timeout, device=compute_device)
     except WorkerFailure as exc:
         _fail(f"{exc.message}")
     if as_json:
@@ -443,17 +443,19 @@ def quality(
                    f"{'' if r.same_top_token_fraction is None else f'{r.same_top_token_fraction:.1%}'} | {r.n_positions} |")
     typer.echo(f"\n{q.METHOD}; context {context}, {rows[0].n_positions} scored positions", err=True)
     if send:
-        _send_quality(rows, model, body, identity_path, cache_dir)
+        _send_quality(rows, model, body, identity_path, cache_dir, files)
 
 
-def _send_quality(rows, model: str, text: str, identity_path, cache_dir) -> None:
-    """Each quant's row as a QualityResult to the coordinator (AgentService.ReportQuality), after registering."""
+def _send_quality(rows, model: str, text: str, identity_path, cache_dir, files: dict) -> None:
+    """Each quant's row as a QualityResult to the coordinator (AgentService.ReportQuality), after registering;
+    each names its file by sha256, so that other devices' answers use it only where they ran the same file."""
     import hashlib
     import time
     import uuid
 
     from fleetfit.agent import identity
     from fleetfit.agent.daemon import registration
+    from fleetfit.models.gguf_file import sha256_of
     from fleetfit.v1 import fleetfit_pb2 as pb
     from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
     from fleetfit.v1.words import parse_dict
@@ -474,6 +476,7 @@ def _send_quality(rows, model: str, text: str, identity_path, cache_dir) -> None
                 kl_divergence_p99=r.kl_divergence_p99, perplexity=r.perplexity,
                 perplexity_stderr=r.perplexity_stderr, same_top_token_fraction=r.same_top_token_fraction,
                 file_bytes=r.file_bytes or 0, text_sha256=digest, created_unix_s=time.time(),
+                model_sha256=sha256_of(files[r.quant]) if r.quant in files else "",
                 provenance=parse_dict(dict(r.provenance), pb.Provenance()))), timeout=30)
     typer.echo(f"quality results sent to {enrolled.coordinator}", err=True)
 

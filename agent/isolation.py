@@ -52,6 +52,10 @@ class Deadline:
             raise WorkerFailure("timeout", f"no result within the job's limit of {self.limit_s:g} s "
                                            f"(reached during the {phase})")
 
+    def checker(self, phase: str):
+        """`check(phase)` as a callable without arguments, for a loop that reads a file (models/gguf_file.py)."""
+        return lambda: self.check(phase)
+
     def wait(self, seconds: float, phase: str) -> None:
         """Sleep `seconds`, cut short (WorkerFailure) by the deadline or a stop request."""
         end = time.monotonic() + seconds

@@ -80,10 +80,11 @@ def checked_file(path: str, allowed_dirs: list[pathlib.Path] | None) -> str:
     return real
 
 
-def inspect(path: str | pathlib.Path, job: bool = False) -> GgufInfo:
-    """The file's GGUF header; for a job-named file a refusal that does not quote the file."""
+def inspect(path: str | pathlib.Path, job: bool = False, deadline: Deadline | None = None) -> GgufInfo:
+    """The file's GGUF header, walked inside the job's deadline; for a job-named file a refusal that does not quote
+    the file."""
     try:
-        return inspect_gguf(path)
+        return inspect_gguf(path, deadline.checker("reading of the model file's header") if deadline else None)
     except ModelError:
         if job:
             raise ModelError(UNUSABLE) from None
@@ -159,7 +160,7 @@ def pull(name: str, cache_dir: pathlib.Path, deadline: Deadline | None = None) -
 def derive(src: pathlib.Path, quant: str, dst: pathlib.Path, threads: int,
            deadline: Deadline | None = None) -> pathlib.Path:
     """Write `src` requantized to `quant` at `dst` with llama.cpp's own quantizer; atomic on success."""
-    inspect_gguf(src)  # refuse a missing or damaged source with a clear message
+    inspect(src, deadline=deadline)  # refuse a missing or damaged source with a clear message
     with exclusive(dst, deadline):
         if dst.is_file():  # another process made it while this one waited
             return dst
@@ -213,7 +214,7 @@ def resolve(ref: str, quant: str | None, cache_dir: pathlib.Path, threads: int,
     """A model file for `ref` (a path, or a real model's name) at `quant`, fetching or deriving it if needed."""
     if is_path(ref):
         path = pathlib.Path(ref)
-        info = inspect_gguf(path)
+        info = inspect(path, deadline=deadline)
         if quant is not None and parse_quant(quant) != info.quant:
             raise ModelError(f"{path.name} is {info.quant}, not {parse_quant(quant)}; "
                              f"derive it first with `fleetfit-agent models quantize {path} --to {parse_quant(quant)}`")

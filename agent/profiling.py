@@ -124,7 +124,7 @@ def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
     start = time.monotonic()
     try:
         target = backend.resolve(request, precision, cache_dir, threads, deadline, allowed_dirs)
-        _describe_model(result, request, target, allowed_dirs)
+        _describe_model(result, request, target, allowed_dirs, deadline)
         _measure(result, backend, target, WorkerJob(request, target, threads, str(cache_dir)), deadline,
                  allowed_dirs, probes)
     except WorkerFailure as exc:
@@ -140,15 +140,17 @@ def _checked_again(request: pb.ProfileRequest, target: RunTarget, allowed_dirs: 
 
 
 def _describe_model(result: pb.ProfileResult, request: pb.ProfileRequest, target: RunTarget,
-                    allowed_dirs: list[pathlib.Path] | None) -> None:
+                    allowed_dirs: list[pathlib.Path] | None, deadline: Deadline) -> None:
     result.model_name, result.model_origin, result.quant = target.name, target.origin, target.precision or ""
     if target.path is None:  # a catalogue shape with random weights
         arch = catalogue.architecture(target.arch)
         result.model_n_params, result.model_arch = catalogue.n_params(arch), arch.family
         return
     _checked_again(request, target, allowed_dirs)
-    info = model_cache.inspect(target.path, job=allowed_dirs is not None)
-    result.model_file, result.model_sha256 = target.path, sha256_of(pathlib.Path(target.path))
+    info = model_cache.inspect(target.path, allowed_dirs is not None, deadline)
+    # read in full (minutes for a terabyte, sparse or not): inside the job's deadline and stop request
+    digest = sha256_of(pathlib.Path(target.path), check=deadline.checker("hashing of the model file"))
+    result.model_file, result.model_sha256 = target.path, digest
     result.model_file_bytes, result.model_n_params = info.file_bytes, info.n_params
     result.model_arch = info.architecture
 

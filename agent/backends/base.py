@@ -217,7 +217,7 @@ class Backend:
         job = allowed_dirs is not None
         if request.model.path:
             path = model_cache.checked_file(request.model.path, allowed_dirs)
-            return self.file_target(path, precision, pathlib.Path(path).stem, "file", job)
+            return self.file_target(path, precision, pathlib.Path(path).stem, "file", job, deadline)
         name = model_cache.checked_name(request.model.name)
         if request.model.HasField("shape"):
             return self.shape_target(self.sent_shape(request.model), precision, cache_dir, deadline)
@@ -233,7 +233,7 @@ class Backend:
         cached = model_cache.cached_file(cache_dir, name, self.cached_quant(precision))
         if cached is None or not self.spec.runs_real_models:
             raise ProfileInputError(f"unknown model {name!r} (known here: {', '.join(self.models(cache_dir))})")
-        return self.file_target(str(cached), precision, name, "cached", job)
+        return self.file_target(str(cached), precision, name, "cached", job, deadline)
 
     def sent_shape(self, model: pb.ModelRef) -> catalogue.Architecture:
         """The shape a job carries (a model the catalogue does not know, read from a file by the operator), checked
@@ -254,9 +254,10 @@ class Backend:
         """Which cached file of a name to run: its GGUF type for llama.cpp; frameworks read any (None)."""
         return None
 
-    def file_target(self, path: str, precision: str | None, name: str, origin: str, job: bool) -> RunTarget:
+    def file_target(self, path: str, precision: str | None, name: str, origin: str, job: bool,
+                    deadline: Deadline | None = None) -> RunTarget:
         """A GGUF file's real weights; a damaged file is refused here, before a worker starts."""
-        model_cache.inspect(path, job)
+        model_cache.inspect(path, job, deadline)
         return RunTarget(name=name, origin=origin, precision=precision, path=path)
 
     def real_target(self, model: real_models.RealModel, precision: str, cache_dir: pathlib.Path, threads: int,

@@ -94,7 +94,7 @@ def run_worker(request: dict, limit: float | Deadline, memory_limit_bytes: int |
         stderr_path = os.path.join(tmp, "stderr.txt")
         with open(stderr_path, "w+") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "fleetfit.agent.worker", result_path],
+                [sys.executable, "-m", "fleetfit.agent.worker", result_path, str(os.getpid())],  # dies with us
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
                 start_new_session=True,  # so a timeout kills the whole group
             )

@@ -3,13 +3,15 @@ synthetic files of catalogue shapes; and the rules for what a request may name.
 
 Safe under several processes sharing one cache: each file is made under a unique temporary name in its target
 directory and renamed into place, while an exclusive lock on the target (`<file>.lock`) is held; whoever takes
-the lock second finds the file made and uses it.
+the lock second finds the file made and uses it. The kernel drops the lock of a writer that dies (SIGKILL, power
+loss), so a partial file found while holding the lock is a dead writer's, and is removed.
 """
 
 import base64
 import contextlib
 import dataclasses
 import fcntl
+import glob
 import hashlib
 import math
 import os
@@ -134,6 +136,8 @@ def exclusive(target: pathlib.Path, deadline: Deadline | None = None):
             except BlockingIOError:
                 deadline.wait(0.1, f"wait for another process making {target.name}")
         try:
+            for partial in target.parent.glob(f".{glob.escape(target.name)}.*.part"):  # dead writers': we hold the lock
+                partial.unlink(missing_ok=True)
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -197,7 +201,7 @@ def synthesize(arch: str | Architecture, quant: str, cache_dir: pathlib.Path, de
             run_worker({"op": "synth", "arch": arch, "quant": quant, "path": str(target), "force": force,
                         "seed": seed, **({"shape": base64.b64encode(shape).decode()} if shape else {})}, deadline or Deadline.after(math.inf), phase=f"synthesis of {arch} {quant}")
         except WorkerFailure as exc:
-            for partial in target.parent.glob(f".{target.name}.*.part"):  # a killed writer's, and we hold the lock
+            for partial in target.parent.glob(f".{glob.escape(target.name)}.*.part"):  # the killed worker's
                 partial.unlink(missing_ok=True)
             if exc.failure in ("timeout", "stopped"):
                 raise

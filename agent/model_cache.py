@@ -65,21 +65,36 @@ def checked_name(name: str) -> str:
     return name
 
 
-def checked_file(path: str, allowed_dirs: list[pathlib.Path] | None) -> str:
-    """The file to open. With `allowed_dirs` (a job): its resolved path (symlinks followed), only a regular file inside one of
-    them, refused with PATH_REFUSED otherwise; None: the device's owner at their terminal, any file, as typed."""
-    if allowed_dirs is None:
-        return path  # as typed, so that a broken link or a loop is named as such when it is opened
-    real = os.path.realpath(path)
+def open_job_file(path: str, allowed_dirs: list[pathlib.Path]) -> tuple[int, str]:
+    """A file a job names, opened once: (descriptor, its resolved path). Only a regular file inside one of
+    `allowed_dirs`, refused with PATH_REFUSED otherwise. The check that counts is made on the open descriptor (the
+    kernel's path of the file it holds), so a directory swapped for a symlink at any moment cannot lead outside;
+    everything after reads the descriptor (`fd_path`), the worker too, never the name again."""
     roots = [os.path.realpath(d) for d in allowed_dirs]
-    if not any(os.path.commonpath([real, root]) == root for root in roots):
-        raise ModelError(PATH_REFUSED)
+
+    def inside(real: str) -> bool:
+        return any(os.path.commonpath([real, root]) == root for root in roots)
+
+    real = os.path.realpath(path)
     try:
-        if not stat.S_ISREG(os.stat(real).st_mode):  # a FIFO or device would block the reader
+        if not inside(real) or not stat.S_ISREG(os.stat(real).st_mode):  # a FIFO or device is never opened
             raise ModelError(PATH_REFUSED)
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         raise ModelError(PATH_REFUSED) from None
-    return real
+    try:
+        opened = os.readlink(fd_path(fd))
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not inside(opened):
+            raise ModelError(PATH_REFUSED)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, opened
+
+
+def fd_path(fd: int) -> str:
+    """A name that opens the file `fd` holds (in a worker given the same descriptor too), whatever its path does."""
+    return f"/proc/self/fd/{fd}"
 
 
 def inspect(path: str | pathlib.Path, job: bool = False, deadline: Deadline | None = None) -> GgufInfo:

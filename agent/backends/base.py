@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import importlib.metadata
 import importlib.util
+import os
 import pathlib
 from typing import ClassVar
 
@@ -146,6 +147,8 @@ class RunTarget:
     precision: str | None  # canonical for the backend; None: the file's own GGUF type (llama.cpp)
     path: str | None = None  # a model file (already checked and resolved)
     arch: str | None = None  # a catalogue shape run with random weights, no file
+    fd: int | None = None  # a job's file, opened once: `path` reads this descriptor (the worker is given it too)
+    shown: str | None = None  # where that file was when it was opened: what the result reports
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,9 +218,18 @@ class Backend:
         """The model the request names, fetched, derived or synthesized if needed. A path is allowed only
         inside `allowed_dirs` (None: the device's owner at their terminal, any file they can read)."""
         job = allowed_dirs is not None
-        if request.model.path:
-            path = model_cache.checked_file(request.model.path, allowed_dirs)
+        if request.model.path and not job:  # the owner's own file, as typed
+            path = request.model.path
             return self.file_target(path, precision, pathlib.Path(path).stem, "file", job, deadline)
+        if request.model.path:
+            fd, real = model_cache.open_job_file(request.model.path, allowed_dirs)
+            try:
+                target = self.file_target(model_cache.fd_path(fd), precision, pathlib.Path(real).stem, "file", job,
+                                          deadline)
+            except BaseException:
+                os.close(fd)
+                raise
+            return dataclasses.replace(target, fd=fd, shown=real)
         name = model_cache.checked_name(request.model.name)
         if request.model.HasField("shape"):
             return self.shape_target(self.sent_shape(request.model), precision, cache_dir, deadline)

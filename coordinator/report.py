@@ -18,6 +18,7 @@ import re
 from fleetfit.coordinator.devices import display_names, short_id
 from fleetfit.coordinator.limits import comparable
 from fleetfit.coordinator.render import Figure, clean, display
+from fleetfit.coordinator.scaling import band_of
 from fleetfit.coordinator.tables import typed_cell
 from fleetfit.coordinator.tables import render_table
 from fleetfit.models.backends import DEFAULT_BACKEND
@@ -186,9 +187,8 @@ def plots(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Tab
 
     def predicted(plot):
         def add(device_id, backend, quant, params, figure):
-            band = figure.band or 0.0
             series(plot, device_id, backend, quant).predicted.append(
-                (params, figure.value, figure.value * (1 - band), figure.value * (1 + band)))
+                (params, figure.value, *band_of(figure.value, figure.band)))
         return add
 
     _predicted(by_name.get("speed"), " tok/s", ids, predicted(decode))

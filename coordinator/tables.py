@@ -764,11 +764,11 @@ def serving_curves(fleet: Fleet, options: dict[str, str]) -> TableData:
             predicted = [n for n in _powers_of_two(top) if n not in counts] if cm.line else []
             for n in sorted([*counts, *predicted]):
                 f, point = sm.aggregate(cm, n), c.at(n)
-                band = f.error_fraction if point is None else None
+                band = scaling.band_of(f.value, f.error_fraction, "tokens_per_s") if point is None and f.error_fraction is not None \
+                    else (None, None)
                 rows.append([fleet.name(device_id), backend, c.model, c.quant, c.shape, n, f.provenance,
                              round(f.value, 4), round(point.per_stream_tps if point else f.value / n, 4),
-                             round(f.value * (1 - band), 4) if band is not None else None,
-                             round(f.value * (1 + band), 4) if band is not None else None,
+                             *(round(x, 4) if x is not None else None for x in band),
                              point.source if point else "t(N) = a + b·N fitted on the sweep"])
     return TableData(["device", "backend", "model", "precision", "shape", "streams", "provenance", "aggregate tok/s",
                       "per-stream tok/s", "aggregate low", "aggregate high", "source"], rows,

@@ -17,6 +17,8 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # A client reconnects within seconds of a coordinator's return (gRPC's default backoff reaches 120 s).
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
 SERVER_OPTIONS = [
     *CHANNEL_OPTIONS,

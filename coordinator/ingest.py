@@ -14,13 +14,13 @@ that stores the result.
 import dataclasses
 import logging
 import math
-import re
 import time
 
 from google.protobuf.descriptor import FieldDescriptor as F
 
 from fleetfit.models import job_bounds, physical_bounds
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.transport import device_id_problem
 from fleetfit.v1.words import PROVENANCE, upgrade
 
 log = logging.getLogger("fleetfit.coordinator")
@@ -51,13 +51,10 @@ class Quotas:
     models_per_day: int = 200
 
 
-DEVICE_ID = re.compile(r"[^\x00-\x20\x7f-\x9f]{1,256}")  # printable, no spaces, at most 256 characters
-
-
 def check_device_id(device_id: str) -> None:
-    """Refused unless a device id (chosen by the agent at join) is 1-256 printable characters without spaces."""
-    if not DEVICE_ID.fullmatch(device_id):
-        raise Refused(f"device_id {device_id[:40]!r} must be 1 to 256 printable characters without spaces")
+    """Refused unless a device id (chosen by the agent at join) can authenticate (transport.device_id_problem)."""
+    if problem := device_id_problem(device_id):
+        raise Refused(problem)
 
 
 def check_result(result: pb.ProfileResult) -> None:

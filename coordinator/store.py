@@ -146,13 +146,16 @@ class Store:
               "d.last_refusal FROM devices d LEFT JOIN agents a ON a.device_id = d.device_id"
         rows = (self.db.query(sql + " WHERE d.device_id = ?", (device_id,)) if device_id
                 else self.db.query(sql + " ORDER BY d.device_id"))
-        cutoff = (now or time.time()) - LOST_AFTER_S
+        now = now or time.time()
+        # online: in contact within LOST_AFTER_S; a last contact later than that from now is no contact (a date an
+        # import or a clock carried in), so nothing shows online until a future date
         # an inventory that does not decode leaves the device known by its id alone (answers need nothing else)
         inventories = {key: ingest.usable(inv) for key, inv in
                        decoded(pb.DeviceInventory, [(row[0], row[1]) for row in rows], "device inventory", keyed=True)}
         return [pb.Device(inventory=inventories.get(key) or pb.DeviceInventory(device_id=key), first_seen_unix_s=first,
                           last_seen_unix_s=last, results=count,
-                          device_status=pb.DEVICE_STATUS_ONLINE if last >= cutoff else pb.DEVICE_STATUS_LOST,
+                          device_status=pb.DEVICE_STATUS_ONLINE if abs(now - last) <= LOST_AFTER_S
+                          else pb.DEVICE_STATUS_LOST,
                           labels=json.loads(labels) if labels else {}, refused=refused, last_refusal=why or "")
                 for key, _, first, last, count, labels, refused, why in rows]
 

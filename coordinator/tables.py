@@ -116,9 +116,23 @@ def build(name: str, fleet: Fleet, options: dict[str, str]) -> pb.Table:
     spec = TABLES.get(name)
     if spec is None:
         raise TableError(f"unknown table {name!r} (known: {', '.join(TABLES)})")
-    data = spec.build(fleet, options)
+    data = _with_device_ids(spec.build(fleet, options), fleet)
     return pb.Table(name=spec.name, title=spec.title, columns=data.columns, notes=data.notes,
                     rows=[pb.TableRow(cells=[_cell(c) for c in row]) for row in data.rows])
+
+
+DEVICE_ID_COLUMN = "device id"
+
+
+def _with_device_ids(data: TableData, fleet: Fleet) -> TableData:
+    """The table with a "device id" column last where it has a "device" column and none yet: display names are
+    unique by construction (devices.display_names), so each names one id; tools and the report key rows by it."""
+    if "device" not in data.columns or DEVICE_ID_COLUMN in data.columns:
+        return data
+    column, ids = data.columns.index("device"), {name: i for i, name in fleet.names.items()}
+    return dataclasses.replace(data, columns=[*data.columns, DEVICE_ID_COLUMN],
+                               rows=[[*row, ids.get(row[column], row[column] if row[column] in fleet.names else None)]
+                                     for row in data.rows])
 
 
 def typed_cell(value: struct_pb2.Value):

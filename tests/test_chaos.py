@@ -214,9 +214,15 @@ def test_the_fleet_rides_out_its_coordinators_trouble(db_url, cache_dir, tmp_pat
 
             if no_disk is None:
                 ballast = fill(disk)
+                try:  # a write through the coordinator meets the full disk: stored, or UNAVAILABLE (never UNKNOWN)
+                    campaigns.append(campaign(QUANTS[:1]))
+                    during = "OK"
+                except grpc.RpcError as exc:
+                    during = exc.code().name
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
                 time.sleep(8)  # reports, heartbeats and polls meet a full disk
                 ballast.unlink()
-                faults.append("disk full 8 s")
+                faults.append(f"disk full 8 s (a campaign created meanwhile: {during})")
                 # the coordinator writes again once the disk has room, without a restart
                 campaigns.append(wait_until(lambda: campaign_when_answered(QUANTS[:1]), 30,
                                             "a campaign stored after the disk emptied", every_s=1.0))

@@ -2,7 +2,8 @@
 
 Messages are stored as serialized protobuf beside the columns that queries need. Every write is one
 transaction, so a crash never leaves half a result. Results are keyed by their agent-minted id and
-ingested idempotently: the same id with the same payload is a duplicate, with another payload an error.
+ingested idempotently: the same id with the same payload is a duplicate (also when two replicas store it at the
+same moment), with another payload an error; in a batch each result is written under its own savepoint.
 
 Jobs are leased: a claim sets an expiry and bumps the job's fencing token; the agent renews the lease
 with heartbeats and reports with the token it was given, so a report from an agent whose lease was

@@ -289,19 +289,23 @@ class Store:
         with self.db.transaction() as execute:
             if execute("SELECT 1 FROM devices WHERE device_id = ?", (result.device_id,)).fetchone() is None:
                 raise UnknownDevice(result.device_id)
-            found = execute("SELECT payload FROM quality_results WHERE result_id = ?", (result.result_id,)).fetchone()
-            if found is not None:
-                if not same_payload(bytes(found[0]), result):
-                    raise ConflictingResult(f"quality result {result.result_id!r} was stored with other contents")
-                return True
-            (recent,) = execute("SELECT COUNT(*) FROM quality_results WHERE device_id = ? AND received > ?",
-                                (result.device_id, time.time() - 3600)).fetchone()
-            if recent >= self.quotas.results_per_hour:
-                raise QuotaExceeded(f"quota of {self.quotas.results_per_hour} results per hour per device reached")
-            execute("INSERT INTO quality_results (result_id, device_id, model_name, quant, received, payload) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", (result.result_id, result.device_id, result.model_name,
-                                                  result.quant, time.time(), payload))
-        return False
+            stored = "SELECT payload FROM quality_results WHERE result_id = ?"
+            found = execute(stored, (result.result_id,)).fetchone()
+            if found is None:
+                (recent,) = execute("SELECT COUNT(*) FROM quality_results WHERE device_id = ? AND received > ?",
+                                    (result.device_id, time.time() - 3600)).fetchone()
+                if recent >= self.quotas.results_per_hour:
+                    raise QuotaExceeded(f"quota of {self.quotas.results_per_hour} results per hour per device reached")
+                # as in _add_result: a replica storing this id at this moment makes it a duplicate, not a violation
+                if execute("INSERT INTO quality_results (result_id, device_id, model_name, quant, received, payload) "
+                           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (result_id) DO NOTHING",
+                           (result.result_id, result.device_id, result.model_name, result.quant, time.time(),
+                            payload)).rowcount == 1:
+                    return False
+                found = execute(stored, (result.result_id,)).fetchone()
+            if not same_payload(bytes(found[0]), result):
+                raise ConflictingResult(f"quality result {result.result_id!r} was stored with other contents")
+        return True
 
     def quality_results(self, model_name: str | None = None) -> list[pb.QualityResult]:
         """Every quality result oldest first (or one model's), as answers may use them: one that ingest would

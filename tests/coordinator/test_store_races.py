@@ -109,6 +109,24 @@ def test_the_same_results_through_two_replicas_at_once_are_stored_once(replicas,
         assert sorted((s.job_state, s.result_id) for s in states) == sorted((pb.JOB_STATE_DONE, r) for r in ids)
 
 
+def quality(result_id: str, kld: float = 0.01) -> pb.QualityResult:
+    return pb.QualityResult(result_id=result_id, device_id="dev-0", model_name="smollm2-135m", quant="Q4_0",
+                            kl_divergence_mean=kld, perplexity=12.0, n_positions=256, context_tokens=512)
+
+
+def test_the_same_quality_results_through_two_replicas_at_once_are_stored_once(replicas):
+    ids = [f"q-{n}" for n in range(12)]
+    outcomes = at_once(THREADS, lambda i: [(rid, replicas[i % 2].add_quality(quality(rid)))
+                                           for rid in random.Random(i).sample(ids, len(ids))])
+    assert not [o for o in outcomes if isinstance(o, Exception)], outcomes
+    for rid in ids:
+        assert sorted(dup for per_thread in outcomes for r, dup in per_thread if r == rid) == \
+            [False] + [True] * (THREADS - 1)
+    assert sorted(q.result_id for q in replicas[1].quality_results()) == sorted(ids)
+    with pytest.raises(ConflictingResult):
+        replicas[0].add_quality(quality(ids[0], kld=0.5))
+
+
 def test_different_payloads_under_one_id_at_once_store_one_and_refuse_the_others(replicas):
     ids = [f"c-{n}" for n in range(8)]
     outcomes = at_once(THREADS, lambda i: [replicas[i % 2].add_results([(racing_result(rid, "dev-0", 10.0 + i % 4),

@@ -20,9 +20,7 @@ import shutil
 import time
 import uuid
 
-import psutil
-
-from fleetfit.agent import profiling
+from fleetfit.agent import profiling, resources
 from fleetfit.models import job_bounds, synth
 from fleetfit.models.catalogue import architecture, n_params
 from fleetfit.models.errors import ModelError
@@ -65,7 +63,8 @@ def parse_rung(text: str):
 
 
 def memory_cap_bytes() -> int:
-    return max(psutil.virtual_memory().available - RAM_MARGIN_BYTES, 0)
+    """The memory available to this agent (its cgroup's limit included), less a margin."""
+    return max(resources.memory().available_bytes - RAM_MARGIN_BYTES, 0)
 
 
 def _unmeasured(arch, quant: str, request: pb.ProfileRequest, device_id: str, failure: int, reason: str,

@@ -3,15 +3,13 @@ backend, run it in an isolated worker under one deadline, and turn the worker's 
 
 import dataclasses
 import math
-import os
 import pathlib
 import threading
 import time
 import uuid
 
-import psutil
 
-from fleetfit.agent import device_probe, energy, model_cache
+from fleetfit.agent import device_probe, energy, model_cache, resources
 from fleetfit.agent.backends import registry
 from fleetfit.agent.backends.base import (Backend, ProfileInputError, RunFigures, RunTarget, ServingFigures,
                                           WorkerJob, serving_phase)
@@ -41,7 +39,8 @@ FAILURE_NAMES = {kind: name for name, kind in FAILURE_KINDS.items() if name != "
 
 
 def default_threads() -> int:
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    """One per CPU this agent may use (cgroup quota, cpuset and affinity included)."""
+    return resources.cpus().count
 
 
 def make_request(model: str, quant: str | None = None, backend: str = DEFAULT_BACKEND, n_prompt: int = 512,

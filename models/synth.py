@@ -24,7 +24,6 @@ import shutil
 import uuid
 
 import numpy as np
-import psutil
 
 from fleetfit.models.catalogue import Architecture, architecture, tensors
 from fleetfit.models.errors import ModelError
@@ -253,7 +252,9 @@ def write_synthetic(arch: Architecture | str, quant: str, path: pathlib.Path | s
         if free_disk_bytes is None:
             free_disk_bytes = shutil.disk_usage(path.parent).free
         if available_ram_bytes is None:
-            available_ram_bytes = psutil.virtual_memory().available
+            from fleetfit.agent import resources  # the agent's memory, its cgroup's limit included
+
+            available_ram_bytes = resources.memory().available_bytes
         check_room(plan, free_disk_bytes, available_ram_bytes)
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
     try:

@@ -29,6 +29,7 @@ class Memory:
     host_total_bytes: int
     host_available_bytes: int
     source: str                 # e.g. "cgroup memory.max 1.0 GiB (/fleet.slice); host 23.5 GiB"
+    cgroup_available_bytes: int | None = None  # the tightest limit's room, when a cgroup limits memory at all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +151,7 @@ def memory(root: pathlib.Path = ROOT) -> Memory:
     Available = the smallest of the host's available and, at each limited level, the limit less what is used there
     and cannot be reclaimed (usage less inactive page cache, as `docker stats` counts it)."""
     host_total, host_available = _meminfo(root)
-    total, available, binding = host_total, host_available, None
+    total, binding, room = host_total, None, None
     for group in cgroups(root):
         if group.version == 2:
             names, usage_file, inactive = ("memory.max", "memory.high"), "memory.current", "inactive_file"
@@ -169,11 +170,12 @@ def memory(root: pathlib.Path = ROOT) -> Memory:
             text = _read(level / usage_file) or ""
             usage = int(text) if text.isdigit() else 0
             in_use = max(usage - _stat(level / "memory.stat", inactive), 0)
-            available = min(available, max(limit - in_use, 0))
+            room = max(limit - in_use, 0) if room is None else min(room, max(limit - in_use, 0))
             if limit < total:
                 total, binding = limit, f"cgroup {name} {_gib(limit)} ({_where(group, level)})"
     source = f"{binding}; host {_gib(host_total)}" if binding else f"host {_gib(host_total)}, no cgroup limit"
-    return Memory(total, min(available, total), host_total, host_available, source)
+    available = min(host_available, total, room if room is not None else host_available)
+    return Memory(total, available, host_total, host_available, source, room)
 
 
 def parse_cpu_list(text: str) -> set[int]:

@@ -33,6 +33,7 @@ def test_memory_is_the_smallest_limit_on_the_path(tree, total, available, source
     memory = resources.memory(TREES / tree)
     assert (memory.total_bytes, memory.available_bytes, memory.source) == (total, available, source)
     assert (memory.host_total_bytes, memory.host_available_bytes) == (HOST_TOTAL, HOST_AVAILABLE)
+    assert memory.cgroup_available_bytes == (None if "no cgroup limit" in source else available)
 
 
 @pytest.mark.parametrize("tree, affinity, physical, logical, count, source", [
@@ -106,3 +107,26 @@ def test_agent_info_inside_a_real_v1_cgroup(memory_bytes, cpus, quota_us, want_c
     assert device["memory_source"].endswith(f"host {host.host_total_bytes / GIB:.1f} GiB")
     assert device["cpus_usable"] == (want_cpus or resources.cpus().count)
     assert all(word in device["cpu_source"] for word in cpu_words), device["cpu_source"]
+
+
+@pytest.mark.parametrize("memory_bytes, cpus", [(GIB, "0"), (2 * GIB, None)])
+def test_room_checks_inside_a_real_v1_cgroup(memory_bytes, cpus, tmp_path):
+    """Inside a memory cgroup, `limits probe`'s memory cap, the default threads and the synthetic writer's RAM
+    check go by the cgroup's limit, not the host's RAM."""
+    from fleetfit.agent.probe import CGROUP_MARGIN_BYTES
+
+    code = ("from fleetfit.agent import probe, profiling; "
+            "print(probe.memory_cap_bytes(), profiling.default_threads())")
+    with v1_cgroup(memory_bytes, cpus) as inside:
+        figures = run_cli(*inside, str(BIN / "python"), "-c", code, timeout=60)
+        synth = run_cli(*inside, str(BIN / "fleetfit-agent"), "models", "synth", "llama-3.2-1b", "--quant", "F16",
+                        "--cache-dir", str(tmp_path), timeout=60)
+    cap, threads = map(int, figures.stdout.split())
+    assert memory_bytes - CGROUP_MARGIN_BYTES - 512 * MIB < cap < memory_bytes - CGROUP_MARGIN_BYTES, figures.stderr
+    assert threads == (1 if cpus else resources.cpus().count)
+    # llama-3.2-1b F16 needs ~2.9 GB to load: more than either limit, far less than the host's RAM
+    assert synth.returncode != 0 and "Traceback" not in synth.stderr  # after its "writing ..." line, one error
+    assert synth.stderr.splitlines()[-1].startswith("error: llama-3.2-1b F16 needs about"), synth.stderr
+    available_gb = float(synth.stderr.split("only ")[1].split(" GB")[0])
+    assert 0 < available_gb * 1e9 <= memory_bytes, synth.stderr
+    assert not list(tmp_path.rglob("*.gguf"))

@@ -198,7 +198,7 @@ def synthesize(arch: str | Architecture, quant: str, cache_dir: pathlib.Path, de
         except WorkerFailure as exc:
             for partial in target.parent.glob(f".{target.name}.*.part"):  # a killed writer's, and we hold the lock
                 partial.unlink(missing_ok=True)
-            if exc.failure in ("timeout", "stopped"):
+            if exc.failure in ("timeout", "stopped", "oom"):  # oom: too little memory to load it on this device
                 raise
             raise ModelError(exc.message) from None
     return target

@@ -128,6 +128,9 @@ def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
                  allowed_dirs, probes)
     except WorkerFailure as exc:
         result.failure, result.error = FAILURE_KINDS[exc.failure], exc.message
+        # failed before the model was described (its synthesis refused for lack of memory): still name it
+        result.model_name = result.model_name or request.model.name
+        result.quant = result.quant or precision
     result.wall_s = time.monotonic() - start
     return result
 

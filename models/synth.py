@@ -26,7 +26,7 @@ import uuid
 import numpy as np
 
 from fleetfit.models.catalogue import Architecture, architecture, tensors
-from fleetfit.models.errors import ModelError
+from fleetfit.models.errors import ModelError, NoRoomError
 from fleetfit.models.quant_sizes import block_size, supported_quant, tensor_bytes, tensor_type
 from fleetfit.models.quants import llama_ftype
 
@@ -230,7 +230,7 @@ def check_room(plan: SynthPlan, free_disk_bytes: int, available_ram_bytes: int, 
                          f"(use --force to write it anyway)")
     needed = plan.load_memory_bytes(n_ctx)
     if needed > available_ram_bytes:
-        raise ModelError(f"{name} needs about {_gb(needed)} of RAM to load, only {_gb(available_ram_bytes)} is "
+        raise NoRoomError(f"{name} needs about {_gb(needed)} of RAM to load, only {_gb(available_ram_bytes)} is "
                          f"available (use --force to write it anyway)")
 
 

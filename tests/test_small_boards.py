@@ -76,3 +76,40 @@ def test_fit_judges_each_board_by_its_cgroup_before_any_run(coordinator, tmp_pat
     assert answers["host-free"]["verdict"] == "fits_comfortably", answers["host-free"]
     rows = {row["device"]: row for row in json.loads(devices.stdout)}
     assert (rows["board-1g"]["ram_gib"], rows["board-1g"]["cores"]) == (1, 1)
+
+
+def test_a_campaign_measures_what_fits_per_board(coordinator, tmp_path, monkeypatch):
+    """A campaign over two catalogue sizes on a 1 GiB / 1-CPU board and an unconstrained agent of the same host:
+    the board measures the small size and refuses the large one before loading (out of memory: needs ~1.7 GB);
+    the host measures both. `limits` and `fit` then differ by device."""
+    monkeypatch.setenv("FLEETFIT_TOKEN", coordinator.operator_token)
+    monkeypatch.setenv("FLEETFIT_INSECURE", "1")
+    address = coordinator.address
+    with contextlib.ExitStack() as stack:
+        small = stack.enter_context(v1_cgroup(GIB, "0", 100000))
+        # each its own cache: a file one synthesized must not let the other skip its own room check
+        agents = [stack.enter_context(agent(coordinator, tmp_path, tmp_path / f"cache-{device}", device, prefix))
+                  for device, prefix in (("board-1g", small), ("host-free", []))]
+        wait_devices(coordinator, {"board-1g", "host-free"}, agents)
+        started = run_cli("fleetfit", "profile", "--models", "smollm2-360m,llama-3.2-1b", "--quants", "Q8_0",
+                          "--n-prompt", "16", "--n-gen", "4", "--repetitions", "1", "--max-attempts", "1",
+                          "--coordinator", address)
+        assert started.returncode == 0 and "4 jobs on 2 device(s)" in started.stdout, started
+        campaign_id = started.stdout.split()[1].rstrip(":")
+        watched = run_cli("fleetfit", "campaign", "status", campaign_id, "--watch", "--coordinator", address)
+        assert watched.returncode == 0, watched.stderr
+        assert all(a.poll() is None for a in agents)  # a refused size takes no agent down
+    limits = run_cli("fleetfit", "limits", "--format", "json", "--coordinator", address)
+    failures = run_cli("fleetfit", "limits", "failures", "--format", "json", "--coordinator", address)
+    fit = run_cli("fleetfit", "fit", "llama-3.2-1b", "--quant", "Q8_0", "--json", "--coordinator", address)
+    def device(row):  # the device column names the id, with the hostname where ids share one
+        return "board-1g" if "board-1g" in row["device"] else "host-free" if "host-free" in row["device"] else None
+
+    measured = {(device(row), row["model"]) for row in json.loads(limits.stdout)}
+    assert measured == {("board-1g", "smollm2-360m"), ("host-free", "smollm2-360m"), ("host-free", "llama-3.2-1b")}
+    refused = json.loads(failures.stdout)
+    assert [(device(r), r["model"]) for r in refused] == [("board-1g", "llama-3.2-1b")], refused
+    assert "oom" in json.dumps(refused[0]) and "GB of RAM to load" in json.dumps(refused[0]), refused
+    answers = {a["device_id"]: a for a in json.loads(fit.stdout)}
+    assert answers["board-1g"]["verdict"] == "does_not_fit", answers["board-1g"]
+    assert answers["host-free"]["verdict"] == "fits_comfortably", answers["host-free"]

@@ -74,7 +74,7 @@ def test_fit_judges_each_board_by_its_cgroup_before_any_run(coordinator, tmp_pat
         assert answers[board]["verdict"] == "does_not_fit", answers[board]
         assert f"exceeds {answers[board]['ram_total_bytes'] // (1 << 20)} MiB of RAM" in answers[board]["reason"]
     assert answers["host-free"]["verdict"] == "fits_comfortably", answers["host-free"]
-    rows = {row["device"]: row for row in json.loads(devices.stdout)}
+    rows = {row["device_id"]: row for row in json.loads(devices.stdout)}
     assert (rows["board-1g"]["ram_gib"], rows["board-1g"]["cores"]) == (1, 1)
 
 

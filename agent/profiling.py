@@ -17,7 +17,7 @@ from fleetfit.agent.backends.base import (Backend, ProfileInputError, RunFigures
 from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
 from fleetfit.models import catalogue, job_bounds
 from fleetfit.models.backends import DEFAULT_BACKEND
-from fleetfit.models.errors import ModelError
+from fleetfit.models.errors import ModelError, NoRoomError
 from fleetfit.models.gguf_file import sha256_of
 from fleetfit.v1 import fleetfit_pb2 as pb
 
@@ -127,8 +127,10 @@ def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
         target = backend.resolve(request, precision, cache_dir, threads, deadline, allowed_dirs)
         _describe_model(result, target, allowed_dirs, deadline)
         _measure(result, backend, target, WorkerJob(request, target, threads, str(cache_dir)), deadline, probes)
-    except WorkerFailure as exc:
-        result.failure, result.error = FAILURE_KINDS[exc.failure], exc.message
+    except (WorkerFailure, NoRoomError) as exc:
+        # NoRoomError: too little memory here for the model, found before loading it: out of memory, not an error
+        result.failure = FAILURE_KINDS[exc.failure] if isinstance(exc, WorkerFailure) else pb.FAILURE_KIND_OOM
+        result.error = exc.message if isinstance(exc, WorkerFailure) else str(exc)
         # failed before the model was described (its synthesis refused for lack of memory): still name it
         result.model_name = result.model_name or request.model.name
         result.quant = result.quant or precision

@@ -126,7 +126,8 @@ def test_room_checks_inside_a_real_v1_cgroup(memory_bytes, cpus, tmp_path):
     assert threads == (1 if cpus else resources.cpus().count)
     # llama-3.2-1b F16 needs ~2.9 GB to load: more than either limit, far less than the host's RAM
     assert synth.returncode != 0 and "Traceback" not in synth.stderr  # after its "writing ..." line, one error
-    assert synth.stderr.splitlines()[-1].startswith("error: llama-3.2-1b F16 needs about"), synth.stderr
+    last = synth.stderr.splitlines()[-1]
+    assert last.startswith("error: ") and "llama-3.2-1b F16 needs about" in last, synth.stderr
     available_gb = float(synth.stderr.split("only ")[1].split(" GB")[0])
     assert 0 < available_gb * 1e9 <= memory_bytes, synth.stderr
     assert not list(tmp_path.rglob("*.gguf"))

@@ -103,11 +103,13 @@ def info(as_json: Json = False,
     typer.echo(f"device      {device.device_id} ({device.hostname})")
     typer.echo(f"os / arch   {device.os} / {device.arch}")
     typer.echo(f"cpu         {device.cpu_model}, {device.cpu_cores_physical} cores "
-               f"({device.cpu_cores_logical} logical)")
-    typer.echo(f"memory      {device.ram_total_bytes / gib:.1f} GiB total, "
-               f"{device.ram_available_bytes / gib:.1f} GiB available")
+               f"({device.cpu_cores_logical} logical); usable {device.cpu_source}")
+    typer.echo(f"memory      {device.ram_total_bytes / gib:.1f} GiB usable, "
+               f"{device.ram_available_bytes / gib:.1f} GiB available; {device.memory_source}")
     for gpu in device.gpus:
-        typer.echo(f"gpu {gpu.index}       {gpu.name}, {gpu.memory_total_bytes / gib:.1f} GiB, driver {gpu.driver_version}")
+        shared = ", shares the RAM" if gpu.unified_memory else ""
+        typer.echo(f"gpu {gpu.index}       {gpu.name}, {gpu.memory_total_bytes / gib:.1f} GiB{shared}, "
+                   f"driver {gpu.driver_version}")
     if not device.gpus:
         typer.echo(f"gpu         none ({device.gpu_probe_note})")
     for backend in device.backends:

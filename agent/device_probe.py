@@ -1,6 +1,6 @@
 """Once per device: sustained memory bandwidth and peak matrix-multiply throughput, cached with the inventory.
 
-CPU bandwidth is a STREAM-like triad (a = b + s·c) run by one thread per physical core at once
+CPU bandwidth is a STREAM-like triad (a = b + s·c) run by one thread per usable CPU (agent/resources.py) at once
 (numpy releases the GIL on big arrays) on arrays much larger than the last-level cache, best of
 several runs; bytes are counted as STREAM does (3 arrays per pass, no write-allocate). The triad
 goes through an L2-sized scratch chunk so that memory sees one pass over each array. Matmul is
@@ -16,8 +16,8 @@ import threading
 import time
 
 import numpy as np
-import psutil
 
+from fleetfit.agent import resources
 from fleetfit.agent.inventory import cpu_model
 from fleetfit.v1 import fleetfit_pb2 as pb
 
@@ -47,7 +47,7 @@ def triad_array_bytes(threads: int) -> int:
     """Per array, so that the 3 · threads arrays together are at least 4x the last-level cache, within 1/4 of free RAM."""
     llc = last_level_cache_bytes() or 32 << 20
     wanted = max(MIN_ARRAY_BYTES, 4 * llc // (3 * threads))
-    return int(min(wanted, psutil.virtual_memory().available // (4 * 3 * threads)))
+    return int(min(wanted, resources.memory().available_bytes // (4 * 3 * threads)))
 
 
 def _triad(a, b, c, scalar: float, start: threading.Barrier) -> None:
@@ -99,13 +99,13 @@ def matmul_gflops(dtype: str, n: int, runs: int = 3) -> list[float]:
 
 
 def probe_cpu(runs: int = 8, array_bytes: int | None = None, matmul_n: int = 2048) -> tuple[list, list]:
-    threads = psutil.cpu_count(logical=False) or 1
+    threads = resources.cpus().count
     array_bytes = array_bytes or triad_array_bytes(threads)
     samples = triad_bandwidth(threads, array_bytes, runs)
     bandwidth = pb.BandwidthProbe(
         target="cpu", gb_per_s=max(samples), samples_gb_per_s=samples, bytes_per_array=array_bytes, threads=threads,
         provenance=pb.Provenance(provenance_kind=pb.PROVENANCE_KIND_MEASURED, method="stream_triad_numpy: a = b + s*c, one numpy thread per "
-                                 "physical core, 3 arrays x 8 bytes per element counted, best of runs",
+                                 "usable CPU, 3 arrays x 8 bytes per element counted, best of runs",
                                  scope="system memory from the CPU"))
     matmul = []
     for dtype in ("float32", "float64"):

@@ -8,9 +8,7 @@ import platform
 import re
 import socket
 
-import psutil
-
-from fleetfit.agent import nvml
+from fleetfit.agent import nvml, resources
 from fleetfit.agent.backends import registry
 from fleetfit.v1 import fleetfit_pb2 as pb
 
@@ -87,18 +85,25 @@ def collect(device_id: str, llama_system_info: str = "", probes: pb.DeviceProbes
             cache_dir: pathlib.Path | None = None) -> pb.DeviceInventory:
     """This device now; `probes` are the cached bandwidth and matmul probes (device_probe.load_cached), if any;
     with `cache_dir`, each backend lists the models it can obtain here."""
-    memory = psutil.virtual_memory()
+    memory, cpus = resources.memory(), resources.cpus()
     gpus, gpu_note = nvml.list_gpus()
+    if resources.unified_memory():
+        for gpu in gpus:
+            gpu.unified_memory = True
     return pb.DeviceInventory(
         device_id=device_id,
         hostname=socket.gethostname(),
         os=f"{platform.system()} {platform.release()}",
         arch=platform.machine(),
         cpu_model=cpu_model(),
-        cpu_cores_physical=psutil.cpu_count(logical=False) or 0,
-        cpu_cores_logical=psutil.cpu_count(logical=True) or 0,
-        ram_total_bytes=memory.total,
-        ram_available_bytes=memory.available,
+        cpu_cores_physical=cpus.host_physical,
+        cpu_cores_logical=cpus.host_logical,
+        ram_total_bytes=memory.total_bytes,
+        ram_available_bytes=memory.available_bytes,
+        host_ram_total_bytes=memory.host_total_bytes,
+        memory_source=memory.source,
+        cpus_usable=cpus.count,
+        cpu_source=cpus.source,
         gpus=gpus,
         gpu_probe_note=gpu_note,
         backends=probe_backends(cache_dir),

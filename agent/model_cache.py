@@ -23,7 +23,7 @@ import uuid
 from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
 from fleetfit.models import real_models
 from fleetfit.models.catalogue import Architecture
-from fleetfit.models.errors import ModelError
+from fleetfit.models.errors import ModelError, NoRoomError
 from fleetfit.models.gguf_file import GgufInfo, inspect_gguf
 from fleetfit.models.quants import llama_ftype, parse_quant
 
@@ -220,7 +220,7 @@ def synthesize(arch: str | Architecture, quant: str, cache_dir: pathlib.Path, de
                 partial.unlink(missing_ok=True)
             if exc.failure in ("timeout", "stopped"):
                 raise
-            raise ModelError(exc.message) from None
+            raise (NoRoomError if exc.failure == "oom" else ModelError)(exc.message) from None
     return target
 
 

@@ -20,9 +20,7 @@ import shutil
 import time
 import uuid
 
-import psutil
-
-from fleetfit.agent import profiling
+from fleetfit.agent import profiling, resources
 from fleetfit.models import job_bounds, synth
 from fleetfit.models.catalogue import architecture, n_params
 from fleetfit.models.errors import ModelError
@@ -39,6 +37,9 @@ DEFAULT_SIZES = ("smollm2-135m", "smollm2-135m@2048", "distilgpt2", "distilgpt2@
 DEFAULT_QUANTS = ("F16", "Q8_0", "Q4_0")
 MAX_DEPTH = 131072
 RAM_MARGIN_BYTES = 1 << 30  # left to the OS and the agent itself
+# Under a cgroup limit the OS lives outside it and the agent's own use is already counted: a margin for what the
+# worker maps besides the model (thread stacks, the interpreter).
+CGROUP_MARGIN_BYTES = 128 << 20
 # Decode is memory-bound: tokens/s × weight bytes stays roughly constant across sizes. A size below this
 # fraction of that product from the previous size is thrashing, not computing.
 COLLAPSE_FRACTION = 0.2
@@ -65,7 +66,13 @@ def parse_rung(text: str):
 
 
 def memory_cap_bytes() -> int:
-    return max(psutil.virtual_memory().available - RAM_MARGIN_BYTES, 0)
+    """The memory available to this agent less a margin: the host's less RAM_MARGIN_BYTES, and under a cgroup
+    limit, the room it leaves less CGROUP_MARGIN_BYTES, whichever is smaller."""
+    memory = resources.memory()
+    caps = [memory.host_available_bytes - RAM_MARGIN_BYTES]
+    if memory.cgroup_available_bytes is not None:
+        caps.append(memory.cgroup_available_bytes - CGROUP_MARGIN_BYTES)
+    return max(min(caps), 0)
 
 
 def _unmeasured(arch, quant: str, request: pb.ProfileRequest, device_id: str, failure: int, reason: str,
@@ -145,7 +152,7 @@ def probe(sizes: list[str], quants: list[str], device_id: str, cache_dir: pathli
                 reason = f"larger than {refused}, which did not fit; not attempted"
             elif needed > cap:
                 reason = (f"needs about {needed / GB:.1f} GB to load; the memory cap is {cap / GB:.1f} GB "
-                          f"(available RAM less {RAM_MARGIN_BYTES / GB:.0f} GB); not attempted")
+                          f"(available memory less a margin); not attempted")
             if reason:
                 result = _unmeasured(arch, quant, request, device_id, pb.FAILURE_KIND_OOM, reason,
                                      "synthetic plan: weights + KV cache + compute buffers against the memory cap")

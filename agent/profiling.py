@@ -9,16 +9,15 @@ import threading
 import time
 import uuid
 
-import psutil
 
-from fleetfit.agent import device_probe, energy, model_cache
+from fleetfit.agent import device_probe, energy, model_cache, resources
 from fleetfit.agent.backends import registry
 from fleetfit.agent.backends.base import (Backend, ProfileInputError, RunFigures, RunTarget, ServingFigures,
                                           WorkerJob, serving_phase)
 from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
 from fleetfit.models import catalogue, job_bounds
 from fleetfit.models.backends import DEFAULT_BACKEND
-from fleetfit.models.errors import ModelError
+from fleetfit.models.errors import ModelError, NoRoomError
 from fleetfit.models.gguf_file import sha256_of
 from fleetfit.v1 import fleetfit_pb2 as pb
 
@@ -41,7 +40,8 @@ FAILURE_NAMES = {kind: name for name, kind in FAILURE_KINDS.items() if name != "
 
 
 def default_threads() -> int:
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    """One per CPU this agent may use (cgroup quota, cpuset and affinity included)."""
+    return resources.cpus().count
 
 
 def make_request(model: str, quant: str | None = None, backend: str = DEFAULT_BACKEND, n_prompt: int = 512,
@@ -127,8 +127,13 @@ def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
         target = backend.resolve(request, precision, cache_dir, threads, deadline, allowed_dirs)
         _describe_model(result, target, allowed_dirs, deadline)
         _measure(result, backend, target, WorkerJob(request, target, threads, str(cache_dir)), deadline, probes)
-    except WorkerFailure as exc:
-        result.failure, result.error = FAILURE_KINDS[exc.failure], exc.message
+    except (WorkerFailure, NoRoomError) as exc:
+        # NoRoomError: too little memory here for the model, found before loading it: out of memory, not an error
+        result.failure = FAILURE_KINDS[exc.failure] if isinstance(exc, WorkerFailure) else pb.FAILURE_KIND_OOM
+        result.error = exc.message if isinstance(exc, WorkerFailure) else str(exc)
+        # failed before the model was described (its synthesis refused for lack of memory): still name it
+        result.model_name = result.model_name or request.model.name
+        result.quant = result.quant or precision
     finally:
         if target is not None and target.fd is not None:  # a job's file, read through this descriptor until now
             os.close(target.fd)

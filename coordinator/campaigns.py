@@ -80,7 +80,7 @@ def parse_selector(text: str) -> list[Term]:
 def _value(key: str, inv: pb.DeviceInventory):
     return {
         "arch": inv.arch, "os": inv.os, "hostname": inv.hostname, "device": inv.device_id,
-        "cores": inv.cpu_cores_physical, "gpus": len(inv.gpus), "ram": inv.ram_total_bytes,
+        "cores": inv.cpus_usable or inv.cpu_cores_physical, "gpus": len(inv.gpus), "ram": inv.ram_total_bytes,
         "gpu_mem": max((g.memory_total_bytes for g in inv.gpus), default=0),
     }[key]
 

@@ -539,10 +539,13 @@ def _prefill_j_per_token(r: pb.ProfileResult) -> float | None:
 
 
 def memory_capacity(device: pb.DeviceInventory, compute_device: str) -> int:
-    """The memory a run is judged against: its GPU's for a run on a GPU, else the device's RAM."""
+    """The memory a run is judged against: its GPU's for a run on a GPU, else the device's RAM (the agent's usable
+    RAM: a cgroup limit included). A GPU that shares the RAM (Jetson) is one pool with it: the smaller of the two."""
     if compute_device.startswith("cuda"):
         index = int(compute_device.partition(":")[2] or 0)
         gpu = next((g for g in device.gpus if g.index == index), None)
         if gpu is not None and gpu.memory_total_bytes:
+            if gpu.unified_memory and device.ram_total_bytes:
+                return min(gpu.memory_total_bytes, device.ram_total_bytes)
             return gpu.memory_total_bytes
     return device.ram_total_bytes

@@ -152,8 +152,14 @@ def _text(value: struct_pb2.Value) -> str:
 
 
 def render_table(message: pb.Table, fmt: str) -> str:
+    """`message` in format `fmt`. People's formats (table, md) leave out the device id column: display names are
+    unique by construction (devices.with_display_names), and the machine formats keep every column."""
+    columns = list(message.columns)
     body = [[typed_cell(c) for c in row.cells] for row in message.rows]
-    text = render.render(list(message.columns), body, fmt, table=message.name)
+    if fmt in ("table", "md") and DEVICE_ID_COLUMN in columns:
+        keep = [i for i, column in enumerate(columns) if column != DEVICE_ID_COLUMN]
+        columns, body = [columns[i] for i in keep], [[row[i] for i in keep] for row in body]
+    text = render.render(columns, body, fmt, table=message.name)
     if fmt in ("table", "md") and message.notes:
         text += "\n\n" + "\n".join(f"- {note}" for note in message.notes)
     return text

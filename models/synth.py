@@ -24,10 +24,9 @@ import shutil
 import uuid
 
 import numpy as np
-import psutil
 
 from fleetfit.models.catalogue import Architecture, architecture, tensors
-from fleetfit.models.errors import ModelError
+from fleetfit.models.errors import ModelError, NoRoomError
 from fleetfit.models.quant_sizes import block_size, supported_quant, tensor_bytes, tensor_type
 from fleetfit.models.quants import llama_ftype
 
@@ -231,7 +230,7 @@ def check_room(plan: SynthPlan, free_disk_bytes: int, available_ram_bytes: int, 
                          f"(use --force to write it anyway)")
     needed = plan.load_memory_bytes(n_ctx)
     if needed > available_ram_bytes:
-        raise ModelError(f"{name} needs about {_gb(needed)} of RAM to load, only {_gb(available_ram_bytes)} is "
+        raise NoRoomError(f"{name} needs about {_gb(needed)} of RAM to load, only {_gb(available_ram_bytes)} is "
                          f"available (use --force to write it anyway)")
 
 
@@ -253,7 +252,9 @@ def write_synthetic(arch: Architecture | str, quant: str, path: pathlib.Path | s
         if free_disk_bytes is None:
             free_disk_bytes = shutil.disk_usage(path.parent).free
         if available_ram_bytes is None:
-            available_ram_bytes = psutil.virtual_memory().available
+            from fleetfit.agent import resources  # the agent's memory, its cgroup's limit included
+
+            available_ram_bytes = resources.memory().available_bytes
         check_room(plan, free_disk_bytes, available_ram_bytes)
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
     try:

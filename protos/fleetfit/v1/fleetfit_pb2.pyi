@@ -77,18 +77,20 @@ VERDICT_DOES_NOT_FIT: Verdict
 VERDICT_UNKNOWN: Verdict
 
 class GpuInfo(_message.Message):
-    __slots__ = ("index", "name", "uuid", "memory_total_bytes", "driver_version")
+    __slots__ = ("index", "name", "uuid", "memory_total_bytes", "driver_version", "unified_memory")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
     MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     DRIVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNIFIED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     index: int
     name: str
     uuid: str
     memory_total_bytes: int
     driver_version: str
-    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., driver_version: _Optional[str] = ...) -> None: ...
+    unified_memory: bool
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., driver_version: _Optional[str] = ..., unified_memory: _Optional[bool] = ...) -> None: ...
 
 class BackendInfo(_message.Message):
     __slots__ = ("name", "available", "version", "reason", "capabilities", "models")
@@ -119,7 +121,7 @@ class BackendCapability(_message.Message):
     def __init__(self, device: _Optional[str] = ..., precision: _Optional[str] = ..., supported: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DeviceInventory(_message.Message):
-    __slots__ = ("device_id", "hostname", "os", "arch", "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "ram_total_bytes", "ram_available_bytes", "gpus", "backends", "llama_system_info", "gpu_probe_note", "agent_version", "probes")
+    __slots__ = ("device_id", "hostname", "os", "arch", "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "ram_total_bytes", "ram_available_bytes", "gpus", "backends", "llama_system_info", "gpu_probe_note", "agent_version", "probes", "host_ram_total_bytes", "memory_source", "cpus_usable", "cpu_source")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +137,10 @@ class DeviceInventory(_message.Message):
     GPU_PROBE_NOTE_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROBES_FIELD_NUMBER: _ClassVar[int]
+    HOST_RAM_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CPUS_USABLE_FIELD_NUMBER: _ClassVar[int]
+    CPU_SOURCE_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
     os: str
@@ -150,7 +156,11 @@ class DeviceInventory(_message.Message):
     gpu_probe_note: str
     agent_version: str
     probes: DeviceProbes
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores_physical: _Optional[int] = ..., cpu_cores_logical: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_available_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., llama_system_info: _Optional[str] = ..., gpu_probe_note: _Optional[str] = ..., agent_version: _Optional[str] = ..., probes: _Optional[_Union[DeviceProbes, _Mapping]] = ...) -> None: ...
+    host_ram_total_bytes: int
+    memory_source: str
+    cpus_usable: int
+    cpu_source: str
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores_physical: _Optional[int] = ..., cpu_cores_logical: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_available_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., llama_system_info: _Optional[str] = ..., gpu_probe_note: _Optional[str] = ..., agent_version: _Optional[str] = ..., probes: _Optional[_Union[DeviceProbes, _Mapping]] = ..., host_ram_total_bytes: _Optional[int] = ..., memory_source: _Optional[str] = ..., cpus_usable: _Optional[int] = ..., cpu_source: _Optional[str] = ...) -> None: ...
 
 class BandwidthProbe(_message.Message):
     __slots__ = ("target", "gb_per_s", "samples_gb_per_s", "bytes_per_array", "threads", "provenance", "note")

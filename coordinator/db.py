@@ -347,6 +347,27 @@ class Database:
             self._rollback(exc)
             raise
 
+    @contextlib.contextmanager
+    def savepoint(self):
+        """Inside transaction(): what the block writes is undone alone when it raises (the transaction goes on),
+        so one statement the database refuses does not fail the others in the transaction. The same SQL on both."""
+        self._execute("SAVEPOINT one")
+        try:
+            yield
+        except BaseException:
+            self._execute("ROLLBACK TO SAVEPOINT one")
+            self._execute("RELEASE SAVEPOINT one")
+            raise
+        self._execute("RELEASE SAVEPOINT one")
+
+    def in_transaction(self) -> bool:
+        """Whether this thread's transaction is still open and usable (a failed savepoint leaves it so; a lost
+        connection, or SQLite rolling back on a full disk, does not)."""
+        if self.postgres:
+            from psycopg import pq
+            return self.conn.info.transaction_status == pq.TransactionStatus.INTRANS
+        return self.conn.in_transaction
+
     def query(self, sql: str, params=()) -> list[tuple]:
         """A read (only reads come here): on a connection found dead it is asked again, once, on a new one."""
         for attempt in (0, 1):

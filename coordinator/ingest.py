@@ -230,6 +230,8 @@ def _check_serving(result: pb.ProfileResult) -> None:
 def _check_text(text: str, where: str, limit: int) -> None:
     if len(text) > limit:
         raise Refused(f"{where} is {len(text)} characters: at most {limit} are accepted")
+    if "\x00" in text:  # PostgreSQL text cannot hold it: refused here, for this report alone, on both databases
+        raise Refused(f"{where} holds a NUL character: text must not")
 
 
 class RefusalLog:

@@ -2,7 +2,8 @@
 
 Messages are stored as serialized protobuf beside the columns that queries need. Every write is one
 transaction, so a crash never leaves half a result. Results are keyed by their agent-minted id and
-ingested idempotently: the same id with the same payload is a duplicate, with another payload an error.
+ingested idempotently: the same id with the same payload is a duplicate (also when two replicas store it at the
+same moment), with another payload an error; in a batch each result is written under its own savepoint.
 
 Jobs are leased: a claim sets an expiry and bumps the job's fencing token; the agent renews the lease
 with heartbeats and reports with the token it was given, so a report from an agent whose lease was
@@ -188,52 +189,71 @@ class Store:
     def add_results(self, reports: list[tuple[pb.ProfileResult, str, int]]) -> list[bool | Exception]:
         """Store results, each with the device's contact, in one transaction (one commit for many reports).
 
-        Per report (result, job_id, fence): True when it was already stored (an acknowledged duplicate),
-        False when stored now, or the refusal: ConflictingResult, ForeignJob, StaleLease (with a job,
-        `fence` must be the token of the job's current lease held by the result's device), UnknownDevice,
-        QuotaExceeded (self.quotas; a duplicate is never refused for quota).
-        A refusal is decided before anything of that report is written, so the others are unaffected.
+        Per report (result, job_id, fence): True when it was already stored (an acknowledged duplicate, also when
+        another coordinator replica stores it at the same moment), False when stored now, or the refusal:
+        ConflictingResult, ForeignJob, StaleLease (with a job, `fence` must be the token of the job's current lease
+        held by the result's device), UnknownDevice, QuotaExceeded (self.quotas; a duplicate is never refused for
+        quota) — or the database's own error for that report (text it cannot hold, a deadlock between replicas).
+        Each report is written under a savepoint: one refused or failed leaves nothing and never fails the others.
+        Only an error that ends the transaction (a lost connection, a full disk) fails the whole batch, raised.
+        Reports are written in result-id order, so replicas writing overlapping batches lock rows in one order.
         """
-        refusals = (ConflictingResult, ForeignJob, StaleLease, UnknownDevice, QuotaExceeded)
-        outcomes: list[bool | Exception] = []
+        outcomes: list[bool | Exception] = [False] * len(reports)
         with self.db.transaction() as execute:
-            for result, job_id, fence in reports:
+            for i in sorted(range(len(reports)), key=lambda i: reports[i][0].result_id):
                 try:
-                    outcomes.append(self._add_result(execute, result, job_id, fence))
-                except refusals as exc:
-                    outcomes.append(exc)
+                    with self.db.savepoint():
+                        outcomes[i] = self._add_result(execute, *reports[i])
+                except Exception as exc:  # that report's alone, unless the database ended the transaction
+                    if not self.db.in_transaction():
+                        raise
+                    outcomes[i] = exc
         return outcomes
 
     def _add_result(self, execute, result: pb.ProfileResult, job_id: str, fence: int) -> bool:
         payload = result.SerializeToString(deterministic=True)
         now = time.time()
         row = execute("SELECT payload FROM results WHERE result_id = ?", (result.result_id,)).fetchone()
-        if row is not None and not same_payload(bytes(row[0]), result):
-            raise ConflictingResult(f"result {result.result_id} is already stored with another payload")
         if row is None:
             self._check_quotas(execute, result, now)
-        if row is None and job_id:  # the job's own device under its current lease; nothing is written otherwise
-            cur = execute(
-                "UPDATE jobs SET state = ?, result_id = ?, error = ?, updated = ?, lease_expires = NULL "
-                "WHERE job_id = ? AND device_id = ? AND state = 'running' AND fence = ?",
-                ("failed" if result.failure else "done", result.result_id, result.error or None, now, job_id,
-                 result.device_id, fence))
-            if cur.rowcount == 0:
-                owner = execute("SELECT device_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-                if owner is None or owner[0] != result.device_id:
-                    raise ForeignJob(f"job {job_id} does not belong to device {result.device_id}")
-                raise StaleLease(f"job {job_id} is not leased to {result.device_id} under fencing token {fence}")
+            # A replica storing this id at this moment makes the insert wait for its commit and then do nothing: the
+            # result is then a duplicate like any other (compared below), never a unique-key violation.
+            if execute("INSERT INTO results (result_id, device_id, job_id, model_name, quant, backend, failure, "
+                       "received, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (result_id) DO NOTHING",
+                       (result.result_id, result.device_id, job_id or None, result.model_name,
+                        result.quant or result.request.quant, result.request.backend, int(result.failure), now,
+                        payload)).rowcount == 1:
+                self._finish_job(execute, result, job_id, fence, now)
+                self._seen(execute, result.device_id, now, 1)
+                return False
+            row = execute("SELECT payload FROM results WHERE result_id = ?", (result.result_id,)).fetchone()
+        if not same_payload(bytes(row[0]), result):
+            raise ConflictingResult(f"result {result.result_id} is already stored with another payload")
+        self._seen(execute, result.device_id, now, 0)
+        return True
+
+    @staticmethod
+    def _finish_job(execute, result: pb.ProfileResult, job_id: str, fence: int, now: float) -> None:
+        """The job (if any) done or failed by `result`: only the job's own device under its current lease."""
+        if not job_id:
+            return
+        cur = execute(
+            "UPDATE jobs SET state = ?, result_id = ?, error = ?, updated = ?, lease_expires = NULL "
+            "WHERE job_id = ? AND device_id = ? AND state = 'running' AND fence = ?",
+            ("failed" if result.failure else "done", result.result_id, result.error or None, now, job_id,
+             result.device_id, fence))
+        if cur.rowcount == 0:
+            owner = execute("SELECT device_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if owner is None or owner[0] != result.device_id:
+                raise ForeignJob(f"job {job_id} does not belong to device {result.device_id}")
+            raise StaleLease(f"job {job_id} is not leased to {result.device_id} under fencing token {fence}")
+
+    @staticmethod
+    def _seen(execute, device_id: str, now: float, new_results: int) -> None:
         cur = execute("UPDATE devices SET last_seen = ?, result_count = result_count + ? WHERE device_id = ?",
-                      (now, 0 if row is not None else 1, result.device_id))
-        if cur.rowcount == 0:  # a job is leased only to a registered device: no job was updated above
-            raise UnknownDevice(result.device_id)
-        if row is not None:
-            return True
-        execute("INSERT INTO results (result_id, device_id, job_id, model_name, quant, backend, failure, received, "
-                "payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (result.result_id, result.device_id, job_id or None, result.model_name,
-                 result.quant or result.request.quant, result.request.backend, int(result.failure), now, payload))
-        return False
+                      (now, new_results, device_id))
+        if cur.rowcount == 0:  # a job is leased only to a registered device: no job was updated either
+            raise UnknownDevice(device_id)
 
     def _check_quotas(self, execute, result: pb.ProfileResult, now: float) -> None:
         (last_hour,) = execute("SELECT COUNT(*) FROM results WHERE device_id = ? AND received > ?",
@@ -269,19 +289,23 @@ class Store:
         with self.db.transaction() as execute:
             if execute("SELECT 1 FROM devices WHERE device_id = ?", (result.device_id,)).fetchone() is None:
                 raise UnknownDevice(result.device_id)
-            found = execute("SELECT payload FROM quality_results WHERE result_id = ?", (result.result_id,)).fetchone()
-            if found is not None:
-                if not same_payload(bytes(found[0]), result):
-                    raise ConflictingResult(f"quality result {result.result_id!r} was stored with other contents")
-                return True
-            (recent,) = execute("SELECT COUNT(*) FROM quality_results WHERE device_id = ? AND received > ?",
-                                (result.device_id, time.time() - 3600)).fetchone()
-            if recent >= self.quotas.results_per_hour:
-                raise QuotaExceeded(f"quota of {self.quotas.results_per_hour} results per hour per device reached")
-            execute("INSERT INTO quality_results (result_id, device_id, model_name, quant, received, payload) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", (result.result_id, result.device_id, result.model_name,
-                                                  result.quant, time.time(), payload))
-        return False
+            stored = "SELECT payload FROM quality_results WHERE result_id = ?"
+            found = execute(stored, (result.result_id,)).fetchone()
+            if found is None:
+                (recent,) = execute("SELECT COUNT(*) FROM quality_results WHERE device_id = ? AND received > ?",
+                                    (result.device_id, time.time() - 3600)).fetchone()
+                if recent >= self.quotas.results_per_hour:
+                    raise QuotaExceeded(f"quota of {self.quotas.results_per_hour} results per hour per device reached")
+                # as in _add_result: a replica storing this id at this moment makes it a duplicate, not a violation
+                if execute("INSERT INTO quality_results (result_id, device_id, model_name, quant, received, payload) "
+                           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (result_id) DO NOTHING",
+                           (result.result_id, result.device_id, result.model_name, result.quant, time.time(),
+                            payload)).rowcount == 1:
+                    return False
+                found = execute(stored, (result.result_id,)).fetchone()
+            if not same_payload(bytes(found[0]), result):
+                raise ConflictingResult(f"quality result {result.result_id!r} was stored with other contents")
+        return True
 
     def quality_results(self, model_name: str | None = None) -> list[pb.QualityResult]:
         """Every quality result oldest first (or one model's), as answers may use them: one that ingest would
@@ -456,11 +480,17 @@ class Store:
                                       "is revoked when that token is spent)")
             if enrolled is not None and labels == "{}":
                 labels = enrolled[0]  # re-enrolled without new labels: it keeps its own
-            execute("UPDATE join_tokens SET used_by = ?, used_at = ? WHERE token_hash = ?",
-                    (device_id, now, token_hash(secret)))
-            execute("INSERT INTO agents (device_id, secret_hash, labels, created) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (device_id) DO UPDATE SET secret_hash = excluded.secret_hash, labels = excluded.labels, "
-                    "revoked = NULL", (device_id, token_hash(agent_secret), labels, now))
+            # Concurrent joins all read the token unused above; the conditional writes decide: the first to spend
+            # the token (the others wait for its commit, then find it used), the first to enroll an unbound id.
+            if execute("UPDATE join_tokens SET used_by = ?, used_at = ? WHERE token_hash = ? AND used_by IS NULL",
+                       (device_id, now, token_hash(secret))).rowcount == 0:
+                raise BadToken("join token was already used")
+            enroll = ("DO UPDATE SET secret_hash = excluded.secret_hash, labels = excluded.labels, revoked = NULL"
+                      if bound_to is not None else "DO NOTHING")
+            if execute("INSERT INTO agents (device_id, secret_hash, labels, created) VALUES (?, ?, ?, ?) "
+                       f"ON CONFLICT (device_id) {enroll}",
+                       (device_id, token_hash(agent_secret), labels, now)).rowcount == 0:
+                raise AlreadyEnrolled(f"device {device_id!r} was enrolled by another join at the same moment")
         return agent_secret
 
     def revoke_agent(self, device_id: str) -> None:

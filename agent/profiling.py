@@ -107,10 +107,12 @@ def validate(request: pb.ProfileRequest) -> tuple[Backend, str | None]:
 
 def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
             memory_limit_bytes: int | None = None, allowed_dirs: list[pathlib.Path] | None = None,
-            stop: threading.Event | None = None) -> pb.ProfileResult:
+            stop: threading.Event | None = None, cache_limit_bytes: int | None = None) -> pb.ProfileResult:
     """Run the request. Bad input raises ProfileInputError or ModelError; a run that fails, passes the request's
     timeout (in any phase: baseline, fetch, derive, synthesis, load, run) or is stopped is a failed result.
-    `allowed_dirs`: a job's, where only files inside them may be named; None: the owner's own command."""
+    `allowed_dirs`: a job's, where only files inside them may be named; None: the owner's own command. Once its
+    model file is made, the cache is trimmed to `cache_limit_bytes` (None: the default limit), never evicting that
+    file, which is held in use while it runs."""
     backend, precision = validate(request)
     probes = device_probe.probes(cache_dir)  # once per device (then cached), of fixed size: before the job's clock
     deadline = Deadline.after(request.timeout_s or DEFAULT_TIMEOUT_S, stop)
@@ -125,8 +127,11 @@ def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
     target = None
     try:
         target = backend.resolve(request, precision, cache_dir, threads, deadline, allowed_dirs)
-        _describe_model(result, target, allowed_dirs, deadline)
-        _measure(result, backend, target, WorkerJob(request, target, threads, str(cache_dir)), deadline, probes)
+        with model_cache.in_use(cache_dir, target.path if target.fd is None else None):
+            limit = model_cache.cache_limit_bytes(cache_dir) if cache_limit_bytes is None else cache_limit_bytes
+            model_cache.trim(cache_dir, limit, keep={pathlib.Path(target.path)} if target.path else set())
+            _describe_model(result, target, allowed_dirs, deadline)
+            _measure(result, backend, target, WorkerJob(request, target, threads, str(cache_dir)), deadline, probes)
     except (WorkerFailure, NoRoomError) as exc:
         # NoRoomError: too little memory here for the model, found before loading it: out of memory, not an error
         result.failure = FAILURE_KINDS[exc.failure] if isinstance(exc, WorkerFailure) else pb.FAILURE_KIND_OOM

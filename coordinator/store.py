@@ -29,6 +29,7 @@ DEFAULT_MAX_ATTEMPTS = 3
 # Agents are in contact at least every 10 s (idle: PollJob long-polls; busy: lease heartbeats); a device
 # silent for three such periods is reported lost.
 LOST_AFTER_S = 30.0
+MAX_AS_STORED = 2_000_000  # result ids remembered by Store._usable (~100 bytes each)
 
 
 def same_payload(stored: bytes, message) -> bool:
@@ -89,6 +90,7 @@ class Store:
         self.db = Database(url)
         self.path = self.db.url
         self.quotas = quotas
+        self._as_stored: set[str] = set()  # ids of results answers may use as stored (see _usable)
 
     def close(self) -> None:
         self.db.close()
@@ -229,9 +231,21 @@ class Store:
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        sql = "SELECT payload FROM results" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY received"
-        return [ingest.usable(upgrade(pb.ProfileResult.FromString(bytes(payload))))
-                for (payload,) in self.db.query(sql, params)]
+        sql = "SELECT result_id, payload FROM results" + (" WHERE " + " AND ".join(where) if where else "") + \
+            " ORDER BY received"
+        return [self._usable(result_id, bytes(payload)) for result_id, payload in self.db.query(sql, params)]
+
+    def _usable(self, result_id: str, payload: bytes) -> pb.ProfileResult:
+        """A stored result as answers may use it. Upgrading and cleaning walk the whole message in Python (~20x
+        the decode); a stored payload never changes (its id is refused with other contents), so a result that
+        needed neither is remembered by id and later only decoded."""
+        result = pb.ProfileResult.FromString(payload)
+        if result_id in self._as_stored:
+            return result
+        found = ingest.usable(upgrade(result))
+        if len(self._as_stored) < MAX_AS_STORED and found.SerializeToString(deterministic=True) == payload:
+            self._as_stored.add(result_id)
+        return found
 
     def add_quality(self, result: pb.QualityResult) -> bool:
         """Store a quality result (checked by ingest.check_quality); True when it was already stored (the same

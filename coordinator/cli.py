@@ -343,8 +343,8 @@ def profile(
     def split(text: str) -> list[str]:
         return [t.strip() for t in text.split(",") if t.strip()]
 
-    if max_attempts < 1:
-        _fail(f"--max-attempts must be at least 1, got {max_attempts}")
+    if not job_bounds.MAX_ATTEMPTS[0] <= max_attempts <= job_bounds.MAX_ATTEMPTS[1]:
+        _fail(f"--max-attempts must be {job_bounds.MAX_ATTEMPTS[0]} to {job_bounds.MAX_ATTEMPTS[1]}, got {max_attempts}")
     try:
         stream_counts = job_bounds.parse_stream_counts(parallel)
     except ValueError as exc:
@@ -371,7 +371,7 @@ def campaigns_list(coordinator: Coordinator = DEFAULT_ADDRESS, state_dir: StateD
     from fleetfit.coordinator.render import clean
     from fleetfit.v1 import fleetfit_pb2 as pb
 
-    found = _fleet(coordinator, state_dir, ca, token).ListCampaigns(pb.ListCampaignsRequest(), timeout=15).campaigns
+    found = _pages(_fleet(coordinator, state_dir, ca, token).ListCampaigns, pb.ListCampaignsRequest(), "campaigns")
     if not found:
         typer.echo("no campaigns (start one with: fleetfit profile --select ...)")
     for c in found:
@@ -400,16 +400,18 @@ def campaign_status(
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     fleet = _fleet(coordinator, state_dir, ca, token)
-    c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=15).campaign
     if watch:  # a bar with an ETA on stderr (a terminal only) until no job is queued or running; then the status
         from fleetfit.models.progress import bar
 
+        # the totals come with every page: a page of one device is enough to follow them
+        c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id, page_size=1), timeout=15).campaign
         total = c.done + c.running + c.failed + c.queued
         with bar(f"campaign {clean(c.campaign_id)}", total=total) as update:
             while c.running or c.queued:
                 update(completed=c.done + c.failed)
                 time.sleep(2)
-                c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=15).campaign
+                c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id, page_size=1), timeout=15).campaign
+    c = _campaign(fleet, campaign_id)
     lines = [f"campaign {c.campaign_id}  {c.selector or '(all devices)'}  "
              f"{', '.join(c.spec.models)} x {', '.join(c.spec.quants)} x {', '.join(c.spec.backends)}",
              f"  {'all':<24} {_bar(c)}"]
@@ -417,6 +419,20 @@ def campaign_status(
         lines.append(f"  {d.device_id:<24} {_bar(d)}")
         lines += [f"    failed: {e}" for e in d.errors]
     typer.echo("\n".join(clean(line) for line in lines))  # device ids, names and errors come from devices
+
+
+def _campaign(fleet, campaign_id: str):
+    """The campaign with every device, following GetCampaign's pages of devices."""
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    request = pb.GetCampaignRequest(campaign_id=campaign_id)
+    reply = fleet.GetCampaign(request, timeout=30)
+    campaign = reply.campaign
+    while reply.next_page_token:
+        request.page_token = reply.next_page_token
+        reply = fleet.GetCampaign(request, timeout=30)
+        campaign.devices.extend(reply.campaign.devices)
+    return campaign
 
 
 @app.command()

@@ -177,6 +177,7 @@ def serve(
     lease: Annotated[float, typer.Option(help="Job lease in seconds (agents renew it with heartbeats).")] = 60.0,
     results_per_hour: Annotated[int, typer.Option(help="Quota: results each device may report per hour.")] = 10_000,
     models_per_day: Annotated[int, typer.Option(help="Quota: distinct model names each device may report per day.")] = 200,
+    mib_per_hour: Annotated[int, typer.Option(help="Quota: MiB of results each device may report per hour.")] = 64,
     new_database: Annotated[bool, typer.Option(
         "--new-database", help="Start an empty database beside a state directory that already has an operator token "
                                "or CA (a new, empty fleet: enrolled agents must join again).")] = False,
@@ -201,15 +202,15 @@ def serve(
         _fail("--mtls needs TLS: drop --insecure")
     if lease <= 0:
         _fail(f"--lease must be positive, got {lease:g}")
-    if results_per_hour < 1 or models_per_day < 1:
-        _fail("--results-per-hour and --models-per-day must be at least 1")
+    if results_per_hour < 1 or models_per_day < 1 or mib_per_hour < 1:
+        _fail("--results-per-hour, --models-per-day and --mib-per-hour must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fleetfit %(message)s")
     url = str(db or default_db_path())
     state = state_dir or default_state_dir(url)
     lock = None if is_postgres_url(url) else lock_sqlite_file(pathlib.Path(url))  # held until this process ends
 
     async def main() -> None:
-        store = Store(url, Quotas(results_per_hour, models_per_day))
+        store = Store(url, Quotas(results_per_hour, models_per_day, mib_per_hour << 20))
         if not new_database and (why := fleet_state_without_database(store, state)):
             store.close()
             _fail(f"{store.db.display} {why}: restore the database from a backup, or pass --new-database to start "
@@ -658,7 +659,7 @@ def import_results(
     except OSError as exc:
         _fail(f"cannot read {file}: {exc.strerror or exc}")
     # An operator's import is not a device's traffic: the per-device quotas do not apply to it.
-    store = Store(db or default_db_path(), Quotas(results_per_hour=2**62, models_per_day=2**62))
+    store = Store(db or default_db_path(), Quotas(results_per_hour=2**62, models_per_day=2**62, bytes_per_hour=2**62))
     try:
         with source:
             summary = import_lines(store, source)

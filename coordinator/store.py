@@ -184,7 +184,7 @@ class Store:
         if row is not None and not same_payload(bytes(row[0]), result):
             raise ConflictingResult(f"result {result.result_id} is already stored with another payload")
         if row is None:
-            self._check_quotas(execute, result, now)
+            self._check_quotas(execute, result, now, len(payload))
         if row is None and job_id:  # the job's own device under its current lease; nothing is written otherwise
             cur = execute(
                 "UPDATE jobs SET state = ?, result_id = ?, error = ?, updated = ?, lease_expires = NULL "
@@ -208,11 +208,18 @@ class Store:
                  result.quant or result.request.quant, result.request.backend, int(result.failure), now, payload))
         return False
 
-    def _check_quotas(self, execute, result: pb.ProfileResult, now: float) -> None:
-        (last_hour,) = execute("SELECT COUNT(*) FROM results WHERE device_id = ? AND received > ?",
-                               (result.device_id, now - 3600)).fetchone()
-        if last_hour >= self.quotas.results_per_hour:
+    def _check_hourly(self, execute, table: str, device_id: str, now: float, size: int) -> None:
+        """QuotaExceeded when one more record of `size` bytes would pass the device's results or bytes per hour."""
+        count, held = execute(f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM {table} "
+                              "WHERE device_id = ? AND received > ?", (device_id, now - 3600)).fetchone()
+        if count >= self.quotas.results_per_hour:
             raise QuotaExceeded(f"quota of {self.quotas.results_per_hour} results per hour per device reached")
+        if held + size > self.quotas.bytes_per_hour:
+            raise QuotaExceeded(f"quota of {self.quotas.bytes_per_hour} bytes of results per hour per device reached "
+                                f"({held} held, this one {size})")
+
+    def _check_quotas(self, execute, result: pb.ProfileResult, now: float, size: int) -> None:
+        self._check_hourly(execute, "results", result.device_id, now, size)
         day = (result.device_id, now - 86400)
         if execute("SELECT 1 FROM results WHERE device_id = ? AND received > ? AND model_name = ? LIMIT 1",
                    (*day, result.model_name)).fetchone() is None:
@@ -259,10 +266,7 @@ class Store:
                 if not same_payload(bytes(found[0]), result):
                     raise ConflictingResult(f"quality result {result.result_id!r} was stored with other contents")
                 return True
-            (recent,) = execute("SELECT COUNT(*) FROM quality_results WHERE device_id = ? AND received > ?",
-                                (result.device_id, time.time() - 3600)).fetchone()
-            if recent >= self.quotas.results_per_hour:
-                raise QuotaExceeded(f"quota of {self.quotas.results_per_hour} results per hour per device reached")
+            self._check_hourly(execute, "quality_results", result.device_id, time.time(), len(payload))
             execute("INSERT INTO quality_results (result_id, device_id, model_name, quant, received, payload) "
                     "VALUES (?, ?, ?, ?, ?, ?)", (result.result_id, result.device_id, result.model_name,
                                                   result.quant, time.time(), payload))

@@ -8,6 +8,7 @@ import concurrent.futures
 import functools
 import json
 import logging
+import resource
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -306,6 +307,28 @@ class ListenError(Exception):
     """The server could not bind its address."""
 
 
+# File descriptors kept for what is not a client connection: the store's connections (one per thread), the
+# SQLite file and its journal, logs, the state directory's files.
+RESERVED_FDS = 4 * STORE_THREADS + 64
+
+
+def connection_limit() -> int:
+    """Raise this process's open-file soft limit to its hard limit (a usual soft limit of 1,024 is a few hundred
+    stalled handshakes from running out) and answer how many client connections to accept at once: the rest of
+    the limit is kept for the store, so that a flood of connections refuses new connections, never a database
+    open or the calls on existing ones. gRPC has no per-peer connection limit; this one is for all peers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # e.g. macOS refuses above OPEN_MAX: keep the soft limit
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(soft - RESERVED_FDS, 16)
+
+
 async def start_server(store: Store, listen: str, authority: pki.Authority | None = None,
                        require_client_cert: bool = False, lease_s: float = DEFAULT_LEASE_S,
                        ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
@@ -313,7 +336,7 @@ async def start_server(store: Store, listen: str, authority: pki.Authority | Non
     plaintext without one. Every RPC is authenticated (auth.POLICY); reflection is not served."""
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="fleetfit-store"))
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.max_allowed_incoming_connections", connection_limit())])
     services = pb.DESCRIPTOR.services_by_name
     waiters, proven = JobWaiters(), {}
     pb_grpc.add_AgentServiceServicer_to_server(

@@ -9,6 +9,7 @@ import pathlib
 import signal
 import sys
 import threading
+import time
 from typing import Annotated, Optional
 
 import typer
@@ -425,8 +426,8 @@ def quality(
 
     try:
         reference = file_at("F16")
-        rows = q.measure(reference, {quant: file_at(quant) for quant in wanted}, body, context, n_threads, timeout,
-                         device=compute_device)
+        files = {quant: file_at(quant) for quant in wanted}
+        rows = q.measure(reference, files, body, context, n_threads, timeout, device=compute_device)
     except WorkerFailure as exc:
         _fail(f"{exc.message}")
     if as_json:
@@ -442,17 +443,19 @@ def quality(
                    f"{'' if r.same_top_token_fraction is None else f'{r.same_top_token_fraction:.1%}'} | {r.n_positions} |")
     typer.echo(f"\n{q.METHOD}; context {context}, {rows[0].n_positions} scored positions", err=True)
     if send:
-        _send_quality(rows, model, body, identity_path, cache_dir)
+        _send_quality(rows, model, body, identity_path, cache_dir, files)
 
 
-def _send_quality(rows, model: str, text: str, identity_path, cache_dir) -> None:
-    """Each quant's row as a QualityResult to the coordinator (AgentService.ReportQuality), after registering."""
+def _send_quality(rows, model: str, text: str, identity_path, cache_dir, files: dict) -> None:
+    """Each quant's row as a QualityResult to the coordinator (AgentService.ReportQuality), after registering;
+    each names its file by sha256, so that other devices' answers use it only where they ran the same file."""
     import hashlib
     import time
     import uuid
 
     from fleetfit.agent import identity
     from fleetfit.agent.daemon import registration
+    from fleetfit.models.gguf_file import sha256_of
     from fleetfit.v1 import fleetfit_pb2 as pb
     from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
     from fleetfit.v1.words import parse_dict
@@ -473,6 +476,7 @@ def _send_quality(rows, model: str, text: str, identity_path, cache_dir) -> None
                 kl_divergence_p99=r.kl_divergence_p99, perplexity=r.perplexity,
                 perplexity_stderr=r.perplexity_stderr, same_top_token_fraction=r.same_top_token_fraction,
                 file_bytes=r.file_bytes or 0, text_sha256=digest, created_unix_s=time.time(),
+                model_sha256=sha256_of(files[r.quant]) if r.quant in files else "",
                 provenance=parse_dict(dict(r.provenance), pb.Provenance()))), timeout=30)
     typer.echo(f"quality results sent to {enrolled.coordinator}", err=True)
 
@@ -528,7 +532,7 @@ def run(
 ) -> None:
     """Run the profiles the coordinator asks for, until SIGTERM or Ctrl-C (enrolled by `join` or --token)."""
     from fleetfit.agent import identity
-    from fleetfit.agent.daemon import LockError, hold_lock, serve_jobs
+    from fleetfit.agent.daemon import CredentialsRefused, LockError, hold_lock, serve_jobs
     from fleetfit.agent.outbox import Outbox, OutboxError, path_beside
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fleetfit-agent %(message)s", stream=sys.stderr)
@@ -556,10 +560,48 @@ def run(
         found = dataclasses.replace(found, coordinator=coordinator)
     try:
         serve_jobs(found, _cache(cache_dir), stop, outbox, connect_timeout, allowed_dirs=list(allow_dir or []))
+    except CredentialsRefused as exc:  # the one thing a restart cannot cure (exit 2: systemd does not restart)
+        _fail(str(exc))
     finally:
         outbox.close()
         for fd in locks:
             os.close(fd)
+
+
+@app.command("outbox")
+def outbox_show(
+    identity_path: IdentityPath = None,
+    outbox_path: Annotated[Optional[pathlib.Path], typer.Option(
+        "--outbox", envvar="FLEETFIT_OUTBOX", help="Durable outbox (default: beside the credentials).")] = None,
+    as_json: Json = False,
+) -> None:
+    """What the outbox holds: results waiting to be delivered, counts, and the dead letters (results the
+    coordinator refused for good, with its status and reason)."""
+    from fleetfit.agent import identity
+    from fleetfit.agent.outbox import Outbox, OutboxError, path_beside
+
+    path = outbox_path or path_beside(identity_path or identity.default_path())
+    if not path.exists():
+        _fail(f"no outbox at {path}")
+    try:
+        box = Outbox(path)
+    except OutboxError as exc:
+        _fail(str(exc))
+    try:
+        counts = {n: box.count(n) for n in ("delivered", "duplicates", "rejected", "dropped", "lost")}
+        dead = [{"result_id": r.result.result_id, "job_id": r.job_id, "status": status, "reason": reason,
+                 "at_unix_s": at} for r, status, reason, at in box.dead_letters()]
+        waiting = len(box)
+    finally:
+        box.close()
+    if as_json:
+        typer.echo(json.dumps({"outbox": str(path), "waiting": waiting, "counts": counts, "dead_letters": dead}))
+        return
+    typer.echo(f"outbox {path}: {waiting} waiting; " + ", ".join(f"{n} {v}" for n, v in counts.items()))
+    for d in dead:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["at_unix_s"]))
+        reason = "".join(c if c.isprintable() else " " for c in d["reason"])  # the coordinator's text, one line
+        typer.echo(f"dead letter {d['result_id']} ({when}, {d['status']}): {reason}")
 
 
 @service_app.command("install")

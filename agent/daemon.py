@@ -5,6 +5,11 @@ the lease's fencing token. Each result goes to the durable outbox before it is s
 coordinator restart nor an agent crash loses it. Jobs are declarative: a job names a catalogue, real or cached
 model, or a file that lies in a directory the device's owner allowed (--allow-dir). Each job has one deadline
 (its timeout) over every phase, and a stop request (SIGTERM) ends the running job within a few seconds.
+
+The coordinator's trouble is transient: unreachable at boot or later, slow, or answering any error, the agent
+keeps trying with jittered backoff, forever, and logs at most one line per LOG_EVERY_S for each kind of failure.
+Only refused credentials (UNAUTHENTICATED or PERMISSION_DENIED on Register or PollJob: revoked, or another
+device's) end `run`, with exit status 2, which the systemd unit does not restart.
 """
 
 import fcntl
@@ -20,12 +25,13 @@ import grpc
 from fleetfit.agent import device_probe, inventory, profiling
 from fleetfit.agent.backends import registry
 from fleetfit.agent.identity import Identity
-from fleetfit.agent.outbox import TRANSIENT, Outbox, backoff_s, deliver, flush
+from fleetfit.agent.outbox import Outbox, backoff_s, deliver, flush
 from fleetfit.agent.isolation import WorkerFailure, run_worker
 from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+from fleetfit.v1.transport import CoordinatorUnreachable
 
 log = logging.getLogger("fleetfit.agent")
 
@@ -33,6 +39,43 @@ CALL_TIMEOUT_S = 15.0
 # The agent is in touch with the coordinator at least this often (idle: long-polls; busy: lease heartbeats):
 # the coordinator reports a device silent for three such periods as lost (store.LOST_AFTER_S).
 CONTACT_S = 10.0
+LOG_EVERY_S = 60.0  # at most one log line per kind of failure in this long
+REFUSED_CREDENTIALS = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+
+
+class CredentialsRefused(Exception):
+    """The coordinator refuses this agent's credentials (revoked, or another device's); one line for users."""
+
+
+class QuietLog:
+    """At most one warning per LOG_EVERY_S for each kind of failure, with how many there were since, and one line
+    when it ends: an agent retrying all night through a coordinator outage writes a line a minute, not thousands."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S):
+        self.every_s, self.last, self.count, self.since = every_s, {}, {}, {}
+        self.lock = threading.Lock()
+
+    def failed(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.count[kind] = self.count.get(kind, 0) + 1
+            self.since.setdefault(kind, now)
+            if now - self.last.get(kind, -self.every_s) < self.every_s:
+                return
+            self.last[kind] = now
+            n = self.count[kind]
+        log.warning("%s%s; retrying", message, f" ({n} failures in {now - self.since[kind]:.0f} s)" if n > 1 else "")
+
+    def ended(self, kind: str) -> None:
+        with self.lock:
+            n, since = self.count.pop(kind, 0), self.since.pop(kind, None)
+            self.last.pop(kind, None)
+        if n:
+            log.info("%s works again after %d failure(s) in %.0f s", kind, n, time.monotonic() - since)
+
+
+def _failure(what: str, exc: grpc.RpcError) -> str:
+    return f"{what} failed ({exc.code().name}: {(exc.details() or '').strip()[:300]})"
 
 
 class LockError(Exception):
@@ -94,26 +137,65 @@ def run_job(job: pb.Job, device_id: str, cache_dir: pathlib.Path,
                             failure=pb.FAILURE_KIND_ERROR, error=error, started_unix_s=time.time())
 
 
-def _call_with_retry(call, request, stop: threading.Event, attempts: int = 8):
-    """Retry transient gRPC failures with jittered exponential backoff."""
+def _until_answered(call, request, stop: threading.Event, quiet: QuietLog, what: str):
+    """`call(request)`'s reply, trying again after any failure with jittered backoff, forever; None once `stop` is
+    set. CredentialsRefused when the coordinator refuses this agent's credentials."""
+    attempt = 0
+    while not stop.is_set():
+        try:
+            reply = call(request, timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            if exc.code() in REFUSED_CREDENTIALS:
+                raise CredentialsRefused(f"the coordinator refused this agent ({exc.code().name}: {exc.details()}): "
+                                         "join again with a new token (fleetfit-agent join)") from None
+            quiet.failed(what, _failure(what, exc))
+            stop.wait(backoff_s(attempt))
+            attempt += 1
+            continue
+        quiet.ended(what)
+        return reply
+    return None
+
+
+def _release(stub, device_id: str, job: pb.Job, stop: threading.Event, attempts: int = 3) -> None:
+    """Give a leased job back (a few tries); if that fails the job returns to the queue when its lease expires."""
+    request = pb.ReleaseJobRequest(device_id=device_id, job_id=job.job_id, fence=job.fence)
     for attempt in range(attempts):
         try:
-            return call(request, timeout=CALL_TIMEOUT_S)
+            stub.ReleaseJob(request, timeout=CALL_TIMEOUT_S)
+            return
         except grpc.RpcError as exc:
-            if exc.code() not in TRANSIENT or attempt == attempts - 1 or stop.is_set():
-                raise
-            delay = backoff_s(attempt)
-            log.warning("coordinator call failed (%s); retrying in %.1f s", exc.code().name, delay)
-            stop.wait(delay)
+            if attempt == attempts - 1 or exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                log.warning("job %s not handed back (%s); it returns to the queue when its lease expires",
+                            job.job_id, exc.code().name)
+                return
+            stop.wait(backoff_s(attempt))
+
+
+def _connect(identity: Identity, stop: threading.Event, timeout_s: float, quiet: QuietLog):
+    """A channel to the coordinator, trying again (jittered backoff) until it answers; None once `stop` is set.
+    Once made, gRPC reconnects the channel by itself (transport.CHANNEL_OPTIONS bounds its backoff)."""
+    attempt = 0
+    while not stop.is_set():
+        try:
+            channel = identity.connect(timeout_s)
+        except CoordinatorUnreachable as exc:
+            quiet.failed("connecting", str(exc))
+            stop.wait(backoff_s(attempt))
+            attempt += 1
+            continue
+        quiet.ended("connecting")
+        return channel
+    return None
 
 
 class LeaseKeeper(threading.Thread):
     """Renews a job's lease every third of its length (at least every CONTACT_S) until stopped; notes when the
     lease was lost."""
 
-    def __init__(self, stub, device_id: str, job: pb.Job):
+    def __init__(self, stub, device_id: str, job: pb.Job, quiet: QuietLog):
         super().__init__(daemon=True)
-        self.stub, self.job = stub, job
+        self.stub, self.job, self.quiet = stub, job, quiet
         self.request = pb.HeartbeatRequest(device_id=device_id, job_id=job.job_id, fence=job.fence)
         self.done, self.lost = threading.Event(), False
 
@@ -126,47 +208,56 @@ class LeaseKeeper(threading.Thread):
                     log.warning("lease on job %s lost: %s", self.job.job_id, exc.details())
                     self.lost = True
                     return
-                log.warning("heartbeat failed (%s); retrying", exc.code().name)
+                self.quiet.failed("heartbeat", _failure("heartbeat", exc))
+            else:
+                self.quiet.ended("heartbeat")
 
 
 def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Event, outbox: Outbox,
                connect_timeout_s: float = 10.0, poll_wait_s: float = 5.0,
                allowed_dirs: list[pathlib.Path] = ()) -> int:
-    """Run until `stop` is set; returns the number of jobs run. On stop, a job just leased is given back
-    and a running one is ended (its worker killed) and reported as stopped."""
-    device_id = identity.device_id
-    channel = identity.connect(connect_timeout_s)
+    """Run until `stop` is set, whatever the coordinator does (see the module's doc); returns the number of jobs
+    run. CredentialsRefused when the coordinator refuses this agent's credentials. On stop, a job just leased is
+    given back and a running one is ended (its worker killed) and reported as stopped."""
+    device_id, quiet = identity.device_id, QuietLog()
+    channel = _connect(identity, stop, connect_timeout_s, quiet)
+    if channel is None:
+        return 0
     stub = pb_grpc.AgentServiceStub(channel)
     register = registration(device_id, cache_dir)
-    _call_with_retry(stub.Register, register, stop)
-    log.info("registered %s with %s", device_id, identity.coordinator)
-    jobs_run = 0
+    jobs_run, failures = 0, 0
     with channel:
+        if _until_answered(stub.Register, register, stop, quiet, "registering") is None:
+            return 0
+        log.info("registered %s with %s", device_id, identity.coordinator)
         while not stop.is_set():
-            if len(outbox):  # kept results first; if the coordinator is away (or lost us) the poll below says so
-                flush(outbox, stub.ReportResult, stop, max_attempts=3)
+            if len(outbox) and not flush(outbox, stub.ReportResult, stop, max_attempts=3):
+                quiet.failed("delivering", f"{len(outbox)} result(s) wait in the outbox")
             try:
                 reply = stub.PollJob(pb.PollJobRequest(device_id=device_id, wait_s=poll_wait_s),
                                      timeout=poll_wait_s + CALL_TIMEOUT_S)
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND:  # the coordinator lost us (a new database)
                     log.warning("coordinator does not know this device; registering again")
-                    _call_with_retry(stub.Register, register, stop)
+                    _until_answered(stub.Register, register, stop, quiet, "registering")
                     continue
-                if exc.code() not in TRANSIENT:
-                    raise
-                log.warning("coordinator unavailable (%s); retrying", exc.code().name)
-                stop.wait(1.0)
+                if exc.code() in REFUSED_CREDENTIALS:
+                    raise CredentialsRefused(f"the coordinator refused this agent ({exc.code().name}: "
+                                             f"{exc.details()}): join again with a new token") from None
+                quiet.failed("polling", _failure("polling for jobs", exc))
+                stop.wait(backoff_s(failures))
+                failures += 1
                 continue
+            failures = 0
+            quiet.ended("polling")
             if not reply.HasField("job"):
                 continue
             job = reply.job
             if stop.is_set():
-                _call_with_retry(stub.ReleaseJob, pb.ReleaseJobRequest(device_id=device_id, job_id=job.job_id,
-                                                                       fence=job.fence), threading.Event(), 3)
+                _release(stub, device_id, job, threading.Event())
                 break
             log.info("job %s: %s %s", job.job_id, job.request.model.name or job.request.model.path, job.request.quant)
-            keeper = LeaseKeeper(stub, device_id, job)
+            keeper = LeaseKeeper(stub, device_id, job, quiet)
             keeper.start()
             try:
                 result = run_job(job, device_id, cache_dir, allowed_dirs, stop)
@@ -175,11 +266,6 @@ def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Even
                 keeper.join()
             report = pb.ReportResultRequest(job_id=job.job_id, result=result, fence=job.fence)
             if not deliver(outbox, stub.ReportResult, report, stop if not stop.is_set() else threading.Event()):
-                try:  # the result is lost (disk full, coordinator away): give the job back, not an attempt burnt
-                    _call_with_retry(stub.ReleaseJob, pb.ReleaseJobRequest(device_id=device_id, job_id=job.job_id,
-                                                                           fence=job.fence), stop, 3)
-                except grpc.RpcError as exc:
-                    log.warning("job %s not handed back (%s); it returns to the queue when its lease expires",
-                                job.job_id, exc.code().name)
+                _release(stub, device_id, job, stop)  # lost (disk full, coordinator away): not an attempt burnt
             jobs_run += 1
     return jobs_run

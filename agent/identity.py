@@ -18,7 +18,7 @@ import grpc
 
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
-from fleetfit.v1.transport import CoordinatorUnreachable, connect
+from fleetfit.v1.transport import CoordinatorUnreachable, connect, device_id_problem
 
 CALL_TIMEOUT_S = 15.0
 
@@ -118,7 +118,10 @@ def fetch_pinned_ca(address: str, fingerprint: str, timeout_s: float = 10.0) -> 
 
 def join(address: str, token: str, device_id: str, insecure: bool = False, mutual_tls: bool = False,
          timeout_s: float = 10.0) -> Identity:
-    """Spend `token` at the coordinator for this device's credentials."""
+    """Spend `token` at the coordinator for this device's credentials (an id that could never authenticate is
+    refused here, before the coordinator is contacted)."""
+    if problem := device_id_problem(device_id):
+        raise JoinError(f"cannot join as this device: {problem}; choose another with --device-id")
     secret, _, fingerprint = token.partition(".")
     if insecure:
         ca_pem = None

@@ -5,6 +5,7 @@ import importlib.metadata
 import os
 import pathlib
 import platform
+import re
 import socket
 
 import psutil
@@ -72,8 +73,9 @@ def cpu_model(proc_root: pathlib.Path = pathlib.Path("/proc")) -> str:
 
 
 def default_device_id() -> str:
-    """Stable per machine: hostname plus a digest of /etc/machine-id when there is one."""
-    host = socket.gethostname()
+    """Stable per machine: hostname plus a digest of /etc/machine-id when there is one; a character of the
+    hostname that a credential cannot carry (non-ASCII, space: transport.DEVICE_ID) becomes "_"."""
+    host = re.sub(r"[^!-~]", "_", socket.gethostname())[:200] or "device"
     try:
         machine_id = pathlib.Path("/etc/machine-id").read_text().strip()
     except OSError:

@@ -52,6 +52,10 @@ class Deadline:
             raise WorkerFailure("timeout", f"no result within the job's limit of {self.limit_s:g} s "
                                            f"(reached during the {phase})")
 
+    def checker(self, phase: str):
+        """`check(phase)` as a callable without arguments, for a loop that reads a file (models/gguf_file.py)."""
+        return lambda: self.check(phase)
+
     def wait(self, seconds: float, phase: str) -> None:
         """Sleep `seconds`, cut short (WorkerFailure) by the deadline or a stop request."""
         end = time.monotonic() + seconds
@@ -77,10 +81,10 @@ def _oom_line(text: str) -> str | None:
 
 
 def run_worker(request: dict, limit: float | Deadline, memory_limit_bytes: int | None = None,
-               phase: str = "run") -> dict:
+               phase: str = "run", pass_fds: tuple[int, ...] = ()) -> dict:
     """The worker's result dict, or WorkerFailure. `limit`: seconds, or a job's Deadline (whose stop request also
     ends the worker); `phase` names what the worker does, in the messages. With a memory limit the worker's
-    address space is capped."""
+    address space is capped. `pass_fds`: descriptors the worker gets at the same numbers (a job's opened file)."""
     deadline = limit if isinstance(limit, Deadline) else Deadline.after(limit)
     deadline.check(phase)
     if memory_limit_bytes:
@@ -90,9 +94,10 @@ def run_worker(request: dict, limit: float | Deadline, memory_limit_bytes: int |
         stderr_path = os.path.join(tmp, "stderr.txt")
         with open(stderr_path, "w+") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "fleetfit.agent.worker", result_path],
+                [sys.executable, "-m", "fleetfit.agent.worker", result_path, str(os.getpid())],  # dies with us
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
                 start_new_session=True,  # so a timeout kills the whole group
+                pass_fds=pass_fds,
             )
             try:
                 _send(proc, json.dumps(request).encode())

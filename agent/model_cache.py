@@ -3,13 +3,15 @@ synthetic files of catalogue shapes; and the rules for what a request may name.
 
 Safe under several processes sharing one cache: each file is made under a unique temporary name in its target
 directory and renamed into place, while an exclusive lock on the target (`<file>.lock`) is held; whoever takes
-the lock second finds the file made and uses it.
+the lock second finds the file made and uses it. The kernel drops the lock of a writer that dies (SIGKILL, power
+loss), so a partial file found while holding the lock is a dead writer's, and is removed.
 """
 
 import base64
 import contextlib
 import dataclasses
 import fcntl
+import glob
 import hashlib
 import math
 import os
@@ -63,27 +65,43 @@ def checked_name(name: str) -> str:
     return name
 
 
-def checked_file(path: str, allowed_dirs: list[pathlib.Path] | None) -> str:
-    """The file to open. With `allowed_dirs` (a job): its resolved path (symlinks followed), only a regular file inside one of
-    them, refused with PATH_REFUSED otherwise; None: the device's owner at their terminal, any file, as typed."""
-    if allowed_dirs is None:
-        return path  # as typed, so that a broken link or a loop is named as such when it is opened
-    real = os.path.realpath(path)
+def open_job_file(path: str, allowed_dirs: list[pathlib.Path]) -> tuple[int, str]:
+    """A file a job names, opened once: (descriptor, its resolved path). Only a regular file inside one of
+    `allowed_dirs`, refused with PATH_REFUSED otherwise. The check that counts is made on the open descriptor (the
+    kernel's path of the file it holds), so a directory swapped for a symlink at any moment cannot lead outside;
+    everything after reads the descriptor (`fd_path`), the worker too, never the name again."""
     roots = [os.path.realpath(d) for d in allowed_dirs]
-    if not any(os.path.commonpath([real, root]) == root for root in roots):
-        raise ModelError(PATH_REFUSED)
+
+    def inside(real: str) -> bool:
+        return any(os.path.commonpath([real, root]) == root for root in roots)
+
+    real = os.path.realpath(path)
     try:
-        if not stat.S_ISREG(os.stat(real).st_mode):  # a FIFO or device would block the reader
+        if not inside(real) or not stat.S_ISREG(os.stat(real).st_mode):  # a FIFO or device is never opened
             raise ModelError(PATH_REFUSED)
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         raise ModelError(PATH_REFUSED) from None
-    return real
-
-
-def inspect(path: str | pathlib.Path, job: bool = False) -> GgufInfo:
-    """The file's GGUF header; for a job-named file a refusal that does not quote the file."""
     try:
-        return inspect_gguf(path)
+        opened = os.readlink(fd_path(fd))
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not inside(opened):
+            raise ModelError(PATH_REFUSED)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, opened
+
+
+def fd_path(fd: int) -> str:
+    """A name that opens the file `fd` holds (in a worker given the same descriptor too), whatever its path does."""
+    return f"/proc/self/fd/{fd}"
+
+
+def inspect(path: str | pathlib.Path, job: bool = False, deadline: Deadline | None = None) -> GgufInfo:
+    """The file's GGUF header, walked inside the job's deadline; for a job-named file a refusal that does not quote
+    the file."""
+    try:
+        return inspect_gguf(path, deadline.checker("reading of the model file's header") if deadline else None)
     except ModelError:
         if job:
             raise ModelError(UNUSABLE) from None
@@ -133,6 +151,8 @@ def exclusive(target: pathlib.Path, deadline: Deadline | None = None):
             except BlockingIOError:
                 deadline.wait(0.1, f"wait for another process making {target.name}")
         try:
+            for partial in target.parent.glob(f".{glob.escape(target.name)}.*.part"):  # dead writers': we hold the lock
+                partial.unlink(missing_ok=True)
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -159,7 +179,7 @@ def pull(name: str, cache_dir: pathlib.Path, deadline: Deadline | None = None) -
 def derive(src: pathlib.Path, quant: str, dst: pathlib.Path, threads: int,
            deadline: Deadline | None = None) -> pathlib.Path:
     """Write `src` requantized to `quant` at `dst` with llama.cpp's own quantizer; atomic on success."""
-    inspect_gguf(src)  # refuse a missing or damaged source with a clear message
+    inspect(src, deadline=deadline)  # refuse a missing or damaged source with a clear message
     with exclusive(dst, deadline):
         if dst.is_file():  # another process made it while this one waited
             return dst
@@ -196,7 +216,7 @@ def synthesize(arch: str | Architecture, quant: str, cache_dir: pathlib.Path, de
             run_worker({"op": "synth", "arch": arch, "quant": quant, "path": str(target), "force": force,
                         "seed": seed, **({"shape": base64.b64encode(shape).decode()} if shape else {})}, deadline or Deadline.after(math.inf), phase=f"synthesis of {arch} {quant}")
         except WorkerFailure as exc:
-            for partial in target.parent.glob(f".{target.name}.*.part"):  # a killed writer's, and we hold the lock
+            for partial in target.parent.glob(f".{glob.escape(target.name)}.*.part"):  # the killed worker's
                 partial.unlink(missing_ok=True)
             if exc.failure in ("timeout", "stopped"):
                 raise
@@ -213,7 +233,7 @@ def resolve(ref: str, quant: str | None, cache_dir: pathlib.Path, threads: int,
     """A model file for `ref` (a path, or a real model's name) at `quant`, fetching or deriving it if needed."""
     if is_path(ref):
         path = pathlib.Path(ref)
-        info = inspect_gguf(path)
+        info = inspect(path, deadline=deadline)
         if quant is not None and parse_quant(quant) != info.quant:
             raise ModelError(f"{path.name} is {info.quant}, not {parse_quant(quant)}; "
                              f"derive it first with `fleetfit-agent models quantize {path} --to {parse_quant(quant)}`")

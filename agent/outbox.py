@@ -1,8 +1,15 @@
 """The agent's durable outbox: every result is written here (SQLite, one transaction) before it is sent,
 and removed only when the coordinator acknowledged it — stored, or an acknowledged duplicate.
 
-Bounded: past `max_entries` the oldest entries are dropped and counted. Entries the coordinator refuses
-for good (a stale lease, a conflicting payload) are removed and counted as rejected.
+A result is kept and sent again later unless the coordinator said, with a status that means it, that it will
+never accept it (NEVER_ACCEPTED: INVALID_ARGUMENT — bounds or shape refused; ALREADY_EXISTS — the result id is
+stored with another payload; PERMISSION_DENIED — the job or device is another's; FAILED_PRECONDITION — the
+lease is stale, the job was leased again). Even then it is not deleted: it moves to the dead letters (a table
+in the same file) with the status, the coordinator's reason and the time, counted as "rejected";
+`fleetfit-agent outbox` shows them. Every other status (UNAVAILABLE, UNKNOWN, INTERNAL, ABORTED,
+RESOURCE_EXHAUSTED, UNAUTHENTICATED, ...) keeps the result. The file is created mode 0600.
+
+Bounded: past `max_entries` the oldest entries (and dead letters) are dropped, counted and logged.
 
 The file is checked when opened (`PRAGMA quick_check`): a corrupt outbox is refused with one line. A write
 the disk refuses (full, read-only, I/O error) is retried a few times, then raises OutboxWriteError: `deliver`
@@ -12,6 +19,7 @@ cannot be written wait in memory and are saved with the next write that succeeds
 
 import collections
 import logging
+import os
 import pathlib
 import random
 import sqlite3
@@ -24,7 +32,13 @@ from fleetfit.v1 import fleetfit_pb2 as pb
 
 log = logging.getLogger("fleetfit.agent")
 
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+# The statuses that say "never": the only ones that take a result out of the outbox (into the dead letters).
+NEVER_ACCEPTED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.PERMISSION_DENIED,
+                  grpc.StatusCode.FAILED_PRECONDITION}
+# Kept, and the rest of the outbox waits too: the coordinator is away, or does not (yet) take this device's results.
+# Other kept statuses (INTERNAL, UNKNOWN, ABORTED, ...) may be about that one result: the flush goes on past it.
+COORDINATOR_WIDE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED}
 CALL_TIMEOUT_S = 15.0
 DEFAULT_MAX_ENTRIES = 10_000
 WRITE_ATTEMPTS = 3
@@ -64,6 +78,8 @@ class Outbox:
         self.db = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite gives its -wal the same mode
+            os.chmod(self.path, 0o600)  # results and dead letters are this device's own: one made 0644 before too
             self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             check = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
             if check != "ok":
@@ -73,6 +89,9 @@ class Outbox:
                 CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT,
                                                    result_id TEXT UNIQUE NOT NULL, request BLOB NOT NULL);
                 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                CREATE TABLE IF NOT EXISTS dead_letters (seq INTEGER PRIMARY KEY AUTOINCREMENT, result_id TEXT NOT NULL,
+                                                         request BLOB NOT NULL, status TEXT NOT NULL,
+                                                         reason TEXT NOT NULL, at REAL NOT NULL);
             """)
         except (sqlite3.Error, OSError) as exc:
             if self.db is not None:
@@ -133,6 +152,29 @@ class Outbox:
 
         self._write(work)
 
+    def dead_letter(self, request: pb.ReportResultRequest, status: str, reason: str) -> None:
+        """Move `request` from the outbox to the dead letters with the coordinator's status and reason; counted as
+        "rejected". OutboxWriteError when the disk refuses (then it stays in the outbox)."""
+        def work():
+            self.db.execute("INSERT INTO dead_letters (result_id, request, status, reason, at) VALUES (?, ?, ?, ?, ?)",
+                            (request.result.result_id, request.SerializeToString(), status, reason[:1000], time.time()))
+            self.db.execute("DELETE FROM outbox WHERE result_id = ?", (request.result.result_id,))
+            self._bump("rejected")
+            over = self.db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0] - self.max_entries
+            if over > 0:
+                self.db.execute("DELETE FROM dead_letters WHERE seq IN "
+                                "(SELECT seq FROM dead_letters ORDER BY seq LIMIT ?)", (over,))
+                self._bump("dead_letters_dropped", over)
+                log.warning("dead letters full: dropped the %d oldest", over)
+
+        self._write(work)
+
+    def dead_letters(self) -> list[tuple[pb.ReportResultRequest, str, str, float]]:
+        """The results the coordinator refused for good, oldest first: (request, status, reason, unix time)."""
+        with self.lock:
+            rows = self.db.execute("SELECT request, status, reason, at FROM dead_letters ORDER BY seq").fetchall()
+        return [(pb.ReportResultRequest.FromString(r), status, reason, at) for r, status, reason, at in rows]
+
     def note(self, counter: str) -> None:
         """Count an event even when the disk is full (then the count waits in memory)."""
         self.unsaved[counter] += 1
@@ -151,48 +193,81 @@ class Outbox:
             return self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
 
-def send(report, request: pb.ReportResultRequest, stop: threading.Event, max_attempts: int | None = None) -> str | None:
-    """Send one report with `report` (AgentService.ReportResult): "delivered", "duplicates" (acknowledged before)
-    or "rejected" (refused for good); None when it should be kept and sent later (an unknown device: register
-    first; or the coordinator unreachable after `max_attempts` transient failures, or `stop`)."""
+class Refused(str):
+    """send's outcome for a result the coordinator will never accept: "rejected", with the status and reason."""
+
+    def __new__(cls, code: grpc.StatusCode, reason: str):
+        refused = super().__new__(cls, "rejected")
+        refused.code, refused.reason = code, reason
+        return refused
+
+
+class Kept(str):
+    """send's outcome for a result to keep and send later, with the last status (`code`)."""
+
+    def __new__(cls, code: grpc.StatusCode):
+        kept = super().__new__(cls, "kept")
+        kept.code = code
+        return kept
+
+
+def send(report, request: pb.ReportResultRequest, stop: threading.Event, max_attempts: int | None = None) -> str:
+    """Send one report with `report` (AgentService.ReportResult): "delivered", "duplicates" (acknowledged before),
+    a Refused ("rejected": the coordinator will never accept it, NEVER_ACCEPTED) or a Kept ("kept": send it
+    later — an unknown device or revoked credentials at once; any other status after `max_attempts` tries with
+    jittered backoff, or at `stop`)."""
     attempt = 0
     while True:
         try:
             reply = report(request, timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None  # the coordinator does not know this device (yet)
-            if exc.code() in TRANSIENT:
-                attempt += 1
-                if stop.is_set() or (max_attempts is not None and attempt >= max_attempts):
-                    return None
-                stop.wait(backoff_s(attempt - 1))
-                continue
-            log.warning("result %s refused for good (%s: %s)", request.result.result_id, exc.code().name,
-                        exc.details())
-            return "rejected"
+            code = exc.code()
+            if code in NEVER_ACCEPTED:
+                log.warning("result %s refused for good (%s: %s); moved to the dead letters", request.result.result_id,
+                            code.name, exc.details())
+                return Refused(code, exc.details() or "")
+            attempt += 1
+            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED) or stop.is_set() or (
+                    max_attempts is not None and attempt >= max_attempts):
+                return Kept(code)
+            stop.wait(backoff_s(attempt - 1))
+            continue
         return "duplicates" if reply.duplicate else "delivered"
 
 
-def flush(outbox: Outbox, report, stop: threading.Event, max_attempts: int | None = None) -> bool:
-    """Send what the outbox holds, oldest first; each entry is removed once acknowledged or refused for good.
+# A flush stops after this many results in a row were kept for a status about one result (INTERNAL, UNKNOWN, ...).
+MAX_KEPT_IN_A_ROW = 3
 
-    Transient failures are retried with jittered backoff (forever unless `max_attempts`, until `stop`); an
-    unknown device stops the flush with everything kept (register, then flush again), and so does a removal
-    the disk refuses (the entry is sent again later; the coordinator ignores duplicates). True when the
-    outbox was emptied.
+
+def flush(outbox: Outbox, report, stop: threading.Event, max_attempts: int | None = None) -> bool:
+    """Send what the outbox holds, oldest first; each entry is removed once acknowledged, or moved to the dead
+    letters once refused for good.
+
+    Failures are retried with jittered backoff (forever unless `max_attempts`, until `stop`). A status about the
+    coordinator or this device (COORDINATOR_WIDE: away, an unknown device — register, then flush again) stops
+    the flush with everything kept; one about a single result (INTERNAL, ...) keeps it and goes on with the next,
+    up to MAX_KEPT_IN_A_ROW in a row. A removal the disk refuses stops it too (the entry is sent again later; the
+    coordinator ignores duplicates). True when the outbox was emptied.
     """
+    kept_in_a_row = 0
     for request in outbox.pending():
         outcome = send(report, request, stop, max_attempts)
-        if outcome is None:
-            return False
+        if isinstance(outcome, Kept):
+            kept_in_a_row += 1
+            if outcome.code in COORDINATOR_WIDE or kept_in_a_row >= MAX_KEPT_IN_A_ROW or stop.is_set():
+                return False
+            continue
+        kept_in_a_row = 0
         try:
-            outbox.remove(request.result.result_id, outcome)
+            if isinstance(outcome, Refused):
+                outbox.dead_letter(request, outcome.code.name, outcome.reason)
+            else:
+                outbox.remove(request.result.result_id, outcome)
         except OutboxWriteError as exc:
-            log.warning("outbox write failed (%s): result %s was sent but stays in the outbox", exc,
+            log.warning("outbox write failed (%s): result %s was answered but stays in the outbox", exc,
                         request.result.result_id)
             return False
-    return True
+    return len(outbox) == 0
 
 
 def deliver(outbox: Outbox, report, request: pb.ReportResultRequest, stop: threading.Event,
@@ -204,13 +279,16 @@ def deliver(outbox: Outbox, report, request: pb.ReportResultRequest, stop: threa
     except OutboxWriteError as exc:
         result_id = request.result.result_id
         outcome = send(report, request, stop, max_attempts)
-        outbox.note(outcome or "lost")
-        if outcome is None:
+        outbox.note("lost" if isinstance(outcome, Kept) else outcome)
+        if isinstance(outcome, Kept):
             log.error("outbox write failed (%s): result %s lost (not delivered either); counted, %d lost so far",
                       exc, result_id, outbox.count("lost"))
             return False
-        log.error("outbox write failed (%s): result %s %s directly", exc, result_id,
-                  "refused for good when sent" if outcome == "rejected" else "delivered")
+        if isinstance(outcome, Refused):  # nowhere to keep it as a dead letter: counted and logged with the reason
+            log.error("outbox write failed (%s): result %s refused for good when sent directly (%s: %s)", exc,
+                      result_id, outcome.code.name, outcome.reason)
+        else:
+            log.error("outbox write failed (%s): result %s delivered directly", exc, result_id)
         return True
     flush(outbox, report, stop, max_attempts)
     return True

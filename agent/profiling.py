@@ -122,48 +122,46 @@ def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
         started_unix_s=time.time(), memory_limit_bytes=memory_limit_bytes,
     )
     start = time.monotonic()
+    target = None
     try:
         target = backend.resolve(request, precision, cache_dir, threads, deadline, allowed_dirs)
-        _describe_model(result, request, target, allowed_dirs)
-        _measure(result, backend, target, WorkerJob(request, target, threads, str(cache_dir)), deadline,
-                 allowed_dirs, probes)
+        _describe_model(result, target, allowed_dirs, deadline)
+        _measure(result, backend, target, WorkerJob(request, target, threads, str(cache_dir)), deadline, probes)
     except WorkerFailure as exc:
         result.failure, result.error = FAILURE_KINDS[exc.failure], exc.message
+    finally:
+        if target is not None and target.fd is not None:  # a job's file, read through this descriptor until now
+            os.close(target.fd)
     result.wall_s = time.monotonic() - start
     return result
 
 
-def _checked_again(request: pb.ProfileRequest, target: RunTarget, allowed_dirs: list[pathlib.Path] | None) -> None:
-    """A file a job named, checked again just before it is opened: a symlink swapped in since is refused."""
-    if request.model.path and model_cache.checked_file(target.path, allowed_dirs) != target.path:
-        raise ModelError(model_cache.PATH_REFUSED)
-
-
-def _describe_model(result: pb.ProfileResult, request: pb.ProfileRequest, target: RunTarget,
-                    allowed_dirs: list[pathlib.Path] | None) -> None:
+def _describe_model(result: pb.ProfileResult, target: RunTarget, allowed_dirs: list[pathlib.Path] | None,
+                    deadline: Deadline) -> None:
     result.model_name, result.model_origin, result.quant = target.name, target.origin, target.precision or ""
     if target.path is None:  # a catalogue shape with random weights
         arch = catalogue.architecture(target.arch)
         result.model_n_params, result.model_arch = catalogue.n_params(arch), arch.family
         return
-    _checked_again(request, target, allowed_dirs)
-    info = model_cache.inspect(target.path, job=allowed_dirs is not None)
-    result.model_file, result.model_sha256 = target.path, sha256_of(pathlib.Path(target.path))
+    info = model_cache.inspect(target.path, allowed_dirs is not None, deadline)
+    # read in full (minutes for a terabyte, sparse or not): inside the job's deadline and stop request
+    digest = sha256_of(pathlib.Path(target.path), check=deadline.checker("hashing of the model file"))
+    result.model_file, result.model_sha256 = target.shown or target.path, digest
     result.model_file_bytes, result.model_n_params = info.file_bytes, info.n_params
     result.model_arch = info.architecture
 
 
 def _measure(result: pb.ProfileResult, backend: Backend, target: RunTarget, job: WorkerJob, deadline: Deadline,
-             allowed_dirs: list[pathlib.Path] | None, probes: pb.DeviceProbes) -> None:
+             probes: pb.DeviceProbes) -> None:
     """Run the worker under the power sampler and fill the result's figures (WorkerFailure when it failed)."""
     request = result.request
     idle_s = energy.idle_baseline_s(request)
     sampler, declined = energy.start_sampler(idle_s, deadline)
     try:
-        _checked_again(request, target, allowed_dirs)
         with backend.preparing(target, job.cache_dir):
             figures = RunFigures.from_json(run_worker({"backend": backend.NAME, "op": "profile", "job": job.to_json()},
-                                                      deadline, result.memory_limit_bytes or None))
+                                                      deadline, result.memory_limit_bytes or None,
+                                                      pass_fds=() if target.fd is None else (target.fd,)))
     except BaseException:
         sampler.close()
         raise

@@ -28,7 +28,8 @@ def unit_text(exe: str, identity: pathlib.Path, cache_dir: pathlib.Path | None, 
         f"ExecStart={shlex.join(args)}",
         "Restart=on-failure",
         "RestartSec=5",
-        # exit 2 is a refusal that a restart cannot cure (a corrupt outbox, a second agent, not enrolled)
+        # exit 2 is a refusal that a restart cannot cure (a corrupt outbox, a second agent, not enrolled, revoked
+        # credentials); `run` never exits because the coordinator is away or failing (it retries, forever)
         "RestartPreventExitStatus=2",
         "KillSignal=SIGTERM",
         "TimeoutStopSec=600",

@@ -1,16 +1,18 @@
 """The isolated worker: runs one backend operation in its own process and writes the outcome as JSON.
 
-    python -m fleetfit.agent.worker RESULT_FILE < request.json
+    python -m fleetfit.agent.worker RESULT_FILE AGENT_PID < request.json
 
 The request is {"op", "backend", ...}: "profile" carries a WorkerJob (the serialized ProfileRequest and the model
 the agent resolved it to) and answers with RunFigures; "synth" writes a synthetic GGUF; any other op is the
 backend's own (capabilities, quantize, greedy, ...). A crash, abort or OOM inside the native backend kills only
 this process; the agent reads the exit status and classifies it (see isolation.py). Handled errors are written
-as {"error", "failure"}.
+as {"error", "failure"}. The worker dies with the agent, however the agent ends (SIGKILL included).
 """
 
 import json
+import os
 import resource
+import signal
 import sys
 
 HANDLED_ERROR_EXIT = 3
@@ -42,8 +44,23 @@ def _run(request: dict) -> dict:
     return backend.call(op, request)
 
 
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this worker when the agent that started it dies, even by SIGKILL: a worker left behind would keep
+    running a job, or writing a derived model into the cache, for nobody. (Linux; the kernel watches the thread
+    that started the worker, which waits for it in run_worker until it ends.)"""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the agent died before the line above took effect
+        os._exit(1)
+
+
 def main() -> int:
     result_path = sys.argv[1]
+    if len(sys.argv) > 2:
+        die_with_parent(int(sys.argv[2]))
     request = json.load(sys.stdin)
     if request.get("memory_limit_bytes"):
         # A cap on the address space: an allocation past it fails inside llama.cpp instead of pushing

@@ -15,6 +15,7 @@ import time
 
 import grpc
 
+from fleetfit.coordinator import errors
 from fleetfit.coordinator.store import Store, token_hash
 
 PUBLIC, AGENT, OPERATOR = "public", "agent", "operator"
@@ -95,17 +96,33 @@ def check_operator(store: Store, cred: str) -> bool:
 
 
 def guard(servicer, service, store: Store, proven: dict[str, float] | None = None):
-    """`servicer` with each RPC of `service` (a descriptor) wrapped in its policy check; `proven` is the cache of
-    proven agent credentials (check_agent), shared with whoever revokes them."""
+    """`servicer` with each RPC of `service` (a descriptor) wrapped in its policy check and in the one mapping of
+    unhandled exceptions to statuses (errors.answer); `proven` is the cache of proven agent credentials
+    (check_agent), shared with whoever revokes them."""
 
     class Guarded:
         pass
 
-    guarded, proven = Guarded(), {} if proven is None else proven
+    guarded, proven, quiet = Guarded(), {} if proven is None else proven, errors.QuietLog()
     for method in service.methods:
         role, device_field = policy(method.full_name)  # KeyError: a new RPC must be given a policy
-        setattr(guarded, method.name, _wrap(getattr(servicer, method.name), role, device_field, store, proven))
+        checked = _wrap(getattr(servicer, method.name), role, device_field, store, proven)
+        setattr(guarded, method.name, _mapped(checked, method.full_name, quiet))
     return guarded
+
+
+def _mapped(handler, method: str, quiet: errors.QuietLog):
+    """`handler` whose unhandled exceptions leave as the status errors.status_for gives, never as UNKNOWN."""
+    async def mapped(request, context):
+        try:
+            return await handler(request, context)
+        except grpc.aio.AbortError:  # context.abort: the status is already set
+            raise
+        except Exception as exc:
+            code, message = errors.answer(exc, method, quiet)
+            await context.abort(code, message)
+
+    return mapped
 
 
 def _wrap(handler, role: str, device_field: str | None, store: Store, proven: dict[str, float]):

@@ -448,9 +448,9 @@ def devices(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table", s
     _check_format(fmt)
     found = _pages(_fleet(coordinator, state_dir, ca, token).ListDevices, pb.ListDevicesRequest(), "devices")
     people = fmt in ("table", "md")
-    header = ["device", "host", "labels", "arch", "cpu", "cores", "RAM GiB", "GPUs", "backends", "results", "refused",
-              "last refusal", "status", "silent s"]
-    body = [[d.inventory.device_id, d.inventory.hostname, ",".join(f"{k}={v}" for k, v in sorted(d.labels.items())),
+    header = ["device id", "name", "host", "labels", "arch", "cpu", "cores", "RAM GiB", "GPUs", "backends", "results",
+              "refused", "last refusal", "status", "silent s"]
+    body = [[d.inventory.device_id, d.display_name, d.inventory.hostname, ",".join(f"{k}={v}" for k, v in sorted(d.labels.items())),
              d.inventory.arch, d.inventory.cpu_model, d.inventory.cpu_cores_physical,
              round(d.inventory.ram_total_bytes / 2**30, 1), ", ".join(g.name for g in d.inventory.gpus) or None,
              " ".join(b.name for b in d.inventory.backends if b.available) or None, d.results, d.refused,

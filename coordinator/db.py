@@ -132,10 +132,14 @@ class DatabaseError(Exception):
 
 def redact_url(url: str) -> str:
     """`url` with its password (in user:password@ or a password= parameter) replaced by ***: the one way a
-    database URL is shown in banners, logs and errors."""
+    database URL is shown in banners, logs and errors. Never raises: a URL that does not parse is redacted by
+    pattern."""
     if not is_postgres_url(url):
         return url
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL": hide whatever follows user: up to the last @
+        return re.sub(r"(?i)(password=)[^&]*", r"\1***", re.sub(r"^([^:]+://[^:/@]*:)[^/]*@", r"\1***@", url))
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, host = netloc.rpartition("@")
@@ -146,12 +150,27 @@ def redact_url(url: str) -> str:
 
 
 def _password(url: str) -> str | None:
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return None
     found = re.search(r"(?i)(?:^|&)password=([^&]*)", parts.query)
     secret = parts.password or (found.group(1) if found else None)
     return urllib.parse.unquote(secret) if secret else None
 
 
+def check_postgres_url(url: str) -> None:
+    """DatabaseError (one line, password hidden) when `url` does not parse as a URL at all."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if "," not in parts.netloc:  # several hosts (h1:5432,h2:5432) are libpq's to parse
+            _ = parts.port  # raises on a port that is not a number
+    except ValueError as exc:
+        raise DatabaseError(f"malformed PostgreSQL URL {redact_url(url)}: {exc} "
+                            "(postgresql://USER:PASSWORD@HOST:PORT/DB; an IPv6 host goes in [brackets])") from None
+
+
+BUSY_TIMEOUT_MS = 10_000  # a write waits this long for another's lock, then fails (the RPC: UNAVAILABLE)
 RECOVER = "restore it from a backup, or move it aside to start an empty fleet"
 
 
@@ -207,7 +226,9 @@ class Database:
         self.lock = threading.Lock()
         self.connections: list = []
         self.display = redact_url(self.url)
-        if not self.postgres:
+        if self.postgres:
+            check_postgres_url(self.url)
+        else:
             check_sqlite_file(pathlib.Path(self.url))
             pathlib.Path(self.url).parent.mkdir(parents=True, exist_ok=True)
         self.migrate()
@@ -228,14 +249,14 @@ class Database:
             conn = sqlite3.connect(self.url, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
-            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         with self.lock:
             self.connections.append(conn)
         return conn
 
     @property
     def conn(self):
-        """This thread's connection, made on first use."""
+        """This thread's connection, made on first use (and again after _discard)."""
         conn = getattr(self.local, "conn", None)
         if conn is None:
             conn = self.local.conn = self._connect()
@@ -252,26 +273,89 @@ class Database:
             self.connections.clear()
         self.local = threading.local()
 
+    def _discard(self) -> None:
+        """Close and forget this thread's connection; the next use makes a new one."""
+        conn, self.local.conn = getattr(self.local, "conn", None), None
+        if conn is None:
+            return
+        with self.lock:
+            if conn in self.connections:
+                self.connections.remove(conn)
+        try:
+            conn.close()
+        except Exception:  # already gone
+            pass
+
+    def _dead(self, exc: BaseException) -> bool:
+        """Whether this thread's connection is beyond use after `exc`: PostgreSQL's cut (a restart, a failover,
+        pg_terminate_backend, an idle reaper), SQLite's closed or failing with an I/O error."""
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            return False
+        if self.postgres:
+            return conn.closed or conn.broken
+        if isinstance(exc, sqlite3.ProgrammingError):  # "Cannot operate on a closed database."
+            return True
+        return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_IOERR
+
     def _execute(self, sql: str, params=()):
         return self.conn.execute(to_postgres(sql) if self.postgres else sql, params)
 
+    def _begin(self):
+        """This thread's connection inside a new transaction. A connection found dead at BEGIN (nothing of ours
+        ran on it yet, so trying again is safe) is replaced once; one left inside a transaction is rolled back."""
+        begin = "BEGIN" if self.postgres else "BEGIN IMMEDIATE"
+        for attempt in (0, 1):
+            conn = self.conn
+            try:
+                if self._in_transaction(conn):
+                    conn.execute("ROLLBACK")
+                conn.execute(begin)
+                return conn
+            except Exception as exc:
+                if attempt or not self._dead(exc):
+                    raise
+                self._discard()
+
+    def _in_transaction(self, conn) -> bool:
+        if self.postgres:
+            import psycopg
+
+            return conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        return conn.in_transaction
+
+    def _rollback(self, exc: BaseException) -> None:
+        """End this thread's failed transaction; a connection that cannot roll back (or is dead) is replaced."""
+        conn = self.local.conn
+        try:
+            if not self._dead(exc) and self._in_transaction(conn):
+                conn.execute("ROLLBACK")
+                return
+        except Exception:
+            pass
+        if self._dead(exc) or self._in_transaction(conn):
+            self._discard()
+
     @contextlib.contextmanager
     def transaction(self):
-        conn = self.conn
-        if self.postgres:
-            with conn.transaction():
-                yield self._execute
-        else:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._execute
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        """One transaction on this thread's connection (BEGIN IMMEDIATE on SQLite: the write lock up front)."""
+        conn = self._begin()
+        try:
+            yield self._execute
             conn.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback(exc)
+            raise
 
     def query(self, sql: str, params=()) -> list[tuple]:
-        return [tuple(row) for row in self._execute(sql, params).fetchall()]
+        """A read (only reads come here): on a connection found dead it is asked again, once, on a new one."""
+        for attempt in (0, 1):
+            try:
+                return [tuple(row) for row in self._execute(sql, params).fetchall()]
+            except Exception as exc:
+                if attempt or not self._dead(exc):
+                    raise
+                self._discard()
 
     def migrate(self) -> int:
         """Apply the migrations this database lacks; returns the schema version."""

@@ -379,23 +379,32 @@ def respond(request: pb.FitRequest, store, cache: "AnswerCache") -> pb.FitRespon
                             shape=q.shape, priors=priors, **q.limits) for d in chosen]
     quality = [r for r in store.quality_results(q.model_name) if r.quant == q.quant] if q.backend == "llama.cpp" else []
     by_id = {d.inventory.device_id: d for d in chosen}
-    answers = [with_quality(a, quality, names) for a in answers]
+    files = collections.defaultdict(set)  # device id -> sha256 of the files of this model and quant it ran
+    for r in store.results(model_name=q.model_name) if quality else ():
+        if quant_of(r) == q.quant and r.model_sha256:
+            files[r.device_id].add(r.model_sha256)
+    answers = [with_quality(a, quality, names, files[a.device_id]) for a in answers]
     if q.shape is None:  # a shape asked about is the operator's file: `fleetfit profile --models FILE` measures it
         answers = [extend_calibration(a, by_id[a.device_id], store) for a in answers]
     return pb.FitResponse(answers=answers)
 
 
-def with_quality(a: pb.FitAnswer, quality: list[pb.QualityResult], names: dict[str, str]) -> pb.FitAnswer:
-    """The answer with its precision's quality cost: the device's own latest measurement, else the fleet's latest
-    (the KL divergence of a file from its F16 is a property of the file; devices differ only in rounding). The
-    figure says where it was measured; the reason does not repeat it (fit's table shows both side by side)."""
-    if not quality:
-        return a
+def with_quality(a: pb.FitAnswer, quality: list[pb.QualityResult], names: dict[str, str],
+                 files: set[str] = frozenset()) -> pb.FitAnswer:
+    """The answer with its precision's quality cost: the device's own latest measurement, else the latest of
+    another device that measured a file this device ran (`files`: their sha256; the KL divergence of a file from
+    its F16 is a property of the file, devices differ only in rounding) — never another device's figure for a file
+    this device did not run, so no device's quality result reaches the answers of devices it has nothing in common
+    with. The figure says where it was measured; the reason does not repeat it (fit's table shows both)."""
     own = [r for r in quality if r.device_id == a.device_id]
-    r = (own or quality)[-1]
+    same_file = [r for r in quality if r.model_sha256 and r.model_sha256 in files]
+    if not own and not same_file:
+        return a
+    r = (own or same_file)[-1]
     out = pb.FitAnswer()
     out.CopyFrom(a)
-    where = "this device" if own else f"device {names.get(r.device_id, r.device_id)}"
+    where = "this device" if own else \
+        f"device {names.get(r.device_id, r.device_id)} (the same file, sha256 {r.model_sha256[:12]})"
     out.kl_divergence.CopyFrom(_figure_message(
         r.kl_divergence_mean, "measured",
         f"mean KL divergence from {r.reference_quant} ± {r.kl_divergence_stderr:.2g}, {r.n_positions} positions "

@@ -40,8 +40,9 @@ class BackgroundCoordinator:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def join_token(self, labels: dict[str, str] | None = None, expires_s: float = 3600) -> str:
-        return join_token_text(self.store, self.authority, labels or {}, expires_s)
+    def join_token(self, labels: dict[str, str] | None = None, expires_s: float = 3600,
+                   device_id: str | None = None) -> str:
+        return join_token_text(self.store, self.authority, labels or {}, expires_s, device_id)
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(stop_server(self.server, self.health, 1.0), self.loop).result()

@@ -1,8 +1,9 @@
 """What the coordinator accepts from a device: every ProfileResult and Register inventory is checked before it
 is stored, and what answers read is filtered once more (results stored before these checks existed).
 
-A figure must be finite, non-negative (only net energies may be negative: net of the idle baseline) and below a
-physical ceiling chosen by its unit (the suffix of its field name); strings, repeated fields and the whole
+A figure must be finite, non-negative (only net energies may be negative: net of the idle baseline) and, unless
+zero, within the physical range of its unit (models/physical_bounds.py, by the suffix of its field name); a Stat is
+measured (every sample and its mean positive) or absent; strings, repeated fields and the whole
 message are size-bounded. A concurrency sweep (`serving`) has one point per stream count the request asked for,
 each either measured (every figure present, per-stream speed the aggregate over N, p99 at least p50) or
 unsupported with a reason and no figures. A refusal names the field: "result.decode_tokens_per_s.samples[2] is nan: ...".
@@ -13,13 +14,13 @@ transaction that stores the result.
 import dataclasses
 import logging
 import math
-import re
 import time
 
 from google.protobuf.descriptor import FieldDescriptor as F
 
-from fleetfit.models import job_bounds
+from fleetfit.models import job_bounds, physical_bounds
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.transport import device_id_problem
 from fleetfit.v1.words import PROVENANCE, upgrade
 
 log = logging.getLogger("fleetfit.coordinator")
@@ -40,11 +41,6 @@ SHORT_TEXT_FIELDS = {"result_id", "device_id", "model_name", "model_arch", "mode
                      "headline_source", "cache_key", "device", "device_name", "scope"}
 LONG_TEXT_FIELDS = {"backend_build", "llama_system_info"}
 SIGNED_FIELDS = {"net_energy_mj", "net_joules_per_token"}  # net of the idle baseline: may be below zero
-# Ceilings by unit, first matching suffix wins (so "_unix_s" and "_per_s" come before "_s").
-CEILINGS = (("_unix_s", 1e10), ("tokens_per_s", 1e7), ("gb_per_s", 1e7), ("gflop_per_s", 1e10), ("_bytes", 2**50),
-            ("bytes_per_token", 2**50), ("_ms", 86_400e3), ("_ms_p50", 86_400e3), ("_ms_p99", 86_400e3),
-            ("_s", 86_400.0), ("_mj", 1e12), ("_w", 1e6), ("_per_token_j", 1e6), ("_params", 1e13))
-DEFAULT_CEILING = 1e15
 FLOATS = (F.TYPE_DOUBLE, F.TYPE_FLOAT)
 INTEGERS = (F.TYPE_INT32, F.TYPE_INT64, F.TYPE_UINT32, F.TYPE_UINT64, F.TYPE_SINT32, F.TYPE_SINT64)
 
@@ -63,17 +59,10 @@ class Quotas:
     bytes_per_hour: int = 64 * 1024 * 1024
 
 
-def ceiling(name: str) -> float:
-    return next((c for suffix, c in CEILINGS if name.endswith(suffix)), DEFAULT_CEILING)
-
-
-DEVICE_ID = re.compile(r"[^\x00-\x20\x7f-\x9f]{1,256}")  # printable, no spaces, at most 256 characters
-
-
 def check_device_id(device_id: str) -> None:
-    """Refused unless a device id (chosen by the agent at join) is 1-256 printable characters without spaces."""
-    if not DEVICE_ID.fullmatch(device_id):
-        raise Refused(f"device_id {device_id[:40]!r} must be 1 to 256 printable characters without spaces")
+    """Refused unless a device id (chosen by the agent at join) can authenticate (transport.device_id_problem)."""
+    if problem := device_id_problem(device_id):
+        raise Refused(problem)
 
 
 def check_result(result: pb.ProfileResult) -> None:
@@ -118,8 +107,8 @@ def _check_depth(result: pb.ProfileResult) -> None:
 
 
 def check_quality(result: pb.QualityResult) -> None:
-    """Refused unless a quality result is within bounds: finite, non-negative figures under their ceilings, a
-    fraction at most 1, a perplexity at least 1 (the exponential of a mean negative log-likelihood) and a mean
+    """Refused unless a quality result is within bounds: finite, non-negative figures within their physical ranges
+    (a fraction at most 1, a perplexity at least 1: the exponential of a mean negative log-likelihood) and a mean
     KL divergence no further below 0 than rounding puts it (a quant against itself)."""
     _check_size(result, "quality", MAX_RESULT_BYTES)
     check_device_id(result.device_id)
@@ -127,14 +116,12 @@ def check_quality(result: pb.QualityResult) -> None:
         raise Refused("quality.result_id, model_name and quant are required")
     kld = result.kl_divergence_mean
     if math.isfinite(kld) and kld < 0:
-        if kld < -1e-3:
+        if kld < -physical_bounds.KLD_ROUNDING:
             raise Refused(f"quality.kl_divergence_mean is {kld:g}: a KL divergence is not negative")
         result = type(result).FromString(result.SerializeToString())
         result.kl_divergence_mean = 0.0  # checked as the rounding it is; the stored value is unchanged
-    _check_message(result, "quality", "")
-    if result.same_top_token_fraction > 1:
-        raise Refused(f"quality.same_top_token_fraction is {result.same_top_token_fraction:g}: at most 1")
-    if result.perplexity < 1:
+    _check_message(result, "quality", "")  # the ranges of models/physical_bounds.py
+    if result.perplexity < 1:  # zero included: a perplexity is always measured
         raise Refused(f"quality.perplexity is {result.perplexity:g}: at least 1")
     if not 0 < result.n_positions <= 10_000_000 or not 0 < result.context_tokens <= 1 << 20:
         raise Refused("quality.n_positions and context_tokens must be positive and bounded")
@@ -153,7 +140,7 @@ def _check_size(message, path: str, most: int = MAX_MESSAGE_BYTES) -> None:
 
 
 def _check_message(message, path: str, unit: str) -> None:
-    """`unit` is the name of the field holding a Stat, whose mean and samples take that field's ceiling."""
+    """`unit` is the name of the field holding a Stat, whose mean and samples take that field's range."""
     for field, value in message.ListFields():
         where = f"{path}.{field.name}"
         name = unit or field.name
@@ -171,6 +158,9 @@ def _check_message(message, path: str, unit: str) -> None:
                 _check_value(field, item, f"{where}[{i}]", name, unit)
         else:
             _check_value(field, value, where, name, unit)
+    if unit and not _stat_measured(message):
+        raise Refused(f"{path} has a figure of 0: a Stat is a measurement (its mean and every sample within the "
+                      f"range of a {unit} figure) or absent")
 
 
 def _is_map(field) -> bool:
@@ -192,8 +182,12 @@ def _check_value(field, value, where: str, name: str, unit: str) -> None:
             raise Refused(f"{where} is {value}: every figure must be finite")
         if value < 0 and name not in SIGNED_FIELDS:
             raise Refused(f"{where} is {value:g}: figures must not be negative")
-        if abs(value) > (top := ceiling(name)):
-            raise Refused(f"{where} is {value:g}: above the ceiling of {top:g} for a {name} figure")
+        if unit and field.name == "stdev":
+            # a spread: the Stat's ceiling, no floor (nothing divides by it)
+            if value > physical_bounds.bounds(unit)[1]:
+                raise Refused(f"{where} is {value:g}: above the ceiling for a {unit} figure")
+        elif why := physical_bounds.outside(name, value):
+            raise Refused(f"{where} {why}")
 
 
 SERVING_STATS = ("aggregate_decode_tokens_per_s", "per_stream_decode_tokens_per_s", "prefill_tokens_per_s",
@@ -268,16 +262,26 @@ class RefusalLog:
 
 # -- what answers read
 
-def usable(result: pb.ProfileResult) -> pb.ProfileResult:
-    """`result` as answers may use it: a non-finite figure anywhere is dropped (absent), and so is a figure that
-    must be positive and is not (speeds, times, sizes: a Stat with any such sample goes whole). Results that
-    passed check_result come back as they are (no copy); others come back as a cleaned copy."""
-    if _clean(result, dry_run=True):
-        return result
-    cleaned = pb.ProfileResult()
-    cleaned.CopyFrom(result)
+def usable(message):
+    """`message` (a ProfileResult, a DeviceInventory) as answers may use it: a figure that is not finite, negative
+    where it may not be, or outside its physical range (models/physical_bounds.py) is dropped (absent), and so is
+    a figure that must be positive and is not (speeds, times, sizes: a Stat with any such sample goes whole).
+    Messages that pass come back as they are (no copy); others come back as a cleaned copy."""
+    if _clean(message, dry_run=True):
+        return message
+    cleaned = type(message)()
+    cleaned.CopyFrom(message)
     _clean(cleaned, dry_run=False)
     return cleaned
+
+
+def usable_quality(result: pb.QualityResult) -> bool:
+    """Whether answers may read a stored quality result: whether check_quality would accept it today."""
+    try:
+        check_quality(result)
+    except Refused:
+        return False
+    return True
 
 
 def _clean(message, dry_run: bool) -> bool:
@@ -289,7 +293,7 @@ def _clean(message, dry_run: bool) -> bool:
         if field.type == F.TYPE_MESSAGE:
             items = value if field.is_repeated else [value]
             if field.message_type.name == "Stat" and not field.is_repeated:
-                if not _stat_usable(value):
+                if not _stat_usable(value, field.name):
                     fine = False
                     if not dry_run:
                         message.ClearField(field.name)
@@ -314,14 +318,23 @@ def _clean(message, dry_run: bool) -> bool:
 def _number_usable(field, value) -> bool:
     if field.type in FLOATS and not math.isfinite(value):
         return False
+    if physical_bounds.outside(field.name, value):
+        return False
     if field.name in SIGNED_FIELDS:
         return True
     # Figures with presence (optional: absent means not measured) must be positive; plain counters non-negative.
     return value > 0 if field.has_presence else value >= 0
 
 
-def _stat_usable(stat: pb.Stat) -> bool:
+def _stat_measured(stat: pb.Stat) -> bool:
+    """Absent (nothing set), or every sample and the mean positive: zero is no measurement of a speed, time or
+    size."""
+    return (not stat.samples and not stat.mean) or all(v > 0 for v in (stat.mean, *stat.samples))
+
+
+def _stat_usable(stat: pb.Stat, unit: str) -> bool:
     if not stat.samples and not stat.mean:
         return True  # not measured
-    return all(math.isfinite(v) and v > 0 for v in (stat.mean, *stat.samples)) and math.isfinite(stat.stdev) \
-        and stat.stdev >= 0
+    low, high = physical_bounds.bounds(unit)
+    return all(math.isfinite(v) and low <= v <= high and v > 0 for v in (stat.mean, *stat.samples)) \
+        and math.isfinite(stat.stdev) and 0 <= stat.stdev <= high

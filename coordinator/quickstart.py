@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 
+from fleetfit.agent.inventory import default_device_id
 from fleetfit.coordinator import render
 from fleetfit.coordinator.fit import fit_table
 from fleetfit.coordinator.tables import render_table
@@ -30,14 +31,14 @@ class QuickstartError(Exception):
     """The quickstart could not complete; the message is one line for users."""
 
 
-def _wait_for_device(fleet, agent: subprocess.Popen, since: float, timeout_s: float) -> str:
+def _wait_for_device(fleet, agent: subprocess.Popen, device_id: str, since: float, timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if agent.poll() is not None:
             raise QuickstartError(f"the local agent exited with status {agent.returncode} before registering")
         for device in fleet.ListDevices(pb.ListDevicesRequest(), timeout=CALL_TIMEOUT_S).devices:
-            if device.last_seen_unix_s >= since:
-                return device.inventory.device_id
+            if device.inventory.device_id == device_id and device.last_seen_unix_s >= since:
+                return device_id
         time.sleep(0.2)
     raise QuickstartError(f"the local agent did not register within {timeout_s:.0f} s")
 
@@ -69,15 +70,19 @@ def run(db_path: pathlib.Path, echo, n_prompt: int, n_gen: int, repetitions: int
     if cache_dir is not None:
         env["FLEETFIT_CACHE_DIR"] = str(cache_dir)
     since = time.time()
-    # Plaintext on loopback; the local agent still enrolls with a join token and authenticates every call.
+    # Plaintext on loopback; the local agent still enrolls with a join token and authenticates every call. The
+    # token is bound to this machine's device id, so a second quickstart on the same database re-enrolls the
+    # device (its previous run's credential is replaced) instead of being refused as already enrolled.
+    device_id = default_device_id()
     agent_dir = tempfile.TemporaryDirectory(prefix="fleetfit-quickstart-")
-    env["FLEETFIT_JOIN_TOKEN"] = coordinator.join_token(expires_s=600)
+    env["FLEETFIT_JOIN_TOKEN"] = coordinator.join_token(expires_s=600, device_id=device_id)
     agent = subprocess.Popen([sys.executable, "-m", "fleetfit.agent", "run", "--coordinator", address, "--insecure",
+                              "--device-id", device_id,
                               "--identity", str(pathlib.Path(agent_dir.name) / "identity.json")], env=env)
     try:
         with connect(address, token=coordinator.operator_token) as channel:
             fleet = pb_grpc.FleetServiceStub(channel)
-            device_id = _wait_for_device(fleet, agent, since, timeout_s=120)
+            _wait_for_device(fleet, agent, device_id, since, timeout_s=120)
             echo(f"agent registered as {device_id}; profiling {QUICKSTART_MODEL} at {', '.join(QUICKSTART_QUANTS)} "
                  f"(the agent pulls the model and derives the other precisions on first use)")
             job_ids = {}

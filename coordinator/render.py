@@ -5,6 +5,7 @@ verdict in columns of their own)."""
 import dataclasses
 import html
 import re
+import unicodedata
 
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import records
@@ -45,13 +46,24 @@ def number_text(number: float) -> str:
 def stat_figure(stat: pb.Stat) -> Figure | None:
     return Figure(round(stat.mean, 3), round(stat.stdev, 3)) if stat.samples else None
 # What must never reach a terminal raw from device-provided text: C0 controls (ESC, CR, LF, ...), DEL, C1
-# controls, and the bidirectional overrides that reorder what is shown.
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# controls; and beyond ASCII every character a person cannot see or that moves what is shown: line and paragraph
+# separators (U+2028 splits a row), format characters (zero-width spaces, U+FEFF, bidi overrides and isolates),
+# surrogates, private-use and unassigned code points.
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+UNSEEN = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}  # Unicode general categories
+
+
+def _escape(char: str) -> str:
+    return char.encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
 def clean(text: str) -> str:
-    """`text` safe to print: each control character shown as its escape (\\x1b, \\u202e), never sent raw."""
-    return CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(text))
+    """`text` safe to print: each control or unseen character shown as its escape (\\x1b, \\u202e, \\u2028),
+    never sent raw."""
+    text = str(text)
+    if text.isascii():  # the common case, in C
+        return CONTROL.sub(lambda m: _escape(m.group()), text)
+    return "".join(_escape(c) if unicodedata.category(c) in UNSEEN else c for c in text)
 
 
 def md_cell(text: str) -> str:

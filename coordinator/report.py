@@ -18,6 +18,7 @@ import re
 from fleetfit.coordinator.devices import display_names, short_id
 from fleetfit.coordinator.limits import comparable
 from fleetfit.coordinator.render import Figure, clean, display
+from fleetfit.coordinator.scaling import band_of
 from fleetfit.coordinator.tables import typed_cell
 from fleetfit.coordinator.tables import render_table
 from fleetfit.models.backends import DEFAULT_BACKEND
@@ -51,7 +52,7 @@ def _ticks(lo: float, hi: float, log: bool) -> list[float]:
     return [step * i for i in range(math.floor(lo / step), math.ceil(hi / step) + 1)]
 
 
-def scatter_svg(title: str, series: dict[str, Series], x_label: str, y_label: str, log_y: bool = True,
+def scatter_svg(title: str, series: dict, x_label: str, y_label: str, log_y: bool = True,
                 lines: dict[str, tuple[int, float]] | None = None) -> str:
     """A scatter plot (log x; log or linear y): per series a line through its measured points (solid dots),
     hollow predicted points with error bars, and horizontal dashed lines (label -> (device, y)). The legend is
@@ -99,8 +100,8 @@ def scatter_svg(title: str, series: dict[str, Series], x_label: str, y_label: st
                    f'{_num(y)}</title></line>')
         legend.append(f'<li data-device="{device}"><span class="swatch dashed" style="border-color:{colour}"></span>'
                       f'{_escape(name)}</li>')
-    for i, (name, s) in enumerate(sorted(kept.items())):
-        colour, measured = COLOURS[i % len(COLOURS)], sorted(s.measured)
+    for i, (_, s) in enumerate(sorted(kept.items())):  # keyed by device id (and more), shown by label
+        name, colour, measured = s.label, COLOURS[i % len(COLOURS)], sorted(s.measured)
         mark = "estimated" if s.estimated else "measured"
         out.append(f'<g class="series" data-device="{s.device}" data-series="{_escape(name)}">')
         if len(measured) > 1:
@@ -142,6 +143,14 @@ def _label(names: dict[str, str], hosts: dict[str, str], device_id: str, backend
     return f"{name} {backend} {quant}" + ("" if short in name else f" · {short}")
 
 
+def _row_device(cells: list, col: dict[str, int], ids: dict[str, str]) -> str | None:
+    """The id of the device a table row is about: its "device id" column (a coordinator before that column: the
+    id its display name stands for)."""
+    if "device id" in col:
+        return cells[col["device id"]]
+    return ids.get(cells[col["device"]]) if "device" in col else None
+
+
 def _predicted(table: pb.Table | None, suffix: str, ids: dict[str, str], add) -> None:
     """Predicted and estimated cells of a size table (columns "<precision><suffix>") as add(device id, backend,
     precision, parameters, figure)."""
@@ -150,7 +159,7 @@ def _predicted(table: pb.Table | None, suffix: str, ids: dict[str, str], add) ->
     col = {c: i for i, c in enumerate(table.columns)}
     for row in table.rows:
         cells = [typed_cell(c) for c in row.cells]
-        device_id, arch = ids.get(cells[col["device"]]), CATALOGUE.get(cells[col["model"]])
+        device_id, arch = _row_device(cells, col, ids), CATALOGUE.get(cells[col["model"]])
         for name, i in col.items():
             figure = cells[i]
             if (device_id and arch and name.endswith(suffix) and isinstance(figure, Figure)
@@ -169,7 +178,7 @@ def plots(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Tab
 
     def series(plot: dict, device_id: str, backend: str, quant: str) -> Series:
         label = _label(names, hosts, device_id, backend, quant)
-        return plot.setdefault(label, Series(label, index.get(device_id, -1)))
+        return plot.setdefault((device_id, backend, quant), Series(label, index.get(device_id, -1)))
 
     for r in ok:  # one series per device (by id), backend and precision
         series(decode, r.device_id, r.backend, r.quant).measured.append((r.model_n_params, r.decode_tokens_per_s.mean))
@@ -178,9 +187,8 @@ def plots(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Tab
 
     def predicted(plot):
         def add(device_id, backend, quant, params, figure):
-            band = figure.band or 0.0
             series(plot, device_id, backend, quant).predicted.append(
-                (params, figure.value, figure.value * (1 - band), figure.value * (1 + band)))
+                (params, figure.value, *band_of(figure.value, figure.band)))
         return add
 
     _predicted(by_name.get("speed"), " tok/s", ids, predicted(decode))
@@ -191,7 +199,7 @@ def plots(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Tab
         col = {c: i for i, c in enumerate(power.columns)}
         for row in power.rows:
             cells = [typed_cell(c) for c in row.cells]
-            key = (ids.get(cells[col["device"]]), cells[col["backend"]], cells[col["model"]], cells[col["quant"]])
+            key = (_row_device(cells, col, ids), cells[col["backend"]], cells[col["model"]], cells[col["quant"]])
             tpj = cells[col["tokens/J"]]
             if key in params and isinstance(tpj, float) and tpj > 0:
                 s = series(energy, key[0], key[1], key[3])
@@ -215,14 +223,15 @@ def per_device_plots(table: pb.Table | None, ids: dict[str, str], index: dict[st
     if table is None:
         return []
     col = {c: i for i, c in enumerate(table.columns)}
-    per_device: dict[str, dict[str, Series]] = {}
+    per_device: dict[str, tuple[str, dict[str, Series]]] = {}  # device id -> (its name, its plot)
     for row in table.rows:
         cells = [typed_cell(c) for c in row.cells]
-        device = cells[col["device"]]
-        plot, where = per_device.setdefault(device, {}), index.get(ids.get(device), -1)
-        add(lambda name: cells[col[name]], lambda label: plot.setdefault(label, Series(label, where)))
-    return [scatter_svg(title.format(device=device), plot, x_label, y_label)
-            for device, plot in sorted(per_device.items()) if plot]
+        device_id = _row_device(cells, col, ids) or cells[col["device"]]
+        name, plot = per_device.setdefault(device_id, (cells[col["device"]], {}))
+        where = index.get(device_id, -1)
+        add(lambda column: cells[col[column]], lambda label: plot.setdefault(label, Series(label, where)))
+    return [scatter_svg(title.format(device=name), plot, x_label, y_label)
+            for _, (name, plot) in sorted(per_device.items()) if plot]
 
 
 def _number(value) -> float | None:
@@ -265,7 +274,7 @@ def serving_plots(curves: pb.Table | None, ids: dict[str, str], index: dict[str,
                             "measured, hollow: predicted with its band)", "concurrent streams", "decode tokens/s")
 
 
-def _html_table(table: pb.Table, device_of: dict[str, int]) -> str:
+def _html_table(table: pb.Table, device_of: dict[str, int], ids: dict[str, str]) -> str:
     """A table as HTML: the display strings people read (units are in the column names), each row tagged with its
     device for the filter."""
     col = {c: i for i, c in enumerate(table.columns)}
@@ -273,7 +282,7 @@ def _html_table(table: pb.Table, device_of: dict[str, int]) -> str:
     body = []
     for row in table.rows:
         cells = [typed_cell(c) for c in row.cells]
-        device = device_of.get(cells[col["device"]]) if "device" in col else None
+        device = device_of.get(_row_device(cells, col, ids))
         tag = f' data-device="{device}"' if device is not None else ""
         body.append(f"<tr{tag}>" + "".join(f"<td>{_escape(display(c))}</td>" for c in cells) + "</tr>")
     notes = "".join(f"<li>{_escape(n)}</li>" for n in table.notes)
@@ -287,7 +296,8 @@ def build(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Tab
     figures = "\n".join(f"<figure><figcaption>{re.search(r'<title>(.*?)</title>', svg).group(1)}"
                          f"</figcaption>{svg}</figure>" if "<svg" in svg else svg for svg in plots(devices, rows, tables))
     names = display_names(devices)
-    device_of = {names[d.inventory.device_id]: i for i, d in enumerate(devices)}
+    ids = {name: device_id for device_id, name in names.items()}
+    device_of = {d.inventory.device_id: i for i, d in enumerate(devices)}
     # A device filter without JavaScript: one radio button per device; CSS hides every other device's series,
     # lines and table rows while it is checked.
     radios = "".join(f'<input type="radio" name="device" id="dev-{i}" class="pick">' for i in range(len(devices)))
@@ -317,7 +327,7 @@ dotted lines are ESTIMATED figures (tokens per joule from a power model where no
 tables a <code>~</code> marks a prediction or estimate.</p>
 {figures}
 <h2>Tables</h2>
-{"".join(_html_table(t, device_of) for t in tables)}
+{"".join(_html_table(t, device_of, ids) for t in tables)}
 </main>
 </body></html>
 """

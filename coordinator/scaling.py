@@ -38,7 +38,7 @@ from fleetfit.coordinator import speed_model
 from fleetfit.models.catalogue import CATALOGUE, Architecture, active_fraction, n_params, tensors
 from fleetfit.models.errors import ModelError
 from fleetfit.coordinator.limits import backend_of, memory_figure, quant_of, run_shape
-from fleetfit.models import backends
+from fleetfit.models import backends, physical_bounds
 from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.models.quant_sizes import file_bits_per_weight
 from fleetfit.models.roofline import mean_decode_context
@@ -312,6 +312,15 @@ class Figure:
         if self.value is None:
             return None
         return fmt.format(self.value) if self.provenance == "measured" else "~" + fmt.format(self.value)
+
+
+def band_of(value: float, fraction: float | None, unit: str = "") -> tuple[float, float]:
+    """(low, high) of `value` ± `fraction` of it, however wide the band a device's own leave-one-out errors give (a
+    noisy or hostile sweep's can pass 100 %): low never below zero (a speed, a size), high never above the
+    physical ceiling of `unit` (a field name's suffix, models/physical_bounds.py) when one is given."""
+    fraction = fraction or 0.0
+    return value * max(1 - fraction, 0.0), min(value * (1 + fraction), physical_bounds.bounds(unit)[1] if unit
+                                               else math.inf)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,10 +14,13 @@ coordinator replicas can serve one fleet.
 import dataclasses
 import hashlib
 import json
+import logging
 import pathlib
 import secrets
 import time
 import uuid
+
+from google.protobuf.message import DecodeError
 
 from fleetfit.coordinator import ingest
 from fleetfit.coordinator.db import Database
@@ -29,7 +32,27 @@ DEFAULT_MAX_ATTEMPTS = 3
 # Agents are in contact at least every 10 s (idle: PollJob long-polls; busy: lease heartbeats); a device
 # silent for three such periods is reported lost.
 LOST_AFTER_S = 30.0
-MAX_AS_STORED = 2_000_000  # result ids remembered by Store._usable (~100 bytes each)
+MAX_AS_STORED = 2_000_000  # result ids remembered by Store.results (~100 bytes each)
+log = logging.getLogger("fleetfit.coordinator")
+
+
+def decoded(kind, rows, what: str, keyed: bool = False):
+    """The messages of (key, payload) rows, read as the contract reads them now; a payload that does not decode
+    (corrupt bytes in the database) is skipped with one log line per key, so it cannot break an answer or an
+    export. With `keyed`, (key, message) pairs."""
+    for key, payload in rows:
+        try:
+            message = upgrade(kind.FromString(bytes(payload)))
+        except DecodeError as exc:
+            if (what, key) not in _undecodable and len(_undecodable) < 10_000:
+                _undecodable.add((what, key))
+                log.error("stored %s %r does not decode (%s): left out of every answer and export", what,
+                          str(key)[:80], exc)
+            continue
+        yield (key, message) if keyed else message
+
+
+_undecodable: set[tuple[str, str]] = set()  # logged once each
 
 
 def same_payload(stored: bytes, message) -> bool:
@@ -90,7 +113,7 @@ class Store:
         self.db = Database(url)
         self.path = self.db.url
         self.quotas = quotas
-        self._as_stored: set[str] = set()  # ids of results answers may use as stored (see _usable)
+        self._as_stored: set[str] = set()  # ids of results answers may use as stored (see results)
 
     def close(self) -> None:
         self.db.close()
@@ -121,16 +144,22 @@ class Store:
     def devices(self, device_id: str | None = None, now: float | None = None) -> list[pb.Device]:
         """Every device, or the one with `device_id`; each `online` or `lost` (LOST_AFTER_S), with its labels.
         Devices are keyed by id only: coordinator/devices.py finds one by hostname for people."""
-        sql = "SELECT d.inventory, d.first_seen, d.last_seen, d.result_count, a.labels, d.refused, d.last_refusal " \
-              "FROM devices d LEFT JOIN agents a ON a.device_id = d.device_id"
+        sql = "SELECT d.device_id, d.inventory, d.first_seen, d.last_seen, d.result_count, a.labels, d.refused, " \
+              "d.last_refusal FROM devices d LEFT JOIN agents a ON a.device_id = d.device_id"
         rows = (self.db.query(sql + " WHERE d.device_id = ?", (device_id,)) if device_id
                 else self.db.query(sql + " ORDER BY d.device_id"))
-        cutoff = (now or time.time()) - LOST_AFTER_S
-        return [pb.Device(inventory=upgrade(pb.DeviceInventory.FromString(bytes(inv))), first_seen_unix_s=first,
+        now = now or time.time()
+        # online: in contact within LOST_AFTER_S; a last contact later than that from now is no contact (a date an
+        # import or a clock carried in), so nothing shows online until a future date
+        # an inventory that does not decode leaves the device known by its id alone (answers need nothing else)
+        inventories = {key: ingest.usable(inv) for key, inv in
+                       decoded(pb.DeviceInventory, [(row[0], row[1]) for row in rows], "device inventory", keyed=True)}
+        return [pb.Device(inventory=inventories.get(key) or pb.DeviceInventory(device_id=key), first_seen_unix_s=first,
                           last_seen_unix_s=last, results=count,
-                          device_status=pb.DEVICE_STATUS_ONLINE if last >= cutoff else pb.DEVICE_STATUS_LOST,
+                          device_status=pb.DEVICE_STATUS_ONLINE if abs(now - last) <= LOST_AFTER_S
+                          else pb.DEVICE_STATUS_LOST,
                           labels=json.loads(labels) if labels else {}, refused=refused, last_refusal=why or "")
-                for inv, first, last, count, labels, refused, why in rows]
+                for key, _, first, last, count, labels, refused, why in rows]
 
     def set_seen(self, device_id: str, first_unix_s: float, last_unix_s: float) -> None:
         """When the device was first and last in contact (an imported device was never in contact here: its
@@ -232,7 +261,9 @@ class Store:
         """All results oldest first, or those of one model or one device (each by its index), as answers may use
         them: this is where every answer (tables, fit, the limit table, the report) reads results, so a figure
         that is not finite, or not positive where it must be, is dropped here (ingest.usable), once — results
-        stored before ingest checked them cannot break an answer."""
+        stored before ingest checked them cannot break an answer. Upgrading and cleaning walk the whole message in
+        Python (~20x the decode); a stored payload never changes (its id is refused with other contents), so a
+        result that needed neither is remembered by id and from then on only decoded."""
         where, params = [], []
         for column, value in (("model_name", model_name), ("device_id", device_id)):
             if value is not None:
@@ -240,18 +271,17 @@ class Store:
                 params.append(value)
         sql = "SELECT result_id, payload FROM results" + (" WHERE " + " AND ".join(where) if where else "") + \
             " ORDER BY received"
-        return [self._usable(result_id, bytes(payload)) for result_id, payload in self.db.query(sql, params)]
-
-    def _usable(self, result_id: str, payload: bytes) -> pb.ProfileResult:
-        """A stored result as answers may use it. Upgrading and cleaning walk the whole message in Python (~20x
-        the decode); a stored payload never changes (its id is refused with other contents), so a result that
-        needed neither is remembered by id and later only decoded."""
-        result = pb.ProfileResult.FromString(payload)
-        if result_id in self._as_stored:
-            return result
-        found = ingest.usable(upgrade(result))
-        if len(self._as_stored) < MAX_AS_STORED and found.SerializeToString(deterministic=True) == payload:
-            self._as_stored.add(result_id)
+        found = []
+        for result_id, payload in self.db.query(sql, params):
+            payload = bytes(payload)
+            if result_id in self._as_stored:  # upgraded and cleaned once already, and needed neither
+                found.append(pb.ProfileResult.FromString(payload))
+                continue
+            for result in decoded(pb.ProfileResult, [(result_id, payload)], "result"):  # none if it does not decode
+                result = ingest.usable(result)
+                if len(self._as_stored) < MAX_AS_STORED and result.SerializeToString(deterministic=True) == payload:
+                    self._as_stored.add(result_id)
+                found.append(result)
         return found
 
     def add_quality(self, result: pb.QualityResult) -> bool:
@@ -273,11 +303,13 @@ class Store:
         return False
 
     def quality_results(self, model_name: str | None = None) -> list[pb.QualityResult]:
-        """Every quality result oldest first (or one model's)."""
-        sql, params = "SELECT payload FROM quality_results", ()
+        """Every quality result oldest first (or one model's), as answers may use them: one that ingest would
+        refuse today (stored before a bound existed) is left out (ingest.usable_quality)."""
+        sql, params = "SELECT result_id, payload FROM quality_results", ()
         if model_name is not None:
             sql, params = sql + " WHERE model_name = ?", (model_name,)
-        return [upgrade(pb.QualityResult.FromString(bytes(p))) for (p,) in self.db.query(sql + " ORDER BY received", params)]
+        return [q for q in decoded(pb.QualityResult, self.db.query(sql + " ORDER BY received", params), "quality result")
+                if ingest.usable_quality(q)]
 
     def result_count(self) -> int:
         return self.db.query("SELECT COUNT(*) FROM results")[0][0]

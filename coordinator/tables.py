@@ -118,9 +118,23 @@ def build(name: str, fleet: Fleet, options: dict[str, str]) -> pb.Table:
     spec = TABLES.get(name)
     if spec is None:
         raise TableError(f"unknown table {name!r} (known: {', '.join(TABLES)})")
-    data = spec.build(fleet, options)
+    data = _with_device_ids(spec.build(fleet, options), fleet)
     return pb.Table(name=spec.name, title=spec.title, columns=data.columns, notes=data.notes,
                     rows=[pb.TableRow(cells=[_cell(c) for c in row]) for row in data.rows])
+
+
+DEVICE_ID_COLUMN = "device id"
+
+
+def _with_device_ids(data: TableData, fleet: Fleet) -> TableData:
+    """The table with a "device id" column last where it has a "device" column and none yet: display names are
+    unique by construction (devices.display_names), so each names one id; tools and the report key rows by it."""
+    if "device" not in data.columns or DEVICE_ID_COLUMN in data.columns:
+        return data
+    column, ids = data.columns.index("device"), {name: i for i, name in fleet.names.items()}
+    return dataclasses.replace(data, columns=[*data.columns, DEVICE_ID_COLUMN],
+                               rows=[[*row, ids.get(row[column], row[column] if row[column] in fleet.names else None)]
+                                     for row in data.rows])
 
 
 def typed_cell(value: struct_pb2.Value):
@@ -140,8 +154,14 @@ def _text(value: struct_pb2.Value) -> str:
 
 
 def render_table(message: pb.Table, fmt: str) -> str:
+    """`message` in format `fmt`. People's formats (table, md) leave out the device id column: display names are
+    unique by construction (devices.with_display_names), and the machine formats keep every column."""
+    columns = list(message.columns)
     body = [[typed_cell(c) for c in row.cells] for row in message.rows]
-    text = render.render(list(message.columns), body, fmt, table=message.name)
+    if fmt in ("table", "md") and DEVICE_ID_COLUMN in columns:
+        keep = [i for i, column in enumerate(columns) if column != DEVICE_ID_COLUMN]
+        columns, body = [columns[i] for i in keep], [[row[i] for i in keep] for row in body]
+    text = render.render(columns, body, fmt, table=message.name)
     if fmt in ("table", "md") and message.notes:
         text += "\n\n" + "\n".join(f"- {note}" for note in message.notes)
     return text
@@ -775,11 +795,11 @@ def serving_curves(fleet: Fleet, options: dict[str, str]) -> TableData:
             predicted = [n for n in _powers_of_two(top) if n not in counts] if cm.line else []
             for n in sorted([*counts, *predicted]):
                 f, point = sm.aggregate(cm, n), c.at(n)
-                band = f.error_fraction if point is None else None
+                band = scaling.band_of(f.value, f.error_fraction, "tokens_per_s") if point is None and f.error_fraction is not None \
+                    else (None, None)
                 rows.append([fleet.name(device_id), backend, c.model, c.quant, c.shape, n, f.provenance,
                              round(f.value, 4), round(point.per_stream_tps if point else f.value / n, 4),
-                             round(f.value * (1 - band), 4) if band is not None else None,
-                             round(f.value * (1 + band), 4) if band is not None else None,
+                             *(round(x, 4) if x is not None else None for x in band),
                              point.source if point else "t(N) = a + b·N fitted on the sweep"])
     return TableData(["device", "backend", "model", "precision", "shape", "streams", "provenance", "aggregate tok/s",
                       "per-stream tok/s", "aggregate low", "aggregate high", "source"], rows,

@@ -2,8 +2,9 @@
 
 Every model file is opened here (`open_gguf`). The header is walked by a small bounded parser (GGUF v2/v3:
 magic, version, tensor and metadata counts, the metadata entries, the tensor table) that checks each count
-and length against the bytes left in the file before reading or looping on it, so a 100-byte file that
-declares 2^40 array elements is refused at once. The gguf package's GGUFReader is not used for the header:
+and length against the bytes left in the file and against the header's own bounds (bytes walked, elements
+looped over, bytes kept) before reading or looping on it, so a 100-byte file that declares 2^40 array elements,
+or a few-KB file over a sparse hole of 1 TiB, is refused at once. The gguf package's GGUFReader is not used for the header:
 it builds a numpy view per array element (about 8 µs and 700 bytes each, so a tokenizer of a million
 entries costs 8 s and 700 MB), which no file-size check can make cheap. Arrays and long strings are checked
 and skipped, not loaded; no caller needs them. Errors are one line and never quote the file's bytes.
@@ -30,8 +31,17 @@ MAX_ARRAY_DEPTH = 2  # an array of arrays at most (llama.cpp reads no nested arr
 # merges; ~30k tensors for an MoE with unmerged experts), so that even a large file bounds the work and memory.
 MAX_KV = 1 << 16
 MAX_TENSORS = 1 << 17
-MAX_STRINGS = 1 << 22  # ~0.5 µs each to skip
 MAX_KEPT_STRING = 1 << 16  # longer string values (an embedded tokenizer.json) are skipped, not loaded
+# The header (metadata and tensor table) as a whole. Measured: SmolLM2's (49k tokens and 49k merges) is 1.8 MB,
+# ~18 bytes per string, so Llama 3's 128k tokens and 280k merges are ~8 MB and a 262k vocabulary with a million
+# merges ~25 MB. Past these bounds a header is crafted, whatever the file's (possibly sparse) size.
+MAX_HEADER_BYTES = 64 << 20
+MAX_ITEMS = 1 << 21  # strings and nested arrays, looped over one by one (~1 µs each): ~2 s at most
+MAX_KEPT_BYTES = 16 << 20  # keys, kept string values and tensor names held in memory (real files: < 2 MB)
+# A writer pads the last tensor to the alignment; more after it is not part of the model, and would only be
+# hashed (a model copied and truncated to 1 TB, all of it a hole, is refused here instead of hashed for hours).
+MAX_TRAILING_BYTES = 16 << 20
+CHECK_EVERY = 1 << 16  # items between calls of the caller's `check` (a job's deadline and stop request)
 
 # GGUF value types (gguf.GGUFValueType) -> struct format of a scalar.
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
@@ -114,8 +124,9 @@ def open_regular(path: pathlib.Path) -> tuple:
 class _Walker:
     """Reads the header front to back; every length is checked against what is left before it is used."""
 
-    def __init__(self, f, size: int, path: pathlib.Path):
-        self.f, self.size, self.path, self.pos, self.strings = f, size, path, 0, 0
+    def __init__(self, f, size: int, path: pathlib.Path, check=None):
+        self.f, self.size, self.path, self.check = f, size, path, check
+        self.pos = self.items = self.kept = 0
 
     def fail(self, what: str):
         return ModelError(f"corrupt GGUF: {what}: {self.path}")
@@ -123,6 +134,19 @@ class _Walker:
     def need(self, n: int, what: str) -> None:
         if n > self.size - self.pos:
             raise ModelError(f"truncated GGUF: {what} runs past the end of the file ({self.size} bytes): {self.path}")
+        if n > MAX_HEADER_BYTES - self.pos:
+            raise self.fail(f"{what} makes the header larger than {MAX_HEADER_BYTES >> 20} MiB")
+
+    def count(self, n: int, what: str) -> None:
+        """`n` more strings or arrays to loop over: refused past MAX_ITEMS before the loop starts."""
+        self.items += n
+        if self.items > MAX_ITEMS:
+            raise self.fail(f"{what} takes the header past {MAX_ITEMS} strings and arrays")
+
+    def keep(self, n: int, what: str) -> None:
+        self.kept += n
+        if self.kept > MAX_KEPT_BYTES:
+            raise self.fail(f"{what} takes the header's keys, names and kept strings past {MAX_KEPT_BYTES >> 20} MiB")
 
     def take(self, n: int, what: str) -> bytes:
         self.need(n, what)
@@ -141,11 +165,10 @@ class _Walker:
         return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt), what))
 
     def string(self, what: str, keep: bool = True) -> bytes | None:
-        self.strings += 1
-        if self.strings > MAX_STRINGS:
-            raise self.fail(f"more than {MAX_STRINGS} strings in the header")
+        self.count(1, what)
         (n,) = self.unpack("Q", f"the length of {what}")
         if keep and n <= MAX_KEPT_STRING:
+            self.keep(n, what)
             return self.take(n, what)
         self.skip(n, what)
         return None
@@ -155,6 +178,7 @@ class _Walker:
         (n,) = self.unpack("Q", f"the length of {what}")
         if n > MAX_KEPT_STRING:
             raise self.fail(f"{what} is longer than {MAX_KEPT_STRING} bytes")
+        self.keep(n, what)
         try:
             return self.take(n, what).decode("utf-8")
         except UnicodeDecodeError:
@@ -175,15 +199,18 @@ class _Walker:
             self.skip(count * struct.calcsize(_SCALAR[element]), f"the elements of {what}")
         elif element == _STRING:  # a tokenizer: a tight loop over lengths, no string is read
             self.need(count * 8, f"the elements of {what}")
-            self.strings += count
-            if self.strings > MAX_STRINGS:
-                raise self.fail(f"more than {MAX_STRINGS} strings in the header")
-            for _ in range(count):
+            self.count(count, f"the elements of {what}")
+            for i in range(count):
+                if self.check is not None and i % CHECK_EVERY == CHECK_EVERY - 1:
+                    self.check()
                 (n,) = self.unpack("Q", f"an element of {what}")
                 self.skip(n, f"an element of {what}")
         elif element == _ARRAY:
             self.need(count * 12, f"the elements of {what}")  # each at least an element type and a count
-            for _ in range(count):
+            self.count(count, f"the elements of {what}")
+            for i in range(count):
+                if self.check is not None and i % CHECK_EVERY == CHECK_EVERY - 1:
+                    self.check()
                 self.value(element, f"an element of {what}", depth + 1, keep=False)
         else:
             raise self.fail(f"{what} has an unknown element type")
@@ -218,6 +245,8 @@ class _Walker:
 
         infos, names, data_bytes = [], set(), 0
         for i in range(n_tensors):
+            if self.check is not None and i % CHECK_EVERY == CHECK_EVERY - 1:
+                self.check()
             name = self.name(f"the name of tensor {i}")
             if name in names:
                 raise self.fail(f"tensor {i} repeats an earlier tensor's name")
@@ -244,15 +273,19 @@ class _Walker:
         if data_bytes and data_start + data_bytes > self.size:
             raise ModelError(f"truncated GGUF: the tensor data runs past the end of the file ({self.size} bytes): "
                              f"{self.path}")
+        if self.size - (data_start + data_bytes) > MAX_TRAILING_BYTES:
+            raise self.fail(f"the file runs more than {MAX_TRAILING_BYTES >> 20} MiB past the end of its tensor data "
+                            f"({self.size} bytes in all)")
         return fields, infos, data_start
 
 
-def open_gguf(path: pathlib.Path | str) -> GgufFile:
-    """Validate the header (bounded in time and memory) and map the tensors; ModelError for anything wrong."""
+def open_gguf(path: pathlib.Path | str, check=None) -> GgufFile:
+    """Validate the header (bounded in time and memory) and map the tensors; ModelError for anything wrong.
+    `check`: called every so often during the walk (a job's deadline: it raises to end the walk)."""
     path = pathlib.Path(path)
     f, size = open_regular(path)
     with f:
-        fields, infos, data_start = _Walker(f, size, path).header()
+        fields, infos, data_start = _Walker(f, size, path, check).header()
         if not infos:
             return GgufFile(path, size, fields, [])
         import numpy as np
@@ -278,9 +311,9 @@ def open_gguf(path: pathlib.Path | str) -> GgufFile:
     return GgufFile(path, size, fields, tensors)
 
 
-def inspect_gguf(path: pathlib.Path | str) -> GgufInfo:
+def inspect_gguf(path: pathlib.Path | str, check=None) -> GgufInfo:
     """What a GGUF file holds; ModelError for a missing, special, non-GGUF, truncated or crafted file."""
-    gguf = open_gguf(path)
+    gguf = open_gguf(path, check)
 
     def value(key: str):
         field = gguf.fields.get(key)
@@ -298,10 +331,17 @@ def inspect_gguf(path: pathlib.Path | str) -> GgufInfo:
     )
 
 
-def sha256_of(path: pathlib.Path, chunk_bytes: int = 1 << 20) -> str:
+def sha256_of(path: pathlib.Path, chunk_bytes: int = 1 << 20, check=None) -> str:
+    """The file's SHA-256. `check` is called before each chunk: a job's deadline and stop request end the hashing
+    of a file of any size (a terabyte, sparse or not, takes minutes to read)."""
     digest = hashlib.sha256()
     f, _ = open_regular(pathlib.Path(path))
     with f:
-        while chunk := f.read(chunk_bytes):
+        while True:
+            if check is not None:
+                check()
+            chunk = f.read(chunk_bytes)
+            if not chunk:
+                break
             digest.update(chunk)
     return digest.hexdigest()

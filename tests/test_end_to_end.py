@@ -9,6 +9,7 @@ import time
 import grpc
 import pytest
 
+from fleetfit.coordinator.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from fleetfit.v1.transport import connect
@@ -102,15 +103,26 @@ def test_cli_against_a_coordinator_that_does_not_answer():
                           "coordinator at 127.0.0.1:1 does not answer")
 
 
-def test_quickstart(tmp_path, cache_dir):
-    proc = run_cli("fleetfit", "quickstart", "--db", str(tmp_path / "qs.sqlite3"), "--n-prompt", "16", "--n-gen",
-                   "4", "--repetitions", "2", env={"FLEETFIT_CACHE_DIR": str(cache_dir)}, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    table = proc.stdout.split("Limit table")[1]
-    for quant in ("Q4_1", "F16", "Q8_0", "Q4_0"):
-        assert f"| llama.cpp | smollm2-135m | {quant} |" in table
-    assert table.count("| pp16/tg4 ctx20 t") == 4 and table.count("| measured |") == 4
-    assert "| fits_comfortably |" in proc.stdout.split("fleetfit fit")[1]
+def test_quickstart_runs_again_in_the_same_home(tmp_path, cache_dir):
+    """The README's main command, twice on one database: the second run re-enrolls the same device (never
+    "already enrolled") and its table holds that one device's rows, measured again."""
+    def quickstart(n_gen: int):
+        proc = run_cli("fleetfit", "quickstart", "--db", str(tmp_path / "qs.sqlite3"), "--n-prompt", "16", "--n-gen",
+                       str(n_gen), "--repetitions", "1", env={"FLEETFIT_CACHE_DIR": str(cache_dir)}, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    first, second = quickstart(4), quickstart(5)
+    for out, shape in ((first, "pp16/tg4 ctx20"), (second, "pp16/tg5 ctx21")):
+        table = out.split("Limit table")[1]
+        for quant in ("Q4_1", "F16", "Q8_0", "Q4_0"):
+            assert f"| llama.cpp | smollm2-135m | {quant} |" in table
+        assert table.count(f"| {shape} t") == 4 and "| fits_comfortably |" in out.split("fleetfit fit")[1]
+    registered = [line.split("agent registered as ")[1].split(";")[0] for line in (first + second).splitlines()
+                  if "agent registered as" in line]
+    assert len(registered) == 2 and registered[0] == registered[1]  # one device, enrolled again
+    with Store(tmp_path / "qs.sqlite3") as store:
+        assert [d.inventory.device_id for d in store.devices()] == registered[:1]
 
 
 def test_a_sweep_campaign_fills_the_serving_tables(coordinator, cache_dir, tmp_path, monkeypatch):

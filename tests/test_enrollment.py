@@ -9,6 +9,7 @@ from fleetfit.agent import identity
 from fleetfit.coordinator.store import AlreadyEnrolled, BadToken, Store, UnknownDevice, token_hash
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+from fleetfit.v1.transport import connect
 from tests.conftest import assert_one_line_error, fleet_stub, run_cli
 
 
@@ -117,3 +118,32 @@ def test_end_to_end_takeover_refused_revoke_and_re_enroll(coordinator):
 def test_join_refuses_a_device_id_with_control_characters(coordinator):
     with pytest.raises(identity.JoinError, match="must be 1 to 256 printable characters"):
         identity.join(coordinator.address, coordinator.join_token(), "board\x1b[2J", insecure=True)
+
+
+NOT_ASCII = ["café-box", "board\u200b1", "ボード", "board\u00a01", "dev\U0001f600", "x" * 257, "two words", ""]
+
+
+@pytest.mark.parametrize("device_id", NOT_ASCII)
+def test_a_device_id_that_could_never_authenticate_is_refused_at_join(coordinator, device_id):
+    """gRPC metadata is ASCII, so an id beyond printable ASCII could join but never make a call: the agent refuses
+    it before contacting anyone (one line), and the coordinator refuses it at Join (the token stays unspent)."""
+    token = coordinator.join_token()
+    with pytest.raises(identity.JoinError, match="printable characters, ASCII without spaces") as err:
+        identity.join("127.0.0.1:1", token, device_id, insecure=True)  # nothing listens there: not contacted
+    assert "\n" not in str(err.value)
+    with connect(coordinator.address, 5) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            pb_grpc.AgentServiceStub(channel).Join(pb.JoinRequest(token=token, device_id=device_id), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert identity.join(coordinator.address, token, "board-ascii-1", insecure=True).device_id == "board-ascii-1"
+
+
+@pytest.mark.parametrize("hostname", ["café", "two words", "ボード", "tab\there", "\u200b"])
+def test_the_default_device_id_can_authenticate_whatever_the_hostname(monkeypatch, hostname):
+    import socket
+
+    from fleetfit.agent import inventory
+    from fleetfit.v1.transport import device_id_problem
+
+    monkeypatch.setattr(socket, "gethostname", lambda: hostname)
+    assert device_id_problem(inventory.default_device_id()) is None

@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import importlib.metadata
 import importlib.util
+import os
 import pathlib
 from typing import ClassVar
 
@@ -146,6 +147,8 @@ class RunTarget:
     precision: str | None  # canonical for the backend; None: the file's own GGUF type (llama.cpp)
     path: str | None = None  # a model file (already checked and resolved)
     arch: str | None = None  # a catalogue shape run with random weights, no file
+    fd: int | None = None  # a job's file, opened once: `path` reads this descriptor (the worker is given it too)
+    shown: str | None = None  # where that file was when it was opened: what the result reports
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,9 +218,18 @@ class Backend:
         """The model the request names, fetched, derived or synthesized if needed. A path is allowed only
         inside `allowed_dirs` (None: the device's owner at their terminal, any file they can read)."""
         job = allowed_dirs is not None
+        if request.model.path and not job:  # the owner's own file, as typed
+            path = request.model.path
+            return self.file_target(path, precision, pathlib.Path(path).stem, "file", job, deadline)
         if request.model.path:
-            path = model_cache.checked_file(request.model.path, allowed_dirs)
-            return self.file_target(path, precision, pathlib.Path(path).stem, "file", job)
+            fd, real = model_cache.open_job_file(request.model.path, allowed_dirs)
+            try:
+                target = self.file_target(model_cache.fd_path(fd), precision, pathlib.Path(real).stem, "file", job,
+                                          deadline)
+            except BaseException:
+                os.close(fd)
+                raise
+            return dataclasses.replace(target, fd=fd, shown=real)
         name = model_cache.checked_name(request.model.name)
         if request.model.HasField("shape"):
             return self.shape_target(self.sent_shape(request.model), precision, cache_dir, deadline)
@@ -233,7 +245,7 @@ class Backend:
         cached = model_cache.cached_file(cache_dir, name, self.cached_quant(precision))
         if cached is None or not self.spec.runs_real_models:
             raise ProfileInputError(f"unknown model {name!r} (known here: {', '.join(self.models(cache_dir))})")
-        return self.file_target(str(cached), precision, name, "cached", job)
+        return self.file_target(str(cached), precision, name, "cached", job, deadline)
 
     def sent_shape(self, model: pb.ModelRef) -> catalogue.Architecture:
         """The shape a job carries (a model the catalogue does not know, read from a file by the operator), checked
@@ -254,9 +266,10 @@ class Backend:
         """Which cached file of a name to run: its GGUF type for llama.cpp; frameworks read any (None)."""
         return None
 
-    def file_target(self, path: str, precision: str | None, name: str, origin: str, job: bool) -> RunTarget:
+    def file_target(self, path: str, precision: str | None, name: str, origin: str, job: bool,
+                    deadline: Deadline | None = None) -> RunTarget:
         """A GGUF file's real weights; a damaged file is refused here, before a worker starts."""
-        model_cache.inspect(path, job)
+        model_cache.inspect(path, job, deadline)
         return RunTarget(name=name, origin=origin, precision=precision, path=path)
 
     def real_target(self, model: real_models.RealModel, precision: str, cache_dir: pathlib.Path, threads: int,

@@ -26,8 +26,9 @@ class LlamaCpp(Backend):
     def cached_quant(self, precision: str | None) -> str | None:
         return precision
 
-    def file_target(self, path: str, precision: str | None, name: str, origin: str, job: bool) -> RunTarget:
-        info = model_cache.inspect(path, job)
+    def file_target(self, path: str, precision: str | None, name: str, origin: str, job: bool,
+                    deadline: Deadline | None = None) -> RunTarget:
+        info = model_cache.inspect(path, job, deadline)
         if precision is not None and precision != info.quant:
             shown = pathlib.Path(path).name
             raise ProfileInputError(f"{shown} is {info.quant}, not {precision}; derive it first with "

@@ -168,6 +168,97 @@ def test_a_crafted_file_cannot_exhaust_memory_in_a_capped_process(tmp_path):
     assert proc.stdout.startswith("ModelError truncated GGUF"), proc.stdout
 
 
+# The header's own bounds (bytes walked, strings and arrays looped over, bytes kept, bytes past the tensor data)
+# hold whatever the file's apparent size: holes cost nothing on disk, so a few KB can claim a terabyte.
+
+
+def sparse(tmp_path, parts, size: int = 0, name="sparse.gguf"):
+    """A file of `parts` (bytes written, or an int: that many bytes of hole), then a hole up to `size`."""
+    path = tmp_path / name
+    with open(path, "wb") as f:
+        for part in parts:
+            f.seek(part, os.SEEK_CUR) if isinstance(part, int) else f.write(part)
+        f.truncate(max(size, f.tell()))
+    assert path.stat().st_blocks * 512 < 1 << 20  # on disk: a few KB
+    return path
+
+
+def head(n_kv=0, n_tensors=0) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_kv)
+
+
+TIB = 1 << 40
+OVER_BOUNDS = {  # name -> (parts, apparent size, what the refusal names)
+    "nested empty arrays over a 1 TiB hole": ([head(1), kv("x", ARRAY, struct.pack("<IQ", ARRAY, 1 << 36))], TIB,
+                                              "larger than 64 MiB"),
+    "a 2^37-byte array over a 1 TiB hole": ([head(1), kv("x", ARRAY, struct.pack("<IQ", U8, 1 << 37))], TIB,
+                                            "larger than 64 MiB"),
+    "a 1 GiB string over a hole": ([head(1), kv("x", STRING, struct.pack("<Q", 1 << 30))], 2 << 30,
+                                   "larger than 64 MiB"),
+    "4M nested empty arrays in 48 MB": ([head(1), kv("x", ARRAY, struct.pack("<IQ", ARRAY, 4_000_000))], 64 << 20,
+                                        "strings and arrays"),
+    "4M empty strings in 32 MB": ([head(1), kv("x", ARRAY, struct.pack("<IQ", STRING, 4_000_000))], 64 << 20,
+                                  "strings and arrays"),
+    "3M empty arrays inside an array": ([head(1), kv("x", ARRAY, struct.pack("<IQ", ARRAY, 2) +
+                                                     struct.pack("<IQ", ARRAY, 3_000_000))], 64 << 20,
+                                            "strings and arrays"),
+    "a valid file followed by a 1 TiB hole": ([valid_gguf()], TIB, "past the end of its tensor data"),
+    "a tensor-less file followed by a 1 TiB hole": ([head(1), kv("general.architecture", STRING, s("llama"))], TIB,
+                                                    "past the end of its tensor data"),
+}
+
+
+@pytest.mark.parametrize("name", list(OVER_BOUNDS))
+def test_a_header_past_its_bounds_is_refused_at_once_whatever_the_apparent_size(tmp_path, name):
+    parts, size, fragment = OVER_BOUNDS[name]
+    refused(sparse(tmp_path, parts, size), fragment)
+
+
+KEPT = {  # 300 x 64 KiB kept, in the three places a header keeps bytes
+    "string values": [head(300)] + [kv(f"k{i}", STRING, struct.pack("<Q", 1 << 16)) + bytes(1 << 16)
+                                    for i in range(300)],
+    "keys": [head(300)] + [struct.pack("<Q", 1 << 16) + f"{i:05}".encode() + bytes((1 << 16) - 5) +
+                           struct.pack("<IB", U8, 1) for i in range(300)],
+    "tensor names": [head(0, 300)] + [struct.pack("<Q", 1 << 16) + f"{i:05}".encode() + bytes((1 << 16) - 5) +
+                                      struct.pack("<IQIQ", 1, 32, 0, 0) for i in range(300)],
+}
+
+
+@pytest.mark.parametrize("name", list(KEPT))
+def test_a_header_that_would_keep_more_than_its_bound_is_refused(tmp_path, name):
+    """The issue's 16,384 values of 64 KiB kept 1.1 GB; now what is kept stops at MAX_KEPT_BYTES."""
+    from fleetfit.models.gguf_file import MAX_KEPT_BYTES
+
+    path = write(tmp_path, b"".join(KEPT[name]))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelError) as caught:
+            open_gguf(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "past 16 MiB" in str(caught.value) and "\n" not in str(caught.value), caught.value
+    assert peak < 3 * MAX_KEPT_BYTES, peak
+
+
+def test_the_walk_of_a_long_header_can_be_stopped(tmp_path):
+    """A job's deadline or stop request reaches into the walk: `check` is called while it loops, and what it
+    raises ends the walk."""
+    n = 1_000_000
+    path = write(tmp_path, gguf([kv("toks", ARRAY, struct.pack("<IQ", STRING, n) + s("t") * n)]))
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 3:
+            raise TimeoutError("stopped")
+
+    with pytest.raises(TimeoutError):
+        open_gguf(path, check=check)
+    assert len(calls) == 3
+    assert open_gguf(path).fields["toks"].contents() is None  # and without a check, the same file is read
+
+
 # Special files: each gets its own one-line error, and nothing blocks (a FIFO is never opened).
 
 
@@ -392,11 +483,12 @@ def test_a_second_agent_on_the_same_identity_or_outbox_is_refused(coordinator, t
         first.wait()
         again = subprocess.Popen([str(BIN / "fleetfit-agent"), "run", "--identity", str(other_identity), "--outbox",
                                   str(outbox), "--insecure"], stderr=subprocess.PIPE, text=True)
-        try:
-            assert again.wait(60) != 0  # it got past the lock, then found no coordinator at 127.0.0.1:1
-            assert "is running with" not in again.stderr.read()
+        try:  # it got past the lock, and waits for a coordinator at 127.0.0.1:1 (it never gives up on one)
+            time.sleep(3)
+            assert again.poll() is None
         finally:
             again.kill()
+        assert "is running with" not in again.communicate()[1]
     finally:
         if first.poll() is None:
             first.kill()

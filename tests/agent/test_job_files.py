@@ -85,3 +85,50 @@ def test_the_owner_at_their_terminal_may_name_any_file(cache_dir, places):
     request = profiling.make_request(str(places["outside"] / "model.gguf"), n_prompt=16, n_gen=8, repetitions=1,
                                      threads=2, idle_baseline_s=0)
     assert profiling.profile(request, "dev-1", cache_dir).failure == pb.FAILURE_KIND_UNSPECIFIED
+
+
+def _swap_dir(allowed, outside):
+    os.rename(allowed / "sub", allowed / "sub.old")
+    (allowed / "sub").symlink_to(outside)
+
+
+def _swap_file(allowed, outside):
+    os.rename(allowed / "sub" / "model.gguf", allowed / "sub" / "model.old")
+    (allowed / "sub" / "model.gguf").symlink_to(outside / "model.gguf")
+
+
+@pytest.mark.parametrize("swap, point", [(_swap_dir, "before the worker starts"),
+                                         (_swap_file, "after the header is read")])
+def test_a_path_swapped_for_a_symlink_after_the_check_cannot_redirect_the_job(cache_dir, ladder, tmp_path,
+                                                                              monkeypatch, swap, point):
+    """The file is opened once, checked on its descriptor, and read through it by the agent and the worker: a
+    directory (or the file) swapped for a symlink leading out at any later moment changes nothing."""
+    import contextlib
+
+    from fleetfit.agent.backends.llama_cpp_backend import LlamaCpp
+    from fleetfit.models.gguf_file import sha256_of
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "sub").mkdir(parents=True)
+    outside.mkdir()
+    os.link(ladder["Q4_0"], allowed / "sub" / "model.gguf")
+    (outside / "model.gguf").write_bytes(SECRET)  # what the swap leads to: the worker fails if it opens this
+    swapped = []
+
+    def once():
+        if not swapped:
+            swap(allowed, outside)
+            swapped.append(point)
+
+    if point == "before the worker starts":  # the last hook before the worker opens the model
+        monkeypatch.setattr(LlamaCpp, "preparing", lambda self, target, cache: (once(), contextlib.nullcontext())[1])
+    else:
+        inspect = model_cache.inspect
+        monkeypatch.setattr(model_cache, "inspect", lambda *a, **k: (inspect(*a, **k), once())[0])
+    path = allowed / "sub" / "model.gguf"
+    result = profiling.profile(job_request(path=str(path)), "dev-1", cache_dir, allowed_dirs=[allowed])
+    assert swapped == [point]
+    assert result.failure == pb.FAILURE_KIND_UNSPECIFIED, result.error
+    assert result.model_sha256 == sha256_of(ladder["Q4_0"]) and result.quant == "Q4_0"
+    assert result.model_file == str(allowed.resolve() / "sub" / "model.gguf")  # where it was when opened
+    assert result.decode_tokens_per_s.mean > 0

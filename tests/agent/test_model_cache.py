@@ -3,11 +3,13 @@ cache (real fleetfit-agent processes, real llama.cpp)."""
 
 import json
 import os
+import pathlib
 import subprocess
+import time
 
 import pytest
 
-from fleetfit.agent import profiling
+from fleetfit.agent import model_cache, profiling
 from fleetfit.agent.backends.base import ProfileInputError
 from fleetfit.models import catalogue, real_models
 from fleetfit.models.gguf_file import inspect_gguf
@@ -93,3 +95,64 @@ def test_models_list_passes_over_what_is_not_a_regular_file(tmp_path):
     listed = run_cli("fleetfit-agent", "models", "list", "--json", "--cache-dir", str(tmp_path))
     assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
     assert [row["quant"] for row in json.loads(listed.stdout)] == ["Q8_0"]
+
+
+# An agent SIGKILLed while its worker writes into the cache or runs a job: the worker dies with it, and the next
+# writer of the same file (holding its lock) removes the dead one's partial file and makes the file.
+
+AGENT_OPS = {  # what the killed agent runs; `src` is an F16 GGUF, `cache` the cache
+    "derive": "model_cache.derive(src, 'Q4_0', cache / 'models' / 'm' / 'm-Q4_0.gguf', threads=1)",
+    "synthesize": "model_cache.synthesize('smollm2-135m', 'F16', cache)",
+    "profile": ("from fleetfit.agent.isolation import run_worker\n"
+                "from tests.agent.test_isolation import profile_op\n"
+                "run_worker(profile_op(src, n_prompt=512, n_gen=128, repetitions=100), 600)"),
+}
+
+
+@pytest.fixture(scope="module")
+def f16_source(tmp_path_factory):
+    from fleetfit.models import synth
+
+    path = tmp_path_factory.mktemp("src") / "src.gguf"
+    synth.write_synthetic("smollm2-135m", "F16", path, force=True)
+    return path
+
+
+@pytest.mark.parametrize("op", list(AGENT_OPS))
+def test_an_agent_killed_mid_write_takes_its_worker_along_and_its_partial_file_is_replaced(tmp_path, f16_source, op):
+    import signal
+
+    import psutil
+
+    from tests.conftest import wait_until
+
+    cache = tmp_path / "cache"
+    code = ("import pathlib, sys\nfrom fleetfit.agent import model_cache\n"
+            f"src, cache = pathlib.Path({str(f16_source)!r}), pathlib.Path({str(cache)!r})\n" + AGENT_OPS[op])
+    agent = psutil.Popen([str(BIN / "python"), "-c", code], cwd=pathlib.Path(__file__).parents[2])
+    worker = None
+    try:
+        worker = wait_until(lambda: next((p for p in agent.children() if "fleetfit.agent.worker" in p.cmdline()),
+                                         None), 60, "the worker")
+        if op != "profile":  # killed while the partial file is being written
+            wait_until(lambda: leftovers(tmp_path), 60, "a partial file")
+        else:
+            time.sleep(1.0)  # loading the model
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(10)
+        gone, alive = psutil.wait_procs([worker], timeout=5)
+        assert not alive, f"the worker of the killed agent is still running ({op})"
+    finally:
+        for proc in (agent, worker):  # whatever the outcome, nothing of this test keeps running
+            if proc is not None and proc.is_running():
+                proc.kill()
+    if op == "profile":
+        return
+    dead = leftovers(tmp_path)
+    assert dead  # what the killed writer left
+    if op == "derive":
+        made = model_cache.derive(f16_source, "Q4_0", cache / "models" / "m" / "m-Q4_0.gguf", threads=1)
+    else:
+        made = model_cache.synthesize("smollm2-135m", "F16", cache)
+    assert inspect_gguf(made).quant == ("Q4_0" if op == "derive" else "F16")
+    assert leftovers(tmp_path) == [], "the dead writer's partial file is still there"

@@ -182,3 +182,130 @@ def test_path_beside_puts_the_outbox_next_to_the_identity_file(tmp_path):
     Outbox(path).close()
     assert path.exists()
     assert identity.load(ident).device_id == DEVICE
+
+
+class Answers(pb_grpc.AgentServiceServicer):
+    """A real gRPC server whose ReportResult answers `codes[result_id]` (or succeeds): each status as the agent
+    sees it from a coordinator."""
+
+    def __init__(self):
+        self.codes: dict[str, grpc.StatusCode] = {}
+
+    def ReportResult(self, request, context):
+        code = self.codes.get(request.result.result_id)
+        if code is not None:
+            context.abort(code, f"answered {code.name} for {request.result.result_id}")
+        return pb.ReportResultResponse()
+
+
+@pytest.fixture()
+def answering():
+    import concurrent.futures
+
+    servicer = Answers()
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(4))
+    pb_grpc.add_AgentServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield servicer, pb_grpc.AgentServiceStub(channel)
+    channel.close()
+    server.stop(0)
+
+
+NEVER = {"INVALID_ARGUMENT", "ALREADY_EXISTS", "PERMISSION_DENIED", "FAILED_PRECONDITION"}
+
+
+@pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c != grpc.StatusCode.OK], ids=lambda c: c.name)
+def test_a_result_is_kept_unless_the_coordinator_says_never_and_then_it_is_a_dead_letter(code, answering, tmp_path):
+    servicer, stub = answering
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path)
+    try:
+        box.put(report("r-1"))
+        servicer.codes["r-1"] = code
+        before = time.time()
+        flush(box, stub.ReportResult, threading.Event(), max_attempts=1)
+        dead = box.dead_letters()
+        if code.name in NEVER:
+            assert (pending_ids(box), box.count("rejected")) == ([], 1)
+            ((kept, status, reason, at),) = dead
+            assert kept == report("r-1") and status == code.name and f"answered {code.name}" in reason
+            assert before <= at <= time.time()
+        else:
+            assert (pending_ids(box), box.count("rejected"), dead) == (["r-1"], 0, [])
+            servicer.codes.clear()  # the trouble passes: the same result goes through
+            assert flush(box, stub.ReportResult, threading.Event(), max_attempts=1) is True
+            assert (len(box), box.count("delivered")) == (0, 1)
+    finally:
+        box.close()
+    reopened = Outbox(path)  # dead letters are kept across restarts
+    try:
+        assert len(reopened.dead_letters()) == (1 if code.name in NEVER else 0)
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED,
+                                  grpc.StatusCode.DATA_LOSS], ids=lambda c: c.name)
+def test_a_result_the_coordinator_chokes_on_does_not_hold_back_the_others(code, answering, outbox):
+    servicer, stub = answering
+    for rid in ("r-bad", "r-1", "r-2"):
+        outbox.put(report(rid))
+    servicer.codes["r-bad"] = code
+    assert flush(outbox, stub.ReportResult, threading.Event(), max_attempts=2) is False
+    assert pending_ids(outbox) == ["r-bad"] and outbox.count("delivered") == 2 and not outbox.dead_letters()
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
+                                  grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED],
+                         ids=lambda c: c.name)
+def test_a_status_about_the_coordinator_or_device_stops_the_flush_with_everything_kept(code, answering, outbox):
+    servicer, stub = answering
+    for rid in ("r-1", "r-2", "r-3"):
+        outbox.put(report(rid))
+        servicer.codes[rid] = code
+    assert flush(outbox, stub.ReportResult, threading.Event(), max_attempts=2) is False
+    assert pending_ids(outbox) == ["r-1", "r-2", "r-3"] and not outbox.dead_letters()
+
+
+@pytest.mark.parametrize("existing_mode", [None, 0o644, 0o666])
+def test_the_outbox_and_its_dead_letters_are_readable_by_this_user_only(existing_mode, tmp_path):
+    import os
+    import stat
+
+    path = tmp_path / "outbox.sqlite3"
+    if existing_mode is not None:  # an outbox made by an older agent
+        Outbox(path).close()
+        os.chmod(path, existing_mode)
+    box = Outbox(path)
+    try:
+        box.put(report("r-1"))
+        box.dead_letter(report("r-1"), "INVALID_ARGUMENT", "decode out of range")
+        made = [p for p in tmp_path.iterdir() if p.name.startswith("outbox.sqlite3")]
+        assert path in made
+        for p in made:
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, (p.name, oct(p.stat().st_mode))
+    finally:
+        box.close()
+
+
+def test_the_cli_shows_dead_letters_with_status_reason_and_time(tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path)
+    box.put(report("r-1"))
+    box.put(report("r-2"))
+    box.dead_letter(report("r-1"), "FAILED_PRECONDITION", "job j-1 is not leased to dev-1\u2028under fencing token 3")
+    box.close()
+    shown = run_cli("fleetfit-agent", "outbox", "--outbox", str(path))
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "1 waiting" in lines[0] and "rejected 1" in lines[0]
+    assert len(lines) == 2 and "r-1" in lines[1] and "FAILED_PRECONDITION" in lines[1] and "fencing token 3" in lines[1]
+    as_json = json.loads(run_cli("fleetfit-agent", "outbox", "--outbox", str(path), "--json").stdout)
+    assert as_json["waiting"] == 1 and [d["result_id"] for d in as_json["dead_letters"]] == ["r-1"]
+    assert as_json["dead_letters"][0]["at_unix_s"] > 0

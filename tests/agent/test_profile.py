@@ -72,16 +72,18 @@ def test_quant_must_match_a_given_file(ladder, cache_dir):
 
 
 def test_a_run_at_depth_decodes_from_a_filled_cache(ladder, cache_dir):
-    """llama-bench's -d: each test starts with decode_depth tokens in the KV cache; attending to them makes both
-    phases slower than from an empty cache, and the context holds the depth too."""
+    """llama-bench's -d: each test starts with decode_depth tokens in the KV cache, and the context holds the depth
+    too. What the run did is checked (depth, context, the cache's memory held), never how fast it ran: speed on a
+    shared machine proves nothing about which run attended to more positions."""
     results = {d: profiling.profile(short_request(str(ladder["Q4_0"]), decode_depth=d), "dev-1", cache_dir)
                for d in (0, 1024)}
     deep = results[1024]
     assert deep.failure == pb.FAILURE_KIND_UNSPECIFIED, deep.error
     assert deep.n_depth == deep.request.decode_depth == 1024 and deep.n_ctx == 1024 + 32 + 8
     assert results[0].n_depth == 0 and results[0].n_ctx == 40
-    assert deep.prefill_tokens_per_s.mean < results[0].prefill_tokens_per_s.mean
-    assert deep.decode_tokens_per_s.mean < results[0].decode_tokens_per_s.mean
+    for result in results.values():  # each repetition measured both phases from its own filled cache
+        assert len(result.decode_tokens_per_s.samples) == len(result.prefill_tokens_per_s.samples) == \
+            result.request.repetitions
     assert deep.peak_rss_bytes > results[0].peak_rss_bytes  # the KV cache of 1064 positions
 
 

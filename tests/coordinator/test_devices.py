@@ -45,3 +45,45 @@ def test_limit_rows_of_two_devices_with_one_hostname_stay_apart():
     assert [(r.device_id, r.device_name, r.decode_tokens_per_s.mean) for r in rows] == [
         ("rpi-77d3e5b1", "rpi (77d3e5b1) [site=lab]", 101.0), ("rpi-8f2a91c0", "rpi (8f2a91c0)", 100.0)]
     assert {r.shape for r in rows} == {"pp512/tg128 t2 cpu"}
+
+
+HONEST = device("lab-gpu-1-7f3a9c21", "lab-gpu-1", site="lab")
+IMPOSTORS = {  # hostnames (and ids) a device chooses to pass for another
+    "its display name": [device("imp-1", "lab-gpu-1 [site=lab]")],
+    "its name with another's short id": [device("rpi-8f2a91c0", "rpi"), device("imp-2", "rpi (8f2a91c0)"),
+                                         device("rpi-11111111", "rpi")],
+    "its id as hostname": [device("imp-3", "lab-gpu-1-7f3a9c21")],
+    "its hostname as id": [device("lab-gpu-1", "other")],
+    "look-alikes": [device("imp-4", "ＬＡＢ-gpu-1 [site=lab]"), device("imp-5", "lab-gpu-1\u200b [site=lab]"),
+                    device("imp-6", "LAB-GPU-1  [site=lab] "), device("imp-7", "lab-gpu-1\u202e [site=lab]")],
+    "the same hostname and labels": [device("lab-gpu-1-00000000", "lab-gpu-1", site="lab")],
+    "a name like the qualified one": [device("imp-8", "lab-gpu-1 (7f3a9c21) [site=lab]"),
+                                      device("lab-gpu-1-7f3a9c21x", "lab-gpu-1", site="lab")],
+}
+
+
+@pytest.mark.parametrize("case", IMPOSTORS)
+def test_display_names_are_unique_and_never_another_devices_id(case):
+    from fleetfit.coordinator.devices import _look
+
+    fleet = [HONEST, *IMPOSTORS[case]]
+    names = display_names(fleet)
+    looks = [_look(n) for n in names.values()]
+    assert len(set(looks)) == len(fleet), names  # no two look alike
+    for device_id, name in names.items():
+        assert all(_look(name) != _look(other) for other in names if other != device_id), names
+    for d in fleet:  # each answers to its id and to its display name, and to nothing of another's
+        assert find(fleet, d.inventory.device_id) is d
+        assert find(fleet, names[d.inventory.device_id]) is d
+
+
+@pytest.mark.parametrize("case", IMPOSTORS)
+def test_a_name_shown_before_an_impostor_came_never_finds_the_impostor(case):
+    """`lab-gpu-1 [site=lab]` named the honest device until another device made it ambiguous: now it answers
+    for the honest device only where no other could be meant, else a one-line error listing the ids."""
+    alone = display_names([HONEST])[HONEST.inventory.device_id]
+    fleet = [HONEST, *IMPOSTORS[case]]
+    try:
+        assert find(fleet, alone) is HONEST
+    except DeviceLookupError as exc:
+        assert HONEST.inventory.device_id in str(exc) and "\n" not in str(exc)

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import sqlite3
+import time
 
 import pytest
 
@@ -84,3 +85,98 @@ def test_export_then_import_is_idempotent_and_checks_every_line(ladder_fleet, co
     with Store(other) as store:
         assert len(store.results()) == len(results)
         assert {r.decode_tokens_per_s.mean for r in store.results()} == {r.decode_tokens_per_s.mean for r in results}
+
+
+def test_import_never_merges_another_machine_into_a_device_here(ladder_fleet, coordinator, tmp_path):
+    """A line whose device id is here (or earlier in the file) but whose inventory is another machine is refused,
+    naming what differs; the same machine (free memory and backends changing) merges as before."""
+    results, _ = ladder_fleet
+    exported = tmp_path / "results.jsonl"
+    assert run_cli("fleetfit", "export", "--db", str(coordinator.db_path), "--out", str(exported)).returncode == 0
+    line = json.loads(exported.read_text().splitlines()[0])
+    device_id = line["result"]["device_id"]
+
+    def claim(result_id: str, as_device: str = device_id, **inventory) -> str:
+        found = json.loads(json.dumps(line))
+        found["result"].update(result_id=result_id, device_id=as_device)
+        found["result"]["decode_tokens_per_s"] = {"mean": 999.0, "stdev": 0.0, "samples": [999.0]}
+        found["device"].update(device_id=as_device, **inventory)
+        if inventory.get("hostname") == "bare":
+            del found["device"]
+        return json.dumps(found)
+
+    others = [claim("x-host", hostname="evil"), claim("x-ram", ram_total_bytes=2**40),
+              claim("x-cpu", cpu_model="Other CPU"), claim("x-gpu", gpus=[{"name": "H100", "memory_total_bytes": 8}]),
+              claim("x-cores", cpu_cores_logical=512), claim("x-bare", hostname="bare")]
+    same = claim("same-machine", ram_available_bytes=12345, agent_version="9.9")
+    hostile = tmp_path / "claims.jsonl"
+    hostile.write_text("\n".join([*others, same]) + "\n")
+    done = run_cli("fleetfit", "import", str(hostile), "--db", str(coordinator.db_path))
+    assert done.returncode == 1 and f"imported 1 results (0 already stored, {len(others)} refused)" in done.stdout
+    assert "Traceback" not in done.stderr
+    for field in ("hostname", "ram_total_bytes", "cpu_model", "gpus", "cpu_cores_logical"):
+        assert f"here is another machine (its {field} differ" in done.stderr, field
+    assert "no inventory to show it is the same machine" in done.stderr
+    with Store(coordinator.db_path) as store:
+        mine = {r.result_id for r in store.results(device_id=device_id)}
+        assert "same-machine" in mine and not mine & {"x-host", "x-ram", "x-cpu", "x-gpu", "x-cores", "x-bare"}
+        assert store.devices()[0].inventory.hostname == line["device"]["hostname"]
+
+    # two machines claiming one new id within one file: the first is added, the second refused
+    fresh = tmp_path / "fresh.sqlite3"
+    twins = [claim("t1", "twin"), claim("t2", "twin", hostname="evil")]
+    (tmp_path / "twins.jsonl").write_text("\n".join(twins) + "\n")
+    done = run_cli("fleetfit", "import", str(tmp_path / "twins.jsonl"), "--db", str(fresh))
+    assert "imported 1 results (0 already stored, 1 refused), 1 new devices" in done.stdout, done.stdout + done.stderr
+
+
+def test_import_of_future_dated_results_brings_no_device_online(ladder_fleet, coordinator, tmp_path):
+    exported = tmp_path / "results.jsonl"
+    assert run_cli("fleetfit", "export", "--db", str(coordinator.db_path), "--out", str(exported)).returncode == 0
+    lines = []
+    for n, (year_s, text) in enumerate(zip((2**33, 1e10, 4e9), exported.read_text().splitlines())):
+        found = json.loads(text)
+        found["result"]["started_unix_s"] = year_s  # 2242, 2286, 2096
+        lines.append(json.dumps(found))
+    (tmp_path / "future.jsonl").write_text("\n".join(lines) + "\n")
+    other = tmp_path / "other.sqlite3"
+    assert run_cli("fleetfit", "import", str(tmp_path / "future.jsonl"), "--db", str(other)).returncode == 0
+    with Store(other) as store:
+        (device,) = store.devices()
+        assert DEVICE_STATUS.word(device.device_status) == "lost"
+        assert device.last_seen_unix_s <= time.time() and device.first_seen_unix_s <= time.time()
+        store.set_seen(device.inventory.device_id, 2**33, 2**33)  # a future contact stored before this check
+        assert DEVICE_STATUS.word(store.devices()[0].device_status) == "lost"
+
+
+BAD_JSON = {
+    "200k-deep arrays": '{"schema": "fleetfit.result.v1", "result": ' + "[" * 200_000 + "]" * 200_000 + "}",
+    "200k-deep objects": '{"a":' * 200_000 + "1" + "}" * 200_000,
+    "deep inside the result": '{"schema": "fleetfit.result.v1", "result": {"result_id": "d", "request": '
+                              + '{"model": ' * 900 + "{}" + "}" * 900 + "}}",
+    "5,000-digit integer": '{"schema": "fleetfit.result.v1", "result": {"result_id": "i", "n_prompt": '
+                           + "9" * 5000 + "}}",
+    "5,000-digit integer key": '{"x": ' + "1" * 5000 + "}",
+    "huge exponent": '{"schema": "fleetfit.result.v1", "result": {"result_id": "e", "n_prompt": 1e999999}}',
+    "lone surrogate": '{"schema": "fleetfit.result.v1", "result": {"result_id": "\\ud800", "device_id": "\\udfff"}}',
+    "NaN": '{"schema": "fleetfit.result.v1", "result": {"result_id": "n", "decode_tokens_per_s": {"mean": NaN}}}',
+    "over the line bound": '{"schema": "' + "x" * (5 << 20) + '"}',
+}
+
+
+def test_import_counts_each_bad_line_and_keeps_going(ladder_fleet, coordinator, tmp_path):
+    """Every kind of line that does not parse is one counted, one-line refusal, and the lines after it are read."""
+    results, _ = ladder_fleet
+    exported = tmp_path / "results.jsonl"
+    assert run_cli("fleetfit", "export", "--db", str(coordinator.db_path), "--out", str(exported)).returncode == 0
+    good = exported.read_text().splitlines()
+    mixed = [x for pair in zip(BAD_JSON.values(), good) for x in pair]  # a bad line before each good one
+    (tmp_path / "mixed.jsonl").write_text("\n".join(mixed) + "\n")
+    other = tmp_path / "other.sqlite3"
+    done = run_cli("fleetfit", "import", str(tmp_path / "mixed.jsonl"), "--db", str(other), timeout=120)
+    kept = min(len(BAD_JSON), len(good))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"imported {kept} results (0 already stored, {len(BAD_JSON)} refused)" in done.stdout, done.stdout
+    refused = [line for line in done.stderr.splitlines() if line.startswith("refused line ")]
+    assert [int(line.split()[2].rstrip(":")) for line in refused] == list(range(1, 2 * len(BAD_JSON), 2))
+    assert all(len(line) < 400 for line in refused)

@@ -77,3 +77,23 @@ def test_cli_tables_and_report_carry_no_raw_device_text(hostile_fleet, coordinat
         text = (tmp_path / "r" / name).read_text()
         assert "<script>" not in text and not RAW.search(text), name
     assert "&lt;script&gt;" in (tmp_path / "r" / "tables.md").read_text()
+
+
+UNSEEN = {"line separator": "\u2028", "paragraph separator": "\u2029", "zero-width space": "\u200b",
+          "byte-order mark": "\ufeff", "right-to-left override": "\u202e", "first-strong isolate": "\u2068",
+          "arabic letter mark": "\u061c", "soft hyphen": "\u00ad", "tag character": "\U000e0041",
+          "private use": "\ue000", "unassigned": "\u0378", "lone surrogate": "\ud800", "next line (C1)": "\x85"}
+
+
+@pytest.mark.parametrize("fmt", ["table", "md", "csv", "sql"])
+@pytest.mark.parametrize("name", UNSEEN)
+def test_characters_a_person_cannot_see_are_shown_escaped(name, fmt):
+    """Every Unicode character that is invisible or moves what is shown (separators, format and bidi characters,
+    surrogates, private-use and unassigned code points) reaches a people's or text format as its escape, so a row
+    stays one line and two names that differ only by one never look the same."""
+    char = UNSEEN[name]
+    text = render.render(["device", "x"], [[f"lab{char}gpu", "ok"]], fmt)
+    assert char not in text
+    assert render.clean(char) in text and render.clean(char).startswith("\\")
+    assert len(text.splitlines()) == {"table": 2, "md": 3, "csv": 2, "sql": 5}[fmt]
+    assert render.clean("ok: ünïcode, 日本, emoji \U0001f600") == "ok: ünïcode, 日本, emoji \U0001f600"  # seen: kept

@@ -12,6 +12,7 @@ import pytest
 from fleetfit.coordinator.tables import render_table
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.conftest import Agents, fleet_stub
+from tests.coordinator.test_ingest import good_result
 
 
 def quality(device_id: str, quant: str, kld: float, **change) -> pb.ReportQualityRequest:
@@ -57,16 +58,49 @@ def test_quality_results_are_tabled_and_priced_into_fit_answers(coordinator, age
     assert "this device" in answers["lab-2"].kl_divergence.method
     q8 = {a.device_id: a for a in fleet.Fit(pb.FitRequest(model_name="smollm2-135m", quant="Q8_0"),
                                             timeout=10).answers}
-    assert q8["lab-2"].kl_divergence.value == pytest.approx(0.0098)  # the fleet's, and it says whose
-    assert "quality on device lab (1)" in q8["lab-2"].kl_divergence.method
-    assert "KLD" not in q8["lab-2"].reason  # once, in its own column: not again in the reason beside it
+    assert not q8["lab-2"].HasField("kl_divergence")  # lab-1's Q8_0 file is not known to be lab-2's
+
+
+def ran(agents, device_id: str, sha256: str, quant: str = "Q8_0") -> None:
+    """A result of a run of the file `sha256` on the device."""
+    result = good_result(device_id)
+    result.quant = result.request.quant = quant
+    result.model_sha256 = sha256
+    agents.ReportResult(pb.ReportResultRequest(result=result), timeout=5)
+
+
+def test_another_devices_quality_reaches_an_answer_only_for_the_same_file(coordinator, agents):
+    """A device's answer takes another device's KL divergence only for a file of the same sha256 that it ran
+    itself: not for another file of the same model and quant, not from a result that names no file."""
+    a, b = "a" * 64, "b" * 64
+    for kld, sha256 in ((0.0098, a), (5e-324, ""), (1.9, b)):
+        agents.ReportQuality(quality("lab-1", "Q8_0", kld, model_sha256=sha256), timeout=5)
+    fleet = fleet_stub(coordinator)
+
+    def kld_of_lab2():
+        found = {x.device_id: x for x in fleet.Fit(pb.FitRequest(model_name="smollm2-135m", quant="Q8_0"),
+                                                   timeout=10).answers}["lab-2"]
+        return found.kl_divergence.value if found.HasField("kl_divergence") else None, found
+
+    assert kld_of_lab2()[0] is None  # lab-2 ran nothing
+    ran(agents, "lab-2", "c" * 64)
+    assert kld_of_lab2()[0] is None  # another file of the same model and quant
+    ran(agents, "lab-2", a)
+    value, answer = kld_of_lab2()
+    assert value == pytest.approx(0.0098)  # the one of the same file, not the latest (1.9, of file b)
+    assert "quality on device lab (1) (the same file, sha256 aaaaaaaaaaaa)" in answer.kl_divergence.method
+    assert "KLD" not in answer.reason  # once, in its own column: not again in the reason beside it
+    agents.ReportQuality(quality("lab-2", "Q8_0", 0.02), timeout=5)
+    assert kld_of_lab2()[0] == pytest.approx(0.02)  # its own, once it has one
 
 
 @pytest.mark.parametrize("change, fragment", [
     ({"kl_divergence_mean": math.nan}, "quality.kl_divergence_mean is nan: every figure must be finite"),
     ({"kl_divergence_mean": -0.5}, "a KL divergence is not negative"),
-    ({"same_top_token_fraction": 1.5}, "same_top_token_fraction is 1.5: at most 1"),
-    ({"perplexity": 0.5}, "perplexity is 0.5: at least 1"),
+    ({"same_top_token_fraction": 1.5}, "same_top_token_fraction is 1.5: above the ceiling of 1"),
+    ({"perplexity": 0.5}, "perplexity is 0.5: below the floor of 1"),
+    ({"perplexity": 0.0}, "perplexity is 0: at least 1"),
+    ({"kl_divergence_mean": 1e14}, "kl_divergence_mean is 1e+14: above the ceiling of 100"),
     ({"model_name": "m" * 300}, "quality.model_name is 300 characters"),
     ({"n_positions": 0}, "n_positions and context_tokens must be positive"),
 ])

@@ -160,11 +160,13 @@ def test_tables_by_name(stubs):
 def test_a_shaped_job_is_queued_over_submit_profile(stubs):
     """A job whose model carries a shape (a user's own config.json) goes through SubmitProfile's checks and reaches
     the agent with its shape; an out-of-bounds shape is refused as bad input, never an internal error."""
+    import dataclasses
+
     from fleetfit.models import catalogue, shapes
 
     agent, fleet = stubs
     register(agent)
-    shape = shapes.to_proto(catalogue.architecture("smollm2-135m"))
+    shape = shapes.to_proto(dataclasses.replace(catalogue.architecture("smollm2-135m"), name="my-tiny"))
     request = pb.ProfileRequest(model=pb.ModelRef(name="my-tiny", shape=shape), backend="llama.cpp", quant="q4_0",
                                 n_prompt=16, n_gen=4, repetitions=1)
     (job_id,) = fleet.SubmitProfile(pb.SubmitProfileRequest(request=request), timeout=5).job_ids

@@ -601,7 +601,7 @@ class ReleaseJobResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class QualityResult(_message.Message):
-    __slots__ = ("result_id", "device_id", "model_name", "quant", "reference_quant", "context_tokens", "n_positions", "kl_divergence_mean", "kl_divergence_stderr", "kl_divergence_p99", "perplexity", "perplexity_stderr", "same_top_token_fraction", "file_bytes", "text_sha256", "provenance", "backend_build", "created_unix_s")
+    __slots__ = ("result_id", "device_id", "model_name", "quant", "reference_quant", "context_tokens", "n_positions", "kl_divergence_mean", "kl_divergence_stderr", "kl_divergence_p99", "perplexity", "perplexity_stderr", "same_top_token_fraction", "file_bytes", "text_sha256", "provenance", "backend_build", "created_unix_s", "model_sha256")
     RESULT_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -620,6 +620,7 @@ class QualityResult(_message.Message):
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     BACKEND_BUILD_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     result_id: str
     device_id: str
     model_name: str
@@ -638,7 +639,8 @@ class QualityResult(_message.Message):
     provenance: Provenance
     backend_build: str
     created_unix_s: float
-    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., reference_quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., n_positions: _Optional[int] = ..., kl_divergence_mean: _Optional[float] = ..., kl_divergence_stderr: _Optional[float] = ..., kl_divergence_p99: _Optional[float] = ..., perplexity: _Optional[float] = ..., perplexity_stderr: _Optional[float] = ..., same_top_token_fraction: _Optional[float] = ..., file_bytes: _Optional[int] = ..., text_sha256: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., backend_build: _Optional[str] = ..., created_unix_s: _Optional[float] = ...) -> None: ...
+    model_sha256: str
+    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., reference_quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., n_positions: _Optional[int] = ..., kl_divergence_mean: _Optional[float] = ..., kl_divergence_stderr: _Optional[float] = ..., kl_divergence_p99: _Optional[float] = ..., perplexity: _Optional[float] = ..., perplexity_stderr: _Optional[float] = ..., same_top_token_fraction: _Optional[float] = ..., file_bytes: _Optional[int] = ..., text_sha256: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., backend_build: _Optional[str] = ..., created_unix_s: _Optional[float] = ..., model_sha256: _Optional[str] = ...) -> None: ...
 
 class ReportQualityRequest(_message.Message):
     __slots__ = ("result",)

@@ -3,6 +3,7 @@
 Hand-written beside the generated code because it is part of the contract, not of either side.
 """
 
+import re
 import socket
 import ssl
 
@@ -17,6 +18,8 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # A client reconnects within seconds of a coordinator's return (gRPC's default backoff reaches 120 s).
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
 # A connection that has not finished its TLS (or HTTP/2) handshake by then is closed: a real client finishes in a
 # few round trips, and one that stalls holds a file descriptor (gRPC's default waits 120 s).
@@ -108,3 +111,16 @@ def connect(address: str, timeout_s: float = 10.0, *, ca_pem: bytes | None = Non
     if token:
         return grpc.intercept_channel(channel, _Bearer(token))  # closing it closes `channel`
     return channel
+
+
+# A device id travels in every call's credential ("authorization: Bearer agent.<id>.<secret>") and gRPC metadata is
+# printable ASCII: an id with anything else could join but never authenticate. 1-256 of "!" to "~", no spaces.
+DEVICE_ID = re.compile(r"[!-~]{1,256}")
+
+
+def device_id_problem(device_id: str) -> str | None:
+    """Why `device_id` cannot be a device's id (one line), or None."""
+    if DEVICE_ID.fullmatch(device_id):
+        return None
+    return (f"device_id {device_id[:40]!r} must be 1 to 256 printable characters, ASCII without spaces (it is "
+            "sent in each call's credential, and gRPC metadata is ASCII)")

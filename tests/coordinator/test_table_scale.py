@@ -10,6 +10,7 @@ import pytest
 
 from fleetfit.coordinator import ingest, scaling, tables
 from fleetfit.coordinator.store import Store
+from fleetfit.v1 import fleetfit_pb2 as pb
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / "benchmarks"))
 from table_scale import a_result, fill  # noqa: E402
@@ -21,9 +22,9 @@ def counted(monkeypatch):
     counts = {"walked": 0, "calibrated": 0}
     usable, device_model = ingest.usable, scaling.device_model
 
-    def walk(result):
-        counts["walked"] += 1
-        return usable(result)
+    def walk(message):
+        counts["walked"] += isinstance(message, pb.ProfileResult)  # inventories are walked too, per request
+        return usable(message)
 
     def calibrate(*args, **kwargs):
         counts["calibrated"] += 1

@@ -214,7 +214,9 @@ def refusal(spec: backends.BackendSpec, info: pb.BackendInfo | None, model: str,
 class Plan:
     jobs: list[tuple[str, pb.ProfileRequest]]  # (device id, request)
     matched: list[str]  # device ids the selector matched
-    skipped: dict[str, list[str]]  # device id -> "backend model precision: why" for what it cannot run
+    # device id -> "backend model precision, ...: why" for what it cannot run, one line per reason (a device's own
+    # reason, up to 4 kB, is not copied into each combination it stops)
+    skipped: dict[str, list[str]]
 
 
 def expand(spec: pb.CampaignSpec, terms: list[Term], devices: list[pb.Device]) -> Plan:
@@ -237,7 +239,7 @@ def expand(spec: pb.CampaignSpec, terms: list[Term], devices: list[pb.Device]) -
                            else refusal(backend, reported.get(backend.name), model, precision, spec.template.device,
                                         shapes.get(model)))
                     if why:
-                        skipped.setdefault(inv.device_id, []).append(f"{what}: {why}")
+                        skipped.setdefault(inv.device_id, {}).setdefault(why, []).append(what)
                         continue
                     request = pb.ProfileRequest()
                     request.CopyFrom(spec.template)
@@ -246,7 +248,8 @@ def expand(spec: pb.CampaignSpec, terms: list[Term], devices: list[pb.Device]) -
                         request.model.shape.CopyFrom(to_proto(shapes[model]))
                     request.backend, request.quant = backend.name, precision
                     jobs.append((inv.device_id, request))
-    return Plan(jobs, matched, skipped)
+    return Plan(jobs, matched, {d: [f"{', '.join(whats)}: {why}" for why, whats in reasons.items()]
+                                for d, reasons in skipped.items()})
 
 
 def progress(campaign: Campaign, jobs: list[pb.JobStatus], names: dict[str, str] | None = None) -> pb.CampaignStatus:
@@ -272,8 +275,11 @@ def progress(campaign: Campaign, jobs: list[pb.JobStatus], names: dict[str, str]
     return status
 
 
-def statuses(store, campaign_id: str | None = None) -> list[pb.CampaignStatus]:
-    """The progress of every campaign (or of one), with device display names."""
-    names = display_names(store.devices())
+def statuses(store, campaign_id: str | None = None, totals_only: bool = False) -> list[pb.CampaignStatus]:
+    """The progress of every campaign (or of one), with device display names; `totals_only`: without devices."""
+    names = {} if totals_only else display_names(store.devices())
     found = store.campaigns(campaign_id) if campaign_id is not None else store.campaigns()
-    return [progress(c, store.campaign_jobs(c.campaign_id), names) for c in found]
+    out = [progress(c, store.campaign_jobs(c.campaign_id), names) for c in found]
+    for status in out if totals_only else ():
+        del status.devices[:]
+    return out

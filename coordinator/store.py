@@ -33,6 +33,7 @@ DEFAULT_MAX_ATTEMPTS = 3
 # Agents are in contact at least every 10 s (idle: PollJob long-polls; busy: lease heartbeats); a device
 # silent for three such periods is reported lost.
 LOST_AFTER_S = 30.0
+MAX_AS_STORED = 2_000_000  # result ids remembered by Store.results (~100 bytes each)
 log = logging.getLogger("fleetfit.coordinator")
 
 
@@ -113,6 +114,7 @@ class Store:
         self.db = Database(url)
         self.path = self.db.url
         self.quotas = quotas
+        self._as_stored: set[str] = set()  # ids of results answers may use as stored (see results)
 
     def close(self) -> None:
         self.db.close()
@@ -215,7 +217,7 @@ class Store:
         now = time.time()
         row = execute("SELECT payload FROM results WHERE result_id = ?", (result.result_id,)).fetchone()
         if row is None:
-            self._check_quotas(execute, result, now)
+            self._check_quotas(execute, result, now, len(payload))
             # A replica storing this id at this moment makes the insert wait for its commit and then do nothing: the
             # result is then a duplicate like any other (compared below), never a unique-key violation.
             if execute("INSERT INTO results (result_id, device_id, job_id, model_name, quant, backend, failure, "
@@ -255,11 +257,18 @@ class Store:
         if cur.rowcount == 0:  # a job is leased only to a registered device: no job was updated either
             raise UnknownDevice(device_id)
 
-    def _check_quotas(self, execute, result: pb.ProfileResult, now: float) -> None:
-        (last_hour,) = execute("SELECT COUNT(*) FROM results WHERE device_id = ? AND received > ?",
-                               (result.device_id, now - 3600)).fetchone()
-        if last_hour >= self.quotas.results_per_hour:
+    def _check_hourly(self, execute, table: str, device_id: str, now: float, size: int) -> None:
+        """QuotaExceeded when one more record of `size` bytes would pass the device's results or bytes per hour."""
+        count, held = execute(f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM {table} "
+                              "WHERE device_id = ? AND received > ?", (device_id, now - 3600)).fetchone()
+        if count >= self.quotas.results_per_hour:
             raise QuotaExceeded(f"quota of {self.quotas.results_per_hour} results per hour per device reached")
+        if held + size > self.quotas.bytes_per_hour:
+            raise QuotaExceeded(f"quota of {self.quotas.bytes_per_hour} bytes of results per hour per device reached "
+                                f"({held} held, this one {size})")
+
+    def _check_quotas(self, execute, result: pb.ProfileResult, now: float, size: int) -> None:
+        self._check_hourly(execute, "results", result.device_id, now, size)
         day = (result.device_id, now - 86400)
         if execute("SELECT 1 FROM results WHERE device_id = ? AND received > ? AND model_name = ? LIMIT 1",
                    (*day, result.model_name)).fetchone() is None:
@@ -272,7 +281,9 @@ class Store:
         """All results oldest first, or those of one model or one device (each by its index), as answers may use
         them: this is where every answer (tables, fit, the limit table, the report) reads results, so a figure
         that is not finite, or not positive where it must be, is dropped here (ingest.usable), once — results
-        stored before ingest checked them cannot break an answer."""
+        stored before ingest checked them cannot break an answer. Upgrading and cleaning walk the whole message in
+        Python (~20x the decode); a stored payload never changes (its id is refused with other contents), so a
+        result that needed neither is remembered by id and from then on only decoded."""
         where, params = [], []
         for column, value in (("model_name", model_name), ("device_id", device_id)):
             if value is not None:
@@ -280,7 +291,18 @@ class Store:
                 params.append(value)
         sql = "SELECT result_id, payload FROM results" + (" WHERE " + " AND ".join(where) if where else "") + \
             " ORDER BY received"
-        return [ingest.usable(r) for r in decoded(pb.ProfileResult, self.db.query(sql, params), "result")]
+        found = []
+        for result_id, payload in self.db.query(sql, params):
+            payload = bytes(payload)
+            if result_id in self._as_stored:  # upgraded and cleaned once already, and needed neither
+                found.append(pb.ProfileResult.FromString(payload))
+                continue
+            for result in decoded(pb.ProfileResult, [(result_id, payload)], "result"):  # none if it does not decode
+                result = ingest.usable(result)
+                if len(self._as_stored) < MAX_AS_STORED and result.SerializeToString(deterministic=True) == payload:
+                    self._as_stored.add(result_id)
+                found.append(result)
+        return found
 
     def add_quality(self, result: pb.QualityResult) -> bool:
         """Store a quality result (checked by ingest.check_quality); True when it was already stored (the same
@@ -292,10 +314,7 @@ class Store:
             stored = "SELECT payload FROM quality_results WHERE result_id = ?"
             found = execute(stored, (result.result_id,)).fetchone()
             if found is None:
-                (recent,) = execute("SELECT COUNT(*) FROM quality_results WHERE device_id = ? AND received > ?",
-                                    (result.device_id, time.time() - 3600)).fetchone()
-                if recent >= self.quotas.results_per_hour:
-                    raise QuotaExceeded(f"quota of {self.quotas.results_per_hour} results per hour per device reached")
+                self._check_hourly(execute, "quality_results", result.device_id, time.time(), len(payload))
                 # as in _add_result: a replica storing this id at this moment makes it a duplicate, not a violation
                 if execute("INSERT INTO quality_results (result_id, device_id, model_name, quant, received, payload) "
                            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (result_id) DO NOTHING",

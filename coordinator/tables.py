@@ -4,8 +4,10 @@
 number, a string, or None where there is no figure (rendered as "n/a", never as 0).
 """
 
+import collections
 import dataclasses
 import functools
+import hashlib
 from typing import Callable
 
 from google.protobuf import json_format, struct_pb2
@@ -260,13 +262,36 @@ SHAPE_NOTE = ("shape: the run shape the row's cells come from (option shape, def
               "backend with no run of that shape show their most common one)")
 
 
+# Device models kept between requests (see device_models): a model is a function of the device's inventory and
+# results only, and calibrating one (a few tens of ms) for each of a thousand devices is most of a table's time.
+_MODELS: collections.OrderedDict[tuple, scaling.DeviceModel] = collections.OrderedDict()
+MAX_MODELS = 20_000
+
+
 def device_models(fleet: Fleet) -> dict[tuple[str, str], scaling.DeviceModel]:
-    """The scaling model of every device and backend with results."""
+    """The scaling model of every device and backend with results: kept by the device's inventory and the ids of
+    its results (a stored result never changes), so asking again recalibrates only devices with new results. The
+    fleet's priors (used lazily, for what the device's own runs do not cover) are this request's."""
     inventories = {d.inventory.device_id: d.inventory for d in fleet.devices}
-    pairs = sorted({(r.device_id, backend_of(r)) for r in fleet.results if backend_of(r) in backends.BACKENDS})
-    priors = fleet_priors.FleetPriors.of_results(fleet.devices, fleet.results)
-    return {(i, b): scaling.device_model(inventory, fleet.results, b, priors.for_device(inventory, b))
-            for i, b in pairs for inventory in [inventories.get(i, pb.DeviceInventory(device_id=i))]}
+    by_device: dict[str, list[pb.ProfileResult]] = {}
+    for r in fleet.results:
+        by_device.setdefault(r.device_id, []).append(r)
+    pairs = sorted({(i, backend_of(r)) for i, rs in by_device.items() for r in rs if backend_of(r) in backends.BACKENDS})
+    priors = fleet_priors.FleetPriors(fleet.devices, lambda i: by_device.get(i, []))
+    found = {}
+    for i, b in pairs:
+        inventory = inventories.get(i, pb.DeviceInventory(device_id=i))
+        seen = hashlib.blake2b(inventory.SerializeToString(deterministic=True), digest_size=16)
+        seen.update("\0".join(r.result_id for r in by_device[i]).encode())
+        key = (i, b, seen.digest())
+        dm = _MODELS.get(key)
+        if dm is None:
+            dm = _MODELS[key] = scaling.device_model(inventory, by_device[i], b)
+            if len(_MODELS) > MAX_MODELS:
+                _MODELS.popitem(last=False)
+        _MODELS.move_to_end(key)
+        found[(i, b)] = dataclasses.replace(dm, priors=priors.for_device(inventory, b))
+    return found
 
 
 def _with_seed_sizes(fleet: Fleet, ladder: Ladder):

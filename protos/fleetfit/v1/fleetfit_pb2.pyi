@@ -1105,26 +1105,38 @@ class CampaignStatus(_message.Message):
     def __init__(self, campaign_id: _Optional[str] = ..., selector: _Optional[str] = ..., created_unix_s: _Optional[float] = ..., spec: _Optional[_Union[CampaignSpec, _Mapping]] = ..., done: _Optional[int] = ..., running: _Optional[int] = ..., failed: _Optional[int] = ..., queued: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[DeviceProgress, _Mapping]]] = ...) -> None: ...
 
 class ListCampaignsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListCampaignsResponse(_message.Message):
-    __slots__ = ("campaigns",)
+    __slots__ = ("campaigns", "next_page_token")
     CAMPAIGNS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     campaigns: _containers.RepeatedCompositeFieldContainer[CampaignStatus]
-    def __init__(self, campaigns: _Optional[_Iterable[_Union[CampaignStatus, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, campaigns: _Optional[_Iterable[_Union[CampaignStatus, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetCampaignRequest(_message.Message):
-    __slots__ = ("campaign_id",)
+    __slots__ = ("campaign_id", "page_size", "page_token")
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
-    def __init__(self, campaign_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, campaign_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class GetCampaignResponse(_message.Message):
-    __slots__ = ("campaign",)
+    __slots__ = ("campaign", "next_page_token")
     CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     campaign: CampaignStatus
-    def __init__(self, campaign: _Optional[_Union[CampaignStatus, _Mapping]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, campaign: _Optional[_Union[CampaignStatus, _Mapping]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RevokeDeviceRequest(_message.Message):
     __slots__ = ("device_id",)

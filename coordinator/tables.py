@@ -100,6 +100,8 @@ def build_from_store(name: str, store, options: dict[str, str], shapes: dict[str
 def build_many(names: list[str], store, options: dict[str, str], shapes: dict[str, Architecture] | None = None
                ) -> list[pb.Table]:
     """Several tables (`limits all`, the report) from one read of the store: every cell one snapshot's answer."""
+    if len(names) > len(TABLES):
+        raise TableError(f"at most {len(TABLES)} tables in one request, got {len(names)}")
     unknown = [n for n in names if n not in TABLES]
     if unknown:
         raise TableError(f"unknown table {unknown[0]!r} (known: {', '.join(TABLES)})")
@@ -243,6 +245,9 @@ def _params_text(n: int) -> str:
 
 PREDICTED_NOTE = ("~: predicted by the device's scaling model for that backend (calibrated on its own runs; `fleetfit "
                   "fit` gives the leave-one-size-out error band); bare numbers are measured")
+CONTEXT_NOTE = ("every figure is `fleetfit fit`'s answer for its cell at the context of the device's run of that model "
+                "and precision, else of its latest run (`fleetfit fit MODEL --quant Q --device D --context N` gives "
+                "the same figure; fit's default context is 4096, or the model's own when smaller)")
 SHAPE_NOTE = ("shape: the run shape the row's cells come from (option shape, default pp512/tg128; a device and "
               "backend with no run of that shape show their most common one)")
 
@@ -308,7 +313,7 @@ def memory(fleet: Fleet, options: dict[str, str]) -> TableData:
     return TableData(["device", "backend", "model", "parameters", *(f"{q} GB" for q in ladder.quants), "shape"], rows,
                      ["peak memory: the worker's peak RSS (weights read without mmap), or GPU memory for GPU runs; "
                       "'does not fit': out of memory, or not attempted because the predicted need exceeded the "
-                      "memory cap", SHAPE_NOTE, PREDICTED_NOTE])
+                      "memory cap", SHAPE_NOTE, CONTEXT_NOTE, PREDICTED_NOTE])
 
 
 @table("speed", "Inference speed by model size: measured decode tokens/s")
@@ -330,7 +335,7 @@ def speed(fleet: Fleet, options: dict[str, str]) -> TableData:
                       "speed factor", "shape"], rows,
                      ["decode as llama-bench tg: single-token decodes from an empty cache, random tokens",
                       "speed factor: against the smallest size measured on the same device and backend, first "
-                      "precision shown", SHAPE_NOTE, PREDICTED_NOTE])
+                      "precision shown", SHAPE_NOTE, CONTEXT_NOTE, PREDICTED_NOTE])
 
 
 @table("capacity", "Hardware capacity: the largest model that fits, per device, backend and precision")
@@ -377,7 +382,7 @@ def capacity(fleet: Fleet, options: dict[str, str]) -> TableData:
                       "under 95% of RAM (fit's does_not_fit band); ~ marks a prediction",
                       f"speed target: option min_tps (now {min_tps:g}); baseline device: option baseline (device id, "
                       f"or a hostname one device has), same backend; reference model: option reference",
-                      SHAPE_NOTE, PREDICTED_NOTE])
+                      SHAPE_NOTE, CONTEXT_NOTE, PREDICTED_NOTE])
 
 
 def _baseline(asked: str | None, fleet: Fleet, device_ids: list[str]) -> str | None:

@@ -502,8 +502,7 @@ def limits(
 
         if fmt not in ("md", "table"):
             _fail("`limits all` writes md or table; use one table's name for csv, json, jsonl or sql")
-        parts = [fleet.GetTable(pb.GetTableRequest(name=n, options=options, shapes=asked), timeout=60).table
-                 for n in SEED_ORDER]
+        parts = fleet.GetTable(pb.GetTableRequest(names=SEED_ORDER, options=options, shapes=asked), timeout=120).tables
         typer.echo("# fleetfit: scalability analysis and deployment limits\n\n" +
                    "\n\n".join(f"## {t.title}\n\n{render_table(t, fmt)}" for t in parts))
         return
@@ -605,7 +604,7 @@ def report(
     fleet = _fleet(coordinator, state_dir, ca, token)
     devices = _pages(fleet.ListDevices, pb.ListDevicesRequest(), "devices")
     rows = _pages(fleet.GetLimitTable, pb.GetLimitTableRequest(), "rows")
-    found = [fleet.GetTable(pb.GetTableRequest(name=n, options=options), timeout=60).table for n in REPORT_ORDER]
+    found = list(fleet.GetTable(pb.GetTableRequest(names=REPORT_ORDER, options=options), timeout=120).tables)
     try:
         index = html_report.write(out, devices, rows, found)
     except OSError as exc:

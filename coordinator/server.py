@@ -264,6 +264,9 @@ class FleetService(pb_grpc.FleetServiceServicer):
     async def GetTable(self, request, context):
         try:
             shapes = tables.checked_shapes(request.shapes)
+            if request.names:
+                found = await off_loop(tables.build_many, list(request.names), self.store, dict(request.options), shapes)
+                return pb.GetTableResponse(tables=found)
             table = await off_loop(tables.build_from_store, request.name, self.store, dict(request.options), shapes)
             return pb.GetTableResponse(table=table)
         except tables.TableError as exc:

@@ -974,7 +974,7 @@ class FitResponse(_message.Message):
     def __init__(self, answers: _Optional[_Iterable[_Union[FitAnswer, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetTableRequest(_message.Message):
-    __slots__ = ("name", "options", "shapes")
+    __slots__ = ("name", "options", "shapes", "names")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -985,16 +985,20 @@ class GetTableRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     SHAPES_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
     name: str
     options: _containers.ScalarMap[str, str]
     shapes: _containers.RepeatedCompositeFieldContainer[Architecture]
-    def __init__(self, name: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., shapes: _Optional[_Iterable[_Union[Architecture, _Mapping]]] = ...) -> None: ...
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., shapes: _Optional[_Iterable[_Union[Architecture, _Mapping]]] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetTableResponse(_message.Message):
-    __slots__ = ("table",)
+    __slots__ = ("table", "tables")
     TABLE_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
     table: Table
-    def __init__(self, table: _Optional[_Union[Table, _Mapping]] = ...) -> None: ...
+    tables: _containers.RepeatedCompositeFieldContainer[Table]
+    def __init__(self, table: _Optional[_Union[Table, _Mapping]] = ..., tables: _Optional[_Iterable[_Union[Table, _Mapping]]] = ...) -> None: ...
 
 class TableRow(_message.Message):
     __slots__ = ("cells",)

@@ -458,7 +458,7 @@ def devices(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table", s
             for d in found]
     if people:  # one status column: "lost (silent 42 s)"
         header = header[:-1]
-        body = [[*row[:-2], row[-2] if row[-2] == "online" else f"{row[-2]} (silent {row[-1]} s)"] for row in body]
+        body = [[*row[:-2], f"{row[-2]} (silent {row[-1]} s)" if row[-2] == "lost" else row[-2]] for row in body]
     typer.echo(render.render(header, body, fmt, table="devices"))
 
 

@@ -137,6 +137,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
         except ingest.Refused as exc:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, request.inventory.device_id, str(exc))
         await off_loop(self.store.upsert_device, request.inventory)
+        if not request.inventory.trials_pending:  # its trials are in: skip the campaign jobs they rule out
+            await off_loop(campaigns.after_trials, self.store, request.inventory.device_id)
         return pb.RegisterResponse(device_id=request.inventory.device_id)
 
     async def PollJob(self, request, context):
@@ -284,10 +286,13 @@ class FleetService(pb_grpc.FleetServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no device matches {request.selector!r}")
         campaign_id = await off_loop(self.store.create_campaign, request.selector, request.spec, plan.jobs,
                                      request.max_attempts or DEFAULT_MAX_ATTEMPTS, plan.skipped)
+        for device_id in plan.probing:  # trials reported while the campaign was being stored: judge its jobs now
+            await off_loop(campaigns.after_trials, self.store, device_id)
         self.waiters.wake(plan.matched)
         job_ids = [j.job_id for j in await off_loop(self.store.campaign_jobs, campaign_id)]
+        skipped = (await off_loop(self.store.campaign, campaign_id)).skipped if plan.probing else plan.skipped
         return pb.CreateCampaignResponse(campaign_id=campaign_id, job_ids=job_ids, device_ids=plan.matched,
-                                         skipped=[f"{d}: {line}" for d, lines in plan.skipped.items() for line in lines])
+                                         skipped=[f"{d}: {line}" for d, lines in skipped.items() for line in lines])
 
     async def ListCampaigns(self, request, context):
         found = await off_loop(campaigns.statuses, self.store, totals_only=True)

@@ -104,6 +104,15 @@ class Campaign:
     skipped: dict[str, list[str]]  # device id -> "what: why" for each combination not queued there
 
 
+def device_status(inventory: pb.DeviceInventory, silent_s: float) -> int:
+    """The one rule for a device's status word. Online: in contact within LOST_AFTER_S (a last contact later than
+    that from now is no contact: a date an import or a clock carried in, so nothing shows online until a future
+    date); probing: online, its capability trials not yet reported (inventory.trials_pending); else lost."""
+    if abs(silent_s) > LOST_AFTER_S:
+        return pb.DEVICE_STATUS_LOST
+    return pb.DEVICE_STATUS_PROBING if inventory.trials_pending else pb.DEVICE_STATUS_ONLINE
+
+
 def token_hash(secret: str) -> str:
     """Secrets are long random strings, so one SHA-256 is enough to keep them out of the database."""
     return hashlib.sha256(secret.encode()).hexdigest()
@@ -143,24 +152,24 @@ class Store:
                 raise UnknownDevice(device_id)
 
     def devices(self, device_id: str | None = None, now: float | None = None) -> list[pb.Device]:
-        """Every device, or the one with `device_id`; each `online` or `lost` (LOST_AFTER_S), with its labels.
+        """Every device, or the one with `device_id`, each with its status (device_status) and labels.
         Devices are keyed by id only: coordinator/devices.py finds one by hostname for people."""
         sql = "SELECT d.device_id, d.inventory, d.first_seen, d.last_seen, d.result_count, a.labels, d.refused, " \
               "d.last_refusal FROM devices d LEFT JOIN agents a ON a.device_id = d.device_id"
         rows = (self.db.query(sql + " WHERE d.device_id = ?", (device_id,)) if device_id
                 else self.db.query(sql + " ORDER BY d.device_id"))
         now = now or time.time()
-        # online: in contact within LOST_AFTER_S; a last contact later than that from now is no contact (a date an
-        # import or a clock carried in), so nothing shows online until a future date
         # an inventory that does not decode leaves the device known by its id alone (answers need nothing else)
         inventories = {key: ingest.usable(inv) for key, inv in
                        decoded(pb.DeviceInventory, [(row[0], row[1]) for row in rows], "device inventory", keyed=True)}
-        return [pb.Device(inventory=inventories.get(key) or pb.DeviceInventory(device_id=key), first_seen_unix_s=first,
-                          last_seen_unix_s=last, results=count,
-                          device_status=pb.DEVICE_STATUS_ONLINE if abs(now - last) <= LOST_AFTER_S
-                          else pb.DEVICE_STATUS_LOST,
-                          labels=json.loads(labels) if labels else {}, refused=refused, last_refusal=why or "")
-                for key, _, first, last, count, labels, refused, why in rows]
+        found = []
+        for key, _, first, last, count, labels, refused, why in rows:
+            inventory = inventories.get(key) or pb.DeviceInventory(device_id=key)
+            found.append(pb.Device(inventory=inventory, first_seen_unix_s=first, last_seen_unix_s=last, results=count,
+                                   device_status=device_status(inventory, now - last),
+                                   labels=json.loads(labels) if labels else {}, refused=refused,
+                                   last_refusal=why or ""))
+        return found
 
     def set_seen(self, device_id: str, first_unix_s: float, last_unix_s: float) -> None:
         """When the device was first and last in contact (an imported device was never in contact here: its
@@ -369,6 +378,32 @@ class Store:
         return [(j, pb.ProfileRequest.FromString(bytes(r))) for j, r in self.db.query(
             "SELECT job_id, request FROM jobs WHERE device_id = ? AND state IN ('queued', 'running') ORDER BY created",
             (device_id,))]
+
+    def queued_campaign_jobs(self, device_id: str) -> list[tuple[str, pb.ProfileRequest]]:
+        """(job id, request) of the device's campaign jobs still waiting to be leased."""
+        return [(j, pb.ProfileRequest.FromString(bytes(r))) for j, r in self.db.query(
+            "SELECT job_id, request FROM jobs WHERE device_id = ? AND state = 'queued' AND campaign_id IS NOT NULL",
+            (device_id,))]
+
+    def skip_queued(self, device_id: str, reasons: dict[str, str]) -> int:
+        """Take the device's queued campaign jobs named in `reasons` (job id -> "what: why") off the queue and list
+        each with its campaign's skipped combinations, in one transaction: what the device's capability trials,
+        reported after the campaign queued them, rule out. A job leased meanwhile stays. Returns how many."""
+        lock = " FOR UPDATE" if self.db.postgres else ""  # two devices' trials may end at once in one campaign
+        skipped = 0
+        with self.db.transaction() as execute:
+            for job_id, reason in reasons.items():
+                row = execute("DELETE FROM jobs WHERE job_id = ? AND device_id = ? AND state = 'queued' "
+                              "AND campaign_id IS NOT NULL RETURNING campaign_id", (job_id, device_id)).fetchone()
+                if row is None:
+                    continue
+                (text,) = execute(f"SELECT skipped FROM campaigns WHERE campaign_id = ?{lock}", (row[0],)).fetchone()
+                found = json.loads(text)
+                found.setdefault(device_id, []).append(reason)
+                execute("UPDATE campaigns SET skipped = ? WHERE campaign_id = ?",
+                        (json.dumps(found, sort_keys=True), row[0]))
+                skipped += 1
+        return skipped
 
     def devices_with_queued_jobs(self) -> set[str]:
         return {d for (d,) in self.db.query("SELECT DISTINCT device_id FROM jobs WHERE state = 'queued'")}

@@ -34,6 +34,7 @@ class DeviceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEVICE_STATUS_UNSPECIFIED: _ClassVar[DeviceStatus]
     DEVICE_STATUS_ONLINE: _ClassVar[DeviceStatus]
     DEVICE_STATUS_LOST: _ClassVar[DeviceStatus]
+    DEVICE_STATUS_PROBING: _ClassVar[DeviceStatus]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -65,6 +66,7 @@ BOTTLENECK_COMPUTE: Bottleneck
 DEVICE_STATUS_UNSPECIFIED: DeviceStatus
 DEVICE_STATUS_ONLINE: DeviceStatus
 DEVICE_STATUS_LOST: DeviceStatus
+DEVICE_STATUS_PROBING: DeviceStatus
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -121,7 +123,7 @@ class BackendCapability(_message.Message):
     def __init__(self, device: _Optional[str] = ..., precision: _Optional[str] = ..., supported: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DeviceInventory(_message.Message):
-    __slots__ = ("device_id", "hostname", "os", "arch", "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "ram_total_bytes", "ram_available_bytes", "gpus", "backends", "llama_system_info", "gpu_probe_note", "agent_version", "probes", "host_ram_total_bytes", "memory_source", "cpus_usable", "cpu_source")
+    __slots__ = ("device_id", "hostname", "os", "arch", "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "ram_total_bytes", "ram_available_bytes", "gpus", "backends", "llama_system_info", "gpu_probe_note", "agent_version", "probes", "host_ram_total_bytes", "memory_source", "cpus_usable", "cpu_source", "trials_pending")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +143,7 @@ class DeviceInventory(_message.Message):
     MEMORY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     CPUS_USABLE_FIELD_NUMBER: _ClassVar[int]
     CPU_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_PENDING_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
     os: str
@@ -160,7 +163,8 @@ class DeviceInventory(_message.Message):
     memory_source: str
     cpus_usable: int
     cpu_source: str
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores_physical: _Optional[int] = ..., cpu_cores_logical: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_available_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., llama_system_info: _Optional[str] = ..., gpu_probe_note: _Optional[str] = ..., agent_version: _Optional[str] = ..., probes: _Optional[_Union[DeviceProbes, _Mapping]] = ..., host_ram_total_bytes: _Optional[int] = ..., memory_source: _Optional[str] = ..., cpus_usable: _Optional[int] = ..., cpu_source: _Optional[str] = ...) -> None: ...
+    trials_pending: bool
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores_physical: _Optional[int] = ..., cpu_cores_logical: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_available_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., llama_system_info: _Optional[str] = ..., gpu_probe_note: _Optional[str] = ..., agent_version: _Optional[str] = ..., probes: _Optional[_Union[DeviceProbes, _Mapping]] = ..., host_ram_total_bytes: _Optional[int] = ..., memory_source: _Optional[str] = ..., cpus_usable: _Optional[int] = ..., cpu_source: _Optional[str] = ..., trials_pending: _Optional[bool] = ...) -> None: ...
 
 class BandwidthProbe(_message.Message):
     __slots__ = ("target", "gb_per_s", "samples_gb_per_s", "bytes_per_array", "threads", "provenance", "note")

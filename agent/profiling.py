@@ -15,7 +15,7 @@ from fleetfit.agent.backends import registry
 from fleetfit.agent.backends.base import (Backend, ProfileInputError, RunFigures, RunTarget, ServingFigures,
                                           WorkerJob, serving_phase)
 from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
-from fleetfit.models import catalogue, job_bounds
+from fleetfit.models import catalogue, job_bounds, real_models, synth
 from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.models.errors import ModelError, NoRoomError
 from fleetfit.models.gguf_file import sha256_of
@@ -125,10 +125,12 @@ def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
     )
     start = time.monotonic()
     target = None
+    limit = model_cache.cache_limit_bytes(cache_dir) if cache_limit_bytes is None else cache_limit_bytes
     try:
+        planned, need = _planned_synthetic(request, precision, backend, cache_dir)
+        model_cache.trim(cache_dir, max(limit - need, 0), keep={planned} if planned else set())  # room for it first
         target = backend.resolve(request, precision, cache_dir, threads, deadline, allowed_dirs)
         with model_cache.in_use(cache_dir, target.path if target.fd is None else None):
-            limit = model_cache.cache_limit_bytes(cache_dir) if cache_limit_bytes is None else cache_limit_bytes
             model_cache.trim(cache_dir, limit, keep={pathlib.Path(target.path)} if target.path else set())
             _describe_model(result, target, allowed_dirs, deadline)
             _measure(result, backend, target, WorkerJob(request, target, threads, str(cache_dir)), deadline, probes)
@@ -144,6 +146,22 @@ def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
             os.close(target.fd)
     result.wall_s = time.monotonic() - start
     return result
+
+
+def _planned_synthetic(request: pb.ProfileRequest, precision: str | None, backend: Backend,
+                       cache_dir: pathlib.Path) -> tuple[pathlib.Path | None, int]:
+    """The synthetic file a catalogue shape's job will write into the cache, and its size when it is not there yet
+    (known before writing it: the cache makes room for it first); (None, 0) for any other model."""
+    name = request.model.name
+    if (not name or request.model.HasField("shape") or name not in catalogue.CATALOGUE or precision is None
+            or name.lower() in real_models.REAL_MODELS or not backend.spec.takes_gguf_types()):
+        return None, 0
+    try:
+        quant = synth.supported_quant(precision)
+        path = model_cache.synthetic_file(cache_dir, name, quant)
+        return path, 0 if path.exists() else synth.plan_file(name, quant).file_bytes
+    except ModelError:  # not a precision synthesis writes: resolve says so
+        return None, 0
 
 
 def _describe_model(result: pb.ProfileResult, target: RunTarget, allowed_dirs: list[pathlib.Path] | None,

@@ -294,7 +294,7 @@ def _with_seed_sizes(fleet: Fleet, ladder: Ladder):
         if figure.value is None:
             return None
         ram = dm.device.ram_total_bytes
-        too_big = ram and fit_rules.band(p.memory_bytes.value / ram) == "does_not_fit"
+        too_big = p.ruled_out or ram and fit_rules.band(p.memory_bytes.value / ram) == "does_not_fit"
         return render.Figure(round(figure.value, 3), band=figure.error_fraction, provenance=figure.provenance,
                              verdict="does_not_fit" if too_big else None)
 
@@ -416,7 +416,7 @@ def largest(dm: scaling.DeviceModel, quant: str, min_tps: float | None = None):
             continue
         p = dm.predict(arch, quant)
         speed_ok = min_tps is None or (p.decode_tps.value or 0) >= min_tps
-        if fit_rules.band(p.memory_bytes.value / ram) != "does_not_fit" and speed_ok:
+        if not p.ruled_out and fit_rules.band(p.memory_bytes.value / ram) != "does_not_fit" and speed_ok:
             return arch, p
     return None
 

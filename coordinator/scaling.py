@@ -36,6 +36,7 @@ import numpy as np
 
 from fleetfit.coordinator import speed_model
 from fleetfit.models.catalogue import CATALOGUE, Architecture, active_fraction, n_params, tensors
+from fleetfit.models.job_bounds import NOISE_CV
 from fleetfit.models.errors import ModelError
 from fleetfit.coordinator.limits import backend_of, memory_figure, quant_of, run_shape
 from fleetfit.models import backends, physical_bounds
@@ -60,7 +61,6 @@ OUTSIDE_FACTOR = 2.0  # an architecture this far beyond the calibrated range on 
 # Noise (measurement.md: on a shared VM runs repeat to 8.5 % at the median, and a busy neighbour scatters them): a
 # point whose repetitions spread more than NOISE_CV (coefficient of variation) is flagged and counts less in the fit
 # (weight NOISE_CV / cv); a device's noise floor is the median spread of its points, and no band is narrower.
-NOISE_CV = 0.10
 MIN_BAND = 0.01  # a band never reads ±0 %: below a percent, no run repeats
 # Physics first: no prediction decodes faster than the bytes a token reads allow at the device's bandwidth, nor
 # prefills faster than its compute allows. The triad probe counts 3 arrays per pass (STREAM, no write-allocate) and

@@ -6,6 +6,9 @@ coordinator restart nor an agent crash loses it. Jobs are declarative: a job nam
 model, or a file that lies in a directory the device's owner allowed (--allow-dir). Each job has one deadline
 (its timeout) over every phase, and a stop request (SIGTERM) ends the running job within a few seconds.
 
+The agent registers before its capability trials (so it is listed at once, as probing), stays in contact while
+they run, and registers again with their results before it takes a job.
+
 The coordinator's trouble is transient: unreachable at boot or later, slow, or answering any error, the agent
 keeps trying with jittered backoff, forever, and logs at most one line per LOG_EVERY_S for each kind of failure.
 Only refused credentials (UNAUTHENTICATED or PERMISSION_DENIED on Register or PollJob: revoked, or another
@@ -113,13 +116,61 @@ def llama_system_info() -> str:
         return f"unavailable ({exc})"
 
 
-def registration(device_id: str, cache_dir: pathlib.Path) -> pb.RegisterRequest:
+def registration(device_id: str, cache_dir: pathlib.Path, trials: bool = True) -> pb.RegisterRequest:
     """What the coordinator learns about this device: its inventory with each backend's capabilities and the
-    models it can obtain here, and its cached probes."""
-    device = inventory.collect(device_id, llama_system_info(), probes=device_probe.load_cached(cache_dir),
-                               cache_dir=cache_dir)
-    inventory.add_capabilities(device.backends)
+    models it can obtain here, and its cached probes. Without `trials`, at once: the capability trials are left
+    to run_trials and the inventory says they are pending."""
+    device = inventory.collect(device_id, probes=device_probe.load_cached(cache_dir), cache_dir=cache_dir)
+    if trials:
+        run_trials(device)
+    else:
+        device.trials_pending = True
     return pb.RegisterRequest(inventory=device)
+
+
+def run_trials(device: pb.DeviceInventory) -> None:
+    """The capability trials, each in a worker process (seconds here, minutes on a small board with torch):
+    llama.cpp's build flags and each available backend's capabilities. Clears trials_pending."""
+    device.llama_system_info = llama_system_info()
+    inventory.add_capabilities(device.backends)
+    device.trials_pending = False
+
+
+def _register_after_trials(stub, pending: pb.RegisterRequest, stop: threading.Event, quiet: QuietLog):
+    """Run the capability trials in a thread while staying in contact (the pending registration again every
+    CONTACT_S, so the device is listed as probing, not lost), then register with their results; that registration,
+    or None once `stop` is set."""
+    full = pb.RegisterRequest()
+    full.CopyFrom(pending)
+    done = threading.Event()
+
+    def trials() -> None:
+        began = time.monotonic()
+        try:
+            run_trials(full.inventory)
+        except Exception:  # a bug must not leave the device probing for ever: report what the trials found
+            log.exception("capability trials failed inside the agent")
+            full.inventory.trials_pending = False
+        finally:
+            log.info("capability trials took %.1f s", time.monotonic() - began)
+            done.set()
+
+    threading.Thread(target=trials, name="capability-trials", daemon=True).start()
+    contact = time.monotonic() + CONTACT_S
+    while not done.wait(0.2):
+        if stop.is_set():
+            return None  # the trials' workers die with this process
+        if time.monotonic() >= contact:
+            contact = time.monotonic() + CONTACT_S
+            try:
+                stub.Register(pending, timeout=CALL_TIMEOUT_S)
+                quiet.ended("registering")
+            except grpc.RpcError as exc:
+                if exc.code() in REFUSED_CREDENTIALS:
+                    raise CredentialsRefused(f"the coordinator refused this agent ({exc.code().name}: "
+                                             f"{exc.details()}): join again with a new token") from None
+                quiet.failed("registering", _failure("registering", exc))
+    return full if _until_answered(stub.Register, full, stop, quiet, "registering") is not None else None
 
 
 def run_job(job: pb.Job, device_id: str, cache_dir: pathlib.Path,
@@ -224,12 +275,16 @@ def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Even
     if channel is None:
         return 0
     stub = pb_grpc.AgentServiceStub(channel)
-    register = registration(device_id, cache_dir)
+    register = registration(device_id, cache_dir, trials=False)  # visible at once: listed as probing
     jobs_run, failures = 0, 0
     with channel:
         if _until_answered(stub.Register, register, stop, quiet, "registering") is None:
             return 0
-        log.info("registered %s with %s", device_id, identity.coordinator)
+        log.info("registered %s with %s; capability trials running", device_id, identity.coordinator)
+        register = _register_after_trials(stub, register, stop, quiet)  # no jobs before: they may need them
+        if register is None:
+            return 0
+        log.info("capability trials reported")
         while not stop.is_set():
             if len(outbox) and not flush(outbox, stub.ReportResult, stop, max_attempts=3):
                 quiet.failed("delivering", f"{len(outbox)} result(s) wait in the outbox")

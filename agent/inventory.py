@@ -83,8 +83,9 @@ def default_device_id() -> str:
 
 def collect(device_id: str, llama_system_info: str = "", probes: pb.DeviceProbes | None = None,
             cache_dir: pathlib.Path | None = None) -> pb.DeviceInventory:
-    """This device now; `probes` are the cached bandwidth and matmul probes (device_probe.load_cached), if any;
-    with `cache_dir`, each backend lists the models it can obtain here."""
+    """This device now, without running anything (quick: the capability trials are add_capabilities'); `probes`
+    are the cached bandwidth and matmul probes (device_probe.load_cached), if any; with `cache_dir`, each backend
+    lists the models it can obtain here."""
     memory, cpus = resources.memory(), resources.cpus()
     gpus, gpu_note = nvml.list_gpus()
     if resources.unified_memory():

@@ -10,7 +10,9 @@ Jobs are declarative: they name a model of the catalogue (or carry a model's sha
 from a GGUF header or config.json: CampaignSpec.shapes, synthesized on the device) and a quant, never a path or a
 command. A campaign
 queues only what each device can run (its reported backends, capabilities and the models it can obtain, checked
-against the shared vocabulary in models/backends.py); the rest is skipped per device with the reason.
+against the shared vocabulary in models/backends.py); the rest is skipped per device with the reason. A device
+still probing (registered, its capability trials not yet reported) gets the jobs that what it reported allows;
+when its trials arrive, those they rule out leave the queue and are skipped with the reason (after_trials).
 """
 
 import dataclasses
@@ -184,10 +186,11 @@ def compute_device(info: pb.BackendInfo, asked: str) -> str:
 
 
 def refusal(spec: backends.BackendSpec, info: pb.BackendInfo | None, model: str, precision: str,
-            asked_device: str, shape: Architecture | None = None) -> str | None:
+            asked_device: str, shape: Architecture | None = None, trials_pending: bool = False) -> str | None:
     """Why this device cannot run (backend, model, precision), from what it reported; None when it can. `shape`:
     a model the catalogue does not know, synthesized there (the device lists the catalogue shapes it synthesizes:
-    one of the same family says it can)."""
+    one of the same family says it can). With `trials_pending` (the device's capability trials still running),
+    only what it reported before them counts: the rest is decided when they are reported (after_trials)."""
     if info is None:
         return f"{spec.name} is not reported by the device"
     if not info.available:
@@ -201,6 +204,8 @@ def refusal(spec: backends.BackendSpec, info: pb.BackendInfo | None, model: str,
             return f"{spec.name} cannot synthesize {shape.family} shapes there"
     elif info.models and model not in info.models:
         return f"{spec.name} cannot obtain {model} there"
+    if trials_pending:
+        return None
     device = compute_device(info, asked_device)
     if device not in spec.compute_devices:
         return f"{spec.name} does not run on {device}"
@@ -214,12 +219,16 @@ def refusal(spec: backends.BackendSpec, info: pb.BackendInfo | None, model: str,
 class Plan:
     jobs: list[tuple[str, pb.ProfileRequest]]  # (device id, request)
     matched: list[str]  # device ids the selector matched
-    skipped: dict[str, list[str]]  # device id -> "backend model precision: why" for what it cannot run
+    # device id -> "backend model precision, ...: why" for what it cannot run, one line per reason (a device's own
+    # reason, up to 4 kB, is not copied into each combination it stops)
+    skipped: dict[str, list[str]]
+    probing: list[str]  # matched device ids whose capability trials are still running: their jobs wait for them
 
 
 def expand(spec: pb.CampaignSpec, terms: list[Term], devices: list[pb.Device]) -> Plan:
-    """Jobs for every combination each matching device can run; the rest skipped, per device, with the reason."""
-    jobs, matched, skipped = [], [], {}
+    """Jobs for every combination each matching device can run; the rest skipped, per device, with the reason. A
+    device still probing gets a job for each combination its trials may allow (after_trials decides the rest)."""
+    jobs, matched, skipped, probing = [], [], {}, []
     named = [backends.backend(b) for b in dict.fromkeys(spec.backends)]
     shapes = spec_shapes(spec)
     for device in devices:
@@ -227,6 +236,8 @@ def expand(spec: pb.CampaignSpec, terms: list[Term], devices: list[pb.Device]) -
         if not matches(terms, inv, dict(device.labels)):
             continue
         matched.append(inv.device_id)
+        if inv.trials_pending:
+            probing.append(inv.device_id)
         reported = {b.name: b for b in inv.backends}
         for backend in named:
             for quant in dict.fromkeys(spec.quants):
@@ -235,9 +246,9 @@ def expand(spec: pb.CampaignSpec, terms: list[Term], devices: list[pb.Device]) -
                     what = f"{backend.name} {model} {precision or quant}"
                     why = (f"{backend.name} does not take precision {quant!r}" if precision is None
                            else refusal(backend, reported.get(backend.name), model, precision, spec.template.device,
-                                        shapes.get(model)))
+                                        shapes.get(model), inv.trials_pending))
                     if why:
-                        skipped.setdefault(inv.device_id, []).append(f"{what}: {why}")
+                        skipped.setdefault(inv.device_id, {}).setdefault(why, []).append(what)
                         continue
                     request = pb.ProfileRequest()
                     request.CopyFrom(spec.template)
@@ -246,7 +257,31 @@ def expand(spec: pb.CampaignSpec, terms: list[Term], devices: list[pb.Device]) -
                         request.model.shape.CopyFrom(to_proto(shapes[model]))
                     request.backend, request.quant = backend.name, precision
                     jobs.append((inv.device_id, request))
-    return Plan(jobs, matched, skipped)
+    return Plan(jobs, matched, {d: [f"{', '.join(whats)}: {why}" for why, whats in reasons.items()]
+                                for d, reasons in skipped.items()}, probing)
+
+
+def after_trials(store, device_id: str) -> int:
+    """Once a device has reported its capability trials: each of its queued campaign jobs that they rule out leaves
+    the queue and is listed with its campaign's skipped combinations, with the reason, as if the campaign had been
+    created after them. Returns how many. Idempotent: the coordinator calls it on each full registration and after
+    a campaign that queued jobs on probing devices (whichever comes second sees both)."""
+    found = store.devices(device_id)
+    if not found or found[0].inventory.trials_pending:
+        return 0
+    reported = {b.name: b for b in found[0].inventory.backends}
+    reasons = {}
+    for job_id, request in store.queued_campaign_jobs(device_id):
+        try:
+            spec = backends.backend(request.backend)
+            shape = checked(request.model.shape, request.model.name) if request.model.HasField("shape") else None
+        except (ModelError, ValueError):
+            continue  # checked when it was queued; a job that no longer reads is the agent's to report
+        why = refusal(spec, reported.get(spec.name), request.model.name, request.quant, request.device, shape)
+        if why:
+            reasons[job_id] = (f"{spec.name} {request.model.name} {request.quant}: {why} (found by the device's "
+                               f"capability trials, after the campaign queued it)")
+    return store.skip_queued(device_id, reasons) if reasons else 0
 
 
 def progress(campaign: Campaign, jobs: list[pb.JobStatus], names: dict[str, str] | None = None) -> pb.CampaignStatus:
@@ -272,8 +307,11 @@ def progress(campaign: Campaign, jobs: list[pb.JobStatus], names: dict[str, str]
     return status
 
 
-def statuses(store, campaign_id: str | None = None) -> list[pb.CampaignStatus]:
-    """The progress of every campaign (or of one), with device display names."""
-    names = display_names(store.devices())
+def statuses(store, campaign_id: str | None = None, totals_only: bool = False) -> list[pb.CampaignStatus]:
+    """The progress of every campaign (or of one), with device display names; `totals_only`: without devices."""
+    names = {} if totals_only else display_names(store.devices())
     found = store.campaigns(campaign_id) if campaign_id is not None else store.campaigns()
-    return [progress(c, store.campaign_jobs(c.campaign_id), names) for c in found]
+    out = [progress(c, store.campaign_jobs(c.campaign_id), names) for c in found]
+    for status in out if totals_only else ():
+        del status.devices[:]
+    return out

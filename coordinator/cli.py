@@ -177,6 +177,7 @@ def serve(
     lease: Annotated[float, typer.Option(help="Job lease in seconds (agents renew it with heartbeats).")] = 60.0,
     results_per_hour: Annotated[int, typer.Option(help="Quota: results each device may report per hour.")] = 10_000,
     models_per_day: Annotated[int, typer.Option(help="Quota: distinct model names each device may report per day.")] = 200,
+    mib_per_hour: Annotated[int, typer.Option(help="Quota: MiB of results each device may report per hour.")] = 64,
     new_database: Annotated[bool, typer.Option(
         "--new-database", help="Start an empty database beside a state directory that already has an operator token "
                                "or CA (a new, empty fleet: enrolled agents must join again).")] = False,
@@ -201,15 +202,15 @@ def serve(
         _fail("--mtls needs TLS: drop --insecure")
     if lease <= 0:
         _fail(f"--lease must be positive, got {lease:g}")
-    if results_per_hour < 1 or models_per_day < 1:
-        _fail("--results-per-hour and --models-per-day must be at least 1")
+    if results_per_hour < 1 or models_per_day < 1 or mib_per_hour < 1:
+        _fail("--results-per-hour, --models-per-day and --mib-per-hour must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fleetfit %(message)s")
     url = str(db or default_db_path())
     state = state_dir or default_state_dir(url)
     lock = None if is_postgres_url(url) else lock_sqlite_file(pathlib.Path(url))  # held until this process ends
 
     async def main() -> None:
-        store = Store(url, Quotas(results_per_hour, models_per_day))
+        store = Store(url, Quotas(results_per_hour, models_per_day, mib_per_hour << 20))
         if not new_database and (why := fleet_state_without_database(store, state)):
             store.close()
             _fail(f"{store.db.display} {why}: restore the database from a backup, or pass --new-database to start "
@@ -343,8 +344,8 @@ def profile(
     def split(text: str) -> list[str]:
         return [t.strip() for t in text.split(",") if t.strip()]
 
-    if max_attempts < 1:
-        _fail(f"--max-attempts must be at least 1, got {max_attempts}")
+    if not job_bounds.MAX_ATTEMPTS[0] <= max_attempts <= job_bounds.MAX_ATTEMPTS[1]:
+        _fail(f"--max-attempts must be {job_bounds.MAX_ATTEMPTS[0]} to {job_bounds.MAX_ATTEMPTS[1]}, got {max_attempts}")
     try:
         stream_counts = job_bounds.parse_stream_counts(parallel)
     except ValueError as exc:
@@ -371,7 +372,7 @@ def campaigns_list(coordinator: Coordinator = DEFAULT_ADDRESS, state_dir: StateD
     from fleetfit.coordinator.render import clean
     from fleetfit.v1 import fleetfit_pb2 as pb
 
-    found = _fleet(coordinator, state_dir, ca, token).ListCampaigns(pb.ListCampaignsRequest(), timeout=15).campaigns
+    found = _pages(_fleet(coordinator, state_dir, ca, token).ListCampaigns, pb.ListCampaignsRequest(), "campaigns")
     if not found:
         typer.echo("no campaigns (start one with: fleetfit profile --select ...)")
     for c in found:
@@ -400,16 +401,18 @@ def campaign_status(
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     fleet = _fleet(coordinator, state_dir, ca, token)
-    c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=15).campaign
     if watch:  # a bar with an ETA on stderr (a terminal only) until no job is queued or running; then the status
         from fleetfit.models.progress import bar
 
+        # the totals come with every page: a page of one device is enough to follow them
+        c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id, page_size=1), timeout=15).campaign
         total = c.done + c.running + c.failed + c.queued
         with bar(f"campaign {clean(c.campaign_id)}", total=total) as update:
             while c.running or c.queued:
                 update(completed=c.done + c.failed)
                 time.sleep(2)
-                c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id), timeout=15).campaign
+                c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id, page_size=1), timeout=15).campaign
+    c = _campaign(fleet, campaign_id)
     lines = [f"campaign {c.campaign_id}  {c.selector or '(all devices)'}  "
              f"{', '.join(c.spec.models)} x {', '.join(c.spec.quants)} x {', '.join(c.spec.backends)}",
              f"  {'all':<24} {_bar(c)}"]
@@ -417,6 +420,20 @@ def campaign_status(
         lines.append(f"  {d.device_id:<24} {_bar(d)}")
         lines += [f"    failed: {e}" for e in d.errors]
     typer.echo("\n".join(clean(line) for line in lines))  # device ids, names and errors come from devices
+
+
+def _campaign(fleet, campaign_id: str):
+    """The campaign with every device, following GetCampaign's pages of devices."""
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    request = pb.GetCampaignRequest(campaign_id=campaign_id)
+    reply = fleet.GetCampaign(request, timeout=30)
+    campaign = reply.campaign
+    while reply.next_page_token:
+        request.page_token = reply.next_page_token
+        reply = fleet.GetCampaign(request, timeout=30)
+        campaign.devices.extend(reply.campaign.devices)
+    return campaign
 
 
 @app.command()
@@ -441,7 +458,7 @@ def devices(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table", s
             for d in found]
     if people:  # one status column: "lost (silent 42 s)"
         header = header[:-1]
-        body = [[*row[:-2], row[-2] if row[-2] == "online" else f"{row[-2]} (silent {row[-1]} s)"] for row in body]
+        body = [[*row[:-2], f"{row[-2]} (silent {row[-1]} s)" if row[-2] == "lost" else row[-2]] for row in body]
     typer.echo(render.render(header, body, fmt, table="devices"))
 
 
@@ -485,8 +502,7 @@ def limits(
 
         if fmt not in ("md", "table"):
             _fail("`limits all` writes md or table; use one table's name for csv, json, jsonl or sql")
-        parts = [fleet.GetTable(pb.GetTableRequest(name=n, options=options, shapes=asked), timeout=60).table
-                 for n in SEED_ORDER]
+        parts = fleet.GetTable(pb.GetTableRequest(names=SEED_ORDER, options=options, shapes=asked), timeout=120).tables
         typer.echo("# fleetfit: scalability analysis and deployment limits\n\n" +
                    "\n\n".join(f"## {t.title}\n\n{render_table(t, fmt)}" for t in parts))
         return
@@ -588,7 +604,7 @@ def report(
     fleet = _fleet(coordinator, state_dir, ca, token)
     devices = _pages(fleet.ListDevices, pb.ListDevicesRequest(), "devices")
     rows = _pages(fleet.GetLimitTable, pb.GetLimitTableRequest(), "rows")
-    found = [fleet.GetTable(pb.GetTableRequest(name=n, options=options), timeout=60).table for n in REPORT_ORDER]
+    found = list(fleet.GetTable(pb.GetTableRequest(names=REPORT_ORDER, options=options), timeout=120).tables)
     try:
         index = html_report.write(out, devices, rows, found)
     except OSError as exc:
@@ -642,7 +658,7 @@ def import_results(
     except OSError as exc:
         _fail(f"cannot read {file}: {exc.strerror or exc}")
     # An operator's import is not a device's traffic: the per-device quotas do not apply to it.
-    store = Store(db or default_db_path(), Quotas(results_per_hour=2**62, models_per_day=2**62))
+    store = Store(db or default_db_path(), Quotas(results_per_hour=2**62, models_per_day=2**62, bytes_per_hour=2**62))
     try:
         with source:
             summary = import_lines(store, source)

@@ -14,6 +14,7 @@ Every figure carries its provenance (measured / predicted / estimated, see coord
 import collections
 import dataclasses
 import difflib
+import functools
 import hashlib
 
 from fleetfit.coordinator import fleet_priors, offload, render, scaling, serving
@@ -416,6 +417,108 @@ def with_quality(a: pb.FitAnswer, quality: list[pb.QualityResult], names: dict[s
     return out
 
 
+# Device models kept between requests (Snapshot.device_model): a model is a function of the device's inventory
+# and results only, and calibrating one (a few tens of ms) for each of a thousand devices is most of a table's time.
+_MODELS: collections.OrderedDict[tuple, scaling.DeviceModel] = collections.OrderedDict()
+MAX_MODELS = 20_000
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Snapshot:
+    """One read of the store (results, devices, quality results) and every answer a request gives from it.
+
+    `fit`, every `limits` table and the report ask `answer` for a cell (device, backend, model, precision,
+    context, limits): one function, each device's scaling and serving model built once per snapshot (and kept
+    between requests while the device's inventory and results are the same), so a table cell and `fit`'s answer
+    for it are the same figure by construction. `limits all` and the report build all their tables from one."""
+    results: list[pb.ProfileResult]
+    devices: list[pb.Device]
+    quality: list[pb.QualityResult] = dataclasses.field(default_factory=list)
+    shapes: dict[str, Architecture] = dataclasses.field(default_factory=dict)  # asked models the catalogue lacks
+    _memo: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of_store(cls, store, shapes: dict[str, Architecture] | None = None) -> "Snapshot":
+        return cls(store.results(), store.devices(), store.quality_results(), shapes or {})
+
+    @functools.cached_property
+    def names(self) -> dict[str, str]:
+        """device id -> display name (the id is the key; two devices never merge under one hostname)."""
+        return display_names(self.devices)
+
+    def name(self, device_id: str) -> str:
+        return self.names.get(device_id, device_id)
+
+    @functools.cached_property
+    def by_device(self) -> dict[str, list[pb.ProfileResult]]:
+        found: dict[str, list[pb.ProfileResult]] = {}
+        for r in self.results:
+            found.setdefault(r.device_id, []).append(r)
+        return found
+
+    @functools.cached_property
+    def priors(self) -> fleet_priors.FleetPriors:
+        return fleet_priors.FleetPriors(self.devices, lambda i: self.by_device.get(i, []))
+
+    def inventory(self, device_id: str) -> pb.DeviceInventory:
+        found = next((d.inventory for d in self.devices if d.inventory.device_id == device_id), None)
+        return found or pb.DeviceInventory(device_id=device_id)
+
+    def device_model(self, device_id: str, backend: str) -> scaling.DeviceModel:
+        """The device's scaling model for `backend`, with this snapshot's fleet priors."""
+        key = ("dm", device_id, backend)
+        if key not in self._memo:
+            inventory, results = self.inventory(device_id), self.by_device.get(device_id, [])
+            seen = hashlib.blake2b(inventory.SerializeToString(deterministic=True), digest_size=16)
+            seen.update("\0".join(r.result_id for r in results).encode())
+            kept = (device_id, backend, seen.digest())
+            dm = _MODELS.get(kept)
+            if dm is None:
+                dm = _MODELS[kept] = scaling.device_model(inventory, results, backend)
+                if len(_MODELS) > MAX_MODELS:
+                    _MODELS.popitem(last=False)
+            _MODELS.move_to_end(kept)
+            self._memo[key] = dataclasses.replace(dm, priors=self.priors.for_device(inventory, backend))
+        return self._memo[key]
+
+    def device_models(self) -> dict[tuple[str, str], scaling.DeviceModel]:
+        """The scaling model of every device and backend with results."""
+        pairs = sorted({(i, backend_of(r)) for i, rs in self.by_device.items() for r in rs
+                        if backend_of(r) in backends.BACKENDS})
+        return {(i, b): self.device_model(i, b) for i, b in pairs}
+
+    def serving_model(self, device_id: str, backend: str) -> serving.ServingModel:
+        key = ("sm", device_id, backend)
+        if key not in self._memo:
+            self._memo[key] = serving.serving_model(self.device_model(device_id, backend),
+                                                    self.by_device.get(device_id, []))
+        return self._memo[key]
+
+    def answer(self, device_id: str, backend: str, model_name: str, quant: str, context: int | None = None,
+               min_decode_tps: float | None = None, max_watts: float | None = None,
+               streams: int | None = None) -> pb.FitAnswer:
+        """`fit`'s answer for one cell (device, backend, model, precision, context, limits), once per snapshot."""
+        spec = backends.backend(backend)
+        key = ("answer", device_id, spec.name, model_name, quant, context, min_decode_tps, max_watts, streams)
+        if key not in self._memo:
+            sizes = (self.shapes.get(model_name) or CATALOGUE.get(model_name)) is not None and spec.can_size(quant)
+            self._memo[key] = answer(
+                self.inventory(device_id), model_name, quant, spec.name, self.by_device.get(device_id, []),
+                min_decode_tps, context, max_watts, dm=self.device_model(device_id, spec.name),
+                device_name=self.name(device_id), streams=streams,
+                sm=self.serving_model(device_id, spec.name) if sizes else None,
+                shape=self.shapes.get(model_name), priors=self.priors)
+        return self._memo[key]
+
+    def cell_context(self, device_id: str, backend: str, model_name: str, quant: str) -> int | None:
+        """The context a size table answers a cell at: the run's, where the device measured that model and
+        precision, else the context its runs usually have (what `fleetfit fit --context` reproduces)."""
+        arch = self.shapes.get(model_name) or CATALOGUE.get(model_name)
+        if arch is None or not backends.backend(backend).can_size(quant):
+            return None
+        return self.device_model(device_id, backend).predict(arch, quant).context
+
+
 class AnswerCache:
     """Fit answers remembered per device until the device's results or inventory change.
 
@@ -475,11 +578,13 @@ def largest_per_precision(device: pb.DeviceInventory, backend: str, results: lis
     return out
 
 
-def _shown(f: pb.FitFigure, scale: float = 1.0, digits: int = 3):
+def shown(f: pb.FitFigure, scale: float = 1.0, digits: int = 3, verdict: str | None = None):
+    """An answer's figure as a table cell: the one rounding rule of fit's table and every limits table."""
     if not kind(f):
-        return None
+        return render.Figure(None, verdict=verdict) if verdict else None
     return render.Figure(round(f.value / scale, digits), band=f.error_fraction if f.HasField("error_fraction") else None,
-                         provenance=kind(f))
+                         provenance=kind(f), verdict=verdict)
+
 
 
 def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list]]:
@@ -488,11 +593,11 @@ def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list]]:
               "% RAM", "decode tok/s", "prefill tok/s", "J/token", "streams", "KLD vs F16", "provenance", "reason",
               "evidence", "device id"]
     body = [[a.device_name or a.hostname or a.device_id, a.model_name or None, a.backend, a.quant,
-             a.context_tokens or None, VERDICT.word(a.fit_verdict), _shown(a.memory_bytes, MIB, 1),
+             a.context_tokens or None, VERDICT.word(a.fit_verdict), shown(a.memory_bytes, MIB, 1),
              round(a.ram_total_bytes / MIB),
              round(100 * a.memory_fraction, 1) if a.HasField("memory_fraction") else None,
-             _shown(a.decode_tokens_per_s), _shown(a.prefill_tokens_per_s), _shown(a.joules_per_token, digits=6),
-             _streams_cell(a), _shown(a.kl_divergence, digits=5), kind(a) or None, a.reason,
+             shown(a.decode_tokens_per_s), shown(a.prefill_tokens_per_s), shown(a.joules_per_token, digits=6),
+             _streams_cell(a), shown(a.kl_divergence, digits=5), kind(a) or None, a.reason,
              a.evidence.result_id if a.HasField("evidence") else None, a.device_id]
             for a in answers]
     return header, body

@@ -7,8 +7,8 @@ measured (every sample and its mean positive) or absent; strings, repeated field
 message are size-bounded. A concurrency sweep (`serving`) has one point per stream count the request asked for,
 each either measured (every figure present, per-stream speed the aggregate over N, p99 at least p50) or
 unsupported with a reason and no figures. A refusal names the field: "result.decode_tokens_per_s.samples[2] is nan: ...".
-Quotas (results per hour, distinct models per day, per device) are counted by the store, in the transaction
-that stores the result.
+Quotas (results and bytes per hour, distinct models per day, per device) are counted by the store, in the
+transaction that stores the result.
 """
 
 import dataclasses
@@ -25,7 +25,11 @@ from fleetfit.v1.words import PROVENANCE, upgrade
 
 log = logging.getLogger("fleetfit.coordinator")
 
-MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_MESSAGE_BYTES = 1024 * 1024  # a Register inventory (its probes and backends)
+# A result (or quality result) as a device reports it. A real one needs a few kB: up to 100 repetitions of three
+# figures (~3 kB), build info (2 x 16 kB at most), power phases, and a concurrency sweep of at most 16 points of six
+# figures of 100 repetitions each (~90 kB at the bounds); 256 KiB holds all of them at their bounds together.
+MAX_RESULT_BYTES = 256 * 1024
 MAX_SAMPLES = 10_000           # Stat.samples, BandwidthProbe.samples_gb_per_s
 MAX_REPEATED = 1024            # any other repeated field (power phases, GPUs, backends, probes, ...)
 MAX_TEXT = 4096                # any string not named below
@@ -47,8 +51,12 @@ class Refused(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Quotas:
+    """Per device. Bytes per hour bound what one device can make the coordinator hold (and every answer read): a
+    device reports a result every few seconds at most and a real one is a few kB, so 64 MiB is 10,000 results of
+    6.5 kB, or 256 at MAX_RESULT_BYTES; results and quality results are counted apart."""
     results_per_hour: int = 10_000
     models_per_day: int = 200
+    bytes_per_hour: int = 64 * 1024 * 1024
 
 
 def check_device_id(device_id: str) -> None:
@@ -59,7 +67,7 @@ def check_device_id(device_id: str) -> None:
 
 def check_result(result: pb.ProfileResult) -> None:
     """Refused unless every field of `result` is within bounds."""
-    _check_size(result, "result")
+    _check_size(result, "result", MAX_RESULT_BYTES)
     check_device_id(result.device_id)
     _check_message(result, "result", "")
     # an older agent's report carries the provenance words as strings (fleetfit/v1/words.py): stored as sent, read
@@ -102,7 +110,7 @@ def check_quality(result: pb.QualityResult) -> None:
     """Refused unless a quality result is within bounds: finite, non-negative figures within their physical ranges
     (a fraction at most 1, a perplexity at least 1: the exponential of a mean negative log-likelihood) and a mean
     KL divergence no further below 0 than rounding puts it (a quant against itself)."""
-    _check_size(result, "quality")
+    _check_size(result, "quality", MAX_RESULT_BYTES)
     check_device_id(result.device_id)
     if not result.result_id or not result.model_name or not result.quant:
         raise Refused("quality.result_id, model_name and quant are required")
@@ -126,9 +134,9 @@ def check_inventory(inventory: pb.DeviceInventory) -> None:
     _check_message(inventory, "inventory", "")
 
 
-def _check_size(message, path: str) -> None:
-    if (size := message.ByteSize()) > MAX_MESSAGE_BYTES:
-        raise Refused(f"{path} is {size} bytes: at most {MAX_MESSAGE_BYTES} are accepted")
+def _check_size(message, path: str, most: int = MAX_MESSAGE_BYTES) -> None:
+    if (size := message.ByteSize()) > most:
+        raise Refused(f"{path} is {size} bytes: at most {most} are accepted")
 
 
 def _check_message(message, path: str, unit: str) -> None:

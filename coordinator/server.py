@@ -8,6 +8,7 @@ import concurrent.futures
 import functools
 import json
 import logging
+import resource
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,6 +17,7 @@ from fleetfit.coordinator import auth, campaigns, devices, ingest, pki, tables
 from fleetfit.coordinator import fit as fit_answers
 from fleetfit.coordinator.dispatch import JobWaiters, ResultBatcher, expire_leases
 from fleetfit.coordinator.limits import limit_rows
+from fleetfit.models import job_bounds
 from fleetfit.coordinator.store import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, AlreadyEnrolled, BadToken,
                                         ConflictingResult, ForeignJob, QuotaExceeded, StaleLease, Store,
                                         UnknownDevice)
@@ -35,6 +37,7 @@ MAX_PAGE_SIZE = 10_000
 # A page stops growing at this size (or page_size items), so no answer nears the message limit: ingest bounds
 # each record to a MiB, so even one record more than this stays far below it.
 PAGE_BYTES = MAX_MESSAGE_BYTES // 4
+MAX_PAGE_TOKEN = 8192  # a page token carries one item's key (ids of at most 256 characters each)
 
 
 async def off_loop(fn, *args, **kwargs):
@@ -48,12 +51,7 @@ def page(items: list, key, request) -> tuple[list, str]:
     if request.page_size < 0:
         raise ValueError("page_size must not be negative")
     size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    after = None
-    if request.page_token:
-        try:
-            after = tuple(json.loads(base64.urlsafe_b64decode(request.page_token.encode())))
-        except ValueError:
-            raise ValueError("page_token is not one this coordinator gave (pass next_page_token back as it is)") from None
+    after = _after(request.page_token) if request.page_token else None
     chosen, total = [], 0
     for item in sorted(items, key=key):
         if after is not None and key(item) <= after:
@@ -63,6 +61,20 @@ def page(items: list, key, request) -> tuple[list, str]:
         chosen.append(item)
         total += item.ByteSize()
     return chosen, ""
+
+
+def _after(token: str) -> tuple[str, ...]:
+    """The key a page token carries (a JSON list of strings, base64), or ValueError for anything else: a token is
+    the caller's input, so a made-up one is a bad argument, never an internal error."""
+    after = None
+    if len(token) <= MAX_PAGE_TOKEN:
+        try:
+            after = json.loads(base64.urlsafe_b64decode(token.encode()))
+        except (ValueError, RecursionError):  # not base64, not UTF-8, not JSON, or nested past the parser's depth
+            pass
+    if not isinstance(after, list) or not after or not all(isinstance(part, str) for part in after):
+        raise ValueError("page_token is not one this coordinator gave (pass next_page_token back as it is)")
+    return tuple(after)
 
 
 class AgentService(pb_grpc.AgentServiceServicer):
@@ -125,6 +137,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
         except ingest.Refused as exc:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, request.inventory.device_id, str(exc))
         await off_loop(self.store.upsert_device, request.inventory)
+        if not request.inventory.trials_pending:  # its trials are in: skip the campaign jobs they rule out
+            await off_loop(campaigns.after_trials, self.store, request.inventory.device_id)
         return pb.RegisterResponse(device_id=request.inventory.device_id)
 
     async def PollJob(self, request, context):
@@ -252,6 +266,9 @@ class FleetService(pb_grpc.FleetServiceServicer):
     async def GetTable(self, request, context):
         try:
             shapes = tables.checked_shapes(request.shapes)
+            if request.names:
+                found = await off_loop(tables.build_many, list(request.names), self.store, dict(request.options), shapes)
+                return pb.GetTableResponse(tables=found)
             table = await off_loop(tables.build_from_store, request.name, self.store, dict(request.options), shapes)
             return pb.GetTableResponse(table=table)
         except tables.TableError as exc:
@@ -261,6 +278,7 @@ class FleetService(pb_grpc.FleetServiceServicer):
         try:
             terms = campaigns.parse_selector(request.selector)
             campaigns.check_spec(request.spec)
+            job_bounds.check_max_attempts(request.max_attempts)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         plan = campaigns.expand(request.spec, terms, await off_loop(self.store.devices))
@@ -268,23 +286,55 @@ class FleetService(pb_grpc.FleetServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no device matches {request.selector!r}")
         campaign_id = await off_loop(self.store.create_campaign, request.selector, request.spec, plan.jobs,
                                      request.max_attempts or DEFAULT_MAX_ATTEMPTS, plan.skipped)
+        for device_id in plan.probing:  # trials reported while the campaign was being stored: judge its jobs now
+            await off_loop(campaigns.after_trials, self.store, device_id)
         self.waiters.wake(plan.matched)
         job_ids = [j.job_id for j in await off_loop(self.store.campaign_jobs, campaign_id)]
+        skipped = (await off_loop(self.store.campaign, campaign_id)).skipped if plan.probing else plan.skipped
         return pb.CreateCampaignResponse(campaign_id=campaign_id, job_ids=job_ids, device_ids=plan.matched,
-                                         skipped=[f"{d}: {why}" for d, whys in plan.skipped.items() for why in whys])
+                                         skipped=[f"{d}: {line}" for d, lines in skipped.items() for line in lines])
 
     async def ListCampaigns(self, request, context):
-        return pb.ListCampaignsResponse(campaigns=await off_loop(campaigns.statuses, self.store))
+        found = await off_loop(campaigns.statuses, self.store, totals_only=True)
+        chosen, token = await self._page(found, lambda c: (f"{c.created_unix_s:020.6f}", c.campaign_id), request,
+                                         context)
+        return pb.ListCampaignsResponse(campaigns=chosen, next_page_token=token)
 
     async def GetCampaign(self, request, context):
         found = await off_loop(campaigns.statuses, self.store, request.campaign_id)
         if not found:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no campaign {request.campaign_id!r}")
-        return pb.GetCampaignResponse(campaign=found[0])
+        campaign = found[0]
+        chosen, token = await self._page(list(campaign.devices), lambda d: (d.device_id,), request, context)
+        del campaign.devices[:]
+        campaign.devices.extend(chosen)
+        return pb.GetCampaignResponse(campaign=campaign, next_page_token=token)
 
 
 class ListenError(Exception):
     """The server could not bind its address."""
+
+
+# File descriptors kept for what is not a client connection: the store's connections (one per thread), the
+# SQLite file and its journal, logs, the state directory's files.
+RESERVED_FDS = 4 * STORE_THREADS + 64
+
+
+def connection_limit() -> int:
+    """Raise this process's open-file soft limit to its hard limit (a usual soft limit of 1,024 is a few hundred
+    stalled handshakes from running out) and answer how many client connections to accept at once: the rest of
+    the limit is kept for the store, so that a flood of connections refuses new connections, never a database
+    open or the calls on existing ones. gRPC has no per-peer connection limit; this one is for all peers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # e.g. macOS refuses above OPEN_MAX: keep the soft limit
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(soft - RESERVED_FDS, 16)
 
 
 async def start_server(store: Store, listen: str, authority: pki.Authority | None = None,
@@ -294,7 +344,7 @@ async def start_server(store: Store, listen: str, authority: pki.Authority | Non
     plaintext without one. Every RPC is authenticated (auth.POLICY); reflection is not served."""
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="fleetfit-store"))
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.max_allowed_incoming_connections", connection_limit())])
     services = pb.DESCRIPTOR.services_by_name
     waiters, proven = JobWaiters(), {}
     pb_grpc.add_AgentServiceServicer_to_server(

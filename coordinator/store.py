@@ -33,6 +33,7 @@ DEFAULT_MAX_ATTEMPTS = 3
 # Agents are in contact at least every 10 s (idle: PollJob long-polls; busy: lease heartbeats); a device
 # silent for three such periods is reported lost.
 LOST_AFTER_S = 30.0
+MAX_AS_STORED = 2_000_000  # result ids remembered by Store.results (~100 bytes each)
 log = logging.getLogger("fleetfit.coordinator")
 
 
@@ -103,6 +104,15 @@ class Campaign:
     skipped: dict[str, list[str]]  # device id -> "what: why" for each combination not queued there
 
 
+def device_status(inventory: pb.DeviceInventory, silent_s: float) -> int:
+    """The one rule for a device's status word. Online: in contact within LOST_AFTER_S (a last contact later than
+    that from now is no contact: a date an import or a clock carried in, so nothing shows online until a future
+    date); probing: online, its capability trials not yet reported (inventory.trials_pending); else lost."""
+    if abs(silent_s) > LOST_AFTER_S:
+        return pb.DEVICE_STATUS_LOST
+    return pb.DEVICE_STATUS_PROBING if inventory.trials_pending else pb.DEVICE_STATUS_ONLINE
+
+
 def token_hash(secret: str) -> str:
     """Secrets are long random strings, so one SHA-256 is enough to keep them out of the database."""
     return hashlib.sha256(secret.encode()).hexdigest()
@@ -113,6 +123,7 @@ class Store:
         self.db = Database(url)
         self.path = self.db.url
         self.quotas = quotas
+        self._as_stored: set[str] = set()  # ids of results answers may use as stored (see results)
 
     def close(self) -> None:
         self.db.close()
@@ -141,24 +152,24 @@ class Store:
                 raise UnknownDevice(device_id)
 
     def devices(self, device_id: str | None = None, now: float | None = None) -> list[pb.Device]:
-        """Every device, or the one with `device_id`; each `online` or `lost` (LOST_AFTER_S), with its labels.
+        """Every device, or the one with `device_id`, each with its status (device_status) and labels.
         Devices are keyed by id only: coordinator/devices.py finds one by hostname for people."""
         sql = "SELECT d.device_id, d.inventory, d.first_seen, d.last_seen, d.result_count, a.labels, d.refused, " \
               "d.last_refusal FROM devices d LEFT JOIN agents a ON a.device_id = d.device_id"
         rows = (self.db.query(sql + " WHERE d.device_id = ?", (device_id,)) if device_id
                 else self.db.query(sql + " ORDER BY d.device_id"))
         now = now or time.time()
-        # online: in contact within LOST_AFTER_S; a last contact later than that from now is no contact (a date an
-        # import or a clock carried in), so nothing shows online until a future date
         # an inventory that does not decode leaves the device known by its id alone (answers need nothing else)
         inventories = {key: ingest.usable(inv) for key, inv in
                        decoded(pb.DeviceInventory, [(row[0], row[1]) for row in rows], "device inventory", keyed=True)}
-        return [pb.Device(inventory=inventories.get(key) or pb.DeviceInventory(device_id=key), first_seen_unix_s=first,
-                          last_seen_unix_s=last, results=count,
-                          device_status=pb.DEVICE_STATUS_ONLINE if abs(now - last) <= LOST_AFTER_S
-                          else pb.DEVICE_STATUS_LOST,
-                          labels=json.loads(labels) if labels else {}, refused=refused, last_refusal=why or "")
-                for key, _, first, last, count, labels, refused, why in rows]
+        found = []
+        for key, _, first, last, count, labels, refused, why in rows:
+            inventory = inventories.get(key) or pb.DeviceInventory(device_id=key)
+            found.append(pb.Device(inventory=inventory, first_seen_unix_s=first, last_seen_unix_s=last, results=count,
+                                   device_status=device_status(inventory, now - last),
+                                   labels=json.loads(labels) if labels else {}, refused=refused,
+                                   last_refusal=why or ""))
+        return found
 
     def set_seen(self, device_id: str, first_unix_s: float, last_unix_s: float) -> None:
         """When the device was first and last in contact (an imported device was never in contact here: its
@@ -215,7 +226,7 @@ class Store:
         now = time.time()
         row = execute("SELECT payload FROM results WHERE result_id = ?", (result.result_id,)).fetchone()
         if row is None:
-            self._check_quotas(execute, result, now)
+            self._check_quotas(execute, result, now, len(payload))
             # A replica storing this id at this moment makes the insert wait for its commit and then do nothing: the
             # result is then a duplicate like any other (compared below), never a unique-key violation.
             if execute("INSERT INTO results (result_id, device_id, job_id, model_name, quant, backend, failure, "
@@ -255,11 +266,18 @@ class Store:
         if cur.rowcount == 0:  # a job is leased only to a registered device: no job was updated either
             raise UnknownDevice(device_id)
 
-    def _check_quotas(self, execute, result: pb.ProfileResult, now: float) -> None:
-        (last_hour,) = execute("SELECT COUNT(*) FROM results WHERE device_id = ? AND received > ?",
-                               (result.device_id, now - 3600)).fetchone()
-        if last_hour >= self.quotas.results_per_hour:
+    def _check_hourly(self, execute, table: str, device_id: str, now: float, size: int) -> None:
+        """QuotaExceeded when one more record of `size` bytes would pass the device's results or bytes per hour."""
+        count, held = execute(f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM {table} "
+                              "WHERE device_id = ? AND received > ?", (device_id, now - 3600)).fetchone()
+        if count >= self.quotas.results_per_hour:
             raise QuotaExceeded(f"quota of {self.quotas.results_per_hour} results per hour per device reached")
+        if held + size > self.quotas.bytes_per_hour:
+            raise QuotaExceeded(f"quota of {self.quotas.bytes_per_hour} bytes of results per hour per device reached "
+                                f"({held} held, this one {size})")
+
+    def _check_quotas(self, execute, result: pb.ProfileResult, now: float, size: int) -> None:
+        self._check_hourly(execute, "results", result.device_id, now, size)
         day = (result.device_id, now - 86400)
         if execute("SELECT 1 FROM results WHERE device_id = ? AND received > ? AND model_name = ? LIMIT 1",
                    (*day, result.model_name)).fetchone() is None:
@@ -272,7 +290,9 @@ class Store:
         """All results oldest first, or those of one model or one device (each by its index), as answers may use
         them: this is where every answer (tables, fit, the limit table, the report) reads results, so a figure
         that is not finite, or not positive where it must be, is dropped here (ingest.usable), once — results
-        stored before ingest checked them cannot break an answer."""
+        stored before ingest checked them cannot break an answer. Upgrading and cleaning walk the whole message in
+        Python (~20x the decode); a stored payload never changes (its id is refused with other contents), so a
+        result that needed neither is remembered by id and from then on only decoded."""
         where, params = [], []
         for column, value in (("model_name", model_name), ("device_id", device_id)):
             if value is not None:
@@ -280,7 +300,18 @@ class Store:
                 params.append(value)
         sql = "SELECT result_id, payload FROM results" + (" WHERE " + " AND ".join(where) if where else "") + \
             " ORDER BY received"
-        return [ingest.usable(r) for r in decoded(pb.ProfileResult, self.db.query(sql, params), "result")]
+        found = []
+        for result_id, payload in self.db.query(sql, params):
+            payload = bytes(payload)
+            if result_id in self._as_stored:  # upgraded and cleaned once already, and needed neither
+                found.append(pb.ProfileResult.FromString(payload))
+                continue
+            for result in decoded(pb.ProfileResult, [(result_id, payload)], "result"):  # none if it does not decode
+                result = ingest.usable(result)
+                if len(self._as_stored) < MAX_AS_STORED and result.SerializeToString(deterministic=True) == payload:
+                    self._as_stored.add(result_id)
+                found.append(result)
+        return found
 
     def add_quality(self, result: pb.QualityResult) -> bool:
         """Store a quality result (checked by ingest.check_quality); True when it was already stored (the same
@@ -292,10 +323,7 @@ class Store:
             stored = "SELECT payload FROM quality_results WHERE result_id = ?"
             found = execute(stored, (result.result_id,)).fetchone()
             if found is None:
-                (recent,) = execute("SELECT COUNT(*) FROM quality_results WHERE device_id = ? AND received > ?",
-                                    (result.device_id, time.time() - 3600)).fetchone()
-                if recent >= self.quotas.results_per_hour:
-                    raise QuotaExceeded(f"quota of {self.quotas.results_per_hour} results per hour per device reached")
+                self._check_hourly(execute, "quality_results", result.device_id, time.time(), len(payload))
                 # as in _add_result: a replica storing this id at this moment makes it a duplicate, not a violation
                 if execute("INSERT INTO quality_results (result_id, device_id, model_name, quant, received, payload) "
                            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (result_id) DO NOTHING",
@@ -350,6 +378,32 @@ class Store:
         return [(j, pb.ProfileRequest.FromString(bytes(r))) for j, r in self.db.query(
             "SELECT job_id, request FROM jobs WHERE device_id = ? AND state IN ('queued', 'running') ORDER BY created",
             (device_id,))]
+
+    def queued_campaign_jobs(self, device_id: str) -> list[tuple[str, pb.ProfileRequest]]:
+        """(job id, request) of the device's campaign jobs still waiting to be leased."""
+        return [(j, pb.ProfileRequest.FromString(bytes(r))) for j, r in self.db.query(
+            "SELECT job_id, request FROM jobs WHERE device_id = ? AND state = 'queued' AND campaign_id IS NOT NULL",
+            (device_id,))]
+
+    def skip_queued(self, device_id: str, reasons: dict[str, str]) -> int:
+        """Take the device's queued campaign jobs named in `reasons` (job id -> "what: why") off the queue and list
+        each with its campaign's skipped combinations, in one transaction: what the device's capability trials,
+        reported after the campaign queued them, rule out. A job leased meanwhile stays. Returns how many."""
+        lock = " FOR UPDATE" if self.db.postgres else ""  # two devices' trials may end at once in one campaign
+        skipped = 0
+        with self.db.transaction() as execute:
+            for job_id, reason in reasons.items():
+                row = execute("DELETE FROM jobs WHERE job_id = ? AND device_id = ? AND state = 'queued' "
+                              "AND campaign_id IS NOT NULL RETURNING campaign_id", (job_id, device_id)).fetchone()
+                if row is None:
+                    continue
+                (text,) = execute(f"SELECT skipped FROM campaigns WHERE campaign_id = ?{lock}", (row[0],)).fetchone()
+                found = json.loads(text)
+                found.setdefault(device_id, []).append(reason)
+                execute("UPDATE campaigns SET skipped = ? WHERE campaign_id = ?",
+                        (json.dumps(found, sort_keys=True), row[0]))
+                skipped += 1
+        return skipped
 
     def devices_with_queued_jobs(self) -> set[str]:
         return {d for (d,) in self.db.query("SELECT DISTINCT device_id FROM jobs WHERE state = 'queued'")}

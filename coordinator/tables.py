@@ -5,14 +5,13 @@ number, a string, or None where there is no figure (rendered as "n/a", never as 
 """
 
 import dataclasses
-import functools
 from typing import Callable
 
 from google.protobuf import json_format, struct_pb2
 
 from fleetfit.coordinator import fit as fit_rules
-from fleetfit.coordinator import fleet_priors, render, scaling, serving
-from fleetfit.coordinator.devices import DeviceLookupError, display_names
+from fleetfit.coordinator import render, scaling, serving
+from fleetfit.coordinator.devices import DeviceLookupError
 from fleetfit.coordinator.devices import find as find_device
 from fleetfit.coordinator.limits import (DEFAULT_SHAPE, backend_of, chosen_shapes, comparable, limit_rows, quant_of,
                                          shape_matches)
@@ -26,20 +25,7 @@ class TableError(ValueError):
     """An unknown table or a bad option; the message is one line for users."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Fleet:
-    results: list[pb.ProfileResult]
-    devices: list[pb.Device]
-    quality: list[pb.QualityResult] = dataclasses.field(default_factory=list)
-    shapes: dict[str, Architecture] = dataclasses.field(default_factory=dict)  # asked models the catalogue lacks
-
-    @functools.cached_property
-    def names(self) -> dict[str, str]:
-        """device id -> display name (the id is the key; two devices never merge under one hostname)."""
-        return display_names(self.devices)
-
-    def name(self, device_id: str) -> str:
-        return self.names.get(device_id, device_id)
+Fleet = fit_rules.Snapshot  # one read of the store; every table's cells are fit's answers from it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +94,19 @@ def checked_shapes(messages) -> dict[str, Architecture]:
 
 def build_from_store(name: str, store, options: dict[str, str], shapes: dict[str, Architecture] | None = None
                      ) -> pb.Table:
-    return build(name, Fleet(results=store.results(), devices=store.devices(), quality=store.quality_results(),
-                             shapes=shapes or {}), options)
+    return build_many([name], store, options, shapes)[0]
+
+
+def build_many(names: list[str], store, options: dict[str, str], shapes: dict[str, Architecture] | None = None
+               ) -> list[pb.Table]:
+    """Several tables (`limits all`, the report) from one read of the store: every cell one snapshot's answer."""
+    if len(names) > len(TABLES):
+        raise TableError(f"at most {len(TABLES)} tables in one request, got {len(names)}")
+    unknown = [n for n in names if n not in TABLES]
+    if unknown:
+        raise TableError(f"unknown table {unknown[0]!r} (known: {', '.join(TABLES)})")
+    fleet = Fleet.of_store(store, shapes)
+    return [build(name, fleet, options) for name in names]
 
 
 def build(name: str, fleet: Fleet, options: dict[str, str]) -> pb.Table:
@@ -246,27 +243,18 @@ def _params_text(n: int) -> str:
     return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
 
 
-def _figure_or_verdict(row: pb.LimitRow | None, figure):
-    if row is None:
-        return None
-    if row.failure == pb.FAILURE_KIND_OOM:
-        return render.Figure(None, verdict="does_not_fit")
-    return figure(row)
-
-
 PREDICTED_NOTE = ("~: predicted by the device's scaling model for that backend (calibrated on its own runs; `fleetfit "
                   "fit` gives the leave-one-size-out error band); bare numbers are measured")
+CONTEXT_NOTE = ("every figure is `fleetfit fit`'s answer for its cell at the context of the device's run of that model "
+                "and precision, else of its latest run (`fleetfit fit MODEL --quant Q --device D --context N` gives "
+                "the same figure; fit's default context is 4096, or the model's own when smaller)")
 SHAPE_NOTE = ("shape: the run shape the row's cells come from (option shape, default pp512/tg128; a device and "
               "backend with no run of that shape show their most common one)")
 
 
 def device_models(fleet: Fleet) -> dict[tuple[str, str], scaling.DeviceModel]:
-    """The scaling model of every device and backend with results."""
-    inventories = {d.inventory.device_id: d.inventory for d in fleet.devices}
-    pairs = sorted({(r.device_id, backend_of(r)) for r in fleet.results if backend_of(r) in backends.BACKENDS})
-    priors = fleet_priors.FleetPriors.of_results(fleet.devices, fleet.results)
-    return {(i, b): scaling.device_model(inventory, fleet.results, b, priors.for_device(inventory, b))
-            for i, b in pairs for inventory in [inventories.get(i, pb.DeviceInventory(device_id=i))]}
+    """The scaling model of every device and backend with results (the snapshot's, built once)."""
+    return fleet.device_models()
 
 
 def _with_seed_sizes(fleet: Fleet, ladder: Ladder):
@@ -288,17 +276,23 @@ def _with_seed_sizes(fleet: Fleet, ladder: Ladder):
         if dm is None or dm.calibration is None or model not in known or spec is None or not spec.can_size(quant) \
                 or not _takes(spec, quant):
             return None
-        p = dm.predict(known[model], quant)
-        figure = p.decode_tps if what == "decode" else dataclasses.replace(
-            p.memory_bytes, value=p.memory_bytes.value / 1e9 if p.memory_bytes.value is not None else None)
-        if figure.value is None:
-            return None
-        ram = dm.device.ram_total_bytes
-        too_big = p.ruled_out or ram and fit_rules.band(p.memory_bytes.value / ram) == "does_not_fit"
-        return render.Figure(round(figure.value, 3), band=figure.error_fraction, provenance=figure.provenance,
-                             verdict="does_not_fit" if too_big else None)
+        return size_cell(fleet, device_id, backend, model, quant, what)
 
     return keys, predicted
+
+
+def size_cell(fleet: Fleet, device_id: str, backend: str, model: str, quant: str, what: str):
+    """A size table's cell: fit's answer for the device, backend, model and precision at the cell's context
+    (Snapshot.cell_context), by fit's rounding rule; a measured figure as a plain number, a predicted one with
+    its band, 'does not fit' where that is the answer (a measured out-of-memory run shows no figure)."""
+    a = fleet.answer(device_id, backend, model, quant, fleet.cell_context(device_id, backend, model, quant))
+    verdict = "does_not_fit" if a.fit_verdict == pb.VERDICT_DOES_NOT_FIT else None
+    figure = fit_rules.shown(a.memory_bytes, 1e9) if what == "memory" else fit_rules.shown(a.decode_tokens_per_s)
+    if figure is None or figure.value is None:
+        return render.Figure(None, verdict=verdict) if verdict else None
+    if figure.provenance == "measured" and verdict is None and figure.band is None:
+        return figure.value
+    return dataclasses.replace(figure, verdict=verdict)
 
 
 def _takes(spec: backends.BackendSpec, quant: str) -> bool:
@@ -311,27 +305,25 @@ def _takes(spec: backends.BackendSpec, quant: str) -> bool:
 @table("memory", "Memory requirements by model size: measured peak memory (GB)")
 def memory(fleet: Fleet, options: dict[str, str]) -> TableData:
     ladder = _ladder(fleet, options)
-    peak = lambda r: round(r.memory_bytes / 1e9, 3) if r.HasField("memory_bytes") else None
     keys, predicted = _with_seed_sizes(fleet, ladder)
     rows = [[fleet.name(d), b, m, _params_text(ladder.params[(d, b, m)]),
-             *(_figure_or_verdict(ladder.cells.get((d, b, m, q)), peak) or predicted(d, b, m, q, "memory")
-               for q in ladder.quants), ladder.shapes.get((d, b))]
+             *(size_cell(fleet, d, b, m, q, "memory") if (d, b, m, q) in ladder.cells
+               else predicted(d, b, m, q, "memory") for q in ladder.quants), ladder.shapes.get((d, b))]
             for d, b, m in keys]
     return TableData(["device", "backend", "model", "parameters", *(f"{q} GB" for q in ladder.quants), "shape"], rows,
                      ["peak memory: the worker's peak RSS (weights read without mmap), or GPU memory for GPU runs; "
                       "'does not fit': out of memory, or not attempted because the predicted need exceeded the "
-                      "memory cap", SHAPE_NOTE, PREDICTED_NOTE])
+                      "memory cap", SHAPE_NOTE, CONTEXT_NOTE, PREDICTED_NOTE])
 
 
 @table("speed", "Inference speed by model size: measured decode tokens/s")
 def speed(fleet: Fleet, options: dict[str, str]) -> TableData:
     ladder = _ladder(fleet, options)
-    decode = lambda r: round(r.decode_tokens_per_s.mean, 3)
     keys, predicted = _with_seed_sizes(fleet, ladder)
     rows, smallest = [], {}
     for d, b, m in keys:
-        figures = [_figure_or_verdict(ladder.cells.get((d, b, m, q)), decode) or predicted(d, b, m, q, "decode")
-                   for q in ladder.quants]
+        figures = [size_cell(fleet, d, b, m, q, "decode") if (d, b, m, q) in ladder.cells
+                   else predicted(d, b, m, q, "decode") for q in ladder.quants]
         measured = [(q, f) for q, f in zip(ladder.quants, figures) if isinstance(f, float)]
         for q, f in measured:  # the smallest size measured on this device and backend, per precision
             smallest.setdefault((d, b, q), f)
@@ -343,7 +335,7 @@ def speed(fleet: Fleet, options: dict[str, str]) -> TableData:
                       "speed factor", "shape"], rows,
                      ["decode as llama-bench tg: single-token decodes from an empty cache, random tokens",
                       "speed factor: against the smallest size measured on the same device and backend, first "
-                      "precision shown", SHAPE_NOTE, PREDICTED_NOTE])
+                      "precision shown", SHAPE_NOTE, CONTEXT_NOTE, PREDICTED_NOTE])
 
 
 @table("capacity", "Hardware capacity: the largest model that fits, per device, backend and precision")
@@ -373,12 +365,12 @@ def capacity(fleet: Fleet, options: dict[str, str]) -> TableData:
                 fleet.name(device), backend, q,
                 largest.model_name if largest else None,
                 _params_text(largest.model_n_params) if largest else None,
-                round(largest.memory_bytes / 1e9, 3) if largest and largest.HasField("memory_bytes") else None,
-                round(largest.decode_tokens_per_s.mean, 3) if largest else None,
+                size_cell(fleet, device, backend, largest.model_name, q, "memory") if largest else None,
+                size_cell(fleet, device, backend, largest.model_name, q, "decode") if largest else None,
                 first_out.model_name if first_out else None,
                 first_out.error if first_out else None,
-                _largest_text(dm, q) if dm else None, _largest_text(dm, q, min_tps) if dm else None,
-                _relative(dm, models.get((baseline, backend)), reference, q) if dm else None,
+                _largest_text(fleet, dm, q) if dm else None, _largest_text(fleet, dm, q, min_tps) if dm else None,
+                _relative(fleet, dm, models.get((baseline, backend)), reference, q) if dm else None,
                 ladder.shapes.get((device, backend)),
             ])
     return TableData(["device", "backend", "precision", "largest that fits", "parameters", "peak GB", "decode tok/s",
@@ -390,7 +382,7 @@ def capacity(fleet: Fleet, options: dict[str, str]) -> TableData:
                       "under 95% of RAM (fit's does_not_fit band); ~ marks a prediction",
                       f"speed target: option min_tps (now {min_tps:g}); baseline device: option baseline (device id, "
                       f"or a hostname one device has), same backend; reference model: option reference",
-                      SHAPE_NOTE, PREDICTED_NOTE])
+                      SHAPE_NOTE, CONTEXT_NOTE, PREDICTED_NOTE])
 
 
 def _baseline(asked: str | None, fleet: Fleet, device_ids: list[str]) -> str | None:
@@ -405,40 +397,47 @@ def _baseline(asked: str | None, fleet: Fleet, device_ids: list[str]) -> str | N
     return found
 
 
-def largest(dm: scaling.DeviceModel, quant: str, min_tps: float | None = None):
-    """(architecture, prediction) of the largest catalogued model under 95% of RAM (and at least min_tps)."""
-    ram = dm.device.ram_total_bytes
+def largest(fleet: Fleet, dm: scaling.DeviceModel, quant: str, min_tps: float | None = None
+            ) -> tuple[Architecture, pb.FitAnswer] | None:
+    """(architecture, fit's answer) of the largest catalogued model that fits (fits_comfortably or tight, and with
+    `min_tps` at least that decode), each answered at its cell's context (Snapshot.cell_context)."""
     spec = backends.backend(dm.backend)
-    if not _takes(spec, quant) or not spec.can_size(quant) or not ram or dm.calibration is None:
+    if not _takes(spec, quant) or not spec.can_size(quant) or not dm.device.ram_total_bytes or dm.calibration is None:
         return None
+    device_id = dm.device.device_id
     for arch in sorted(CATALOGUE.values(), key=n_params, reverse=True):
         if backends.obtainable(spec, arch.name, set(), CATALOGUE):
             continue
-        p = dm.predict(arch, quant)
-        speed_ok = min_tps is None or (p.decode_tps.value or 0) >= min_tps
-        if not p.ruled_out and fit_rules.band(p.memory_bytes.value / ram) != "does_not_fit" and speed_ok:
-            return arch, p
+        a = fleet.answer(device_id, dm.backend, arch.name, quant, fleet.cell_context(device_id, dm.backend, arch.name,
+                                                                                     quant), min_decode_tps=min_tps)
+        if a.fit_verdict in fit_rules.OK_VERDICTS:
+            return arch, a
     return None
 
 
-def _largest_text(dm: scaling.DeviceModel, quant: str, min_tps: float | None = None) -> str | None:
-    found = largest(dm, quant, min_tps)
+def _largest_text(fleet: Fleet, dm: scaling.DeviceModel, quant: str, min_tps: float | None = None) -> str | None:
+    found = largest(fleet, dm, quant, min_tps)
     if found is None:
         return None
-    arch, p = found
-    mark = "" if p.memory_bytes.provenance == "measured" else "~"
-    return f"{mark}{arch.name} ({scaling.params_text(arch)}, {p.decode_tps.value:.3g} tok/s)"
+    arch, a = found
+    mark = "" if fit_rules.kind(a.memory_bytes) == "measured" else "~"
+    decode = fit_rules.shown(a.decode_tokens_per_s)
+    speed = f", {render.number_text(decode.value)} tok/s" if decode else ""
+    return f"{mark}{arch.name} ({scaling.params_text(arch)}{speed})"
 
 
-def _relative(dm: scaling.DeviceModel, base: scaling.DeviceModel | None, reference: str, quant: str) -> str | None:
+def _relative(fleet: Fleet, dm: scaling.DeviceModel, base: scaling.DeviceModel | None, reference: str, quant: str
+              ) -> str | None:
     spec = backends.backend(dm.backend)
     if base is None or dm.calibration is None or base.calibration is None or not _takes(spec, quant) \
             or not spec.can_size(quant):
         return None
-    mine, theirs = (m.predict(CATALOGUE[reference], quant).decode_tps for m in (dm, base))
+    mine, theirs = (fleet.answer(m.device.device_id, m.backend, reference, quant,
+                                 fleet.cell_context(m.device.device_id, m.backend, reference, quant)).decode_tokens_per_s
+                    for m in (dm, base))
     if not mine.value or not theirs.value:
         return None
-    mark = "" if mine.provenance == theirs.provenance == "measured" else "~"
+    mark = "" if fit_rules.kind(mine) == fit_rules.kind(theirs) == "measured" else "~"
     return f"{mark}{mine.value / theirs.value:.2f}x"
 
 
@@ -559,32 +558,28 @@ def _ladder_devices(fleet: Fleet, models: dict | None = None) -> list[tuple[str,
     return [(fleet.name(i), dm) for (i, _), dm in models.items() if dm.calibration is not None]
 
 
-def _streams_per_device(sm: serving.ServingModel | None, arch, quant: str, decode: scaling.Figure, min_tps: float
-                        ) -> tuple[int | str, int, str]:
-    """(cell, count, how): the streams one device serves at `min_tps` each, from its sweeps where it has some."""
-    cap = sm.capacity(arch, quant, min_tps) if sm is not None else None
-    if cap is not None:
-        return _streams_cell(cap), cap.streams, _serving_label(cap, sm)
-    n = int(decode.value // min_tps)
-    return render.Figure(n, provenance="estimated"), n, serving.one_stream_division(sm, detail=False)
+def _streams_per_device(a: pb.FitAnswer) -> tuple[render.Figure | None, int, str | None]:
+    """(cell, count, how): the streams one device serves at the answer's stream speed each (fit's max_streams:
+    from its sweeps where it has some, else one stream's decode divided)."""
+    if not fit_rules.kind(a.max_streams):
+        return None, 0, None
+    n = int(a.max_streams.value)
+    return render.Figure(n, provenance=fit_rules.kind(a.max_streams)), n, a.max_streams.method
 
 
 @table("deployment", "Deployment limits: the largest model per device and precision for each use's decode speed")
 def deployment(fleet: Fleet, options: dict[str, str]) -> TableData:
     uses = _uses(options)
     interactive = dict(uses)["interactive"]
-    models = device_models(fleet)
-    sms = serving_models(fleet, models)
     rows = []
-    for name, dm in _ladder_devices(fleet, models):
+    for name, dm in _ladder_devices(fleet):
         for quant in dict.fromkeys(p.quant for p in dm.points):
-            found = largest(dm, quant, interactive)
-            streams = (_streams_per_device(sms.get((dm.device.device_id, dm.backend)), found[0], quant,
-                                           found[1].decode_tps, interactive) if found else
-                       (None, 0, f"no catalogued model decodes at ≥{interactive:g} tok/s here"))
+            found = largest(fleet, dm, quant, interactive)
+            streams = _streams_per_device(found[1]) if found else \
+                (None, 0, f"no catalogued model decodes at ≥{interactive:g} tok/s here")
             rows.append([name, dm.backend, quant,
                          f"{dm.device.ram_total_bytes / 1e9:.1f}" if dm.device.ram_total_bytes else None,
-                         *(_largest_text(dm, quant, tps) for _, tps in uses), _largest_text(dm, quant),
+                         *(_largest_text(fleet, dm, quant, tps) for _, tps in uses), _largest_text(fleet, dm, quant),
                          streams[0], streams[2]])
     return TableData(["device", "backend", "precision", "RAM GB", *(f"{use} (≥{tps:g} tok/s)" for use, tps in uses),
                       "offline (fits at all)", "interactive streams", "streams: how"], rows,
@@ -606,15 +601,12 @@ def recommendations(fleet: Fleet, options: dict[str, str]) -> TableData:
     if active > 1:
         raise TableError(f"option active_fraction must be at most 1, got {active:g}")
     watts = {d: fit_rules.decode_watts(d, fleet.results, None) for d in {r.device_id for r in fleet.results}}
-    models = device_models(fleet)
-    sms = serving_models(fleet, models)
     choices = []  # per device and backend: the model to run and the streams one device serves
-    for name, dm in _ladder_devices(fleet, models):
-        best = max(((q, largest(dm, q, interactive)) for q in dict.fromkeys(p.quant for p in dm.points)),
+    for name, dm in _ladder_devices(fleet):
+        best = max(((q, largest(fleet, dm, q, interactive)) for q in dict.fromkeys(p.quant for p in dm.points)),
                    key=lambda qf: (n_params(qf[1][0]) if qf[1] else 0, -(qf[1][1].memory_bytes.value if qf[1] else 0)))
         quant, found = best
-        streams = _streams_per_device(sms.get((dm.device.device_id, dm.backend)), found[0], quant,
-                                      found[1].decode_tps, interactive) if found else None
+        streams = _streams_per_device(found[1]) if found else None
         choices.append((name, dm, quant, found, streams))
     rows = []
     for scale, users in SCALES:
@@ -624,13 +616,12 @@ def recommendations(fleet: Fleet, options: dict[str, str]) -> TableData:
                 rows.append([scale, users, wanted, name, dm.backend, None, None, None, None, None, None,
                              f"no catalogued model decodes at ≥{interactive:g} tok/s here"])
                 continue
-            arch, p = found
+            arch, a = found
             cell, per_device, how = streams
             n_devices = -(-wanted // per_device) if per_device else None
             w = watts.get(dm.device.device_id)
             cost = round(n_devices * w[0] * HOURS_PER_MONTH / 1000 * price, 2) if w and n_devices else None
-            decode = render.Figure(round(p.decode_tps.value, 3), band=p.decode_tps.error_fraction,
-                                   provenance=p.decode_tps.provenance)
+            decode = fit_rules.shown(a.decode_tokens_per_s)
             rows.append([scale, users, wanted, name, dm.backend, arch.name, quant, decode, cell, n_devices, cost, how])
     return TableData(["scale", "users", "concurrent streams", "device", "backend", "model", "precision",
                       "one-stream decode tok/s", "streams per device", "devices needed", "energy cost/month",
@@ -651,7 +642,7 @@ def serving_models(fleet: Fleet, models: dict | None = None) -> dict[tuple[str, 
     """The serving model of every device and backend with a concurrency sweep."""
     models = models if models is not None else device_models(fleet)
     swept = sorted({(c.device_id, c.backend) for c in serving.curves(fleet.results)})
-    return {k: serving.serving_model(models[k], fleet.results) for k in swept if k in models}
+    return {k: fleet.serving_model(*k) for k in swept if k in models}
 
 
 def _tokens_option(options: dict[str, str], key: str, default: int) -> int:

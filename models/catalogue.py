@@ -22,6 +22,7 @@ memory. Shared experts (DeepSeek, Qwen2-MoE) are not modelled.
 
 import dataclasses
 import difflib
+import functools
 import math
 
 from fleetfit.models.errors import ModelError
@@ -274,6 +275,7 @@ def tensors(arch: Architecture) -> list[TensorSpec]:
     return specs
 
 
+@functools.lru_cache(maxsize=4096)  # answers ask it per table row; an Architecture is frozen
 def n_params(arch: Architecture) -> int:
     """Parameters computed from the shape: the elements of every tensor llama.cpp loads (every expert)."""
     return sum(math.prod(spec.shape) for spec in tensors(arch))

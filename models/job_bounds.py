@@ -16,6 +16,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "decode_depth": (0, 131072),   # llama.cpp: tokens in the KV cache before each test (llama-bench's -d)
 }
 OPTIONAL_FIELDS = ("idle_baseline_s", "gpu_layers")  # checked only when set
+# Leases a campaign's job may take before it is failed (CreateCampaignRequest.max_attempts; 0: the coordinator's
+# default). Each attempt is a lease an agent lost or a worker that died: past a few, retrying only hides the fault.
+MAX_ATTEMPTS = (1, 20)
 # A concurrency sweep (ProfileRequest.parallel): N sequences decoded together, for each N listed. N is bounded by
 # llama.cpp's own LLAMA_MAX_SEQ; the KV cache of the largest point holds N * (n_prompt + n_gen) tokens.
 MAX_PARALLEL = 256
@@ -44,6 +47,13 @@ def check_value(field: str, value: float) -> None:
         raise ValueError(f"{field} must be at least {low:g} (and at most {high:g}), got {value:g}")
     if value > high:
         raise ValueError(f"{field} must be at most {high:g}, got {value:g}")
+
+
+def check_max_attempts(value: int) -> None:
+    """ValueError (one line) unless `value` is 0 (the default) or within MAX_ATTEMPTS."""
+    low, high = MAX_ATTEMPTS
+    if value != 0 and not low <= value <= high:
+        raise ValueError(f"max_attempts must be {low} to {high} (0: the coordinator's default), got {value}")
 
 
 def check_model_name(name: str) -> None:

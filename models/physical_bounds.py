@@ -10,6 +10,8 @@ energies are differences (gross minus the idle baseline) and may be negative or 
 them, so they have no floor.
 """
 
+import functools
+
 from fleetfit.models.job_bounds import BOUNDS, MAX_CONTEXT_TOKENS
 
 DAY_S = BOUNDS["timeout_s"][1]  # the longest job deadline: no run of one job is measured for longer
@@ -56,6 +58,7 @@ KLD_ROUNDING = 1e-3
 DEFAULT = (0.0, 1e15)  # counters and anything else (tokens, positions, threads, ...)
 
 
+@functools.lru_cache(maxsize=4096)  # asked per figure of every stored result an answer reads; names are few
 def bounds(name: str) -> tuple[float, float]:
     """(floor, ceiling) of a figure's magnitude, by its field's name."""
     return next(((low, high) for key, low, high in RANGES if name.endswith(key)), DEFAULT)

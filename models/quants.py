@@ -4,10 +4,12 @@ The list and the numeric file types come from the `gguf` package (llama.cpp's ow
 """
 
 import difflib
+import functools
 
 from fleetfit.models.errors import ModelError
 
 
+@functools.cache  # parse_quant is called per figure by answers: build the table once
 def _file_types() -> dict[str, int]:
     from gguf import LlamaFileType
 

@@ -160,8 +160,11 @@ def test_expand_makes_one_job_per_runnable_backend_model_and_precision_for_match
         *(("llama.cpp", m, q) for m in ("smollm2-135m", "tinyllama-1.1b") for q in ("Q4_0", "Q8_0")),
         *(("torch", m, "int8") for m in ("smollm2-135m", "tinyllama-1.1b"))}
     reasons = plan.skipped["ws-1"]
-    assert len(reasons) == 2 + 2 + 2  # llama.cpp x INT8, torch x Q4_0 and Q8_0, for both models
-    assert any(r.startswith("torch smollm2-135m q4_0") and "does not take precision" in r for r in reasons)
+    # llama.cpp x INT8, torch x Q4_0 and Q8_0, for both models: one line per reason, naming its combinations
+    assert reasons == ["llama.cpp smollm2-135m INT8, llama.cpp tinyllama-1.1b INT8: llama.cpp does not take "
+                       "precision 'INT8'",
+                       "torch smollm2-135m q4_0, torch tinyllama-1.1b q4_0: torch does not take precision 'q4_0'",
+                       "torch smollm2-135m Q8_0, torch tinyllama-1.1b Q8_0: torch does not take precision 'Q8_0'"]
     for _, request in plan.jobs:
         assert (request.n_prompt, request.n_gen, request.repetitions, request.threads, request.timeout_s) == (
             64, 16, 2, 3, 120.0)
@@ -200,9 +203,10 @@ def test_expand_skips_what_the_device_cannot_obtain_or_run():
         ("torch", "smollm2-135m", "int8")]
     reasons = "\n".join(plan.skipped["pi-1"])
     assert "torch smollm2-135m fp16: torch cannot run fp16 on cpu: fp16 runs on CUDA only" in reasons
-    assert "torch distilgpt2 int8: torch runs llama/qwen2 shapes; distilgpt2 is gpt2" in reasons
+    assert "torch distilgpt2 int8, torch distilgpt2 fp16: torch runs llama/qwen2 shapes; distilgpt2 is gpt2" in reasons
     assert "onnxruntime distilgpt2 int8: onnxruntime runs real models only" in reasons
-    assert "onnxruntime smollm2-135m fp16: onnxruntime does not take precision 'fp16'" in reasons
+    assert "onnxruntime smollm2-135m fp16, onnxruntime distilgpt2 fp16: onnxruntime does not take precision " \
+           "'fp16'" in reasons
 
 
 def test_expand_with_no_matching_device_makes_nothing():

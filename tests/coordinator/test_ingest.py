@@ -52,7 +52,7 @@ def poisoned(edit) -> pb.ProfileResult:
     (lambda r: [r.power.phases.add(phase="decode") for _ in range(1100)], "result.power.phases has 1101 entries"),
     (lambda r: setattr(r, "failure", 77), "result.failure is 77: not a value of FailureKind"),
     (lambda r: setattr(r, "device_id", "dev\x1b[2J"), "device_id 'dev\\x1b[2J' must be 1 to 256 printable"),
-    (lambda r: [r.power.declined.append("d" * 4000) for _ in range(300)], "bytes: at most 1048576 are accepted"),
+    (lambda r: [r.power.declined.append("d" * 4000) for _ in range(300)], "bytes: at most 262144 are accepted"),
     (lambda r: setattr(r, "n_depth", 1024), "result.n_depth is 1024: the request asked for a depth of 0"),
     (lambda r: setattr(r, "n_depth", -5), "result.n_depth is -5: figures must not be negative"),
     (lambda r: setattr(r.request, "decode_depth", 200_000), "decode_depth must be at most 131072"),
@@ -318,5 +318,47 @@ def test_a_non_finite_page_token_or_size_is_one_line(coordinator):
 
 
 def test_serve_refuses_bad_quota_options(tmp_path):
-    done = run_cli("fleetfit", "serve", "--db", str(tmp_path / "f.sqlite3"), "--results-per-hour", "0", timeout=60)
-    assert_one_line_error(done, "--results-per-hour and --models-per-day must be at least 1")
+    for option in ("--results-per-hour", "--models-per-day", "--mib-per-hour"):
+        done = run_cli("fleetfit", "serve", "--db", str(tmp_path / "f.sqlite3"), option, "0", timeout=60)
+        assert_one_line_error(done, "--results-per-hour, --models-per-day and --mib-per-hour must be at least 1")
+
+
+def bulky_result(device_id: str, kib: int) -> pb.ProfileResult:
+    """An honest result padded to about `kib` KiB with power phases (each field within its own bound)."""
+    r = good_result(device_id)
+    for n in range(kib):
+        r.power.phases.append(pb.PhaseEnergy(phase="decode", source=f"rapl-{n}", method="m" * 1000))
+    return r
+
+
+def test_the_bytes_a_device_can_make_the_coordinator_hold_are_bounded(db_url):
+    """Per result (ingest: MAX_RESULT_BYTES) and per hour per device (the store's quota, counted in the storing
+    transaction): a device sending large results is stopped at its byte quota, results of any size class; another
+    device is unaffected; a retry of a stored result is never refused."""
+    for kib in (300, 1000):  # above the per-result bound: refused before anything is stored
+        with pytest.raises(ingest.Refused, match=r"result is \d+ bytes: at most 262144"):
+            ingest.check_result(bulky_result("d", kib))
+    quotas = ingest.Quotas(results_per_hour=10_000, models_per_day=5, bytes_per_hour=2 << 20)
+    with Store(db_url, quotas) as store:
+        for device_id in ("big", "small", "mixed", "other"):
+            store.upsert_device(pb.DeviceInventory(device_id=device_id))
+        for device_id, kib in (("big", 240), ("small", 20), ("mixed", 0)):
+            stored = []
+            for n in range(400):
+                r = bulky_result(device_id, kib or (1, 60, 200)[n % 3])
+                ingest.check_result(r)  # each one acceptable on its own
+                try:
+                    store.add_result(r)
+                except QuotaExceeded as exc:
+                    assert "bytes of results per hour per device" in str(exc)
+                    break
+                stored.append(r)
+            else:
+                raise AssertionError(f"{device_id}: 400 results stored past a 2 MiB quota")
+            held = sum(r.ByteSize() for r in stored)
+            assert quotas.bytes_per_hour - held < 250 * 1024 and held <= quotas.bytes_per_hour, (device_id, held)
+            assert store.add_result(stored[0]) is True  # a retry is a duplicate, not new bytes
+        assert store.add_result(bulky_result("other", 240)) is False  # quotas are per device
+        quality = pb.QualityResult(result_id="q", device_id="big", model_name="m", quant="Q4_0", n_positions=1,
+                                   context_tokens=1, perplexity=2.0, reference_quant="F16" + "x" * 100)
+        assert store.add_quality(quality) is False  # quality results have a budget of their own

@@ -71,3 +71,112 @@ def test_the_cli_follows_pages_past_the_message_limit(tmp_path):
         assert sorted(line.split(",")[0] for line in done.stdout.splitlines()[1:]) == [f"big-{d:02d}" for d in range(20)]
     finally:
         server.stop()
+
+
+def _token(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).decode()
+
+
+# tokens no coordinator gave: the wrong JSON types, the wrong item types, not base64, not UTF-8, nested past the
+# JSON parser's depth, far too long
+MADE_UP_TOKENS = [_token(b"5"), _token(b"{}"), _token(b"[]"), _token(b"null"), _token(b'"board-001"'),
+                  _token(b"[1]"), _token(b'[["board-001"]]'), _token(b"[true, \"x\"]"), _token(b'{"a": 1}'),
+                  "!!not-base64!!", _token(b"\xff\xfe\x00"), _token(b"[" * 200_000), _token(b'["x"]') * 2000]
+
+
+def _campaign_request(**fields) -> pb.CreateCampaignRequest:
+    spec = pb.CampaignSpec(models=["smollm2-135m"], quants=["Q4_0"], backends=["llama.cpp"],
+                           template=pb.ProfileRequest(n_prompt=16, n_gen=4, repetitions=1))
+    return pb.CreateCampaignRequest(spec=spec, **fields)
+
+
+def test_a_made_up_page_token_is_a_bad_argument_on_every_paged_rpc(many):
+    import grpc
+
+    fleet = fleet_stub(many)
+    campaign_id = [fleet.CreateCampaign(_campaign_request(), timeout=10).campaign_id for _ in range(2)][0]
+    calls = [(fleet.ListDevices, pb.ListDevicesRequest), (fleet.GetLimitTable, pb.GetLimitTableRequest),
+             (fleet.ListCampaigns, pb.ListCampaignsRequest),
+             (fleet.Fit, lambda **kw: pb.FitRequest(model_name="smollm2-135m", quant="Q4_0", **kw)),
+             (fleet.GetCampaign, lambda **kw: pb.GetCampaignRequest(campaign_id=campaign_id, **kw))]
+    for call, request in calls:
+        for token in MADE_UP_TOKENS:
+            with pytest.raises(grpc.RpcError) as caught:
+                call(request(page_token=token), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (call, token[:40], caught.value.details())
+            assert "page_token is not one this coordinator gave" in caught.value.details()
+        # a token it gave is still taken
+        first = call(request(page_size=1), timeout=10)
+        assert first.next_page_token and call(request(page_size=1, page_token=first.next_page_token), timeout=10)
+
+
+def test_max_attempts_outside_its_bound_is_a_bad_argument(many):
+    import grpc
+
+    from fleetfit.models.job_bounds import MAX_ATTEMPTS
+
+    fleet = fleet_stub(many)
+    for bad in (-5, -1, MAX_ATTEMPTS[1] + 1, 10**9, 2**31 - 1):
+        with pytest.raises(grpc.RpcError) as caught:
+            fleet.CreateCampaign(_campaign_request(max_attempts=bad), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "max_attempts must be" in caught.value.details() and "\n" not in caught.value.details()
+    for good in (0, MAX_ATTEMPTS[0], MAX_ATTEMPTS[1]):  # 0: the coordinator's default
+        assert fleet.CreateCampaign(_campaign_request(max_attempts=good), timeout=10).campaign_id
+    env = {"FLEETFIT_TOKEN": many.operator_token, "FLEETFIT_INSECURE": "1", "FLEETFIT_COORDINATOR": many.address}
+    for bad in ("-5", "0", "1000000000"):
+        done = run_cli("fleetfit", "profile", "--models", "smollm2-135m", "--max-attempts", bad, env=env, timeout=60)
+        assert done.returncode != 0 and "Traceback" not in done.stderr and "--max-attempts must be" in done.stderr
+
+
+def test_campaigns_are_paged_and_a_device_reason_is_kept_once_per_reason(db_url, tmp_path):
+    """Devices whose one backend is unavailable for a 4 kB reason, asked for many combinations in many campaigns:
+    the reason is kept once per device, ListCampaigns carries totals in pages, GetCampaign pages the devices, and
+    the CLI follows the pages."""
+    import grpc
+
+    reason = "driver mismatch " + "x" * 4080  # a device's own text, at ingest's bound for a string
+    with Store(db_url) as store:
+        for d in range(40):
+            store.upsert_device(pb.DeviceInventory(
+                device_id=f"node-{d:02d}", hostname=f"node-{d:02d}", ram_total_bytes=8 << 30,
+                backends=[pb.BackendInfo(name="llama.cpp", available=False, reason=reason)]))
+    server = BackgroundCoordinator(db_url, state_dir=tmp_path / "state")
+    server.start()
+    try:
+        fleet = fleet_stub(server)
+        spec = pb.CampaignSpec(models=["smollm2-135m", "tinyllama-1.1b", "llama-3.2-1b"],
+                               quants=["Q4_0", "Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K", "F16"], backends=["llama.cpp"],
+                               template=pb.ProfileRequest(n_prompt=16, n_gen=4, repetitions=1))
+        ids = []
+        for _ in range(9):
+            created = fleet.CreateCampaign(pb.CreateCampaignRequest(spec=spec), timeout=10)
+            assert len(created.skipped) == 40 and all(line.count(reason) == 1 for line in created.skipped)
+            assert created.ByteSize() < 40 * 5000
+            ids.append(created.campaign_id)
+
+        listed = cli._pages(fleet.ListCampaigns, pb.ListCampaignsRequest(page_size=2), "campaigns")
+        assert [c.campaign_id for c in listed] == ids  # oldest first, each once
+        whole = fleet.ListCampaigns(pb.ListCampaignsRequest(), timeout=10)
+        assert whole.ByteSize() < 100_000 and not whole.next_page_token and not whole.campaigns[0].devices
+
+        first = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=ids[0], page_size=7), timeout=10)
+        assert len(first.campaign.devices) == 7 and first.next_page_token
+        campaign = cli._campaign(fleet, ids[0])
+        assert [d.device_id for d in campaign.devices] == [f"node-{d:02d}" for d in range(40)]
+        for device in campaign.devices:  # 18 combinations, one reason: one line naming them all
+            assert len(device.skipped) == 1 and device.skipped[0].count(reason) == 1
+            assert device.skipped[0].split(": ")[0].count("llama.cpp ") == 18
+        with pytest.raises(grpc.RpcError) as caught:
+            fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=ids[0], page_size=-1), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        env = {"FLEETFIT_TOKEN": server.operator_token, "FLEETFIT_INSECURE": "1", "FLEETFIT_COORDINATOR": server.address}
+        done = run_cli("fleetfit", "campaigns", env=env, timeout=60)
+        assert done.returncode == 0 and all(i in done.stdout for i in ids), done.stderr
+        done = run_cli("fleetfit", "campaign", "status", ids[-1], env=env, timeout=60)
+        assert done.returncode == 0 and all(f"node-{d:02d}" in done.stdout for d in range(40)), done.stderr
+    finally:
+        server.stop()

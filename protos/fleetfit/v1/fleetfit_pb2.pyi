@@ -34,6 +34,7 @@ class DeviceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEVICE_STATUS_UNSPECIFIED: _ClassVar[DeviceStatus]
     DEVICE_STATUS_ONLINE: _ClassVar[DeviceStatus]
     DEVICE_STATUS_LOST: _ClassVar[DeviceStatus]
+    DEVICE_STATUS_PROBING: _ClassVar[DeviceStatus]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -65,6 +66,7 @@ BOTTLENECK_COMPUTE: Bottleneck
 DEVICE_STATUS_UNSPECIFIED: DeviceStatus
 DEVICE_STATUS_ONLINE: DeviceStatus
 DEVICE_STATUS_LOST: DeviceStatus
+DEVICE_STATUS_PROBING: DeviceStatus
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -121,7 +123,7 @@ class BackendCapability(_message.Message):
     def __init__(self, device: _Optional[str] = ..., precision: _Optional[str] = ..., supported: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DeviceInventory(_message.Message):
-    __slots__ = ("device_id", "hostname", "os", "arch", "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "ram_total_bytes", "ram_available_bytes", "gpus", "backends", "llama_system_info", "gpu_probe_note", "agent_version", "probes", "host_ram_total_bytes", "memory_source", "cpus_usable", "cpu_source")
+    __slots__ = ("device_id", "hostname", "os", "arch", "cpu_model", "cpu_cores_physical", "cpu_cores_logical", "ram_total_bytes", "ram_available_bytes", "gpus", "backends", "llama_system_info", "gpu_probe_note", "agent_version", "probes", "host_ram_total_bytes", "memory_source", "cpus_usable", "cpu_source", "trials_pending")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     OS_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +143,7 @@ class DeviceInventory(_message.Message):
     MEMORY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     CPUS_USABLE_FIELD_NUMBER: _ClassVar[int]
     CPU_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_PENDING_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
     os: str
@@ -160,7 +163,8 @@ class DeviceInventory(_message.Message):
     memory_source: str
     cpus_usable: int
     cpu_source: str
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores_physical: _Optional[int] = ..., cpu_cores_logical: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_available_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., llama_system_info: _Optional[str] = ..., gpu_probe_note: _Optional[str] = ..., agent_version: _Optional[str] = ..., probes: _Optional[_Union[DeviceProbes, _Mapping]] = ..., host_ram_total_bytes: _Optional[int] = ..., memory_source: _Optional[str] = ..., cpus_usable: _Optional[int] = ..., cpu_source: _Optional[str] = ...) -> None: ...
+    trials_pending: bool
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores_physical: _Optional[int] = ..., cpu_cores_logical: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_available_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., llama_system_info: _Optional[str] = ..., gpu_probe_note: _Optional[str] = ..., agent_version: _Optional[str] = ..., probes: _Optional[_Union[DeviceProbes, _Mapping]] = ..., host_ram_total_bytes: _Optional[int] = ..., memory_source: _Optional[str] = ..., cpus_usable: _Optional[int] = ..., cpu_source: _Optional[str] = ..., trials_pending: _Optional[bool] = ...) -> None: ...
 
 class BandwidthProbe(_message.Message):
     __slots__ = ("target", "gb_per_s", "samples_gb_per_s", "bytes_per_array", "threads", "provenance", "note")
@@ -974,7 +978,7 @@ class FitResponse(_message.Message):
     def __init__(self, answers: _Optional[_Iterable[_Union[FitAnswer, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetTableRequest(_message.Message):
-    __slots__ = ("name", "options", "shapes")
+    __slots__ = ("name", "options", "shapes", "names")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -985,16 +989,20 @@ class GetTableRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     SHAPES_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
     name: str
     options: _containers.ScalarMap[str, str]
     shapes: _containers.RepeatedCompositeFieldContainer[Architecture]
-    def __init__(self, name: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., shapes: _Optional[_Iterable[_Union[Architecture, _Mapping]]] = ...) -> None: ...
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., shapes: _Optional[_Iterable[_Union[Architecture, _Mapping]]] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetTableResponse(_message.Message):
-    __slots__ = ("table",)
+    __slots__ = ("table", "tables")
     TABLE_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
     table: Table
-    def __init__(self, table: _Optional[_Union[Table, _Mapping]] = ...) -> None: ...
+    tables: _containers.RepeatedCompositeFieldContainer[Table]
+    def __init__(self, table: _Optional[_Union[Table, _Mapping]] = ..., tables: _Optional[_Iterable[_Union[Table, _Mapping]]] = ...) -> None: ...
 
 class TableRow(_message.Message):
     __slots__ = ("cells",)
@@ -1105,26 +1113,38 @@ class CampaignStatus(_message.Message):
     def __init__(self, campaign_id: _Optional[str] = ..., selector: _Optional[str] = ..., created_unix_s: _Optional[float] = ..., spec: _Optional[_Union[CampaignSpec, _Mapping]] = ..., done: _Optional[int] = ..., running: _Optional[int] = ..., failed: _Optional[int] = ..., queued: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[DeviceProgress, _Mapping]]] = ...) -> None: ...
 
 class ListCampaignsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListCampaignsResponse(_message.Message):
-    __slots__ = ("campaigns",)
+    __slots__ = ("campaigns", "next_page_token")
     CAMPAIGNS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     campaigns: _containers.RepeatedCompositeFieldContainer[CampaignStatus]
-    def __init__(self, campaigns: _Optional[_Iterable[_Union[CampaignStatus, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, campaigns: _Optional[_Iterable[_Union[CampaignStatus, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetCampaignRequest(_message.Message):
-    __slots__ = ("campaign_id",)
+    __slots__ = ("campaign_id", "page_size", "page_token")
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
-    def __init__(self, campaign_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, campaign_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class GetCampaignResponse(_message.Message):
-    __slots__ = ("campaign",)
+    __slots__ = ("campaign", "next_page_token")
     CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     campaign: CampaignStatus
-    def __init__(self, campaign: _Optional[_Union[CampaignStatus, _Mapping]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, campaign: _Optional[_Union[CampaignStatus, _Mapping]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RevokeDeviceRequest(_message.Message):
     __slots__ = ("device_id",)

@@ -498,14 +498,14 @@ class FleetServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListCampaigns(self, request, context):
-        """Every campaign with its progress.
+        """Every campaign with its totals, paged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCampaign(self, request, context):
-        """One campaign's progress, per device, with failure reasons.
+        """One campaign's progress, per device (paged), with failure and skip reasons.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

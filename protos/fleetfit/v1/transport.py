@@ -5,6 +5,7 @@ Hand-written beside the generated code because it is part of the contract, not o
 
 import re
 import socket
+import ssl
 
 import grpc
 
@@ -20,10 +21,17 @@ CHANNEL_OPTIONS = [
     # A client reconnects within seconds of a coordinator's return (gRPC's default backoff reaches 120 s).
     ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
+# A connection that has not finished its TLS (or HTTP/2) handshake by then is closed: a real client finishes in a
+# few round trips, and one that stalls holds a file descriptor (gRPC's default waits 120 s).
+HANDSHAKE_TIMEOUT_MS = 10_000
+# A connection without a call for this long is closed (agents always have one: a long poll or a heartbeat).
+MAX_CONNECTION_IDLE_MS = 300_000
 SERVER_OPTIONS = [
     *CHANNEL_OPTIONS,
     # Accept the clients' keepalive pings at the rate they send them.
     ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+    ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+    ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
 ]
 
 
@@ -47,20 +55,38 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor):
         return continuation(details._replace(metadata=metadata), request)
 
 
-def _why_not_ready(address: str, timeout_s: float, tls: bool) -> str:
-    """One line saying what to fix: nothing listens there, or it listens but the TLS or plaintext handshake fails."""
+def _why_not_ready(address: str, timeout_s: float, ca_pem: bytes | None) -> str:
+    """One line saying what to fix: nothing listens there, it listens but speaks the other protocol or another CA's
+    TLS, or it accepts connections but does not complete a handshake (overloaded, or at its connection limit)."""
     host, _, port = address.rpartition(":")
+    wait = min(timeout_s, 5.0)
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout_s, 3.0)).close()
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=wait)
     except (OSError, ValueError):
         return (f"coordinator at {address} does not answer (waited {timeout_s:g} s): is `fleetfit serve` running "
                 "there, and are the host and port right?")
-    if tls:
+    busy = (f"coordinator at {address} accepts connections but did not complete a handshake within {wait:g} s: it "
+            "is overloaded or at its connection limit; try again shortly")
+    if ca_pem is None:
+        sock.close()
+        return (f"coordinator at {address} answers, but not in plaintext: it serves TLS (give its CA with --ca or "
+                "--state-dir instead of --insecure), or it is overloaded and did not answer in time")
+    context = ssl.create_default_context(cadata=ca_pem.decode("ascii", "replace"))
+    context.check_hostname = False  # the certificate names SERVER_NAME; the CA is what is checked here
+    context.set_alpn_protocols(["h2"])
+    try:
+        with context.wrap_socket(sock, server_hostname=SERVER_NAME):
+            return busy  # the TLS handshake completes: the server did not take the channel in time
+    except ssl.SSLCertVerificationError:
         return (f"coordinator at {address} answers, but TLS with it fails: the CA given is not the one that signed "
-                "its certificate (use that coordinator's tls/ca.pem: --ca, or --state-dir), or it serves plaintext "
-                "(--insecure)")
-    return (f"coordinator at {address} answers, but not in plaintext: it serves TLS (give its CA with --ca or "
-            "--state-dir instead of --insecure)")
+                "its certificate (use that coordinator's tls/ca.pem: --ca, or --state-dir)")
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError, TimeoutError, socket.timeout):
+        return busy  # closed or silent mid-handshake: what a server at its limit does
+    except (ssl.SSLError, OSError):
+        return (f"coordinator at {address} answers, but TLS with it fails: it serves plaintext (--insecure), or the "
+                "CA given is not the one that signed its certificate (use that coordinator's tls/ca.pem)")
+    finally:
+        sock.close()
 
 
 def connect(address: str, timeout_s: float = 10.0, *, ca_pem: bytes | None = None, token: str | None = None,
@@ -81,7 +107,7 @@ def connect(address: str, timeout_s: float = 10.0, *, ca_pem: bytes | None = Non
         grpc.channel_ready_future(channel).result(timeout=timeout_s)
     except grpc.FutureTimeoutError:
         channel.close()
-        raise CoordinatorUnreachable(_why_not_ready(address, timeout_s, tls=ca_pem is not None)) from None
+        raise CoordinatorUnreachable(_why_not_ready(address, timeout_s, ca_pem)) from None
     if token:
         return grpc.intercept_channel(channel, _Bearer(token))  # closing it closes `channel`
     return channel

@@ -324,13 +324,16 @@ def limits_probe(
     n_gen: int = job_bounds.CALIBRATION_RUN[1],
     repetitions: int = job_bounds.CALIBRATION_RUN[2],
     threads: Annotated[int, typer.Option(help="0 = physical cores.")] = 0,
+    passes: Annotated[int, typer.Option(help="Walk the ladder this many times; the coordinator calibrates on the "
+                                             "median of every pass (a noisy device needs several).")] = 1,
     cache_dir: CacheDir = None,
     identity_path: IdentityPath = None,
     as_json: Json = False,
     cache_limit: CacheLimit = None,
     no_wait: NoWait = False,
 ) -> None:
-    """Synthesize, profile (under a memory cap) and delete each size; record what fits, per precision.
+    """Synthesize, profile (under a memory cap) and delete each size; record what fits, per precision. A size
+    whose repetitions spread over 10 % is measured again (twice at most).
 
     On an enrolled device every result also goes to the coordinator (through the agent's outbox)."""
     import threading
@@ -342,9 +345,11 @@ def limits_probe(
     from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
     from fleetfit.v1.transport import CoordinatorUnreachable
 
-    for name, value in (("n-prompt", n_prompt), ("n-gen", n_gen), ("repetitions", repetitions)):
+    for name, value in (("n-prompt", n_prompt), ("n-gen", n_gen), ("repetitions", repetitions), ("passes", passes)):
         if value < 1:
             _fail(f"--{name} must be at least 1, got {value}")
+    if passes > probe.MAX_PASSES:
+        _fail(f"--passes must be at most {probe.MAX_PASSES}, got {passes}")
     path = identity_path or identity.default_path()
     enrolled = identity.load(path)
     outbox = Outbox(path_beside(path)) if enrolled else None
@@ -352,13 +357,15 @@ def limits_probe(
     from fleetfit.models import progress
 
     size_list, quant_list = [s for s in sizes.split(",") if s], [q for q in quants.split(",") if q]
-    settings = probe.ProbeSettings(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, threads=threads)
+    settings = probe.ProbeSettings(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, threads=threads,
+                                   passes=passes)
     device_id = enrolled.device_id if enrolled else inventory.default_device_id()
     from fleetfit.agent.model_cache import trim
 
     trim(_cache(cache_dir), _cache_limit(cache_dir, cache_limit))  # room for its rungs, within the cache's limit
     with _run_lock(path, "fleetfit-agent limits probe", no_wait), \
-            progress.bar("limits probe: sizes x precisions", total=len(size_list) * len(quant_list)) as advance:
+            progress.bar("limits probe: sizes x precisions", total=passes * len(size_list) * len(quant_list)) \
+            as advance:
         def keep(result) -> None:
             if outbox is not None:
                 outbox.put(pb.ReportResultRequest(result=result))  # durable before anything else happens

@@ -21,7 +21,9 @@ import time
 import uuid
 
 from fleetfit.agent import profiling, resources
+from fleetfit.coordinator.scaling import spread_of
 from fleetfit.models import job_bounds, synth
+from fleetfit.models.job_bounds import NOISE_CV
 from fleetfit.models.catalogue import architecture, n_params
 from fleetfit.models.errors import ModelError
 from fleetfit.models.quants import parse_quant
@@ -44,6 +46,8 @@ CGROUP_MARGIN_BYTES = 128 << 20
 # fraction of that product from the previous size is thrashing, not computing.
 COLLAPSE_FRACTION = 0.2
 GB = 1e9
+MAX_PASSES = 10
+REMEASURE = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +59,8 @@ class ProbeSettings:
     timeout_s: float = 1800.0
     memory_cap_bytes: int | None = None  # None: the RAM available at each step, less a margin
     collapse_fraction: float = COLLAPSE_FRACTION
+    passes: int = 1  # the ladder walked this many times; the coordinator calibrates on the median of every pass
+    remeasure: int = REMEASURE  # a rung whose repetitions spread over NOISE_CV is measured again up to this often
 
 
 def parse_rung(text: str):
@@ -97,10 +103,19 @@ def _decode_collapsed(result: pb.ProfileResult, previous: pb.ProfileResult | Non
     return None
 
 
+def _noisy(result: pb.ProfileResult) -> bool:
+    """Whether a run's repetitions spread over NOISE_CV in decode or prefill (the coordinator's test of a point)."""
+    return not result.failure and any((cv := spread_of([s])) is not None and cv > NOISE_CV
+                                      for s in (result.decode_tokens_per_s, result.prefill_tokens_per_s))
+
+
 def _profile_synthetic(arch, quant: str, request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
-                       cap: int, previous: pb.ProfileResult | None, fraction: float) -> pb.ProfileResult:
+                       cap: int, previous: pb.ProfileResult | None, fraction: float,
+                       remeasure: int = 0) -> list[pb.ProfileResult]:
     """Write, profile and delete one size. A collapsed decode is measured once more before it counts: a
-    noisy neighbour can slow one run, thrash slows every run."""
+    noisy neighbour can slow one run, thrash slows every run. A run whose repetitions spread over NOISE_CV is
+    measured again, up to `remeasure` times while it stays noisy: each run is a result of its own (the coordinator
+    pools the repetitions of like runs, and down-weights what stays noisy)."""
     # A directory of this probe's own, so that the cache's synthetic/<arch>-<quant>.gguf (a file `models synth` or a
     # job made, which `models list` shows) is never overwritten or deleted here.
     own = cache_dir / "synthetic" / f".limits-probe-{uuid.uuid4().hex[:12]}"
@@ -110,7 +125,7 @@ def _profile_synthetic(arch, quant: str, request: pb.ProfileRequest, device_id: 
         synth.write_synthetic(arch, quant, path, force=True)  # RAM and disk were checked by the caller
     except ModelError as exc:  # e.g. the disk filled up mid-write; the partial file is gone
         own.rmdir()
-        return _unmeasured(arch, quant, request, device_id, pb.FAILURE_KIND_ERROR, str(exc), "synthetic write failed")
+        return [_unmeasured(arch, quant, request, device_id, pb.FAILURE_KIND_ERROR, str(exc), "synthetic write failed")]
     run = pb.ProfileRequest()
     run.CopyFrom(request)
     run.model.CopyFrom(pb.ModelRef(path=str(path)))  # the file just written (written with force, deleted after)
@@ -120,14 +135,19 @@ def _profile_synthetic(arch, quant: str, request: pb.ProfileRequest, device_id: 
             again = profiling.profile(run, device_id, cache_dir, memory_limit_bytes=cap)
             if again.decode_tokens_per_s.mean > result.decode_tokens_per_s.mean:
                 result = again
+        runs = [result]
+        while _noisy(runs[-1]) and len(runs) <= remeasure:
+            runs.append(profiling.profile(run, device_id, cache_dir, memory_limit_bytes=cap))
     finally:
         path.unlink(missing_ok=True)
         own.rmdir()
-    result.model_name, result.model_origin = arch.name, "synthetic"
+    for r in runs:
+        r.model_name, r.model_origin = arch.name, "synthetic"
     collapse = _decode_collapsed(result, previous, fraction)
     if collapse:
         result.failure, result.error = pb.FAILURE_KIND_OOM, collapse
-    return result
+        return [result]
+    return runs
 
 
 def probe(sizes: list[str], quants: list[str], device_id: str, cache_dir: pathlib.Path, settings: ProbeSettings,
@@ -136,7 +156,7 @@ def probe(sizes: list[str], quants: list[str], device_id: str, cache_dir: pathli
     quants = [parse_quant(q) for q in quants]
     results = []
     (cache_dir / "synthetic").mkdir(parents=True, exist_ok=True)
-    for quant in quants:
+    for quant in [q for _ in range(settings.passes) for q in quants]:  # every pass walks the whole ladder
         previous, refused = None, None
         for arch, depth in rungs:
             request = pb.ProfileRequest(model=pb.ModelRef(name=arch.name), backend="llama.cpp", quant=quant,
@@ -162,12 +182,16 @@ def probe(sizes: list[str], quants: list[str], device_id: str, cache_dir: pathli
                                      f"the synthetic file needs {plan.file_bytes / GB:.1f} GB of disk, "
                                      f"{free_disk / GB:.1f} GB is free; not attempted", "disk space check")
             else:
-                result = _profile_synthetic(arch, quant, request, device_id, cache_dir, cap, previous,
-                                            settings.collapse_fraction)
-                if result.failure:
+                runs = _profile_synthetic(arch, quant, request, device_id, cache_dir, cap, previous,
+                                          settings.collapse_fraction, settings.remeasure)
+                if runs[0].failure:
                     refused = f"{arch.name} {quant}"
                 else:
-                    previous = result
+                    previous = runs[0]
+                for result in runs[:-1]:
+                    results.append(result)
+                    on_result(result)
+                result = runs[-1]
             results.append(result)
             on_result(result)
     return results

@@ -128,6 +128,10 @@ def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str
         dm = dm or scaling.device_model(device, results, spec.name, priors and priors.for_device(device, spec.name))
         pred = dm.predict(arch, quant, context)
         out.calibration.extend(p.label for p in dm.points)
+        if pred.ruled_out and row is None:  # a smaller need ran out of memory here: measured, whatever predicts
+            out.fit_verdict, out.reason = pb.VERDICT_DOES_NOT_FIT, pred.ruled_out
+            out.provenance_kind = pb.PROVENANCE_KIND_MEASURED
+            return out
         if pred.decode_tps.provenance == "predicted":
             out.outside_calibration.extend(dm.outside(arch))
         figures = (pred.memory_bytes, pred.decode_tps, pred.prefill_tps)

@@ -9,7 +9,8 @@ borrows the median efficiency of the calibrated devices of its kind, narrowest k
 and falls back to scaling's fixed defaults when no kind has MIN_DEVICES such devices. Efficiencies outside
 EFFICIENCY_RANGE are ignored (a device reporting absurd figures must not drag the others' estimates), and the
 median keeps one odd device within the range from moving the value far. The estimate's band is how far the
-devices it rests on spread from that median (largest relative deviation). Their fitted cost per layer and token
+devices it rests on spread from that median (largest relative deviation), never narrower than their median
+repeatability (scaling.DeviceModel.noise) nor scaling.MIN_BAND. Their fitted cost per layer and token
 (graph ops, thread barriers: what makes small models slower per byte) comes along, as the median of theirs.
 """
 
@@ -81,10 +82,10 @@ class FleetPriors:
         return self._models[key]
 
     def _efficiencies(self, device: pb.DeviceInventory, kind: tuple[str, str], backend: str, rate: str,
-                      quant: str) -> tuple[list[float], list[float], int, set[str]]:
-        """The peers' efficiencies in range, their costs per layer, how many were out of range, and the precisions
-        they came from."""
-        found, layer_s, outside, used = [], [], 0, set()
+                      quant: str) -> tuple[list[float], list[float], int, set[str], list[float]]:
+        """The peers' efficiencies in range, their costs per layer, how many were out of range, the precisions
+        they came from, and their noise floors (0 where unknown)."""
+        found, layer_s, outside, used, noise = [], [], 0, set(), []
         for peer in self._peers(device, kind):
             dm = self._model(peer, backend)
             if dm.calibration is None:
@@ -95,23 +96,26 @@ class FleetPriors:
                 continue
             if EFFICIENCY_RANGE[0] <= value / probe <= EFFICIENCY_RANGE[1]:
                 found.append(value / probe)
+                noise.append(dm.noise["decode" if rate == "bandwidth" else "prefill"] or 0.0)
                 layer_s.append(dm.calibration.decode_layer_s if rate == "bandwidth" else dm.calibration.prefill_layer_s)
                 used.add(q)
             else:
                 outside += 1
-        return found, layer_s, outside, used
+        return found, layer_s, outside, used, noise
 
     def efficiency(self, device: pb.DeviceInventory, backend: str, rate: str, quant: str) -> scaling.Efficiency:
         """The efficiency (fraction of the device's `rate` probe) a never-profiled device is estimated to reach
         with `backend` at `quant`, learned from its kind, or the fixed default; it says which."""
         tried = []
         for kind in kinds(device):
-            found, layer_s, outside, used = self._efficiencies(device, kind, backend, rate, quant)
+            found, layer_s, outside, used, noise = self._efficiencies(device, kind, backend, rate, quant)
             if len(found) < MIN_DEVICES:
                 tried.append(f"{len(found)} calibrated {kind[0]} {kind[1]!r}")
                 continue
             median = statistics.median(found)
-            spread = max(abs(e - median) for e in found)
+            # how far they spread, but never narrower than their own repeatability (two devices agreeing is no ±0 %)
+            spread = max(max(abs(e - median) for e in found),
+                         median * max(statistics.median(noise), scaling.MIN_BAND))
             precision = quant if used == {quant} else f"{quant} (nearest measured: {', '.join(sorted(used))})"
             ignored = (f"; {outside} device(s) outside {EFFICIENCY_RANGE[0]:g}..{EFFICIENCY_RANGE[1]:g} of their "
                        f"probe ignored" if outside else "")

@@ -36,6 +36,7 @@ import numpy as np
 
 from fleetfit.coordinator import speed_model
 from fleetfit.models.catalogue import CATALOGUE, Architecture, active_fraction, n_params, tensors
+from fleetfit.models.job_bounds import NOISE_CV
 from fleetfit.models.errors import ModelError
 from fleetfit.coordinator.limits import backend_of, memory_figure, quant_of, run_shape
 from fleetfit.models import backends, physical_bounds
@@ -57,6 +58,17 @@ DEFAULT_COMPUTE_EFFICIENCY = 0.3  # of the float32 matmul probe
 SEED_SIZES = ("distilgpt2", "tinyllama-1.1b", "llama-2-7b", "llama-2-13b", "llama-2-70b")
 BAND_COVERAGE = 0.9  # a band covers this share of the held-out errors
 OUTSIDE_FACTOR = 2.0  # an architecture this far beyond the calibrated range on an axis is outside it
+# Noise (measurement.md: on a shared VM runs repeat to 8.5 % at the median, and a busy neighbour scatters them): a
+# point whose repetitions spread more than NOISE_CV (coefficient of variation) is flagged and counts less in the fit
+# (weight NOISE_CV / cv); a device's noise floor is the median spread of its points, and no band is narrower.
+MIN_BAND = 0.01  # a band never reads ±0 %: below a percent, no run repeats
+# Physics first: no prediction decodes faster than the bytes a token reads allow at the device's bandwidth, nor
+# prefills faster than its compute allows. The triad probe counts 3 arrays per pass (STREAM, no write-allocate) and
+# llama.cpp's threads reach past it: on the development VM up to 1.5x (tests/fixtures/coverage-ladder: Llama-2-7B
+# Q4_0 27 GB/s against a 19.8 GB/s probe). Quantized dot products beat the float32 matmul probe: up to 1.6x there.
+BANDWIDTH_HEADROOM = 1.5
+COMPUTE_HEADROOM = 2.0
+CACHE_BYTES = 256 << 20  # a run reading less per token may be served from the CPU's caches: not a bandwidth figure
 AXES = {"vocabulary": lambda a: a.vocab, "width": lambda a: a.hidden, "depth (layers)": lambda a: a.n_layers,
         "GQA ratio": lambda a: a.n_heads // a.n_kv_heads, "head size": lambda a: a.head_dim}
 
@@ -164,6 +176,17 @@ class Point:
     backend: str = DEFAULT_BACKEND
     depth: int = 0  # tokens in the KV cache before each test (llama-bench's n_depth)
     resident: bool = True  # peak_bytes is the host's peak RSS (else GPU memory, where allocations count)
+    decode_cv: float | None = None  # spread of the repetitions (spread_of); None with fewer than two
+    prefill_cv: float | None = None
+
+    def weight(self, phase: str) -> float:
+        """What the fit trusts this point with in `phase`: 1, less for repetitions spread over NOISE_CV."""
+        cv = self.decode_cv if phase == "decode" else self.prefill_cv
+        return 1.0 if cv is None or cv <= NOISE_CV else NOISE_CV / cv
+
+    @property
+    def noisy(self) -> bool:
+        return any(cv is not None and cv > NOISE_CV for cv in (self.decode_cv, self.prefill_cv))
 
     @property
     def decode_positions(self) -> float:
@@ -211,8 +234,16 @@ def points(results: list[pb.ProfileResult], device_id: str, backend: str = DEFAU
                          float(memory) if memory is not None else None,
                          typical_tps([o.decode_tokens_per_s for o in like]),
                          typical_tps([o.prefill_tokens_per_s for o in like]), r, spec.name, depth,
-                         not which.startswith("GPU")))
+                         not which.startswith("GPU"), spread_of([o.decode_tokens_per_s for o in like]),
+                         spread_of([o.prefill_tokens_per_s for o in like])))
     return pts
+
+
+def spread_of(stats: list[pb.Stat]) -> float | None:
+    """How widely the repetitions of every run given spread: their coefficient of variation (sample standard
+    deviation / mean), or None with fewer than two repetitions."""
+    samples = [x for s in stats for x in s.samples if x > 0]
+    return float(np.std(samples, ddof=1) / np.mean(samples)) if len(samples) >= 2 else None
 
 
 def typical_tps(stats: list[pb.Stat]) -> float:
@@ -292,10 +323,10 @@ def calibrate(pts: list[Point]) -> Calibration | None:
                        lambda p: p.decode_tps)
     fl, c2 = _fit_rates(pts, lambda p: flops_per_token(p.arch, p.prefill_positions, prompt=True),
                        lambda p: p.prefill_tps)
-    decode = speed_model.fit([speed_model.Sample(p.arch, p.quant, p.decode_positions, p.decode_tps, p.backend, p.label)
-                              for p in pts], "decode")
+    decode = speed_model.fit([speed_model.Sample(p.arch, p.quant, p.decode_positions, p.decode_tps, p.backend,
+                                                 p.label, p.weight("decode")) for p in pts], "decode")
     prefill = speed_model.fit([speed_model.Sample(p.arch, p.quant, p.prefill_positions, p.prefill_tps, p.backend,
-                                                  p.label) for p in pts], "prefill")
+                                                  p.label, p.weight("prefill")) for p in pts], "prefill")
     return Calibration(alpha, beta, bw, c, fl, c2, decode, prefill)
 
 
@@ -329,6 +360,7 @@ class Prediction:
     decode_tps: Figure
     prefill_tps: Figure
     context: int
+    ruled_out: str | None = None  # why it cannot fit: a measured out-of-memory at a smaller need (DeviceModel.oom)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,6 +392,74 @@ class DeviceModel:
     priors: "Callable[[str, str], Efficiency] | None" = None  # (rate, quant) -> Efficiency: coordinator/fleet_priors
     # the same for a model outside the calibrated span: the held-out families that were outside the others' span
     errors_outside: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    ooms: tuple[pb.ProfileResult, ...] = ()  # the device's measured out-of-memory runs of this backend
+
+    @functools.cached_property
+    def noise(self) -> dict[str, float | None]:
+        """The device's repeatability per phase: the median spread (coefficient of variation) of its points'
+        repetitions; None where no point repeated."""
+        out = {}
+        for phase in ("decode", "prefill"):
+            cvs = [cv for p in self.points if (cv := getattr(p, f"{phase}_cv")) is not None]
+            out[phase] = float(np.median(cvs)) if cvs else None
+        return out
+
+    def floored(self, phase: str, band: float | None) -> tuple[float, str]:
+        """A speed band no narrower than the device's noise floor (nor MIN_BAND), and what says so."""
+        floor = self.noise.get(phase)
+        wide = max(band or 0.0, floor or 0.0, MIN_BAND)
+        if floor is not None and floor > NOISE_CV:
+            return wide, (f"calibration too noisy: this device's runs repeat only to ±{floor:.0%} (median spread of "
+                          f"its repetitions, over the {NOISE_CV:.0%} a trusted point allows); the band is at least that")
+        if band is None or wide > band:
+            return wide, f"band: the device's repeatability (±{wide:.0%}), nothing held out to validate against" \
+                if band is None else f"band widened to the device's repeatability (±{wide:.0%})"
+        return wide, ""
+
+    def ceiling(self, phase: str) -> tuple[float | None, str]:
+        """The most bytes/s (decode) or FLOP/s (prefill) a prediction may assume here, and what it rests on: the
+        probe with its headroom, or the most this device's own runs reached (decode: of runs reading more than
+        its caches hold), whichever is higher; None without either."""
+        if phase == "decode":
+            probe, headroom, unit, what = self.bandwidth_probe, BANDWIDTH_HEADROOM, "GB/s", "bandwidth probe"
+            reached = [decode_bytes_per_token(p.arch, p.quant, p.decode_positions, p.backend) * p.decode_tps
+                       for p in self.points if _weights_read_per_token(p.arch, p.quant, p.backend) >= CACHE_BYTES]
+        else:
+            probe, headroom, unit, what = self.matmul_probe, COMPUTE_HEADROOM, "GFLOP/s", "matmul probe"
+            reached = [flops_per_token(p.arch, p.prefill_positions, prompt=True) * p.prefill_tps for p in self.points]
+        options = ([(headroom * probe, f"{headroom:g}x the {what} ({probe / 1e9:.1f} {unit})")] if probe else []) + \
+            ([(max(reached), "the most this device's own runs reached")] if reached else [])
+        if not options:
+            return None, ""
+        rate, why = max(options)
+        return rate, f"{rate / 1e9:.1f} {unit}: {why}"
+
+    def physical(self, figure: Figure, phase: str, arch: Architecture, quant: str, positions: float) -> Figure:
+        """`figure` no faster than the device's ceiling allows for the bytes a token reads (decode) or the FLOPs a
+        prompt token needs (prefill); a capped figure says so."""
+        rate, why = self.ceiling(phase)
+        if figure.value is None or rate is None:
+            return figure
+        if phase == "decode" and _weights_read_per_token(arch, quant, self.backend) < CACHE_BYTES:
+            return figure  # it may be read from the CPU's caches, which no DRAM figure bounds
+        work = (decode_bytes_per_token(arch, quant, positions, self.backend) if phase == "decode"
+                else flops_per_token(arch, positions, prompt=True))
+        if figure.value <= rate / work:
+            return figure
+        return dataclasses.replace(figure, value=rate / work, method=(
+            f"{figure.method}; capped at the physical ceiling: {'bytes' if phase == 'decode' else 'FLOPs'} per "
+            f"token at {why} (the speed terms gave {figure.value:.3g} tok/s)"))
+
+    def ruled_out(self, arch: Architecture, quant: str, context: int) -> str | None:
+        """Why `arch` at `quant` and `context` cannot fit here: a measured out-of-memory at a context no larger
+        and a need (weights + KV cache + compute buffer) no larger. None when no such run."""
+        need = memory_feature(arch, quant, context, self.backend)
+        for r in self.ooms:
+            smaller = CATALOGUE[r.model_name]
+            if _context(r) <= context and memory_feature(smaller, quant_of(r), _context(r), self.backend) <= need:
+                return (f"measured: {r.model_name} {quant_of(r)} at n_ctx {_context(r)} ran out of memory here "
+                        f"(result {r.result_id}), and this needs at least as much")
+        return None
 
     @property
     def bandwidth_probe(self) -> float | None:
@@ -388,6 +488,11 @@ class DeviceModel:
             return Prediction(Figure(measured.peak_bytes, "measured", "peak RSS, " + how),
                               Figure(r.decode_tokens_per_s.mean, "measured", "llama-bench tg mean, " + how),
                               Figure(r.prefill_tokens_per_s.mean or None, "measured", "llama-bench pp mean, " + how), ctx)
+        out = self._predict(arch, quant, ctx, measured, decode_context, prefill_context)
+        return dataclasses.replace(out, ruled_out=self.ruled_out(arch, quant, ctx))
+
+    def _predict(self, arch: Architecture, quant: str, ctx: int, measured: Point | None,
+                 decode_context: float | None, prefill_context: float | None) -> Prediction:
         cal = self.calibration
         if cal is None:
             return self._estimate(arch, quant, ctx)
@@ -410,9 +515,9 @@ class DeviceModel:
         mem_how = (f"weights + KV(ctx {ctx}) + compute buffer, scaled {cal.alpha:.3f} + overhead "
                    f"{cal.overhead_bytes / 2**20:.0f} MiB, fitted on {len(self.points)} runs of {n} sizes here")
         decode = self._speed(cal.decode, arch, quant, decode_context if decode_context is not None else ctx,
-                             bands["decode"])
+                             bands["decode"], "decode")
         prefill = self._speed(cal.prefill, arch, quant, prefill_context if prefill_context is not None else ctx / 2,
-                              bands["prefill"])
+                              bands["prefill"], "prefill")
         return Prediction(Figure(memory, "predicted", mem_how, bands["memory"]), decode, prefill, ctx)
 
     def bands(self, arch: Architecture) -> dict[str, float | None]:
@@ -430,12 +535,15 @@ class DeviceModel:
             return Figure(value, "measured", how)
         ratio = model.tps(measured.arch, measured.quant, positions) / model.tps(measured.arch, measured.quant,
                                                                                  measured_positions)
-        return Figure(value * ratio, "predicted", f"{how}, scaled by the speed terms to {positions:.0f} cache "
-                      f"positions ({ratio:.2f}x): {model.text()}", self.errors[phase])
+        band, why = self.floored(phase, self.errors[phase])
+        figure = Figure(value * ratio, "predicted", f"{how}, scaled by the speed terms to {positions:.0f} cache "
+                        f"positions ({ratio:.2f}x): {model.text()}" + (f"; {why}" if why else ""), band)
+        return self.physical(figure, phase, measured.arch, measured.quant, positions)
 
     def _speed(self, model: speed_model.SpeedModel | None, arch: Architecture, quant: str, positions: float,
-               band: float | None) -> Figure:
-        """A predicted decode or prefill rate with `positions` cache positions attended, saying what it rests on."""
+               band: float | None, phase: str) -> Figure:
+        """A predicted decode or prefill rate with `positions` cache positions attended, saying what it rests on:
+        the device's speed terms, within the physical ceiling, with a band no narrower than its noise floor."""
         if model is None:
             return Figure(None, "predicted", "nothing measured on this device for this phase")
         borrowed = model.borrowed(arch, quant, self.backend)
@@ -447,7 +555,24 @@ class DeviceModel:
             span = "outside" if self.outside(arch) else "inside"
             how += (f"; band ±{band:.0%} covers {BAND_COVERAGE:.0%} of leave-one-family-out errors of families "
                     f"{span} the span of the others")
-        return Figure(model.tps(arch, quant, positions, self.backend), "predicted", how, band)
+        if len({p.model for p in self.points}) == 1:
+            how += self._efficiency_text(model, phase)
+        band, why = self.floored(phase, band)
+        noisy = [p.label for p in self.points if p.noisy]
+        if noisy:
+            how += f"; noisy points down-weighted (repetitions spread over {NOISE_CV:.0%}): {', '.join(noisy)}"
+        figure = Figure(model.tps(arch, quant, positions, self.backend), "predicted", how + (f"; {why}" if why else ""),
+                        band)
+        return self.physical(figure, phase, arch, quant, positions)
+
+    def _efficiency_text(self, model: speed_model.SpeedModel, phase: str) -> str:
+        """For a device that measured one model: its speed is the probe × the efficiency its own runs reached."""
+        probe = self.bandwidth_probe if phase == "decode" else self.matmul_probe
+        rates = {1 / v for v in model.s_per_unit.values() if v > 0}
+        if not probe or len(rates) != 1:
+            return "; one model measured here: its own runs' rate, scaled by each model's work per token"
+        return (f"; one model measured here: {'the bandwidth' if phase == 'decode' else 'the matmul'} probe x an "
+                f"efficiency of {rates.pop() / probe:.2f} from its own runs, scaled by each model's work per token")
 
     def outside(self, arch: Architecture) -> list[str]:
         """Why `arch` is far from every architecture the device calibrated on (each axis more than OUTSIDE_FACTOR
@@ -487,11 +612,14 @@ class DeviceModel:
         prefill = (1 / (flops_per_token(arch, ctx / 2, prompt=True) / (fl_eff.value * fl)
                         + arch.n_layers * fl_eff.layer_s)) if fl else None
         no_probe = "; no probe of the device (fleetfit-agent probe), so no figure"
+        floor = lambda b: max(b, MIN_BAND) if b is not None else None  # noqa: E731
         return Prediction(
             Figure(memory, "estimated", f"{why}; catalogue weights + KV + compute buffer + "
                    f"{DEFAULT_OVERHEAD_BYTES >> 20} MiB default overhead"),
-            Figure(decode, "estimated", f"{why}; {bw_eff.how}" + ("" if bw else no_probe), bw_eff.band if bw else None),
-            Figure(prefill, "estimated", f"{why}; {fl_eff.how}" + ("" if fl else no_probe), fl_eff.band if fl else None),
+            self.physical(Figure(decode, "estimated", f"{why}; {bw_eff.how}" + ("" if bw else no_probe),
+                                 floor(bw_eff.band) if bw else None), "decode", arch, quant, ctx),
+            self.physical(Figure(prefill, "estimated", f"{why}; {fl_eff.how}" + ("" if fl else no_probe),
+                                 floor(fl_eff.band) if fl else None), "prefill", arch, quant, ctx / 2),
             ctx)
 
 
@@ -542,7 +670,16 @@ def device_model(device: pb.DeviceInventory, results: list[pb.ProfileResult], ba
     inside = [h for h in held if not h[2]] or held  # no family inside the others' span: every one's errors
     bands = {k: band(v) for k, v in relative_errors(inside).items()}
     outside = {k: band(v) for k, v in relative_errors([h for h in held if h[2]] or held).items()}
-    return DeviceModel(device, pts, calibrate(pts), bands, spec.name, priors, outside)
+    return DeviceModel(device, pts, calibrate(pts), bands, spec.name, priors, outside, oom_runs(results, device.device_id,
+                                                                                             spec.name))
+
+
+def oom_runs(results: list[pb.ProfileResult], device_id: str, backend: str = DEFAULT_BACKEND) -> tuple:
+    """The device's runs of catalogued models on `backend` that ran out of memory, as measured (not the sizes a
+    ladder skipped on a plan's estimate)."""
+    return tuple(r for r in results if r.device_id == device_id and r.failure == pb.FAILURE_KIND_OOM
+                 and backend_of(r) == backend and r.model_name in CATALOGUE
+                 and r.provenance.provenance_kind != pb.PROVENANCE_KIND_ESTIMATED)
 
 
 def params_text(arch: Architecture) -> str:

@@ -13,7 +13,9 @@ max(weights / bandwidth, N · FLOPs / compute) + N · KV read, fits llama-batche
 SmolLM2 Q4_0 175 / 268 / 335 / 359 tok/s at 1 / 4 / 8 / 16) no better held out (benchmarks/serving_prediction.py
 prints both: largest errors 12.2 % and 12.4 %) and needs one more term, so the sum is what is fitted.
 
-- A count the sweep measured is measured (the result's own one-stream run is its N = 1 when the sweep has none).
+- A count the sweep measured is measured; its N = 1 is the result's own one-stream run (the figure `limits speed`
+  and `fit` show for that run). Physics makes the aggregate non-decreasing and the per-stream speed non-increasing
+  in N; a noisy sweep that breaks either is replaced by its monotone fit (isotonic regression), labelled so.
 - Another count of a swept model: a and b by least squares (relative) on its own points. Predicted; band: the
   largest leave-one-point-out error on the device's sweeps.
 - A model not swept on the device: a + b = one stream's step from the device's scaling model (scaling.py:
@@ -39,6 +41,7 @@ from fleetfit.v1.words import PROVENANCE
 INTERACTIVE_TPS = 8.0  # per stream: the interactive use's speed (tables' interactive_tps, fit --streams)
 PROMPT_TOKENS, RESPONSE_TOKENS = 256, 256  # the request shape the serving table answers for by default
 MEMORY_LIMIT = 0.95  # of the device's memory: fit's does_not_fit band
+NOISY_SWEEP = " (monotone fit of a noisy sweep)"
 EXTRAPOLATION = 8  # predictions go at most this many times past the largest count swept on the device
 
 
@@ -128,8 +131,8 @@ class Curve:
 
     @property
     def monotonic(self) -> bool:
-        """Aggregate speed never falls as streams are added (noise can make it)."""
-        return all(b.aggregate_tps >= a.aggregate_tps for a, b in zip(self.points, self.points[1:]))
+        """Whether the sweep as measured was monotone (noise can make it not: its points are then a monotone fit)."""
+        return not any(p.source.endswith(NOISY_SWEEP) for p in self.points)
 
 
 def curves(results: list[pb.ProfileResult], device_id: str | None = None) -> list[Curve]:
@@ -143,10 +146,34 @@ def curves(results: list[pb.ProfileResult], device_id: str | None = None) -> lis
         by_count = {p.streams: p for p in map(_sweep_point, r.serving) if p is not None}  # the last of a repeated N
         if not by_count:
             continue
-        if 1 not in by_count and (one := _one_stream_point(r)) is not None:
+        if (one := _one_stream_point(r)) is not None:  # one stream is the run's own decode: what `limits speed` shows
             by_count[1] = one
-        out.append(Curve(*key, r, tuple(by_count[n] for n in sorted(by_count))))
+        out.append(Curve(*key, r, monotone([by_count[n] for n in sorted(by_count)])))
     return out
+
+
+def monotone(points: list[SweepPoint]) -> tuple[SweepPoint, ...]:
+    """A sweep as physics allows it: aggregate speed never falling as streams are added (isotonic regression: pool
+    adjacent violators) and per-stream speed never rising (each count's aggregate at most the previous one's scaled
+    by the counts). Noise makes a measured sweep break both; a point moved says so in its source."""
+    blocks: list[list] = []  # [sum of aggregates, how many, first index]
+    for i, p in enumerate(points):
+        blocks.append([p.aggregate_tps, 1, i])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, n, _ = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += n
+    fitted = [total / n for total, n, _ in blocks for _ in range(n)]
+    out, previous = [], None
+    for p, aggregate in zip(points, fitted):
+        if previous is not None:
+            aggregate = min(aggregate, previous.aggregate_tps * p.streams / previous.streams)
+        per_stream = min(p.per_stream_tps, aggregate, previous.per_stream_tps if previous else math.inf)
+        moved = abs(aggregate - p.aggregate_tps) > 1e-9 * p.aggregate_tps or per_stream != p.per_stream_tps
+        previous = dataclasses.replace(p, aggregate_tps=aggregate, per_stream_tps=per_stream, source=p.source + (
+            NOISY_SWEEP if moved else ""))
+        out.append(previous)
+    return tuple(out)
 
 
 # -- the step-time line t(N) = a + b·N -------------------------------------------------------------------------

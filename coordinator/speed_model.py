@@ -97,6 +97,7 @@ class Sample:
     tps: float
     backend: str = DEFAULT_BACKEND
     label: str = ""  # where it came from (model and precision, a result id), for the text of a prediction
+    weight: float = 1.0  # how much the fit trusts it: below 1 for a point whose repetitions spread widely
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +110,7 @@ class SpeedModel:
     layer_s: float
     token_s: float
     fitted_on: tuple[str, ...]  # the samples' labels
+    left_out: tuple[str, ...] = ()  # terms the samples could not support, each with why
 
     def rate(self, kind: str) -> tuple[float, str]:
         """Seconds per unit of `kind`, borrowed when never measured: from the nearest measured type in bits of the
@@ -147,7 +149,8 @@ class SpeedModel:
         ctx = ", ".join(f"KV read {1 / v / 1e9:.1f} GB/s" if k == "KV bytes" else
                         f"attention {1 / v / 1e9:.1f} GFLOP/s"
                         for k, v in self.context_s_per_unit.items() if v > 0) or "no context term"
-        return f"{rates}; {ctx}; {self.layer_s * 1e6:.0f} µs/layer + {self.token_s * 1e6:.0f} µs/token"
+        left = f"; left out: {'; '.join(self.left_out)}" if self.left_out else ""
+        return f"{rates}; {ctx}; {self.layer_s * 1e6:.0f} µs/layer + {self.token_s * 1e6:.0f} µs/token{left}"
 
 
 def nnls(a: np.ndarray, b: np.ndarray, iterations: int = 500) -> np.ndarray:
@@ -195,10 +198,14 @@ def _merged_kinds(samples: list[Sample], phase: str) -> dict[str, str]:
 
 
 def fit(samples: list[Sample], phase: str = "decode") -> SpeedModel | None:
-    """Non-negative least squares on relative error: Σ_i (t_i · predicted_seconds_i − 1)², t_i the measured
-    tokens/s. Terms the samples cannot separate are left out rather than guessed: without a run at depth (4x the
-    positions of another) no context term; with depth runs of one GQA ratio only, KV bytes and attention FLOPs
-    grow together, and the FLOPs stand for both; with one layer count, no per-layer term."""
+    """Non-negative least squares on relative error: Σ_i w_i (t_i · predicted_seconds_i − 1)², t_i the measured
+    tokens/s, w_i the sample's weight. Terms the samples cannot separate are left out rather than guessed (and the
+    model says which): without a run at depth (4x the positions of another) no context term; with depth runs of
+    one GQA ratio only, KV bytes and attention FLOPs grow together, and the FLOPs stand for both; with one layer
+    count, no per-layer term; with one architecture, no per-token term (a fixed cost cannot be told from the cost
+    of its bytes, and a constant would answer every size alike); never more terms than distinct samples. Physics
+    first: the weights' cost must carry the fit. Where the fixed terms took it all (noise can make the weights'
+    term look free), they are dropped and the weights fitted alone, so that a larger model is always slower."""
     samples = [s for s in samples if s.tps > 0]
     if not samples:
         return None
@@ -215,15 +222,38 @@ def fit(samples: list[Sample], phase: str = "decode") -> SpeedModel | None:
     scale = a.max(axis=0)
     scale[scale == 0] = 1
     use = np.ones(a.shape[1], bool)
+    left_out = []
     first = min(s.positions for s in samples)
     deep = [s for s in samples if s.positions >= 4 * first]  # runs at depth: they separate the context terms
     for i, kind in enumerate(context_kinds):
         ratios = {s.arch.kv_dim / s.arch.q_dim for s in deep}
         use[len(kinds) + i] = bool(deep) and (kind == "attention FLOPs" or len(ratios) > 1)
+    n_archs = len({s.arch.name for s in samples})
     use[-2] = len({s.arch.n_layers for s in samples}) > 1
+    use[-1] = n_archs > 1
+    if n_archs < 2:
+        left_out.append("per-token and per-layer costs (one architecture measured: they cannot be told from the "
+                        "cost of its bytes)")
+    distinct = len({(s.arch.name, s.quant, round(s.positions)) for s in samples})
+    for i, what in ((a.shape[1] - 1, "per-token cost"), (a.shape[1] - 2, "per-layer cost")):
+        if use.sum() > distinct and use[i]:
+            use[i] = False
+            left_out.append(f"{what} (more terms than the {distinct} distinct runs)")
     t = np.array([s.tps for s in samples])
-    x = np.zeros(a.shape[1])
-    x[use] = nnls((a[:, use] / scale[use]) * t[:, None], np.ones(len(samples))) / scale[use]
+    root_w = np.sqrt([max(s.weight, 1e-6) for s in samples])
+
+    def solve(use: np.ndarray) -> np.ndarray:
+        x = np.zeros(a.shape[1])
+        x[use] = nnls((a[:, use] / scale[use]) * (t * root_w)[:, None], root_w) / scale[use]
+        return x
+
+    x = solve(use)
+    if not (x[:len(kinds)] > 0).any() and (use[-2] or use[-1]):
+        use[-2:] = False
+        left_out.append("per-token and per-layer costs (they took up the whole fit, leaving the weights free: "
+                        "refitted on the weights alone)")
+        x = solve(use)
     rates = {k: float(x[kinds.index(merged[k])]) for k in merged}
     context_rates = {k: float(x[len(kinds) + i]) for i, k in enumerate(context_kinds)}
-    return SpeedModel(phase, rates, context_rates, float(x[-2]), float(x[-1]), tuple(s.label for s in samples))
+    return SpeedModel(phase, rates, context_rates, float(x[-2]), float(x[-1]), tuple(s.label for s in samples),
+                      tuple(left_out))

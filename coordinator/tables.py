@@ -575,7 +575,8 @@ def deployment(fleet: Fleet, options: dict[str, str]) -> TableData:
     for name, dm in _ladder_devices(fleet):
         for quant in dict.fromkeys(p.quant for p in dm.points):
             found = largest(fleet, dm, quant, interactive)
-            streams = _streams_per_device(found[1]) if found else (None, 0, None)
+            streams = _streams_per_device(found[1]) if found else \
+                (None, 0, f"no catalogued model decodes at ≥{interactive:g} tok/s here")
             rows.append([name, dm.backend, quant,
                          f"{dm.device.ram_total_bytes / 1e9:.1f}" if dm.device.ram_total_bytes else None,
                          *(_largest_text(fleet, dm, quant, tps) for _, tps in uses), _largest_text(fleet, dm, quant),
@@ -612,7 +613,8 @@ def recommendations(fleet: Fleet, options: dict[str, str]) -> TableData:
         wanted = max(1, round(users * active))
         for name, dm, quant, found, streams in choices:
             if found is None:
-                rows.append([scale, users, wanted, name, dm.backend, None, None, None, None, None, None, None, None])
+                rows.append([scale, users, wanted, name, dm.backend, None, None, None, None, None, None,
+                             f"no catalogued model decodes at ≥{interactive:g} tok/s here"])
                 continue
             arch, a = found
             cell, per_device, how = streams

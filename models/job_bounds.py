@@ -28,6 +28,9 @@ MAX_SWEEP_KV_TOKENS = 262_144  # e.g. 256 streams of 1024 tokens, or 8 of 32768
 # device's calibration): short, so that a ladder of models takes minutes; (n_prompt, n_gen, repetitions). Three
 # repetitions of 32 tokens: two of 16 spread ±5..38 % on a shared 2-core VM, as large as the errors being fitted.
 CALIBRATION_RUN = (64, 32, 3)
+# A calibration run whose repetitions spread more than this (coefficient of variation) is noisy: `limits probe`
+# measures it again, and the coordinator's scaling model down-weights it and widens bands (coordinator/scaling.py).
+NOISE_CV = 0.10
 MAX_CONTEXT_TOKENS = 131_072  # one stream's context: decode_depth + n_prompt + n_gen
 DEPTH_BACKENDS = ("llama.cpp",)  # the backends that run a test at depth
 COMPUTE_DEVICE = re.compile(r"(|auto|cpu|cuda|cuda:\d{1,3})")

@@ -128,3 +128,16 @@ def test_sigterm_ends_a_probe_with_its_worker_and_deletes_the_file_it_measured(t
     assert not alive
     assert not list((tmp_path / "synthetic").iterdir())  # the file and the probe's own directory
     assert b"Traceback" not in agent.stderr.read()
+
+
+def test_passes_walk_the_ladder_again_and_a_noisy_rung_is_measured_again(tmp_path):
+    """--passes 2 measures each rung twice (the coordinator pools the repetitions and takes their median); a run
+    whose repetitions spread over NOISE_CV is noisy (measured again, up to the bound), one that repeats is not."""
+    settings = probe.ProbeSettings(n_prompt=8, n_gen=2, repetitions=1, threads=2, passes=2)
+    results = probe.probe(["smollm2-135m"], ["Q4_0"], "dev-1", tmp_path, settings)
+    assert [(r.model_name, r.quant) for r in results] == [("smollm2-135m", "Q4_0")] * 2
+    assert all(not r.failure and r.decode_tokens_per_s.mean > 0 for r in results)
+    assert len({r.result_id for r in results}) == 2
+    for samples, noisy in (([100.0, 101.0, 99.0], False), ([5.2, 301.0, 256.3], True), ([100.0], False)):
+        r = pb.ProfileResult(decode_tokens_per_s=pb.Stat(mean=sum(samples) / len(samples), samples=samples))
+        assert probe._noisy(r) is noisy

@@ -42,6 +42,12 @@ app.add_typer(service_app, name="service")
 
 CacheDir = Annotated[Optional[pathlib.Path], typer.Option(envvar="FLEETFIT_CACHE_DIR", help="Model cache directory.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+CacheLimit = Annotated[Optional[str], typer.Option(
+    "--cache-limit", envvar="FLEETFIT_CACHE_LIMIT",
+    help="Most the cache's model files may take: a size (20GB, 512MiB) or a percentage of the free disk (25%); "
+         "least recently used files are evicted, never one in use (default: half the room the disk leaves it).")]
+NoWait = Annotated[bool, typer.Option(
+    "--no-wait", help="When this device's agent runs a job now, say so and exit instead of waiting for it.")]
 IdentityPath = Annotated[Optional[pathlib.Path], typer.Option(
     "--identity", envvar="FLEETFIT_IDENTITY", help="Credentials file (default ~/.config/fleetfit/agent-identity.json).")]
 Insecure = Annotated[bool, typer.Option("--insecure", envvar="FLEETFIT_INSECURE",
@@ -78,6 +84,24 @@ def _cache(cache_dir: Optional[pathlib.Path]) -> pathlib.Path:
     from fleetfit.agent.model_cache import default_cache_dir
 
     return cache_dir or default_cache_dir()
+
+
+def _cache_limit(cache_dir: Optional[pathlib.Path], asked: Optional[str]) -> int:
+    from fleetfit.agent.model_cache import cache_limit_bytes
+
+    return cache_limit_bytes(_cache(cache_dir), asked)
+
+
+def _run_lock(identity_path: Optional[pathlib.Path], what: str, no_wait: bool):
+    """The device's run lock for a local run, taken as the agent's jobs take it: wait (saying so) or refuse."""
+    from fleetfit.agent import identity
+    from fleetfit.agent.daemon import run_lock_path
+    from fleetfit.agent.model_cache import busy
+
+    def waiting(holder: str) -> None:
+        typer.echo(f"waiting: this device is busy ({holder}); --no-wait to refuse instead", err=True)
+
+    return busy(run_lock_path(identity_path or identity.default_path()), what, wait=not no_wait, waiting=waiting)
 
 
 def _to_json(message) -> str:
@@ -256,6 +280,39 @@ def models_list(cache_dir: CacheDir = None, as_json: Json = False) -> None:
         typer.echo(f"{name:<16} {quant:<8} {size / 2**20:9.1f} MiB  {path}")
 
 
+@models_app.command("rm")
+@user_errors
+def models_rm(
+    name: Annotated[Optional[str], typer.Argument(help="A cached model's name (every precision of it).")] = None,
+    quant: Annotated[Optional[str], typer.Option(help="Only this precision of NAME.")] = None,
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="Every synthetic file in the cache.")] = False,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Remove model files from the cache (a file a run reads now is kept, said on one line; exit 1)."""
+    from fleetfit.agent.model_cache import cached_models, remove
+    from fleetfit.models.quants import parse_quant
+
+    if (name is None) == (not synthetic):
+        _fail("name a model, or --synthetic for every synthetic file (not both)")
+    wanted = parse_quant(quant) if quant else None
+    cache = _cache(cache_dir)
+    rows = [r for r in cached_models(cache) if (r[2].parent.name == "synthetic" if synthetic else r[0] == name)
+            and wanted in (None, r[1])]
+    if not rows:
+        _fail(f"nothing to remove: no {'synthetic files' if synthetic else repr(name)}"
+              f"{f' at {wanted}' if wanted else ''} in {cache} (`fleetfit-agent models list` shows what is there)")
+    kept = 0
+    for n, q, path, size in rows:
+        if remove(path):
+            typer.echo(f"removed {n} {q} ({size / 2**20:.1f} MiB) {path}")
+        else:
+            kept += 1
+            typer.echo(f"error: {n} {q} is in use (a job or profile runs it, or it is being made): kept {path}",
+                       err=True)
+    if kept:
+        raise typer.Exit(1)
+
+
 @limits_app.command("probe")
 @user_errors
 def limits_probe(
@@ -272,6 +329,8 @@ def limits_probe(
     cache_dir: CacheDir = None,
     identity_path: IdentityPath = None,
     as_json: Json = False,
+    cache_limit: CacheLimit = None,
+    no_wait: NoWait = False,
 ) -> None:
     """Synthesize, profile (under a memory cap) and delete each size; record what fits, per precision. A size
     whose repetitions spread over 10 % is measured again (twice at most).
@@ -301,7 +360,12 @@ def limits_probe(
     settings = probe.ProbeSettings(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, threads=threads,
                                    passes=passes)
     device_id = enrolled.device_id if enrolled else inventory.default_device_id()
-    with progress.bar("limits probe: sizes x precisions", total=passes * len(size_list) * len(quant_list)) as advance:
+    from fleetfit.agent.model_cache import trim
+
+    trim(_cache(cache_dir), _cache_limit(cache_dir, cache_limit))  # room for its rungs, within the cache's limit
+    with _run_lock(path, "fleetfit-agent limits probe", no_wait), \
+            progress.bar("limits probe: sizes x precisions", total=passes * len(size_list) * len(quant_list)) \
+            as advance:
         def keep(result) -> None:
             if outbox is not None:
                 outbox.put(pb.ReportResultRequest(result=result))  # durable before anything else happens
@@ -363,8 +427,12 @@ def profile(
                                                                "result (the whole result as JSON, with its sweep "
                                                                "as the list `serving`).")] = "md",
     as_json: Annotated[bool, typer.Option("--json", help="The same as -o json.")] = False,
+    cache_limit: CacheLimit = None,
+    identity_path: IdentityPath = None,
+    no_wait: NoWait = False,
 ) -> None:
-    """Measure load time, TTFT, prefill and decode tokens/s and peak memory, each run in a child process."""
+    """Measure load time, TTFT, prefill and decode tokens/s and peak memory, each run in a child process. On a device
+    whose agent runs a job now, it waits for that job (--no-wait: says so and exits)."""
     from fleetfit.agent import inventory, profiling, report
     from fleetfit.v1 import records
 
@@ -378,7 +446,10 @@ def profile(
         _fail(str(exc))
     request = profiling.make_request(model, quant, backend, n_prompt, n_gen, repetitions, threads, timeout,
                                      idle_baseline, compute_device, gpu_layers, stream_counts, decode_depth)
-    result = profiling.profile(request, device_id or inventory.default_device_id(), _cache(cache_dir))
+    limit = _cache_limit(cache_dir, cache_limit)
+    with _run_lock(identity_path, f"fleetfit-agent profile --model {model}", no_wait):
+        result = profiling.profile(request, device_id or inventory.default_device_id(), _cache(cache_dir),
+                                   cache_limit_bytes=limit)
     if output == "md":
         typer.echo(report.markdown([result]))
     elif output == "result":
@@ -537,10 +608,12 @@ def run(
         "--outbox", envvar="FLEETFIT_OUTBOX", help="Durable outbox (default: beside the credentials).")] = None,
     allow_dir: Annotated[Optional[list[pathlib.Path]], typer.Option(
         "--allow-dir", help="A directory whose model files jobs may name (repeatable).")] = None,
+    cache_limit: CacheLimit = None,
 ) -> None:
-    """Run the profiles the coordinator asks for, until SIGTERM or Ctrl-C (enrolled by `join` or --token)."""
+    """Run the profiles the coordinator asks for, until SIGTERM or Ctrl-C (enrolled by `join` or --token): one at a
+    time, each under this device's run lock (a local `profile` waits for it)."""
     from fleetfit.agent import identity
-    from fleetfit.agent.daemon import CredentialsRefused, LockError, hold_lock, serve_jobs
+    from fleetfit.agent.daemon import CredentialsRefused, LockError, hold_lock, run_lock_path, serve_jobs
     from fleetfit.agent.outbox import Outbox, OutboxError, path_beside
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fleetfit-agent %(message)s", stream=sys.stderr)
@@ -557,6 +630,7 @@ def run(
         if not (coordinator or (found and found.coordinator)):
             _fail("--coordinator is required to join")
         found = _join(coordinator or found.coordinator, token, device_id, insecure, False, path, connect_timeout)
+    limit = _cache_limit(cache_dir, cache_limit) if cache_limit else None  # None: the default, at each job
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())  # give back a job just leased, or finish the current one
@@ -567,7 +641,8 @@ def run(
     if coordinator:
         found = dataclasses.replace(found, coordinator=coordinator)
     try:
-        serve_jobs(found, _cache(cache_dir), stop, outbox, connect_timeout, allowed_dirs=list(allow_dir or []))
+        serve_jobs(found, _cache(cache_dir), stop, outbox, connect_timeout, allowed_dirs=list(allow_dir or []),
+                   run_lock=run_lock_path(path), cache_limit_bytes=limit)
     except CredentialsRefused as exc:  # the one thing a restart cannot cure (exit 2: systemd does not restart)
         _fail(str(exc))
     finally:

@@ -5,6 +5,10 @@ the lease's fencing token. Each result goes to the durable outbox before it is s
 coordinator restart nor an agent crash loses it. Jobs are declarative: a job names a catalogue, real or cached
 model, or a file that lies in a directory the device's owner allowed (--allow-dir). Each job has one deadline
 (its timeout) over every phase, and a stop request (SIGTERM) ends the running job within a few seconds.
+The agent runs one job at a time, under the device's run lock (a local `fleetfit-agent profile` takes it too, so
+the two never compete for memory). A job whose campaign the operator cancels hears of it in its lease's heartbeat:
+it is stopped like a SIGTERM stops it, the files it made in the cache are removed, and it is reported (cancelled).
+After each job the cache is trimmed to its limit (model_cache.trim).
 
 The agent registers before its capability trials (so it is listed at once, as probing), stays in contact while
 they run, and registers again with their results before it takes a job.
@@ -15,6 +19,7 @@ Only refused credentials (UNAUTHENTICATED or PERMISSION_DENIED on Register or Po
 device's) end `run`, with exit status 2, which the systemd unit does not restart.
 """
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -25,7 +30,7 @@ import uuid
 
 import grpc
 
-from fleetfit.agent import device_probe, inventory, profiling
+from fleetfit.agent import device_probe, inventory, model_cache, profiling
 from fleetfit.agent.backends import registry
 from fleetfit.agent.identity import Identity
 from fleetfit.agent.outbox import Outbox, backoff_s, deliver, flush
@@ -174,11 +179,14 @@ def _register_after_trials(stub, pending: pb.RegisterRequest, stop: threading.Ev
 
 
 def run_job(job: pb.Job, device_id: str, cache_dir: pathlib.Path,
-            allowed_dirs: list[pathlib.Path] = (), stop: threading.Event | None = None) -> pb.ProfileResult:
+            allowed_dirs: list[pathlib.Path] = (), stop: threading.Event | None = None,
+            cache_limit_bytes: int | None = None) -> pb.ProfileResult:
     """Always a result: bad input inside a job is reported as a failed result, and the daemon stays up. Files the
-    job names must lie inside `allowed_dirs`; `stop` (SIGTERM) ends the job within a few seconds."""
+    job names must lie inside `allowed_dirs`; `stop` (SIGTERM, or the job's cancellation) ends the job within a
+    few seconds."""
     try:
-        return profiling.profile(job.request, device_id, cache_dir, allowed_dirs=list(allowed_dirs), stop=stop)
+        return profiling.profile(job.request, device_id, cache_dir, allowed_dirs=list(allowed_dirs), stop=stop,
+                                 cache_limit_bytes=cache_limit_bytes)
     except ModelError as exc:  # ProfileInputError included
         error = str(exc)
     except Exception as exc:  # a bug must not take the daemon down: report it and keep serving
@@ -240,20 +248,44 @@ def _connect(identity: Identity, stop: threading.Event, timeout_s: float, quiet:
     return None
 
 
+class JobStop:
+    """What ends a running job: the agent's stop request (SIGTERM) or the job's cancellation; read as an Event by
+    the job's Deadline, whose messages give `reason`."""
+
+    def __init__(self, stop: threading.Event, cancelled: threading.Event):
+        self.stop, self.cancelled = stop, cancelled
+
+    def is_set(self) -> bool:
+        return self.stop.is_set() or self.cancelled.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while not self.is_set() and (left := end - time.monotonic()) > 0:
+            self.stop.wait(min(left, 0.1))
+        return self.is_set()
+
+    @property
+    def reason(self) -> str:
+        return CANCELLED if self.cancelled.is_set() else "the agent was asked to stop"
+
+
+CANCELLED = "cancelled by the operator (fleetfit campaign cancel)"
+
+
 class LeaseKeeper(threading.Thread):
     """Renews a job's lease every third of its length (at least every CONTACT_S) until stopped; notes when the
-    lease was lost."""
+    lease was lost, and sets `cancelled` when the coordinator says the job was cancelled."""
 
     def __init__(self, stub, device_id: str, job: pb.Job, quiet: QuietLog):
         super().__init__(daemon=True)
         self.stub, self.job, self.quiet = stub, job, quiet
         self.request = pb.HeartbeatRequest(device_id=device_id, job_id=job.job_id, fence=job.fence)
-        self.done, self.lost = threading.Event(), False
+        self.done, self.lost, self.cancelled = threading.Event(), False, threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(max(min(self.job.lease_s / 3, CONTACT_S), 0.05)):
             try:
-                self.stub.Heartbeat(self.request, timeout=min(CALL_TIMEOUT_S, max(self.job.lease_s / 3, 1.0)))
+                reply = self.stub.Heartbeat(self.request, timeout=min(CALL_TIMEOUT_S, max(self.job.lease_s / 3, 1.0)))
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                     log.warning("lease on job %s lost: %s", self.job.job_id, exc.details())
@@ -262,14 +294,47 @@ class LeaseKeeper(threading.Thread):
                 self.quiet.failed("heartbeat", _failure("heartbeat", exc))
             else:
                 self.quiet.ended("heartbeat")
+                if reply.cancelled and not self.cancelled.is_set():
+                    log.info("job %s was cancelled: stopping it", self.job.job_id)
+                    self.cancelled.set()
+
+
+def run_lock_path(identity_path: pathlib.Path) -> pathlib.Path:
+    """The device's run lock (model_cache.busy): beside its credentials, so every process of this enrolled device
+    (the agent's jobs, its owner's `profile`) takes the same one."""
+    return identity_path.with_name(identity_path.name + ".busy")
+
+
+def _run_leased(job: pb.Job, keeper: LeaseKeeper, device_id: str, cache_dir: pathlib.Path, stop: threading.Event,
+                allowed_dirs, run_lock: pathlib.Path | None, cache_limit_bytes: int | None) -> pb.ProfileResult:
+    """Run a leased job under the device's run lock; a cancelled job's new cache files are removed."""
+    job_stop = JobStop(stop, keeper.cancelled)
+    before = {path for *_, path, _ in model_cache.cached_models(cache_dir)}
+    what = f"job {job.job_id} ({job.request.model.name or 'a file'} {job.request.quant})"
+    try:
+        with model_cache.busy(run_lock, what, stop=job_stop,
+                              waiting=lambda holder: log.info("job %s waits: %s", job.job_id, holder)) \
+                if run_lock else contextlib.nullcontext():
+            result = run_job(job, device_id, cache_dir, allowed_dirs, job_stop, cache_limit_bytes)
+    except model_cache.BusyError as exc:  # stopped (or cancelled) while waiting for the owner's own run
+        result = pb.ProfileResult(result_id=str(uuid.uuid4()), device_id=device_id, request=job.request,
+                                  failure=pb.FAILURE_KIND_ERROR, error=f"{job_stop.reason} while waiting: {exc}",
+                                  started_unix_s=time.time())
+    if keeper.cancelled.is_set():
+        made = [path for *_, path, _ in model_cache.cached_models(cache_dir) if path not in before]
+        removed = [path.name for path in made if model_cache.remove(path)]
+        log.info("job %s cancelled%s", job.job_id, f"; removed {', '.join(removed)}" if removed else "")
+    return result
 
 
 def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Event, outbox: Outbox,
                connect_timeout_s: float = 10.0, poll_wait_s: float = 5.0,
-               allowed_dirs: list[pathlib.Path] = ()) -> int:
+               allowed_dirs: list[pathlib.Path] = (), run_lock: pathlib.Path | None = None,
+               cache_limit_bytes: int | None = None) -> int:
     """Run until `stop` is set, whatever the coordinator does (see the module's doc); returns the number of jobs
     run. CredentialsRefused when the coordinator refuses this agent's credentials. On stop, a job just leased is
-    given back and a running one is ended (its worker killed) and reported as stopped."""
+    given back and a running one is ended (its worker killed) and reported as stopped. `run_lock`: the device's
+    (run_lock_path); `cache_limit_bytes`: the cache's limit (None: model_cache's default)."""
     device_id, quiet = identity.device_id, QuietLog()
     channel = _connect(identity, stop, connect_timeout_s, quiet)
     if channel is None:
@@ -315,7 +380,8 @@ def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Even
             keeper = LeaseKeeper(stub, device_id, job, quiet)
             keeper.start()
             try:
-                result = run_job(job, device_id, cache_dir, allowed_dirs, stop)
+                result = _run_leased(job, keeper, device_id, cache_dir, stop, allowed_dirs, run_lock,
+                                     cache_limit_bytes)
             finally:
                 keeper.done.set()
                 keeper.join()

@@ -46,8 +46,9 @@ class Deadline:
 
     def check(self, phase: str) -> None:
         """WorkerFailure("stopped" | "timeout") when the job must end now."""
-        if self.stop is not None and self.stop.is_set():
-            raise WorkerFailure("stopped", f"the agent was asked to stop during the {phase}")
+        if self.stop is not None and self.stop.is_set():  # a stop says why when it can (a cancelled job)
+            why = getattr(self.stop, "reason", None) or "the agent was asked to stop"
+            raise WorkerFailure("stopped", f"{why} during the {phase}")
         if self.remaining_s() <= 0:
             raise WorkerFailure("timeout", f"no result within the job's limit of {self.limit_s:g} s "
                                            f"(reached during the {phase})")

@@ -17,7 +17,9 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import stat
+import time
 import uuid
 
 from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
@@ -246,3 +248,136 @@ def resolve(ref: str, quant: str | None, cache_dir: pathlib.Path, threads: int,
         if quant != model.quant:
             derive(base, quant, target, threads, deadline)
     return ResolvedModel(name=model.name, path=target, origin="real" if quant == model.quant else "derived")
+
+
+# ---------------------------------------------------------------- a bounded cache
+
+# Synthetic and derived files are remade on demand, so the cache keeps them only up to a limit: by default this
+# fraction of the room the disk leaves it (free space plus what the cache holds now), so it never takes more than
+# half of what it could. `--cache-limit` / FLEETFIT_CACHE_LIMIT set it: a size (20GB, 512MiB) or a percentage (25%).
+DEFAULT_CACHE_FRACTION = 0.5
+SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(%|b|kb|mb|gb|tb|kib|mib|gib|tib)\s*", re.IGNORECASE)
+UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+         "tib": 2**40}
+
+
+def cache_bytes(cache_dir: pathlib.Path) -> int:
+    """What the cache's model files take (models/ and synthetic/, as `models list` shows them)."""
+    return sum(size for *_, size in cached_models(cache_dir))
+
+
+def cache_limit_bytes(cache_dir: pathlib.Path, asked: str | None = None) -> int:
+    """The cache's size limit: `asked` (a size with a unit, or a percentage of the room the disk leaves the cache),
+    else DEFAULT_CACHE_FRACTION of that room; a one-line ModelError for text that is neither."""
+    m = SIZE.fullmatch(asked or "")
+    if asked and not m:
+        raise ModelError(f"cache limit {asked[:40]!r} is not a size with a unit (e.g. 20GB, 512MiB) or a "
+                         "percentage of the free disk (e.g. 25%)")
+    if m and m.group(2) != "%":
+        return int(float(m.group(1)) * UNITS[m.group(2).lower()])
+    fraction = float(m.group(1)) / 100 if m else DEFAULT_CACHE_FRACTION
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return int(fraction * (shutil.disk_usage(cache_dir).free + cache_bytes(cache_dir)))
+
+
+def is_shipped(name: str, quant: str) -> bool:
+    """A real model as its package ships it (fetched, not derived): evicted only when it alone is over the limit."""
+    model = real_models.REAL_MODELS.get(name)
+    return model is not None and model.quant == quant
+
+
+def _lock_path(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def in_use(cache_dir: pathlib.Path, path: str | os.PathLike | None):
+    """Hold a shared lock on a cache file while a run reads it (eviction and `models rm` skip it), and mark it used
+    now (its access time: the cache evicts least recently used first). A file outside the cache is left alone."""
+    path = pathlib.Path(path) if path else None
+    if path is None or pathlib.Path(cache_dir).resolve() not in path.resolve().parents:
+        yield
+        return
+    with open(_lock_path(path), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        if not path.is_file():  # evicted between its making and this lock: rare, and said so
+            raise ModelError(f"{path.name} was removed from the cache (evicted, or `models rm`) before it ran; "
+                             "run again to make it anew")
+        os.utime(path, (time.time(), path.stat().st_mtime))
+        yield
+
+
+def remove(path: pathlib.Path) -> bool:
+    """Delete a cache file unless a run reads it or a process is making it (its lock is held): True when removed."""
+    with open(_lock_path(path), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return True
+
+
+def trim(cache_dir: pathlib.Path, limit_bytes: int, keep: set[pathlib.Path] = frozenset()
+         ) -> list[tuple[str, str, pathlib.Path, int]]:
+    """Evict files, least recently used first, until the cache holds at most `limit_bytes`: never one in use or in
+    `keep` (the file the running job needs), and a shipped real model only once nothing else is left to evict.
+    Returns what was evicted."""
+    rows = cached_models(cache_dir)
+    total = sum(size for *_, size in rows)
+
+    def last_used(row) -> float:
+        try:
+            return row[2].stat().st_atime
+        except OSError:
+            return 0.0
+
+    evicted = []
+    for row in sorted(rows, key=lambda r: (is_shipped(r[0], r[1]), last_used(r))):
+        if total <= limit_bytes:
+            break
+        if row[2] not in keep and remove(row[2]):
+            total -= row[3]
+            evicted.append(row)
+    return evicted
+
+
+# ---------------------------------------------------------------- one job at a time on a device
+
+@contextlib.contextmanager
+def busy(lock_path: pathlib.Path, what: str, wait: bool = True, stop=None, waiting=None):
+    """Hold the device's run lock (`lock_path`) while one job or local profile runs, so that the agent's jobs and
+    the owner's own `profile` never compete for its memory. Taken by whoever comes first; the other waits (or, with
+    `wait` False, raises BusyError naming who holds it). `stop` (an event) ends a wait with BusyError; `waiting`
+    is called once with the holder's description when this call has to wait."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another fleetfit-agent process"
+                if not wait or (stop is not None and stop.is_set()):
+                    raise BusyError(f"this device is busy: {holder}") from None
+                if not told and waiting is not None:
+                    waiting(holder)
+                told = True
+                if stop is not None:
+                    stop.wait(0.2)
+                else:
+                    time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} runs {what}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # the kernel drops the lock however this process ends
+
+
+class BusyError(ModelError):
+    """Another process runs a job or profile on this device now; the message says which."""

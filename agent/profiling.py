@@ -15,7 +15,7 @@ from fleetfit.agent.backends import registry
 from fleetfit.agent.backends.base import (Backend, ProfileInputError, RunFigures, RunTarget, ServingFigures,
                                           WorkerJob, serving_phase)
 from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
-from fleetfit.models import catalogue, job_bounds
+from fleetfit.models import catalogue, job_bounds, real_models, synth
 from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.models.errors import ModelError, NoRoomError
 from fleetfit.models.gguf_file import sha256_of
@@ -107,10 +107,12 @@ def validate(request: pb.ProfileRequest) -> tuple[Backend, str | None]:
 
 def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
             memory_limit_bytes: int | None = None, allowed_dirs: list[pathlib.Path] | None = None,
-            stop: threading.Event | None = None) -> pb.ProfileResult:
+            stop: threading.Event | None = None, cache_limit_bytes: int | None = None) -> pb.ProfileResult:
     """Run the request. Bad input raises ProfileInputError or ModelError; a run that fails, passes the request's
     timeout (in any phase: baseline, fetch, derive, synthesis, load, run) or is stopped is a failed result.
-    `allowed_dirs`: a job's, where only files inside them may be named; None: the owner's own command."""
+    `allowed_dirs`: a job's, where only files inside them may be named; None: the owner's own command. Once its
+    model file is made, the cache is trimmed to `cache_limit_bytes` (None: the default limit), never evicting that
+    file, which is held in use while it runs."""
     backend, precision = validate(request)
     probes = device_probe.probes(cache_dir)  # once per device (then cached), of fixed size: before the job's clock
     deadline = Deadline.after(request.timeout_s or DEFAULT_TIMEOUT_S, stop)
@@ -123,10 +125,15 @@ def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
     )
     start = time.monotonic()
     target = None
+    limit = model_cache.cache_limit_bytes(cache_dir) if cache_limit_bytes is None else cache_limit_bytes
     try:
+        planned, need = _planned_synthetic(request, precision, backend, cache_dir)
+        model_cache.trim(cache_dir, max(limit - need, 0), keep={planned} if planned else set())  # room for it first
         target = backend.resolve(request, precision, cache_dir, threads, deadline, allowed_dirs)
-        _describe_model(result, target, allowed_dirs, deadline)
-        _measure(result, backend, target, WorkerJob(request, target, threads, str(cache_dir)), deadline, probes)
+        with model_cache.in_use(cache_dir, target.path if target.fd is None else None):
+            model_cache.trim(cache_dir, limit, keep={pathlib.Path(target.path)} if target.path else set())
+            _describe_model(result, target, allowed_dirs, deadline)
+            _measure(result, backend, target, WorkerJob(request, target, threads, str(cache_dir)), deadline, probes)
     except (WorkerFailure, NoRoomError) as exc:
         # NoRoomError: too little memory here for the model, found before loading it: out of memory, not an error
         result.failure = FAILURE_KINDS[exc.failure] if isinstance(exc, WorkerFailure) else pb.FAILURE_KIND_OOM
@@ -139,6 +146,22 @@ def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
             os.close(target.fd)
     result.wall_s = time.monotonic() - start
     return result
+
+
+def _planned_synthetic(request: pb.ProfileRequest, precision: str | None, backend: Backend,
+                       cache_dir: pathlib.Path) -> tuple[pathlib.Path | None, int]:
+    """The synthetic file a catalogue shape's job will write into the cache, and its size when it is not there yet
+    (known before writing it: the cache makes room for it first); (None, 0) for any other model."""
+    name = request.model.name
+    if (not name or request.model.HasField("shape") or name not in catalogue.CATALOGUE or precision is None
+            or name.lower() in real_models.REAL_MODELS or not backend.spec.takes_gguf_types()):
+        return None, 0
+    try:
+        quant = synth.supported_quant(precision)
+        path = model_cache.synthetic_file(cache_dir, name, quant)
+        return path, 0 if path.exists() else synth.plan_file(name, quant).file_bytes
+    except ModelError:  # not a precision synthesis writes: resolve says so
+        return None, 0
 
 
 def _describe_model(result: pb.ProfileResult, target: RunTarget, allowed_dirs: list[pathlib.Path] | None,

@@ -203,9 +203,9 @@ def holdout_architectures(args) -> int:
     print(f"decode band inside the ladder's span ±{dm.errors['decode'] or 0:.1%} (target ≤ ±{DECODE_BAND_TARGET:.0%}); "
           f"{'all targets met' if ok else 'some targets NOT met'}")
     mixtures = sorted({p.model for p in held if p.arch.is_moe})
-    if len(mixtures) > 1:  # a question about a mixture queues a calibration run of it (fit.extend_calibration)
+    if len(mixtures) > 1:  # a mixture measured on the device (`fleetfit calibrate DEVICE MODEL` runs one)
         print("\nmixtures of experts, each predicted by the ladder plus the other mixtures' runs (as after the "
-              "calibration run a question about one queues):")
+              "calibration run `fleetfit calibrate` makes of one):")
         rows = []
         for name in mixtures:
             others = [r for r in results if r.model_name in mixtures and r.model_name != name and not r.n_depth

@@ -1,7 +1,9 @@
 """fleetfit: the coordinator's command line. Commands parse options and call library code."""
 
+import contextlib
 import functools
 import os
+import sys
 import pathlib
 import time
 from typing import Annotated, Optional
@@ -286,13 +288,15 @@ def device_revoke(device_id: str, coordinator: Coordinator = DEFAULT_ADDRESS, st
 
 
 def _bar(status, width: int = 30) -> str:
-    total = status.done + status.running + status.failed + status.queued
+    total = status.done + status.running + status.failed + status.queued + status.cancelled
     if not total:
         return "[" + " " * width + "] no jobs"
-    cells = [("#", status.done), ("x", status.failed), (">", status.running)]
+    cells = [("#", status.done), ("x", status.failed), ("-", status.cancelled), (">", status.running)]
     bar = "".join(ch * round(width * n / total) for ch, n in cells)[:width]
-    return (f"[{bar:.<{width}}] {status.done + status.failed}/{total}  done {status.done}  running {status.running}"
-            f"  failed {status.failed}  queued {status.queued}")
+    ended = status.done + status.failed + status.cancelled
+    return (f"[{bar:.<{width}}] {ended}/{total}  done {status.done}  running {status.running}"
+            f"  failed {status.failed}  queued {status.queued}" +
+            (f"  cancelled {status.cancelled}" if status.cancelled else ""))
 
 
 def _model_refs(refs: list[str]) -> tuple[list[str], list]:
@@ -354,14 +358,58 @@ def profile(
     spec = pb.CampaignSpec(models=names, quants=split(quants), backends=split(backends), shapes=shapes,
                            template=pb.ProfileRequest(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
                                                       parallel=stream_counts))
-    reply = _fleet(coordinator, state_dir, ca, token).CreateCampaign(
-        pb.CreateCampaignRequest(selector=select, spec=spec, max_attempts=max_attempts), timeout=15)
-    from fleetfit.coordinator.render import clean
+    _create_campaign(_fleet(coordinator, state_dir, ca, token), select, spec, max_attempts)
 
+
+def _create_campaign(fleet, selector: str, spec, max_attempts: int = 0) -> None:
+    """Start a campaign (the one way work is queued from the command line) and say what it queued."""
+    from fleetfit.coordinator.render import clean
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    reply = fleet.CreateCampaign(pb.CreateCampaignRequest(selector=selector, spec=spec, max_attempts=max_attempts),
+                                 timeout=15)
     typer.echo(f"campaign {reply.campaign_id}: {len(reply.job_ids)} jobs on {len(reply.device_ids)} device(s)")
     for line in reply.skipped:
         typer.echo(f"  skipped {clean(line)}")
-    typer.echo(f"follow it with: fleetfit campaign status {reply.campaign_id} --watch")
+    typer.echo(f"follow it with: fleetfit campaign status {reply.campaign_id} --watch "
+               f"(stop it with: fleetfit campaign cancel {reply.campaign_id})")
+
+
+def _calibrate(fleet, device: Optional[str], model: str, quant: str, shape=None) -> None:
+    """A calibration campaign: one run of `model` at `quant` (llama.cpp, a synthetic file of its shape, the
+    calibration run shape) on `device` (id, display name or hostname), or on every device."""
+    from fleetfit.coordinator import devices as lookup
+    from fleetfit.models import job_bounds
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    selector = ""
+    if device:
+        try:
+            found = lookup.find(_pages(fleet.ListDevices, pb.ListDevicesRequest(), "devices"), device)
+        except lookup.DeviceLookupError as exc:
+            _fail(str(exc))
+        selector = f"device={found.inventory.device_id}"
+    n_prompt, n_gen, repetitions = job_bounds.CALIBRATION_RUN
+    spec = pb.CampaignSpec(models=[model], quants=[quant], backends=["llama.cpp"], shapes=[shape] if shape else [],
+                           template=pb.ProfileRequest(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions))
+    _create_campaign(fleet, selector, spec)
+
+
+@app.command()
+@user_errors
+def calibrate(
+    device: Annotated[str, typer.Argument(help="The device: its id, display name, or a hostname one device has.")],
+    model: Annotated[str, typer.Argument(help="A catalogue name, or a GGUF file / config.json read here.")],
+    quant: Annotated[str, typer.Option(help="Quant type.")] = "Q4_0",
+    coordinator: Coordinator = DEFAULT_ADDRESS,
+    state_dir: StateDir = None,
+    ca: Ca = None,
+    token: Token = None,
+) -> None:
+    """Measure MODEL on DEVICE (a synthetic file of its shape, the calibration run shape) so that `fit` answers for
+    it rest on a run of it there: an ordinary campaign (`campaigns`, `campaign status`, `campaign cancel`)."""
+    (name,), shapes = _model_refs([model])
+    _calibrate(_fleet(coordinator, state_dir, ca, token), device, name, quant, shapes[0] if shapes else None)
 
 
 @app.command("campaigns")
@@ -420,6 +468,27 @@ def campaign_status(
         lines.append(f"  {d.device_id:<24} {_bar(d)}")
         lines += [f"    failed: {e}" for e in d.errors]
     typer.echo("\n".join(clean(line) for line in lines))  # device ids, names and errors come from devices
+
+
+@campaign_app.command("cancel")
+@user_errors
+def campaign_cancel(
+    campaign_id: str,
+    coordinator: Coordinator = DEFAULT_ADDRESS,
+    state_dir: StateDir = None,
+    ca: Ca = None,
+    token: Token = None,
+) -> None:
+    """Cancel a campaign: its queued jobs are dropped; a running job is stopped on its device (within a heartbeat)
+    and reported cancelled, the files it made removed. Results already measured stay. Cancelling again is harmless."""
+    from fleetfit.coordinator.render import clean
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    reply = _fleet(coordinator, state_dir, ca, token).CancelCampaign(
+        pb.CancelCampaignRequest(campaign_id=campaign_id), timeout=15)
+    typer.echo(clean(f"campaign {reply.campaign.campaign_id}: {reply.dropped} queued job(s) cancelled, "
+                     f"{reply.stopping} running job(s) being stopped on their devices"))
+    typer.echo(clean(f"  {'all':<24} {_bar(reply.campaign)}"))
 
 
 def _campaign(fleet, campaign_id: str):
@@ -536,6 +605,9 @@ def fit(
     fmt: Format = "table",
     as_json: Annotated[bool, typer.Option("--json", help="The full answers as JSON (the wire message's fields, "
                                                          "nested: evidence, figures with provenance).")] = False,
+    calibrate: Annotated[bool, typer.Option(
+        "--calibrate", help="After answering, start a calibration campaign of MODEL on --device (or every device), "
+                            "as `fleetfit calibrate` does; a question alone never queues work.")] = False,
 ) -> None:
     """Per device: fits comfortably (<70% of RAM) / tight (70-95%) / does not fit, with speed, energy, the streams
     it serves at the interactive speed (or --min-tps), and provenance; --streams N: does it serve N at once.
@@ -573,13 +645,19 @@ def fit(
         if value is not None:
             setattr(request, field, value)
     _check_format(fmt)
-    answers = _pages(_fleet(coordinator, state_dir, ca, token).Fit, request, "answers", timeout=60)
+    if calibrate and model is None:
+        _fail("--calibrate needs a MODEL (with --quant)")
+    fleet = _fleet(coordinator, state_dir, ca, token)
+    answers = _pages(fleet.Fit, request, "answers", timeout=60)
     if as_json:
         from fleetfit.v1.records import to_json
 
         typer.echo(to_json(answers))
-        return
-    typer.echo(render.render(*fit_table(answers), fmt, table="fit"))
+    else:
+        typer.echo(render.render(*fit_table(answers), fmt, table="fit"))
+    if calibrate:  # the explicit request, after the answer; its lines on stderr keep a --json or csv answer clean
+        with contextlib.redirect_stdout(sys.stderr):
+            _calibrate(fleet, device, model, answers[0].quant if answers else quant, shape)
 
 
 @app.command()

@@ -21,7 +21,7 @@ from fleetfit.coordinator import fleet_priors, offload, render, scaling, serving
 from fleetfit.coordinator.devices import display_names
 from fleetfit.coordinator.devices import find as find_device
 from fleetfit.coordinator.limits import backend_of, limit_row, quant_of
-from fleetfit.models import backends, job_bounds
+from fleetfit.models import backends
 from fleetfit.models.catalogue import CATALOGUE, Architecture, n_params
 from fleetfit.models.errors import ModelError
 from fleetfit.models.real_models import REAL_MODELS
@@ -159,36 +159,11 @@ def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str
         _serving(out, device, arch, sm, streams, min_decode_tps or serving.INTERACTIVE_TPS)
     if arch is not None and spec.name == "llama.cpp":
         _add_offload(out, device, arch, quant, context)
-    if out.outside_calibration:
+    if out.outside_calibration:  # a question never queues work: measuring it is the operator's explicit request
         out.reason += (f"; outside what this device calibrated on ({'; '.join(out.outside_calibration)}): its "
-                       f"speed is extrapolated, the band was validated inside that range only")
-    return out
-
-
-MAX_OPEN_JOBS = 4  # a device with this many jobs waiting gets no calibration run queued by a question
-
-
-def extend_calibration(a: pb.FitAnswer, device: pb.Device, store) -> pb.FitAnswer:
-    """For a catalogued model outside the device's calibrated range, queue one run of it there (llama.cpp, a
-    synthetic file of its shape, the calibration run shape) unless one is waiting already, so that the next answer
-    rests on it; the answer says which job."""
-    if not a.outside_calibration or a.backend != "llama.cpp" or a.model_name not in CATALOGUE \
-            or device.device_status != pb.DEVICE_STATUS_ONLINE:
-        return a
-    out = pb.FitAnswer()
-    out.CopyFrom(a)
-    open_jobs = store.open_jobs(a.device_id)
-    same = [j for j, r in open_jobs if (r.model.name, r.quant) == (a.model_name, a.quant)]
-    if same:
-        out.calibration_job_id, out.reason = same[0], out.reason + f"; a calibration run is waiting there (job {same[0]})"
-    elif len(open_jobs) >= MAX_OPEN_JOBS:
-        out.reason += f"; no calibration run queued: the device has {len(open_jobs)} jobs waiting"
-    else:
-        n_prompt, n_gen, repetitions = job_bounds.CALIBRATION_RUN
-        request = pb.ProfileRequest(model=pb.ModelRef(name=a.model_name), backend="llama.cpp", quant=a.quant,
-                                    n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions)
-        out.calibration_job_id = store.enqueue(a.device_id, request)
-        out.reason += f"; a calibration run of {a.model_name} {a.quant} is queued there (job {out.calibration_job_id}): ask again when it is done"
+                       f"speed is extrapolated, the band was validated inside that range only; "
+                       f"`fleetfit calibrate {device.device_id} {model_name} --quant {quant}` (or `fleetfit fit "
+                       f"{model_name} --quant {quant} --device {device.device_id} --calibrate`) measures it")
     return out
 
 
@@ -383,15 +358,12 @@ def respond(request: pb.FitRequest, store, cache: "AnswerCache") -> pb.FitRespon
     answers = [cache.answer(d, q.model_name, q.quant, q.backend, device_name=names[d.inventory.device_id],
                             shape=q.shape, priors=priors, **q.limits) for d in chosen]
     quality = [r for r in store.quality_results(q.model_name) if r.quant == q.quant] if q.backend == "llama.cpp" else []
-    by_id = {d.inventory.device_id: d for d in chosen}
     files = collections.defaultdict(set)  # device id -> sha256 of the files of this model and quant it ran
     for r in store.results(model_name=q.model_name) if quality else ():
         if quant_of(r) == q.quant and r.model_sha256:
             files[r.device_id].add(r.model_sha256)
     answers = [with_quality(a, quality, names, files[a.device_id]) for a in answers]
-    if q.shape is None:  # a shape asked about is the operator's file: `fleetfit profile --models FILE` measures it
-        answers = [extend_calibration(a, by_id[a.device_id], store) for a in answers]
-    return pb.FitResponse(answers=answers)
+    return pb.FitResponse(answers=answers)  # a question reads the store, never writes it (no job is queued)
 
 
 def with_quality(a: pb.FitAnswer, quality: list[pb.QualityResult], names: dict[str, str],

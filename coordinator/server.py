@@ -20,7 +20,7 @@ from fleetfit.coordinator.limits import limit_rows
 from fleetfit.models import job_bounds
 from fleetfit.coordinator.store import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, AlreadyEnrolled, BadToken,
                                         ConflictingResult, ForeignJob, QuotaExceeded, StaleLease, Store,
-                                        UnknownDevice)
+                                        UnknownCampaign, UnknownDevice)
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from fleetfit.v1.transport import MAX_MESSAGE_BYTES, SERVER_OPTIONS
@@ -113,16 +113,18 @@ class AgentService(pb_grpc.AgentServiceServicer):
         return reply
 
     async def Heartbeat(self, request, context):
+        cancelled = False
         try:
             if request.job_id:
-                await off_loop(self.store.renew_lease, request.device_id, request.job_id, request.fence, self.lease_s)
+                cancelled = await off_loop(self.store.renew_lease, request.device_id, request.job_id, request.fence,
+                                           self.lease_s)
             else:
                 await off_loop(self.store.touch_device, request.device_id)
         except UnknownDevice:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"device {request.device_id!r} has not registered")
         except StaleLease as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        return pb.HeartbeatResponse(lease_s=self.lease_s)
+        return pb.HeartbeatResponse(lease_s=self.lease_s, cancelled=cancelled)
 
     async def ReleaseJob(self, request, context):
         try:
@@ -309,6 +311,14 @@ class FleetService(pb_grpc.FleetServiceServicer):
         del campaign.devices[:]
         campaign.devices.extend(chosen)
         return pb.GetCampaignResponse(campaign=campaign, next_page_token=token)
+
+    async def CancelCampaign(self, request, context):
+        try:
+            dropped, stopping = await off_loop(self.store.cancel_campaign, request.campaign_id)
+        except UnknownCampaign:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no campaign {request.campaign_id[:80]!r}")
+        (status,) = await off_loop(campaigns.statuses, self.store, request.campaign_id, True)  # totals: one message
+        return pb.CancelCampaignResponse(dropped=dropped, stopping=stopping, campaign=status)
 
 
 class ListenError(Exception):

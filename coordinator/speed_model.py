@@ -19,7 +19,7 @@ which every backend here applies to a prompt's last position only), plus attenti
 
 A mixture's expert matrices are types of their own ("Q4_0 experts"): llama.cpp multiplies them with
 mul_mat_id, in a prompt a few tokens per expert, far from the dense kernels' rate. A device that ran a mixture
-(the calibration run a question about one queues) fits their rate; one that did not gives them the dense rate.
+(a calibration run: `fleetfit calibrate DEVICE MODEL`) fits their rate; one that did not gives them the dense rate.
 
 benchmarks/speed_terms.py separates the terms with llama.cpp on synthetic files (vocabulary at fixed depth,
 depth at fixed width, width at fixed depth, decode depth at 1, 3 and 9 KV heads). What it measured on a 2-core

@@ -8,8 +8,9 @@ same moment), with another payload an error; in a batch each result is written u
 Jobs are leased: a claim sets an expiry and bumps the job's fencing token; the agent renews the lease
 with heartbeats and reports with the token it was given, so a report from an agent whose lease was
 lost (and the job leased again) is refused. An expired lease puts the job back in the queue, or fails
-it once it has used its attempts. On PostgreSQL claims use `FOR UPDATE SKIP LOCKED`, so several
-coordinator replicas can serve one fleet.
+it once it has used its attempts. A cancelled campaign's queued jobs are cancelled at once; its running ones are
+'cancelling' (shown as running) until their agent, told by its next heartbeat, stops and reports them. On
+PostgreSQL claims use `FOR UPDATE SKIP LOCKED`, so several coordinator replicas can serve one fleet.
 """
 
 import dataclasses
@@ -93,6 +94,16 @@ class AlreadyEnrolled(Exception):
 
 class QuotaExceeded(Exception):
     """A device reported more than its quota allows; the message names the quota."""
+
+
+class UnknownCampaign(Exception):
+    """A campaign id that is not stored."""
+
+
+# A running job whose campaign was cancelled: still leased to its device (its report is accepted) until the agent,
+# told by its heartbeat, stops it and reports it; then (or when its lease expires) it is cancelled.
+CANCELLING = "cancelling"
+CANCEL_REQUESTED = "cancelled by the operator (fleetfit campaign cancel)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,11 +259,13 @@ class Store:
         """The job (if any) done or failed by `result`: only the job's own device under its current lease."""
         if not job_id:
             return
+        # a cancelled job's run that was stopped is cancelled; one that finished first is measured: done
         cur = execute(
-            "UPDATE jobs SET state = ?, result_id = ?, error = ?, updated = ?, lease_expires = NULL "
-            "WHERE job_id = ? AND device_id = ? AND state = 'running' AND fence = ?",
-            ("failed" if result.failure else "done", result.result_id, result.error or None, now, job_id,
-             result.device_id, fence))
+            "UPDATE jobs SET state = CASE WHEN state = ? AND ? THEN 'cancelled' ELSE ? END, result_id = ?, error = ?, "
+            "updated = ?, lease_expires = NULL WHERE job_id = ? AND device_id = ? AND state IN ('running', ?) "
+            "AND fence = ?",
+            (CANCELLING, bool(result.failure), "failed" if result.failure else "done", result.result_id,
+             result.error or None, now, job_id, result.device_id, CANCELLING, fence))
         if cur.rowcount == 0:
             owner = execute("SELECT device_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
             if owner is None or owner[0] != result.device_id:
@@ -409,16 +422,21 @@ class Store:
         return {d for (d,) in self.db.query("SELECT DISTINCT device_id FROM jobs WHERE state = 'queued'")}
 
     def expire_leases(self, now: float | None = None) -> int:
-        """Re-queue the jobs whose lease expired, or fail those that used all their attempts."""
+        """Re-queue the jobs whose lease expired, or fail those that used all their attempts (cancel those being
+        cancelled)."""
         now = now or time.time()
         with self.db.transaction() as execute:
             cur = execute(
                 "UPDATE jobs SET updated = ?, lease_expires = NULL, "
-                "state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END, "
-                "error = CASE WHEN attempts >= max_attempts "
+                "state = CASE WHEN state = ? THEN 'cancelled' WHEN attempts >= max_attempts THEN 'failed' "
+                "ELSE 'queued' END, "
+                "error = CASE WHEN state = ? THEN ? "
+                "WHEN attempts >= max_attempts "
                 "THEN 'lease expired on each of ' || attempts || ' attempts (agent lost or stuck)' "
                 "ELSE 'lease expired on attempt ' || attempts END "
-                "WHERE state = 'running' AND lease_expires < ?", (now, now))
+                "WHERE state IN ('running', ?) AND lease_expires < ?",
+                (now, CANCELLING, CANCELLING, CANCEL_REQUESTED + "; its device did not report it before its lease expired",
+                 CANCELLING, now))
             return cur.rowcount
 
     def claim_job(self, device_id: str, lease_s: float = DEFAULT_LEASE_S) -> pb.Job | None:
@@ -438,21 +456,26 @@ class Store:
         return pb.Job(job_id=row[0], request=pb.ProfileRequest.FromString(bytes(row[1])), fence=row[2],
                       lease_s=lease_s)
 
-    def renew_lease(self, device_id: str, job_id: str, fence: int, lease_s: float = DEFAULT_LEASE_S) -> None:
+    def renew_lease(self, device_id: str, job_id: str, fence: int, lease_s: float = DEFAULT_LEASE_S) -> bool:
+        """Renew the lease; True when the job was cancelled (its agent stops it and reports it)."""
         now = time.time()
         with self.db.transaction() as execute:
             execute("UPDATE devices SET last_seen = ? WHERE device_id = ?", (now, device_id))
-            cur = execute("UPDATE jobs SET lease_expires = ?, updated = ? WHERE job_id = ? AND device_id = ? "
-                          "AND state = 'running' AND fence = ?", (now + lease_s, now, job_id, device_id, fence))
-            if cur.rowcount == 0:
+            row = execute("UPDATE jobs SET lease_expires = ?, updated = ? WHERE job_id = ? AND device_id = ? "
+                          "AND state IN ('running', ?) AND fence = ? RETURNING state",
+                          (now + lease_s, now, job_id, device_id, CANCELLING, fence)).fetchone()
+            if row is None:
                 raise StaleLease(f"job {job_id} is not leased to {device_id} under fencing token {fence}")
+        return row[0] == CANCELLING
 
     def release_job(self, device_id: str, job_id: str, fence: int) -> None:
-        """The agent gives the job back unrun (it is stopping): queued again, the attempt not counted."""
+        """The agent gives the job back unrun (it is stopping): queued again, the attempt not counted (cancelled,
+        when its campaign was)."""
         with self.db.transaction() as execute:
-            cur = execute("UPDATE jobs SET state = 'queued', lease_expires = NULL, attempts = attempts - 1, "
-                          "updated = ? WHERE job_id = ? AND device_id = ? AND state = 'running' AND fence = ?",
-                          (time.time(), job_id, device_id, fence))
+            cur = execute("UPDATE jobs SET state = CASE WHEN state = ? THEN 'cancelled' ELSE 'queued' END, "
+                          "lease_expires = NULL, attempts = attempts - 1, updated = ? WHERE job_id = ? AND "
+                          "device_id = ? AND state IN ('running', ?) AND fence = ?",
+                          (CANCELLING, time.time(), job_id, device_id, CANCELLING, fence))
             if cur.rowcount == 0:
                 raise StaleLease(f"job {job_id} is not leased to {device_id} under fencing token {fence}")
 
@@ -468,8 +491,10 @@ class Store:
     def _job_statuses(self, where: str, params: list) -> list[pb.JobStatus]:
         rows = self.db.query(f"SELECT job_id, device_id, state, result_id, error, attempts FROM jobs {where} "
                              "ORDER BY created", params)
-        return [pb.JobStatus(job_id=j, device_id=d, job_state=JOB_STATE.code(s), result_id=r or "", error=e or "",
-                             attempts=a)
+        # a job being cancelled still runs on its device until the agent stops it: shown running, saying so
+        return [pb.JobStatus(job_id=j, device_id=d, job_state=JOB_STATE.code("running" if s == CANCELLING else s),
+                             result_id=r or "", error=(CANCEL_REQUESTED + ": its device is stopping it"
+                                                       if s == CANCELLING else e or ""), attempts=a)
                 for j, d, s, r, e, a in rows]
 
     # -- campaigns
@@ -491,6 +516,19 @@ class Store:
                 else self.db.query(sql + " ORDER BY created"))
         return [Campaign(c, s, t, pb.CampaignSpec.FromString(bytes(spec)), json.loads(skipped))
                 for c, s, t, spec, skipped in rows]
+
+    def cancel_campaign(self, campaign_id: str) -> tuple[int, int]:
+        """Cancel a campaign: its queued jobs now, its running ones once their agents stop them (see CANCELLING).
+        (dropped, stopping): the jobs this call changed (0, 0 again: idempotent); UnknownCampaign."""
+        now = time.time()
+        with self.db.transaction() as execute:
+            if execute("SELECT 1 FROM campaigns WHERE campaign_id = ?", (campaign_id,)).fetchone() is None:
+                raise UnknownCampaign(campaign_id)
+            dropped = execute("UPDATE jobs SET state = 'cancelled', error = ?, updated = ? WHERE campaign_id = ? "
+                              "AND state = 'queued'", (CANCEL_REQUESTED, now, campaign_id)).rowcount
+            stopping = execute("UPDATE jobs SET state = ?, updated = ? WHERE campaign_id = ? AND state = 'running'",
+                               (CANCELLING, now, campaign_id)).rowcount
+        return dropped, stopping
 
     def campaign(self, campaign_id: str) -> "Campaign | None":
         found = self.campaigns(campaign_id)

@@ -24,7 +24,7 @@ MAX_ATTEMPTS = (1, 20)
 MAX_PARALLEL = 256
 MAX_PARALLEL_POINTS = 16
 MAX_SWEEP_KV_TOKENS = 262_144  # e.g. 256 streams of 1024 tokens, or 8 of 32768
-# The run shape of a calibration run (fleetfit-agent limits probe, and the runs the coordinator queues to extend a
+# The run shape of a calibration run (fleetfit-agent limits probe, and `fleetfit calibrate` campaigns that extend a
 # device's calibration): short, so that a ladder of models takes minutes; (n_prompt, n_gen, repetitions). Three
 # repetitions of 32 tokens: two of 16 spread ±5..38 % on a shared 2-core VM, as large as the errors being fitted.
 CALIBRATION_RUN = (64, 32, 3)

@@ -60,7 +60,7 @@ def test_prefill_terms_are_flops_per_type():
 
 def test_a_mixture_s_expert_kernel_has_its_own_rate_and_leaves_the_dense_rates_alone():
     """llama.cpp multiplies a prompt's tokens by their experts with mul_mat_id, a few tokens per expert, far below
-    the dense kernels' rate. One mixture on the device (the calibration run a question queues) fits that rate
+    the dense kernels' rate. One mixture on the device (a calibration run: fleetfit calibrate) fits that rate
     without moving the dense ones, and predicts another mixture; with none, experts take the dense rate."""
     true = dm.SpeedModel("prefill", {"Q4_0": 1 / 200e9, "Q6_K": 1 / 80e9, "Q8_0": 1 / 300e9, "F32": 1 / 50e9,
                                      "Q4_0 experts": 1 / 60e9, "MXFP4 experts": 1 / 60e9},

@@ -43,6 +43,7 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_RUNNING: _ClassVar[JobState]
     JOB_STATE_DONE: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
+    JOB_STATE_CANCELLED: _ClassVar[JobState]
 
 class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -72,6 +73,7 @@ JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
 JOB_STATE_DONE: JobState
 JOB_STATE_FAILED: JobState
+JOB_STATE_CANCELLED: JobState
 VERDICT_UNSPECIFIED: Verdict
 VERDICT_FITS_COMFORTABLY: Verdict
 VERDICT_TIGHT: Verdict
@@ -595,10 +597,12 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., job_id: _Optional[str] = ..., fence: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("lease_s",)
+    __slots__ = ("lease_s", "cancelled")
     LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
     lease_s: float
-    def __init__(self, lease_s: _Optional[float] = ...) -> None: ...
+    cancelled: bool
+    def __init__(self, lease_s: _Optional[float] = ..., cancelled: _Optional[bool] = ...) -> None: ...
 
 class ReleaseJobRequest(_message.Message):
     __slots__ = ("device_id", "job_id", "fence")
@@ -902,7 +906,7 @@ class FitFigure(_message.Message):
     def __init__(self, value: _Optional[float] = ..., method: _Optional[str] = ..., error_fraction: _Optional[float] = ..., provenance_kind: _Optional[_Union[ProvenanceKind, str]] = ...) -> None: ...
 
 class FitAnswer(_message.Message):
-    __slots__ = ("device_id", "hostname", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "calibration", "device_name", "backend", "stream_target_tokens_per_s", "max_streams", "streams", "stream_tokens_per_s", "aggregate_tokens_per_s", "serving_memory_bytes", "serves", "gpu_layers", "gpu_memory_bytes", "offload_decode_tokens_per_s", "kl_divergence", "fit_verdict", "provenance_kind", "outside_calibration", "calibration_job_id")
+    __slots__ = ("device_id", "hostname", "reason", "evidence", "ram_total_bytes", "model_name", "quant", "context_tokens", "memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s", "joules_per_token", "memory_fraction", "memory_headroom_bytes", "calibration", "device_name", "backend", "stream_target_tokens_per_s", "max_streams", "streams", "stream_tokens_per_s", "aggregate_tokens_per_s", "serving_memory_bytes", "serves", "gpu_layers", "gpu_memory_bytes", "offload_decode_tokens_per_s", "kl_divergence", "fit_verdict", "provenance_kind", "outside_calibration")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -934,7 +938,6 @@ class FitAnswer(_message.Message):
     FIT_VERDICT_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_KIND_FIELD_NUMBER: _ClassVar[int]
     OUTSIDE_CALIBRATION_FIELD_NUMBER: _ClassVar[int]
-    CALIBRATION_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
     reason: str
@@ -966,8 +969,7 @@ class FitAnswer(_message.Message):
     fit_verdict: Verdict
     provenance_kind: ProvenanceKind
     outside_calibration: _containers.RepeatedScalarFieldContainer[str]
-    calibration_job_id: str
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ..., stream_target_tokens_per_s: _Optional[float] = ..., max_streams: _Optional[_Union[FitFigure, _Mapping]] = ..., streams: _Optional[int] = ..., stream_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., aggregate_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., serving_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., serves: _Optional[bool] = ..., gpu_layers: _Optional[int] = ..., gpu_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., offload_decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., kl_divergence: _Optional[_Union[FitFigure, _Mapping]] = ..., fit_verdict: _Optional[_Union[Verdict, str]] = ..., provenance_kind: _Optional[_Union[ProvenanceKind, str]] = ..., outside_calibration: _Optional[_Iterable[str]] = ..., calibration_job_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[LimitRow, _Mapping]] = ..., ram_total_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., prefill_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., joules_per_token: _Optional[_Union[FitFigure, _Mapping]] = ..., memory_fraction: _Optional[float] = ..., memory_headroom_bytes: _Optional[int] = ..., calibration: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., backend: _Optional[str] = ..., stream_target_tokens_per_s: _Optional[float] = ..., max_streams: _Optional[_Union[FitFigure, _Mapping]] = ..., streams: _Optional[int] = ..., stream_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., aggregate_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., serving_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., serves: _Optional[bool] = ..., gpu_layers: _Optional[int] = ..., gpu_memory_bytes: _Optional[_Union[FitFigure, _Mapping]] = ..., offload_decode_tokens_per_s: _Optional[_Union[FitFigure, _Mapping]] = ..., kl_divergence: _Optional[_Union[FitFigure, _Mapping]] = ..., fit_verdict: _Optional[_Union[Verdict, str]] = ..., provenance_kind: _Optional[_Union[ProvenanceKind, str]] = ..., outside_calibration: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FitResponse(_message.Message):
     __slots__ = ("answers", "next_page_token")
@@ -1071,7 +1073,7 @@ class CreateCampaignResponse(_message.Message):
     def __init__(self, campaign_id: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ..., device_ids: _Optional[_Iterable[str]] = ..., skipped: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeviceProgress(_message.Message):
-    __slots__ = ("device_id", "done", "running", "failed", "queued", "errors", "skipped", "device_name")
+    __slots__ = ("device_id", "done", "running", "failed", "queued", "errors", "skipped", "device_name", "cancelled")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -1080,6 +1082,7 @@ class DeviceProgress(_message.Message):
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     done: int
     running: int
@@ -1088,10 +1091,11 @@ class DeviceProgress(_message.Message):
     errors: _containers.RepeatedScalarFieldContainer[str]
     skipped: _containers.RepeatedScalarFieldContainer[str]
     device_name: str
-    def __init__(self, device_id: _Optional[str] = ..., done: _Optional[int] = ..., running: _Optional[int] = ..., failed: _Optional[int] = ..., queued: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ..., skipped: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ...) -> None: ...
+    cancelled: int
+    def __init__(self, device_id: _Optional[str] = ..., done: _Optional[int] = ..., running: _Optional[int] = ..., failed: _Optional[int] = ..., queued: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ..., skipped: _Optional[_Iterable[str]] = ..., device_name: _Optional[str] = ..., cancelled: _Optional[int] = ...) -> None: ...
 
 class CampaignStatus(_message.Message):
-    __slots__ = ("campaign_id", "selector", "created_unix_s", "spec", "done", "running", "failed", "queued", "devices")
+    __slots__ = ("campaign_id", "selector", "created_unix_s", "spec", "done", "running", "failed", "queued", "devices", "cancelled")
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     SELECTOR_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
@@ -1101,6 +1105,7 @@ class CampaignStatus(_message.Message):
     FAILED_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
     selector: str
     created_unix_s: float
@@ -1110,7 +1115,8 @@ class CampaignStatus(_message.Message):
     failed: int
     queued: int
     devices: _containers.RepeatedCompositeFieldContainer[DeviceProgress]
-    def __init__(self, campaign_id: _Optional[str] = ..., selector: _Optional[str] = ..., created_unix_s: _Optional[float] = ..., spec: _Optional[_Union[CampaignSpec, _Mapping]] = ..., done: _Optional[int] = ..., running: _Optional[int] = ..., failed: _Optional[int] = ..., queued: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[DeviceProgress, _Mapping]]] = ...) -> None: ...
+    cancelled: int
+    def __init__(self, campaign_id: _Optional[str] = ..., selector: _Optional[str] = ..., created_unix_s: _Optional[float] = ..., spec: _Optional[_Union[CampaignSpec, _Mapping]] = ..., done: _Optional[int] = ..., running: _Optional[int] = ..., failed: _Optional[int] = ..., queued: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[DeviceProgress, _Mapping]]] = ..., cancelled: _Optional[int] = ...) -> None: ...
 
 class ListCampaignsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
@@ -1145,6 +1151,22 @@ class GetCampaignResponse(_message.Message):
     campaign: CampaignStatus
     next_page_token: str
     def __init__(self, campaign: _Optional[_Union[CampaignStatus, _Mapping]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CancelCampaignRequest(_message.Message):
+    __slots__ = ("campaign_id",)
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    def __init__(self, campaign_id: _Optional[str] = ...) -> None: ...
+
+class CancelCampaignResponse(_message.Message):
+    __slots__ = ("dropped", "stopping", "campaign")
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    STOPPING_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
+    dropped: int
+    stopping: int
+    campaign: CampaignStatus
+    def __init__(self, dropped: _Optional[int] = ..., stopping: _Optional[int] = ..., campaign: _Optional[_Union[CampaignStatus, _Mapping]] = ...) -> None: ...
 
 class RevokeDeviceRequest(_message.Message):
     __slots__ = ("device_id",)

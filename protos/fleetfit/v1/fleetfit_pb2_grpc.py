@@ -429,6 +429,11 @@ class FleetServiceStub:
                 request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignRequest.SerializeToString,
                 response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignResponse.FromString,
                 _registered_method=True)
+        self.CancelCampaign = channel.unary_unary(
+                '/fleetfit.v1.FleetService/CancelCampaign',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.CancelCampaignRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.CancelCampaignResponse.FromString,
+                _registered_method=True)
         self.RevokeDevice = channel.unary_unary(
                 '/fleetfit.v1.FleetService/RevokeDevice',
                 request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.RevokeDeviceRequest.SerializeToString,
@@ -511,6 +516,13 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelCampaign(self, request, context):
+        """Cancel a campaign (queued jobs dropped, running ones stopped on their devices); NOT_FOUND for an unknown id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RevokeDevice(self, request, context):
         """Revoke a device's credential.
         """
@@ -570,6 +582,11 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.GetCampaign,
                     request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignRequest.FromString,
                     response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignResponse.SerializeToString,
+            ),
+            'CancelCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelCampaign,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.CancelCampaignRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.CancelCampaignResponse.SerializeToString,
             ),
             'RevokeDevice': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeDevice,
@@ -849,6 +866,33 @@ class FleetService:
             '/fleetfit.v1.FleetService/GetCampaign',
             fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignRequest.SerializeToString,
             fleetfit_dot_v1_dot_fleetfit__pb2.GetCampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetfit.v1.FleetService/CancelCampaign',
+            fleetfit_dot_v1_dot_fleetfit__pb2.CancelCampaignRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.CancelCampaignResponse.FromString,
             options,
             channel_credentials,
             insecure,

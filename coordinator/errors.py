@@ -65,9 +65,13 @@ def status_for(exc: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error in the coordinator ({type(exc).__name__}; logged there)"
 
 
+MAX_KINDS = 100_000  # kinds remembered (a kind may be a device id): past this the memory starts afresh
+
+
 class QuietLog:
-    """Logs each kind of transient failure at most once per QUIET_S, with how many there were since: a locked
-    database under 3,000 polling agents is one line a minute, not 3,000 a second."""
+    """Logs each kind of event at most once per QUIET_S, with how many there were since: a locked database under
+    3,000 polling agents is one line a minute, not 3,000 a second, and a buggy agent retrying a refused report in
+    a loop cannot flood the log (the store keeps the exact count of refusals)."""
 
     def __init__(self, every_s: float = QUIET_S):
         self.every_s, self.last, self.quiet = every_s, {}, {}
@@ -77,6 +81,9 @@ class QuietLog:
         if now - self.last.get(kind, -self.every_s) < self.every_s:
             self.quiet[kind] = self.quiet.get(kind, 0) + 1
             return
+        if len(self.last) > MAX_KINDS:
+            self.last.clear()
+            self.quiet.clear()
         self.last[kind] = now
         more = self.quiet.pop(kind, 0)
         log.warning("%s%s", message, f" (and {more} more such since the last such line)" if more else "")

@@ -14,7 +14,6 @@ transaction that stores the result.
 import dataclasses
 import logging
 import math
-import time
 
 from google.protobuf.descriptor import FieldDescriptor as F
 
@@ -240,26 +239,6 @@ def _check_text(text: str, where: str, limit: int) -> None:
         raise Refused(f"{where} is {len(text)} characters: at most {limit} are accepted")
     if "\x00" in text:  # PostgreSQL text cannot hold it: refused here, for this report alone, on both databases
         raise Refused(f"{where} holds a NUL character: text must not")
-
-
-class RefusalLog:
-    """Logs a device's refusals at most once per `every_s` (with how many there were since), so a buggy agent
-    retrying in a loop cannot flood the coordinator's log; the store keeps the exact count."""
-
-    def __init__(self, every_s: float = 60.0):
-        self.every_s, self.last, self.quiet = every_s, {}, {}
-
-    def note(self, device_id: str, reason: str) -> None:
-        now = time.monotonic()
-        if now - self.last.get(device_id, -math.inf) < self.every_s:
-            self.quiet[device_id] = self.quiet.get(device_id, 0) + 1
-            return
-        if len(self.last) > 100_000:
-            self.last.clear()
-        self.last[device_id] = now
-        more = self.quiet.pop(device_id, 0)
-        log.warning("refused a report from device %r: %s%s", device_id[:SHORT_TEXT], reason,
-                    f" (and {more} more since the last such line)" if more else "")
 
 
 # -- what answers read

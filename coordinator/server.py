@@ -13,7 +13,7 @@ import resource
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fleetfit.coordinator import auth, campaigns, devices, ingest, pki, tables
+from fleetfit.coordinator import auth, campaigns, devices, errors, ingest, pki, tables
 from fleetfit.coordinator import fit as fit_answers
 from fleetfit.coordinator.dispatch import JobWaiters, ResultBatcher, expire_leases
 from fleetfit.coordinator.limits import limit_rows
@@ -85,11 +85,12 @@ class AgentService(pb_grpc.AgentServiceServicer):
         self.store, self.waiters, self.authority, self.lease_s = store, waiters, authority, lease_s
         self.results = ResultBatcher(store)
         self.proven = {} if proven is None else proven  # the guard's cache of proven agent credentials
-        self.refusals = ingest.RefusalLog()
+        self.refusals = errors.QuietLog()
 
     async def _refuse(self, context, code: grpc.StatusCode, device_id: str, reason: str) -> None:
         """Count and log (rate-limited) a refused report from an authenticated device, then abort the call."""
-        self.refusals.note(device_id, reason)
+        self.refusals.note(f"refused:{device_id}",
+                           f"refused a report from device {device_id[:ingest.SHORT_TEXT]!r}: {reason}")
         await off_loop(self.store.count_refusal, device_id, reason)
         await context.abort(code, reason)
 

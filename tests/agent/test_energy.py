@@ -26,8 +26,9 @@ def test_every_phase_has_energy_with_its_method_and_provenance(ladder, cache_dir
     assert abs(decode.joules_per_token * decode.tokens * 1000 - decode.energy_mj) < 1e-6
     assert abs(decode.tokens_per_joule * decode.joules_per_token - 1) < 1e-9
     assert decode.peak_power_w * (1 + 1e-9) >= decode.average_power_w > 0
-    # The phases are what the worker timed: decode lasted about n_gen x reps / mean decode rate.
-    expected_s = 16 / result.decode_tokens_per_s.mean
+    # The phases are what the worker timed: decode lasted about the sum of each repetition's n_gen / its rate (not
+    # n_gen x reps / the mean rate: on a shared machine one stalled repetition is far from the mean).
+    expected_s = sum(8 / rate for rate in result.decode_tokens_per_s.samples)
     assert 0.5 * expected_s < decode.duration_s < 2 * expected_s
     assert not phases["load"].HasField("joules_per_token")  # no tokens in load: absent, never 0
 

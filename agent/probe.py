@@ -124,7 +124,7 @@ def _profile_synthetic(arch, quant: str, request: pb.ProfileRequest, device_id: 
     try:
         synth.write_synthetic(arch, quant, path, force=True)  # RAM and disk were checked by the caller
     except ModelError as exc:  # e.g. the disk filled up mid-write; the partial file is gone
-        own.rmdir()
+        shutil.rmtree(own, ignore_errors=True)
         return [_unmeasured(arch, quant, request, device_id, pb.FAILURE_KIND_ERROR, str(exc), "synthetic write failed")]
     run = pb.ProfileRequest()
     run.CopyFrom(request)
@@ -138,9 +138,8 @@ def _profile_synthetic(arch, quant: str, request: pb.ProfileRequest, device_id: 
         runs = [result]
         while _noisy(runs[-1]) and len(runs) <= remeasure:
             runs.append(profiling.profile(run, device_id, cache_dir, memory_limit_bytes=cap))
-    finally:
-        path.unlink(missing_ok=True)
-        own.rmdir()
+    finally:  # the probe's own directory: its file and the lock files the cache keeps beside it (model_cache.in_use)
+        shutil.rmtree(own, ignore_errors=True)
     for r in runs:
         r.model_name, r.model_origin = arch.name, "synthetic"
     collapse = _decode_collapsed(result, previous, fraction)

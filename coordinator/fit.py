@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import functools
 import hashlib
+from collections.abc import Callable
 
 from fleetfit.coordinator import fleet_priors, offload, render, scaling, serving
 from fleetfit.coordinator.devices import display_names
@@ -61,13 +62,17 @@ def band(fraction: float) -> str:
     return "fits_comfortably" if fraction < COMFORTABLE else "tight" if fraction <= TIGHT else "does_not_fit"
 
 
-def decode_watts(device_id: str, results: list[pb.ProfileResult], exact: pb.ProfileResult | None
+def decode_watts(device_id: str, results: list[pb.ProfileResult], exact: pb.ProfileResult | None,
+                 device_mean: Callable[[], tuple[float, str, str] | None] | None = None
                  ) -> tuple[float, str, str] | None:
-    """Decode power: the exact run's, else the mean of the device's runs; with the power source's provenance."""
+    """Decode power: the exact run's, else the mean of the device's runs; with the power source's provenance.
+    `device_mean`: that mean (this function with no exact run) where the caller keeps it per device."""
     def phase(r):
         return next((p for p in r.power.phases if p.phase == "decode" and p.source == r.power.headline_source
                      and p.HasField("average_power_w")), None)
 
+    if (exact is None or not phase(exact)) and device_mean is not None:
+        return device_mean()
     runs = [exact] if exact is not None and phase(exact) else [r for r in results if r.device_id == device_id
                                                                  and not r.failure and phase(r)]
     if not runs:
@@ -95,12 +100,14 @@ def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str
            min_decode_tps: float | None = None, context: int | None = None, max_watts: float | None = None,
            dm: scaling.DeviceModel | None = None, device_name: str = "", streams: int | None = None,
            sm: serving.ServingModel | None = None, shape: Architecture | None = None,
-           priors: fleet_priors.FleetPriors | None = None) -> pb.FitAnswer:
+           priors: fleet_priors.FleetPriors | None = None,
+           device_power: Callable[[], tuple[float, str, str] | None] | None = None) -> pb.FitAnswer:
     """Does `model_name` at `quant` on `backend` fit `device` at `context` tokens (default: FIT_CONTEXT, or the
     model's own when smaller), how fast, how many streams it serves (with `streams`: does it serve that many,
     each at `min_decode_tps` or the interactive speed), and how we know. `shape`: the model's architecture when
     the catalogue does not know it (read by the operator's CLI from a GGUF or config.json). `priors`: the fleet,
-    for the efficiencies a device with only its probes is estimated with."""
+    for the efficiencies a device with only its probes is estimated with. `device_power`: decode_watts's
+    `device_mean`, kept per device by a caller asking many cells."""
     spec = backends.backend(backend)
     known = shape or CATALOGUE.get(model_name)
     arch = known if spec.can_size(quant) else None
@@ -144,7 +151,8 @@ def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str
     for field, f in zip(("memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s"), figures):
         if _figure(f) is not None:
             getattr(out, field).CopyFrom(_figure(f))
-    power = decode_watts(device.device_id, results, mine[-1] if figures[1].provenance == "measured" else None)
+    power = decode_watts(device.device_id, results, mine[-1] if figures[1].provenance == "measured" else None,
+                         device_power)
     watts = None
     if power is not None and out.HasField("decode_tokens_per_s"):
         watts, prov, method = power
@@ -469,6 +477,13 @@ class Snapshot:
             self._memo[key] = self.priors.version(self.inventory(device_id))
         return self._memo[key]
 
+    def device_power(self, device_id: str) -> tuple[float, str, str] | None:
+        """The device's mean decode power (decode_watts of its runs), once per snapshot."""
+        key = ("power", device_id)
+        if key not in self._memo:
+            self._memo[key] = decode_watts(device_id, self.by_device.get(device_id, []), None)
+        return self._memo[key]
+
     def device_model(self, device_id: str, backend: str) -> scaling.DeviceModel:
         """The device's scaling model for `backend`, with this snapshot's fleet priors."""
         key = ("dm", device_id, backend)
@@ -507,7 +522,7 @@ class Snapshot:
                               self.by_device.get(device_id, []), min_decode_tps, context, max_watts,
                               dm=self.device_model(device_id, spec.name), device_name=self.name(device_id),
                               streams=streams, sm=self.serving_model(device_id, spec.name) if sizes else None,
-                              shape=shape, priors=self.priors)
+                              shape=shape, priors=self.priors, device_power=lambda: self.device_power(device_id))
             kept = (*key, self.name(device_id), shape, self.version(device_id), self.priors_version(device_id))
             self._memo[key] = _kept(_ANSWERS, kept, make, MAX_ANSWERS)
         return self._memo[key]

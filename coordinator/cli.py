@@ -128,6 +128,11 @@ def _fleet(address: str, state_dir: Optional[pathlib.Path] = None, ca: Optional[
     return pb_grpc.FleetServiceStub(connect(address, timeout_s=5.0, ca_pem=ca_pem, token=token))
 
 
+# A table's first answer at 100,000 results reads and decodes them all and calibrates every device: tens of seconds
+# on a loaded coordinator, for one table as for `limits all` (later answers are kept: benchmarks/table_scale.py).
+TABLE_TIMEOUT_S = 120
+
+
 def _pages(call, request, field: str, timeout: float = 30):
     """Every item of a paged list RPC (`field` of its replies), following next_page_token to the last page."""
     items = []
@@ -571,12 +576,13 @@ def limits(
 
         if fmt not in ("md", "table"):
             _fail("`limits all` writes md or table; use one table's name for csv, json, jsonl or sql")
-        parts = fleet.GetTable(pb.GetTableRequest(names=SEED_ORDER, options=options, shapes=asked), timeout=120).tables
+        parts = fleet.GetTable(pb.GetTableRequest(names=SEED_ORDER, options=options, shapes=asked),
+                               timeout=TABLE_TIMEOUT_S).tables
         typer.echo("# fleetfit: scalability analysis and deployment limits\n\n" +
                    "\n\n".join(f"## {t.title}\n\n{render_table(t, fmt)}" for t in parts))
         return
     typer.echo(render_table(fleet.GetTable(pb.GetTableRequest(name=name, options=options, shapes=asked),
-                                           timeout=30).table, fmt))
+                                           timeout=TABLE_TIMEOUT_S).table, fmt))
 
 
 @app.command()

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import functools
 import hashlib
+from collections.abc import Callable
 
 from fleetfit.coordinator import fleet_priors, offload, render, scaling, serving
 from fleetfit.coordinator.devices import display_names
@@ -61,13 +62,17 @@ def band(fraction: float) -> str:
     return "fits_comfortably" if fraction < COMFORTABLE else "tight" if fraction <= TIGHT else "does_not_fit"
 
 
-def decode_watts(device_id: str, results: list[pb.ProfileResult], exact: pb.ProfileResult | None
+def decode_watts(device_id: str, results: list[pb.ProfileResult], exact: pb.ProfileResult | None,
+                 device_mean: Callable[[], tuple[float, str, str] | None] | None = None
                  ) -> tuple[float, str, str] | None:
-    """Decode power: the exact run's, else the mean of the device's runs; with the power source's provenance."""
+    """Decode power: the exact run's, else the mean of the device's runs; with the power source's provenance.
+    `device_mean`: that mean (this function with no exact run) where the caller keeps it per device."""
     def phase(r):
         return next((p for p in r.power.phases if p.phase == "decode" and p.source == r.power.headline_source
                      and p.HasField("average_power_w")), None)
 
+    if (exact is None or not phase(exact)) and device_mean is not None:
+        return device_mean()
     runs = [exact] if exact is not None and phase(exact) else [r for r in results if r.device_id == device_id
                                                                  and not r.failure and phase(r)]
     if not runs:
@@ -95,12 +100,14 @@ def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str
            min_decode_tps: float | None = None, context: int | None = None, max_watts: float | None = None,
            dm: scaling.DeviceModel | None = None, device_name: str = "", streams: int | None = None,
            sm: serving.ServingModel | None = None, shape: Architecture | None = None,
-           priors: fleet_priors.FleetPriors | None = None) -> pb.FitAnswer:
+           priors: fleet_priors.FleetPriors | None = None,
+           device_power: Callable[[], tuple[float, str, str] | None] | None = None) -> pb.FitAnswer:
     """Does `model_name` at `quant` on `backend` fit `device` at `context` tokens (default: FIT_CONTEXT, or the
     model's own when smaller), how fast, how many streams it serves (with `streams`: does it serve that many,
     each at `min_decode_tps` or the interactive speed), and how we know. `shape`: the model's architecture when
     the catalogue does not know it (read by the operator's CLI from a GGUF or config.json). `priors`: the fleet,
-    for the efficiencies a device with only its probes is estimated with."""
+    for the efficiencies a device with only its probes is estimated with. `device_power`: decode_watts's
+    `device_mean`, kept per device by a caller asking many cells."""
     spec = backends.backend(backend)
     known = shape or CATALOGUE.get(model_name)
     arch = known if spec.can_size(quant) else None
@@ -144,7 +151,8 @@ def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str
     for field, f in zip(("memory_bytes", "decode_tokens_per_s", "prefill_tokens_per_s"), figures):
         if _figure(f) is not None:
             getattr(out, field).CopyFrom(_figure(f))
-    power = decode_watts(device.device_id, results, mine[-1] if figures[1].provenance == "measured" else None)
+    power = decode_watts(device.device_id, results, mine[-1] if figures[1].provenance == "measured" else None,
+                         device_power)
     watts = None
     if power is not None and out.HasField("decode_tokens_per_s"):
         watts, prov, method = power
@@ -393,6 +401,21 @@ def with_quality(a: pb.FitAnswer, quality: list[pb.QualityResult], names: dict[s
 # and results only, and calibrating one (a few tens of ms) for each of a thousand devices is most of a table's time.
 _MODELS: collections.OrderedDict[tuple, scaling.DeviceModel] = collections.OrderedDict()
 MAX_MODELS = 20_000
+# Answers kept between requests (Snapshot.answer), keyed by what `answer` reads: the device's inventory and results
+# (their digest), its fleet priors' version and the cell. A table asks thousands of cells; asking again is lookups.
+_ANSWERS: collections.OrderedDict[tuple, pb.FitAnswer] = collections.OrderedDict()
+MAX_ANSWERS = 200_000
+
+
+def _kept(cache: collections.OrderedDict, key: tuple, make, limit: int):
+    """`cache[key]`, made by `make()` when missing; the least recently used entry goes past `limit`."""
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = make()
+        if len(cache) > limit:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return found
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -432,24 +455,42 @@ class Snapshot:
     def priors(self) -> fleet_priors.FleetPriors:
         return fleet_priors.FleetPriors(self.devices, lambda i: self.by_device.get(i, []))
 
+    @functools.cached_property
+    def inventories(self) -> dict[str, pb.DeviceInventory]:
+        return {d.inventory.device_id: d.inventory for d in self.devices}
+
     def inventory(self, device_id: str) -> pb.DeviceInventory:
-        found = next((d.inventory for d in self.devices if d.inventory.device_id == device_id), None)
-        return found or pb.DeviceInventory(device_id=device_id)
+        return self.inventories.get(device_id) or pb.DeviceInventory(device_id=device_id)
+
+    def version(self, device_id: str) -> bytes:
+        """A digest of the device's inventory and results: what its models and answers are functions of."""
+        key = ("version", device_id)
+        if key not in self._memo:
+            seen = hashlib.blake2b(self.inventory(device_id).SerializeToString(deterministic=True), digest_size=16)
+            seen.update("\0".join(r.result_id for r in self.by_device.get(device_id, [])).encode())
+            self._memo[key] = seen.digest()
+        return self._memo[key]
+
+    def priors_version(self, device_id: str) -> tuple:
+        key = ("priors", device_id)
+        if key not in self._memo:
+            self._memo[key] = self.priors.version(self.inventory(device_id))
+        return self._memo[key]
+
+    def device_power(self, device_id: str) -> tuple[float, str, str] | None:
+        """The device's mean decode power (decode_watts of its runs), once per snapshot."""
+        key = ("power", device_id)
+        if key not in self._memo:
+            self._memo[key] = decode_watts(device_id, self.by_device.get(device_id, []), None)
+        return self._memo[key]
 
     def device_model(self, device_id: str, backend: str) -> scaling.DeviceModel:
         """The device's scaling model for `backend`, with this snapshot's fleet priors."""
         key = ("dm", device_id, backend)
         if key not in self._memo:
             inventory, results = self.inventory(device_id), self.by_device.get(device_id, [])
-            seen = hashlib.blake2b(inventory.SerializeToString(deterministic=True), digest_size=16)
-            seen.update("\0".join(r.result_id for r in results).encode())
-            kept = (device_id, backend, seen.digest())
-            dm = _MODELS.get(kept)
-            if dm is None:
-                dm = _MODELS[kept] = scaling.device_model(inventory, results, backend)
-                if len(_MODELS) > MAX_MODELS:
-                    _MODELS.popitem(last=False)
-            _MODELS.move_to_end(kept)
+            dm = _kept(_MODELS, (device_id, backend, self.version(device_id)),
+                       lambda: scaling.device_model(inventory, results, backend), MAX_MODELS)
             self._memo[key] = dataclasses.replace(dm, priors=self.priors.for_device(inventory, backend))
         return self._memo[key]
 
@@ -473,13 +514,17 @@ class Snapshot:
         spec = backends.backend(backend)
         key = ("answer", device_id, spec.name, model_name, quant, context, min_decode_tps, max_watts, streams)
         if key not in self._memo:
-            sizes = (self.shapes.get(model_name) or CATALOGUE.get(model_name)) is not None and spec.can_size(quant)
-            self._memo[key] = answer(
-                self.inventory(device_id), model_name, quant, spec.name, self.by_device.get(device_id, []),
-                min_decode_tps, context, max_watts, dm=self.device_model(device_id, spec.name),
-                device_name=self.name(device_id), streams=streams,
-                sm=self.serving_model(device_id, spec.name) if sizes else None,
-                shape=self.shapes.get(model_name), priors=self.priors)
+            shape = self.shapes.get(model_name)
+            sizes = (shape or CATALOGUE.get(model_name)) is not None and spec.can_size(quant)
+
+            def make() -> pb.FitAnswer:
+                return answer(self.inventory(device_id), model_name, quant, spec.name,
+                              self.by_device.get(device_id, []), min_decode_tps, context, max_watts,
+                              dm=self.device_model(device_id, spec.name), device_name=self.name(device_id),
+                              streams=streams, sm=self.serving_model(device_id, spec.name) if sizes else None,
+                              shape=shape, priors=self.priors, device_power=lambda: self.device_power(device_id))
+            kept = (*key, self.name(device_id), shape, self.version(device_id), self.priors_version(device_id))
+            self._memo[key] = _kept(_ANSWERS, kept, make, MAX_ANSWERS)
         return self._memo[key]
 
     def cell_context(self, device_id: str, backend: str, model_name: str, quant: str) -> int | None:
@@ -488,7 +533,7 @@ class Snapshot:
         arch = self.shapes.get(model_name) or CATALOGUE.get(model_name)
         if arch is None or not backends.backend(backend).can_size(quant):
             return None
-        return self.device_model(device_id, backend).predict(arch, quant).context
+        return self.device_model(device_id, backend).context_for(arch, quant)
 
 
 class AnswerCache:

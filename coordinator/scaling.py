@@ -475,13 +475,19 @@ class DeviceModel:
         """The run of that model and precision from an empty cache (a run at depth only calibrates)."""
         return next((p for p in self.points if (p.model, p.quant, p.depth) == (model, quant, 0)), None)
 
+    def context_for(self, arch: Architecture, quant: str, measured: "Point | None" = None) -> int:
+        """The context `predict` answers at when asked none: the run's, where this device measured that model and
+        precision, else the context its runs usually have."""
+        measured = measured or self.measured(arch.name, quant)
+        return measured.context if measured else self._usual_context()
+
     def predict(self, arch: Architecture, quant: str, context: int | None = None,
                 decode_context: float | None = None, prefill_context: float | None = None) -> Prediction:
         """Memory for a context of `context` tokens; decode with `decode_context` positions in the KV cache
         (default: the whole context, the slowest point of a long generation); prefill attending to
         `prefill_context` positions on average (default: half the context, a prompt that fills it)."""
         measured = self.measured(arch.name, quant)
-        ctx = context or (measured.context if measured else self._usual_context())
+        ctx = context or self.context_for(arch, quant, measured)
         if measured and ctx == measured.context:
             how = f"measured at n_ctx {ctx} (result {measured.result.result_id})"
             r = measured.result

@@ -600,7 +600,7 @@ def recommendations(fleet: Fleet, options: dict[str, str]) -> TableData:
     price = float_option(options, "price_per_kwh", 0.15)
     if active > 1:
         raise TableError(f"option active_fraction must be at most 1, got {active:g}")
-    watts = {d: fit_rules.decode_watts(d, fleet.results, None) for d in {r.device_id for r in fleet.results}}
+    watts = {d: fleet.device_power(d) for d in fleet.by_device}
     choices = []  # per device and backend: the model to run and the streams one device serves
     for name, dm in _ladder_devices(fleet):
         best = max(((q, largest(fleet, dm, q, interactive)) for q in dict.fromkeys(p.quant for p in dm.points)),

@@ -142,10 +142,16 @@ class Architecture:
         """Whether this layer attends to a sliding window (llama.cpp's swa pattern: the n-th layer is global)."""
         return bool(self.sliding_pattern) and (layer + 1) % self.sliding_pattern != 0
 
+    @property
+    def n_sliding(self) -> int:
+        """How many layers `sliding` says are sliding-window ones: all but every sliding_pattern-th (counted, not
+        walked: answers ask it per figure)."""
+        return self.n_layers - self.n_layers // self.sliding_pattern if self.sliding_pattern else 0
+
     def attended_positions(self, positions: float) -> float:
         """Positions one token's attention visits, summed over layers: all of them in a global layer, at most the
         window in a sliding-window one."""
-        n_sliding = sum(self.sliding(i) for i in range(self.n_layers))
+        n_sliding = self.n_sliding
         return (self.n_layers - n_sliding) * positions + n_sliding * min(positions, self.sliding_window or positions)
 
     @property
@@ -191,7 +197,7 @@ class Architecture:
         """K and V of every layer (F16 by default): 2 · n_kv_heads · head_dim · positions · bytes per layer, where a
         sliding-window layer keeps llama.cpp's iSWA cache of min(context, pad256(window + n_ubatch)) positions."""
         full, windowed = self.kv_cache_positions(context, n_ubatch)
-        n_sliding = sum(self.sliding(i) for i in range(self.n_layers))
+        n_sliding = self.n_sliding
         positions = (self.n_layers - n_sliding) * full + n_sliding * windowed
         return 2 * self.kv_dim * positions * bytes_per_element
 

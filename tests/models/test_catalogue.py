@@ -147,3 +147,14 @@ def test_tensor_types_match_what_llama_cpp_quantizes_to(ladder, tmp_path, quant)
     arch = architecture("smollm2-135m")
     predicted = {spec.name: (tensor_type(arch, quant, spec), spec.shape) for spec in tensors(arch)}
     assert _tensor_types(path) == predicted
+
+
+def test_sliding_layer_count_is_the_per_layer_rule():
+    """Architecture.n_sliding (counted) agrees with `sliding` walked layer by layer, for every catalogued shape
+    and every pattern, including layer counts that are and are not multiples of the pattern."""
+    for arch in CATALOGUE.values():
+        for pattern in (0, 1, 2, 5, 6, 7):
+            for layers in (n for n in (1, 6, 25, arch.n_layers) if pattern <= n):
+                window = {"sliding_window": 1024} if pattern and not arch.sliding_window else {}
+                shape = dataclasses.replace(arch, n_layers=layers, sliding_pattern=pattern, **window)
+                assert shape.n_sliding == sum(shape.sliding(i) for i in range(layers)), (arch.name, pattern, layers)

@@ -48,6 +48,10 @@ def test_build_record(tmp_path):
     assert runtime.build_record(record) == ("build: native-no-amx (-DGGML_NATIVE=ON, CFLAGS -mno-amx-tile); "
                                             "checked: Q4_0 ran; fell back from native: Q4_0: died with SIGILL; "
                                             "CPU-only build")
+    record.write_text(json.dumps({"build": "prebuilt", "cmake_args": "built with -DGGML_NATIVE=OFF",
+                                  "library": "/opt/llama-lib/libllama.so sha256 0123456789ab"}))
+    assert runtime.build_record(record) == ("build: prebuilt (built with -DGGML_NATIVE=OFF); "
+                                            "library /opt/llama-lib/libllama.so sha256 0123456789ab")
     assert "not recorded" in runtime.build_record(tmp_path / "missing.json")
     record.write_bytes(b"\xff{not json")
     assert runtime.build_record(record) == f"build: record {record} unreadable (UnicodeDecodeError)"

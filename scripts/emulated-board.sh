@@ -96,12 +96,17 @@ cleanup() {
 }
 trap cleanup EXIT
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+# The board trusts what this host trusts (a local or proxy CA included); its pip uses that store, not certifi's.
+cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 rm -rf "$root/opt/fleetfit" "$root/opt/llama-lib" && mkdir -p "$root/opt/fleetfit"
 (cd "$repo" && git ls-files -co --exclude-standard -z | tar --null -T - -cf -) | tar -xf - -C "$root/opt/fleetfit"
 cp -a "$libdir" "$root/opt/llama-lib"
 echo "$LLAMA_CMAKE_ARGS_GENERIC (cross-compiled with aarch64-linux-gnu-gcc $(aarch64-linux-gnu-gcc -dumpversion))" \
   >"$root/opt/llama-lib/cmake-args"
-board() { chroot "$root" /usr/bin/env -i HOME=/root PATH=/opt/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
+board() {
+  chroot "$root" /usr/bin/env -i HOME=/root PATH=/opt/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt "$@"
+}
 say "installing the agent in the root (scripts/install.sh --agent, FLEETFIT_LLAMA_LIB_DIR=/opt/llama-lib)"
 board bash -c 'cd /opt/fleetfit && { [ -x /opt/venv/bin/python ] || python3 -m venv /opt/venv; } &&
   FLEETFIT_LLAMA_LIB_DIR=/opt/llama-lib bash scripts/install.sh --agent' >"$work/install.log" 2>&1 \

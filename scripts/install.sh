@@ -90,7 +90,6 @@ lib_dir="${FLEETFIT_LLAMA_LIB_DIR:-}" lib_note=""
 if [ -n "$lib_dir" ]; then
   [ -e "$lib_dir/libllama.so" ] || { echo "install.sh: FLEETFIT_LLAMA_LIB_DIR=$lib_dir has no libllama.so" >&2; exit 2; }
   lib_note="$lib_dir/libllama.so sha256 $(sha256sum "$lib_dir/libllama.so" | cut -c1-12)"
-  gpu_note="prebuilt llama.cpp from $lib_dir"
   builds=("prebuilt|-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF|")
 elif [ -n "${FLEETFIT_LLAMA_CMAKE_ARGS:-}" ]; then
   builds=("custom|$FLEETFIT_LLAMA_CMAKE_ARGS|")

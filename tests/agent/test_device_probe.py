@@ -1,3 +1,5 @@
+import pytest
+
 from fleetfit.agent import device_probe
 from fleetfit.v1.words import PROVENANCE
 
@@ -32,3 +34,22 @@ def test_last_level_cache_size_from_a_sysfs_tree(tmp_path):
     assert device_probe.last_level_cache_bytes(tmp_path) == 32 << 20
     assert device_probe.last_level_cache_bytes(tmp_path / "missing") is None
 
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matmul_probe_checks_its_product(dtype):
+    """The matmul probe's product is checked, so a BLAS that leaves floating-point flags set (numpy's spurious
+    overflow warnings on aarch64's OpenBLAS) neither warns nor goes unnoticed if it really computes wrong."""
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert all(g > 0 for g in device_probe.matmul_gflops(dtype, 96, runs=2))
+    rng = np.random.default_rng(1)
+    a, b = rng.random((64, 64), dtype=dtype), rng.random((64, 64), dtype=dtype)
+    device_probe.check_product(a, b, a @ b)
+    for wrong in (lambda c: c * 1.01, lambda c: np.zeros_like(c), lambda c: c.T):
+        with pytest.raises(RuntimeError, match="wrong result"):
+            device_probe.check_product(a, b, wrong(a @ b))

@@ -95,6 +95,23 @@ def check_product(a: np.ndarray, b: np.ndarray, c: np.ndarray, samples: int = 16
         raise RuntimeError("the matmul computed a wrong result")
 
 
+MATMUL_BUDGET_S = 2.0  # per product: float64 at n=2048 takes seconds on a Pi, ~11 minutes under qemu-aarch64
+
+
+def matmul_size(dtype: str, n_max: int, budget_s: float = MATMUL_BUDGET_S) -> int:
+    """n_max, or the largest multiple of 128 (at least 128) whose n x n product takes at most about budget_s here,
+    from the time of one n=256 product: a slow board's probe stays short, a fast one's size stays n_max."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((256, 256), dtype=dtype), rng.random((256, 256), dtype=dtype)
+    with np.errstate(all="ignore"):
+        a @ b  # BLAS thread pool start
+        start = time.perf_counter()
+        a @ b
+    flop_per_s = 2 * 256 ** 3 / max(time.perf_counter() - start, 1e-9)
+    n = int((budget_s * flop_per_s / 2) ** (1 / 3)) // 128 * 128
+    return max(128, min(n_max, n))
+
+
 def matmul_gflops(dtype: str, n: int, runs: int = 3) -> list[float]:
     rng = np.random.default_rng(0)
     a, b = rng.random((n, n), dtype=dtype), rng.random((n, n), dtype=dtype)
@@ -121,9 +138,10 @@ def probe_cpu(runs: int = 8, array_bytes: int | None = None, matmul_n: int = 204
                                  scope="system memory from the CPU"))
     matmul = []
     for dtype in ("float32", "float64"):
-        gflops = matmul_gflops(dtype, matmul_n)
+        n = matmul_size(dtype, matmul_n)
+        gflops = matmul_gflops(dtype, n)
         matmul.append(pb.MatmulProbe(
-            target="cpu", precision=dtype, gflop_per_s=max(gflops), n=matmul_n,
+            target="cpu", precision=dtype, gflop_per_s=max(gflops), n=n,
             provenance=pb.Provenance(provenance_kind=pb.PROVENANCE_KIND_MEASURED, method=f"numpy_matmul ({blas_name()} BLAS, its own threads), "
                                      "2n^3 FLOPs, best of 3", scope="cpu")))
     return [bandwidth], matmul

@@ -89,7 +89,12 @@ for fs in sys dev; do mountpoint -q "$root/$fs" || mount --rbind "/$fs" "$root/$
 work=$(mktemp -d /tmp/fleetfit-board.XXXXXX)
 serve_pid="" agent_pid=""
 cleanup() {
-  [ -z "$agent_pid" ] || kill "$agent_pid" 2>/dev/null || true
+  # The agent ends its job on SIGTERM, but not inside a long numpy or llama.cpp call: SIGKILL after 10 s.
+  if [ -n "$agent_pid" ]; then
+    kill "$agent_pid" 2>/dev/null || true
+    for _ in $(seq 20); do kill -0 "$agent_pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$agent_pid" 2>/dev/null || true
+  fi
   [ -z "$serve_pid" ] || kill "$serve_pid" 2>/dev/null || true
   wait 2>/dev/null || true
   for fs in dev sys proc; do umount -l "$root/$fs" 2>/dev/null || true; done
@@ -103,10 +108,9 @@ rm -rf "$root/opt/fleetfit" "$root/opt/llama-lib" && mkdir -p "$root/opt/fleetfi
 cp -a "$libdir" "$root/opt/llama-lib"
 echo "$LLAMA_CMAKE_ARGS_GENERIC (cross-compiled with aarch64-linux-gnu-gcc $(aarch64-linux-gnu-gcc -dumpversion))" \
   >"$root/opt/llama-lib/cmake-args"
-board() {
-  chroot "$root" /usr/bin/env -i HOME=/root PATH=/opt/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
-    PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt "$@"
-}
+in_root=(chroot "$root" /usr/bin/env -i HOME=/root PATH=/opt/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
+         PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt)
+board() { "${in_root[@]}" "$@"; }
 say "installing the agent in the root (scripts/install.sh --agent, FLEETFIT_LLAMA_LIB_DIR=/opt/llama-lib)"
 board bash -c 'cd /opt/fleetfit && { [ -x /opt/venv/bin/python ] || python3 -m venv /opt/venv; } &&
   FLEETFIT_LLAMA_LIB_DIR=/opt/llama-lib bash scripts/install.sh --agent' >"$work/install.log" 2>&1 \
@@ -123,7 +127,8 @@ serve_pid=$!
 for _ in $(seq 100); do [ -e "$work/tls/ca.pem" ] && [ -e "$work/operator.token" ] && break; sleep 0.2; done
 token=$("$host_bin/fleetfit" token create --db "$work/fleet.sqlite3" --labels board=emulated-arm64)
 say "coordinator on $FLEETFIT_COORDINATOR; the board joins and runs"
-board fleetfit-agent run --coordinator "$FLEETFIT_COORDINATOR" --token "$token" \
+# Not through board() (a subshell): $! must be the agent itself (chroot and env exec into it), for cleanup.
+"${in_root[@]}" fleetfit-agent run --coordinator "$FLEETFIT_COORDINATOR" --token "$token" \
   --identity /tmp/board-identity.json --outbox /tmp/board-outbox >"$work/agent.log" 2>&1 &
 agent_pid=$!
 for _ in $(seq 300); do "$host_bin/fleetfit" devices 2>/dev/null | grep -q aarch64 && break; sleep 1; done
@@ -148,4 +153,4 @@ for line in sys.stdin:
         if d.get(k):
             print(f"  device.{k}: {json.dumps(d[k])[:300]}")'
 grep -q . "$work/agent.log" && { say "agent log (last lines):"; tail -5 "$work/agent.log" | sed 's/^/  /'; }
-say "done in ${SECONDS}s"
+say "done in ${SECONDS}s (logs: $work)"

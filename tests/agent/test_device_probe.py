@@ -53,3 +53,12 @@ def test_matmul_probe_checks_its_product(dtype):
     for wrong in (lambda c: c * 1.01, lambda c: np.zeros_like(c), lambda c: c.T):
         with pytest.raises(RuntimeError, match="wrong result"):
             device_probe.check_product(a, b, wrong(a @ b))
+
+
+@pytest.mark.parametrize("budget_s, expected", [(1e-9, 128), (1e9, 2048)])
+def test_matmul_size_keeps_a_slow_devices_probe_short(budget_s, expected):
+    """n shrinks (in multiples of 128, never below 128) when a product would take longer than the budget: a board
+    (or qemu's float64, 0.03 GFLOP/s) does not spend minutes on it; a fast CPU keeps the largest size."""
+    assert device_probe.matmul_size("float64", 2048, budget_s) == expected
+    n = device_probe.matmul_size("float32", 1000)
+    assert (n == 1000 or n % 128 == 0) and 128 <= n <= 1000

@@ -125,11 +125,12 @@ export FLEETFIT_COORDINATOR=127.0.0.1:$port FLEETFIT_STATE_DIR=$work
 "$host_bin/fleetfit" serve --listen "$FLEETFIT_COORDINATOR" --db "$work/fleet.sqlite3" >"$work/serve.log" 2>&1 &
 serve_pid=$!
 for _ in $(seq 100); do [ -e "$work/tls/ca.pem" ] && [ -e "$work/operator.token" ] && break; sleep 0.2; done
+rm -rf "$root/tmp/board"  # a fresh enrollment with this coordinator (an earlier run's credentials pin another CA)
 token=$("$host_bin/fleetfit" token create --db "$work/fleet.sqlite3" --labels board=emulated-arm64)
 say "coordinator on $FLEETFIT_COORDINATOR; the board joins and runs"
 # Not through board() (a subshell): $! must be the agent itself (chroot and env exec into it), for cleanup.
 "${in_root[@]}" fleetfit-agent run --coordinator "$FLEETFIT_COORDINATOR" --token "$token" \
-  --identity /tmp/board-identity.json --outbox /tmp/board-outbox >"$work/agent.log" 2>&1 &
+  --identity /tmp/board/identity.json --outbox /tmp/board/outbox >"$work/agent.log" 2>&1 &
 agent_pid=$!
 for _ in $(seq 300); do "$host_bin/fleetfit" devices 2>/dev/null | grep -q aarch64 && break; sleep 1; done
 "$host_bin/fleetfit" devices | sed 's/^/  /'

@@ -141,7 +141,7 @@ campaign=$(echo "$started" | sed -n 's/^campaign \([^:]*\):.*/\1/p')
 timeout 1800 "$host_bin/fleetfit" campaign status "$campaign" --watch | tail -5 | sed 's/^/  /'
 say "what the coordinator holds from the board:"
 "$host_bin/fleetfit" limits | sed 's/^/  /'
-"$host_bin/fleetfit" export | "$host_bin/python" -c '
+"$host_bin/fleetfit" export --db "$work/fleet.sqlite3" | "$host_bin/python" -c '
 import json, sys
 for line in sys.stdin:
     line = json.loads(line); r, d = line["result"], line.get("device", {})

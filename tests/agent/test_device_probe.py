@@ -62,3 +62,16 @@ def test_matmul_size_keeps_a_slow_devices_probe_short(budget_s, expected):
     assert device_probe.matmul_size("float64", 2048, budget_s) == expected
     n = device_probe.matmul_size("float32", 1000)
     assert (n == 1000 or n % 128 == 0) and 128 <= n <= 1000
+
+
+def test_info_shows_a_slow_devices_probes_without_rounding_them_to_zero(capsys):
+    from fleetfit.agent.cli import _echo_probes
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    _echo_probes(pb.DeviceProbes(
+        bandwidth=[pb.BandwidthProbe(target="cpu", gb_per_s=0.43), pb.BandwidthProbe(target="cpu", gb_per_s=42.04)],
+        matmul=[pb.MatmulProbe(target="cpu", precision="float64", gflop_per_s=0.0085, n=128),
+                pb.MatmulProbe(target="cpu", precision="float32", gflop_per_s=1234.56, n=2048)]))
+    out = capsys.readouterr().out
+    assert "0.43 GB/s" in out and "42.0 GB/s" in out
+    assert "0.0085 GFLOP/s" in out and "1234.6 GFLOP/s" in out and " 0.0 " not in out

@@ -163,11 +163,14 @@ def _echo_probes(probes) -> None:
     if probes is None:
         typer.echo("probes      not run yet (fleetfit-agent probe)")
         return
+    def rate(x: float) -> str:  # a small board's (or an emulator's) 0.0085 GFLOP/s is not "0.0"
+        return f"{x:.1f}" if x >= 1 else f"{x:.2g}"
+
     for b in probes.bandwidth:
-        figure = f"{b.gb_per_s:.1f} GB/s ({PROVENANCE.word(b.provenance.provenance_kind)}: {b.provenance.method})" if b.HasField("gb_per_s") else b.note
+        figure = f"{rate(b.gb_per_s)} GB/s ({PROVENANCE.word(b.provenance.provenance_kind)}: {b.provenance.method})" if b.HasField("gb_per_s") else b.note
         typer.echo(f"bandwidth   {b.target}: {figure}")
     for m in probes.matmul:
-        typer.echo(f"matmul      {m.target} {m.precision}: {m.gflop_per_s:.1f} GFLOP/s "
+        typer.echo(f"matmul      {m.target} {m.precision}: {rate(m.gflop_per_s)} GFLOP/s "
                    f"({PROVENANCE.word(m.provenance.provenance_kind)}: {m.provenance.method}, n={m.n})")
 
 

@@ -86,15 +86,44 @@ def blas_name() -> str:
         return "unknown BLAS"
 
 
+def check_product(a: np.ndarray, b: np.ndarray, c: np.ndarray, samples: int = 16) -> None:
+    """Raise unless c = a @ b at a few entries, summed in float64 without BLAS."""
+    rows = np.linspace(0, a.shape[0] - 1, samples).astype(int)
+    cols = np.linspace(b.shape[1] - 1, 0, samples).astype(int)  # off the diagonal: a transposed product differs
+    expected = (a[rows].astype(np.float64) * b[:, cols].T.astype(np.float64)).sum(axis=1)
+    if not np.allclose(c[rows, cols], expected, rtol=1e-3):
+        raise RuntimeError("the matmul computed a wrong result")
+
+
+MATMUL_BUDGET_S = 2.0  # per product: float64 at n=2048 takes seconds on a Pi, ~11 minutes under qemu-aarch64
+
+
+def matmul_size(dtype: str, n_max: int, budget_s: float = MATMUL_BUDGET_S) -> int:
+    """n_max, or the largest multiple of 128 (at least 128) whose n x n product takes at most about budget_s here,
+    from the time of one n=256 product: a slow board's probe stays short, a fast one's size stays n_max."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((256, 256), dtype=dtype), rng.random((256, 256), dtype=dtype)
+    with np.errstate(all="ignore"):
+        a @ b  # BLAS thread pool start
+        start = time.perf_counter()
+        a @ b
+    flop_per_s = 2 * 256 ** 3 / max(time.perf_counter() - start, 1e-9)
+    n = int((budget_s * flop_per_s / 2) ** (1 / 3)) // 128 * 128
+    return max(128, min(n_max, n))
+
+
 def matmul_gflops(dtype: str, n: int, runs: int = 3) -> list[float]:
     rng = np.random.default_rng(0)
     a, b = rng.random((n, n), dtype=dtype), rng.random((n, n), dtype=dtype)
-    a @ b  # warm-up: BLAS thread pool start
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        a @ b
-        samples.append(2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+    # OpenBLAS's aarch64 kernels can leave floating-point status flags set (seen under qemu-aarch64), which numpy
+    # reports as divide-by-zero/overflow warnings on inputs in [0, 1): the product is checked instead.
+    with np.errstate(all="ignore"):
+        check_product(a, b, a @ b)  # also the warm-up: BLAS thread pool start
+        samples = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            a @ b
+            samples.append(2 * n ** 3 / (time.perf_counter() - start) / 1e9)
     return samples
 
 
@@ -109,9 +138,10 @@ def probe_cpu(runs: int = 8, array_bytes: int | None = None, matmul_n: int = 204
                                  scope="system memory from the CPU"))
     matmul = []
     for dtype in ("float32", "float64"):
-        gflops = matmul_gflops(dtype, matmul_n)
+        n = matmul_size(dtype, matmul_n)
+        gflops = matmul_gflops(dtype, n)
         matmul.append(pb.MatmulProbe(
-            target="cpu", precision=dtype, gflop_per_s=max(gflops), n=matmul_n,
+            target="cpu", precision=dtype, gflop_per_s=max(gflops), n=n,
             provenance=pb.Provenance(provenance_kind=pb.PROVENANCE_KIND_MEASURED, method=f"numpy_matmul ({blas_name()} BLAS, its own threads), "
                                      "2n^3 FLOPs, best of 3", scope="cpu")))
     return [bandwidth], matmul

@@ -57,16 +57,62 @@ def add_capabilities(infos: list[pb.BackendInfo], timeout_s: float = 180.0) -> N
             info.reason = f"capability trial failed: {exc}"
 
 
+# arm64's /proc/cpuinfo names no CPU: each core has "CPU implementer" and "CPU part" (decoded as lscpu does, for the
+# cores boards and servers use); a board's kernel may add "Model" (Raspberry Pi), a 32-bit one a generic "model name".
+ARM_PARTS = {
+    0x41: ("ARM", {0xc07: "Cortex-A7", 0xc09: "Cortex-A9", 0xc0d: "Cortex-A12", 0xc0e: "Cortex-A17",
+                   0xc0f: "Cortex-A15", 0xd03: "Cortex-A53", 0xd04: "Cortex-A35", 0xd05: "Cortex-A55",
+                   0xd07: "Cortex-A57", 0xd08: "Cortex-A72", 0xd09: "Cortex-A73", 0xd0a: "Cortex-A75",
+                   0xd0b: "Cortex-A76", 0xd0c: "Neoverse-N1", 0xd0d: "Cortex-A77", 0xd40: "Neoverse-V1",
+                   0xd41: "Cortex-A78", 0xd42: "Cortex-A78AE", 0xd44: "Cortex-X1", 0xd46: "Cortex-A510",
+                   0xd47: "Cortex-A710", 0xd48: "Cortex-X2", 0xd49: "Neoverse-N2", 0xd4b: "Cortex-A78C",
+                   0xd4f: "Neoverse-V2", 0xd80: "Cortex-A520", 0xd81: "Cortex-A720", 0xd82: "Cortex-X4"}),
+    0x4e: ("NVIDIA", {0x003: "Denver 2", 0x004: "Carmel"}),
+    0x51: ("Qualcomm", {0x001: "Oryon"}),
+    0x61: ("Apple", {}),
+    0xc0: ("Ampere", {0xac3: "Ampere-1", 0xac4: "Ampere-1a"}),
+}
+_GENERIC_ARM = re.compile(r"ARMv\d+ Processor")  # "ARMv7 Processor rev 3 (v7l)": says nothing of the CPU
+
+
+def _arm_cores(fields: list[tuple[str, str]]) -> str:
+    """'ARM Cortex-A55 + Cortex-A76' from each core's implementer and part (in order of appearance), or ""."""
+    names: list[str] = []
+    vendor = implementer = None
+    for key, value in fields:
+        if key not in ("CPU implementer", "CPU part"):
+            continue
+        try:
+            number = int(value, 16)
+        except ValueError:
+            continue
+        if key == "CPU implementer":
+            implementer = number
+        elif implementer is not None:
+            maker, parts = ARM_PARTS.get(implementer, (f"implementer 0x{implementer:02x}", {}))
+            vendor = vendor or maker
+            name = parts.get(number, f"part 0x{number:03x}")
+            if name not in names:
+                names.append(name)
+    return f"{vendor} {' + '.join(names)}" if names else ""
+
+
 def cpu_model(proc_root: pathlib.Path = pathlib.Path("/proc")) -> str:
-    """The CPU's marketing name from /proc/cpuinfo (x86 'model name', ARM 'Model' or 'Hardware')."""
+    """The CPU's name from /proc/cpuinfo: a board's 'Model', x86's 'model name', else arm64's cores by implementer and
+    part, else 'Hardware' (a 32-bit ARM SoC) or MIPS' 'cpu model'."""
     try:
         text = (proc_root / "cpuinfo").read_text()
     except OSError:
         return platform.processor() or "unknown"
-    for key in ("model name", "Model", "Hardware", "cpu model"):
-        for line in text.splitlines():
-            if line.split(":")[0].strip() == key:
-                return line.split(":", 1)[1].strip()
+    fields = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in text.splitlines()) if v.strip()]
+    first = {}
+    for key, value in fields:
+        first.setdefault(key, value)
+    model_name = first.get("model name", "")
+    for found in (first.get("Model"), None if _GENERIC_ARM.match(model_name) else model_name, _arm_cores(fields),
+                  first.get("Hardware"), model_name, first.get("cpu model")):
+        if found:
+            return found
     return platform.processor() or "unknown"
 
 

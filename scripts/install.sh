@@ -20,6 +20,10 @@
 #
 # FLEETFIT_LLAMA_CMAKE_ARGS=... builds exactly those flags (checked, no fall-back). A CUDA build that fails its
 # check falls back like the others, and at last to a CPU-only native build.
+# FLEETFIT_LLAMA_LIB_DIR=DIR takes a llama.cpp built elsewhere (libllama.so and the libggml*.so beside it, e.g.
+# cross-compiled for a board too slow to build it: scripts/emulated-board.sh): llama-cpp-python is installed without
+# building llama.cpp (-DLLAMA_BUILD=OFF), the libraries are copied into its package, where it loads them from, and
+# the build is checked and recorded as any other (with DIR/cmake-args, if there, as its flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,7 +86,12 @@ else
 fi
 
 # --- the builds to try, best first: "name|CMAKE_ARGS|CFLAGS"
-if [ -n "${FLEETFIT_LLAMA_CMAKE_ARGS:-}" ]; then
+lib_dir="${FLEETFIT_LLAMA_LIB_DIR:-}" lib_note=""
+if [ -n "$lib_dir" ]; then
+  [ -e "$lib_dir/libllama.so" ] || { echo "install.sh: FLEETFIT_LLAMA_LIB_DIR=$lib_dir has no libllama.so" >&2; exit 2; }
+  lib_note="$lib_dir/libllama.so sha256 $(sha256sum "$lib_dir/libllama.so" | cut -c1-12)"
+  builds=("prebuilt|-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF|")
+elif [ -n "${FLEETFIT_LLAMA_CMAKE_ARGS:-}" ]; then
   builds=("custom|$FLEETFIT_LLAMA_CMAKE_ARGS|")
 elif [ "$arch" = "x86_64" ]; then
   builds=("native|$LLAMA_CMAKE_ARGS_NATIVE $gpu_args|"
@@ -103,7 +112,7 @@ for build in "${builds[@]}"; do
   IFS='|' read -r name cmake_args cflags <<<"$build"
   cmake_args=$(echo "$cmake_args" | xargs)  # trim
   key_cpu=""; [ "$name" = "portable" ] || [ "$name" = "generic" ] || key_cpu="$cpu_id"
-  key=$(printf '%s %s %s %s' "$LLAMA_CPP_PYTHON" "$cmake_args" "$cflags" "$key_cpu" | sha256sum | cut -c1-12)
+  key=$(printf '%s %s %s %s %s' "$LLAMA_CPP_PYTHON" "$cmake_args" "$cflags" "$key_cpu" "$lib_note" | sha256sum | cut -c1-12)
   wheelhouse="$wheel_root/$key"
   if [ -e "$wheelhouse/check-failed" ]; then
     tried="$tried$name: $(cat "$wheelhouse/check-failed"); "
@@ -117,6 +126,11 @@ for build in "${builds[@]}"; do
   fi
   # Forced, because an llama-cpp-python 0.3.36 built with other flags may already be installed.
   python -m pip install --no-deps --force-reinstall "$wheelhouse"/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl
+  if [ -n "$lib_dir" ]; then  # where llama_cpp looks first (llama_cpp/lib), so no LLAMA_CPP_LIB_PATH is needed to run
+    pkg_lib="$(python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("llama_cpp").origin))')/lib"
+    mkdir -p "$pkg_lib" && cp -a "$lib_dir"/lib*.so* "$pkg_lib"/
+    if [ -e "$lib_dir/cmake-args" ]; then cmake_args="built with $(head -c 300 "$lib_dir/cmake-args" | tr -d '\n')"; fi
+  fi
   if [ -z "$fleetfit_installed" ]; then
     python -m pip install --find-links "$wheelhouse" "${target[@]}"
     fleetfit_installed=yes
@@ -131,7 +145,7 @@ for build in "${builds[@]}"; do
     touch "$wheelhouse/check-passed"
     echo "llama.cpp build '$name' passed its check (Q4_0, Q8_0, Q4_K_M and F16 ran in a child process)"
     [ "$name" = "native-cpu-only" ] && gpu_note="CUDA builds failed their check: CPU-only build"
-    NAME="$name" CMAKE="$cmake_args" CFL="$cflags" GPU="$gpu_note" TRIED="$tried" \
+    NAME="$name" CMAKE="$cmake_args" CFL="$cflags" GPU="$gpu_note" TRIED="$tried" LIB="$lib_note" \
       VERSION="$LLAMA_CPP_PYTHON" COMMIT="$LLAMA_CPP_COMMIT" python - <<'EOF'
 import json, os, pathlib, sys
 out = pathlib.Path(sys.prefix) / "share" / "fleetfit" / "llama-cpp-build.json"
@@ -140,7 +154,8 @@ out.write_text(json.dumps({"build": os.environ["NAME"], "cmake_args": os.environ
                            "llama_cpp_python": os.environ["VERSION"], "llama_cpp_commit": os.environ["COMMIT"],
                            "cflags": os.environ["CFL"], "gpu": os.environ["GPU"],
                            "checked": "Q4_0, Q8_0, Q4_K_M and F16 ran in a child process",
-                           "fell_back_from": os.environ["TRIED"].strip("; ")}, indent=1) + "\n")
+                           "fell_back_from": os.environ["TRIED"].strip("; "),
+                           **({"library": os.environ["LIB"]} if os.environ["LIB"] else {})}, indent=1) + "\n")
 EOF
     exit 0
   fi

@@ -91,6 +91,8 @@ def build_record(path: pathlib.Path = BUILD_RECORD) -> str:
         text += f"; fell back from {field('fell_back_from')}"
     if field("gpu"):
         text += f"; {field('gpu')}"
+    if field("library"):  # a llama.cpp built elsewhere (install.sh's FLEETFIT_LLAMA_LIB_DIR)
+        text += f"; library {field('library')}"
     return text
 
 

@@ -1,3 +1,5 @@
+import pytest
+
 from fleetfit.agent import device_probe
 from fleetfit.v1.words import PROVENANCE
 
@@ -32,3 +34,44 @@ def test_last_level_cache_size_from_a_sysfs_tree(tmp_path):
     assert device_probe.last_level_cache_bytes(tmp_path) == 32 << 20
     assert device_probe.last_level_cache_bytes(tmp_path / "missing") is None
 
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matmul_probe_checks_its_product(dtype):
+    """The matmul probe's product is checked, so a BLAS that leaves floating-point flags set (numpy's spurious
+    overflow warnings on aarch64's OpenBLAS) neither warns nor goes unnoticed if it really computes wrong."""
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert all(g > 0 for g in device_probe.matmul_gflops(dtype, 96, runs=2))
+    rng = np.random.default_rng(1)
+    a, b = rng.random((64, 64), dtype=dtype), rng.random((64, 64), dtype=dtype)
+    device_probe.check_product(a, b, a @ b)
+    for wrong in (lambda c: c * 1.01, lambda c: np.zeros_like(c), lambda c: c.T):
+        with pytest.raises(RuntimeError, match="wrong result"):
+            device_probe.check_product(a, b, wrong(a @ b))
+
+
+@pytest.mark.parametrize("budget_s, expected", [(1e-9, 128), (1e9, 2048)])
+def test_matmul_size_keeps_a_slow_devices_probe_short(budget_s, expected):
+    """n shrinks (in multiples of 128, never below 128) when a product would take longer than the budget: a board
+    (or qemu's float64, 0.03 GFLOP/s) does not spend minutes on it; a fast CPU keeps the largest size."""
+    assert device_probe.matmul_size("float64", 2048, budget_s) == expected
+    n = device_probe.matmul_size("float32", 1000)
+    assert (n == 1000 or n % 128 == 0) and 128 <= n <= 1000
+
+
+def test_info_shows_a_slow_devices_probes_without_rounding_them_to_zero(capsys):
+    from fleetfit.agent.cli import _echo_probes
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    _echo_probes(pb.DeviceProbes(
+        bandwidth=[pb.BandwidthProbe(target="cpu", gb_per_s=0.43), pb.BandwidthProbe(target="cpu", gb_per_s=42.04)],
+        matmul=[pb.MatmulProbe(target="cpu", precision="float64", gflop_per_s=0.0085, n=128),
+                pb.MatmulProbe(target="cpu", precision="float32", gflop_per_s=1234.56, n=2048)]))
+    out = capsys.readouterr().out
+    assert "0.43 GB/s" in out and "42.0 GB/s" in out
+    assert "0.0085 GFLOP/s" in out and "1234.6 GFLOP/s" in out and " 0.0 " not in out

@@ -1,6 +1,9 @@
 import pathlib
 
+import pytest
+
 from fleetfit.agent import inventory, nvml
+from fleetfit.agent.telemetry.estimate import cpu_power_class
 from tests.agent.fake_nvml import FakeNvml
 
 PROC = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "proc"
@@ -12,6 +15,30 @@ def test_cpu_model_from_x86_cpuinfo():
 
 def test_cpu_model_from_raspberry_pi_cpuinfo():
     assert inventory.cpu_model(PROC / "raspberry-pi-5") == "Raspberry Pi 5 Model B Rev 1.0"
+
+
+@pytest.mark.parametrize("tree, name, power_class", [
+    ("arm64-neoverse-n1", "ARM Neoverse-N1", "server"),  # a cloud arm64 server: cores only, no board Model
+    ("rk3588", "ARM Cortex-A55 + Cortex-A76", "arm-board"),  # big.LITTLE, each kind of core once
+    ("raspberry-pi-4-armv7", "Raspberry Pi 4 Model B Rev 1.4", "arm-board"),  # 32-bit: Model, not "ARMv7 Processor"
+    ("raspberry-pi-5", "Raspberry Pi 5 Model B Rev 1.0", "arm-board"),
+    ("x86_64", "AMD EPYC 7B13", "server"),
+])
+def test_cpu_model_on_arm_names_the_cores(tree, name, power_class):
+    """arm64's cpuinfo has no 'model name': the name comes from the cores' implementer and part, and it is what the
+    power estimate and the fleet's priors classify the device by."""
+    assert inventory.cpu_model(PROC / tree) == name
+    assert cpu_power_class(name).name == power_class
+
+
+def test_cpu_model_of_unknown_arm_cores_says_what_they_are(tmp_path):
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xfff\n\n"
+                                      "processor\t: 1\nCPU implementer\t: 0x99\nCPU part\t: zz\n")
+    assert inventory.cpu_model(tmp_path) == "ARM part 0xfff"
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nCPU implementer\t: 0x99\nCPU part\t: 0x001\n")
+    assert inventory.cpu_model(tmp_path) == "implementer 0x99 part 0x001"
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nmodel name\t: ARMv7 Processor rev 5 (v7l)\n")
+    assert inventory.cpu_model(tmp_path) == "ARMv7 Processor rev 5 (v7l)"  # nothing better: the generic name
 
 
 def test_gpus_through_nvml():

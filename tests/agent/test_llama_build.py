@@ -48,6 +48,10 @@ def test_build_record(tmp_path):
     assert runtime.build_record(record) == ("build: native-no-amx (-DGGML_NATIVE=ON, CFLAGS -mno-amx-tile); "
                                             "checked: Q4_0 ran; fell back from native: Q4_0: died with SIGILL; "
                                             "CPU-only build")
+    record.write_text(json.dumps({"build": "prebuilt", "cmake_args": "built with -DGGML_NATIVE=OFF",
+                                  "library": "/opt/llama-lib/libllama.so sha256 0123456789ab"}))
+    assert runtime.build_record(record) == ("build: prebuilt (built with -DGGML_NATIVE=OFF); "
+                                            "library /opt/llama-lib/libllama.so sha256 0123456789ab")
     assert "not recorded" in runtime.build_record(tmp_path / "missing.json")
     record.write_bytes(b"\xff{not json")
     assert runtime.build_record(record) == f"build: record {record} unreadable (UnicodeDecodeError)"
@@ -148,3 +152,20 @@ def test_cpu_only_build_on_a_gpu_machine_reports_the_limitation(tmp_path, monkey
 def test_no_limitation_without_a_gpu():
     rows = run_worker({"backend": "llama.cpp", "op": "capabilities"}, 60)["capabilities"]
     assert {r["device"] for r in rows} == {"cpu"}
+
+
+@pytest.mark.parametrize("lib_dir", ["missing", "empty", "wrong-file"])
+def test_install_refuses_a_prebuilt_dir_without_libllama(tmp_path, lib_dir):
+    """FLEETFIT_LLAMA_LIB_DIR that holds no libllama.so: one line and exit 2, before pip touches anything."""
+    import subprocess
+
+    target = tmp_path / lib_dir
+    if lib_dir != "missing":
+        target.mkdir()
+    if lib_dir == "wrong-file":
+        (target / "libggml.so").write_bytes(b"\x7fELF")
+    done = subprocess.run(["bash", "scripts/install.sh", "--agent"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "FLEETFIT_LLAMA_LIB_DIR": str(target)})
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"install.sh: FLEETFIT_LLAMA_LIB_DIR={target} has no libllama.so"
+    assert "pip" not in done.stdout and "building" not in done.stdout

@@ -170,7 +170,9 @@ def test_a_sweep_campaign_fills_the_serving_tables(coordinator, cache_dir, tmp_p
     for row in rows:  # the counts each device ran (two agents share 2 cores here, so a sweep may be noisy)
         assert row["streams_swept"] == "1,2,4" and row["max_streams_min_1_tok_s"] >= 1, row
         assert row["aggregate_tok_s"] > 0 and row["max_streams_min_1_tok_s_provenance"] in ("measured", "predicted")
-    recommended = run_cli("fleetfit", "limits", "recommendations", "--format", "json", "--coordinator", address)
+    # interactive_tps=1 as above: which rows are filled must not depend on how fast a loaded machine decoded
+    recommended = run_cli("fleetfit", "limits", "recommendations", "--format", "json", "--option", "interactive_tps=1",
+                          "--coordinator", address)
     assert recommended.returncode == 0, recommended.stderr
     found = json.loads(recommended.stdout)
     assert len(found) == 6 and all(r["streams_how"].startswith(("measured", "predicted")) for r in found), found

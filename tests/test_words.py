@@ -54,7 +54,7 @@ def test_every_value_has_one_word_and_back():
     assert words.VERDICT.words() == ("fits_comfortably", "tight", "does_not_fit", "unknown")
     assert words.PROVENANCE.words() == ("measured", "predicted", "estimated")
     assert words.DEVICE_STATUS.words() == ("online", "lost", "probing")
-    assert words.JOB_STATE.words() == ("queued", "running", "done", "failed")
+    assert words.JOB_STATE.words() == ("queued", "running", "done", "failed", "cancelled")
     assert words.BOTTLENECK.words() == ("memory", "compute")
     for vocabulary in (words.VERDICT, words.PROVENANCE, words.DEVICE_STATUS, words.JOB_STATE, words.BOTTLENECK):
         for value in vocabulary.enum.DESCRIPTOR.values:

@@ -265,7 +265,10 @@ def models_synth(
         if out is None and shape.name in CATALOGUE:  # into the cache, where jobs naming the shape find it
             typer.echo(model_cache.synthesize(plan.arch.name, quant, _cache(cache_dir), force=force, seed=seed))
             return
-        typer.echo(synth.write_synthetic(shape, quant, target, seed=seed, force=force))
+        from fleetfit.agent import resources
+
+        typer.echo(synth.write_synthetic(shape, quant, target, seed=seed, force=force,
+                                         available_ram_bytes=resources.memory().available_bytes))
 
 
 @models_app.command("list")

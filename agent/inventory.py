@@ -1,6 +1,5 @@
 """What this device is: OS, CPU, memory, NVIDIA GPUs and the inference backends that import here."""
 
-import hashlib
 import importlib.metadata
 import os
 import pathlib
@@ -11,6 +10,7 @@ import socket
 from fleetfit.agent import nvml, resources
 from fleetfit.agent.backends import registry
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.transport import default_device_id  # noqa: F401  (the agent's default id; quickstart's too)
 
 
 def agent_version() -> str:
@@ -114,17 +114,6 @@ def cpu_model(proc_root: pathlib.Path = pathlib.Path("/proc")) -> str:
         if found:
             return found
     return platform.processor() or "unknown"
-
-
-def default_device_id() -> str:
-    """Stable per machine: hostname plus a digest of /etc/machine-id when there is one; a character of the
-    hostname that a credential cannot carry (non-ASCII, space: transport.DEVICE_ID) becomes "_"."""
-    host = re.sub(r"[^!-~]", "_", socket.gethostname())[:200] or "device"
-    try:
-        machine_id = pathlib.Path("/etc/machine-id").read_text().strip()
-    except OSError:
-        return host
-    return f"{host}-{hashlib.sha256(machine_id.encode()).hexdigest()[:8]}"
 
 
 def collect(device_id: str, llama_system_info: str = "", probes: pb.DeviceProbes | None = None,

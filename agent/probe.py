@@ -21,9 +21,8 @@ import time
 import uuid
 
 from fleetfit.agent import profiling, resources
-from fleetfit.coordinator.scaling import spread_of
 from fleetfit.models import job_bounds, synth
-from fleetfit.models.job_bounds import NOISE_CV
+from fleetfit.models.job_bounds import NOISE_CV, spread_of
 from fleetfit.models.catalogue import architecture, n_params
 from fleetfit.models.errors import ModelError
 from fleetfit.models.quants import parse_quant

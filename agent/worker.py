@@ -21,6 +21,7 @@ HANDLED_ERROR_EXIT = 3
 def _run(request: dict) -> dict:
     op = request["op"]
     if op == "synth":
+        from fleetfit.agent import resources  # the room the agent may use, its cgroup's limit included
         from fleetfit.models import synth
 
         arch = request["arch"]
@@ -32,7 +33,7 @@ def _run(request: dict) -> dict:
 
             arch = from_proto(pb.Architecture.FromString(base64.b64decode(request["shape"])))
         synth.write_synthetic(arch, request["quant"], request["path"], seed=request.get("seed", 0),
-                              force=request.get("force", False))
+                              force=request.get("force", False), available_ram_bytes=resources.memory().available_bytes)
         return {}
     from fleetfit.agent.backends import registry
     from fleetfit.agent.backends.base import WorkerJob

@@ -12,7 +12,6 @@ import sys
 import tempfile
 import time
 
-from fleetfit.agent.inventory import default_device_id
 from fleetfit.coordinator import render
 from fleetfit.coordinator.fit import fit_table
 from fleetfit.coordinator.tables import render_table
@@ -20,7 +19,7 @@ from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1.words import JOB_STATE
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
-from fleetfit.v1.transport import connect
+from fleetfit.v1.transport import connect, default_device_id
 
 QUICKSTART_MODEL = "smollm2-135m"
 QUICKSTART_QUANTS = ("Q4_1", "F16", "Q8_0", "Q4_0")

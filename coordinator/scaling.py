@@ -36,7 +36,7 @@ import numpy as np
 
 from fleetfit.coordinator import speed_model
 from fleetfit.models.catalogue import CATALOGUE, Architecture, active_fraction, n_params, tensors
-from fleetfit.models.job_bounds import NOISE_CV
+from fleetfit.models.job_bounds import NOISE_CV, spread_of
 from fleetfit.models.errors import ModelError
 from fleetfit.coordinator.limits import backend_of, memory_figure, quant_of, run_shape
 from fleetfit.models import backends, physical_bounds
@@ -237,13 +237,6 @@ def points(results: list[pb.ProfileResult], device_id: str, backend: str = DEFAU
                          not which.startswith("GPU"), spread_of([o.decode_tokens_per_s for o in like]),
                          spread_of([o.prefill_tokens_per_s for o in like])))
     return pts
-
-
-def spread_of(stats: list[pb.Stat]) -> float | None:
-    """How widely the repetitions of every run given spread: their coefficient of variation (sample standard
-    deviation / mean), or None with fewer than two repetitions."""
-    samples = [x for s in stats for x in s.samples if x > 0]
-    return float(np.std(samples, ddof=1) / np.mean(samples)) if len(samples) >= 2 else None
 
 
 def typical_tps(stats: list[pb.Stat]) -> float:

@@ -3,6 +3,7 @@ agent enforces the same numbers before it runs one. Kept here so both sides read
 
 import math
 import re
+import statistics
 
 # field -> (lowest, highest) allowed, inclusive
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -31,11 +32,20 @@ CALIBRATION_RUN = (64, 32, 3)
 # A calibration run whose repetitions spread more than this (coefficient of variation) is noisy: `limits probe`
 # measures it again, and the coordinator's scaling model down-weights it and widens bands (coordinator/scaling.py).
 NOISE_CV = 0.10
+
 MAX_CONTEXT_TOKENS = 131_072  # one stream's context: decode_depth + n_prompt + n_gen
 DEPTH_BACKENDS = ("llama.cpp",)  # the backends that run a test at depth
 COMPUTE_DEVICE = re.compile(r"(|auto|cpu|cuda|cuda:\d{1,3})")
 # A model is named, never located: a catalogue or real model name, no path separators, no leading dot.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def spread_of(stats) -> float | None:
+    """How widely the repetitions of every run given (Stat messages) spread: their coefficient of variation (sample
+    standard deviation / mean), or None with fewer than two repetitions. The agent's probe and the coordinator's fit
+    judge a point noisy by it against NOISE_CV."""
+    samples = [x for s in stats for x in s.samples if x > 0]
+    return statistics.stdev(samples) / statistics.fmean(samples) if len(samples) >= 2 else None
 
 
 def check_value(field: str, value: float) -> None:

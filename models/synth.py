@@ -23,6 +23,8 @@ import pathlib
 import shutil
 import uuid
 
+import psutil
+
 import numpy as np
 
 from fleetfit.models.catalogue import Architecture, architecture, tensors
@@ -251,10 +253,8 @@ def write_synthetic(arch: Architecture | str, quant: str, path: pathlib.Path | s
     if not force:
         if free_disk_bytes is None:
             free_disk_bytes = shutil.disk_usage(path.parent).free
-        if available_ram_bytes is None:
-            from fleetfit.agent import resources  # the agent's memory, its cgroup's limit included
-
-            available_ram_bytes = resources.memory().available_bytes
+        if available_ram_bytes is None:  # the agent passes its own figure (agent/resources.py: cgroup limits too)
+            available_ram_bytes = psutil.virtual_memory().available
         check_room(plan, free_disk_bytes, available_ram_bytes)
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
     try:

@@ -3,6 +3,8 @@
 Hand-written beside the generated code because it is part of the contract, not of either side.
 """
 
+import hashlib
+import pathlib
 import re
 import socket
 import ssl
@@ -124,3 +126,15 @@ def device_id_problem(device_id: str) -> str | None:
         return None
     return (f"device_id {device_id[:40]!r} must be 1 to 256 printable characters, ASCII without spaces (it is "
             "sent in each call's credential, and gRPC metadata is ASCII)")
+
+
+def default_device_id() -> str:
+    """A device's default id, stable per machine (the agent's, and the one quickstart enrolls its agent as):
+    hostname plus a digest of /etc/machine-id when there is one; a character of the hostname that a credential
+    cannot carry (non-ASCII, space: DEVICE_ID) becomes "_"."""
+    host = re.sub(r"[^!-~]", "_", socket.gethostname())[:200] or "device"
+    try:
+        machine_id = pathlib.Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        return host
+    return f"{host}-{hashlib.sha256(machine_id.encode()).hexdigest()[:8]}"

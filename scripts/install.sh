@@ -112,7 +112,9 @@ for build in "${builds[@]}"; do
   IFS='|' read -r name cmake_args cflags <<<"$build"
   cmake_args=$(echo "$cmake_args" | xargs)  # trim
   key_cpu=""; [ "$name" = "portable" ] || [ "$name" = "generic" ] || key_cpu="$cpu_id"
-  key=$(printf '%s %s %s %s %s' "$LLAMA_CPP_PYTHON" "$cmake_args" "$cflags" "$key_cpu" "$lib_note" | sha256sum | cut -c1-12)
+  # (a prebuilt library's note is keyed only when there is one: every other build keeps the key it always had)
+  key=$(printf '%s %s %s %s%s' "$LLAMA_CPP_PYTHON" "$cmake_args" "$cflags" "$key_cpu" "${lib_note:+ $lib_note}" \
+        | sha256sum | cut -c1-12)
   wheelhouse="$wheel_root/$key"
   if [ -e "$wheelhouse/check-failed" ]; then
     tried="$tried$name: $(cat "$wheelhouse/check-failed"); "

@@ -130,6 +130,18 @@ def fleet_stub(coordinator):
     return pb_grpc.FleetServiceStub(connect(coordinator.address, 5, ca_pem=ca, token=coordinator.operator_token))
 
 
+def stop_processes(*procs: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM each (the way systemd stops an agent), then SIGKILL any still running after `grace_s`."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run an installed console script (fleetfit or fleetfit-agent) the way a user does."""
     full_env = {**os.environ, **(env or {})}

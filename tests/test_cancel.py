@@ -16,7 +16,7 @@ import pytest
 
 from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1 import fleetfit_pb2 as pb
-from tests.conftest import BIN, assert_one_line_error, fleet_stub, run_cli, wait_until
+from tests.conftest import BIN, assert_one_line_error, fleet_stub, run_cli, stop_processes, wait_until
 
 DEVICE = "board-1"
 
@@ -38,11 +38,7 @@ def fleet(tmp_path):
     cli_env = {"FLEETFIT_COORDINATOR": coordinator.address, "FLEETFIT_INSECURE": "1",
                "FLEETFIT_STATE_DIR": str(tmp_path / "state")}
     yield coordinator, stub, agent, cache, env, cli_env, tmp_path / "agent.log"
-    agent.terminate()
-    try:
-        agent.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        agent.kill()
+    stop_processes(agent)
     coordinator.stop()
 
 

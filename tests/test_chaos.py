@@ -11,7 +11,6 @@ import os
 import pathlib
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
@@ -27,7 +26,8 @@ from fleetfit.coordinator.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from fleetfit.v1.transport import connect
-from tests.conftest import BIN, wait_until
+from tests.conftest import BIN, stop_processes, wait_until
+from tests.test_reliability import free_port
 
 DEVICES = ("chaos-a", "chaos-b", "chaos-c")
 QUANTS = ("Q4_0", "Q8_0")  # each a real file in the session's cache: no derivation inside the test
@@ -35,12 +35,6 @@ SHORT = pb.ProfileRequest(n_prompt=8, n_gen=2, repetitions=1, idle_baseline_s=0.
 LOCK_S = 15.0
 TABLES = sorted(set(re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", "".join(MIGRATIONS))) | {"schema_migrations"})
 JOB_LINE = re.compile(r"\bjob ([0-9a-f-]{36}): ")  # daemon.serve_jobs: one line as each job starts
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Serve:
@@ -271,13 +265,7 @@ def test_the_fleet_rides_out_its_coordinators_trouble(db_url, cache_dir, tmp_pat
             assert count == len(started) == sent
             assert dead == 0 and not any(trouble.values()), trouble
         finally:
-            for proc in agents.values():
-                proc.terminate()
-            for proc in agents.values():
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_processes(*agents.values())
             serve.stop()
     if no_disk is not None:
         pytest.skip(f"everything else held, but the disk-full fault needs a tmpfs mounted as root: {no_disk}")

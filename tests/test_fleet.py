@@ -13,7 +13,7 @@ import pytest
 
 from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1 import fleetfit_pb2 as pb
-from tests.conftest import BIN, assert_one_line_error, fleet_stub, run_cli
+from tests.conftest import BIN, assert_one_line_error, fleet_stub, run_cli, stop_processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE_PYNVML = """# nvidia-ml-py's module name, answered by the committed fake of NVML (this machine has no NVIDIA GPU)
@@ -52,13 +52,7 @@ def fleet(db_url, cache_dir, tmp_path):
         assert all(p.poll() is None for p in agents.values()), "an agent exited"
         time.sleep(0.3)
     yield coordinator, stub, agents
-    for proc in agents.values():
-        proc.terminate()
-    for proc in agents.values():
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    stop_processes(*agents.values())
     coordinator.stop()
 
 

@@ -11,15 +11,7 @@ from fleetfit.coordinator.store import StaleLease, Store, UnknownCampaign
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import JOB_STATE
 
-from tests.coordinator.test_store import result
-
-
-@pytest.fixture()
-def store(db_url):
-    s = Store(db_url)
-    s.upsert_device(pb.DeviceInventory(device_id="dev-1", hostname="box", ram_total_bytes=8 << 30))
-    yield s
-    s.close()
+from tests.coordinator.test_store import result, store  # noqa: F401  (the store fixture: dev-1 registered)
 
 
 def campaign(store: Store, jobs: int) -> str:

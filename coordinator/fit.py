@@ -97,7 +97,7 @@ def _figure(f: scaling.Figure | None) -> pb.FitFigure | None:
 
 
 def _band_text(f: pb.FitFigure) -> str:
-    return f" ±{f.error_fraction:.0%}" if f.HasField("error_fraction") else ""
+    return " " + render.band_text(f.error_fraction) if f.HasField("error_fraction") else ""
 
 
 def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str, results: list[pb.ProfileResult],

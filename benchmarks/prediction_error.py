@@ -242,7 +242,8 @@ def holdout_architectures(args) -> int:
         if len(directories) > 1:
             print(f"pass {k + 1} of {len(directories)} ({directory})", flush=True)
         wanted = {(n.partition("@")[0], int(n.partition("@")[2] or 0)) for n in rungs}
-        passes.append([r for r in measure(rungs, quants, directory) if (r.model_name, r.n_depth) in wanted])
+        found = load_results(directory) if args.measured_only else measure(rungs, quants, directory)
+        passes.append([r for r in found if (r.model_name, r.n_depth) in wanted])
     results = passes[0]
     device_id = results[0].device_id
     in_ladder = {(n.partition("@")[0], int(n.partition("@")[2] or 0)) for n in ladder}
@@ -344,6 +345,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="Q4_0 only, models up to 4B parameters")
     parser.add_argument("--short", action="store_true",
                         help=f"Q4_0 only, held-out models up to {SHORT_MAX_PARAMS / 1e9:g}B parameters, one context check")
+    parser.add_argument("--measured-only", action="store_true",
+                        help="measure nothing: the table from the runs --results already holds (an interrupted run)")
     parser.add_argument("--passes", type=int, default=1,
                         help="measure every run this many times; from 2: errors beside the re-measurement error")
     parser.add_argument("--quants", default="Q4_0,Q8_0")

@@ -479,7 +479,7 @@ class DeviceModel:
     def speed_positions(self) -> tuple[float, float]:
         """(decode, prefill) cache positions a predicted speed is quoted at (SPEED_RULE): those of the device's
         latest run from an empty cache, else of SPEED_SHAPE."""
-        run = next((p for p in reversed(self.points) if p.depth == 0), None)
+        run = max((p for p in self.points if p.depth == 0), key=lambda p: p.result.started_unix_s, default=None)
         n_prompt, n_gen = (run.n_prompt, run.n_gen) if run and run.n_gen else SPEED_SHAPE
         return mean_decode_context(n_gen), n_prompt / 2
 

@@ -25,7 +25,7 @@ most a prediction can score on this machine.
 other as `limits probe --passes N` walks its ladder); the ladder calibrates on the median of every pass, and each
 held-out run's error (against its first pass) is printed beside its re-measurement error (its second pass against
 its first): the noise floor no prediction can beat on this machine. --short: a few minutes' version (Q4_0, the
-held-out models up to SHORT_MAX_PARAMS and one context check).
+held-out models up to SHORT_MAX_PARAMS and one context check, a noisy run not measured again within a pass).
 
 Targets (issue 17): memory within ±5 %, decode within ±12 %, prefill within ±20 %; bands that cover ≥ 90 % of the
 measured values with the decode band within ±20 %. With --passes ≥ 2, issue 27's (judged against the machine's own
@@ -117,9 +117,10 @@ def rung_name(r: pb.ProfileResult) -> str:
     return f"{r.model_name}@{r.n_depth}-{r.quant or r.request.quant}"
 
 
-def measure(rungs: list[str], quants: list[str], directory: pathlib.Path) -> list[pb.ProfileResult]:
+def measure(rungs: list[str], quants: list[str], directory: pathlib.Path, once: bool = False) -> list[pb.ProfileResult]:
     """Each rung × precision measured with fleetfit-agent's probe (synthesize, profile under a memory cap, delete),
-    unless directory already holds it; returns every result in directory."""
+    unless directory already holds it; returns every result in directory. `once`: a noisy run is not measured
+    again (--short: the passes are the re-measurement)."""
     from fleetfit.agent import inventory, probe
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -129,7 +130,8 @@ def measure(rungs: list[str], quants: list[str], directory: pathlib.Path) -> lis
         todo = [r for r in rungs if f"{r.partition('@')[0]}@{r.partition('@')[2] or 0}-{quant}" not in have]
         for rung in todo:  # one at a time: a rung that does not fit must not stop the larger ones
             start = time.monotonic()
-            for result in probe.probe([rung], [quant], inventory.default_device_id(), cache, probe.ProbeSettings()):
+            settings = probe.ProbeSettings(remeasure=0) if once else probe.ProbeSettings()
+            for result in probe.probe([rung], [quant], inventory.default_device_id(), cache, settings):
                 save(result, directory)
                 print(f"  measured {rung_name(result)} in {time.monotonic() - start:.0f} s"
                       + (f": {result.error[:100]}" if result.failure else ""), flush=True)
@@ -242,7 +244,7 @@ def holdout_architectures(args) -> int:
         if len(directories) > 1:
             print(f"pass {k + 1} of {len(directories)} ({directory})", flush=True)
         wanted = {(n.partition("@")[0], int(n.partition("@")[2] or 0)) for n in rungs}
-        found = load_results(directory) if args.measured_only else measure(rungs, quants, directory)
+        found = load_results(directory) if args.measured_only else measure(rungs, quants, directory, args.short)
         passes.append([r for r in found if (r.model_name, r.n_depth) in wanted])
     results = passes[0]
     device_id = results[0].device_id

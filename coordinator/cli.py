@@ -620,7 +620,7 @@ def fit(
 
     `~` marks a predicted or estimated figure and `±` its leave-one-size-out error band."""
     from fleetfit.coordinator import render
-    from fleetfit.coordinator.fit import MAX_STREAMS, fit_table
+    from fleetfit.coordinator.fit import CONTEXT_RULE, MAX_STREAMS, fit_table
     from fleetfit.models import shapes
     from fleetfit.models.catalogue import CATALOGUE, active_params, n_params
     from fleetfit.v1 import fleetfit_pb2 as pb
@@ -661,6 +661,8 @@ def fit(
         typer.echo(to_json(answers))
     else:
         typer.echo(render.render(*fit_table(answers), fmt, table="fit"))
+        if fmt in ("table", "md") and answers:
+            typer.echo(f"\n- {CONTEXT_RULE}")
     if calibrate:  # the explicit request, after the answer; its lines on stderr keep a --json or csv answer clean
         with contextlib.redirect_stdout(sys.stderr):
             _calibrate(fleet, device, model, answers[0].quant if answers else quant, shape)

@@ -1,6 +1,8 @@
 """Fit answers: for every known device, does MODEL at QUANT on BACKEND fit, how fast, at what energy, and how
 we know. Answers are for an explicit context: the one asked, else FIT_CONTEXT (4096) or the model's trained
-context when smaller; every answer says which context it used.
+context when smaller; every answer says which context it used. The context sets memory only: decode and prefill
+are at the device's usual run shape whatever the context (scaling.SPEED_RULE), so the limits tables, which answer
+memory at the device's run context, give the same speed for a cell.
 
 Verdict bands, by memory need / the device's RAM (the need is the measured peak, or the scaling model's
 prediction or estimate at the asked context):
@@ -35,6 +37,8 @@ OK_VERDICTS = (pb.VERDICT_FITS_COMFORTABLY, pb.VERDICT_TIGHT)
 DEVICE_QUANTS = ("F16", "Q8_0", "Q4_K_M", "Q4_0")  # precisions `fit --device` answers for, besides measured ones
 RANK = {"measured": 0, "predicted": 1, "estimated": 2}
 MAX_STREAMS = 1_000_000  # fit --streams: beyond any device's memory
+CONTEXT_RULE = (f"memory at the context shown: the one asked (--context), else {scaling.FIT_CONTEXT} or the model's own "
+                f"when smaller; {scaling.SPEED_RULE}")
 
 
 class UnknownModel(ValueError):
@@ -93,7 +97,7 @@ def _figure(f: scaling.Figure | None) -> pb.FitFigure | None:
 
 
 def _band_text(f: pb.FitFigure) -> str:
-    return f" ±{f.error_fraction:.0%}" if f.HasField("error_fraction") else ""
+    return " " + render.band_text(f.error_fraction) if f.HasField("error_fraction") else ""
 
 
 def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str, results: list[pb.ProfileResult],
@@ -227,14 +231,13 @@ def _serving(out: pb.FitAnswer, device: pb.DeviceInventory, arch, sm: serving.Se
                f"F16 KV caches of {kv / MIB:.1f} MiB (GQA-aware)"))
     if cap is not None:
         aggregate = sm.aggregate(cap.source, streams)
+        per_stream = sm.per_stream(cap.source, streams, aggregate)
     else:
         aggregate = scaling.Figure(decode.value, "estimated", serving.one_stream_division(sm))
+        per_stream = dataclasses.replace(aggregate, value=decode.value / streams)
     if aggregate.value is not None:
         out.aggregate_tokens_per_s.CopyFrom(_figure(aggregate))
-        per_stream = pb.FitFigure()
-        per_stream.CopyFrom(out.aggregate_tokens_per_s)
-        per_stream.value = aggregate.value / streams
-        out.stream_tokens_per_s.CopyFrom(per_stream)
+        out.stream_tokens_per_s.CopyFrom(_figure(per_stream))
     capacity = _capacity_bytes(device, out)
     fits = bool(capacity) and need <= TIGHT * capacity
     word = "" if kind(out.stream_tokens_per_s) == "measured" else "~"

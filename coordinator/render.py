@@ -32,11 +32,18 @@ class Figure:
         if self.stdev is not None:
             text += " ± " + number_text(self.stdev)
         if self.band is not None:
-            text += f" ±{self.band:.0%}"
+            text += " " + band_text(self.band)
         return text + (f" ({self.verdict.replace('_', ' ')})" if self.verdict else "")
 
     def parts(self) -> list:
         return [self.value, *(getattr(self, p) for p in FIGURE_PARTS)]
+
+
+def band_text(fraction: float) -> str:
+    """A ± relative band as people read it: whole percents, finer below 1 % (a band never reads "±0%")."""
+    if round(fraction, 2) >= 0.01:
+        return f"±{fraction:.0%}"
+    return f"±{fraction:.1%}" if round(fraction, 3) >= 0.001 else "±<0.1%"
 
 
 def number_text(number: float) -> str:

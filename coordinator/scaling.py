@@ -47,6 +47,14 @@ from fleetfit.v1 import fleetfit_pb2 as pb
 
 DEFAULT_CONTEXT = 512  # a run's context when its result does not say
 FIT_CONTEXT = 4096  # the context fit answers for by default (or the model's own, when smaller)
+# The one speed rule (issue 27): a decode or prefill figure is the speed of the device's usual run shape (llama-bench
+# tg/pp from an empty cache: decode attends to (n_gen + 1) / 2 positions, a prompt to n_prompt / 2), whatever
+# context its memory is asked at. A measured figure is quoted so already; a predicted one at the same depth, so `fit`
+# (memory at 4096 tokens) and the limits tables (memory at the device's run context) give one decode per cell.
+SPEED_SHAPE = (512, 128)  # (n_prompt, n_gen) of llama-bench's default tests: a device with no runs
+SPEED_RULE = ("decode and prefill figures are at the device's usual run shape (llama-bench tg/pp from an empty cache, "
+              "as its runs measured them), whatever the context: the context sets memory only, so `fleetfit fit` and "
+              "every limits table give one speed per device, model and precision")
 N_UBATCH = 512  # llama.cpp's default micro-batch
 KV_BLOCK = 256  # llama.cpp rounds a context's KV cache up to whole blocks of this many positions
 DEFAULT_OVERHEAD_BYTES = 64 << 20  # estimated runtime overhead when a device has no measurement
@@ -468,6 +476,13 @@ class DeviceModel:
         """The run of that model and precision from an empty cache (a run at depth only calibrates)."""
         return next((p for p in self.points if (p.model, p.quant, p.depth) == (model, quant, 0)), None)
 
+    def speed_positions(self) -> tuple[float, float]:
+        """(decode, prefill) cache positions a predicted speed is quoted at (SPEED_RULE): those of the device's
+        latest run from an empty cache, else of SPEED_SHAPE."""
+        run = max((p for p in self.points if p.depth == 0), key=lambda p: p.result.started_unix_s, default=None)
+        n_prompt, n_gen = (run.n_prompt, run.n_gen) if run and run.n_gen else SPEED_SHAPE
+        return mean_decode_context(n_gen), n_prompt / 2
+
     def context_for(self, arch: Architecture, quant: str, measured: "Point | None" = None) -> int:
         """The context `predict` answers at when asked none: the run's, where this device measured that model and
         precision, else the context its runs usually have."""
@@ -476,9 +491,9 @@ class DeviceModel:
 
     def predict(self, arch: Architecture, quant: str, context: int | None = None,
                 decode_context: float | None = None, prefill_context: float | None = None) -> Prediction:
-        """Memory for a context of `context` tokens; decode with `decode_context` positions in the KV cache
-        (default: the whole context, the slowest point of a long generation); prefill attending to
-        `prefill_context` positions on average (default: half the context, a prompt that fills it)."""
+        """Memory for a context of `context` tokens; decode with `decode_context` positions in the KV cache and
+        prefill attending to `prefill_context` positions on average (default for both: SPEED_RULE, the device's
+        usual run shape, whatever `context` is)."""
         measured = self.measured(arch.name, quant)
         ctx = context or self.context_for(arch, quant, measured)
         if measured and ctx == measured.context:
@@ -494,7 +509,7 @@ class DeviceModel:
                  decode_context: float | None, prefill_context: float | None) -> Prediction:
         cal = self.calibration
         if cal is None:
-            return self._estimate(arch, quant, ctx)
+            return self._estimate(arch, quant, ctx, decode_context, prefill_context)
         if measured and measured.peak_bytes:  # measured at another context: its speed, its memory grown to ctx
             r, shape = measured.result, run_shape(measured.result)
             grown = cal.alpha * (memory_feature(arch, quant, ctx, self.backend, measured.resident)
@@ -513,9 +528,10 @@ class DeviceModel:
         n = len({p.model for p in self.points})
         mem_how = (f"weights + KV(ctx {ctx}) + compute buffer, scaled {cal.alpha:.3f} + overhead "
                    f"{cal.overhead_bytes / 2**20:.0f} MiB, fitted on {len(self.points)} runs of {n} sizes here")
-        decode = self._speed(cal.decode, arch, quant, decode_context if decode_context is not None else ctx,
+        decode_at, prefill_at = self.speed_positions()
+        decode = self._speed(cal.decode, arch, quant, decode_context if decode_context is not None else decode_at,
                              bands["decode"], "decode")
-        prefill = self._speed(cal.prefill, arch, quant, prefill_context if prefill_context is not None else ctx / 2,
+        prefill = self._speed(cal.prefill, arch, quant, prefill_context if prefill_context is not None else prefill_at,
                               bands["prefill"], "prefill")
         return Prediction(Figure(memory, "predicted", mem_how, bands["memory"]), decode, prefill, ctx)
 
@@ -600,15 +616,19 @@ class DeviceModel:
     def _usual_context(self) -> int:
         return self.points[-1].context if self.points else DEFAULT_CONTEXT
 
-    def _estimate(self, arch: Architecture, quant: str, ctx: int) -> Prediction:
+    def _estimate(self, arch: Architecture, quant: str, ctx: int, decode_context: float | None = None,
+                  prefill_context: float | None = None) -> Prediction:
         why = "estimated: nothing measured on this device yet"
+        decode_at, prefill_at = self.speed_positions()
+        decode_at = decode_context if decode_context is not None else decode_at
+        prefill_at = prefill_context if prefill_context is not None else prefill_at
         memory = memory_feature(arch, quant, ctx, self.backend) + DEFAULT_OVERHEAD_BYTES
         bw, fl = self.bandwidth_probe, self.matmul_probe
         priors = self.priors or (lambda rate, _quant: default_efficiency(rate))
         bw_eff, fl_eff = priors("bandwidth", quant), priors("compute", quant)
-        decode = (1 / (decode_bytes_per_token(arch, quant, ctx, self.backend) / (bw_eff.value * bw)
+        decode = (1 / (decode_bytes_per_token(arch, quant, decode_at, self.backend) / (bw_eff.value * bw)
                        + arch.n_layers * bw_eff.layer_s)) if bw else None
-        prefill = (1 / (flops_per_token(arch, ctx / 2, prompt=True) / (fl_eff.value * fl)
+        prefill = (1 / (flops_per_token(arch, prefill_at, prompt=True) / (fl_eff.value * fl)
                         + arch.n_layers * fl_eff.layer_s)) if fl else None
         no_probe = "; no probe of the device (fleetfit-agent probe), so no figure"
         floor = lambda b: max(b, MIN_BAND) if b is not None else None  # noqa: E731
@@ -616,9 +636,9 @@ class DeviceModel:
             Figure(memory, "estimated", f"{why}; catalogue weights + KV + compute buffer + "
                    f"{DEFAULT_OVERHEAD_BYTES >> 20} MiB default overhead"),
             self.physical(Figure(decode, "estimated", f"{why}; {bw_eff.how}" + ("" if bw else no_probe),
-                                 floor(bw_eff.band) if bw else None), "decode", arch, quant, ctx),
+                                 floor(bw_eff.band) if bw else None), "decode", arch, quant, decode_at),
             self.physical(Figure(prefill, "estimated", f"{why}; {fl_eff.how}" + ("" if fl else no_probe),
-                                 floor(fl_eff.band) if fl else None), "prefill", arch, quant, ctx / 2),
+                                 floor(fl_eff.band) if fl else None), "prefill", arch, quant, prefill_at),
             ctx)
 
 

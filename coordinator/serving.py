@@ -242,6 +242,7 @@ class Calibration:
     compute: dict[str, float]  # C_q: FLOP/s per precision a batch of streams reaches
     layer_s: float  # e: seconds per layer and stream besides the FLOPs
     fitted_on: tuple[str, ...]  # "model quant" of the sweeps
+    floored: tuple[str, ...] = ()  # those whose measured per-stream cost noise hid: floored at the compute ceiling
 
     def per_stream_s(self, dm: scaling.DeviceModel, arch: Architecture, quant: str, context: float
                      ) -> tuple[float, str] | None:
@@ -252,17 +253,27 @@ class Calibration:
         return (scaling.flops_per_token(arch, context) / rate + arch.n_layers * self.layer_s
                 + _kv_read_s(dm, arch, quant, context),
                 f"per stream: FLOPs/token at {rate / 1e9:.1f} GFLOP/s + {self.layer_s * 1e6:.0f} µs per layer + its KV "
-                f"cache read, fitted on the sweeps of {', '.join(self.fitted_on)}{borrowed}")
+                f"cache read, fitted on the sweeps of {', '.join(self.fitted_on)}{borrowed}"
+                + (f"; noisy sweeps floored at the compute ceiling: {', '.join(self.floored)}" if self.floored else ""))
 
 
 def calibrate(dm: scaling.DeviceModel, swept: list[Curve]) -> Calibration | None:
-    slopes = []
+    """C_q and e fitted on the per-stream costs of the device's sweeps. A noisy sweep (a busy neighbour: its monotone
+    fit flat, or steps that shorten) can show a per-stream cost at or below its KV cache read, which no roofline
+    allows: its cost is floored at the FLOPs per token at the device's compute ceiling (scaling's physical rule),
+    so the device still predicts the models it never swept, and the method says which sweeps were floored."""
+    slopes, floored = [], []
+    ceiling, _ = dm.ceiling("prefill")
     for c in swept:
-        line = _line_of(c)
-        if c.arch is None or line is None:
+        if c.arch is None or len(c.points) < 2:
             continue
-        seconds = line.per_stream_s - _kv_read_s(dm, c.arch, c.quant, c.decode_context)
-        if seconds > 0:
+        line = _line_of(c)
+        seconds = line.per_stream_s - _kv_read_s(dm, c.arch, c.quant, c.decode_context) if line else None
+        least = scaling.flops_per_token(c.arch, c.decode_context) / ceiling if ceiling else None
+        if least is not None and (seconds is None or seconds < least):
+            seconds = least
+            floored.append(f"{c.model} {c.quant}")
+        if seconds is not None and seconds > 0:
             slopes.append(_Slope(c.model, c.quant, c.arch, c.decode_context, seconds))
     if not slopes:
         return None
@@ -271,7 +282,8 @@ def calibrate(dm: scaling.DeviceModel, swept: list[Curve]) -> Calibration | None
                                           lambda s: 1 / s.seconds)
     if not compute:
         return None
-    return Calibration(compute, layer_s, tuple(dict.fromkeys(f"{s.model} {s.quant}" for s in slopes)))
+    return Calibration(compute, layer_s, tuple(dict.fromkeys(f"{s.model} {s.quant}" for s in slopes)),
+                       tuple(floored))
 
 
 # -- predictions ------------------------------------------------------------------------------------------------
@@ -344,8 +356,9 @@ class ServingModel:
         if arch is None or self.calibration is None:
             why = "no catalogued shape" if arch is None else "no sweep on this device fits the roofline"
             return CurveModel(None, "predicted", f"not swept here, and {why}", None, None, None)
-        context = context or self._usual_context()
-        one = self.dm.predict(arch, quant, context=context[0], decode_context=context[1])
+        # one stream is the speed table's cell (scaling.SPEED_RULE), unless a held-out sweep's own depth is asked
+        asked, context = context is not None, context or self._usual_context()
+        one = self.dm.predict(arch, quant, context=context[0], decode_context=context[1] if asked else None)
         slope = self._slope(arch, quant, context[1])
         if one.decode_tps.value is None or slope is None:
             return CurveModel(None, "predicted", "not swept here: " + one.decode_tps.method, None, None, one)
@@ -400,6 +413,15 @@ class ServingModel:
         return scaling.Figure(cm.line.aggregate_tps(streams), "predicted",
                               f"t(N) = {cm.line.fixed_s * 1e3:.3g} ms + N × {cm.line.per_stream_s * 1e3:.3g} ms; "
                               + cm.method, cm.error_fraction)
+
+    def per_stream(self, cm: CurveModel, streams: int, aggregate: scaling.Figure) -> scaling.Figure:
+        """Each stream's decode at `streams`: the sweep's measured per-stream figure at a count it ran (never above
+        the aggregate), else the aggregate shared equally."""
+        point = cm.curve.at(streams) if cm.curve else None
+        if point is not None:
+            return scaling.Figure(point.per_stream_tps, "measured", aggregate.method)
+        value = aggregate.value / streams if aggregate.value is not None and streams else None
+        return dataclasses.replace(aggregate, value=value)
 
     def capacity_bytes(self, cm: CurveModel) -> int:
         """The memory streams must fit in: where the model's sweep (else the device's latest) ran."""

@@ -245,9 +245,10 @@ def _params_text(n: int) -> str:
 
 PREDICTED_NOTE = ("~: predicted by the device's scaling model for that backend (calibrated on its own runs; `fleetfit "
                   "fit` gives the leave-one-size-out error band); bare numbers are measured")
-CONTEXT_NOTE = ("every figure is `fleetfit fit`'s answer for its cell at the context of the device's run of that model "
-                "and precision, else of its latest run (`fleetfit fit MODEL --quant Q --device D --context N` gives "
-                "the same figure; fit's default context is 4096, or the model's own when smaller)")
+CONTEXT_NOTE = ("every figure is `fleetfit fit`'s answer for its cell; memory at the context of the device's run of "
+                "that model and precision, else of its latest run (`fleetfit fit MODEL --quant Q --device D --context "
+                f"N` gives the same memory; fit's default context is {scaling.FIT_CONTEXT}, or the model's own when "
+                f"smaller); {scaling.SPEED_RULE}")
 SHAPE_NOTE = ("shape: the run shape the row's cells come from (option shape, default pp512/tg128; a device and "
               "backend with no run of that shape show their most common one)")
 
@@ -460,6 +461,10 @@ def _decode_energy(r: pb.ProfileResult) -> pb.PhaseEnergy | None:
     return next((p for p in r.power.phases if p.phase == "decode" and p.source == r.power.headline_source), None)
 
 
+def _rounded(value: float | None, digits: int):
+    return round(value, digits) if value is not None else None
+
+
 def _opt(message, field: str, digits: int = 4):
     return round(getattr(message, field), digits) if message is not None and message.HasField(field) else None
 
@@ -481,9 +486,27 @@ def _how(p: pb.PhaseEnergy | None) -> str | None:
 
 
 POWER_NOTES = [
-    "decode phase of each result's headline power source; net = minus the idle baseline measured before the run",
+    "decode W, tokens/J and J/token: `fleetfit fit`'s answer for the cell (the decode phase's average power of the "
+    "run of that model and precision, its headline source, else the mean of the device's runs, over fit's decode "
+    "tok/s); peak, idle and net: that phase as measured; net = minus the idle baseline measured before the run",
     "ESTIMATED rows: no readable sensor; CPU utilization x a per-CPU-class power model, not a measurement",
 ]
+
+
+def _energy_answer(fleet: Fleet, r: pb.ProfileResult) -> tuple[float | None, float | None, str | None]:
+    """(decode W, J/token, how) of `fit`'s answer for the result's cell (its device, backend, model and precision,
+    at the cell's context): J/token = decode W / decode tok/s, both as fit gives them; Nones where fit gives none."""
+    backend = backend_of(r)
+    if backend not in backends.BACKENDS:
+        return None, None, None
+    quant = quant_of(r)
+    a = fleet.answer(r.device_id, backend, r.model_name, quant, fleet.cell_context(r.device_id, backend,
+                                                                                  r.model_name, quant))
+    f = a.joules_per_token
+    if not fit_rules.kind(f) or not fit_rules.kind(a.decode_tokens_per_s):
+        return None, None, None
+    word = fit_rules.kind(f)
+    return f.value * a.decode_tokens_per_s.value, f.value, f"{word.upper() if word == 'estimated' else word} ({f.method})"
 
 
 @table("power", "Power consumption scaling: decode watts and tokens per joule")
@@ -493,9 +516,11 @@ def power(fleet: Fleet, options: dict[str, str]) -> TableData:
     body = []
     for name, r in rows:
         p = _decode_energy(r)
-        body.append([name, backend_of(r), r.model_name, quant_of(r), _opt(p, "average_power_w", 3), _opt(p, "peak_power_w", 3),
-                     _opt(p, "idle_power_w", 3), _opt(p, "tokens_per_joule", 3), _opt(p, "joules_per_token", 5),
-                     _opt(p, "net_joules_per_token", 5), supported.get(name), _how(p)])
+        watts, per_token, how = _energy_answer(fleet, r)
+        body.append([name, backend_of(r), r.model_name, quant_of(r), _rounded(watts, 3), _opt(p, "peak_power_w", 3),
+                     _opt(p, "idle_power_w", 3), _rounded(1 / per_token if per_token else None, 3),
+                     _rounded(per_token, 5), _opt(p, "net_joules_per_token", 5), supported.get(name),
+                     _how(p) if _opt(p, "average_power_w") is not None else how])
     return TableData(["device", "backend", "model", "quant", "decode W", "peak W", "idle W", "tokens/J", "J/token",
                       "net J/token", "models supported", "provenance (method, scope)"], body, POWER_NOTES)
 
@@ -511,13 +536,13 @@ def energy_cost(fleet: Fleet, options: dict[str, str]) -> TableData:
     body = []
     for name, r in rows:
         p = _decode_energy(r)
-        watts = p.average_power_w if p is not None and p.HasField("average_power_w") else None
+        watts, per_token, how = _energy_answer(fleet, r)
         kwh = watts * HOURS_PER_MONTH * duty / 1000 if watts is not None else None
-        per_million = (p.joules_per_token * 1e6 / 3.6e6 * price
-                       if p is not None and p.HasField("joules_per_token") else None)
+        per_million = per_token * 1e6 / 3.6e6 * price if per_token is not None else None
         body.append([name, backend_of(r), r.model_name, quant_of(r), round(watts / 1000, 5) if watts is not None else None,
                      round(kwh, 3) if kwh is not None else None, round(kwh * price, 2) if kwh is not None else None,
-                     round(per_million, 4) if per_million is not None else None, supported.get(name), _how(p)])
+                     round(per_million, 4) if per_million is not None else None, supported.get(name),
+                     _how(p) if _opt(p, "average_power_w") is not None else how])
     return TableData(["device", "backend", "model", "quant", "power kW", "kWh/month", "cost/month", "cost per 1M tokens",
                       "models supported", "provenance (method, scope)"], body,
                      [f"price {price:g} per kWh (option price_per_kwh), duty cycle {duty:g} (option duty_cycle), "
@@ -561,8 +586,8 @@ def _ladder_devices(fleet: Fleet, models: dict | None = None) -> list[tuple[str,
 def _streams_per_device(a: pb.FitAnswer) -> tuple[render.Figure | None, int, str | None]:
     """(cell, count, how): the streams one device serves at the answer's stream speed each (fit's max_streams:
     from its sweeps where it has some, else one stream's decode divided)."""
-    if not fit_rules.kind(a.max_streams):
-        return None, 0, None
+    if not fit_rules.kind(a.max_streams):  # a documented word, never null (issue 27 item 5)
+        return None, 0, "no stream count: the answer has no decode figure"
     n = int(a.max_streams.value)
     return render.Figure(n, provenance=fit_rules.kind(a.max_streams)), n, a.max_streams.method
 
@@ -660,10 +685,6 @@ def _figure_cell(value: float | None, measured: bool, band: float | None = None,
                          provenance="measured" if measured else "predicted")
 
 
-def _streams_cell(cap: serving.Capacity) -> render.Figure:
-    return render.Figure(cap.streams, provenance=cap.provenance)
-
-
 def _serving_label(cap: serving.Capacity, sm: serving.ServingModel) -> str:
     cm = cap.source
     if cm.curve is not None:
@@ -675,25 +696,52 @@ def _serving_label(cap: serving.Capacity, sm: serving.ServingModel) -> str:
     return f"predicted: not swept here; calibrated on the sweeps of {fitted}"
 
 
+def _answer_at(fleet: Fleet, sm: serving.ServingModel, model: str, quant: str, **limits) -> pb.FitAnswer:
+    """`fit`'s answer for the model on the serving model's device and backend, at the cell's context."""
+    device_id, backend = sm.dm.device.device_id, sm.dm.backend
+    return fleet.answer(device_id, backend, model, quant, fleet.cell_context(device_id, backend, model, quant),
+                        **limits)
+
+
+def _serving_figures(fleet: Fleet, sm: serving.ServingModel, model: str, quant: str, min_tps: float,
+                     cap: serving.Capacity) -> tuple[render.Figure, render.Figure | None, render.Figure | None]:
+    """(max streams, aggregate, per-stream) at the most streams that each get `min_tps`: `fit`'s answer for the
+    cell (`fit MODEL --quant Q --device D --min-tps T`, then `--streams N`), the same capacity by construction; a
+    model fit cannot size (no catalogued shape), or a device it cannot judge (no RAM figure), from the sweep."""
+    a = _answer_at(fleet, sm, model, quant, min_decode_tps=min_tps)
+    if fit_rules.kind(a.max_streams) and int(a.max_streams.value) == cap.streams:
+        streams = _streams_per_device(a)[0]
+        if not cap.streams:
+            return streams, None, None
+        at = _answer_at(fleet, sm, model, quant, min_decode_tps=min_tps, streams=cap.streams)
+        return streams, fit_rules.shown(at.aggregate_tokens_per_s, digits=4), \
+            fit_rules.shown(at.stream_tokens_per_s, digits=4)
+    measured = cap.provenance == "measured"
+    band = cap.aggregate_tps.error_fraction
+    return (render.Figure(cap.streams, provenance=cap.provenance), _figure_cell(cap.aggregate_tps.value, measured, band),
+            _figure_cell(cap.per_stream_tps.value, measured, band))
+
+
 def _serving_row(fleet: Fleet, sm: serving.ServingModel, model: str, quant: str, min_tps: float, prompt: int,
-                 response: int, curve: serving.Curve | None = None) -> list | None:
-    cap = sm.capacity(model, quant, min_tps, curve)
+                 response: int) -> list | None:
+    cap = sm.capacity(model, quant, min_tps)  # the call fit's answer makes: its sweep, its band of streams
     if cap is None:
         return None
-    cm, measured = cap.source, cap.provenance == "measured"
+    cm = cap.source
+    streams, aggregate, per_stream = _serving_figures(fleet, sm, model, quant, min_tps, cap)
+    measured = aggregate is not None and aggregate.provenance == "measured"
+    band = aggregate.band if aggregate is not None else None
     one = cm.one_stream.prefill_tps.value if cm.one_stream else None
-    req = serving.request_figures(cm.curve, cap.streams, cap.aggregate_tps.value, one, prompt, response)
-    if cap.point is not None:
-        memory = cap.point.peak_bytes
+    req = serving.request_figures(cm.curve, cap.streams, aggregate.value if aggregate else None, one, prompt, response)
+    point = cm.curve.at(cap.streams) if cm.curve else None
+    if point is not None:
+        memory = point.peak_bytes
     else:
-        per_stream, base, _ = sm.memory_line(CATALOGUE.get(model), cm)
-        memory = base + cap.streams * per_stream if per_stream is not None and cap.streams else None
-    band = cap.aggregate_tps.error_fraction
+        per_kv, base, _ = sm.memory_line(CATALOGUE.get(model), cm)
+        memory = base + cap.streams * per_kv if per_kv is not None and cap.streams else None
     shape = cm.curve.shape if cm.curve else f"as {max(sm.curves, key=lambda c: c.result.started_unix_s).shape}"
     return [fleet.name(sm.dm.device.device_id), sm.dm.backend, model, quant, shape,
-            cm.curve.counts if cm.curve else None, _streams_cell(cap), cap.streams_range(),
-            _figure_cell(cap.aggregate_tps.value, measured, band),
-            _figure_cell(cap.per_stream_tps.value, measured, band),
+            cm.curve.counts if cm.curve else None, streams, cap.streams_range(), aggregate, per_stream,
             _figure_cell(req.requests_per_hour, measured, band, 0), _figure_cell(req.ttft_ms_p50, measured),
             _figure_cell(req.ttft_ms_p99, measured), _figure_cell(req.response_s_p50, measured),
             _figure_cell(req.response_s_p99, measured),
@@ -721,8 +769,9 @@ def serving_table(fleet: Fleet, options: dict[str, str]) -> TableData:
     for (device_id, _), sm in serving_models(fleet).items():
         if device not in (None, device_id):
             continue
-        found = [(n_params(CATALOGUE[c.model]) if c.model in CATALOGUE else 0, c.model, c.quant, c.shape,
-                  _serving_row(fleet, sm, c.model, c.quant, min_tps, prompt, response, c)) for c in sm.curves]
+        swept = dict.fromkeys((c.model, c.quant) for c in sm.curves)  # one row per cell: the sweep fit reads
+        found = [(n_params(CATALOGUE[m]) if m in CATALOGUE else 0, m, q, "",
+                  _serving_row(fleet, sm, m, q, min_tps, prompt, response)) for m, q in swept]
         found += [(n_params(CATALOGUE[m]), m, q, "", _serving_row(fleet, sm, m, q, min_tps, prompt, response))
                   for m, q in _unswept_models(sm)]
         rows += [row for *_, row in sorted(found, key=lambda f: f[:4]) if row is not None]
@@ -751,23 +800,36 @@ def _powers_of_two(top: int) -> list[int]:
     return [1 << i for i in range(max(top, 1).bit_length()) if 1 << i <= top]
 
 
+def _curve_figures(fleet: Fleet, sm: serving.ServingModel, cm: serving.CurveModel, model: str, quant: str,
+                   streams: int) -> tuple[render.Figure, render.Figure]:
+    """(aggregate, per-stream) at `streams`: `fit MODEL --quant Q --device D --streams N`'s figures; from the sweep
+    where fit cannot answer the cell (no catalogued shape, no RAM figure)."""
+    a = _answer_at(fleet, sm, model, quant, streams=streams)
+    if fit_rules.kind(a.aggregate_tokens_per_s) and fit_rules.kind(a.aggregate_tokens_per_s) != "estimated":
+        return (fit_rules.shown(a.aggregate_tokens_per_s, digits=4), fit_rules.shown(a.stream_tokens_per_s, digits=4))
+    f = sm.aggregate(cm, streams)
+    per_stream = sm.per_stream(cm, streams, f)
+    return (render.Figure(round(f.value, 4), band=f.error_fraction, provenance=f.provenance),
+            render.Figure(round(per_stream.value, 4), provenance=per_stream.provenance))
+
+
 @table("serving-curves", "Serving curves: aggregate and per-stream decode against concurrent streams")
 def serving_curves(fleet: Fleet, options: dict[str, str]) -> TableData:
     rows = []
     for (device_id, backend), sm in serving_models(fleet).items():
-        for c in sm.curves:
-            cm = sm.curve_model(c.model, c.quant, c)
+        for model, quant in dict.fromkeys((c.model, c.quant) for c in sm.curves):  # the sweep fit reads, per cell
+            c, cm = sm.curve(model, quant), sm.curve_model(model, quant)
             counts = [p.streams for p in c.points]
             mem_cap, _ = sm.memory_cap(c.arch, cm, sm.capacity_bytes(cm))
             top = min(4 * counts[-1], serving.EXTRAPOLATION * sm.largest_swept, *([mem_cap] if mem_cap else []))
             predicted = [n for n in _powers_of_two(top) if n not in counts] if cm.line else []
             for n in sorted([*counts, *predicted]):
-                f, point = sm.aggregate(cm, n), c.at(n)
-                band = scaling.band_of(f.value, f.error_fraction, "tokens_per_s") if point is None and f.error_fraction is not None \
-                    else (None, None)
-                rows.append([fleet.name(device_id), backend, c.model, c.quant, c.shape, n, f.provenance,
-                             round(f.value, 4), round(point.per_stream_tps if point else f.value / n, 4),
-                             *(round(x, 4) if x is not None else None for x in band),
+                aggregate, per_stream = _curve_figures(fleet, sm, cm, model, quant, n)
+                point = c.at(n)
+                band = scaling.band_of(aggregate.value, aggregate.band, "tokens_per_s") \
+                    if point is None and aggregate.band is not None else (None, None)
+                rows.append([fleet.name(device_id), backend, model, quant, c.shape, n, aggregate.provenance,
+                             aggregate.value, per_stream.value, *(round(x, 4) if x is not None else None for x in band),
                              point.source if point else "t(N) = a + b·N fitted on the sweep"])
     return TableData(["device", "backend", "model", "precision", "shape", "streams", "provenance", "aggregate tok/s",
                       "per-stream tok/s", "aggregate low", "aggregate high", "source"], rows,

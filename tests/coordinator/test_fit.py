@@ -94,3 +94,11 @@ def test_largest_per_precision():
     assert {"F16", "Q4_0"} <= set(found)
     assert all(VERDICT.word(a.fit_verdict) in ("fits_comfortably", "tight") for a in found.values())
     assert found["Q4_0"].memory_bytes.value < 0.95 * 8192 * MIB
+
+
+def test_a_band_never_reads_plus_minus_zero():
+    """Issue 27 item 3: a band under a percent keeps a decimal (fit's text and every table's cell share the rule)."""
+    from fleetfit.coordinator.render import Figure, band_text
+
+    assert [band_text(x) for x in (0.0, 0.004, 0.37)] == ["±<0.1%", "±0.4%", "±37%"]
+    assert Figure(10.0, band=0.003, provenance="predicted").text() == "~10 ±0.3%"

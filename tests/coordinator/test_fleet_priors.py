@@ -95,13 +95,13 @@ def test_a_never_profiled_device_is_estimated_from_its_kind_and_says_so(store):
     # b's copy is 1.2 times as fast: its fitted cost per layer is a's / 1.2; the median of the two costs
     per_layer = (layer_s + layer_s / 1.2) / 2
     assert f"+ {per_layer * 1e3:.2f} ms per layer (median of theirs)" in decode.method
-    expected = 1 / (scaling.decode_bytes_per_token(arch, "Q4_0", new.context_tokens) / (1.1 * e * probe)
+    positions = scaling.mean_decode_context(scaling.SPEED_SHAPE[1])  # the speed rule: a run shape's depth
+    expected = 1 / (scaling.decode_bytes_per_token(arch, "Q4_0", positions) / (1.1 * e * probe)
                     + arch.n_layers * per_layer)
     assert decode.value == pytest.approx(expected, rel=1e-6)
     assert "estimated from 2 calibrated" in new.prefill_tokens_per_s.method
     # not the fixed default any more, and the hostile device did not drag it
-    default = scaling.DEFAULT_BANDWIDTH_EFFICIENCY * probe / scaling.decode_bytes_per_token(arch, "Q4_0",
-                                                                                            new.context_tokens)
+    default = scaling.DEFAULT_BANDWIDTH_EFFICIENCY * probe / scaling.decode_bytes_per_token(arch, "Q4_0", positions)
     assert decode.value / default > 1.1  # with the hostile one in, the efficiency would be b's own 1.2 e
     # a kind with no calibrated devices: the fixed default, and why
     lone = answers["lone"].decode_tokens_per_s

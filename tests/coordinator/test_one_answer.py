@@ -42,12 +42,21 @@ def _as_device(inventory: pb.DeviceInventory, results: list[pb.ProfileResult], d
     return inv, out
 
 
+def _with_sweep(r: pb.ProfileResult, factors: tuple[float, ...]) -> None:
+    """A concurrency sweep on the run (1, 2, 4, 8 streams): aggregate = its decode x each factor."""
+    decode = r.decode_tokens_per_s.mean
+    for n, f in zip((1, 2, 4, 8), factors):
+        r.serving.add(parallel=n, aggregate_decode_tokens_per_s=pb.Stat(mean=decode * f),
+                      per_stream_decode_tokens_per_s=pb.Stat(mean=decode * f / n))
+
+
 def _fleet(seed: int) -> list[tuple[pb.DeviceInventory, list[pb.ProfileResult]]]:
     rng = random.Random(seed)
     fleet = []
     for n, directory in enumerate(("ladder", "coverage-ladder")):
         inventory, results = _measured(directory)
         fleet.append(_as_device(inventory, rng.sample(results, rng.randint(3, len(results))), f"d{n}-{seed}"))
+        _with_sweep(rng.choice(fleet[-1][1]), (1.0, 1.6, 2.2, 2.4))  # swept: the serving tables have rows
     inventory, results = _measured("ladder")
     fleet.append(_as_device(inventory, [rng.choice(results)], f"one-{seed}"))  # a device that measured one model
     noisy = [r for r in rng.sample(results, 4)]
@@ -56,6 +65,7 @@ def _fleet(seed: int) -> list[tuple[pb.DeviceInventory, list[pb.ProfileResult]]]
     decode.samples[:] = [s * f for s, f in zip(decode.samples, (0.3, 1.7, 0.9, 1.2))] or [decode.mean]
     decode.mean = sum(decode.samples) / len(decode.samples)
     decode.stdev = 0.9 * decode.mean
+    _with_sweep(noisy[1], (1.0, 1.9, 1.4, 3.1))  # a noisy sweep: its aggregate dips at 4 streams
     fleet.append((inv, noisy))
     inv, oom = _as_device(inventory, rng.sample(results, 5), f"oom-{seed}")
     failed = pb.ProfileResult()
@@ -156,6 +166,67 @@ def _check_largest(found: dict[str, pb.Table], ask: Fit) -> int:
     return checked
 
 
+def _number(cell):
+    return cell.value if hasattr(cell, "value") else cell
+
+
+def _check_serving(found: dict[str, pb.Table], ask: Fit) -> int:
+    """The serving table's max streams, aggregate and per-stream speed are `fit`'s (--min-tps T, then --streams N);
+    the serving curves' figures `fit --streams N`'s; at one stream the speed table's decode; the aggregate never
+    negative and never falling with streams, each stream's speed never rising (issue 27 item 5)."""
+    checked = 0
+    serving = found["serving"]
+    streams_column = next(c for c in serving.columns if c.startswith("max streams ≥"))
+    min_tps = float(re.search(r"≥([\d.]+)", streams_column).group(1))
+    for row in _rows(serving):
+        a = ask(row["device id"], row["backend"], row["model"], row["precision"], min_decode_tokens_per_s=min_tps)
+        where = f"serving {row['device']} {row['model']} {row['precision']}: {a.reason}"
+        assert row[streams_column].value == int(a.max_streams.value), where
+        n = int(a.max_streams.value)
+        if n:
+            b = ask(row["device id"], row["backend"], row["model"], row["precision"], min_decode_tokens_per_s=min_tps,
+                    streams=n)
+            assert _number(row["aggregate tok/s"]) == fit.shown(b.aggregate_tokens_per_s, digits=4).value, where
+            assert _number(row["per-stream tok/s"]) == fit.shown(b.stream_tokens_per_s, digits=4).value, where
+            assert _number(row["aggregate tok/s"]) >= 0 and _number(row["per-stream tok/s"]) >= 0, where
+        checked += 1
+    curves: dict[tuple, list[dict]] = {}
+    for row in _rows(found["serving-curves"]):
+        b = ask(row["device id"], row["backend"], row["model"], row["precision"], streams=int(row["streams"]))
+        where = f"serving-curves {row['device']} {row['model']} {row['precision']} x{row['streams']}: {b.reason}"
+        assert row["aggregate tok/s"] == fit.shown(b.aggregate_tokens_per_s, digits=4).value, where
+        assert row["per-stream tok/s"] == fit.shown(b.stream_tokens_per_s, digits=4).value, where
+        if row["streams"] == 1:  # one stream is the speed table's decode for the cell
+            assert row["aggregate tok/s"] == pytest.approx(b.decode_tokens_per_s.value, rel=1e-3), where
+        curves.setdefault((row["device id"], row["model"], row["precision"]), []).append(row)
+        checked += 1
+    for rows in curves.values():
+        aggregate = [r["aggregate tok/s"] for r in rows]
+        per_stream = [r["per-stream tok/s"] for r in rows]
+        assert min(aggregate) >= 0 and min(r["aggregate low"] or 0 for r in rows) >= 0, rows
+        assert all(x <= y * (1 + 1e-6) for x, y in zip(aggregate, aggregate[1:])), rows
+        assert all(x >= y * (1 - 1e-6) for x, y in zip(per_stream, per_stream[1:])), rows
+    return checked
+
+
+def _check_energy(found: dict[str, pb.Table], ask: Fit) -> int:
+    """The power and energy-cost tables' decode W and J/token are `fit`'s (J/token = decode W / fit's decode)."""
+    checked = 0
+    for power, cost in zip(_rows(found["power"]), _rows(found["energy-cost"])):
+        a = ask(power["device id"], power["backend"], power["model"], power["quant"])
+        where = f"power {power['device']} {power['model']} {power['quant']}: {a.reason}"
+        if not fit.kind(a.joules_per_token):
+            assert power["J/token"] is None and cost["power kW"] is None, where
+            continue
+        watts = a.joules_per_token.value * a.decode_tokens_per_s.value
+        assert power["J/token"] == round(a.joules_per_token.value, 5), where
+        assert power["decode W"] == round(watts, 3), where
+        assert cost["power kW"] == round(watts / 1000, 5), where
+        assert cost["cost per 1M tokens"] == round(a.joules_per_token.value * 1e6 / 3.6e6 * 0.15, 4), where
+        checked += 1
+    return checked
+
+
 @pytest.mark.parametrize("seed", range(FLEETS))
 def test_every_table_cell_is_fits_answer_for_it(db_url, seed):
     with Store(db_url) as store:
@@ -167,7 +238,10 @@ def test_every_table_cell_is_fits_answer_for_it(db_url, seed):
         ask = Fit(store)
         size_cells = _check_size_tables(found, ask)
         largest = _check_largest(found, ask)
-    assert size_cells >= 20 and largest >= 5, (size_cells, largest)  # the fleets give the property something to hold on
+        serving = _check_serving(found, ask)
+        energy = _check_energy(found, ask)
+    # the fleets give the property something to hold on
+    assert size_cells >= 20 and largest >= 5 and serving >= 3 and energy >= 3, (size_cells, largest, serving, energy)
 
 
 def test_limits_all_reads_the_store_once(tmp_path, monkeypatch):

@@ -70,14 +70,16 @@ def test_predictions_fall_with_size_and_stay_under_the_physical_ceiling(name, de
         decode = [dm.predict(CATALOGUE[m], quant, 4096, decode_context=64).decode_tps for m in SIZES]
         values = [f.value for f in decode]
         assert all(a > b for a, b in zip(values, values[1:])), (name, quant, values)  # never a constant
+        decode_at, prefill_at = dm.speed_positions()  # the speed rule: at the device's run shape, any context
         for arch in CATALOGUE.values():
             p = dm.predict(arch, quant, 4096)
             if p.decode_tps.provenance == "measured":
                 continue
             if scaling._weights_read_per_token(arch, quant) >= scaling.CACHE_BYTES:
-                ceiling = bw / scaling.decode_bytes_per_token(arch, quant, 4096)
+                ceiling = bw / scaling.decode_bytes_per_token(arch, quant, decode_at)
                 assert p.decode_tps.value <= ceiling * (1 + 1e-9), (name, arch.name, quant, p.decode_tps)
-            assert p.prefill_tps.value <= fl / scaling.flops_per_token(arch, 2048, prompt=True) * (1 + 1e-9)
+            assert p.prefill_tps.value <= fl / scaling.flops_per_token(arch, prefill_at, prompt=True) * (1 + 1e-9)
+            assert dm.predict(arch, quant, 512).decode_tps.value == p.decode_tps.value  # one speed per cell
             for phase, f in (("decode", p.decode_tps), ("prefill", p.prefill_tps)):
                 assert f.error_fraction >= max(dm.noise[phase] or 0, scaling.MIN_BAND) - 1e-12, (name, arch.name, f)
 
@@ -198,8 +200,7 @@ def test_an_unswept_model_at_one_stream_serves_its_decode():
                                                                                            curve.points[1:]))
     for m in SIZES[:3]:
         cm = sm.curve_model(CATALOGUE[m], "Q4_0")
-        one = dm.predict(CATALOGUE[m], "Q4_0", context=cm.one_stream.context,
-                         decode_context=curve.decode_context).decode_tps.value
+        one = dm.predict(CATALOGUE[m], "Q4_0").decode_tps.value  # the speed table's cell, at any context
         assert sm.aggregate(cm, 1).value == pytest.approx(one)
         aggregates = [sm.aggregate(cm, n).value for n in (1, 2, 4, 8)]
         assert all(v >= 0 for v in aggregates) and aggregates == sorted(aggregates)

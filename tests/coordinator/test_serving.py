@@ -167,7 +167,7 @@ def test_leave_one_out_error_of_the_aggregate_speed():
     ({1: 10.0, 2: 30.0, 4: 100.0}, "4", "measured"),  # steps shorten as streams are added: no roofline fits
 ])
 def test_hostile_curves_give_labelled_answers(aggregates, expected, label):
-    r = sweep("h", FAST, aggregates)
+    r = sweep("h-" + "-".join(f"{v:g}" for v in aggregates.values()), FAST, aggregates)  # a result id is its content's
     r.serving.add(parallel=0, aggregate_decode_tokens_per_s=stat(1e6))  # not a count
     r.serving.add(parallel=32)  # its figures dropped by ingest (not finite): no aggregate
     fleet = fleet_of(r)
@@ -289,3 +289,22 @@ def test_fleet_serving_over_the_wire(coordinator, monkeypatch):
         stub.Fit(pb.FitRequest(model_name="smollm2-135m", quant="Q4_0", streams=fit.MAX_STREAMS + 1), timeout=10)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "streams must be at most" in \
         refused.value.details()
+
+
+def test_a_noisy_sweep_still_predicts_the_models_it_never_swept():
+    """A busy neighbour made each count's aggregate grow in proportion to the streams (one even superlinear): no
+    measurable per-stream cost, less than the KV cache read a stream needs. The device still predicts the models
+    it never swept, the per-stream cost floored at its compute ceiling and labelled so, instead of answering by
+    one-stream division (the recommendations row of the end-to-end sweep, under load)."""
+    device = inventory(FAST)
+    device.probes.bandwidth.add(target="cpu", gb_per_s=20.0)
+    device.probes.matmul.add(target="cpu", precision="float32", gflop_per_s=100.0)
+    results = [sweep("s", FAST, {1: 30.0, 2: 66.0, 4: 118.0, 8: 250.0})]
+    sm = serving.serving_model(scaling.device_model(device, results), results)
+    assert sm.calibration is not None and sm.calibration.floored == ("smollm2-135m Q4_0",)
+    cap = sm.capacity("tinyllama-1.1b", "Q4_0", 1.0)
+    assert cap is not None and cap.streams >= 1 and "floored at the compute ceiling" in cap.method
+    a = fit.answer(device, "tinyllama-1.1b", "Q4_0", "llama.cpp", results)
+    assert fit.kind(a.max_streams) == "predicted" and not a.max_streams.method.startswith("one-stream division")
+    swept = sm.curve("smollm2-135m", "Q4_0")
+    assert [p.aggregate_tps for p in swept.points] == sorted(p.aggregate_tps for p in swept.points)  # monotone fit

@@ -1,7 +1,6 @@
 """fleetfit-agent: the command line on each device. Commands parse options and call library code."""
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ import typer
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from fleetfit.models import cli_common, job_bounds
-from fleetfit.models.backends import BACKENDS, DEFAULT_BACKEND
+from fleetfit.models.backends import BACKENDS, DEFAULT_BACKEND, precisions_help
 
 app = typer.Typer(help="Profile quantized LLM inference on this device and report to a fleetfit coordinator.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -54,30 +53,17 @@ Insecure = Annotated[bool, typer.Option("--insecure", envvar="FLEETFIT_INSECURE"
                                         help="Plaintext, no TLS: for a coordinator on loopback during development.")]
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+def _input_errors() -> tuple[type, ...]:
+    from fleetfit.agent.profiling import ProfileInputError
+    from fleetfit.models.errors import ModelError
+    from fleetfit.v1.transport import CoordinatorUnreachable
+
+    return ModelError, ProfileInputError, CoordinatorUnreachable
 
 
-def user_errors(command):
-    """Turn the errors that bad input causes into one line on stderr and exit status 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        import grpc
-
-        from fleetfit.agent.profiling import ProfileInputError
-        from fleetfit.models.errors import ModelError
-        from fleetfit.v1.transport import CoordinatorUnreachable
-
-        try:
-            return command(*args, **kwargs)
-        except (ModelError, ProfileInputError, CoordinatorUnreachable) as exc:
-            _fail(str(exc))
-        except grpc.RpcError as exc:
-            _fail(f"the coordinator refused: {exc.code().name}: {exc.details()}")
-
-    return wrapper
+_fail = cli_common.fail
+user_errors = cli_common.user_errors(
+    _input_errors, lambda exc: f"the coordinator refused: {exc.code().name}: {exc.details()}")
 
 
 def _cache(cache_dir: Optional[pathlib.Path]) -> pathlib.Path:
@@ -346,7 +332,7 @@ def limits_probe(
 
     from fleetfit.agent import identity, inventory, probe, report
     from fleetfit.agent.daemon import registration
-    from fleetfit.agent.outbox import Outbox, flush, path_beside
+    from fleetfit.agent.outbox import Outbox, flush, path_beside, reporter
     from fleetfit.v1 import fleetfit_pb2 as pb
     from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
     from fleetfit.v1.transport import CoordinatorUnreachable
@@ -392,7 +378,7 @@ def limits_probe(
         with enrolled.connect(timeout_s=10) as channel:
             stub = pb_grpc.AgentServiceStub(channel)
             stub.Register(registration(device_id, _cache(cache_dir)), timeout=30)  # results need a known device
-            delivered = flush(outbox, stub.ReportResult, threading.Event(), 3)
+            delivered = flush(outbox, reporter(stub), threading.Event(), 3)
     except CoordinatorUnreachable:
         delivered = False
     typer.echo(f"results sent to {enrolled.coordinator}" if delivered else
@@ -406,8 +392,7 @@ def profile(
     model: Annotated[str, typer.Option(
         help="A GGUF path, a real model (smollm2-135m), a cached model, or a catalogue shape (tinyllama-1.1b).")],
     quant: Annotated[Optional[str], typer.Option(
-        help="llama.cpp: GGUF quant type (with a name, derived if not cached); torch: fp32, bf16, fp16, int8, "
-             "int4; onnxruntime: fp32, int8, int4."
+        help=f"The precision ({precisions_help()}); llama.cpp derives a model it has not cached."
     )] = None,
     backend: Annotated[str, typer.Option(help=f"One of: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND,
     compute_device: Annotated[str, typer.Option(
@@ -532,29 +517,35 @@ def quality(
 
 
 def _send_quality(rows, model: str, text: str, identity_path, cache_dir, files: dict) -> None:
-    """Each quant's row as a QualityResult to the coordinator (AgentService.ReportQuality), after registering;
-    each names its file by sha256, so that other devices' answers use it only where they ran the same file."""
+    """Each quant's row as a QualityResult, kept in the outbox and then sent (AgentService.ReportQuality) after
+    registering, as every result is: one the coordinator cannot take now waits for `fleetfit-agent run`. Each names
+    its file by sha256, so that other devices' answers use it only where they ran the same file."""
     import hashlib
     import time
     import uuid
 
     from fleetfit.agent import identity
     from fleetfit.agent.daemon import registration
+    from fleetfit.agent.outbox import Outbox, OutboxError, flush, path_beside, reporter
     from fleetfit.models.gguf_file import sha256_of
     from fleetfit.v1 import fleetfit_pb2 as pb
     from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+    from fleetfit.v1.transport import CoordinatorUnreachable
     from fleetfit.v1.words import parse_dict
 
-    enrolled = identity.load(identity_path or identity.default_path())
+    path = identity_path or identity.default_path()
+    enrolled = identity.load(path)
     if not enrolled:
         _fail("not enrolled: nothing sent (fleetfit-agent join --coordinator ADDR --token T)")
     name = pathlib.Path(model).stem if os.sep in model or model.endswith(".gguf") else model
     digest = hashlib.sha256(text.encode()).hexdigest()
-    with enrolled.connect(timeout_s=10) as channel:
-        stub = pb_grpc.AgentServiceStub(channel)
-        stub.Register(registration(enrolled.device_id, _cache(cache_dir)), timeout=30)
+    try:
+        outbox = Outbox(path_beside(path))
+    except OutboxError as exc:
+        _fail(str(exc))
+    try:
         for r in rows[1:]:  # the reference's own row is no cost
-            stub.ReportQuality(pb.ReportQualityRequest(result=pb.QualityResult(
+            outbox.put(pb.ReportQualityRequest(result=pb.QualityResult(
                 result_id=str(uuid.uuid4()), device_id=enrolled.device_id, model_name=name, quant=r.quant,
                 reference_quant=r.reference, context_tokens=r.context_tokens, n_positions=r.n_positions,
                 kl_divergence_mean=r.kl_divergence_mean, kl_divergence_stderr=r.kl_divergence_stderr,
@@ -562,8 +553,18 @@ def _send_quality(rows, model: str, text: str, identity_path, cache_dir, files: 
                 perplexity_stderr=r.perplexity_stderr, same_top_token_fraction=r.same_top_token_fraction,
                 file_bytes=r.file_bytes or 0, text_sha256=digest, created_unix_s=time.time(),
                 model_sha256=sha256_of(files[r.quant]) if r.quant in files else "",
-                provenance=parse_dict(dict(r.provenance), pb.Provenance()))), timeout=30)
-    typer.echo(f"quality results sent to {enrolled.coordinator}", err=True)
+                provenance=parse_dict(dict(r.provenance), pb.Provenance()))))
+        try:
+            with enrolled.connect(timeout_s=10) as channel:
+                stub = pb_grpc.AgentServiceStub(channel)
+                stub.Register(registration(enrolled.device_id, _cache(cache_dir)), timeout=30)
+                delivered = flush(outbox, reporter(stub), threading.Event(), 3)
+        except CoordinatorUnreachable:
+            delivered = False
+        typer.echo(f"quality results sent to {enrolled.coordinator}" if delivered else
+                   f"{len(outbox)} results wait in the outbox; `fleetfit-agent run` delivers them", err=True)
+    finally:
+        outbox.close()
 
 
 def _join(coordinator: str, token: str, device_id: Optional[str], insecure: bool, mtls: bool,
@@ -678,7 +679,7 @@ def outbox_show(
         _fail(str(exc))
     try:
         counts = {n: box.count(n) for n in ("delivered", "duplicates", "rejected", "dropped", "lost")}
-        dead = [{"result_id": r.result.result_id, "job_id": r.job_id, "status": status, "reason": reason,
+        dead = [{"result_id": r.result.result_id, "job_id": getattr(r, "job_id", ""), "status": status, "reason": reason,
                  "at_unix_s": at} for r, status, reason, at in box.dead_letters()]
         waiting = len(box)
     finally:

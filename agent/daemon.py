@@ -33,17 +33,16 @@ import grpc
 from fleetfit.agent import device_probe, inventory, model_cache, profiling
 from fleetfit.agent.backends import registry
 from fleetfit.agent.identity import Identity
-from fleetfit.agent.outbox import Outbox, backoff_s, deliver, flush
+from fleetfit.agent.outbox import Outbox, backoff_s, deliver, flush, reporter
 from fleetfit.agent.isolation import WorkerFailure, run_worker
 from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
-from fleetfit.v1.transport import CoordinatorUnreachable
+from fleetfit.v1.transport import CALL_TIMEOUT_S, CoordinatorUnreachable
 
 log = logging.getLogger("fleetfit.agent")
 
-CALL_TIMEOUT_S = 15.0
 # The agent is in touch with the coordinator at least this often (idle: long-polls; busy: lease heartbeats):
 # the coordinator reports a device silent for three such periods as lost (store.LOST_AFTER_S).
 CONTACT_S = 10.0
@@ -351,7 +350,7 @@ def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Even
             return 0
         log.info("capability trials reported")
         while not stop.is_set():
-            if len(outbox) and not flush(outbox, stub.ReportResult, stop, max_attempts=3):
+            if len(outbox) and not flush(outbox, reporter(stub), stop, max_attempts=3):
                 quiet.failed("delivering", f"{len(outbox)} result(s) wait in the outbox")
             try:
                 reply = stub.PollJob(pb.PollJobRequest(device_id=device_id, wait_s=poll_wait_s),
@@ -386,7 +385,7 @@ def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Even
                 keeper.done.set()
                 keeper.join()
             report = pb.ReportResultRequest(job_id=job.job_id, result=result, fence=job.fence)
-            if not deliver(outbox, stub.ReportResult, report, stop if not stop.is_set() else threading.Event()):
+            if not deliver(outbox, reporter(stub), report, stop if not stop.is_set() else threading.Event()):
                 _release(stub, device_id, job, stop)  # lost (disk full, coordinator away): not an attempt burnt
             jobs_run += 1
     return jobs_run

@@ -18,9 +18,7 @@ import grpc
 
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
-from fleetfit.v1.transport import CoordinatorUnreachable, connect, device_id_problem
-
-CALL_TIMEOUT_S = 15.0
+from fleetfit.v1.transport import CALL_TIMEOUT_S, CoordinatorUnreachable, connect, device_id_problem
 
 
 class JoinError(Exception):

@@ -16,8 +16,7 @@ import tempfile
 import threading
 import time
 
-from fleetfit.agent.worker import HANDLED_ERROR_EXIT
-
+HANDLED_ERROR_EXIT = 3  # the worker wrote {"error", "failure"} for an error it handled
 OOM_MARKERS = ("bad_alloc", "failed to allocate", "out of memory", "cannot allocate memory", "unable to allocate")
 
 

@@ -23,14 +23,13 @@ import time
 import uuid
 
 from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
-from fleetfit.models import real_models
+from fleetfit.models import job_bounds, real_models
 from fleetfit.models.catalogue import Architecture
 from fleetfit.models.errors import ModelError, NoRoomError
 from fleetfit.models.gguf_file import GgufInfo, inspect_gguf
 from fleetfit.models.quants import llama_ftype, parse_quant
 
 QUANTIZE_TIMEOUT_S = 1800.0
-MODEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 NAME_REFUSED = ("a job names a model by its catalogue or cache name (letters, digits, '.', '_', '-'), "
                 "or a file by ModelRef.path inside a directory this device allows")
 # The same words whatever the reason, so that a refusal tells nothing about the file (not even whether it exists).
@@ -62,7 +61,7 @@ def is_path(ref: str) -> bool:
 
 def checked_name(name: str) -> str:
     """A model name that can only be a catalogue, real or cached model's name, never a path."""
-    if not MODEL_NAME.fullmatch(name) or ".." in name or name.startswith("."):
+    if not job_bounds.is_model_name(name):
         raise ModelError(NAME_REFUSED)
     return name
 

@@ -1,5 +1,5 @@
-"""The agent's durable outbox: every result is written here (SQLite, one transaction) before it is sent,
-and removed only when the coordinator acknowledged it — stored, or an acknowledged duplicate.
+"""The agent's durable outbox: every result (a profiling result, or a quality result: KINDS) is written here
+(SQLite, one transaction) before it is sent, and removed only when the coordinator acknowledged it — stored, or an acknowledged duplicate.
 
 A result is kept and sent again later unless the coordinator said, with a status that means it, that it will
 never accept it (NEVER_ACCEPTED: INVALID_ARGUMENT — bounds or shape refused; ALREADY_EXISTS — the result id is
@@ -29,6 +29,7 @@ import time
 import grpc
 
 from fleetfit.v1 import fleetfit_pb2 as pb
+from fleetfit.v1.transport import CALL_TIMEOUT_S
 
 log = logging.getLogger("fleetfit.agent")
 
@@ -39,7 +40,6 @@ NEVER_ACCEPTED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXIS
 # Other kept statuses (INTERNAL, UNKNOWN, ABORTED, ...) may be about that one result: the flush goes on past it.
 COORDINATOR_WIDE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
                     grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED}
-CALL_TIMEOUT_S = 15.0
 DEFAULT_MAX_ENTRIES = 10_000
 WRITE_ATTEMPTS = 3
 
@@ -50,6 +50,20 @@ class OutboxError(Exception):
 
 class OutboxWriteError(OutboxError):
     """The disk refused a write WRITE_ATTEMPTS times; the message says why in a few words."""
+
+
+# What the outbox keeps: profiling results and quality results, each sent by its own AgentService call.
+KINDS = {"result": pb.ReportResultRequest, "quality": pb.ReportQualityRequest}
+
+
+def kind_of(request) -> str:
+    return next(kind for kind, message in KINDS.items() if isinstance(request, message))
+
+
+def reporter(stub):
+    """The send call for every kind of entry (`report` of send, flush and deliver): ReportResult or ReportQuality."""
+    calls = {"result": stub.ReportResult, "quality": stub.ReportQuality}
+    return lambda request, timeout: calls[kind_of(request)](request, timeout=timeout)
 
 
 def path_beside(identity_path: pathlib.Path) -> pathlib.Path:
@@ -87,12 +101,17 @@ class Outbox:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript("""
                 CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                                                   result_id TEXT UNIQUE NOT NULL, request BLOB NOT NULL);
+                                                   result_id TEXT UNIQUE NOT NULL, request BLOB NOT NULL,
+                                                   kind TEXT NOT NULL DEFAULT 'result');
                 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
                 CREATE TABLE IF NOT EXISTS dead_letters (seq INTEGER PRIMARY KEY AUTOINCREMENT, result_id TEXT NOT NULL,
                                                          request BLOB NOT NULL, status TEXT NOT NULL,
-                                                         reason TEXT NOT NULL, at REAL NOT NULL);
+                                                         reason TEXT NOT NULL, at REAL NOT NULL,
+                                                         kind TEXT NOT NULL DEFAULT 'result');
             """)
+            for table in ("outbox", "dead_letters"):  # an outbox written before quality results were kept here
+                if "kind" not in [row[1] for row in self.db.execute(f"PRAGMA table_info({table})")]:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN kind TEXT NOT NULL DEFAULT 'result'")
         except (sqlite3.Error, OSError) as exc:
             if self.db is not None:
                 self.db.close()
@@ -126,11 +145,11 @@ class Outbox:
                     time.sleep(backoff_s(attempt, base_s=0.2))
         raise OutboxWriteError(_why(failure))
 
-    def put(self, request: pb.ReportResultRequest) -> None:
+    def put(self, request: pb.ReportResultRequest | pb.ReportQualityRequest) -> None:
         """Keep a report durably (before any attempt to send it); OutboxWriteError when the disk refuses."""
         def work():
-            self.db.execute("INSERT OR IGNORE INTO outbox (result_id, request) VALUES (?, ?)",
-                            (request.result.result_id, request.SerializeToString()))
+            self.db.execute("INSERT OR IGNORE INTO outbox (result_id, request, kind) VALUES (?, ?, ?)",
+                            (request.result.result_id, request.SerializeToString(), kind_of(request)))
             over = self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] - self.max_entries
             if over > 0:
                 self.db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (over,))
@@ -139,10 +158,10 @@ class Outbox:
 
         self._write(work)
 
-    def pending(self) -> list[pb.ReportResultRequest]:
+    def pending(self) -> list[pb.ReportResultRequest | pb.ReportQualityRequest]:
         with self.lock:
-            rows = self.db.execute("SELECT request FROM outbox ORDER BY seq").fetchall()
-        return [pb.ReportResultRequest.FromString(r) for (r,) in rows]
+            rows = self.db.execute("SELECT kind, request FROM outbox ORDER BY seq").fetchall()
+        return [KINDS[kind].FromString(r) for kind, r in rows]
 
     def remove(self, result_id: str, counter: str | None = None) -> None:
         def work():
@@ -156,8 +175,9 @@ class Outbox:
         """Move `request` from the outbox to the dead letters with the coordinator's status and reason; counted as
         "rejected". OutboxWriteError when the disk refuses (then it stays in the outbox)."""
         def work():
-            self.db.execute("INSERT INTO dead_letters (result_id, request, status, reason, at) VALUES (?, ?, ?, ?, ?)",
-                            (request.result.result_id, request.SerializeToString(), status, reason[:1000], time.time()))
+            self.db.execute("INSERT INTO dead_letters (result_id, request, status, reason, at, kind) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", (request.result.result_id, request.SerializeToString(),
+                                                          status, reason[:1000], time.time(), kind_of(request)))
             self.db.execute("DELETE FROM outbox WHERE result_id = ?", (request.result.result_id,))
             self._bump("rejected")
             over = self.db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0] - self.max_entries
@@ -169,11 +189,11 @@ class Outbox:
 
         self._write(work)
 
-    def dead_letters(self) -> list[tuple[pb.ReportResultRequest, str, str, float]]:
+    def dead_letters(self) -> list[tuple[pb.ReportResultRequest | pb.ReportQualityRequest, str, str, float]]:
         """The results the coordinator refused for good, oldest first: (request, status, reason, unix time)."""
         with self.lock:
-            rows = self.db.execute("SELECT request, status, reason, at FROM dead_letters ORDER BY seq").fetchall()
-        return [(pb.ReportResultRequest.FromString(r), status, reason, at) for r, status, reason, at in rows]
+            rows = self.db.execute("SELECT kind, request, status, reason, at FROM dead_letters ORDER BY seq").fetchall()
+        return [(KINDS[kind].FromString(r), status, reason, at) for kind, r, status, reason, at in rows]
 
     def note(self, counter: str) -> None:
         """Count an event even when the disk is full (then the count waits in memory)."""

@@ -35,7 +35,6 @@ from fleetfit.v1 import fleetfit_pb2 as pb
 # the size limit: add them with --sizes.
 DEFAULT_SIZES = ("smollm2-135m", "smollm2-135m@2048", "distilgpt2", "distilgpt2@768", "llama-3.2-1b", "tinyllama-1.1b",
                  "llama-2-7b")
-DEFAULT_QUANTS = ("F16", "Q8_0", "Q4_0")
 MAX_DEPTH = 131072
 RAM_MARGIN_BYTES = 1 << 30  # left to the OS and the agent itself
 # Under a cgroup limit the OS lives outside it and the agent's own use is already counted: a margin for what the

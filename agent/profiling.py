@@ -2,7 +2,6 @@
 backend, run it in an isolated worker under one deadline, and turn the worker's RunFigures into a ProfileResult."""
 
 import dataclasses
-import math
 import os
 import pathlib
 import threading
@@ -24,11 +23,9 @@ from fleetfit.v1 import fleetfit_pb2 as pb
 __all__ = ["ProfileInputError", "default_threads", "failure_name", "make_request", "profile", "validate"]
 
 DEFAULT_TIMEOUT_S = 900.0
-# Bounds on what one job may ask of a device; past them a request is a mistake or an attack, not a measurement.
-MAX_TOKENS = 65536
-MAX_REPETITIONS = 100
-MAX_THREADS = 1024
-MAX_IDLE_BASELINE_S = 600.0
+# The request's fields as the command line spells them, in its one-line errors (the bounds: models/job_bounds.py).
+SHOWN = {"n_prompt": "n-prompt", "n_gen": "n-gen", "timeout_s": "timeout", "idle_baseline_s": "idle baseline",
+         "gpu_layers": "gpu-layers"}
 FAILURE_KINDS = {
     "oom": pb.FAILURE_KIND_OOM,
     "signal": pb.FAILURE_KIND_SIGNAL,
@@ -69,31 +66,12 @@ def validate(request: pb.ProfileRequest) -> tuple[Backend, str | None]:
         backend = registry.get(request.backend or DEFAULT_BACKEND)
     except ModelError as exc:
         raise ProfileInputError(str(exc)) from None
-    for field, most in (("n_prompt", MAX_TOKENS), ("n_gen", MAX_TOKENS), ("repetitions", MAX_REPETITIONS)):
-        value, name = getattr(request, field), field.replace("_", "-")
-        if value < 1:
-            raise ProfileInputError(f"{name} must be at least 1, got {value}")
-        if value > most:
-            raise ProfileInputError(f"{name} must be at most {most}, got {value}")
-    if not 0 <= request.threads <= MAX_THREADS:
-        raise ProfileInputError(f"threads must be 1..{MAX_THREADS} (or 0 for the default), got {request.threads}")
-    if not (math.isfinite(request.timeout_s) and request.timeout_s >= 0):
-        raise ProfileInputError(f"timeout must be a finite number of seconds, at least 0 (0 for the default "
-                                f"{DEFAULT_TIMEOUT_S:.0f} s), got {request.timeout_s}")
-    if request.HasField("idle_baseline_s") and not (math.isfinite(request.idle_baseline_s)
-                                                    and 0 <= request.idle_baseline_s <= MAX_IDLE_BASELINE_S):
-        raise ProfileInputError(f"idle baseline must be 0..{MAX_IDLE_BASELINE_S:.0f} s, got {request.idle_baseline_s}")
+    spec = backend.spec
     try:
-        job_bounds.check_parallel(request.parallel, request.n_prompt, request.n_gen)
-        job_bounds.check_value("decode_depth", request.decode_depth)
-        job_bounds.check_depth(request.decode_depth, request.n_prompt, request.n_gen, request.backend)
+        job_bounds.check_sizes(request, SHOWN)
+        job_bounds.check_compute_device(request.device, spec.name)
     except ValueError as exc:
         raise ProfileInputError(str(exc)) from None
-    spec = backend.spec
-    kind, _, index = request.device.partition(":")
-    if request.device not in ("", "auto") and (kind not in spec.compute_devices or (index and not index.isdigit())):
-        raise ProfileInputError(f"device must be one of {', '.join(spec.compute_devices)} (cuda:N for one GPU; "
-                                f"empty for the default), got {request.device!r}")
     if not (request.model.name or request.model.path):
         raise ProfileInputError("the request names no model")
     if request.model.name and request.model.path:

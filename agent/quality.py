@@ -10,8 +10,9 @@ position); each quant's pass compares its logits with them: KLD = Σ p_ref · (l
 reference's tokens above e^-16, NLL of the next token, and whether the two top tokens agree. Means carry
 llama-perplexity's standard error, percentiles its interpolation.
 
-The passes run in the isolated worker (llama_cpp_runtime.scored_logits), one model at a time; the reference's
-log-probabilities go to a temporary file between them.
+The passes run in the isolated worker, one model at a time, on the logits a backend scores (llama.cpp's:
+its `score`, given to the passes by llama_cpp_backend); the reference's log-probabilities go to a temporary file
+between them.
 """
 
 import dataclasses
@@ -157,18 +158,21 @@ def _steps_path(reference: str) -> str:
     return reference.removesuffix(".npz") + ".steps.npy"
 
 
-def reference_pass(model_path: str, text: str, n_ctx: int, threads: int, out: str, device: str = "") -> dict:
-    """Evaluate the reference and write its compressed log-probabilities (and the tokens) to `out` (.npz)."""
-    from fleetfit.agent.backends.llama_cpp_runtime import BackendError, scored_logits
+class QualityError(Exception):
+    """A pass that cannot be made as asked; the message is one line."""
 
-    tokens, n_vocab, chunks = scored_logits(model_path, n_ctx, threads, text=text, device=device)
+
+def reference_pass(score, text: str, n_ctx: int, out: str) -> dict:
+    """Evaluate the reference and write its compressed log-probabilities (and the tokens) to `out` (.npz).
+    `score(n_ctx, text=..., tokens=...)`: (tokens, n_vocab, chunks of scored logits), as llama-perplexity scores."""
+    tokens, n_vocab, chunks = score(n_ctx, text=text)
     n_chunks, first = len(tokens) // n_ctx, n_ctx // 2
     n_scored = n_ctx - 1 - first
     if n_chunks * n_scored * (n_vocab + 4) * 2 > MAX_REFERENCE_BYTES:
-        raise BackendError(f"{n_chunks} chunks of {n_scored} positions over {n_vocab} tokens is more reference "
+        raise QualityError(f"{n_chunks} chunks of {n_scored} positions over {n_vocab} tokens is more reference "
                            f"data than {MAX_REFERENCE_BYTES >> 30} GiB; use a shorter text")
     if n_chunks * n_scored < 100:
-        raise BackendError(f"{n_chunks * n_scored} scored positions; llama-perplexity wants at least 100 "
+        raise QualityError(f"{n_chunks * n_scored} scored positions; llama-perplexity wants at least 100 "
                            f"(a longer text or a larger context)")
     scale = np.zeros((n_chunks, n_scored), np.float32)
     min_log_prob = np.zeros((n_chunks, n_scored), np.float32)
@@ -182,16 +186,14 @@ def reference_pass(model_path: str, text: str, n_ctx: int, threads: int, out: st
     return {"n_tokens": len(tokens), "n_chunks": n_chunks, "n_vocab": n_vocab}
 
 
-def quant_pass(model_path: str, reference: str, threads: int, device: str = "") -> dict:
+def quant_pass(score, reference: str) -> dict:
     """Evaluate a quant on the reference's tokens and compare with its log-probabilities: Sums as a dict."""
-    from fleetfit.agent.backends.llama_cpp_runtime import BackendError, scored_logits
-
     with np.load(reference) as ref:
         tokens, scale, min_log_prob, n_ctx = ref["tokens"], ref["scale"], ref["min_log_prob"], int(ref["n_ctx"])
     steps = np.load(_steps_path(reference), mmap_mode="r")
-    _, n_vocab, chunks = scored_logits(model_path, n_ctx, threads, tokens=tokens.tolist(), device=device)
+    _, n_vocab, chunks = score(n_ctx, tokens=tokens.tolist())
     if n_vocab != steps.shape[2]:
-        raise BackendError(f"the model's vocabulary ({n_vocab}) is not the reference's ({steps.shape[2]})")
+        raise QualityError(f"the model's vocabulary ({n_vocab}) is not the reference's ({steps.shape[2]})")
     first, sums = n_ctx // 2, Sums()
     for chunk, logits in chunks:
         start = chunk * n_ctx + first

@@ -15,7 +15,7 @@ import resource
 import signal
 import sys
 
-HANDLED_ERROR_EXIT = 3
+from fleetfit.agent.isolation import HANDLED_ERROR_EXIT
 
 
 def _run(request: dict) -> dict:

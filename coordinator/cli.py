@@ -1,7 +1,6 @@
 """fleetfit: the coordinator's command line. Commands parse options and call library code."""
 
 import contextlib
-import functools
 import os
 import sys
 import pathlib
@@ -11,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from fleetfit.models import cli_common
+from fleetfit.models.backends import BACKENDS, precisions_help
 
 # gRPC's core logs each failed TLS handshake (BAD_SIGNATURE, ...) to stderr at INFO; the commands say what to fix
 # in one line instead. Set before grpc is first imported; $GRPC_VERBOSITY still wins.
@@ -58,32 +58,19 @@ Token = Annotated[Optional[str], typer.Option(
 Db = Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DB", help="SQLite file, or postgresql://... URL.")]
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+def _input_errors() -> tuple[type, ...]:
+    """The errors that bad input or an absent coordinator cause: one line and exit status 2."""
+    from fleetfit.coordinator.db import DatabaseError
+    from fleetfit.coordinator.quickstart import QuickstartError
+    from fleetfit.coordinator.server import ListenError
+    from fleetfit.models.errors import ModelError
+    from fleetfit.v1.transport import CoordinatorUnreachable
+
+    return CoordinatorUnreachable, QuickstartError, ListenError, DatabaseError, ModelError
 
 
-def user_errors(command):
-    """Turn the errors that bad input or an absent coordinator cause into one line and exit status 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        import grpc
-
-        from fleetfit.coordinator.db import DatabaseError
-        from fleetfit.coordinator.quickstart import QuickstartError
-        from fleetfit.coordinator.server import ListenError
-        from fleetfit.models.errors import ModelError
-        from fleetfit.v1.transport import CoordinatorUnreachable
-
-        try:
-            return command(*args, **kwargs)
-        except (CoordinatorUnreachable, QuickstartError, ListenError, DatabaseError, ModelError) as exc:
-            _fail(str(exc))
-        except grpc.RpcError as exc:
-            _fail(rpc_error_text(exc))
-
-    return wrapper
+_fail = cli_common.fail
+user_errors = cli_common.user_errors(_input_errors, lambda exc: rpc_error_text(exc))
 
 
 def rpc_error_text(exc) -> str:
@@ -602,8 +589,7 @@ def fit(
     device: Annotated[Optional[str], typer.Option(
         help="Only this device (its id, or a hostname that one device has); without MODEL: its largest model per "
              "precision.")] = None,
-    backend: Annotated[str, typer.Option(help="llama.cpp (GGUF types), torch or onnxruntime (fp32, bf16, fp16, "
-                                               "int8, int4).")] = "llama.cpp",
+    backend: Annotated[str, typer.Option(help=f"One of {', '.join(BACKENDS)} ({precisions_help()}).")] = "llama.cpp",
     coordinator: Coordinator = DEFAULT_ADDRESS,
     state_dir: StateDir = None,
     ca: Ca = None,

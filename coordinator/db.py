@@ -262,10 +262,6 @@ class Database:
             conn = self.local.conn = self._connect()
         return conn
 
-    @property
-    def dialect(self) -> str:
-        return "postgresql" if self.postgres else "sqlite"
-
     def close(self) -> None:
         with self.lock:
             for conn in self.connections:

@@ -19,11 +19,10 @@ from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1.words import JOB_STATE
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
-from fleetfit.v1.transport import connect, default_device_id
+from fleetfit.v1.transport import CALL_TIMEOUT_S, connect, default_device_id
 
 QUICKSTART_MODEL = "smollm2-135m"
 QUICKSTART_QUANTS = ("Q4_1", "F16", "Q8_0", "Q4_0")
-CALL_TIMEOUT_S = 15.0
 
 
 class QuickstartError(Exception):

@@ -36,7 +36,6 @@ from fleetfit.coordinator import scaling
 from fleetfit.coordinator.limits import backend_of, memory_figure, quant_of, run_shape
 from fleetfit.models.catalogue import CATALOGUE, Architecture
 from fleetfit.v1 import fleetfit_pb2 as pb
-from fleetfit.v1.words import PROVENANCE
 
 INTERACTIVE_TPS = 8.0  # per stream: the interactive use's speed (tables' interactive_tps, fit --streams)
 PROMPT_TOKENS, RESPONSE_TOKENS = 256, 256  # the request shape the serving table answers for by default
@@ -56,7 +55,6 @@ class SweepPoint:
     ttft_ms_p99: float | None
     peak_bytes: float | None
     decode_j_per_token: float | None
-    energy_provenance: str
     source: str  # "sweep" | "one-stream run"
 
     @property
@@ -78,8 +76,7 @@ def _sweep_point(s: pb.ServingPoint) -> SweepPoint | None:
     per_stream = min(_mean(s.per_stream_decode_tokens_per_s) or aggregate / s.parallel, aggregate)  # never above all
     return SweepPoint(s.parallel, aggregate, per_stream,
                       _mean(s.prefill_tokens_per_s), _mean(s.ttft_ms_p50), _mean(s.ttft_ms_p99),
-                      float(peak) if peak else None, energy if energy and math.isfinite(energy) else None,
-                      PROVENANCE.word(s.energy_provenance_kind), "sweep")
+                      float(peak) if peak else None, energy if energy and math.isfinite(energy) else None, "sweep")
 
 
 def _one_stream_point(r: pb.ProfileResult) -> SweepPoint | None:
@@ -90,8 +87,7 @@ def _one_stream_point(r: pb.ProfileResult) -> SweepPoint | None:
     phase = next((p for p in r.power.phases if p.phase == "decode" and p.source == r.power.headline_source
                   and p.HasField("joules_per_token")), None)
     return SweepPoint(1, decode, decode, _mean(r.prefill_tokens_per_s), ttft, ttft, float(memory) if memory else None,
-                      phase.joules_per_token if phase else None, PROVENANCE.word(phase.provenance_kind) if phase else "",
-                      "one-stream run")
+                      phase.joules_per_token if phase else None, "one-stream run")
 
 
 @dataclasses.dataclass(frozen=True)

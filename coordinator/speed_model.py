@@ -41,7 +41,6 @@ from fleetfit.models import backends
 from fleetfit.models.backends import DEFAULT_BACKEND, EXPERTS
 from fleetfit.models.catalogue import Architecture
 
-PHASES = ("decode", "prefill")
 MIN_SHARE = 0.02  # a type holding under 2 % of every point's work cannot be told apart: it joins its neighbour
 _BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.5625, "Q5_K": 5.5, "Q5_0": 5.5, "Q5_1": 6,
          "Q4_K": 4.5, "Q4_0": 4.5, "Q4_1": 5, "IQ4_NL": 4.5, "IQ4_XS": 4.25, "MXFP4": 4.25, "Q3_K": 3.4375,

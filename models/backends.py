@@ -3,7 +3,7 @@ devices each can use, which models each can obtain, and bytes per weight for the
 
 No heavy import: the coordinator checks campaigns and fit questions against this table, and the agent registers
 one module per backend (agent/backends/registry.py) against the same names. Adding a backend (MLX, vLLM, ...)
-is one entry here plus one module there.
+is one entry here plus one module there; job bounds, help texts and the scaling model's byte sizes read the entry.
 
 Precisions: llama.cpp takes GGUF file types (F16, Q8_0, Q4_0, Q4_K_M, ...; models/quants.py); torch and
 onnxruntime take fp32/bf16/fp16/int8/int4 (weight-only int8/int4).
@@ -17,12 +17,12 @@ from fleetfit.models.errors import ModelError
 
 DEFAULT_BACKEND = "llama.cpp"
 EXPERTS = " experts"  # the suffix of an expert tensor's storage type in bytes_by_type(experts_apart=True)
-FRAMEWORK_PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
-# Bytes per weight of a matrix in a matrix product, at a framework precision. int8: one byte plus a 2-byte scale
-# per output row (negligible); int4: half a byte plus a 2-byte scale and zero per group of 32..128 (the smallest
-# group, the upper bound, is assumed). Norms and biases stay at the activation dtype.
-_FRAMEWORK_MATRIX_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5 + 4 / 32}
-_FRAMEWORK_ACTIVATION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 2, "int4": 2}  # int8/int4 meet bf16
+# A framework precision's sizes: (bytes per weight of a matrix in a matrix product, bytes per element of the other
+# tensors and the activations). int8: one byte plus a 2-byte scale per output row (negligible); int4: half a byte
+# plus a 2-byte scale and zero per group of 32..128 (the smallest group, the upper bound, is assumed). Norms and
+# biases stay at the activation dtype; int8/int4 weights meet bf16 activations.
+FRAMEWORK_SIZES = (("fp32", 4.0, 4), ("bf16", 2.0, 2), ("fp16", 2.0, 2), ("int8", 1.0, 2), ("int4", 0.5 + 4 / 32, 2))
+FRAMEWORK_PRECISIONS = tuple(name for name, _, _ in FRAMEWORK_SIZES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,15 @@ class BackendSpec:
     shape_families: tuple[str, ...]  # catalogue families it runs from a shape alone (synthetic/random weights)
     runs_real_models: bool  # real weights (a shipped model, or a GGUF file)
     summary: str
+    # (precision, matrix bytes per weight, other bytes per element) for each precision; empty: FRAMEWORK_SIZES'
+    # rows of its precisions (a GGUF type's sizes come from models/quant_sizes.py)
+    sizes: tuple[tuple[str, float, int], ...] = ()
+
+    def _sizes(self, precision: str) -> tuple[float, int]:
+        row = next((r for r in self.sizes or FRAMEWORK_SIZES if r[0] == precision), None)
+        if row is None:
+            raise ModelError(f"no size formula for {self.name} {precision}")
+        return row[1], row[2]
 
     def canonical(self, precision: str) -> str:
         """The canonical spelling of a precision for this backend, or a ModelError naming what it accepts."""
@@ -62,7 +71,7 @@ class BackendSpec:
             if precision not in FILE_TYPES:
                 raise ModelError(f"no size formula for {precision} (known: {', '.join(FILE_TYPES)})")
             return bytes_per_weight(FILE_TYPES[precision])
-        return _FRAMEWORK_MATRIX_BYTES[precision]
+        return self._sizes(precision)[0]
 
     def can_size(self, precision: str) -> bool:
         """Whether weight_bytes has a formula for this precision."""
@@ -97,7 +106,7 @@ class BackendSpec:
                 sizes[s.name] = (s, tensor_bytes(s.shape, t), t)
             lookup_only = not arch.tied_embeddings
         else:
-            matrix, other = _FRAMEWORK_MATRIX_BYTES[precision], _FRAMEWORK_ACTIVATION_BYTES[precision]
+            matrix, other = self._sizes(precision)
             sizes = {}
             for s in _tensors(arch):
                 is_matrix = len(s.shape) == 2 and not s.name.endswith("_embd.weight")
@@ -109,12 +118,13 @@ class BackendSpec:
         if without_output:
             sizes.pop("output.weight", None)
             lookup_only = True
+        from fleetfit.models.roofline import token_reads
+
         out: dict[str, float] = {}
         for name, (spec, nbytes, kind) in sizes.items():
-            if per_token and name == "token_embd.weight" and lookup_only:
-                nbytes /= spec.shape[0]
-            if per_token and spec is not None:  # a mixture of experts reads only the routed experts
-                nbytes *= active_fraction(arch, spec)
+            if per_token and spec is not None:
+                nbytes = token_reads(nbytes, spec.shape[0], lookup=name == "token_embd.weight" and lookup_only,
+                                     routed=active_fraction(arch, spec))
             if experts_apart and spec is not None and spec.is_expert:
                 kind += EXPERTS
             out[kind] = out.get(kind, 0.0) + nbytes
@@ -147,6 +157,16 @@ def backend(name: str) -> BackendSpec:
     near = difflib.get_close_matches(key, list(BACKENDS), n=2, cutoff=0.5)
     hint = f"; did you mean {', '.join(near)}?" if near else ""
     raise ModelError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)}){hint}")
+
+
+def all_compute_devices() -> tuple[str, ...]:
+    """Every kind of compute device some backend uses, in the order the backends list them."""
+    return tuple(dict.fromkeys(kind for spec in BACKENDS.values() for kind in spec.compute_devices))
+
+
+def precisions_help() -> str:
+    """Each backend's precisions, for the help of a --quant option."""
+    return "; ".join(f"{spec.name}: {spec.precision_text()}" for spec in BACKENDS.values())
 
 
 def canonical(backend_name: str, precision: str) -> tuple[str, str]:

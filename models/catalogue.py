@@ -66,7 +66,6 @@ class Architecture:
     rope_theta: float | None  # None: learned position embeddings (gpt2)
     norm_eps: float  # RMSNorm epsilon (LayerNorm epsilon for gpt2)
     source: str  # where the shape comes from
-    stands_in_for: str | None = None  # set when the shape imitates another model instead of being it
     explicit_head_dim: int | None = None  # config.json's head_dim when it is not hidden / n_heads (Qwen3, Gemma)
     n_experts: int = 0  # experts per layer; 0 = a dense MLP
     n_experts_used: int = 0  # experts each token is routed to

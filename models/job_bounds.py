@@ -35,8 +35,9 @@ NOISE_CV = 0.10
 
 MAX_CONTEXT_TOKENS = 131_072  # one stream's context: decode_depth + n_prompt + n_gen
 DEPTH_BACKENDS = ("llama.cpp",)  # the backends that run a test at depth
-COMPUTE_DEVICE = re.compile(r"(|auto|cpu|cuda|cuda:\d{1,3})")
-# A model is named, never located: a catalogue or real model name, no path separators, no leading dot.
+INDEX = re.compile(r"\d{1,3}")  # of a GPU among several: cuda:N
+# A model is named, never located: a catalogue, real or cached model's name; no path separators, no leading dot,
+# no "..". The coordinator checks a job's name by it, the agent every name a request gives (agent/model_cache.py).
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -48,15 +49,17 @@ def spread_of(stats) -> float | None:
     return statistics.stdev(samples) / statistics.fmean(samples) if len(samples) >= 2 else None
 
 
-def check_value(field: str, value: float) -> None:
-    """ValueError (one line) when `value` is not a finite number within BOUNDS[field]."""
+def check_value(field: str, value: float, shown: str = "") -> None:
+    """ValueError (one line) when `value` is not a finite number within BOUNDS[field]; `shown`: the field as the
+    asker spells it (a command line's option), the field's own name by default."""
     low, high = BOUNDS[field]
+    shown = shown or field
     if not (isinstance(value, (int, float)) and math.isfinite(value)):
-        raise ValueError(f"{field} must be a finite number, got {value!r}")
+        raise ValueError(f"{shown} must be a finite number, got {value!r}")
     if value < low:
-        raise ValueError(f"{field} must be at least {low:g} (and at most {high:g}), got {value:g}")
+        raise ValueError(f"{shown} must be at least {low:g} (and at most {high:g}), got {value:g}")
     if value > high:
-        raise ValueError(f"{field} must be at most {high:g}, got {value:g}")
+        raise ValueError(f"{shown} must be at most {high:g}, got {value:g}")
 
 
 def check_max_attempts(value: int) -> None:
@@ -66,15 +69,35 @@ def check_max_attempts(value: int) -> None:
         raise ValueError(f"max_attempts must be {low} to {high} (0: the coordinator's default), got {value}")
 
 
+def is_model_name(name: str) -> bool:
+    return bool(MODEL_NAME.fullmatch(name)) and ".." not in name
+
+
 def check_model_name(name: str) -> None:
-    if not MODEL_NAME.fullmatch(name):
+    if not is_model_name(name):
         raise ValueError(f"model name {name[:80]!r} is not a model name (letters, digits, '.', '_', '-'; at most "
                          "128; jobs name catalogue models, never files)")
 
 
-def check_compute_device(device: str) -> None:
-    if not COMPUTE_DEVICE.fullmatch(device):
-        raise ValueError(f"device {device[:40]!r} must be one of '', auto, cpu, cuda, cuda:N")
+def compute_devices(backend: str = "") -> tuple[str, ...]:
+    """The kinds of compute device `backend` uses (its BackendSpec); every backend's when it names none we know."""
+    from fleetfit.models import backends
+    from fleetfit.models.errors import ModelError
+
+    try:
+        return backends.backend(backend).compute_devices if backend else backends.all_compute_devices()
+    except ModelError:
+        return backends.all_compute_devices()
+
+
+def check_compute_device(device: str, backend: str = "") -> None:
+    """ValueError (one line) unless `device` is '' or auto (the default), a kind of compute device the backend uses,
+    or such a kind with an index for one of several GPUs (cuda:N)."""
+    kinds = compute_devices(backend)
+    kind, colon, index = device.partition(":")
+    if device in ("", "auto") or (kind in kinds and (not colon or (kind != "cpu" and INDEX.fullmatch(index)))):
+        return
+    raise ValueError(f"device {device[:40]!r} must be one of '', auto, {', '.join(kinds)} (cuda:N for one GPU)")
 
 
 def parse_stream_counts(text: str) -> list[int]:
@@ -124,9 +147,16 @@ def check_parameters(request) -> None:
     device or concurrency sweep outside the bounds, or one that locates a model file (model.path)."""
     if request.model.path:
         raise ValueError("model.path is refused: jobs name catalogue models (model.name), never files")
+    check_compute_device(request.device, request.backend)
+    check_sizes(request)
+
+
+def check_sizes(request, shown: dict[str, str] | None = None) -> None:
+    """ValueError (one line) for a ProfileRequest's numbers outside BOUNDS, its concurrency sweep or its depth: the
+    bounds a job meets at submit and any run meets on the device (the agent's own command too). `shown`: fields as
+    the asker spells them."""
     for field in BOUNDS:
         if field not in OPTIONAL_FIELDS or request.HasField(field):
-            check_value(field, getattr(request, field))
-    check_compute_device(request.device)
+            check_value(field, getattr(request, field), (shown or {}).get(field, field))
     check_parallel(request.parallel, request.n_prompt, request.n_gen)
     check_depth(request.decode_depth, request.n_prompt, request.n_gen, request.backend)

@@ -29,6 +29,14 @@ class ModelShape:
     matmul_params_per_token: int  # weights that take part in a matrix product for one token
 
 
+def token_reads(n_bytes: float, rows: int = 1, lookup: bool = False, routed: float = 1.0) -> float:
+    """Bytes of one weight tensor that decoding one token reads: one of its `rows` rows when the tensor is only
+    looked up (a token-embedding table that is not also the output projection), the routed share of a mixture's
+    expert tensor (`routed`: experts used / experts), else all of it. The one rule behind the roofline of a GGUF
+    file (model_shape), the scaling model's catalogue shapes (models/backends.py) and the torch backend's figures."""
+    return (n_bytes / max(rows, 1) if lookup else n_bytes) * routed
+
+
 def _field(reader, key: str):
     field = reader.fields.get(key)
     return None if field is None else field.contents()
@@ -58,11 +66,10 @@ def model_shape(path: pathlib.Path | str) -> ModelShape:
     weight_bytes, matmul_params = 0, 0
     for name, (n_bytes, n_elements, shape) in tensors.items():
         if name == "token_embd.weight" and not tied:
-            rows = shape[-1] if len(shape) > 1 else 1
-            weight_bytes += n_bytes // max(rows, 1)  # a lookup reads one row
+            weight_bytes += int(token_reads(n_bytes, shape[-1] if len(shape) > 1 else 1, lookup=True))
             continue
         share = routed if "_exps." in name else 1.0
-        weight_bytes += int(n_bytes * share)
+        weight_bytes += int(token_reads(n_bytes, routed=share))
         if len(shape) > 1 and name.endswith("weight"):  # norms and biases are not matrix products
             matmul_params += int(n_elements * share)
     return ModelShape(arch, int(numbers["block_count"]), n_heads, n_kv_heads, head_dim, weight_bytes, matmul_params)

@@ -292,6 +292,16 @@ class Backend:
     # -- worker side: only the isolated worker calls these; they import the runtime
 
     def run(self, job: WorkerJob) -> RunFigures:
+        """The job measured by the harness's protocol (harness.py) on this backend's runner."""
+        from fleetfit.agent.backends import harness
+
+        request = job.request
+        plan = harness.Plan(request.n_prompt, request.n_gen, request.repetitions, job.threads, request.decode_depth,
+                            tuple(request.parallel))
+        return harness.measure(self.runner(job), plan)
+
+    def runner(self, job: WorkerJob):
+        """The backend's harness.Runner for this job (it imports the runtime)."""
         raise NotImplementedError
 
     def call(self, op: str, args: dict) -> dict:

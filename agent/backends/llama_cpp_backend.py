@@ -55,13 +55,13 @@ class LlamaCpp(Backend):
 
     # -- worker side
 
-    def run(self, job: WorkerJob) -> RunFigures:
+    def runner(self, job: WorkerJob):
         from fleetfit.agent.backends import llama_cpp_runtime as runtime
 
         request = job.request
-        return runtime.profile(job.target.path, request.n_prompt, request.n_gen, request.repetitions, job.threads,
-                               request.device, gpu_layers=request.gpu_layers if request.HasField("gpu_layers") else None,
-                               parallel=tuple(request.parallel), n_depth=request.decode_depth)
+        return runtime.LlamaRunner(job.target.path, request.n_prompt, request.n_gen, job.threads, request.device,
+                                   gpu_layers=request.gpu_layers if request.HasField("gpu_layers") else None,
+                                   n_depth=request.decode_depth)
 
     def call(self, op: str, args: dict) -> dict:
         from fleetfit.agent.backends import llama_cpp_runtime as runtime
@@ -80,15 +80,16 @@ class LlamaCpp(Backend):
             return {}
         if op == "greedy":
             return runtime.greedy(args["model_path"], args["prompt"], args["n_gen"], args["threads"])
-        if op == "quality_reference":
+        if op in ("quality_reference", "quality_compare"):
             from fleetfit.agent import quality
 
-            return quality.reference_pass(args["model_path"], args["text"], args["n_ctx"], args["threads"],
-                                          args["out"], args.get("device", ""))
-        if op == "quality_compare":
-            from fleetfit.agent import quality
+            def score(n_ctx: int, text: str | None = None, tokens: list[int] | None = None):
+                return runtime.scored_logits(args["model_path"], n_ctx, args["threads"], text=text, tokens=tokens,
+                                             device=args.get("device", ""))
 
-            return quality.quant_pass(args["model_path"], args["reference"], args["threads"], args.get("device", ""))
+            if op == "quality_reference":
+                return quality.reference_pass(score, args["text"], args["n_ctx"], args["out"])
+            return quality.quant_pass(score, args["reference"])
         if op == "batched_greedy":
             return runtime.batched_greedy(args["model_path"], args["prompts"], args["n_gen"], args["threads"])
         return super().call(op, args)

@@ -1,10 +1,10 @@
 """llama.cpp through llama-cpp-python's C bindings: profile, quantize, system info, capabilities.
 
 This is the only module that imports `llama_cpp`; it runs inside the isolated worker process, never in the
-agent itself (the backend itself is llama_cpp_backend.py). Timing follows llama-bench: random tokens fed by
-the harness (no sampling in the timed loop), a warm-up, then for each repetition a prefill of n_prompt tokens
-in n_batch chunks and n_gen single-token decodes, each ended by llama_synchronize before the clock is read; each
-test starts from an empty cache, or from one of n_depth tokens (llama-bench's -d). A concurrency sweep follows llama-batched-bench (see _Streams and _serving_point).
+agent itself (the backend itself is llama_cpp_backend.py). The measurement protocol is harness.py's; this module
+supplies its runner: prompts fed in n_batch chunks through llama_batch_get_one, each step ended by
+llama_synchronize, the depth kept by llama_memory_seq_rm; a serving point's N streams fed as llama-batched-bench
+feeds them (_Streams).
 """
 
 import ctypes
@@ -13,15 +13,12 @@ import importlib.util
 import json
 import os
 import pathlib
-import random
 import re
 import sys
-import time
 import types
 
-from fleetfit.agent.backends.base import GpuMemoryFigures, RunFigures, ServingFigures, serving_phase
-from fleetfit.agent.backends.common import (SERVING_MEMORY, current_rss_bytes, max_rss_bytes, reset_peak_rss,
-                                            run_figures, serving_figures)
+from fleetfit.agent.backends import harness
+from fleetfit.agent.backends.base import GpuMemoryFigures, RunFigures
 
 
 def _load_bindings():
@@ -194,139 +191,119 @@ def _context_params(n_ctx: int, n_batch: int, n_ubatch: int, threads: int, n_seq
     return params
 
 
+class LlamaRunner(harness.Runner):
+    """One model and one context on llama.cpp, fed as llama-bench feeds them: llama_batch_get_one in n_batch
+    chunks, llama_synchronize after each step."""
+
+    memory_method = "peak RSS (VmHWM) of the worker process; weights read without mmap (load_mode=none)"
+
+    def __init__(self, model_path: str, n_prompt: int, n_gen: int, threads: int, device: str = "",
+                 n_batch: int = DEFAULT_N_BATCH, n_ubatch: int = DEFAULT_N_UBATCH, gpu_layers: int | None = None,
+                 n_depth: int = 0):
+        C.llama_backend_init()
+        C.llama_log_set(_log, None)
+        del _log_lines[:]
+        self.path, self.threads, self.n_batch, self.n_ubatch = model_path, threads, n_batch, n_ubatch
+        self.n_ctx = n_depth + n_prompt + n_gen
+        self.model = self.ctx = self.greedy = None
+        self.params = C.llama_model_default_params()
+        self.params.load_mode = C.LLAMA_LOAD_MODE_NONE  # read into memory: mmap'd pages would escape RSS
+        can_offload = bool(C.llama_supports_gpu_offload())
+        if gpu_layers and (device == "cpu" or not can_offload):
+            raise BackendError(f"cannot offload {gpu_layers} layers: " + (
+                "the job asks for the CPU" if device == "cpu" else
+                "this llama.cpp build is CPU-only (scripts/install.sh builds CUDA where nvcc is found)"))
+        if device == "cpu" or not can_offload:
+            self.params.n_gpu_layers = 0
+        elif gpu_layers is not None:
+            self.params.n_gpu_layers = gpu_layers
+        self.token_buffer = (C.llama_token * max(n_batch, 1))()
+
+    def load(self) -> None:
+        self.model = C.llama_model_load_from_file(self.path.encode(), self.params)
+        if not self.model:
+            raise BackendError(f"llama.cpp could not load {self.path}")
+        trained = int(C.llama_model_n_ctx_train(self.model))
+        if C.llama_model_rope_type(self.model) == C.LLAMA_ROPE_TYPE_NONE and self.n_ctx > trained:
+            # learned absolute positions (GPT-2): a position past the table aborts llama.cpp (SIGABRT), not an error
+            raise BackendError(f"{pathlib.Path(self.path).name} has learned position embeddings for {trained} "
+                               f"positions; depth + prompt + generated tokens = {self.n_ctx} exceeds them")
+        self.ctx = C.llama_init_from_model(self.model, _context_params(self.n_ctx, self.n_batch, self.n_ubatch,
+                                                                       self.threads))
+        if not self.ctx:
+            raise BackendError(f"llama.cpp could not create a context (n_ctx={self.n_ctx}) for {self.path}")
+        self.offloaded = _offloaded_layers(self.params.n_gpu_layers, int(C.llama_model_n_layer(self.model)))
+        vocab = C.llama_model_get_vocab(self.model)
+        self.n_vocab = C.llama_vocab_n_tokens(vocab)
+        self.bos = C.llama_vocab_bos(vocab) if C.llama_vocab_get_add_bos(vocab) else None
+        self.memory = C.llama_get_memory(self.ctx)
+        self.greedy = C.llama_sampler_init_greedy()
+
+    def _feed(self, tokens: list[int]) -> None:
+        for i, tok in enumerate(tokens):
+            self.token_buffer[i] = tok
+        if C.llama_decode(self.ctx, C.llama_batch_get_one(self.token_buffer, len(tokens))) != 0:
+            raise BackendError("llama_decode failed")
+
+    def clear(self, keep: int = 0) -> None:
+        if keep:
+            C.llama_memory_seq_rm(self.memory, 0, keep, -1)  # drops the last test's tokens, keeps the depth
+        else:
+            C.llama_memory_clear(self.memory, False)
+
+    def prefill(self, tokens: list[int]) -> None:
+        for i in range(0, len(tokens), self.n_batch):
+            self._feed(tokens[i:i + self.n_batch])
+        C.llama_synchronize(self.ctx)
+
+    def first_token(self) -> int:
+        return C.llama_sampler_sample(self.greedy, self.ctx, -1)
+
+    def decode(self, token: int) -> None:
+        self._feed([token])
+        C.llama_synchronize(self.ctx)
+
+    def gpu_memory(self) -> GpuMemoryFigures | None:
+        return _llama_gpu_memory(buffer_bytes(_log_lines)) if self.offloaded else None
+
+    def end_single(self) -> None:
+        C.llama_free(self.ctx)  # before the sweep, whose points' memory is their own context's
+        self.ctx = None
+
+    def streams(self, n: int, n_prompt: int, n_gen: int) -> "harness.Streams | str":
+        """A context of its own whose KV cache holds N sequences of n_prompt + n_gen tokens, or why there is none
+        (memory, llama.cpp's limits)."""
+        since = len(_log_lines)
+        ctx = C.llama_init_from_model(self.model, _context_params(n * (n_prompt + n_gen), self.n_batch,
+                                                                  self.n_ubatch, self.threads, n))
+        if not ctx:
+            return f"llama.cpp could not create a context for {n} sequences of {n_prompt + n_gen} tokens"
+        return _ServingStreams(ctx, self.n_batch, max(n * n_prompt, harness.SERVING_WARMUP_TOKENS), n, since,
+                               self.offloaded > 0)
+
+    def describe(self) -> dict:
+        return {"n_batch": self.n_batch, "n_ubatch": self.n_ubatch, "n_ctx": self.n_ctx, "backend_version": version(),
+                "backend_build": system_info(), "backend_commit": build_commit(),
+                "compute_device": compute_devices()[-1] if self.offloaded else "cpu",
+                "model_n_params": int(C.llama_model_n_params(self.model)), "gpu_layers": self.offloaded}
+
+    def close(self) -> None:
+        if self.greedy:
+            C.llama_sampler_free(self.greedy)
+        if self.ctx:
+            C.llama_free(self.ctx)
+        if self.model:
+            C.llama_model_free(self.model)
+
+
 def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, threads: int, device: str = "",
             n_batch: int = DEFAULT_N_BATCH, n_ubatch: int = DEFAULT_N_UBATCH, seed: int = 1234,
             gpu_layers: int | None = None, parallel: tuple[int, ...] = (), n_depth: int = 0) -> RunFigures:
-    """Load the model without mmap (so that the weights count in RSS) and time prefill and decode, each with
-    `n_depth` tokens already in the KV cache (llama-bench's -d: filled once, cut back to it before each test). `device`
-    "cpu" keeps every layer on the CPU; otherwise a build that offloads offloads `gpu_layers` layers (None: all,
-    as llama.cpp's default parameters do; 0: none). Then, for each N in `parallel`, a serving point (N streams
-    decoded together, in a context of their own)."""
-    C.llama_backend_init()
-    C.llama_log_set(_log, None)
-    del _log_lines[:]
-    baseline_rss = current_rss_bytes()
-
-    model_params = C.llama_model_default_params()
-    model_params.load_mode = C.LLAMA_LOAD_MODE_NONE  # read into memory: mmap'd pages would escape RSS
-    can_offload = bool(C.llama_supports_gpu_offload())
-    if gpu_layers and (device == "cpu" or not can_offload):
-        raise BackendError(f"cannot offload {gpu_layers} layers: " + ("the job asks for the CPU" if device == "cpu" else
-                           "this llama.cpp build is CPU-only (scripts/install.sh builds CUDA where nvcc is found)"))
-    if device == "cpu" or not can_offload:
-        model_params.n_gpu_layers = 0
-    elif gpu_layers is not None:
-        model_params.n_gpu_layers = gpu_layers
-    # Phase windows on CLOCK_MONOTONIC, which is system-wide: the agent's power sampler maps them to its samples.
-    windows: list[tuple[str, int, int]] = []
-    load_start_ns = time.monotonic_ns()
-    t0 = time.perf_counter()
-    model = C.llama_model_load_from_file(model_path.encode(), model_params)
-    if not model:
-        raise BackendError(f"llama.cpp could not load {model_path}")
-    n_ctx = n_depth + n_prompt + n_gen
-    trained = int(C.llama_model_n_ctx_train(model))
-    if C.llama_model_rope_type(model) == C.LLAMA_ROPE_TYPE_NONE and n_ctx > trained:
-        # learned absolute positions (GPT-2): a position past the table aborts llama.cpp (SIGABRT), not an error
-        C.llama_model_free(model)
-        raise BackendError(f"{pathlib.Path(model_path).name} has learned position embeddings for {trained} "
-                           f"positions; depth + prompt + generated tokens = {n_ctx} exceeds them")
-    ctx = C.llama_init_from_model(model, _context_params(n_ctx, n_batch, n_ubatch, threads))
-    if not ctx:
-        C.llama_model_free(model)
-        raise BackendError(f"llama.cpp could not create a context (n_ctx={n_ctx}) for {model_path}")
-    load_time_s = time.perf_counter() - t0
-    windows.append(("load", load_start_ns, time.monotonic_ns()))
-    n_layer = int(C.llama_model_n_layer(model))
-    offloaded_layers = _offloaded_layers(model_params.n_gpu_layers, n_layer)
-
-    vocab = C.llama_model_get_vocab(model)
-    n_vocab = C.llama_vocab_n_tokens(vocab)
-    bos = C.llama_vocab_bos(vocab) if C.llama_vocab_get_add_bos(vocab) else None
-    memory = C.llama_get_memory(ctx)
-    greedy = C.llama_sampler_init_greedy()
-    rng = random.Random(seed)
-    token_buffer = (C.llama_token * max(n_batch, 1))()
-
-    def decode(tokens: list[int]) -> None:
-        for i, tok in enumerate(tokens):
-            token_buffer[i] = tok
-        if C.llama_decode(ctx, C.llama_batch_get_one(token_buffer, len(tokens))) != 0:
-            raise BackendError("llama_decode failed")
-
-    def prompt_tokens(n: int) -> list[int]:
-        tokens = [rng.randrange(n_vocab) for _ in range(n)]
-        if bos is not None and tokens:
-            tokens[0] = bos
-        return tokens
-
-    def run_prefill(n: int, phase: str = "prefill") -> tuple[float, float]:
-        """Seconds to process n prompt tokens, and seconds until the first token is chosen (TTFT)."""
-        tokens = prompt_tokens(n)
-        start_ns, start = time.monotonic_ns(), time.perf_counter()
-        for i in range(0, n, n_batch):
-            decode(tokens[i:i + n_batch])
-        C.llama_synchronize(ctx)
-        prefill_s = time.perf_counter() - start
-        windows.append((phase, start_ns, time.monotonic_ns()))
-        C.llama_sampler_sample(greedy, ctx, -1)  # the first token, chosen greedily by llama.cpp
-        return prefill_s, time.perf_counter() - start
-
-    def run_decode(n: int, phase: str = "decode") -> float:
-        token = bos if bos is not None else rng.randrange(n_vocab)
-        start_ns, start = time.monotonic_ns(), time.perf_counter()
-        for _ in range(n):
-            decode([token])
-            C.llama_synchronize(ctx)
-            token = rng.randrange(n_vocab)
-        elapsed_s = time.perf_counter() - start
-        windows.append((phase, start_ns, time.monotonic_ns()))
-        return elapsed_s
-
-    try:
-        # Warm-up as llama-bench does: one full prefill and one generated token.
-        run_prefill(n_prompt, "warmup")
-        C.llama_memory_clear(memory, False)
-        run_decode(1, "warmup")
-        C.llama_memory_clear(memory, False)
-        if n_depth:
-            run_prefill(n_depth, "warmup")  # the depth, untimed; each test then starts from it
-
-        def back_to_depth() -> None:
-            C.llama_memory_seq_rm(memory, 0, n_depth, -1)  # drops the last test's tokens, keeps the depth
-
-        prefill_tps, ttft_ms, decode_tps = [], [], []
-        for _ in range(repetitions):
-            back_to_depth()
-            prefill_s, ttft_s = run_prefill(n_prompt)
-            prefill_tps.append(n_prompt / prefill_s)
-            ttft_ms.append(ttft_s * 1000.0)
-            back_to_depth()
-            decode_tps.append(n_gen / run_decode(n_gen))
-        n_params = int(C.llama_model_n_params(model))
-        gpu_memory = _llama_gpu_memory(buffer_bytes(_log_lines)) if offloaded_layers else None
-        single = run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss,
-                             "peak RSS (VmHWM) of the worker process; weights read without mmap (load_mode=none)")
-        C.llama_free(ctx)  # before the sweep, whose points' memory is their own context's
-        ctx = None
-        if parallel:
-            single["memory_method"] += "; " + SERVING_MEMORY[reset_peak_rss()]
-        serving = tuple(_serving_point(model, n, n_prompt, n_gen, repetitions, threads, n_batch, n_ubatch,
-                                       prompt_tokens, lambda: rng.randrange(n_vocab), windows, offloaded_layers > 0)
-                        for n in parallel)
-    finally:
-        C.llama_sampler_free(greedy)
-        if ctx:
-            C.llama_free(ctx)
-        C.llama_model_free(model)
-    return RunFigures(
-        **single, serving=serving,
-        n_batch=n_batch, n_ubatch=n_ubatch, n_ctx=n_ctx, threads=threads, backend_version=version(),
-        backend_build=system_info(), backend_commit=build_commit(), phase_windows_ns=tuple(windows),
-        compute_device=compute_devices()[-1] if offloaded_layers else "cpu", model_n_params=n_params,
-        gpu_layers=offloaded_layers, gpu_memory=gpu_memory,
-    )
-
+    """The harness's protocol on llama.cpp. The model is loaded without mmap (so that the weights count in RSS);
+    `device` "cpu" keeps every layer on the CPU; otherwise a build that offloads offloads `gpu_layers` layers
+    (None: all, as llama.cpp's default parameters do; 0: none)."""
+    runner = LlamaRunner(model_path, n_prompt, n_gen, threads, device, n_batch, n_ubatch, gpu_layers, n_depth)
+    return harness.measure(runner, harness.Plan(n_prompt, n_gen, repetitions, threads, n_depth, parallel, seed))
 
 def _offloaded_layers(requested: int, n_layer: int) -> int:
     """Layers llama.cpp put on the GPU, as its log says ("offloaded 23/23 layers to GPU"; the output layer counts
@@ -365,31 +342,24 @@ class _Streams:
         if C.llama_decode(self.ctx, view) != 0:
             raise BackendError(f"llama_decode failed on a batch of {count} tokens")
 
-    def prefill(self, prompts: list[list[int]], on_logits=None) -> tuple[float, list[float]]:
-        """Seconds for the prefill of every prompt, and per sequence the seconds until the llama_decode that produced
-        its first logits returned (its TTFT). `on_logits(seq, index)`: called then (untimed use only), with the
-        index of the sequence's logits in that chunk."""
+    def prefill(self, prompts: list[list[int]], on_logits) -> None:
+        """Prefill every prompt; `on_logits({seq: index})` is called, after a synchronisation, for the sequences whose
+        first logits the last chunk produced, with the index of each one's logits in that chunk."""
         last = []  # each sequence's last prompt token, as an index into the batch
         for seq, prompt in enumerate(prompts):
             base = last[-1] + 1 if last else 0
             for pos, token in enumerate(prompt):
                 self._put(base + pos, token, pos, seq, pos == len(prompt) - 1)
             last.append(base + len(prompt) - 1)
-        total, ttft_s = last[-1] + 1, [0.0] * len(prompts)
-        start = time.perf_counter()
+        total = last[-1] + 1
         for chunk in range(0, total, self.n_batch):
             count = min(self.n_batch, total - chunk)
             self._decode(chunk, count)
-            ended = [seq for seq, index in enumerate(last) if chunk <= index < chunk + count]
+            ended = {seq: index - chunk for seq, index in enumerate(last) if chunk <= index < chunk + count}
             if ended:
                 C.llama_synchronize(self.ctx)
-                now = time.perf_counter() - start
-                for seq in ended:
-                    ttft_s[seq] = now
-                    if on_logits is not None:
-                        on_logits(seq, last[seq] - chunk)
+                on_logits(ended)
         C.llama_synchronize(self.ctx)
-        return time.perf_counter() - start, ttft_s
 
     def step(self, tokens: list[int], positions: list[int]) -> None:
         """One token for each sequence (sequence i gets tokens[i] at positions[i]), in one llama_decode."""
@@ -405,48 +375,54 @@ def _at(pointer, start: int):
     return ctypes.cast(ctypes.cast(pointer, ctypes.c_void_p).value + start * ctypes.sizeof(kind._type_), kind)
 
 
-def _serving_point(model, n: int, n_prompt: int, n_gen: int, repetitions: int, threads: int, n_batch: int,
-                   n_ubatch: int, prompt_tokens, random_token, windows: list, on_gpu: bool) -> ServingFigures:
-    """N streams together, in a context of their own whose KV cache holds N sequences of n_prompt + n_gen tokens
-    (llama-batched-bench's pattern, with its warm-up of 16 tokens and one decode step of N); the cache is cleared
-    before each repetition. A context that cannot be made (memory, llama.cpp's limits) is an unsupported point, saying so.
-    `on_gpu`: the model is offloaded, so the point also reports its GPU memory (the model's and its own context's
-    buffers, NVML's per-process bytes)."""
-    since = len(_log_lines)
-    ctx = C.llama_init_from_model(model, _context_params(n * (n_prompt + n_gen), n_batch, n_ubatch, threads, n))
-    if not ctx:
-        return ServingFigures(parallel=n, unsupported_reason=f"llama.cpp could not create a context for {n} "
-                                                             f"sequences of {n_prompt + n_gen} tokens")
-    streams, memory = _Streams(ctx, n_batch, max(n * n_prompt, 16)), C.llama_get_memory(ctx)
-    prefill_s, decode_s, ttft_s, peak_bytes = [], [], [], []
-    try:
-        streams.prefill([[random_token() for _ in range(16)]])
-        C.llama_memory_clear(memory, False)
-        streams.step([random_token() for _ in range(n)], [0] * n)  # and one decode step at this batch size
-        for _ in range(repetitions):
-            C.llama_memory_clear(memory, False)
-            prompts = [prompt_tokens(n_prompt) for _ in range(n)]
-            feeds = [[random_token() for _ in range(n)] for _ in range(n_gen)]
-            reset_peak_rss()
-            seconds, ttft = streams.prefill(prompts)
-            start_ns, start = time.monotonic_ns(), time.perf_counter()
-            for step, tokens in enumerate(feeds):
-                streams.step(tokens, [n_prompt + step] * n)
-            decode_s.append(time.perf_counter() - start)
-            windows.append((serving_phase(n), start_ns, time.monotonic_ns()))
-            peak_bytes.append(max_rss_bytes())
-            prefill_s.append(seconds)
-            ttft_s.append(ttft)
-            held = [C.llama_memory_seq_pos_max(memory, seq) for seq in range(n)]
-            if held != [n_prompt + n_gen - 1] * n:  # each sequence holds its own tokens, none another's
-                raise BackendError(f"the KV cache holds positions up to {held} for {n} sequences, not "
-                                   f"{n_prompt + n_gen - 1} each")
-        gpu_memory = _llama_gpu_memory(context_buffers(since)) if on_gpu else None
-    finally:
-        streams.close()
-        C.llama_free(ctx)
-    return serving_figures(n, n_prompt, n_gen, prefill_s, decode_s, ttft_s, peak_bytes, gpu_memory)
+class _ServingStreams(harness.Streams):
+    """A serving point's context (llama-batched-bench's pattern, with its warm-up of 16 tokens and one decode step
+    of N). `on_gpu`: the model is offloaded, so the point also reports its GPU memory (the model's and its own
+    context's buffers, NVML's per-process bytes)."""
 
+    def __init__(self, ctx, n_batch: int, capacity: int, n: int, since: int, on_gpu: bool):
+        self.ctx, self.n, self.since, self.on_gpu = ctx, n, since, on_gpu
+        self.feed, self.memory = _Streams(ctx, n_batch, capacity), C.llama_get_memory(ctx)
+        self.greedy, self.ready = C.llama_sampler_init_greedy(), {}
+
+    def warm_up(self, tokens: list[int], step: list[int]) -> None:
+        self.feed.prefill([tokens], lambda ended: None)
+        self.clear()
+        self.feed.step(step, [0] * self.n)
+
+    def clear(self) -> None:
+        C.llama_memory_clear(self.memory, False)
+
+    def prefill(self, prompts, ready) -> None:
+        def ended(indexes: dict) -> None:
+            self.ready = indexes
+            ready(list(indexes))
+
+        self.feed.prefill(prompts, ended)
+
+    def choose(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            C.llama_sampler_sample(self.greedy, self.ctx, self.ready[seq])
+
+    def steps(self, feeds: list[list[int]], start: int):
+        return [(tokens, [start + i] * len(tokens)) for i, tokens in enumerate(feeds)]
+
+    def decode(self, step) -> None:
+        self.feed.step(*step)
+
+    def check(self, held: int) -> None:
+        found = [C.llama_memory_seq_pos_max(self.memory, seq) for seq in range(self.n)]
+        if found != [held - 1] * self.n:  # each sequence holds its own tokens, none another's
+            raise BackendError(f"the KV cache holds positions up to {found} for {self.n} sequences, not "
+                               f"{held - 1} each")
+
+    def gpu_memory(self) -> GpuMemoryFigures | None:
+        return _llama_gpu_memory(context_buffers(self.since)) if self.on_gpu else None
+
+    def close(self) -> None:
+        self.feed.close()
+        C.llama_sampler_free(self.greedy)
+        C.llama_free(self.ctx)
 
 def batched_greedy(model_path: str, prompts: list[list[int]], n_gen: int, threads: int) -> dict:
     """The prompts decoded together greedily, as the serving sweep feeds them (one KV cache, distinct sequence ids):
@@ -463,7 +439,8 @@ def batched_greedy(model_path: str, prompts: list[list[int]], n_gen: int, thread
     streams = _Streams(ctx, DEFAULT_N_BATCH, sum(map(len, prompts)))
     tokens: list[list[int]] = [[] for _ in prompts]
     try:
-        streams.prefill(prompts, lambda seq, index: tokens[seq].append(int(C.llama_sampler_sample(sampler, ctx, index))))
+        streams.prefill(prompts, lambda ended: [tokens[seq].append(int(C.llama_sampler_sample(sampler, ctx, index)))
+                                                for seq, index in ended.items()])
         for step in range(n_gen - 1):
             streams.step([t[-1] for t in tokens], [len(p) + step for p in prompts])
             for seq, found in enumerate(tokens):

@@ -4,7 +4,7 @@ onnxruntime.quantization, on the CPU execution provider (CUDA's when present). T
 
 import contextlib
 
-from fleetfit.agent.backends.base import Backend, RunFigures, RunTarget, WorkerJob
+from fleetfit.agent.backends.base import Backend, RunTarget, WorkerJob
 
 
 class OnnxRuntime(Backend):
@@ -30,12 +30,12 @@ class OnnxRuntime(Backend):
 
     # -- worker side
 
-    def run(self, job: WorkerJob) -> RunFigures:
+    def runner(self, job: WorkerJob):
         from fleetfit.agent.backends import onnx_runtime as runtime
 
         request = job.request
-        return runtime.profile(job.target.path, job.target.precision, job.cache_dir, request.n_prompt,
-                               request.n_gen, request.repetitions, job.threads, parallel=tuple(request.parallel))
+        return runtime.OnnxRunner(job.target.path, job.target.precision, job.cache_dir, job.threads, request.n_prompt,
+                              request.n_gen)
 
     def call(self, op: str, args: dict) -> dict:
         from fleetfit.agent.backends import onnx_runtime as runtime

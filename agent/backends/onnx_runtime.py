@@ -9,14 +9,11 @@ bytes, the precision and this module's export version.
 
 import hashlib
 import pathlib
-import random
-import time
 
 import numpy as np
 
-from fleetfit.agent.backends.base import RunFigures, ServingFigures, serving_phase
-from fleetfit.agent.backends.common import (SERVING_MEMORY, current_rss_bytes, max_rss_bytes, reset_peak_rss,
-                                            run_figures, serving_figures)
+from fleetfit.agent.backends import harness
+from fleetfit.agent.backends.base import RunFigures
 from fleetfit.models.backends import backend
 
 PRECISIONS = backend("onnxruntime").precisions
@@ -193,31 +190,6 @@ def _open(gguf_path, precision, cache_dir, threads):
     return _Runner(_session(path, threads), c.n_layers, c.n_kv_heads, c.head_dim), c, path
 
 
-def _serving_point(runner: _Runner, vocab: int, n: int, n_prompt: int, n_gen: int, repetitions: int,
-                   rng: random.Random, windows: list) -> ServingFigures:
-    """A batch of N sequences: one warm-up step, then per repetition the N prompts in one run (every stream's first
-    logits come back with it) and n_gen steps of N tokens, the cache growing in ORT memory."""
-    prefill_s, decode_s, ttft_s, peak_bytes = [], [], [], []
-    runner.reset(n)
-    runner.step([[0]] * n)  # warm-up at this batch size
-    for _ in range(repetitions):
-        prompts = [[rng.randrange(vocab) for _ in range(n_prompt)] for _ in range(n)]
-        feeds = [[[rng.randrange(vocab)] for _ in range(n)] for _ in range(n_gen)]
-        runner.reset(n)
-        reset_peak_rss()
-        start = time.perf_counter()
-        runner.step(prompts).argmax(-1)  # the logits come back to the host: each stream's first token chosen
-        prefill_s.append(time.perf_counter() - start)
-        ttft_s.append([prefill_s[-1]] * n)
-        start_ns, start = time.monotonic_ns(), time.perf_counter()
-        for tokens in feeds:
-            runner.step(tokens)
-        decode_s.append(time.perf_counter() - start)
-        windows.append((serving_phase(n), start_ns, time.monotonic_ns()))
-        peak_bytes.append(max_rss_bytes())
-    return serving_figures(n, n_prompt, n_gen, prefill_s, decode_s, ttft_s, peak_bytes)
-
-
 def greedy(gguf_path: str, prompt_tokens: list[int], n_gen: int, precision: str, cache_dir: str,
            threads: int) -> list[int]:
     runner, _, _ = _open(gguf_path, precision, cache_dir, threads)
@@ -227,51 +199,77 @@ def greedy(gguf_path: str, prompt_tokens: list[int], n_gen: int, precision: str,
     return out
 
 
+class OnnxRunner(harness.Runner):
+    """The exported model in an ONNX Runtime session: a prompt in one run (its logits come back to the host), then
+    single-token runs, the cache growing in ORT memory; a serving point is a batch of N sequences (the export's
+    dynamic batch axis). Export and quantization happen before the load clock."""
+
+    memory_method = "peak RSS (VmHWM) of the worker process (ONNX Runtime session)"
+
+    def __init__(self, gguf_path: str, precision: str, cache_dir: str, threads: int, n_prompt: int, n_gen: int):
+        model_file(gguf_path, precision, cache_dir)
+        self.args, self.n_prompt, self.n_ctx = (gguf_path, precision, cache_dir, threads), n_prompt, n_prompt + n_gen
+
+    def load(self) -> None:
+        self.feed, c, self.path = _open(*self.args)
+        self.n_vocab = c.vocab
+
+    def clear(self, keep: int = 0) -> None:
+        if keep:
+            raise ValueError("onnxruntime runs from an empty cache only (no decode depth)")
+        self.feed.reset()
+
+    def prefill(self, tokens: list[int]) -> None:
+        self.logits = self.feed.step(tokens)
+
+    def first_token(self) -> int:
+        return int(self.logits.argmax())
+
+    def decode(self, token: int) -> None:
+        self.feed.step([token])
+
+    def streams(self, n: int, n_prompt: int, n_gen: int) -> harness.Streams:
+        return _Batch(self.feed, n)
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        return {"weight_bytes": self.path.stat().st_size, "n_batch": self.n_prompt, "n_ubatch": self.n_prompt,
+                "n_ctx": self.n_ctx, "compute_device": self.feed.device, "backend_version": ort.__version__,
+                "backend_build": f"onnxruntime {ort.__version__} ({', '.join(self.feed.session.get_providers())}); "
+                                 f"{self.path.name}"}
+
+
+class _Batch(harness.Streams):
+    """N sequences as a batch: the N prompts in one run (every stream's first logits come back with it), then runs
+    of N tokens."""
+
+    def __init__(self, feed: _Runner, n: int):
+        self.feed, self.n = feed, n
+
+    def warm_up(self, tokens: list[int], step: list[int]) -> None:
+        self.feed.reset(self.n)
+        self.feed.step([[t] for t in step])
+
+    def clear(self) -> None:
+        self.feed.reset(self.n)
+
+    def prefill(self, prompts, ready) -> None:
+        self.logits = self.feed.step(prompts)
+        ready(list(range(self.n)))
+
+    def choose(self, seqs: list[int]) -> None:
+        self.logits[seqs].argmax(-1)
+
+    def steps(self, feeds: list[list[int]], start: int):
+        return [[[t] for t in tokens] for tokens in feeds]
+
+    def decode(self, step) -> None:
+        self.feed.step(step)
+
+
 def profile(gguf_path: str, precision: str, cache_dir: str, n_prompt: int, n_gen: int, repetitions: int,
             threads: int, seed: int = 1234, parallel: tuple[int, ...] = ()) -> RunFigures:
-    """Prefill and decode timed as in llama_cpp.profile (export and quantization happen before the load clock);
-    then, for each N in `parallel`, a serving point: a batch of N sequences (the export's dynamic batch axis)."""
-    import onnxruntime as ort
-
-    model_file(gguf_path, precision, cache_dir)
-    baseline_rss = current_rss_bytes()
-    windows = []
-    load_start_ns, t0 = time.monotonic_ns(), time.perf_counter()
-    runner, c, path = _open(gguf_path, precision, cache_dir, threads)
-    load_time_s = time.perf_counter() - t0
-    windows.append(("load", load_start_ns, time.monotonic_ns()))
-    rng = random.Random(seed)
-
-    def timed(phase: str, n: int, batch: bool) -> float:
-        tokens = [rng.randrange(c.vocab) for _ in range(n)]
-        runner.reset()
-        start_ns, start = time.monotonic_ns(), time.perf_counter()
-        if batch:
-            runner.step(tokens).argmax()
-        else:
-            for token in tokens:
-                runner.step([token])
-        elapsed = time.perf_counter() - start
-        windows.append((phase, start_ns, time.monotonic_ns()))
-        return elapsed
-
-    timed("warmup", n_prompt, True)
-    timed("warmup", 1, False)
-    prefill_tps, ttft_ms, decode_tps = [], [], []
-    for _ in range(repetitions):
-        prefill_s = timed("prefill", n_prompt, True)
-        prefill_tps.append(n_prompt / prefill_s)
-        ttft_ms.append(prefill_s * 1000.0)  # the logits come back to the host and argmax is included
-        decode_tps.append(n_gen / timed("decode", n_gen, False))
-    single = run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss,
-                         "peak RSS (VmHWM) of the worker process (ONNX Runtime session)")
-    if parallel:
-        single["memory_method"] += "; " + SERVING_MEMORY[reset_peak_rss()]
-    serving = tuple(_serving_point(runner, c.vocab, n, n_prompt, n_gen, repetitions, rng, windows) for n in parallel)
-    return RunFigures(
-        **single, serving=serving,
-        weight_bytes=path.stat().st_size, n_batch=n_prompt, n_ubatch=n_prompt, n_ctx=n_prompt + n_gen,
-        threads=threads, compute_device=runner.device, backend_version=ort.__version__,
-        backend_build=f"onnxruntime {ort.__version__} ({', '.join(runner.session.get_providers())}); {path.name}",
-        phase_windows_ns=tuple(windows),
-    )
+    """The harness's protocol on ONNX Runtime (the model exported and quantized first, once per file)."""
+    runner = OnnxRunner(gguf_path, precision, cache_dir, threads, n_prompt, n_gen)
+    return harness.measure(runner, harness.Plan(n_prompt, n_gen, repetitions, threads, 0, parallel, seed))

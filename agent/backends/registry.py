@@ -2,7 +2,10 @@
 
 Modules are imported by path only when a backend is asked for, and import no runtime themselves: the agent and
 `fleetfit-agent --help` never load torch, llama_cpp or onnxruntime; the worker does, through a backend's `run`.
-Adding a backend: its entry in models/backends.py, one module here beside the others, and one line below.
+Adding a backend: its entry in models/backends.py (names, precisions and their sizes, compute devices), one
+module here beside the others (a Backend whose `runner` gives the harness's small runner: load, clear, prefill,
+decode, N streams, describe; agent/backends/harness.py times it), and one line below. Nothing else names it
+(tests/agent/test_toy_backend.py adds one that way and runs a campaign on it).
 """
 
 import importlib

@@ -1,7 +1,7 @@
 """PyTorch eager: real GGUF weights dequantized to the requested precision, or a catalogue shape with random
 weights; CPU or CUDA. The runtime is torch_runtime.py and torch_model.py (worker only)."""
 
-from fleetfit.agent.backends.base import Backend, RunFigures, WorkerJob
+from fleetfit.agent.backends.base import Backend, WorkerJob
 
 
 class Torch(Backend):
@@ -14,14 +14,14 @@ class Torch(Backend):
 
     # -- worker side
 
-    def run(self, job: WorkerJob) -> RunFigures:
+    def runner(self, job: WorkerJob):
         from fleetfit.agent.backends import torch_runtime as runtime
         from fleetfit.models.catalogue import architecture
 
         request, target = job.request, job.target
         arch = architecture(target.arch) if target.arch else None
-        return runtime.profile(target.path, arch, target.precision, request.device, request.n_prompt, request.n_gen,
-                               request.repetitions, job.threads, parallel=tuple(request.parallel))
+        return runtime.TorchRunner(target.path, arch, target.precision, request.device, job.threads, request.n_prompt,
+                              request.n_gen)
 
     def call(self, op: str, args: dict) -> dict:
         from fleetfit.agent.backends import torch_runtime as runtime

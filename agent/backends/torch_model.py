@@ -326,13 +326,17 @@ def quantize_(model: Transformer, precision: str) -> Transformer:
 
 def weight_bytes(model: Transformer, per_token: bool = False) -> int:
     """Bytes of the weights held (a tied tensor once, the KV cache excluded); with per_token, those one decode
-    step reads: the embedding table counts only when the output projection shares it (a lookup reads one row)."""
-    seen, total = set(), 0
+    step reads (models/roofline.token_reads: the embedding table is a lookup of one row unless the output
+    projection shares it)."""
+    from fleetfit.models.roofline import token_reads
+
+    seen, total = set(), 0.0
+    lookup = getattr(model.output, "weight", None) is not model.embed.weight
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if ".cache." in name or t.data_ptr() in seen:
             continue
         seen.add(t.data_ptr())
-        if per_token and name == "embed.weight" and getattr(model.output, "weight", None) is not model.embed.weight:
-            continue
-        total += t.numel() * t.element_size()
-    return total
+        n_bytes = t.numel() * t.element_size()
+        total += token_reads(n_bytes, t.shape[0], lookup=True) if per_token and name == "embed.weight" and lookup \
+            else n_bytes
+    return int(total)

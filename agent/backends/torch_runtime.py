@@ -1,22 +1,18 @@
-"""PyTorch (CPU and CUDA) under the same timed loops as llama_cpp_runtime.py: profile, greedy decode,
+"""PyTorch (CPU and CUDA) under the harness's protocol (harness.py), as every backend: profile, greedy decode,
 capabilities.
 
-Imported only in the isolated worker (the backend itself is torch_backend.py). Timing mirrors llama-bench:
-harness-fed random tokens, one warm-up, then per repetition a prefill of n_prompt tokens in one batch and,
-from an empty cache, n_gen single-token decodes; the device is synchronised before each clock read.
+Imported only in the isolated worker (the backend itself is torch_backend.py). Its runner feeds a prompt in one
+batch and decodes from an empty cache; the device is synchronised before each clock read.
 """
 
-import dataclasses
 import os
-import random
-import time
 
 import torch
 
 from fleetfit.agent.backends import torch_model as tm
-from fleetfit.agent.backends.base import DecodeShape, GpuMemoryFigures, RunFigures, ServingFigures, serving_phase
-from fleetfit.agent.backends.common import (SERVING_MEMORY, current_rss_bytes, max_rss_bytes, reset_peak_rss,
-                                            run_figures, serving_figures)
+from fleetfit.agent.backends import harness
+from fleetfit.agent.backends.base import DecodeShape, GpuMemoryFigures, RunFigures
+from fleetfit.models.backends import backend
 
 CPU_ONLY_REASON = {"fp16": "fp16 runs on CUDA only (torch has no fast fp16 CPU kernels; use bf16 or fp32 on CPU)"}
 # int8/int4 weights meet bfloat16 activations: torch's CPU kernels for them are ~50x slower with float32
@@ -76,7 +72,7 @@ def _attempted_bytes(precision: str, model_path: str | None, arch, n_ctx: int) -
         from fleetfit.models.catalogue import n_params as count
 
         c, n_params = tm.Config.of(arch), count(arch)
-    per_weight = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int4": 0.5}[precision]
+    per_weight = backend("torch").matrix_bytes_per_weight(precision)
     kv_bytes = 2 * c.n_layers * c.n_kv_heads * c.head_dim * n_ctx * (4 if precision == "fp32" else 2)
     return int(n_params * per_weight + kv_bytes)
 
@@ -107,81 +103,141 @@ def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)
 
 
+class TorchRunner(harness.Runner):
+    """The torch model on one device: a prompt in one forward, single-token steps (captured in a CUDA graph where
+    that works), the device synchronised before each clock read; a serving point is a batch of N sequences."""
+
+    memory_method = "peak RSS (VmHWM) of the worker process (weights dequantized into torch tensors)"
+
+    def __init__(self, model_path: str | None, arch, precision: str, device: str, threads: int, n_prompt: int,
+                 n_gen: int):
+        self.device = resolve_device(device)
+        check(precision, self.device)
+        torch.set_num_threads(threads)
+        self.path, self.arch, self.precision = model_path, arch, precision
+        self.n_prompt, self.n_ctx = n_prompt, n_prompt + n_gen
+        self.step, self.decode_mode = None, "eager"
+        self.grad = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)  # until close: nothing here trains
+
+    def load(self) -> None:
+        self.model = build(self.precision, self.device, self.path, self.arch)
+        self.model.setup_cache(self.n_ctx)
+        _sync(self.device)
+        self.n_vocab = self.model.c.vocab
+
+    def clear(self, keep: int = 0) -> None:
+        if keep:
+            raise ValueError("torch runs from an empty cache only (no decode depth)")
+        self.model.clear_cache()
+
+    def prompt(self, tokens: list[int]):
+        prepared = torch.tensor([tokens], device=self.device), torch.arange(len(tokens), device=self.device)
+        _sync(self.device)
+        return prepared
+
+    def prefill(self, prepared) -> None:
+        self.logits = self.model(*prepared)
+        _sync(self.device)
+
+    def first_token(self) -> int:
+        return int(self.logits.argmax())  # a host read
+
+    def steps(self, tokens: list[int]):
+        if self.step is None:  # made once, before the first timed step (a CUDA graph is captured here)
+            self.step, self.decode_mode = decode_step(self.model, self.device)
+        prepared = [(torch.tensor([[t]], device=self.device), torch.tensor([i], device=self.device))
+                    for i, t in enumerate(tokens)]
+        _sync(self.device)
+        return prepared
+
+    def decode(self, step) -> None:
+        self.step(*step)
+        _sync(self.device)
+
+    def streams(self, n: int, n_prompt: int, n_gen: int) -> harness.Streams:
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.model.setup_cache(n_prompt + n_gen, n)
+        return _Batch(self.model, self.device)
+
+    def unsupported(self, exc: Exception, n: int, n_prompt: int, n_gen: int) -> str | None:
+        if not _out_of_memory(exc):
+            return None
+        self.model.setup_cache(1)  # let the failed batch's cache go
+        return f"out of memory on {self.device} with a batch of {n} sequences of {n_prompt + n_gen} tokens"
+
+    def gpu_memory(self) -> GpuMemoryFigures | None:
+        return _gpu_memory(self.device) if self.device.startswith("cuda") else None
+
+    def failure(self, exc: Exception) -> BaseException | None:
+        if not _out_of_memory(exc):
+            return None
+        size = _attempted_bytes(self.precision, self.path, self.arch, self.n_ctx)
+        return MemoryError(f"does not fit: out of memory on {self.device} at {self.precision} "
+                           f"(attempted about {size / 2**30:.2f} GiB of weights and KV cache): "
+                           f"{str(exc).splitlines()[0][:200]}")
+
+    def close(self) -> None:
+        torch.set_grad_enabled(self.grad)
+
+    def describe(self) -> dict:
+        model, device = self.model, self.device
+        where = (f" ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})" if device.startswith("cuda")
+                 else f" ({torch.backends.cpu.get_cpu_capability()})")
+        return {"n_batch": self.n_prompt, "n_ubatch": self.n_prompt, "n_ctx": self.n_ctx, "backend_version": torch.__version__,
+                "backend_build": f"torch {torch.__version__} on {device}{where}; decode: {self.decode_mode}",
+                "compute_device": device, "weight_bytes": tm.weight_bytes(model),
+                "model_n_params": sum(p.numel() for p in model.parameters()),
+                "decode_shape": DecodeShape(n_layers=model.c.n_layers, n_heads=model.c.n_heads,
+                                            n_kv_heads=model.c.n_kv_heads, head_dim=model.c.head_dim,
+                                            weight_bytes_per_token=tm.weight_bytes(model, per_token=True),
+                                            matmul_params_per_token=_matmul_params(model.c))}
+
+
+class _Batch(harness.Streams):
+    """N sequences as a batch: the N prompts in one forward (every stream's first logits come with it), then
+    steps of N tokens."""
+
+    def __init__(self, model, device: str):
+        self.model, self.device = model, device
+
+    def warm_up(self, tokens: list[int], step: list[int]) -> None:
+        self.model(torch.tensor([[t] for t in step], device=self.device), torch.tensor([0], device=self.device))
+
+    def clear(self) -> None:
+        self.model.clear_cache()
+
+    def prompts(self, prompts: list[list[int]]):
+        return torch.tensor(prompts, device=self.device), torch.arange(len(prompts[0]), device=self.device)
+
+    def prefill(self, prepared, ready) -> None:
+        self.logits = self.model(*prepared)
+        _sync(self.device)
+        ready(list(range(prepared[0].shape[0])))
+
+    def choose(self, seqs: list[int]) -> None:
+        self.logits[seqs].argmax(-1).tolist()  # a host read
+
+    def steps(self, feeds: list[list[int]], start: int):
+        prepared = [(torch.tensor([[t] for t in tokens], device=self.device),
+                     torch.tensor([start + i], device=self.device)) for i, tokens in enumerate(feeds)]
+        _sync(self.device)
+        return prepared
+
+    def decode(self, step) -> None:
+        self.model(*step)
+        _sync(self.device)
+
+    def gpu_memory(self) -> GpuMemoryFigures | None:
+        return _gpu_memory(self.device) if self.device.startswith("cuda") else None
+
+
 def profile(model_path: str | None, arch, precision: str, device: str, n_prompt: int, n_gen: int,
             repetitions: int, threads: int, seed: int = 1234, parallel: tuple[int, ...] = ()) -> RunFigures:
-    """Load (or create) the model and time prefill and decode; the same figures as llama_cpp.profile. Then, for
-    each N in `parallel`, a serving point: a batch of N sequences."""
-    device = resolve_device(device)
-    check(precision, device)
-    torch.set_num_threads(threads)
-    baseline_rss = current_rss_bytes()
-    n_ctx = n_prompt + n_gen
-    windows: list[tuple[str, int, int]] = []
-    try:
-        load_start_ns, t0 = time.monotonic_ns(), time.perf_counter()
-        model = build(precision, device, model_path, arch)
-        model.setup_cache(n_ctx)
-        _sync(device)
-        load_time_s = time.perf_counter() - t0
-        windows.append(("load", load_start_ns, time.monotonic_ns()))
-        figures = _timed(model, device, precision, n_prompt, n_gen, repetitions, threads, seed, windows,
-                         load_time_s, baseline_rss)
-    except (torch.OutOfMemoryError, RuntimeError) as exc:
-        if not _out_of_memory(exc):
-            raise
-        size = _attempted_bytes(precision, model_path, arch, n_ctx)
-        raise MemoryError(f"does not fit: out of memory on {device} at {precision} "
-                          f"(attempted about {size / 2**30:.2f} GiB of weights and KV cache): "
-                          f"{str(exc).splitlines()[0][:200]}") from None
-    if not parallel:
-        return figures
-    memory_method = figures.memory_method + "; " + SERVING_MEMORY[reset_peak_rss()]
-    rng = random.Random(seed + 1)
-    serving = tuple(_serving_point(model, device, n, n_prompt, n_gen, repetitions, rng, windows) for n in parallel)
-    return dataclasses.replace(figures, serving=serving, memory_method=memory_method,
-                               phase_windows_ns=tuple(windows))
-
-
-@torch.no_grad()
-def _serving_point(model, device: str, n: int, n_prompt: int, n_gen: int, repetitions: int, rng: random.Random,
-                   windows: list) -> ServingFigures:
-    """A batch of N sequences: a cache for N, one warm-up step, then per repetition the N prompts in one forward
-    (every stream's first logits come with it) and n_gen steps of N tokens. Out of memory: an unsupported point."""
-    vocab = model.c.vocab
-    prefill_s, decode_s, ttft_s, peak_bytes = [], [], [], []
-    try:
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats(device)
-        model.setup_cache(n_prompt + n_gen, n)
-        model(torch.zeros((n, 1), dtype=torch.long, device=device), torch.tensor([0], device=device))  # warm-up
-        for _ in range(repetitions):
-            model.clear_cache()
-            prompts = torch.tensor([[rng.randrange(vocab) for _ in range(n_prompt)] for _ in range(n)], device=device)
-            feeds = [torch.tensor([[rng.randrange(vocab)] for _ in range(n)], device=device) for _ in range(n_gen)]
-            positions = [torch.tensor([n_prompt + i], device=device) for i in range(n_gen)]
-            _sync(device)
-            reset_peak_rss()
-            start = time.perf_counter()
-            logits = model(prompts, torch.arange(n_prompt, device=device))
-            _sync(device)
-            prefill_s.append(time.perf_counter() - start)
-            logits.argmax(-1).tolist()  # each stream's first token, chosen greedily (a host read)
-            ttft_s.append([time.perf_counter() - start] * n)
-            start_ns, start = time.monotonic_ns(), time.perf_counter()
-            for token, pos in zip(feeds, positions):
-                model(token, pos)
-                _sync(device)
-            decode_s.append(time.perf_counter() - start)
-            windows.append((serving_phase(n), start_ns, time.monotonic_ns()))
-            peak_bytes.append(max_rss_bytes())
-    except (torch.OutOfMemoryError, RuntimeError) as exc:
-        if not _out_of_memory(exc):
-            raise
-        model.setup_cache(1)  # let the failed batch's cache go
-        return ServingFigures(parallel=n, unsupported_reason=f"out of memory on {device} with a batch of {n} "
-                                                             f"sequences of {n_prompt + n_gen} tokens")
-    gpu = _gpu_memory(device) if device.startswith("cuda") else None
-    return serving_figures(n, n_prompt, n_gen, prefill_s, decode_s, ttft_s, peak_bytes, gpu)
+    """Load (or create) the model and run the harness's protocol on it."""
+    return harness.measure(TorchRunner(model_path, arch, precision, device, threads, n_prompt, n_gen),
+                           harness.Plan(n_prompt, n_gen, repetitions, threads, 0, parallel, seed))
 
 
 class CapturedDecode:
@@ -217,69 +273,6 @@ def decode_step(model, device: str):
         return CapturedDecode(model, device), "CUDA graph (static KV cache)"
     except RuntimeError as exc:  # an op that cannot be captured on this build or device
         return model, f"eager (CUDA graph capture failed: {str(exc).splitlines()[0][:120]})"
-
-
-@torch.no_grad()
-def _timed(model, device, precision, n_prompt, n_gen, repetitions, threads, seed, windows, load_time_s,
-           baseline_rss) -> RunFigures:
-    rng = random.Random(seed)
-    vocab = model.c.vocab
-    step, decode_mode = decode_step(model, device)
-
-    def tokens(n: int) -> torch.Tensor:
-        return torch.tensor([[rng.randrange(vocab) for _ in range(n)]], device=device)
-
-    def run_prefill(phase: str = "prefill") -> tuple[float, float]:
-        batch, pos = tokens(n_prompt), torch.arange(n_prompt, device=device)
-        _sync(device)
-        start_ns, start = time.monotonic_ns(), time.perf_counter()
-        logits = model(batch, pos)
-        _sync(device)
-        prefill_s = time.perf_counter() - start
-        windows.append((phase, start_ns, time.monotonic_ns()))
-        int(logits.argmax())  # the first token, chosen greedily (a host read, so it waits for the device)
-        return prefill_s, time.perf_counter() - start
-
-    def run_decode(n: int, phase: str = "decode") -> float:
-        feed = [tokens(1) for _ in range(n)]
-        positions = [torch.tensor([i], device=device) for i in range(n)]
-        _sync(device)
-        start_ns, start = time.monotonic_ns(), time.perf_counter()
-        for token, pos in zip(feed, positions):
-            step(token, pos)
-            _sync(device)
-        elapsed_s = time.perf_counter() - start
-        windows.append((phase, start_ns, time.monotonic_ns()))
-        return elapsed_s
-
-    run_prefill("warmup")
-    model.clear_cache()
-    run_decode(1, "warmup")
-    prefill_tps, ttft_ms, decode_tps = [], [], []
-    for _ in range(repetitions):
-        model.clear_cache()
-        prefill_s, ttft_s = run_prefill()
-        prefill_tps.append(n_prompt / prefill_s)
-        ttft_ms.append(ttft_s * 1000.0)
-        model.clear_cache()
-        decode_tps.append(n_gen / run_decode(n_gen))
-    return RunFigures(
-        **run_figures(load_time_s, prefill_tps, ttft_ms, decode_tps, baseline_rss,
-                      "peak RSS (VmHWM) of the worker process (weights dequantized into torch tensors)"),
-        n_batch=n_prompt, n_ubatch=n_prompt, n_ctx=n_prompt + n_gen, threads=threads,
-        backend_version=torch.__version__,
-        backend_build=f"torch {torch.__version__} on {device}"
-                      + (f" ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})"
-                         if device.startswith("cuda") else f" ({torch.backends.cpu.get_cpu_capability()})")
-                      + f"; decode: {decode_mode}",
-        phase_windows_ns=tuple(windows), compute_device=device, weight_bytes=tm.weight_bytes(model),
-        model_n_params=sum(p.numel() for p in model.parameters()),
-        decode_shape=DecodeShape(n_layers=model.c.n_layers, n_heads=model.c.n_heads,
-                                 n_kv_heads=model.c.n_kv_heads, head_dim=model.c.head_dim,
-                                 weight_bytes_per_token=tm.weight_bytes(model, per_token=True),
-                                 matmul_params_per_token=_matmul_params(model.c)),
-        gpu_memory=_gpu_memory(device) if device.startswith("cuda") else None,
-    )
 
 
 @torch.no_grad()

@@ -309,3 +309,25 @@ def test_the_cli_shows_dead_letters_with_status_reason_and_time(tmp_path):
     as_json = json.loads(run_cli("fleetfit-agent", "outbox", "--outbox", str(path), "--json").stdout)
     assert as_json["waiting"] == 1 and [d["result_id"] for d in as_json["dead_letters"]] == ["r-1"]
     assert as_json["dead_letters"][0]["at_unix_s"] > 0
+
+
+def test_quality_results_wait_in_the_same_outbox_beside_an_old_file(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:  # an outbox written before it kept quality results (no kind column)
+        db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, result_id TEXT UNIQUE NOT NULL, "
+                   "request BLOB NOT NULL)")
+        db.execute("INSERT INTO outbox (result_id, request) VALUES (?, ?)", ("r-old", report("r-old").SerializeToString()))
+    box = Outbox(path)
+    try:
+        quality = pb.ReportQualityRequest(result=pb.QualityResult(result_id="q-1", device_id=DEVICE, quant="Q4_0"))
+        box.put(quality)
+        box.put(report("r-new"))
+        kept = box.pending()
+        assert [type(r) for r in kept] == [pb.ReportResultRequest, pb.ReportQualityRequest, pb.ReportResultRequest]
+        assert pending_ids(box) == ["r-old", "q-1", "r-new"] and kept[1] == quality
+        box.dead_letter(quality, "INVALID_ARGUMENT", "refused")
+        assert [type(r) for r, _, _, _ in box.dead_letters()] == [pb.ReportQualityRequest]
+    finally:
+        box.close()

@@ -167,7 +167,7 @@ def test_one_architecture_never_fits_a_constant():
 
 
 def _point(n, aggregate, per_stream=None):
-    return serving.SweepPoint(n, aggregate, per_stream or aggregate / n, None, None, None, None, None, "", "sweep")
+    return serving.SweepPoint(n, aggregate, per_stream or aggregate / n, None, None, None, None, None, "sweep")
 
 
 @pytest.mark.parametrize("seed", range(20))

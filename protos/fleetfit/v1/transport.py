@@ -12,6 +12,8 @@ import ssl
 import grpc
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# A unary call's deadline (registering, a heartbeat, a result, a query); a long poll waits its own wait on top.
+CALL_TIMEOUT_S = 15.0
 KEEPALIVE_TIME_MS = 60_000
 KEEPALIVE_TIMEOUT_MS = 20_000
 

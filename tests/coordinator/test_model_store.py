@@ -192,3 +192,27 @@ def test_an_upload_cut_by_a_killed_coordinator_resumes(tmp_path, ladder):
         assert sha256(tmp_path / "blobs" / "blobs" / f"sha256-{sha256(file)}") == sha256(file)
     finally:
         stop_processes(proc)
+
+
+def test_jobs_of_a_stored_model_carry_its_digest_and_run_only_precisions_its_file_allows(tmp_path, ladder):
+    from fleetfit.coordinator.campaigns import check_spec, expand
+    from tests.coordinator.test_campaigns import ALL_BACKENDS, WORKSTATION, spec
+
+    store = ModelStore(tmp_path / "blobs")
+    data = ladder["Q4_1"].read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    for at in range(0, len(data), MAX_CHUNK_BYTES):
+        store.put(pb.PutModelRequest(name="mine", sha256=digest, size_bytes=len(data), offset=at,
+                                     data=data[at:at + MAX_CHUNK_BYTES]))
+    ws = pb.DeviceInventory()
+    ws.CopyFrom(WORKSTATION)
+    ws.backends.extend(ALL_BACKENDS)
+    campaign = attach(store, spec(models=("mine",), quants=("Q4_1", "F16", "int8"), backends=("llama.cpp", "torch")))
+    check_spec(campaign)
+    plan = expand(campaign, [], [pb.Device(inventory=ws)])
+    assert [(r.backend, r.model.name, r.quant, r.model.sha256, r.model.shape.family) for _, r in plan.jobs] == [
+        ("llama.cpp", "mine", "Q4_1", digest, "llama")]
+    skipped = plan.skipped["ws-1"]
+    assert ("llama.cpp mine F16: the stored file is Q4_1: it runs at Q4_1; other precisions are derived only from an "
+            "F32/F16/BF16 file") in skipped  # a quantized file is never requantized
+    assert "torch mine int8: torch runs catalogue shapes; a stored model runs on llama.cpp" in skipped

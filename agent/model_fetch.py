@@ -68,10 +68,12 @@ def fetch(stub, device_id: str, model: pb.ModelRef, cache_dir: pathlib.Path, dea
         if found is not None:
             return Fetched(found, 0, 0)
         held = partial.stat().st_size if partial.exists() else 0
-        resumed_from, received, tries, size = held, 0, 0, None
+        resumed_from, received, tries, size, hashed = held, 0, 0, None, _Hashed()
         while True:
             deadline.check("model fetch")
             held = partial.stat().st_size if partial.exists() else 0  # what reached the disk, whatever was cut
+            if hashed.count != held:  # bytes from an earlier process (or an unfinished write): hashed from the disk
+                hashed = _Hashed.of(partial, deadline)
             try:
                 with open(partial, "ab") as f:
                     for chunk in stub.FetchModel(pb.FetchModelRequest(device_id=device_id, sha256=digest, offset=held),
@@ -82,6 +84,7 @@ def fetch(stub, device_id: str, model: pb.ModelRef, cache_dir: pathlib.Path, dea
                         if chunk.offset != held or held + len(chunk.data) > size:
                             raise ModelError("the coordinator sent a chunk out of order: fetch refused")
                         f.write(chunk.data)
+                        hashed.update(chunk.data)  # as it arrives: the file is not read again to check it
                         held += len(chunk.data)
                         received += len(chunk.data)
                         deadline.check("model fetch")
@@ -107,7 +110,7 @@ def fetch(stub, device_id: str, model: pb.ModelRef, cache_dir: pathlib.Path, dea
                                      f"({exc.code().name}): {held} bytes kept for the next try") from None
                 log.info("fetch of sha256:%s... cut at %d bytes (%s): resuming", digest[:16], held, exc.code().name)
                 deadline.wait(min(0.5 * 2 ** tries, 10.0), "model fetch")
-        target = _verified(partial, digest, model.name or "model", deadline)
+        target = _verified(partial, digest, hashed.hexdigest(), model.name or "model", deadline)
     log.info("fetched %s (sha256:%s..., %d bytes received, resumed from %d)", target.name, digest[:16], received,
              resumed_from)
     return Fetched(target, received, resumed_from)
@@ -126,16 +129,35 @@ def _check_room(cache_dir: pathlib.Path, size: int, held: int, limit_bytes: int 
                          f"{free / 1e9:.2f} GB free in {cache_dir}")
 
 
-def _verified(partial: pathlib.Path, digest: str, name: str, deadline: Deadline) -> pathlib.Path:
-    """The complete partial file renamed into place once its SHA-256 is `digest` and its header reads."""
-    h = hashlib.sha256()
-    with open(partial, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            deadline.check("check of the fetched model's SHA-256")
-    if h.hexdigest() != digest:
+class _Hashed:
+    """A running SHA-256 and how many bytes it has seen."""
+
+    def __init__(self):
+        self.sha, self.count = hashlib.sha256(), 0
+
+    def update(self, data: bytes) -> None:
+        self.sha.update(data)
+        self.count += len(data)
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()
+
+    @classmethod
+    def of(cls, path: pathlib.Path, deadline: Deadline) -> "_Hashed":
+        hashed = cls()
+        if path.exists():
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    hashed.update(chunk)
+                    deadline.check("check of the fetched model's SHA-256")
+        return hashed
+
+
+def _verified(partial: pathlib.Path, digest: str, found: str, name: str, deadline: Deadline) -> pathlib.Path:
+    """The complete partial file renamed into place once its SHA-256 (`found`) is `digest` and its header reads."""
+    if found != digest:
         partial.unlink(missing_ok=True)
-        raise ModelError(f"the fetched model hashes to sha256:{h.hexdigest()[:16]}..., not the job's "
+        raise ModelError(f"the fetched model hashes to sha256:{found[:16]}..., not the job's "
                          f"sha256:{digest[:16]}...: removed, never used")
     info = model_cache.inspect(partial, job=True, deadline=deadline)
     target = partial.parent / f"{model_cache.checked_name(name)}-{info.quant}.gguf"

@@ -30,11 +30,11 @@ import uuid
 
 import grpc
 
-from fleetfit.agent import device_probe, inventory, model_cache, profiling
+from fleetfit.agent import device_probe, inventory, model_cache, model_fetch, profiling
 from fleetfit.agent.backends import registry
 from fleetfit.agent.identity import Identity
 from fleetfit.agent.outbox import Outbox, backoff_s, deliver, flush, reporter
-from fleetfit.agent.isolation import WorkerFailure, run_worker
+from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
 from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb
@@ -179,15 +179,23 @@ def _register_after_trials(stub, pending: pb.RegisterRequest, stop: threading.Ev
 
 def run_job(job: pb.Job, device_id: str, cache_dir: pathlib.Path,
             allowed_dirs: list[pathlib.Path] = (), stop: threading.Event | None = None,
-            cache_limit_bytes: int | None = None) -> pb.ProfileResult:
+            cache_limit_bytes: int | None = None, stub=None) -> pb.ProfileResult:
     """Always a result: bad input inside a job is reported as a failed result, and the daemon stays up. Files the
     job names must lie inside `allowed_dirs`; `stop` (SIGTERM, or the job's cancellation) ends the job within a
-    few seconds."""
+    few seconds. A job naming a stored model (ModelRef.sha256) fetches it first over `stub` (model_fetch)."""
     try:
+        if job.request.model.sha256 and stub is not None:
+            limit = model_cache.cache_limit_bytes(cache_dir) if cache_limit_bytes is None else cache_limit_bytes
+            model_fetch.fetch(stub, device_id, job.request.model, cache_dir,
+                              Deadline.after(job.request.timeout_s or profiling.DEFAULT_TIMEOUT_S, stop), limit)
         return profiling.profile(job.request, device_id, cache_dir, allowed_dirs=list(allowed_dirs), stop=stop,
                                  cache_limit_bytes=cache_limit_bytes)
     except ModelError as exc:  # ProfileInputError included
         error = str(exc)
+    except WorkerFailure as exc:  # the fetch of a stored model passed the job's limit, or was stopped
+        return pb.ProfileResult(result_id=str(uuid.uuid4()), device_id=device_id, request=job.request,
+                                failure=profiling.FAILURE_KINDS[exc.failure], error=exc.message,
+                                started_unix_s=time.time())
     except Exception as exc:  # a bug must not take the daemon down: report it and keep serving
         log.exception("job %s failed inside the agent", job.job_id)
         error = f"agent error: {type(exc).__name__}: {exc}"
@@ -314,7 +322,7 @@ def _run_leased(job: pb.Job, keeper: LeaseKeeper, device_id: str, cache_dir: pat
         with model_cache.busy(run_lock, what, stop=job_stop,
                               waiting=lambda holder: log.info("job %s waits: %s", job.job_id, holder)) \
                 if run_lock else contextlib.nullcontext():
-            result = run_job(job, device_id, cache_dir, allowed_dirs, job_stop, cache_limit_bytes)
+            result = run_job(job, device_id, cache_dir, allowed_dirs, job_stop, cache_limit_bytes, keeper.stub)
     except model_cache.BusyError as exc:  # stopped (or cancelled) while waiting for the owner's own run
         result = pb.ProfileResult(result_id=str(uuid.uuid4()), device_id=device_id, request=job.request,
                                   failure=pb.FAILURE_KIND_ERROR, error=f"{job_stop.reason} while waiting: {exc}",

@@ -117,11 +117,14 @@ def cached_file(cache_dir: pathlib.Path, name: str, quant: str | None) -> pathli
 
 def cached_models(cache_dir: pathlib.Path) -> list[tuple[str, str, pathlib.Path, int]]:
     """(name, quant, path, bytes) for every finished model file in the cache: fetched and derived ones under
-    models/<name>/<name>-<quant>.gguf, synthetic ones under synthetic/<arch>-<quant>.gguf."""
+    models/<name>/<name>-<quant>.gguf, the coordinator's stored ones under stored/<sha256>/ (and derived/ there),
+    synthetic ones under synthetic/<arch>-<quant>.gguf."""
     rows = []
     for path in sorted((cache_dir / "models").glob("*/*.gguf")):
         name = path.parent.name
         rows.append((name, path.stem.removeprefix(f"{name}-"), path))
+    for path in sorted([*(cache_dir / "stored").glob("*/*.gguf"), *(cache_dir / "stored").glob("*/derived/*.gguf")]):
+        rows.append((path.stem.rpartition("-")[0], path.stem.rpartition("-")[2], path))  # agent/model_fetch.py
     for path in sorted((cache_dir / "synthetic").glob("*.gguf")):
         name, _, quant = path.stem.rpartition("-")
         if name:

@@ -29,6 +29,7 @@ POLICY: dict[str, tuple[str, str | None]] = {
     "fleetfit.v1.AgentService.Heartbeat": (AGENT, "device_id"),
     "fleetfit.v1.AgentService.ReleaseJob": (AGENT, "device_id"),
     "fleetfit.v1.AgentService.ReportQuality": (AGENT, "result.device_id"),
+    "fleetfit.v1.AgentService.FetchModel": (AGENT, "device_id"),
 }
 OPERATOR_SERVICE = "fleetfit.v1.FleetService"
 

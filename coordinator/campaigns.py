@@ -20,6 +20,7 @@ import operator
 import re
 
 from fleetfit.coordinator.devices import display_names
+from fleetfit.coordinator.model_store import stored_refusal
 from fleetfit.coordinator.store import Campaign
 from fleetfit.models import backends, job_bounds
 from fleetfit.models.catalogue import CATALOGUE, Architecture
@@ -153,6 +154,10 @@ def check_spec(spec: pb.CampaignSpec) -> None:
     job_bounds.check_parameters(spec.template)
     for model in spec.models:
         job_bounds.check_model_name(model)
+    for model in spec.stored:
+        if not model.HasField("shape"):
+            raise ValueError(f"stored model {model.name!r} is {model.architecture}, a family whose shape fleetfit does "
+                             "not read: campaigns run stored models of the families fleetfit models")
     known = {**CATALOGUE, **spec_shapes(spec)}
     try:
         named = [backends.backend(b) for b in spec.backends]
@@ -231,6 +236,7 @@ def expand(spec: pb.CampaignSpec, terms: list[Term], devices: list[pb.Device]) -
     jobs, matched, skipped, probing = [], [], {}, []
     named = [backends.backend(b) for b in dict.fromkeys(spec.backends)]
     shapes = spec_shapes(spec)
+    stored = {m.name: m for m in spec.stored}  # files of the coordinator's model store (model_store.attach)
     for device in devices:
         inv = device.inventory
         if not matches(terms, inv, dict(device.labels)):
@@ -244,9 +250,12 @@ def expand(spec: pb.CampaignSpec, terms: list[Term], devices: list[pb.Device]) -
                 precision = _canonical(backend, quant)
                 for model in dict.fromkeys(spec.models):
                     what = f"{backend.name} {model} {precision or quant}"
-                    why = (f"{backend.name} does not take precision {quant!r}" if precision is None
-                           else refusal(backend, reported.get(backend.name), model, precision, spec.template.device,
-                                        shapes.get(model), inv.trials_pending))
+                    if precision is None:
+                        why = f"{backend.name} does not take precision {quant!r}"
+                    else:
+                        why = (model in stored and _stored_refusal(backend, stored[model], precision)) or \
+                            refusal(backend, reported.get(backend.name), model, precision, spec.template.device,
+                                    shapes.get(model), inv.trials_pending)
                     if why:
                         skipped.setdefault(inv.device_id, {}).setdefault(why, []).append(what)
                         continue
@@ -255,10 +264,21 @@ def expand(spec: pb.CampaignSpec, terms: list[Term], devices: list[pb.Device]) -
                     request.model.CopyFrom(pb.ModelRef(name=model))
                     if model in shapes and model not in CATALOGUE:
                         request.model.shape.CopyFrom(to_proto(shapes[model]))
+                    if model in stored:
+                        request.model.sha256 = stored[model].sha256
                     request.backend, request.quant = backend.name, precision
                     jobs.append((inv.device_id, request))
     return Plan(jobs, matched, {d: [f"{', '.join(whats)}: {why}" for why, whats in reasons.items()]
                                 for d, reasons in skipped.items()}, probing)
+
+
+def _stored_refusal(spec: backends.BackendSpec, model: pb.StoredModel, precision: str) -> str | None:
+    """Why a stored file cannot run at `precision` on `spec`: GGUF backends only; its own type as it is, others
+    derived on the device from an F32/F16/BF16 file with llama.cpp's quantizer (a quantized file is never
+    requantized)."""
+    if not spec.takes_gguf_types():
+        return f"{spec.name} runs catalogue shapes; a stored model runs on llama.cpp"
+    return stored_refusal(model, precision)
 
 
 def after_trials(store, device_id: str) -> int:

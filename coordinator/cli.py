@@ -175,6 +175,10 @@ def serve(
     new_database: Annotated[bool, typer.Option(
         "--new-database", help="Start an empty database beside a state directory that already has an operator token "
                                "or CA (a new, empty fleet: enrolled agents must join again).")] = False,
+    blob_dir: Annotated[Optional[pathlib.Path], typer.Option(
+        envvar="FLEETFIT_BLOB_DIR", help="The model store's directory (fleetfit models add): default blobs/ beside the "
+                                         "SQLite file (for PostgreSQL, in the state directory); replicas share one.")
+                        ] = None,
 ) -> None:
     """Run the coordinator (gRPC over TLS, with the standard health service) until SIGTERM or Ctrl-C.
 
@@ -189,6 +193,7 @@ def serve(
     from fleetfit.coordinator.db import is_postgres_url, lock_sqlite_file
     from fleetfit.coordinator.enrollment import fleet_state_without_database, operator_token
     from fleetfit.coordinator.ingest import Quotas
+    from fleetfit.coordinator.model_store import ModelStore, default_blob_dir
     from fleetfit.coordinator.server import start_server, stop_server
     from fleetfit.coordinator.store import Store
 
@@ -212,13 +217,18 @@ def serve(
         operator_token(store, state)
         names = pki.names_for(listen.rsplit(":", 1)[0], list(san or []))
         authority = None if insecure else pki.load_or_create(state / "tls", names)
-        server, health_servicer, port = await start_server(store, listen, authority, mtls, lease)
+        try:
+            models = ModelStore(blob_dir or default_blob_dir(url, state))
+        except OSError as exc:
+            _fail(f"cannot use the model store's directory {exc.filename}: {exc.strerror}")
+        server, health_servicer, port = await start_server(store, listen, authority, mtls, lease, models)
         how = "plaintext (--insecure)" if authority is None else f"TLS, CA sha256 {authority.fingerprint[:16]}..."
         typer.echo(f"fleetfit coordinator listening on {listen.rsplit(':', 1)[0]}:{port}, database {store.db.display}, "
                    f"{how}")
         if authority is not None:
             typer.echo(f"server certificate names: {', '.join(sorted(pki.certificate_names(authority.server_cert_pem)))}")
-        typer.echo(f"operator token and CA in {state}; enroll devices with: fleetfit token create")
+        typer.echo(f"operator token and CA in {state}; model store in {models.root}; enroll devices with: "
+                   "fleetfit token create")
         stopping = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
@@ -316,8 +326,10 @@ def _model_refs(refs: list[str]) -> tuple[list[str], list]:
 @user_errors
 def profile(
     select: Annotated[str, typer.Option(help="Devices: e.g. 'arch=aarch64,ram>=8GB,label=lab' (empty: all).")] = "",
-    models: Annotated[str, typer.Option(help="Models, comma-separated: catalogue names, or GGUF files / Hugging Face "
-                                             "config.json read here (their shape is sent; devices synthesize it).")
+    models: Annotated[str, typer.Option(help="Models, comma-separated: catalogue names; stored models (fleetfit models "
+                                             "add) by name or sha256:DIGEST, or hf:ORG/REPO/FILE.gguf[@REV] (stored "
+                                             "first); or GGUF files / Hugging Face config.json read here (their shape "
+                                             "is sent; devices synthesize it).")
                       ] = "smollm2-135m",
     quants: Annotated[str, typer.Option(help="Quant types, comma-separated.")] = "Q4_0",
     backends: Annotated[str, typer.Option(help="Backends, comma-separated.")] = "llama.cpp",
@@ -346,11 +358,17 @@ def profile(
         stream_counts = job_bounds.parse_stream_counts(parallel)
     except ValueError as exc:
         _fail(str(exc))
-    names, shapes = _model_refs(split(models))
+    fleet = _fleet(coordinator, state_dir, ca, token)
+    refs = split(models)
+    if any(ref.startswith("hf:") for ref in refs):  # into the coordinator's store first: devices fetch it from there
+        from fleetfit.coordinator.models_cli import imported
+
+        refs = [imported(fleet, ref).name if ref.startswith("hf:") else ref for ref in refs]
+    names, shapes = _model_refs(refs)
     spec = pb.CampaignSpec(models=names, quants=split(quants), backends=split(backends), shapes=shapes,
                            template=pb.ProfileRequest(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
                                                       parallel=stream_counts))
-    _create_campaign(_fleet(coordinator, state_dir, ca, token), select, spec, max_attempts)
+    _create_campaign(fleet, select, spec, max_attempts)
 
 
 def _create_campaign(fleet, selector: str, spec, max_attempts: int = 0) -> None:
@@ -768,3 +786,12 @@ def quickstart(
 
 if __name__ == "__main__":
     app()
+
+
+def _register_models() -> None:
+    from fleetfit.coordinator import models_cli
+
+    app.add_typer(models_cli.app, name="models")
+
+
+_register_models()

@@ -6,6 +6,7 @@ import threading
 
 from fleetfit.coordinator import pki
 from fleetfit.coordinator.enrollment import join_token_text, operator_token
+from fleetfit.coordinator.model_store import ModelStore, default_blob_dir
 from fleetfit.coordinator.server import start_server, stop_server
 from fleetfit.coordinator.store import DEFAULT_LEASE_S, Store
 
@@ -17,9 +18,11 @@ class BackgroundCoordinator:
     """
 
     def __init__(self, db_path: pathlib.Path | str, listen: str = "127.0.0.1:0", state_dir: pathlib.Path | None = None,
-                 tls: bool = False, require_client_cert: bool = False, lease_s: float = DEFAULT_LEASE_S):
+                 tls: bool = False, require_client_cert: bool = False, lease_s: float = DEFAULT_LEASE_S,
+                 blob_dir: pathlib.Path | None = None):
         self.db_path, self.listen, self.lease_s = db_path, listen, lease_s
         self.state_dir = state_dir or pathlib.Path(str(db_path) + ".d")
+        self.blob_dir = blob_dir or default_blob_dir(str(db_path), self.state_dir)
         self.tls, self.require_client_cert = tls, require_client_cert
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -32,7 +35,8 @@ class BackgroundCoordinator:
         names = pki.names_for(self.listen.rsplit(":", 1)[0])
         self.authority = pki.load_or_create(self.state_dir / "tls", names) if self.tls else None
         self.server, self.health, self.port = asyncio.run_coroutine_threadsafe(
-            start_server(self.store, self.listen, self.authority, self.require_client_cert, self.lease_s),
+            start_server(self.store, self.listen, self.authority, self.require_client_cert, self.lease_s,
+                         ModelStore(self.blob_dir)),
             self.loop).result()
         return self.port
 

@@ -8,15 +8,17 @@ import concurrent.futures
 import functools
 import json
 import logging
+import os
 import resource
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fleetfit.coordinator import auth, campaigns, devices, errors, ingest, pki, tables
+from fleetfit.coordinator import auth, campaigns, devices, errors, ingest, model_store, pki, tables
 from fleetfit.coordinator import fit as fit_answers
 from fleetfit.coordinator.dispatch import JobWaiters, ResultBatcher, expire_leases
 from fleetfit.coordinator.limits import limit_rows
+from fleetfit.coordinator.model_store import ModelStore
 from fleetfit.models import job_bounds
 from fleetfit.coordinator.store import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, AlreadyEnrolled, BadToken,
                                         ConflictingResult, ForeignJob, QuotaExceeded, StaleLease, Store,
@@ -81,8 +83,10 @@ class AgentService(pb_grpc.AgentServiceServicer):
     """Callers are authenticated (auth.guard) and act only as themselves before a method runs."""
 
     def __init__(self, store: Store, waiters: JobWaiters, authority: pki.Authority | None = None,
-                 lease_s: float = DEFAULT_LEASE_S, proven: dict[str, float] | None = None):
+                 lease_s: float = DEFAULT_LEASE_S, proven: dict[str, float] | None = None,
+                 models: ModelStore | None = None):
         self.store, self.waiters, self.authority, self.lease_s = store, waiters, authority, lease_s
+        self.models = models
         self.results = ResultBatcher(store)
         self.proven = {} if proven is None else proven  # the guard's cache of proven agent credentials
         self.refusals = errors.QuietLog()
@@ -201,10 +205,37 @@ class AgentService(pb_grpc.AgentServiceServicer):
             await self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, result.device_id, str(exc))
         return pb.ReportQualityResponse(duplicate=duplicate)
 
+    async def FetchModel(self, request, context):
+        """The stored file from request.offset, CHUNK_BYTES a message: one chunk read at a time (off the loop), and
+        the next read only once gRPC's flow control has taken the last, so many devices fetching at once cost the
+        coordinator a chunk each, never the file."""
+        if self.models is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this coordinator has no model store")
+        try:
+            f, size = await off_loop(self.models.open_blob, request.sha256)
+        except model_store.StoreRefused as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except model_store.NotStored as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        with f:
+            if request.offset > size:
+                await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} is past the file's "
+                                                                  f"{size} bytes")
+            offset = request.offset
+            if offset == size:
+                await context.write(pb.ModelChunk(offset=offset, size_bytes=size))
+            while offset < size:
+                data = await off_loop(os.pread, f.fileno(), model_store.CHUNK_BYTES, offset)
+                if not data:
+                    await context.abort(grpc.StatusCode.DATA_LOSS, "the stored file is shorter than it was")
+                await context.write(pb.ModelChunk(offset=offset, data=data, size_bytes=size))
+                offset += len(data)
+
 
 class FleetService(pb_grpc.FleetServiceServicer):
-    def __init__(self, store: Store, waiters: JobWaiters, proven: dict[str, float] | None = None):
-        self.store, self.waiters = store, waiters
+    def __init__(self, store: Store, waiters: JobWaiters, proven: dict[str, float] | None = None,
+                 models: ModelStore | None = None):
+        self.store, self.waiters, self.models = store, waiters, models
         self.answers = fit_answers.AnswerCache(store)
         self.proven = {} if proven is None else proven  # the guard's cache of proven agent credentials
 
@@ -226,6 +257,38 @@ class FleetService(pb_grpc.FleetServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no enrolled device {request.device_id!r}")
         auth.forget(self.proven, request.device_id)
         return pb.RevokeDeviceResponse()
+
+    async def _model_store(self, context) -> ModelStore:
+        if self.models is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this coordinator has no model store")
+        return self.models
+
+    async def PutModel(self, request, context):
+        models = await self._model_store(context)
+        try:
+            return await off_loop(models.put, request)
+        except model_store.StoreRefused as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def ImportModel(self, request, context):
+        from fleetfit.coordinator import hf_import
+
+        models = await self._model_store(context)
+        try:
+            found = await off_loop(hf_import.import_file, models, request.ref, request.name, request.added_by)
+        except model_store.StoreRefused as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return pb.PutModelResponse(received_bytes=found.size_bytes, model=found)
+
+    async def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=await off_loop((await self._model_store(context)).models))
+
+    async def RemoveModel(self, request, context):
+        models = await self._model_store(context)
+        try:
+            return pb.RemoveModelResponse(file_removed=await off_loop(models.remove, request.name))
+        except model_store.NotStored as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
 
     async def SubmitProfile(self, request, context):
         known = await off_loop(self.store.devices)
@@ -280,6 +343,7 @@ class FleetService(pb_grpc.FleetServiceServicer):
     async def CreateCampaign(self, request, context):
         try:
             terms = campaigns.parse_selector(request.selector)
+            request.spec.CopyFrom(await off_loop(model_store.attach, self.models, request.spec))
             campaigns.check_spec(request.spec)
             job_bounds.check_max_attempts(request.max_attempts)
         except ValueError as exc:
@@ -350,19 +414,22 @@ def connection_limit() -> int:
 
 async def start_server(store: Store, listen: str, authority: pki.Authority | None = None,
                        require_client_cert: bool = False, lease_s: float = DEFAULT_LEASE_S,
+                       models: ModelStore | None = None,
                        ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """Serve on `listen`: TLS with `authority`'s server certificate (mutual with `require_client_cert`),
-    plaintext without one. Every RPC is authenticated (auth.POLICY); reflection is not served."""
+    plaintext without one. Every RPC is authenticated (auth.POLICY); reflection is not served. `models`: the
+    model store (None: the model RPCs answer FAILED_PRECONDITION)."""
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="fleetfit-store"))
     server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.max_allowed_incoming_connections", connection_limit())])
     services = pb.DESCRIPTOR.services_by_name
     waiters, proven = JobWaiters(), {}
     pb_grpc.add_AgentServiceServicer_to_server(
-        auth.guard(AgentService(store, waiters, authority, lease_s, proven), services["AgentService"], store, proven),
+        auth.guard(AgentService(store, waiters, authority, lease_s, proven, models), services["AgentService"], store,
+                   proven),
         server)
     pb_grpc.add_FleetServiceServicer_to_server(
-        auth.guard(FleetService(store, waiters, proven), services["FleetService"], store, proven), server)
+        auth.guard(FleetService(store, waiters, proven, models), services["FleetService"], store, proven), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:

@@ -231,6 +231,8 @@ class Backend:
                 raise
             return dataclasses.replace(target, fd=fd, shown=real)
         name = model_cache.checked_name(request.model.name)
+        if request.model.sha256:  # the coordinator's stored file (fetched by the daemon before the job runs)
+            return self.stored_target(name, request.model.sha256, precision, cache_dir, threads, deadline)
         if request.model.HasField("shape"):
             return self.shape_target(self.sent_shape(request.model), precision, cache_dir, deadline)
         if name.lower() in real_models.REAL_MODELS:
@@ -261,6 +263,25 @@ class Backend:
         if refusal:
             raise ProfileInputError(refusal)
         return shape
+
+    def stored_target(self, name: str, digest: str, precision: str | None, cache_dir: pathlib.Path, threads: int,
+                      deadline: Deadline) -> RunTarget:
+        """A file of the coordinator's model store, verified in this device's cache (agent/model_fetch.py): at its own
+        type, or derived from an F32/F16/BF16 file to `precision` with llama.cpp's quantizer (GGUF backends)."""
+        from fleetfit.agent import model_fetch
+
+        stored = model_fetch.stored_file(cache_dir, digest)
+        if stored is None:
+            raise ProfileInputError(f"stored model {name} (sha256:{digest[:16]}...) is not in this device's cache: "
+                                    "the agent fetches it from its coordinator when a job names it")
+        info = model_cache.inspect(stored, True, deadline)
+        if precision is None or precision == info.quant or not self.spec.takes_gguf_types():  # a framework converts
+            return self.file_target(str(stored), precision, name, "stored", True, deadline)
+        if info.quant not in model_fetch.HIGH_PRECISIONS:
+            raise ProfileInputError(f"stored model {name} is {info.quant}: other precisions are derived only from an "
+                                    f"{'/'.join(model_fetch.HIGH_PRECISIONS)} file")
+        derived = model_cache.derive(stored, precision, model_fetch.derived_file(stored, precision), threads, deadline)
+        return self.file_target(str(derived), precision, name, "derived", True, deadline)
 
     def cached_quant(self, precision: str | None) -> str | None:
         """Which cached file of a name to run: its GGUF type for llama.cpp; frameworks read any (None)."""

@@ -215,14 +215,16 @@ class DeviceProbes(_message.Message):
     def __init__(self, bandwidth: _Optional[_Iterable[_Union[BandwidthProbe, _Mapping]]] = ..., matmul: _Optional[_Iterable[_Union[MatmulProbe, _Mapping]]] = ..., probed_unix_s: _Optional[float] = ..., cache_key: _Optional[str] = ...) -> None: ...
 
 class ModelRef(_message.Message):
-    __slots__ = ("name", "path", "shape")
+    __slots__ = ("name", "path", "shape", "sha256")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
     name: str
     path: str
     shape: Architecture
-    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., shape: _Optional[_Union[Architecture, _Mapping]] = ...) -> None: ...
+    sha256: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., shape: _Optional[_Union[Architecture, _Mapping]] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class ProfileRequest(_message.Message):
     __slots__ = ("model", "backend", "quant", "n_prompt", "n_gen", "repetitions", "threads", "timeout_s", "idle_baseline_s", "device", "gpu_layers", "parallel", "decode_depth")
@@ -1037,18 +1039,20 @@ class ListTablesResponse(_message.Message):
     def __init__(self, tables: _Optional[_Iterable[_Union[Table, _Mapping]]] = ...) -> None: ...
 
 class CampaignSpec(_message.Message):
-    __slots__ = ("models", "quants", "backends", "template", "shapes")
+    __slots__ = ("models", "quants", "backends", "template", "shapes", "stored")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     QUANTS_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     SHAPES_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedScalarFieldContainer[str]
     quants: _containers.RepeatedScalarFieldContainer[str]
     backends: _containers.RepeatedScalarFieldContainer[str]
     template: ProfileRequest
     shapes: _containers.RepeatedCompositeFieldContainer[Architecture]
-    def __init__(self, models: _Optional[_Iterable[str]] = ..., quants: _Optional[_Iterable[str]] = ..., backends: _Optional[_Iterable[str]] = ..., template: _Optional[_Union[ProfileRequest, _Mapping]] = ..., shapes: _Optional[_Iterable[_Union[Architecture, _Mapping]]] = ...) -> None: ...
+    stored: _containers.RepeatedCompositeFieldContainer[StoredModel]
+    def __init__(self, models: _Optional[_Iterable[str]] = ..., quants: _Optional[_Iterable[str]] = ..., backends: _Optional[_Iterable[str]] = ..., template: _Optional[_Union[ProfileRequest, _Mapping]] = ..., shapes: _Optional[_Iterable[_Union[Architecture, _Mapping]]] = ..., stored: _Optional[_Iterable[_Union[StoredModel, _Mapping]]] = ...) -> None: ...
 
 class CreateCampaignRequest(_message.Message):
     __slots__ = ("selector", "spec", "max_attempts")
@@ -1177,3 +1181,101 @@ class RevokeDeviceRequest(_message.Message):
 class RevokeDeviceResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class StoredModel(_message.Message):
+    __slots__ = ("name", "sha256", "size_bytes", "architecture", "quant", "added_by", "added_unix_s", "n_params", "shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    QUANT_FIELD_NUMBER: _ClassVar[int]
+    ADDED_BY_FIELD_NUMBER: _ClassVar[int]
+    ADDED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    N_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sha256: str
+    size_bytes: int
+    architecture: str
+    quant: str
+    added_by: str
+    added_unix_s: float
+    n_params: int
+    shape: Architecture
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., architecture: _Optional[str] = ..., quant: _Optional[str] = ..., added_by: _Optional[str] = ..., added_unix_s: _Optional[float] = ..., n_params: _Optional[int] = ..., shape: _Optional[_Union[Architecture, _Mapping]] = ...) -> None: ...
+
+class PutModelRequest(_message.Message):
+    __slots__ = ("name", "sha256", "size_bytes", "offset", "data", "added_by")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ADDED_BY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sha256: str
+    size_bytes: int
+    offset: int
+    data: bytes
+    added_by: str
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., added_by: _Optional[str] = ...) -> None: ...
+
+class PutModelResponse(_message.Message):
+    __slots__ = ("received_bytes", "model")
+    RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    received_bytes: int
+    model: StoredModel
+    def __init__(self, received_bytes: _Optional[int] = ..., model: _Optional[_Union[StoredModel, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[StoredModel]
+    def __init__(self, models: _Optional[_Iterable[_Union[StoredModel, _Mapping]]] = ...) -> None: ...
+
+class RemoveModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveModelResponse(_message.Message):
+    __slots__ = ("file_removed",)
+    FILE_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    file_removed: bool
+    def __init__(self, file_removed: _Optional[bool] = ...) -> None: ...
+
+class ImportModelRequest(_message.Message):
+    __slots__ = ("ref", "name", "added_by")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDED_BY_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    name: str
+    added_by: str
+    def __init__(self, ref: _Optional[str] = ..., name: _Optional[str] = ..., added_by: _Optional[str] = ...) -> None: ...
+
+class FetchModelRequest(_message.Message):
+    __slots__ = ("device_id", "sha256", "offset")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    sha256: str
+    offset: int
+    def __init__(self, device_id: _Optional[str] = ..., sha256: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class ModelChunk(_message.Message):
+    __slots__ = ("offset", "data", "size_bytes")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    size_bytes: int
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., size_bytes: _Optional[int] = ...) -> None: ...

@@ -71,6 +71,11 @@ class AgentServiceStub:
                 request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReportQualityRequest.SerializeToString,
                 response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReportQualityResponse.FromString,
                 _registered_method=True)
+        self.FetchModel = channel.unary_stream(
+                '/fleetfit.v1.AgentService/FetchModel',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.FetchModelRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ModelChunk.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -127,6 +132,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchModel(self, request, context):
+        """A stored model file (fleetfit models add), from an offset, in chunks of at most 4 MiB: a device resumes a cut
+        transfer where it stopped and checks the SHA-256 before use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +177,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ReportQuality,
                     request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReportQualityRequest.FromString,
                     response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ReportQualityResponse.SerializeToString,
+            ),
+            'FetchModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchModel,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.FetchModelRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ModelChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -367,6 +385,33 @@ class AgentService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def FetchModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fleetfit.v1.AgentService/FetchModel',
+            fleetfit_dot_v1_dot_fleetfit__pb2.FetchModelRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.ModelChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class FleetServiceStub:
     """What operators call. Every call carries "authorization: Bearer <operator token>" (the state directory's
@@ -438,6 +483,26 @@ class FleetServiceStub:
                 '/fleetfit.v1.FleetService/RevokeDevice',
                 request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.RevokeDeviceRequest.SerializeToString,
                 response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.RevokeDeviceResponse.FromString,
+                _registered_method=True)
+        self.PutModel = channel.unary_unary(
+                '/fleetfit.v1.FleetService/PutModel',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.PutModelRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.PutModelResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/fleetfit.v1.FleetService/ListModels',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.RemoveModel = channel.unary_unary(
+                '/fleetfit.v1.FleetService/RemoveModel',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.RemoveModelRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.RemoveModelResponse.FromString,
+                _registered_method=True)
+        self.ImportModel = channel.unary_unary(
+                '/fleetfit.v1.FleetService/ImportModel',
+                request_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ImportModelRequest.SerializeToString,
+                response_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.PutModelResponse.FromString,
                 _registered_method=True)
 
 
@@ -530,6 +595,35 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutModel(self, request, context):
+        """One piece of an upload to the model store (fleetfit models add); the last one verifies and names the file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """The model store's files by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveModel(self, request, context):
+        """Forget a stored model's name; its file goes once no name refers to it. NOT_FOUND for an unknown name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportModel(self, request, context):
+        """Download a GGUF file from a Hugging Face repository (HF_ENDPOINT and HF_TOKEN of the coordinator) at its
+        revision's commit into the store, checked against the hub's SHA-256; the answer's model is the stored file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -592,6 +686,26 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.RevokeDevice,
                     request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.RevokeDeviceRequest.FromString,
                     response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.RevokeDeviceResponse.SerializeToString,
+            ),
+            'PutModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutModel,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.PutModelRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.PutModelResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ListModelsRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'RemoveModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveModel,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.RemoveModelRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.RemoveModelResponse.SerializeToString,
+            ),
+            'ImportModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportModel,
+                    request_deserializer=fleetfit_dot_v1_dot_fleetfit__pb2.ImportModelRequest.FromString,
+                    response_serializer=fleetfit_dot_v1_dot_fleetfit__pb2.PutModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -920,6 +1034,114 @@ class FleetService:
             '/fleetfit.v1.FleetService/RevokeDevice',
             fleetfit_dot_v1_dot_fleetfit__pb2.RevokeDeviceRequest.SerializeToString,
             fleetfit_dot_v1_dot_fleetfit__pb2.RevokeDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetfit.v1.FleetService/PutModel',
+            fleetfit_dot_v1_dot_fleetfit__pb2.PutModelRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.PutModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetfit.v1.FleetService/ListModels',
+            fleetfit_dot_v1_dot_fleetfit__pb2.ListModelsRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetfit.v1.FleetService/RemoveModel',
+            fleetfit_dot_v1_dot_fleetfit__pb2.RemoveModelRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.RemoveModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetfit.v1.FleetService/ImportModel',
+            fleetfit_dot_v1_dot_fleetfit__pb2.ImportModelRequest.SerializeToString,
+            fleetfit_dot_v1_dot_fleetfit__pb2.PutModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

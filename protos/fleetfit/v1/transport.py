@@ -48,8 +48,8 @@ class CoordinatorUnreachable(Exception):
     """The coordinator address does not answer."""
 
 
-class _Bearer(grpc.UnaryUnaryClientInterceptor):
-    """Adds "authorization: Bearer <token>" to every call (TLS or loopback plaintext alike)."""
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds "authorization: Bearer <token>" to every call (TLS or loopback plaintext alike), streamed answers too."""
 
     def __init__(self, token: str):
         self.metadata = (("authorization", f"Bearer {token}"),)
@@ -57,6 +57,8 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor):
     def intercept_unary_unary(self, continuation, details, request):
         metadata = tuple(details.metadata or ()) + self.metadata
         return continuation(details._replace(metadata=metadata), request)
+
+    intercept_unary_stream = intercept_unary_unary
 
 
 def _why_not_ready(address: str, timeout_s: float, ca_pem: bytes | None) -> str:

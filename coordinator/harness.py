@@ -17,10 +17,12 @@ class BackgroundCoordinator:
     """
 
     def __init__(self, db_path: pathlib.Path | str, listen: str = "127.0.0.1:0", state_dir: pathlib.Path | None = None,
-                 tls: bool = False, require_client_cert: bool = False, lease_s: float = DEFAULT_LEASE_S):
+                 tls: bool = False, require_client_cert: bool = False, lease_s: float = DEFAULT_LEASE_S,
+                 advertise: bool = False):
         self.db_path, self.listen, self.lease_s = db_path, listen, lease_s
         self.state_dir = state_dir or pathlib.Path(str(db_path) + ".d")
         self.tls, self.require_client_cert = tls, require_client_cert
+        self.advertise = advertise  # as a replica: told to agents through the database (start_server)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
@@ -32,7 +34,8 @@ class BackgroundCoordinator:
         names = pki.names_for(self.listen.rsplit(":", 1)[0])
         self.authority = pki.load_or_create(self.state_dir / "tls", names) if self.tls else None
         self.server, self.health, self.port = asyncio.run_coroutine_threadsafe(
-            start_server(self.store, self.listen, self.authority, self.require_client_cert, self.lease_s),
+            start_server(self.store, self.listen, self.authority, self.require_client_cert, self.lease_s,
+                         self.listen if self.advertise else None),
             self.loop).result()
         return self.port
 

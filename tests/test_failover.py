@@ -131,8 +131,9 @@ def test_agents_finish_every_job_once_on_another_replica_when_theirs_is_killed(d
 
         wait_until(lambda: all(other.address in learned(d) for d in agents), 120, "the agents to learn the replicas",
                    every_s=0.5)
-        for d in agents:  # both registered through the replica about to die
-            assert f"with {doomed.address}" in (tmp_path / f"{d}.log").read_text()
+        # both registered through the replica about to die
+        wait_until(lambda: all(f"with {doomed.address}" in (tmp_path / f"{d}.log").read_text() for d in agents), 120,
+                   "the agents to register", every_s=0.5)
 
         def alive() -> None:
             running = {d: p.poll() for d, p in agents.items()}

@@ -118,7 +118,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             files = house.project_files(parts[1])
             if not files:
                 return self._send(404, f"no project {parts[1][:80]!r} in this wheelhouse\n")
-            links = [f"{f.name}#sha256={wheelhouse.sha256_of(f)}" for f in files]
+            links = [f"{f.name}#sha256={house.digest(f)}" for f in files]
             page = "\n".join(f'<a href="/files/{urllib.parse.quote(n.split("#")[0])}#{n.split("#")[1]}">'
                              f'{n.split("#")[0]}</a><br>' for n in links)
             return self._send(200, f"<!DOCTYPE html>\n<html><body>\n{page}\n</body></html>\n", "text/html")

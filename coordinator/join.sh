@@ -51,7 +51,8 @@ fi
 command -v "$python" >/dev/null || { echo "join.sh: $python not found: install Python 3.10 or later" >&2; exit 2; }
 pinned=$(mktemp)
 trap 'rm -f "$pinned"' EXIT
-# 1. the CA: from the chain the coordinator presents, kept only when its sha256 is the token's
+# 1. the CA: from the chain the coordinator presents, kept only when its sha256 is the token's (agent/identity.py's
+#    fetch_pinned_ca, again here because fleetfit is not installed yet)
 step "checking the coordinator's CA (sha256 ${fingerprint%"${fingerprint#????????????????}"}...)"
 "$python" - "$INSTALL_URL" "$fingerprint" "$pinned" <<'EOF'
 import hashlib, socket, ssl, sys, urllib.parse

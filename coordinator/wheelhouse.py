@@ -22,6 +22,7 @@ import sys
 import tempfile
 
 from fleetfit.models.backends import llama_cpp_python_pin
+from fleetfit.models.gguf_file import sha256_of
 
 # What a device needs beside fleetfit's own dependencies: llama-cpp-python's (its wheel is the fleet's or built
 # here), and what building it takes.
@@ -53,17 +54,18 @@ def project_of(filename: str) -> str:
     return normalize(stem.rsplit("-", 1)[0])
 
 
-def sha256_of(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclasses.dataclass
 class Wheelhouse:
     root: pathlib.Path
+    digests: dict = dataclasses.field(default_factory=dict, repr=False)  # (name, size, mtime) -> sha256
+
+    def digest(self, path: pathlib.Path) -> str:
+        """A package file's sha256, hashed once per version of the file (the index gives it in every link)."""
+        stat = path.stat()
+        key = (path.name, stat.st_size, stat.st_mtime_ns)
+        if key not in self.digests:
+            self.digests[key] = sha256_of(path)
+        return self.digests[key]
 
     @property
     def packages(self) -> pathlib.Path:

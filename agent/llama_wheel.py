@@ -75,9 +75,16 @@ def _open(url: str, ca: pathlib.Path, method: str = "GET", data=None, headers=No
     return urllib.request.urlopen(request, context=context, timeout=timeout)
 
 
-def _pip(*args: str) -> subprocess.CompletedProcess:
+def pip_env(ca: pathlib.Path) -> dict:
+    """pip's environment here: no configuration file, and the fleet CA as its only CA (REQUESTS_CA_BUNDLE or
+    CURL_CA_BUNDLE in the environment would take precedence over --cert)."""
+    env = {k: v for k, v in os.environ.items() if k != "CURL_CA_BUNDLE" and not k.startswith("PIP_")}
+    return {**env, "PIP_CONFIG_FILE": os.devnull, "REQUESTS_CA_BUNDLE": str(ca)}
+
+
+def _pip(ca: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", *args],
-                          capture_output=True, text=True, env={**os.environ, "PIP_CONFIG_FILE": os.devnull})
+                          capture_output=True, text=True, env=pip_env(ca))
 
 
 def check() -> str | None:
@@ -90,9 +97,9 @@ def check() -> str | None:
 
 
 def install(wheel: pathlib.Path, index: str, ca: pathlib.Path) -> None:
-    done = _pip("install", "-q", "--force-reinstall", "--no-deps", str(wheel))
+    done = _pip(ca, "install", "-q", "--force-reinstall", "--no-deps", str(wheel))
     if done.returncode == 0:  # its dependencies, from the coordinator's index
-        done = _pip("install", "-q", "--cert", str(ca), "--index-url", index, str(wheel))
+        done = _pip(ca, "install", "-q", "--cert", str(ca), "--index-url", index, str(wheel))
     if done.returncode:
         raise WheelError(f"pip could not install {wheel.name}: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
 
@@ -133,7 +140,7 @@ def build(index: str, ca: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
         if not path.is_file() or not path.name.startswith("llama_cpp_python-"):
             raise WheelError(f"FLEETFIT_LLAMA_WHEEL={prebuilt} is not a llama-cpp-python wheel")
         return pathlib.Path(shutil.copy2(path, out / path.name))
-    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "CMAKE_ARGS": "-DGGML_NATIVE=ON" +
+    env = {**pip_env(ca), "CMAKE_ARGS": "-DGGML_NATIVE=ON" +
            (" -DGGML_CUDA=ON" if has_cuda() else ""), "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)}
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--cert", str(ca),
                            "--index-url", index, "-w", str(out), f"llama-cpp-python=={llama_cpp_python_pin()}"],

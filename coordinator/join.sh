@@ -82,9 +82,12 @@ cp "$pinned" "$ca"
 
 # 2. the venv and fleetfit, from the coordinator's index alone
 [ -x "$venv/bin/python" ] || { step "making the venv $venv"; "$python" -m venv "$venv"; }
+# pip's configuration is ignored and its CA is the fleet's: REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE) in the environment
+# would take precedence over --cert
+export PIP_CONFIG_FILE=/dev/null REQUESTS_CA_BUNDLE="$ca"
+unset CURL_CA_BUNDLE PIP_CERT PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_NO_INDEX 2>/dev/null || true
 pip() {
-  PIP_CONFIG_FILE=/dev/null "$venv/bin/python" -m pip --disable-pip-version-check --no-input \
-    --cert "$ca" "$@" --index-url "$INSTALL_URL/simple/"
+  "$venv/bin/python" -m pip --disable-pip-version-check --no-input --cert "$ca" "$@" --index-url "$INSTALL_URL/simple/"
 }
 step "installing fleetfit from $INSTALL_URL/simple/"
 pip install -q --upgrade --upgrade-strategy only-if-needed fleetfit
@@ -98,7 +101,7 @@ else
 fi
 
 # 4. llama.cpp: the fleet's wheel for this class of device, or a local build that is then shared
-PIP_CONFIG_FILE=/dev/null "$venv/bin/python" -m fleetfit.agent.llama_wheel --install-url "$INSTALL_URL" --ca "$ca" \
+"$venv/bin/python" -m fleetfit.agent.llama_wheel --install-url "$INSTALL_URL" --ca "$ca" \
   --identity "$identity"
 
 # 5. the service

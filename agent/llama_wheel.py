@@ -97,9 +97,9 @@ def check() -> str | None:
 
 
 def install(wheel: pathlib.Path, index: str, ca: pathlib.Path) -> None:
-    done = _pip(ca, "install", "-q", "--force-reinstall", "--no-deps", str(wheel))
+    done = _pip(ca, "install", "-q", "--no-compile", "--force-reinstall", "--no-deps", str(wheel))
     if done.returncode == 0:  # its dependencies, from the coordinator's index
-        done = _pip(ca, "install", "-q", "--cert", str(ca), "--index-url", index, str(wheel))
+        done = _pip(ca, "install", "-q", "--no-compile", "--cert", str(ca), "--index-url", index, str(wheel))
     if done.returncode:
         raise WheelError(f"pip could not install {wheel.name}: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
 

@@ -38,7 +38,8 @@ esac
 venv="$prefix/venv" ca="$prefix/ca.pem"
 identity="${FLEETFIT_IDENTITY:-${XDG_CONFIG_HOME:-$HOME/.config}/fleetfit/agent-identity.json}"
 
-step() { echo "join.sh: $*"; }
+began=$(date +%s)
+step() { echo "join.sh: [$(( $(date +%s) - began )) s] $*"; }
 if [ -n "$dry" ]; then
   step "would check that $INSTALL_URL presents the CA with sha256 $fingerprint, and keep it in $ca"
   step "would make the venv $venv ($python) and pip install fleetfit from $INSTALL_URL/simple/ only"
@@ -81,7 +82,20 @@ mkdir -p "$prefix"  # nothing is written or sent before the CA matched
 cp "$pinned" "$ca"
 
 # 2. the venv and fleetfit, from the coordinator's index alone
-[ -x "$venv/bin/python" ] || { step "making the venv $venv"; "$python" -m venv "$venv"; }
+if ! "$venv/bin/python" -c "import pip" 2>/dev/null; then
+  step "making the venv $venv"
+  # pip from the wheel Python bundles, installed without compiling (half of ensurepip's time); else ensurepip
+  bundled=$("$python" -c 'import ensurepip, glob, os
+print((glob.glob(os.path.join(os.path.dirname(ensurepip.__file__), "_bundled", "pip-*.whl")) or [""])[0])' \
+    2>/dev/null || true)
+  if [ -n "$bundled" ]; then
+    "$python" -m venv --without-pip "$venv"
+    PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$bundled/pip" install -q --no-compile --no-index \
+      --disable-pip-version-check "$bundled"
+  else
+    "$python" -m venv "$venv"
+  fi
+fi
 # pip's configuration is ignored and its CA is the fleet's: REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE) in the environment
 # would take precedence over --cert
 export PIP_CONFIG_FILE=/dev/null REQUESTS_CA_BUNDLE="$ca"
@@ -90,7 +104,7 @@ pip() {
   "$venv/bin/python" -m pip --disable-pip-version-check --no-input --cert "$ca" "$@" --index-url "$INSTALL_URL/simple/"
 }
 step "installing fleetfit from $INSTALL_URL/simple/"
-pip install -q --upgrade --upgrade-strategy only-if-needed fleetfit
+pip install -q --no-compile --upgrade --upgrade-strategy only-if-needed fleetfit  # .pyc on first import
 
 # 3. join, once
 if [ -e "$identity" ]; then

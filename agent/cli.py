@@ -583,7 +583,9 @@ def _join(coordinator: str, token: str, device_id: Optional[str], insecure: bool
 @app.command()
 @user_errors
 def join(
-    coordinator: Annotated[str, typer.Option(envvar="FLEETFIT_COORDINATOR", help="HOST:PORT of the coordinator.")],
+    coordinator: Annotated[str, typer.Option(envvar="FLEETFIT_COORDINATOR", help=(
+        "HOST:PORT of the coordinator, or of several replicas: A:PORT,B:PORT (or a DNS name with several records); "
+        "the agent moves to the next when one stops answering."))],
     token: Annotated[str, typer.Option(envvar="FLEETFIT_JOIN_TOKEN", help="From `fleetfit token create`.")],
     device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
     insecure: Insecure = False,
@@ -602,8 +604,9 @@ def join(
 @app.command()
 @user_errors
 def run(
-    coordinator: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_COORDINATOR",
-                                                       help="HOST:PORT (default: the one joined).")] = None,
+    coordinator: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_COORDINATOR", help=(
+        "HOST:PORT, or several replicas A:PORT,B:PORT (default: those joined, and the replicas they advertise)."))]
+    = None,
     cache_dir: CacheDir = None,
     device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
     connect_timeout: float = 10.0,
@@ -624,6 +627,12 @@ def run(
     from fleetfit.agent.outbox import Outbox, OutboxError, path_beside
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fleetfit-agent %(message)s", stream=sys.stderr)
+    if coordinator:
+        from fleetfit.agent.failover import AddressError, split
+        try:
+            split(coordinator)
+        except AddressError as exc:
+            _fail(str(exc))
     path = identity_path or identity.default_path()
     outbox_file = outbox_path or path_beside(path)
     try:  # one agent per identity and per outbox on this machine, until this process ends
@@ -649,7 +658,8 @@ def run(
         found = dataclasses.replace(found, coordinator=coordinator)
     try:
         serve_jobs(found, _cache(cache_dir), stop, outbox, connect_timeout, allowed_dirs=list(allow_dir or []),
-                   run_lock=run_lock_path(path), cache_limit_bytes=limit)
+                   run_lock=run_lock_path(path), cache_limit_bytes=limit,
+                   learned=lambda addresses: identity.remember_replicas(path, addresses))
     except CredentialsRefused as exc:  # the one thing a restart cannot cure (exit 2: systemd does not restart)
         _fail(str(exc))
     finally:

@@ -32,6 +32,7 @@ import grpc
 
 from fleetfit.agent import device_probe, inventory, model_cache, model_fetch, profiling
 from fleetfit.agent.backends import registry
+from fleetfit.agent.failover import Replicas
 from fleetfit.agent.identity import Identity
 from fleetfit.agent.outbox import Outbox, backoff_s, deliver, flush, reporter
 from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
@@ -238,20 +239,21 @@ def _release(stub, device_id: str, job: pb.Job, stop: threading.Event, attempts:
             stop.wait(backoff_s(attempt))
 
 
-def _connect(identity: Identity, stop: threading.Event, timeout_s: float, quiet: QuietLog):
-    """A channel to the coordinator, trying again (jittered backoff) until it answers; None once `stop` is set.
-    Once made, gRPC reconnects the channel by itself (transport.CHANNEL_OPTIONS bounds its backoff)."""
-    attempt = 0
+def _connect(identity: Identity, stop: threading.Event, timeout_s: float, quiet: QuietLog) -> Replicas | None:
+    """The coordinator's replicas, connected to the first that answers, trying again (jittered backoff) until one
+    does; None once `stop` is set. Once made, gRPC reconnects the channel by itself (transport.CHANNEL_OPTIONS bounds
+    its backoff), and a call that finds its replica gone moves to the next (agent/failover.py)."""
+    replicas, attempt = Replicas(identity, timeout_s), 0
     while not stop.is_set():
         try:
-            channel = identity.connect(timeout_s)
+            replicas.connect()
         except CoordinatorUnreachable as exc:
             quiet.failed("connecting", str(exc))
             stop.wait(backoff_s(attempt))
             attempt += 1
             continue
         quiet.ended("connecting")
-        return channel
+        return replicas
     return None
 
 
@@ -337,22 +339,26 @@ def _run_leased(job: pb.Job, keeper: LeaseKeeper, device_id: str, cache_dir: pat
 def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Event, outbox: Outbox,
                connect_timeout_s: float = 10.0, poll_wait_s: float = 5.0,
                allowed_dirs: list[pathlib.Path] = (), run_lock: pathlib.Path | None = None,
-               cache_limit_bytes: int | None = None) -> int:
+               cache_limit_bytes: int | None = None, learned=None) -> int:
     """Run until `stop` is set, whatever the coordinator does (see the module's doc); returns the number of jobs
     run. CredentialsRefused when the coordinator refuses this agent's credentials. On stop, a job just leased is
     given back and a running one is ended (its worker killed) and reported as stopped. `run_lock`: the device's
-    (run_lock_path); `cache_limit_bytes`: the cache's limit (None: model_cache's default)."""
+    (run_lock_path); `cache_limit_bytes`: the cache's limit (None: model_cache's default); `learned(addresses)` is
+    called when the replicas the coordinator advertises change (to keep them with the identity)."""
     device_id, quiet = identity.device_id, QuietLog()
-    channel = _connect(identity, stop, connect_timeout_s, quiet)
-    if channel is None:
+    stub = _connect(identity, stop, connect_timeout_s, quiet)
+    if stub is None:
         return 0
-    stub = pb_grpc.AgentServiceStub(channel)
     register = registration(device_id, cache_dir, trials=False)  # visible at once: listed as probing
     jobs_run, failures = 0, 0
-    with channel:
-        if _until_answered(stub.Register, register, stop, quiet, "registering") is None:
+    with stub:
+        if (reply := _until_answered(stub.Register, register, stop, quiet, "registering")) is None:
             return 0
-        log.info("registered %s with %s; capability trials running", device_id, identity.coordinator)
+        if (found := stub.learn(reply.coordinators)) is not None:
+            log.info("coordinator replicas advertised: %s", ", ".join(found) or "none")
+            if learned is not None:
+                learned(found)
+        log.info("registered %s with %s; capability trials running", device_id, stub.current)
         register = _register_after_trials(stub, register, stop, quiet)  # no jobs before: they may need them
         if register is None:
             return 0

@@ -4,6 +4,9 @@ A join token from `fleetfit token create` reads `SECRET.FINGERPRINT`: the one-ti
 of the fleet CA's certificate. At join the agent reads the certificate chain the coordinator presents,
 keeps the CA whose fingerprint matches (else refuses: a man in the middle cannot pass) and from then on
 trusts only that CA. The credentials are written with mode 0600.
+
+`coordinator` is the address given at join: one HOST:PORT, or several comma-separated (replicas on one database);
+`learned` holds the replicas the coordinators advertised since (agent/failover.py moves between them).
 """
 
 import dataclasses
@@ -16,6 +19,7 @@ import ssl
 
 import grpc
 
+from fleetfit.agent.failover import AddressError, addresses, expand, split, well_formed
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from fleetfit.v1.transport import CALL_TIMEOUT_S, CoordinatorUnreachable, connect, device_id_problem
@@ -23,6 +27,10 @@ from fleetfit.v1.transport import CALL_TIMEOUT_S, CoordinatorUnreachable, connec
 
 class JoinError(Exception):
     """Joining failed; the message is one line for users."""
+
+
+class Unreachable(JoinError):
+    """This replica does not answer (the next may)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,14 +41,24 @@ class Identity:
     ca_pem: str | None = None            # None: plaintext (--insecure, loopback development)
     client_cert_pem: str | None = None   # mutual TLS
     client_key_pem: str | None = None
+    learned: tuple[str, ...] = ()        # replicas the coordinators advertised (RegisterResponse.coordinators)
 
     @property
     def token(self) -> str:
         return f"agent.{self.device_id}.{self.secret}"
 
     def connect(self, timeout_s: float = 10.0, address: str | None = None) -> grpc.Channel:
+        """A channel to `address`, or to the first of this device's coordinator replicas that answers."""
         cert = (self.client_cert_pem.encode(), self.client_key_pem.encode()) if self.client_cert_pem else None
-        return connect(address or self.coordinator, timeout_s, token=self.token,
+        if address is None:
+            unreachable = None
+            for replica in addresses(self):
+                try:
+                    return self.connect(timeout_s, replica)
+                except CoordinatorUnreachable as exc:
+                    unreachable = unreachable or exc
+            raise unreachable
+        return connect(address, timeout_s, token=self.token,
                        ca_pem=self.ca_pem.encode() if self.ca_pem else None, client_cert=cert)
 
 
@@ -71,6 +89,9 @@ def load(path: pathlib.Path) -> Identity | None:
         found = Identity(**json.loads(path.read_bytes()))
         if not all(isinstance(getattr(found, f), str) for f in ("coordinator", "device_id", "secret")):
             raise TypeError("a field is not a string")
+        if not isinstance(found.learned, (list, tuple)) or not all(isinstance(a, str) for a in found.learned):
+            raise TypeError("learned is not a list of addresses")
+        found = dataclasses.replace(found, learned=tuple(found.learned))
     except OSError as exc:
         raise JoinError(f"cannot read identity {path} ({exc.strerror})") from None
     except (ValueError, TypeError) as exc:  # json and UnicodeDecodeError are ValueErrors
@@ -105,7 +126,7 @@ def fetch_pinned_ca(address: str, fingerprint: str, timeout_s: float = 10.0) -> 
                 else:
                     chain = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in tls._sslobj.get_unverified_chain()]
     except (OSError, ValueError) as exc:
-        raise JoinError(f"cannot open TLS to {address}: {exc}") from None
+        raise Unreachable(f"cannot open TLS to {address}: {exc}") from None
     for der in chain:
         if hashlib.sha256(der).hexdigest() == fingerprint:
             return ssl.DER_cert_to_PEM_cert(der).encode()
@@ -114,12 +135,38 @@ def fetch_pinned_ca(address: str, fingerprint: str, timeout_s: float = 10.0) -> 
                     f"or someone is in between")
 
 
+def remember_replicas(path: pathlib.Path, learned: list[str]) -> None:
+    """Keep the replicas the coordinators advertised in the identity file (its other fields as they are)."""
+    found = load(path)
+    if found is not None and list(found.learned) != list(learned):
+        save(dataclasses.replace(found, learned=tuple(learned)), path)
+
+
 def join(address: str, token: str, device_id: str, insecure: bool = False, mutual_tls: bool = False,
          timeout_s: float = 10.0) -> Identity:
     """Spend `token` at the coordinator for this device's credentials (an id that could never authenticate is
-    refused here, before the coordinator is contacted)."""
+    refused here, before the coordinator is contacted). `address` may name several replicas (A,B, or a DNS name
+    with several records): the first that answers is joined; one that refuses ends the join."""
     if problem := device_id_problem(device_id):
         raise JoinError(f"cannot join as this device: {problem}; choose another with --device-id")
+    try:
+        replicas = [a for given in split(address) for a in expand(given)]
+    except AddressError as exc:
+        raise JoinError(str(exc)) from None
+    unreachable = []
+    for replica in replicas:
+        try:
+            found = _join_one(replica, token, device_id, insecure, mutual_tls, timeout_s)
+        except Unreachable as exc:
+            unreachable.append(str(exc))
+            continue
+        return dataclasses.replace(found, coordinator=address)
+    raise JoinError(unreachable[0] if len(unreachable) == 1 else
+                    f"none of the {len(unreachable)} coordinator replicas answers: {'; '.join(unreachable)}")
+
+
+def _join_one(address: str, token: str, device_id: str, insecure: bool, mutual_tls: bool,
+              timeout_s: float) -> Identity:
     secret, _, fingerprint = token.partition(".")
     if insecure:
         ca_pem = None
@@ -131,7 +178,7 @@ def join(address: str, token: str, device_id: str, insecure: bool = False, mutua
         channel = connect(address, timeout_s, ca_pem=ca_pem)
     except CoordinatorUnreachable as exc:
         hint = " (a coordinator with --mtls enrolls agents out of band)" if ca_pem else ""
-        raise JoinError(f"{exc}{hint}") from None
+        raise Unreachable(f"{exc}{hint}") from None
     with channel:
         try:
             reply = pb_grpc.AgentServiceStub(channel).Join(
@@ -140,4 +187,5 @@ def join(address: str, token: str, device_id: str, insecure: bool = False, mutua
         except grpc.RpcError as exc:
             raise JoinError(f"the coordinator refused to enroll {device_id}: {exc.details()}") from None
     return Identity(address, reply.device_id, reply.secret, ca_pem.decode() if ca_pem else None,
-                    reply.client_certificate_pem.decode() or None, reply.client_key_pem.decode() or None)
+                    reply.client_certificate_pem.decode() or None, reply.client_key_pem.decode() or None,
+                    learned=tuple(well_formed(reply.coordinators)))

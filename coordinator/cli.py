@@ -179,6 +179,13 @@ def serve(
         envvar="FLEETFIT_BLOB_DIR", help="The model store's directory (fleetfit models add): default blobs/ beside the "
                                          "SQLite file (for PostgreSQL, in the state directory); replicas share one.")
                         ] = None,
+    advertise: Annotated[Optional[str], typer.Option(
+        "--advertise", help="HOST:PORT agents reach this replica at, told to every agent (replicas on one PostgreSQL "
+                            "database: agents move to another when theirs stops answering). Default: --listen, "
+                            "unless it is a wildcard address.")] = None,
+    install_listen: Annotated[Optional[str], typer.Option(
+        "--install-listen", help="HOST:PORT to serve the one-line join on (HTTPS, the same CA): join.sh and the "
+                                 "package index of `fleetfit wheelhouse add`.")] = None,
 ) -> None:
     """Run the coordinator (gRPC over TLS, with the standard health service) until SIGTERM or Ctrl-C.
 
@@ -199,6 +206,12 @@ def serve(
 
     if insecure and mtls:
         _fail("--mtls needs TLS: drop --insecure")
+    if insecure and install_listen:
+        _fail("--install-listen needs TLS (join.sh pins the fleet's CA): drop --insecure")
+    for name, value in (("--advertise", advertise), ("--install-listen", install_listen)):
+        host, sep, port_text = (value or "h:1").rpartition(":")
+        if not (sep and host and port_text.isdigit() and int(port_text) < 65536):
+            _fail(f"{name} {value[:80]!r} is not HOST:PORT")
     if lease <= 0:
         _fail(f"--lease must be positive, got {lease:g}")
     if results_per_hour < 1 or models_per_day < 1 or mib_per_hour < 1:
@@ -221,18 +234,40 @@ def serve(
             models = ModelStore(blob_dir or default_blob_dir(url, state))
         except OSError as exc:
             _fail(f"cannot use the model store's directory {exc.filename}: {exc.strerror}")
-        server, health_servicer, port = await start_server(store, listen, authority, mtls, lease, models)
+        advertised = advertise or _default_advertised(listen)
+        server, health_servicer, port = await start_server(store, listen, authority, mtls, lease, models, advertised)
         how = "plaintext (--insecure)" if authority is None else f"TLS, CA sha256 {authority.fingerprint[:16]}..."
         typer.echo(f"fleetfit coordinator listening on {listen.rsplit(':', 1)[0]}:{port}, database {store.db.display}, "
                    f"{how}")
         if authority is not None:
             typer.echo(f"server certificate names: {', '.join(sorted(pki.certificate_names(authority.server_cert_pem)))}")
+        if advertised and advertised.endswith(":0"):  # start_server advertised the port bound
+            advertised = f"{advertised[:-2]}:{port}"
+        install = None
+        if install_listen:
+            from fleetfit.coordinator import install_server, wheelhouse
+
+            def coordinators(host: str) -> list[str]:  # the device reached us as `host`: that first, then the others
+                first = f"{host.rpartition(':')[0] or host}:{port}"
+                return [first, *[a for a in store.replicas() if a != first]]
+
+            try:
+                install = install_server.start(install_listen, wheelhouse.Wheelhouse(state / "wheelhouse"), store,
+                                               state / "tls", authority.server_chain_pem, coordinators)
+            except OSError as exc:
+                _fail(f"cannot serve the install on {install_listen}: {exc.strerror or exc}")
+            served = install_server.remember_url(state, install_listen, install.server_port, advertised)
+            typer.echo(f"one-line join served on {served}/join.sh (fleetfit token create prints the line)")
         typer.echo(f"operator token and CA in {state}; model store in {models.root}; enroll devices with: "
                    "fleetfit token create")
+        typer.echo(f"advertised to agents as {advertised}" if advertised else
+                   "not advertised to agents (a wildcard --listen: give --advertise HOST:PORT for replicas)")
         stopping = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
         await stopping.wait()
+        if install is not None:
+            install.shutdown()
         await stop_server(server, health_servicer)
         store.close()
         typer.echo("fleetfit coordinator stopped")
@@ -242,6 +277,15 @@ def serve(
     finally:
         if lock is not None:
             lock.close()
+
+
+def _default_advertised(listen: str) -> str | None:
+    """What a replica tells agents it is reached at, when --advertise is not given: --listen, unless that is a
+    wildcard host (0.0.0.0, ::), which no agent can dial."""
+    host, _, port = listen.rpartition(":")
+    if host.strip("[]") in ("", "0.0.0.0", "::"):
+        return None
+    return listen
 
 
 token_app = typer.Typer(help="Join tokens that enroll devices.", no_args_is_help=True)
@@ -258,8 +302,12 @@ def token_create(
              "reinstalled, a key lost): its old credential is revoked when the token is spent.")] = None,
     db: Db = None,
     state_dir: StateDir = None,
+    install_url: Annotated[Optional[str], typer.Option(
+        "--install-url", help="https://HOST:PORT devices reach the one-line join at (default: what `serve "
+                              "--install-listen` last served).")] = None,
 ) -> None:
-    """A one-time join token: fleetfit-agent join --coordinator ADDR --token TOKEN."""
+    """A one-time join token: fleetfit-agent join --coordinator ADDR --token TOKEN; with a coordinator that serves
+    the install (serve --install-listen), the one line that installs and joins a device with it."""
     from fleetfit.coordinator import pki
     from fleetfit.coordinator.enrollment import join_token_text
     from fleetfit.coordinator.store import Store
@@ -268,10 +316,75 @@ def token_create(
     state = state_dir or default_state_dir(db)
     authority = pki.load_or_create(state / "tls") if (state / "tls" / "ca.pem").exists() else None
     store = Store(db or default_db_path())
+    from fleetfit.coordinator.install_server import join_line, served_url
+
+    url = install_url or served_url(state)
+    if url and authority is None:
+        _fail("the one-line join needs TLS (its token pins the fleet's CA): this coordinator's state has no CA")
     try:
-        typer.echo(join_token_text(store, authority, parsed, lifetime_s, device))
+        token = join_token_text(store, authority, parsed, lifetime_s, device)
     finally:
         store.close()
+    typer.echo(join_line(url, token) if url else token)
+
+
+wheelhouse_app = typer.Typer(help="What devices install from the coordinator alone (serve --install-listen).")
+app.add_typer(wheelhouse_app, name="wheelhouse")
+
+
+@wheelhouse_app.callback(invoke_without_command=True)
+@user_errors
+def wheelhouse_list(ctx: typer.Context, db: Db = None, state_dir: StateDir = None,
+                    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
+    """What the fleet holds: the packages devices install, and the checked llama.cpp wheel per class of device."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import json
+
+    from fleetfit.coordinator.wheelhouse import Wheelhouse
+
+    held = Wheelhouse((state_dir or default_state_dir(db)) / "wheelhouse").listing()
+    if as_json:
+        typer.echo(json.dumps(held))
+        return
+    files = sum(len(f) for f in held["packages"].values())
+    typer.echo(f"packages: {len(held['packages'])} projects, {files} files" if files else
+               "packages: none (fleetfit wheelhouse add --python 3.11 --platform manylinux2014_aarch64)")
+    for project, names in held["packages"].items():
+        typer.echo(f"  {project}: {', '.join(names)}")
+    typer.echo(f"llama.cpp wheels: {len(held['llama'])}" + ("" if held["llama"] else
+                                                           " (the first device of each class builds and uploads one)"))
+    for item in held["llama"]:
+        build = item.get("build", {})
+        typer.echo(f"  {item['class']}: {item['wheel']} (sha256 {item['sha256'][:12]}..., build "
+                   f"{build.get('build', '?')}, checked, from {build.get('uploaded_by', '?')})")
+
+
+@wheelhouse_app.command("add")
+@user_errors
+def wheelhouse_add(
+    python: Annotated[str, typer.Option("--python", help="The devices' Python, MAJOR.MINOR.")] = "3.11",
+    platform: Annotated[Optional[list[str]], typer.Option(
+        "--platform", help="pip's platform tag of the devices (repeatable): manylinux2014_aarch64, "
+                           "manylinux_2_28_x86_64, ...")] = None,
+    wheel: Annotated[Optional[pathlib.Path], typer.Option(
+        "--fleetfit-wheel", help="The fleetfit wheel to serve (default: built from this installation's source).")] = None,
+    extras: Annotated[str, typer.Option(help="fleetfit extras the devices get, e.g. nvml.")] = "",
+    db: Db = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Fill the wheelhouse for a class of device with `pip download` (run where pip reaches an index): the fleetfit
+    wheel and its dependencies, llama-cpp-python's, and its source with its build tools."""
+    from fleetfit.coordinator import wheelhouse
+
+    if not platform:
+        _fail("give the devices' platform tag: --platform manylinux2014_aarch64 (repeatable)")
+    house = wheelhouse.Wheelhouse((state_dir or default_state_dir(db)) / "wheelhouse")
+    try:
+        added = wheelhouse.add(house, python, list(platform), wheel, extras)
+    except wheelhouse.WheelhouseError as exc:
+        _fail(str(exc))
+    typer.echo(f"added {len(added)} files to {house.packages} for Python {python} on {', '.join(platform)}")
 
 
 device_app = typer.Typer(help="One enrolled device.", no_args_is_help=True)

@@ -113,6 +113,14 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX quality_by_model ON quality_results (model_name, quant, device_id);
     """,
+    # 7: coordinator replicas on one database advertise themselves (fleetfit serve --advertise), so an agent learns
+    # every replica it may move to when the one it uses stops answering.
+    """
+    CREATE TABLE replicas (
+        address TEXT PRIMARY KEY,
+        seen REAL NOT NULL
+    );
+    """,
 ]
 
 

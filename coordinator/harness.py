@@ -19,11 +19,12 @@ class BackgroundCoordinator:
 
     def __init__(self, db_path: pathlib.Path | str, listen: str = "127.0.0.1:0", state_dir: pathlib.Path | None = None,
                  tls: bool = False, require_client_cert: bool = False, lease_s: float = DEFAULT_LEASE_S,
-                 blob_dir: pathlib.Path | None = None):
+                 blob_dir: pathlib.Path | None = None, advertise: bool = False):
         self.db_path, self.listen, self.lease_s = db_path, listen, lease_s
         self.state_dir = state_dir or pathlib.Path(str(db_path) + ".d")
         self.blob_dir = blob_dir or default_blob_dir(str(db_path), self.state_dir)
         self.tls, self.require_client_cert = tls, require_client_cert
+        self.advertise = advertise  # as a replica: told to agents through the database (start_server)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
@@ -36,7 +37,7 @@ class BackgroundCoordinator:
         self.authority = pki.load_or_create(self.state_dir / "tls", names) if self.tls else None
         self.server, self.health, self.port = asyncio.run_coroutine_threadsafe(
             start_server(self.store, self.listen, self.authority, self.require_client_cert, self.lease_s,
-                         ModelStore(self.blob_dir)),
+                         ModelStore(self.blob_dir), self.listen if self.advertise else None),
             self.loop).result()
         return self.port
 

@@ -20,7 +20,8 @@ from fleetfit.coordinator.dispatch import JobWaiters, ResultBatcher, expire_leas
 from fleetfit.coordinator.limits import limit_rows
 from fleetfit.coordinator.model_store import ModelStore
 from fleetfit.models import job_bounds
-from fleetfit.coordinator.store import (DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, AlreadyEnrolled, BadToken,
+from fleetfit.coordinator.store import (ADVERTISE_EVERY_S, DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, AlreadyEnrolled,
+                                        BadToken,
                                         ConflictingResult, ForeignJob, QuotaExceeded, StaleLease, Store,
                                         UnknownCampaign, UnknownDevice)
 from fleetfit.v1 import fleetfit_pb2 as pb
@@ -112,7 +113,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
         except AlreadyEnrolled as exc:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
         auth.forget(self.proven, request.device_id)  # re-enrolled: the old credential is revoked now
-        reply = pb.JoinResponse(device_id=request.device_id, secret=secret)
+        reply = pb.JoinResponse(device_id=request.device_id, secret=secret,
+                                coordinators=await off_loop(self.store.replicas))
         if request.want_client_certificate:
             reply.client_certificate_pem, reply.client_key_pem = self.authority.issue_client(request.device_id)
         return reply
@@ -146,7 +148,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
         await off_loop(self.store.upsert_device, request.inventory)
         if not request.inventory.trials_pending:  # its trials are in: skip the campaign jobs they rule out
             await off_loop(campaigns.after_trials, self.store, request.inventory.device_id)
-        return pb.RegisterResponse(device_id=request.inventory.device_id)
+        return pb.RegisterResponse(device_id=request.inventory.device_id,
+                                   coordinators=await off_loop(self.store.replicas))
 
     async def PollJob(self, request, context):
         try:
@@ -412,13 +415,25 @@ def connection_limit() -> int:
     return max(soft - RESERVED_FDS, 16)
 
 
+async def advertise(store: Store, address: str, every_s: float = ADVERTISE_EVERY_S) -> None:
+    """Say again that this replica is up at `address` (start_server said it first), every `every_s`, until
+    cancelled; a failure (the database away) is tried again next time."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await off_loop(store.advertise, address)
+        except Exception as exc:  # the database's trouble: the next round tries again
+            log.warning("advertising this replica at %s failed (%s); trying again", address, type(exc).__name__)
+
+
 async def start_server(store: Store, listen: str, authority: pki.Authority | None = None,
                        require_client_cert: bool = False, lease_s: float = DEFAULT_LEASE_S,
-                       models: ModelStore | None = None,
+                       models: ModelStore | None = None, advertised: str | None = None,
                        ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """Serve on `listen`: TLS with `authority`'s server certificate (mutual with `require_client_cert`),
     plaintext without one. Every RPC is authenticated (auth.POLICY); reflection is not served. `models`: the
-    model store (None: the model RPCs answer FAILED_PRECONDITION)."""
+    model store (None: the model RPCs answer FAILED_PRECONDITION). With `advertised` (HOST:PORT agents reach this
+    replica at; port 0: the one bound), the replica advertises itself to agents through the database."""
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="fleetfit-store"))
     server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.max_allowed_incoming_connections", connection_limit())])
@@ -448,6 +463,12 @@ async def start_server(store: Store, listen: str, authority: pki.Authority | Non
     loop = asyncio.get_running_loop()
     server.fleetfit_sweepers = [loop.create_task(expire_leases(store, max(lease_s / 4, 0.05))),
                                 loop.create_task(waiters.sweep(store))]
+    if advertised and advertised.endswith(":0"):  # --listen's port 0: the port bound
+        advertised = f"{advertised[:-2]}:{port}"
+    if advertised:
+        await off_loop(store.advertise, advertised)  # listed before the first agent registers
+        server.fleetfit_sweepers.append(loop.create_task(advertise(store, advertised)))
+    server.fleetfit_withdraw = functools.partial(store.withdraw, advertised) if advertised else None
     return server, health_servicer, port
 
 
@@ -455,6 +476,11 @@ async def stop_server(server: grpc.aio.Server, health_servicer, grace_s: float =
     """Graceful: report NOT_SERVING, refuse new calls, let running ones finish within the grace period."""
     for task in server.fleetfit_sweepers:
         task.cancel()
+    if server.fleetfit_withdraw:
+        try:
+            await off_loop(server.fleetfit_withdraw)
+        except Exception:  # the database away: the entry ages out (REPLICA_FRESH_S)
+            pass
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
 

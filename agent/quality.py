@@ -206,13 +206,18 @@ def quant_pass(score, reference: str) -> dict:
 
 def measure(reference_path: pathlib.Path, quant_paths: dict[str, pathlib.Path], text: str, n_ctx: int,
             threads: int, timeout_s: float, reference: str = "F16", device: str = "") -> list[QualityResult]:
-    """The reference's row, then one row per quant, each pass in its own worker process."""
+    """The reference's row, then one row per quant, each pass in its own worker process (a bar of passes on a
+    terminal's stderr)."""
     from fleetfit.agent.isolation import run_worker
+    from fleetfit.models import progress
 
-    with tempfile.TemporaryDirectory(prefix="fleetfit-quality-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fleetfit-quality-") as tmp, \
+            progress.bar(f"quality passes (reference {reference}, then {', '.join(quant_paths)})",
+                         total=1 + len(quant_paths)) as advance:
         base = str(pathlib.Path(tmp) / "reference.npz")
         run_worker({"op": "quality_reference", "model_path": str(reference_path), "text": text, "n_ctx": n_ctx,
                     "threads": threads, "out": base, "device": device}, timeout_s, phase="quality reference pass")
+        advance(1)
         rows = []
         for quant, path in quant_paths.items():
             sums = Sums(**run_worker({"op": "quality_compare", "model_path": str(path), "reference": base,
@@ -221,4 +226,5 @@ def measure(reference_path: pathlib.Path, quant_paths: dict[str, pathlib.Path], 
             if not rows:
                 rows.append(reference_summary(reference, n_ctx, sums, reference_path.stat().st_size))
             rows.append(summary(quant, reference, n_ctx, sums, path.stat().st_size))
+            advance(1)
     return rows

@@ -16,6 +16,7 @@ when its trials arrive, those they rule out leave the queue and are skipped with
 """
 
 import dataclasses
+import difflib
 import operator
 import re
 
@@ -75,9 +76,36 @@ def parse_selector(text: str) -> list[Term]:
                 raise SelectorError(f"{key} needs a size with a unit (e.g. 8GB, 16GiB), got {value!r}")
             terms.append(Term(key, op, float(unit.group(1)) * UNITS[unit.group(2).lower()]))
         else:
-            known = sorted(TEXT_KEYS | NUMBER_KEYS | BYTES_KEYS | {"label"})
-            raise SelectorError(f"unknown selector key {key!r} (known: {', '.join(known)})")
+            known = sorted(TEXT_KEYS | NUMBER_KEYS | BYTES_KEYS | {"label", "label.KEY"})
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            raise SelectorError(f"unknown selector key {key!r} ({hint}known: {', '.join(known)}; a label's key: "
+                                f"label.{base}={value})")
     return terms
+
+
+MAX_LISTED = 12  # values of a key named in a selector that matched nothing
+
+
+def no_match(selector: str, terms: list[Term], devices: list[pb.Device]) -> str:
+    """Why a selector matched nothing, in one line: the values each of its keys has in the fleet."""
+    if not devices:
+        return f"no device matches {selector!r}: no device has registered yet"
+    seen = []
+    for key in dict.fromkeys(t.key for t in terms):
+        if key == "label":
+            values = sorted({f"{k}={v}" for d in devices for k, v in d.labels.items()})
+        elif key.startswith("label."):
+            values = sorted({d.labels[key[len("label."):]] for d in devices if key[len("label."):] in d.labels})
+        elif key in BYTES_KEYS:
+            values = sorted({f"{_value(key, d.inventory) / 1e9:.1f}GB" for d in devices})
+        elif key == "cpu":
+            values = sorted({d.inventory.cpu_model for d in devices})
+        else:
+            values = sorted({str(_value(key, d.inventory)) for d in devices})
+        shown = ", ".join(values[:MAX_LISTED]) + (f", ... ({len(values)} in all)" if len(values) > MAX_LISTED else "")
+        seen.append(f"{key}: {shown or 'none'}")
+    return f"no device matches {selector!r}; the {len(devices)} device(s) have " + "; ".join(seen)
 
 
 def _value(key: str, inv: pb.DeviceInventory):

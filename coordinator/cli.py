@@ -16,8 +16,8 @@ from fleetfit.models.backends import BACKENDS, precisions_help
 # in one line instead. Set before grpc is first imported; $GRPC_VERBOSITY still wins.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-app = typer.Typer(help="Coordinate a fleet of fleetfit agents: store results, build limit tables, answer fit queries.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = cli_common.typer_app(
+    "Coordinate a fleet of fleetfit agents: store results, build limit tables, answer fit queries.")
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -30,8 +30,13 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=cli_common
 
 
 Coordinator = Annotated[str, typer.Option(envvar="FLEETFIT_COORDINATOR", help="HOST:PORT of the coordinator.")]
-Format = Annotated[str, typer.Option("--format", help="table or md (for people); csv, json, jsonl or sql (typed "
-                                                     "columns for tools).")]
+TABLE_FORMATS = (*cli_common.PEOPLE_FORMATS, *cli_common.MACHINE_FORMATS)
+Output = Annotated[str, typer.Option("-o", "--output", help=cli_common.output_help(TABLE_FORMATS))]
+OldFormat = Annotated[Optional[str], typer.Option("--format", hidden=True, help="The old spelling of -o.")]
+Wide = Annotated[bool, typer.Option("--wide", help="table and md: every column (ids, evidence, reasons), cells in "
+                                                   "full, nothing left out to fit the terminal.")]
+Options = Annotated[Optional[list[str]], typer.Option(
+    "--option", help="Table option KEY=VALUE (repeatable); an unknown key is an error that names the known ones.")]
 
 
 def default_db_path() -> pathlib.Path:
@@ -47,6 +52,45 @@ def default_state_dir(db: Optional[str] = None) -> pathlib.Path:
     if os.environ.get("FLEETFIT_STATE_DIR"):
         return pathlib.Path(os.environ["FLEETFIT_STATE_DIR"])
     return (pathlib.Path(db) if db and not is_postgres_url(db) else default_db_path()).parent
+
+
+DATABASE_RECORD = "database"  # in the state directory: the database `serve` last ran on (token create finds it)
+
+
+def recorded_db(state: pathlib.Path) -> Optional[str]:
+    try:
+        return (state / DATABASE_RECORD).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def record_db(state: pathlib.Path, url: str) -> None:
+    """Where `serve` runs, for the commands that open its database directly (owner-only: a URL may hold a password)."""
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / DATABASE_RECORD
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(url + "\n")
+
+
+def coordinator_db(db: Optional[str], state_dir: Optional[pathlib.Path]) -> str:
+    """The database a command that opens it directly uses: --db, else the one `serve` recorded in the state
+    directory, else serve's default; never a new one (a token in a database no coordinator serves is refused)."""
+    from fleetfit.coordinator.db import is_postgres_url
+
+    if db:
+        url = db
+    elif (found := recorded_db(state_dir or default_state_dir())) is not None:
+        url = found
+    elif state_dir is not None:
+        _fail(f"{state_dir} records no database (`fleetfit serve --state-dir {state_dir}` records it when it starts): "
+              "pass --db, the database the coordinator serves")
+    else:
+        url = str(default_db_path())
+    if not is_postgres_url(url) and not pathlib.Path(url).exists():
+        _fail(f"no coordinator database at {url}: start `fleetfit serve` first, or pass --db (the database the "
+              "coordinator serves)")
+    return url
 
 
 StateDir = Annotated[Optional[pathlib.Path], typer.Option(
@@ -150,18 +194,19 @@ def _parse_duration_s(text: str) -> float:
     return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
-def _check_format(fmt: str) -> None:
-    from fleetfit.coordinator.render import FORMATS
-
-    if fmt not in FORMATS:
-        _fail(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+def _table_options(option: Optional[list[str]]) -> dict[str, str]:
+    options = dict(o.split("=", 1) for o in option or [] if "=" in o)
+    if len(options) != len(option or []):
+        _fail("--option takes KEY=VALUE")
+    return options
 
 
 @app.command()
 @user_errors
 def serve(
     db: Db = None,
-    listen: Annotated[str, typer.Option(envvar="FLEETFIT_LISTEN")] = DEFAULT_ADDRESS,
+    listen: Annotated[str, typer.Option(envvar="FLEETFIT_LISTEN", help="HOST:PORT to listen on (port 0: a free "
+                                                                      "one, printed).")] = DEFAULT_ADDRESS,
     state_dir: StateDir = None,
     san: Annotated[Optional[list[str]], typer.Option(
         "--san", help="Another name or address clients dial (repeatable): added to the server certificate beside "
@@ -228,6 +273,7 @@ def serve(
             _fail(f"{store.db.display} {why}: restore the database from a backup, or pass --new-database to start "
                   "an empty fleet")
         operator_token(store, state)
+        record_db(state, url)
         names = pki.names_for(listen.rsplit(":", 1)[0], list(san or []))
         authority = None if insecure else pki.load_or_create(state / "tls", names)
         try:
@@ -288,7 +334,7 @@ def _default_advertised(listen: str) -> str | None:
     return listen
 
 
-token_app = typer.Typer(help="Join tokens that enroll devices.", no_args_is_help=True)
+token_app = cli_common.typer_app("Join tokens that enroll devices.")
 app.add_typer(token_app, name="token")
 
 
@@ -313,33 +359,41 @@ def token_create(
     from fleetfit.coordinator.store import Store
 
     lifetime_s, parsed = _parse_duration_s(expires), _parse_labels(labels)
-    state = state_dir or default_state_dir(db)
+    url = coordinator_db(db, state_dir)
+    state = state_dir or default_state_dir(url)
     authority = pki.load_or_create(state / "tls") if (state / "tls" / "ca.pem").exists() else None
-    store = Store(db or default_db_path())
     from fleetfit.coordinator.install_server import join_line, served_url
 
-    url = install_url or served_url(state)
-    if url and authority is None:
+    join_url = install_url or served_url(state)
+    if join_url and authority is None:
         _fail("the one-line join needs TLS (its token pins the fleet's CA): this coordinator's state has no CA")
+    store = Store(url)
     try:
         token = join_token_text(store, authority, parsed, lifetime_s, device)
     finally:
         store.close()
-    typer.echo(join_line(url, token) if url else token)
+    typer.echo(join_line(join_url, token) if join_url else token)
 
 
-wheelhouse_app = typer.Typer(help="What devices install from the coordinator alone (serve --install-listen).")
+wheelhouse_app = typer.Typer(help="What devices install from the coordinator alone (serve --install-listen).",
+                             context_settings=cli_common.CONTEXT_SETTINGS, rich_markup_mode=None,
+                             pretty_exceptions_enable=False)
 app.add_typer(wheelhouse_app, name="wheelhouse")
 
 
 @wheelhouse_app.callback(invoke_without_command=True)
 @user_errors
 def wheelhouse_list(ctx: typer.Context, db: Db = None, state_dir: StateDir = None,
-                    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
+                    output: Annotated[str, typer.Option("-o", "--output", help=cli_common.output_help(
+                        ("table", "json")))] = "table",
+                    as_json: Annotated[bool, typer.Option("--json", hidden=True, help="The old spelling of -o json.")
+                                       ] = False) -> None:
     """What the fleet holds: the packages devices install, and the checked llama.cpp wheel per class of device."""
     if ctx.invoked_subcommand is not None:
         return
     import json
+
+    as_json = cli_common.output_format(output, ("table", "json"), as_json=as_json) == "json"
 
     from fleetfit.coordinator.wheelhouse import Wheelhouse
 
@@ -387,13 +441,14 @@ def wheelhouse_add(
     typer.echo(f"added {len(added)} files to {house.packages} for Python {python} on {', '.join(platform)}")
 
 
-device_app = typer.Typer(help="One enrolled device.", no_args_is_help=True)
+device_app = cli_common.typer_app("One enrolled device.")
 app.add_typer(device_app, name="device")
 
 
 @device_app.command("revoke")
 @user_errors
-def device_revoke(device_id: str, coordinator: Coordinator = DEFAULT_ADDRESS, state_dir: StateDir = None, ca: Ca = None,
+def device_revoke(device_id: Annotated[str, typer.Argument(help="The device's id (`fleetfit devices --wide`).")],
+                  coordinator: Coordinator = DEFAULT_ADDRESS, state_dir: StateDir = None, ca: Ca = None,
                   token: Token = None) -> None:
     """Revoke a device's credential: its agent's calls are refused from now on (other replicas: within 5 s)."""
     from fleetfit.v1 import fleetfit_pb2 as pb
@@ -446,9 +501,9 @@ def profile(
                       ] = "smollm2-135m",
     quants: Annotated[str, typer.Option(help="Quant types, comma-separated.")] = "Q4_0",
     backends: Annotated[str, typer.Option(help="Backends, comma-separated.")] = "llama.cpp",
-    n_prompt: int = 512,
-    n_gen: int = 128,
-    repetitions: int = 5,
+    n_prompt: Annotated[int, typer.Option(help="Prompt tokens for the prefill test.")] = 512,
+    n_gen: Annotated[int, typer.Option(help="Tokens for the decode test.")] = 128,
+    repetitions: Annotated[int, typer.Option(help="Runs of each test (mean ± stdev).")] = 5,
     parallel: Annotated[str, typer.Option(
         help="A concurrency sweep after each single-stream run: stream counts decoded together, e.g. 1,2,4,8 "
              "(the serving table's measured points).")] = "",
@@ -550,53 +605,104 @@ def campaigns_list(coordinator: Coordinator = DEFAULT_ADDRESS, state_dir: StateD
         typer.echo(f"{clean(c.campaign_id)}  {clean(c.selector) or '(all devices)':<28} {_bar(c)}")
 
 
-campaign_app = typer.Typer(help="One campaign.", no_args_is_help=True)
+campaign_app = cli_common.typer_app("One campaign.")
 app.add_typer(campaign_app, name="campaign")
 
 
 @campaign_app.command("status")
 @user_errors
 def campaign_status(
-    campaign_id: str,
-    watch: Annotated[bool, typer.Option("--watch", help="Wait until no job is queued or running (a progress bar on "
-                                                        "a terminal), then print the status.")] = False,
+    campaign_id: Annotated[str, typer.Argument(help="The id `fleetfit profile` printed (`fleetfit campaigns` lists "
+                                                    "them).")],
+    watch: Annotated[bool, typer.Option("--watch", help="Wait until no job is queued or running, or nothing can "
+                                                        "progress (every device with jobs left is lost: exit 1); a "
+                                                        "progress bar on a terminal; then print the status.")] = False,
     coordinator: Coordinator = DEFAULT_ADDRESS,
     state_dir: StateDir = None,
     ca: Ca = None,
     token: Token = None,
 ) -> None:
-    """Progress of one campaign: done / running / failed / queued, per device, with failure reasons."""
+    """Progress of one campaign: done / running / failed / queued per device, lost devices, skipped combinations
+    with their reasons, failure reasons, and an ETA from the jobs ended so far."""
     import time
 
     from fleetfit.coordinator.render import clean
     from fleetfit.v1 import fleetfit_pb2 as pb
+    from fleetfit.v1.words import DEVICE_STATUS
 
     fleet = _fleet(coordinator, state_dir, ca, token)
-    if watch:  # a bar with an ETA on stderr (a terminal only) until no job is queued or running; then the status
+
+    def lost() -> dict[str, float]:
+        """Lost devices: id -> seconds silent."""
+        return {d.inventory.device_id: time.time() - d.last_seen_unix_s
+                for d in _pages(fleet.ListDevices, pb.ListDevicesRequest(), "devices")
+                if DEVICE_STATUS.word(d.device_status) == "lost"}
+
+    c, gone = _campaign(fleet, campaign_id), lost()
+    if watch:  # a bar with an ETA on stderr (a terminal only) until nothing is left to run, or nothing can run
         from fleetfit.models.progress import bar
 
-        # the totals come with every page: a page of one device is enough to follow them
-        c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id, page_size=1), timeout=15).campaign
-        total = c.done + c.running + c.failed + c.queued
-        with bar(f"campaign {clean(c.campaign_id)}", total=total) as update:
-            while c.running or c.queued:
-                update(completed=c.done + c.failed)
+        with bar(f"campaign {clean(c.campaign_id)}", total=_total(c)) as update:
+            while (c.running or c.queued) and not _stuck(c, gone):
+                update(completed=_ended(c), description=f"campaign {clean(c.campaign_id)} {_eta(c)}")
                 time.sleep(2)
-                c = fleet.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign_id, page_size=1), timeout=15).campaign
-    c = _campaign(fleet, campaign_id)
+                c, gone = _campaign(fleet, campaign_id), lost()
     lines = [f"campaign {c.campaign_id}  {c.selector or '(all devices)'}  "
              f"{', '.join(c.spec.models)} x {', '.join(c.spec.quants)} x {', '.join(c.spec.backends)}",
              f"  {'all':<24} {_bar(c)}"]
+    if c.running or c.queued:
+        lines.append(f"  {'':<24} {_eta(c)}")
     for d in c.devices:
-        lines.append(f"  {d.device_id:<24} {_bar(d)}")
+        name = d.device_name or d.device_id
+        state = f"  LOST (silent {gone[d.device_id]:.0f} s)" if d.device_id in gone else ""
+        lines.append(f"  {name:<24} {_bar(d)}{state}")
         lines += [f"    failed: {e}" for e in d.errors]
+        lines += [f"    skipped: {e}" for e in d.skipped]
+    stuck = _stuck(c, gone)
+    if stuck:
+        lines.append(f"nothing can progress: {stuck}")
     typer.echo("\n".join(clean(line) for line in lines))  # device ids, names and errors come from devices
+    if watch and stuck:
+        raise typer.Exit(1)
+
+
+def _total(c) -> int:
+    return c.done + c.running + c.failed + c.queued + c.cancelled
+
+
+def _ended(c) -> int:
+    return c.done + c.failed + c.cancelled
+
+
+def _stuck(c, lost: dict[str, float]) -> str:
+    """Why no job of the campaign can run now ("" when one can): every device with jobs left is lost."""
+    waiting = [d for d in c.devices if d.queued or d.running]
+    if not waiting or not all(d.device_id in lost for d in waiting):
+        return ""
+    return (f"{sum(d.queued + d.running for d in waiting)} job(s) wait on lost device(s) "
+            f"{', '.join(d.device_name or d.device_id for d in waiting)}; start their agents again (`fleetfit-agent "
+            f"run`), or `fleetfit campaign cancel {c.campaign_id}`")
+
+
+def _eta(c) -> str:
+    """Time left at the pace measured so far: the jobs ended since the campaign started, per second."""
+    import time
+
+    ended, left = _ended(c), c.queued + c.running
+    elapsed = time.time() - c.created_unix_s
+    if not left:
+        return "eta: done"
+    if not ended or elapsed <= 0:
+        return "eta: unknown until a job ends"
+    seconds = left * elapsed / ended
+    return f"eta ~{seconds / 60:.0f} min ({ended} job(s) ended in {elapsed / 60:.1f} min)" if seconds >= 90 else \
+        f"eta ~{seconds:.0f} s ({ended} job(s) ended in {elapsed:.0f} s)"
 
 
 @campaign_app.command("cancel")
 @user_errors
 def campaign_cancel(
-    campaign_id: str,
+    campaign_id: Annotated[str, typer.Argument(help="The campaign's id (`fleetfit campaigns` lists them).")],
     coordinator: Coordinator = DEFAULT_ADDRESS,
     state_dir: StateDir = None,
     ca: Ca = None,
@@ -630,14 +736,14 @@ def _campaign(fleet, campaign_id: str):
 
 @app.command()
 @user_errors
-def devices(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table", state_dir: StateDir = None,
-            ca: Ca = None, token: Token = None) -> None:
+def devices(coordinator: Coordinator = DEFAULT_ADDRESS, output: Output = "table", wide: Wide = False,
+            state_dir: StateDir = None, ca: Ca = None, token: Token = None, old_format: OldFormat = None) -> None:
     """The devices that have registered."""
     from fleetfit.coordinator import render
     from fleetfit.v1 import fleetfit_pb2 as pb
     from fleetfit.v1.words import DEVICE_STATUS
 
-    _check_format(fmt)
+    fmt = cli_common.output_format(output, TABLE_FORMATS, old_format)
     found = _pages(_fleet(coordinator, state_dir, ca, token).ListDevices, pb.ListDevicesRequest(), "devices")
     people = fmt in ("table", "md")
     header = ["device id", "name", "host", "labels", "arch", "cpu", "cores", "RAM GiB", "GPUs", "backends", "results",
@@ -651,7 +757,7 @@ def devices(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table", s
     if people:  # one status column: "lost (silent 42 s)"
         header = header[:-1]
         body = [[*row[:-2], f"{row[-2]} (silent {row[-1]} s)" if row[-2] == "lost" else row[-2]] for row in body]
-    typer.echo(render.render(header, body, fmt, table="devices"))
+    typer.echo(render.render(header, body, fmt, table="devices", wide=wide))
 
 
 @app.command()
@@ -662,8 +768,10 @@ def limits(
     state_dir: StateDir = None,
     ca: Ca = None,
     token: Token = None,
-    fmt: Format = "table",
-    option: Annotated[Optional[list[str]], typer.Option(help="Table option KEY=VALUE (repeatable).")] = None,
+    output: Output = "table",
+    wide: Wide = False,
+    option: Options = None,
+    old_format: OldFormat = None,
     model: Annotated[Optional[list[str]], typer.Option(
         "--model", help="Also predict rows for this model in the size tables (memory, speed): a catalogue name, or a "
                         "GGUF file / config.json read here (repeatable).")] = None,
@@ -674,7 +782,7 @@ def limits(
     from fleetfit.models.catalogue import CATALOGUE
     from fleetfit.v1 import fleetfit_pb2 as pb
 
-    _check_format(fmt)
+    fmt = cli_common.output_format(output, TABLE_FORMATS, old_format)
     names, asked = _model_refs(model or [])
     for ref in dict.fromkeys(names):
         if ref in CATALOGUE:
@@ -686,9 +794,7 @@ def limits(
         for t in fleet.ListTables(pb.ListTablesRequest(), timeout=15).tables:
             typer.echo(f"{t.name:<14} {t.title}")
         return
-    options = dict(o.split("=", 1) for o in option or [] if "=" in o)
-    if len(options) != len(option or []):
-        _fail("--option takes KEY=VALUE")
+    options = _table_options(option)
     if name == "all":  # the seed's tables in its order, as one document
         from fleetfit.coordinator.tables import SEED_ORDER
 
@@ -697,10 +803,10 @@ def limits(
         parts = fleet.GetTable(pb.GetTableRequest(names=SEED_ORDER, options=options, shapes=asked),
                                timeout=TABLE_TIMEOUT_S).tables
         typer.echo("# fleetfit: scalability analysis and deployment limits\n\n" +
-                   "\n\n".join(f"## {t.title}\n\n{render_table(t, fmt)}" for t in parts))
+                   "\n\n".join(f"## {t.title}\n\n{render_table(t, fmt, wide)}" for t in parts))
         return
     typer.echo(render_table(fleet.GetTable(pb.GetTableRequest(name=name, options=options, shapes=asked),
-                                           timeout=TABLE_TIMEOUT_S).table, fmt))
+                                           timeout=TABLE_TIMEOUT_S).table, fmt, wide))
 
 
 @app.command()
@@ -725,9 +831,12 @@ def fit(
     state_dir: StateDir = None,
     ca: Ca = None,
     token: Token = None,
-    fmt: Format = "table",
-    as_json: Annotated[bool, typer.Option("--json", help="The full answers as JSON (the wire message's fields, "
-                                                         "nested: evidence, figures with provenance).")] = False,
+    output: Annotated[str, typer.Option("-o", "--output", help=cli_common.output_help(TABLE_FORMATS)[:-1] +
+                                        "; answers: the full answers as JSON (the wire message's fields, nested: "
+                                        "evidence, figures with provenance).")] = "table",
+    wide: Wide = False,
+    old_format: OldFormat = None,
+    as_json: Annotated[bool, typer.Option("--json", hidden=True, help="The old spelling of -o answers.")] = False,
     calibrate: Annotated[bool, typer.Option(
         "--calibrate", help="After answering, start a calibration campaign of MODEL on --device (or every device), "
                             "as `fleetfit calibrate` does; a question alone never queues work.")] = False,
@@ -767,17 +876,18 @@ def fit(
                          ("streams", streams)):
         if value is not None:
             setattr(request, field, value)
-    _check_format(fmt)
+    fmt = cli_common.output_format(output, (*TABLE_FORMATS, "answers"), old_format)
+    fmt = "answers" if as_json else fmt
     if calibrate and model is None:
         _fail("--calibrate needs a MODEL (with --quant)")
     fleet = _fleet(coordinator, state_dir, ca, token)
     answers = _pages(fleet.Fit, request, "answers", timeout=60)
-    if as_json:
+    if fmt == "answers":
         from fleetfit.v1.records import to_json
 
         typer.echo(to_json(answers))
     else:
-        typer.echo(render.render(*fit_table(answers), fmt, table="fit"))
+        typer.echo(render.render(*fit_table(answers), fmt, table="fit", wide=wide))
         if fmt in ("table", "md") and answers:
             typer.echo(f"\n- {CONTEXT_RULE}")
     if calibrate:  # the explicit request, after the answer; its lines on stderr keep a --json or csv answer clean
@@ -793,7 +903,7 @@ def report(
     state_dir: StateDir = None,
     ca: Ca = None,
     token: Token = None,
-    option: Annotated[Optional[list[str]], typer.Option(help="Table option KEY=VALUE (repeatable).")] = None,
+    option: Options = None,
 ) -> None:
     """A static HTML report: plots (inline SVG) of decode speed, memory, tokens per joule and, per swept device,
     decode against concurrent streams, per device with quality results decode against mean KLD, and every table."""
@@ -801,9 +911,7 @@ def report(
     from fleetfit.coordinator.tables import REPORT_ORDER
     from fleetfit.v1 import fleetfit_pb2 as pb
 
-    options = dict(o.split("=", 1) for o in option or [] if "=" in o)
-    if len(options) != len(option or []):
-        _fail("--option takes KEY=VALUE")
+    options = _table_options(option)
     fleet = _fleet(coordinator, state_dir, ca, token)
     devices = _pages(fleet.ListDevices, pb.ListDevicesRequest(), "devices")
     rows = _pages(fleet.GetLimitTable, pb.GetLimitTableRequest(), "rows")
@@ -884,9 +992,9 @@ def import_results(
 def quickstart(
     db: Annotated[Optional[pathlib.Path], typer.Option(
         help="SQLite file (default: quickstart.sqlite3 beside serve's default database, never that database).")] = None,
-    n_prompt: int = 512,
-    n_gen: int = 128,
-    repetitions: int = 5,
+    n_prompt: Annotated[int, typer.Option(help="Prompt tokens for the prefill test.")] = 512,
+    n_gen: Annotated[int, typer.Option(help="Tokens for the decode test.")] = 128,
+    repetitions: Annotated[int, typer.Option(help="Runs of each test (mean ± stdev).")] = 5,
 ) -> None:
     """Coordinator + local agent on this machine: profile SmolLM2-135M at Q4_1/F16/Q8_0/Q4_0, print the tables."""
     from fleetfit.coordinator import quickstart as qs

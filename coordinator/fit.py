@@ -608,33 +608,31 @@ def shown(f: pb.FitFigure, scale: float = 1.0, digits: int = 3, verdict: str | N
 
 
 def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list]]:
-    """Typed rows (render.render shows them); `~` marks a predicted or estimated figure, `±` its band."""
+    """Typed rows (render.render shows them); `~` marks a predicted or estimated figure, `±` its band. Streams are
+    typed columns: with --streams, the count asked, whether the device serves it and each stream's speed; else the
+    most streams at the target speed (a figure with its provenance) and that target."""
+    asked = any(a.HasField("streams") for a in answers)
+    streams = ["streams", "serves", "stream tok/s"] if asked else ["max streams", "stream target tok/s"]
     header = ["device", "model", "backend", "quant", "context", "verdict", "memory MiB", "RAM MiB",
-              "% RAM", "decode tok/s", "prefill tok/s", "J/token", "streams", "KLD vs F16", "provenance", "reason",
+              "% RAM", "decode tok/s", "prefill tok/s", "J/token", *streams, "KLD vs F16", "provenance", "reason",
               "evidence", "device id"]
     body = [[a.device_name or a.hostname or a.device_id, a.model_name or None, a.backend, a.quant,
              a.context_tokens or None, VERDICT.word(a.fit_verdict), shown(a.memory_bytes, MIB, 1),
              round(a.ram_total_bytes / MIB),
              round(100 * a.memory_fraction, 1) if a.HasField("memory_fraction") else None,
              shown(a.decode_tokens_per_s), shown(a.prefill_tokens_per_s), shown(a.joules_per_token, digits=6),
-             _streams_cell(a), shown(a.kl_divergence, digits=5), kind(a) or None, a.reason,
+             *_streams_cells(a, asked), shown(a.kl_divergence, digits=5), kind(a) or None, a.reason,
              a.evidence.result_id if a.HasField("evidence") else None, a.device_id]
             for a in answers]
     return header, body
 
 
-def _streams_cell(a: pb.FitAnswer) -> str:
-    """With --streams: whether it serves them and each one's speed; else the most streams at the target speed."""
-    if a.HasField("streams"):
-        verdict = ("yes" if a.serves else "no") if a.HasField("serves") else "unknown"
-        return f"{a.streams}: {verdict} ({_approx(a.stream_tokens_per_s, '{:.3g}')} tok/s each)"
+def _streams_cells(a: pb.FitAnswer, asked: bool) -> list:
+    """With --streams: the count, whether it serves them (None: unknown) and each one's speed; else the most
+    streams at the target speed and that target."""
+    if asked:
+        return [a.streams if a.HasField("streams") else None, a.serves if a.HasField("serves") else None,
+                shown(a.stream_tokens_per_s)]
     if not kind(a.max_streams):
-        return None
-    return f"max {_approx(a.max_streams, '{:.0f}')} at ≥{a.stream_target_tokens_per_s:g} tok/s"
-
-
-def _approx(f: pb.FitFigure, fmt: str) -> str:
-    """A figure as text, `~` before a predicted or estimated one."""
-    if not kind(f):
-        return "n/a"
-    return ("" if kind(f) == "measured" else "~") + fmt.format(f.value)
+        return [None, None]
+    return [shown(a.max_streams, digits=0), a.stream_target_tokens_per_s or None]

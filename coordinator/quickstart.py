@@ -12,9 +12,8 @@ import sys
 import tempfile
 import time
 
-from fleetfit.coordinator import render
+from fleetfit.coordinator import render, tables
 from fleetfit.coordinator.fit import fit_table
-from fleetfit.coordinator.tables import render_table
 from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1.words import JOB_STATE
 from fleetfit.v1 import fleetfit_pb2 as pb
@@ -58,6 +57,20 @@ def _wait_for_jobs(fleet, agent: subprocess.Popen, job_ids: dict[str, str], echo
         time.sleep(0.5)
 
 
+def summary(fleet, echo, width: int | None = None) -> list[pb.FitAnswer]:
+    """Quickstart's closing summary, sized for the terminal: the measured table and fit's answer for
+    QUICKSTART_MODEL at Q4_0, each with what to run next."""
+    table = fleet.GetTable(pb.GetTableRequest(name="measured"), timeout=CALL_TIMEOUT_S).table
+    body = [[tables.typed_cell(c) for c in row.cells] for row in table.rows]
+    echo("\nMeasured here (fleetfit limits; --wide for ids, -o csv for every field):\n")
+    echo(render.render(list(table.columns), body, "table", table="measured", width=width))
+    answers = fleet.Fit(pb.FitRequest(model_name=QUICKSTART_MODEL, quant="Q4_0"), timeout=CALL_TIMEOUT_S).answers
+    echo(f"\nDoes {QUICKSTART_MODEL} Q4_0 fit? (fleetfit fit {QUICKSTART_MODEL} --quant Q4_0; ~ predicted, "
+         "bare measured):\n")
+    echo(render.render(*fit_table(answers), "table", table="fit", width=width))
+    return list(answers)
+
+
 def run(db_path: pathlib.Path, echo, n_prompt: int, n_gen: int, repetitions: int,
         cache_dir: pathlib.Path | None = None) -> list[pb.FitAnswer]:
     coordinator = BackgroundCoordinator(db_path)
@@ -91,12 +104,7 @@ def run(db_path: pathlib.Path, echo, n_prompt: int, n_gen: int, repetitions: int
                                                   timeout=CALL_TIMEOUT_S).job_ids:
                     job_ids[job_id] = f"{QUICKSTART_MODEL} {quant} on llama.cpp"
             _wait_for_jobs(fleet, agent, job_ids, echo)
-            table = fleet.GetTable(pb.GetTableRequest(name="measured"), timeout=CALL_TIMEOUT_S).table
-            echo("\nLimit table (measured):\n")
-            echo(render_table(table, "md"))
-            answers = fleet.Fit(pb.FitRequest(model_name=QUICKSTART_MODEL, quant="Q4_0"), timeout=CALL_TIMEOUT_S).answers
-            echo(f"\nfleetfit fit {QUICKSTART_MODEL} --quant Q4_0:\n")
-            echo(render.render(*fit_table(answers), "md"))
+            answers = summary(fleet, echo)
             return list(answers)
     finally:
         agent.terminate()

@@ -4,7 +4,10 @@ verdict in columns of their own)."""
 
 import dataclasses
 import html
+import os
 import re
+import shutil
+import textwrap
 import unicodedata
 
 from fleetfit.v1 import fleetfit_pb2 as pb
@@ -143,18 +146,116 @@ def typed_rows(header: list[str], body: list[list]) -> tuple[list[records.Field]
     return records.infer_fields(names, rows), rows
 
 
-def render(header: list[str], body: list[list], fmt: str, table: str = "rows") -> str:
-    """Typed cells as an aligned table or markdown (display strings), or as csv, json, jsonl or sql rows."""
+# People's formats (table, md) show the columns people read; these hold ids, evidence and reason sentences, kept
+# for --wide and in every machine format (csv, json, jsonl, sql).
+WIDE_ONLY = ("device id", "result", "evidence", "reason", "source", "streams: how", "last refusal")
+# Columns that say what every row is about: in a terminal table with one value in every row, one line above it.
+CONTEXT_COLUMNS = ("model", "backend", "quant", "precision", "context", "shape", "stream target tok/s", "provenance")
+# To fit a terminal, a column with no figure in any row goes first, then these in order, then the rightmost; each is
+# named in the line under the table.
+DROP_ORDER = ("file MiB", "params M", "TTFT ms", "context", "RAM MiB", "prefill tok/s", "KLD vs F16", "streams swept",
+              "max streams band", "TTFT p99 ms", "response p99 s", "models supported", "host", "cpu", "refused",
+              "arch", "speed factor", "peak W", "idle W", "net J/token", "aggregate low", "aggregate high",
+              "KLD stderr", "perplexity stderr", "positions", "shape")
+MAX_CELL = 32  # a terminal table's longest cell (longer text ends in …; --wide shows it whole)
+PARAMS = re.compile(r"(\d+(?:\.\d+)?)([MB])")
+
+
+def terminal_width() -> int:
+    """The terminal's columns: $COLUMNS, else the terminal's size, else 120."""
+    return shutil.get_terminal_size((120, 24)).columns if not os.environ.get("COLUMNS", "").isdigit() \
+        else int(os.environ["COLUMNS"])
+
+
+def params_text(n: float) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+def _typed_params(header: list[str], body: list[list]) -> list[list]:
+    """A `parameters` column as numbers ("135M" read as 135000000): tools get the count, people see it as text."""
+    if "parameters" not in header:
+        return body
+    i = header.index("parameters")
+
+    def number(cell):
+        m = PARAMS.fullmatch(cell) if isinstance(cell, str) else None
+        return round(float(m.group(1)) * (1e9 if m.group(2) == "B" else 1e6)) if m else cell
+
+    return [[*row[:i], number(row[i]), *row[i + 1:]] for row in body]
+
+
+def _keep(header: list[str], body: list[list], keep: list[int]) -> tuple[list[str], list[list]]:
+    return [header[i] for i in keep], [[row[i] for i in keep] for row in body]
+
+
+def render(header: list[str], body: list[list], fmt: str, table: str = "rows", wide: bool = False,
+           width: int | None = None) -> str:
+    """Typed cells as an aligned table or markdown (display strings), or as csv, json, jsonl or sql rows (every
+    column). People's formats leave out WIDE_ONLY columns unless `wide`; a terminal table (not `wide`) also fits
+    `width` columns (default: the terminal's): long cells shortened, a column every row shares as one line above
+    it, and columns left out (named under it) until it fits."""
+    body = _typed_params(header, body)
     if fmt in records.FORMATS:
         fields, rows = typed_rows(header, body)
         if fmt != "json" and fmt != "jsonl":  # JSON escapes control characters itself; csv and sql must not carry them
             rows = [[clean(v) if isinstance(v, str) else v for v in r] for r in rows]
         return records.write(fields, rows, fmt, table=records.machine_name(table))
-    body = [[display(c) for c in row] for row in body]
+    if not wide:
+        header, body = _keep(header, body, [i for i, c in enumerate(header) if c not in WIDE_ONLY])
+    params = header.index("parameters") if "parameters" in header else None
+    body = [[params_text(c) if i == params and isinstance(c, (int, float)) and not isinstance(c, bool) else display(c)
+             for i, c in enumerate(row)] for row in body]
     if fmt == "md":
         lines = ["| " + " | ".join(map(md_cell, header)) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(map(md_cell, row)) + " |" for row in body]
         return "\n".join(lines)
     header, body = [clean(c) for c in header], [[clean(c) for c in row] for row in body]
+    if wide:
+        return _aligned(header, body)
+    width = width or terminal_width()
+    if not body:
+        return "(no rows)"
+    above = []
+    if body:
+        shared = [i for i, c in enumerate(header) if c in CONTEXT_COLUMNS and len({row[i] for row in body}) == 1]
+        above = [f"{header[i]}: {body[0][i]}" for i in shared]
+        header, body = _keep(header, body, [i for i in range(len(header)) if i not in shared])
+    body = [[c if len(c) <= MAX_CELL else c[:MAX_CELL - 1] + "…" for c in row] for row in body]
+    hidden = []
+    while len(header) > 2 and max(map(len, _aligned(header, body).splitlines()), default=0) > width:
+        empty = [i for i in range(1, len(header)) if all(row[i] in ("n/a", "") for row in body)]
+        named = [i for name in DROP_ORDER for i, c in enumerate(header) if c == name]
+        i = (empty or named or [len(header) - 1])[0]
+        hidden.append(header[i])
+        header, body = _keep(header, body, [j for j in range(len(header)) if j != i])
+    lines = _packed(above, width)
+    lines.append(_aligned(header, body))
+    if hidden:
+        lines += textwrap.wrap(f"(not shown, to fit {width} columns: {', '.join(hidden)}; --wide or -o csv/json show "
+                               "every column)", width, break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+def _packed(items: list[str], width: int) -> list[str]:
+    """Items two spaces apart, as many to a line as fit `width` (an item longer than a line wrapped alone)."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + 2 + len(item) <= width:
+            lines[-1] += "  " + item
+        else:
+            lines += textwrap.wrap(item, width, break_on_hyphens=False) or [""]
+    return lines
+
+
+def _aligned(header: list[str], body: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in column) for column in zip(header, *body)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *body])
+
+
+def notes_text(notes: list[str], fmt: str, width: int | None = None) -> str:
+    """A table's notes under it: one `- ` line each (md), wrapped to the terminal's width (table)."""
+    if fmt == "md":
+        return "\n".join(f"- {note}" for note in notes)
+    width = width or terminal_width()
+    return "\n".join(textwrap.fill(clean(note), width, initial_indent="- ", subsequent_indent="  ",
+                                    break_on_hyphens=False, break_long_words=True) for note in notes)

@@ -351,9 +351,10 @@ class FleetService(pb_grpc.FleetServiceServicer):
             job_bounds.check_max_attempts(request.max_attempts)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        plan = campaigns.expand(request.spec, terms, await off_loop(self.store.devices))
+        devices = await off_loop(self.store.devices)
+        plan = campaigns.expand(request.spec, terms, devices)
         if not plan.matched:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no device matches {request.selector!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, campaigns.no_match(request.selector, terms, devices))
         campaign_id = await off_loop(self.store.create_campaign, request.selector, request.spec, plan.jobs,
                                      request.max_attempts or DEFAULT_MAX_ATTEMPTS, plan.skipped)
         for device_id in plan.probing:  # trials reported while the campaign was being stored: judge its jobs now

@@ -106,7 +106,43 @@ def build_many(names: list[str], store, options: dict[str, str], shapes: dict[st
     if unknown:
         raise TableError(f"unknown table {unknown[0]!r} (known: {', '.join(TABLES)})")
     fleet = Fleet.of_store(store, shapes)
-    return [build(name, fleet, options) for name in names]
+    asked = ReadOptions(options)
+    found = [build(name, fleet, asked) for name in names]
+    asked.check(names)
+    return found
+
+
+class ReadOptions(dict):
+    """A table's options, recording each key its build read: a key no table read is a typo, refused (TableError)
+    with a did-you-mean, never ignored."""
+
+    def __init__(self, options: dict[str, str]):
+        super().__init__(options)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def check(self, names: list[str]) -> None:
+        unknown = sorted(set(self) - self.read)
+        if not unknown:
+            return
+        import difflib
+
+        near = [k for k in sorted(self.read) if k.startswith(unknown[0])] or \
+            difflib.get_close_matches(unknown[0], sorted(self.read), n=1, cutoff=0.5)
+        known = ", ".join(sorted(self.read)) or "none"
+        raise TableError(f"unknown option {unknown[0]!r} for {', '.join(names)}"
+                         f"{f' (did you mean {near[0]}? ' if near else ' ('}known: {known})")
 
 
 def build(name: str, fleet: Fleet, options: dict[str, str]) -> pb.Table:
@@ -148,17 +184,14 @@ def _text(value: struct_pb2.Value) -> str:
     return render.display(typed_cell(value))
 
 
-def render_table(message: pb.Table, fmt: str) -> str:
-    """`message` in format `fmt`. People's formats (table, md) leave out the device id column: display names are
-    unique by construction (devices.with_display_names), and the machine formats keep every column."""
-    columns = list(message.columns)
+def render_table(message: pb.Table, fmt: str, wide: bool = False) -> str:
+    """`message` in format `fmt` (render.render: people's formats leave out the device id column and the other
+    WIDE_ONLY ones unless `wide`; display names are unique by construction, devices.with_display_names), with the
+    table's notes under it in people's formats."""
     body = [[typed_cell(c) for c in row.cells] for row in message.rows]
-    if fmt in ("table", "md") and DEVICE_ID_COLUMN in columns:
-        keep = [i for i, column in enumerate(columns) if column != DEVICE_ID_COLUMN]
-        columns, body = [columns[i] for i in keep], [[row[i] for i in keep] for row in body]
-    text = render.render(columns, body, fmt, table=message.name)
+    text = render.render(list(message.columns), body, fmt, table=message.name, wide=wide)
     if fmt in ("table", "md") and message.notes:
-        text += "\n\n" + "\n".join(f"- {note}" for note in message.notes)
+        text += "\n\n" + render.notes_text(list(message.notes), fmt)
     return text
 
 

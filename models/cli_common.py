@@ -58,3 +58,34 @@ def user_errors(errors: Callable[[], tuple[type, ...]], refused: Callable[[Excep
         return wrapper
 
     return decorate
+
+
+# -- one grammar for both command lines
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}  # -h everywhere (subcommands inherit it)
+
+
+def typer_app(help: str, **kwargs) -> typer.Typer:
+    """A command group of either CLI: -h and --help, plain help text (rich's panels print a flag as `--wide <bool>`,
+    which reads as if it took a value), one-line errors instead of rich tracebacks."""
+    return typer.Typer(help=help, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                       context_settings=CONTEXT_SETTINGS, **kwargs)
+PEOPLE_FORMATS = ("table", "md")
+MACHINE_FORMATS = ("csv", "json", "jsonl", "sql")
+
+
+def output_help(formats: tuple[str, ...]) -> str:
+    people = [f for f in formats if f in PEOPLE_FORMATS]
+    tools = [f for f in formats if f not in PEOPLE_FORMATS]
+    return (f"Output format: {' or '.join(people)} for people" if people else "Output format") + \
+        (f"; {', '.join(tools)} for tools (every field, typed)." if tools else ".")
+
+
+def output_format(output: str, formats: tuple[str, ...], old: str | None = None, as_json: bool = False) -> str:
+    """The format a command prints: -o/--output, or its old spellings (--format X, --json; hidden aliases); a name
+    outside `formats` is a one-line error (exit 2)."""
+    chosen = "json" if as_json else (old or output)
+    if chosen not in formats:
+        typer.echo(f"error: unknown output format {chosen!r} (choose from {', '.join(formats)})", err=True)
+        raise typer.Exit(2)
+    return chosen

@@ -10,9 +10,9 @@ from typing import Callable, Iterator, Optional
 
 @contextlib.contextmanager
 def bar(description: str, total: Optional[float] = None, unit: str = "steps") -> Iterator[Callable[..., None]]:
-    """Yields update(advance=0, completed=None): a bar with its count (bytes, or steps) and, with a total, an ETA."""
+    """Yields update(advance=0, completed=None, description=None): a bar with its count (bytes, or steps) and, with a total, an ETA."""
     if not sys.stderr.isatty():
-        yield lambda advance=0, completed=None: None
+        yield lambda advance=0, completed=None, description=None: None
         return
     from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
@@ -23,8 +23,8 @@ def bar(description: str, total: Optional[float] = None, unit: str = "steps") ->
                   TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True), transient=True) as shown:
         task = shown.add_task(description, total=total)
 
-        def update(advance: float = 0, completed: Optional[float] = None) -> None:
-            shown.update(task, advance=advance, completed=completed)
+        def update(advance: float = 0, completed: Optional[float] = None, description: Optional[str] = None) -> None:
+            shown.update(task, advance=advance, completed=completed, description=description)
 
         yield update
 

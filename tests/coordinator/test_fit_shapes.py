@@ -120,7 +120,7 @@ def test_limits_predicts_rows_for_a_file_named_with_model(served, tmp_path):
         rows[table] = {(r["device"], r["model"]): r for r in json.loads(done.stdout)}
     speed = rows["speed"][("lab-box (box-measured)", "my-qwen")]
     memory = rows["memory"][("lab-box (box-measured)", "my-qwen")]
-    assert speed["parameters"] == "1.5B" and speed["q4_0_tok_s_provenance"] == "predicted"
+    assert speed["parameters"] == 1_500_000_000 and speed["q4_0_tok_s_provenance"] == "predicted"
     assert 0 < speed["q4_0_tok_s"] < 25.0  # slower than the measured tinyllama-1.1b Q4_0
     assert memory["q4_0_gb_provenance"] == "predicted" and 0.8 < memory["q4_0_gb"] < memory["f16_gb"]
     assert ("lab-box (box-measured)", "tiny") in rows["speed"]  # the GGUF's shape, named after its file

@@ -14,32 +14,34 @@ from typing import Annotated, Optional
 
 import typer
 
-from fleetfit.coordinator.cli import DEFAULT_ADDRESS, Ca, Coordinator, Format, StateDir, Token, _check_format, \
-    _fail, _fleet, user_errors
+from fleetfit.coordinator.cli import DEFAULT_ADDRESS, TABLE_FORMATS, Ca, Coordinator, OldFormat, Output, StateDir, \
+    Token, _fail, _fleet, user_errors
+from fleetfit.models import cli_common
 
 app = typer.Typer(help="The coordinator's model store: GGUF files that campaigns name (profile --models NAME).",
-                  invoke_without_command=True)
+                  invoke_without_command=True, context_settings=cli_common.CONTEXT_SETTINGS, rich_markup_mode=None,
+                  pretty_exceptions_enable=False)
 PIECE_BYTES = 4 << 20
 RETRY_S = 60.0  # how long an upload waits for a coordinator that stopped answering before giving up (resumable)
 
 
 @app.callback()
-def _models(ctx: typer.Context, coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table",
-            state_dir: StateDir = None, ca: Ca = None, token: Token = None) -> None:
+def _models(ctx: typer.Context, coordinator: Coordinator = DEFAULT_ADDRESS, output: Output = "table",
+            state_dir: StateDir = None, ca: Ca = None, token: Token = None, old_format: OldFormat = None) -> None:
     """List the stored models (also: fleetfit models list)."""
     if ctx.invoked_subcommand is None:
-        models_list(coordinator, fmt, state_dir, ca, token)
+        models_list(coordinator, output, state_dir, ca, token, old_format)
 
 
 @app.command("list")
 @user_errors
-def models_list(coordinator: Coordinator = DEFAULT_ADDRESS, fmt: Format = "table", state_dir: StateDir = None,
-                ca: Ca = None, token: Token = None) -> None:
+def models_list(coordinator: Coordinator = DEFAULT_ADDRESS, output: Output = "table", state_dir: StateDir = None,
+                ca: Ca = None, token: Token = None, old_format: OldFormat = None) -> None:
     """Name, sha256, size, architecture, type and who added each stored model."""
     from fleetfit.coordinator import render
     from fleetfit.v1 import fleetfit_pb2 as pb
 
-    _check_format(fmt)
+    fmt = cli_common.output_format(output, TABLE_FORMATS, old_format)
     found = _fleet(coordinator, state_dir, ca, token).ListModels(pb.ListModelsRequest(), timeout=30).models
     header = ["name", "sha256", "size bytes", "architecture", "quant", "params", "added by", "added"]
     body = [[m.name, m.sha256, m.size_bytes, m.architecture, m.quant,

@@ -889,7 +889,7 @@ def fit(
     else:
         typer.echo(render.render(*fit_table(answers), fmt, table="fit", wide=wide))
         if fmt in ("table", "md") and answers:
-            typer.echo(f"\n- {CONTEXT_RULE}")
+            typer.echo("\n" + render.notes_text([CONTEXT_RULE], fmt))
     if calibrate:  # the explicit request, after the answer; its lines on stderr keep a --json or csv answer clean
         with contextlib.redirect_stdout(sys.stderr):
             _calibrate(fleet, device, model, answers[0].quant if answers else quant, shape)

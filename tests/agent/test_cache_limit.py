@@ -3,6 +3,7 @@ model last; `models rm` removes files and refuses one in use; a local run waits 
 leaves the cache within its limit (real fleetfit-agent processes, real llama.cpp)."""
 
 import os
+import select
 import pathlib
 import subprocess
 import time
@@ -100,10 +101,16 @@ def test_a_local_profile_waits_for_the_running_job_and_keeps_the_cache_within_it
         assert_one_line_error(subprocess.run([*args, "--no-wait"], capture_output=True, text=True, env=env,
                                              timeout=120), "this device is busy: pid")
         waiting = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        time.sleep(3)
+        said = []  # the lock is held until it says it waits, however slowly a loaded machine starts it
+        deadline = time.monotonic() + 120
+        while not any("waiting: this device is busy" in line for line in said):
+            assert time.monotonic() < deadline and waiting.poll() is None, ("the local profile did not wait", said)
+            if select.select([waiting.stderr], [], [], 1)[0]:
+                said.append(waiting.stderr.readline())
         assert waiting.poll() is None, "the local profile did not wait"
         assert not (cache / "synthetic" / "distilgpt2-Q4_0.gguf").exists()  # nothing made while it waits
     out, err = waiting.communicate(timeout=300)
+    err = "".join(said) + err
     assert waiting.returncode == 0, err
     assert "waiting: this device is busy (pid" in err and "job j-1 (llama-2-7b Q4_0)" in err
     made = cache / "synthetic" / "distilgpt2-Q4_0.gguf"

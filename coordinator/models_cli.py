@@ -153,7 +153,8 @@ def _call(call, request, timeout_s: float = 60):
 
 @app.command("rm")
 @user_errors
-def models_rm(name: str, coordinator: Coordinator = DEFAULT_ADDRESS, state_dir: StateDir = None, ca: Ca = None,
+def models_rm(name: Annotated[str, typer.Argument(help="The stored model's name (fleetfit models lists them).")],
+              coordinator: Coordinator = DEFAULT_ADDRESS, state_dir: StateDir = None, ca: Ca = None,
               token: Token = None) -> None:
     """Forget a stored model's name (its file goes once no other name refers to it)."""
     from fleetfit.v1 import fleetfit_pb2 as pb

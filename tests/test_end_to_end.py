@@ -72,13 +72,14 @@ def test_agent_runs_jobs_and_the_coordinator_answers(coordinator, agent_process,
     failures = run_cli("fleetfit", "limits", "failures", "--coordinator", address)
     assert failures.returncode == 0 and "fp16 runs on CUDA only" in failures.stdout
 
-    fit = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "Q4_0", "--coordinator", address)
+    fit = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "Q4_0", "--wide", "--coordinator", address)
     assert fit.returncode == 0 and "fits_comfortably" in fit.stdout and "at ctx 4096" in fit.stdout
-    exact = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "Q4_0", "--context", "20", "--coordinator", address)
+    exact = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "Q4_0", "--context", "20", "--wide", "--coordinator",
+                    address)  # --wide: the reason sentences
     assert exact.returncode == 0 and "measured: peak" in exact.stdout  # at the run's own context: all measured
-    other = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "F16", "--coordinator", address)
+    other = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "F16", "--wide", "--coordinator", address)
     assert "predicted" in other.stdout and "smollm2-135m F16 never measured on this device" in other.stdout
-    devices = run_cli("fleetfit", "devices", "--coordinator", address)
+    devices = run_cli("fleetfit", "devices", "--wide", "--coordinator", address)
     assert "e2e-device" in devices.stdout
 
     assert_one_line_error(run_cli("fleetfit", "fit", "smollm3", "--quant", "Q4_0", "--coordinator", address),

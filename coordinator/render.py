@@ -4,7 +4,6 @@ verdict in columns of their own)."""
 
 import dataclasses
 import html
-import os
 import re
 import shutil
 import textwrap
@@ -163,8 +162,7 @@ PARAMS = re.compile(r"(\d+(?:\.\d+)?)([MB])")
 
 def terminal_width() -> int:
     """The terminal's columns: $COLUMNS, else the terminal's size, else 120."""
-    return shutil.get_terminal_size((120, 24)).columns if not os.environ.get("COLUMNS", "").isdigit() \
-        else int(os.environ["COLUMNS"])
+    return shutil.get_terminal_size((120, 24)).columns
 
 
 def params_text(n: float) -> str:
@@ -215,11 +213,9 @@ def render(header: list[str], body: list[list], fmt: str, table: str = "rows", w
     width = width or terminal_width()
     if not body:
         return "(no rows)"
-    above = []
-    if body:
-        shared = [i for i, c in enumerate(header) if c in CONTEXT_COLUMNS and len({row[i] for row in body}) == 1]
-        above = [f"{header[i]}: {body[0][i]}" for i in shared]
-        header, body = _keep(header, body, [i for i in range(len(header)) if i not in shared])
+    shared = [i for i, c in enumerate(header) if c in CONTEXT_COLUMNS and len({row[i] for row in body}) == 1]
+    above = [f"{header[i]}: {body[0][i]}" for i in shared]
+    header, body = _keep(header, body, [i for i in range(len(header)) if i not in shared])
     body = [[c if len(c) <= MAX_CELL else c[:MAX_CELL - 1] + "…" for c in row] for row in body]
     hidden = []
     while len(header) > 2 and max(map(len, _aligned(header, body).splitlines()), default=0) > width:

@@ -138,8 +138,8 @@ def test_cli_join_and_token_errors_are_one_line(tls_coordinator, tmp_path):
     assert_one_line_error(run_cli("fleetfit", "devices", "--coordinator", tls_coordinator.address,
                                   env={"FLEETFIT_STATE_DIR": str(state), "FLEETFIT_TOKEN": "operator.wrong"}),
                           "refused the operator token")
-    listed = run_cli("fleetfit", "devices", "--coordinator", tls_coordinator.address,
-                     env={"FLEETFIT_STATE_DIR": str(state)})
+    listed = run_cli("fleetfit", "devices", "--wide", "--coordinator", tls_coordinator.address,
+                     env={"FLEETFIT_STATE_DIR": str(state)})  # --wide: device ids shown
     assert listed.returncode == 0 and "dev-cli" not in listed.stdout  # enrolled, not yet registered
     unit = run_cli("fleetfit-agent", "service", "install", "--dry-run", "--identity", str(tmp_path / "a.json"))
     assert unit.returncode == 0 and f"run --identity {tmp_path / 'a.json'}" in unit.stdout

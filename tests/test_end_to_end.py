@@ -72,13 +72,14 @@ def test_agent_runs_jobs_and_the_coordinator_answers(coordinator, agent_process,
     failures = run_cli("fleetfit", "limits", "failures", "--coordinator", address)
     assert failures.returncode == 0 and "fp16 runs on CUDA only" in failures.stdout
 
-    fit = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "Q4_0", "--coordinator", address)
+    fit = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "Q4_0", "--wide", "--coordinator", address)
     assert fit.returncode == 0 and "fits_comfortably" in fit.stdout and "at ctx 4096" in fit.stdout
-    exact = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "Q4_0", "--context", "20", "--coordinator", address)
+    exact = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "Q4_0", "--context", "20", "--wide", "--coordinator",
+                    address)  # --wide: the reason sentences
     assert exact.returncode == 0 and "measured: peak" in exact.stdout  # at the run's own context: all measured
-    other = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "F16", "--coordinator", address)
+    other = run_cli("fleetfit", "fit", "smollm2-135m", "--quant", "F16", "--wide", "--coordinator", address)
     assert "predicted" in other.stdout and "smollm2-135m F16 never measured on this device" in other.stdout
-    devices = run_cli("fleetfit", "devices", "--coordinator", address)
+    devices = run_cli("fleetfit", "devices", "--wide", "--coordinator", address)
     assert "e2e-device" in devices.stdout
 
     assert_one_line_error(run_cli("fleetfit", "fit", "smollm3", "--quant", "Q4_0", "--coordinator", address),
@@ -116,10 +117,11 @@ def test_quickstart_runs_again_in_the_same_home(tmp_path, cache_dir):
     for out, shape in ((first, "pp16/tg4 ctx20"), (second, "pp16/tg5 ctx21")):
         table, answer = out.split("Measured here")[1].split("Does smollm2-135m Q4_0 fit?")
         assert max(map(len, (table + answer).splitlines())) <= 120  # the summary fits a terminal
-        rows = [line.split() for line in table.splitlines()]
+        hoisted = f"shape: {shape} t" in table  # one shape in every row: named above the table
+        rows = [line.split() for line in table.splitlines() if hoisted or f"{shape} t" in line]
         assert sorted(r[1] for r in rows if len(r) > 1 and r[1] in ("Q4_1", "F16", "Q8_0", "Q4_0")) == \
-            ["F16", "Q4_0", "Q4_1", "Q8_0"]  # one row per precision, measured again (model and shape shared: above)
-        assert "model: smollm2-135m" in table and f"shape: {shape} t" in table and "fits_comfortably" in answer
+            ["F16", "Q4_0", "Q4_1", "Q8_0"]  # one row per precision at this run's shape
+        assert "model: smollm2-135m" in table and "fits_comfortably" in answer
     registered = [line.split("agent registered as ")[1].split(";")[0] for line in (first + second).splitlines()
                   if "agent registered as" in line]
     assert len(registered) == 2 and registered[0] == registered[1]  # one device, enrolled again

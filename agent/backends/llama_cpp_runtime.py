@@ -305,6 +305,7 @@ def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, thread
     runner = LlamaRunner(model_path, n_prompt, n_gen, threads, device, n_batch, n_ubatch, gpu_layers, n_depth)
     return harness.measure(runner, harness.Plan(n_prompt, n_gen, repetitions, threads, n_depth, parallel, seed))
 
+
 def _offloaded_layers(requested: int, n_layer: int) -> int:
     """Layers llama.cpp put on the GPU, as its log says ("offloaded 23/23 layers to GPU"; the output layer counts
     as one); from the request when the log does not say (n_gpu_layers > n_layer also offloads the output)."""
@@ -423,6 +424,7 @@ class _ServingStreams(harness.Streams):
         self.feed.close()
         C.llama_sampler_free(self.greedy)
         C.llama_free(self.ctx)
+
 
 def batched_greedy(model_path: str, prompts: list[list[int]], n_gen: int, threads: int) -> dict:
     """The prompts decoded together greedily, as the serving sweep feeds them (one KV cache, distinct sequence ids):

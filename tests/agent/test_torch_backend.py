@@ -100,7 +100,7 @@ def test_a_model_too_large_for_memory_is_reported_as_out_of_memory_with_its_size
 @pytest.mark.parametrize(("model", "quant", "device", "fragment"), [
     ("smollm2-135m", "Q4_0", "", "torch does not take precision 'Q4_0'"),
     ("distilgpt2", "fp32", "", "torch runs llama/qwen2 shapes; distilgpt2 is gpt2"),
-    ("smollm2-135m", "fp32", "tpu", "device must be"),
+    ("smollm2-135m", "fp32", "tpu", "device 'tpu' must be one of '', auto, cpu, cuda"),  # torch's BackendSpec
 ])
 def test_bad_torch_requests_are_refused_before_any_work(cache_dir, model, quant, device, fragment):
     request = profiling.make_request(model, quant, "torch", device=device)

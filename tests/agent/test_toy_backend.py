@@ -69,7 +69,7 @@ def test_a_campaign_on_a_toy_backend_runs_end_to_end(toy, coordinator, cache_dir
     assert limits.returncode == 0, limits.stderr
     rows = [line for line in limits.stdout.splitlines() if f",toy,{MODEL},f32," in line]
     assert rows and "measured" in rows[0]
-    fit = run_cli("fleetfit", "fit", MODEL, "--quant", "f32", "--backend", "toy", "--coordinator",
-                  coordinator.address, env=env)
+    fit = run_cli("fleetfit", "fit", MODEL, "--quant", "f32", "--backend", "toy", "-o", "csv", "--coordinator",
+                  coordinator.address, env=env)  # csv: every column, the device id included
     assert fit.returncode == 0, fit.stderr
     assert "toy-device" in fit.stdout and MODEL in fit.stdout

@@ -274,9 +274,102 @@ def serving_plots(curves: pb.Table | None, ids: dict[str, str], index: dict[str,
                             "measured, hollow: predicted with its band)", "concurrent streams", "decode tokens/s")
 
 
+MARKS = {"measured": "measured", "predicted": "~predicted", "estimated": "estimated"}
+
+
+def _records(table: pb.Table | None, ids: dict[str, str]) -> list[dict]:
+    """A table's rows as {column: typed cell}, with "_device": the id of the device the row is about."""
+    if table is None:
+        return []
+    col = {c: i for i, c in enumerate(table.columns)}
+    found = []
+    for row in table.rows:
+        cells = [typed_cell(c) for c in row.cells]
+        found.append({**dict(zip(table.columns, cells)), "_device": _row_device(cells, col, ids)})
+    return found
+
+
+def _provenance(cell, estimated: bool = False) -> str | None:
+    """What a table's cell is: measured, predicted or estimated (None: no figure). A bare number is measured
+    (or estimated where its row says so), text with a leading ~ a prediction."""
+    if cell is None or (isinstance(cell, Figure) and cell.value is None):
+        return None
+    if isinstance(cell, Figure):
+        return "estimated" if estimated and cell.provenance == "measured" else cell.provenance
+    if isinstance(cell, str):
+        return "predicted" if cell.startswith("~") else "measured"
+    return "estimated" if estimated else "measured"
+
+
+def _marked(cell, estimated: bool = False, text: str | None = None) -> str:
+    """A summary cell: the figure as the tables show it, and its provenance mark (none where there is no figure)."""
+    kind = _provenance(cell, estimated)
+    mark = f' <span class="mark {kind}">{MARKS[kind]}</span>' if kind else ""
+    return f"<td>{_escape(text if text is not None else display(cell))}{mark}</td>"
+
+
+def _column(table: pb.Table | None, pattern: str, default: str) -> str:
+    """The first column of a table whose name matches `pattern` (its options show in its names), else default."""
+    return next((c for c in (table.columns if table is not None else []) if re.fullmatch(pattern, c)), default)
+
+
+def summary(tables: list[pb.Table], ids: dict[str, str], device_of: dict[str, int]) -> str:
+    """The answers first: per device, backend and precision the largest model that fits (measured, and in the
+    catalogue), decode at the capacity table's reference model, the streams the deployment table serves at its
+    interactive speed, and J/token — every figure read from the tables (so it agrees with fit and limits), each
+    with its provenance mark."""
+    by_name = {t.name: t for t in tables}
+    capacity = _records(by_name.get("capacity"), ids)
+    if not capacity:
+        return '<p class="empty">Summary: no device has measured results yet.</p>'
+    reference = _column(by_name.get("capacity"), r".+ decode vs .*", "llama-2-7b decode vs").split(" decode vs")[0]
+    interactive = _column(by_name.get("deployment"), r"interactive \(.*\)", "interactive")
+    target = re.search(r"≥[0-9.]+ tok/s", interactive)
+    speed = {(r["_device"], r["backend"], r["model"]): r for r in _records(by_name.get("speed"), ids)}
+    deployment = {(r["_device"], r["backend"], r["precision"]): r for r in _records(by_name.get("deployment"), ids)}
+    power: dict[tuple, list[dict]] = {}
+    for r in _records(by_name.get("power"), ids):
+        power.setdefault((r["_device"], r["backend"], r["quant"]), []).append(r)
+
+    def size(model: str) -> float:
+        return n_params(CATALOGUE[model]) if model in CATALOGUE else 0
+
+    body = []
+    for r in capacity:
+        key = (r["_device"], r["backend"], r["precision"])
+        largest = r.get("largest that fits")
+        at_reference = speed.get((*key[:2], reference), {}).get(f"{key[2]} tok/s")
+        deployed = deployment.get(key, {})
+        streams, served = deployed.get("interactive streams"), re.match(r"~?(\S+)", str(deployed.get(interactive, "")))
+        rows = sorted(power.get(key, []), key=lambda p: (p["model"] == reference, size(p["model"])))
+        energy = rows[-1] if rows else {}
+        joules = energy.get("J/token")
+        estimated = "ESTIMATED" in str(energy.get("provenance (method, scope)", ""))
+        device = device_of.get(key[0])
+        tag = f' data-device="{device}"' if device is not None else ""
+        body.append(
+            f"<tr{tag}><td>{_escape(display(r['device']))}</td><td>{_escape(display(key[1]))}</td>"
+            f"<td>{_escape(display(key[2]))}</td>"
+            + _marked(largest, text=f"{largest} ({r.get('parameters')})" if largest else None)
+            + _marked(r.get("largest in catalogue (predicted)")) + _marked(at_reference) + _marked(streams, text=f"{display(streams)} × {served[1]}" if streams is not None and served else None)
+            + _marked(joules, estimated, f"{display(joules)} ({energy['model']})" if joules is not None else None)
+            + "</tr>")
+    head = ["device", "backend", "precision", "largest that fits (measured)", "largest in catalogue",
+            f"decode tok/s at {reference}", f"streams at {target.group() if target else 'the interactive speed'} (model)",
+            "J/token (model)"]
+    return ('<h2>Summary</h2><div class="scroll"><table class="summary"><thead><tr>'
+            + "".join(f"<th>{_escape(h)}</th>" for h in head) + f"</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            "</div><p class=\"notes\">Read from the capacity, speed, deployment and power tables below (the answers "
+            "of <code>fleetfit limits</code> and <code>fleetfit fit</code>). The size: the capacity table's reference "
+            "model (option reference); streams: the deployment table's interactive streams of its interactive model; J/token: the reference "
+            "model where it was measured, else the largest model measured at that precision.</p>")
+
+
 def _html_table(table: pb.Table, device_of: dict[str, int], ids: dict[str, str]) -> str:
     """A table as HTML: the display strings people read (units are in the column names), each row tagged with its
-    device for the filter."""
+    device for the filter. A table without rows is named in one line, not drawn."""
+    if not table.rows:
+        return f'<p class="empty">{_escape(table.title)}: no rows yet.</p>'
     col = {c: i for i, c in enumerate(table.columns)}
     head = "".join(f"<th>{_escape(c)}</th>" for c in table.columns)
     body = []
@@ -292,7 +385,8 @@ def _html_table(table: pb.Table, device_of: dict[str, int], ids: dict[str, str])
 
 def build(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Table]) -> tuple[str, str]:
     """(index.html, tables.md) for the fleet."""
-    markdown = "\n\n".join(f"## {t.title}\n\n{render_table(t, 'md')}" for t in tables)
+    markdown = "\n\n".join(f"## {t.title}\n\n{render_table(t, 'md')}" if t.rows else f"{t.title}: no rows yet."
+                             for t in tables)
     figures = "\n".join(f"<figure><figcaption>{re.search(r'<title>(.*?)</title>', svg).group(1)}"
                          f"</figcaption>{svg}</figure>" if "<svg" in svg else svg for svg in plots(devices, rows, tables))
     names = display_names(devices)
@@ -316,11 +410,14 @@ border:1px solid #ccc;border-radius:3px}} #dev-all:checked ~ nav label[for="dev-
 .swatch.dashed{{border-radius:0;height:0;width:16px;border-top:2px dashed;vertical-align:middle}}
 .scroll{{overflow-x:auto}} table{{border-collapse:collapse;font-size:12px}} th,td{{border:1px solid #ddd;
 padding:2px 6px;text-align:left;white-space:nowrap}} th{{background:#f3f3f3}} .notes{{font-size:11px;color:#555}}
+.mark{{font-size:10px;color:#555;border:1px solid #ccc;border-radius:3px;padding:0 .3em}}
+.mark.predicted{{border-style:dashed}} .mark.estimated{{background:#fff3d6}}
 {rules}</style></head><body>
 <input type="radio" name="device" id="dev-all" class="pick" checked>{radios}
 <h1>fleetfit: scalability analysis and deployment limits</h1>
 <nav>Devices: <label for="dev-all">all</label>{labels}</nav>
 <main>
+{summary(tables, ids, device_of)}
 <p>{len(devices)} device(s), {len(rows)} measured rows. Solid points are measurements; hollow points with error
 bars are predictions of each device's scaling model (the bar: its leave-one-size-out error band); diamonds and
 dotted lines are ESTIMATED figures (tokens per joule from a power model where no sensor is readable). In the

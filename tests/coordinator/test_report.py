@@ -125,7 +125,7 @@ def test_chromium_draws_a_series_per_device_with_measured_predicted_and_estimate
     assert 'class="point estimated"' in energy and "(ESTIMATED)" in dom  # estimated power is marked as such
     assert dom.count('<ul class="legend">') == 4 and "<text x" not in "".join(re.findall(r"<g class=.*?</g>", decode))
     assert all(f'id="dev-{i}"' in dom for i in range(3)) and '#dev-2:checked ~ main [data-device]' in dom
-    assert dom.count("<table>") == len(tables.REPORT_ORDER) and "<th>F16 GB</th>" in dom and "<pre>" not in dom
+    assert dom.count("<table>") == len(tables.REPORT_ORDER) - 1 and "<th>F16 GB</th>" in dom and "<pre>" not in dom
 
 
 def test_a_band_of_a_hundred_percent_or_more_has_no_lower_bound():
@@ -138,3 +138,51 @@ def test_a_band_of_a_hundred_percent_or_more_has_no_lower_bound():
     assert len(bars) == 2 and float(bars[0][0]) == report.H - report.PAD_B > float(bars[1][0])
     assert "~2 (predicted, up to 4.32)" in svg and "~5 (predicted, 4 to 6)" in svg
     assert not re.search(r">0\.00\d", svg)  # no axis tick down at a thousandth
+
+
+def summary_rows(page: str) -> list[list[str]]:
+    """The summary's body rows as cell texts, marks included ("0.518 measured")."""
+    (found,) = re.findall(r'<table class="summary">.*?</table>', page, flags=re.S)
+    return [[re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td>(.*?)</td>", row)]
+            for row in re.findall(r"<tr data-device[^>]*>(.*?)</tr>", found)]
+
+
+def test_summary_answers_first_from_the_tables_with_provenance(tmp_path):
+    """Per device and precision: largest that fits, decode at the reference size, streams, J/token, each figure
+    as the tables show it (read, never recomputed) with its mark; above every plot."""
+    fleet = three_devices()
+    built = {name: tables.build(name, fleet, {}) for name in tables.REPORT_ORDER}
+    page = write_report(tmp_path, fleet).read_text()
+    assert page.index("<h2>Summary</h2>") < page.index("<svg")
+    rows = summary_rows(page)
+    assert len(rows) == len(built["capacity"].rows) == 9  # three devices x three precisions
+    speed = built["speed"]
+    col = {c: i for i, c in enumerate(speed.columns)}
+    for row in rows:
+        device, backend, precision, largest, catalogue, decode, streams, joules = row
+        (cells,) = [[tables.typed_cell(c) for c in r.cells] for r in speed.rows
+                    if report.display(tables.typed_cell(r.cells[col["device"]])) == device
+                    and r.cells[col["model"]].string_value == "llama-2-7b"]
+        assert decode == f"{report.display(cells[col[f'{precision} tok/s']])} measured"
+        assert largest.endswith(" measured") and catalogue.startswith("~") and catalogue.endswith("~predicted")
+        assert re.fullmatch(r"~\d+ × \S+ (estimated|~predicted)", streams), streams
+        assert joules.endswith("(llama-2-7b) estimated")  # the power model: ESTIMATED, never shown as measured
+    assert "<th>decode tok/s at llama-2-7b</th>" in page and "<th>streams at ≥8 tok/s (model)</th>" in page
+
+
+def test_summary_reference_follows_the_tables_option(tmp_path):
+    fleet = three_devices()
+    built = [tables.build(name, fleet, {"reference": "tinyllama-1.1b"}) for name in tables.REPORT_ORDER]
+    page = report.write(tmp_path, fleet.devices, limit_rows(fleet.results, fleet.devices), built).read_text()
+    assert "<th>decode tok/s at tinyllama-1.1b</th>" in page
+    assert all(r[7].endswith("(tinyllama-1.1b) estimated") for r in summary_rows(page))
+
+
+def test_no_results_no_summary_table_and_empty_tables_named_in_one_line(tmp_path):
+    index = write_report(tmp_path, tables.Fleet([], []))
+    page, markdown = index.read_text(), (index.parent / "tables.md").read_text()
+    assert '<p class="empty">Summary: no device has measured results yet.</p>' in page
+    assert "<table" not in page and "|" not in markdown
+    for name in tables.REPORT_ORDER:
+        title = tables.TABLES[name].title
+        assert f'<p class="empty">{report._escape(title)}: no rows yet.</p>' in page and f"{title}: no rows yet." in markdown

@@ -26,6 +26,7 @@ from fleetfit.models.catalogue import CATALOGUE, n_params
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 380, 70, 20, 20, 50
+PREDICTION_RANGE = 8.0  # predicted sizes are drawn up to this multiple of the largest size measured on the device
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 
 
@@ -185,10 +186,15 @@ def plots(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Tab
         if r.HasField("memory_bytes"):
             series(memory, r.device_id, r.backend, r.quant).measured.append((r.model_n_params, r.memory_bytes / 1e9))
 
+    largest: dict[tuple[str, str], float] = {}  # (device, backend) -> its largest measured size
+    for r in ok:
+        largest[r.device_id, r.backend] = max(largest.get((r.device_id, r.backend), 0), r.model_n_params)
+
     def predicted(plot):
         def add(device_id, backend, quant, params, figure):
-            series(plot, device_id, backend, quant).predicted.append(
-                (params, figure.value, *band_of(figure.value, figure.band)))
+            if params <= PREDICTION_RANGE * largest.get((device_id, backend), 0):  # the declared range only
+                series(plot, device_id, backend, quant).predicted.append(
+                    (params, figure.value, *band_of(figure.value, figure.band)))
         return add
 
     _predicted(by_name.get("speed"), " tok/s", ids, predicted(decode))
@@ -209,9 +215,10 @@ def plots(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Tab
                                                                             d.inventory.ram_total_bytes / 1e9)
            for d in devices if d.inventory.ram_total_bytes and any(r.device_id == d.inventory.device_id for r in ok)}
     return [
-        scatter_svg("Decode tokens/s against parameters (log-log)", decode, "parameters", "decode tokens/s"),
-        scatter_svg("Peak memory against parameters, with each device's RAM", memory, "parameters",
-                    "peak memory GB", lines=ram),
+        scatter_svg(f"Decode tokens/s against parameters (log-log; predictions up to {PREDICTION_RANGE:g}x the "
+                    "largest size measured on each device)", decode, "parameters", "decode tokens/s"),
+        scatter_svg(f"Peak memory against parameters, with each device's RAM (predictions up to {PREDICTION_RANGE:g}x "
+                    "the largest size measured on each device)", memory, "parameters", "peak memory GB", lines=ram),
         scatter_svg("Tokens per joule against parameters (decode)", energy, "parameters", "tokens per joule"),
     ] + serving_plots(by_name.get("serving-curves"), ids, index) + quality_plots(by_name.get("quality"), ids, index)
 

@@ -186,3 +186,19 @@ def test_no_results_no_summary_table_and_empty_tables_named_in_one_line(tmp_path
     for name in tables.REPORT_ORDER:
         title = tables.TABLES[name].title
         assert f'<p class="empty">{report._escape(title)}: no rows yet.</p>' in page and f"{title}: no rows yet." in markdown
+
+
+def test_predictions_drawn_only_within_the_declared_range_with_their_bands(tmp_path):
+    """Measured up to 1.1B: llama-2-7b (6.7B, within 8x) is predicted on the plots, 13B and 69B are not (the
+    tables still hold them); the caption declares the range."""
+    results, device = ladder()
+    small = [r for r in results if r.model_n_params < 2e9]
+    index = write_report(tmp_path, tables.Fleet(small, [pb.Device(inventory=device)]))
+    page, markdown = index.read_text(), (index.parent / "tables.md").read_text()
+    decode, memory = re.findall(r"<svg\b.*?</svg>", page, flags=re.S)[:2]
+    for svg in (decode, memory):
+        assert f"predictions up to {report.PREDICTION_RANGE:g}x the largest size measured" in svg
+        xs = re.findall(r'<circle class="predicted"[^>]*><title>[^:]*: ([^,]+),', svg)
+        assert sorted(set(xs)) == [report._num(6738415616)], xs  # llama-2-7b
+        assert svg.count('class="error-bar"') == svg.count('class="predicted"') == 3  # one per precision, banded
+    assert "llama-2-70b" in markdown and "llama-2-13b" in markdown

@@ -26,6 +26,7 @@ from fleetfit.models.catalogue import CATALOGUE, n_params
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 380, 70, 20, 20, 50
+SPREAD = 5  # px between series that draw the same point
 PREDICTION_RANGE = 8.0  # predicted sizes are drawn up to this multiple of the largest size measured on the device
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 
@@ -101,25 +102,39 @@ def scatter_svg(title: str, series: dict, x_label: str, y_label: str, log_y: boo
                    f'{_num(y)}</title></line>')
         legend.append(f'<li data-device="{device}"><span class="swatch dashed" style="border-color:{colour}"></span>'
                       f'{_escape(name)}</li>')
-    for i, (_, s) in enumerate(sorted(kept.items())):  # keyed by device id (and more), shown by label
+    # Series that draw the same point (two devices' equal memory, say) are spread sideways by SPREAD px each, in
+    # drawing order, so every one stays visible; a point no other series shares stays where it is.
+    stacks: dict[tuple[int, int], list] = {}
+    for key, s in sorted(kept.items()):
+        for x, y, *_ in s.measured + s.predicted:
+            members = stacks.setdefault((round(px(x) / SPREAD), round(py(y) / SPREAD)), [])
+            members += [] if key in members else [key]
+
+    def sx(key, x: float, y: float) -> float:
+        members = stacks[round(px(x) / SPREAD), round(py(y) / SPREAD)]
+        return px(x) + (members.index(key) - (len(members) - 1) / 2) * SPREAD
+
+    for i, (key, s) in enumerate(sorted(kept.items())):  # keyed by device id (and more), shown by label
         name, colour, measured = s.label, COLOURS[i % len(COLOURS)], sorted(s.measured)
         mark = "estimated" if s.estimated else "measured"
         out.append(f'<g class="series" data-device="{s.device}" data-series="{_escape(name)}">')
         if len(measured) > 1:
-            path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in measured)
+            path = " ".join(f"{sx(key, x, y):.1f},{py(y):.1f}" for x, y in measured)
             dash = ' stroke-dasharray="2 3"' if s.estimated else ""
             out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"{dash}/>')
         for x, y in measured:
-            shape = (f'<rect class="point {mark}" x="{px(x) - 4:.1f}" y="{py(y) - 4:.1f}" width="8" height="8" '
-                     f'fill="{colour}" transform="rotate(45 {px(x):.1f} {py(y):.1f})">' if s.estimated else
-                     f'<circle class="point {mark}" cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{colour}">')
+            at = sx(key, x, y)
+            shape = (f'<rect class="point {mark}" x="{at - 4:.1f}" y="{py(y) - 4:.1f}" width="8" height="8" '
+                     f'fill="{colour}" transform="rotate(45 {at:.1f} {py(y):.1f})">' if s.estimated else
+                     f'<circle class="point {mark}" cx="{at:.1f}" cy="{py(y):.1f}" r="4" fill="{colour}">')
             out.append(f'{shape}<title>{_escape(name)}: {_num(x)}, {_num(y)} ({mark})</title>'
                        f'{"</rect>" if s.estimated else "</circle>"}')
         for x, y, lo, hi in s.predicted:
             # a band of 100 % or more has no lower bound: its bar runs to the bottom of the plot
             bottom, span = (py(lo), f"{_num(lo)} to {_num(hi)}") if drawable(lo) else (H - PAD_B, f"up to {_num(hi)}")
-            out.append(f'<line class="error-bar" x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{bottom:.1f}" '
-                       f'y2="{py(hi):.1f}" stroke="{colour}"/><circle class="predicted" cx="{px(x):.1f}" '
+            at = sx(key, x, y)
+            out.append(f'<line class="error-bar" x1="{at:.1f}" x2="{at:.1f}" y1="{bottom:.1f}" '
+                       f'y2="{py(hi):.1f}" stroke="{colour}"/><circle class="predicted" cx="{at:.1f}" '
                        f'cy="{py(y):.1f}" r="4" fill="white" stroke="{colour}" stroke-width="1.5"><title>'
                        f'{_escape(name)}: {_num(x)}, ~{_num(y)} (predicted, {span})</title></circle>')
         out.append("</g>")
@@ -428,7 +443,8 @@ padding:2px 6px;text-align:left;white-space:nowrap}} th{{background:#f3f3f3}} .n
 <p>{len(devices)} device(s), {len(rows)} measured rows. Solid points are measurements; hollow points with error
 bars are predictions of each device's scaling model (the bar: its leave-one-size-out error band); diamonds and
 dotted lines are ESTIMATED figures (tokens per joule from a power model where no sensor is readable). In the
-tables a <code>~</code> marks a prediction or estimate.</p>
+tables a <code>~</code> marks a prediction or estimate. Series that draw the same point (two devices with equal
+memory, say) are spread {SPREAD} px apart sideways, so each stays visible.</p>
 {figures}
 <h2>Tables</h2>
 {"".join(_html_table(t, device_of, ids) for t in tables)}

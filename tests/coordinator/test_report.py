@@ -202,3 +202,22 @@ def test_predictions_drawn_only_within_the_declared_range_with_their_bands(tmp_p
         assert sorted(set(xs)) == [report._num(6738415616)], xs  # llama-2-7b
         assert svg.count('class="error-bar"') == svg.count('class="predicted"') == 3  # one per precision, banded
     assert "llama-2-70b" in markdown and "llama-2-13b" in markdown
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")
+def test_series_that_draw_the_same_point_stay_visible(tmp_path):
+    """Three devices with equal memory per model: the browser draws each device's point, spread sideways, where
+    they would have covered each other; a point only one series draws stays at its place."""
+    dom = dump_dom(tmp_path, write_report(tmp_path, three_devices()))
+    memory = re.findall(r"<svg\b.*?</svg>", dom, flags=re.S)[1]
+    points: dict[str, list[tuple[float, float]]] = {}
+    for cx, cy, label, where in re.findall(r'<circle class="point measured" cx="([\d.]+)" cy="([\d.]+)"[^>]*>'
+                                           r'<title>(.*?): (\S+, \S+) \(measured\)', memory):
+        points.setdefault(f"{label.split(' llama.cpp ')[1].split(' ')[0]} {where}", []).append((float(cx), float(cy)))
+    assert len(points) == 11 and all(len(p) == 3 for p in points.values())  # 3 devices each
+    assert not any(k.startswith("F16 13") for k in points)  # 4 sizes x 3 precisions, less 13B F16 (out of memory)
+    for drawn in points.values():
+        xs = sorted(x for x, _ in drawn)
+        assert len({y for _, y in drawn}) == 1 and all(b - a >= report.SPREAD - 0.1 for a, b in zip(xs, xs[1:]))
+    single = report.scatter_svg("one", {"a": report.Series("a", 0, measured=[(1e8, 2.0), (1e9, 1.0)])}, "x", "y")
+    assert f'cx="{report.PAD_L:.1f}"' in single  # alone: no offset

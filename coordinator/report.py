@@ -10,12 +10,14 @@ DIR/tables.md holds the tables as markdown.
 """
 
 import dataclasses
+import difflib
 import html
 import math
 import pathlib
 import re
 
 from fleetfit.coordinator.devices import display_names, short_id
+from fleetfit.coordinator.fit import fit_table
 from fleetfit.coordinator.limits import comparable
 from fleetfit.coordinator.render import Figure, clean, display
 from fleetfit.coordinator.scaling import band_of
@@ -27,6 +29,7 @@ from fleetfit.v1 import fleetfit_pb2 as pb
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 380, 70, 20, 20, 50
 SPREAD = 5  # px between series that draw the same point
+MAX_MODELS = 16  # --models
 PREDICTION_RANGE = 8.0  # predicted sizes are drawn up to this multiple of the largest size measured on the device
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 
@@ -387,6 +390,61 @@ def summary(tables: list[pb.Table], ids: dict[str, str], device_of: dict[str, in
             "model where it was measured, else the largest model measured at that precision.</p>")
 
 
+def named_models(values: list[str]) -> list[tuple[str, str | None]]:
+    """`--models`: catalogue names, NAME:QUANT for one precision, comma-separated or repeated, as (name, quant or
+    None); ValueError (one line, with a did-you-mean) for a name the catalogue lacks or too many."""
+    found = []
+    for item in (i.strip() for v in values for i in v.split(",")):
+        name, _, quant = item.partition(":")
+        if not item:
+            continue
+        if name not in CATALOGUE:
+            close = difflib.get_close_matches(name, list(CATALOGUE), 1)
+            raise ValueError(f"--models: unknown model {name!r}" + (f" (did you mean {close[0]}?)" if close else "")
+                             + "; `fleetfit models list` names them")
+        found.append((name, quant.strip() or None))
+    found = list(dict.fromkeys(found))
+    if len(found) > MAX_MODELS:
+        raise ValueError(f"--models: at most {MAX_MODELS} models, got {len(found)}")
+    return found
+
+
+def fit_requests(models: list[tuple[str, str | None]], capacity: pb.Table | None,
+                 devices: list[pb.Device]) -> list[pb.FitRequest]:
+    """The questions `fleetfit fit MODEL --quant Q --backend B` asks, one per named model and precision: the one
+    named, else each backend and precision the fleet measured (the capacity table's rows)."""
+    ids = {name: device_id for device_id, name in display_names(devices).items()}
+    measured = list(dict.fromkeys((r["backend"], r["precision"]) for r in _records(capacity, ids)))
+    return [pb.FitRequest(model_name=name, quant=q, backend=b) for name, quant in models
+            for b, q in ([p for p in measured if p[1] == quant] or [(DEFAULT_BACKEND, quant)] if quant else measured)]
+
+
+FIT_COLUMNS = ("device", "model", "backend", "quant", "verdict", "memory MiB", "% RAM", "decode tok/s", "J/token",
+               "max streams", "stream target tok/s", "provenance", "reason")
+
+
+def fit_section(answers: list[pb.FitAnswer] | None, device_of: dict[str, int]) -> str:
+    """The models the operator named (--models): fit's answers (the Fit RPC `fleetfit fit` asks), in fit's cells."""
+    if answers is None:
+        return ""
+    if not answers:
+        return '<h2>Fit</h2><p class="empty">Fit: no device answered for the models named.</p>'
+    header, body = fit_table(answers)
+    shown, wrap = [header.index(c) for c in FIT_COLUMNS if c in header], ' class="wrap"'
+    rows = []
+    for a, cells in zip(answers, body):
+        device = device_of.get(a.device_id)
+        tag = f' data-device="{device}"' if device is not None else ""
+        rows.append(f"<tr{tag}>" + "".join(
+            f"<td{wrap}><details><summary>why</summary>{_escape(display(cells[i]))}</details></td>"
+            if header[i] == "reason" else f"<td>{_escape(display(cells[i]))}</td>" for i in shown) + "</tr>")
+    return ('<h2>Fit: the models named</h2><div class="scroll"><table class="fit"><thead><tr>'
+            + "".join(f"<th>{_escape(header[i])}</th>" for i in shown) + f"</tr></thead><tbody>{''.join(rows)}"
+            "</tbody></table></div><p class=\"notes\">The answers of <code>fleetfit fit MODEL --quant Q</code> "
+            "(per device: fits / tight / does not fit, at fit's default context and speed target); <code>~</code> marks "
+            "a predicted or estimated figure, <code>±</code> its band.</p>")
+
+
 def _html_table(table: pb.Table, device_of: dict[str, int], ids: dict[str, str]) -> str:
     """A table as HTML: the display strings people read (units are in the column names), each row tagged with its
     device for the filter. A table without rows is named in one line, not drawn."""
@@ -405,8 +463,9 @@ def _html_table(table: pb.Table, device_of: dict[str, int], ids: dict[str, str])
             f'{"".join(body)}</tbody></table></div><ul class="notes">{notes}</ul>')
 
 
-def build(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Table]) -> tuple[str, str]:
-    """(index.html, tables.md) for the fleet."""
+def build(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Table],
+          fits: list[pb.FitAnswer] | None = None) -> tuple[str, str]:
+    """(index.html, tables.md) for the fleet; `fits`: fit's answers for the models the operator named."""
     markdown = "\n\n".join(f"## {t.title}\n\n{render_table(t, 'md')}" if t.rows else f"{t.title}: no rows yet."
                              for t in tables)
     figures = "\n".join(f"<figure><figcaption>{re.search(r'<title>(.*?)</title>', svg).group(1)}"
@@ -431,7 +490,7 @@ border:1px solid #ccc;border-radius:3px}} #dev-all:checked ~ nav label[for="dev-
 .swatch{{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:.4em}}
 .swatch.dashed{{border-radius:0;height:0;width:16px;border-top:2px dashed;vertical-align:middle}}
 .scroll{{overflow-x:auto}} table{{border-collapse:collapse;font-size:12px}} th,td{{border:1px solid #ddd;
-padding:2px 6px;text-align:left;white-space:nowrap}} th{{background:#f3f3f3}} .notes{{font-size:11px;color:#555}}
+padding:2px 6px;text-align:left;white-space:nowrap}} td.wrap{{white-space:normal;min-width:20em}} th{{background:#f3f3f3}} .notes{{font-size:11px;color:#555}}
 .mark{{font-size:10px;color:#555;border:1px solid #ccc;border-radius:3px;padding:0 .3em}}
 .mark.predicted{{border-style:dashed}} .mark.estimated{{background:#fff3d6}}
 {rules}</style></head><body>
@@ -440,6 +499,7 @@ padding:2px 6px;text-align:left;white-space:nowrap}} th{{background:#f3f3f3}} .n
 <nav>Devices: <label for="dev-all">all</label>{labels}</nav>
 <main>
 {summary(tables, ids, device_of)}
+{fit_section(fits, device_of)}
 <p>{len(devices)} device(s), {len(rows)} measured rows. Solid points are measurements; hollow points with error
 bars are predictions of each device's scaling model (the bar: its leave-one-size-out error band); diamonds and
 dotted lines are ESTIMATED figures (tokens per joule from a power model where no sensor is readable). In the
@@ -454,9 +514,10 @@ memory, say) are spread {SPREAD} px apart sideways, so each stays visible.</p>
     return page, markdown + "\n"
 
 
-def write(out_dir: pathlib.Path, devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Table]) -> pathlib.Path:
+def write(out_dir: pathlib.Path, devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Table],
+          fits: list[pb.FitAnswer] | None = None) -> pathlib.Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    page, markdown = build(devices, rows, tables)
+    page, markdown = build(devices, rows, tables, fits)
     (out_dir / "tables.md").write_text(markdown)
     index = out_dir / "index.html"
     index.write_text(page)

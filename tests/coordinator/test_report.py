@@ -221,3 +221,46 @@ def test_series_that_draw_the_same_point_stay_visible(tmp_path):
         assert len({y for _, y in drawn}) == 1 and all(b - a >= report.SPREAD - 0.1 for a, b in zip(xs, xs[1:]))
     single = report.scatter_svg("one", {"a": report.Series("a", 0, measured=[(1e8, 2.0), (1e9, 1.0)])}, "x", "y")
     assert f'cx="{report.PAD_L:.1f}"' in single  # alone: no offset
+
+
+def test_fit_section_holds_fits_answers_for_the_models_named(tmp_path):
+    """--models: the Fit RPC's answers (fit.respond, what the servicer calls) for each named model, at the precision
+    named or each one the fleet measured, in fit's cells, one row per device and precision."""
+    from fleetfit.coordinator import fit
+    from fleetfit.coordinator.fit import fit_table
+    from fleetfit.coordinator.store import Store
+
+    fleet = three_devices()
+    with Store(tmp_path / "fleet.sqlite3") as store:
+        for d in fleet.devices:
+            store.upsert_device(d.inventory)
+        for r in fleet.results:
+            store.add_result(r)
+        built = tables.build_many(list(tables.REPORT_ORDER), store, {})
+        devices = store.devices()
+        capacity = next(t for t in built if t.name == "capacity")
+        named = report.named_models(["qwen3-8b, llama-2-13b:Q4_0"])
+        requests = report.fit_requests(named, capacity, devices)
+        assert [(q.model_name, q.quant) for q in requests] == [("qwen3-8b", "F16"), ("qwen3-8b", "Q8_0"),
+                                                               ("qwen3-8b", "Q4_0"), ("llama-2-13b", "Q4_0")]
+        answers = [a for q in requests for a in fit.respond(q, store, fit.AnswerCache(store)).answers]
+    page = report.write(tmp_path / "out", devices, limit_rows(fleet.results, devices), built, answers).read_text()
+    assert page.index("<h2>Summary</h2>") < page.index("<h2>Fit: the models named</h2>") < page.index("<svg")
+    (section,) = re.findall(r'<table class="fit">.*?</table>', page, flags=re.S)
+    header, body = fit_table(answers)
+    drawn = [[re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+             for row in re.findall(r"<tr data-device[^>]*>(.*?)</tr>", section)]
+    assert len(drawn) == len(answers) == 4 * 3
+    shown = [header.index(c) for c in report.FIT_COLUMNS if c in header]
+    assert drawn == [[("why" if header[i] == "reason" else "") + report._escape(report.display(cells[i]))
+                      for i in shown] for cells in body]  # the reason behind a <details> that opens without script
+    assert all(r[7].startswith("~") for r in drawn if r[1] == "qwen3-8b")  # never measured: predicted
+    assert all(not r[7].startswith("~") for r in drawn if r[1] == "llama-2-13b")  # measured on each device
+
+
+def test_models_named_wrong_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"unknown model 'lama-2-7b' \(did you mean llama-2-7b\?\)"):
+        report.named_models(["qwen3-8b,lama-2-7b"])
+    with pytest.raises(ValueError, match="at most 16 models"):
+        report.named_models([",".join(list(report.CATALOGUE)[:17])])
+    assert report.fit_requests([("qwen3-8b", None)], None, []) == []  # no measured precision: nothing to ask

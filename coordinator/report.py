@@ -1,11 +1,15 @@
-"""`fleetfit report --out DIR`: one static HTML page with plots (inline SVG, no JavaScript) and the tables.
+"""`fleetfit report --out DIR`: one static HTML page that answers first — a summary per device (read from the
+tables, with provenance marks) and, for `--models`, fit's answers — then plots (inline SVG) and the tables. One
+tiny inline script sorts a table on a heading click; the page reads the same without it.
 
 Plots: decode tokens/s against parameters per device (by id), backend and precision (log-log), peak memory
 against parameters with each device's RAM as a line, tokens per joule against parameters, and per device with concurrency sweeps
 aggregate and per-stream decode tokens/s against concurrent streams, and per device with quality results decode
 tokens/s against mean KL divergence from F16, one point per model and precision (the quality table). Measured points are
 solid, predicted ones hollow with their error band, estimated ones (power from a model) diamonds; legends are
-HTML below each plot. A device filter (radio buttons and CSS) shows one device's series and table rows.
+HTML below each plot. A device filter (radio buttons and CSS) shows one device's series and table rows, a model
+filter one model's table rows. Predicted sizes are drawn up to PREDICTION_RANGE x the largest size measured on the
+device; series that draw the same point are spread sideways.
 DIR/tables.md holds the tables as markdown.
 """
 
@@ -300,6 +304,37 @@ def serving_plots(curves: pb.Table | None, ids: dict[str, str], index: dict[str,
 
 
 MARKS = {"measured": "measured", "predicted": "~predicted", "estimated": "estimated"}
+SCALE = {"": 1.0, "k": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+# Click a heading to sort its table (again: the other way); numbers by their value (a cell's data-v), text after.
+# Without script the page reads the same, in the tables' own order.
+SORT_SCRIPT = """<script>
+for (const th of document.querySelectorAll("th")) th.addEventListener("click", () => {
+  const body = th.closest("table").tBodies[0], i = th.cellIndex, up = th.dataset.sorted !== "up";
+  const key = r => { const c = r.cells[i]; return !c ? "" : c.dataset.v !== undefined ? +c.dataset.v : c.textContent; };
+  const rows = [...body.rows].sort((a, b) => { const x = key(a), y = key(b);
+    if (typeof x !== typeof y) return typeof x === "number" ? -1 : 1;
+    const d = typeof x === "number" ? x - y : x.localeCompare(y); return up ? d : -d; });
+  for (const h of th.parentNode.cells) delete h.dataset.sorted;
+  th.dataset.sorted = up ? "up" : "down"; rows.forEach(r => body.appendChild(r));
+});
+</script>"""
+
+
+def _sort_value(cell) -> float | None:
+    """The number a cell sorts by: a figure's value, a number, or text that starts with one ("6.7B", "~1.2 ±5%")."""
+    if isinstance(cell, Figure):
+        return cell.value
+    if isinstance(cell, (int, float)) and not isinstance(cell, bool):
+        return float(cell)
+    found = re.match(r"~?(\d+(?:\.\d+)?)([kMBT]?)(?![\w-])", cell) if isinstance(cell, str) else None
+    return float(found[1]) * SCALE[found[2]] if found else None
+
+
+def _td(cell, text: str | None = None, extra: str = "") -> str:
+    """A table cell: its display text (or `text`), and the number it sorts by."""
+    value = _sort_value(cell)
+    sort = f' data-v="{value:.9g}"' if value is not None and math.isfinite(value) else ""
+    return f"<td{sort}{extra}>{_escape(text if text is not None else display(cell))}"
 
 
 def _records(table: pb.Table | None, ids: dict[str, str]) -> list[dict]:
@@ -330,7 +365,7 @@ def _marked(cell, estimated: bool = False, text: str | None = None) -> str:
     """A summary cell: the figure as the tables show it, and its provenance mark (none where there is no figure)."""
     kind = _provenance(cell, estimated)
     mark = f' <span class="mark {kind}">{MARKS[kind]}</span>' if kind else ""
-    return f"<td>{_escape(text if text is not None else display(cell))}{mark}</td>"
+    return f"{_td(cell, text)}{mark}</td>"
 
 
 def _column(table: pb.Table | None, pattern: str, default: str) -> str:
@@ -423,7 +458,7 @@ FIT_COLUMNS = ("device", "model", "backend", "quant", "verdict", "memory MiB", "
                "max streams", "stream target tok/s", "provenance", "reason")
 
 
-def fit_section(answers: list[pb.FitAnswer] | None, device_of: dict[str, int]) -> str:
+def fit_section(answers: list[pb.FitAnswer] | None, device_of: dict[str, int], model_of: dict[str, int]) -> str:
     """The models the operator named (--models): fit's answers (the Fit RPC `fleetfit fit` asks), in fit's cells."""
     if answers is None:
         return ""
@@ -433,11 +468,11 @@ def fit_section(answers: list[pb.FitAnswer] | None, device_of: dict[str, int]) -
     shown, wrap = [header.index(c) for c in FIT_COLUMNS if c in header], ' class="wrap"'
     rows = []
     for a, cells in zip(answers, body):
-        device = device_of.get(a.device_id)
-        tag = f' data-device="{device}"' if device is not None else ""
+        device, model = device_of.get(a.device_id), model_of.get(a.model_name)
+        tag = (f' data-device="{device}"' if device is not None else "") + f' data-model="{model}"' * (model is not None)
         rows.append(f"<tr{tag}>" + "".join(
             f"<td{wrap}><details><summary>why</summary>{_escape(display(cells[i]))}</details></td>"
-            if header[i] == "reason" else f"<td>{_escape(display(cells[i]))}</td>" for i in shown) + "</tr>")
+            if header[i] == "reason" else f"{_td(cells[i])}</td>" for i in shown) + "</tr>")
     return ('<h2>Fit: the models named</h2><div class="scroll"><table class="fit"><thead><tr>'
             + "".join(f"<th>{_escape(header[i])}</th>" for i in shown) + f"</tr></thead><tbody>{''.join(rows)}"
             "</tbody></table></div><p class=\"notes\">The answers of <code>fleetfit fit MODEL --quant Q</code> "
@@ -445,9 +480,10 @@ def fit_section(answers: list[pb.FitAnswer] | None, device_of: dict[str, int]) -
             "a predicted or estimated figure, <code>±</code> its band.</p>")
 
 
-def _html_table(table: pb.Table, device_of: dict[str, int], ids: dict[str, str]) -> str:
+def _html_table(table: pb.Table, device_of: dict[str, int], ids: dict[str, str], model_of: dict[str, int]) -> str:
     """A table as HTML: the display strings people read (units are in the column names), each row tagged with its
-    device for the filter. A table without rows is named in one line, not drawn."""
+    device and model for the filters, each figure with the number it sorts by. A table without rows is named in
+    one line, not drawn."""
     if not table.rows:
         return f'<p class="empty">{_escape(table.title)}: no rows yet.</p>'
     col = {c: i for i, c in enumerate(table.columns)}
@@ -456,8 +492,9 @@ def _html_table(table: pb.Table, device_of: dict[str, int], ids: dict[str, str])
     for row in table.rows:
         cells = [typed_cell(c) for c in row.cells]
         device = device_of.get(_row_device(cells, col, ids))
-        tag = f' data-device="{device}"' if device is not None else ""
-        body.append(f"<tr{tag}>" + "".join(f"<td>{_escape(display(c))}</td>" for c in cells) + "</tr>")
+        model = model_of.get(cells[col["model"]]) if "model" in col else None
+        tag = (f' data-device="{device}"' if device is not None else "") + f' data-model="{model}"' * (model is not None)
+        body.append(f"<tr{tag}>" + "".join(f"{_td(c)}</td>" for c in cells) + "</tr>")
     notes = "".join(f"<li>{_escape(n)}</li>" for n in table.notes)
     return (f'<h3>{_escape(table.title)}</h3><div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>'
             f'{"".join(body)}</tbody></table></div><ul class="notes">{notes}</ul>')
@@ -481,11 +518,23 @@ def build(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Tab
     rules = "\n".join(f'#dev-{i}:checked ~ main [data-device]:not([data-device="{i}"]){{display:none}} '
                        f'#dev-{i}:checked ~ nav label[for="dev-{i}"]{{font-weight:bold;background:#dde}}'
                        for i in range(len(devices)))
+    # The same for models (the rows of every table with a model column, and of the fit section), by size.
+    models = sorted(({r.cells[list(t.columns).index("model")].string_value for t in tables if "model" in t.columns
+                      for r in t.rows} | {a.model_name for a in fits or []}) - {""},
+                    key=lambda m: (n_params(CATALOGUE[m]) if m in CATALOGUE else 0, m))
+    model_of = {m: j for j, m in enumerate(models)}
+    radios += "".join(f'<input type="radio" name="model" id="model-{j}" class="pick">' for j in range(len(models)))
+    model_labels = "".join(f'<label for="model-{j}">{_escape(m)}</label>' for j, m in enumerate(models))
+    rules += "\n" + "\n".join(f'#model-{j}:checked ~ main tr[data-model]:not([data-model="{j}"]){{display:none}} '
+                               f'#model-{j}:checked ~ nav label[for="model-{j}"]{{font-weight:bold;background:#dde}}'
+                               for j in range(len(models)))
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fleetfit report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} figure{{margin:1em 0}}
 figcaption{{font-weight:bold}} .pick{{display:none}} nav label{{margin-right:.6em;padding:.1em .4em;cursor:pointer;
 border:1px solid #ccc;border-radius:3px}} #dev-all:checked ~ nav label[for="dev-all"]{{font-weight:bold;background:#dde}}
+#model-all:checked ~ nav label[for="model-all"]{{font-weight:bold;background:#dde}} nav{{margin:.3em 0}}
+th{{cursor:pointer}} th[data-sorted=up]::after{{content:" \\25b2"}} th[data-sorted=down]::after{{content:" \\25bc"}}
 .legend{{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.2em 1.2em;font-size:12px;max-width:640px}}
 .swatch{{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:.4em}}
 .swatch.dashed{{border-radius:0;height:0;width:16px;border-top:2px dashed;vertical-align:middle}}
@@ -494,12 +543,14 @@ padding:2px 6px;text-align:left;white-space:nowrap}} td.wrap{{white-space:normal
 .mark{{font-size:10px;color:#555;border:1px solid #ccc;border-radius:3px;padding:0 .3em}}
 .mark.predicted{{border-style:dashed}} .mark.estimated{{background:#fff3d6}}
 {rules}</style></head><body>
-<input type="radio" name="device" id="dev-all" class="pick" checked>{radios}
+<input type="radio" name="device" id="dev-all" class="pick" checked>
+<input type="radio" name="model" id="model-all" class="pick" checked>{radios}
 <h1>fleetfit: scalability analysis and deployment limits</h1>
 <nav>Devices: <label for="dev-all">all</label>{labels}</nav>
+<nav>Models (table rows): <label for="model-all">all</label>{model_labels}</nav>
 <main>
 {summary(tables, ids, device_of)}
-{fit_section(fits, device_of)}
+{fit_section(fits, device_of, model_of)}
 <p>{len(devices)} device(s), {len(rows)} measured rows. Solid points are measurements; hollow points with error
 bars are predictions of each device's scaling model (the bar: its leave-one-size-out error band); diamonds and
 dotted lines are ESTIMATED figures (tokens per joule from a power model where no sensor is readable). In the
@@ -507,8 +558,9 @@ tables a <code>~</code> marks a prediction or estimate. Series that draw the sam
 memory, say) are spread {SPREAD} px apart sideways, so each stays visible.</p>
 {figures}
 <h2>Tables</h2>
-{"".join(_html_table(t, device_of, ids) for t in tables)}
+{"".join(_html_table(t, device_of, ids, model_of) for t in tables)}
 </main>
+{SORT_SCRIPT}
 </body></html>
 """
     return page, markdown + "\n"

@@ -539,7 +539,8 @@ th{{cursor:pointer}} th[data-sorted=up]::after{{content:" \\25b2"}} th[data-sort
 .swatch{{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:.4em}}
 .swatch.dashed{{border-radius:0;height:0;width:16px;border-top:2px dashed;vertical-align:middle}}
 .scroll{{overflow-x:auto}} table{{border-collapse:collapse;font-size:12px}} th,td{{border:1px solid #ddd;
-padding:2px 6px;text-align:left;white-space:nowrap}} td.wrap{{white-space:normal;min-width:20em}} th{{background:#f3f3f3}} .notes{{font-size:11px;color:#555}}
+padding:2px 6px;text-align:left;white-space:nowrap}} td.wrap{{white-space:normal;min-width:20em}}
+.summary td{{white-space:normal}} th{{background:#f3f3f3}} .notes{{font-size:11px;color:#555}}
 .mark{{font-size:10px;color:#555;border:1px solid #ccc;border-radius:3px;padding:0 .3em}}
 .mark.predicted{{border-style:dashed}} .mark.estimated{{background:#fff3d6}}
 {rules}</style></head><body>

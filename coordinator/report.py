@@ -307,7 +307,7 @@ MARKS = {"measured": "measured", "predicted": "~predicted", "estimated": "estima
 SCALE = {"": 1.0, "k": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
 # Click a heading to sort its table (again: the other way); numbers by their value (a cell's data-v), text after.
 # Without script the page reads the same, in the tables' own order.
-SORT_SCRIPT = """<script>
+SORT_SCRIPT = """<script id="sort">
 for (const th of document.querySelectorAll("th")) th.addEventListener("click", () => {
   const body = th.closest("table").tBodies[0], i = th.cellIndex, up = th.dataset.sorted !== "up";
   const key = r => { const c = r.cells[i]; return !c ? "" : c.dataset.v !== undefined ? +c.dataset.v : c.textContent; };

@@ -58,6 +58,7 @@ def test_page_holds_the_plots_and_every_table(tmp_path):
     page, markdown = index.read_text(), (index.parent / "tables.md").read_text()
     assert page.count("<svg") == 4  # three fleet plots, one serving plot per swept device
     assert page.count("<script") == 1 and report.SORT_SCRIPT in page  # only the sort: the page reads without it
+    assert "<script>" not in page  # the bare tag a hostile name would carry (test_output_hygiene) never appears
     assert_serving_plot(re.findall(r"<svg\b.*?</svg>", page, flags=re.S)[3])
     for name in tables.SEED_ORDER:
         assert f"## {tables.TABLES[name].title}" in markdown

@@ -330,11 +330,11 @@ def _sort_value(cell) -> float | None:
     return float(found[1]) * SCALE[found[2]] if found else None
 
 
-def _td(cell, text: str | None = None, extra: str = "") -> str:
+def _td(cell, text: str | None = None) -> str:
     """A table cell: its display text (or `text`), and the number it sorts by."""
     value = _sort_value(cell)
     sort = f' data-v="{value:.9g}"' if value is not None and math.isfinite(value) else ""
-    return f"<td{sort}{extra}>{_escape(text if text is not None else display(cell))}"
+    return f"<td{sort}>{_escape(text if text is not None else display(cell))}"
 
 
 def _records(table: pb.Table | None, ids: dict[str, str]) -> list[dict]:
@@ -411,7 +411,8 @@ def summary(tables: list[pb.Table], ids: dict[str, str], device_of: dict[str, in
             f"<tr{tag}><td>{_escape(display(r['device']))}</td><td>{_escape(display(key[1]))}</td>"
             f"<td>{_escape(display(key[2]))}</td>"
             + _marked(largest, text=f"{largest} ({r.get('parameters')})" if largest else None)
-            + _marked(r.get("largest in catalogue (predicted)")) + _marked(at_reference) + _marked(streams, text=f"{display(streams)} × {served[1]}" if streams is not None and served else None)
+            + _marked(r.get("largest in catalogue (predicted)")) + _marked(at_reference)
+            + _marked(streams, text=f"{display(streams)} × {served[1]}" if streams is not None and served else None)
             + _marked(joules, estimated, f"{display(joules)} ({energy['model']})" if joules is not None else None)
             + "</tr>")
     head = ["device", "backend", "precision", "largest that fits (measured)", "largest in catalogue",
@@ -421,8 +422,8 @@ def summary(tables: list[pb.Table], ids: dict[str, str], device_of: dict[str, in
             + "".join(f"<th>{_escape(h)}</th>" for h in head) + f"</tr></thead><tbody>{''.join(body)}</tbody></table>"
             "</div><p class=\"notes\">Read from the capacity, speed, deployment and power tables below (the answers "
             "of <code>fleetfit limits</code> and <code>fleetfit fit</code>). The size: the capacity table's reference "
-            "model (option reference); streams: the deployment table's interactive streams of its interactive model; J/token: the reference "
-            "model where it was measured, else the largest model measured at that precision.</p>")
+            "model (option reference); streams: the deployment table's interactive streams of its interactive model; "
+            "J/token: the reference model where it was measured, else the largest model measured at that precision.</p>")
 
 
 def named_models(values: list[str]) -> list[tuple[str, str | None]]:
@@ -492,7 +493,7 @@ def _html_table(table: pb.Table, device_of: dict[str, int], ids: dict[str, str],
     for row in table.rows:
         cells = [typed_cell(c) for c in row.cells]
         device = device_of.get(_row_device(cells, col, ids))
-        model = model_of.get(cells[col["model"]]) if "model" in col else None
+        model = model_of.get(cells[col["model"]]) if "model" in col and isinstance(cells[col["model"]], str) else None
         tag = (f' data-device="{device}"' if device is not None else "") + f' data-model="{model}"' * (model is not None)
         body.append(f"<tr{tag}>" + "".join(f"{_td(c)}</td>" for c in cells) + "</tr>")
     notes = "".join(f"<li>{_escape(n)}</li>" for n in table.notes)

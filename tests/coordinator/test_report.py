@@ -308,3 +308,39 @@ def test_every_row_of_a_model_table_is_in_its_models_view(tmp_path):
     assert f'#model-{models[-1][0]}:checked ~ main tr[data-model]:not([data-model="{models[-1][0]}"]){{display:none}}' in page
     assert '<table class="summary">' in page and 'data-model' not in re.search(r'<table class="summary">.*?</table>',
                                                                               page, flags=re.S).group()
+
+
+def test_report_models_answers_as_fit_does_over_the_wire(coordinator, tmp_path):
+    """`fleetfit report --models` against a running coordinator: its fit section holds what `fleetfit fit` prints
+    for the same question (one Fit RPC, the same answers); a misspelt model is a one-line error, nothing written."""
+    import json
+
+    from tests.conftest import Agents, assert_one_line_error, run_cli
+
+    results, device = ladder()
+    agents = Agents(coordinator)
+    agents.Register(pb.RegisterRequest(inventory=device), timeout=5)
+    for r in results:
+        agents.ReportResult(pb.ReportResultRequest(result=r), timeout=5)
+    agents.close()
+    env = {"FLEETFIT_TOKEN": coordinator.operator_token, "FLEETFIT_INSECURE": "1",
+           "FLEETFIT_COORDINATOR": coordinator.address}
+    done = run_cli("fleetfit", "report", "--out", str(tmp_path / "r"), "--models", "qwen3-8b:Q4_0", env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "r" / "index.html").read_text()
+    (section,) = re.findall(r'<table class="fit">.*?</table>', page, flags=re.S)
+    heads = re.findall(r"<th>(.*?)</th>", section)
+    (row,) = [[re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", r)]
+              for r in re.findall(r"<tr data-device[^>]*>(.*?)</tr>", section)]
+    shown = dict(zip(heads, row))
+    fit = run_cli("fleetfit", "fit", "qwen3-8b", "--quant", "Q4_0", "-o", "json", env=env, timeout=120)
+    assert fit.returncode == 0, fit.stderr
+    (answer,) = json.loads(fit.stdout)
+    assert (shown["device"], shown["model"], shown["verdict"]) == (answer["device"], "qwen3-8b", answer["verdict"])
+    for column, field in (("decode tok/s", "decode_tok_s"), ("J/token", "j_token"), ("memory MiB", "memory_mib")):
+        assert float(shown[column].lstrip("~").split(" ")[0]) == pytest.approx(answer[field], rel=1e-3), column
+        assert shown[column].startswith("~") == (answer[f"{field}_provenance"] != "measured"), column
+
+    bad = run_cli("fleetfit", "report", "--out", str(tmp_path / "bad"), "--models", "qwen3-8c", env=env, timeout=60)
+    assert_one_line_error(bad, "unknown model 'qwen3-8c' (did you mean qwen3-8b?)")
+    assert bad.returncode == 2 and not (tmp_path / "bad").exists()

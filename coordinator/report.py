@@ -464,7 +464,8 @@ def fit_section(answers: list[pb.FitAnswer] | None, device_of: dict[str, int], m
     if answers is None:
         return ""
     if not answers:
-        return '<h2>Fit</h2><p class="empty">Fit: no device answered for the models named.</p>'
+        return ('<h2>Fit</h2><p class="empty">Fit: no answers for the models named (no device, or no precision '
+                'measured yet: name one as NAME:QUANT).</p>')
     header, body = fit_table(answers)
     shown, wrap = [header.index(c) for c in FIT_COLUMNS if c in header], ' class="wrap"'
     rows = []

@@ -414,10 +414,10 @@ def summary(tables: list[pb.Table], ids: dict[str, str], device_of: dict[str, in
             + _marked(r.get("largest in catalogue (predicted)")) + _marked(at_reference)
             + _marked(streams, text=f"{display(streams)} × {served[1]}" if streams is not None and served else None)
             + _marked(joules, estimated, f"{display(joules)} ({energy['model']})" if joules is not None else None)
-            + "</tr>")
+            + f"<td>{_escape(display(key[0]))}</td></tr>")
     head = ["device", "backend", "precision", "largest that fits (measured)", "largest in catalogue",
             f"decode tok/s at {reference}", f"streams at {target.group() if target else 'the interactive speed'} (model)",
-            "J/token (model)"]
+            "J/token (model)", "device id"]
     return ('<h2>Summary</h2><div class="scroll"><table class="summary"><thead><tr>'
             + "".join(f"<th>{_escape(h)}</th>" for h in head) + f"</tr></thead><tbody>{''.join(body)}</tbody></table>"
             "</div><p class=\"notes\">Read from the capacity, speed, deployment and power tables below (the answers "

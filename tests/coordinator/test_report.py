@@ -161,7 +161,8 @@ def test_summary_answers_first_from_the_tables_with_provenance(tmp_path):
     speed = built["speed"]
     col = {c: i for i, c in enumerate(speed.columns)}
     for row in rows:
-        device, backend, precision, largest, catalogue, decode, streams, joules = row
+        device, backend, precision, largest, catalogue, decode, streams, joules, device_id = row
+        assert device_id in {d.inventory.device_id for d in fleet.devices}  # as every table, the id last
         (cells,) = [[tables.typed_cell(c) for c in r.cells] for r in speed.rows
                     if report.display(tables.typed_cell(r.cells[col["device"]])) == device
                     and r.cells[col["model"]].string_value == "llama-2-7b"]

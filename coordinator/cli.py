@@ -904,20 +904,33 @@ def report(
     ca: Ca = None,
     token: Token = None,
     option: Options = None,
+    models: Annotated[Optional[list[str]], typer.Option(
+        "--models", help="A fit section for these models (fit's answers, as `fleetfit fit` gives them): catalogue "
+                         "names, NAME:QUANT for one precision (else each precision the fleet measured); "
+                         "comma-separated or repeated.")] = None,
 ) -> None:
-    """A static HTML report: plots (inline SVG) of decode speed, memory, tokens per joule and, per swept device,
-    decode against concurrent streams, per device with quality results decode against mean KLD, and every table."""
+    """A static HTML report: a summary per device first (largest model that fits, decode at the reference size,
+    streams, J/token), fit's answers for --models, plots (inline SVG) of decode speed, memory, tokens per joule and,
+    per swept device, decode against concurrent streams, per device with quality results decode against mean KLD,
+    and every table."""
     from fleetfit.coordinator import report as html_report
     from fleetfit.coordinator.tables import REPORT_ORDER
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     options = _table_options(option)
+    try:
+        named = html_report.named_models(models or [])
+    except ValueError as exc:
+        _fail(str(exc))
     fleet = _fleet(coordinator, state_dir, ca, token)
     devices = _pages(fleet.ListDevices, pb.ListDevicesRequest(), "devices")
     rows = _pages(fleet.GetLimitTable, pb.GetLimitTableRequest(), "rows")
     found = list(fleet.GetTable(pb.GetTableRequest(names=REPORT_ORDER, options=options), timeout=120).tables)
+    capacity = next((t for t in found if t.name == "capacity"), None)
+    fits = [a for request in html_report.fit_requests(named, capacity, devices)
+            for a in _pages(fleet.Fit, request, "answers", timeout=60)] if named else None
     try:
-        index = html_report.write(out, devices, rows, found)
+        index = html_report.write(out, devices, rows, found, fits)
     except OSError as exc:
         _fail(f"cannot write the report to {out}: {exc.strerror or exc}")
     typer.echo(f"report written to {index} (tables also in {index.parent / 'tables.md'})")

@@ -1,21 +1,27 @@
-"""`fleetfit report --out DIR`: one static HTML page with plots (inline SVG, no JavaScript) and the tables.
+"""`fleetfit report --out DIR`: one static HTML page that answers first — a summary per device (read from the
+tables, with provenance marks) and, for `--models`, fit's answers — then plots (inline SVG) and the tables. One
+tiny inline script sorts a table on a heading click; the page reads the same without it.
 
 Plots: decode tokens/s against parameters per device (by id), backend and precision (log-log), peak memory
 against parameters with each device's RAM as a line, tokens per joule against parameters, and per device with concurrency sweeps
 aggregate and per-stream decode tokens/s against concurrent streams, and per device with quality results decode
 tokens/s against mean KL divergence from F16, one point per model and precision (the quality table). Measured points are
 solid, predicted ones hollow with their error band, estimated ones (power from a model) diamonds; legends are
-HTML below each plot. A device filter (radio buttons and CSS) shows one device's series and table rows.
+HTML below each plot. A device filter (radio buttons and CSS) shows one device's series and table rows, a model
+filter one model's table rows. Predicted sizes are drawn up to PREDICTION_RANGE x the largest size measured on the
+device; series that draw the same point are spread sideways.
 DIR/tables.md holds the tables as markdown.
 """
 
 import dataclasses
+import difflib
 import html
 import math
 import pathlib
 import re
 
 from fleetfit.coordinator.devices import display_names, short_id
+from fleetfit.coordinator.fit import fit_table
 from fleetfit.coordinator.limits import comparable
 from fleetfit.coordinator.render import Figure, clean, display
 from fleetfit.coordinator.scaling import band_of
@@ -26,6 +32,9 @@ from fleetfit.models.catalogue import CATALOGUE, n_params
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 380, 70, 20, 20, 50
+SPREAD = 5  # px between series that draw the same point
+MAX_MODELS = 16  # --models
+PREDICTION_RANGE = 8.0  # predicted sizes are drawn up to this multiple of the largest size measured on the device
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 
 
@@ -100,25 +109,39 @@ def scatter_svg(title: str, series: dict, x_label: str, y_label: str, log_y: boo
                    f'{_num(y)}</title></line>')
         legend.append(f'<li data-device="{device}"><span class="swatch dashed" style="border-color:{colour}"></span>'
                       f'{_escape(name)}</li>')
-    for i, (_, s) in enumerate(sorted(kept.items())):  # keyed by device id (and more), shown by label
+    # Series that draw the same point (two devices' equal memory, say) are spread sideways by SPREAD px each, in
+    # drawing order, so every one stays visible; a point no other series shares stays where it is.
+    stacks: dict[tuple[int, int], list] = {}
+    for key, s in sorted(kept.items()):
+        for x, y, *_ in s.measured + s.predicted:
+            members = stacks.setdefault((round(px(x) / SPREAD), round(py(y) / SPREAD)), [])
+            members += [] if key in members else [key]
+
+    def sx(key, x: float, y: float) -> float:
+        members = stacks[round(px(x) / SPREAD), round(py(y) / SPREAD)]
+        return px(x) + (members.index(key) - (len(members) - 1) / 2) * SPREAD
+
+    for i, (key, s) in enumerate(sorted(kept.items())):  # keyed by device id (and more), shown by label
         name, colour, measured = s.label, COLOURS[i % len(COLOURS)], sorted(s.measured)
         mark = "estimated" if s.estimated else "measured"
         out.append(f'<g class="series" data-device="{s.device}" data-series="{_escape(name)}">')
         if len(measured) > 1:
-            path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in measured)
+            path = " ".join(f"{sx(key, x, y):.1f},{py(y):.1f}" for x, y in measured)
             dash = ' stroke-dasharray="2 3"' if s.estimated else ""
             out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"{dash}/>')
         for x, y in measured:
-            shape = (f'<rect class="point {mark}" x="{px(x) - 4:.1f}" y="{py(y) - 4:.1f}" width="8" height="8" '
-                     f'fill="{colour}" transform="rotate(45 {px(x):.1f} {py(y):.1f})">' if s.estimated else
-                     f'<circle class="point {mark}" cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{colour}">')
+            at = sx(key, x, y)
+            shape = (f'<rect class="point {mark}" x="{at - 4:.1f}" y="{py(y) - 4:.1f}" width="8" height="8" '
+                     f'fill="{colour}" transform="rotate(45 {at:.1f} {py(y):.1f})">' if s.estimated else
+                     f'<circle class="point {mark}" cx="{at:.1f}" cy="{py(y):.1f}" r="4" fill="{colour}">')
             out.append(f'{shape}<title>{_escape(name)}: {_num(x)}, {_num(y)} ({mark})</title>'
                        f'{"</rect>" if s.estimated else "</circle>"}')
         for x, y, lo, hi in s.predicted:
             # a band of 100 % or more has no lower bound: its bar runs to the bottom of the plot
             bottom, span = (py(lo), f"{_num(lo)} to {_num(hi)}") if drawable(lo) else (H - PAD_B, f"up to {_num(hi)}")
-            out.append(f'<line class="error-bar" x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{bottom:.1f}" '
-                       f'y2="{py(hi):.1f}" stroke="{colour}"/><circle class="predicted" cx="{px(x):.1f}" '
+            at = sx(key, x, y)
+            out.append(f'<line class="error-bar" x1="{at:.1f}" x2="{at:.1f}" y1="{bottom:.1f}" '
+                       f'y2="{py(hi):.1f}" stroke="{colour}"/><circle class="predicted" cx="{at:.1f}" '
                        f'cy="{py(y):.1f}" r="4" fill="white" stroke="{colour}" stroke-width="1.5"><title>'
                        f'{_escape(name)}: {_num(x)}, ~{_num(y)} (predicted, {span})</title></circle>')
         out.append("</g>")
@@ -185,10 +208,15 @@ def plots(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Tab
         if r.HasField("memory_bytes"):
             series(memory, r.device_id, r.backend, r.quant).measured.append((r.model_n_params, r.memory_bytes / 1e9))
 
+    largest: dict[tuple[str, str], float] = {}  # (device, backend) -> its largest measured size
+    for r in ok:
+        largest[r.device_id, r.backend] = max(largest.get((r.device_id, r.backend), 0), r.model_n_params)
+
     def predicted(plot):
         def add(device_id, backend, quant, params, figure):
-            series(plot, device_id, backend, quant).predicted.append(
-                (params, figure.value, *band_of(figure.value, figure.band)))
+            if params <= PREDICTION_RANGE * largest.get((device_id, backend), 0):  # the declared range only
+                series(plot, device_id, backend, quant).predicted.append(
+                    (params, figure.value, *band_of(figure.value, figure.band)))
         return add
 
     _predicted(by_name.get("speed"), " tok/s", ids, predicted(decode))
@@ -209,9 +237,10 @@ def plots(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Tab
                                                                             d.inventory.ram_total_bytes / 1e9)
            for d in devices if d.inventory.ram_total_bytes and any(r.device_id == d.inventory.device_id for r in ok)}
     return [
-        scatter_svg("Decode tokens/s against parameters (log-log)", decode, "parameters", "decode tokens/s"),
-        scatter_svg("Peak memory against parameters, with each device's RAM", memory, "parameters",
-                    "peak memory GB", lines=ram),
+        scatter_svg(f"Decode tokens/s against parameters (log-log; predictions up to {PREDICTION_RANGE:g}x the "
+                    "largest size measured on each device)", decode, "parameters", "decode tokens/s"),
+        scatter_svg(f"Peak memory against parameters, with each device's RAM (predictions up to {PREDICTION_RANGE:g}x "
+                    "the largest size measured on each device)", memory, "parameters", "peak memory GB", lines=ram),
         scatter_svg("Tokens per joule against parameters (decode)", energy, "parameters", "tokens per joule"),
     ] + serving_plots(by_name.get("serving-curves"), ids, index) + quality_plots(by_name.get("quality"), ids, index)
 
@@ -274,25 +303,210 @@ def serving_plots(curves: pb.Table | None, ids: dict[str, str], index: dict[str,
                             "measured, hollow: predicted with its band)", "concurrent streams", "decode tokens/s")
 
 
-def _html_table(table: pb.Table, device_of: dict[str, int], ids: dict[str, str]) -> str:
+MARKS = {"measured": "measured", "predicted": "~predicted", "estimated": "estimated"}
+SCALE = {"": 1.0, "k": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+# Click a heading to sort its table (again: the other way); numbers by their value (a cell's data-v), text after.
+# Without script the page reads the same, in the tables' own order.
+SORT_SCRIPT = """<script id="sort">
+for (const th of document.querySelectorAll("th")) th.addEventListener("click", () => {
+  const body = th.closest("table").tBodies[0], i = th.cellIndex, up = th.dataset.sorted !== "up";
+  const key = r => { const c = r.cells[i]; return !c ? "" : c.dataset.v !== undefined ? +c.dataset.v : c.textContent; };
+  const rows = [...body.rows].sort((a, b) => { const x = key(a), y = key(b);
+    if (typeof x !== typeof y) return typeof x === "number" ? -1 : 1;
+    const d = typeof x === "number" ? x - y : x.localeCompare(y); return up ? d : -d; });
+  for (const h of th.parentNode.cells) delete h.dataset.sorted;
+  th.dataset.sorted = up ? "up" : "down"; rows.forEach(r => body.appendChild(r));
+});
+</script>"""
+
+
+def _sort_value(cell) -> float | None:
+    """The number a cell sorts by: a figure's value, a number, or text that starts with one ("6.7B", "~1.2 ±5%")."""
+    if isinstance(cell, Figure):
+        return cell.value
+    if isinstance(cell, (int, float)) and not isinstance(cell, bool):
+        return float(cell)
+    found = re.match(r"~?(\d+(?:\.\d+)?)([kMBT]?)(?![\w-])", cell) if isinstance(cell, str) else None
+    return float(found[1]) * SCALE[found[2]] if found else None
+
+
+def _td(cell, text: str | None = None) -> str:
+    """A table cell: its display text (or `text`), and the number it sorts by."""
+    value = _sort_value(cell)
+    sort = f' data-v="{value:.9g}"' if value is not None and math.isfinite(value) else ""
+    return f"<td{sort}>{_escape(text if text is not None else display(cell))}"
+
+
+def _records(table: pb.Table | None, ids: dict[str, str]) -> list[dict]:
+    """A table's rows as {column: typed cell}, with "_device": the id of the device the row is about."""
+    if table is None:
+        return []
+    col = {c: i for i, c in enumerate(table.columns)}
+    found = []
+    for row in table.rows:
+        cells = [typed_cell(c) for c in row.cells]
+        found.append({**dict(zip(table.columns, cells)), "_device": _row_device(cells, col, ids)})
+    return found
+
+
+def _provenance(cell, estimated: bool = False) -> str | None:
+    """What a table's cell is: measured, predicted or estimated (None: no figure). A bare number is measured
+    (or estimated where its row says so), text with a leading ~ a prediction."""
+    if cell is None or (isinstance(cell, Figure) and cell.value is None):
+        return None
+    if isinstance(cell, Figure):
+        return "estimated" if estimated and cell.provenance == "measured" else cell.provenance
+    if isinstance(cell, str):
+        return "predicted" if cell.startswith("~") else "measured"
+    return "estimated" if estimated else "measured"
+
+
+def _marked(cell, estimated: bool = False, text: str | None = None) -> str:
+    """A summary cell: the figure as the tables show it, and its provenance mark (none where there is no figure)."""
+    kind = _provenance(cell, estimated)
+    mark = f' <span class="mark {kind}">{MARKS[kind]}</span>' if kind else ""
+    return f"{_td(cell, text)}{mark}</td>"
+
+
+def _column(table: pb.Table | None, pattern: str, default: str) -> str:
+    """The first column of a table whose name matches `pattern` (its options show in its names), else default."""
+    return next((c for c in (table.columns if table is not None else []) if re.fullmatch(pattern, c)), default)
+
+
+def summary(tables: list[pb.Table], ids: dict[str, str], device_of: dict[str, int]) -> str:
+    """The answers first: per device, backend and precision the largest model that fits (measured, and in the
+    catalogue), decode at the capacity table's reference model, the streams the deployment table serves at its
+    interactive speed, and J/token — every figure read from the tables (so it agrees with fit and limits), each
+    with its provenance mark."""
+    by_name = {t.name: t for t in tables}
+    capacity = _records(by_name.get("capacity"), ids)
+    if not capacity:
+        return '<p class="empty">Summary: no device has measured results yet.</p>'
+    reference = _column(by_name.get("capacity"), r".+ decode vs .*", "llama-2-7b decode vs").split(" decode vs")[0]
+    interactive = _column(by_name.get("deployment"), r"interactive \(.*\)", "interactive")
+    target = re.search(r"≥[0-9.]+ tok/s", interactive)
+    speed = {(r["_device"], r["backend"], r["model"]): r for r in _records(by_name.get("speed"), ids)}
+    deployment = {(r["_device"], r["backend"], r["precision"]): r for r in _records(by_name.get("deployment"), ids)}
+    power: dict[tuple, list[dict]] = {}
+    for r in _records(by_name.get("power"), ids):
+        power.setdefault((r["_device"], r["backend"], r["quant"]), []).append(r)
+
+    def size(model: str) -> float:
+        return n_params(CATALOGUE[model]) if model in CATALOGUE else 0
+
+    body = []
+    for r in capacity:
+        key = (r["_device"], r["backend"], r["precision"])
+        largest = r.get("largest that fits")
+        at_reference = speed.get((*key[:2], reference), {}).get(f"{key[2]} tok/s")
+        deployed = deployment.get(key, {})
+        streams, served = deployed.get("interactive streams"), re.match(r"~?(\S+)", str(deployed.get(interactive, "")))
+        rows = sorted(power.get(key, []), key=lambda p: (p["model"] == reference, size(p["model"])))
+        energy = rows[-1] if rows else {}
+        joules = energy.get("J/token")
+        estimated = "ESTIMATED" in str(energy.get("provenance (method, scope)", ""))
+        device = device_of.get(key[0])
+        tag = f' data-device="{device}"' if device is not None else ""
+        body.append(
+            f"<tr{tag}><td>{_escape(display(r['device']))}</td><td>{_escape(display(key[1]))}</td>"
+            f"<td>{_escape(display(key[2]))}</td>"
+            + _marked(largest, text=f"{largest} ({r.get('parameters')})" if largest else None)
+            + _marked(r.get("largest in catalogue (predicted)")) + _marked(at_reference)
+            + _marked(streams, text=f"{display(streams)} × {served[1]}" if streams is not None and served else None)
+            + _marked(joules, estimated, f"{display(joules)} ({energy['model']})" if joules is not None else None)
+            + f"<td>{_escape(display(key[0]))}</td></tr>")
+    head = ["device", "backend", "precision", "largest that fits (measured)", "largest in catalogue",
+            f"decode tok/s at {reference}", f"streams at {target.group() if target else 'the interactive speed'} (model)",
+            "J/token (model)", "device id"]
+    return ('<h2>Summary</h2><div class="scroll"><table class="summary"><thead><tr>'
+            + "".join(f"<th>{_escape(h)}</th>" for h in head) + f"</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            "</div><p class=\"notes\">Read from the capacity, speed, deployment and power tables below (the answers "
+            "of <code>fleetfit limits</code> and <code>fleetfit fit</code>). The size: the capacity table's reference "
+            "model (option reference); streams: the deployment table's interactive streams of its interactive model; "
+            "J/token: the reference model where it was measured, else the largest model measured at that precision.</p>")
+
+
+def named_models(values: list[str]) -> list[tuple[str, str | None]]:
+    """`--models`: catalogue names, NAME:QUANT for one precision, comma-separated or repeated, as (name, quant or
+    None); ValueError (one line, with a did-you-mean) for a name the catalogue lacks or too many."""
+    found = []
+    for item in (i.strip() for v in values for i in v.split(",")):
+        name, _, quant = item.partition(":")
+        if not item:
+            continue
+        if name not in CATALOGUE:
+            close = difflib.get_close_matches(name, list(CATALOGUE), 1)
+            raise ValueError(f"--models: unknown model {name!r}" + (f" (did you mean {close[0]}?)" if close else "")
+                             + "; `fleetfit models list` names them")
+        found.append((name, quant.strip() or None))
+    found = list(dict.fromkeys(found))
+    if len(found) > MAX_MODELS:
+        raise ValueError(f"--models: at most {MAX_MODELS} models, got {len(found)}")
+    return found
+
+
+def fit_requests(models: list[tuple[str, str | None]], capacity: pb.Table | None,
+                 devices: list[pb.Device]) -> list[pb.FitRequest]:
+    """The questions `fleetfit fit MODEL --quant Q --backend B` asks, one per named model and precision: the one
+    named, else each backend and precision the fleet measured (the capacity table's rows)."""
+    ids = {name: device_id for device_id, name in display_names(devices).items()}
+    measured = list(dict.fromkeys((r["backend"], r["precision"]) for r in _records(capacity, ids)))
+    return [pb.FitRequest(model_name=name, quant=q, backend=b) for name, quant in models
+            for b, q in ([p for p in measured if p[1] == quant] or [(DEFAULT_BACKEND, quant)] if quant else measured)]
+
+
+FIT_COLUMNS = ("device", "model", "backend", "quant", "verdict", "memory MiB", "% RAM", "decode tok/s", "J/token",
+               "max streams", "stream target tok/s", "provenance", "reason")
+
+
+def fit_section(answers: list[pb.FitAnswer] | None, device_of: dict[str, int], model_of: dict[str, int]) -> str:
+    """The models the operator named (--models): fit's answers (the Fit RPC `fleetfit fit` asks), in fit's cells."""
+    if answers is None:
+        return ""
+    if not answers:
+        return ('<h2>Fit</h2><p class="empty">Fit: no answers for the models named (no device, or no precision '
+                'measured yet: name one as NAME:QUANT).</p>')
+    header, body = fit_table(answers)
+    shown, wrap = [header.index(c) for c in FIT_COLUMNS if c in header], ' class="wrap"'
+    rows = []
+    for a, cells in zip(answers, body):
+        device, model = device_of.get(a.device_id), model_of.get(a.model_name)
+        tag = (f' data-device="{device}"' if device is not None else "") + f' data-model="{model}"' * (model is not None)
+        rows.append(f"<tr{tag}>" + "".join(
+            f"<td{wrap}><details><summary>why</summary>{_escape(display(cells[i]))}</details></td>"
+            if header[i] == "reason" else f"{_td(cells[i])}</td>" for i in shown) + "</tr>")
+    return ('<h2>Fit: the models named</h2><div class="scroll"><table class="fit"><thead><tr>'
+            + "".join(f"<th>{_escape(header[i])}</th>" for i in shown) + f"</tr></thead><tbody>{''.join(rows)}"
+            "</tbody></table></div><p class=\"notes\">The answers of <code>fleetfit fit MODEL --quant Q</code> "
+            "(per device: fits / tight / does not fit, at fit's default context and speed target); <code>~</code> marks "
+            "a predicted or estimated figure, <code>±</code> its band.</p>")
+
+
+def _html_table(table: pb.Table, device_of: dict[str, int], ids: dict[str, str], model_of: dict[str, int]) -> str:
     """A table as HTML: the display strings people read (units are in the column names), each row tagged with its
-    device for the filter."""
+    device and model for the filters, each figure with the number it sorts by. A table without rows is named in
+    one line, not drawn."""
+    if not table.rows:
+        return f'<p class="empty">{_escape(table.title)}: no rows yet.</p>'
     col = {c: i for i, c in enumerate(table.columns)}
     head = "".join(f"<th>{_escape(c)}</th>" for c in table.columns)
     body = []
     for row in table.rows:
         cells = [typed_cell(c) for c in row.cells]
         device = device_of.get(_row_device(cells, col, ids))
-        tag = f' data-device="{device}"' if device is not None else ""
-        body.append(f"<tr{tag}>" + "".join(f"<td>{_escape(display(c))}</td>" for c in cells) + "</tr>")
+        model = model_of.get(cells[col["model"]]) if "model" in col and isinstance(cells[col["model"]], str) else None
+        tag = (f' data-device="{device}"' if device is not None else "") + f' data-model="{model}"' * (model is not None)
+        body.append(f"<tr{tag}>" + "".join(f"{_td(c)}</td>" for c in cells) + "</tr>")
     notes = "".join(f"<li>{_escape(n)}</li>" for n in table.notes)
     return (f'<h3>{_escape(table.title)}</h3><div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>'
             f'{"".join(body)}</tbody></table></div><ul class="notes">{notes}</ul>')
 
 
-def build(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Table]) -> tuple[str, str]:
-    """(index.html, tables.md) for the fleet."""
-    markdown = "\n\n".join(f"## {t.title}\n\n{render_table(t, 'md')}" for t in tables)
+def build(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Table],
+          fits: list[pb.FitAnswer] | None = None) -> tuple[str, str]:
+    """(index.html, tables.md) for the fleet; `fits`: fit's answers for the models the operator named."""
+    markdown = "\n\n".join(f"## {t.title}\n\n{render_table(t, 'md')}" if t.rows else f"{t.title}: no rows yet."
+                             for t in tables)
     figures = "\n".join(f"<figure><figcaption>{re.search(r'<title>(.*?)</title>', svg).group(1)}"
                          f"</figcaption>{svg}</figure>" if "<svg" in svg else svg for svg in plots(devices, rows, tables))
     names = display_names(devices)
@@ -306,37 +520,59 @@ def build(devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Tab
     rules = "\n".join(f'#dev-{i}:checked ~ main [data-device]:not([data-device="{i}"]){{display:none}} '
                        f'#dev-{i}:checked ~ nav label[for="dev-{i}"]{{font-weight:bold;background:#dde}}'
                        for i in range(len(devices)))
+    # The same for models (the rows of every table with a model column, and of the fit section), by size.
+    models = sorted(({r.cells[list(t.columns).index("model")].string_value for t in tables if "model" in t.columns
+                      for r in t.rows} | {a.model_name for a in fits or []}) - {""},
+                    key=lambda m: (n_params(CATALOGUE[m]) if m in CATALOGUE else 0, m))
+    model_of = {m: j for j, m in enumerate(models)}
+    radios += "".join(f'<input type="radio" name="model" id="model-{j}" class="pick">' for j in range(len(models)))
+    model_labels = "".join(f'<label for="model-{j}">{_escape(m)}</label>' for j, m in enumerate(models))
+    rules += "\n" + "\n".join(f'#model-{j}:checked ~ main tr[data-model]:not([data-model="{j}"]){{display:none}} '
+                               f'#model-{j}:checked ~ nav label[for="model-{j}"]{{font-weight:bold;background:#dde}}'
+                               for j in range(len(models)))
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fleetfit report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} figure{{margin:1em 0}}
 figcaption{{font-weight:bold}} .pick{{display:none}} nav label{{margin-right:.6em;padding:.1em .4em;cursor:pointer;
 border:1px solid #ccc;border-radius:3px}} #dev-all:checked ~ nav label[for="dev-all"]{{font-weight:bold;background:#dde}}
+#model-all:checked ~ nav label[for="model-all"]{{font-weight:bold;background:#dde}} nav{{margin:.3em 0}}
+th{{cursor:pointer}} th[data-sorted=up]::after{{content:" \\25b2"}} th[data-sorted=down]::after{{content:" \\25bc"}}
 .legend{{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.2em 1.2em;font-size:12px;max-width:640px}}
 .swatch{{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:.4em}}
 .swatch.dashed{{border-radius:0;height:0;width:16px;border-top:2px dashed;vertical-align:middle}}
 .scroll{{overflow-x:auto}} table{{border-collapse:collapse;font-size:12px}} th,td{{border:1px solid #ddd;
-padding:2px 6px;text-align:left;white-space:nowrap}} th{{background:#f3f3f3}} .notes{{font-size:11px;color:#555}}
+padding:2px 6px;text-align:left;white-space:nowrap}} td.wrap{{white-space:normal;min-width:20em}}
+.summary td{{white-space:normal}} th{{background:#f3f3f3}} .notes{{font-size:11px;color:#555}}
+.mark{{font-size:10px;color:#555;border:1px solid #ccc;border-radius:3px;padding:0 .3em}}
+.mark.predicted{{border-style:dashed}} .mark.estimated{{background:#fff3d6}}
 {rules}</style></head><body>
-<input type="radio" name="device" id="dev-all" class="pick" checked>{radios}
+<input type="radio" name="device" id="dev-all" class="pick" checked>
+<input type="radio" name="model" id="model-all" class="pick" checked>{radios}
 <h1>fleetfit: scalability analysis and deployment limits</h1>
 <nav>Devices: <label for="dev-all">all</label>{labels}</nav>
+<nav>Models (table rows): <label for="model-all">all</label>{model_labels}</nav>
 <main>
+{summary(tables, ids, device_of)}
+{fit_section(fits, device_of, model_of)}
 <p>{len(devices)} device(s), {len(rows)} measured rows. Solid points are measurements; hollow points with error
 bars are predictions of each device's scaling model (the bar: its leave-one-size-out error band); diamonds and
 dotted lines are ESTIMATED figures (tokens per joule from a power model where no sensor is readable). In the
-tables a <code>~</code> marks a prediction or estimate.</p>
+tables a <code>~</code> marks a prediction or estimate. Series that draw the same point (two devices with equal
+memory, say) are spread {SPREAD} px apart sideways, so each stays visible.</p>
 {figures}
 <h2>Tables</h2>
-{"".join(_html_table(t, device_of, ids) for t in tables)}
+{"".join(_html_table(t, device_of, ids, model_of) for t in tables)}
 </main>
+{SORT_SCRIPT}
 </body></html>
 """
     return page, markdown + "\n"
 
 
-def write(out_dir: pathlib.Path, devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Table]) -> pathlib.Path:
+def write(out_dir: pathlib.Path, devices: list[pb.Device], rows: list[pb.LimitRow], tables: list[pb.Table],
+          fits: list[pb.FitAnswer] | None = None) -> pathlib.Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    page, markdown = build(devices, rows, tables)
+    page, markdown = build(devices, rows, tables, fits)
     (out_dir / "tables.md").write_text(markdown)
     index = out_dir / "index.html"
     index.write_text(page)

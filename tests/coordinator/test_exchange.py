@@ -7,25 +7,10 @@ import json
 import sqlite3
 import time
 
-import pytest
 
 from fleetfit.coordinator.store import Store
-from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import DEVICE_STATUS
-from tests.conftest import Agents, run_cli
-from tests.coordinator.test_scaling import ladder
-
-
-@pytest.fixture()
-def ladder_fleet(coordinator):
-    results, device = ladder()
-    agents = Agents(coordinator)
-    agents.Register(pb.RegisterRequest(inventory=device), timeout=5)
-    for r in results:
-        agents.ReportResult(pb.ReportResultRequest(result=r), timeout=5)
-    agents.close()
-    yield results, {"FLEETFIT_TOKEN": coordinator.operator_token, "FLEETFIT_INSECURE": "1",
-                    "FLEETFIT_COORDINATOR": coordinator.address}
+from tests.conftest import run_cli
 
 
 def test_limit_tables_in_machine_formats_have_typed_columns(ladder_fleet):

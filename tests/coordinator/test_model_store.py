@@ -95,13 +95,19 @@ def test_names_the_store_refuses(tmp_path, ladder):
         store.put(pb.PutModelRequest(name="huge", size_bytes=1 << 50))
 
 
-def test_a_stored_name_is_resolved_into_the_campaign_with_its_digest_and_shape(tmp_path, ladder):
+def _stored_as_mine(tmp_path, path):
+    """A store holding `path` under the name "mine", uploaded in the wire's pieces; and its digest."""
     store = ModelStore(tmp_path / "blobs")
-    data = ladder["Q4_1"].read_bytes()
+    data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     for at in range(0, len(data), MAX_CHUNK_BYTES):
         store.put(pb.PutModelRequest(name="mine", sha256=digest, size_bytes=len(data), offset=at,
                                      data=data[at:at + MAX_CHUNK_BYTES]))
+    return store, digest
+
+
+def test_a_stored_name_is_resolved_into_the_campaign_with_its_digest_and_shape(tmp_path, ladder):
+    store, digest = _stored_as_mine(tmp_path, ladder["Q4_1"])
     spec = attach(store, pb.CampaignSpec(models=["smollm2-135m", "mine", f"sha256:{digest}"], quants=["Q4_1"],
                                          backends=["llama.cpp"]))
     assert list(spec.models) == ["smollm2-135m", "mine"]
@@ -198,12 +204,7 @@ def test_jobs_of_a_stored_model_carry_its_digest_and_run_only_precisions_its_fil
     from fleetfit.coordinator.campaigns import check_spec, expand
     from tests.coordinator.test_campaigns import ALL_BACKENDS, WORKSTATION, spec
 
-    store = ModelStore(tmp_path / "blobs")
-    data = ladder["Q4_1"].read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    for at in range(0, len(data), MAX_CHUNK_BYTES):
-        store.put(pb.PutModelRequest(name="mine", sha256=digest, size_bytes=len(data), offset=at,
-                                     data=data[at:at + MAX_CHUNK_BYTES]))
+    store, digest = _stored_as_mine(tmp_path, ladder["Q4_1"])
     ws = pb.DeviceInventory()
     ws.CopyFrom(WORKSTATION)
     ws.backends.extend(ALL_BACKENDS)

@@ -311,21 +311,14 @@ def test_every_row_of_a_model_table_is_in_its_models_view(tmp_path):
                                                                               page, flags=re.S).group()
 
 
-def test_report_models_answers_as_fit_does_over_the_wire(coordinator, tmp_path):
+def test_report_models_answers_as_fit_does_over_the_wire(ladder_fleet, coordinator, tmp_path):
     """`fleetfit report --models` against a running coordinator: its fit section holds what `fleetfit fit` prints
     for the same question (one Fit RPC, the same answers); a misspelt model is a one-line error, nothing written."""
     import json
 
-    from tests.conftest import Agents, assert_one_line_error, run_cli
+    from tests.conftest import assert_one_line_error, run_cli
 
-    results, device = ladder()
-    agents = Agents(coordinator)
-    agents.Register(pb.RegisterRequest(inventory=device), timeout=5)
-    for r in results:
-        agents.ReportResult(pb.ReportResultRequest(result=r), timeout=5)
-    agents.close()
-    env = {"FLEETFIT_TOKEN": coordinator.operator_token, "FLEETFIT_INSECURE": "1",
-           "FLEETFIT_COORDINATOR": coordinator.address}
+    _, env = ladder_fleet
     done = run_cli("fleetfit", "report", "--out", str(tmp_path / "r"), "--models", "qwen3-8b:Q4_0", env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     page = (tmp_path / "r" / "index.html").read_text()

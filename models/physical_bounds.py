@@ -12,9 +12,10 @@ them, so they have no floor.
 
 import functools
 
-from fleetfit.models.job_bounds import BOUNDS, MAX_CONTEXT_TOKENS
+from fleetfit.models.job_bounds import BOUNDS, MAX_CONTEXT_TOKENS, MAX_PARALLEL, MAX_SWEEP_KV_TOKENS
 
 DAY_S = BOUNDS["timeout_s"][1]  # the longest job deadline: no run of one job is measured for longer
+CONTEXT_CEILING = MAX_SWEEP_KV_TOKENS + 256 * MAX_PARALLEL  # tokens of the largest run's context, rounded up
 
 # (suffix or name, floor, ceiling), first match wins
 RANGES: tuple[tuple[str, float, float], ...] = (
@@ -46,6 +47,13 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("coverage", 0.0, 1.0),                  # a fraction of the phase
     ("percent_of_bandwidth", 0.0, 1e4),      # above 100 % only when the weights sit in a cache
     ("mean_context_tokens", 0.0, 2.0 * MAX_CONTEXT_TOKENS),
+    # a run's context, in tokens (scaling and serving size the KV cache by them): a prompt and a generation within
+    # a job's bounds, a depth within one stream's context, and the context a run allocated (n_ctx; n_batch and
+    # n_ubatch are at most it) within a sweep's KV cache for all its streams, each rounded up to 256-token blocks
+    ("n_prompt", 1.0, BOUNDS["n_prompt"][1]), ("n_gen", 1.0, BOUNDS["n_gen"][1]),
+    ("_depth", 1.0, BOUNDS["decode_depth"][1]),
+    ("n_ctx", 1.0, CONTEXT_CEILING), ("n_batch", 1.0, CONTEXT_CEILING), ("n_ubatch", 1.0, CONTEXT_CEILING),
+    ("context_tokens", 1.0, float(1 << 20)),  # a quality run's context (llama-perplexity -c)
     # quality: the mean KL divergence (nats) of a quant whose outputs bear no relation to its reference's is a few
     # to tens, one position's (p99) up to hundreds; a perplexity is at least 1 (the exponential of a mean negative
     # log-likelihood) and, for any model worth measuring, far below 1e7 (a uniform guess over 256k tokens: 2.6e5)

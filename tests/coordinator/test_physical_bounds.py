@@ -128,6 +128,30 @@ def test_every_float_figure_has_a_stated_range():
     assert not missing, missing
 
 
+CONTEXT_FIELD = re.compile(r"(^|_)(ctx|prompt|gen|batch|ubatch|depth|context)(_|$)")
+
+
+def test_every_context_figure_has_a_stated_range():
+    """A run's context in tokens (what scaling and serving size the KV cache by: prompt, generation, depth, n_ctx,
+    batch sizes) is an integer figure: each field that holds one has a range of its own, so a device reporting a run
+    at 10^15 tokens of context is refused, and such a stored row is dropped where answers read it."""
+    missing, found = set(), set()
+
+    def walk(descriptor, seen):
+        for field in descriptor.fields:
+            if field.type == F.TYPE_MESSAGE and field.message_type.full_name not in seen:
+                seen.add(field.message_type.full_name)
+                walk(field.message_type, seen)
+            elif field.type in INT_TOP and CONTEXT_FIELD.search(field.name) and descriptor.name != "Architecture":
+                found.add(f"{descriptor.name}.{field.name}")
+                if physical_bounds.bounds(field.name) == physical_bounds.DEFAULT:
+                    missing.add(f"{descriptor.name}.{field.name}")
+
+    for message in (pb.ProfileResult, pb.QualityResult, pb.DeviceInventory):
+        walk(message.DESCRIPTOR, set())
+    assert len(found) >= 8 and not missing, (found, missing)
+
+
 # -- rows stored without the checks
 
 EDGES = (5e-324, 1e-300, 0.0, -5.0, NAN, INF, -INF, "below", "low", "high", "above")

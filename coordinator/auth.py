@@ -15,7 +15,7 @@ import time
 
 import grpc
 
-from fleetfit.coordinator import errors
+from fleetfit.coordinator import errors, ingest
 from fleetfit.coordinator.store import Store, token_hash
 
 PUBLIC, AGENT, OPERATOR = "public", "agent", "operator"
@@ -128,6 +128,8 @@ def _mapped(handler, method: str, quiet: errors.QuietLog):
 
 def _wrap(handler, role: str, device_field: str | None, store: Store, proven: dict[str, float]):
     async def checked(request, context):
+        if where := ingest.nul_text(request):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{where} holds a NUL character: text must not")
         cred = credential(context)
         loop = asyncio.get_running_loop()
         if role == AGENT:

@@ -292,15 +292,24 @@ class Database:
 
     def _dead(self, exc: BaseException) -> bool:
         """Whether this thread's connection is beyond use after `exc`: PostgreSQL's cut (a restart, a failover,
-        pg_terminate_backend, an idle reaper), SQLite's closed or failing with an I/O error."""
+        pg_terminate_backend, an idle reaper) or read-only (25006: a session on a server that became a standby, or
+        was made read-only, stays so: a new connection finds the primary), SQLite's closed or failing with an I/O
+        error."""
         conn = getattr(self.local, "conn", None)
         if conn is None:
             return False
         if self.postgres:
-            return conn.closed or conn.broken
+            return conn.closed or conn.broken or getattr(exc, "sqlstate", None) == "25006"
         if isinstance(exc, sqlite3.ProgrammingError):  # "Cannot operate on a closed database."
             return True
         return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_IOERR
+
+    def _read_only(self, conn) -> bool:
+        """Whether a PostgreSQL session says (its reported parameters: no round trip) that it is on a standby or
+        read-only: it stays so, while a new connection may find the primary (a failover) or a server made writable
+        again. Writes (transaction()) start only on a new connection then."""
+        return self.postgres and "on" in (conn.info.parameter_status("in_hot_standby"),
+                                          conn.info.parameter_status("default_transaction_read_only"))
 
     def _execute(self, sql: str, params=()):
         return self.conn.execute(to_postgres(sql) if self.postgres else sql, params)
@@ -311,6 +320,9 @@ class Database:
         begin = "BEGIN" if self.postgres else "BEGIN IMMEDIATE"
         for attempt in (0, 1):
             conn = self.conn
+            if not attempt and self._read_only(conn):  # a write would fail here: try a new connection first
+                self._discard()
+                conn = self.conn
             try:
                 if self._in_transaction(conn):
                     conn.execute("ROLLBACK")

@@ -33,6 +33,19 @@ _OS_TRANSIENT = {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.E
 QUIET_S = 60.0  # a transient failure of one kind is logged at most once per this many seconds
 
 
+# PostgreSQL's SQLSTATEs that mean "the environment, not the request", whatever psycopg class they come as:
+# connection exceptions (08), transaction rollbacks (40: deadlock, serialization), insufficient resources (53: disk
+# full, out of memory, too many connections), lock not available (55P03), operator intervention (57: admin or
+# crash shutdown, cannot connect now, idle session timeout), system errors (58: I/O), and two InternalErrors: a
+# read-only transaction (25006: connected to a standby after a failover) and an idle-in-transaction timeout (25P03).
+PG_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+PG_TRANSIENT_STATES = {"55P03", "25006", "25P03"}
+
+
+def pg_transient(sqlstate: str | None) -> bool:
+    return bool(sqlstate) and (sqlstate[:2] in PG_TRANSIENT_CLASSES or sqlstate in PG_TRANSIENT_STATES)
+
+
 def _psycopg_status(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
     try:
         import psycopg
@@ -40,8 +53,9 @@ def _psycopg_status(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
         return None
     if isinstance(exc, psycopg.errors.UniqueViolation):
         return grpc.StatusCode.ABORTED, "a concurrent write took the same key; send it again"
-    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):  # connection lost or refused,
-        return grpc.StatusCode.UNAVAILABLE, "database unavailable"  # disk full, serialization, admin shutdown
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) or \
+            (isinstance(exc, psycopg.Error) and pg_transient(exc.sqlstate)):  # connection lost or refused, disk full,
+        return grpc.StatusCode.UNAVAILABLE, "database unavailable"  # serialization, admin shutdown, a standby
     return None
 
 

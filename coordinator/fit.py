@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import functools
 import hashlib
+import math
 from collections.abc import Callable
 
 from fleetfit.coordinator import fleet_priors, offload, render, scaling, serving
@@ -325,7 +326,7 @@ def question(request: pb.FitRequest, known_models: set[str]) -> Question:
                   streams=request.streams if request.HasField("streams") else None)
     bad = [f"{name} must be positive" for name, value in (("context_tokens", limits["context"]),
            ("min_decode_tokens_per_s", limits["min_decode_tps"]), ("max_watts", limits["max_watts"]),
-           ("streams", limits["streams"])) if value is not None and value <= 0]
+           ("streams", limits["streams"])) if value is not None and not (0 < value < math.inf)]  # NaN too
     if limits["streams"] is not None and limits["streams"] > MAX_STREAMS:
         bad.append(f"streams must be at most {MAX_STREAMS}")
     if bad:
@@ -354,9 +355,19 @@ def _shape(request: pb.FitRequest) -> Architecture:
     return checked(request.shape, request.model_name)
 
 
+class BadQuestion(ValueError):
+    """A fit request that is wrong (question's ValueError): the caller's fault. Any other ValueError while answering
+    (a statistics or math error) is the coordinator's, so the server does not answer it as a bad argument."""
+
+
 def respond(request: pb.FitRequest, store, cache: "AnswerCache") -> pb.FitResponse:
-    """The FitResponse for a request: every device, or the one it names (by id, or a hostname only one has)."""
-    q = question(request, store.model_names())
+    """The FitResponse for a request: every device, or the one it names (by id, or a hostname only one has);
+    BadQuestion for a request that is wrong."""
+    known_models = store.model_names()
+    try:
+        q = question(request, known_models)
+    except ValueError as exc:
+        raise BadQuestion(str(exc)) from None
     known = store.devices()
     names = display_names(known)
     chosen = [find_device(known, q.device)] if q.device else known

@@ -241,6 +241,30 @@ def _check_text(text: str, where: str, limit: int) -> None:
         raise Refused(f"{where} holds a NUL character: text must not")
 
 
+def nul_text(message, path: str = "request") -> str | None:
+    """The first text field of `message` (any RPC's request, recursively, map keys and values included) that holds a
+    NUL character, or None. PostgreSQL text cannot hold one (psycopg refuses it even as a lookup key), so auth.guard
+    refuses such a request as INVALID_ARGUMENT before it runs: the same answer on SQLite and PostgreSQL, for that
+    request alone."""
+    for field, value in message.ListFields():
+        where = f"{path}.{field.name}"
+        if _is_map(field):
+            entry = field.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                if "\x00" in str(key) or (entry.type == F.TYPE_STRING and "\x00" in item):
+                    return f"{where}[{str(key)[:40]!r}]"
+                if entry.type == F.TYPE_MESSAGE and (found := nul_text(item, f"{where}[{str(key)[:40]!r}]")):
+                    return found
+        elif field.type == F.TYPE_MESSAGE:
+            for i, item in enumerate(value if field.is_repeated else [value]):
+                if found := nul_text(item, f"{where}[{i}]" if field.is_repeated else where):
+                    return found
+        elif field.type == F.TYPE_STRING:
+            if any("\x00" in text for text in (value if field.is_repeated else [value])):
+                return where
+    return None
+
+
 # -- what answers read
 
 def usable(message):

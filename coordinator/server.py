@@ -322,7 +322,7 @@ class FleetService(pb_grpc.FleetServiceServicer):
             answers = (await off_loop(fit_answers.respond, request, self.store, self.answers)).answers
         except devices.DeviceLookupError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except ValueError as exc:  # a bad question: fit_answers says which field
+        except fit_answers.BadQuestion as exc:  # a bad question: fit_answers says which field
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if not request.model_name:  # one device's largest model per precision: a few answers, in their order
             return pb.FitResponse(answers=answers)

@@ -5,6 +5,9 @@ both backends; a database locked past the busy timeout answers UNAVAILABLE and r
 import errno
 import logging
 import sqlite3
+import time
+import urllib.parse
+import uuid
 
 import grpc
 import pytest
@@ -124,6 +127,22 @@ def _postgres_failures():
             admin.execute("SELECT * FROM nothing_here")
         except psycopg.Error as exc:
             failures["undefined table (a bug)"] = exc
+    # a session on a standby (a failover to it, a primary made read-only): an InternalError, 25006
+    with psycopg.connect(f"{POSTGRES_URL}?options=-cdefault_transaction_read_only%3Don", autocommit=True) as standby:
+        try:
+            standby.execute("CREATE TABLE never_made (x INT)")
+        except psycopg.Error as exc:
+            failures["read-only server"] = exc
+    # an idle reaper ending a session inside its transaction: an InternalError too, 25P03
+    with psycopg.connect(POSTGRES_URL) as reaped:
+        reaped.execute("SET idle_in_transaction_session_timeout = '50ms'")
+        reaped.commit()
+        reaped.execute("SELECT 1")
+        time.sleep(0.5)
+        try:
+            reaped.execute("SELECT 1")
+        except psycopg.Error as exc:
+            failures["idle in transaction, reaped"] = exc
     return failures
 
 
@@ -132,7 +151,8 @@ def test_postgresql_failures_have_statuses_that_say_what_they_are():
         pytest.skip(problem)
     found = {name: errors.status_for(exc)[0] for name, exc in _postgres_failures().items()}
     assert found == {"connection refused": U, "backend terminated": U, "connection closed": U,
-                     "unique violation": A, "undefined table (a bug)": I}
+                     "unique violation": A, "undefined table (a bug)": I, "read-only server": U,
+                     "idle in transaction, reaped": U}
 
 
 @pytest.fixture()
@@ -233,6 +253,31 @@ def test_an_unexpected_exception_is_internal_and_logged_once_with_its_traceback(
         call()
 
 
+def test_a_value_error_while_answering_is_internal_not_a_bad_question(fleet, db_url, caplog):
+    """Only a question that is wrong answers INVALID_ARGUMENT: a ValueError raised while answering a good one (a
+    statistics or math domain error on stored figures) is the coordinator's, INTERNAL and logged with its traceback
+    (it was answered as the caller's fault, unlogged)."""
+    if db.is_postgres_url(db_url):
+        pytest.skip("the same servicer on both backends")
+    server, agents, stub = fleet
+    _calls(agents, stub)
+    caplog.set_level(logging.ERROR, "fleetfit.coordinator")
+    question = pb.FitRequest(model_name="smollm2-135m", quant="Q4_0")
+    stub.Fit(question, timeout=30)
+    original = server.store.devices
+    server.store.devices = lambda *a, **k: __import__("math").log(0.0)  # a bug, provoked: math domain error
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Fit(question, timeout=30)
+    finally:
+        server.store.devices = original
+    assert caught.value.code() == I and "ValueError" in caught.value.details()
+    assert [r for r in caplog.records if r.exc_info and r.exc_info[0] is ValueError]
+    with pytest.raises(grpc.RpcError) as caught:  # a wrong question is still the caller's
+        stub.Fit(pb.FitRequest(model_name="smollm2-135m", quant="Q4_0", max_watts=float("nan")), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_watts" in caught.value.details()
+
+
 def test_an_abort_passes_through_the_mapping_untouched(fleet, db_url):
     if db.is_postgres_url(db_url):
         pytest.skip("the same wrapper on both backends")
@@ -252,3 +297,46 @@ def test_a_malformed_postgresql_url_is_one_line_without_the_password(url, tmp_pa
         proc = run_cli(*command, env={"FLEETFIT_STATE_DIR": str(tmp_path)}, timeout=60)
         assert_one_line_error(proc, "")
         assert "secret" not in proc.stderr
+
+
+def test_a_coordinator_whose_database_turns_read_only_answers_unavailable_then_writes_again(tmp_path):
+    """A failover to a standby (or a primary made read-only), then back: every write answers UNAVAILABLE meanwhile
+    (an InternalError, 25006, answered INTERNAL before and kept on the same session for ever), and once the database
+    takes writes again every call succeeds at once — the read-only sessions are replaced, not kept. The coordinator
+    runs as a role of its own whose sessions are made read-only, so no other test's sessions are touched."""
+    if problem := _postgres_problem():
+        pytest.skip(problem)
+    import psycopg
+
+    role = f"fleetfit_ro_{uuid.uuid4().hex[:10]}"
+    parts = urllib.parse.urlsplit(POSTGRES_URL)
+    url = urllib.parse.urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port or 5432}",
+                                                 query=f"options=-csearch_path%3D{role}"))
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"CREATE SCHEMA {role} AUTHORIZATION {role}")
+        server = BackgroundCoordinator(url, state_dir=tmp_path / "state")
+        server.start()
+        agents = Agents(server)
+        try:
+            stub = fleet_stub(server)
+            _calls(agents, stub)
+            admin.execute(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+            writes = [lambda: agents.Heartbeat(pb.HeartbeatRequest(device_id="dev-1"), timeout=10),
+                      lambda: agents.PollJob(pb.PollJobRequest(device_id="dev-1", wait_s=0), timeout=10),
+                      lambda: stub.SubmitProfile(pb.SubmitProfileRequest(request=JOB), timeout=10)]
+            for _ in range(3):
+                for call in writes:
+                    with pytest.raises(grpc.RpcError) as caught:
+                        call()
+                    assert caught.value.code() == U, caught.value.details()
+                stub.ListDevices(pb.ListDevicesRequest(), timeout=10)  # reads go on meanwhile
+            admin.execute(f"ALTER ROLE {role} RESET default_transaction_read_only")
+            for _ in range(3):  # every call, on whichever store thread: none is left on a read-only session
+                _calls(agents, stub)
+        finally:
+            agents.close()
+            server.stop()
+            admin.execute(f"DROP SCHEMA {role} CASCADE")
+            admin.execute(f"DROP ROLE {role}")

@@ -596,6 +596,34 @@ def _join(coordinator: str, token: str, device_id: Optional[str], insecure: bool
     return found
 
 
+def _join_when_answered(coordinator: str, token: str, device_id: Optional[str], insecure: bool,
+                        identity_path: pathlib.Path, timeout_s: float, stop: threading.Event):
+    """`run --token`: join, trying again with jittered backoff for as long as the coordinator is unreachable or
+    fails (a device booted before its coordinator, or while its database is locked), one log line per interval;
+    None once `stop` is set. A refusal that asking again cannot change (a spent token, an id enrolled) is a one-line
+    error, exit 2."""
+    from fleetfit.agent import identity, inventory
+    from fleetfit.agent.daemon import QuietLog
+    from fleetfit.agent.outbox import backoff_s
+
+    quiet, attempt = QuietLog(), 0
+    while not stop.is_set():
+        try:
+            found = identity.join(coordinator, token, device_id or inventory.default_device_id(), insecure, False,
+                                  timeout_s)
+        except identity.Unreachable as exc:
+            quiet.failed("joining", f"joining {coordinator} failed ({exc})")
+            stop.wait(backoff_s(attempt))
+            attempt += 1
+            continue
+        except identity.JoinError as exc:
+            _fail(str(exc))
+        quiet.ended("joining")
+        identity.save(found, identity_path)
+        return found
+    return None
+
+
 @app.command()
 @user_errors
 def join(
@@ -657,16 +685,19 @@ def run(
         found = identity.load(path)
     except (LockError, identity.JoinError) as exc:
         _fail(str(exc))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())  # give back a job just leased, or finish the current one
     if found is None or (device_id and found.device_id != device_id):
         if not token:
             _fail(f"this device is not enrolled ({path} missing): run fleetfit-agent join --coordinator ADDR --token T")
         if not (coordinator or (found and found.coordinator)):
             _fail("--coordinator is required to join")
-        found = _join(coordinator or found.coordinator, token, device_id, insecure, False, path, connect_timeout)
+        found = _join_when_answered(coordinator or found.coordinator, token, device_id, insecure, path,
+                                    connect_timeout, stop)
+        if found is None:  # stopped before the coordinator answered
+            return
     limit = _cache_limit(cache_dir, cache_limit) if cache_limit else None  # None: the default, at each job
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())  # give back a job just leased, or finish the current one
     try:
         outbox = Outbox(outbox_file)
     except OutboxError as exc:

@@ -30,7 +30,15 @@ class JoinError(Exception):
 
 
 class Unreachable(JoinError):
-    """This replica does not answer (the next may)."""
+    """This replica does not answer, or fails for now (the next may; later, this one may): `run --token` tries again."""
+
+
+# What a coordinator answers a join with when it will not enroll this device as asked, however often it is asked: a
+# token unknown, spent or expired (UNAUTHENTICATED), an id enrolled already (ALREADY_EXISTS), a bad id, no TLS for a
+# client certificate. Anything else (UNAVAILABLE: its database locked or away; INTERNAL, ...) is its trouble for now.
+JOIN_REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.UNIMPLEMENTED}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,9 +133,9 @@ def fetch_pinned_ca(address: str, fingerprint: str, timeout_s: float = 10.0) -> 
                     chain = tls.get_unverified_chain()
                 else:
                     chain = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in tls._sslobj.get_unverified_chain()]
-    except ConnectionRefusedError:
-        raise JoinError(f"nothing listens at {address} (connection refused): is `fleetfit serve` running there, and "
-                        "are the host and port right?") from None
+    except ConnectionRefusedError:  # a coordinator not started yet, or restarting: the next replica may answer
+        raise Unreachable(f"nothing listens at {address} (connection refused): is `fleetfit serve` running there, "
+                          "and are the host and port right?") from None
     except ssl.SSLError:
         raise JoinError(f"the coordinator at {address} does not speak TLS: it runs plaintext (--insecure); join it "
                         "with --insecure and a token of that coordinator") from None
@@ -168,8 +176,8 @@ def join(address: str, token: str, device_id: str, insecure: bool = False, mutua
             unreachable.append(str(exc))
             continue
         return dataclasses.replace(found, coordinator=address)
-    raise JoinError(unreachable[0] if len(unreachable) == 1 else
-                    f"none of the {len(unreachable)} coordinator replicas answers: {'; '.join(unreachable)}")
+    raise Unreachable(unreachable[0] if len(unreachable) == 1 else
+                      f"none of the {len(unreachable)} coordinator replicas answers: {'; '.join(unreachable)}")
 
 
 def _join_one(address: str, token: str, device_id: str, insecure: bool, mutual_tls: bool,
@@ -196,6 +204,9 @@ def _join_one(address: str, token: str, device_id: str, insecure: bool, mutual_t
                 pb.JoinRequest(token=secret, device_id=device_id, want_client_certificate=mutual_tls),
                 timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as exc:
+            if exc.code() not in JOIN_REFUSED:
+                raise Unreachable(f"the coordinator at {address} failed to enroll {device_id} "
+                                  f"({exc.code().name}: {(exc.details() or '').strip()[:200]})") from None
             raise JoinError(f"the coordinator refused to enroll {device_id}: {exc.details()}") from None
     return Identity(address, reply.device_id, reply.secret, ca_pem.decode() if ca_pem else None,
                     reply.client_certificate_pem.decode() or None, reply.client_key_pem.decode() or None,

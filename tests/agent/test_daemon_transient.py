@@ -36,7 +36,7 @@ def _failing(name):
     return method
 
 
-for _rpc in ("Register", "PollJob", "ReportResult", "Heartbeat", "ReleaseJob"):
+for _rpc in ("Register", "PollJob", "ReportResult", "Heartbeat", "ReleaseJob", "Join"):
     setattr(Failing, _rpc, _failing(_rpc))
 
 
@@ -114,6 +114,58 @@ def test_an_agent_started_while_the_coordinator_is_down_or_failing_joins_when_it
     failed_lines = [line for line in log.splitlines() if "failed" in line]
     assert calls >= 5 and len(failed_lines) <= 3, log  # one line per minute per kind, not one per attempt
     assert "Traceback" not in log
+
+
+def test_run_with_a_token_joins_once_the_coordinator_answers_however_long_it_was_down_or_failing(tmp_path):
+    """A device whose first boot (`run --token`: not enrolled yet) meets no coordinator, then one that fails its Join
+    (UNAVAILABLE: a locked database; INTERNAL), keeps trying and joins once the coordinator answers (before, `run`
+    exited 2 at the first such failure, which its systemd unit does not restart); a token the coordinator refuses is
+    still a one-line error, exit 2."""
+    from fleetfit.coordinator.enrollment import join_token_text
+
+    port, db_path = free_port(), tmp_path / "fleet.sqlite3"
+    with Store(db_path) as store:
+        token = join_token_text(store, None, {}, 600)
+    command = [str(BIN / "fleetfit-agent"), "run", "--coordinator", f"127.0.0.1:{port}", "--insecure", "--device-id",
+               "dev-boot", "--token", token, "--identity", str(tmp_path / "agent.json"), "--connect-timeout", "1",
+               "--cache-dir", str(tmp_path / "cache")]
+    with open(tmp_path / "agent.log", "wb") as log:
+        agent = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+    try:
+        time.sleep(2)  # nothing listens
+        assert agent.poll() is None, (tmp_path / "agent.log").read_text()
+        failing = Failing(grpc.StatusCode.UNAVAILABLE)
+        server = grpc.server(concurrent.futures.ThreadPoolExecutor(4))
+        pb_grpc.add_AgentServiceServicer_to_server(failing, server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        try:
+            for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
+                failing.code, seen = code, failing.calls["Join"]
+                wait_until(lambda: failing.calls["Join"] > seen or agent.poll() is not None, 60,
+                           f"the agent to join again after {code.name}")
+                assert agent.poll() is None, (tmp_path / "agent.log").read_text()
+        finally:
+            server.stop(0)
+        back = BackgroundCoordinator(db_path, listen=f"127.0.0.1:{port}", state_dir=tmp_path / "state")
+        back.start()
+        try:
+            wait_until(lambda: back.store.devices("dev-boot") or agent.poll() is not None, 90, "join and register",
+                       0.2)
+            assert agent.poll() is None, (tmp_path / "agent.log").read_text()
+            text = stop_agent(agent, tmp_path)
+            assert "Traceback" not in text and len([x for x in text.splitlines() if "joining" in x]) <= 3, text
+            refused = subprocess.run([*command[:command.index("--token") + 1], "not-a-token",
+                                      "--identity", str(tmp_path / "other.json"), "--connect-timeout", "1"],
+                                     capture_output=True, text=True, timeout=60)
+            assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+            assert refused.stderr.splitlines()[-1].startswith("error: the coordinator refused to enroll"), \
+                refused.stderr
+        finally:
+            back.stop()
+    finally:
+        if agent.poll() is None:
+            agent.kill()
 
 
 def test_an_agent_keeps_running_through_a_coordinator_sigkill_and_delivers_its_outbox(db_url, tmp_path):

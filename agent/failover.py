@@ -103,6 +103,10 @@ class Replicas:
         self.addresses = addresses(identity, resolve)
         self.lock = threading.Lock()
         self.channel, self.stub, self.current, self.moves = None, None, None, 0
+        # The channel moved from stays open until the next move: another thread may have taken its stub just before
+        # (a call on a closed channel crashes the process in grpcio's C core); a call on it meets its replica gone
+        # and moves like any other.
+        self.retired = None
 
     def connect(self, start: int = 0, skip: str | None = None) -> str:
         """Open a channel to the first replica (from `start`, round the list) that answers, other than `skip`;
@@ -121,8 +125,9 @@ class Replicas:
                 continue
             old, self.channel, self.current = self.channel, channel, address
             self.stub = pb_grpc.AgentServiceStub(channel)
-            if old is not None:
-                old.close()
+            if self.retired is not None:
+                self.retired.close()
+            self.retired = old
             return address
         raise CoordinatorUnreachable("; ".join(why) if len(why) < 2 else
                                      f"none of the {len(why)} coordinator replicas answers ({why[0]}; ...)")
@@ -173,8 +178,9 @@ class Replicas:
         return call
 
     def close(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
+        for channel in (self.channel, self.retired):
+            if channel is not None:
+                channel.close()
 
     def __enter__(self):
         return self

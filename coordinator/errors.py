@@ -29,7 +29,9 @@ _SQLITE_TRANSIENT = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_
                      sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL}
 _SQLITE_UNIQUE = {sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY}
 _OS_TRANSIENT = {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.EIO, errno.ENOMEM, errno.EROFS,
-                 errno.EAGAIN}
+                 errno.EAGAIN, errno.ENOBUFS,  # and a connection (to a database, a mirror) lost, refused or timed out
+                 errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT,
+                 errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN}
 QUIET_S = 60.0  # a transient failure of one kind is logged at most once per this many seconds
 
 

@@ -91,6 +91,31 @@ def test_a_refusal_is_not_a_reason_to_move(two_replicas):
     stub.close()
 
 
+def test_a_call_racing_another_threads_move_is_answered(two_replicas):
+    """The lease keeper and the main loop share the stub: a call that took the stub just before the other thread
+    moved is answered — before, the move closed the old channel under it and the call crashed the agent (a
+    segmentation fault in grpcio's C core), and a later move closes it."""
+    first, second = two_replicas
+    found = identity.join(first.address, first.join_token(), "dev-m", insecure=True)
+    stub = failover.Replicas(identity.Identity(f"{first.address},{second.address}", "dev-m", found.secret), 3)
+    stub.connect()
+    stub.Register(pb.RegisterRequest(inventory=pb.DeviceInventory(device_id="dev-m", hostname="m")), timeout=10)
+    old = stub.stub
+
+    class Racing:  # the other thread moves between this call's read of the stub and its call
+        def __getattr__(self, rpc):
+            assert stub._move(stub.moves)
+            return getattr(old, rpc)
+
+    stub.stub = Racing()
+    reply = stub.Heartbeat(pb.HeartbeatRequest(device_id="dev-m"), timeout=10)
+    assert reply.lease_s > 0 and (stub.current, stub.moves) == (second.address, 1)
+    second.stop()  # the next move (back to the first) closes the channel moved from before
+    assert stub.Heartbeat(pb.HeartbeatRequest(device_id="dev-m"), timeout=10).lease_s > 0
+    assert (stub.current, stub.moves) == (first.address, 2)
+    stub.close()
+
+
 def test_join_takes_the_first_replica_that_answers(two_replicas):
     first, second = two_replicas
     first.stop()

@@ -344,3 +344,108 @@ def test_a_coordinator_whose_database_turns_read_only_answers_unavailable_then_w
             server.stop()
             admin.execute(f"DROP SCHEMA {role} CASCADE")
             admin.execute(f"DROP ROLE {role}")
+
+
+def _every_rpc(server, agents, stub):
+    """One call of every RPC of the contract, each as a caller makes it (a new result, a fresh join token, ...),
+    so that it can be made again and again; name -> call. The set is checked against the contract."""
+    from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+    from fleetfit.v1.transport import connect
+    from tests.coordinator.test_ingest import good_result
+    from tests.coordinator.test_quality_results import quality
+
+    public = pb_grpc.AgentServiceStub(connect(server.address, 5))
+    agents.Register(pb.RegisterRequest(inventory=pb.DeviceInventory(device_id="dev-r", hostname="r")), timeout=10)
+    spec = pb.CampaignSpec(models=["smollm2-135m"], quants=["Q4_0"], backends=["llama.cpp"],
+                           template=pb.ProfileRequest(n_prompt=16, n_gen=4, repetitions=1))
+    campaign = stub.CreateCampaign(pb.CreateCampaignRequest(spec=spec), timeout=10)
+    joined = iter(range(10**6))
+    tokens = iter([server.store.create_join_token({}, 600) for _ in range(10)])  # made before any trouble
+    return {
+        "Join": lambda: public.Join(pb.JoinRequest(token=next(tokens),
+                                                   device_id=f"dev-j{next(joined)}"), timeout=10),
+        "Register": lambda: agents.Register(pb.RegisterRequest(inventory=pb.DeviceInventory(
+            device_id="dev-1", hostname="dev-1", ram_total_bytes=8 << 30)), timeout=10),
+        "PollJob": lambda: agents.PollJob(pb.PollJobRequest(device_id="dev-1", wait_s=0), timeout=10),
+        "ReportResult": lambda: agents.ReportResult(pb.ReportResultRequest(result=good_result("dev-1")), timeout=10),
+        "Heartbeat": lambda: agents.Heartbeat(pb.HeartbeatRequest(device_id="dev-1"), timeout=10),
+        "ReleaseJob": lambda: agents.ReleaseJob(pb.ReleaseJobRequest(device_id="dev-1", job_id="no-such-job"),
+                                                timeout=10),
+        "ReportQuality": lambda: agents.ReportQuality(quality("dev-1", "Q4_0", 0.05), timeout=10),
+        "FetchModel": lambda: list(agents.FetchModel(pb.FetchModelRequest(device_id="dev-1", sha256="0" * 64),
+                                                     timeout=10)),
+        "ListDevices": lambda: stub.ListDevices(pb.ListDevicesRequest(), timeout=10),
+        "SubmitProfile": lambda: stub.SubmitProfile(pb.SubmitProfileRequest(request=JOB, device_ids=["dev-1"]),
+                                                    timeout=10),
+        "GetJobs": lambda: stub.GetJobs(pb.GetJobsRequest(job_ids=list(campaign.job_ids)), timeout=10),
+        "GetLimitTable": lambda: stub.GetLimitTable(pb.GetLimitTableRequest(), timeout=10),
+        "Fit": lambda: stub.Fit(pb.FitRequest(model_name="smollm2-135m", quant="Q4_0"), timeout=30),
+        "ListTables": lambda: stub.ListTables(pb.ListTablesRequest(), timeout=10),
+        "GetTable": lambda: stub.GetTable(pb.GetTableRequest(name="measured"), timeout=30),
+        "CreateCampaign": lambda: stub.CreateCampaign(pb.CreateCampaignRequest(spec=spec), timeout=10),
+        "ListCampaigns": lambda: stub.ListCampaigns(pb.ListCampaignsRequest(), timeout=10),
+        "GetCampaign": lambda: stub.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign.campaign_id), timeout=10),
+        "CancelCampaign": lambda: stub.CancelCampaign(pb.CancelCampaignRequest(campaign_id=campaign.campaign_id),
+                                                      timeout=10),
+        "RevokeDevice": lambda: stub.RevokeDevice(pb.RevokeDeviceRequest(device_id="dev-r"), timeout=10),
+        "PutModel": lambda: stub.PutModel(pb.PutModelRequest(name="mine", sha256="0" * 64, size_bytes=10,
+                                                             data=b"x" * 10), timeout=10),
+        "ListModels": lambda: stub.ListModels(pb.ListModelsRequest(), timeout=10),
+        "RemoveModel": lambda: stub.RemoveModel(pb.RemoveModelRequest(name="no-such-model"), timeout=10),
+        "ImportModel": lambda: stub.ImportModel(pb.ImportModelRequest(ref="not-a-hub-file"), timeout=10),
+    }
+
+
+def _codes(calls) -> dict[str, str]:
+    found = {}
+    for name, call in calls.items():
+        try:
+            call()
+            found[name] = "OK"
+        except grpc.RpcError as exc:
+            found[name] = exc.code().name
+    return found
+
+
+def test_every_rpc_meets_database_trouble_with_unavailable_or_its_own_answer(fleet, db_url, monkeypatch):
+    """Every RPC of the contract (enrollment, registration, polls, reports, heartbeats, model fetches, campaigns,
+    tables, the model store), not only ingest: on SQLite with the database locked past the busy timeout (a backup,
+    a VACUUM), the call answers UNAVAILABLE or what it answers without the lock, and exactly that once the lock is
+    released; on PostgreSQL with every coordinator session cut before each call (a restart, a failover, an idle
+    reaper), the call answers what it answers without the cut. Never INTERNAL or UNKNOWN."""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+    server, agents, stub = fleet
+    _calls(agents, stub)
+    calls = _every_rpc(server, agents, stub)
+    contract = {m.name for s in pb.DESCRIPTOR.services_by_name.values() for m in s.methods}
+    assert set(calls) == contract
+    baseline = _codes(calls)
+    assert "INTERNAL" not in baseline.values() and "UNKNOWN" not in baseline.values(), baseline
+    if db.is_postgres_url(db_url):
+        import psycopg
+
+        def cut_then(call):
+            def made():
+                pids = [c.info.backend_pid for c in server.store.db.connections if not c.closed]
+                with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                                  (pids,))
+                call()
+            return made
+
+        for _ in range(2):
+            assert _codes({name: cut_then(call) for name, call in calls.items()}) == baseline
+        return
+    server.store.db.close()  # the store's threads open new connections, with the short busy timeout
+    holder = sqlite3.connect(db_url, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        locked = _codes(calls)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert {n: c for n, c in locked.items() if c not in (baseline[n], "UNAVAILABLE")} == {}, (baseline, locked)
+    writes = {"Join", "Register", "PollJob", "ReportResult", "Heartbeat", "ReleaseJob", "ReportQuality",
+              "SubmitProfile", "CreateCampaign", "CancelCampaign", "RevokeDevice"}
+    assert {n for n, c in locked.items() if c == "UNAVAILABLE"} >= writes, locked
+    assert _codes(calls) == baseline

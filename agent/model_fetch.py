@@ -24,8 +24,11 @@ from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 log = logging.getLogger("fleetfit.agent")
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
-             grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+# The coordinator away, restarting or busy: the fetch waits for it as long as the job's deadline allows.
+COORDINATOR_AWAY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED}
+# A failure of the coordinator's own (a bug answering every try alike) ends the fetch after this many tries in a row.
+RETRYABLE = COORDINATOR_AWAY | {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 MAX_TRIES_WITHOUT_PROGRESS = 6
 HIGH_PRECISIONS = ("F32", "F16", "BF16")  # a stored file of these types is quantized here to others
 
@@ -56,7 +59,8 @@ def fetch(stub, device_id: str, model: pb.ModelRef, cache_dir: pathlib.Path, dea
           limit_bytes: int | None = None) -> Fetched:
     """The stored file `model.sha256` in the cache, fetched if it is not there. ModelError (one line) for a file
     the disk or the cache limit cannot take, a digest the coordinator does not hold, or bytes that do not hash to
-    the digest (the partial file is removed then); WorkerFailure when the job's deadline or stop ends it."""
+    the digest (the partial file is removed then); WorkerFailure when the job's deadline or stop ends it. A
+    coordinator away (restarting, unavailable) is waited for, within the job's deadline."""
     digest = model.sha256
     if not (len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
         raise ModelError(f"the job's model digest {digest[:80]!r} is not a SHA-256 (64 lower-case hex digits)")
@@ -105,11 +109,11 @@ def fetch(stub, device_id: str, model: pb.ModelRef, cache_dir: pathlib.Path, dea
                     raise ModelError(f"fetching sha256:{digest[:16]}... failed: {exc.code().name}: "
                                      f"{exc.details()}") from None
                 tries = 0 if received else tries + 1
-                if tries >= MAX_TRIES_WITHOUT_PROGRESS:
+                if tries >= MAX_TRIES_WITHOUT_PROGRESS and exc.code() not in COORDINATOR_AWAY:
                     raise ModelError(f"fetching sha256:{digest[:16]}... made no progress in {tries} tries "
                                      f"({exc.code().name}): {held} bytes kept for the next try") from None
                 log.info("fetch of sha256:%s... cut at %d bytes (%s): resuming", digest[:16], held, exc.code().name)
-                deadline.wait(min(0.5 * 2 ** tries, 10.0), "model fetch")
+                deadline.wait(min(0.5 * 2 ** min(tries, 8), 10.0), "model fetch")
         target = _verified(partial, digest, hashed.hexdigest(), model.name or "model", deadline)
     log.info("fetched %s (sha256:%s..., %d bytes received, resumed from %d)", target.name, digest[:16], received,
              resumed_from)

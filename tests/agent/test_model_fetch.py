@@ -112,3 +112,39 @@ def test_a_digest_the_coordinator_does_not_hold_is_one_line(stored, tmp_path):
         model_fetch.fetch(stub, "dev-1", pb.ModelRef(name="x", sha256="1" * 64), tmp_path, Deadline.after(60))
     with pytest.raises(ModelError, match="not a SHA-256"):
         model_fetch.fetch(stub, "dev-1", pb.ModelRef(name="x", sha256="../../etc"), tmp_path, Deadline.after(60))
+
+
+def test_a_coordinator_away_longer_than_a_few_tries_is_waited_for_within_the_deadline(ladder, tmp_path, monkeypatch):
+    """The coordinator stops during a job's fetch and comes back (a restart): the fetch waits for it within the job's
+    deadline and gets the file — before, a few tries without progress (~35 s) failed the job for good. One try is
+    allowed here, so any wait at all is the rule at work."""
+    import threading
+    import time
+
+    from fleetfit.coordinator.harness import BackgroundCoordinator
+    from tests.test_reliability import free_port
+
+    monkeypatch.setattr(model_fetch, "MAX_TRIES_WITHOUT_PROGRESS", 1)
+    kept = dict(db_path=tmp_path / "fleet.sqlite3", listen=f"127.0.0.1:{free_port()}", state_dir=tmp_path / "state")
+    first = BackgroundCoordinator(**kept)
+    first.start()
+    agents = Agents(first)
+    restarted = []
+    try:
+        digest = store(first, ladder["Q4_1"], "mine")
+        stub = agents.stub("dev-1")
+        first.stop()
+
+        def back():
+            time.sleep(3)
+            restarted.append(BackgroundCoordinator(**kept))
+            restarted[0].start()
+
+        threading.Thread(target=back, daemon=True).start()
+        got = model_fetch.fetch(stub, "dev-1", pb.ModelRef(name="mine", sha256=digest), tmp_path / "cache",
+                                Deadline.after(120))
+        assert restarted and hashlib.sha256(got.path.read_bytes()).hexdigest() == digest
+    finally:
+        agents.close()
+        for server in restarted:
+            server.stop()

@@ -55,7 +55,7 @@ def poisoned(edit) -> pb.ProfileResult:
     (lambda r: [r.power.declined.append("d" * 4000) for _ in range(300)], "bytes: at most 262144 are accepted"),
     (lambda r: setattr(r, "n_depth", 1024), "result.n_depth is 1024: the request asked for a depth of 0"),
     (lambda r: setattr(r, "n_depth", -5), "result.n_depth is -5: figures must not be negative"),
-    (lambda r: setattr(r.request, "decode_depth", 200_000), "decode_depth must be at most 131072"),
+    (lambda r: setattr(r.request, "decode_depth", 200_000), "decode_depth is 200000: above the ceiling of 131072"),
     (lambda r: r.decode_tokens_per_s.samples.extend([5.0] * 98), "result.decode_tokens_per_s has 101 samples: 1 to 100"),
     (lambda r: r.decode_tokens_per_s.samples.__setitem__(slice(None), [900.0, 950.0, 1000.0]),
      "result.decode_tokens_per_s.mean is 100: outside its samples (900..1000)"),

@@ -178,7 +178,10 @@ def check_postgres_url(url: str) -> None:
                             "(postgresql://USER:PASSWORD@HOST:PORT/DB; an IPv6 host goes in [brackets])") from None
 
 
-BUSY_TIMEOUT_MS = 10_000  # a write waits this long for another's lock, then fails (the RPC: UNAVAILABLE)
+# A statement waits this long for another's lock, then fails (the RPC: UNAVAILABLE): SQLite's busy timeout, and
+# PostgreSQL's lock_timeout, so a table locked by a backup, a VACUUM FULL or an operator's transaction answers the
+# same on both (not a call stuck until the caller's deadline, holding a store thread).
+BUSY_TIMEOUT_MS = 10_000
 RECOVER = "restore it from a backup, or move it aside to start an empty fleet"
 
 
@@ -249,6 +252,11 @@ class Database:
                 raise DatabaseError("PostgreSQL needs the psycopg package: pip install 'fleetfit[postgres]'") from None
             try:
                 conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+                try:
+                    conn.execute(f"SET lock_timeout = {int(BUSY_TIMEOUT_MS)}")
+                except BaseException:
+                    conn.close()
+                    raise
             except psycopg.Error as exc:
                 why, password = str(exc).strip().splitlines()[0], _password(self.url)
                 raise DatabaseError(f"cannot connect to {self.display}: "
@@ -397,7 +405,8 @@ class Database:
     def migrate(self) -> int:
         """Apply the migrations this database lacks; returns the schema version."""
         with self.transaction() as execute:
-            if self.postgres:  # one migrator at a time when several coordinator replicas start together
+            if self.postgres:  # one migrator at a time when several coordinator replicas start together (the
+                execute("SET LOCAL lock_timeout = 0")  # others wait for it, however long it takes)
                 execute("SELECT pg_advisory_xact_lock(7426001)")
             execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
             done = {v for (v,) in execute("SELECT version FROM schema_migrations").fetchall()}

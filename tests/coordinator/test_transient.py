@@ -409,10 +409,11 @@ def _codes(calls) -> dict[str, str]:
 
 def test_every_rpc_meets_database_trouble_with_unavailable_or_its_own_answer(fleet, db_url, monkeypatch):
     """Every RPC of the contract (enrollment, registration, polls, reports, heartbeats, model fetches, campaigns,
-    tables, the model store), not only ingest: on SQLite with the database locked past the busy timeout (a backup,
-    a VACUUM), the call answers UNAVAILABLE or what it answers without the lock, and exactly that once the lock is
-    released; on PostgreSQL with every coordinator session cut before each call (a restart, a failover, an idle
-    reaper), the call answers what it answers without the cut. Never INTERNAL or UNKNOWN."""
+    tables, the model store), not only ingest: with the database locked past the busy timeout (a backup, a VACUUM;
+    on PostgreSQL every table, where calls waited until the caller's deadline), the call answers UNAVAILABLE or what
+    it answers without the lock, and exactly that once the lock is released; on PostgreSQL with every coordinator
+    session cut before each call (a restart, a failover, an idle reaper), the call answers what it answers without
+    the cut. Never INTERNAL or UNKNOWN."""
     monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
     server, agents, stub = fleet
     _calls(agents, stub)
@@ -435,14 +436,19 @@ def test_every_rpc_meets_database_trouble_with_unavailable_or_its_own_answer(fle
 
         for _ in range(2):
             assert _codes({name: cut_then(call) for name, call in calls.items()}) == baseline
-        return
-    server.store.db.close()  # the store's threads open new connections, with the short busy timeout
-    holder = sqlite3.connect(db_url, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
+    server.store.db.close()  # the store's threads open new connections, with the short busy (lock) timeout
+    if db.is_postgres_url(db_url):  # every table, as a VACUUM FULL or an operator's LOCK TABLE holds it
+        from tests.test_chaos import TABLES
+
+        holder = psycopg.connect(db_url)
+        holder.execute(f"LOCK TABLE {', '.join(TABLES)} IN ACCESS EXCLUSIVE MODE")
+    else:
+        holder = sqlite3.connect(db_url, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
     try:
         locked = _codes(calls)
     finally:
-        holder.execute("ROLLBACK")
+        holder.rollback() if db.is_postgres_url(db_url) else holder.execute("ROLLBACK")
         holder.close()
     assert {n: c for n, c in locked.items() if c not in (baseline[n], "UNAVAILABLE")} == {}, (baseline, locked)
     writes = {"Join", "Register", "PollJob", "ReportResult", "Heartbeat", "ReleaseJob", "ReportQuality",

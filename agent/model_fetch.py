@@ -165,3 +165,65 @@ def _verified(partial: pathlib.Path, digest: str, found: str, name: str, deadlin
     os.replace(partial, target)
     os.utime(target, (time.time(), time.time()))
     return target
+
+
+def adopt(source: pathlib.Path, digest: str | None, name: str, cache_dir: pathlib.Path, deadline: Deadline,
+          limit_bytes: int | None = None) -> Fetched:
+    """A file downloaded into the cache by another client (huggingface_hub) moved in as the stored file of its
+    SHA-256, under the same lock and check as a fetch: `digest` is the SHA-256 its source pinned (None: the file's
+    own). ModelError (one line) for bytes that do not hash to it (the file is removed then)."""
+    source = source.resolve()  # huggingface_hub's snapshot names are links to its blobs
+    found = _Hashed.of(source, deadline).hexdigest()
+    digest = digest or found
+    directory = stored_dir(cache_dir, digest)
+    with model_cache.exclusive(directory / "fetch", deadline):
+        held = stored_file(cache_dir, digest)
+        if held is not None:
+            return Fetched(held, 0, 0)
+        size = source.stat().st_size
+        _check_room(cache_dir, size, size, limit_bytes)
+        partial = directory / ".fetch.resume"
+        shutil.move(source, partial)  # complete: it replaces any cut fetch's bytes
+        target = _verified(partial, digest, found, name, deadline)
+    return Fetched(target, size, 0)
+
+
+def pull(name: str, cache_dir: pathlib.Path, identity=None, operator_token: str | None = None,
+         limit_bytes: int | None = None, deadline: Deadline | None = None) -> Fetched:
+    """`fleetfit-agent models pull` of a model that is not shipped: `hf:ORG/REPO/FILE.gguf[@REV]` downloaded here
+    from the hub (or HF_ENDPOINT's mirror) at its pinned commit and SHA-256, or a stored model's NAME fetched from
+    the coordinator `identity` names (over FetchModel: as this device, only a model its leased job names; with the
+    operator's token, any). ModelError (one line) for a bad name, an unreachable source or a refusal."""
+    from fleetfit.models import hf_files
+    from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+    from fleetfit.v1.transport import connect
+
+    deadline = deadline or Deadline.after(7 * 24 * 3600)
+    if hf_files.is_hf_ref(name):
+        ref = hf_files.parse(name)
+        downloads = pathlib.Path(cache_dir) / "hf-cache"
+        found = hf_files.download(name, downloads, needs="this device")  # a cut one stays: the next try resumes it
+        try:
+            return adopt(found.path, found.sha256, model_cache.checked_name(ref.stem), cache_dir, deadline,
+                         limit_bytes)
+        finally:  # adopted or refused, the download is done with
+            shutil.rmtree(downloads, ignore_errors=True)
+    name = model_cache.checked_name(name)
+    if identity is None:
+        raise ModelError(f"{name!r} is neither a shipped model nor hf:ORG/REPO/FILE.gguf, and this device is not "
+                         "enrolled to fetch it from a coordinator's store (fleetfit-agent join)")
+    cert = (identity.client_cert_pem.encode(), identity.client_key_pem.encode()) if identity.client_cert_pem else None
+    channel = identity.connect() if operator_token is None else \
+        connect(identity.coordinator, token=operator_token, client_cert=cert,
+                ca_pem=identity.ca_pem.encode() if identity.ca_pem else None)
+    device_id = "" if operator_token is not None else identity.device_id
+    with channel:
+        stub = pb_grpc.AgentServiceStub(channel)
+        try:
+            (answer,) = list(stub.FetchModel(pb.FetchModelRequest(device_id=device_id, name=name), timeout=30))
+        except grpc.RpcError as exc:
+            raise ModelError(f"{identity.coordinator} gives no model {name!r}: {exc.code().name}: "
+                             f"{(exc.details() or '').strip()[:300]}") from None
+        except ValueError:
+            raise ModelError(f"{identity.coordinator} answered a request by name with file data: refused") from None
+        return fetch(stub, device_id, pb.ModelRef(name=name, sha256=answer.sha256), cache_dir, deadline, limit_bytes)

@@ -113,7 +113,7 @@ class Agents:
     over the real Join RPC) on first use: `agents.PollJob(pb.PollJobRequest(device_id="dev-1"))`."""
 
     def __init__(self, coordinator):
-        self.coordinator, self.channels, self.stubs = coordinator, [], {}
+        self.coordinator, self.channels, self.stubs, self.identities = coordinator, [], {}, {}
 
     def stub(self, device_id: str):
         from fleetfit.agent import identity
@@ -122,6 +122,7 @@ class Agents:
         if device_id not in self.stubs:
             found = identity.join(self.coordinator.address, self.coordinator.join_token(), device_id,
                                   insecure=not self.coordinator.tls)
+            self.identities[device_id] = found
             self.channels.append(found.connect(5))
             self.stubs[device_id] = pb_grpc.AgentServiceStub(self.channels[-1])
         return self.stubs[device_id]
@@ -149,6 +150,20 @@ def fleet_stub(coordinator):
 
     ca = coordinator.authority.ca_pem if coordinator.tls else None
     return pb_grpc.FleetServiceStub(connect(coordinator.address, 5, ca_pem=ca, token=coordinator.operator_token))
+
+
+def lease_job(coordinator, stub, device_id: str, model):
+    """A job naming `model` (a ModelRef) queued for `device_id` (registered through `stub`, its AgentService stub)
+    and leased to it: what lets a device fetch a stored model (FetchModel serves an agent only the files its leased
+    jobs name)."""
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    stub.Register(pb.RegisterRequest(inventory=pb.DeviceInventory(device_id=device_id)), timeout=10)
+    fleet_stub(coordinator).SubmitProfile(pb.SubmitProfileRequest(device_ids=[device_id], request=pb.ProfileRequest(
+        model=model, backend="llama.cpp", n_prompt=16, n_gen=4, repetitions=1)), timeout=10)
+    job = stub.PollJob(pb.PollJobRequest(device_id=device_id, wait_s=5), timeout=15).job
+    assert job.request.model.sha256 == model.sha256
+    return job
 
 
 def stop_processes(*procs: subprocess.Popen, grace_s: float = 30) -> None:

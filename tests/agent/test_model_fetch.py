@@ -1,6 +1,7 @@
-"""A stored model fetched by a device over its own authenticated channel (a real coordinator, real gRPC): verified
-by SHA-256 before use, resumed after the agent is SIGKILLed mid-download, refused in one line when the disk or the
-cache limit cannot take it or the bytes were altered; never a partial or corrupt file in the cache."""
+"""A stored model fetched by a device over its own authenticated channel (a real coordinator, real gRPC), for a job
+leased to it: verified by SHA-256 before use, resumed after the agent is SIGKILLed mid-download, refused in one line
+when the disk or the cache limit cannot take it, the bytes were altered, or no job of the device names the file;
+never a partial or corrupt file in the cache."""
 
 import hashlib
 import os
@@ -11,13 +12,13 @@ import textwrap
 
 import pytest
 
-from fleetfit.agent import model_cache, model_fetch
+from fleetfit.agent import identity, model_cache, model_fetch
 from fleetfit.agent.isolation import Deadline
 from fleetfit.coordinator.model_store import MAX_CHUNK_BYTES
 from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.agent.test_disk_full import small_disk  # noqa: F401
-from tests.conftest import Agents, fleet_stub, wait_until
+from tests.conftest import Agents, fleet_stub, lease_job, wait_until
 
 
 def store(coordinator, path, name: str) -> str:
@@ -35,6 +36,7 @@ def store(coordinator, path, name: str) -> str:
 def stored(coordinator, ladder):
     agents = Agents(coordinator)
     digest = store(coordinator, ladder["Q4_1"], "mine")
+    lease_job(coordinator, agents.stub("dev-1"), "dev-1", pb.ModelRef(name="mine", sha256=digest))
     yield agents.stub("dev-1"), digest, ladder["Q4_1"]
     agents.close()
 
@@ -52,13 +54,15 @@ def test_a_stored_model_is_fetched_verified_and_used_from_the_cache(stored, tmp_
 
 def test_an_agent_killed_mid_download_resumes_where_it_stopped(stored, coordinator, tmp_path):
     stub, digest, original = stored
-    token = coordinator.join_token(device_id="dev-slow")
+    slow = Agents(coordinator)
+    lease_job(coordinator, slow.stub("dev-slow"), "dev-slow", pb.ModelRef(name="mine", sha256=digest))
+    identity.save(slow.identities["dev-slow"], tmp_path / "dev-slow.json")
     child = textwrap.dedent(f"""
         import pathlib, time
         from fleetfit.agent import identity, model_fetch
         from fleetfit.agent.isolation import Deadline
         from fleetfit.v1 import fleetfit_pb2 as pb, fleetfit_pb2_grpc as pb_grpc
-        found = identity.join({coordinator.address!r}, {token!r}, "dev-slow", insecure=True)
+        found = identity.load(pathlib.Path({str(tmp_path / "dev-slow.json")!r}))
         real = pb_grpc.AgentServiceStub(found.connect(5))
         class Slow:  # the real stream, read slowly so that the test can kill this process halfway
             def FetchModel(self, request, timeout):
@@ -76,6 +80,7 @@ def test_an_agent_killed_mid_download_resumes_where_it_stopped(stored, coordinat
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        slow.close()
     held = partial.stat().st_size
     assert 0 < held < original.stat().st_size
     assert model_fetch.stored_file(tmp_path, digest) is None  # nothing usable until verified
@@ -106,8 +111,11 @@ def test_a_full_disk_or_a_small_cache_limit_is_one_line(stored, small_disk):  # 
     assert model_fetch.stored_file(small_disk, digest) is None
 
 
-def test_a_digest_the_coordinator_does_not_hold_is_one_line(stored, tmp_path):
+def test_a_digest_the_coordinator_does_not_hold_is_one_line(stored, coordinator, tmp_path):
     stub, _, _ = stored
+    with pytest.raises(ModelError, match="PERMISSION_DENIED: no job leased to device dev-1 names"):
+        model_fetch.fetch(stub, "dev-1", pb.ModelRef(name="x", sha256="1" * 64), tmp_path, Deadline.after(60))
+    lease_job(coordinator, stub, "dev-1", pb.ModelRef(name="x", sha256="1" * 64))  # a job naming a removed model
     with pytest.raises(ModelError, match="holds no model"):
         model_fetch.fetch(stub, "dev-1", pb.ModelRef(name="x", sha256="1" * 64), tmp_path, Deadline.after(60))
     with pytest.raises(ModelError, match="not a SHA-256"):

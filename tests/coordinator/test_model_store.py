@@ -12,7 +12,8 @@ import pytest
 
 from fleetfit.coordinator.model_store import MAX_CHUNK_BYTES, ModelStore, StoreRefused, attach
 from fleetfit.v1 import fleetfit_pb2 as pb
-from tests.conftest import BIN, Agents, assert_one_line_error, fleet_stub, run_cli, stop_processes, wait_until
+from tests.conftest import (BIN, Agents, assert_one_line_error, fleet_stub, lease_job, run_cli, stop_processes,
+                            wait_until)
 
 
 def sha256(path) -> str:
@@ -35,6 +36,7 @@ def test_an_upload_resumes_is_verified_listed_fetched_and_removed(coordinator, l
     assert 0 < half.received_bytes < file.stat().st_size and not half.HasField("model")
     agents = Agents(coordinator)
     try:
+        lease_job(coordinator, agents.stub("dev-1"), "dev-1", pb.ModelRef(name="mine", sha256=sha256(file)))
         with pytest.raises(grpc.RpcError) as refused:  # a partial upload is never served
             list(agents.FetchModel(pb.FetchModelRequest(device_id="dev-1", sha256=sha256(file)), timeout=10))
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND

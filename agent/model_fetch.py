@@ -153,11 +153,13 @@ class _Hashed:
         return hashed
 
 
-def _verified(partial: pathlib.Path, digest: str, found: str, name: str, deadline: Deadline) -> pathlib.Path:
-    """The complete partial file renamed into place once its SHA-256 (`found`) is `digest` and its header reads."""
+def _verified(partial: pathlib.Path, digest: str, found: str, name: str, deadline: Deadline,
+              source: str = "the job's") -> pathlib.Path:
+    """The complete partial file renamed into place once its SHA-256 (`found`) is `digest` (`source`'s) and its header
+    reads."""
     if found != digest:
         partial.unlink(missing_ok=True)
-        raise ModelError(f"the fetched model hashes to sha256:{found[:16]}..., not the job's "
+        raise ModelError(f"the fetched model hashes to sha256:{found[:16]}..., not {source} "
                          f"sha256:{digest[:16]}...: removed, never used")
     info = model_cache.inspect(partial, job=True, deadline=deadline)
     target = partial.parent / f"{model_cache.checked_name(name)}-{info.quant}.gguf"
@@ -184,7 +186,7 @@ def adopt(source: pathlib.Path, digest: str | None, name: str, cache_dir: pathli
         _check_room(cache_dir, size, size, limit_bytes)
         partial = directory / ".fetch.resume"
         shutil.move(source, partial)  # complete: it replaces any cut fetch's bytes
-        target = _verified(partial, digest, found, name, deadline)
+        target = _verified(partial, digest, found, name, deadline, "the hub's")
     return Fetched(target, size, 0)
 
 
@@ -194,7 +196,7 @@ def pull(name: str, cache_dir: pathlib.Path, identity=None, operator_token: str 
     from the hub (or HF_ENDPOINT's mirror) at its pinned commit and SHA-256, or a stored model's NAME fetched from
     the coordinator `identity` names (over FetchModel: as this device, only a model its leased job names; with the
     operator's token, any). ModelError (one line) for a bad name, an unreachable source or a refusal."""
-    from fleetfit.models import hf_files
+    from fleetfit.models import hf_files, job_bounds
     from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
     from fleetfit.v1.transport import connect
 
@@ -208,7 +210,10 @@ def pull(name: str, cache_dir: pathlib.Path, identity=None, operator_token: str 
                          limit_bytes)
         finally:  # adopted or refused, the download is done with
             shutil.rmtree(downloads, ignore_errors=True)
-    name = model_cache.checked_name(name)
+    try:
+        job_bounds.check_model_name(name)
+    except ValueError as exc:
+        raise ModelError(f"{exc}; a Hugging Face file is hf:ORG/REPO/FILE.gguf[@REV]") from None
     if identity is None:
         raise ModelError(f"{name!r} is neither a shipped model nor hf:ORG/REPO/FILE.gguf, and this device is not "
                          "enrolled to fetch it from a coordinator's store (fleetfit-agent join)")

@@ -18,7 +18,7 @@ from fleetfit.coordinator.model_store import MAX_CHUNK_BYTES
 from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.agent.test_disk_full import small_disk  # noqa: F401
-from tests.conftest import Agents, fleet_stub, lease_job, wait_until
+from tests.conftest import Agents, assert_one_line_error, fleet_stub, lease_job, run_cli, wait_until
 
 
 def store(coordinator, path, name: str) -> str:
@@ -120,3 +120,43 @@ def test_a_digest_the_coordinator_does_not_hold_is_one_line(stored, coordinator,
         model_fetch.fetch(stub, "dev-1", pb.ModelRef(name="x", sha256="1" * 64), tmp_path, Deadline.after(60))
     with pytest.raises(ModelError, match="not a SHA-256"):
         model_fetch.fetch(stub, "dev-1", pb.ModelRef(name="x", sha256="../../etc"), tmp_path, Deadline.after(60))
+
+
+def test_models_pull_from_a_hub_pins_its_sha256_into_the_stored_cache(hub, ladder, tmp_path):
+    server = hub()
+    cache, digest = tmp_path / "cache", hashlib.sha256(ladder["Q4_1"].read_bytes()).hexdigest()
+    pulled = run_cli("fleetfit-agent", "models", "pull", "hf:test-org/smol/smollm2-Q4_1.gguf@main", "--cache-dir",
+                     str(cache))
+    assert pulled.returncode == 0, pulled.stderr
+    path = cache / "stored" / digest / "smollm2-Q4_1-Q4_1.gguf"
+    assert pulled.stdout.strip() == str(path) and hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert model_fetch.stored_file(cache, digest) == path  # a job naming this digest runs it without a fetch
+    assert not (cache / "hf-cache").exists()  # kept once, in the cache's own layout
+    other = tmp_path / "other"
+    for ref, fragment in (("hf:test-org/../x.gguf", "is not a Hugging Face file"),
+                          ("hf:test-org/smol/missing.gguf", "cannot download hf:test-org/smol/missing.gguf"),
+                          ("../etc/passwd", "not a model name"),
+                          ("my-model", "not enrolled to fetch it from a coordinator's store")):
+        assert_one_line_error(run_cli("fleetfit-agent", "models", "pull", ref, "--cache-dir", str(other),
+                                      "--identity", str(tmp_path / "none.json")), fragment)
+    server.lie = True  # a mirror whose SHA-256 is not the file's: refused, nothing kept
+    assert_one_line_error(run_cli("fleetfit-agent", "models", "pull", "hf:test-org/smol/smollm2-Q4_1.gguf",
+                                  "--cache-dir", str(other)), "not the hub's sha256:")
+    assert not list((other / "stored").glob("*/*.gguf"))
+
+
+def test_models_pull_of_a_stored_name_needs_a_leased_job_or_the_operator(coordinator, ladder, tmp_path):
+    digest = store(coordinator, ladder["Q4_1"], "mine")
+    ident = tmp_path / "agent.json"
+    joined = run_cli("fleetfit-agent", "join", "--coordinator", coordinator.address, "--token",
+                     coordinator.join_token(), "--device-id", "puller", "--identity", str(ident), "--insecure")
+    assert joined.returncode == 0, joined.stderr
+    pull = ("fleetfit-agent", "models", "pull", "mine", "--cache-dir", str(tmp_path / "cache"), "--identity",
+            str(ident))
+    assert_one_line_error(run_cli(*pull), "PERMISSION_DENIED: no job leased to device puller names mine")
+    assert_one_line_error(run_cli(*pull[:3], "nothing-stored", *pull[4:], "--operator-token",
+                                  coordinator.operator_token), "gives no model 'nothing-stored': NOT_FOUND")
+    pulled = run_cli(*pull, "--operator-token", coordinator.operator_token)
+    assert pulled.returncode == 0, pulled.stderr
+    path = tmp_path / "cache" / "stored" / digest / "mine-Q4_1.gguf"
+    assert pulled.stdout.strip() == str(path) and hashlib.sha256(path.read_bytes()).hexdigest() == digest

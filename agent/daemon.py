@@ -8,7 +8,9 @@ model, or a file that lies in a directory the device's owner allowed (--allow-di
 The agent runs one job at a time, under the device's run lock (a local `fleetfit-agent profile` takes it too, so
 the two never compete for memory). A job whose campaign the operator cancels hears of it in its lease's heartbeat:
 it is stopped like a SIGTERM stops it, the files it made in the cache are removed, and it is reported (cancelled).
-After each job the cache is trimmed to its limit (model_cache.trim).
+After each job the cache is trimmed to its limit (model_cache.trim). A job that asks for a quality pass
+(ProfileRequest.quality) has it after a successful run, under the same lock; its result goes to the outbox before the
+job's.
 
 The agent registers before its capability trials (so it is listed at once, as probing), stays in contact while
 they run, and registers again with their results before it takes a job.

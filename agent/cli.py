@@ -517,7 +517,7 @@ def quality(
     if not wanted:
         _fail("--quants names no quant type")
     try:
-        job_bounds.check_quality(context, chunks, "--context")
+        job_bounds.check_quality(context, chunks, ("--context", "--chunks"))
     except ValueError as exc:
         _fail(str(exc))
     body = q.read_text(text)

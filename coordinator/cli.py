@@ -530,6 +530,7 @@ def profile(
         _fail(f"--max-attempts must be {job_bounds.MAX_ATTEMPTS[0]} to {job_bounds.MAX_ATTEMPTS[1]}, got {max_attempts}")
     try:
         stream_counts = job_bounds.parse_stream_counts(parallel)
+        job_bounds.check_quality(quality_context, quality_chunks, ("--quality-context", "--quality-chunks"))
     except ValueError as exc:
         _fail(str(exc))
     fleet = _fleet(coordinator, state_dir, ca, token)

@@ -169,10 +169,12 @@ def check_sizes(request, shown: dict[str, str] | None = None) -> None:
         check_quality(request.quality.context_tokens or QUALITY_DEFAULT_CONTEXT, request.quality.chunks)
 
 
-def check_quality(context_tokens: int, chunks: int = 0, shown: str = "quality context") -> None:
-    """ValueError (one line) for a quality pass's context (tokens per chunk) or chunk count outside their bounds."""
+def check_quality(context_tokens: int, chunks: int = 0, shown: tuple[str, str] = ("quality context", "quality chunks")
+                  ) -> None:
+    """ValueError (one line) for a quality pass's context (tokens per chunk) or chunk count outside their bounds;
+    `shown`: the two as the asker spells them."""
     low, high = QUALITY_CONTEXT
     if not low <= context_tokens <= high:
-        raise ValueError(f"{shown} must be {low} to {high} tokens, got {context_tokens}")
+        raise ValueError(f"{shown[0]} must be {low} to {high} tokens, got {context_tokens}")
     if not QUALITY_CHUNKS[0] <= chunks <= QUALITY_CHUNKS[1]:
-        raise ValueError(f"quality chunks must be 0 (the whole text) to {QUALITY_CHUNKS[1]}, got {chunks}")
+        raise ValueError(f"{shown[1]} must be 0 (the whole text) to {QUALITY_CHUNKS[1]}, got {chunks}")

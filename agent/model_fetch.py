@@ -224,11 +224,12 @@ def pull(name: str, cache_dir: pathlib.Path, identity=None, operator_token: str 
     device_id = "" if operator_token is not None else identity.device_id
     with channel:
         stub = pb_grpc.AgentServiceStub(channel)
+        answers = stub.FetchModel(pb.FetchModelRequest(device_id=device_id, name=name), timeout=30)
         try:
-            (answer,) = list(stub.FetchModel(pb.FetchModelRequest(device_id=device_id, name=name), timeout=30))
+            answer = next(answers, pb.ModelChunk())  # one message: the digest (fetch checks it is one)
         except grpc.RpcError as exc:
             raise ModelError(f"{identity.coordinator} gives no model {name!r}: {exc.code().name}: "
                              f"{(exc.details() or '').strip()[:300]}") from None
-        except ValueError:
-            raise ModelError(f"{identity.coordinator} answered a request by name with file data: refused") from None
+        finally:
+            answers.cancel()
         return fetch(stub, device_id, pb.ModelRef(name=name, sha256=answer.sha256), cache_dir, deadline, limit_bytes)

@@ -3,6 +3,8 @@ agent's own authenticated channel: AgentService.FetchModel streams the file from
 coordinator restarted, this agent killed) resumes where it stopped. The bytes go to a resumable partial file
 beside the target under the target's lock (model_cache.exclusive); the SHA-256 is checked before the file is
 renamed into place, so a damaged or altered file is never used. Free disk and the cache's limit are checked first.
+The coordinator serves a device only the files its leased jobs name. `fleetfit-agent models pull` (pull) fetches a
+stored model by name the same way, or downloads a Hugging Face file here and adopts it under its pinned SHA-256.
 
     CACHE/stored/<sha256>/<name>-<TYPE>.gguf            the stored file, verified
     CACHE/stored/<sha256>/derived/<name>-<TYPE>.gguf    precisions derived from it (an F16/BF16/F32 file)

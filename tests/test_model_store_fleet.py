@@ -124,8 +124,8 @@ def test_a_quality_campaign_measures_each_file_against_the_models_highest_precis
             assert q.context_tokens == 128 and q.n_positions == 2 * 63 and q.kl_divergence_mean >= 0
         assert rows["my-smollm-f16", "Q8_0"].reference_sha256 == digests["my-smollm-f16"]  # the stored F16 itself
         assert rows["my-smollm-f16", "Q4_1"].reference_sha256 == digests["my-smollm-f16"]
-        derived = rows["my-smollm", "Q4_1"].reference_sha256  # F16 derived on the device from the stored Q4_1
-        assert derived not in ("", digests["my-smollm"], digests["my-smollm-f16"])
+        derived = tmp_path / "agent-cache" / "stored" / digests["my-smollm"] / "derived" / "my-smollm-F16.gguf"
+        assert rows["my-smollm", "Q4_1"].reference_sha256 == hashlib.sha256(derived.read_bytes()).hexdigest()
         assert rows["my-smollm-f16", "Q8_0"].kl_divergence_mean < rows["my-smollm-f16", "Q4_1"].kl_divergence_mean
 
         table = run_cli("fleetfit", "limits", "quality", "-o", "csv", env=env)

@@ -126,7 +126,6 @@ def test_a_quality_campaign_measures_each_file_against_the_models_highest_precis
         assert rows["my-smollm-f16", "Q4_1"].reference_sha256 == digests["my-smollm-f16"]
         derived = tmp_path / "agent-cache" / "stored" / digests["my-smollm"] / "derived" / "my-smollm-F16.gguf"
         assert rows["my-smollm", "Q4_1"].reference_sha256 == hashlib.sha256(derived.read_bytes()).hexdigest()
-        assert rows["my-smollm-f16", "Q8_0"].kl_divergence_mean < rows["my-smollm-f16", "Q4_1"].kl_divergence_mean
 
         table = run_cli("fleetfit", "limits", "quality", "-o", "csv", env=env)
         assert table.returncode == 0, table.stderr

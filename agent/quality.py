@@ -22,8 +22,11 @@ import tempfile
 
 import numpy as np
 
+from fleetfit.models import job_bounds
+from fleetfit.v1 import fleetfit_pb2 as pb
+
 DEFAULT_TEXT = pathlib.Path(__file__).parent / "texts" / "public-domain.txt"
-DEFAULT_CONTEXT = 512  # llama-perplexity's usual -c for KL divergence
+DEFAULT_CONTEXT = job_bounds.QUALITY_DEFAULT_CONTEXT
 MAX_TEXT_BYTES = 4 << 20
 MAX_REFERENCE_BYTES = 2 << 30  # the reference's compressed log-probabilities: positions x vocabulary x 2 bytes
 METHOD = ("llama-perplexity --kl-divergence method: context-sized chunks from an empty cache, BOS first, second "
@@ -205,9 +208,10 @@ def quant_pass(score, reference: str) -> dict:
 # -- the agent side ------------------------------------------------------------------------------------------
 
 def measure(reference_path: pathlib.Path, quant_paths: dict[str, pathlib.Path], text: str, n_ctx: int,
-            threads: int, timeout_s: float, reference: str = "F16", device: str = "") -> list[QualityResult]:
+            threads: int, timeout_s, reference: str = "F16", device: str = "", chunks: int = 0) -> list[QualityResult]:
     """The reference's row, then one row per quant, each pass in its own worker process (a bar of passes on a
-    terminal's stderr)."""
+    terminal's stderr); `chunks`: the text's first N chunks only (0: all); `timeout_s`: seconds per pass, or a
+    Deadline over them all."""
     from fleetfit.agent.isolation import run_worker
     from fleetfit.models import progress
 
@@ -216,7 +220,7 @@ def measure(reference_path: pathlib.Path, quant_paths: dict[str, pathlib.Path], 
                          total=1 + len(quant_paths)) as advance:
         base = str(pathlib.Path(tmp) / "reference.npz")
         run_worker({"op": "quality_reference", "model_path": str(reference_path), "text": text, "n_ctx": n_ctx,
-                    "threads": threads, "out": base, "device": device}, timeout_s, phase="quality reference pass")
+                    "threads": threads, "out": base, "device": device, "chunks": chunks}, timeout_s, phase="quality reference pass")
         advance(1)
         rows = []
         for quant, path in quant_paths.items():
@@ -228,3 +232,68 @@ def measure(reference_path: pathlib.Path, quant_paths: dict[str, pathlib.Path], 
             rows.append(summary(quant, reference, n_ctx, sums, path.stat().st_size))
             advance(1)
     return rows
+
+
+def message(row: QualityResult, device_id: str, model_name: str, text_sha256: str, model_sha256: str,
+            reference_sha256: str) -> pb.QualityResult:
+    """One quant's row as the QualityResult a device reports (AgentService.ReportQuality)."""
+    import time
+    import uuid
+
+    from fleetfit.v1.words import parse_dict
+
+    return pb.QualityResult(
+        result_id=str(uuid.uuid4()), device_id=device_id, model_name=model_name, quant=row.quant,
+        reference_quant=row.reference, context_tokens=row.context_tokens, n_positions=row.n_positions,
+        kl_divergence_mean=row.kl_divergence_mean, kl_divergence_stderr=row.kl_divergence_stderr,
+        kl_divergence_p99=row.kl_divergence_p99, perplexity=row.perplexity, perplexity_stderr=row.perplexity_stderr,
+        same_top_token_fraction=row.same_top_token_fraction, file_bytes=row.file_bytes or 0, text_sha256=text_sha256,
+        created_unix_s=time.time(), model_sha256=model_sha256, reference_sha256=reference_sha256,
+        provenance=parse_dict(dict(row.provenance), pb.Provenance()))
+
+
+def job_reference(model, cache_dir: pathlib.Path, threads: int, deadline) -> pathlib.Path:
+    """The file a job's quality pass compares with (a ModelRef's highest precision here): a stored file itself when
+    it is F32/F16/BF16, else F16 derived from it with llama.cpp's quantizer (as SmolLM2's F16 is derived from its
+    Q4_1); a real model's F16 likewise. ModelError (one line) for a model without real weights."""
+    from fleetfit.agent import model_cache, model_fetch
+    from fleetfit.models.errors import ModelError
+    from fleetfit.models.real_models import REAL_MODELS
+
+    if model.sha256:
+        stored = model_fetch.stored_file(cache_dir, model.sha256)
+        if stored is None:
+            raise ModelError(f"stored model {model.name} is not in this device's cache")
+        if model_cache.inspect(stored, True, deadline).quant in model_fetch.HIGH_PRECISIONS:
+            return stored
+        return model_cache.derive(stored, "F16", model_fetch.derived_file(stored, "F16"), threads, deadline)
+    if model.name.lower() in REAL_MODELS:
+        return model_cache.resolve(model.name, "F16", cache_dir, threads, deadline).path
+    raise ModelError(f"a quality pass needs real weights: {model.name} is a shape with random weights here")
+
+
+def for_job(request, result, cache_dir: pathlib.Path, deadline) -> pb.QualityResult | None:
+    """A job's quality pass (ProfileRequest.quality) after its successful profile `result`: the run's file against
+    the model's highest precision here (job_reference), on the shipped text. None when the run's file is that
+    reference (nothing to compare). ModelError or WorkerFailure when it cannot be made."""
+    import hashlib
+
+    from fleetfit.agent import model_cache, model_fetch
+    from fleetfit.models.gguf_file import sha256_of
+
+    threads = result.threads or 1
+    reference = job_reference(request.model, cache_dir, threads, deadline)
+    quant_file = pathlib.Path(result.model_file)
+    with model_cache.in_use(cache_dir, reference), model_cache.in_use(cache_dir, quant_file):
+        stored = request.model.sha256 and model_fetch.stored_file(cache_dir, request.model.sha256)
+        reference_sha256 = request.model.sha256 if reference == stored else \
+            sha256_of(reference, check=deadline.checker("hashing of the quality reference"))  # verified, or made here
+        if reference_sha256 == result.model_sha256:
+            return None
+        reference_quant = model_cache.inspect(reference, True, deadline).quant
+        text = read_text(None)
+        rows = measure(reference, {result.quant: quant_file}, text,
+                       request.quality.context_tokens or DEFAULT_CONTEXT, threads, deadline, reference_quant,
+                       request.device, request.quality.chunks)
+    return message(rows[1], result.device_id, request.model.name, hashlib.sha256(text.encode()).hexdigest(),
+                   result.model_sha256, reference_sha256)

@@ -6,8 +6,9 @@ coordinator's peak RSS while it serves, and a download SIGKILLed halfway then re
 
 The file is a synthetic GGUF of about --gib GiB (a real header the store and the agents check; random weights). The
 coordinator is `fleetfit serve --insecure` in its own process (so its RSS is its own); each agent is a process that
-enrolls a device and runs agent/model_fetch.fetch (the daemon's fetch) into a cache of its own. Nothing here is a
-test: the figures are printed beside their reference, not asserted.
+enrolls a device, leases the job the operator queued for it (FetchModel serves a device only the files its leased
+jobs name), keeps that lease with heartbeats as the daemon does, and runs agent/model_fetch.fetch (the daemon's fetch)
+into a cache of its own. Nothing here is a test: the figures are printed beside their reference, not asserted.
 """
 import argparse
 import os
@@ -77,20 +78,44 @@ def synthetic_model(directory: pathlib.Path, gib: float) -> pathlib.Path:
 
 
 FETCH = textwrap.dedent("""
-    import pathlib, sys, time
+    import pathlib, sys, threading, time
     from fleetfit.agent import identity, model_fetch
     from fleetfit.agent.isolation import Deadline
     from fleetfit.v1 import fleetfit_pb2 as pb, fleetfit_pb2_grpc as pb_grpc
     address, token, device, digest, cache = sys.argv[1:6]
     found = identity.join(address, token, device, insecure=True)
     stub = pb_grpc.AgentServiceStub(found.connect(10))
+    stub.Register(pb.RegisterRequest(inventory=pb.DeviceInventory(device_id=device)), timeout=30)
     print("ready", flush=True)
-    sys.stdin.readline()
+    sys.stdin.readline()  # its job is queued now
+    job = stub.PollJob(pb.PollJobRequest(device_id=device, wait_s=10), timeout=30).job
+    def keep_lease():
+        while True:
+            time.sleep(job.lease_s / 3)
+            stub.Heartbeat(pb.HeartbeatRequest(device_id=device, job_id=job.job_id, fence=job.fence), timeout=30)
+    threading.Thread(target=keep_lease, daemon=True).start()
     start = time.monotonic()
     got = model_fetch.fetch(stub, device, pb.ModelRef(name="bench", sha256=digest), pathlib.Path(cache),
                             Deadline.after(3600))
     print(f"done {time.monotonic() - start:.3f} {got.received_bytes} {got.resumed_from}", flush=True)
 """)
+
+
+def queue_job(address: str, state: pathlib.Path, device: str, digest: str) -> None:
+    """The operator queues a job naming the stored file on `device` (what lets it fetch the file)."""
+    from fleetfit.v1 import fleetfit_pb2 as pb, fleetfit_pb2_grpc as pb_grpc
+    from fleetfit.v1.transport import connect
+
+    with connect(address, 10, token=(state / "operator.token").read_text().strip()) as channel:
+        pb_grpc.FleetServiceStub(channel).SubmitProfile(pb.SubmitProfileRequest(device_ids=[device], request=(
+            pb.ProfileRequest(model=pb.ModelRef(name="bench", sha256=digest), backend="llama.cpp", n_prompt=16,
+                              n_gen=4, repetitions=1))), timeout=30)
+
+
+def go(address: str, state: pathlib.Path, device: str, digest: str, proc: subprocess.Popen) -> None:
+    queue_job(address, state, device, digest)
+    proc.stdin.write("\n")
+    proc.stdin.flush()
 
 
 def start_fetcher(address: str, token: str, device: str, digest: str, cache: pathlib.Path) -> subprocess.Popen:
@@ -143,8 +168,11 @@ def main() -> int:
                                  env=env, capture_output=True, text=True, check=True).stdout
             return out.strip().splitlines()[-1]
 
-        fetchers = [start_fetcher(f"127.0.0.1:{port}", token(), f"bench-{i}", digest, work / f"agent-{i}")
+        address = f"127.0.0.1:{port}"
+        fetchers = [start_fetcher(address, token(), f"bench-{i}", digest, work / f"agent-{i}")
                     for i in range(args.agents)]
+        for i in range(args.agents):
+            queue_job(address, state, f"bench-{i}", digest)
         sampler = RssSampler(serve.pid)
         sampler.start()
         start = time.monotonic()
@@ -161,18 +189,16 @@ def main() -> int:
 
         # the resume: one more device, killed halfway, run again
         cache = work / "agent-resume"
-        proc = start_fetcher(f"127.0.0.1:{port}", token(), "bench-resume", digest, cache)
+        proc = start_fetcher(address, token(), "bench-resume", digest, cache)
         partial = cache / "stored" / digest / ".fetch.resume"
-        proc.stdin.write("\n")
-        proc.stdin.flush()
+        go(address, state, "bench-resume", digest, proc)
         while not (partial.exists() and partial.stat().st_size >= size // 2):
             time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         held = partial.stat().st_size
-        proc = start_fetcher(f"127.0.0.1:{port}", token(), "bench-resume2", digest, cache)
-        proc.stdin.write("\n")
-        proc.stdin.flush()
+        proc = start_fetcher(address, token(), "bench-resume2", digest, cache)
+        go(address, state, "bench-resume2", digest, proc)
         resumed = proc.stdout.readline().split()
         proc.wait()
         hwm = rss_bytes(serve.pid, "VmHWM")

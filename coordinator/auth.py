@@ -6,7 +6,9 @@ Callers send "authorization: Bearer <credential>":
   may call the agent RPCs, and only as itself — the request's device id must be its own;
 - `operator.<secret>`: the operator (the token `fleetfit serve` writes beside its database); it may
   call the fleet RPCs;
-- Join is public: it is authenticated by the join token it carries.
+- Join is public: it is authenticated by the join token it carries;
+- FetchModel takes either: an agent as itself (the server then serves only files its leased jobs name), or the
+  operator.
 """
 
 import asyncio
@@ -19,6 +21,7 @@ from fleetfit.coordinator import errors, ingest
 from fleetfit.coordinator.store import Store, token_hash
 
 PUBLIC, AGENT, OPERATOR = "public", "agent", "operator"
+AGENT_OR_OPERATOR = "agent or operator"
 
 # RPC -> (who may call it, the request field that names the calling device)
 POLICY: dict[str, tuple[str, str | None]] = {
@@ -29,7 +32,7 @@ POLICY: dict[str, tuple[str, str | None]] = {
     "fleetfit.v1.AgentService.Heartbeat": (AGENT, "device_id"),
     "fleetfit.v1.AgentService.ReleaseJob": (AGENT, "device_id"),
     "fleetfit.v1.AgentService.ReportQuality": (AGENT, "result.device_id"),
-    "fleetfit.v1.AgentService.FetchModel": (AGENT, "device_id"),
+    "fleetfit.v1.AgentService.FetchModel": (AGENT_OR_OPERATOR, "device_id"),
 }
 OPERATOR_SERVICE = "fleetfit.v1.FleetService"
 
@@ -92,6 +95,11 @@ def forget(proven: dict[str, float], device_id: str) -> None:
         proven.pop(cred, None)
 
 
+def is_operator(context) -> bool:
+    """Whether the call carries an operator credential: for an RPC of both roles, once guard has checked it."""
+    return credential(context).startswith("operator.")
+
+
 def check_operator(store: Store, cred: str) -> bool:
     return cred.startswith("operator.") and store.is_operator_token(cred[len("operator."):])
 
@@ -132,7 +140,8 @@ def _wrap(handler, role: str, device_field: str | None, store: Store, proven: di
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{where} holds a NUL character: text must not")
         cred = credential(context)
         loop = asyncio.get_running_loop()
-        if role == AGENT:
+        who = role if role != AGENT_OR_OPERATOR else OPERATOR if is_operator(context) else AGENT  # is_operator: checked
+        if who == AGENT:
             device_id = proven_agent(cred, proven) or await loop.run_in_executor(None, check_agent, store, cred, proven)
             if device_id is None:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "not an enrolled agent (run fleetfit-agent join)")
@@ -142,7 +151,7 @@ def _wrap(handler, role: str, device_field: str | None, store: Store, proven: di
             if claimed != device_id:
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                     f"agent {device_id} cannot act as device {claimed!r}")
-        elif role == OPERATOR and not await loop.run_in_executor(None, check_operator, store, cred):
+        elif who == OPERATOR and not await loop.run_in_executor(None, check_operator, store, cred):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "operator token missing or wrong (see FLEETFIT_TOKEN / the token file of fleetfit serve)")
         return await handler(request, context)

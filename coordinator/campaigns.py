@@ -21,7 +21,7 @@ import operator
 import re
 
 from fleetfit.coordinator.devices import display_names
-from fleetfit.coordinator.model_store import stored_refusal
+from fleetfit.coordinator.model_store import HIGH_PRECISIONS, stored_refusal
 from fleetfit.coordinator.store import Campaign
 from fleetfit.models import backends, job_bounds
 from fleetfit.models.catalogue import CATALOGUE, Architecture
@@ -186,6 +186,11 @@ def check_spec(spec: pb.CampaignSpec) -> None:
         if not model.HasField("shape"):
             raise ValueError(f"stored model {model.name!r} is {model.architecture}, a family whose shape fleetfit does "
                              "not read: campaigns run stored models of the families fleetfit models")
+    if spec.template.HasField("quality"):
+        stored = {m.name for m in spec.stored}
+        if shapes_only := [m for m in spec.models if m not in stored and m.lower() not in REAL_MODELS]:
+            raise ValueError(f"--quality needs real weights: {', '.join(shapes_only)} would run as random weights "
+                             "(add the file with fleetfit models add, and name it)")
     known = {**CATALOGUE, **spec_shapes(spec)}
     try:
         named = [backends.backend(b) for b in spec.backends]
@@ -295,6 +300,9 @@ def expand(spec: pb.CampaignSpec, terms: list[Term], devices: list[pb.Device]) -
                     if model in stored:
                         request.model.sha256 = stored[model].sha256
                     request.backend, request.quant = backend.name, precision
+                    if request.HasField("quality") and (why := _quality_refusal(backend, stored.get(model), inv)):
+                        request.ClearField("quality")
+                        skipped.setdefault(inv.device_id, {}).setdefault(f"no quality pass: {why}", []).append(what)
                     jobs.append((inv.device_id, request))
     return Plan(jobs, matched, {d: [f"{', '.join(whats)}: {why}" for why, whats in reasons.items()]
                                 for d, reasons in skipped.items()}, probing)
@@ -307,6 +315,23 @@ def _stored_refusal(spec: backends.BackendSpec, model: pb.StoredModel, precision
     if not spec.takes_gguf_types():
         return f"{spec.name} runs catalogue shapes; a stored model runs on llama.cpp"
     return stored_refusal(model, precision)
+
+
+def _quality_refusal(spec: backends.BackendSpec, model: pb.StoredModel | None, inv: pb.DeviceInventory) -> str | None:
+    """Why a job's quality pass (its file against the model's highest precision: a stored F32/F16/BF16 file itself,
+    else F16 derived from it) is not made on this device; None when it is."""
+    from fleetfit.coordinator.fit import TIGHT
+
+    if not spec.takes_gguf_types():
+        return f"{spec.name} runs no KL-divergence pass (llama.cpp does)"
+    if model is None:
+        return None
+    need = model.size_bytes if model.quant in HIGH_PRECISIONS else 2 * model.n_params if model.HasField("n_params") \
+        else 0
+    if need > TIGHT * inv.ram_total_bytes:
+        return (f"the {model.quant if model.quant in HIGH_PRECISIONS else 'F16'} reference ({need / 2**30:.1f} GiB) "
+                f"does not fit the device's memory ({inv.ram_total_bytes / 2**30:.1f} GiB)")
+    return None
 
 
 def after_trials(store, device_id: str) -> int:

@@ -508,6 +508,12 @@ def profile(
         help="A concurrency sweep after each single-stream run: stream counts decoded together, e.g. 1,2,4,8 "
              "(the serving table's measured points).")] = "",
     max_attempts: Annotated[int, typer.Option(help="Leases a job may take before it is failed.")] = 3,
+    quality: Annotated[bool, typer.Option(
+        "--quality", help="After each run, the KL divergence of its file from the model's highest precision (a stored "
+                          "F16/BF16/F32 file itself, else F16 derived from it) on each device that can hold it: the "
+                          "quality table's rows. Stored and real models only.")] = False,
+    quality_context: Annotated[int, typer.Option(help="--quality: tokens per chunk (half of each scored).")] = 512,
+    quality_chunks: Annotated[int, typer.Option(help="--quality: the text's first N chunks only; 0 = all.")] = 0,
     coordinator: Coordinator = DEFAULT_ADDRESS,
     state_dir: StateDir = None,
     ca: Ca = None,
@@ -524,6 +530,7 @@ def profile(
         _fail(f"--max-attempts must be {job_bounds.MAX_ATTEMPTS[0]} to {job_bounds.MAX_ATTEMPTS[1]}, got {max_attempts}")
     try:
         stream_counts = job_bounds.parse_stream_counts(parallel)
+        job_bounds.check_quality(quality_context, quality_chunks, ("--quality-context", "--quality-chunks"))
     except ValueError as exc:
         _fail(str(exc))
     fleet = _fleet(coordinator, state_dir, ca, token)
@@ -536,6 +543,8 @@ def profile(
     spec = pb.CampaignSpec(models=names, quants=split(quants), backends=split(backends), shapes=shapes,
                            template=pb.ProfileRequest(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
                                                       parallel=stream_counts))
+    if quality:
+        spec.template.quality.CopyFrom(pb.QualityPass(context_tokens=quality_context, chunks=quality_chunks))
     _create_campaign(fleet, select, spec, max_attempts)
 
 

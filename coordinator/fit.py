@@ -394,8 +394,11 @@ def with_quality(a: pb.FitAnswer, quality: list[pb.QualityResult], names: dict[s
     another device that measured a file this device ran (`files`: their sha256; the KL divergence of a file from
     its F16 is a property of the file, devices differ only in rounding) — never another device's figure for a file
     this device did not run, so no device's quality result reaches the answers of devices it has nothing in common
-    with. The figure says where it was measured; the reason does not repeat it (fit's table shows both)."""
-    own = [r for r in quality if r.device_id == a.device_id]
+    with. A device's own row names its file too: one of another file under the same name (a stored model replaced)
+    is not its answer once it has run a file of that name (rows without a sha256 predate the field). The figure says
+    where it was measured; the reason does not repeat it (fit's table shows both)."""
+    own = [r for r in quality if r.device_id == a.device_id and (not files or not r.model_sha256
+                                                                 or r.model_sha256 in files)]
     same_file = [r for r in quality if r.model_sha256 and r.model_sha256 in files]
     if not own and not same_file:
         return a

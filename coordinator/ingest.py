@@ -34,8 +34,8 @@ MAX_REPEATED = 1024            # any other repeated field (power phases, GPUs, b
 MAX_TEXT = 4096                # any string not named below
 SHORT_TEXT = 256               # names and ids
 LONG_TEXT = 16 * 1024          # build and system info
-SHORT_TEXT_FIELDS = {"result_id", "device_id", "model_name", "model_arch", "model_sha256", "quant", "backend",
-                     "hostname", "os", "arch", "name", "uuid", "driver_version", "version", "agent_version",
+SHORT_TEXT_FIELDS = {"result_id", "device_id", "model_name", "model_arch", "model_sha256", "reference_sha256", "quant",
+                     "backend", "hostname", "os", "arch", "name", "uuid", "driver_version", "version", "agent_version",
                      "target", "precision", "phase", "provenance", "kind", "compute_device", "model_origin",
                      "headline_source", "cache_key", "device", "device_name", "scope"}
 LONG_TEXT_FIELDS = {"backend_build", "llama_system_info"}

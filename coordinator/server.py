@@ -211,16 +211,28 @@ class AgentService(pb_grpc.AgentServiceServicer):
     async def FetchModel(self, request, context):
         """The stored file from request.offset, CHUNK_BYTES a message: one chunk read at a time (off the loop), and
         the next read only once gRPC's flow control has taken the last, so many devices fetching at once cost the
-        coordinator a chunk each, never the file."""
+        coordinator a chunk each, never the file. An agent gets only a file that a job leased to it names; a request
+        by name is answered with the file's sha256 and size, without data."""
         if self.models is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this coordinator has no model store")
         try:
-            f, size = await off_loop(self.models.open_blob, request.sha256)
+            digest = (await off_loop(self.models.find, request.name)).sha256 if request.name and not request.sha256 \
+                else request.sha256
+            if not auth.is_operator(context) and digest not in {
+                    r.model.sha256 for _, r in await off_loop(self.store.leased_jobs, request.device_id)}:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    f"no job leased to device {request.device_id} names "
+                                    f"{request.name[:80] or 'sha256:' + digest[:16] + '...'}: a device fetches the "
+                                    "stored models its jobs run (the operator's token fetches any)")
+            f, size = await off_loop(self.models.open_blob, digest)
         except model_store.StoreRefused as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except model_store.NotStored as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         with f:
+            if request.name and not request.sha256:
+                await context.write(pb.ModelChunk(size_bytes=size, sha256=digest))
+                return
             if request.offset > size:
                 await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} is past the file's "
                                                                   f"{size} bytes")

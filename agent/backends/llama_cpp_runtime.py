@@ -490,10 +490,11 @@ def greedy(model_path: str, prompt: str, n_gen: int, threads: int) -> dict:
 
 
 def scored_logits(model_path: str, n_ctx: int, threads: int, text: str | None = None,
-                  tokens: list[int] | None = None, device: str = ""):
+                  tokens: list[int] | None = None, device: str = "", chunks: int = 0):
     """llama-perplexity's pass over a text: tokenize it (with BOS when the vocabulary adds one; special tokens
     not parsed), cut it into n_ctx-token chunks, evaluate each from an empty cache with its first token
     replaced by BOS, and keep the logits of positions n_ctx/2 .. n_ctx-2 (each predicts the next token).
+    `chunks`: only the first N chunks (llama-perplexity --chunks), 0 all.
     Returns (tokens, n_vocab, a generator of (chunk index, float32 logits array [n_ctx-1-n_ctx/2, n_vocab]))."""
     import numpy as np
 
@@ -521,6 +522,8 @@ def scored_logits(model_path: str, n_ctx: int, threads: int, text: str | None = 
     if len(tokens) < 2 * n_ctx:
         C.llama_model_free(model)
         raise BackendError(f"the text is {len(tokens)} tokens; a context of {n_ctx} needs at least {2 * n_ctx}")
+    if chunks:
+        tokens = tokens[:chunks * n_ctx]
     ctx_params = C.llama_context_default_params()
     ctx_params.n_ctx = ctx_params.n_batch = n_ctx  # one batch per chunk, as llama-perplexity -b N does
     ctx_params.n_ubatch = min(DEFAULT_N_UBATCH, n_ctx)

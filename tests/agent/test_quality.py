@@ -71,3 +71,36 @@ def test_quality_of_a_tiny_model_on_llama_cpps_logits(tmp_path, coordinator):
     short.write_text("too short")
     assert_one_line_error(run_cli("fleetfit-agent", "quality", str(f16), "--text", str(short), "--context", "64"),
                           "a context of 64 needs at least 128")
+
+
+def test_a_jobs_quality_pass_compares_its_file_with_the_stored_models_highest_precision(ladder, tmp_path):
+    import hashlib
+    import shutil
+
+    from fleetfit.agent import daemon
+    from fleetfit.agent.isolation import Deadline
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    def stored(path):  # as model_fetch leaves a fetched file: CACHE/stored/<sha256>/<name>-<TYPE>.gguf
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        target = tmp_path / "stored" / digest / f"mine-{path.stem.rpartition('-')[2]}.gguf"
+        target.parent.mkdir(parents=True)
+        shutil.copy(path, target)
+        return digest, target
+
+    digest, q4_1 = stored(ladder["Q4_1"])
+    request = pb.ProfileRequest(model=pb.ModelRef(name="mine", sha256=digest), quant="Q4_1",
+                                quality=pb.QualityPass(context_tokens=128, chunks=2))
+    run = pb.ProfileResult(device_id="dev-q", model_file=str(q4_1), quant="Q4_1", model_sha256=digest, threads=1)
+    found = quality.for_job(request, run, tmp_path, Deadline.after(600))
+    derived = tmp_path / "stored" / digest / "derived" / "mine-F16.gguf"  # a quantized file's reference: its F16
+    assert (found.model_name, found.quant, found.reference_quant, found.model_sha256) == ("mine", "Q4_1", "F16", digest)
+    assert found.reference_sha256 == hashlib.sha256(derived.read_bytes()).hexdigest()
+    assert found.n_positions == 2 * 63 and found.context_tokens == 128 and found.kl_divergence_mean >= 0
+
+    f16_digest, f16 = stored(ladder["F16"])  # the stored F16 is its own reference: nothing to compare at F16
+    request.model.sha256, request.quant = f16_digest, "F16"
+    assert quality.for_job(request, pb.ProfileResult(model_file=str(f16), quant="F16", model_sha256=f16_digest),
+                           tmp_path, Deadline.after(60)) is None
+    job = pb.Job(job_id="j", request=request)
+    assert daemon.run_quality(job, pb.ProfileResult(failure=pb.FAILURE_KIND_OOM), tmp_path) == []  # no run, no pass

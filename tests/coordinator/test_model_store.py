@@ -12,7 +12,8 @@ import pytest
 
 from fleetfit.coordinator.model_store import MAX_CHUNK_BYTES, ModelStore, StoreRefused, attach
 from fleetfit.v1 import fleetfit_pb2 as pb
-from tests.conftest import BIN, Agents, assert_one_line_error, fleet_stub, run_cli, stop_processes, wait_until
+from tests.conftest import (BIN, Agents, assert_one_line_error, fleet_stub, lease_job, run_cli, stop_processes,
+                            wait_until)
 
 
 def sha256(path) -> str:
@@ -35,6 +36,7 @@ def test_an_upload_resumes_is_verified_listed_fetched_and_removed(coordinator, l
     assert 0 < half.received_bytes < file.stat().st_size and not half.HasField("model")
     agents = Agents(coordinator)
     try:
+        lease_job(coordinator, agents.stub("dev-1"), "dev-1", pb.ModelRef(name="mine", sha256=sha256(file)))
         with pytest.raises(grpc.RpcError) as refused:  # a partial upload is never served
             list(agents.FetchModel(pb.FetchModelRequest(device_id="dev-1", sha256=sha256(file)), timeout=10))
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
@@ -217,3 +219,67 @@ def test_jobs_of_a_stored_model_carry_its_digest_and_run_only_precisions_its_fil
     assert ("llama.cpp mine F16: the stored file is Q4_1: it runs at Q4_1; other precisions are derived only from an "
             "F32/F16/BF16 file") in skipped  # a quantized file is never requantized
     assert "torch mine int8: torch runs catalogue shapes; a stored model runs on llama.cpp" in skipped
+
+
+def test_a_quality_campaign_needs_real_weights_and_a_device_that_holds_the_reference(tmp_path, ladder):
+    from fleetfit.coordinator.campaigns import check_spec, expand
+    from tests.coordinator.test_campaigns import ALL_BACKENDS, WORKSTATION, inventory, spec
+
+    store, digest = _stored_as_mine(tmp_path, ladder["Q4_1"])
+    quality = pb.QualityPass(context_tokens=128, chunks=2)
+    with pytest.raises(ValueError, match="--quality needs real weights: llama-2-7b would run as random weights"):
+        check_spec(attach(store, spec(models=("mine", "llama-2-7b"), quality=quality)))
+    with pytest.raises(ValueError, match="quality context must be 16 to 32768 tokens, got 8"):
+        check_spec(attach(store, spec(models=("mine",), quality=pb.QualityPass(context_tokens=8))))
+    campaign = attach(store, spec(models=("mine",), quants=("Q4_1",), quality=quality))
+    check_spec(campaign)
+    ws = pb.DeviceInventory()
+    ws.CopyFrom(WORKSTATION)
+    ws.backends.extend(ALL_BACKENDS)
+    # a board too small for the F16 reference derived from the Q4_1 file (2 bytes a parameter) still runs the profile
+    tiny = inventory(device_id="tiny-1", ram=200 * 2**20, backends=ALL_BACKENDS)
+    plan = expand(campaign, [], [pb.Device(inventory=ws), pb.Device(inventory=tiny)])
+    jobs = {device: request for device, request in plan.jobs}
+    assert jobs["ws-1"].quality == quality and jobs["ws-1"].model.sha256 == digest
+    assert not jobs["tiny-1"].HasField("quality")
+    assert plan.skipped["tiny-1"] == ["llama.cpp mine Q4_1: no quality pass: the F16 reference (0.3 GiB) does not fit "
+                                      "the device's memory (0.2 GiB)"]
+
+
+def test_a_device_fetches_only_the_files_its_leased_jobs_name(coordinator, ladder):
+    from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
+    from fleetfit.v1.transport import connect
+
+    stub, file = fleet_stub(coordinator), ladder["Q4_1"]
+    digest, data = put_all(stub, file, "mine").model.sha256, file.read_bytes()
+    agents = Agents(coordinator)
+
+    def fetch(device_id: str, **asked) -> list[pb.ModelChunk]:
+        return list(agents.FetchModel(pb.FetchModelRequest(device_id=device_id, **asked), timeout=60))
+
+    def denied(device_id: str, **asked) -> None:
+        with pytest.raises(grpc.RpcError) as refused:
+            fetch(device_id, **asked)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert f"no job leased to device {device_id} names" in refused.value.details()
+
+    try:
+        for device_id in ("dev-1", "dev-2"):
+            agents.Register(pb.RegisterRequest(inventory=pb.DeviceInventory(device_id=device_id)), timeout=10)
+        denied("dev-1", sha256=digest)  # no job: neither by digest nor by name
+        denied("dev-1", name="mine")
+        job = lease_job(coordinator, agents.stub("dev-1"), "dev-1", pb.ModelRef(name="mine", sha256=digest))
+        assert b"".join(c.data for c in fetch("dev-1", sha256=digest)) == data
+        (named,) = fetch("dev-1", name="mine")  # by name: the digest and size to fetch it by, no data
+        assert (named.sha256, named.size_bytes, named.data) == (digest, len(data), b"")
+        stub.SubmitProfile(pb.SubmitProfileRequest(device_ids=["dev-2"], request=job.request), timeout=10)
+        denied("dev-2", sha256=digest)  # another device's lease does not count, nor its own job still queued
+        with connect(coordinator.address, 5, token=coordinator.operator_token) as channel:  # the operator: any file
+            chunks = pb_grpc.AgentServiceStub(channel).FetchModel(pb.FetchModelRequest(sha256=digest), timeout=60)
+            assert b"".join(c.data for c in chunks) == data
+        agents.ReportResult(pb.ReportResultRequest(job_id=job.job_id, fence=job.fence, result=pb.ProfileResult(
+            result_id="r-1", device_id="dev-1", request=job.request, failure=pb.FAILURE_KIND_ERROR, error="stopped")),
+            timeout=10)
+        denied("dev-1", sha256=digest)  # its job is done: its lease, and the permission, are over
+    finally:
+        agents.close()

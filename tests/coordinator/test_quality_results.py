@@ -91,7 +91,9 @@ def test_another_devices_quality_reaches_an_answer_only_for_the_same_file(coordi
     assert "quality on device lab (1) (the same file, sha256 aaaaaaaaaaaa)" in answer.kl_divergence.method
     assert "KLD" not in answer.reason  # once, in its own column: not again in the reason beside it
     agents.ReportQuality(quality("lab-2", "Q8_0", 0.02), timeout=5)
-    assert kld_of_lab2()[0] == pytest.approx(0.02)  # its own, once it has one
+    assert kld_of_lab2()[0] == pytest.approx(0.02)  # its own, once it has one (a row naming no file: from before)
+    agents.ReportQuality(quality("lab-2", "Q8_0", 1.5, model_sha256="d" * 64), timeout=5)
+    assert kld_of_lab2()[0] == pytest.approx(0.02)  # its own row of a file it never ran is not its answer
 
 
 @pytest.mark.parametrize("change, fragment", [

@@ -227,7 +227,7 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., shape: _Optional[_Union[Architecture, _Mapping]] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class ProfileRequest(_message.Message):
-    __slots__ = ("model", "backend", "quant", "n_prompt", "n_gen", "repetitions", "threads", "timeout_s", "idle_baseline_s", "device", "gpu_layers", "parallel", "decode_depth")
+    __slots__ = ("model", "backend", "quant", "n_prompt", "n_gen", "repetitions", "threads", "timeout_s", "idle_baseline_s", "device", "gpu_layers", "parallel", "decode_depth", "quality")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     QUANT_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +241,7 @@ class ProfileRequest(_message.Message):
     GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
     PARALLEL_FIELD_NUMBER: _ClassVar[int]
     DECODE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     backend: str
     quant: str
@@ -254,7 +255,16 @@ class ProfileRequest(_message.Message):
     gpu_layers: int
     parallel: _containers.RepeatedScalarFieldContainer[int]
     decode_depth: int
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., backend: _Optional[str] = ..., quant: _Optional[str] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., threads: _Optional[int] = ..., timeout_s: _Optional[float] = ..., idle_baseline_s: _Optional[float] = ..., device: _Optional[str] = ..., gpu_layers: _Optional[int] = ..., parallel: _Optional[_Iterable[int]] = ..., decode_depth: _Optional[int] = ...) -> None: ...
+    quality: QualityPass
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., backend: _Optional[str] = ..., quant: _Optional[str] = ..., n_prompt: _Optional[int] = ..., n_gen: _Optional[int] = ..., repetitions: _Optional[int] = ..., threads: _Optional[int] = ..., timeout_s: _Optional[float] = ..., idle_baseline_s: _Optional[float] = ..., device: _Optional[str] = ..., gpu_layers: _Optional[int] = ..., parallel: _Optional[_Iterable[int]] = ..., decode_depth: _Optional[int] = ..., quality: _Optional[_Union[QualityPass, _Mapping]] = ...) -> None: ...
+
+class QualityPass(_message.Message):
+    __slots__ = ("context_tokens", "chunks")
+    CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    context_tokens: int
+    chunks: int
+    def __init__(self, context_tokens: _Optional[int] = ..., chunks: _Optional[int] = ...) -> None: ...
 
 class Stat(_message.Message):
     __slots__ = ("mean", "stdev", "samples")
@@ -625,7 +635,7 @@ class ReleaseJobResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class QualityResult(_message.Message):
-    __slots__ = ("result_id", "device_id", "model_name", "quant", "reference_quant", "context_tokens", "n_positions", "kl_divergence_mean", "kl_divergence_stderr", "kl_divergence_p99", "perplexity", "perplexity_stderr", "same_top_token_fraction", "file_bytes", "text_sha256", "provenance", "backend_build", "created_unix_s", "model_sha256")
+    __slots__ = ("result_id", "device_id", "model_name", "quant", "reference_quant", "context_tokens", "n_positions", "kl_divergence_mean", "kl_divergence_stderr", "kl_divergence_p99", "perplexity", "perplexity_stderr", "same_top_token_fraction", "file_bytes", "text_sha256", "provenance", "backend_build", "created_unix_s", "model_sha256", "reference_sha256")
     RESULT_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -645,6 +655,7 @@ class QualityResult(_message.Message):
     BACKEND_BUILD_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_SHA256_FIELD_NUMBER: _ClassVar[int]
     result_id: str
     device_id: str
     model_name: str
@@ -664,7 +675,8 @@ class QualityResult(_message.Message):
     backend_build: str
     created_unix_s: float
     model_sha256: str
-    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., reference_quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., n_positions: _Optional[int] = ..., kl_divergence_mean: _Optional[float] = ..., kl_divergence_stderr: _Optional[float] = ..., kl_divergence_p99: _Optional[float] = ..., perplexity: _Optional[float] = ..., perplexity_stderr: _Optional[float] = ..., same_top_token_fraction: _Optional[float] = ..., file_bytes: _Optional[int] = ..., text_sha256: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., backend_build: _Optional[str] = ..., created_unix_s: _Optional[float] = ..., model_sha256: _Optional[str] = ...) -> None: ...
+    reference_sha256: str
+    def __init__(self, result_id: _Optional[str] = ..., device_id: _Optional[str] = ..., model_name: _Optional[str] = ..., quant: _Optional[str] = ..., reference_quant: _Optional[str] = ..., context_tokens: _Optional[int] = ..., n_positions: _Optional[int] = ..., kl_divergence_mean: _Optional[float] = ..., kl_divergence_stderr: _Optional[float] = ..., kl_divergence_p99: _Optional[float] = ..., perplexity: _Optional[float] = ..., perplexity_stderr: _Optional[float] = ..., same_top_token_fraction: _Optional[float] = ..., file_bytes: _Optional[int] = ..., text_sha256: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., backend_build: _Optional[str] = ..., created_unix_s: _Optional[float] = ..., model_sha256: _Optional[str] = ..., reference_sha256: _Optional[str] = ...) -> None: ...
 
 class ReportQualityRequest(_message.Message):
     __slots__ = ("result",)
@@ -1265,21 +1277,25 @@ class ImportModelRequest(_message.Message):
     def __init__(self, ref: _Optional[str] = ..., name: _Optional[str] = ..., added_by: _Optional[str] = ...) -> None: ...
 
 class FetchModelRequest(_message.Message):
-    __slots__ = ("device_id", "sha256", "offset")
+    __slots__ = ("device_id", "sha256", "offset", "name")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     sha256: str
     offset: int
-    def __init__(self, device_id: _Optional[str] = ..., sha256: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+    name: str
+    def __init__(self, device_id: _Optional[str] = ..., sha256: _Optional[str] = ..., offset: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
-    __slots__ = ("offset", "data", "size_bytes")
+    __slots__ = ("offset", "data", "size_bytes", "sha256")
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
     offset: int
     data: bytes
     size_bytes: int
-    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    sha256: str
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...

@@ -8,6 +8,7 @@ another device of the fleet has the same hostname or a name that looks the same,
 import unicodedata
 from collections import Counter
 
+from fleetfit.coordinator.render import unseen
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 SHORT_ID_CHARS = 8
@@ -23,12 +24,21 @@ def short_id(device_id: str, hostname: str) -> str:
     return rest if len(rest) <= SHORT_ID_CHARS + 4 else rest[:SHORT_ID_CHARS]
 
 
+# Letters of other scripts drawn like Latin ones, and ASCII people misread (I l 1 |, 0 o), as one look (after casefold).
+_HOMOGLYPHS = str.maketrans("авеёкмнорстухѕіјԁһԛԝӏαβεζηικμνορτυχ01|i",
+                            "abeekmhopctyxsljdhqwlabezhlkmvoptuxolll")
+
+
 def _look(text: str) -> str:
-    """What a name looks like to a person: compatibility forms folded (fullwidth, ligatures), case and spacing
-    ignored, format characters (zero-width spaces, bidi controls) dropped. Names that look alike are not unique."""
-    text = unicodedata.normalize("NFKC", text)
-    text = "".join(c for c in text if unicodedata.category(c) not in ("Cf", "Cc"))
-    return " ".join(text.casefold().split())
+    """What a name looks like to a person: compatibility forms folded (fullwidth, ligatures), accents, case and
+    spacing ignored, characters drawn as nothing (zero-width spaces, bidi controls, Hangul fillers) dropped, and
+    letters of other scripts drawn like Latin ones folded (Cyrillic а, Greek ο). Names that look alike are not
+    unique; what is left beyond ASCII (any other script) is told apart by the device's short id, see
+    display_names."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(" " if c.isspace() else c for c in text if c.isspace() or not
+                   (unseen(c) or unicodedata.category(c) in ("Mn", "Me")))
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().translate(_HOMOGLYPHS).split())
 
 
 def _name(device: pb.Device, level: int, shorts: dict[str, int]) -> str:
@@ -53,13 +63,18 @@ def display_names(devices: list[pb.Device]) -> dict[str, str]:
     e.g. `lab-gpu-1 [site=lab]`, never passes for it)."""
     hosts = Counter(_look(d.inventory.hostname) for d in devices)
     shorts = Counter(short_id(d.inventory.device_id, d.inventory.hostname) for d in devices)
-    level = {d.inventory.device_id: int(hosts[_look(d.inventory.hostname)] > 1) for d in devices}
+    # a hostname that is not all ASCII once folded may look like another in ways no fold knows: it shows its id
+    level = {d.inventory.device_id: int(hosts[_look(d.inventory.hostname)] > 1 or
+                                        not _look(d.inventory.hostname).isascii()) for d in devices}
+    # what each device is also called by (its id and short id): another device's name must not look like them
+    own = {d.inventory.device_id: {_look(d.inventory.device_id),
+                                   _look(short_id(d.inventory.device_id, d.inventory.hostname))} for d in devices}
+    ids = Counter(form for forms in own.values() for form in forms)
     while True:
         names = {d.inventory.device_id: _name(d, level[d.inventory.device_id], shorts) for d in devices}
         taken = Counter(_look(n) for n in names.values())
-        ids = Counter(_look(i) for i in names)
         clashing = [i for i, n in names.items() if level[i] < 3 and taken[_look(n)] + ids[_look(n)] -
-                    (_look(n) == _look(i)) > 1]
+                    (_look(n) in own[i]) > 1]
         if not clashing:  # each round raises a level (at most 3 in all); at level 3 the names are the ids
             return names
         for i in clashing:
@@ -84,7 +99,8 @@ def find(devices: list[pb.Device], key: str) -> pb.Device:
                           # a hostname, or a name the device had before another device made it ambiguous: every
                           # device that could be meant is a candidate, so a stale name never picks an impostor
                           ("hostname or name", lambda d: d.inventory.hostname == key or
-                           _look(_name(d, 0, Counter())) == _look(key))):
+                           _look(_name(d, 0, Counter())) == _look(key) or
+                           short_id(d.inventory.device_id, d.inventory.hostname) == key)):
         found = [d for d in devices if matches(d)]
         if len(found) == 1:
             return found[0]

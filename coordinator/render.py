@@ -60,6 +60,16 @@ def stat_figure(stat: pb.Stat) -> Figure | None:
 # surrogates, private-use and unassigned code points.
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 UNSEEN = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}  # Unicode general categories
+# Unicode's default-ignorable code points outside those categories: drawn as nothing (Hangul fillers, the combining
+# grapheme joiner, variation selectors), so a name with one looks exactly like the name without it.
+IGNORABLE = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0"
+                       "\U000e0100-\U000e01ef]")
+
+
+def unseen(char: str) -> bool:
+    """Whether a person cannot see `char` where it is printed, or it moves what is shown (one rule for the
+    terminal's escapes and for names that look alike, coordinator/devices.py)."""
+    return unicodedata.category(char) in UNSEEN or IGNORABLE.match(char) is not None
 
 
 def _escape(char: str) -> str:
@@ -72,7 +82,7 @@ def clean(text: str) -> str:
     text = str(text)
     if text.isascii():  # the common case, in C
         return CONTROL.sub(lambda m: _escape(m.group()), text)
-    return "".join(_escape(c) if unicodedata.category(c) in UNSEEN else c for c in text)
+    return "".join(_escape(c) if unseen(c) else c for c in text)
 
 
 def md_cell(text: str) -> str:

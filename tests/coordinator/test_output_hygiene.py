@@ -82,7 +82,9 @@ def test_cli_tables_and_report_carry_no_raw_device_text(hostile_fleet, coordinat
 UNSEEN = {"line separator": "\u2028", "paragraph separator": "\u2029", "zero-width space": "\u200b",
           "byte-order mark": "\ufeff", "right-to-left override": "\u202e", "first-strong isolate": "\u2068",
           "arabic letter mark": "\u061c", "soft hyphen": "\u00ad", "tag character": "\U000e0041",
-          "private use": "\ue000", "unassigned": "\u0378", "lone surrogate": "\ud800", "next line (C1)": "\x85"}
+          "private use": "\ue000", "unassigned": "\u0378", "lone surrogate": "\ud800", "next line (C1)": "\x85",
+          "hangul filler": "\u3164", "combining grapheme joiner": "\u034f", "variation selector": "\ufe0f",
+          "mongolian free variation selector": "\u180b"}
 
 
 @pytest.mark.parametrize("fmt", ["table", "md", "csv", "sql"])

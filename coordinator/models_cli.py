@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from fleetfit.coordinator.cli import DEFAULT_ADDRESS, TABLE_FORMATS, Ca, Coordinator, OldFormat, Output, StateDir, \
-    Token, _fail, _fleet, user_errors
+    Token, _fail, _fleet, _pages, user_errors
 from fleetfit.models import cli_common
 
 app = typer.Typer(help="The coordinator's model store: GGUF files that campaigns name (profile --models NAME).",
@@ -42,7 +42,7 @@ def models_list(coordinator: Coordinator = DEFAULT_ADDRESS, output: Output = "ta
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     fmt = cli_common.output_format(output, TABLE_FORMATS, old_format)
-    found = _fleet(coordinator, state_dir, ca, token).ListModels(pb.ListModelsRequest(), timeout=30).models
+    found = _pages(_fleet(coordinator, state_dir, ca, token).ListModels, pb.ListModelsRequest(), "models")
     header = ["name", "sha256", "size bytes", "architecture", "quant", "params", "added by", "added"]
     body = [[m.name, m.sha256, m.size_bytes, m.architecture, m.quant,
              m.n_params if m.HasField("n_params") else None, m.added_by,

@@ -41,6 +41,7 @@ MAX_PAGE_SIZE = 10_000
 # each record to a MiB, so even one record more than this stays far below it.
 PAGE_BYTES = MAX_MESSAGE_BYTES // 4
 MAX_PAGE_TOKEN = 8192  # a page token carries one item's key (ids of at most 256 characters each)
+MAX_JOB_IDS = 1000  # GetJobs looks up ids, not a list: 1,000 statuses (each error at most ~4 kB) stay far below it
 
 
 async def off_loop(fn, *args, **kwargs):
@@ -284,7 +285,9 @@ class FleetService(pb_grpc.FleetServiceServicer):
         return pb.PutModelResponse(received_bytes=found.size_bytes, model=found)
 
     async def ListModels(self, request, context):
-        return pb.ListModelsResponse(models=await off_loop((await self._model_store(context)).models))
+        found, token = await self._page(await off_loop((await self._model_store(context)).models),
+                                        lambda m: (m.name,), request, context)
+        return pb.ListModelsResponse(models=found, next_page_token=token)
 
     async def RemoveModel(self, request, context):
         models = await self._model_store(context)
@@ -308,6 +311,9 @@ class FleetService(pb_grpc.FleetServiceServicer):
         return pb.SubmitProfileResponse(job_ids=job_ids)
 
     async def GetJobs(self, request, context):
+        if len(request.job_ids) > MAX_JOB_IDS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_JOB_IDS} job_ids a call, got "
+                                f"{len(request.job_ids)} (ask in parts, or GetCampaign for a campaign's jobs)")
         return pb.GetJobsResponse(jobs=await off_loop(self.store.jobs, list(request.job_ids)))
 
     async def GetLimitTable(self, request, context):

@@ -8,7 +8,7 @@ another device of the fleet has the same hostname or a name that looks the same,
 import unicodedata
 from collections import Counter
 
-from fleetfit.coordinator.render import unseen
+from fleetfit.models.cli_common import unseen
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 SHORT_ID_CHARS = 8

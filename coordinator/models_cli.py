@@ -81,8 +81,8 @@ def models_add(
             _fail(str(exc))
         info = inspect_gguf(path)  # ModelError (one line) for a missing, special, non-GGUF or damaged file
         model = upload(fleet, path, name, info.file_bytes, open_regular)
-    typer.echo(f"stored {model.name}: sha256:{model.sha256} {model.size_bytes / 1e6:,.1f} MB "
-               f"({model.architecture} {model.quant})")
+    typer.echo(cli_common.clean(f"stored {model.name}: sha256:{model.sha256} {model.size_bytes / 1e6:,.1f} MB "
+                                f"({model.architecture} {model.quant})"))  # the file's own words
 
 
 def upload(fleet, file: pathlib.Path, name: str, size: int, open_regular, say=None):

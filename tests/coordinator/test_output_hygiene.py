@@ -99,3 +99,16 @@ def test_characters_a_person_cannot_see_are_shown_escaped(name, fmt):
     assert render.clean(char) in text and render.clean(char).startswith("\\")
     assert len(text.splitlines()) == {"table": 2, "md": 3, "csv": 2, "sql": 5}[fmt]
     assert render.clean("ok: ünïcode, 日本, emoji \U0001f600") == "ok: ünïcode, 日本, emoji \U0001f600"  # seen: kept
+
+
+@pytest.mark.parametrize("cli", ["fleetfit", "fleetfit-agent"])
+def test_a_refusal_that_quotes_outside_text_is_one_escaped_line(cli, tmp_path):
+    """Both command lines refuse in one place (cli_common.fail), which escapes what it quotes: a file name, a
+    device's or the coordinator's text can neither split the line nor send a control to the terminal."""
+    hostile = tmp_path / "model\x1b[2J\u2028next\u202e\u3164.gguf"
+    args = ["fit", str(hostile)] if cli == "fleetfit" else ["profile", "--model", str(hostile), "--quant", "Q4_0"]
+    done = run_cli(cli, *args, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and not RAW.search(done.stderr), repr(done.stderr)
+    assert "\u2028" not in done.stderr and "\u3164" not in done.stderr
+    assert "model\\x1b[2J\\u2028next\\u202e\\u3164.gguf" in done.stderr, done.stderr

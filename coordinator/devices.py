@@ -57,18 +57,21 @@ def _name(device: pb.Device, level: int, shorts: dict[str, int]) -> str:
 
 
 def display_names(devices: list[pb.Device]) -> dict[str, str]:
-    """device id -> display name: unique by construction, and never another device's id. A device shows its
-    hostname (and labels); where that is shared with, or looks like, another device's hostname, name or id, both
-    show more of their ids until no two look alike (so a hostname chosen to read like another device's name,
-    e.g. `lab-gpu-1 [site=lab]`, never passes for it)."""
+    """device id -> display name: unique by construction, and never another device's id or a name it may be
+    shown by. A device shows its hostname (and labels); where that is shared with, or looks like, another device's
+    hostname, name or id, it shows more of its id until no two look alike (so a hostname chosen to read like
+    another device's name, e.g. `lab-gpu-1 [site=lab]`, never passes for it)."""
     hosts = Counter(_look(d.inventory.hostname) for d in devices)
     shorts = Counter(short_id(d.inventory.device_id, d.inventory.hostname) for d in devices)
     # a hostname that is not all ASCII once folded may look like another in ways no fold knows: it shows its id
     level = {d.inventory.device_id: int(hosts[_look(d.inventory.hostname)] > 1 or
                                         not _look(d.inventory.hostname).isascii()) for d in devices}
-    # what each device is also called by (its id and short id): another device's name must not look like them
+    # every name a device is or may be shown by (its id, short id, and its name at each level: a fleet that grows
+    # or shrinks shows it another way): no other device's name may look like one of them, so a name a person
+    # read earlier, e.g. `lab-gpu-1 (7f3a9c21) [site=lab]`, is never another device's name later
     own = {d.inventory.device_id: {_look(d.inventory.device_id),
-                                   _look(short_id(d.inventory.device_id, d.inventory.hostname))} for d in devices}
+                                   _look(short_id(d.inventory.device_id, d.inventory.hostname)),
+                                   *(_look(_name(d, level, shorts)) for level in (0, 1, 2))} for d in devices}
     ids = Counter(form for forms in own.values() for form in forms)
     while True:
         names = {d.inventory.device_id: _name(d, level[d.inventory.device_id], shorts) for d in devices}

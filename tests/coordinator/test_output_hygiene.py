@@ -112,3 +112,18 @@ def test_a_refusal_that_quotes_outside_text_is_one_escaped_line(cli, tmp_path):
     assert len(done.stderr.splitlines()) == 1 and not RAW.search(done.stderr), repr(done.stderr)
     assert "\u2028" not in done.stderr and "\u3164" not in done.stderr
     assert "model\\x1b[2J\\u2028next\\u202e\\u3164.gguf" in done.stderr, done.stderr
+
+
+def test_the_agents_result_tables_escape_a_files_and_a_workers_text():
+    """fleetfit-agent profile's tables quote a model file's name and a worker's error: escaped as every table is."""
+    from fleetfit.agent import report
+
+    failed = pb.ProfileResult(model_name=HOSTILE, quant="Q4_0", error=HOSTILE + "\u2028\u3164",
+                              request=pb.ProfileRequest(backend="llama.cpp"), failure=pb.FAILURE_KIND_ERROR)
+    ran = pb.ProfileResult(model_name=HOSTILE, quant="Q4_0", request=pb.ProfileRequest(backend="llama.cpp"),
+                           decode_tokens_per_s=pb.Stat(mean=1.0, samples=[1.0]))
+    for text in (report.markdown([failed, ran]), report.serving_markdown([ran]), report.energy_markdown([ran]),
+                 report.roofline_markdown([ran])):
+        assert not RAW.search(text.replace("\n", "")) and "\u2028" not in text and "\u3164" not in text, repr(text)
+    rows = [line for line in report.markdown([failed, ran]).splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + 1 + 2 and all(row.endswith("|") for row in rows), rows  # header, the failure, pp, tg

@@ -5,6 +5,8 @@ its own), so nothing is keyed or merged on it. A display name is the hostname, p
 another device of the fleet has the same hostname or a name that looks the same, plus its labels.
 """
 
+import functools
+import re
 import unicodedata
 from collections import Counter
 
@@ -29,12 +31,18 @@ _HOMOGLYPHS = str.maketrans("авеёкмнорстухѕіјԁһԛԝӏαβεζ�
                             "abeekmhopctyxsljdhqwlabezhlkmvoptuxolll")
 
 
+_ASCII_UNSEEN = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")  # ASCII controls that are not spaces (str.isspace)
+
+
+@functools.lru_cache(maxsize=1 << 16)  # names recur in every answer
 def _look(text: str) -> str:
     """What a name looks like to a person: compatibility forms folded (fullwidth, ligatures), accents, case and
     spacing ignored, characters drawn as nothing (zero-width spaces, bidi controls, Hangul fillers) dropped, and
     letters of other scripts drawn like Latin ones folded (Cyrillic а, Greek ο). Names that look alike are not
     unique; what is left beyond ASCII (any other script) is told apart by the device's short id, see
     display_names."""
+    if text.isascii():  # the common case, the same look in C: controls dropped, spaces split, case folded
+        return " ".join(_ASCII_UNSEEN.sub("", text).lower().translate(_HOMOGLYPHS).split())
     text = unicodedata.normalize("NFKD", text)
     text = "".join(" " if c.isspace() else c for c in text if c.isspace() or not
                    (unseen(c) or unicodedata.category(c) in ("Mn", "Me")))
@@ -71,7 +79,7 @@ def display_names(devices: list[pb.Device]) -> dict[str, str]:
     # read earlier, e.g. `lab-gpu-1 (7f3a9c21) [site=lab]`, is never another device's name later
     own = {d.inventory.device_id: {_look(d.inventory.device_id),
                                    _look(short_id(d.inventory.device_id, d.inventory.hostname)),
-                                   *(_look(_name(d, level, shorts)) for level in (0, 1, 2))} for d in devices}
+                                   *(_look(_name(d, at, shorts)) for at in (0, 1, 2))} for d in devices}
     ids = Counter(form for forms in own.values() for form in forms)
     while True:
         names = {d.inventory.device_id: _name(d, level[d.inventory.device_id], shorts) for d in devices}

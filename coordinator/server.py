@@ -368,8 +368,15 @@ class FleetService(pb_grpc.FleetServiceServicer):
         self.waiters.wake(plan.matched)
         job_ids = [j.job_id for j in await off_loop(self.store.campaign_jobs, campaign_id)]
         skipped = (await off_loop(self.store.campaign, campaign_id)).skipped if plan.probing else plan.skipped
+        lines, held = [f"{d}: {line}" for d, lines in skipped.items() for line in lines], 0
+        for n, line in enumerate(lines):  # each device's reasons are its own text: the reply keeps a page's worth
+            held += len(line.encode())
+            if held > PAGE_BYTES:
+                lines[n:] = [f"... and {len(lines) - n} more devices' skipped combinations: fleetfit campaign status "
+                             f"{campaign_id}"]
+                break
         return pb.CreateCampaignResponse(campaign_id=campaign_id, job_ids=job_ids, device_ids=plan.matched,
-                                         skipped=[f"{d}: {line}" for d, lines in skipped.items() for line in lines])
+                                         skipped=lines)
 
     async def ListCampaigns(self, request, context):
         found = await off_loop(campaigns.statuses, self.store, totals_only=True)

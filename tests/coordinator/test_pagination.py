@@ -165,6 +165,34 @@ def test_max_attempts_outside_its_bound_is_a_bad_argument(many):
         assert done.returncode != 0 and "Traceback" not in done.stderr and "--max-attempts must be" in done.stderr
 
 
+def test_the_reply_to_a_new_campaign_keeps_a_pages_worth_of_skipped_reasons(db_url, tmp_path, monkeypatch):
+    """Every device's reason is its own text (up to ingest's bound): however many devices skip, CreateCampaign's
+    reply keeps a page's bytes of them and names the command that pages the rest."""
+    from fleetfit.coordinator import server as coordinator_server
+
+    monkeypatch.setattr(coordinator_server, "PAGE_BYTES", 20_000)  # 40 devices' 4 kB reasons: 160 kB
+    reason = "driver mismatch " + "x" * 4080
+    with Store(db_url) as store:
+        for d in range(40):
+            store.upsert_device(pb.DeviceInventory(
+                device_id=f"node-{d:02d}", hostname=f"node-{d:02d}", ram_total_bytes=8 << 30,
+                backends=[pb.BackendInfo(name="llama.cpp", available=False, reason=reason)]))
+    server = BackgroundCoordinator(db_url, state_dir=tmp_path / "state")
+    server.start()
+    try:
+        created = fleet_stub(server).CreateCampaign(_campaign_request(), timeout=10)
+        assert created.ByteSize() < 20_000 + 5000 and 1 < len(created.skipped) < 40, created.ByteSize()
+        assert created.skipped[-1].endswith(f"more devices' skipped combinations: fleetfit campaign status "
+                                            f"{created.campaign_id}"), created.skipped[-1]
+        shown = len(created.skipped) - 1
+        assert f"... and {40 - shown} more" in created.skipped[-1]
+        campaign = cli._campaign(fleet_stub(server), created.campaign_id)  # every device's reason is still there
+        assert all(len(d.skipped) == 1 and reason in d.skipped[0] for d in campaign.devices) and \
+            len(campaign.devices) == 40
+    finally:
+        server.stop()
+
+
 def test_campaigns_are_paged_and_a_device_reason_is_kept_once_per_reason(db_url, tmp_path):
     """Devices whose one backend is unavailable for a 4 kB reason, asked for many combinations in many campaigns:
     the reason is kept once per device, ListCampaigns carries totals in pages, GetCampaign pages the devices, and

@@ -49,9 +49,9 @@ def _look(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().translate(_HOMOGLYPHS).split())
 
 
-def _name(device: pb.Device, level: int, shorts: dict[str, int]) -> str:
+def _name(device: pb.Device, level: int, shorts: dict[str, int], labels: bool = True) -> str:
     """A device's name at a level of detail: 0 hostname, 1 with its short id (the whole id when two devices
-    share the short one), 2 with the whole id, 3 the id alone; then its labels."""
+    share the short one), 2 with the whole id, 3 the id alone; then its labels (unless not `labels`)."""
     inv = device.inventory
     host, short = inv.hostname, short_id(inv.device_id, inv.hostname)
     if level >= 3 or not host:
@@ -60,8 +60,9 @@ def _name(device: pb.Device, level: int, shorts: dict[str, int]) -> str:
         host += f" ({short})"
     elif level >= 1:
         host += f" ({inv.device_id})"
-    labels = " [" + ",".join(f"{k}={v}" for k, v in sorted(device.labels.items())) + "]" if device.labels else ""
-    return host + labels
+    if not (labels and device.labels):
+        return host
+    return host + " [" + ",".join(f"{k}={v}" for k, v in sorted(device.labels.items())) + "]"
 
 
 def display_names(devices: list[pb.Device]) -> dict[str, str]:
@@ -74,18 +75,25 @@ def display_names(devices: list[pb.Device]) -> dict[str, str]:
     # a hostname that is not all ASCII once folded may look like another in ways no fold knows: it shows its id
     level = {d.inventory.device_id: int(hosts[_look(d.inventory.hostname)] > 1 or
                                         not _look(d.inventory.hostname).isascii()) for d in devices}
-    # every name a device is or may be shown by (its id, short id, and its name at each level: a fleet that grows
-    # or shrinks shows it another way): no other device's name may look like one of them, so a name a person
-    # read earlier, e.g. `lab-gpu-1 (7f3a9c21) [site=lab]`, is never another device's name later
+    # every name a device is or may be shown by (its id, short id, and its name at each level, with and without
+    # its labels: a fleet that grows or shrinks shows it another way): no other device's name, nor a hostname shown
+    # bare, may look like one of them, so a name a person read earlier (`lab-gpu-1 (7f3a9c21) [site=lab]`, or the
+    # id `lab-gpu-1-7f3a9c21`) is never another device's name, whatever labels that one has
     own = {d.inventory.device_id: {_look(d.inventory.device_id),
                                    _look(short_id(d.inventory.device_id, d.inventory.hostname)),
-                                   *(_look(_name(d, at, shorts)) for at in (0, 1, 2))} for d in devices}
+                                   *(_look(_name(d, at, shorts, with_labels)) for at in (0, 1, 2)
+                                     for with_labels in (True, False))} for d in devices}
     ids = Counter(form for forms in own.values() for form in forms)
+
+    def anothers(i: str, text: str) -> bool:
+        return ids[_look(text)] - (_look(text) in own[i]) > 0
+
+    hostname = {d.inventory.device_id: d.inventory.hostname for d in devices}
     while True:
         names = {d.inventory.device_id: _name(d, level[d.inventory.device_id], shorts) for d in devices}
         taken = Counter(_look(n) for n in names.values())
-        clashing = [i for i, n in names.items() if level[i] < 3 and taken[_look(n)] + ids[_look(n)] -
-                    (_look(n) in own[i]) > 1]
+        clashing = [i for i, n in names.items() if level[i] < 3 and (
+            taken[_look(n)] > 1 or anothers(i, n) or (level[i] == 0 and anothers(i, hostname[i])))]
         if not clashing:  # each round raises a level (at most 3 in all); at level 3 the names are the ids
             return names
         for i in clashing:

@@ -65,6 +65,8 @@ IMPOSTORS = {  # hostnames (and ids) a device chooses to pass for another
                    device("imp-13", "la\u034fb-gpu-1\ufe0f [site=lab]"), device("imp-14", "la\u0301b-gpu-1 [site=lab]"),
                    device("imp-15", "lab-gpu-1\u2028[site=lab]")],
     "another's short id": [device("imp-16", "7f3a9c21"), device("imp-17", "7F3A9C2l")],
+    "another's id or short id, with labels": [device("imp-20", "lab-gpu-1-7f3a9c21", site="lab"),
+                                              device("imp-21", "7f3a9c21", site="lab")],
     "its name with its short id, before a twin comes": [device("imp-18", "lab-gpu-1 (7f3a9c21) [site=lab]"),
                                                          device("imp-19", "lab-gpu-1 (lab-gpu-1-7f3a9c21)",
                                                                 site="lab")],
@@ -84,7 +86,8 @@ def test_display_names_are_unique_and_never_another_devices_id(case):
     for d in fleet:  # each answers to its id and to its display name, and to nothing of another's
         assert find(fleet, d.inventory.device_id) is d
         assert find(fleet, names[d.inventory.device_id]) is d
-    if case in ("homoglyphs", "another's short id", "its name with its short id, before a twin comes"):  # told apart by what is written, not only by the fold
+    if case in ("homoglyphs", "another's short id", "another's id or short id, with labels",
+                "its name with its short id, before a twin comes"):  # told apart by what is written, not only by the fold
         assert all(f"({d.inventory.device_id})" in names[d.inventory.device_id] for d in IMPOSTORS[case]), names
     if case == "its name with its short id, before a twin comes":  # the honest device keeps its own name
         assert names[HONEST.inventory.device_id] == "lab-gpu-1 [site=lab]", names

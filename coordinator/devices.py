@@ -34,7 +34,7 @@ _HOMOGLYPHS = str.maketrans("авеёкмнорстухѕіјԁһԛԝӏαβεζ�
 _ASCII_UNSEEN = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")  # ASCII controls that are not spaces (str.isspace)
 
 
-@functools.lru_cache(maxsize=1 << 16)  # names recur in every answer
+@functools.lru_cache(maxsize=1 << 14)  # names recur in every answer (16k: ~8 forms of 2,000 devices, a few MB)
 def _look(text: str) -> str:
     """What a name looks like to a person: compatibility forms folded (fullwidth, ligatures), accents, case and
     spacing ignored, characters drawn as nothing (zero-width spaces, bidi controls, Hangul fillers) dropped, and

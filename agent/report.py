@@ -1,12 +1,19 @@
 """Terminal output for profile results, in llama-bench's markdown shape."""
 
 from fleetfit.agent.profiling import failure_name
+from fleetfit.models.cli_common import clean
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import BOTTLENECK, PROVENANCE
 
 ESTIMATED = pb.PROVENANCE_KIND_ESTIMATED
 
 MIB = 1024 * 1024
+
+
+def _text(lines: list[str]) -> str:
+    """The lines for a terminal: a file's name, a worker's error, a power source's words escaped (one rule for
+    both command lines, cli_common.clean), so no cell splits a row or sends a control."""
+    return "\n".join(clean(line) for line in lines)
 
 
 def _stat(stat: pb.Stat, digits: int = 2) -> str:
@@ -39,7 +46,7 @@ def markdown(results: list[pb.ProfileResult]) -> str:
     measured = [r for r in results if r.HasField("power") or r.HasField("roofline")]
     if measured:
         lines += ["", energy_markdown(measured), "", roofline_markdown(measured)]
-    return "\n".join(lines)
+    return _text(lines)
 
 
 def serving_markdown(results: list[pb.ProfileResult]) -> str:
@@ -65,7 +72,7 @@ def serving_markdown(results: list[pb.ProfileResult]) -> str:
                  f"tg{results[0].n_gen} steps of one token per stream (llama.cpp: one llama_decode per step, as "
                  "llama-batched-bench; torch, onnxruntime: a batch of N); TTFT across the streams; J/token: the "
                  "decode's gross energy over the tokens of all streams.")
-    return "\n".join(lines)
+    return _text(lines)
 
 
 def _num(message, field: str, digits: int = 2) -> str:
@@ -95,7 +102,7 @@ def energy_markdown(results: list[pb.ProfileResult]) -> str:
     if any(r.power.provenance_kind == ESTIMATED for r in results):
         lines.append("ESTIMATED: no power sensor is readable here; watts are CPU utilization x a per-CPU-class "
                      "power model, not a measurement.")
-    return "\n".join(lines)
+    return _text(lines)
 
 
 def roofline_markdown(results: list[pb.ProfileResult]) -> str:
@@ -112,4 +119,4 @@ def roofline_markdown(results: list[pb.ProfileResult]) -> str:
             f"{BOTTLENECK.word(rl.bottleneck_kind) or 'n/a'} |")
     lines.append("")
     lines.append(f"Roofline: {results[0].roofline.method}." + (f" {results[0].roofline.note}." if results[0].roofline.note else ""))
-    return "\n".join(lines)
+    return _text(lines)

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from fleetfit.coordinator.cli import DEFAULT_ADDRESS, TABLE_FORMATS, Ca, Coordinator, OldFormat, Output, StateDir, \
-    Token, _fail, _fleet, user_errors
+    Token, _fail, _fleet, _pages, user_errors
 from fleetfit.models import cli_common
 
 app = typer.Typer(help="The coordinator's model store: GGUF files that campaigns name (profile --models NAME).",
@@ -42,7 +42,7 @@ def models_list(coordinator: Coordinator = DEFAULT_ADDRESS, output: Output = "ta
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     fmt = cli_common.output_format(output, TABLE_FORMATS, old_format)
-    found = _fleet(coordinator, state_dir, ca, token).ListModels(pb.ListModelsRequest(), timeout=30).models
+    found = _pages(_fleet(coordinator, state_dir, ca, token).ListModels, pb.ListModelsRequest(), "models")
     header = ["name", "sha256", "size bytes", "architecture", "quant", "params", "added by", "added"]
     body = [[m.name, m.sha256, m.size_bytes, m.architecture, m.quant,
              m.n_params if m.HasField("n_params") else None, m.added_by,
@@ -81,8 +81,8 @@ def models_add(
             _fail(str(exc))
         info = inspect_gguf(path)  # ModelError (one line) for a missing, special, non-GGUF or damaged file
         model = upload(fleet, path, name, info.file_bytes, open_regular)
-    typer.echo(f"stored {model.name}: sha256:{model.sha256} {model.size_bytes / 1e6:,.1f} MB "
-               f"({model.architecture} {model.quant})")
+    typer.echo(cli_common.clean(f"stored {model.name}: sha256:{model.sha256} {model.size_bytes / 1e6:,.1f} MB "
+                                f"({model.architecture} {model.quant})"))  # the file's own words
 
 
 def upload(fleet, file: pathlib.Path, name: str, size: int, open_regular, say=None):

@@ -7,8 +7,8 @@ import html
 import re
 import shutil
 import textwrap
-import unicodedata
 
+from fleetfit.models.cli_common import clean, unseen  # noqa: F401  (the terminal's rule: both command lines)
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import records
 from fleetfit.v1.words import PROVENANCE
@@ -54,25 +54,6 @@ def number_text(number: float) -> str:
 
 def stat_figure(stat: pb.Stat) -> Figure | None:
     return Figure(round(stat.mean, 3), round(stat.stdev, 3)) if stat.samples else None
-# What must never reach a terminal raw from device-provided text: C0 controls (ESC, CR, LF, ...), DEL, C1
-# controls; and beyond ASCII every character a person cannot see or that moves what is shown: line and paragraph
-# separators (U+2028 splits a row), format characters (zero-width spaces, U+FEFF, bidi overrides and isolates),
-# surrogates, private-use and unassigned code points.
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-UNSEEN = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}  # Unicode general categories
-
-
-def _escape(char: str) -> str:
-    return char.encode("unicode_escape", "backslashreplace").decode("ascii")
-
-
-def clean(text: str) -> str:
-    """`text` safe to print: each control or unseen character shown as its escape (\\x1b, \\u202e, \\u2028),
-    never sent raw."""
-    text = str(text)
-    if text.isascii():  # the common case, in C
-        return CONTROL.sub(lambda m: _escape(m.group()), text)
-    return "".join(_escape(c) if unicodedata.category(c) in UNSEEN else c for c in text)
 
 
 def md_cell(text: str) -> str:

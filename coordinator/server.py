@@ -41,6 +41,7 @@ MAX_PAGE_SIZE = 10_000
 # each record to a MiB, so even one record more than this stays far below it.
 PAGE_BYTES = MAX_MESSAGE_BYTES // 4
 MAX_PAGE_TOKEN = 8192  # a page token carries one item's key (ids of at most 256 characters each)
+MAX_JOB_IDS = 1000  # GetJobs looks up ids, not a list: 1,000 statuses (each error at most ~4 kB) stay far below it
 
 
 async def off_loop(fn, *args, **kwargs):
@@ -296,7 +297,9 @@ class FleetService(pb_grpc.FleetServiceServicer):
         return pb.PutModelResponse(received_bytes=found.size_bytes, model=found)
 
     async def ListModels(self, request, context):
-        return pb.ListModelsResponse(models=await off_loop((await self._model_store(context)).models))
+        found, token = await self._page(await off_loop((await self._model_store(context)).models),
+                                        lambda m: (m.name,), request, context)
+        return pb.ListModelsResponse(models=found, next_page_token=token)
 
     async def RemoveModel(self, request, context):
         models = await self._model_store(context)
@@ -320,6 +323,9 @@ class FleetService(pb_grpc.FleetServiceServicer):
         return pb.SubmitProfileResponse(job_ids=job_ids)
 
     async def GetJobs(self, request, context):
+        if len(request.job_ids) > MAX_JOB_IDS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_JOB_IDS} job_ids a call, got "
+                                f"{len(request.job_ids)} (ask in parts, or GetCampaign for a campaign's jobs)")
         return pb.GetJobsResponse(jobs=await off_loop(self.store.jobs, list(request.job_ids)))
 
     async def GetLimitTable(self, request, context):
@@ -374,8 +380,15 @@ class FleetService(pb_grpc.FleetServiceServicer):
         self.waiters.wake(plan.matched)
         job_ids = [j.job_id for j in await off_loop(self.store.campaign_jobs, campaign_id)]
         skipped = (await off_loop(self.store.campaign, campaign_id)).skipped if plan.probing else plan.skipped
+        lines, held = [f"{d}: {line}" for d, lines in skipped.items() for line in lines], 0
+        for n, line in enumerate(lines):  # each device's reasons are its own text: the reply keeps a page's worth
+            held += len(line.encode())
+            if held > PAGE_BYTES:
+                lines[n:] = [f"... and {len(lines) - n} more devices' skipped combinations: fleetfit campaign status "
+                             f"{campaign_id}"]
+                break
         return pb.CreateCampaignResponse(campaign_id=campaign_id, job_ids=job_ids, device_ids=plan.matched,
-                                         skipped=[f"{d}: {line}" for d, lines in skipped.items() for line in lines])
+                                         skipped=lines)
 
     async def ListCampaigns(self, request, context):
         found = await off_loop(campaigns.statuses, self.store, totals_only=True)

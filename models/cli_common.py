@@ -3,7 +3,9 @@ cleanup, and bad input refused as one line on stderr with exit status 2."""
 
 import functools
 import importlib.metadata
+import re
 import signal
+import unicodedata
 from typing import Callable, NoReturn
 
 import typer
@@ -32,9 +34,41 @@ def end_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _terminated)
 
 
+# What must never reach a terminal raw from device-provided text: C0 controls (ESC, CR, LF, ...), DEL, C1
+# controls; and beyond ASCII every character a person cannot see or that moves what is shown: line and paragraph
+# separators (U+2028 splits a row), format characters (zero-width spaces, U+FEFF, bidi overrides and isolates),
+# surrogates, private-use and unassigned code points.
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+UNSEEN = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}  # Unicode general categories
+# Unicode's default-ignorable code points outside those categories: drawn as nothing (Hangul fillers, the combining
+# grapheme joiner, variation selectors), so a name with one looks exactly like the name without it.
+IGNORABLE = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0"
+                       "\U000e0100-\U000e01ef]")
+
+
+def unseen(char: str) -> bool:
+    """Whether a person cannot see `char` where it is printed, or it moves what is shown (one rule for the
+    terminal's escapes, both command lines', and for names that look alike, coordinator/devices.py)."""
+    return unicodedata.category(char) in UNSEEN or IGNORABLE.match(char) is not None
+
+
+def _escape(char: str) -> str:
+    return char.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
+def clean(text: str) -> str:
+    """`text` safe to print: each control or unseen character shown as its escape (\\x1b, \\u202e, \\u2028),
+    never sent raw."""
+    text = str(text)
+    if text.isascii():  # the common case, in C
+        return CONTROL.sub(lambda m: _escape(m.group()), text)
+    return "".join(_escape(c) if unseen(c) else c for c in text)
+
+
 def fail(message: str) -> NoReturn:
-    """How both command lines refuse: one line on stderr, exit status 2, no traceback."""
-    typer.echo(f"error: {message}", err=True)
+    """How both command lines refuse: one line on stderr, exit status 2, no traceback. The message may quote a
+    device's, a file's or the coordinator's text: escaped (`clean`), so it stays one line and sends no control."""
+    typer.echo(f"error: {clean(message)}", err=True)
     raise typer.Exit(2)
 
 

@@ -41,7 +41,7 @@ MAX_KEPT_BYTES = 16 << 20  # keys, kept string values and tensor names held in m
 # A writer pads the last tensor to the alignment; more after it is not part of the model, and would only be
 # hashed (a model copied and truncated to 1 TB, all of it a hole, is refused here instead of hashed for hours).
 MAX_TRAILING_BYTES = 16 << 20
-CHECK_EVERY = 1 << 16  # items between calls of the caller's `check` (a job's deadline and stop request)
+CHECK_EVERY = 1 << 14  # loop steps between calls of the caller's `check` (a job's deadline and stop request)
 
 # GGUF value types (gguf.GGUFValueType) -> struct format of a scalar.
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
@@ -78,6 +78,7 @@ class GgufFile:
     file_bytes: int
     fields: dict[str, GgufField]
     tensors: list
+    infos: list = dataclasses.field(default_factory=list)  # (name, type, dims, offset) of each tensor
 
 
 _STAT_ERRORS = {errno.ELOOP: "a symlink loop", errno.EACCES: "permission denied",
@@ -126,7 +127,14 @@ class _Walker:
 
     def __init__(self, f, size: int, path: pathlib.Path, check=None):
         self.f, self.size, self.path, self.check = f, size, path, check
-        self.pos = self.items = self.kept = 0
+        self.pos = self.items = self.kept = self.steps = 0
+
+    def tick(self) -> None:
+        """One more step of a loop (an entry, a tensor, an element): the caller's `check` every CHECK_EVERY steps
+        of the whole walk, however the steps are split between entries, arrays and nesting."""
+        self.steps += 1
+        if self.check is not None and self.steps % CHECK_EVERY == 0:
+            self.check()
 
     def fail(self, what: str):
         return ModelError(f"corrupt GGUF: {what}: {self.path}")
@@ -200,17 +208,15 @@ class _Walker:
         elif element == _STRING:  # a tokenizer: a tight loop over lengths, no string is read
             self.need(count * 8, f"the elements of {what}")
             self.count(count, f"the elements of {what}")
-            for i in range(count):
-                if self.check is not None and i % CHECK_EVERY == CHECK_EVERY - 1:
-                    self.check()
+            for _ in range(count):
+                self.tick()
                 (n,) = self.unpack("Q", f"an element of {what}")
                 self.skip(n, f"an element of {what}")
         elif element == _ARRAY:
             self.need(count * 12, f"the elements of {what}")  # each at least an element type and a count
             self.count(count, f"the elements of {what}")
-            for i in range(count):
-                if self.check is not None and i % CHECK_EVERY == CHECK_EVERY - 1:
-                    self.check()
+            for _ in range(count):
+                self.tick()
                 self.value(element, f"an element of {what}", depth + 1, keep=False)
         else:
             raise self.fail(f"{what} has an unknown element type")
@@ -232,6 +238,7 @@ class _Walker:
             raise self.fail("the tensor count is larger than the file can hold")
         fields = {}
         for i in range(n_kv):
+            self.tick()
             key = self.name(f"metadata key {i}")
             if key in fields:
                 raise self.fail(f"metadata key {i} repeats an earlier key")
@@ -245,8 +252,7 @@ class _Walker:
 
         infos, names, data_bytes = [], set(), 0
         for i in range(n_tensors):
-            if self.check is not None and i % CHECK_EVERY == CHECK_EVERY - 1:
-                self.check()
+            self.tick()
             name = self.name(f"the name of tensor {i}")
             if name in names:
                 raise self.fail(f"tensor {i} repeats an earlier tensor's name")
@@ -279,15 +285,16 @@ class _Walker:
         return fields, infos, data_start
 
 
-def open_gguf(path: pathlib.Path | str, check=None) -> GgufFile:
+def open_gguf(path: pathlib.Path | str, check=None, views: bool = True) -> GgufFile:
     """Validate the header (bounded in time and memory) and map the tensors; ModelError for anything wrong.
-    `check`: called every so often during the walk (a job's deadline: it raises to end the walk)."""
+    `check`: called every so often during the walk (a job's deadline: it raises to end the walk). Without `views`
+    no tensor is mapped (`tensors` is empty; `infos` is what there is to know of them)."""
     path = pathlib.Path(path)
     f, size = open_regular(path)
     with f:
         fields, infos, data_start = _Walker(f, size, path, check).header()
-        if not infos:
-            return GgufFile(path, size, fields, [])
+        if not infos or not views:
+            return GgufFile(path, size, fields, [], infos)
         import numpy as np
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, ReaderTensor
         from gguf.quants import quant_shape_to_byte_shape
@@ -308,12 +315,12 @@ def open_gguf(path: pathlib.Path | str, check=None) -> GgufFile:
             view = data[start:start + n_bytes].reshape(quant_shape_to_byte_shape(shape, ggml_type))
         tensors.append(ReaderTensor(name=name, tensor_type=ggml_type, shape=np.array(dims, dtype=np.uint64),
                                     n_elements=n_elements, n_bytes=n_bytes, data_offset=start, data=view, field=None))
-    return GgufFile(path, size, fields, tensors)
+    return GgufFile(path, size, fields, tensors, infos)
 
 
 def inspect_gguf(path: pathlib.Path | str, check=None) -> GgufInfo:
     """What a GGUF file holds; ModelError for a missing, special, non-GGUF, truncated or crafted file."""
-    gguf = open_gguf(path, check)
+    gguf = open_gguf(path, check, views=False)  # a view per tensor would cost ~1 KB each, for nothing here
 
     def value(key: str):
         field = gguf.fields.get(key)
@@ -326,8 +333,8 @@ def inspect_gguf(path: pathlib.Path | str, check=None) -> GgufInfo:
         architecture=str(value("general.architecture") or "unknown"),
         name=str(value("general.name") or gguf.path.stem),
         quant=quant_of_ftype(int(ftype)) if isinstance(ftype, int) else "unknown",
-        n_params=sum(t.n_elements for t in gguf.tensors),
-        n_tensors=len(gguf.tensors),
+        n_params=sum(math.prod(dims) for _, _, dims, _ in gguf.infos),
+        n_tensors=len(gguf.infos),
     )
 
 

@@ -170,13 +170,13 @@ def _sliding_pattern(path: pathlib.Path, config: dict, default: int) -> int:
 def from_gguf(path: pathlib.Path) -> Architecture:
     """The shape in a GGUF file's metadata, checked against its tensor table (header only, bounded)."""
     path = pathlib.Path(path)
-    gguf = open_gguf(path)
+    gguf = open_gguf(path, views=False)  # the tensor table's dims are all it reads of the tensors
     family = gguf.fields.get("general.architecture")
     family = family.value if family is not None else None
     if family not in {*HF_FAMILIES.values()}:
         raise ModelError(f"{path}: unsupported GGUF architecture {family!r} "
                          f"(fleetfit reads {', '.join(sorted(set(HF_FAMILIES.values())))})")
-    dims = {t.name: [int(d) for d in t.shape] for t in gguf.tensors}
+    dims = {name: [int(d) for d in shape] for name, _, shape, _ in gguf.infos}
 
     def key(name, default=...):
         field = gguf.fields.get(f"{family}.{name}")

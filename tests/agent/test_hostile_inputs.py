@@ -257,6 +257,38 @@ def test_the_walk_of_a_long_header_can_be_stopped(tmp_path):
     assert open_gguf(path).fields["toks"].contents() is None  # and without a check, the same file is read
 
 
+LOOP_SHAPES = {  # each loop of the walk shorter than the check interval (256 here); together many times longer
+    "many entries of short string arrays": [kv(f"k{i}", ARRAY, struct.pack("<IQ", STRING, 200) + s("t") * 200)
+                                             for i in range(2000)],
+    "arrays of short string arrays": [kv("x", ARRAY, struct.pack("<IQ", ARRAY, 200) +
+                                         (struct.pack("<IQ", STRING, 200) + s("") * 200) * 200)],
+    "many scalar entries": [kv(f"k{i}", U8, b"\1") for i in range(20_000)],
+    "many tensors": [tensor(f"t{i}", (32,)) for i in range(20_000)],
+}
+
+
+@pytest.mark.parametrize("name", list(LOOP_SHAPES))
+def test_the_walk_is_stoppable_whatever_shape_its_loops_have(tmp_path, name, monkeypatch):
+    """`check` is called every CHECK_EVERY steps of the whole walk, however a header splits them between entries,
+    arrays, nested arrays and tensors (a check per loop's own count never came for loops just under it)."""
+    from fleetfit.models import gguf_file
+
+    monkeypatch.setattr(gguf_file, "CHECK_EVERY", 256)
+    parts = LOOP_SHAPES[name]
+    tensors = parts if name == "many tensors" else []
+    path = write(tmp_path, gguf([] if tensors else parts, tensors, data=b"\0" * 128 if tensors else b""))
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 3:
+            raise TimeoutError("stopped")
+
+    with pytest.raises(TimeoutError):
+        open_gguf(path, check=check)
+    assert len(calls) == 3
+
+
 # Special files: each gets its own one-line error, and nothing blocks (a FIFO is never opened).
 
 

@@ -59,6 +59,17 @@ IMPOSTORS = {  # hostnames (and ids) a device chooses to pass for another
     "the same hostname and labels": [device("lab-gpu-1-00000000", "lab-gpu-1", site="lab")],
     "a name like the qualified one": [device("imp-8", "lab-gpu-1 (7f3a9c21) [site=lab]"),
                                       device("lab-gpu-1-7f3a9c21x", "lab-gpu-1", site="lab")],
+    # letters of other scripts drawn like Latin ones, characters drawn as nothing, marks and misread ASCII
+    "homoglyphs": [device("imp-9", "l\u0430b-gpu-1 [site=lab]"), device("imp-10", "lab-gpu-1 [sit\u0435=l\u03b1b]"),
+                   device("imp-11", "Iab-gpu-l [site=lab]"), device("imp-12", "lab-gpu-1\u3164 [site=lab]"),
+                   device("imp-13", "la\u034fb-gpu-1\ufe0f [site=lab]"), device("imp-14", "la\u0301b-gpu-1 [site=lab]"),
+                   device("imp-15", "lab-gpu-1\u2028[site=lab]")],
+    "another's short id": [device("imp-16", "7f3a9c21"), device("imp-17", "7F3A9C2l")],
+    "another's id or short id, with labels": [device("imp-20", "lab-gpu-1-7f3a9c21", site="lab"),
+                                              device("imp-21", "7f3a9c21", site="lab")],
+    "its name with its short id, before a twin comes": [device("imp-18", "lab-gpu-1 (7f3a9c21) [site=lab]"),
+                                                         device("imp-19", "lab-gpu-1 (lab-gpu-1-7f3a9c21)",
+                                                                site="lab")],
 }
 
 
@@ -75,6 +86,11 @@ def test_display_names_are_unique_and_never_another_devices_id(case):
     for d in fleet:  # each answers to its id and to its display name, and to nothing of another's
         assert find(fleet, d.inventory.device_id) is d
         assert find(fleet, names[d.inventory.device_id]) is d
+    if case in ("homoglyphs", "another's short id", "another's id or short id, with labels",
+                "its name with its short id, before a twin comes"):  # told apart by what is written, not only by the fold
+        assert all(f"({d.inventory.device_id})" in names[d.inventory.device_id] for d in IMPOSTORS[case]), names
+    if case == "its name with its short id, before a twin comes":  # the honest device keeps its own name
+        assert names[HONEST.inventory.device_id] == "lab-gpu-1 [site=lab]", names
 
 
 @pytest.mark.parametrize("case", IMPOSTORS)
@@ -87,3 +103,14 @@ def test_a_name_shown_before_an_impostor_came_never_finds_the_impostor(case):
         assert find(fleet, alone) is HONEST
     except DeviceLookupError as exc:
         assert HONEST.inventory.device_id in str(exc) and "\n" not in str(exc)
+
+
+def test_a_hostname_beyond_ascii_always_shows_its_short_id_and_a_short_id_finds_no_impostor():
+    """No fold knows every script's look-alikes, so a hostname that is not ASCII once folded never shows bare; and
+    a short id a person read off a table (`lab-gpu-1 (7f3a9c21)`) never answers for a device whose hostname it is."""
+    fleet = [HONEST, device("imp-1", "\u0561b-gpu-1", site="lab"), device("imp-2", "7f3a9c21")]
+    names = display_names(fleet)
+    assert names["imp-1"] == "\u0561b-gpu-1 (imp-1) [site=lab]" and names["imp-2"] == "7f3a9c21 (imp-2)", names
+    with pytest.raises(DeviceLookupError) as err:
+        find(fleet, "7f3a9c21")
+    assert "imp-2, lab-gpu-1-7f3a9c21" in str(err.value)

@@ -19,7 +19,10 @@ from tests.conftest import Agents, assert_one_line_error, fleet_stub, run_cli
 
 HONEST = "lab-gpu-1-7f3a9c21"
 IMPOSTORS = {"imp-name": "lab-gpu-1 [site=lab]", "imp-id": HONEST, "imp-wide": "ＬＡＢ-gpu-1 [site=lab]",
-             "imp-zw": "lab-gpu-1\u200b [site=lab]", "lab-gpu-1": "lab-gpu-1"}  # device id -> chosen hostname
+             "imp-zw": "lab-gpu-1\u200b [site=lab]", "lab-gpu-1": "lab-gpu-1",
+             # a Cyrillic letter, a character drawn as nothing, the honest device's short id and its qualified name
+             "imp-cyr": "l\u0430b-gpu-1 [site=lab]", "imp-fill": "lab-gpu-1\u3164 [site=lab]", "imp-short": "7f3a9c21",
+             "imp-qual": "lab-gpu-1 (7f3a9c21) [site=lab]"}  # device id -> chosen hostname
 
 
 @pytest.fixture()

@@ -82,7 +82,9 @@ def test_cli_tables_and_report_carry_no_raw_device_text(hostile_fleet, coordinat
 UNSEEN = {"line separator": "\u2028", "paragraph separator": "\u2029", "zero-width space": "\u200b",
           "byte-order mark": "\ufeff", "right-to-left override": "\u202e", "first-strong isolate": "\u2068",
           "arabic letter mark": "\u061c", "soft hyphen": "\u00ad", "tag character": "\U000e0041",
-          "private use": "\ue000", "unassigned": "\u0378", "lone surrogate": "\ud800", "next line (C1)": "\x85"}
+          "private use": "\ue000", "unassigned": "\u0378", "lone surrogate": "\ud800", "next line (C1)": "\x85",
+          "hangul filler": "\u3164", "combining grapheme joiner": "\u034f", "variation selector": "\ufe0f",
+          "mongolian free variation selector": "\u180b"}
 
 
 @pytest.mark.parametrize("fmt", ["table", "md", "csv", "sql"])
@@ -97,3 +99,31 @@ def test_characters_a_person_cannot_see_are_shown_escaped(name, fmt):
     assert render.clean(char) in text and render.clean(char).startswith("\\")
     assert len(text.splitlines()) == {"table": 2, "md": 3, "csv": 2, "sql": 5}[fmt]
     assert render.clean("ok: ünïcode, 日本, emoji \U0001f600") == "ok: ünïcode, 日本, emoji \U0001f600"  # seen: kept
+
+
+@pytest.mark.parametrize("cli", ["fleetfit", "fleetfit-agent"])
+def test_a_refusal_that_quotes_outside_text_is_one_escaped_line(cli, tmp_path):
+    """Both command lines refuse in one place (cli_common.fail), which escapes what it quotes: a file name, a
+    device's or the coordinator's text can neither split the line nor send a control to the terminal."""
+    hostile = tmp_path / "model\x1b[2J\u2028next\u202e\u3164.gguf"
+    args = ["fit", str(hostile)] if cli == "fleetfit" else ["profile", "--model", str(hostile), "--quant", "Q4_0"]
+    done = run_cli(cli, *args, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and not RAW.search(done.stderr), repr(done.stderr)
+    assert "\u2028" not in done.stderr and "\u3164" not in done.stderr
+    assert "model\\x1b[2J\\u2028next\\u202e\\u3164.gguf" in done.stderr, done.stderr
+
+
+def test_the_agents_result_tables_escape_a_files_and_a_workers_text():
+    """fleetfit-agent profile's tables quote a model file's name and a worker's error: escaped as every table is."""
+    from fleetfit.agent import report
+
+    failed = pb.ProfileResult(model_name=HOSTILE, quant="Q4_0", error=HOSTILE + "\u2028\u3164",
+                              request=pb.ProfileRequest(backend="llama.cpp"), failure=pb.FAILURE_KIND_ERROR)
+    ran = pb.ProfileResult(model_name=HOSTILE, quant="Q4_0", request=pb.ProfileRequest(backend="llama.cpp"),
+                           decode_tokens_per_s=pb.Stat(mean=1.0, samples=[1.0]))
+    for text in (report.markdown([failed, ran]), report.serving_markdown([ran]), report.energy_markdown([ran]),
+                 report.roofline_markdown([ran])):
+        assert not RAW.search(text.replace("\n", "")) and "\u2028" not in text and "\u3164" not in text, repr(text)
+    rows = [line for line in report.markdown([failed, ran]).splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + 1 + 2 and all(row.endswith("|") for row in rows), rows  # header, the failure, pp, tg

@@ -95,12 +95,22 @@ def _campaign_request(**fields) -> pb.CreateCampaignRequest:
 def test_a_made_up_page_token_is_a_bad_argument_on_every_paged_rpc(many):
     import grpc
 
+    from tests.agent.test_hostile_inputs import valid_gguf
+    from tests.coordinator.test_model_store import put_all
+
     fleet = fleet_stub(many)
     campaign_id = [fleet.CreateCampaign(_campaign_request(), timeout=10).campaign_id for _ in range(2)][0]
+    (many.state_dir / "tiny.gguf").write_bytes(valid_gguf())
+    for name in ("tiny-a", "tiny-b"):
+        assert put_all(fleet, many.state_dir / "tiny.gguf", name).HasField("model")
     calls = [(fleet.ListDevices, pb.ListDevicesRequest), (fleet.GetLimitTable, pb.GetLimitTableRequest),
-             (fleet.ListCampaigns, pb.ListCampaignsRequest),
+             (fleet.ListCampaigns, pb.ListCampaignsRequest), (fleet.ListModels, pb.ListModelsRequest),
              (fleet.Fit, lambda **kw: pb.FitRequest(model_name="smollm2-135m", quant="Q4_0", **kw)),
              (fleet.GetCampaign, lambda **kw: pb.GetCampaignRequest(campaign_id=campaign_id, **kw))]
+    # every request of the service with a page_token is one of those above: a list added later is paged too
+    paged = {m.input_type.name for m in pb.DESCRIPTOR.services_by_name["FleetService"].methods
+             if "page_token" in m.input_type.fields_by_name}
+    assert paged == {request(page_size=1).DESCRIPTOR.name for _, request in calls}, paged
     for call, request in calls:
         for token in MADE_UP_TOKENS:
             with pytest.raises(grpc.RpcError) as caught:
@@ -110,6 +120,30 @@ def test_a_made_up_page_token_is_a_bad_argument_on_every_paged_rpc(many):
         # a token it gave is still taken
         first = call(request(page_size=1), timeout=10)
         assert first.next_page_token and call(request(page_size=1, page_token=first.next_page_token), timeout=10)
+
+
+def test_every_list_rpc_is_paged_or_bounded(many):
+    """A reply that lists things either pages them or bounds what a request may ask for: the lists of the
+    service's replies are each a paged one's, or GetJobs' (at most MAX_JOB_IDS ids a call), or ListTables' names."""
+    import grpc
+
+    from fleetfit.coordinator.server import MAX_JOB_IDS
+
+    service = pb.DESCRIPTOR.services_by_name["FleetService"]
+    listing = {m.name for m in service.methods if any(f.is_repeated and f.message_type is not None
+                                                       for f in m.output_type.fields)}
+    paged = {m.name for m in service.methods if "page_token" in m.input_type.fields_by_name}
+    assert listing - paged <= {"GetJobs", "ListTables", "GetTable", "CreateCampaign"}, listing - paged
+    fleet = fleet_stub(many)
+    job_ids = list(fleet.SubmitProfile(pb.SubmitProfileRequest(request=pb.ProfileRequest(
+        model=pb.ModelRef(name="smollm2-135m"), quant="Q4_0", backend="llama.cpp", n_prompt=16, n_gen=4,
+        repetitions=1)),
+                                       timeout=10).job_ids)
+    assert len(fleet.GetJobs(pb.GetJobsRequest(job_ids=job_ids + ["nope"] * (MAX_JOB_IDS - len(job_ids))),
+                             timeout=10).jobs) == len(job_ids)
+    with pytest.raises(grpc.RpcError) as caught:
+        fleet.GetJobs(pb.GetJobsRequest(job_ids=[f"j{i}" for i in range(40_000)]), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 1000 job_ids" in caught.value.details()
 
 
 def test_max_attempts_outside_its_bound_is_a_bad_argument(many):
@@ -129,6 +163,34 @@ def test_max_attempts_outside_its_bound_is_a_bad_argument(many):
     for bad in ("-5", "0", "1000000000"):
         done = run_cli("fleetfit", "profile", "--models", "smollm2-135m", "--max-attempts", bad, env=env, timeout=60)
         assert done.returncode != 0 and "Traceback" not in done.stderr and "--max-attempts must be" in done.stderr
+
+
+def test_the_reply_to_a_new_campaign_keeps_a_pages_worth_of_skipped_reasons(db_url, tmp_path, monkeypatch):
+    """Every device's reason is its own text (up to ingest's bound): however many devices skip, CreateCampaign's
+    reply keeps a page's bytes of them and names the command that pages the rest."""
+    from fleetfit.coordinator import server as coordinator_server
+
+    monkeypatch.setattr(coordinator_server, "PAGE_BYTES", 20_000)  # 40 devices' 4 kB reasons: 160 kB
+    reason = "driver mismatch " + "x" * 4080
+    with Store(db_url) as store:
+        for d in range(40):
+            store.upsert_device(pb.DeviceInventory(
+                device_id=f"node-{d:02d}", hostname=f"node-{d:02d}", ram_total_bytes=8 << 30,
+                backends=[pb.BackendInfo(name="llama.cpp", available=False, reason=reason)]))
+    server = BackgroundCoordinator(db_url, state_dir=tmp_path / "state")
+    server.start()
+    try:
+        created = fleet_stub(server).CreateCampaign(_campaign_request(), timeout=10)
+        assert created.ByteSize() < 20_000 + 5000 and 1 < len(created.skipped) < 40, created.ByteSize()
+        assert created.skipped[-1].endswith(f"more devices' skipped combinations: fleetfit campaign status "
+                                            f"{created.campaign_id}"), created.skipped[-1]
+        shown = len(created.skipped) - 1
+        assert f"... and {40 - shown} more" in created.skipped[-1]
+        campaign = cli._campaign(fleet_stub(server), created.campaign_id)  # every device's reason is still there
+        assert all(len(d.skipped) == 1 and reason in d.skipped[0] for d in campaign.devices) and \
+            len(campaign.devices) == 40
+    finally:
+        server.stop()
 
 
 def test_campaigns_are_paged_and_a_device_reason_is_kept_once_per_reason(db_url, tmp_path):

@@ -141,6 +141,7 @@ def test_a_coordinator_away_longer_than_a_few_tries_is_waited_for_within_the_dea
     try:
         digest = store(first, ladder["Q4_1"], "mine")
         stub = agents.stub("dev-1")
+        lease_job(first, stub, "dev-1", pb.ModelRef(name="mine", sha256=digest))
         first.stop()
 
         def back():

@@ -192,7 +192,7 @@ def memory(root: pathlib.Path = ROOT) -> Memory:
     and cannot be reclaimed (usage less inactive page cache, as `docker stats` counts it). A limit that cannot be
     read leaves the host's figure, and the source names it."""
     host_total, host_available = _meminfo(root)
-    total, binding, room, tightest, unknown = host_total, None, None, "", []
+    smallest, room, tightest, unknown = None, None, "", []
     _cgroups_unreadable(root, unknown)
     for group in _readable(cgroups(root), "memory", unknown):
         if group.version == 2:
@@ -220,11 +220,15 @@ def memory(root: pathlib.Path = ROOT) -> Memory:
             if room is None or limit - in_use < room:
                 room = max(limit - in_use, 0)
                 tightest = f"{name} less {in_use / (1 << 20):.0f} MiB in use ({where}: {usage_file} less {inactive})"
-            if limit < total:
-                total, binding = limit, f"cgroup {name} {_gib(limit)} ({where})"
+            if smallest is None or limit < smallest[0]:
+                smallest = (limit, f"cgroup {name} {_gib(limit)} ({where})")
+    total = min(host_total, smallest[0]) if smallest else host_total
+    binding = smallest[1] if smallest and smallest[0] < host_total else None
     available = min(host_available, total, room if room is not None else host_available)
     figures = [binding] if binding else []
-    figures.append(f"host {_gib(host_total)}" + ("" if binding or unknown else ", no cgroup limit"))
+    # a limit looser than the host's RAM is still a limit: "no cgroup limit" only where there is none
+    below = f", below {smallest[1]}" if smallest and not binding else "" if smallest or unknown else ", no cgroup limit"
+    figures.append(f"host {_gib(host_total)}{below}")
     if room is not None and room < host_available:
         figures.append(f"available: {tightest}")
     return Memory(total, available, host_total, host_available, _source(figures, unknown), room)

@@ -29,8 +29,9 @@ def in_use(mib: int, level: str, v1: bool = False) -> str:
     # memory.high under memory.max binds; 512 MiB in use after the cache
     ("v2-container", 3 * GIB, 3 * GIB - 512 * MIB, "cgroup memory.high 3.0 GiB (/); host 23.5 GiB; "
                                                    f"available: memory.high {in_use(512, '/')}"),
-    # a cgroup namespace: /proc/self/cgroup says 0::/, its root holds the container's own (unlimited) files
-    ("v2-cgroupns", HOST_TOTAL, HOST_AVAILABLE, "host 23.5 GiB, no cgroup limit"),
+    # a cgroup namespace: /proc/self/cgroup says 0::/, its root holds the container's own files; a limit looser
+    # than the host's RAM is named as such, not taken for none
+    ("v2-cgroupns", HOST_TOTAL, HOST_AVAILABLE, "host 23.5 GiB, below cgroup memory.max 64.0 GiB (/)"),
     # its mountinfo lists two other memory mounts first: a string prefix of its path, and a shallower root
     ("v1-docker", 512 * MIB, 312 * MIB, "cgroup memory.limit_in_bytes 0.5 GiB (/docker/3f1c9b7e2a5d); host 23.5 GiB; "
      f"available: memory.limit_in_bytes {in_use(200, '/docker/3f1c9b7e2a5d', v1=True)}"),
@@ -56,7 +57,9 @@ def test_memory_is_the_smallest_limit_on_the_path(tree, total, available, source
     host_total, host_available = resources._meminfo(TREES / tree)
     assert (memory.total_bytes, memory.available_bytes, memory.source) == (total, available, source)
     assert (memory.host_total_bytes, memory.host_available_bytes) == (host_total, host_available)
-    assert memory.cgroup_available_bytes == (available if "cgroup memory" in source else None)
+    assert (memory.cgroup_available_bytes is None) == ("cgroup memory" not in source)
+    if total < host_total:  # a binding limit: its room is the available figure
+        assert memory.cgroup_available_bytes == available
 
 
 @pytest.mark.parametrize("tree, affinity, physical, logical, count, source", [

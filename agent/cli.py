@@ -458,7 +458,7 @@ def profile(
     elif output == "result":
         typer.echo(records.to_json(result, defaults=True))
     else:
-        rows = records.profile_rows(result, inventory.cpu_model(), profiling.failure_name(result.failure))
+        rows = records.profile_rows(result, inventory.this_cpu(), profiling.failure_name(result.failure))
         typer.echo(records.write_profile_rows(rows, output))
     if result.failure:
         raise typer.Exit(1)

@@ -51,6 +51,7 @@ def in_use(mib: int, level: str, v1: bool = False) -> str:
      "host 23.5 GiB; unknown: cgroup /fleet.slice/fleetfit-agent.service not found under /sys/fs/cgroup, "
      "memory.max (/fleet.slice) unreadable, memory.high (/fleet.slice) reads 'lots'"),
     ("v1-unmounted", HOST_TOTAL, HOST_AVAILABLE, "host 23.5 GiB; unknown: cgroup /docker/9a8b7c (memory) not mounted here"),
+    ("v2-unmounted", HOST_TOTAL, HOST_AVAILABLE, "host 23.5 GiB; unknown: cgroup / (memory) not mounted here"),
 ])
 def test_memory_is_the_smallest_limit_on_the_path(tree, total, available, source):
     memory = resources.memory(TREES / tree)
@@ -84,6 +85,8 @@ def test_memory_is_the_smallest_limit_on_the_path(tree, total, available, source
                                                   "host 10 cores"),
     ("v1-unmounted", set(range(8)), 4, 8, 4, "4 CPUs: host 4 cores; unknown: cgroup /docker/9a8b7c (cpu) not mounted "
                                              "here, cgroup /docker/9a8b7c (cpuset) not mounted here"),
+    ("v2-unmounted", {0, 1}, 2, 2, 2, "2 CPUs: host 2 cores; unknown: cgroup / (cpu) not mounted here, "
+                                      "cgroup / (cpuset) not mounted here"),
     ("v2-unreadable", {0, 1}, 2, 2, 2, "2 CPUs: host 2 cores; unknown: cgroup /fleet.slice/fleetfit-agent.service not "
                                        "found under /sys/fs/cgroup, cpu.max (/fleet.slice) unreadable"),
 ])

@@ -3,7 +3,8 @@ cgroup v1 group of 1 GiB / 1 CPU (cpuset 0 and a 100 % CPU quota; root and v1 co
 
   1. `fleetfit-agent info` inside it: its memory and CPU lines, with their source;
   2. `fleetfit-agent run` inside it, several times as fresh devices: seconds from the spawn to the device's first
-     appearance in ListDevices (what `fleetfit devices` reads), polled every 20 ms;
+     appearance in ListDevices (what `fleetfit devices` reads), polled every 20 ms; the first start enrolls with
+     its token too, --joined measures later starts (enrolled beforehand by `fleetfit-agent join`);
   3. `fleetfit fit llama-2-7b --quant Q4_0 --device <that device>` before any run there, and `fleetfit devices`.
 
     sudo .venv/bin/python benchmarks/small_board_evidence.py [--runs 3]
@@ -32,6 +33,9 @@ GIB = 1 << 30
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--joined", action="store_true",
+                        help="enroll each device first (`fleetfit-agent join`), so that `run` is a later start, not "
+                             "the first (which enrolls too)")
     args = parser.parse_args()
     from fleetfit.v1 import fleetfit_pb2 as pb
     from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
@@ -67,7 +71,11 @@ def main() -> None:
                 print(info.stderr)
             seconds = []
             for run in range(1, args.runs + 1):
-                device, joining = f"board-1g-{run}", token()
+                device, joining = f"board-{'joined' if args.joined else '1g'}-{run}", token()
+                if args.joined:
+                    subprocess.run([*inside, BIN / "fleetfit-agent", "join", "--coordinator", address, "--token",
+                                    joining, "--device-id", device, "--identity", work / f"{device}.json"],
+                                   env=env, capture_output=True, check=True)
                 began = time.monotonic()
                 agent = subprocess.Popen([*inside, BIN / "fleetfit-agent", "run", "--coordinator", address,
                                           "--token", joining, "--device-id", device,
@@ -86,7 +94,7 @@ def main() -> None:
                     agent.wait(30)
             devices = subprocess.run([BIN / "fleetfit", "devices"], env=env, capture_output=True, text=True)
             print("$ fleetfit devices\n" + devices.stdout.rstrip())
-            device = f"board-1g-{args.runs}"
+            device = f"board-{'joined' if args.joined else '1g'}-{args.runs}"
             fit = subprocess.run([BIN / "fleetfit", "fit", "llama-2-7b", "--quant", "Q4_0", "--device", device],
                                  env=env, capture_output=True, text=True)
             print(f"$ fleetfit fit llama-2-7b --quant Q4_0 --device {device}\n" + fit.stdout.rstrip() + fit.stderr)

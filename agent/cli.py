@@ -220,7 +220,7 @@ def models_quantize(
     src: Annotated[str, typer.Argument(help="A cached model's name (e.g. smollm2-135m) or a GGUF path.")],
     to: Annotated[str, typer.Option("--to", help="Comma-separated quant types, e.g. F16,Q8_0,Q4_0.")],
     cache_dir: CacheDir = None,
-    threads: Annotated[int, typer.Option(min=0, help="0 = physical cores.")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="0 = one per CPU this agent may use (cgroup quota, cpuset, affinity; `info` shows it).")] = 0,
 ) -> None:
     """Derive other precisions from a model with llama.cpp's own quantizer."""
     from fleetfit.agent import model_cache
@@ -342,7 +342,7 @@ def limits_probe(
     n_prompt: Annotated[int, typer.Option(help="Prompt tokens for the prefill test.")] = job_bounds.CALIBRATION_RUN[0],
     n_gen: Annotated[int, typer.Option(help="Tokens for the decode test.")] = job_bounds.CALIBRATION_RUN[1],
     repetitions: Annotated[int, typer.Option(help="Runs of each test.")] = job_bounds.CALIBRATION_RUN[2],
-    threads: Annotated[int, typer.Option(help="0 = physical cores.")] = 0,
+    threads: Annotated[int, typer.Option(help="0 = one per CPU this agent may use (cgroup quota, cpuset, affinity; `info` shows it).")] = 0,
     passes: Annotated[int, typer.Option(help="Walk the ladder this many times; the coordinator calibrates on the "
                                              "median of every pass (a noisy device needs several).")] = 1,
     cache_dir: CacheDir = None,
@@ -430,7 +430,7 @@ def profile(
     old_device: OldDevice = None,
     gpu_layers: Annotated[Optional[int], typer.Option(
         help="llama.cpp: layers to offload to the GPU (0 = CPU only); default: all the build can offload.")] = None,
-    threads: Annotated[int, typer.Option(help="0 = physical cores.")] = 0,
+    threads: Annotated[int, typer.Option(help="0 = one per CPU this agent may use (cgroup quota, cpuset, affinity; `info` shows it).")] = 0,
     n_prompt: Annotated[int, typer.Option(help="Prompt tokens for the prefill test.")] = 512,
     n_gen: Annotated[int, typer.Option(help="Tokens for the decode test.")] = 128,
     decode_depth: Annotated[int, typer.Option(
@@ -475,7 +475,7 @@ def profile(
     elif output == "result":
         typer.echo(records.to_json(result, defaults=True))
     else:
-        rows = records.profile_rows(result, inventory.cpu_model(), profiling.failure_name(result.failure))
+        rows = records.profile_rows(result, inventory.this_cpu(), profiling.failure_name(result.failure))
         typer.echo(records.write_profile_rows(rows, output))
     if result.failure:
         raise typer.Exit(1)
@@ -491,7 +491,7 @@ def quality(
     context: Annotated[int, typer.Option(help="Tokens per chunk; the second half of each is scored.")] = 512,
     chunks: Annotated[int, typer.Option(help="Only the text's first N chunks (llama-perplexity --chunks); 0 = all.")
                       ] = 0,
-    threads: Annotated[int, typer.Option(min=0, help="0 = physical cores.")] = 0,
+    threads: Annotated[int, typer.Option(min=0, help="0 = one per CPU this agent may use (cgroup quota, cpuset, affinity; `info` shows it).")] = 0,
     compute_device: Annotated[str, typer.Option("--compute", help="cpu keeps every layer on the CPU; empty = the "
                                                                   "GPU when the build offloads.")] = "",
     old_device: OldDevice = None,

@@ -97,9 +97,14 @@ def _arm_cores(fields: list[tuple[str, str]]) -> str:
     return f"{vendor} {' + '.join(names)}" if names else ""
 
 
-def cpu_model(proc_root: pathlib.Path = pathlib.Path("/proc")) -> str:
+_X86 = ("x86_64", "amd64", "i386", "i486", "i586", "i686")
+
+
+def cpu_model(proc_root: pathlib.Path = pathlib.Path("/proc"), machine: str | None = None) -> str:
     """The CPU's name from /proc/cpuinfo: a board's 'Model', x86's 'model name', else arm64's cores by implementer and
-    part, else 'Hardware' (a 32-bit ARM SoC) or MIPS' 'cpu model'."""
+    part, else 'Hardware' (a 32-bit ARM SoC) or MIPS' 'cpu model'. With `machine` (the process's architecture), a
+    cpuinfo of another architecture (qemu-user shows aarch64 code the host's x86 cpuinfo; FEX or box64 show x86 code
+    an arm64 one) says the CPU is emulated: 'aarch64 emulated on <the host's CPU>', never the host's name alone."""
     try:
         text = (proc_root / "cpuinfo").read_text()
     except OSError:
@@ -109,11 +114,19 @@ def cpu_model(proc_root: pathlib.Path = pathlib.Path("/proc")) -> str:
     for key, value in fields:
         first.setdefault(key, value)
     model_name = first.get("model name", "")
-    for found in (first.get("Model"), None if _GENERIC_ARM.match(model_name) else model_name, _arm_cores(fields),
-                  first.get("Hardware"), model_name, first.get("cpu model")):
-        if found:
-            return found
-    return platform.processor() or "unknown"
+    name = next((found for found in (first.get("Model"), None if _GENERIC_ARM.match(model_name) else model_name,
+                                     _arm_cores(fields), first.get("Hardware"), model_name, first.get("cpu model"))
+                 if found), platform.processor() or "unknown")
+    if machine:
+        x86_info, arm_info = "vendor_id" in first and "flags" in first, "CPU implementer" in first
+        if (x86_info and machine.lower() not in _X86) or (arm_info and machine.lower() in _X86):
+            return f"{machine} emulated on {name}"
+    return name
+
+
+def this_cpu() -> str:
+    """This machine's CPU as the fleet records it (an emulated CPU said so)."""
+    return cpu_model(machine=platform.machine())
 
 
 def collect(device_id: str, llama_system_info: str = "", probes: pb.DeviceProbes | None = None,
@@ -131,7 +144,7 @@ def collect(device_id: str, llama_system_info: str = "", probes: pb.DeviceProbes
         hostname=socket.gethostname(),
         os=f"{platform.system()} {platform.release()}",
         arch=platform.machine(),
-        cpu_model=cpu_model(),
+        cpu_model=this_cpu(),
         cpu_cores_physical=cpus.host_physical,
         cpu_cores_logical=cpus.host_logical,
         ram_total_bytes=memory.total_bytes,

@@ -43,11 +43,12 @@ class Cpus:
 @dataclasses.dataclass(frozen=True)
 class Cgroup:
     """One hierarchy the process belongs to: its version, controllers and its directories, own first, up to the
-    mount point (what this mount namespace can see of the path)."""
+    mount point (what this mount namespace can see of the path); no directories where it is not mounted here."""
     version: int
     controllers: frozenset[str]
     path: str                   # the cgroup path as /proc/self/cgroup names it
     levels: tuple[pathlib.Path, ...]
+    mount_point: str = ""       # where it is mounted ("/sys/fs/cgroup/memory"); "" where it is not
 
 
 def _read(path: pathlib.Path) -> str | None:
@@ -55,6 +56,15 @@ def _read(path: pathlib.Path) -> str | None:
         return path.read_text().strip()
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def _text(path: pathlib.Path, label: str, unknown: list[str]) -> str | None:
+    """A cgroup file's text; None where it is absent (no such limit at that level) or unreadable, and an unreadable
+    one is named in `unknown`: a limit that cannot be read is not the same as none, and the source says so."""
+    text = _read(path)
+    if text is None and os.path.lexists(path):
+        unknown.append(f"{label} unreadable")
+    return text
 
 
 def _unescape(field: str) -> str:
@@ -86,24 +96,49 @@ def cgroups(root: pathlib.Path = ROOT) -> list[Cgroup]:
         hierarchy, names, path = parts
         controllers = frozenset(n for n in names.split(",") if n)
         v2 = hierarchy == "0" and not controllers
-        for fstype, mount_root, mount_point, options in mounts:
-            if (fstype == "cgroup2") != v2 or (not v2 and not controllers <= options):
-                continue
-            # Outside a cgroup namespace the path starts with the mount's root (a container sees /docker/<id> mounted
-            # as its /sys/fs/cgroup/<controller>); a path elsewhere (cgroupns: "/.."-prefixed) leaves only the mount.
-            rel = os.path.relpath(path, mount_root) if path.startswith(mount_root) else "."
-            top = root / mount_point.lstrip("/")
-            leaf = top if rel.startswith("..") else top / rel
-            levels = [leaf]
-            while levels[-1] != top:
-                levels.append(levels[-1].parent)
-            found.append(Cgroup(2 if v2 else 1, controllers, path, tuple(levels)))
-            break
+        candidates = [(mount_root, mount_point) for fstype, mount_root, mount_point, options in mounts
+                      if (fstype == "cgroup2") == v2 and (v2 or controllers <= options)]
+        if not candidates:
+            found.append(Cgroup(2 if v2 else 1, controllers, path, ()))
+            continue
+        # Outside a cgroup namespace the path starts with the mount's root (a container sees /docker/<id> mounted as
+        # its /sys/fs/cgroup/<controller>): the deepest such mount. A path under none (cgroupns: the mount's root
+        # shown as "/.."; a bind mount of another group) leaves the first mount's own directory.
+        inside = sorted((len(r), r, m) for r, m in candidates if r == "/" or path == r or path.startswith(r + "/"))
+        mount_root, mount_point = inside[-1][1:] if inside else candidates[0]
+        top = root / mount_point.lstrip("/")
+        leaf = top / os.path.relpath(path, mount_root) if inside else top
+        levels = [leaf]
+        while levels[-1] != top:
+            levels.append(levels[-1].parent)
+        found.append(Cgroup(2 if v2 else 1, controllers, path, tuple(levels), mount_point))
     return found
 
 
+def _readable(groups: list[Cgroup], controller: str, unknown: list[str]) -> list[Cgroup]:
+    """The groups that govern `controller`: its v1 hierarchy where /proc/self/cgroup lists one, else the v2 one.
+    What this mount namespace cannot read (the hierarchy not mounted, the process's own directory absent) is named
+    in `unknown`: those limits exist but are not known here."""
+    v1 = [g for g in groups if g.version == 1 and controller in g.controllers]
+    readable = []
+    for group in v1 or [g for g in groups if g.version == 2]:
+        if not group.levels:  # v2 unmounted beside v1 hierarchies (legacy layout): it holds no controller here
+            if v1 or not any(g.version == 1 for g in groups):
+                unknown.append(f"cgroup {group.path} ({controller}) not mounted here")
+            continue
+        if len(group.levels) > 1 and not group.levels[0].is_dir():  # its ancestors that are there still count
+            unknown.append(f"cgroup {group.path} not found under {group.mount_point}")
+        readable.append(group)
+    return readable
+
+
+def _cgroups_unreadable(root: pathlib.Path, unknown: list[str]) -> None:
+    """/proc/self/cgroup present but unreadable: every limit is unknown (absent: not Linux, no cgroups)."""
+    _text(root / "proc/self/cgroup", "/proc/self/cgroup", unknown)
+
+
 def _limit(text: str | None) -> int | None:
-    """A memory limit file's bytes, or None when unlimited ("max", v1's page-rounded LONG_MAX) or unreadable."""
+    """A memory limit file's bytes, or None when unlimited ("max", v1's page-rounded LONG_MAX) or absent."""
     if text is None or not text.isdigit():
         return None
     value = int(text)
@@ -145,21 +180,32 @@ def _where(group: Cgroup, level: pathlib.Path) -> str:
     return path
 
 
+def _source(figures: list[str], unknown: list[str]) -> str:
+    """Where the figures came from, then what could not be read (the host's figures stand in for it)."""
+    return "; ".join(figures + ([f"unknown: {', '.join(dict.fromkeys(unknown))}"] if unknown else []))
+
+
 def memory(root: pathlib.Path = ROOT) -> Memory:
     """The host's RAM narrowed by every memory limit on the cgroup path: v2 memory.max and memory.high, v1
     memory.limit_in_bytes (and the hierarchical limit v1 reports for ancestors this namespace cannot see).
     Available = the smallest of the host's available and, at each limited level, the limit less what is used there
-    and cannot be reclaimed (usage less inactive page cache, as `docker stats` counts it)."""
+    and cannot be reclaimed (usage less inactive page cache, as `docker stats` counts it). A limit that cannot be
+    read leaves the host's figure, and the source names it."""
     host_total, host_available = _meminfo(root)
-    total, binding, room = host_total, None, None
-    for group in cgroups(root):
+    smallest, room, tightest, unknown = None, None, "", []
+    _cgroups_unreadable(root, unknown)
+    for group in _readable(cgroups(root), "memory", unknown):
         if group.version == 2:
             names, usage_file, inactive = ("memory.max", "memory.high"), "memory.current", "inactive_file"
-        elif "memory" in group.controllers:
-            names, usage_file, inactive = ("memory.limit_in_bytes",), "memory.usage_in_bytes", "total_inactive_file"
         else:
-            continue
-        limits = [(level, name, _limit(_read(level / name))) for level in group.levels for name in names]
+            names, usage_file, inactive = ("memory.limit_in_bytes",), "memory.usage_in_bytes", "total_inactive_file"
+        limits = []
+        for level in group.levels:
+            for name in names:
+                text = _text(level / name, f"{name} ({_where(group, level)})", unknown)
+                if text is not None and text != "max" and not text.isdigit():
+                    unknown.append(f"{name} ({_where(group, level)}) reads {text[:20]!r}")
+                limits.append((level, name, _limit(text)))
         if group.version == 1:
             leaf = group.levels[0]
             limits.append((leaf, "memory.stat hierarchical_memory_limit",
@@ -167,15 +213,25 @@ def memory(root: pathlib.Path = ROOT) -> Memory:
         for level, name, limit in limits:
             if limit is None:
                 continue
-            text = _read(level / usage_file) or ""
+            where = _where(group, level)
+            text = _text(level / usage_file, f"{usage_file} ({where})", unknown) or ""
             usage = int(text) if text.isdigit() else 0
             in_use = max(usage - _stat(level / "memory.stat", inactive), 0)
-            room = max(limit - in_use, 0) if room is None else min(room, max(limit - in_use, 0))
-            if limit < total:
-                total, binding = limit, f"cgroup {name} {_gib(limit)} ({_where(group, level)})"
-    source = f"{binding}; host {_gib(host_total)}" if binding else f"host {_gib(host_total)}, no cgroup limit"
+            if room is None or limit - in_use < room:
+                room = max(limit - in_use, 0)
+                tightest = f"{name} less {in_use / (1 << 20):.0f} MiB in use ({where}: {usage_file} less {inactive})"
+            if smallest is None or limit < smallest[0]:
+                smallest = (limit, f"cgroup {name} {_gib(limit)} ({where})")
+    total = min(host_total, smallest[0]) if smallest else host_total
+    binding = smallest[1] if smallest and smallest[0] < host_total else None
     available = min(host_available, total, room if room is not None else host_available)
-    return Memory(total, available, host_total, host_available, source, room)
+    figures = [binding] if binding else []
+    # a limit looser than the host's RAM is still a limit: "no cgroup limit" only where there is none
+    below = f", below {smallest[1]}" if smallest and not binding else "" if smallest or unknown else ", no cgroup limit"
+    figures.append(f"host {_gib(host_total)}{below}")
+    if room is not None and room < host_available:
+        figures.append(f"available: {tightest}")
+    return Memory(total, available, host_total, host_available, _source(figures, unknown), room)
 
 
 def parse_cpu_list(text: str) -> set[int]:
@@ -189,31 +245,29 @@ def parse_cpu_list(text: str) -> set[int]:
     return cpus
 
 
-def _quotas(group: Cgroup) -> list[tuple[float, str]]:
+def _quotas(group: Cgroup, unknown: list[str]) -> list[tuple[float, str]]:
     """(CPUs, file) of every CPU bandwidth limit on the path: v2 cpu.max "quota period", v1 cpu.cfs_quota_us / period
     (-1 or "max": none)."""
     found = []
     for level in group.levels:
+        where = _where(group, level)
         if group.version == 2:
-            quota, _, period = (_read(level / "cpu.max") or "").partition(" ")
             name = "cpu.max"
-        elif "cpu" in group.controllers:
-            quota, period = _read(level / "cpu.cfs_quota_us") or "", _read(level / "cpu.cfs_period_us") or ""
-            name = "cpu.cfs_quota_us"
+            quota, _, period = (_text(level / name, f"{name} ({where})", unknown) or "").partition(" ")
         else:
-            return found
+            name = "cpu.cfs_quota_us"
+            quota = _text(level / name, f"{name} ({where})", unknown) or ""
+            period = _text(level / "cpu.cfs_period_us", f"cpu.cfs_period_us ({where})", unknown) or ""
         if quota.isdigit() and period.strip().isdigit() and int(period) > 0:
-            found.append((int(quota) / int(period), f"{name} {int(quota) / int(period):g} CPU ({_where(group, level)})"))
+            found.append((int(quota) / int(period), f"{name} {int(quota) / int(period):g} CPU ({where})"))
     return found
 
 
-def _cpuset(group: Cgroup) -> set[int]:
+def _cpuset(group: Cgroup, unknown: list[str]) -> set[int]:
     """The CPUs the cgroup's cpuset allows: the first effective list found walking up (empty: no cpuset here)."""
-    if group.version == 1 and "cpuset" not in group.controllers:
-        return set()
     for level in group.levels:
         for name in ("cpuset.cpus.effective", "cpuset.effective_cpus", "cpuset.cpus"):
-            cpus = parse_cpu_list(_read(level / name) or "")
+            cpus = parse_cpu_list(_text(level / name, f"{name} ({_where(group, level)})", unknown) or "")
             if cpus:
                 return cpus
     return set()
@@ -229,32 +283,43 @@ def _cpu_list_text(cpus: set[int]) -> str:
     return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in ranges)
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' * (count != 1)}"
+
+
 def cpus(root: pathlib.Path = ROOT, affinity: set[int] | None = None, host_physical: int | None = None,
          host_logical: int | None = None) -> Cpus:
-    """The CPUs the agent may use: the smallest of the host's physical cores, the affinity mask, the cpuset and
-    every cgroup CPU quota on the path. A quota is rounded to the nearest whole CPU (at least 1): 0.5 CPU runs one
-    thread, 1.5 two; a thread count above the quota is throttled each period, and llama.cpp's threads wait for
-    the slowest. Defaults ask this machine (os.sched_getaffinity, psutil); tests pass them."""
+    """The CPUs the agent may use: the smallest of the host's physical cores, the affinity mask, the cpuset (its
+    online CPUs: a list may name CPUs that are offline) and every cgroup CPU quota on the path. A quota is rounded to
+    the nearest whole CPU, halves up, at least 1: 0.5 CPU runs one thread, 1.5 two, 2.5 three. A thread count above
+    the quota is throttled each period (llama.cpp's threads wait for the slowest), one below leaves the rest of the
+    quota unused; nearest loses least either way. Defaults ask this machine (os.sched_getaffinity, psutil); tests
+    pass them."""
     host_logical = host_logical or psutil.cpu_count(logical=True) or os.cpu_count() or 1
     host_physical = host_physical or psutil.cpu_count(logical=False) or host_logical
     if affinity is None:
         affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(host_logical))
+    online = parse_cpu_list(_read(root / "sys/devices/system/cpu/online") or "")
+    unknown: list[str] = []
+    _cgroups_unreadable(root, unknown)
+    groups = cgroups(root)
     # (CPUs, rank, words): the rank orders ties in the source the same way whatever order the cgroups come in
-    limits = [(host_physical, 3, f"host {host_physical} core{'s' * (host_physical != 1)}")]
+    limits = [(host_physical, 3, f"host {_plural(host_physical, 'core')}")]
     if affinity and len(affinity) < host_logical:
-        limits.append((len(affinity), 0, f"affinity {len(affinity)} CPU{'s' * (len(affinity) != 1)}"))
-    for group in cgroups(root):
-        if group.version == 2 or "cpu" in group.controllers:
-            for quota, text in _quotas(group):
-                limits.append((max(1, math.floor(quota + 0.5)), 1, f"cgroup {text}"))
-        cpuset = _cpuset(group)
-        if cpuset and len(cpuset) < host_logical:
-            limits.append((len(cpuset), 2, f"cpuset {len(cpuset)} CPU{'s' * (len(cpuset) != 1)} "
-                                           f"({_cpu_list_text(cpuset)})"))
+        limits.append((len(affinity), 0, f"affinity {_plural(len(affinity), 'CPU')}"))
+    for group in _readable(groups, "cpu", unknown):
+        for quota, text in _quotas(group, unknown):
+            limits.append((max(1, math.floor(quota + 0.5)), 1, f"cgroup {text}"))
+    for group in _readable(groups, "cpuset", unknown):
+        listed = _cpuset(group, unknown)
+        usable = listed & online if online and listed & online else listed
+        if usable and len(usable) < host_logical:
+            offline = f", {_cpu_list_text(listed - usable)} offline" if listed - usable else ""
+            limits.append((len(usable), 2, f"cpuset {_plural(len(usable), 'CPU')} ({_cpu_list_text(listed)}{offline})"))
     limits.sort()
     count = limits[0][0]
     return Cpus(count, host_physical, host_logical,
-                f"{count} CPU{'s' * (count != 1)}: " + "; ".join(dict.fromkeys(text for _, _, text in limits)))
+                f"{_plural(count, 'CPU')}: " + _source(list(dict.fromkeys(text for _, _, text in limits)), unknown))
 
 
 def unified_memory(root: pathlib.Path = ROOT) -> bool:

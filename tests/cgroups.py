@@ -14,7 +14,7 @@ from fleetfit.agent import resources
 
 def _own_dir(controller: str) -> pathlib.Path | None:
     for group in resources.cgroups():
-        if group.version == 1 and controller in group.controllers:
+        if group.version == 1 and controller in group.controllers and group.levels:  # levels: mounted here
             return group.levels[0]
     return None
 

@@ -41,6 +41,19 @@ def test_cpu_model_of_unknown_arm_cores_says_what_they_are(tmp_path):
     assert inventory.cpu_model(tmp_path) == "ARMv7 Processor rev 5 (v7l)"  # nothing better: the generic name
 
 
+@pytest.mark.parametrize("tree, machine, name", [
+    ("x86_64", "aarch64", "aarch64 emulated on AMD EPYC 7B13"),  # qemu-user: arm64 code sees the x86 host's cpuinfo
+    ("rk3588", "x86_64", "x86_64 emulated on ARM Cortex-A55 + Cortex-A76"),  # FEX / box64 on an arm64 board
+    ("x86_64", "x86_64", "AMD EPYC 7B13"),
+    ("raspberry-pi-5", "aarch64", "Raspberry Pi 5 Model B Rev 1.0"),
+    ("raspberry-pi-4-armv7", "armv7l", "Raspberry Pi 4 Model B Rev 1.4"),
+])
+def test_an_emulated_cpu_is_said_so(tree, machine, name):
+    """A cpuinfo of another architecture than the process's is the host's, seen through an emulator: the device is
+    not recorded as having the host's CPU."""
+    assert inventory.cpu_model(PROC / tree, machine=machine) == name
+
+
 def test_gpus_through_nvml():
     fake = FakeNvml(gpus=2)
     gpus, note = nvml.list_gpus(fake)

@@ -15,25 +15,52 @@ HOST_TOTAL, HOST_AVAILABLE = 24684744 * 1024, 22334456 * 1024  # the trees' proc
 MIB, GIB = 1 << 20, 1 << 30
 
 
+def in_use(mib: int, level: str, v1: bool = False) -> str:
+    """The source's words for the room a limit leaves (usage net of inactive page cache at that level)."""
+    files = "memory.usage_in_bytes less total_inactive_file" if v1 else "memory.current less inactive_file"
+    return f"less {mib} MiB in use ({level}: {files})"
+
+
 @pytest.mark.parametrize("tree, total, available, source", [
     # the slice's 1 GiB binds, not the service's looser memory.max / memory.high; 400 MiB in use after page cache
-    ("v2-slice", GIB, GIB - 400 * MIB, "cgroup memory.max 1.0 GiB (/fleet.slice); host 23.5 GiB"),
-    ("v2-unlimited", HOST_TOTAL, HOST_AVAILABLE, "host 23.5 GiB, no cgroup limit"),
+    ("v2-slice", GIB, GIB - 400 * MIB, "cgroup memory.max 1.0 GiB (/fleet.slice); host 23.5 GiB; "
+                                       f"available: memory.max {in_use(400, '/fleet.slice')}"),
+    ("v2-unlimited", HOST_TOTAL, HOST_AVAILABLE, "host 23.5 GiB, no cgroup limit"),  # "max" everywhere
     # memory.high under memory.max binds; 512 MiB in use after the cache
-    ("v2-container", 3 * GIB, 3 * GIB - 512 * MIB, "cgroup memory.high 3.0 GiB (/); host 23.5 GiB"),
-    ("v1-docker", 512 * MIB, 312 * MIB, "cgroup memory.limit_in_bytes 0.5 GiB (/docker/3f1c9b7e2a5d); host 23.5 GiB"),
+    ("v2-container", 3 * GIB, 3 * GIB - 512 * MIB, "cgroup memory.high 3.0 GiB (/); host 23.5 GiB; "
+                                                   f"available: memory.high {in_use(512, '/')}"),
+    # a cgroup namespace: /proc/self/cgroup says 0::/, its root holds the container's own files; a limit looser
+    # than the host's RAM is named as such, not taken for none
+    ("v2-cgroupns", HOST_TOTAL, HOST_AVAILABLE, "host 23.5 GiB, below cgroup memory.max 64.0 GiB (/)"),
+    # its mountinfo lists two other memory mounts first: a string prefix of its path, and a shallower root
+    ("v1-docker", 512 * MIB, 312 * MIB, "cgroup memory.limit_in_bytes 0.5 GiB (/docker/3f1c9b7e2a5d); host 23.5 GiB; "
+     f"available: memory.limit_in_bytes {in_use(200, '/docker/3f1c9b7e2a5d', v1=True)}"),
     # the leaf and its parent unlimited (4 KiB- and 64 KiB-page LONG_MAX), the grandparent 2 GiB with 700 MiB in use
-    ("v1-nested", 2 * GIB, 2 * GIB - 700 * MIB, "cgroup memory.limit_in_bytes 2.0 GiB (/process_api); host 23.5 GiB"),
+    ("v1-nested", 2 * GIB, 2 * GIB - 700 * MIB, "cgroup memory.limit_in_bytes 2.0 GiB (/process_api); host 23.5 GiB; "
+     f"available: memory.limit_in_bytes {in_use(700, '/process_api', v1=True)}"),
     # the pod's limit is on an ancestor the container cannot see: v1's hierarchical limit tells it
     ("v1-pod", GIB, GIB - 100 * MIB,
-     "cgroup memory.stat hierarchical_memory_limit 1.0 GiB (/kubepods/burstable/pod7c2a/4b1e); host 23.5 GiB"),
+     "cgroup memory.stat hierarchical_memory_limit 1.0 GiB (/kubepods/burstable/pod7c2a/4b1e); host 23.5 GiB; "
+     f"available: memory.stat hierarchical_memory_limit {in_use(100, '/kubepods/burstable/pod7c2a/4b1e', v1=True)}"),
     ("jetson-orin", HOST_TOTAL, HOST_AVAILABLE, "host 23.5 GiB, no cgroup limit"),
+    # JetPack 4 (cgroup v1) on a 4 GiB Nano: the agent's 2 GiB group binds, the root's LONG_MAX does not
+    ("jetson-nano-v1", 2 * GIB, 2 * GIB - 100 * MIB, "cgroup memory.limit_in_bytes 2.0 GiB (/fleetfit); host 3.9 GiB; "
+     f"available: memory.limit_in_bytes {in_use(100, '/fleetfit', v1=True)}"),
+    # what cannot be read is not "no limit": the host's figures stand, and the source names what was unknown
+    ("v2-unreadable", HOST_TOTAL, HOST_AVAILABLE,
+     "host 23.5 GiB; unknown: cgroup /fleet.slice/fleetfit-agent.service not found under /sys/fs/cgroup, "
+     "memory.max (/fleet.slice) unreadable, memory.high (/fleet.slice) reads 'lots'"),
+    ("v1-unmounted", HOST_TOTAL, HOST_AVAILABLE, "host 23.5 GiB; unknown: cgroup /docker/9a8b7c (memory) not mounted here"),
+    ("v2-unmounted", HOST_TOTAL, HOST_AVAILABLE, "host 23.5 GiB; unknown: cgroup / (memory) not mounted here"),
 ])
 def test_memory_is_the_smallest_limit_on_the_path(tree, total, available, source):
     memory = resources.memory(TREES / tree)
+    host_total, host_available = resources._meminfo(TREES / tree)
     assert (memory.total_bytes, memory.available_bytes, memory.source) == (total, available, source)
-    assert (memory.host_total_bytes, memory.host_available_bytes) == (HOST_TOTAL, HOST_AVAILABLE)
-    assert memory.cgroup_available_bytes == (None if "no cgroup limit" in source else available)
+    assert (memory.host_total_bytes, memory.host_available_bytes) == (host_total, host_available)
+    assert (memory.cgroup_available_bytes is None) == ("cgroup memory" not in source)
+    if total < host_total:  # a binding limit: its room is the available figure
+        assert memory.cgroup_available_bytes == available
 
 
 @pytest.mark.parametrize("tree, affinity, physical, logical, count, source", [
@@ -50,6 +77,18 @@ def test_memory_is_the_smallest_limit_on_the_path(tree, total, available, source
     ("v1-pod", set(range(8)), 4, 8, 4, "4 CPUs: host 4 cores"),
     ("v1-docker", {3}, 4, 8, 1, "1 CPU: affinity 1 CPU; cgroup cpu.cfs_quota_us 1.5 CPU (/docker/3f1c9b7e2a5d); "
                                 "cpuset 2 CPUs (2-3); host 4 cores"),  # taskset inside the container
+    # cpu.max "150000 100000": 1.5 CPUs round to 2 (nearest, halves up); a split cpuset list counted whole
+    ("v2-cgroupns", {0, 1, 2, 3, 8, 9, 10, 11}, 8, 16, 2, "2 CPUs: cgroup cpu.max 1.5 CPU (/); affinity 8 CPUs; "
+                                                          "cpuset 8 CPUs (0-3,8-11); host 8 cores"),
+    # a cpuset naming CPUs that are offline (/sys/devices/system/cpu/online 0-9): only the online ones count
+    ("v1-offline", {0, 1, 2, 3, 8, 9}, 10, 10, 6, "6 CPUs: affinity 6 CPUs; cpuset 6 CPUs (0-3,8-11, 10-11 offline); "
+                                                  "host 10 cores"),
+    ("v1-unmounted", set(range(8)), 4, 8, 4, "4 CPUs: host 4 cores; unknown: cgroup /docker/9a8b7c (cpu) not mounted "
+                                             "here, cgroup /docker/9a8b7c (cpuset) not mounted here"),
+    ("v2-unmounted", {0, 1}, 2, 2, 2, "2 CPUs: host 2 cores; unknown: cgroup / (cpu) not mounted here, "
+                                      "cgroup / (cpuset) not mounted here"),
+    ("v2-unreadable", {0, 1}, 2, 2, 2, "2 CPUs: host 2 cores; unknown: cgroup /fleet.slice/fleetfit-agent.service not "
+                                       "found under /sys/fs/cgroup, cpu.max (/fleet.slice) unreadable"),
 ])
 def test_cpus_are_the_smallest_of_affinity_quota_and_cpuset(tree, affinity, physical, logical, count, source):
     cpus = resources.cpus(TREES / tree, affinity=affinity, host_physical=physical, host_logical=logical)
@@ -73,7 +112,7 @@ def test_cpu_lists(text, cpus):
 
 
 def test_only_tegra_boards_share_the_gpus_memory():
-    assert resources.unified_memory(TREES / "jetson-orin")
+    assert resources.unified_memory(TREES / "jetson-orin") and resources.unified_memory(TREES / "jetson-nano-v1")
     assert not any(resources.unified_memory(TREES / t) for t in ("v2-slice", "v1-docker", "v2-unlimited"))
 
 
@@ -104,7 +143,7 @@ def test_agent_info_inside_a_real_v1_cgroup(memory_bytes, cpus, quota_us, want_c
     assert int(device["ram_total_bytes"]) == memory_bytes < host.host_total_bytes == int(device["host_ram_total_bytes"])
     assert 0 < int(device["ram_available_bytes"]) <= memory_bytes
     assert f"memory.limit_in_bytes {memory_bytes / GIB:.1f} GiB" in device["memory_source"]
-    assert device["memory_source"].endswith(f"host {host.host_total_bytes / GIB:.1f} GiB")
+    assert f"; host {host.host_total_bytes / GIB:.1f} GiB" in device["memory_source"]
     assert device["cpus_usable"] == (want_cpus or resources.cpus().count)
     assert all(word in device["cpu_source"] for word in cpu_words), device["cpu_source"]
 

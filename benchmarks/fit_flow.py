@@ -26,8 +26,9 @@ import sys
 import tempfile
 import time
 
-from fleetfit.coordinator import fit as fit_rules
-from fleetfit.coordinator import render, scaling, tables
+from fleetfit.coordinator.answers import fit as fit_rules
+from fleetfit.coordinator.answers import render, tables
+from fleetfit.coordinator.predict import scaling
 from fleetfit.models import shapes
 from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.models.catalogue import CATALOGUE

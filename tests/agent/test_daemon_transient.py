@@ -15,7 +15,7 @@ import pytest
 from fleetfit.agent import identity
 from fleetfit.agent.outbox import Outbox, path_beside
 from fleetfit.coordinator.harness import BackgroundCoordinator
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from tests.conftest import BIN, fleet_stub, wait_until

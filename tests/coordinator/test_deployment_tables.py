@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from fleetfit.coordinator import tables
+from fleetfit.coordinator.answers import tables
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.coordinator.test_scaling import ladder
 

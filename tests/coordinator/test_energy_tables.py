@@ -1,6 +1,6 @@
 import pytest
 
-from fleetfit.coordinator import tables
+from fleetfit.coordinator.answers import tables
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import PROVENANCE
 

@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from fleetfit.coordinator import fit, tables
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.answers import fit, tables
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import parse_dict
 

@@ -5,7 +5,7 @@ import pytest
 
 from fleetfit.coordinator import cli
 from fleetfit.coordinator.harness import BackgroundCoordinator
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.transport import MAX_MESSAGE_BYTES
 from tests.conftest import fleet_stub, run_cli

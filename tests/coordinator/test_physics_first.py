@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from fleetfit.coordinator import fit, scaling, serving, speed_model
+from fleetfit.coordinator.answers import fit
+from fleetfit.coordinator.predict import scaling, serving, speed_model
 from fleetfit.models.catalogue import CATALOGUE
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.coordinator.test_scaling import COVERAGE_LADDER, LADDER, ladder

@@ -8,8 +8,10 @@ import re
 import grpc
 import pytest
 
-from fleetfit.coordinator import fit, ingest, scaling, serving, tables
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.answers import fit, tables
+from fleetfit.coordinator.service import ingest
+from fleetfit.coordinator.predict import scaling, serving
+from fleetfit.coordinator.service.store import Store
 from fleetfit.models.catalogue import CATALOGUE
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.conftest import Agents, assert_one_line_error, fleet_stub, run_cli

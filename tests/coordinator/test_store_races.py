@@ -8,9 +8,9 @@ import threading
 import grpc
 import pytest
 
-from fleetfit.coordinator import ingest
+from fleetfit.coordinator.service import ingest
 from fleetfit.coordinator.harness import BackgroundCoordinator
-from fleetfit.coordinator.store import AlreadyEnrolled, BadToken, ConflictingResult, Store, token_hash
+from fleetfit.coordinator.service.store import AlreadyEnrolled, BadToken, ConflictingResult, Store, token_hash
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.conftest import Agents
 from tests.coordinator.test_ingest import good_result

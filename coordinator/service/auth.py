@@ -15,8 +15,8 @@ import time
 
 import grpc
 
-from fleetfit.coordinator import errors
-from fleetfit.coordinator.store import Store, token_hash
+from fleetfit.coordinator.service import errors
+from fleetfit.coordinator.service.store import Store, token_hash
 
 PUBLIC, AGENT, OPERATOR = "public", "agent", "operator"
 

@@ -12,7 +12,7 @@ import pathlib
 import re
 import shutil
 
-from fleetfit.coordinator.model_store import DIGEST, ModelStore, StoreRefused, checked_name
+from fleetfit.coordinator.service.model_store import DIGEST, ModelStore, StoreRefused, checked_name
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 PREFIX = "hf:"

@@ -5,7 +5,7 @@ device), so the shape is part of each row's key. Failed runs are not measurement
 view (`failures`), never into these rows.
 """
 
-from fleetfit.coordinator.devices import display_names
+from fleetfit.coordinator.answers.devices import display_names
 from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.v1 import fleetfit_pb2 as pb
 

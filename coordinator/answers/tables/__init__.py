@@ -9,11 +9,12 @@ from typing import Callable
 
 from google.protobuf import json_format, struct_pb2
 
-from fleetfit.coordinator import fit as fit_rules
-from fleetfit.coordinator import render, scaling, serving
-from fleetfit.coordinator.devices import DeviceLookupError
-from fleetfit.coordinator.devices import find as find_device
-from fleetfit.coordinator.limits import (DEFAULT_SHAPE, backend_of, chosen_shapes, comparable, limit_rows, quant_of,
+from fleetfit.coordinator.answers import fit as fit_rules
+from fleetfit.coordinator.answers import render
+from fleetfit.coordinator.predict import scaling, serving
+from fleetfit.coordinator.answers.devices import DeviceLookupError
+from fleetfit.coordinator.answers.devices import find as find_device
+from fleetfit.coordinator.answers.limits import (DEFAULT_SHAPE, backend_of, chosen_shapes, comparable, limit_rows, quant_of,
                                          shape_matches)
 from fleetfit.models import backends
 from fleetfit.models.catalogue import CATALOGUE, Architecture, n_params
@@ -694,7 +695,7 @@ def recommendations(fleet: Fleet, options: dict[str, str]) -> TableData:
                       f"({price:g}); power may be ESTIMATED (see the power table)", PREDICTED_NOTE])
 
 
-# -- serving capacity (issue 14): concurrency sweeps, and predictions calibrated on them (coordinator/serving.py)
+# -- serving capacity (issue 14): concurrency sweeps, and predictions calibrated on them (coordinator/predict/serving.py)
 
 def serving_models(fleet: Fleet, models: dict | None = None) -> dict[tuple[str, str], serving.ServingModel]:
     """The serving model of every device and backend with a concurrency sweep."""

@@ -10,7 +10,7 @@ prediction or estimate at the asked context):
 - tight: 70% to 95% (it runs, but little is left for the OS, other processes and longer contexts);
 - does_not_fit: over 95%, or measured out of memory, or decode below --min-tps, or decode power over --max-watts;
 - unknown: the model has no catalogued shape and was never measured on the device, or its measurement failed.
-Every figure carries its provenance (measured / predicted / estimated, see coordinator/scaling.py).
+Every figure carries its provenance (measured / predicted / estimated, see coordinator/predict/scaling.py).
 """
 
 import collections
@@ -20,10 +20,11 @@ import functools
 import hashlib
 from collections.abc import Callable
 
-from fleetfit.coordinator import fleet_priors, offload, render, scaling, serving
-from fleetfit.coordinator.devices import display_names
-from fleetfit.coordinator.devices import find as find_device
-from fleetfit.coordinator.limits import backend_of, limit_row, quant_of
+from fleetfit.coordinator.predict import fleet_priors, offload, scaling, serving
+from fleetfit.coordinator.answers import render
+from fleetfit.coordinator.answers.devices import display_names
+from fleetfit.coordinator.answers.devices import find as find_device
+from fleetfit.coordinator.answers.limits import backend_of, limit_row, quant_of
 from fleetfit.models import backends
 from fleetfit.models.catalogue import CATALOGUE, Architecture, n_params
 from fleetfit.models.errors import ModelError

@@ -20,9 +20,9 @@ import difflib
 import operator
 import re
 
-from fleetfit.coordinator.devices import display_names
-from fleetfit.coordinator.model_store import stored_refusal
-from fleetfit.coordinator.store import Campaign
+from fleetfit.coordinator.answers.devices import display_names
+from fleetfit.coordinator.service.model_store import stored_refusal
+from fleetfit.coordinator.service.store import Campaign
 from fleetfit.models import backends, job_bounds
 from fleetfit.models.catalogue import CATALOGUE, Architecture
 from fleetfit.models.errors import ModelError

@@ -21,10 +21,11 @@ import hashlib
 from collections.abc import Callable
 
 from fleetfit.coordinator.predict import fleet_priors, offload, scaling, serving
+from fleetfit.coordinator.predict.runs import backend_of, quant_of
 from fleetfit.coordinator.answers import render
 from fleetfit.coordinator.answers.devices import display_names
 from fleetfit.coordinator.answers.devices import find as find_device
-from fleetfit.coordinator.answers.limits import backend_of, limit_row, quant_of
+from fleetfit.coordinator.answers.limits import limit_row
 from fleetfit.models import backends
 from fleetfit.models.catalogue import CATALOGUE, Architecture, n_params
 from fleetfit.models.errors import ModelError

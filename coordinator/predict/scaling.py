@@ -38,7 +38,7 @@ from fleetfit.coordinator.predict import speed_model
 from fleetfit.models.catalogue import CATALOGUE, Architecture, active_fraction, n_params, tensors
 from fleetfit.models.job_bounds import NOISE_CV, spread_of
 from fleetfit.models.errors import ModelError
-from fleetfit.coordinator.answers.limits import backend_of, memory_figure, quant_of, run_shape
+from fleetfit.coordinator.predict.runs import backend_of, memory_figure, quant_of, run_shape
 from fleetfit.models import backends, physical_bounds
 from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.models.quant_sizes import file_bits_per_weight

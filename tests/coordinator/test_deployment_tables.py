@@ -17,7 +17,7 @@ def fleet():
 
 def cells(fleet, name, options=None) -> list[dict]:
     table = tables.build(name, fleet, options or {})
-    return [dict(zip(table.columns, (tables._text(c) for c in row.cells))) for row in table.rows]
+    return [dict(zip(table.columns, (tables.cell_text(c) for c in row.cells))) for row in table.rows]
 
 
 def test_memory_table_adds_the_seed_sizes_as_marked_predictions(fleet):

@@ -67,7 +67,7 @@ def fleet_of(*results: pb.ProfileResult, ids=(FAST, SLOW)) -> tables.Fleet:
 
 def rows(fleet: tables.Fleet, name: str, options=None) -> list[dict]:
     table = tables.build(name, fleet, options or {})
-    return [dict(zip(table.columns, (tables._text(c) for c in row.cells))) for row in table.rows]
+    return [dict(zip(table.columns, (tables.cell_text(c) for c in row.cells))) for row in table.rows]
 
 
 def swept_rows(fleet, options=None) -> dict[tuple[str, str], dict]:

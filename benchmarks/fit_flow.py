@@ -115,7 +115,7 @@ def questions(fleet, store, device_id: str) -> list[str]:
             if noisy:
                 note.append(f"says the calibration is too noisy: band ±{band:.0%}")
             print(f"{model:<16}{quant:<6}{(value or 0):12.4g}{f'±{band:.0%}' if band else '':>7} "
-                  f"{fit_rules.kind(decode) if decode else '':<10}{shown if shown is not None else 'n/a':>13}"
+                  f"{fit_rules.provenance_word(decode) if decode else '':<10}{shown if shown is not None else 'n/a':>13}"
                   f"{scaled:15.4g}{f'{ratio:.2f}x' if ratio else 'n/a':>7}  {'; '.join(note)}", flush=True)
     return failures
 

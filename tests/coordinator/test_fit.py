@@ -1,6 +1,6 @@
 import pytest
 
-from fleetfit.coordinator.answers.fit import band, fit, largest_per_precision
+from fleetfit.coordinator.answers.fit import fit, largest_per_precision, memory_verdict
 from fleetfit.coordinator.answers.limits import limit_rows
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import PROVENANCE, VERDICT
@@ -61,7 +61,7 @@ def test_without_a_context_fit_answers_for_4096_tokens_or_the_models_own_and_say
 
 
 def test_bands():
-    assert [band(f) for f in (0.5, 0.69, 0.7, 0.95, 0.951, 2.0)] == [
+    assert [memory_verdict(f) for f in (0.5, 0.69, 0.7, 0.95, 0.951, 2.0)] == [
         "fits_comfortably", "fits_comfortably", "tight", "tight", "does_not_fit", "does_not_fit"]
 
 

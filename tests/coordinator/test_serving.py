@@ -216,8 +216,8 @@ def test_fit_streams_yes_and_no():
     devices = [pb.Device(inventory=inventory(FAST)), pb.Device(inventory=inventory(SLOW))]
 
     def ask(streams, min_tps=10.0, device=FAST):
-        (a,) = [a for a in fit.fit("smollm2-135m", "Q4_0", "llama.cpp", devices, results, min_tps, 192,
-                                   streams=streams) if a.device_id == device]
+        (a,) = [a for a in fit.fit("smollm2-135m", "Q4_0", "llama.cpp", devices, results, min_decode_tps=min_tps,
+                                   context=192, streams=streams) if a.device_id == device]
         return a
 
     yes = ask(8)
@@ -306,7 +306,7 @@ def test_a_noisy_sweep_still_predicts_the_models_it_never_swept():
     assert sm.calibration is not None and sm.calibration.floored == ("smollm2-135m Q4_0",)
     cap = sm.capacity("tinyllama-1.1b", "Q4_0", 1.0)
     assert cap is not None and cap.streams >= 1 and "floored at the compute ceiling" in cap.method
-    a = fit.answer(device, "tinyllama-1.1b", "Q4_0", "llama.cpp", results)
-    assert fit.kind(a.max_streams) == "predicted" and not a.max_streams.method.startswith("one-stream division")
+    a = fit.answer(device, fit.Cell("tinyllama-1.1b", "Q4_0", "llama.cpp"), results)
+    assert fit.provenance_word(a.max_streams) == "predicted" and not a.max_streams.method.startswith("one-stream division")
     swept = sm.curve("smollm2-135m", "Q4_0")
     assert [p.aggregate_tps for p in swept.points] == sorted(p.aggregate_tps for p in swept.points)  # monotone fit

@@ -29,10 +29,10 @@ def _ladder_devices(fleet: Fleet, models: dict | None = None) -> list[tuple[str,
 def streams_per_device(a: pb.FitAnswer) -> tuple[render.Figure | None, int, str | None]:
     """(cell, count, how): the streams one device serves at the answer's stream speed each (fit's max_streams:
     from its sweeps where it has some, else one stream's decode divided)."""
-    if not fit_rules.kind(a.max_streams):  # a documented word, never null (issue 27 item 5)
+    if not fit_rules.provenance_word(a.max_streams):  # a documented word, never null (issue 27 item 5)
         return None, 0, "no stream count: the answer has no decode figure"
     n = int(a.max_streams.value)
-    return render.Figure(n, provenance=fit_rules.kind(a.max_streams)), n, a.max_streams.method
+    return render.Figure(n, provenance=fit_rules.provenance_word(a.max_streams)), n, a.max_streams.method
 
 
 @table("deployment", "Deployment limits: the largest model per device and precision for each use's decode speed")

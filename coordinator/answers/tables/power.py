@@ -32,7 +32,8 @@ def _rounded(value: float | None, digits: int):
     return round(value, digits) if value is not None else None
 
 
-def _opt(message, field: str, digits: int = 4):
+def _rounded_field(message, field: str, digits: int = 4):
+    """`message.field` rounded to `digits`, or None where the message or that optional field is absent."""
     return round(getattr(message, field), digits) if message is not None and message.HasField(field) else None
 
 
@@ -45,7 +46,9 @@ def _models_supported(rows: list[tuple[str, pb.ProfileResult]]) -> dict[str, str
     return {name: f"{params_text(min(n))}–{params_text(max(n))}" for name, n in sizes.items()}
 
 
-def _how(p: pb.PhaseEnergy | None) -> str | None:
+def _energy_provenance(p: pb.PhaseEnergy | None) -> str | None:
+    """How a phase's power is known, as the tables' provenance column shows it: "measured (method, scope)", or
+    ESTIMATED in capitals where no sensor was read."""
     if p is None:
         return None
     word = PROVENANCE.word(p.provenance_kind)
@@ -67,12 +70,11 @@ def _energy_answer(fleet: Fleet, r: pb.ProfileResult) -> tuple[float | None, flo
     if backend not in backends.BACKENDS:
         return None, None, None
     quant = quant_of(r)
-    a = fleet.answer(r.device_id, backend, r.model_name, quant, fleet.cell_context(r.device_id, backend,
-                                                                                  r.model_name, quant))
+    a = fleet.cell_answer(r.device_id, backend, r.model_name, quant)
     f = a.joules_per_token
-    if not fit_rules.kind(f) or not fit_rules.kind(a.decode_tokens_per_s):
+    if not fit_rules.provenance_word(f) or not fit_rules.provenance_word(a.decode_tokens_per_s):
         return None, None, None
-    word = fit_rules.kind(f)
+    word = fit_rules.provenance_word(f)
     return f.value * a.decode_tokens_per_s.value, f.value, f"{word.upper() if word == 'estimated' else word} ({f.method})"
 
 
@@ -84,10 +86,11 @@ def power(fleet: Fleet, options: dict[str, str]) -> TableData:
     for name, r in rows:
         p = _decode_energy(r)
         watts, per_token, how = _energy_answer(fleet, r)
-        body.append([name, backend_of(r), r.model_name, quant_of(r), _rounded(watts, 3), _opt(p, "peak_power_w", 3),
-                     _opt(p, "idle_power_w", 3), _rounded(1 / per_token if per_token else None, 3),
-                     _rounded(per_token, 5), _opt(p, "net_joules_per_token", 5), supported.get(name),
-                     _how(p) if _opt(p, "average_power_w") is not None else how])
+        body.append([name, backend_of(r), r.model_name, quant_of(r), _rounded(watts, 3),
+                     _rounded_field(p, "peak_power_w", 3),
+                     _rounded_field(p, "idle_power_w", 3), _rounded(1 / per_token if per_token else None, 3),
+                     _rounded(per_token, 5), _rounded_field(p, "net_joules_per_token", 5), supported.get(name),
+                     _energy_provenance(p) if _rounded_field(p, "average_power_w") is not None else how])
     return TableData(["device", "backend", "model", "quant", "decode W", "peak W", "idle W", "tokens/J", "J/token",
                       "net J/token", "models supported", "provenance (method, scope)"], body, POWER_NOTES)
 
@@ -109,7 +112,7 @@ def energy_cost(fleet: Fleet, options: dict[str, str]) -> TableData:
         body.append([name, backend_of(r), r.model_name, quant_of(r), round(watts / 1000, 5) if watts is not None else None,
                      round(kwh, 3) if kwh is not None else None, round(kwh * price, 2) if kwh is not None else None,
                      round(per_million, 4) if per_million is not None else None, supported.get(name),
-                     _how(p) if _opt(p, "average_power_w") is not None else how])
+                     _energy_provenance(p) if _rounded_field(p, "average_power_w") is not None else how])
     return TableData(["device", "backend", "model", "quant", "power kW", "kWh/month", "cost/month", "cost per 1M tokens",
                       "models supported", "provenance (method, scope)"], body,
                      [f"price {price:g} per kWh (option price_per_kwh), duty cycle {duty:g} (option duty_cycle), "
@@ -124,9 +127,9 @@ def bandwidth(fleet: Fleet, options: dict[str, str]) -> TableData:
         body.append([name, backend_of(r), r.model_name, quant_of(r),
                      params_text(r.model_n_params) if r.HasField("model_n_params") else None,
                      round(rl.bytes_per_token / 1e6, 2) if rl is not None and rl.HasField("bytes_per_token") else None,
-                     round(r.decode_tokens_per_s.mean, 3), _opt(rl, "achieved_gb_per_s", 3),
-                     _opt(rl, "device_bandwidth_gb_per_s", 3), _opt(rl, "percent_of_bandwidth", 1),
-                     _opt(rl, "arithmetic_intensity_flop_per_byte", 3), (BOTTLENECK.word(rl.bottleneck_kind) or None) if rl else None])
+                     round(r.decode_tokens_per_s.mean, 3), _rounded_field(rl, "achieved_gb_per_s", 3),
+                     _rounded_field(rl, "device_bandwidth_gb_per_s", 3), _rounded_field(rl, "percent_of_bandwidth", 1),
+                     _rounded_field(rl, "arithmetic_intensity_flop_per_byte", 3), (BOTTLENECK.word(rl.bottleneck_kind) or None) if rl else None])
     return TableData(["device", "backend", "model", "quant", "parameters", "MB/token", "decode tok/s", "achieved GB/s",
                       "device GB/s", "% of bandwidth", "FLOP/byte", "bottleneck"], body,
                      ["bytes/token: weight tensor bytes from the GGUF + F16 KV cache (GQA-aware) at the mean decode "

@@ -50,8 +50,7 @@ def _serving_label(cap: serving.Capacity, sm: serving.ServingModel) -> str:
 def _answer_at(fleet: Fleet, sm: serving.ServingModel, model: str, quant: str, **limits) -> pb.FitAnswer:
     """`fit`'s answer for the model on the serving model's device and backend, at the cell's context."""
     device_id, backend = sm.dm.device.device_id, sm.dm.backend
-    return fleet.answer(device_id, backend, model, quant, fleet.cell_context(device_id, backend, model, quant),
-                        **limits)
+    return fleet.cell_answer(device_id, backend, model, quant, **limits)
 
 
 def _serving_figures(fleet: Fleet, sm: serving.ServingModel, model: str, quant: str, min_tps: float,
@@ -60,7 +59,7 @@ def _serving_figures(fleet: Fleet, sm: serving.ServingModel, model: str, quant: 
     cell (`fit MODEL --quant Q --device D --min-tps T`, then `--streams N`), the same capacity by construction; a
     model fit cannot size (no catalogued shape), or a device it cannot judge (no RAM figure), from the sweep."""
     a = _answer_at(fleet, sm, model, quant, min_decode_tps=min_tps)
-    if fit_rules.kind(a.max_streams) and int(a.max_streams.value) == cap.streams:
+    if fit_rules.provenance_word(a.max_streams) and int(a.max_streams.value) == cap.streams:
         streams = streams_per_device(a)[0]
         if not cap.streams:
             return streams, None, None
@@ -156,7 +155,7 @@ def _curve_figures(fleet: Fleet, sm: serving.ServingModel, cm: serving.CurveMode
     """(aggregate, per-stream) at `streams`: `fit MODEL --quant Q --device D --streams N`'s figures; from the sweep
     where fit cannot answer the cell (no catalogued shape, no RAM figure)."""
     a = _answer_at(fleet, sm, model, quant, streams=streams)
-    if fit_rules.kind(a.aggregate_tokens_per_s) and fit_rules.kind(a.aggregate_tokens_per_s) != "estimated":
+    if fit_rules.provenance_word(a.aggregate_tokens_per_s) and fit_rules.provenance_word(a.aggregate_tokens_per_s) != "estimated":
         return (fit_rules.shown(a.aggregate_tokens_per_s, digits=4), fit_rules.shown(a.stream_tokens_per_s, digits=4))
     f = sm.aggregate(cm, streams)
     per_stream = sm.per_stream(cm, streams, f)

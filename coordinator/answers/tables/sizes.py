@@ -96,7 +96,7 @@ def size_cell(fleet: Fleet, device_id: str, backend: str, model: str, quant: str
     """A size table's cell: fit's answer for the device, backend, model and precision at the cell's context
     (Snapshot.cell_context), by fit's rounding rule; a measured figure as a plain number, a predicted one with
     its band, 'does not fit' where that is the answer (a measured out-of-memory run shows no figure)."""
-    a = fleet.answer(device_id, backend, model, quant, fleet.cell_context(device_id, backend, model, quant))
+    a = fleet.cell_answer(device_id, backend, model, quant)
     verdict = "does_not_fit" if a.fit_verdict == pb.VERDICT_DOES_NOT_FIT else None
     figure = fit_rules.shown(a.memory_bytes, 1e9) if what == "memory" else fit_rules.shown(a.decode_tokens_per_s)
     if figure is None or figure.value is None:
@@ -212,8 +212,7 @@ def largest(fleet: Fleet, dm: scaling.DeviceModel, quant: str, min_tps: float | 
     for arch in sorted(CATALOGUE.values(), key=n_params, reverse=True):
         if backends.obtainable(spec, arch.name, set(), CATALOGUE):
             continue
-        a = fleet.answer(device_id, dm.backend, arch.name, quant, fleet.cell_context(device_id, dm.backend, arch.name,
-                                                                                     quant), min_decode_tps=min_tps)
+        a = fleet.cell_answer(device_id, dm.backend, arch.name, quant, min_decode_tps=min_tps)
         if a.fit_verdict in fit_rules.OK_VERDICTS:
             return arch, a
     return None
@@ -224,7 +223,7 @@ def largest_text(fleet: Fleet, dm: scaling.DeviceModel, quant: str, min_tps: flo
     if found is None:
         return None
     arch, a = found
-    mark = "" if fit_rules.kind(a.memory_bytes) == "measured" else "~"
+    mark = "" if fit_rules.provenance_word(a.memory_bytes) == "measured" else "~"
     decode = fit_rules.shown(a.decode_tokens_per_s)
     speed = f", {render.number_text(decode.value)} tok/s" if decode else ""
     return f"{mark}{arch.name} ({scaling.params_text(arch)}{speed})"
@@ -236,10 +235,9 @@ def _relative(fleet: Fleet, dm: scaling.DeviceModel, base: scaling.DeviceModel |
     if base is None or dm.calibration is None or base.calibration is None or not runs_precision(spec, quant) \
             or not spec.can_size(quant):
         return None
-    mine, theirs = (fleet.answer(m.device.device_id, m.backend, reference, quant,
-                                 fleet.cell_context(m.device.device_id, m.backend, reference, quant)).decode_tokens_per_s
+    mine, theirs = (fleet.cell_answer(m.device.device_id, m.backend, reference, quant).decode_tokens_per_s
                     for m in (dm, base))
     if not mine.value or not theirs.value:
         return None
-    mark = "" if fit_rules.kind(mine) == fit_rules.kind(theirs) == "measured" else "~"
+    mark = "" if fit_rules.provenance_word(mine) == fit_rules.provenance_word(theirs) == "measured" else "~"
     return f"{mark}{mine.value / theirs.value:.2f}x"

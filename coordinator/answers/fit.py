@@ -114,9 +114,10 @@ class Cell:
 
 
 @dataclasses.dataclass(frozen=True)
-class Limits:
-    """A question's terms: `context` tokens (None: FIT_CONTEXT, or the model's own when smaller), the slowest
-    decode it accepts (per stream with `streams`), the most decode power, and how many concurrent streams."""
+class Constraints:
+    """What a question asks beyond its cell: `context` tokens (None: FIT_CONTEXT, or the model's own when
+    smaller), the slowest decode it accepts (per stream with `streams`), the most decode power, and how many
+    concurrent streams."""
     context: int | None = None
     min_decode_tps: float | None = None
     max_watts: float | None = None
@@ -134,18 +135,19 @@ class Prebuilt:
     device_power: Callable[[], tuple[float, str, str] | None] | None = None
 
 
-def answer(device: pb.DeviceInventory, cell: Cell, results: list[pb.ProfileResult], limits: Limits = Limits(),
-           built: Prebuilt = Prebuilt(), device_name: str = "") -> pb.FitAnswer:
-    """Does the cell's model at its precision on its backend fit `device` at the limits' context (default:
-    FIT_CONTEXT, or the model's own when smaller), how fast, how many streams it serves (with `limits.streams`:
-    does it serve that many, each at `limits.min_decode_tps` or the interactive speed), and how we know."""
+def answer(device: pb.DeviceInventory, cell: Cell, results: list[pb.ProfileResult],
+           constraints: Constraints = Constraints(), built: Prebuilt = Prebuilt(),
+           device_name: str = "") -> pb.FitAnswer:
+    """Does the cell's model at its precision on its backend fit `device` at the constraints' context (default:
+    FIT_CONTEXT, or the model's own when smaller), how fast, how many streams it serves (with `constraints.streams`:
+    does it serve that many, each at `constraints.min_decode_tps` or the interactive speed), and how we know."""
     model_name, quant, backend, shape = cell.model_name, cell.quant, cell.backend, cell.shape
-    min_decode_tps, max_watts, streams = limits.min_decode_tps, limits.max_watts, limits.streams
+    min_decode_tps, max_watts, streams = constraints.min_decode_tps, constraints.max_watts, constraints.streams
     dm, sm, priors = built.device_model, built.serving_model, built.priors
     spec = backends.backend(backend)
     known = shape or CATALOGUE.get(model_name)
     arch = known if spec.can_size(quant) else None
-    context = limits.context or scaling.default_context(known)
+    context = constraints.context or scaling.default_context(known)
     out = pb.FitAnswer(device_id=device.device_id, hostname=device.hostname, ram_total_bytes=device.ram_total_bytes,
                        model_name=model_name, quant=quant, backend=spec.name, context_tokens=context,
                        device_name=device_name or device.hostname or device.device_id)
@@ -329,11 +331,12 @@ def _verdict(out: pb.FitAnswer, device: pb.DeviceInventory, min_tps, max_watts, 
 
 
 def fit(model_name: str, quant: str, backend: str, devices: list[pb.Device], results: list[pb.ProfileResult],
-        **limits) -> list[pb.FitAnswer]:
-    """Every device's answer for one cell; `limits`: Limits's fields (context, min_decode_tps, max_watts, streams)."""
+        **constraints) -> list[pb.FitAnswer]:
+    """Every device's answer for one cell; `constraints`: Constraints's fields (context, min_decode_tps, max_watts,
+    streams)."""
     names = display_names(devices)
     built = Prebuilt(priors=fleet_priors.FleetPriors.of_results(devices, results))
-    return [answer(d.inventory, Cell(model_name, quant, backend), results, Limits(**limits), built,
+    return [answer(d.inventory, Cell(model_name, quant, backend), results, Constraints(**constraints), built,
                    names[d.inventory.device_id]) for d in devices]
 
 
@@ -343,20 +346,20 @@ class Question:
     quant: str  # canonical for the backend
     backend: str
     device: str  # id or hostname; empty = every device
-    limits: Limits
+    constraints: Constraints
     shape: Architecture | None = None  # a model the catalogue does not know, as the operator's CLI read it
 
 
 def question(request: pb.FitRequest, known_models: set[str]) -> Question:
     """The request checked and spelled canonically, or ValueError (one line) naming what is wrong."""
-    limits = dict(min_decode_tps=request.min_decode_tokens_per_s if request.HasField("min_decode_tokens_per_s")
+    constraints = dict(min_decode_tps=request.min_decode_tokens_per_s if request.HasField("min_decode_tokens_per_s")
                   else None, context=request.context_tokens if request.HasField("context_tokens") else None,
                   max_watts=request.max_watts if request.HasField("max_watts") else None,
                   streams=request.streams if request.HasField("streams") else None)
-    bad = [f"{name} must be positive" for name, value in (("context_tokens", limits["context"]),
-           ("min_decode_tokens_per_s", limits["min_decode_tps"]), ("max_watts", limits["max_watts"]),
-           ("streams", limits["streams"])) if value is not None and value <= 0]
-    if limits["streams"] is not None and limits["streams"] > MAX_STREAMS:
+    bad = [f"{name} must be positive" for name, value in (("context_tokens", constraints["context"]),
+           ("min_decode_tokens_per_s", constraints["min_decode_tps"]), ("max_watts", constraints["max_watts"]),
+           ("streams", constraints["streams"])) if value is not None and value <= 0]
+    if constraints["streams"] is not None and constraints["streams"] > MAX_STREAMS:
         bad.append(f"streams must be at most {MAX_STREAMS}")
     if bad:
         raise ValueError("; ".join(bad))
@@ -374,7 +377,7 @@ def question(request: pb.FitRequest, known_models: set[str]) -> Question:
         shape = _shape(request)
     elif request.model_name:
         check_model_known(request.model_name, known_models | set(REAL_MODELS) | set(CATALOGUE))
-    return Question(request.model_name, quant, spec.name, request.device, Limits(**limits), shape)
+    return Question(request.model_name, quant, spec.name, request.device, Constraints(**constraints), shape)
 
 
 def _shape(request: pb.FitRequest) -> Architecture:
@@ -394,9 +397,10 @@ def respond(request: pb.FitRequest, store, cache: "AnswerCache") -> pb.FitRespon
     if not q.model_name:
         device = chosen[0].inventory
         return pb.FitResponse(answers=largest_per_precision(
-            device, q.backend, store.results(device_id=device.device_id), q.limits, names[device.device_id], priors))
+            device, q.backend, store.results(device_id=device.device_id), q.constraints, names[device.device_id],
+            priors))
     cell = Cell(q.model_name, q.quant, q.backend, q.shape)
-    answers = [cache.answer(d, cell, q.limits, names[d.inventory.device_id], priors) for d in chosen]
+    answers = [cache.answer(d, cell, q.constraints, names[d.inventory.device_id], priors) for d in chosen]
     quality = [r for r in store.quality_results(q.model_name) if r.quant == q.quant] if q.backend == "llama.cpp" else []
     files = collections.defaultdict(set)  # device id -> sha256 of the files of this model and quant it ran
     for r in store.results(model_name=q.model_name) if quality else ():
@@ -455,7 +459,7 @@ class Snapshot:
     """One read of the store (results, devices, quality results) and every answer a request gives from it.
 
     `fit`, every `limits` table and the report ask `answer` for a cell (device, backend, model, precision,
-    context, limits): one function, each device's scaling and serving model built once per snapshot (and kept
+    context, constraints): one function, each device's scaling and serving model built once per snapshot (and kept
     between requests while the device's inventory and results are the same), so a table cell and `fit`'s answer
     for it are the same figure by construction. `limits all` and the report build all their tables from one."""
     results: list[pb.ProfileResult]
@@ -539,11 +543,11 @@ class Snapshot:
                                                     self.by_device.get(device_id, []))
         return self._memo[key]
 
-    def answer(self, device_id: str, backend: str, model_name: str, quant: str, limits: Limits = Limits()
-               ) -> pb.FitAnswer:
-        """`fit`'s answer for one cell (device, backend, model, precision) under `limits`, once per snapshot."""
+    def answer(self, device_id: str, backend: str, model_name: str, quant: str,
+               constraints: Constraints = Constraints()) -> pb.FitAnswer:
+        """`fit`'s answer for one cell (device, backend, model, precision) under `constraints`, once per snapshot."""
         spec = backends.backend(backend)
-        key = ("answer", device_id, spec.name, model_name, quant, limits)
+        key = ("answer", device_id, spec.name, model_name, quant, constraints)
         if key not in self._memo:
             shape = self.shapes.get(model_name)
             sizes = (shape or CATALOGUE.get(model_name)) is not None and spec.can_size(quant)
@@ -553,16 +557,16 @@ class Snapshot:
                                  self.serving_model(device_id, spec.name) if sizes else None, self.priors,
                                  lambda: self.device_power(device_id))
                 return answer(self.inventory(device_id), Cell(model_name, quant, spec.name, shape),
-                              self.by_device.get(device_id, []), limits, built, self.name(device_id))
+                              self.by_device.get(device_id, []), constraints, built, self.name(device_id))
             kept = (*key, self.name(device_id), shape, self.version(device_id), self.priors_version(device_id))
             self._memo[key] = _kept(_ANSWERS, kept, make, MAX_ANSWERS)
         return self._memo[key]
 
-    def cell_answer(self, device_id: str, backend: str, model_name: str, quant: str, **limits) -> pb.FitAnswer:
-        """The answer a table cell shows: at the cell's context (cell_context), under `limits` (Limits's other
-        fields: min_decode_tps, max_watts, streams)."""
+    def cell_answer(self, device_id: str, backend: str, model_name: str, quant: str, **constraints) -> pb.FitAnswer:
+        """The answer a table cell shows: at the cell's context (cell_context), under `constraints` (the other
+        fields of Constraints: min_decode_tps, max_watts, streams)."""
         context = self.cell_context(device_id, backend, model_name, quant)
-        return self.answer(device_id, backend, model_name, quant, Limits(context, **limits))
+        return self.answer(device_id, backend, model_name, quant, Constraints(context, **constraints))
 
     def cell_context(self, device_id: str, backend: str, model_name: str, quant: str) -> int | None:
         """The context a size table answers a cell at: the run's, where the device measured that model and
@@ -585,15 +589,15 @@ class AnswerCache:
         self.store, self.max_entries = store, max_entries
         self.answers: collections.OrderedDict[tuple, pb.FitAnswer] = collections.OrderedDict()
 
-    def answer(self, device: pb.Device, cell: Cell, limits: Limits = Limits(), device_name: str = "",
+    def answer(self, device: pb.Device, cell: Cell, constraints: Constraints = Constraints(), device_name: str = "",
                priors: fleet_priors.FleetPriors | None = None) -> pb.FitAnswer:
         inventory = hashlib.blake2b(device.inventory.SerializeToString(deterministic=True), digest_size=16).digest()
-        key = (device.inventory.device_id, device.results, inventory, cell, device_name, limits,
+        key = (device.inventory.device_id, device.results, inventory, cell, device_name, constraints,
                priors.version(device.inventory) if priors else ())
         found = self.answers.get(key)
         if found is None:
             results = self.store.results(device_id=device.inventory.device_id)
-            found = self.answers[key] = answer(device.inventory, cell, results, limits, Prebuilt(priors=priors),
+            found = self.answers[key] = answer(device.inventory, cell, results, constraints, Prebuilt(priors=priors),
                                                device_name)
             if len(self.answers) > self.max_entries:
                 self.answers.popitem(last=False)
@@ -603,7 +607,7 @@ class AnswerCache:
 
 
 def largest_per_precision(device: pb.DeviceInventory, backend: str, results: list[pb.ProfileResult],
-                          limits: Limits = Limits(), device_name: str = "",
+                          constraints: Constraints = Constraints(), device_name: str = "",
                           priors: fleet_priors.FleetPriors | None = None) -> list[pb.FitAnswer]:
     """Per precision (measured here, and the backend's common ones): the largest catalogued model that fits (with
     `streams`: that serves that many streams)."""
@@ -617,7 +621,7 @@ def largest_per_precision(device: pb.DeviceInventory, backend: str, results: lis
         for arch in sorted(CATALOGUE.values(), key=n_params, reverse=True):
             if backends.obtainable(spec, arch.name, set(REAL_MODELS), CATALOGUE):
                 continue
-            a = answer(device, Cell(arch.name, quant, spec.name), results, limits, Prebuilt(dm, sm), device_name)
+            a = answer(device, Cell(arch.name, quant, spec.name), results, constraints, Prebuilt(dm, sm), device_name)
             if a.fit_verdict in OK_VERDICTS:
                 out.append(a)
                 break

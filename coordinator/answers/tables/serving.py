@@ -47,10 +47,10 @@ def _serving_label(cap: serving.Capacity, sm: serving.ServingModel) -> str:
     return f"predicted: not swept here; calibrated on the sweeps of {fitted}"
 
 
-def _answer_at(fleet: Fleet, sm: serving.ServingModel, model: str, quant: str, **limits) -> pb.FitAnswer:
+def _answer_at(fleet: Fleet, sm: serving.ServingModel, model: str, quant: str, **constraints) -> pb.FitAnswer:
     """`fit`'s answer for the model on the serving model's device and backend, at the cell's context."""
     device_id, backend = sm.dm.device.device_id, sm.dm.backend
-    return fleet.cell_answer(device_id, backend, model, quant, **limits)
+    return fleet.cell_answer(device_id, backend, model, quant, **constraints)
 
 
 def _serving_figures(fleet: Fleet, sm: serving.ServingModel, model: str, quant: str, min_tps: float,

@@ -258,7 +258,8 @@ def _serving(out: pb.FitAnswer, device: pb.DeviceInventory, arch, sm: serving.Se
     kv = scaling.kv_cache_bytes(arch, out.context_tokens)
     need = out.memory_bytes.value + (streams - 1) * kv
     out.serving_memory_bytes.CopyFrom(_figure_message(
-        need, provenance_word(out.memory_bytes) if streams == 1 else max(provenance_word(out.memory_bytes), "predicted", key=RANK.get),
+        need, provenance_word(out.memory_bytes) if streams == 1 else
+        max(provenance_word(out.memory_bytes), "predicted", key=RANK.get),
         f"one stream's {provenance_word(out.memory_bytes)} memory at ctx {out.context_tokens} + {streams - 1} more "
                f"F16 KV caches of {kv / MIB:.1f} MiB (GQA-aware)"))
     if cap is not None:
@@ -352,14 +353,14 @@ class Question:
 
 def question(request: pb.FitRequest, known_models: set[str]) -> Question:
     """The request checked and spelled canonically, or ValueError (one line) naming what is wrong."""
-    constraints = dict(min_decode_tps=request.min_decode_tokens_per_s if request.HasField("min_decode_tokens_per_s")
+    limits = dict(min_decode_tps=request.min_decode_tokens_per_s if request.HasField("min_decode_tokens_per_s")
                   else None, context=request.context_tokens if request.HasField("context_tokens") else None,
                   max_watts=request.max_watts if request.HasField("max_watts") else None,
                   streams=request.streams if request.HasField("streams") else None)
-    bad = [f"{name} must be positive" for name, value in (("context_tokens", constraints["context"]),
-           ("min_decode_tokens_per_s", constraints["min_decode_tps"]), ("max_watts", constraints["max_watts"]),
-           ("streams", constraints["streams"])) if value is not None and value <= 0]
-    if constraints["streams"] is not None and constraints["streams"] > MAX_STREAMS:
+    bad = [f"{name} must be positive" for name, value in (("context_tokens", limits["context"]),
+           ("min_decode_tokens_per_s", limits["min_decode_tps"]), ("max_watts", limits["max_watts"]),
+           ("streams", limits["streams"])) if value is not None and value <= 0]
+    if limits["streams"] is not None and limits["streams"] > MAX_STREAMS:
         bad.append(f"streams must be at most {MAX_STREAMS}")
     if bad:
         raise ValueError("; ".join(bad))
@@ -377,7 +378,7 @@ def question(request: pb.FitRequest, known_models: set[str]) -> Question:
         shape = _shape(request)
     elif request.model_name:
         check_model_known(request.model_name, known_models | set(REAL_MODELS) | set(CATALOGUE))
-    return Question(request.model_name, quant, spec.name, request.device, Constraints(**constraints), shape)
+    return Question(request.model_name, quant, spec.name, request.device, Constraints(**limits), shape)
 
 
 def _shape(request: pb.FitRequest) -> Architecture:

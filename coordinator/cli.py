@@ -281,6 +281,9 @@ def serve(
         except OSError as exc:
             _fail(f"cannot use the model store's directory {exc.filename}: {exc.strerror}")
         advertised = advertise or _default_advertised(listen)
+        stopping = asyncio.Event()  # before the health service says SERVING: a SIGTERM from then on stops gracefully
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
         server, health_servicer, port = await start_server(store, listen, authority, mtls, lease, models, advertised)
         how = "plaintext (--insecure)" if authority is None else f"TLS, CA sha256 {authority.fingerprint[:16]}..."
         typer.echo(f"fleetfit coordinator listening on {listen.rsplit(':', 1)[0]}:{port}, database {store.db.display}, "
@@ -308,9 +311,6 @@ def serve(
                    "fleetfit token create")
         typer.echo(f"advertised to agents as {advertised}" if advertised else
                    "not advertised to agents (a wildcard --listen: give --advertise HOST:PORT for replicas)")
-        stopping = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
         await stopping.wait()
         if install is not None:
             install.shutdown()

@@ -31,7 +31,7 @@ from fleetfit.v1 import fleetfit_pb2 as pb
 # smollm2-135m: vocab 49k, tied, GQA 3, 30 narrow layers; distilgpt2: vocab 50k, tied, no GQA, 6 layers (what a layer
 # costs against what a token costs); llama-3.2-1b: vocab 128k, tied, GQA 4, 16 wide layers; tinyllama-1.1b: vocab
 # 32k, untied, GQA 8; llama-2-7b: vocab 32k, untied, no GQA, 4096 wide. The two runs at depth have GQA 3 and 1, which
-# tells the KV cache's bytes from attention's FLOPs (coordinator/speed_model.py). Larger sizes (llama-2-13b) find
+# tells the KV cache's bytes from attention's FLOPs (coordinator/predict/speed_model.py). Larger sizes (llama-2-13b) find
 # the size limit: add them with --sizes.
 DEFAULT_SIZES = ("smollm2-135m", "smollm2-135m@2048", "distilgpt2", "distilgpt2@768", "llama-3.2-1b", "tinyllama-1.1b",
                  "llama-2-7b")

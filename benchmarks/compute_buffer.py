@@ -1,4 +1,4 @@
-"""llama.cpp's compute buffer at contexts 128..8192 against coordinator/scaling.py's compute_buffer_bytes.
+"""llama.cpp's compute buffer at contexts 128..8192 against coordinator/predict/scaling.py's compute_buffer_bytes.
 
     python benchmarks/compute_buffer.py [--models smollm2-135m,llama-3.2-1b] [--dir /tmp/synth]
 
@@ -13,7 +13,7 @@ import pathlib
 import sys
 
 from fleetfit.agent.backends import llama_cpp_runtime as rt
-from fleetfit.coordinator import scaling
+from fleetfit.coordinator.predict import scaling
 from fleetfit.models import synth
 from fleetfit.models.catalogue import CATALOGUE
 

@@ -26,8 +26,9 @@ import sys
 import tempfile
 import time
 
-from fleetfit.coordinator import fit as fit_rules
-from fleetfit.coordinator import render, scaling, tables
+from fleetfit.coordinator.answers import fit as fit_rules
+from fleetfit.coordinator.answers import render, tables
+from fleetfit.coordinator.predict import scaling
 from fleetfit.models import shapes
 from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.models.catalogue import CATALOGUE
@@ -114,7 +115,7 @@ def questions(fleet, store, device_id: str) -> list[str]:
             if noisy:
                 note.append(f"says the calibration is too noisy: band ±{band:.0%}")
             print(f"{model:<16}{quant:<6}{(value or 0):12.4g}{f'±{band:.0%}' if band else '':>7} "
-                  f"{fit_rules.kind(decode) if decode else '':<10}{shown if shown is not None else 'n/a':>13}"
+                  f"{fit_rules.provenance_word(decode) if decode else '':<10}{shown if shown is not None else 'n/a':>13}"
                   f"{scaled:15.4g}{f'{ratio:.2f}x' if ratio else 'n/a':>7}  {'; '.join(note)}", flush=True)
     return failures
 

@@ -29,7 +29,7 @@ import uuid
 import grpc
 import psutil
 
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 

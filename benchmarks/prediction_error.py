@@ -1,4 +1,4 @@
-"""How well the scaling model (coordinator/scaling.py) predicts models a device never ran.
+"""How well the scaling model (coordinator/predict/scaling.py) predicts models a device never ran.
 
     python benchmarks/prediction_error.py                  # leave-one-family-out on the committed fixture
     python benchmarks/prediction_error.py --holdout architectures [--quick] [--results DIR] [--repeat-ladder DIR]
@@ -11,7 +11,7 @@ RAM, each a synthetic GGUF (real shapes, random weights), plus runs at depth 512
 contexts. It calibrates on the ladder alone and prints, for every other run, predicted vs measured peak memory,
 decode and prefill tokens/s, the band each prediction carries (leave-one-family-out on the ladder, 90 % coverage;
 a model inside the ladder's span gets the band of the families that were inside the others' span, one outside it
-the band of those that were not: coordinator/scaling.py) and whether the band covered the measurement. Results
+the band of those that were not: coordinator/predict/scaling.py) and whether the band covered the measurement. Results
 are kept in --results (one JSON per run), so a rerun measures only what is missing. --quick: Q4_0 only and models up to 4B parameters. --repeat-ladder DIR: the
 ladder measured again after the rest, as a second `limits probe` would; a device's point pools the repetitions of
 both (scaling.typical_tps: their median).
@@ -46,7 +46,7 @@ import time
 import numpy as np
 from google.protobuf import json_format
 
-from fleetfit.coordinator import scaling
+from fleetfit.coordinator.predict import scaling
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import parse_dict
 

@@ -1,4 +1,4 @@
-"""Leave-one-out errors of the serving model's predicted aggregate decode speed (coordinator/serving.py).
+"""Leave-one-out errors of the serving model's predicted aggregate decode speed (coordinator/predict/serving.py).
 
     python benchmarks/serving_prediction.py                     # llama-batched-bench's sweeps (docs: measurement.md)
     python benchmarks/serving_prediction.py --db FLEET.sqlite3  # the sweeps in a coordinator database (or a
@@ -17,9 +17,9 @@ import sys
 
 import numpy as np
 
-from fleetfit.coordinator import scaling, serving
-from fleetfit.coordinator.db import is_postgres_url
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.predict import scaling, serving
+from fleetfit.coordinator.service.db import is_postgres_url
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 TARGET = 0.15

@@ -1,5 +1,5 @@
 """Where a token's time goes on this machine: llama.cpp runs on synthetic files whose shapes differ in one axis at a
-time, the measured cost of each axis, and the fitted speed terms (coordinator/speed_model.py) beside them.
+time, the measured cost of each axis, and the fitted speed terms (coordinator/predict/speed_model.py) beside them.
 
     python benchmarks/speed_terms.py [--quant Q4_0] [--n-gen 32] [--repetitions 3] [--results DIR]
 
@@ -26,7 +26,7 @@ import tempfile
 import numpy as np
 from google.protobuf import json_format
 
-from fleetfit.coordinator import speed_model
+from fleetfit.coordinator.predict import speed_model
 from fleetfit.models.catalogue import CATALOGUE, Architecture
 from fleetfit.models.roofline import mean_decode_context
 from fleetfit.v1 import fleetfit_pb2 as pb

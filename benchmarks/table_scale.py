@@ -23,10 +23,10 @@ import psutil
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from fleet_scale import a_result, device_inventory  # noqa: E402
 
-from fleetfit.coordinator import fit as fit_answers  # noqa: E402
-from fleetfit.coordinator import tables  # noqa: E402
-from fleetfit.coordinator.limits import limit_rows  # noqa: E402
-from fleetfit.coordinator.store import Store  # noqa: E402
+from fleetfit.coordinator.answers import fit as fit_answers  # noqa: E402
+from fleetfit.coordinator.answers import tables  # noqa: E402
+from fleetfit.coordinator.answers.limits import limit_rows  # noqa: E402
+from fleetfit.coordinator.service.store import Store  # noqa: E402
 from fleetfit.v1 import fleetfit_pb2 as pb  # noqa: E402
 
 

@@ -47,7 +47,7 @@ def default_db_path() -> pathlib.Path:
 def default_state_dir(db: Optional[str] = None) -> pathlib.Path:
     """Where `serve` keeps its CA (tls/) and the operator token: $FLEETFIT_STATE_DIR, else the directory of the
     SQLite file (`db`, default default_db_path()); for PostgreSQL, the default SQLite file's directory."""
-    from fleetfit.coordinator.db import is_postgres_url
+    from fleetfit.coordinator.service.db import is_postgres_url
 
     if os.environ.get("FLEETFIT_STATE_DIR"):
         return pathlib.Path(os.environ["FLEETFIT_STATE_DIR"])
@@ -76,7 +76,7 @@ def record_db(state: pathlib.Path, url: str) -> None:
 def coordinator_db(db: Optional[str], state_dir: Optional[pathlib.Path]) -> str:
     """The database a command that opens it directly uses: --db, else the one `serve` recorded in the state
     directory, else serve's default; never a new one (a token in a database no coordinator serves is refused)."""
-    from fleetfit.coordinator.db import is_postgres_url
+    from fleetfit.coordinator.service.db import is_postgres_url
 
     if db:
         url = db
@@ -104,9 +104,9 @@ Db = Annotated[Optional[str], typer.Option(envvar="FLEETFIT_DB", help="SQLite fi
 
 def _input_errors() -> tuple[type, ...]:
     """The errors that bad input or an absent coordinator cause: one line and exit status 2."""
-    from fleetfit.coordinator.db import DatabaseError
+    from fleetfit.coordinator.service.db import DatabaseError
     from fleetfit.coordinator.quickstart import QuickstartError
-    from fleetfit.coordinator.server import ListenError
+    from fleetfit.coordinator.service.server import ListenError
     from fleetfit.models.errors import ModelError
     from fleetfit.v1.transport import CoordinatorUnreachable
 
@@ -241,13 +241,13 @@ def serve(
     import logging
     import signal
 
-    from fleetfit.coordinator import pki
-    from fleetfit.coordinator.db import is_postgres_url, lock_sqlite_file
-    from fleetfit.coordinator.enrollment import fleet_state_without_database, operator_token
-    from fleetfit.coordinator.ingest import Quotas
-    from fleetfit.coordinator.model_store import ModelStore, default_blob_dir
-    from fleetfit.coordinator.server import start_server, stop_server
-    from fleetfit.coordinator.store import Store
+    from fleetfit.coordinator.service import pki
+    from fleetfit.coordinator.service.db import is_postgres_url, lock_sqlite_file
+    from fleetfit.coordinator.service.enrollment import fleet_state_without_database, operator_token
+    from fleetfit.coordinator.service.ingest import Quotas
+    from fleetfit.coordinator.service.model_store import ModelStore, default_blob_dir
+    from fleetfit.coordinator.service.server import start_server, stop_server
+    from fleetfit.coordinator.service.store import Store
 
     if insecure and mtls:
         _fail("--mtls needs TLS: drop --insecure")
@@ -281,6 +281,9 @@ def serve(
         except OSError as exc:
             _fail(f"cannot use the model store's directory {exc.filename}: {exc.strerror}")
         advertised = advertise or _default_advertised(listen)
+        stopping = asyncio.Event()  # before the health service says SERVING: a SIGTERM from then on stops gracefully
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
         server, health_servicer, port = await start_server(store, listen, authority, mtls, lease, models, advertised)
         how = "plaintext (--insecure)" if authority is None else f"TLS, CA sha256 {authority.fingerprint[:16]}..."
         typer.echo(f"fleetfit coordinator listening on {listen.rsplit(':', 1)[0]}:{port}, database {store.db.display}, "
@@ -291,7 +294,7 @@ def serve(
             advertised = f"{advertised[:-2]}:{port}"
         install = None
         if install_listen:
-            from fleetfit.coordinator import install_server, wheelhouse
+            from fleetfit.coordinator.service import install_server, wheelhouse
 
             def coordinators(host: str) -> list[str]:  # the device reached us as `host`: that first, then the others
                 first = f"{host.rpartition(':')[0] or host}:{port}"
@@ -308,9 +311,6 @@ def serve(
                    "fleetfit token create")
         typer.echo(f"advertised to agents as {advertised}" if advertised else
                    "not advertised to agents (a wildcard --listen: give --advertise HOST:PORT for replicas)")
-        stopping = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
         await stopping.wait()
         if install is not None:
             install.shutdown()
@@ -354,15 +354,15 @@ def token_create(
 ) -> None:
     """A one-time join token: fleetfit-agent join --coordinator ADDR --token TOKEN; with a coordinator that serves
     the install (serve --install-listen), the one line that installs and joins a device with it."""
-    from fleetfit.coordinator import pki
-    from fleetfit.coordinator.enrollment import join_token_text
-    from fleetfit.coordinator.store import Store
+    from fleetfit.coordinator.service import pki
+    from fleetfit.coordinator.service.enrollment import join_token_text
+    from fleetfit.coordinator.service.store import Store
 
     lifetime_s, parsed = _parse_duration_s(expires), _parse_labels(labels)
     url = coordinator_db(db, state_dir)
     state = state_dir or default_state_dir(url)
     authority = pki.load_or_create(state / "tls") if (state / "tls" / "ca.pem").exists() else None
-    from fleetfit.coordinator.install_server import join_line, served_url
+    from fleetfit.coordinator.service.install_server import join_line, served_url
 
     join_url = install_url or served_url(state)
     if join_url and authority is None:
@@ -395,7 +395,7 @@ def wheelhouse_list(ctx: typer.Context, db: Db = None, state_dir: StateDir = Non
 
     as_json = cli_common.output_format(output, ("table", "json"), as_json=as_json) == "json"
 
-    from fleetfit.coordinator.wheelhouse import Wheelhouse
+    from fleetfit.coordinator.service.wheelhouse import Wheelhouse
 
     held = Wheelhouse((state_dir or default_state_dir(db)) / "wheelhouse").listing()
     if as_json:
@@ -429,7 +429,7 @@ def wheelhouse_add(
 ) -> None:
     """Fill the wheelhouse for a class of device with `pip download` (run where pip reaches an index): the fleetfit
     wheel and its dependencies, llama-cpp-python's, and its source with its build tools."""
-    from fleetfit.coordinator import wheelhouse
+    from fleetfit.coordinator.service import wheelhouse
 
     if not platform:
         _fail("give the devices' platform tag: --platform manylinux2014_aarch64 (repeatable)")
@@ -550,7 +550,7 @@ def profile(
 
 def _create_campaign(fleet, selector: str, spec, max_attempts: int = 0) -> None:
     """Start a campaign (the one way work is queued from the command line) and say what it queued."""
-    from fleetfit.coordinator.render import clean
+    from fleetfit.coordinator.answers.render import clean
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     reply = fleet.CreateCampaign(pb.CreateCampaignRequest(selector=selector, spec=spec, max_attempts=max_attempts),
@@ -565,7 +565,7 @@ def _create_campaign(fleet, selector: str, spec, max_attempts: int = 0) -> None:
 def _calibrate(fleet, device: Optional[str], model: str, quant: str, shape=None) -> None:
     """A calibration campaign: one run of `model` at `quant` (llama.cpp, a synthetic file of its shape, the
     calibration run shape) on `device` (id, display name or hostname), or on every device."""
-    from fleetfit.coordinator import devices as lookup
+    from fleetfit.coordinator.answers import devices as lookup
     from fleetfit.models import job_bounds
     from fleetfit.v1 import fleetfit_pb2 as pb
 
@@ -604,7 +604,7 @@ def calibrate(
 def campaigns_list(coordinator: Coordinator = DEFAULT_ADDRESS, state_dir: StateDir = None, ca: Ca = None,
                    token: Token = None) -> None:
     """Every campaign with its progress."""
-    from fleetfit.coordinator.render import clean
+    from fleetfit.coordinator.answers.render import clean
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     found = _pages(_fleet(coordinator, state_dir, ca, token).ListCampaigns, pb.ListCampaignsRequest(), "campaigns")
@@ -635,7 +635,7 @@ def campaign_status(
     with their reasons, failure reasons, and an ETA from the jobs ended so far."""
     import time
 
-    from fleetfit.coordinator.render import clean
+    from fleetfit.coordinator.answers.render import clean
     from fleetfit.v1 import fleetfit_pb2 as pb
     from fleetfit.v1.words import DEVICE_STATUS
 
@@ -719,7 +719,7 @@ def campaign_cancel(
 ) -> None:
     """Cancel a campaign: its queued jobs are dropped; a running job is stopped on its device (within a heartbeat)
     and reported cancelled, the files it made removed. Results already measured stay. Cancelling again is harmless."""
-    from fleetfit.coordinator.render import clean
+    from fleetfit.coordinator.answers.render import clean
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     reply = _fleet(coordinator, state_dir, ca, token).CancelCampaign(
@@ -748,7 +748,7 @@ def _campaign(fleet, campaign_id: str):
 def devices(coordinator: Coordinator = DEFAULT_ADDRESS, output: Output = "table", wide: Wide = False,
             state_dir: StateDir = None, ca: Ca = None, token: Token = None, old_format: OldFormat = None) -> None:
     """The devices that have registered."""
-    from fleetfit.coordinator import render
+    from fleetfit.coordinator.answers import render
     from fleetfit.v1 import fleetfit_pb2 as pb
     from fleetfit.v1.words import DEVICE_STATUS
 
@@ -786,7 +786,7 @@ def limits(
                         "GGUF file / config.json read here (repeatable).")] = None,
 ) -> None:
     """Tables from the fleet's measurements (default: device × model × quant × backend → memory and speed)."""
-    from fleetfit.coordinator.tables import render_table
+    from fleetfit.coordinator.answers.tables import render_table
     from fleetfit.models import shapes
     from fleetfit.models.catalogue import CATALOGUE
     from fleetfit.v1 import fleetfit_pb2 as pb
@@ -805,7 +805,7 @@ def limits(
         return
     options = _table_options(option)
     if name == "all":  # the seed's tables in its order, as one document
-        from fleetfit.coordinator.tables import SEED_ORDER
+        from fleetfit.coordinator.answers.tables import SEED_ORDER
 
         if fmt not in ("md", "table"):
             _fail("`limits all` writes md or table; use one table's name for csv, json, jsonl or sql")
@@ -854,8 +854,8 @@ def fit(
     it serves at the interactive speed (or --min-tps), and provenance; --streams N: does it serve N at once.
 
     `~` marks a predicted or estimated figure and `±` its leave-one-size-out error band."""
-    from fleetfit.coordinator import render
-    from fleetfit.coordinator.fit import CONTEXT_RULE, MAX_STREAMS, fit_table
+    from fleetfit.coordinator.answers import render
+    from fleetfit.coordinator.answers.fit import CONTEXT_RULE, MAX_STREAMS, fit_table
     from fleetfit.models import shapes
     from fleetfit.models.catalogue import CATALOGUE, active_params, n_params
     from fleetfit.v1 import fleetfit_pb2 as pb
@@ -922,8 +922,8 @@ def report(
     streams, J/token), fit's answers for --models, plots (inline SVG) of decode speed, memory, tokens per joule and,
     per swept device, decode against concurrent streams, per device with quality results decode against mean KLD,
     and every table."""
-    from fleetfit.coordinator import report as html_report
-    from fleetfit.coordinator.tables import REPORT_ORDER
+    from fleetfit.coordinator.answers import report as html_report
+    from fleetfit.coordinator.answers.tables import REPORT_ORDER
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     options = _table_options(option)
@@ -952,8 +952,8 @@ def export(
     out: Annotated[Optional[pathlib.Path], typer.Option(help="File to write (default: standard output).")] = None,
 ) -> None:
     """Every stored result as JSONL: one result (with its device's inventory) per line, a stable schema."""
-    from fleetfit.coordinator.exchange import export_lines
-    from fleetfit.coordinator.store import Store
+    from fleetfit.coordinator.service.exchange import export_lines
+    from fleetfit.coordinator.service.store import Store
 
     store = Store(db or default_db_path())
     try:
@@ -982,9 +982,9 @@ def import_results(
     device's report is (exit 1 when a line was refused; the others are stored)."""
     import sys
 
-    from fleetfit.coordinator.exchange import import_lines
-    from fleetfit.coordinator.ingest import Quotas
-    from fleetfit.coordinator.store import Store
+    from fleetfit.coordinator.service.exchange import import_lines
+    from fleetfit.coordinator.service.ingest import Quotas
+    from fleetfit.coordinator.service.store import Store
 
     try:
         source = sys.stdin if str(file) == "-" else open(file, encoding="utf-8", errors="replace")
@@ -997,7 +997,7 @@ def import_results(
             summary = import_lines(store, source)
     finally:
         store.close()
-    from fleetfit.coordinator.render import clean
+    from fleetfit.coordinator.answers.render import clean
 
     for line in summary.refused[:20]:
         typer.echo(f"refused {clean(line)}", err=True)

@@ -4,11 +4,11 @@ import asyncio
 import pathlib
 import threading
 
-from fleetfit.coordinator import pki
-from fleetfit.coordinator.enrollment import join_token_text, operator_token
-from fleetfit.coordinator.model_store import ModelStore, default_blob_dir
-from fleetfit.coordinator.server import start_server, stop_server
-from fleetfit.coordinator.store import DEFAULT_LEASE_S, Store
+from fleetfit.coordinator.service import pki
+from fleetfit.coordinator.service.enrollment import join_token_text, operator_token
+from fleetfit.coordinator.service.model_store import ModelStore, default_blob_dir
+from fleetfit.coordinator.service.server import start_server, stop_server
+from fleetfit.coordinator.service.store import DEFAULT_LEASE_S, Store
 
 
 class BackgroundCoordinator:

@@ -38,7 +38,7 @@ def _models(ctx: typer.Context, coordinator: Coordinator = DEFAULT_ADDRESS, outp
 def models_list(coordinator: Coordinator = DEFAULT_ADDRESS, output: Output = "table", state_dir: StateDir = None,
                 ca: Ca = None, token: Token = None, old_format: OldFormat = None) -> None:
     """Name, sha256, size, architecture, type and who added each stored model."""
-    from fleetfit.coordinator import render
+    from fleetfit.coordinator.answers import render
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     fmt = cli_common.output_format(output, TABLE_FORMATS, old_format)
@@ -66,8 +66,8 @@ def models_add(
     token: Token = None,
 ) -> None:
     """Upload a GGUF file to the coordinator's store (resumable: run it again after a cut)."""
-    from fleetfit.coordinator.hf_import import is_hf_ref
-    from fleetfit.coordinator.model_store import StoreRefused, checked_name
+    from fleetfit.coordinator.service.hf_import import is_hf_ref
+    from fleetfit.coordinator.service.model_store import StoreRefused, checked_name
     from fleetfit.models.gguf_file import inspect_gguf, open_regular
 
     fleet = _fleet(coordinator, state_dir, ca, token)

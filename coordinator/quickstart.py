@@ -12,8 +12,8 @@ import sys
 import tempfile
 import time
 
-from fleetfit.coordinator import render, tables
-from fleetfit.coordinator.fit import fit_table
+from fleetfit.coordinator.answers import render, tables
+from fleetfit.coordinator.answers.fit import fit_table
 from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1.words import JOB_STATE
 from fleetfit.v1 import fleetfit_pb2 as pb

@@ -48,7 +48,7 @@ IGNORABLE = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00
 
 def unseen(char: str) -> bool:
     """Whether a person cannot see `char` where it is printed, or it moves what is shown (one rule for the
-    terminal's escapes, both command lines', and for names that look alike, coordinator/devices.py)."""
+    terminal's escapes, both command lines', and for names that look alike, coordinator/answers/devices.py)."""
     return unicodedata.category(char) in UNSEEN or IGNORABLE.match(char) is not None
 
 

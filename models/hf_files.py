@@ -2,7 +2,7 @@
 (`hf_hub_download`: HF_ENDPOINT for a mirror, HF_TOKEN for a gated repository, resumed after a cut from its own
 cache) at the commit the revision resolves to, so the revision cannot move under the download. The hub's SHA-256 of
 the file (X-Linked-Etag of an LFS file) is returned for the caller to check: the coordinator's store
-(coordinator/hf_import.py) and an agent's `models pull hf:...` (agent/model_fetch.py) both do."""
+(coordinator/service/hf_import.py) and an agent's `models pull hf:...` (agent/model_fetch.py) both do."""
 
 import dataclasses
 import os

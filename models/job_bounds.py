@@ -30,7 +30,7 @@ MAX_SWEEP_KV_TOKENS = 262_144  # e.g. 256 streams of 1024 tokens, or 8 of 32768
 # repetitions of 32 tokens: two of 16 spread ±5..38 % on a shared 2-core VM, as large as the errors being fitted.
 CALIBRATION_RUN = (64, 32, 3)
 # A calibration run whose repetitions spread more than this (coefficient of variation) is noisy: `limits probe`
-# measures it again, and the coordinator's scaling model down-weights it and widens bands (coordinator/scaling.py).
+# measures it again, and the coordinator's scaling model down-weights it and widens bands (coordinator/predict/scaling.py).
 NOISE_CV = 0.10
 
 # A quality pass (ProfileRequest.quality, fleetfit-agent quality): tokens per chunk, and how many chunks of the text

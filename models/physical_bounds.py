@@ -1,5 +1,5 @@
 """The ranges no real device's figure can leave, stated once: the coordinator refuses a report with a figure
-outside them (coordinator/ingest.py check_result, check_quality, check_inventory) and drops such a figure where
+outside them (coordinator/service/ingest.py check_result, check_quality, check_inventory) and drops such a figure where
 answers read stored rows (ingest.usable), so a row stored before a bound existed cannot break an answer either.
 
 A figure's range is found by its field's name: the unit suffix (first match wins, so "_unix_s" and "tokens_per_s"

@@ -128,7 +128,7 @@ class Agents:
         return self.stubs[device_id]
 
     def __getattr__(self, rpc: str):
-        from fleetfit.coordinator.auth import POLICY, _field
+        from fleetfit.coordinator.service.auth import POLICY, _field
 
         field = POLICY[f"fleetfit.v1.AgentService.{rpc}"][1]
 

@@ -9,7 +9,8 @@ import grpc
 import pytest
 
 from fleetfit.agent import identity
-from fleetfit.coordinator.auth import AGENT, AGENT_OR_OPERATOR, OPERATOR, PUBLIC, policy
+from fleetfit.coordinator.service.auth import AGENT, OPERATOR, policy
+from fleetfit.coordinator.service.auth import AGENT_OR_OPERATOR, PUBLIC
 from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.transport import connect

@@ -20,9 +20,9 @@ import grpc
 import pytest
 
 from fleetfit.agent import device_probe
-from fleetfit.coordinator.db import MIGRATIONS
-from fleetfit.coordinator.enrollment import join_token_text
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service.db import MIGRATIONS
+from fleetfit.coordinator.service.enrollment import join_token_text
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from fleetfit.v1.transport import connect

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from fleetfit.agent import identity
-from fleetfit.coordinator.store import AlreadyEnrolled, BadToken, Store, UnknownDevice, token_hash
+from fleetfit.coordinator.service.store import AlreadyEnrolled, BadToken, Store, UnknownDevice, token_hash
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from fleetfit.v1.transport import connect

@@ -13,9 +13,9 @@ import grpc
 import pytest
 
 from fleetfit.agent import device_probe, failover, identity
-from fleetfit.coordinator.enrollment import join_token_text
+from fleetfit.coordinator.service.enrollment import join_token_text
 from fleetfit.coordinator.harness import BackgroundCoordinator
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.conftest import BIN, stop_processes, wait_until
 from tests.test_chaos import JOB_LINE, SHORT, Serve, outbox_counts

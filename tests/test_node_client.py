@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from fleetfit.coordinator import pki
+from fleetfit.coordinator.service import pki
 from tests.conftest import BIN
 from tests.test_reliability import free_port
 

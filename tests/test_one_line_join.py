@@ -17,7 +17,7 @@ import pytest
 
 from fleetfit.agent import llama_wheel
 from fleetfit.models.backends import llama_cpp_python_pin
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service.store import Store
 from tests.conftest import BIN, run_cli, stop_processes, wait_until
 from tests.test_reliability import free_port
 

@@ -4,7 +4,7 @@ issue 27's targets judged against them (on the committed ladder fixture, a secon
 import pathlib
 import sys
 
-from fleetfit.coordinator import scaling
+from fleetfit.coordinator.predict import scaling
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))

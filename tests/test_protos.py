@@ -25,7 +25,7 @@ def test_generated_code_matches_proto_files(tmp_path):
 
 def test_every_rpc_is_served():
     """Each RPC in the contract has a servicer method (a new RPC cannot be added without one)."""
-    from fleetfit.coordinator import server
+    from fleetfit.coordinator.service import server
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     for service in pb.DESCRIPTOR.services_by_name.values():

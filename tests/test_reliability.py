@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fleetfit.agent import identity
 from fleetfit.agent.outbox import Outbox, flush
 from fleetfit.coordinator.harness import BackgroundCoordinator
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from fleetfit.v1.words import JOB_STATE

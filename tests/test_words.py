@@ -8,9 +8,9 @@ import time
 import pytest
 from google.protobuf import json_format
 
-from fleetfit.coordinator import ingest
-from fleetfit.coordinator.limits import limit_rows
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service import ingest
+from fleetfit.coordinator.answers.limits import limit_rows
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import records, words
 

@@ -15,7 +15,7 @@ import pytest
 from fleetfit.agent import identity
 from fleetfit.agent.outbox import Outbox, path_beside
 from fleetfit.coordinator.harness import BackgroundCoordinator
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from tests.conftest import BIN, fleet_stub, wait_until
@@ -121,7 +121,7 @@ def test_run_with_a_token_joins_once_the_coordinator_answers_however_long_it_was
     (UNAVAILABLE: a locked database; INTERNAL), keeps trying and joins once the coordinator answers (before, `run`
     exited 2 at the first such failure, which its systemd unit does not restart); a token the coordinator refuses is
     still a one-line error, exit 2."""
-    from fleetfit.coordinator.enrollment import join_token_text
+    from fleetfit.coordinator.service.enrollment import join_token_text
 
     port, db_path = free_port(), tmp_path / "fleet.sqlite3"
     with Store(db_path) as store:

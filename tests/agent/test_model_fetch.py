@@ -14,7 +14,7 @@ import pytest
 
 from fleetfit.agent import identity, model_cache, model_fetch
 from fleetfit.agent.isolation import Deadline
-from fleetfit.coordinator.model_store import MAX_CHUNK_BYTES
+from fleetfit.coordinator.service.model_store import MAX_CHUNK_BYTES
 from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.agent.test_disk_full import small_disk  # noqa: F401

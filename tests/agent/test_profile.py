@@ -99,13 +99,13 @@ def test_a_depth_past_learned_positions_is_an_error_not_an_abort(tmp_path):
 
 
 def test_peak_memory_grows_with_depth_as_the_memory_feature_says(tmp_path):
-    """Peak RSS from an empty cache to 3072 tokens of depth grows by what coordinator/scaling.py's memory feature
+    """Peak RSS from an empty cache to 3072 tokens of depth grows by what coordinator/predict/scaling.py's memory feature
     adds (the KV cache held, the full micro-batch's activations and attention mask), for a dense model and for
     one whose sliding-window layers cache their window only, as llama-bench runs them (swa_full off): with the
     C API's default (a full cache for every layer) the sliding model grows 21 MB more than that."""
     import dataclasses
 
-    from fleetfit.coordinator import scaling
+    from fleetfit.coordinator.predict import scaling
     from fleetfit.models.catalogue import CATALOGUE
     from fleetfit.models.synth import write_synthetic
 

@@ -117,7 +117,7 @@ def test_only_tegra_boards_share_the_gpus_memory():
 
 
 def test_a_shared_memory_gpu_is_judged_against_one_pool():
-    from fleetfit.coordinator.serving import memory_capacity
+    from fleetfit.coordinator.predict.serving import memory_capacity
     from fleetfit.v1 import fleetfit_pb2 as pb
 
     device = pb.DeviceInventory(ram_total_bytes=4 * GIB, gpus=[pb.GpuInfo(index=0, memory_total_bytes=8 * GIB)])

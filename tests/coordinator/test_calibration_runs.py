@@ -2,8 +2,9 @@
 names the explicit request that measures it (`fleetfit calibrate`), and queues nothing — on real SQLite and
 PostgreSQL stores holding the real ladder."""
 
-from fleetfit.coordinator import fit, ingest
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.answers import fit
+from fleetfit.coordinator.service import ingest
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 from tests.coordinator.test_scaling import ladder

@@ -1,10 +1,10 @@
-"""Campaigns (coordinator/campaigns.py): parsing device selectors, matching them against real-looking
+"""Campaigns (coordinator/service/campaigns.py): parsing device selectors, matching them against real-looking
 inventories and labels, expanding a spec into per-device jobs, checking specs, and summing progress."""
 
 import pytest
 
-from fleetfit.coordinator.campaigns import SelectorError, Term, check_spec, expand, matches, parse_selector, progress
-from fleetfit.coordinator.store import Campaign
+from fleetfit.coordinator.service.campaigns import SelectorError, Term, check_spec, expand, matches, parse_selector, progress
+from fleetfit.coordinator.service.store import Campaign
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 GB, GiB = 10**9, 2**30

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from fleetfit.coordinator import campaigns
-from fleetfit.coordinator.store import StaleLease, Store, UnknownCampaign
+from fleetfit.coordinator.service import campaigns
+from fleetfit.coordinator.service.store import StaleLease, Store, UnknownCampaign
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import JOB_STATE
 

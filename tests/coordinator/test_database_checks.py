@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from fleetfit.coordinator.db import DatabaseError, redact_url
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service.db import DatabaseError, redact_url
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.conftest import assert_one_line_error, run_cli
 from tests.test_reliability import ServeProcess, free_port

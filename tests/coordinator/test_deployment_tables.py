@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from fleetfit.coordinator import tables
+from fleetfit.coordinator.answers import tables
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.coordinator.test_scaling import ladder
 
@@ -17,7 +17,7 @@ def fleet():
 
 def cells(fleet, name, options=None) -> list[dict]:
     table = tables.build(name, fleet, options or {})
-    return [dict(zip(table.columns, (tables._text(c) for c in row.cells))) for row in table.rows]
+    return [dict(zip(table.columns, (tables.cell_text(c) for c in row.cells))) for row in table.rows]
 
 
 def test_memory_table_adds_the_seed_sizes_as_marked_predictions(fleet):

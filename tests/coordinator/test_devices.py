@@ -3,8 +3,8 @@ work only when one device has it."""
 
 import pytest
 
-from fleetfit.coordinator.devices import DeviceLookupError, display_names, find, short_id
-from fleetfit.coordinator.limits import limit_rows
+from fleetfit.coordinator.answers.devices import DeviceLookupError, display_names, find, short_id
+from fleetfit.coordinator.answers.limits import limit_rows
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 
@@ -75,7 +75,7 @@ IMPOSTORS = {  # hostnames (and ids) a device chooses to pass for another
 
 @pytest.mark.parametrize("case", IMPOSTORS)
 def test_display_names_are_unique_and_never_another_devices_id(case):
-    from fleetfit.coordinator.devices import _look
+    from fleetfit.coordinator.answers.devices import _look
 
     fleet = [HONEST, *IMPOSTORS[case]]
     names = display_names(fleet)

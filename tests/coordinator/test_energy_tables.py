@@ -1,6 +1,6 @@
 import pytest
 
-from fleetfit.coordinator import tables
+from fleetfit.coordinator.answers import tables
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import PROVENANCE
 
@@ -27,7 +27,7 @@ FLEET = tables.Fleet([result("pi", "Q4_0", 5.0), result("vm", "F16", None, "esti
 
 def cells(name: str, options=None) -> list[dict]:
     table = tables.build(name, FLEET, options or {})
-    return [dict(zip(table.columns, (tables._text(c) for c in row.cells))) for row in table.rows]
+    return [dict(zip(table.columns, (tables.cell_text(c) for c in row.cells))) for row in table.rows]
 
 
 def test_power_rows_say_watts_tokens_per_joule_and_how_they_were_obtained():
@@ -38,7 +38,7 @@ def test_power_rows_say_watts_tokens_per_joule_and_how_they_were_obtained():
     # a run without a power reading shows fit's answer for its cell: the device's mean decode power, saying so
     assert (vm_f16["decode W"], vm_f16["J/token"]) == ("6", "0.06") and "mean of 1 runs" in vm_f16[
         "provenance (method, scope)"] and vm_f16["provenance (method, scope)"].startswith("ESTIMATED")
-    (unread,) = [dict(zip(t.columns, (tables._text(c) for c in row.cells))) for t in [tables.build(
+    (unread,) = [dict(zip(t.columns, (tables.cell_text(c) for c in row.cells))) for t in [tables.build(
         "power", tables.Fleet([result("nx", "Q4_0", None)], []), {})] for row in t.rows]
     assert unread["decode W"] == "n/a" and unread["tokens/J"] == "n/a"  # no reading on the device: n/a, never 0
     assert pi["models supported"] == "135M–135M"

@@ -8,7 +8,7 @@ import sqlite3
 import time
 
 
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1.words import DEVICE_STATUS
 from tests.conftest import run_cli
 

@@ -1,7 +1,7 @@
 import pytest
 
-from fleetfit.coordinator.fit import band, fit, largest_per_precision
-from fleetfit.coordinator.limits import limit_rows
+from fleetfit.coordinator.answers.fit import fit, largest_per_precision, memory_verdict
+from fleetfit.coordinator.answers.limits import limit_rows
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import PROVENANCE, VERDICT
 
@@ -61,7 +61,7 @@ def test_without_a_context_fit_answers_for_4096_tokens_or_the_models_own_and_say
 
 
 def test_bands():
-    assert [band(f) for f in (0.5, 0.69, 0.7, 0.95, 0.951, 2.0)] == [
+    assert [memory_verdict(f) for f in (0.5, 0.69, 0.7, 0.95, 0.951, 2.0)] == [
         "fits_comfortably", "fits_comfortably", "tight", "tight", "does_not_fit", "does_not_fit"]
 
 
@@ -98,7 +98,7 @@ def test_largest_per_precision():
 
 def test_a_band_never_reads_plus_minus_zero():
     """Issue 27 item 3: a band under a percent keeps a decimal (fit's text and every table's cell share the rule)."""
-    from fleetfit.coordinator.render import Figure, band_text
+    from fleetfit.coordinator.answers.render import Figure, band_text
 
     assert [band_text(x) for x in (0.0, 0.004, 0.37)] == ["±<0.1%", "±0.4%", "±37%"]
     assert Figure(10.0, band=0.003, provenance="predicted").text() == "~10 ±0.3%"

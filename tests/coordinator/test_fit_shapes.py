@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from fleetfit.coordinator.harness import BackgroundCoordinator
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service.store import Store
 from fleetfit.models import shapes, synth
 from fleetfit.models.catalogue import CATALOGUE
 from fleetfit.v1 import fleetfit_pb2 as pb

@@ -1,11 +1,13 @@
-"""Never-profiled devices estimated from the calibrated devices of their kind (coordinator/fleet_priors.py), on a
+"""Never-profiled devices estimated from the calibrated devices of their kind (coordinator/predict/fleet_priors.py), on a
 real SQLite store holding the real ladder (tests/fixtures/ladder) as the agent sent it, copied to a second device
 of the same kind, plus a hostile device of that kind and a never-profiled one."""
 
 import pytest
 
-from fleetfit.coordinator import fit, fleet_priors, ingest, scaling
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.answers import fit
+from fleetfit.coordinator.predict import fleet_priors, scaling
+from fleetfit.coordinator.service import ingest
+from fleetfit.coordinator.service.store import Store
 from fleetfit.models.catalogue import CATALOGUE
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import PROVENANCE

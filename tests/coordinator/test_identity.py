@@ -10,9 +10,9 @@ import re
 import pytest
 
 from fleetfit.agent import identity
-from fleetfit.coordinator import tables
-from fleetfit.coordinator.render import clean
-from fleetfit.coordinator.tables import render_table
+from fleetfit.coordinator.answers import tables
+from fleetfit.coordinator.answers.render import clean
+from fleetfit.coordinator.answers.tables import render_table
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc
 from tests.conftest import Agents, assert_one_line_error, fleet_stub, run_cli

@@ -9,11 +9,12 @@ import grpc
 import pytest
 
 from fleetfit.agent.outbox import Outbox, flush
-from fleetfit.coordinator import fit as fit_answers
-from fleetfit.coordinator import ingest, tables
+from fleetfit.coordinator.answers import fit as fit_answers
+from fleetfit.coordinator.service import ingest
+from fleetfit.coordinator.answers import tables
 from fleetfit.coordinator.harness import BackgroundCoordinator
-from fleetfit.coordinator.limits import limit_rows
-from fleetfit.coordinator.store import QuotaExceeded, Store
+from fleetfit.coordinator.answers.limits import limit_rows
+from fleetfit.coordinator.service.store import QuotaExceeded, Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.conftest import Agents, assert_one_line_error, fleet_stub, run_cli
 from tests.coordinator.test_scaling import ladder

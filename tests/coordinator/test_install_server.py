@@ -1,4 +1,4 @@
-"""What `fleetfit serve --install-listen` serves (coordinator/install_server.py) and keeps (coordinator/wheelhouse.py):
+"""What `fleetfit serve --install-listen` serves (coordinator/service/install_server.py) and keeps (coordinator/service/wheelhouse.py):
 join.sh with this coordinator's addresses, a PEP 503 index of the wheelhouse, and the llama.cpp wheel per class of
 device, uploaded once by an enrolled agent only; every request bounded. The whole one-line join runs in
 tests/test_one_line_join.py."""
@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from fleetfit.agent import identity, llama_wheel
-from fleetfit.coordinator import install_server, wheelhouse
+from fleetfit.coordinator.service import install_server, wheelhouse
 from fleetfit.coordinator.harness import BackgroundCoordinator
 
 WHEEL = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"

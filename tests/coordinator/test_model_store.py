@@ -10,7 +10,7 @@ import time
 import grpc
 import pytest
 
-from fleetfit.coordinator.model_store import MAX_CHUNK_BYTES, ModelStore, StoreRefused, attach
+from fleetfit.coordinator.service.model_store import MAX_CHUNK_BYTES, ModelStore, StoreRefused, attach
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.conftest import (BIN, Agents, assert_one_line_error, fleet_stub, lease_job, run_cli, stop_processes,
                             wait_until)
@@ -203,7 +203,7 @@ def test_an_upload_cut_by_a_killed_coordinator_resumes(tmp_path, ladder):
 
 
 def test_jobs_of_a_stored_model_carry_its_digest_and_run_only_precisions_its_file_allows(tmp_path, ladder):
-    from fleetfit.coordinator.campaigns import check_spec, expand
+    from fleetfit.coordinator.service.campaigns import check_spec, expand
     from tests.coordinator.test_campaigns import ALL_BACKENDS, WORKSTATION, spec
 
     store, digest = _stored_as_mine(tmp_path, ladder["Q4_1"])
@@ -222,7 +222,7 @@ def test_jobs_of_a_stored_model_carry_its_digest_and_run_only_precisions_its_fil
 
 
 def test_a_quality_campaign_needs_real_weights_and_a_device_that_holds_the_reference(tmp_path, ladder):
-    from fleetfit.coordinator.campaigns import check_spec, expand
+    from fleetfit.coordinator.service.campaigns import check_spec, expand
     from tests.coordinator.test_campaigns import ALL_BACKENDS, WORKSTATION, inventory, spec
 
     store, digest = _stored_as_mine(tmp_path, ladder["Q4_1"])

@@ -2,8 +2,8 @@
 
 import pytest
 
-from fleetfit.coordinator import offload, scaling
-from fleetfit.coordinator.fit import TIGHT, fit
+from fleetfit.coordinator.predict import offload, scaling
+from fleetfit.coordinator.answers.fit import TIGHT, fit
 from fleetfit.models.catalogue import architecture
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import PROVENANCE

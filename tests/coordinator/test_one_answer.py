@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from fleetfit.coordinator import fit, tables
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.answers import fit, tables
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import parse_dict
 
@@ -215,7 +215,7 @@ def _check_energy(found: dict[str, pb.Table], ask: Fit) -> int:
     for power, cost in zip(_rows(found["power"]), _rows(found["energy-cost"])):
         a = ask(power["device id"], power["backend"], power["model"], power["quant"])
         where = f"power {power['device']} {power['model']} {power['quant']}: {a.reason}"
-        if not fit.kind(a.joules_per_token):
+        if not fit.provenance_word(a.joules_per_token):
             assert power["J/token"] is None and cost["power kW"] is None, where
             continue
         watts = a.joules_per_token.value * a.decode_tokens_per_s.value

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from fleetfit.coordinator import render
+from fleetfit.coordinator.answers import render
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.conftest import Agents, fleet_stub, run_cli
 

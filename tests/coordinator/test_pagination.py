@@ -5,7 +5,7 @@ import pytest
 
 from fleetfit.coordinator import cli
 from fleetfit.coordinator.harness import BackgroundCoordinator
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.transport import MAX_MESSAGE_BYTES
 from tests.conftest import fleet_stub, run_cli
@@ -127,7 +127,7 @@ def test_every_list_rpc_is_paged_or_bounded(many):
     service's replies are each a paged one's, or GetJobs' (at most MAX_JOB_IDS ids a call), or ListTables' names."""
     import grpc
 
-    from fleetfit.coordinator.server import MAX_JOB_IDS
+    from fleetfit.coordinator.service.server import MAX_JOB_IDS
 
     service = pb.DESCRIPTOR.services_by_name["FleetService"]
     listing = {m.name for m in service.methods if any(f.is_repeated and f.message_type is not None
@@ -168,7 +168,7 @@ def test_max_attempts_outside_its_bound_is_a_bad_argument(many):
 def test_the_reply_to_a_new_campaign_keeps_a_pages_worth_of_skipped_reasons(db_url, tmp_path, monkeypatch):
     """Every device's reason is its own text (up to ingest's bound): however many devices skip, CreateCampaign's
     reply keeps a page's bytes of them and names the command that pages the rest."""
-    from fleetfit.coordinator import server as coordinator_server
+    from fleetfit.coordinator.service import server as coordinator_server
 
     monkeypatch.setattr(coordinator_server, "PAGE_BYTES", 20_000)  # 40 devices' 4 kB reasons: 160 kB
     reason = "driver mismatch " + "x" * 4080

@@ -9,10 +9,12 @@ import re
 import pytest
 from google.protobuf.descriptor import FieldDescriptor as F
 
-from fleetfit.coordinator import exchange, ingest, report, scaling, tables
-from fleetfit.coordinator import fit as fit_answers
-from fleetfit.coordinator.limits import limit_rows
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service import exchange, ingest
+from fleetfit.coordinator.answers import report, tables
+from fleetfit.coordinator.predict import scaling
+from fleetfit.coordinator.answers import fit as fit_answers
+from fleetfit.coordinator.answers.limits import limit_rows
+from fleetfit.coordinator.service.store import Store
 from fleetfit.models import physical_bounds
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.coordinator.test_ingest import answers_of, swept_result

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from fleetfit.coordinator import fit, scaling, serving, speed_model
+from fleetfit.coordinator.answers import fit
+from fleetfit.coordinator.predict import scaling, serving, speed_model
 from fleetfit.models.catalogue import CATALOGUE
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.coordinator.test_scaling import COVERAGE_LADDER, LADDER, ladder
@@ -151,7 +152,7 @@ def test_a_measured_oom_rules_out_every_larger_need(oom_model, context):
                 assert bool(p.ruled_out) == larger, (arch.name, quant, ctx, p.ruled_out)
     # a smaller context than the one that ran out is not ruled out by it
     assert dm.predict(CATALOGUE[oom_model], "Q4_0", 16).ruled_out is None
-    a = fit.answer(device, "llama-2-13b", "Q4_0", "llama.cpp", kept + [oom])
+    a = fit.answer(device, fit.Cell("llama-2-13b", "Q4_0", "llama.cpp"), kept + [oom])
     assert a.fit_verdict == pb.VERDICT_DOES_NOT_FIT and "ran out of memory" in a.reason
 
 

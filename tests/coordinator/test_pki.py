@@ -8,7 +8,7 @@ import subprocess
 import grpc
 import pytest
 
-from fleetfit.coordinator import pki
+from fleetfit.coordinator.service import pki
 from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1 import fleetfit_pb2_grpc as pb_grpc

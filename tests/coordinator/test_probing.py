@@ -6,8 +6,8 @@ import concurrent.futures
 
 import pytest
 
-from fleetfit.coordinator import campaigns
-from fleetfit.coordinator.store import LOST_AFTER_S, Store
+from fleetfit.coordinator.service import campaigns
+from fleetfit.coordinator.service.store import LOST_AFTER_S, Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import DEVICE_STATUS
 

@@ -9,7 +9,7 @@ import uuid
 import grpc
 import pytest
 
-from fleetfit.coordinator.tables import render_table
+from fleetfit.coordinator.answers.tables import render_table
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.conftest import Agents, fleet_stub
 from tests.coordinator.test_ingest import good_result
@@ -119,7 +119,7 @@ def test_a_device_cannot_report_quality_for_another(agents):
 
 
 def test_the_store_keeps_quality_results_on_both_databases(db_url):
-    from fleetfit.coordinator.store import ConflictingResult, Store, UnknownDevice
+    from fleetfit.coordinator.service.store import ConflictingResult, Store, UnknownDevice
 
     with Store(db_url) as store:
         store.upsert_device(pb.DeviceInventory(device_id="lab-1"))

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from fleetfit.coordinator import report, tables
-from fleetfit.coordinator.limits import limit_rows
+from fleetfit.coordinator.answers import report, tables
+from fleetfit.coordinator.answers.limits import limit_rows
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.coordinator.test_scaling import ladder
 from tests.coordinator.test_serving import SMOLLM2_Q4_0, sweep
@@ -229,9 +229,9 @@ def test_series_that_draw_the_same_point_stay_visible(tmp_path):
 def test_fit_section_holds_fits_answers_for_the_models_named(tmp_path):
     """--models: the Fit RPC's answers (fit.respond, what the servicer calls) for each named model, at the precision
     named or each one the fleet measured, in fit's cells, one row per device and precision."""
-    from fleetfit.coordinator import fit
-    from fleetfit.coordinator.fit import fit_table
-    from fleetfit.coordinator.store import Store
+    from fleetfit.coordinator.answers import fit
+    from fleetfit.coordinator.answers.fit import fit_table
+    from fleetfit.coordinator.service.store import Store
 
     fleet = three_devices()
     with Store(tmp_path / "fleet.sqlite3") as store:

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from fleetfit.coordinator import scaling
+from fleetfit.coordinator.predict import scaling
 from fleetfit.models import synth
 from fleetfit.models.catalogue import CATALOGUE
 from fleetfit.v1 import fleetfit_pb2 as pb

@@ -8,8 +8,10 @@ import re
 import grpc
 import pytest
 
-from fleetfit.coordinator import fit, ingest, scaling, serving, tables
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.answers import fit, tables
+from fleetfit.coordinator.service import ingest
+from fleetfit.coordinator.predict import scaling, serving
+from fleetfit.coordinator.service.store import Store
 from fleetfit.models.catalogue import CATALOGUE
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.conftest import Agents, assert_one_line_error, fleet_stub, run_cli
@@ -65,7 +67,7 @@ def fleet_of(*results: pb.ProfileResult, ids=(FAST, SLOW)) -> tables.Fleet:
 
 def rows(fleet: tables.Fleet, name: str, options=None) -> list[dict]:
     table = tables.build(name, fleet, options or {})
-    return [dict(zip(table.columns, (tables._text(c) for c in row.cells))) for row in table.rows]
+    return [dict(zip(table.columns, (tables.cell_text(c) for c in row.cells))) for row in table.rows]
 
 
 def swept_rows(fleet, options=None) -> dict[tuple[str, str], dict]:
@@ -214,8 +216,8 @@ def test_fit_streams_yes_and_no():
     devices = [pb.Device(inventory=inventory(FAST)), pb.Device(inventory=inventory(SLOW))]
 
     def ask(streams, min_tps=10.0, device=FAST):
-        (a,) = [a for a in fit.fit("smollm2-135m", "Q4_0", "llama.cpp", devices, results, min_tps, 192,
-                                   streams=streams) if a.device_id == device]
+        (a,) = [a for a in fit.fit("smollm2-135m", "Q4_0", "llama.cpp", devices, results, min_decode_tps=min_tps,
+                                   context=192, streams=streams) if a.device_id == device]
         return a
 
     yes = ask(8)
@@ -304,7 +306,7 @@ def test_a_noisy_sweep_still_predicts_the_models_it_never_swept():
     assert sm.calibration is not None and sm.calibration.floored == ("smollm2-135m Q4_0",)
     cap = sm.capacity("tinyllama-1.1b", "Q4_0", 1.0)
     assert cap is not None and cap.streams >= 1 and "floored at the compute ceiling" in cap.method
-    a = fit.answer(device, "tinyllama-1.1b", "Q4_0", "llama.cpp", results)
-    assert fit.kind(a.max_streams) == "predicted" and not a.max_streams.method.startswith("one-stream division")
+    a = fit.answer(device, fit.Cell("tinyllama-1.1b", "Q4_0", "llama.cpp"), results)
+    assert fit.provenance_word(a.max_streams) == "predicted" and not a.max_streams.method.startswith("one-stream division")
     swept = sm.curve("smollm2-135m", "Q4_0")
     assert [p.aggregate_tps for p in swept.points] == sorted(p.aggregate_tps for p in swept.points)  # monotone fit

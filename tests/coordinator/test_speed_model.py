@@ -1,6 +1,6 @@
 """The speed model's fit recovers the terms that generated its points, for decode and for prefill."""
 
-from fleetfit.coordinator import speed_model as dm
+from fleetfit.coordinator.predict import speed_model as dm
 from fleetfit.models.catalogue import CATALOGUE
 
 TRUE = dm.SpeedModel("decode", {"Q4_0": 1 / 40e9, "Q6_K": 1 / 20e9, "Q8_0": 1 / 30e9, "F32": 1 / 40e9},

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from fleetfit.coordinator.db import MIGRATIONS, Database
-from fleetfit.coordinator.store import (LOST_AFTER_S, BadToken, ConflictingResult, ForeignJob, StaleLease, Store,
+from fleetfit.coordinator.service.db import MIGRATIONS, Database
+from fleetfit.coordinator.service.store import (LOST_AFTER_S, BadToken, ConflictingResult, ForeignJob, StaleLease, Store,
                                         UnknownDevice)
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import DEVICE_STATUS, JOB_STATE
@@ -122,7 +122,7 @@ def test_devices_carry_their_result_count_and_whether_they_are_in_touch(store):
     (device,) = store.devices()
     assert (device.results, DEVICE_STATUS.word(device.device_status)) == (2, "online")
     assert store.devices(now=time.time() + LOST_AFTER_S + 1)[0].device_status == pb.DEVICE_STATUS_LOST
-    assert store.devices("box") == []  # keyed by id only: a hostname is a name (coordinator/devices.py finds by it)
+    assert store.devices("box") == []  # keyed by id only: a hostname is a name (coordinator/answers/devices.py finds by it)
     assert store.devices("dev-1")[0].inventory.hostname == "box" and store.devices("nowhere") == []
     assert [r.result_id for r in store.results(device_id="dev-1")] == ["r1", "r2"]
     assert store.results(device_id="dev-2") == [] and [r.result_id for r in store.results("smollm2-135m", "dev-1")] == ["r1", "r2"]

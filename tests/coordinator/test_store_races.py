@@ -8,9 +8,9 @@ import threading
 import grpc
 import pytest
 
-from fleetfit.coordinator import ingest
+from fleetfit.coordinator.service import ingest
 from fleetfit.coordinator.harness import BackgroundCoordinator
-from fleetfit.coordinator.store import AlreadyEnrolled, BadToken, ConflictingResult, Store, token_hash
+from fleetfit.coordinator.service.store import AlreadyEnrolled, BadToken, ConflictingResult, Store, token_hash
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.conftest import Agents
 from tests.coordinator.test_ingest import good_result
@@ -266,7 +266,7 @@ def test_a_nul_in_any_text_of_any_rpc_is_invalid_argument_on_both_databases(db_u
     in a heartbeat or a report, a campaign id, a device to revoke, a page token, a table option): INVALID_ARGUMENT,
     naming the field, on SQLite as on PostgreSQL (whose text cannot hold NUL: psycopg refused such a lookup, and the
     call answered INTERNAL) — and the coordinator serves the next call as before."""
-    from fleetfit.coordinator.auth import POLICY
+    from fleetfit.coordinator.service.auth import POLICY
     from tests.conftest import fleet_stub
 
     server = BackgroundCoordinator(db_url, state_dir=tmp_path / "state")

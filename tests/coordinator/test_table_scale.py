@@ -8,8 +8,10 @@ import random
 
 import pytest
 
-from fleetfit.coordinator import ingest, scaling, tables
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service import ingest
+from fleetfit.coordinator.predict import scaling
+from fleetfit.coordinator.answers import tables
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / "benchmarks"))

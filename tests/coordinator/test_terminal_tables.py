@@ -14,7 +14,7 @@ import pytest
 
 from fleetfit.coordinator import quickstart
 from fleetfit.coordinator.harness import BackgroundCoordinator
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import parse_dict
 from tests.conftest import BIN, assert_one_line_error, fleet_stub, run_cli

@@ -1,5 +1,5 @@
 """The coordinator's trouble is transient (issue 26): every exception a servicer does not handle leaves as a
-status that says what it is (coordinator/errors.py), never UNKNOWN; a dead database connection is replaced on
+status that says what it is (coordinator/service/errors.py), never UNKNOWN; a dead database connection is replaced on
 both backends; a database locked past the busy timeout answers UNAVAILABLE and recovers when released."""
 
 import errno
@@ -12,8 +12,8 @@ import uuid
 import grpc
 import pytest
 
-from fleetfit.coordinator import db, errors
-from fleetfit.coordinator.db import DatabaseError
+from fleetfit.coordinator.service import db, errors
+from fleetfit.coordinator.service.db import DatabaseError
 from fleetfit.coordinator.harness import BackgroundCoordinator
 from fleetfit.v1 import fleetfit_pb2 as pb
 from tests.conftest import POSTGRES_URL, Agents, _postgres_problem, assert_one_line_error, fleet_stub, run_cli

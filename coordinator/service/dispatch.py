@@ -6,7 +6,7 @@ import concurrent.futures
 import contextlib
 import logging
 
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service.store import Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 log = logging.getLogger("fleetfit.coordinator")

@@ -1,6 +1,6 @@
 """Efficiencies learned across the fleet, for devices that have only their probes.
 
-A calibrated device's efficiency is its fitted effective rate (coordinator/scaling.py: bandwidth B_q for decode,
+A calibrated device's efficiency is its fitted effective rate (coordinator/predict/scaling.py: bandwidth B_q for decode,
 FLOP rate F_q for prefill) divided by its own probe (triad bandwidth, matmul peak). A device never profiled
 borrows the median efficiency of the calibrated devices of its kind, narrowest kind first:
 - GPU model (the first GPU's name), then GPU vendor (the name's first word);
@@ -19,7 +19,7 @@ import re
 import statistics
 from collections.abc import Callable
 
-from fleetfit.coordinator import scaling
+from fleetfit.coordinator.predict import scaling
 from fleetfit.v1 import fleetfit_pb2 as pb
 
 MIN_DEVICES = 2  # calibrated devices of a kind needed before their efficiency is trusted

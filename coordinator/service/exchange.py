@@ -16,8 +16,8 @@ from typing import IO, Iterator
 
 from google.protobuf import json_format
 
-from fleetfit.coordinator import ingest
-from fleetfit.coordinator.store import LOST_AFTER_S, ConflictingResult, QuotaExceeded, Store
+from fleetfit.coordinator.service import ingest
+from fleetfit.coordinator.service.store import LOST_AFTER_S, ConflictingResult, QuotaExceeded, Store
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.records import message_dict
 from fleetfit.v1.words import parse_dict

@@ -1,6 +1,6 @@
 """What `fleetfit serve --install-listen` serves over HTTPS (the fleet's own CA): the one-line join.
 
-- GET /join.sh: the script `fleetfit token create` prints a line for (coordinator/join.sh, with this coordinator's
+- GET /join.sh: the script `fleetfit token create` prints a line for (coordinator/service/join.sh, with this coordinator's
   addresses filled in);
 - GET /simple/ and /simple/NAME/: a PEP 503 index of the wheelhouse the operator prepared (`fleetfit wheelhouse
   add`), each link with its sha256; GET /files/FILE: one of its files;
@@ -23,8 +23,8 @@ import ssl
 import threading
 import urllib.parse
 
-from fleetfit.coordinator import auth, wheelhouse
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service import auth, wheelhouse
+from fleetfit.coordinator.service.store import Store
 
 log = logging.getLogger("fleetfit.coordinator")
 

@@ -4,14 +4,14 @@ predicts.
 llama.cpp offloads the last `n_gpu_layers` repeating layers (weights and their KV cache) and, when every layer
 is offloaded, the output head; the token embeddings stay on the host. Per token, decode reads each layer's bytes
 where the layer lives, so seconds/token = GPU bytes / GPU bandwidth + host bytes / host bandwidth. Both
-bandwidths are the device's probes at the default efficiency (coordinator/scaling.py), so the speed is an
+bandwidths are the device's probes at the default efficiency (coordinator/predict/scaling.py), so the speed is an
 estimate, and says so. The GPU also holds a compute buffer and the CUDA context (estimated below when no run
 measured it).
 """
 
 import dataclasses
 
-from fleetfit.coordinator import scaling
+from fleetfit.coordinator.predict import scaling
 from fleetfit.models.catalogue import Architecture, tensors
 from fleetfit.models.quant_sizes import tensor_bytes, tensor_type
 from fleetfit.v1 import fleetfit_pb2 as pb

@@ -1,5 +1,5 @@
 """The fleet's wheelhouse, kept in the coordinator's state directory: what a device installs from the coordinator
-alone (coordinator/install_server.py serves it).
+alone (coordinator/service/install_server.py serves it).
 
     STATE/wheelhouse/packages/   the fleetfit wheel, its dependencies' wheels for each device class the operator
                                  prepared (`fleetfit wheelhouse add`), and llama-cpp-python's source distribution

@@ -32,8 +32,8 @@ import math
 
 import numpy as np
 
-from fleetfit.coordinator import scaling
-from fleetfit.coordinator.limits import backend_of, memory_figure, quant_of, run_shape
+from fleetfit.coordinator.predict import scaling
+from fleetfit.coordinator.predict.runs import backend_of, memory_figure, quant_of, run_shape
 from fleetfit.models.catalogue import CATALOGUE, Architecture
 from fleetfit.v1 import fleetfit_pb2 as pb
 

@@ -7,11 +7,11 @@ the figure each run needs (GPU memory for GPU runs, peak RSS elsewhere: limits.m
 - memory = α · (weights + F16 KV cache at the context, GQA-aware + compute buffer) + β, where α and β are
   least squares (relative) over the device's measured peaks: β is the runtime overhead (process, llama.cpp
   buffers not in the formula), α absorbs the compute buffer's misfit;
-- decode and prefill seconds/token: coordinator/speed_model.py, a sum of measured terms: per GGML storage type
+- decode and prefill seconds/token: coordinator/predict/speed_model.py, a sum of measured terms: per GGML storage type
   the bytes streamed (decode) or matmul FLOPs (prefill) at that type's own effective rate, the KV cache read (or
   attention FLOPs) at the run's depth, a cost per layer and a cost per token, non-negative least squares;
 - beside it, the one-rate roofline (bytes / B_q + layers · c, FLOPs / F_q + layers · c') whose efficiencies
-  against the device's probes coordinator/fleet_priors.py lends to devices never calibrated.
+  against the device's probes coordinator/predict/fleet_priors.py lends to devices never calibrated.
 A mixture of experts is held whole (memory: every expert) and reads per token only the n_experts_used experts
 it is routed to (decode bytes and FLOPs: models/catalogue.py active_fraction); a sliding-window layer's KV
 cache holds its window (Architecture.kv_cache_bytes).
@@ -23,7 +23,7 @@ others; a model inside the span of architectures the device calibrated on gets t
 that were inside the others' span, a model outside it (DeviceModel.outside) the band of those that were not), or
 `estimated` (nothing
 measured on the device: catalogue formula with efficiencies learned from calibrated devices of its kind
-(coordinator/fleet_priors.py), else fixed defaults, against the device's probes).
+(coordinator/predict/fleet_priors.py), else fixed defaults, against the device's probes).
 """
 
 import dataclasses
@@ -34,11 +34,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fleetfit.coordinator import speed_model
+from fleetfit.coordinator.predict import speed_model
 from fleetfit.models.catalogue import CATALOGUE, Architecture, active_fraction, n_params, tensors
 from fleetfit.models.job_bounds import NOISE_CV, spread_of
 from fleetfit.models.errors import ModelError
-from fleetfit.coordinator.limits import backend_of, memory_figure, quant_of, run_shape
+from fleetfit.coordinator.predict.runs import backend_of, memory_figure, quant_of, run_shape
 from fleetfit.models import backends, physical_bounds
 from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.models.quant_sizes import file_bits_per_weight
@@ -682,7 +682,7 @@ def relative_errors(pairs: list[tuple[Point, Prediction, bool]]) -> dict[str, li
 def device_model(device: pb.DeviceInventory, results: list[pb.ProfileResult], backend: str = DEFAULT_BACKEND,
                  priors: "Callable[[str, str], Efficiency] | None" = None) -> DeviceModel:
     """The device's scaling model for one backend, calibrated on that backend's runs there; `priors` give the
-    efficiencies an uncalibrated device is estimated with (coordinator/fleet_priors.py; default: fixed ones)."""
+    efficiencies an uncalibrated device is estimated with (coordinator/predict/fleet_priors.py; default: fixed ones)."""
     spec = backends.backend(backend)
     pts = points(results, device.device_id, spec.name)
     held = leave_one_family_out(pts)

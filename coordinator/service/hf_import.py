@@ -7,7 +7,7 @@ upload is, and devices then fetch it from the coordinator, never from the hub.
 
 import shutil
 
-from fleetfit.coordinator.model_store import ModelStore, StoreRefused, checked_name
+from fleetfit.coordinator.service.model_store import ModelStore, StoreRefused, checked_name
 from fleetfit.models import hf_files
 from fleetfit.models.errors import ModelError
 from fleetfit.v1 import fleetfit_pb2 as pb

@@ -14,13 +14,14 @@ import resource
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fleetfit.coordinator import auth, campaigns, devices, errors, ingest, model_store, pki, tables
-from fleetfit.coordinator import fit as fit_answers
-from fleetfit.coordinator.dispatch import JobWaiters, ResultBatcher, expire_leases
-from fleetfit.coordinator.limits import limit_rows
-from fleetfit.coordinator.model_store import ModelStore
+from fleetfit.coordinator.service import auth, campaigns, errors, ingest, model_store, pki
+from fleetfit.coordinator.answers import devices, tables
+from fleetfit.coordinator.answers import fit as fit_answers
+from fleetfit.coordinator.service.dispatch import JobWaiters, ResultBatcher, expire_leases
+from fleetfit.coordinator.answers.limits import limit_rows
+from fleetfit.coordinator.service.model_store import ModelStore
 from fleetfit.models import job_bounds
-from fleetfit.coordinator.store import (ADVERTISE_EVERY_S, DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, AlreadyEnrolled,
+from fleetfit.coordinator.service.store import (ADVERTISE_EVERY_S, DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, AlreadyEnrolled,
                                         BadToken,
                                         ConflictingResult, ForeignJob, QuotaExceeded, StaleLease, Store,
                                         UnknownCampaign, UnknownDevice)
@@ -287,7 +288,7 @@ class FleetService(pb_grpc.FleetServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def ImportModel(self, request, context):
-        from fleetfit.coordinator import hf_import
+        from fleetfit.coordinator.service import hf_import
 
         models = await self._model_store(context)
         try:

@@ -48,7 +48,7 @@ class NotStored(LookupError):
 
 def default_blob_dir(db: str, state_dir: pathlib.Path) -> pathlib.Path:
     """Beside the SQLite file (`blobs/` in its directory); for PostgreSQL, in the state directory."""
-    from fleetfit.coordinator.db import is_postgres_url
+    from fleetfit.coordinator.service.db import is_postgres_url
 
     return (state_dir if is_postgres_url(str(db)) else pathlib.Path(db).parent) / "blobs"
 

@@ -19,7 +19,7 @@ import time
 
 import grpc
 
-from fleetfit.coordinator.db import DatabaseError
+from fleetfit.coordinator.service.db import DatabaseError
 
 log = logging.getLogger("fleetfit.coordinator")
 

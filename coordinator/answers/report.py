@@ -20,13 +20,13 @@ import math
 import pathlib
 import re
 
-from fleetfit.coordinator.devices import display_names, short_id
-from fleetfit.coordinator.fit import fit_table
-from fleetfit.coordinator.limits import comparable
-from fleetfit.coordinator.render import Figure, clean, display
-from fleetfit.coordinator.scaling import band_of
-from fleetfit.coordinator.tables import typed_cell
-from fleetfit.coordinator.tables import render_table
+from fleetfit.coordinator.answers.devices import display_names, short_id
+from fleetfit.coordinator.answers.fit import fit_table
+from fleetfit.coordinator.answers.limits import comparable
+from fleetfit.coordinator.answers.render import Figure, clean, display
+from fleetfit.coordinator.predict.scaling import band_of
+from fleetfit.coordinator.answers.tables import typed_cell
+from fleetfit.coordinator.answers.tables import render_table
 from fleetfit.models.backends import DEFAULT_BACKEND
 from fleetfit.models.catalogue import CATALOGUE, n_params
 from fleetfit.v1 import fleetfit_pb2 as pb

@@ -17,8 +17,9 @@ import time
 
 import grpc
 
-from fleetfit.coordinator import errors, ingest
-from fleetfit.coordinator.store import Store, token_hash
+from fleetfit.coordinator.service import errors
+from fleetfit.coordinator.service.store import Store, token_hash
+from fleetfit.coordinator.service import ingest
 
 PUBLIC, AGENT, OPERATOR = "public", "agent", "operator"
 AGENT_OR_OPERATOR = "agent or operator"

@@ -10,7 +10,7 @@ prediction or estimate at the asked context):
 - tight: 70% to 95% (it runs, but little is left for the OS, other processes and longer contexts);
 - does_not_fit: over 95%, or measured out of memory, or decode below --min-tps, or decode power over --max-watts;
 - unknown: the model has no catalogued shape and was never measured on the device, or its measurement failed.
-Every figure carries its provenance (measured / predicted / estimated, see coordinator/scaling.py).
+Every figure carries its provenance (measured / predicted / estimated, see coordinator/predict/scaling.py).
 """
 
 import collections
@@ -21,10 +21,12 @@ import hashlib
 import math
 from collections.abc import Callable
 
-from fleetfit.coordinator import fleet_priors, offload, render, scaling, serving
-from fleetfit.coordinator.devices import display_names
-from fleetfit.coordinator.devices import find as find_device
-from fleetfit.coordinator.limits import backend_of, limit_row, quant_of
+from fleetfit.coordinator.predict import fleet_priors, offload, scaling, serving
+from fleetfit.coordinator.predict.runs import backend_of, quant_of
+from fleetfit.coordinator.answers import render
+from fleetfit.coordinator.answers.devices import display_names
+from fleetfit.coordinator.answers.devices import find as find_device
+from fleetfit.coordinator.answers.limits import limit_row
 from fleetfit.models import backends
 from fleetfit.models.catalogue import CATALOGUE, Architecture, n_params
 from fleetfit.models.errors import ModelError
@@ -54,7 +56,7 @@ def check_model_known(model_name: str, known: set[str]) -> None:
     raise UnknownModel(f"unknown model {model_name!r}{hint}")
 
 
-def kind(f) -> str:
+def provenance_word(f) -> str:
     """The provenance word of a FitFigure, FitAnswer or PhaseEnergy ("" when it has none)."""
     return PROVENANCE.word(f.provenance_kind)
 
@@ -63,7 +65,8 @@ def _figure_message(value: float, provenance: str, method: str) -> pb.FitFigure:
     return pb.FitFigure(value=value, provenance_kind=PROVENANCE.code(provenance), method=method)
 
 
-def band(fraction: float) -> str:
+def memory_verdict(fraction: float) -> str:
+    """The verdict word for a memory need as a fraction of the device's memory (the bands above)."""
     return "fits_comfortably" if fraction < COMFORTABLE else "tight" if fraction <= TIGHT else "does_not_fit"
 
 
@@ -83,7 +86,7 @@ def decode_watts(device_id: str, results: list[pb.ProfileResult], exact: pb.Prof
     if not runs:
         return None
     phases = [phase(r) for r in runs]
-    provenance = "estimated" if any(kind(p) == "estimated" for p in phases) else "measured"
+    provenance = "estimated" if any(provenance_word(p) == "estimated" for p in phases) else "measured"
     how = f"{phases[0].method}, {'this run' if len(runs) == 1 and runs[0] is exact else f'mean of {len(runs)} runs'}"
     return sum(p.average_power_w for p in phases) / len(phases), provenance, how
 
@@ -101,22 +104,51 @@ def _band_text(f: pb.FitFigure) -> str:
     return " " + render.band_text(f.error_fraction) if f.HasField("error_fraction") else ""
 
 
-def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str, results: list[pb.ProfileResult],
-           min_decode_tps: float | None = None, context: int | None = None, max_watts: float | None = None,
-           dm: scaling.DeviceModel | None = None, device_name: str = "", streams: int | None = None,
-           sm: serving.ServingModel | None = None, shape: Architecture | None = None,
-           priors: fleet_priors.FleetPriors | None = None,
-           device_power: Callable[[], tuple[float, str, str] | None] | None = None) -> pb.FitAnswer:
-    """Does `model_name` at `quant` on `backend` fit `device` at `context` tokens (default: FIT_CONTEXT, or the
-    model's own when smaller), how fast, how many streams it serves (with `streams`: does it serve that many,
-    each at `min_decode_tps` or the interactive speed), and how we know. `shape`: the model's architecture when
-    the catalogue does not know it (read by the operator's CLI from a GGUF or config.json). `priors`: the fleet,
-    for the efficiencies a device with only its probes is estimated with. `device_power`: decode_watts's
-    `device_mean`, kept per device by a caller asking many cells."""
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """What a question asks of a device: a model at a precision on a backend. `shape`: the model's architecture
+    when the catalogue does not know it (read by the operator's CLI from a GGUF or config.json)."""
+    model_name: str
+    quant: str
+    backend: str
+    shape: Architecture | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraints:
+    """What a question asks beyond its cell: `context` tokens (None: FIT_CONTEXT, or the model's own when
+    smaller), the slowest decode it accepts (per stream with `streams`), the most decode power, and how many
+    concurrent streams."""
+    context: int | None = None
+    min_decode_tps: float | None = None
+    max_watts: float | None = None
+    streams: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Prebuilt:
+    """What a caller asking many cells of one device builds once and hands to `answer`: the device's scaling and
+    serving models, the fleet's priors (the efficiencies a device with only its probes is estimated with) and its
+    mean decode power (decode_watts's `device_mean`). What is left None is built for the one answer."""
+    device_model: scaling.DeviceModel | None = None
+    serving_model: serving.ServingModel | None = None
+    priors: fleet_priors.FleetPriors | None = None
+    device_power: Callable[[], tuple[float, str, str] | None] | None = None
+
+
+def answer(device: pb.DeviceInventory, cell: Cell, results: list[pb.ProfileResult],
+           constraints: Constraints = Constraints(), built: Prebuilt = Prebuilt(),
+           device_name: str = "") -> pb.FitAnswer:
+    """Does the cell's model at its precision on its backend fit `device` at the constraints' context (default:
+    FIT_CONTEXT, or the model's own when smaller), how fast, how many streams it serves (with `constraints.streams`:
+    does it serve that many, each at `constraints.min_decode_tps` or the interactive speed), and how we know."""
+    model_name, quant, backend, shape = cell.model_name, cell.quant, cell.backend, cell.shape
+    min_decode_tps, max_watts, streams = constraints.min_decode_tps, constraints.max_watts, constraints.streams
+    dm, sm, priors = built.device_model, built.serving_model, built.priors
     spec = backends.backend(backend)
     known = shape or CATALOGUE.get(model_name)
     arch = known if spec.can_size(quant) else None
-    context = context or scaling.default_context(known)
+    context = constraints.context or scaling.default_context(known)
     out = pb.FitAnswer(device_id=device.device_id, hostname=device.hostname, ram_total_bytes=device.ram_total_bytes,
                        model_name=model_name, quant=quant, backend=spec.name, context_tokens=context,
                        device_name=device_name or device.hostname or device.device_id)
@@ -157,14 +189,14 @@ def answer(device: pb.DeviceInventory, model_name: str, quant: str, backend: str
         if _figure(f) is not None:
             getattr(out, field).CopyFrom(_figure(f))
     power = decode_watts(device.device_id, results, mine[-1] if figures[1].provenance == "measured" else None,
-                         device_power)
+                         built.device_power)
     watts = None
     if power is not None and out.HasField("decode_tokens_per_s"):
         watts, prov, method = power
-        prov = max(prov, kind(out.decode_tokens_per_s), key=RANK.get)
+        prov = max(prov, provenance_word(out.decode_tokens_per_s), key=RANK.get)
         out.joules_per_token.CopyFrom(_figure_message(watts / out.decode_tokens_per_s.value, prov,
                                                       f"decode {watts:.1f} W ({method}) / decode tok/s"))
-    present = [kind(f) for f in (out.memory_bytes, out.decode_tokens_per_s) if kind(f)]
+    present = [provenance_word(f) for f in (out.memory_bytes, out.decode_tokens_per_s) if provenance_word(f)]
     out.provenance_kind = PROVENANCE.code(max(present, key=RANK.get) if present else "")
     out = _verdict(out, device, min_decode_tps, max_watts, watts)
     if arch is not None and out.fit_verdict != pb.VERDICT_UNKNOWN and out.HasField("decode_tokens_per_s"):
@@ -217,18 +249,19 @@ def _serving(out: pb.FitAnswer, device: pb.DeviceInventory, arch, sm: serving.Se
     else:
         out.max_streams.CopyFrom(_figure_message(int(decode.value // target), "estimated",
                                                  serving.one_stream_division(sm)))
-    mark = "" if kind(out.max_streams) == "measured" else "~"
+    mark = "" if provenance_word(out.max_streams) == "measured" else "~"
     if streams is None:
         if out.fit_verdict in OK_VERDICTS:
             out.reason += (f"; serves {mark}{out.max_streams.value:.0f} stream(s) at ≥{target:g} tok/s each "
-                           f"({kind(out.max_streams)})")
+                           f"({provenance_word(out.max_streams)})")
         return
     out.streams = streams
     kv = scaling.kv_cache_bytes(arch, out.context_tokens)
     need = out.memory_bytes.value + (streams - 1) * kv
     out.serving_memory_bytes.CopyFrom(_figure_message(
-        need, kind(out.memory_bytes) if streams == 1 else max(kind(out.memory_bytes), "predicted", key=RANK.get),
-        f"one stream's {kind(out.memory_bytes)} memory at ctx {out.context_tokens} + {streams - 1} more "
+        need, provenance_word(out.memory_bytes) if streams == 1 else
+        max(provenance_word(out.memory_bytes), "predicted", key=RANK.get),
+        f"one stream's {provenance_word(out.memory_bytes)} memory at ctx {out.context_tokens} + {streams - 1} more "
                f"F16 KV caches of {kv / MIB:.1f} MiB (GQA-aware)"))
     if cap is not None:
         aggregate = sm.aggregate(cap.source, streams)
@@ -241,7 +274,7 @@ def _serving(out: pb.FitAnswer, device: pb.DeviceInventory, arch, sm: serving.Se
         out.stream_tokens_per_s.CopyFrom(_figure(per_stream))
     capacity = _capacity_bytes(device, out)
     fits = bool(capacity) and need <= TIGHT * capacity
-    word = "" if kind(out.stream_tokens_per_s) == "measured" else "~"
+    word = "" if provenance_word(out.stream_tokens_per_s) == "measured" else "~"
     if not fits:
         out.serves = False
         why = f"{streams} streams need ~{need / MIB:.0f} MiB at ctx {out.context_tokens}, over {TIGHT:.0%} of " \
@@ -251,7 +284,7 @@ def _serving(out: pb.FitAnswer, device: pb.DeviceInventory, arch, sm: serving.Se
     else:
         out.serves = out.stream_tokens_per_s.value >= target
         why = (f"{streams} streams get {word}{out.stream_tokens_per_s.value:.1f} tok/s each "
-               f"({kind(out.stream_tokens_per_s)}{_band_text(out.stream_tokens_per_s)}), "
+               f"({provenance_word(out.stream_tokens_per_s)}{_band_text(out.stream_tokens_per_s)}), "
                f"{'at or above' if out.serves else 'below'} the {target:g} asked; memory ~{need / MIB:.0f} MiB")
     if out.HasField("serves") and not out.serves and out.fit_verdict in OK_VERDICTS:
         out.fit_verdict = pb.VERDICT_DOES_NOT_FIT
@@ -266,14 +299,14 @@ def _capacity_bytes(device: pb.DeviceInventory, out: pb.FitAnswer) -> int:
 
 def _verdict(out: pb.FitAnswer, device: pb.DeviceInventory, min_tps, max_watts, watts) -> pb.FitAnswer:
     mem, dec = out.memory_bytes, out.decode_tokens_per_s
-    mem_kind, dec_kind = kind(mem), kind(dec)
+    mem_kind, dec_kind = provenance_word(mem), provenance_word(dec)
     if not out.HasField("memory_bytes") or not device.ram_total_bytes:
         out.fit_verdict, out.reason = pb.VERDICT_UNKNOWN, "no memory figure, or the device reported no RAM size"
         return out
     need, ram = mem.value, _capacity_bytes(device, out)
     out.memory_fraction = need / ram
     out.memory_headroom_bytes = int(ram - need)
-    out.fit_verdict = VERDICT.code(band(out.memory_fraction))
+    out.fit_verdict = VERDICT.code(memory_verdict(out.memory_fraction))
     word = {"measured": "measured: peak ", "predicted": "predicted: needs ~", "estimated": "estimated: needs ~"}
     speed = f", decode {'' if dec_kind == 'measured' else '~'}{dec.value:.1f} tok/s" if dec_kind else ""
     memory_kind = "GPU memory" if ram != device.ram_total_bytes else "RAM"
@@ -300,12 +333,13 @@ def _verdict(out: pb.FitAnswer, device: pb.DeviceInventory, min_tps, max_watts, 
 
 
 def fit(model_name: str, quant: str, backend: str, devices: list[pb.Device], results: list[pb.ProfileResult],
-        min_decode_tps: float | None = None, context: int | None = None, max_watts: float | None = None,
-        streams: int | None = None) -> list[pb.FitAnswer]:
+        **constraints) -> list[pb.FitAnswer]:
+    """Every device's answer for one cell; `constraints`: Constraints's fields (context, min_decode_tps, max_watts,
+    streams)."""
     names = display_names(devices)
-    priors = fleet_priors.FleetPriors.of_results(devices, results)
-    return [answer(d.inventory, model_name, quant, backend, results, min_decode_tps, context, max_watts,
-                   device_name=names[d.inventory.device_id], streams=streams, priors=priors) for d in devices]
+    built = Prebuilt(priors=fleet_priors.FleetPriors.of_results(devices, results))
+    return [answer(d.inventory, Cell(model_name, quant, backend), results, Constraints(**constraints), built,
+                   names[d.inventory.device_id]) for d in devices]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +348,7 @@ class Question:
     quant: str  # canonical for the backend
     backend: str
     device: str  # id or hostname; empty = every device
-    limits: dict  # min_decode_tps, context, max_watts, streams
+    constraints: Constraints
     shape: Architecture | None = None  # a model the catalogue does not know, as the operator's CLI read it
 
 
@@ -345,7 +379,7 @@ def question(request: pb.FitRequest, known_models: set[str]) -> Question:
         shape = _shape(request)
     elif request.model_name:
         check_model_known(request.model_name, known_models | set(REAL_MODELS) | set(CATALOGUE))
-    return Question(request.model_name, quant, spec.name, request.device, limits, shape)
+    return Question(request.model_name, quant, spec.name, request.device, Constraints(**limits), shape)
 
 
 def _shape(request: pb.FitRequest) -> Architecture:
@@ -375,10 +409,10 @@ def respond(request: pb.FitRequest, store, cache: "AnswerCache") -> pb.FitRespon
     if not q.model_name:
         device = chosen[0].inventory
         return pb.FitResponse(answers=largest_per_precision(
-            device, q.backend, store.results(device_id=device.device_id), **q.limits,
-            device_name=names[device.device_id], priors=priors))
-    answers = [cache.answer(d, q.model_name, q.quant, q.backend, device_name=names[d.inventory.device_id],
-                            shape=q.shape, priors=priors, **q.limits) for d in chosen]
+            device, q.backend, store.results(device_id=device.device_id), q.constraints, names[device.device_id],
+            priors))
+    cell = Cell(q.model_name, q.quant, q.backend, q.shape)
+    answers = [cache.answer(d, cell, q.constraints, names[d.inventory.device_id], priors) for d in chosen]
     quality = [r for r in store.quality_results(q.model_name) if r.quant == q.quant] if q.backend == "llama.cpp" else []
     files = collections.defaultdict(set)  # device id -> sha256 of the files of this model and quant it ran
     for r in store.results(model_name=q.model_name) if quality else ():
@@ -440,7 +474,7 @@ class Snapshot:
     """One read of the store (results, devices, quality results) and every answer a request gives from it.
 
     `fit`, every `limits` table and the report ask `answer` for a cell (device, backend, model, precision,
-    context, limits): one function, each device's scaling and serving model built once per snapshot (and kept
+    context, constraints): one function, each device's scaling and serving model built once per snapshot (and kept
     between requests while the device's inventory and results are the same), so a table cell and `fit`'s answer
     for it are the same figure by construction. `limits all` and the report build all their tables from one."""
     results: list[pb.ProfileResult]
@@ -524,25 +558,30 @@ class Snapshot:
                                                     self.by_device.get(device_id, []))
         return self._memo[key]
 
-    def answer(self, device_id: str, backend: str, model_name: str, quant: str, context: int | None = None,
-               min_decode_tps: float | None = None, max_watts: float | None = None,
-               streams: int | None = None) -> pb.FitAnswer:
-        """`fit`'s answer for one cell (device, backend, model, precision, context, limits), once per snapshot."""
+    def answer(self, device_id: str, backend: str, model_name: str, quant: str,
+               constraints: Constraints = Constraints()) -> pb.FitAnswer:
+        """`fit`'s answer for one cell (device, backend, model, precision) under `constraints`, once per snapshot."""
         spec = backends.backend(backend)
-        key = ("answer", device_id, spec.name, model_name, quant, context, min_decode_tps, max_watts, streams)
+        key = ("answer", device_id, spec.name, model_name, quant, constraints)
         if key not in self._memo:
             shape = self.shapes.get(model_name)
             sizes = (shape or CATALOGUE.get(model_name)) is not None and spec.can_size(quant)
 
             def make() -> pb.FitAnswer:
-                return answer(self.inventory(device_id), model_name, quant, spec.name,
-                              self.by_device.get(device_id, []), min_decode_tps, context, max_watts,
-                              dm=self.device_model(device_id, spec.name), device_name=self.name(device_id),
-                              streams=streams, sm=self.serving_model(device_id, spec.name) if sizes else None,
-                              shape=shape, priors=self.priors, device_power=lambda: self.device_power(device_id))
+                built = Prebuilt(self.device_model(device_id, spec.name),
+                                 self.serving_model(device_id, spec.name) if sizes else None, self.priors,
+                                 lambda: self.device_power(device_id))
+                return answer(self.inventory(device_id), Cell(model_name, quant, spec.name, shape),
+                              self.by_device.get(device_id, []), constraints, built, self.name(device_id))
             kept = (*key, self.name(device_id), shape, self.version(device_id), self.priors_version(device_id))
             self._memo[key] = _kept(_ANSWERS, kept, make, MAX_ANSWERS)
         return self._memo[key]
+
+    def cell_answer(self, device_id: str, backend: str, model_name: str, quant: str, **constraints) -> pb.FitAnswer:
+        """The answer a table cell shows: at the cell's context (cell_context), under `constraints` (the other
+        fields of Constraints: min_decode_tps, max_watts, streams)."""
+        context = self.cell_context(device_id, backend, model_name, quant)
+        return self.answer(device_id, backend, model_name, quant, Constraints(context, **constraints))
 
     def cell_context(self, device_id: str, backend: str, model_name: str, quant: str) -> int | None:
         """The context a size table answers a cell at: the run's, where the device measured that model and
@@ -565,17 +604,16 @@ class AnswerCache:
         self.store, self.max_entries = store, max_entries
         self.answers: collections.OrderedDict[tuple, pb.FitAnswer] = collections.OrderedDict()
 
-    def answer(self, device: pb.Device, model_name: str, quant: str, backend: str, device_name: str = "",
-               shape: Architecture | None = None, priors: fleet_priors.FleetPriors | None = None,
-               **limits) -> pb.FitAnswer:
+    def answer(self, device: pb.Device, cell: Cell, constraints: Constraints = Constraints(), device_name: str = "",
+               priors: fleet_priors.FleetPriors | None = None) -> pb.FitAnswer:
         inventory = hashlib.blake2b(device.inventory.SerializeToString(deterministic=True), digest_size=16).digest()
-        key = (device.inventory.device_id, device.results, inventory, model_name, quant, backend, device_name,
-               shape, tuple(sorted(limits.items())), priors.version(device.inventory) if priors else ())
+        key = (device.inventory.device_id, device.results, inventory, cell, device_name, constraints,
+               priors.version(device.inventory) if priors else ())
         found = self.answers.get(key)
         if found is None:
             results = self.store.results(device_id=device.inventory.device_id)
-            found = self.answers[key] = answer(device.inventory, model_name, quant, backend, results, **limits,
-                                               device_name=device_name, shape=shape, priors=priors)
+            found = self.answers[key] = answer(device.inventory, cell, results, constraints, Prebuilt(priors=priors),
+                                               device_name)
             if len(self.answers) > self.max_entries:
                 self.answers.popitem(last=False)
         else:
@@ -584,8 +622,7 @@ class AnswerCache:
 
 
 def largest_per_precision(device: pb.DeviceInventory, backend: str, results: list[pb.ProfileResult],
-                          context: int | None = None, min_decode_tps: float | None = None,
-                          max_watts: float | None = None, device_name: str = "", streams: int | None = None,
+                          constraints: Constraints = Constraints(), device_name: str = "",
                           priors: fleet_priors.FleetPriors | None = None) -> list[pb.FitAnswer]:
     """Per precision (measured here, and the backend's common ones): the largest catalogued model that fits (with
     `streams`: that serves that many streams)."""
@@ -599,8 +636,7 @@ def largest_per_precision(device: pb.DeviceInventory, backend: str, results: lis
         for arch in sorted(CATALOGUE.values(), key=n_params, reverse=True):
             if backends.obtainable(spec, arch.name, set(REAL_MODELS), CATALOGUE):
                 continue
-            a = answer(device, arch.name, quant, spec.name, results, min_decode_tps, context, max_watts, dm,
-                       device_name, streams, sm)
+            a = answer(device, Cell(arch.name, quant, spec.name), results, constraints, Prebuilt(dm, sm), device_name)
             if a.fit_verdict in OK_VERDICTS:
                 out.append(a)
                 break
@@ -614,10 +650,10 @@ def largest_per_precision(device: pb.DeviceInventory, backend: str, results: lis
 
 def shown(f: pb.FitFigure, scale: float = 1.0, digits: int = 3, verdict: str | None = None):
     """An answer's figure as a table cell: the one rounding rule of fit's table and every limits table."""
-    if not kind(f):
+    if not provenance_word(f):
         return render.Figure(None, verdict=verdict) if verdict else None
     return render.Figure(round(f.value / scale, digits), band=f.error_fraction if f.HasField("error_fraction") else None,
-                         provenance=kind(f), verdict=verdict)
+                         provenance=provenance_word(f), verdict=verdict)
 
 
 
@@ -635,7 +671,7 @@ def fit_table(answers: list[pb.FitAnswer]) -> tuple[list[str], list[list]]:
              round(a.ram_total_bytes / MIB),
              round(100 * a.memory_fraction, 1) if a.HasField("memory_fraction") else None,
              shown(a.decode_tokens_per_s), shown(a.prefill_tokens_per_s), shown(a.joules_per_token, digits=6),
-             *_streams_cells(a, asked), shown(a.kl_divergence, digits=5), kind(a) or None, a.reason,
+             *_streams_cells(a, asked), shown(a.kl_divergence, digits=5), provenance_word(a) or None, a.reason,
              a.evidence.result_id if a.HasField("evidence") else None, a.device_id]
             for a in answers]
     return header, body
@@ -647,6 +683,6 @@ def _streams_cells(a: pb.FitAnswer, asked: bool) -> list:
     if asked:
         return [a.streams if a.HasField("streams") else None, a.serves if a.HasField("serves") else None,
                 shown(a.stream_tokens_per_s)]
-    if not kind(a.max_streams):
+    if not provenance_word(a.max_streams):
         return [None, None]
     return [shown(a.max_streams, digits=0), a.stream_target_tokens_per_s or None]

@@ -3,8 +3,8 @@
 import os
 import pathlib
 
-from fleetfit.coordinator import pki
-from fleetfit.coordinator.store import Store
+from fleetfit.coordinator.service import pki
+from fleetfit.coordinator.service.store import Store
 
 
 def operator_token(store: Store, state_dir: pathlib.Path) -> str:

@@ -20,9 +20,10 @@ import difflib
 import operator
 import re
 
-from fleetfit.coordinator.devices import display_names
-from fleetfit.coordinator.model_store import HIGH_PRECISIONS, stored_refusal
-from fleetfit.coordinator.store import Campaign
+from fleetfit.coordinator.answers.devices import display_names
+from fleetfit.coordinator.service.model_store import stored_refusal
+from fleetfit.coordinator.service.store import Campaign
+from fleetfit.coordinator.service.model_store import HIGH_PRECISIONS
 from fleetfit.models import backends, job_bounds
 from fleetfit.models.catalogue import CATALOGUE, Architecture
 from fleetfit.models.errors import ModelError
@@ -320,7 +321,7 @@ def _stored_refusal(spec: backends.BackendSpec, model: pb.StoredModel, precision
 def _quality_refusal(spec: backends.BackendSpec, model: pb.StoredModel | None, inv: pb.DeviceInventory) -> str | None:
     """Why a job's quality pass (its file against the model's highest precision: a stored F32/F16/BF16 file itself,
     else F16 derived from it) is not made on this device; None when it is."""
-    from fleetfit.coordinator.fit import TIGHT
+    from fleetfit.coordinator.answers.fit import TIGHT
 
     if not spec.takes_gguf_types():
         return f"{spec.name} runs no KL-divergence pass (llama.cpp does)"

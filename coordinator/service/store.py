@@ -24,8 +24,8 @@ import uuid
 
 from google.protobuf.message import DecodeError
 
-from fleetfit.coordinator import ingest
-from fleetfit.coordinator.db import Database
+from fleetfit.coordinator.service import ingest
+from fleetfit.coordinator.service.db import Database
 from fleetfit.v1 import fleetfit_pb2 as pb
 from fleetfit.v1.words import JOB_STATE, upgrade
 
@@ -167,7 +167,7 @@ class Store:
 
     def devices(self, device_id: str | None = None, now: float | None = None) -> list[pb.Device]:
         """Every device, or the one with `device_id`, each with its status (device_status) and labels.
-        Devices are keyed by id only: coordinator/devices.py finds one by hostname for people."""
+        Devices are keyed by id only: coordinator/answers/devices.py finds one by hostname for people."""
         sql = "SELECT d.device_id, d.inventory, d.first_seen, d.last_seen, d.result_count, a.labels, d.refused, " \
               "d.last_refusal FROM devices d LEFT JOIN agents a ON a.device_id = d.device_id"
         rows = (self.db.query(sql + " WHERE d.device_id = ?", (device_id,)) if device_id

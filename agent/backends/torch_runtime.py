@@ -11,8 +11,9 @@ import torch
 
 from fleetfit.agent.backends import torch_model as tm
 from fleetfit.agent.backends import harness
-from fleetfit.agent.backends.base import DecodeShape, GpuMemoryFigures, RunFigures
+from fleetfit.models import roofline as rl
 from fleetfit.models.backends import backend
+from fleetfit.v1 import fleetfit_pb2 as pb
 
 CPU_ONLY_REASON = {"fp16": "fp16 runs on CUDA only (torch has no fast fp16 CPU kernels; use bf16 or fp32 on CPU)"}
 # int8/int4 weights meet bfloat16 activations: torch's CPU kernels for them are ~50x slower with float32
@@ -77,7 +78,7 @@ def _attempted_bytes(precision: str, model_path: str | None, arch, n_ctx: int) -
     return int(n_params * per_weight + kv_bytes)
 
 
-def _gpu_memory(device: str) -> GpuMemoryFigures:
+def _gpu_memory(device: str) -> pb.GpuMemory:
     """torch's peak allocated and reserved bytes, and NVML's per-process used bytes (None when unreadable)."""
     from fleetfit.agent import nvml
 
@@ -85,11 +86,11 @@ def _gpu_memory(device: str) -> GpuMemoryFigures:
     used, note = nvml.process_used_bytes(index, os.getpid())
     reserved_peak = torch.cuda.max_memory_reserved(device)
     context = None if used is None else max(used - torch.cuda.memory_reserved(device), 0)
-    return GpuMemoryFigures(device_name=torch.cuda.get_device_name(device),
-                            torch_allocated_peak_bytes=torch.cuda.max_memory_allocated(device),
-                            torch_reserved_peak_bytes=reserved_peak, nvml_process_used_bytes=used,
-                            cuda_context_bytes=context, fit_bytes=None if context is None else reserved_peak + context,
-                            note=note)
+    return pb.GpuMemory(device_name=torch.cuda.get_device_name(device),
+                        torch_allocated_peak_bytes=torch.cuda.max_memory_allocated(device),
+                        torch_reserved_peak_bytes=reserved_peak, nvml_process_used_bytes=used,
+                        cuda_context_bytes=context, fit_bytes=None if context is None else reserved_peak + context,
+                        note=note)
 
 
 def _matmul_params(c: tm.Config) -> int:
@@ -167,7 +168,7 @@ class TorchRunner(harness.Runner):
         self.model.setup_cache(1)  # let the failed batch's cache go
         return f"out of memory on {self.device} with a batch of {n} sequences of {n_prompt + n_gen} tokens"
 
-    def gpu_memory(self) -> GpuMemoryFigures | None:
+    def gpu_memory(self) -> pb.GpuMemory | None:
         return _gpu_memory(self.device) if self.device.startswith("cuda") else None
 
     def failure(self, exc: Exception) -> BaseException | None:
@@ -188,11 +189,10 @@ class TorchRunner(harness.Runner):
         return {"n_batch": self.n_prompt, "n_ubatch": self.n_prompt, "n_ctx": self.n_ctx, "backend_version": torch.__version__,
                 "backend_build": f"torch {torch.__version__} on {device}{where}; decode: {self.decode_mode}",
                 "compute_device": device, "weight_bytes": tm.weight_bytes(model),
-                "model_n_params": sum(p.numel() for p in model.parameters()),
-                "decode_shape": DecodeShape(n_layers=model.c.n_layers, n_heads=model.c.n_heads,
-                                            n_kv_heads=model.c.n_kv_heads, head_dim=model.c.head_dim,
-                                            weight_bytes_per_token=tm.weight_bytes(model, per_token=True),
-                                            matmul_params_per_token=_matmul_params(model.c))}
+                "decode_shape": rl.ModelShape(architecture="", n_layers=model.c.n_layers, n_heads=model.c.n_heads,
+                                              n_kv_heads=model.c.n_kv_heads, head_dim=model.c.head_dim,
+                                              weight_bytes_per_token=tm.weight_bytes(model, per_token=True),
+                                              matmul_params_per_token=_matmul_params(model.c))}
 
 
 class _Batch(harness.Streams):
@@ -229,15 +229,8 @@ class _Batch(harness.Streams):
         self.model(*step)
         _sync(self.device)
 
-    def gpu_memory(self) -> GpuMemoryFigures | None:
+    def gpu_memory(self) -> pb.GpuMemory | None:
         return _gpu_memory(self.device) if self.device.startswith("cuda") else None
-
-
-def profile(model_path: str | None, arch, precision: str, device: str, n_prompt: int, n_gen: int,
-            repetitions: int, threads: int, seed: int = 1234, parallel: tuple[int, ...] = ()) -> RunFigures:
-    """Load (or create) the model and run the harness's protocol on it."""
-    return harness.measure(TorchRunner(model_path, arch, precision, device, threads, n_prompt, n_gen),
-                           harness.Plan(n_prompt, n_gen, repetitions, threads, 0, parallel, seed))
 
 
 class CapturedDecode:

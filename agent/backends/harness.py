@@ -25,9 +25,7 @@ Imports no runtime.
 
 import dataclasses
 import random
-import resource
 import statistics
-import sys
 import time
 from typing import Callable, Sequence
 
@@ -312,17 +310,20 @@ SERVING_MEMORY = {True: "serving points: peak RSS per repetition, VmHWM reset (/
                   False: "serving points: peak RSS of the worker up to each repetition (VmHWM cannot be reset here)"}
 
 
+def _status_bytes(key: str) -> int:
+    """A kB line of /proc/self/status in bytes: where every memory figure of the harness is read, the kernel's own
+    (VmRSS now, VmHWM the peak; ru_maxrss would carry the parent's peak over fork and exec). Linux only: elsewhere
+    the run fails saying so, rather than reporting another figure."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {key} line")
+
+
 def max_rss_bytes() -> int:
-    """This process's peak RSS (VmHWM: ru_maxrss carries the parent's peak over fork and exec on Linux)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss if sys.platform == "darwin" else maxrss * 1024
+    """This process's peak RSS (VmHWM), since it started or since the last reset_peak_rss()."""
+    return _status_bytes("VmHWM")
 
 
 def reset_peak_rss() -> bool:
@@ -337,8 +338,7 @@ def reset_peak_rss() -> bool:
 
 
 def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+    return _status_bytes("VmRSS")
 
 
 def stat(samples: list[float]) -> pb.Stat:

@@ -11,6 +11,7 @@ import torch
 
 from fleetfit.agent.backends import torch_model as tm
 from fleetfit.agent.backends import harness
+from fleetfit.models import job_bounds
 from fleetfit.models import roofline as rl
 from fleetfit.models.backends import backend
 from fleetfit.v1 import fleetfit_pb2 as pb
@@ -24,13 +25,16 @@ TINY = tm.Config(n_layers=1, hidden=256, n_heads=4, n_kv_heads=2, ffn=512, vocab
 
 
 def resolve_device(device: str) -> str:
-    """"" or "auto": CUDA when torch sees a GPU, else CPU. An unavailable device is refused."""
+    """"" or "auto": CUDA when torch sees a GPU, else CPU. A device outside torch's spec, or unavailable, is
+    refused."""
+    try:
+        job_bounds.check_compute_device(device, "torch")
+    except ValueError as exc:
+        raise tm.UnsupportedPrecision(str(exc)) from None
     if device in ("", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise tm.UnsupportedPrecision(f"device {device!r}: this torch build ({torch.__version__}) sees no CUDA GPU")
-    if device.split(":")[0] not in ("cpu", "cuda"):
-        raise tm.UnsupportedPrecision(f"unknown torch device {device!r} (cpu, cuda, cuda:N)")
     return device
 
 

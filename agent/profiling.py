@@ -1,7 +1,7 @@
 """Profile one model on this device, on any backend: validate the request, resolve its model through the
-backend, run it in an isolated worker under one deadline, and turn the worker's RunFigures into a ProfileResult."""
+backend, run it in an isolated worker under one deadline, and merge the run part of the record it answers with into
+the ProfileResult, with the power figures of its phase windows."""
 
-import dataclasses
 import os
 import pathlib
 import threading
@@ -11,8 +11,7 @@ import uuid
 
 from fleetfit.agent import device_probe, energy, model_cache, resources
 from fleetfit.agent.backends import registry
-from fleetfit.agent.backends.base import (Backend, ProfileInputError, RunFigures, RunTarget, ServingFigures,
-                                          WorkerJob, serving_phase)
+from fleetfit.agent.backends.base import Backend, Measured, ProfileInputError, RunTarget, WorkerJob, serving_phase
 from fleetfit.agent.isolation import Deadline, WorkerFailure, run_worker
 from fleetfit.models import catalogue, job_bounds, real_models, synth
 from fleetfit.models.backends import DEFAULT_BACKEND
@@ -165,48 +164,25 @@ def _measure(result: pb.ProfileResult, backend: Backend, target: RunTarget, job:
     sampler, declined = energy.start_sampler(idle_s, deadline)
     try:
         with backend.preparing(target, job.cache_dir):
-            figures = RunFigures.from_json(run_worker({"backend": backend.NAME, "op": "profile", "job": job.to_json()},
-                                                      deadline, result.memory_limit_bytes or None,
-                                                      pass_fds=() if target.fd is None else (target.fd,)))
+            measured = Measured.from_json(run_worker({"backend": backend.NAME, "op": "profile", "job": job.to_json()},
+                                                     deadline, result.memory_limit_bytes or None,
+                                                     pass_fds=() if target.fd is None else (target.fd,)))
     except BaseException:
         sampler.close()
         raise
+    run, windows = measured.run, measured.phase_windows_ns
     tokens = {"prefill": request.n_prompt * request.repetitions, "decode": request.n_gen * request.repetitions}
-    result.power.CopyFrom(energy.finish_sampler(sampler, declined, idle_s, figures.phase_windows_ns, tokens))
+    result.power.CopyFrom(energy.finish_sampler(sampler, declined, idle_s, windows, tokens))
     serving_tokens = {serving_phase(p.parallel): p.parallel * request.n_gen * request.repetitions
-                      for p in figures.serving if not p.unsupported_reason}
-    per_token = energy.serving_energy(sampler, result.power, figures.phase_windows_ns, serving_tokens)
-    result.serving.extend(_serving_point(point, per_token.get(serving_phase(point.parallel)))
-                          for point in figures.serving)
-    for stat in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms"):
-        getattr(result, stat).CopyFrom(pb.Stat(**dataclasses.asdict(getattr(figures, stat))))
-    for field in ("load_time_s", "peak_rss_bytes", "baseline_rss_bytes", "memory_method", "n_batch", "n_ubatch",
-                  "n_ctx", "threads", "backend_version", "backend_build", "backend_commit", "compute_device",
-                  "weight_bytes", "gpu_layers"):
-        if getattr(figures, field) is not None:
-            setattr(result, field, getattr(figures, field))
-    if figures.gpu_memory is not None:
-        result.gpu_memory.CopyFrom(_gpu_memory(figures.gpu_memory))
-    shape = backend.roofline_shape(target, figures, result.model_arch)
+                      for p in run.serving if not p.unsupported_reason}
+    per_token = energy.serving_energy(sampler, result.power, windows, serving_tokens)
+    for point in run.serving:
+        if serving_phase(point.parallel) in per_token:
+            point.decode_energy_per_token_j, point.energy_provenance_kind = per_token[serving_phase(point.parallel)]
+    result.MergeFrom(run)
+    shape = backend.roofline_shape(target, measured, result.model_arch)
     if shape is not None:
-        result.roofline.CopyFrom(energy.roofline_message(shape, request.n_gen, figures.decode_tokens_per_s.mean,
-                                                         probes))
-
-
-def _gpu_memory(figures) -> pb.GpuMemory:
-    return pb.GpuMemory(**{k: v for k, v in dataclasses.asdict(figures).items() if v is not None})
-
-
-def _serving_point(point: ServingFigures, energy_per_token: tuple[float, int] | None) -> pb.ServingPoint:
-    message = pb.ServingPoint(parallel=point.parallel, unsupported_reason=point.unsupported_reason)
-    for stat in ServingFigures.STATS:
-        if getattr(point, stat) is not None:
-            getattr(message, stat).CopyFrom(pb.Stat(**dataclasses.asdict(getattr(point, stat))))
-    if energy_per_token is not None:
-        message.decode_energy_per_token_j, message.energy_provenance_kind = energy_per_token
-    if point.gpu_memory is not None:
-        message.gpu_memory.CopyFrom(_gpu_memory(point.gpu_memory))
-    return message
+        result.roofline.CopyFrom(energy.roofline_message(shape, request.n_gen, run.decode_tokens_per_s.mean, probes))
 
 
 def failure_name(kind: int) -> str:

@@ -3,8 +3,9 @@
     python -m fleetfit.agent.worker RESULT_FILE AGENT_PID < request.json
 
 The request is {"op", "backend", ...}: "profile" carries a WorkerJob (the serialized ProfileRequest and the model
-the agent resolved it to) and answers with RunFigures; "synth" writes a synthetic GGUF; any other op is the
-backend's own (capabilities, quantize, greedy, ...). A crash, abort or OOM inside the native backend kills only
+the agent resolved it to) and answers with base.Measured: the wire record's run part (a ProfileResult in its JSON
+form) and its phase windows; "synth" writes a synthetic GGUF; any other op is the backend's own (capabilities,
+quantize, greedy, ...). A crash, abort or OOM inside the native backend kills only
 this process; the agent reads the exit status and classifies it (see isolation.py). Handled errors are written
 as {"error", "failure"}. The worker dies with the agent, however the agent ends (SIGKILL included).
 """

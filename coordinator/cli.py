@@ -526,9 +526,8 @@ def profile(
     def split(text: str) -> list[str]:
         return [t.strip() for t in text.split(",") if t.strip()]
 
-    if not job_bounds.MAX_ATTEMPTS[0] <= max_attempts <= job_bounds.MAX_ATTEMPTS[1]:
-        _fail(f"--max-attempts must be {job_bounds.MAX_ATTEMPTS[0]} to {job_bounds.MAX_ATTEMPTS[1]}, got {max_attempts}")
     try:
+        job_bounds.check_max_attempts(max_attempts, "--max-attempts", default=False)
         stream_counts = job_bounds.parse_stream_counts(parallel)
         job_bounds.check_quality(quality_context, quality_chunks, ("--quality-context", "--quality-chunks"))
     except ValueError as exc:

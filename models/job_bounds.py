@@ -67,11 +67,13 @@ def check_value(field: str, value: float, shown: str = "") -> None:
         raise ValueError(f"{shown} must be at most {high:g}, got {value:g}")
 
 
-def check_max_attempts(value: int) -> None:
-    """ValueError (one line) unless `value` is 0 (the default) or within MAX_ATTEMPTS."""
+def check_max_attempts(value: int, shown: str = "max_attempts", default: bool = True) -> None:
+    """ValueError (one line) unless `value` is within MAX_ATTEMPTS, or 0 where `default` (a request's: the
+    coordinator's default; a command line names a count)."""
     low, high = MAX_ATTEMPTS
-    if value != 0 and not low <= value <= high:
-        raise ValueError(f"max_attempts must be {low} to {high} (0: the coordinator's default), got {value}")
+    if not (low <= value <= high or (default and value == 0)):
+        zero = " (0: the coordinator's default)" if default else ""
+        raise ValueError(f"{shown} must be {low} to {high}{zero}, got {value}")
 
 
 def is_model_name(name: str) -> bool:

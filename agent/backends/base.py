@@ -1,4 +1,4 @@
-"""What every backend implements, and the typed records that cross the worker boundary.
+"""What every backend implements, and the records that cross the worker boundary.
 
 A backend is one module in agent/backends/ holding a `Backend` subclass, listed in registry.py under its name in
 the shared vocabulary (models/backends.py). The agent process uses only its cheap side (probe, models, resolve);
@@ -15,6 +15,8 @@ import os
 import pathlib
 from typing import ClassVar
 
+from google.protobuf import json_format
+
 from fleetfit.agent import model_cache
 from fleetfit.agent.isolation import Deadline, run_worker
 from fleetfit.models import backends as vocabulary
@@ -30,113 +32,31 @@ class ProfileInputError(ModelError):
 
 # ---------------------------------------------------------------- the records that cross the worker boundary
 
-@dataclasses.dataclass(frozen=True)
-class StatFigures:
-    mean: float
-    stdev: float
-    samples: tuple[float, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class GpuMemoryFigures:
-    """GPU memory in the meanings that differ (torch allocated < reserved < NVML per-process); None: not read."""
-    device_name: str = ""
-    torch_allocated_peak_bytes: int | None = None
-    torch_reserved_peak_bytes: int | None = None
-    nvml_process_used_bytes: int | None = None
-    cuda_context_bytes: int | None = None
-    fit_bytes: int | None = None
-    note: str = ""
-    backend_buffer_bytes: int | None = None  # llama.cpp: its own GPU buffers (weights, KV cache, compute)
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeShape:
-    """What one decoded token reads and computes, for the roofline of a run whose model is not a GGUF file."""
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    weight_bytes_per_token: int
-    matmul_params_per_token: int
-
-
 def serving_phase(parallel: int) -> str:
     """The name of a serving point's decode windows (one per repetition), for its energy per token."""
     return f"serving_decode:{parallel}"
 
 
-def _stat_of(data: dict) -> StatFigures:
-    return StatFigures(mean=data["mean"], stdev=data["stdev"], samples=tuple(data["samples"]))
-
-
 @dataclasses.dataclass(frozen=True)
-class ServingFigures:
-    """One point of a concurrency sweep: N streams decoded together, each figure over the repetitions; a point the
-    backend could not run has no figures and says why (unsupported_reason)."""
-    parallel: int
-    aggregate_decode_tokens_per_s: StatFigures | None = None  # N * n_gen / decode seconds
-    per_stream_decode_tokens_per_s: StatFigures | None = None  # aggregate / N
-    prefill_tokens_per_s: StatFigures | None = None  # N * n_prompt / prefill seconds
-    ttft_ms_p50: StatFigures | None = None  # across the N streams, per repetition
-    ttft_ms_p99: StatFigures | None = None
-    peak_memory_bytes: StatFigures | None = None  # per repetition, with the KV cache of N sequences
-    gpu_memory: GpuMemoryFigures | None = None
-    unsupported_reason: str = ""
-
-    STATS: ClassVar[tuple[str, ...]] = ("aggregate_decode_tokens_per_s", "per_stream_decode_tokens_per_s",
-                                        "prefill_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "peak_memory_bytes")
-
-    @classmethod
-    def from_json(cls, data: dict) -> "ServingFigures":
-        fields = dict(data) | {name: _stat_of(data[name]) for name in cls.STATS if data.get(name) is not None}
-        if fields.get("gpu_memory") is not None:
-            fields["gpu_memory"] = GpuMemoryFigures(**fields["gpu_memory"])
-        return cls(**fields)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunFigures:
-    """What one run measured, the same fields for every backend; rebuilt on the agent's side from the worker's JSON."""
-    load_time_s: float
-    prefill_tokens_per_s: StatFigures
-    decode_tokens_per_s: StatFigures
-    ttft_ms: StatFigures
-    peak_rss_bytes: int
-    baseline_rss_bytes: int
-    memory_method: str
-    n_batch: int
-    n_ubatch: int
-    n_ctx: int
-    threads: int
-    backend_version: str
-    backend_build: str
+class Measured:
+    """What the worker answers for a run: the wire record's run part as the harness filled it (a ProfileResult
+    holding only the run's figures and build, merged as is into the agent's result), and what only the agent's side
+    reads: the phase windows for its power sampler, and a framework's decoded-token shape for the roofline."""
+    run: pb.ProfileResult
     phase_windows_ns: tuple[tuple[str, int, int], ...]  # CLOCK_MONOTONIC; "warmup" windows are not measured phases
-    backend_commit: str = ""  # the backend's source commit when known (llama.cpp's: the install's record)
-    compute_device: str = "cpu"
-    model_n_params: int | None = None  # as the backend counts them (the result reports the file's or catalogue's)
-    weight_bytes: int | None = None  # weights as the backend holds them (frameworks; llama.cpp: the file's)
-    decode_shape: DecodeShape | None = None  # None: the roofline reads the shape from the GGUF file
-    gpu_memory: GpuMemoryFigures | None = None
-    gpu_layers: int | None = None  # llama.cpp: layers offloaded to the GPU (0 = CPU only)
-    serving: tuple[ServingFigures, ...] = ()  # one per N of the request's concurrency sweep, in its order
+    decode_shape: rl.ModelShape | None = None  # None: the roofline reads the shape from the GGUF file
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"run": json_format.MessageToDict(self.run, preserving_proto_field_name=True),
+                "phase_windows_ns": self.phase_windows_ns,
+                "decode_shape": None if self.decode_shape is None else dataclasses.asdict(self.decode_shape)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "RunFigures":
-        nested = {"prefill_tokens_per_s": StatFigures, "decode_tokens_per_s": StatFigures, "ttft_ms": StatFigures,
-                  "decode_shape": DecodeShape, "gpu_memory": GpuMemoryFigures}
-        fields = dict(data)
-        for name, kind in nested.items():
-            if fields.get(name) is not None:
-                fields[name] = kind(**fields[name])
-        for stat in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms"):
-            fields[stat] = dataclasses.replace(fields[stat], samples=tuple(fields[stat].samples))
-        fields["phase_windows_ns"] = tuple((str(p), int(s), int(e)) for p, s, e in fields["phase_windows_ns"])
-        fields["serving"] = tuple(ServingFigures.from_json(point) for point in fields.get("serving", ()))
-        return cls(**fields)
+    def from_json(cls, data: dict) -> "Measured":
+        shape = data.get("decode_shape")
+        return cls(json_format.ParseDict(data["run"], pb.ProfileResult()),
+                   tuple((str(p), int(s), int(e)) for p, s, e in data["phase_windows_ns"]),
+                   None if shape is None else rl.ModelShape(**shape))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,15 +224,15 @@ class Backend:
         """A catalogue shape: random weights made by the worker side, no file."""
         return RunTarget(name=arch.name, origin="synthetic", precision=precision, arch=arch.name)
 
-    def roofline_shape(self, target: RunTarget, figures: RunFigures, model_arch: str) -> rl.ModelShape | None:
+    def roofline_shape(self, target: RunTarget, measured: Measured, model_arch: str) -> rl.ModelShape | None:
         """What a decoded token reads, for the roofline against the CPU's measured bandwidth (None: no roofline)."""
-        if figures.decode_shape is None or figures.compute_device != "cpu":
+        if measured.decode_shape is None or measured.run.compute_device != "cpu":
             return None
-        return rl.ModelShape(architecture=model_arch, **dataclasses.asdict(figures.decode_shape))
+        return dataclasses.replace(measured.decode_shape, architecture=model_arch)
 
     # -- worker side: only the isolated worker calls these; they import the runtime
 
-    def run(self, job: WorkerJob) -> RunFigures:
+    def run(self, job: WorkerJob) -> Measured:
         """The job measured by the harness's protocol (harness.py) on this backend's runner."""
         from fleetfit.agent.backends import harness
 

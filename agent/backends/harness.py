@@ -16,6 +16,8 @@ The protocol (llama-bench pp/tg, and llama-batched-bench for the concurrency swe
   where the kernel allows; GPU memory as the runner reads it.
 - phase windows on CLOCK_MONOTONIC ("load", "warmup", "prefill", "decode", serving_phase(N)), which the
   agent's power sampler maps to its samples.
+- the outcome: the wire record's run part (a ProfileResult holding the figures, the serving points and the
+  runner's description of its build), which the agent merges into its result as is, with the windows beside it.
 - the sweep: for each N, N streams in a cache of their own, a warm-up, then per repetition the N prompts'
   prefill and n_gen steps of N tokens; a point the runner cannot hold is unsupported, saying why.
 Imports no runtime.
@@ -23,13 +25,12 @@ Imports no runtime.
 
 import dataclasses
 import random
-import resource
 import statistics
-import sys
 import time
 from typing import Callable, Sequence
 
-from fleetfit.agent.backends.base import GpuMemoryFigures, RunFigures, ServingFigures, StatFigures, serving_phase
+from fleetfit.agent.backends.base import Measured, serving_phase
+from fleetfit.v1 import fleetfit_pb2 as pb
 
 SERVING_WARMUP_TOKENS = 16  # llama-batched-bench's warm-up prompt
 
@@ -68,7 +69,7 @@ class Streams:
     def check(self, held: int) -> None:
         """After a repetition: raise if a sequence does not hold `held` tokens (runners that can tell)."""
 
-    def gpu_memory(self) -> GpuMemoryFigures | None:
+    def gpu_memory(self) -> pb.GpuMemory | None:
         return None
 
     def close(self) -> None:
@@ -118,7 +119,7 @@ class Runner:
         """Why a serving point that raised `exc` cannot run here (None: the error is a failure, raised)."""
         return None
 
-    def gpu_memory(self) -> GpuMemoryFigures | None:
+    def gpu_memory(self) -> pb.GpuMemory | None:
         """After the repetitions: the run's GPU memory (None: not on a GPU)."""
         return None
 
@@ -130,8 +131,9 @@ class Runner:
         """After the single-stream tests, before the sweep (llama.cpp frees their context)."""
 
     def describe(self) -> dict:
-        """The RunFigures fields of the build and model: n_batch, n_ubatch, n_ctx, backend_version, backend_build,
-        compute_device, and what else it knows (backend_commit, model_n_params, weight_bytes, decode_shape, ...)."""
+        """The ProfileResult fields of the build and context: n_batch, n_ubatch, n_ctx, backend_version,
+        backend_build, compute_device, and what else it knows (backend_commit, weight_bytes, gpu_layers); a framework
+        adds "decode_shape", an rl.ModelShape of what one decoded token reads (its architecture left "")."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -183,23 +185,25 @@ class _Clock:
         return elapsed
 
 
-def measure(runner: Runner, plan: Plan) -> RunFigures:
-    """Run the protocol on `runner` and return the run's figures; the runner is closed at the end."""
+def measure(runner: Runner, plan: Plan) -> Measured:
+    """Run the protocol on `runner` and return the run part of its record; the runner is closed at the end."""
     clock = _Clock()
     baseline_rss = current_rss_bytes()
     try:
         load_s = clock.timed("load", runner.load)
         draws = _Tokens(plan.seed, runner.n_vocab, runner.bos)
         prefill_tps, ttft_ms, decode_tps = _single(runner, plan, draws, clock)
-        single = {"load_time_s": load_s, "prefill_tokens_per_s": stat(prefill_tps), "ttft_ms": stat(ttft_ms),
-                  "decode_tokens_per_s": stat(decode_tps), "peak_rss_bytes": max_rss_bytes(),
-                  "baseline_rss_bytes": baseline_rss, "gpu_memory": runner.gpu_memory()}
+        run = pb.ProfileResult(load_time_s=load_s, prefill_tokens_per_s=stat(prefill_tps), ttft_ms=stat(ttft_ms),
+                               decode_tokens_per_s=stat(decode_tps), peak_rss_bytes=max_rss_bytes(),
+                               baseline_rss_bytes=baseline_rss, gpu_memory=runner.gpu_memory(), threads=plan.threads,
+                               memory_method=runner.memory_method)
         described = runner.describe()
+        decode_shape = described.pop("decode_shape", None)
+        run.MergeFrom(pb.ProfileResult(**described))
         runner.end_single()
-        memory_method = described.pop("memory_method", runner.memory_method)
         if plan.parallel:
-            memory_method += "; " + SERVING_MEMORY[reset_peak_rss()]
-        serving = tuple(_serving_point(runner, n, plan, draws, clock) for n in plan.parallel)
+            run.memory_method += "; " + SERVING_MEMORY[reset_peak_rss()]
+        run.serving.extend(_serving_point(runner, n, plan, draws, clock) for n in plan.parallel)
     except Exception as exc:
         instead = runner.failure(exc)
         if instead is None:
@@ -207,8 +211,7 @@ def measure(runner: Runner, plan: Plan) -> RunFigures:
         raise instead from None
     finally:
         runner.close()
-    return RunFigures(**single, **described, memory_method=memory_method, threads=plan.threads, serving=serving,
-                      phase_windows_ns=tuple(clock.windows))
+    return Measured(run, tuple(clock.windows), decode_shape)
 
 
 def _prefill(runner: Runner, tokens: list[int], clock: _Clock, phase: str) -> tuple[float, float]:
@@ -248,7 +251,7 @@ def _single(runner: Runner, plan: Plan, draws: _Tokens, clock: _Clock) -> tuple[
     return prefill_tps, ttft_ms, decode_tps
 
 
-def _serving_point(runner: Runner, n: int, plan: Plan, draws: _Tokens, clock: _Clock) -> ServingFigures:
+def _serving_point(runner: Runner, n: int, plan: Plan, draws: _Tokens, clock: _Clock) -> pb.ServingPoint:
     n_prompt, n_gen = plan.n_prompt, plan.n_gen
     try:
         streams = runner.streams(n, n_prompt, n_gen)
@@ -257,7 +260,7 @@ def _serving_point(runner: Runner, n: int, plan: Plan, draws: _Tokens, clock: _C
         if streams is None:
             raise
     if isinstance(streams, str):
-        return ServingFigures(parallel=n, unsupported_reason=streams)
+        return pb.ServingPoint(parallel=n, unsupported_reason=streams)
     prefill_s, decode_s, ttft_s, peak_bytes = [], [], [], []
     try:
         streams.warm_up(draws.random(SERVING_WARMUP_TOKENS), draws.random(n))
@@ -277,7 +280,7 @@ def _serving_point(runner: Runner, n: int, plan: Plan, draws: _Tokens, clock: _C
         reason = runner.unsupported(exc, n, n_prompt, n_gen)
         if reason is None:
             raise
-        return ServingFigures(parallel=n, unsupported_reason=reason)
+        return pb.ServingPoint(parallel=n, unsupported_reason=reason)
     finally:
         streams.close()
     return serving_figures(n, n_prompt, n_gen, prefill_s, decode_s, ttft_s, peak_bytes, gpu_memory)
@@ -307,17 +310,20 @@ SERVING_MEMORY = {True: "serving points: peak RSS per repetition, VmHWM reset (/
                   False: "serving points: peak RSS of the worker up to each repetition (VmHWM cannot be reset here)"}
 
 
+def _status_bytes(key: str) -> int:
+    """A kB line of /proc/self/status in bytes: where every memory figure of the harness is read, the kernel's own
+    (VmRSS now, VmHWM the peak; ru_maxrss would carry the parent's peak over fork and exec). Linux only: elsewhere
+    the run fails saying so, rather than reporting another figure."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {key} line")
+
+
 def max_rss_bytes() -> int:
-    """This process's peak RSS (VmHWM: ru_maxrss carries the parent's peak over fork and exec on Linux)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss if sys.platform == "darwin" else maxrss * 1024
+    """This process's peak RSS (VmHWM), since it started or since the last reset_peak_rss()."""
+    return _status_bytes("VmHWM")
 
 
 def reset_peak_rss() -> bool:
@@ -332,13 +338,12 @@ def reset_peak_rss() -> bool:
 
 
 def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+    return _status_bytes("VmRSS")
 
 
-def stat(samples: list[float]) -> StatFigures:
-    return StatFigures(mean=statistics.fmean(samples), stdev=statistics.stdev(samples) if len(samples) > 1 else 0.0,
-                       samples=tuple(samples))
+def stat(samples: list[float]) -> pb.Stat:
+    return pb.Stat(mean=statistics.fmean(samples), stdev=statistics.stdev(samples) if len(samples) > 1 else 0.0,
+                   samples=samples)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -352,11 +357,11 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def serving_figures(parallel: int, n_prompt: int, n_gen: int, prefill_s: list[float], decode_s: list[float],
                     ttft_s: list[list[float]], peak_bytes: list[int],
-                    gpu_memory: GpuMemoryFigures | None = None) -> ServingFigures:
+                    gpu_memory: pb.GpuMemory | None = None) -> pb.ServingPoint:
     """A serving point from its repetitions: seconds of the N prompts' prefill and of the n_gen decode steps, each
     stream's TTFT in seconds, and the peak memory of each repetition."""
     aggregate = [parallel * n_gen / s for s in decode_s]
-    return ServingFigures(
+    return pb.ServingPoint(
         parallel=parallel, aggregate_decode_tokens_per_s=stat(aggregate),
         per_stream_decode_tokens_per_s=stat([a / parallel for a in aggregate]),
         prefill_tokens_per_s=stat([parallel * n_prompt / s for s in prefill_s]),

@@ -4,7 +4,7 @@ catalogue shapes as synthetic GGUFs written into the cache. The runtime is llama
 import pathlib
 
 from fleetfit.agent import model_cache, nvml
-from fleetfit.agent.backends.base import Backend, ProfileInputError, RunFigures, RunTarget, WorkerJob
+from fleetfit.agent.backends.base import Backend, Measured, ProfileInputError, RunTarget, WorkerJob
 from fleetfit.agent.isolation import Deadline
 from fleetfit.models import catalogue, real_models
 from fleetfit.models import roofline as rl
@@ -50,7 +50,7 @@ class LlamaCpp(Backend):
         path = model_cache.synthesize(arch.name if known else arch, supported_quant(precision), cache_dir, deadline)
         return RunTarget(name=arch.name, origin="synthetic", precision=precision, path=str(path))
 
-    def roofline_shape(self, target: RunTarget, figures: RunFigures, model_arch: str) -> rl.ModelShape | None:
+    def roofline_shape(self, target: RunTarget, measured: Measured, model_arch: str) -> rl.ModelShape | None:
         return rl.model_shape(pathlib.Path(target.path))  # the GGUF's own tensors and types
 
     # -- worker side

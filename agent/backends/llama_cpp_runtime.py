@@ -18,7 +18,8 @@ import sys
 import types
 
 from fleetfit.agent.backends import harness
-from fleetfit.agent.backends.base import GpuMemoryFigures, RunFigures
+from fleetfit.agent.backends.base import Measured
+from fleetfit.v1 import fleetfit_pb2 as pb
 
 
 def _load_bindings():
@@ -136,7 +137,7 @@ def is_gpu_buffer(name: str) -> bool:
     return not name.startswith("CPU") and not name.endswith("_Host")
 
 
-def _llama_gpu_memory(sizes: dict[tuple[str, str], int]) -> GpuMemoryFigures:
+def _llama_gpu_memory(sizes: dict[tuple[str, str], int]) -> pb.GpuMemory:
     """llama.cpp's own GPU buffers, and NVML's per-process used bytes summed over the GPUs that list this process."""
     from fleetfit.agent import nvml
 
@@ -154,10 +155,10 @@ def _llama_gpu_memory(sizes: dict[tuple[str, str], int]) -> GpuMemoryFigures:
     else:
         fit = gpu_buffers or None
         notes.append("fit uses llama.cpp's buffers alone: the CUDA context is not included")
-    return GpuMemoryFigures(device_name=", ".join(dict.fromkeys(g.name for g in gpus)),
-                            nvml_process_used_bytes=used_total, backend_buffer_bytes=gpu_buffers or None,
-                            cuda_context_bytes=None if used_total is None else max(used_total - gpu_buffers, 0),
-                            fit_bytes=fit, note="; ".join(dict.fromkeys(notes))[:500])
+    return pb.GpuMemory(device_name=", ".join(dict.fromkeys(g.name for g in gpus)),
+                        nvml_process_used_bytes=used_total, backend_buffer_bytes=gpu_buffers or None,
+                        cuda_context_bytes=None if used_total is None else max(used_total - gpu_buffers, 0),
+                        fit_bytes=fit, note="; ".join(dict.fromkeys(notes))[:500])
 
 
 def compute_devices() -> list[str]:
@@ -263,7 +264,7 @@ class LlamaRunner(harness.Runner):
         self._feed([token])
         C.llama_synchronize(self.ctx)
 
-    def gpu_memory(self) -> GpuMemoryFigures | None:
+    def gpu_memory(self) -> pb.GpuMemory | None:
         return _llama_gpu_memory(buffer_bytes(_log_lines)) if self.offloaded else None
 
     def end_single(self) -> None:
@@ -284,8 +285,7 @@ class LlamaRunner(harness.Runner):
     def describe(self) -> dict:
         return {"n_batch": self.n_batch, "n_ubatch": self.n_ubatch, "n_ctx": self.n_ctx, "backend_version": version(),
                 "backend_build": system_info(), "backend_commit": build_commit(),
-                "compute_device": compute_devices()[-1] if self.offloaded else "cpu",
-                "model_n_params": int(C.llama_model_n_params(self.model)), "gpu_layers": self.offloaded}
+                "compute_device": compute_devices()[-1] if self.offloaded else "cpu", "gpu_layers": self.offloaded}
 
     def close(self) -> None:
         if self.greedy:
@@ -298,7 +298,7 @@ class LlamaRunner(harness.Runner):
 
 def profile(model_path: str, n_prompt: int, n_gen: int, repetitions: int, threads: int, device: str = "",
             n_batch: int = DEFAULT_N_BATCH, n_ubatch: int = DEFAULT_N_UBATCH, seed: int = 1234,
-            gpu_layers: int | None = None, parallel: tuple[int, ...] = (), n_depth: int = 0) -> RunFigures:
+            gpu_layers: int | None = None, parallel: tuple[int, ...] = (), n_depth: int = 0) -> Measured:
     """The harness's protocol on llama.cpp. The model is loaded without mmap (so that the weights count in RSS);
     `device` "cpu" keeps every layer on the CPU; otherwise a build that offloads offloads `gpu_layers` layers
     (None: all, as llama.cpp's default parameters do; 0: none)."""
@@ -417,7 +417,7 @@ class _ServingStreams(harness.Streams):
             raise BackendError(f"the KV cache holds positions up to {found} for {self.n} sequences, not "
                                f"{held - 1} each")
 
-    def gpu_memory(self) -> GpuMemoryFigures | None:
+    def gpu_memory(self) -> pb.GpuMemory | None:
         return _llama_gpu_memory(context_buffers(self.since)) if self.on_gpu else None
 
     def close(self) -> None:

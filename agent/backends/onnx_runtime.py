@@ -13,7 +13,6 @@ import pathlib
 import numpy as np
 
 from fleetfit.agent.backends import harness
-from fleetfit.agent.backends.base import RunFigures
 from fleetfit.models.backends import backend
 
 PRECISIONS = backend("onnxruntime").precisions
@@ -266,10 +265,3 @@ class _Batch(harness.Streams):
 
     def decode(self, step) -> None:
         self.feed.step(step)
-
-
-def profile(gguf_path: str, precision: str, cache_dir: str, n_prompt: int, n_gen: int, repetitions: int,
-            threads: int, seed: int = 1234, parallel: tuple[int, ...] = ()) -> RunFigures:
-    """The harness's protocol on ONNX Runtime (the model exported and quantized first, once per file)."""
-    runner = OnnxRunner(gguf_path, precision, cache_dir, threads, n_prompt, n_gen)
-    return harness.measure(runner, harness.Plan(n_prompt, n_gen, repetitions, threads, 0, parallel, seed))

@@ -11,8 +11,10 @@ import torch
 
 from fleetfit.agent.backends import torch_model as tm
 from fleetfit.agent.backends import harness
-from fleetfit.agent.backends.base import DecodeShape, GpuMemoryFigures, RunFigures
+from fleetfit.models import job_bounds
+from fleetfit.models import roofline as rl
 from fleetfit.models.backends import backend
+from fleetfit.v1 import fleetfit_pb2 as pb
 
 CPU_ONLY_REASON = {"fp16": "fp16 runs on CUDA only (torch has no fast fp16 CPU kernels; use bf16 or fp32 on CPU)"}
 # int8/int4 weights meet bfloat16 activations: torch's CPU kernels for them are ~50x slower with float32
@@ -23,13 +25,16 @@ TINY = tm.Config(n_layers=1, hidden=256, n_heads=4, n_kv_heads=2, ffn=512, vocab
 
 
 def resolve_device(device: str) -> str:
-    """"" or "auto": CUDA when torch sees a GPU, else CPU. An unavailable device is refused."""
+    """"" or "auto": CUDA when torch sees a GPU, else CPU. A device outside torch's spec, or unavailable, is
+    refused."""
+    try:
+        job_bounds.check_compute_device(device, "torch")
+    except ValueError as exc:
+        raise tm.UnsupportedPrecision(str(exc)) from None
     if device in ("", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise tm.UnsupportedPrecision(f"device {device!r}: this torch build ({torch.__version__}) sees no CUDA GPU")
-    if device.split(":")[0] not in ("cpu", "cuda"):
-        raise tm.UnsupportedPrecision(f"unknown torch device {device!r} (cpu, cuda, cuda:N)")
     return device
 
 
@@ -77,7 +82,7 @@ def _attempted_bytes(precision: str, model_path: str | None, arch, n_ctx: int) -
     return int(n_params * per_weight + kv_bytes)
 
 
-def _gpu_memory(device: str) -> GpuMemoryFigures:
+def _gpu_memory(device: str) -> pb.GpuMemory:
     """torch's peak allocated and reserved bytes, and NVML's per-process used bytes (None when unreadable)."""
     from fleetfit.agent import nvml
 
@@ -85,11 +90,11 @@ def _gpu_memory(device: str) -> GpuMemoryFigures:
     used, note = nvml.process_used_bytes(index, os.getpid())
     reserved_peak = torch.cuda.max_memory_reserved(device)
     context = None if used is None else max(used - torch.cuda.memory_reserved(device), 0)
-    return GpuMemoryFigures(device_name=torch.cuda.get_device_name(device),
-                            torch_allocated_peak_bytes=torch.cuda.max_memory_allocated(device),
-                            torch_reserved_peak_bytes=reserved_peak, nvml_process_used_bytes=used,
-                            cuda_context_bytes=context, fit_bytes=None if context is None else reserved_peak + context,
-                            note=note)
+    return pb.GpuMemory(device_name=torch.cuda.get_device_name(device),
+                        torch_allocated_peak_bytes=torch.cuda.max_memory_allocated(device),
+                        torch_reserved_peak_bytes=reserved_peak, nvml_process_used_bytes=used,
+                        cuda_context_bytes=context, fit_bytes=None if context is None else reserved_peak + context,
+                        note=note)
 
 
 def _matmul_params(c: tm.Config) -> int:
@@ -167,7 +172,7 @@ class TorchRunner(harness.Runner):
         self.model.setup_cache(1)  # let the failed batch's cache go
         return f"out of memory on {self.device} with a batch of {n} sequences of {n_prompt + n_gen} tokens"
 
-    def gpu_memory(self) -> GpuMemoryFigures | None:
+    def gpu_memory(self) -> pb.GpuMemory | None:
         return _gpu_memory(self.device) if self.device.startswith("cuda") else None
 
     def failure(self, exc: Exception) -> BaseException | None:
@@ -188,11 +193,10 @@ class TorchRunner(harness.Runner):
         return {"n_batch": self.n_prompt, "n_ubatch": self.n_prompt, "n_ctx": self.n_ctx, "backend_version": torch.__version__,
                 "backend_build": f"torch {torch.__version__} on {device}{where}; decode: {self.decode_mode}",
                 "compute_device": device, "weight_bytes": tm.weight_bytes(model),
-                "model_n_params": sum(p.numel() for p in model.parameters()),
-                "decode_shape": DecodeShape(n_layers=model.c.n_layers, n_heads=model.c.n_heads,
-                                            n_kv_heads=model.c.n_kv_heads, head_dim=model.c.head_dim,
-                                            weight_bytes_per_token=tm.weight_bytes(model, per_token=True),
-                                            matmul_params_per_token=_matmul_params(model.c))}
+                "decode_shape": rl.ModelShape(architecture="", n_layers=model.c.n_layers, n_heads=model.c.n_heads,
+                                              n_kv_heads=model.c.n_kv_heads, head_dim=model.c.head_dim,
+                                              weight_bytes_per_token=tm.weight_bytes(model, per_token=True),
+                                              matmul_params_per_token=_matmul_params(model.c))}
 
 
 class _Batch(harness.Streams):
@@ -229,15 +233,8 @@ class _Batch(harness.Streams):
         self.model(*step)
         _sync(self.device)
 
-    def gpu_memory(self) -> GpuMemoryFigures | None:
+    def gpu_memory(self) -> pb.GpuMemory | None:
         return _gpu_memory(self.device) if self.device.startswith("cuda") else None
-
-
-def profile(model_path: str | None, arch, precision: str, device: str, n_prompt: int, n_gen: int,
-            repetitions: int, threads: int, seed: int = 1234, parallel: tuple[int, ...] = ()) -> RunFigures:
-    """Load (or create) the model and run the harness's protocol on it."""
-    return harness.measure(TorchRunner(model_path, arch, precision, device, threads, n_prompt, n_gen),
-                           harness.Plan(n_prompt, n_gen, repetitions, threads, 0, parallel, seed))
 
 
 class CapturedDecode:

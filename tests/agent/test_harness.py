@@ -2,10 +2,12 @@
 harness (agent/backends/harness.py), and the harness drives any runner through llama-bench's protocol: warm-up,
 depth, repetitions, phase windows, one TTFT definition, the same token draws, the sweep, unsupported points."""
 
+import json
+
 import pytest
 
 from fleetfit.agent.backends import harness, registry
-from fleetfit.agent.backends.base import Backend
+from fleetfit.agent.backends.base import Backend, Measured
 
 
 class Streams(harness.Streams):
@@ -96,7 +98,7 @@ def test_every_backend_measures_through_the_one_harness():
 
 def test_warm_up_depth_and_repetitions_in_llama_bench_order():
     runner = Recorder(bos=1)
-    figures = harness.measure(runner, harness.Plan(n_prompt=6, n_gen=3, repetitions=2, threads=2, n_depth=4))
+    measured = harness.measure(runner, harness.Plan(n_prompt=6, n_gen=3, repetitions=2, threads=2, n_depth=4))
     fed = [e for e in runner.log if e[0] != "decode"]
     decodes = [e for e in runner.log if e[0] == "decode"]
     assert fed == [("load",), ("prefill", 6), ("choose",), ("clear", 0), ("clear", 0),  # warm-up: a prefill, a token
@@ -104,16 +106,19 @@ def test_warm_up_depth_and_repetitions_in_llama_bench_order():
                    ("clear", 4), ("prefill", 6), ("choose",), ("clear", 4),
                    ("clear", 4), ("prefill", 6), ("choose",), ("clear", 4)]
     assert len(decodes) == 1 + 2 * 3 and decodes[0] == ("decode", 1)  # each decode starts from BOS
-    assert [phase for phase, _, _ in figures.phase_windows_ns] == [
+    assert [phase for phase, _, _ in measured.phase_windows_ns] == [
         "load", "warmup", "warmup", "warmup", "prefill", "decode", "prefill", "decode"]
-    assert all(start <= end for _, start, end in figures.phase_windows_ns)
-    assert len(figures.prefill_tokens_per_s.samples) == len(figures.decode_tokens_per_s.samples) == 2
-    assert figures.threads == 2 and figures.backend_build == "recorder" and runner.closed
+    assert all(start <= end for _, start, end in measured.phase_windows_ns)
+    run = measured.run  # the wire record's run part, as the agent merges it into its result
+    assert len(run.prefill_tokens_per_s.samples) == len(run.decode_tokens_per_s.samples) == 2
+    assert run.threads == 2 and run.backend_build == "recorder" and runner.closed
+    assert not run.HasField("gpu_memory") and not run.serving and measured.decode_shape is None
+    assert Measured.from_json(json.loads(json.dumps(measured.to_json()))) == measured  # what the worker writes
 
 
 def test_ttft_is_the_prefill_and_the_choice_of_the_first_token():
-    figures = harness.measure(Recorder(), harness.Plan(n_prompt=5, n_gen=2, repetitions=3, threads=1))
-    for tps, ttft_ms in zip(figures.prefill_tokens_per_s.samples, figures.ttft_ms.samples):
+    run = harness.measure(Recorder(), harness.Plan(n_prompt=5, n_gen=2, repetitions=3, threads=1)).run
+    for tps, ttft_ms in zip(run.prefill_tokens_per_s.samples, run.ttft_ms.samples):
         assert ttft_ms >= 1000 * 5 / tps  # the prefill's seconds are part of the TTFT, never more than it
 
 
@@ -131,19 +136,20 @@ def test_backends_of_one_vocabulary_are_fed_the_same_tokens():
 
 def test_the_sweep_measures_each_point_and_says_why_one_cannot_run():
     runner = Recorder(refuse={3: "llama.cpp could not create a context for 3 sequences", 4: "raise"})
-    figures = harness.measure(runner, harness.Plan(n_prompt=4, n_gen=2, repetitions=2, threads=1,
-                                                   parallel=(2, 3, 4)))
-    two, three, four = figures.serving
+    measured = harness.measure(runner, harness.Plan(n_prompt=4, n_gen=2, repetitions=2, threads=1,
+                                                    parallel=(2, 3, 4)))
+    two, three, four = measured.run.serving
     assert two.parallel == 2 and not two.unsupported_reason
     assert len(two.aggregate_decode_tokens_per_s.samples) == 2 and len(two.ttft_ms_p99.samples) == 2
-    assert three.unsupported_reason.startswith("llama.cpp could not") and three.aggregate_decode_tokens_per_s is None
+    assert three.unsupported_reason.startswith("llama.cpp could not")
+    assert not three.HasField("aggregate_decode_tokens_per_s")  # unsupported, not 0
     assert four.unsupported_reason == "out of memory for 4"
     steps = [e for e in runner.log if e[0] == "serving-step"]
     assert [pos for _, _, pos in steps] == [4, 5, 4, 5] and all(len(tokens) == 2 for _, tokens, _ in steps)
     assert [e[1] for e in runner.log if e[0] == "serving-choose"] == [(0,), (1,)] * 2  # each stream's own choice
-    assert [p for p, _, _ in figures.phase_windows_ns].count("serving_decode:2") == 2
+    assert [p for p, _, _ in measured.phase_windows_ns].count("serving_decode:2") == 2
     assert all(s.closed for s in runner.opened)
-    assert "serving points" in figures.memory_method
+    assert "serving points" in measured.run.memory_method
 
 
 def test_a_failed_run_is_reported_as_the_runner_says_and_closes_it():

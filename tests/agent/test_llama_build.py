@@ -98,13 +98,14 @@ def test_buffer_sizes_from_llama_cpp_log(tmp_path):
 
     shape = llama_cpp_check.CHECK_SHAPE
     path = write_synthetic(shape, "Q8_0", tmp_path / "tiny-Q8_0.gguf", force=True)
-    figures = runtime.profile(str(path), 200, 8, 1, 2, "cpu")
+    run = runtime.profile(str(path), 200, 8, 1, 2, "cpu").run
     sizes = runtime.buffer_bytes(runtime._log_lines)
     padded = -(-(200 + 8) // 256) * 256
     assert sizes[("CPU", "KV")] == 2 * shape.n_layers * shape.kv_dim * padded * 2
     assert sizes[("CPU", "compute")] > 0 and any(kind == "model" for _, kind in sizes)
     assert not any(runtime.is_gpu_buffer(name) for name, _ in sizes)
-    assert figures.gpu_layers == 0 and figures.gpu_memory is None and figures.compute_device == "cpu"
+    assert run.HasField("gpu_layers") and run.gpu_layers == 0 and run.compute_device == "cpu"
+    assert not run.HasField("gpu_memory")
     assert runtime.is_gpu_buffer("CUDA0") and not runtime.is_gpu_buffer("CUDA_Host")
     assert not runtime.is_gpu_buffer("CPU_REPACK")
 

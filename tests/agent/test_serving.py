@@ -66,9 +66,9 @@ def test_peak_memory_grows_by_the_kv_cache_of_the_extra_sequences(swept, ladder)
 def test_streams_whose_prompts_end_in_a_later_chunk_wait_longer_for_their_first_token(ladder):
     # 4 prompts of 16 tokens in chunks of 32: streams 0 and 1 get their first logits from the first llama_decode,
     # streams 2 and 3 from the second, which ends the prefill
-    code = ("import json, sys, dataclasses; from fleetfit.agent.backends import llama_cpp_runtime as r; "
+    code = ("import json, sys; from fleetfit.agent.backends import llama_cpp_runtime as r; "
             "f = r.profile(sys.argv[1], 16, 2, 1, 1, n_batch=32, parallel=(4,)); "
-            "print(json.dumps(dataclasses.asdict(f.serving[0])))")
+            "print(json.dumps(f.to_json()['run']['serving'][0]))")
     done = subprocess.run([sys.executable, "-c", code, str(ladder["Q4_0"])], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -5,7 +5,7 @@ import pytest
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from fleetfit.agent.backends.base import RunFigures, RunTarget, WorkerJob
+from fleetfit.agent.backends.base import Measured, RunTarget, WorkerJob
 from fleetfit.agent.isolation import run_worker
 from fleetfit.agent.profiling import make_request
 from fleetfit.models import synth
@@ -80,25 +80,23 @@ def test_the_seed_decides_the_weights(tmp_path):
     (TINY_QWEN2, "Q4_K_M"),
 ], ids=lambda value: getattr(value, "name", value))
 def test_llama_cpp_loads_and_runs_it(tmp_path, arch, quant):
-    path = write(arch, quant, tmp_path / "model.gguf")
-    request = make_request(str(path), n_prompt=16, n_gen=4, repetitions=1, threads=2)
-    job = WorkerJob(request, RunTarget(name=arch.name, origin="synthetic", precision=quant, path=str(path)), 2,
-                    str(tmp_path))
-    result = RunFigures.from_json(run_worker({"op": "profile", "job": job.to_json()}, 120))
-    assert result.model_n_params == n_params(arch)
-    assert result.decode_tokens_per_s.mean > 0
+    runs_in_llama_cpp(write(arch, quant, tmp_path / "model.gguf"), arch, quant, 16, 4, 2)
+
+
+def runs_in_llama_cpp(path, arch, quant, n_prompt, n_gen, threads):
+    request = make_request(str(path), n_prompt=n_prompt, n_gen=n_gen, repetitions=1, threads=threads)
+    job = WorkerJob(request, RunTarget(name=arch.name, origin="synthetic", precision=quant, path=str(path)), threads,
+                    str(path.parent))
+    run = Measured.from_json(run_worker({"op": "profile", "job": job.to_json()}, 120)).run
+    assert inspect_gguf(path).n_params == n_params(arch)  # llama.cpp loads a file only when its tensors are the shape's
+    assert run.decode_tokens_per_s.mean > 0
 
 
 @pytest.mark.parametrize("arch, quant", TINY_FAMILIES, ids=lambda value: getattr(value, "name", value))
 def test_llama_cpp_loads_and_runs_each_family(tmp_path, arch, quant):
     path = write(arch, quant, tmp_path / "model.gguf")
     assert inspect_gguf(path).architecture == arch.family
-    request = make_request(str(path), n_prompt=8, n_gen=2, repetitions=1, threads=1)
-    job = WorkerJob(request, RunTarget(name=arch.name, origin="synthetic", precision=quant, path=str(path)), 1,
-                    str(tmp_path))
-    result = RunFigures.from_json(run_worker({"op": "profile", "job": job.to_json()}, 120))
-    assert result.model_n_params == n_params(arch)
-    assert result.decode_tokens_per_s.mean > 0
+    runs_in_llama_cpp(path, arch, quant, 8, 2, 1)
 
 
 def _fail_on_third_tensor(monkeypatch, exc):

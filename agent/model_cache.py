@@ -282,6 +282,14 @@ def cache_limit_bytes(cache_dir: pathlib.Path, asked: str | None = None) -> int:
     return int(fraction * (shutil.disk_usage(cache_dir).free + cache_bytes(cache_dir)))
 
 
+def check_under_limit(size: int, limit_bytes: int, what: str) -> None:
+    """A one-line ModelError when one file (`what`: "the model", "the synthetic file") is larger than the cache's
+    limit: eviction cannot make room for it, and writing it anyway would grow the cache past its limit."""
+    if size > limit_bytes:
+        raise ModelError(f"{what} ({size / 1e9:.2f} GB) is larger than this device's cache limit "
+                         f"({limit_bytes / 1e9:.2f} GB): raise it with --cache-limit")
+
+
 def is_shipped(name: str, quant: str) -> bool:
     """A real model as its package ships it (fetched, not derived): evicted only when it alone is over the limit."""
     model = real_models.REAL_MODELS.get(name)

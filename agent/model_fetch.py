@@ -125,9 +125,7 @@ def fetch(stub, device_id: str, model: pb.ModelRef, cache_dir: pathlib.Path, dea
 def _check_room(cache_dir: pathlib.Path, size: int, held: int, limit_bytes: int | None) -> None:
     """ModelError when the disk or the cache limit cannot take the file (the cache is trimmed for it first)."""
     if limit_bytes is not None:
-        if size > limit_bytes:
-            raise ModelError(f"the model ({size / 1e9:.2f} GB) is larger than this device's cache limit "
-                             f"({limit_bytes / 1e9:.2f} GB): raise it with --cache-limit")
+        model_cache.check_under_limit(size, limit_bytes, "the model")
         model_cache.trim(cache_dir, max(limit_bytes - size, 0))
     free = shutil.disk_usage(cache_dir).free
     if size - held > free:

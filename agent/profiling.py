@@ -105,6 +105,7 @@ def profile(request: pb.ProfileRequest, device_id: str, cache_dir: pathlib.Path,
     limit = model_cache.cache_limit_bytes(cache_dir) if cache_limit_bytes is None else cache_limit_bytes
     try:
         planned, need = _planned_synthetic(request, precision, backend, cache_dir)
+        model_cache.check_under_limit(need, limit, "the synthetic file")
         model_cache.trim(cache_dir, max(limit - need, 0), keep={planned} if planned else set())  # room for it first
         target = backend.resolve(request, precision, cache_dir, threads, deadline, allowed_dirs)
         with model_cache.in_use(cache_dir, target.path if target.fd is None else None):

@@ -116,3 +116,19 @@ def test_a_local_profile_waits_for_the_running_job_and_keeps_the_cache_within_it
     made = cache / "synthetic" / "distilgpt2-Q4_0.gguf"
     assert made.exists() and not earlier.exists()  # the older file made room for the new one
     assert model_cache.cache_bytes(cache) <= 80 * MIB
+
+
+def test_a_synthetic_file_larger_than_the_cache_limit_is_refused_before_it_is_written(cache):
+    """Eviction cannot make room for one file over the whole limit: the job is refused in one line (as a stored
+    model's fetch is) instead of growing the cache past its limit, and nothing in the cache is evicted for it."""
+    from fleetfit.agent import profiling
+    from fleetfit.v1 import fleetfit_pb2 as pb
+
+    before = left(cache)
+    request = pb.ProfileRequest(model=pb.ModelRef(name="llama-3.2-1b"), quant="Q4_0", backend="llama.cpp",
+                                n_prompt=8, n_gen=2, repetitions=1)
+    with pytest.raises(ModelError, match=r"the synthetic file \(0\.\d+ GB\) is larger than this device's cache "
+                                         r"limit \(0\.02 GB\): raise it with --cache-limit"):
+        profiling.profile(request, "dev-1", cache["dir"], cache_limit_bytes=20 * MIB)
+    assert left(cache) == before
+    assert not list(cache["dir"].glob("synthetic/llama-3.2-1b*"))

@@ -116,10 +116,25 @@ def test_profile_bad_input(bad_files, cache_dir, args, fragment):
     assert_one_line_error(proc, fragment)
 
 
-def test_run_against_a_coordinator_that_does_not_answer(cache_dir, tmp_path):
-    proc = run_cli("fleetfit-agent", "run", "--coordinator", "127.0.0.1:1", "--connect-timeout", "1",
-                   "--cache-dir", str(cache_dir), "--token", "t", "--insecure", "--identity", str(tmp_path / "a.json"))
-    assert_one_line_error(proc, "coordinator at 127.0.0.1:1 does not answer")
+def test_run_against_a_coordinator_that_does_not_answer_keeps_trying_until_stopped(cache_dir, tmp_path):
+    """A first `run --token` that finds no coordinator (a device booted before it, or a wrong address) says so in
+    its log and keeps trying (its systemd unit would not restart an exit 2); SIGTERM ends it cleanly."""
+    from tests.conftest import BIN, wait_until
+
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "wb") as log:
+        agent = subprocess.Popen([str(BIN / "fleetfit-agent"), "run", "--coordinator", "127.0.0.1:1",
+                                  "--connect-timeout", "1", "--cache-dir", str(cache_dir), "--token", "t",
+                                  "--insecure", "--identity", str(tmp_path / "a.json")], stdout=log, stderr=log)
+    try:
+        wait_until(lambda: "coordinator at 127.0.0.1:1 does not answer" in log_path.read_text() or agent.poll() is not None, 60,
+                   "the agent to say the coordinator does not answer")
+        assert agent.poll() is None, log_path.read_text()
+        assert "Traceback" not in log_path.read_text()
+    finally:
+        agent.terminate()
+        assert agent.wait(timeout=30) == 0, log_path.read_text()
+    assert not (tmp_path / "a.json").exists()  # never enrolled
 
 
 def test_pull_without_a_registry(tmp_path):

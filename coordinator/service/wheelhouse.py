@@ -135,7 +135,7 @@ class Wheelhouse:
 
 def fleetfit_wheel(out: pathlib.Path) -> pathlib.Path:
     """Build this installation's fleetfit into a wheel in `out` (from the source tree it was installed from)."""
-    source = pathlib.Path(__file__).resolve().parent.parent
+    source = pathlib.Path(__file__).resolve().parents[2]  # coordinator/service/ -> the tree holding pyproject.toml
     if not (source / "pyproject.toml").exists():
         raise WheelhouseError("fleetfit is not installed from a source tree here: give its wheel with --fleetfit-wheel")
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",

@@ -78,19 +78,27 @@ def _energy_answer(fleet: Fleet, r: pb.ProfileResult) -> tuple[float | None, flo
     return f.value * a.decode_tokens_per_s.value, f.value, f"{word.upper() if word == 'estimated' else word} ({f.method})"
 
 
-@table("power", "Power consumption scaling: decode watts and tokens per joule")
-def power(fleet: Fleet, options: dict[str, str]) -> TableData:
+def _energy_rows(fleet: Fleet):
+    """Per latest measured row, what the power and energy-cost tables both show: (device name, row, its decode
+    energy phase, decode watts, joules per token, models supported, provenance: the measured phase's when it has an
+    average power, else the answer's)."""
     rows = _latest_measured(fleet)
     supported = _models_supported(rows)
-    body = []
     for name, r in rows:
         p = _decode_energy(r)
         watts, per_token, how = _energy_answer(fleet, r)
+        how = _energy_provenance(p) if _rounded_field(p, "average_power_w") is not None else how
+        yield name, r, p, watts, per_token, supported.get(name), how
+
+
+@table("power", "Power consumption scaling: decode watts and tokens per joule")
+def power(fleet: Fleet, options: dict[str, str]) -> TableData:
+    body = []
+    for name, r, p, watts, per_token, supported, how in _energy_rows(fleet):
         body.append([name, backend_of(r), r.model_name, quant_of(r), _rounded(watts, 3),
                      _rounded_field(p, "peak_power_w", 3),
                      _rounded_field(p, "idle_power_w", 3), _rounded(1 / per_token if per_token else None, 3),
-                     _rounded(per_token, 5), _rounded_field(p, "net_joules_per_token", 5), supported.get(name),
-                     _energy_provenance(p) if _rounded_field(p, "average_power_w") is not None else how])
+                     _rounded(per_token, 5), _rounded_field(p, "net_joules_per_token", 5), supported, how])
     return TableData(["device", "backend", "model", "quant", "decode W", "peak W", "idle W", "tokens/J", "J/token",
                       "net J/token", "models supported", "provenance (method, scope)"], body, POWER_NOTES)
 
@@ -101,18 +109,13 @@ def energy_cost(fleet: Fleet, options: dict[str, str]) -> TableData:
     duty = float_option(options, "duty_cycle", 1.0)
     if duty > 1:
         raise TableError(f"option duty_cycle must be at most 1, got {duty:g}")
-    rows = _latest_measured(fleet)
-    supported = _models_supported(rows)
     body = []
-    for name, r in rows:
-        p = _decode_energy(r)
-        watts, per_token, how = _energy_answer(fleet, r)
+    for name, r, _, watts, per_token, supported, how in _energy_rows(fleet):
         kwh = watts * HOURS_PER_MONTH * duty / 1000 if watts is not None else None
         per_million = per_token * 1e6 / 3.6e6 * price if per_token is not None else None
         body.append([name, backend_of(r), r.model_name, quant_of(r), round(watts / 1000, 5) if watts is not None else None,
                      round(kwh, 3) if kwh is not None else None, round(kwh * price, 2) if kwh is not None else None,
-                     round(per_million, 4) if per_million is not None else None, supported.get(name),
-                     _energy_provenance(p) if _rounded_field(p, "average_power_w") is not None else how])
+                     round(per_million, 4) if per_million is not None else None, supported, how])
     return TableData(["device", "backend", "model", "quant", "power kW", "kWh/month", "cost/month", "cost per 1M tokens",
                       "models supported", "provenance (method, scope)"], body,
                      [f"price {price:g} per kWh (option price_per_kwh), duty cycle {duty:g} (option duty_cycle), "

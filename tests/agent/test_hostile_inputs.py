@@ -239,11 +239,8 @@ def test_a_header_that_would_keep_more_than_its_bound_is_refused(tmp_path, name)
     assert peak < 3 * MAX_KEPT_BYTES, peak
 
 
-def test_the_walk_of_a_long_header_can_be_stopped(tmp_path):
-    """A job's deadline or stop request reaches into the walk: `check` is called while it loops, and what it
-    raises ends the walk."""
-    n = 1_000_000
-    path = write(tmp_path, gguf([kv("toks", ARRAY, struct.pack("<IQ", STRING, n) + s("t") * n)]))
+def stops_at_third_call():
+    """A walk's `check` that stops it (TimeoutError, as a job's deadline does) on its third call, and its calls."""
     calls = []
 
     def check():
@@ -251,6 +248,15 @@ def test_the_walk_of_a_long_header_can_be_stopped(tmp_path):
         if len(calls) == 3:
             raise TimeoutError("stopped")
 
+    return check, calls
+
+
+def test_the_walk_of_a_long_header_can_be_stopped(tmp_path):
+    """A job's deadline or stop request reaches into the walk: `check` is called while it loops, and what it
+    raises ends the walk."""
+    n = 1_000_000
+    path = write(tmp_path, gguf([kv("toks", ARRAY, struct.pack("<IQ", STRING, n) + s("t") * n)]))
+    check, calls = stops_at_third_call()
     with pytest.raises(TimeoutError):
         open_gguf(path, check=check)
     assert len(calls) == 3
@@ -277,13 +283,7 @@ def test_the_walk_is_stoppable_whatever_shape_its_loops_have(tmp_path, name, mon
     parts = LOOP_SHAPES[name]
     tensors = parts if name == "many tensors" else []
     path = write(tmp_path, gguf([] if tensors else parts, tensors, data=b"\0" * 128 if tensors else b""))
-    calls = []
-
-    def check():
-        calls.append(1)
-        if len(calls) == 3:
-            raise TimeoutError("stopped")
-
+    check, calls = stops_at_third_call()
     with pytest.raises(TimeoutError):
         open_gguf(path, check=check)
     assert len(calls) == 3

@@ -165,6 +165,15 @@ def test_max_attempts_outside_its_bound_is_a_bad_argument(many):
         assert done.returncode != 0 and "Traceback" not in done.stderr and "--max-attempts must be" in done.stderr
 
 
+def devices_unable_to_run(db_url: str, reason: str, n: int = 40) -> None:
+    """`n` devices whose one backend is unavailable for `reason` (a device's own text)."""
+    with Store(db_url) as store:
+        for d in range(n):
+            store.upsert_device(pb.DeviceInventory(
+                device_id=f"node-{d:02d}", hostname=f"node-{d:02d}", ram_total_bytes=8 << 30,
+                backends=[pb.BackendInfo(name="llama.cpp", available=False, reason=reason)]))
+
+
 def test_the_reply_to_a_new_campaign_keeps_a_pages_worth_of_skipped_reasons(db_url, tmp_path, monkeypatch):
     """Every device's reason is its own text (up to ingest's bound): however many devices skip, CreateCampaign's
     reply keeps a page's bytes of them and names the command that pages the rest."""
@@ -172,11 +181,7 @@ def test_the_reply_to_a_new_campaign_keeps_a_pages_worth_of_skipped_reasons(db_u
 
     monkeypatch.setattr(coordinator_server, "PAGE_BYTES", 20_000)  # 40 devices' 4 kB reasons: 160 kB
     reason = "driver mismatch " + "x" * 4080
-    with Store(db_url) as store:
-        for d in range(40):
-            store.upsert_device(pb.DeviceInventory(
-                device_id=f"node-{d:02d}", hostname=f"node-{d:02d}", ram_total_bytes=8 << 30,
-                backends=[pb.BackendInfo(name="llama.cpp", available=False, reason=reason)]))
+    devices_unable_to_run(db_url, reason)
     server = BackgroundCoordinator(db_url, state_dir=tmp_path / "state")
     server.start()
     try:
@@ -200,11 +205,7 @@ def test_campaigns_are_paged_and_a_device_reason_is_kept_once_per_reason(db_url,
     import grpc
 
     reason = "driver mismatch " + "x" * 4080  # a device's own text, at ingest's bound for a string
-    with Store(db_url) as store:
-        for d in range(40):
-            store.upsert_device(pb.DeviceInventory(
-                device_id=f"node-{d:02d}", hostname=f"node-{d:02d}", ram_total_bytes=8 << 30,
-                backends=[pb.BackendInfo(name="llama.cpp", available=False, reason=reason)]))
+    devices_unable_to_run(db_url, reason)
     server = BackgroundCoordinator(db_url, state_dir=tmp_path / "state")
     server.start()
     try:

@@ -28,6 +28,15 @@ class Failing(pb_grpc.AgentServiceServicer):
     def __init__(self, code: grpc.StatusCode):
         self.code, self.calls = code, collections.Counter()
 
+    @classmethod
+    def serve(cls, code: grpc.StatusCode, port: int) -> tuple["Failing", grpc.Server]:
+        """One answering every RPC with `code` on 127.0.0.1:`port`, started; and its server (to stop)."""
+        failing, server = cls(code), grpc.server(concurrent.futures.ThreadPoolExecutor(4))
+        pb_grpc.add_AgentServiceServicer_to_server(failing, server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        return failing, server
+
 
 def _failing(name):
     def method(self, request, context):
@@ -83,11 +92,7 @@ def test_an_agent_started_while_the_coordinator_is_down_or_failing_joins_when_it
     try:
         time.sleep(3)  # nothing listens: before, `run` exited 2 after its 1 s connect timeout
         assert agent.poll() is None, (tmp_path / "agent.log").read_text()
-        failing = Failing(grpc.StatusCode.INTERNAL)
-        server = grpc.server(concurrent.futures.ThreadPoolExecutor(4))
-        pb_grpc.add_AgentServiceServicer_to_server(failing, server)
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        server.start()
+        failing, server = Failing.serve(grpc.StatusCode.INTERNAL, port)
         try:  # a coordinator that answers each of these for a while: the agent keeps asking, never exits
             for code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE,
                          grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNIMPLEMENTED):
@@ -134,11 +139,7 @@ def test_run_with_a_token_joins_once_the_coordinator_answers_however_long_it_was
     try:
         time.sleep(2)  # nothing listens
         assert agent.poll() is None, (tmp_path / "agent.log").read_text()
-        failing = Failing(grpc.StatusCode.UNAVAILABLE)
-        server = grpc.server(concurrent.futures.ThreadPoolExecutor(4))
-        pb_grpc.add_AgentServiceServicer_to_server(failing, server)
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        server.start()
+        failing, server = Failing.serve(grpc.StatusCode.UNAVAILABLE, port)
         try:
             for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
                 failing.code, seen = code, failing.calls["Join"]

@@ -247,8 +247,12 @@ def holdout_architectures(args) -> int:
         if len(directories) > 1:
             print(f"pass {k + 1} of {len(directories)} ({directory})", flush=True)
         wanted = {(n.partition("@")[0], int(n.partition("@")[2] or 0)) for n in rungs}
-        these = held_rungs if args.short and k else rungs  # --short: later passes re-measure the held-out runs only
-        found = load_results(directory) if args.measured_only else measure(these, quants, directory, args.short)
+        # the ladder first, every precision, then the held-out runs: what calibrates is re-measured before the rest
+        # (--short: later passes re-measure the held-out runs only)
+        stages = [held_rungs] if args.short and k else [ladder, held_rungs]
+        for these in [] if args.measured_only else stages:
+            measure(these, quants, directory, args.short)
+        found = load_results(directory)
         passes.append([r for r in found if (r.model_name, r.n_depth) in wanted])
     results = passes[0]
     device_id = results[0].device_id

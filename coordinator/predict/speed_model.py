@@ -7,8 +7,8 @@ Decode (one token at a time: mostly memory-bound):
                                                      stream at different effective bandwidths
                   + KV bytes read at the depth / B_kv     the cache every layer's attention reads (GQA-aware:
                                                           n_kv_heads · head_dim per position)
-                  + attention FLOPs at the depth / F_att  a score and a weighted sum per query head and
-                                                          position (GQA does not reduce them)
+                  + attention scores at the depth / S_att a score, its softmax and a weighted sum per query
+                                                          head and position (GQA does not reduce them)
                   + n_layers · c_layer                     graph nodes and thread barriers per layer
                   + c_token                                per-token fixed costs (output, graph build, sync)
 
@@ -71,20 +71,23 @@ def weight_terms(arch: Architecture, quant: str, phase: str = "decode",
     return tuple(sorted(by_type.items()))
 
 
-CONTEXT_TERMS = {"decode": ("KV bytes", "attention FLOPs"), "prefill": ("attention FLOPs",)}
+CONTEXT_TERMS = {"decode": ("KV bytes", "attention scores"), "prefill": ("attention FLOPs",)}
 
 
 def context_terms(arch: Architecture, positions: float, phase: str = "decode") -> dict[str, float]:
     """What attending to `positions` cached tokens costs one token, per kind of work. Decode reads K and V (F16
-    bytes: n_kv_heads heads, so GQA reduces them) and computes a score and a weighted sum per query head and
-    position (FLOPs: GQA does not reduce them; benchmarks/speed_terms.py's depth sweep at 1, 3 and 9 KV heads
-    needs both). A prefill micro-batch shares its K/V reads, so its cost is the FLOPs. A sliding-window layer
-    attends to its window only (llama.cpp skips masked positions)."""
+    bytes: n_kv_heads heads, so GQA reduces them) and computes, per query head and position, a score, its online
+    softmax and a weighted sum (GQA does not reduce them; benchmarks/speed_terms.py's depth sweep at 1, 3 and 9 KV
+    heads needs both terms). Counted per score, not per FLOP: llama.cpp's CPU flash attention pays a fixed cost per
+    score (the exponential, the running maximum) that outweighs the head's dot products; Gemma-3-1B (head size 256)
+    at depth 4096 cost a quarter of what its FLOPs at the 64-wide heads' rate predicted, as many scores as FLOPs/4.
+    A prefill micro-batch shares its K/V reads and multiplies them as matrices, so its cost is the FLOPs (Gemma-3's
+    prefill at depth followed them). A sliding-window layer attends to its window only (llama.cpp skips masked
+    positions)."""
     attended = arch.attended_positions(positions)
-    flops = 4.0 * arch.q_dim * attended
     if phase == "prefill":
-        return {"attention FLOPs": flops}
-    return {"KV bytes": 2.0 * 2 * arch.kv_dim * attended, "attention FLOPs": flops}
+        return {"attention FLOPs": 4.0 * arch.q_dim * attended}
+    return {"KV bytes": 2.0 * 2 * arch.kv_dim * attended, "attention scores": float(arch.n_heads) * attended}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +148,9 @@ class SpeedModel:
     def text(self) -> str:
         unit, scale = ("GB/s", 1e9) if self.phase == "decode" else ("GFLOP/s", 1e9)
         rates = ", ".join(f"{k} {1 / v / scale:.1f} {unit}" for k, v in sorted(self.s_per_unit.items()) if v > 0)
-        ctx = ", ".join(f"KV read {1 / v / 1e9:.1f} GB/s" if k == "KV bytes" else
-                        f"attention {1 / v / 1e9:.1f} GFLOP/s"
+        units = {"KV bytes": ("KV read", "GB/s"), "attention scores": ("attention", "G scores/s"),
+                 "attention FLOPs": ("attention", "GFLOP/s")}
+        ctx = ", ".join(f"{units[k][0]} {1 / v / 1e9:.2g} {units[k][1]}"
                         for k, v in self.context_s_per_unit.items() if v > 0) or "no context term"
         left = f"; left out: {'; '.join(self.left_out)}" if self.left_out else ""
         return f"{rates}; {ctx}; {self.layer_s * 1e6:.0f} µs/layer + {self.token_s * 1e6:.0f} µs/token{left}"
@@ -200,7 +204,7 @@ def fit(samples: list[Sample], phase: str = "decode") -> SpeedModel | None:
     """Non-negative least squares on relative error: Σ_i w_i (t_i · predicted_seconds_i − 1)², t_i the measured
     tokens/s, w_i the sample's weight. Terms the samples cannot separate are left out rather than guessed (and the
     model says which): without a run at depth (4x the positions of another) no context term; with depth runs of
-    one GQA ratio only, KV bytes and attention FLOPs grow together, and the FLOPs stand for both; with one layer
+    one ratio of KV bytes to scores only, the two grow together, and the scores stand for both; with one layer
     count, no per-layer term; with one architecture, no per-token term (a fixed cost cannot be told from the cost
     of its bytes, and a constant would answer every size alike); never more terms than distinct samples. Physics
     first: the weights' cost must carry the fit. Where the fixed terms took it all (noise can make the weights'
@@ -225,8 +229,8 @@ def fit(samples: list[Sample], phase: str = "decode") -> SpeedModel | None:
     first = min(s.positions for s in samples)
     deep = [s for s in samples if s.positions >= 4 * first]  # runs at depth: they separate the context terms
     for i, kind in enumerate(context_kinds):
-        ratios = {s.arch.kv_dim / s.arch.q_dim for s in deep}
-        use[len(kinds) + i] = bool(deep) and (kind == "attention FLOPs" or len(ratios) > 1)
+        ratios = {s.arch.kv_dim / s.arch.n_heads for s in deep}  # KV bytes per score: one value, one term
+        use[len(kinds) + i] = bool(deep) and (kind != "KV bytes" or len(ratios) > 1)
     n_archs = len({s.arch.name for s in samples})
     use[-2] = len({s.arch.n_layers for s in samples}) > 1
     use[-1] = n_archs > 1

@@ -4,7 +4,7 @@ from fleetfit.coordinator.predict import speed_model as dm
 from fleetfit.models.catalogue import CATALOGUE
 
 TRUE = dm.SpeedModel("decode", {"Q4_0": 1 / 40e9, "Q6_K": 1 / 20e9, "Q8_0": 1 / 30e9, "F32": 1 / 40e9},
-                     {"KV bytes": 1 / 40e9, "attention FLOPs": 1 / 20e9}, 30e-6, 200e-6, ())
+                     {"KV bytes": 1 / 40e9, "attention scores": 1 / 0.5e9}, 30e-6, 200e-6, ())
 LADDER = ("smollm2-135m", "llama-3.2-1b", "tinyllama-1.1b", "llama-2-7b")
 
 
@@ -14,7 +14,7 @@ def test_fit_recovers_known_terms():
     got = dm.fit(samples)
     for kind in ("Q4_0", "Q6_K", "Q8_0"):
         assert abs(got.s_per_unit[kind] / TRUE.s_per_unit[kind] - 1) < 0.02, kind
-    for kind in ("KV bytes", "attention FLOPs"):  # depth runs of GQA 3, 4 and 8 tell them apart
+    for kind in ("KV bytes", "attention scores"):  # depth runs of GQA 3, 4 and 8 tell them apart
         assert abs(got.context_s_per_unit[kind] / TRUE.context_s_per_unit[kind] - 1) < 0.02, kind
     assert abs(got.layer_s / TRUE.layer_s - 1) < 0.05
     held = CATALOGUE["qwen2.5-0.5b"]  # never in the fit: another vocabulary, another GQA ratio
@@ -23,23 +23,36 @@ def test_fit_recovers_known_terms():
 
 def test_one_context_leaves_the_kv_term_out():
     samples = [dm.Sample(CATALOGUE[m], "Q4_0", 8.5, TRUE.tps(CATALOGUE[m], "Q4_0", 8.5)) for m in LADDER]
-    assert dm.fit(samples).context_s_per_unit == {"KV bytes": 0.0, "attention FLOPs": 0.0}
+    assert dm.fit(samples).context_s_per_unit == {"KV bytes": 0.0, "attention scores": 0.0}
 
 
 def test_depth_runs_of_one_gqa_ratio_fit_attention_alone():
-    """KV bytes and attention FLOPs grow together within one GQA ratio: the fit keeps one term, not a split."""
+    """KV bytes and attention scores grow together within one GQA ratio and head size: the fit keeps one term, not
+    a split."""
     samples = [dm.Sample(CATALOGUE[m], "Q4_0", pos, TRUE.tps(CATALOGUE[m], "Q4_0", pos))
                for m in LADDER for pos in (8.5,) + ((2048,) if m == "smollm2-135m" else ())]
     got = dm.fit(samples)
-    assert got.context_s_per_unit["KV bytes"] == 0 and got.context_s_per_unit["attention FLOPs"] > 0
+    assert got.context_s_per_unit["KV bytes"] == 0 and got.context_s_per_unit["attention scores"] > 0
 
 
 def test_attention_visits_a_sliding_window_only():
     gemma = CATALOGUE["gemma-3-1b"]  # 26 layers, five of six sliding over 512 positions
     terms = dm.context_terms(gemma, 4096)
     global_layers = sum(not gemma.sliding(i) for i in range(gemma.n_layers))
-    assert terms["attention FLOPs"] == 4 * gemma.q_dim * (global_layers * 4096 + (26 - global_layers) * 512)
-    assert dm.context_terms(gemma, 100)["attention FLOPs"] == 4 * gemma.q_dim * 26 * 100
+    assert terms["attention scores"] == gemma.n_heads * (global_layers * 4096 + (26 - global_layers) * 512)
+    assert dm.context_terms(gemma, 100)["attention scores"] == gemma.n_heads * 26 * 100
+    prefill = dm.context_terms(gemma, 4096, "prefill")["attention FLOPs"]  # a prompt's: its matrix products' FLOPs
+    assert prefill == 4 * gemma.q_dim * (global_layers * 4096 + (26 - global_layers) * 512)
+
+
+def test_decode_attention_costs_per_score_not_per_flop():
+    """Two models alike but for their head size: the same scores cost the same at depth, whatever their FLOPs."""
+    import dataclasses
+    narrow = CATALOGUE["smollm2-135m"]
+    wide = dataclasses.replace(narrow, name="wide-heads", explicit_head_dim=4 * narrow.head_dim)
+    assert dm.context_terms(wide, 4096)["attention scores"] == dm.context_terms(narrow, 4096)["attention scores"]
+    assert dm.context_terms(wide, 4096, "prefill")["attention FLOPs"] == \
+        4 * dm.context_terms(narrow, 4096, "prefill")["attention FLOPs"]
 
 
 def test_prefill_terms_are_flops_per_type():

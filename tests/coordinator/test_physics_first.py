@@ -98,6 +98,12 @@ def test_a_device_that_measured_one_model_scales_by_bytes_and_says_so():
         expected = scaled / scaling.decode_bytes_per_token(CATALOGUE[m], "Q4_0", 4096)
         assert 0.5 <= f.value / expected <= 2, (m, f.value, expected)
         assert "efficiency" in f.method and "own runs" in f.method and "left out: per-token" in f.method
+        # nothing held out validates an extrapolation from one model: its band is what held-out ones miss by, not
+        # the ±1 % the device repeats to
+        assert f.error_fraction >= scaling.UNVALIDATED_BAND["decode"] and "nothing measured here can be held out" \
+            in f.method, (m, f)
+        prefill = dm.predict(CATALOGUE[m], "Q4_0", 4096).prefill_tps
+        assert prefill.error_fraction >= scaling.UNVALIDATED_BAND["prefill"]
 
 
 def test_noise_is_flagged_down_weighted_and_widens_every_band():

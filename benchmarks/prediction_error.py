@@ -232,6 +232,19 @@ def against_repeatability(summary: dict) -> bool:
     return ok
 
 
+def print_drift(first: list[scaling.Point], second: dict, in_ladder: set) -> None:
+    """How the machine's speed moved between the passes: the ladder's second pass against its first, per phase
+    (median ratio and range). A shared VM's host can slow every run for minutes; a re-measurement floor then holds
+    that drift, not only the repeatability of back-to-back runs."""
+    for phase in ("decode", "prefill"):
+        ratios = [getattr(second[k], f"{phase}_tps") / getattr(p, f"{phase}_tps") for p in first
+                  if (p.model, p.depth) in in_ladder and (k := (p.model, p.quant, p.depth)) in second
+                  and getattr(p, f"{phase}_tps")]
+        if ratios:
+            print(f"drift    {phase:<8} the ladder's second pass ran at {float(np.median(ratios)):.2f}x its first "
+                  f"(range {min(ratios):.2f}..{max(ratios):.2f}, {len(ratios)} runs)")
+
+
 def holdout_architectures(args) -> int:
     from fleetfit.agent import probe
 
@@ -272,6 +285,7 @@ def holdout_architectures(args) -> int:
     summary = print_table(compare(dm, held, second))
     if second is not None:
         against_repeatability(summary)
+        print_drift(scaling.points(results, device_id), second, in_ladder)
         print("issue 17's targets, for comparison:")
     ok = True
     for key, target in TARGETS.items():

@@ -280,12 +280,13 @@ def holdout_architectures(args) -> int:
           + "; outside it: " + ", ".join(f"{k} ±{v:.1%}" for k, v in dm.errors_outside.items() if v is not None))
     print(f"decode terms: {dm.calibration.decode.text()}")
     print(f"prefill terms: {dm.calibration.prefill.text()}")
-    held = [p for p in scaling.points(results, device_id) if (p.model, p.depth) not in in_ladder and p.quant in quants]
+    first = scaling.points(results, device_id)
+    held = [p for p in first if (p.model, p.depth) not in in_ladder and p.quant in quants]
     second = {(p.model, p.quant, p.depth): p for p in scaling.points(passes[1], device_id)} if len(passes) > 1 else None
     summary = print_table(compare(dm, held, second))
     if second is not None:
         against_repeatability(summary)
-        print_drift(scaling.points(results, device_id), second, in_ladder)
+        print_drift(first, second, in_ladder)
         print("issue 17's targets, for comparison:")
     ok = True
     for key, target in TARGETS.items():

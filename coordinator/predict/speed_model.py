@@ -72,6 +72,8 @@ def weight_terms(arch: Architecture, quant: str, phase: str = "decode",
 
 
 CONTEXT_TERMS = {"decode": ("KV bytes", "attention scores"), "prefill": ("attention FLOPs",)}
+CONTEXT_UNITS = {"KV bytes": ("KV read", "GB/s"), "attention scores": ("attention", "G scores/s"),
+                 "attention FLOPs": ("attention", "GFLOP/s")}  # each context term's name and rate unit in text()
 
 
 def context_terms(arch: Architecture, positions: float, phase: str = "decode") -> dict[str, float]:
@@ -148,9 +150,7 @@ class SpeedModel:
     def text(self) -> str:
         unit, scale = ("GB/s", 1e9) if self.phase == "decode" else ("GFLOP/s", 1e9)
         rates = ", ".join(f"{k} {1 / v / scale:.1f} {unit}" for k, v in sorted(self.s_per_unit.items()) if v > 0)
-        units = {"KV bytes": ("KV read", "GB/s"), "attention scores": ("attention", "G scores/s"),
-                 "attention FLOPs": ("attention", "GFLOP/s")}
-        ctx = ", ".join(f"{units[k][0]} {1 / v / 1e9:.2g} {units[k][1]}"
+        ctx = ", ".join(f"{CONTEXT_UNITS[k][0]} {1 / v / 1e9:.2g} {CONTEXT_UNITS[k][1]}"
                         for k, v in self.context_s_per_unit.items() if v > 0) or "no context term"
         left = f"; left out: {'; '.join(self.left_out)}" if self.left_out else ""
         return f"{rates}; {ctx}; {self.layer_s * 1e6:.0f} µs/layer + {self.token_s * 1e6:.0f} µs/token{left}"
